@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this file):
+# installs mosquitto (when missing) and the Python dependencies, then static checks and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-mosquitto.sh
+bash scripts/bootstrap.sh dev,demo
+
+echo "== ruff check";        .venv/bin/ruff check .
+echo "== ruff format";       .venv/bin/ruff format --check .
+echo "== mypy --strict";     .venv/bin/mypy
+echo "== contract drift";    .venv/bin/python -m agent.contract.generate --check
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"
