@@ -1,0 +1,1 @@
+"""Dispenser edge agent: hardware link, dose engine and MQTT forwarding."""

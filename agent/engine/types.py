@@ -1,0 +1,233 @@
+"""The dose engine's vocabulary: what goes in, what comes out, and its configuration.
+
+The engine is a pure function of (state, input, now) -> (state, actions). The daemon (the imperative
+shell) turns dispenser frames, response-centre commands and timer expiries into `EngineInput`s,
+and carries out the returned `Action`s in order: first every store action of one step in a single
+SQLite transaction, then the dispenser commands. Nothing in `agent.engine` does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from agent.clock import Now
+from agent.engine.schedule import Schedule
+from protocol.messages import AlertPattern, Capabilities, Message
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationStep:
+    """After `after` from presentation without the dose taken: set `pattern` locally and,
+    if `notify`, emit a `dose_not_taken` event (priority medium) to the response centre."""
+
+    after: timedelta
+    pattern: AlertPattern
+    notify: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    grace: timedelta = timedelta(minutes=60)  # presented -> missed, measured on the monotonic clock
+    early_window: timedelta = timedelta(
+        minutes=60
+    )  # TAKE button this long before due: dispense now
+    reminder_repeat: timedelta = timedelta(minutes=10)  # re-sound the reminder while presented
+    escalation: tuple[EscalationStep, ...] = (
+        EscalationStep(timedelta(minutes=30), AlertPattern.URGENT, notify=True),
+    )
+    sachet_time_tolerance: timedelta = timedelta(minutes=30)  # sachet intended time vs slot due
+    roll_expired_margin: timedelta = timedelta(0)
+    low_supply_threshold: int = 4
+    no_contact_after: timedelta = timedelta(minutes=5)  # link down this long -> technical alarm
+    # a slot that could not be dispensed at due time (no link, no roll ...) keeps trying until
+    # due + undispensed_deadline, then ends as missed with the reason.
+    undispensed_deadline: timedelta = timedelta(minutes=60)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Which patient this unit serves: a pseudonymous reference, never a name or national id."""
+
+    patient_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class PauseWindow:
+    """Temporary stop (hospital, respite, holiday): slots due in [start, end) are skipped."""
+
+    pause_id: str
+    start_utc: datetime
+    end_utc: datetime | None  # None: until resumed by command
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed (the shell calls at `next_deadline`, or at any time: ticks are idempotent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FromDispenser:
+    """An unsolicited dispenser message (roll, sachet, dose, button, lid, power, fault, supply)."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """The result of a `SendCommand` the engine asked for.
+
+    `reply` is the dispenser's reply message (CommandResult/Status/...), or None when the command
+    could not be delivered; then `failure` says why ("timeout", "link_down", a NAK reason ...).
+    """
+
+    correlation: str
+    reply: Message | None
+    failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    capabilities: Capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetBinding:
+    """Installation by a technician (or factory reset with None)."""
+
+    binding: Binding | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetSchedule:
+    schedule: Schedule | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartPause:
+    window: PauseWindow
+
+
+@dataclass(frozen=True, slots=True)
+class EndPause:
+    pause_id: str | None  # None: whichever pause is active
+
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgeAlert:
+    """A person at the response centre acknowledged a latched alert (acknowledged != resolved)."""
+
+    alert_id: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Silence the local sound/light for `duration` without clearing any alert."""
+
+    duration: timedelta
+
+
+EngineInput = (
+    Tick
+    | FromDispenser
+    | CommandOutcome
+    | LinkUp
+    | LinkDown
+    | SetBinding
+    | SetSchedule
+    | StartPause
+    | EndPause
+    | AcknowledgeAlert
+    | Silence
+)
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+class Priority(enum.StrEnum):
+    """IEC 60601-1-8 style: a missed dose outranks a reminder; technical alarms have priorities too."""
+
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class Outcome(enum.StrEnum):
+    """Every slot ends in exactly one of these, and that yields exactly one `slot_outcome` event."""
+
+    TAKEN = "taken"
+    MISSED = "missed"
+    REFUSED = "refused"
+    SKIPPED_PAUSED = "skipped_paused"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """An event for the response centre (and the audit log).
+
+    `kind` is a stable snake_case name listed in docs/mqtt-contract.md; `fields` holds JSON-safe
+    values only (str, int, float, bool, None, lists/dicts of those). Never a patient name or id.
+    """
+
+    kind: str
+    priority: Priority
+    vkp_code: str | None
+    fields: dict[str, object] = field(default_factory=dict)
+    alert_id: str | None = None  # set when the event raises a latched alert
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    event: EngineEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SendCommand:
+    """Send `command` to the dispenser (req_id is stamped by the driver; send it as 0).
+
+    The shell feeds back a `CommandOutcome` with the same `correlation`.
+    """
+
+    command: Message
+    correlation: str
+
+
+@dataclass(frozen=True, slots=True)
+class BeginDispense:
+    """Persist before sending the Dispense: a restart never dispenses this slot again."""
+
+    slot_id: str
+    dispense_id: int
+    sachet_index: int
+    due_utc: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPresented:
+    slot_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    slot_id: str
+    outcome: Outcome
+    reason: str | None
+
+
+Action = Emit | SendCommand | BeginDispense | RecordPresented | RecordOutcome
+
+STORE_ACTIONS = (BeginDispense, RecordPresented, RecordOutcome, Emit)
