@@ -1,0 +1,1 @@
+"""Durable state of the unit: one SQLite file (WAL): outbox, dose ledger, hash-chained audit log."""

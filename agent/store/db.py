@@ -1,0 +1,388 @@
+"""The `Store`: one SQLite file holding everything the unit must not lose.
+
+Durability settings: WAL journal, ``synchronous=FULL`` (a commit survives a power cut),
+``foreign_keys=ON``; ``PRAGMA quick_check`` at every open (``StoreCorrupt`` if it fails). A leftover
+``-wal`` file is never deleted by this code: SQLite replays it on open, that is where the last
+commits live.
+
+Every mutating method must run inside ``transaction()`` (``StoreUsageError`` otherwise), so the
+daemon groups one engine step into one commit: few, small writes for the SD card. Use a store from
+one thread only (sqlite3's default check), and never across ``fork``.
+
+Factory reset (``wipe_for_new_patient``): the response centre should have received everything before
+a reset, so the daemon checks ``backlog()`` first; the store also refuses while undelivered events
+remain unless ``force=True``. The reset deletes ledger, outbox, commands, binding, audit and every
+kv key except the unit counters (event sequence, dispense id, session counter: reusing those would
+make the response centre drop a new patient's events as duplicates), VACUUMs, truncates the WAL,
+and starts a fresh audit chain whose first record is the reset itself (with the old chain's anchor,
+so the history of the unit stays linkable without any patient data).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+from agent.store import audit, binding, commands, kv, ledger, outbox, schema
+from agent.store.audit import AuditRecord, AuditReport, ChainAnchor, Stamp, system_stamp
+from agent.store.binding import Binding
+from agent.store.commands import CommandRecord
+from agent.store.errors import BacklogNotEmptyError, StoreCorrupt, StoreError, StoreUsageError
+from agent.store.ledger import SlotRecord
+from agent.store.outbox import (
+    DEFAULT_DROPPABLE_KINDS,
+    DELIVERED_RETENTION,
+    OUTBOX_LIMIT,
+    BacklogInfo,
+    OutboxEvent,
+    OutboxPolicy,
+)
+from agent.store.uuid7 import Uuid7Factory
+
+_INTERNAL_KEYS = frozenset({*kv.UNIT_KEYS, kv.AUDIT_ANCHOR})
+_PATIENT_TABLES = ("ledger", "outbox", "commands", "binding", "audit")
+
+
+def _connect(path: Path, create: bool) -> sqlite3.Connection:
+    if not create and not path.is_file():
+        raise StoreError(f"no store at {path}")
+    uri = f"file:{quote(str(path.absolute()))}?mode={'rwc' if create else 'rw'}"
+    try:
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {path}: {exc}") from exc
+
+
+def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorrupt(f"store {path} is not a readable SQLite database: {exc}") from exc
+    if [tuple(r) for r in rows] != [("ok",)]:
+        problems = "; ".join(str(r[0]) for r in rows[:5])
+        raise StoreCorrupt(f"store {path} failed quick_check: {problems}")
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreError(f"store {path}: could not switch to WAL (journal_mode={mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    # Deleted rows (pruned events, a reset) are overwritten with zeros, not left in free pages.
+    # Debian's SQLite already defaults to this; other builds may not.
+    conn.execute("PRAGMA secure_delete = ON")
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path, stamp: Stamp) -> None:
+    schema.require_known_version(schema.schema_version(conn))
+    if schema.schema_version(conn) == schema.SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema.schema_version(conn)  # another process may have created it meanwhile
+        if version == 0:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise StoreError(f"{path} is a SQLite file but not an agent store")
+            schema.create_schema(conn)
+            audit.audit_append(
+                conn,
+                "store.created",
+                {"schema_version": schema.SCHEMA_VERSION},
+                stamp.at_utc,
+                stamp.trust,
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+class Store:
+    """Durable state of the unit. Open with `Store.open`; mutate only inside `transaction()`."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        policy: OutboxPolicy,
+        stamp: Callable[[], Stamp],
+        new_event_id: Callable[[], str],
+    ) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._path = path
+        self._policy = policy
+        self._stamp = stamp
+        self._new_event_id = new_event_id
+        self._in_tx = False
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        create: bool = True,
+        outbox_limit: int = OUTBOX_LIMIT,
+        delivered_retention: int = DELIVERED_RETENTION,
+        droppable_kinds: frozenset[str] = DEFAULT_DROPPABLE_KINDS,
+        stamp: Callable[[], Stamp] = system_stamp,
+        new_event_id: Callable[[], str] | None = None,
+    ) -> Store:
+        """Open (and on first use create) the store at `path`.
+
+        `create=False` refuses to create a missing file (for read-mostly tools such as
+        `audit verify`). `stamp` gives the wall time and its trust for records the store writes by
+        itself (ledger, commands, binding, reset); inject the daemon's clock here.
+        """
+        schema.check_sqlite_version()
+        policy = OutboxPolicy(outbox_limit, delivered_retention, frozenset(droppable_kinds))
+        conn = _connect(path, create)
+        try:
+            _check_integrity(conn, path)
+            if not create and schema.schema_version(conn) == 0:
+                # Checked before WAL is switched on: that alone would write to the file.
+                raise StoreError(f"{path} has no agent store schema (and create=False)")
+            _configure(conn, path)
+            _ensure_schema(conn, path, stamp())
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, policy, stamp, new_event_id or Uuid7Factory())
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._in_tx:
+            raise StoreUsageError("close() inside a transaction")
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUsageError("store is closed")
+        return self._conn
+
+    def _writer(self) -> sqlite3.Connection:
+        conn = self._db()
+        if not self._in_tx:
+            raise StoreUsageError("mutating the store needs an open transaction()")
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits atomically (BEGIN IMMEDIATE … COMMIT), or nothing on error."""
+        conn = self._db()
+        if self._in_tx:
+            raise StoreUsageError("transactions do not nest; group the work in one transaction()")
+        conn.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite may already have rolled back by itself (disk full, I/O error).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._in_tx = False
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A consistent read across several statements (inside a write transaction: that one)."""
+        conn = self._db()
+        if self._in_tx:
+            yield conn
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def durability_settings(self) -> dict[str, str]:
+        """Durability pragmas of the connection as SQLite reports them (health reports, tests)."""
+        conn = self._db()
+        return {
+            name: str(conn.execute(f"PRAGMA {name}").fetchone()[0])
+            for name in ("journal_mode", "synchronous", "foreign_keys", "secure_delete")
+        }
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    def append_event(
+        self, kind: str, payload: dict[str, object], occurred_utc: str, trust: str
+    ) -> OutboxEvent:
+        """Number, store and audit one event. Publish it only after the transaction committed."""
+        return outbox.append_event(
+            self._writer(), self._policy, self._new_event_id, kind, payload, occurred_utc, trust
+        )
+
+    def pending_events(self, after_seq: int = 0, limit: int = 100) -> list[OutboxEvent]:
+        return outbox.pending_events(self._db(), after_seq, limit)
+
+    def mark_delivered(self, seq: int) -> None:
+        """Call only once the broker acknowledged the event. UnknownEventError for a missing seq."""
+        outbox.mark_delivered(self._writer(), seq)
+
+    def backlog(self) -> BacklogInfo:
+        with self._snapshot() as conn:
+            return outbox.backlog(conn)
+
+    def last_event_seq(self) -> int:
+        """Highest sequence number ever assigned (0 before the first event); survives pruning."""
+        return outbox.last_event_seq(self._db())
+
+    def events_from(self, seq: int, limit: int | None = None) -> list[OutboxEvent]:
+        return outbox.events_from(self._db(), seq, limit)
+
+    # -- dose ledger ---------------------------------------------------------------------------
+
+    def slot_state(self, slot_id: str) -> SlotRecord | None:
+        return ledger.slot_state(self._db(), slot_id)
+
+    def begin_dispense(
+        self, slot_id: str, dispense_id: int, sachet_index: int, due_utc: str
+    ) -> SlotRecord:
+        """Commit this BEFORE sending DISPENSE. A second begin for a slot: AlreadyDispensed."""
+        return ledger.begin_dispense(
+            self._writer(), self._stamp(), slot_id, dispense_id, sachet_index, due_utc
+        )
+
+    def record_presented(self, slot_id: str) -> SlotRecord:
+        return ledger.record_presented(self._writer(), self._stamp(), slot_id)
+
+    def record_outcome(self, slot_id: str, outcome: str, reason: str | None) -> SlotRecord:
+        """Exactly one terminal outcome per slot; a second raises OutcomeAlreadyRecorded."""
+        return ledger.record_outcome(self._writer(), self._stamp(), slot_id, outcome, reason)
+
+    def open_slots(self) -> list[SlotRecord]:
+        return ledger.open_slots(self._db())
+
+    def next_dispense_id(self) -> int:
+        return ledger.next_dispense_id(self._writer())
+
+    # -- executed commands ---------------------------------------------------------------------
+
+    def command_seen(self, command_id: str) -> CommandRecord | None:
+        return commands.command_seen(self._db(), command_id)
+
+    def record_command(self, command_id: str, name: str, response_json: str) -> CommandRecord:
+        return commands.record_command(
+            self._writer(), self._stamp(), command_id, name, response_json
+        )
+
+    # -- binding -------------------------------------------------------------------------------
+
+    def binding(self) -> Binding | None:
+        return binding.get_binding(self._db())
+
+    def set_binding(self, patient_ref: str, schedule_json: str) -> Binding:
+        return binding.set_binding(self._writer(), self._stamp(), patient_ref, schedule_json)
+
+    # -- key/value -----------------------------------------------------------------------------
+
+    def get_kv(self, key: str) -> str | None:
+        return kv.get_kv(self._db(), key)
+
+    def set_kv(self, key: str, value: str) -> None:
+        if key in _INTERNAL_KEYS:
+            raise StoreUsageError(f"kv key {key!r} is managed by the store")
+        kv.set_kv(self._writer(), key, value)
+
+    def next_session_counter(self) -> int:
+        """Increment and return the MQTT session number (1, 2, 3, ...), persisted."""
+        return kv.take_counter(self._writer(), kv.SESSION_COUNTER, kv.I64_MAX)
+
+    def next_boot_counter(self) -> int:
+        """Increment and return the daemon's boot number (1, 2, 3, ...), persisted."""
+        return kv.take_counter(self._writer(), kv.BOOT_COUNTER, kv.I64_MAX)
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def audit_append(
+        self, kind: str, body: dict[str, object], at_utc: str, trust: str
+    ) -> AuditRecord:
+        return audit.audit_append(self._writer(), kind, body, at_utc, trust)
+
+    def audit_records(self, after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
+        return audit.audit_records(self._db(), after_seq, limit)
+
+    def audit_anchor(self) -> ChainAnchor | None:
+        return audit.read_anchor(self._db())
+
+    def verify_audit(self) -> AuditReport:
+        with self._snapshot() as conn:
+            return audit.verify_chain(conn)
+
+    # -- factory reset -------------------------------------------------------------------------
+
+    def wipe_for_new_patient(self, *, force: bool = False) -> AuditRecord:
+        """Remove every trace of the patient; returns the reset record that starts the new chain.
+
+        Refuses (BacklogNotEmptyError) while undelivered events remain, unless `force`. Must be
+        called outside a transaction (VACUUM cannot run inside one).
+        """
+        conn = self._db()
+        if self._in_tx:
+            raise StoreUsageError("wipe_for_new_patient() runs its own transactions")
+        stamp = self._stamp()
+        with self.transaction():
+            pending = outbox.backlog(conn)
+            if pending.count and not force:
+                raise BacklogNotEmptyError(
+                    f"{pending.count} undelivered events (oldest seq {pending.oldest_seq}); "
+                    "deliver them first or force the reset"
+                )
+            previous = audit.read_anchor(conn)
+            deleted = {
+                table: conn.execute(f"DELETE FROM {table}").rowcount for table in _PATIENT_TABLES
+            }
+            keep = sorted(kv.UNIT_KEYS)
+            conn.execute(f"DELETE FROM kv WHERE key NOT IN ({','.join('?' * len(keep))})", keep)
+            record = audit.audit_append(
+                conn,
+                "reset",
+                {
+                    "reason": "factory reset for a new patient",
+                    "deleted_rows": dict(deleted),
+                    "undelivered_discarded": pending.count,
+                    "previous_chain": None
+                    if previous is None
+                    else {"seq": previous.seq, "hash": previous.hash},
+                },
+                stamp.at_utc,
+                stamp.trust,
+            )
+        # secure_delete zeroed the rows; VACUUM also rebuilds the file without free pages, and the
+        # TRUNCATE checkpoint empties the WAL, which still holds copies of the deleted pages.
+        conn.execute("VACUUM")
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise StoreError(
+                "reset committed, but the WAL could not be truncated because another process "
+                "has the store open; close it and run the reset again"
+            )
+        return record
