@@ -1,0 +1,652 @@
+"""Asyncio facade around paho-mqtt 2.x: connect, reconnect, publish with ack, receive.
+
+Threading model: every connection gets a fresh paho `Client` whose network thread is started with
+`loop_start()`. paho callbacks run on that thread; each one is wrapped so that no exception can
+escape into paho (an escaping exception kills paho's thread and leaves the client silently
+disconnected) and hands its work to the asyncio loop with `call_soon_threadsafe`. All link state is
+touched only on the asyncio loop.
+
+paho's own reconnect logic is switched off (`reconnect_on_failure=False`): `run()` owns the
+reconnect policy (full-jitter exponential backoff, each attempt bounded), calls the will factory
+before every attempt and watches the network thread, not only `on_disconnect`.
+
+Inbound messages are read with `get_message()` or `async for msg in link.messages()`. They are
+acknowledged (QoS 1 PUBACK) by paho on receipt, before the application handles them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import ssl
+import threading
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.mqtt.backoff import ReconnectBackoff
+
+logger = logging.getLogger(__name__)
+
+ProtocolName = Literal["5", "3.1.1"]
+
+# CONNACK codes meaning "I do not speak this protocol version": 0x84 in MQTT 5, 1 in MQTT 3.1.1
+# (a 3.1.1-only broker answers a v5 CONNECT in its own format).
+_UNSUPPORTED_PROTOCOL_V5 = 0x84
+_UNSUPPORTED_PROTOCOL_V311 = 0x01
+
+# How long to wait for paho's network thread to finish once asked to stop.
+_THREAD_JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int
+    client_id: str
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600  # persistent session: commands wait at the broker
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    connect_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 60.0
+    max_inflight: int = 20  # QoS 1 publishes on the wire awaiting PUBACK
+    thread_check_interval_s: float = 1.0  # how often run() checks paho's network thread
+
+    def __post_init__(self) -> None:
+        if not self.client_id:
+            # A persistent session needs a stable client id; an empty one gets a random id.
+            raise ValueError("client_id must not be empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port out of range: {self.port}")
+        if self.connect_timeout_s <= 0 or self.thread_check_interval_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None
+    correlation_data: bytes | None
+    message_expiry_s: int | None
+    user_properties: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    publishes_acked: int = 0
+    publishes_rejected: int = 0
+    callback_errors: int = 0  # exceptions caught in paho callbacks and in on_connected
+
+
+class MqttLinkError(Exception):
+    """Root of the link's errors."""
+
+
+class NotConnected(MqttLinkError, ConnectionError):  # noqa: N818 (name fixed by the API)
+    """No connection, or it dropped before the broker acknowledged. Keep the event and retry."""
+
+
+class PublishRejected(MqttLinkError):  # noqa: N818 (name fixed by the API)
+    """The broker answered the publish with an MQTT 5 failure reason code (e.g. 0x87)."""
+
+    def __init__(self, reason_code: int, reason_name: str) -> None:
+        super().__init__(f"publish rejected by broker: {reason_name} (0x{reason_code:02x})")
+        self.reason_code = reason_code
+        self.reason_name = reason_name
+
+
+def should_fall_back_to_v311(protocol: ProtocolName, connack_reason: int) -> bool:
+    """True when an MQTT 5 CONNECT was refused because the broker does not speak MQTT 5."""
+    return protocol == "5" and connack_reason in (
+        _UNSUPPORTED_PROTOCOL_V5,
+        _UNSUPPORTED_PROTOCOL_V311,
+    )
+
+
+class _ConnectFailedError(Exception):
+    """One connect attempt failed; `run()` backs off and tries again."""
+
+
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+class _Connection:
+    """State of one paho client / one network connection. Touched only on the asyncio loop,
+    except the `_cb_*` methods, which run on paho's thread and only schedule work."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: paho.Client,
+        on_message: Callable[[InboundMessage], None],
+        on_callback_error: Callable[[str, BaseException], None],
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.thread: threading.Thread | None = None
+        self.connack: asyncio.Future[tuple[ReasonCode, bool]] = loop.create_future()
+        self.pending_publishes: dict[int, asyncio.Future[ReasonCode]] = {}
+        self.pending_subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self.lost = asyncio.Event()
+        self.up = False
+        self.up_since = 0.0
+        self._on_message = on_message
+        self._handover_lock = threading.Lock()
+        self._handover: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._drain_scheduled = False
+        self._on_callback_error = on_callback_error
+        client.on_connect = self._guard("on_connect", self._cb_connect)
+        client.on_disconnect = self._guard("on_disconnect", self._cb_disconnect)
+        client.on_publish = self._guard("on_publish", self._cb_publish)
+        client.on_subscribe = self._guard("on_subscribe", self._cb_subscribe)
+        client.on_message = self._guard("on_message", self._cb_message)
+
+    # --- paho thread side -------------------------------------------------------------------
+
+    def _guard(self, name: str, callback: _F) -> _F:
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                # Never let an exception reach paho: it would kill the network thread.
+                logger.exception("MQTT callback %s failed", name)
+                self._to_loop(self._on_callback_error, name, exc)
+
+        return guarded  # type: ignore[return-value]
+
+    def _to_loop(self, func: Callable[..., None], *args: Any) -> None:
+        # Batched hand-over: under load (thousands of PUBACKs) one loop wake-up runs many
+        # handlers instead of one self-pipe write per callback. Order is preserved.
+        with self._handover_lock:
+            self._handover.append((func, args))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain_handover)
+        except RuntimeError:
+            # The loop is closed: the link is gone, nobody is waiting for this any more.
+            logger.debug("dropping MQTT callback after the event loop closed")
+
+    def _cb_connect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        self._to_loop(self._connack_received, reason, flags.session_present)
+
+    def _cb_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        self._to_loop(self.mark_lost, f"disconnected: {reason}")
+
+    def _cb_publish(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        self._to_loop(self._publish_done, mid, reason)
+
+    def _cb_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        _props: Properties | None,
+    ) -> None:
+        self._to_loop(self._subscribe_done, mid, list(reasons))
+
+    def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        self._to_loop(self._on_message, _inbound_from_paho(msg))
+
+    # --- asyncio loop side -----------------------------------------------------------------
+
+    def _drain_handover(self) -> None:
+        with self._handover_lock:
+            batch = self._handover
+            self._handover = []
+            self._drain_scheduled = False
+        for func, args in batch:
+            try:
+                func(*args)
+            except Exception as exc:
+                logger.exception("MQTT event handler %s failed", getattr(func, "__name__", func))
+                self._on_callback_error("handler", exc)
+
+    def _connack_received(self, reason: ReasonCode, session_present: bool) -> None:
+        if not self.connack.done():
+            self.connack.set_result((reason, session_present))
+
+    def _publish_done(self, mid: int, reason: ReasonCode) -> None:
+        future = self.pending_publishes.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reason)
+
+    def _subscribe_done(self, mid: int, reasons: list[ReasonCode]) -> None:
+        future = self.pending_subscribes.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reasons)
+
+    def mark_lost(self, why: str) -> None:
+        """The connection is over: fail everything still waiting on it."""
+        if self.lost.is_set():
+            return
+        logger.info("MQTT connection lost (%s)", why)
+        self.up = False
+        self.lost.set()
+        if not self.connack.done():
+            self.connack.set_exception(_ConnectFailedError(why))
+        waiting: list[asyncio.Future[Any]] = [
+            *self.pending_publishes.values(),
+            *self.pending_subscribes.values(),
+        ]
+        self.pending_publishes.clear()
+        self.pending_subscribes.clear()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(NotConnected(why))
+
+    def thread_alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+def _inbound_from_paho(msg: paho.MQTTMessage) -> InboundMessage:
+    props = msg.properties
+    response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+    correlation = getattr(props, "CorrelationData", None) if props is not None else None
+    expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
+    user_props = getattr(props, "UserProperty", None) if props is not None else None
+    return InboundMessage(
+        topic=msg.topic,
+        payload=bytes(msg.payload),
+        qos=msg.qos,
+        retain=bool(msg.retain),
+        response_topic=response_topic,
+        correlation_data=bytes(correlation) if correlation is not None else None,
+        message_expiry_s=int(expiry) if expiry is not None else None,
+        user_properties=tuple((str(k), str(v)) for k, v in user_props or ()),
+    )
+
+
+class MqttLink:
+    """One MQTT connection to the response centre's broker, kept up by `run()`."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        will_factory: Callable[[], Will] | None,
+        subscriptions: Sequence[tuple[str, int]],
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._will_factory = will_factory
+        self._subscriptions = tuple(subscriptions)
+        self._on_connected = on_connected
+        self._protocol: ProtocolName = "5"
+        self._conn: _Connection | None = None
+        self._connected_event = asyncio.Event()
+        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
+        self._counts: dict[str, int] = dict.fromkeys(LinkStats.__dataclass_fields__, 0)
+        self._last_callback_error: BaseException | None = None
+
+    # --- public state ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.up
+
+    @property
+    def protocol(self) -> ProtocolName:
+        """MQTT version in use; drops to 3.1.1 for good once a broker refused MQTT 5."""
+        return self._protocol
+
+    @property
+    def stats(self) -> LinkStats:
+        """A snapshot of the counters."""
+        return LinkStats(**self._counts)
+
+    @property
+    def last_callback_error(self) -> BaseException | None:
+        """The most recent exception caught in a paho callback or in on_connected."""
+        return self._last_callback_error
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Return once connected; raise TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._connected_event.wait()
+
+    # --- publish / receive -----------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        message_expiry_s: int | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        content_type: str | None = "application/json",
+    ) -> None:
+        """Publish and return once the broker acknowledged it (QoS 0: once written).
+
+        Raises NotConnected when there is no connection or it drops before the ack, and
+        PublishRejected when an MQTT 5 PUBACK carries a failure reason code. MQTT 5 properties are
+        left out on MQTT 3.1.1.
+        """
+        if qos not in (0, 1):
+            raise ValueError(
+                "only QoS 0 and 1 are supported (QoS 2 state does not survive restarts)"
+            )
+        conn = self._conn
+        if conn is None or not conn.up:
+            raise NotConnected("not connected")
+        properties = None
+        if self._protocol == "5":
+            properties = _publish_properties(
+                message_expiry_s, response_topic, correlation_data, content_type
+            )
+        info = conn.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"paho did not accept the publish: {paho.error_string(info.rc)}")
+        # Registered in the same loop step as client.publish(): the ack callback is delivered
+        # through call_soon_threadsafe, so it always finds this future.
+        ack: asyncio.Future[ReasonCode] = conn.loop.create_future()
+        conn.pending_publishes[info.mid] = ack
+        try:
+            reason = await ack
+        finally:
+            conn.pending_publishes.pop(info.mid, None)
+        if reason.is_failure:
+            self._bump(publishes_rejected=1)
+            raise PublishRejected(reason.value, reason.getName())
+        self._bump(publishes_acked=1)
+
+    async def get_message(self) -> InboundMessage:
+        """Next inbound message (messages received on every connection, in arrival order)."""
+        return await self._inbox.get()
+
+    async def messages(self) -> AsyncGenerator[InboundMessage, None]:
+        """Iterate over inbound messages forever."""
+        while True:
+            yield await self._inbox.get()
+
+    # --- connection lifecycle --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect and stay connected until cancelled; on cancel, disconnect cleanly."""
+        backoff = ReconnectBackoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        try:
+            while True:
+                conn = await self._connect_once()
+                if conn is None:
+                    delay = backoff.next_delay()
+                    logger.info("MQTT reconnect in %.2f s (failure %d)", delay, backoff.failures)
+                    await asyncio.sleep(delay)
+                    continue
+                try:
+                    await self._serve(conn)
+                finally:
+                    await self._close(conn, clean=False)
+                # A connection that lived longer than the longest delay counts as healthy; a
+                # flapping one keeps growing the delay.
+                if time.monotonic() - conn.up_since >= self._settings.backoff_max_s:
+                    backoff.reset()
+                delay = backoff.next_delay()
+                logger.info("MQTT reconnect in %.2f s", delay)
+                await asyncio.sleep(delay)
+        finally:
+            conn = self._conn
+            if conn is not None:
+                await self._close(conn, clean=True)
+
+    async def _connect_once(self) -> _Connection | None:
+        """One connect attempt, bounded by connect_timeout_s. None when it failed."""
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        try:
+            will = self._will_factory() if self._will_factory is not None else None
+        except Exception as exc:
+            logger.exception("will_factory failed; not connecting without a will")
+            self._record_callback_error("will_factory", exc)
+            return None
+        client = self._new_client(will)
+        conn = _Connection(loop, client, self._inbox.put_nowait, self._record_callback_error)
+        deadline = loop.time() + settings.connect_timeout_s
+        try:
+            await self._open_socket(conn)
+            conn.thread = client._thread  # captured to notice if paho's thread dies
+            async with asyncio.timeout_at(deadline):
+                reason, session_present = await conn.connack
+        except (OSError, TimeoutError, _ConnectFailedError) as exc:
+            logger.warning("MQTT connect to %s:%d failed: %r", settings.host, settings.port, exc)
+            await self._close(conn, clean=False)
+            return None
+        except asyncio.CancelledError:
+            await self._close(conn, clean=False)
+            raise
+        if reason.is_failure:
+            await self._close(conn, clean=False)
+            if should_fall_back_to_v311(self._protocol, reason.value):
+                logger.warning("broker refused MQTT 5 (%s); using MQTT 3.1.1 from now on", reason)
+                self._protocol = "3.1.1"
+                return await self._connect_once()
+            logger.warning("MQTT connect refused: %s", reason)
+            return None
+        conn.up = True
+        conn.up_since = time.monotonic()
+        self._conn = conn
+        self._bump(connects=1)
+        self._connected_event.set()
+        logger.info(
+            "MQTT connected (protocol %s, session present: %s)", self._protocol, session_present
+        )
+        return conn
+
+    async def _open_socket(self, conn: _Connection) -> None:
+        """TCP connect and send CONNECT in a worker thread (paho's connect() blocks)."""
+        settings = self._settings
+        properties = None
+        if self._protocol == "5":
+            properties = _new_properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = settings.session_expiry_s
+        client = conn.client
+
+        def connect() -> None:
+            client.connect(
+                settings.host,
+                settings.port,
+                keepalive=settings.keepalive_s,
+                clean_start=False if self._protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=properties,
+            )
+
+        call = asyncio.ensure_future(asyncio.to_thread(connect))
+        try:
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The thread cannot be interrupted; close its socket once it is done.
+            call.add_done_callback(lambda _: _close_socket(client))
+            raise
+        client.loop_start()
+
+    def _new_client(self, will: Will | None) -> paho.Client:
+        settings = self._settings
+        v5 = self._protocol == "5"
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            clean_session=None if v5 else False,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,  # run() owns the reconnect policy
+        )
+        client.connect_timeout = settings.connect_timeout_s
+        client.max_inflight_messages_set(settings.max_inflight)
+        client.max_queued_messages_set(0)  # unbounded: callers bound it themselves
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            client.tls_set_context(ssl.create_default_context())
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        return client
+
+    async def _serve(self, conn: _Connection) -> None:
+        """Subscribe, run on_connected, then watch the connection until it is lost."""
+        async with asyncio.TaskGroup() as tasks:
+            setup = tasks.create_task(self._after_connect(conn), name="mqtt-after-connect")
+            await self._watch(conn)
+            setup.cancel()
+
+    async def _after_connect(self, conn: _Connection) -> None:
+        try:
+            if self._subscriptions:
+                await self._subscribe(conn)
+            if self._on_connected is not None:
+                await self._on_connected()
+        except NotConnected as exc:
+            logger.warning("connection lost during connect hooks: %s", exc)
+        except Exception as exc:
+            logger.exception("MQTT on-connect hook failed")
+            self._record_callback_error("on_connected", exc)
+
+    async def _subscribe(self, conn: _Connection) -> None:
+        # The persistent session may already hold these; subscribing again is harmless and
+        # repairs a session the broker lost.
+        result, mid = conn.client.subscribe(list(self._subscriptions))
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise NotConnected(f"subscribe not sent: {paho.error_string(result)}")
+        suback: asyncio.Future[list[ReasonCode]] = conn.loop.create_future()
+        conn.pending_subscribes[mid] = suback
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout_s):
+                reasons = await suback
+        except TimeoutError:
+            # Without our subscriptions the link is useless: start over with a new connection.
+            conn.mark_lost("no SUBACK in time")
+            raise NotConnected("no SUBACK in time") from None
+        for (topic, _qos), reason in zip(self._subscriptions, reasons, strict=False):
+            if reason.is_failure:
+                logger.error("subscription to %s refused: %s", topic, reason)
+
+    async def _watch(self, conn: _Connection) -> None:
+        """Return when the connection is lost: on_disconnect, or paho's thread died."""
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.thread_check_interval_s):
+                    await conn.lost.wait()
+                return
+            except TimeoutError:
+                if not conn.thread_alive():
+                    logger.error("paho network thread is gone; reconnecting")
+                    conn.mark_lost("network thread stopped")
+                    return
+
+    async def _close(self, conn: _Connection, *, clean: bool) -> None:
+        """Stop the connection's network thread and release the socket."""
+        if self._conn is conn:  # only connections that completed CONNACK are ever current
+            self._conn = None
+            self._connected_event.clear()
+            self._bump(disconnects=1)
+        conn.mark_lost("clean disconnect" if clean else "closing")
+        # disconnect() makes paho's loop send DISCONNECT (when connected) and end its thread.
+        # A clean DISCONNECT means the broker drops the will; that is MQTT semantics.
+        if clean or conn.thread_alive():
+            conn.client.disconnect()
+        thread = conn.thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, _THREAD_JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                logger.error(
+                    "paho network thread did not stop within %.0f s", _THREAD_JOIN_TIMEOUT_S
+                )
+        _close_socket(conn.client)
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _bump(self, **deltas: int) -> None:
+        for name, delta in deltas.items():
+            self._counts[name] += delta
+
+    def _record_callback_error(self, where: str, exc: BaseException) -> None:
+        del where  # already logged where it happened
+        self._last_callback_error = exc
+        self._bump(callback_errors=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _publish_properties(
+    message_expiry_s: int | None,
+    response_topic: str | None,
+    correlation_data: bytes | None,
+    content_type: str | None,
+) -> Properties | None:
+    # Cached: building paho Properties costs ~100 µs and most publishes share the same ones
+    # (content type only). paho only reads them when packing, so sharing is safe.
+    props = _new_properties(PacketTypes.PUBLISH)
+    used = False
+    if message_expiry_s is not None:
+        props.MessageExpiryInterval = message_expiry_s
+        used = True
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+        used = True
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+        used = True
+    if content_type is not None:
+        props.ContentType = content_type
+        used = True
+    return props if used else None
+
+
+def _close_socket(client: paho.Client) -> None:
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _new_properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
