@@ -56,7 +56,6 @@ def settings_for(port: int, client_id: str = "unit-1", **overrides: Any) -> Mqtt
         "connect_timeout_s": 3.0,
         "backoff_initial_s": 0.05,
         "backoff_max_s": 0.3,
-        "thread_check_interval_s": 0.1,
     }
     values.update(overrides)
     return MqttSettings(**values)
@@ -327,15 +326,19 @@ def test_link_notices_dead_network_thread_and_reconnects(
 ) -> None:
     async def scenario() -> None:
         hook = Counter()
+        # keepalive 5 s: the quiet network thread wakes every keepalive/4, so loop_stop() is quick
         link = MqttLink(
-            settings_for(mosquitto.port), will_factory=None, subscriptions=(), on_connected=hook
+            settings_for(mosquitto.port, keepalive_s=5),
+            will_factory=None,
+            subscriptions=(),
+            on_connected=hook,
         )
         async with running(link):
             await link.wait_connected(WAIT_S)
             conn = link._conn
             assert conn is not None
             # Stop paho's thread behind the link's back: no on_disconnect fires, the socket stays
-            # open. Only the thread watch can notice.
+            # open. The thread reports its own end.
             await asyncio.to_thread(conn.client.loop_stop)
             await until(lambda: link.stats.connects == 2 and link.connected)
             await until(lambda: hook.calls == 2)

@@ -62,7 +62,6 @@ class MqttSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
     max_inflight: int = 20  # QoS 1 publishes on the wire awaiting PUBACK
-    thread_check_interval_s: float = 1.0  # how often run() checks paho's network thread
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -70,7 +69,7 @@ class MqttSettings:
             raise ValueError("client_id must not be empty")
         if not 0 < self.port < 65536:
             raise ValueError(f"port out of range: {self.port}")
-        if self.connect_timeout_s <= 0 or self.thread_check_interval_s <= 0:
+        if self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -455,8 +454,9 @@ class MqttLink:
         conn = _Connection(loop, client, self._inbox.put_nowait, self._record_callback_error)
         deadline = loop.time() + settings.connect_timeout_s
         try:
+            client.on_thread_exit = lambda: _call_soon(loop, conn.mark_lost, "network thread ended")
             await self._open_socket(conn)
-            conn.thread = client._thread  # captured to notice if paho's thread dies
+            conn.thread = client._thread  # joined on close
             async with asyncio.timeout_at(deadline):
                 reason, session_present = await conn.connack
         except (OSError, TimeoutError, _ConnectFailedError) as exc:
@@ -511,10 +511,10 @@ class MqttLink:
             raise
         client.loop_start()
 
-    def _new_client(self, will: Will | None) -> paho.Client:
+    def _new_client(self, will: Will | None) -> _QuietClient:
         settings = self._settings
         v5 = self._protocol == "5"
-        client = paho.Client(
+        client = _QuietClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             clean_session=None if v5 else False,
@@ -522,6 +522,8 @@ class MqttLink:
             reconnect_on_failure=False,  # run() owns the reconnect policy
         )
         client.connect_timeout = settings.connect_timeout_s
+        # keepalive/4 keeps PINGREQs on time while the thread sleeps through an idle unit's day.
+        client.select_timeout_s = max(1.0, settings.keepalive_s / 4)
         client.max_inflight_messages_set(settings.max_inflight)
         client.max_queued_messages_set(0)  # unbounded: callers bound it themselves
         if settings.username is not None:
@@ -571,17 +573,13 @@ class MqttLink:
                 logger.error("subscription to %s refused: %s", topic, reason)
 
     async def _watch(self, conn: _Connection) -> None:
-        """Return when the connection is lost: on_disconnect, or paho's thread died."""
-        while True:
-            try:
-                async with asyncio.timeout(self._settings.thread_check_interval_s):
-                    await conn.lost.wait()
-                return
-            except TimeoutError:
-                if not conn.thread_alive():
-                    logger.error("paho network thread is gone; reconnecting")
-                    conn.mark_lost("network thread stopped")
-                    return
+        """Return when the connection is lost: on_disconnect, or paho's thread ended.
+
+        Both arrive as events (the thread reports its own end), so nothing polls here.
+        """
+        await conn.lost.wait()
+        if not conn.thread_alive():
+            logger.warning("paho network thread ended; reconnecting")
 
     async def _close(self, conn: _Connection, *, clean: bool) -> None:
         """Stop the connection's network thread and release the socket."""
@@ -616,6 +614,27 @@ class MqttLink:
 
 
 @functools.lru_cache(maxsize=64)
+def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[[str], None], arg: str) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is already closed at shutdown
+        loop.call_soon_threadsafe(func, arg)
+
+
+class _QuietClient(paho.Client):
+    """paho's client, with a network thread that sleeps until traffic or `select_timeout_s`
+    (paho's own wakes every second: the biggest idle cost on a Pi) and reports its end."""
+
+    select_timeout_s: float = 1.0
+    on_thread_exit: Callable[[], None] | None = None
+
+    def _thread_main(self) -> None:
+        try:
+            self.loop_forever(timeout=self.select_timeout_s, retry_first_connection=True)
+        finally:
+            self._thread = None
+            if self.on_thread_exit is not None:
+                self.on_thread_exit()
+
+
 def _publish_properties(
     message_expiry_s: int | None,
     response_topic: str | None,
