@@ -1,0 +1,555 @@
+"""The dispenser session: protocol v1 over a `Transport`, kept alive for as long as the agent runs.
+
+One connection = open the transport, a fresh `LinkEndpoint` (new random session), `Hello` ->
+`Capabilities`, then a pump task that feeds received bytes to the endpoint. Everything is driven by
+events: bytes arriving wake the pump, link retransmits run from a loop timer armed at the endpoint's
+next deadline, requests wake on their reply future. No polling loop.
+
+Guarantees the agent relies on:
+- Acknowledge after commit (SPEC 2.6): `on_message` runs synchronously *before* the ACK bytes for
+  that frame are written. If `on_message` raises, the ACK is not written and the connection is
+  dropped; the dispenser retransmits to the next connection, whose new link session accepts the
+  frame afresh, so `on_message` sees it again (the agent dedups, as it must anyway).
+- Replies are matched by `req_id`; several requests may be outstanding (the link sends them one at
+  a time). A reply is returned unchanged: `ALREADY_DONE` for a repeated dispense_id is the
+  engine's to interpret, not ours.
+- A request that fails raises, never returns a made-up reply: `NotConnected`, `RequestTimeout`
+  (outcome unknown: the command may still reach the dispenser), `LinkSendFailed(reason)` (the link
+  gave up or the dispenser NAKed it: not delivered), `LinkLost` (the connection went down while
+  waiting: outcome unknown).
+- A reply that nobody waits for any more (it came after `RequestTimeout`) is counted and passed to
+  `on_message`, so a late `CommandResult` is never silently lost.
+- `LinkDown` is reported once per outage (not per reconnect attempt), `LinkUp` once per successful
+  handshake. A dispenser that restarts mid-session (new link session seen) is reported as
+  `LinkDown("dispenser restarted")`, re-handshaken on the same port (closing a serial port drops
+  DTR, which resets many boards) and reported `LinkUp` with its new capabilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.metadata
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from drivers.retry import DEFAULT_RECONNECT, RetryPolicy, retry_bounded
+from drivers.transport import Transport, TransportClosed, TransportError
+from protocol import PROTOCOL_VERSION
+from protocol.link import (
+    Delivered,
+    Failed,
+    LinkConfig,
+    LinkEndpoint,
+    LinkEvent,
+    LinkStats,
+    PeerRestarted,
+    Received,
+)
+from protocol.messages import (
+    Capabilities,
+    CommandResult,
+    Direction,
+    Discard,
+    Dispense,
+    FactoryReset,
+    GetStatus,
+    GetTime,
+    Hello,
+    Message,
+    Retain,
+    SetAlert,
+    SetLock,
+    SetTime,
+    Status,
+    TimeReport,
+)
+
+log = logging.getLogger(__name__)
+
+Command: TypeAlias = (
+    Hello
+    | Dispense
+    | Discard
+    | Retain
+    | SetAlert
+    | SetLock
+    | GetStatus
+    | GetTime
+    | SetTime
+    | FactoryReset
+)
+Reply: TypeAlias = Capabilities | CommandResult | Status | TimeReport
+REPLY_TYPES: tuple[type[Reply], ...] = (Capabilities, CommandResult, Status, TimeReport)
+
+# A session that ends sooner than this after its handshake counts as flapping: the next reconnect
+# waits (growing), instead of hammering a dispenser that drops us right away.
+STABLE_LINK_S = 10.0
+
+
+def _agent_version() -> str:
+    try:
+        return importlib.metadata.version("dispenser-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def expected_reply(command: Command) -> type[Reply]:
+    """The reply type the dispenser sends for `command` (SPEC 4.2)."""
+    if isinstance(command, Hello):
+        return Capabilities
+    if isinstance(command, GetStatus):
+        return Status
+    if isinstance(command, GetTime):
+        return TimeReport
+    return CommandResult
+
+
+# --- errors and reports ----------------------------------------------------------------------
+
+
+class SessionError(Exception):
+    """Root of the errors `DispenserSession.request` raises."""
+
+
+class NotConnected(SessionError):  # noqa: N818 (names fixed by the driver API)
+    """No handshaken link to the dispenser right now: the command was not sent."""
+
+
+class RequestTimeout(SessionError):  # noqa: N818
+    """No reply within the request timeout: the outcome is unknown."""
+
+
+class LinkSendFailed(SessionError):  # noqa: N818
+    """The link gave up on the command (no ACK after the retransmits, NAK, queue full)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LinkLost(SessionError):  # noqa: N818
+    """The connection went down while the request waited: the outcome is unknown."""
+
+
+class UnexpectedReply(SessionError):  # noqa: N818
+    """A reply with our req_id but of the wrong type (a dispenser bug)."""
+
+
+class HandshakeError(SessionError):
+    """The dispenser answered Hello with something the agent cannot work with."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    capabilities: Capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    reason: str
+
+
+LinkReport: TypeAlias = LinkUp | LinkDown
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    connects: int  # successful handshakes, the first one included
+    reconnects: int  # successful handshakes after the first
+    connect_failures: int  # failed open/handshake attempts
+    outages: int  # LinkDown reports
+    requests: int
+    timeouts: int
+    send_failures: int
+    orphan_replies: int
+    handler_errors: int  # on_message raised: frame left unacknowledged
+    peer_restarts: int
+    frames_rejected: int  # corrupt/invalid frames over all connections so far
+    link: LinkStats | None  # a copy of the current endpoint's counters
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Pending:
+    future: asyncio.Future[Reply]
+    expects: type[Reply]
+    token: int | None = None
+
+
+@dataclass(eq=False)
+class _Connection:
+    transport: Transport
+    endpoint: LinkEndpoint
+    peer_restarted: asyncio.Future[None]
+    pump: asyncio.Task[None] | None = None
+    up_since: float | None = None
+
+
+class _HandlerError(Exception):
+    """on_message raised: the frame stays unacknowledged and the connection is dropped."""
+
+
+class DispenserSession:
+    def __init__(
+        self,
+        transport_factory: Callable[[], Transport],
+        *,
+        on_message: Callable[[Message], None],
+        on_link: Callable[[LinkReport], None],
+        link_config: LinkConfig = LinkConfig(),  # noqa: B008 (frozen, shared safely)
+        request_timeout_s: float = 2.0,
+        backoff: RetryPolicy = DEFAULT_RECONNECT,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        agent_version: str | None = None,
+    ) -> None:
+        self._transport_factory = transport_factory
+        self._on_message = on_message
+        self._on_link = on_link
+        self._link_config = link_config
+        self._request_timeout_s = request_timeout_s
+        self._backoff = backoff
+        self._rng = rng if rng is not None else random.Random()
+        self._monotonic = monotonic
+        self._agent_version = agent_version if agent_version is not None else _agent_version()
+        self.capabilities: Capabilities | None = None
+        self._conn: _Connection | None = None
+        self._connected = False
+        self._running = False
+        self._pending: dict[int, _Pending] = {}
+        self._req_by_token: dict[int, int] = {}
+        self._next_req_id = 1
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_report: LinkReport | None = None
+        self._counts: Counter[str] = Counter()
+        self._rejected_before = 0  # frames rejected by endpoints of earlier connections
+
+    # --- public -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def stats(self) -> SessionStats:
+        c = self._counts
+        endpoint = self._conn.endpoint if self._conn else None
+        link = None
+        rejected_now = 0
+        if endpoint is not None:
+            link = dataclasses.replace(endpoint.stats, rejected=Counter(endpoint.stats.rejected))
+            rejected_now = sum(endpoint.stats.rejected.values())
+        return SessionStats(
+            connects=c["connects"],
+            reconnects=max(0, c["connects"] - 1),
+            connect_failures=c["connect_failures"],
+            outages=c["outages"],
+            requests=c["requests"],
+            timeouts=c["timeouts"],
+            send_failures=c["send_failures"],
+            orphan_replies=c["orphan_replies"],
+            handler_errors=c["handler_errors"],
+            peer_restarts=c["peer_restarts"],
+            frames_rejected=self._rejected_before + rejected_now,
+            link=link,
+        )
+
+    async def run(self) -> None:
+        """Keep a handshaken link to the dispenser until cancelled."""
+        if self._running:
+            raise RuntimeError("DispenserSession.run is already running")
+        self._running = True
+        short_sessions = 0
+        try:
+            while True:
+                conn = await retry_bounded(
+                    self._connect_once,
+                    self._backoff,
+                    retry_on=(TransportError, SessionError),
+                    rng=self._rng,
+                    on_failure=self._on_connect_failure,
+                )
+                reason = await self._serve(conn)
+                up_for = self._monotonic() - (conn.up_since or 0.0)
+                await self._teardown(conn, reason)
+                short_sessions = short_sessions + 1 if up_for < STABLE_LINK_S else 0
+                if short_sessions > 1:  # the first drop reconnects at once: catch retransmits
+                    await asyncio.sleep(self._backoff.delay(short_sessions - 1, self._rng))
+        finally:
+            self._running = False
+            if self._conn is not None:
+                await self._teardown(self._conn, "session stopped")
+            self._report_down("session stopped")
+
+    async def request(self, command: Command) -> Reply:
+        """Send `command` and return the dispenser's reply.
+
+        The session stamps a fresh `req_id` (whatever the caller put there, conventionally 0, is
+        replaced). Raises NotConnected, RequestTimeout, LinkSendFailed, LinkLost, UnexpectedReply.
+        """
+        if isinstance(command, Hello):
+            raise ValueError("the session does the Hello handshake itself")
+        conn = self._conn
+        if conn is None or not self._connected:
+            raise NotConnected("no link to the dispenser")
+        return await self._exchange(conn, command)
+
+    # --- connecting -------------------------------------------------------------------------
+
+    async def _connect_once(self) -> _Connection:
+        transport = self._transport_factory()
+        await transport.open()
+        loop = asyncio.get_running_loop()
+        endpoint = LinkEndpoint(
+            Direction.TO_DISPENSER, self._rng.randint(1, 0xFFFF), self._link_config
+        )
+        conn = _Connection(transport, endpoint, loop.create_future())
+        self._conn = conn
+        conn.pump = asyncio.create_task(self._pump(conn), name="dispenser-link-pump")
+        try:
+            capabilities = await self._handshake(conn)
+        except BaseException:
+            await self._teardown(conn, None)
+            raise
+        self._link_up(conn, capabilities)
+        return conn
+
+    async def _handshake(self, conn: _Connection) -> Capabilities:
+        reply = await self._exchange(conn, Hello(0, PROTOCOL_VERSION, self._agent_version))
+        if not isinstance(reply, Capabilities):  # pragma: no cover - _exchange checks the type
+            raise UnexpectedReply(f"Hello answered with {type(reply).__name__}")
+        if reply.protocol_version != PROTOCOL_VERSION:
+            # SPEC 4.1: an unsupported version is reported and nothing is dispensed.
+            raise HandshakeError(
+                f"dispenser speaks protocol v{reply.protocol_version}, agent v{PROTOCOL_VERSION}"
+            )
+        return reply
+
+    def _on_connect_failure(self, attempt: int, error: Exception) -> None:
+        self._counts["connect_failures"] += 1
+        what = "timed out" if isinstance(error, TimeoutError) else f"{error}"
+        log.warning("dispenser connect attempt %d failed: %s", attempt, what)
+        self._report_down(f"connect failed: {what}")
+
+    def _link_up(self, conn: _Connection, capabilities: Capabilities) -> None:
+        conn.up_since = self._monotonic()
+        self.capabilities = capabilities
+        self._connected = True
+        self._counts["connects"] += 1
+        log.info(
+            "dispenser link up: %s %s fw %s via %s",
+            capabilities.model,
+            capabilities.serial_number,
+            capabilities.firmware_version,
+            conn.transport.description,
+        )
+        self._report(LinkUp(capabilities))
+
+    async def _serve(self, conn: _Connection) -> str:
+        """Run until the connection ends; returns why. Re-handshakes after a dispenser restart."""
+        assert conn.pump is not None
+        while True:
+            await asyncio.wait({conn.pump, conn.peer_restarted}, return_when="FIRST_COMPLETED")
+            if conn.pump.done():
+                return self._pump_end_reason(conn.pump)
+            conn.peer_restarted = asyncio.get_running_loop().create_future()
+            self._connected = False
+            self._report_down("dispenser restarted")
+            try:
+                async with asyncio.timeout(self._backoff.attempt_timeout_s):
+                    capabilities = await self._handshake(conn)
+            except (SessionError, TimeoutError) as exc:
+                return f"handshake after dispenser restart failed: {exc or 'timed out'}"
+            self._link_up(conn, capabilities)
+
+    @staticmethod
+    def _pump_end_reason(pump: asyncio.Task[None]) -> str:
+        if pump.cancelled():
+            return "link pump cancelled"
+        error = pump.exception()
+        if isinstance(error, TransportClosed):
+            return f"transport closed: {error}"
+        if isinstance(error, _HandlerError):
+            return f"event handler failed: {error}"
+        log.error("link pump crashed", exc_info=error)
+        return f"link pump crashed: {error!r}"
+
+    async def _teardown(self, conn: _Connection, reason: str | None) -> None:
+        """Close a connection; `reason` None means a failed attempt (reported by the retry)."""
+        if self._conn is conn:
+            self._conn = None
+            self._connected = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._rejected_before += sum(conn.endpoint.stats.rejected.values())
+        self._fail_pending(reason or "connect attempt abandoned")
+        if conn.pump is not None and not conn.pump.done():
+            conn.pump.cancel()
+        if conn.pump is not None:
+            await asyncio.wait({conn.pump})  # unlike `await pump`, never swallows our own cancel
+            if not conn.pump.cancelled():
+                conn.pump.exception()  # retrieved: its reason is reported below or by the retry
+        await conn.transport.close()
+        if reason is not None:
+            log.warning("dispenser link down: %s", reason)
+            self._report_down(reason)
+
+    def _fail_pending(self, reason: str) -> None:
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(LinkLost(reason))
+
+    # --- link reports -----------------------------------------------------------------------
+
+    def _report(self, report: LinkReport) -> None:
+        self._last_report = report
+        if isinstance(report, LinkDown):
+            self._counts["outages"] += 1
+        try:
+            self._on_link(report)
+        except Exception:
+            log.exception("on_link handler raised on %s", report)
+
+    def _report_down(self, reason: str) -> None:
+        if not isinstance(self._last_report, LinkDown):
+            self._report(LinkDown(reason))
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def _exchange(self, conn: _Connection, command: Command) -> Reply:
+        req_id = self._allocate_req_id()
+        stamped = dataclasses.replace(command, req_id=req_id)
+        pending = _Pending(asyncio.get_running_loop().create_future(), expected_reply(command))
+        self._pending[req_id] = pending  # registered before a byte is written
+        self._counts["requests"] += 1
+        try:
+            token, events = conn.endpoint.send(stamped, self._monotonic())
+            pending.token = token
+            self._req_by_token[token] = req_id
+            self._after_link_step(conn, events)
+            try:
+                async with asyncio.timeout(self._request_timeout_s):
+                    return await pending.future
+            except TimeoutError:
+                self._counts["timeouts"] += 1
+                log.warning("no reply to %s within %.2f s", stamped, self._request_timeout_s)
+                raise RequestTimeout(
+                    f"no reply to {type(command).__name__} req_id {req_id} "
+                    f"within {self._request_timeout_s} s"
+                ) from None
+        finally:
+            del self._pending[req_id]
+            if pending.token is not None:
+                self._req_by_token.pop(pending.token, None)
+
+    def _allocate_req_id(self) -> int:
+        for _ in range(0xFFFF):
+            req_id = self._next_req_id
+            self._next_req_id = req_id % 0xFFFF + 1  # 1..65535: 0 is what callers pass in
+            if req_id not in self._pending:
+                return req_id
+        raise SessionError("all 65535 req_ids are waiting for replies")
+
+    # --- the pump, the timer and link events --------------------------------------------------
+
+    async def _pump(self, conn: _Connection) -> None:
+        try:
+            while True:
+                data = await conn.transport.read()
+                events = conn.endpoint.receive_bytes(data, self._monotonic())
+                try:
+                    self._handle_events(conn, events)
+                except Exception as exc:
+                    # Not acknowledged: the dispenser must resend what the agent could not take.
+                    conn.endpoint.take_outgoing()
+                    self._counts["handler_errors"] += 1
+                    log.exception("on_message raised; dropping the link without ACK")
+                    raise _HandlerError(repr(exc)) from exc
+                self._flush(conn)  # the ACKs go out only now, after on_message returned
+                self._arm_timer(conn)
+        except BaseException as exc:
+            self._fail_pending(f"link pump ended: {exc!r}")
+            raise
+
+    def _after_link_step(self, conn: _Connection, events: list[LinkEvent]) -> None:
+        self._handle_events(conn, events)
+        self._flush(conn)
+        self._arm_timer(conn)
+
+    def _on_deadline(self, conn: _Connection) -> None:
+        self._timer = None
+        if conn is not self._conn:
+            return
+        self._after_link_step(conn, conn.endpoint.poll(self._monotonic()))
+
+    def _arm_timer(self, conn: _Connection) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = conn.endpoint.next_deadline()
+        if deadline is None or conn is not self._conn:
+            return
+        delay = max(0.0, deadline - self._monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline, conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        data = conn.endpoint.take_outgoing()
+        if not data:
+            return
+        try:
+            conn.transport.write(data)
+        except TransportClosed as exc:
+            # The transport contract makes the pump's read fail too; it ends the connection.
+            log.warning("write to %s failed: %s", conn.transport.description, exc)
+
+    def _handle_events(self, conn: _Connection, events: list[LinkEvent]) -> None:
+        for event in events:
+            if isinstance(event, Received):
+                self._on_received(event.message)
+            elif isinstance(event, Failed):
+                self._on_send_failed(event)
+            elif isinstance(event, PeerRestarted):
+                if event.old_session is not None:
+                    self._counts["peer_restarts"] += 1
+                    log.warning(
+                        "dispenser restarted: link session %04x -> %04x",
+                        event.old_session,
+                        event.new_session,
+                    )
+                    if not conn.peer_restarted.done():
+                        conn.peer_restarted.set_result(None)
+            elif isinstance(event, Delivered):
+                log.debug("delivered %s", event.message)
+
+    def _on_received(self, message: Message) -> None:
+        if isinstance(message, REPLY_TYPES):
+            pending = self._pending.get(message.req_id)
+            if pending is None or pending.future.done():
+                self._counts["orphan_replies"] += 1
+                log.warning("reply nobody waits for (late or unknown req_id): %s", message)
+                self._on_message(message)
+            elif not isinstance(message, pending.expects):
+                pending.future.set_exception(
+                    UnexpectedReply(f"expected {pending.expects.__name__}, got {message}")
+                )
+            else:
+                pending.future.set_result(message)
+            return
+        self._on_message(message)
+
+    def _on_send_failed(self, event: Failed) -> None:
+        self._counts["send_failures"] += 1
+        log.warning("link failed to deliver %s: %s", event.message, event.reason)
+        req_id = self._req_by_token.pop(event.token, None)
+        pending = self._pending.get(req_id) if req_id is not None else None
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(LinkSendFailed(event.reason))
