@@ -1,0 +1,351 @@
+"""Commands from the response centre (``commands/request``) and the unit's answers.
+
+Every command has an id, an issue time and an expiry at most seven days later, so a "pause" that
+waited at the broker while the unit was offline never runs days too late. `parse_command` turns a
+payload into a `CommandRequest` or raises `CommandInvalid` with a code, a readable message and,
+whenever it could be read, the command id, so that even a broken command gets an answer.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from typing import Annotated, Literal, get_args
+from uuid import UUID
+
+from pydantic import Field, JsonValue, ValidationError, model_validator
+
+from agent.contract.events import SEQ_MAX, ContractModel, UtcDateTime
+from agent.engine.schedule import MAX_DOSES_PER_DAY, Schedule, ScheduleRule, parse_time
+from agent.engine.types import (
+    AcknowledgeAlert,
+    EndPause,
+    EngineInput,
+    PauseWindow,
+    SetSchedule,
+    Silence,
+    StartPause,
+)
+
+MAX_COMMAND_LIFETIME = timedelta(days=7)  # matches the broker session expiry
+MAX_COMMAND_BYTES = 64 * 1024
+
+# CommandInvalid / CommandResponse.error codes produced by parsing
+MALFORMED_JSON = "malformed_json"
+INVALID_COMMAND = "invalid_command"
+UNKNOWN_COMMAND = "unknown_command"
+
+HHMM_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+DoseTime = Annotated[str, Field(pattern=HHMM_PATTERN, description="Local time, 24-hour HH:MM.")]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAY_INDEX: dict[str, int] = {name: index for index, name in enumerate(get_args(Weekday))}
+DayTimes = Annotated[list[DoseTime], Field(max_length=MAX_DOSES_PER_DAY)]
+OperatorId = Annotated[str, Field(min_length=1, max_length=64)]
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+class ScheduleRuleSpec(ContractModel):
+    """Dose times from `effective_from` (local date, inclusive) until the next rule's date."""
+
+    effective_from: date
+    times: DayTimes = Field(description="Every day's dose times; [] means no doses.")
+    weekday_times: dict[Weekday, DayTimes] = Field(
+        default_factory=dict, description="Replaces `times` on the given weekdays."
+    )
+
+    def to_rule(self) -> ScheduleRule:
+        """The engine's rule; raises ScheduleError (a ValueError) with a readable message."""
+        return ScheduleRule(
+            effective_from=self.effective_from,
+            times=tuple(parse_time(t) for t in self.times),
+            weekday_times={
+                WEEKDAY_INDEX[day]: tuple(parse_time(t) for t in day_times)
+                for day, day_times in self.weekday_times.items()
+            },
+        )
+
+
+class UpdateScheduleCommand(ContractModel):
+    """Desired schedule, versioned: the unit keeps the highest version it has accepted."""
+
+    name: Literal["update_schedule"]
+    version: int = Field(ge=1, le=SEQ_MAX)
+    zone: str = Field(default="Europe/Oslo", min_length=1, max_length=64)
+    rules: list[ScheduleRuleSpec] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> UpdateScheduleCommand:
+        self.to_schedule()  # the engine's checks: zone, spacing, duplicate dates ...
+        return self
+
+    def to_schedule(self) -> Schedule:
+        return Schedule.build(zone=self.zone, rules=[rule.to_rule() for rule in self.rules])
+
+
+class PauseCommand(ContractModel):
+    """Temporary stop: slots due in [start, end) are skipped without missed-dose alarms."""
+
+    name: Literal["pause"]
+    pause_id: str = Field(min_length=1, max_length=64)
+    start: UtcDateTime
+    end: UtcDateTime | None = Field(default=None, description="null: until a resume command.")
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> PauseCommand:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(
+                f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})"
+            )
+        return self
+
+
+class ResumeCommand(ContractModel):
+    name: Literal["resume"]
+    pause_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="null: whichever pause is active."
+    )
+
+
+class SilenceCommand(ContractModel):
+    """Silence local sound and light for a while; no alert is cleared."""
+
+    name: Literal["silence"]
+    minutes: int = Field(ge=1, le=120)
+
+
+class AckAlertCommand(ContractModel):
+    """A person acknowledged a latched alert (acknowledged is not resolved)."""
+
+    name: Literal["ack_alert"]
+    alert_id: str = Field(min_length=1, max_length=128)
+
+
+class RequestStatusCommand(ContractModel):
+    """Republish the retained state topics and answer with a status summary."""
+
+    name: Literal["request_status"]
+
+
+class ResendFromCommand(ContractModel):
+    """Publish again, with replayed=true, every event still kept from `seq` on."""
+
+    name: Literal["resend_from"]
+    seq: int = Field(ge=1, le=SEQ_MAX)
+
+
+AnyCommand = (
+    UpdateScheduleCommand
+    | PauseCommand
+    | ResumeCommand
+    | SilenceCommand
+    | AckAlertCommand
+    | RequestStatusCommand
+    | ResendFromCommand
+)
+Command = Annotated[AnyCommand, Field(discriminator="name")]
+COMMAND_NAMES: tuple[str, ...] = tuple(
+    get_args(model.model_fields["name"].annotation)[0] for model in get_args(AnyCommand)
+)
+
+
+class CommandRequest(ContractModel):
+    """A command addressed to one unit (the topic names the unit)."""
+
+    command_id: UUID = Field(description="Chosen by the sender; echoed in the response.")
+    issued_at: UtcDateTime
+    expires_at: UtcDateTime = Field(
+        description="After issued_at, at most 7 days later; an expired command is not executed."
+    )
+    issued_by: OperatorId = Field(description="Operator id at the response centre (no names).")
+    command: Command
+
+    @model_validator(mode="after")
+    def _expiry_window(self) -> CommandRequest:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        if self.expires_at - self.issued_at > MAX_COMMAND_LIFETIME:
+            raise ValueError("expires_at must be at most 7 days after issued_at")
+        return self
+
+    def is_expired(self, now: datetime) -> bool:
+        """True from `expires_at` on; `now` must be an aware datetime."""
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be timezone-aware")
+        return now >= self.expires_at
+
+    def message_expiry_s(self, now: datetime) -> int:
+        """Seconds left until expiry (for an MQTT 5 message expiry), at least 0."""
+        return max(0, int((self.expires_at - now).total_seconds()))
+
+    def to_engine_input(self) -> EngineInput | None:
+        """The engine input this command becomes; None for commands the shell answers itself
+        (request_status, resend_from)."""
+        command = self.command
+        if isinstance(command, UpdateScheduleCommand):
+            return SetSchedule(schedule=command.to_schedule(), version=command.version)
+        if isinstance(command, PauseCommand):
+            return StartPause(PauseWindow(command.pause_id, command.start, command.end))
+        if isinstance(command, ResumeCommand):
+            return EndPause(command.pause_id)
+        if isinstance(command, SilenceCommand):
+            return Silence(timedelta(minutes=command.minutes))
+        if isinstance(command, AckAlertCommand):
+            return AcknowledgeAlert(alert_id=command.alert_id, by=self.issued_by)
+        return None
+
+
+# --- the answers -----------------------------------------------------------------------------
+
+
+class CommandError(ContractModel):
+    code: str = Field(min_length=1, max_length=64, description="Stable snake_case reason.")
+    message: str = Field(max_length=2000, description="For people; do not parse.")
+
+
+CommandStatus = Literal["ok", "rejected", "expired", "duplicate", "error"]
+_STATUSES_WITH_ERROR = frozenset({"rejected", "expired", "error"})
+
+
+class CommandResponse(ContractModel):
+    """Exactly one per command id (a repeated command id is answered `duplicate`)."""
+
+    command_id: str = Field(min_length=1, max_length=64, description="The request's command_id.")
+    status: CommandStatus
+    error: CommandError | None = Field(
+        default=None, description="Required for rejected, expired and error; null for ok."
+    )
+    result: dict[str, JsonValue] | None = None
+    responded_at: UtcDateTime
+
+    @model_validator(mode="after")
+    def _error_matches_status(self) -> CommandResponse:
+        if self.status == "ok" and self.error is not None:
+            raise ValueError("status ok carries no error")
+        if self.status in _STATUSES_WITH_ERROR and self.error is None:
+            raise ValueError(f"status {self.status} needs an error {{code, message}}")
+        return self
+
+    @classmethod
+    def for_invalid(cls, problem: CommandInvalid, at: datetime) -> CommandResponse | None:
+        """The `rejected` answer to an unparsable command, or None if its id was unreadable."""
+        if problem.command_id is None:
+            return None
+        return cls(
+            command_id=problem.command_id,
+            status="rejected",
+            error=CommandError(code=problem.code, message=problem.message),
+            responded_at=at,
+        )
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+class CommandInvalid(ValueError):  # noqa: N818 - the name the daemon's API uses
+    """A command payload that cannot be executed.
+
+    `code` is malformed_json, invalid_command or unknown_command; `command_id` is the canonical
+    text of the payload's command_id when that much was readable (so the lead can still answer).
+    """
+
+    def __init__(self, code: str, message: str, command_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.command_id = command_id
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _readable_command_id(value: object) -> str | None:
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        return str(UUID(value))
+    except ValueError:
+        return None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc)
+    # drop the discriminator tag pydantic inserts: command.silence.minutes -> command.minutes
+    if len(parts) >= 2 and parts[0] == "command" and parts[1] in COMMAND_NAMES:
+        del parts[1]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "[key]":  # a bad key of a mapping, e.g. weekday_times.sunday
+            text += " (key)"
+        else:
+            text += f".{part}" if text else part
+    return text or "payload"
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, e.g. ``command.minutes: Input should be less than or equal to 120``."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        if (
+            problem["type"] == "string_pattern_mismatch"
+            and problem.get("ctx", {}).get("pattern") == HHMM_PATTERN
+        ):
+            message = f"{problem['input']!r:.40} is not a dose time; expected HH:MM, e.g. '08:00'"
+        lines.append(f"{_where(problem['loc'])}: {message}")
+    return "; ".join(lines)
+
+
+def parse_command(payload: bytes) -> CommandRequest:
+    """Parse and validate one commands/request payload; raise `CommandInvalid` if it is unusable.
+
+    Expiry is not checked here (it needs the clock): call `CommandRequest.is_expired(now)`.
+    """
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandInvalid(
+            INVALID_COMMAND, f"payload is {len(payload)} bytes; at most {MAX_COMMAND_BYTES}"
+        )
+    try:
+        raw = json.loads(
+            payload.decode("utf-8"),
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CommandInvalid(MALFORMED_JSON, f"payload is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CommandInvalid(
+            INVALID_COMMAND, f"expected a JSON object, got {type(raw).__name__} ({raw!r:.60})"
+        )
+    command_id = _readable_command_id(raw.get("command_id"))
+    command = raw.get("command")
+    if isinstance(command, dict):
+        name = command.get("name")
+        if name is None:
+            raise CommandInvalid(
+                INVALID_COMMAND,
+                f"command.name is missing; expected one of {', '.join(COMMAND_NAMES)}",
+                command_id,
+            )
+        if isinstance(name, str) and name not in COMMAND_NAMES:
+            raise CommandInvalid(
+                UNKNOWN_COMMAND,
+                f"unknown command {name!r:.80}; expected one of {', '.join(COMMAND_NAMES)}",
+                command_id,
+            )
+    try:
+        return CommandRequest.model_validate_json(payload)
+    except ValidationError as exc:
+        raise CommandInvalid(INVALID_COMMAND, describe_validation_error(exc), command_id) from None
