@@ -96,15 +96,55 @@ class SystemClock:
     def __init__(self, synced_flag: Path = SYSTEMD_TIMESYNC_FLAG) -> None:
         self._synced_flag = synced_flag
         self._fallback_trust = TimeTrust.UNTRUSTED
+        self._offset = timedelta(0)  # reference time minus system time, until NTP syncs
 
     def now(self) -> Now:
         mono = _time.monotonic()
         utc = datetime.now(UTC)
-        trust = TimeTrust.SYNCHRONISED if self._synced_flag.exists() else self._fallback_trust
-        return Now(mono=mono, utc=utc, trust=trust)
+        if self._synced_flag.exists():
+            return Now(mono=mono, utc=utc, trust=TimeTrust.SYNCHRONISED)
+        return Now(mono=mono, utc=utc + self._offset, trust=self._fallback_trust)
 
     def set_trust(self, trust: TimeTrust) -> None:
         self._fallback_trust = trust
+
+    def adopt_reference(self, reference_utc: datetime, trust: TimeTrust) -> timedelta:
+        """Take wall time from a trusted reference (the dispenser's battery-backed RTC) until NTP
+        synchronises; returns the correction applied to the system's guess. The system clock
+        itself is not set (that needs privileges the agent does not have)."""
+        if reference_utc.utcoffset() is None:
+            raise ValueError(f"reference_utc must be timezone-aware, got {reference_utc!r}")
+        self._offset = reference_utc - datetime.now(UTC)
+        self._fallback_trust = trust
+        return self._offset
+
+
+class ScaledClock:
+    """A clock that runs `rate` times faster than real time, from a chosen start (the demo).
+
+    Both readings scale, so deadlines computed in its monotonic time are `rate` times shorter in
+    real seconds; the daemon divides its sleeps by `rate`.
+    """
+
+    def __init__(
+        self, start_utc: datetime, rate: float, trust: TimeTrust = TimeTrust.SYNCHRONISED
+    ) -> None:
+        if start_utc.utcoffset() is None:
+            raise ValueError(f"start_utc must be timezone-aware, got naive {start_utc!r}")
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"rate must be a positive number, got {rate!r}")
+        self.rate = rate
+        self._start_utc = start_utc.astimezone(UTC)
+        self._start_real = _time.monotonic()
+        self._trust = trust
+
+    def now(self) -> Now:
+        elapsed = (_time.monotonic() - self._start_real) * self.rate
+        return Now(
+            mono=self._start_real + elapsed,
+            utc=self._start_utc + timedelta(seconds=elapsed),
+            trust=self._trust,
+        )
 
 
 def detect_wall_jump(previous: Now, current: Now, tolerance_s: float = 2.0) -> timedelta | None:

@@ -218,3 +218,44 @@ def test_load_zone_rejects_bad_names_clearly(name: str) -> None:
         load_zone(name)
     assert isinstance(info.value, ValueError)
     assert repr(name) in str(info.value)
+
+
+def test_system_clock_adopts_the_dispenser_rtc_until_ntp_syncs(tmp_path: Path) -> None:
+    from agent.clock import SystemClock
+
+    flag = tmp_path / "synchronized"
+    clock = SystemClock(synced_flag=flag)
+    assert clock.now().trust is TimeTrust.UNTRUSTED
+    rtc_time = datetime.now(UTC) + timedelta(hours=3)  # the Pi's boot guess is 3 h behind
+    correction = clock.adopt_reference(rtc_time, TimeTrust.DISPENSER_RTC)
+    assert abs(correction - timedelta(hours=3)) < timedelta(seconds=1)
+    reading = clock.now()
+    assert reading.trust is TimeTrust.DISPENSER_RTC
+    assert abs(reading.utc - rtc_time) < timedelta(seconds=1)
+    flag.touch()  # NTP synchronised: the system time wins again, without the correction
+    synced = clock.now()
+    assert synced.trust is TimeTrust.SYNCHRONISED
+    assert abs(synced.utc - datetime.now(UTC)) < timedelta(seconds=1)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        clock.adopt_reference(datetime(2026, 1, 1), TimeTrust.DISPENSER_RTC)
+
+
+def test_scaled_clock_runs_faster_in_both_readings() -> None:
+    import time
+
+    from agent.clock import ScaledClock
+
+    start = datetime(2026, 11, 23, 6, 58, tzinfo=UTC)
+    clock = ScaledClock(start, rate=600.0)
+    first = clock.now()
+    deadline = time.monotonic() + 5
+    while clock.now().mono - first.mono < 60 and time.monotonic() < deadline:
+        pass  # busy-wait a few real milliseconds: 60 scaled seconds is 0.1 real second
+    second = clock.now()
+    scaled = second.mono - first.mono
+    assert scaled >= 60
+    assert abs((second.utc - first.utc).total_seconds() - scaled) < 0.01
+    assert first.utc >= start
+    assert first.trust is TimeTrust.SYNCHRONISED
+    with pytest.raises(ValueError, match="rate"):
+        ScaledClock(start, rate=0)
