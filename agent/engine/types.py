@@ -2,8 +2,9 @@
 
 The engine is a pure function of (state, input, now) -> (state, actions). The daemon (the imperative
 shell) turns dispenser frames, response-centre commands and timer expiries into `EngineInput`s,
-and carries out the returned `Action`s in order: first every store action of one step in a single
-SQLite transaction, then the dispenser commands. Nothing in `agent.engine` does I/O or reads a clock.
+and carries out the returned `Action`s in order: first every store action of one step in a
+single SQLite transaction, then the dispenser commands. Nothing in `agent.engine` does I/O or
+reads a clock.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from agent.clock import Now
 from agent.engine.schedule import Schedule
 from protocol.messages import AlertPattern, Capabilities, Message
 
@@ -46,6 +46,11 @@ class EngineConfig:
     # a slot that could not be dispensed at due time (no link, no roll ...) keeps trying until
     # due + undispensed_deadline, then ends as missed with the reason.
     undispensed_deadline: timedelta = timedelta(minutes=60)
+    # chatty inputs (lid open/close, buttons): a condition is raised at most once per interval;
+    # one that is still present when the interval ends is raised then.
+    chatty_min_interval: timedelta = timedelta(minutes=15)
+    # a dispenser command that failed (timeout, BUSY) is tried again after this long
+    command_retry: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,12 @@ class PauseWindow:
     pause_id: str
     start_utc: datetime
     end_utc: datetime | None  # None: until resumed by command
+
+
+class EngineInputError(ValueError):
+    """An input that contradicts itself or the engine's state (e.g. a pause ending before it
+    starts, an unknown alert id). Only response-centre inputs raise it; dispenser input never
+    does."""
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -158,7 +169,7 @@ EngineInput = (
 
 
 class Priority(enum.StrEnum):
-    """IEC 60601-1-8 style: a missed dose outranks a reminder; technical alarms have priorities too."""
+    """IEC 60601-1-8 style: a missed dose outranks a reminder; technical alarms rank too."""
 
     INFO = "info"
     LOW = "low"
@@ -179,8 +190,9 @@ class Outcome(enum.StrEnum):
 class EngineEvent:
     """An event for the response centre (and the audit log).
 
-    `kind` is a stable snake_case name listed in docs/mqtt-contract.md; `fields` holds JSON-safe
-    values only (str, int, float, bool, None, lists/dicts of those). Never a patient name or id.
+    `kind` is a stable snake_case name listed in docs/response-centre-guide.md; `fields` holds
+    JSON-safe values only (str, int, float, bool, None, lists/dicts of those). Never a patient
+    name or id.
     """
 
     kind: str

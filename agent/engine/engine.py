@@ -1,0 +1,1529 @@
+"""DoseEngine: the pure, deterministic heart of the agent (decisions explained in docs/engine.md).
+
+`step(input, now)` returns actions; nothing here does I/O, reads a clock or uses randomness, and
+output order never depends on set or hash order, so a simulated year replays exactly.
+
+Commands to the dispenser are *level-triggered*: after every input the engine compares what it
+wants (lock, alert pattern, fresh status) with what it knows the dispenser has, and sends only the
+difference. So a Tick that is not at a deadline changes nothing, and a lost command is simply sent
+again once the link is back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from agent.clock import Now, TimeTrust, detect_wall_jump, load_zone
+from agent.engine import alerts, lifecycle, pause, roll_check
+from agent.engine.alerts import ConditionBook, LatchedAlert
+from agent.engine.lifecycle import Phase, SlotRun
+from agent.engine.schedule import Schedule, ScheduleRule, Slot, parse_time
+from agent.engine.types import (
+    AcknowledgeAlert,
+    Action,
+    BeginDispense,
+    Binding,
+    CommandOutcome,
+    Emit,
+    EndPause,
+    EngineConfig,
+    EngineEvent,
+    EngineInput,
+    EngineInputError,
+    FromDispenser,
+    LinkDown,
+    LinkUp,
+    Outcome,
+    PauseWindow,
+    Priority,
+    RecordOutcome,
+    RecordPresented,
+    SendCommand,
+    SetBinding,
+    SetSchedule,
+    Silence,
+    StartPause,
+    Tick,
+)
+from protocol.messages import (
+    AlertPattern,
+    ButtonId,
+    ButtonPressed,
+    Capabilities,
+    CommandResult,
+    Discard,
+    Dispense,
+    DosePresented,
+    DoseRetained,
+    DoseTaken,
+    FaultChanged,
+    FaultCode,
+    Feature,
+    GetStatus,
+    LidChanged,
+    LowSupply,
+    Message,
+    PowerChanged,
+    ResultCode,
+    Retain,
+    RollInserted,
+    RollRemoved,
+    SachetRead,
+    SetAlert,
+    SetLock,
+    Status,
+)
+
+__all__ = ["DoseEngine", "EngineInputError", "EngineState", "OpenSlot", "RollInfo"]
+
+U32_MAX = 0xFFFF_FFFF
+BLOCKING_FAULTS = (
+    FaultCode.JAM,
+    FaultCode.SENSOR,
+    FaultCode.CUTTER,
+    FaultCode.READER,
+    FaultCode.TAMPER,
+)
+BATTERY_LOW_PCT, BATTERY_LOW_CLEAR_PCT = 20, 25  # hysteresis: no flapping at the boundary
+BATTERY_EMPTY_PCT, BATTERY_EMPTY_CLEAR_PCT = 3, 5
+RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/DosePresented
+_EPSILON = timedelta(microseconds=1)
+
+
+# --- durable state ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RollInfo:
+    """The roll in the dispenser, as read from its leader label (or only known by id)."""
+
+    roll_id: str
+    patient_ref: str  # kept only to re-check after a binding change; never published
+    sachet_count: int
+    next_index: int  # the sachet expected at the reader
+    first_dose_utc_s: int
+    last_dose_utc_s: int
+    expiry_utc_s: int
+    unverified: bool = False  # seen only in a Status (e.g. swapped while the agent was down)
+
+    @property
+    def remaining(self) -> int:
+        return roll_check.sachets_remaining(self.sachet_count, self.next_index)
+
+    def as_message(self) -> RollInserted:
+        return RollInserted(
+            roll_id=self.roll_id,
+            patient_ref=self.patient_ref,
+            sachet_count=self.sachet_count,
+            next_index=self.next_index,
+            first_dose_utc_s=self.first_dose_utc_s,
+            last_dose_utc_s=self.last_dose_utc_s,
+            expiry_utc_s=self.expiry_utc_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSlot:
+    """A slot begun (BeginDispense) without an outcome: never dispensed again."""
+
+    slot_id: str
+    dispense_id: int
+    sachet_index: int
+    due_utc: datetime
+    presented_utc: datetime | None = None
+    roll_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettledSlot:
+    slot_id: str
+    due_utc: datetime
+
+
+class OpenSlotRecord(Protocol):
+    """What the store's ledger gives for an open slot (agent.store.ledger.SlotRecord)."""
+
+    @property
+    def slot_id(self) -> str: ...
+    @property
+    def dispense_id(self) -> int | None: ...
+    @property
+    def sachet_index(self) -> int | None: ...
+    @property
+    def due_utc(self) -> str | None: ...
+    @property
+    def presented_utc(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """Everything that must survive a restart; JSON-safe via to_json()/from_json().
+
+    No monotonic instants: they mean nothing after a reboot.
+    """
+
+    binding: Binding | None = None
+    schedule: Schedule | None = None
+    schedule_version: int = 0
+    pauses: tuple[PauseWindow, ...] = ()
+    horizon_utc: datetime | None = None  # slots due before this are settled (or predate install)
+    next_dispense_id: int = 1  # u32, never reused
+    latched_alerts: tuple[LatchedAlert, ...] = ()
+    open_slots: tuple[OpenSlot, ...] = ()
+    settled: tuple[SettledSlot, ...] = ()  # settled slots due at/after the horizon (early TAKE)
+    roll: RollInfo | None = None
+    raised_conditions: tuple[str, ...] = ()  # told to the centre, not yet cleared
+    locked_by_agent: bool = False  # we locked the cassette (foreign roll): we may unlock it
+    next_alert_seq: int = 1
+    starts: int = 0  # engine starts, to keep command correlations unique across restarts
+    extra: dict[str, str] = field(default_factory=dict)  # forward-compatible, unused
+
+    @classmethod
+    def initial(cls) -> EngineState:
+        return cls()
+
+    def with_open_slots(self, records: Iterable[OpenSlotRecord]) -> EngineState:
+        """Replace open slots with the store's ledger (the single source of truth for them)."""
+        known = {o.slot_id: o for o in self.open_slots}
+        slots: list[OpenSlot] = []
+        for record in records:
+            if record.dispense_id is None or record.due_utc is None:
+                continue
+            previous = known.get(record.slot_id)
+            slots.append(
+                OpenSlot(
+                    slot_id=record.slot_id,
+                    dispense_id=record.dispense_id,
+                    sachet_index=record.sachet_index or 0,
+                    due_utc=_parse_dt(record.due_utc),
+                    presented_utc=(
+                        _parse_dt(record.presented_utc) if record.presented_utc else None
+                    ),
+                    roll_id=previous.roll_id if previous else None,
+                )
+            )
+        return replace(self, open_slots=tuple(slots))
+
+    def to_json(self) -> str:
+        return json.dumps(_state_to_dict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> EngineState:
+        return _state_from_dict(json.loads(text))
+
+
+def _parse_dt(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.utcoffset() is None:
+        raise ValueError(f"naive datetime in engine state: {text!r}")
+    return value.astimezone(UTC)
+
+
+def _dt(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _schedule_to_dict(schedule: Schedule) -> dict[str, object]:
+    return {
+        "zone": schedule.zone,
+        "rules": [
+            {
+                "effective_from": rule.effective_from.isoformat(),
+                "times": [f"{t:%H:%M}" for t in rule.times],
+                "weekday_times": {
+                    str(day): [f"{t:%H:%M}" for t in times]
+                    for day, times in rule.weekday_times.items()
+                },
+            }
+            for rule in schedule.rules
+        ],
+    }
+
+
+def _schedule_from_dict(data: dict[str, object]) -> Schedule:
+    rules = [
+        ScheduleRule(
+            effective_from=date.fromisoformat(raw["effective_from"]),
+            times=tuple(parse_time(t) for t in raw["times"]),
+            weekday_times={
+                int(day): tuple(parse_time(t) for t in times)
+                for day, times in raw["weekday_times"].items()
+            },
+        )
+        for raw in data["rules"]  # type: ignore[attr-defined]
+    ]
+    return Schedule.build(str(data["zone"]), rules)
+
+
+def _state_to_dict(state: EngineState) -> dict[str, object]:
+    return {
+        "binding": None if state.binding is None else {"patient_ref": state.binding.patient_ref},
+        "schedule": None if state.schedule is None else _schedule_to_dict(state.schedule),
+        "schedule_version": state.schedule_version,
+        "pauses": [
+            {"pause_id": p.pause_id, "start_utc": _dt(p.start_utc), "end_utc": _dt(p.end_utc)}
+            for p in state.pauses
+        ],
+        "horizon_utc": _dt(state.horizon_utc),
+        "next_dispense_id": state.next_dispense_id,
+        "latched_alerts": [
+            {
+                "alert_id": a.alert_id,
+                "kind": a.kind,
+                "raised_at": a.raised_at,
+                "acknowledged_by": a.acknowledged_by,
+                "acknowledged_at": a.acknowledged_at,
+                "resolved": a.resolved,
+            }
+            for a in state.latched_alerts
+        ],
+        "open_slots": [
+            {
+                "slot_id": o.slot_id,
+                "dispense_id": o.dispense_id,
+                "sachet_index": o.sachet_index,
+                "due_utc": _dt(o.due_utc),
+                "presented_utc": _dt(o.presented_utc),
+                "roll_id": o.roll_id,
+            }
+            for o in state.open_slots
+        ],
+        "settled": [{"slot_id": s.slot_id, "due_utc": _dt(s.due_utc)} for s in state.settled],
+        "roll": None
+        if state.roll is None
+        else {
+            "roll_id": state.roll.roll_id,
+            "patient_ref": state.roll.patient_ref,
+            "sachet_count": state.roll.sachet_count,
+            "next_index": state.roll.next_index,
+            "first_dose_utc_s": state.roll.first_dose_utc_s,
+            "last_dose_utc_s": state.roll.last_dose_utc_s,
+            "expiry_utc_s": state.roll.expiry_utc_s,
+            "unverified": state.roll.unverified,
+        },
+        "raised_conditions": list(state.raised_conditions),
+        "locked_by_agent": state.locked_by_agent,
+        "next_alert_seq": state.next_alert_seq,
+        "starts": state.starts,
+        "extra": dict(state.extra),
+    }
+
+
+def _state_from_dict(data: dict[str, object]) -> EngineState:
+    d: dict[str, object] = data
+    binding_raw = d.get("binding")
+    schedule_raw = d.get("schedule")
+    roll_raw = d.get("roll")
+    horizon = d.get("horizon_utc")
+    return EngineState(
+        binding=None if binding_raw is None else Binding(str(binding_raw["patient_ref"])),  # type: ignore[index]
+        schedule=None if schedule_raw is None else _schedule_from_dict(schedule_raw),  # type: ignore[arg-type]
+        schedule_version=int(d.get("schedule_version", 0)),  # type: ignore[call-overload]
+        pauses=tuple(
+            PauseWindow(
+                p["pause_id"],
+                _parse_dt(p["start_utc"]),
+                _parse_dt(p["end_utc"]) if p["end_utc"] else None,
+            )
+            for p in d.get("pauses", [])  # type: ignore[attr-defined]
+        ),
+        horizon_utc=_parse_dt(horizon) if isinstance(horizon, str) else None,
+        next_dispense_id=int(d.get("next_dispense_id", 1)),  # type: ignore[call-overload]
+        latched_alerts=tuple(
+            LatchedAlert(
+                a["alert_id"],
+                a["kind"],
+                a["raised_at"],
+                a.get("acknowledged_by"),
+                a.get("acknowledged_at"),
+                bool(a.get("resolved", False)),
+            )
+            for a in d.get("latched_alerts", [])  # type: ignore[attr-defined]
+        ),
+        open_slots=tuple(
+            OpenSlot(
+                o["slot_id"],
+                int(o["dispense_id"]),
+                int(o["sachet_index"]),
+                _parse_dt(o["due_utc"]),
+                _parse_dt(o["presented_utc"]) if o.get("presented_utc") else None,
+                o.get("roll_id"),
+            )
+            for o in d.get("open_slots", [])  # type: ignore[attr-defined]
+        ),
+        settled=tuple(
+            SettledSlot(s["slot_id"], _parse_dt(s["due_utc"]))
+            for s in d.get("settled", [])  # type: ignore[attr-defined]
+        ),
+        roll=None
+        if roll_raw is None
+        else RollInfo(
+            str(roll_raw["roll_id"]),  # type: ignore[index]
+            str(roll_raw["patient_ref"]),  # type: ignore[index]
+            int(roll_raw["sachet_count"]),  # type: ignore[index]
+            int(roll_raw["next_index"]),  # type: ignore[index]
+            int(roll_raw["first_dose_utc_s"]),  # type: ignore[index]
+            int(roll_raw["last_dose_utc_s"]),  # type: ignore[index]
+            int(roll_raw["expiry_utc_s"]),  # type: ignore[index]
+            bool(roll_raw.get("unverified", False)),  # type: ignore[attr-defined]
+        ),
+        raised_conditions=tuple(str(k) for k in d.get("raised_conditions", [])),  # type: ignore[attr-defined]
+        locked_by_agent=bool(d.get("locked_by_agent", False)),
+        next_alert_seq=int(d.get("next_alert_seq", 1)),  # type: ignore[call-overload]
+        starts=int(d.get("starts", 0)),  # type: ignore[call-overload]
+        extra={str(k): str(v) for k, v in dict(d.get("extra", {})).items()},  # type: ignore[call-overload]
+    )
+
+
+# --- in-flight commands ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    kind: str  # dispense | discard | retain | set_alert | set_lock | get_status
+    command: Message
+    slot_id: str | None = None
+    dispense_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Discarding:
+    sachet_index: int
+    intended_utc_s: int
+    reason: str
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+class DoseEngine:
+    def __init__(self, config: EngineConfig, state: EngineState, now: Now) -> None:
+        self._cfg = config
+        self._binding = state.binding
+        self._schedule = state.schedule
+        self._schedule_version = state.schedule_version
+        self._pauses = state.pauses
+        self._horizon = state.horizon_utc
+        self._next_dispense_id = state.next_dispense_id
+        self._latched = state.latched_alerts
+        self._settled: list[SettledSlot] = list(state.settled)
+        self._roll = state.roll
+        self._book = ConditionBook(present=state.raised_conditions, raised=state.raised_conditions)
+        self._locked_by_agent = state.locked_by_agent
+        self._next_alert_seq = state.next_alert_seq
+        self._starts = state.starts + 1
+        self._extra = dict(state.extra)
+        # not durable: learned again from the dispenser after a restart
+        self._runs: list[SlotRun] = []
+        self._cursor = state.horizon_utc  # slots due up to here have been picked up
+        self._next_slot_cache: tuple[datetime, Slot | None] | None = None
+        self._sachet: SachetRead | None = None
+        self._rejected_sachet: tuple[str, int] | None = None
+        self._link_up = False
+        self._caps: Capabilities | None = None
+        self._link_down_since: float | None = now.mono
+        self._status_known = False
+        self._tray_occupied: bool | None = None
+        self._lock_actual: bool | None = None
+        self._pattern_sent: AlertPattern | None = None
+        self._silenced_until: float | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._correlations = 0
+        self._retry_at: float | None = None
+        self._faults: list[FaultCode] = []
+        self._discarding: dict[int, _Discarding] = {}
+        self._retain_queue: list[int] = []
+        self._retaining: dict[int, str] = {}
+        self._recent: dict[int, str] = {}  # dispense id -> slot id, settled recently
+        self._chatty_last: dict[str, float] = {}
+        self._last_now: Now | None = now
+        self._was_untrusted = False
+        self._restart_actions: list[Action] = []
+        self._restore_open_slots(state.open_slots, now)
+
+    # --- public API ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        return EngineState(
+            binding=self._binding,
+            schedule=self._schedule,
+            schedule_version=self._schedule_version,
+            pauses=self._pauses,
+            horizon_utc=self._horizon,
+            next_dispense_id=self._next_dispense_id,
+            latched_alerts=self._latched,
+            open_slots=tuple(
+                OpenSlot(
+                    r.slot_id,
+                    r.dispense_id,
+                    r.sachet_index or 0,
+                    r.due_utc,
+                    r.presented_at,
+                    r.roll_id,
+                )
+                for r in self._runs
+                if r.dispense_id is not None
+            ),
+            settled=tuple(self._settled),
+            roll=self._roll,
+            raised_conditions=self._book.raised,
+            locked_by_agent=self._locked_by_agent,
+            next_alert_seq=self._next_alert_seq,
+            starts=self._starts,
+            extra=dict(self._extra),
+        )
+
+    def step(self, inp: EngineInput, now: Now) -> list[Action]:
+        self._validate(inp, now)  # raises before anything changes
+        actions: list[Action] = list(self._restart_actions)
+        self._restart_actions.clear()
+        self._note_time(now, actions)
+        self._dispatch(inp, now, actions)
+        self._advance(now, actions)
+        return actions
+
+    def next_deadline(self, now: Now) -> float | None:
+        instants: list[float] = []
+        if self._restart_actions:
+            instants.append(now.mono)
+        trusted = now.trust is not TimeTrust.UNTRUSTED
+        if trusted and self._schedule is not None and self._cursor is not None:
+            upcoming = self._next_scheduled()
+            if upcoming is not None:
+                instants.append(self._mono_at(upcoming.due_utc, now))
+        for run in self._runs:
+            timer = lifecycle.next_timer(run, self._cfg)
+            if timer is not None:
+                instants.append(timer)
+            elif trusted:
+                instants.append(self._mono_at(lifecycle.settle_deadline(run, self._cfg), now))
+        if (
+            not self._link_up
+            and self._link_down_since is not None
+            and "no_contact" not in self._book.raised
+        ):
+            instants.append(self._link_down_since + self._cfg.no_contact_after.total_seconds())
+        release = alerts.next_release(self._book, self._chatty_s)
+        if release is not None:
+            instants.append(release)
+        if self._silenced_until is not None:
+            instants.append(self._silenced_until)
+        if self._retry_at is not None:
+            instants.append(self._retry_at)
+        return min(instants) if instants else None
+
+    def status(self) -> dict[str, object]:
+        upcoming = self._next_scheduled() if self._cursor is not None else None
+        active_pause = (
+            pause.active(self._pauses, self._last_now.utc) if self._last_now is not None else None
+        )
+        return {
+            "bound": self._binding is not None,
+            "schedule_version": self._schedule_version,
+            "link": "up" if self._link_up else "down",
+            "roll_id": self._roll.roll_id if self._roll else None,
+            "roll_state": self._roll_state(),
+            "sachets_remaining": self._roll.remaining if self._roll else None,
+            "next_slot": None
+            if upcoming is None
+            else {"slot_id": upcoming.slot_id, "due_utc": upcoming.due_utc.isoformat()},
+            "open_slots": [
+                {
+                    "slot_id": r.slot_id,
+                    "phase": r.phase.value,
+                    "dispense_id": r.dispense_id,
+                    "held_reason": r.held_reason,
+                }
+                for r in self._runs
+            ],
+            "pause_id": active_pause.pause_id if active_pause else None,
+            "conditions": list(self._book.raised),
+            "active_alerts": [
+                *self._book.raised,
+                *(f"{a.kind}:{a.alert_id}" for a in self._latched),
+            ],
+            "latched_alerts": [
+                {
+                    "alert_id": a.alert_id,
+                    "kind": a.kind,
+                    "raised_at": a.raised_at,
+                    "acknowledged_by": a.acknowledged_by,
+                    "resolved": a.resolved,
+                }
+                for a in self._latched
+            ],
+        }
+
+    # --- restart ------------------------------------------------------------------------------
+
+    def _restore_open_slots(self, open_slots: tuple[OpenSlot, ...], now: Now) -> None:
+        limit = self._cfg.grace + self._cfg.undispensed_deadline
+        for slot in sorted(open_slots, key=lambda o: (o.due_utc, o.slot_id)):
+            run = SlotRun(
+                slot_id=slot.slot_id,
+                due_utc=slot.due_utc,
+                due_local=self._local_iso(slot.due_utc),
+                phase=Phase.DISPENSING,
+                dispense_id=slot.dispense_id,
+                sachet_index=slot.sachet_index,
+                roll_id=slot.roll_id,
+            )
+            if now.utc >= slot.due_utc + limit:
+                self._settle(
+                    run, Outcome.MISSED, lifecycle.RESTART_UNKNOWN, now, self._restart_actions
+                )
+                self._retain_queue.append(slot.dispense_id)
+                continue
+            self._runs.append(lifecycle.restored(run, now.mono, slot.presented_utc))
+        if self._horizon is not None:
+            # restored runs are already settled or in _runs; never picked up a second time
+            self._cursor = self._horizon
+
+    # --- input validation (response-centre inputs may be inconsistent) ------------------------
+
+    def _validate(self, inp: EngineInput, now: Now) -> None:
+        match inp:
+            case StartPause(window=window):
+                pause.start(self._pauses, window)
+            case EndPause(pause_id=pause_id):
+                pause.end(self._pauses, pause_id, now.utc)
+            case AcknowledgeAlert(alert_id=alert_id, by=by):
+                alerts.acknowledge(self._latched, alert_id, by, now.utc.isoformat())
+            case Silence(duration=duration):
+                if duration <= timedelta(0):
+                    raise EngineInputError(f"silence duration must be positive, got {duration}")
+            case SetSchedule(version=version):
+                if version < self._schedule_version:
+                    raise EngineInputError(
+                        f"schedule version {version} is older than {self._schedule_version}"
+                    )
+            case _:
+                pass
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def _note_time(self, now: Now, actions: list[Action]) -> None:
+        previous, self._last_now = self._last_now, now
+        if previous is None or now.mono < previous.mono:
+            return
+        jump = detect_wall_jump(previous, now)
+        if jump is not None:
+            self._emit(
+                actions,
+                "clock_jumped",
+                {
+                    "delta_s": jump.total_seconds(),
+                    "from_utc": previous.utc.isoformat(),
+                    "to_utc": now.utc.isoformat(),
+                    "trust": now.trust.value,
+                },
+            )
+
+    def _mono_at(self, wall: datetime, now: Now) -> float:
+        return now.mono + (wall - now.utc).total_seconds()
+
+    @property
+    def _chatty_s(self) -> float:
+        return self._cfg.chatty_min_interval.total_seconds()
+
+    def _local_iso(self, due_utc: datetime) -> str:
+        zone: ZoneInfo = load_zone(self._schedule.zone) if self._schedule else load_zone("UTC")
+        return due_utc.astimezone(zone).isoformat()
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def _dispatch(self, inp: EngineInput, now: Now, actions: list[Action]) -> None:
+        match inp:
+            case Tick():
+                pass
+            case FromDispenser(message=message):
+                self._on_message(message, now, actions)
+            case CommandOutcome():
+                self._on_outcome(inp, now, actions)
+            case LinkUp(capabilities=caps):
+                self._link_up, self._caps = True, caps
+                self._link_down_since = None
+                self._status_known = False
+                self._pattern_sent = None  # the dispenser may have rebooted
+                self._retry_at = None
+                self._condition(actions, "no_contact", False, now)
+            case LinkDown(reason=reason):
+                if self._link_up:
+                    self._link_down_since = now.mono
+                self._link_up = False
+                self._status_known = False
+                self._pending.clear()  # their outcomes (if any) are ignored from now on
+                self._extra["last_link_down_reason"] = reason
+            case SetBinding(binding=binding):
+                self._on_binding(binding, now, actions)
+            case SetSchedule(schedule=schedule, version=version):
+                self._schedule, self._schedule_version = schedule, version
+                if self._horizon is None:
+                    self._horizon = now.utc
+                self._cursor = self._horizon
+                self._next_slot_cache = None
+                self._emit(actions, "schedule_changed", {"version": version})
+            case StartPause(window=window):
+                self._pauses = pause.start(self._pauses, window)
+                self._emit(actions, "pause_started", _pause_fields(window))
+                for run in list(self._runs):
+                    if run.dispense_id is None and pause.covers(window, run.due_utc):
+                        self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
+            case EndPause(pause_id=pause_id):
+                self._pauses, ended = pause.end(self._pauses, pause_id, now.utc)
+                self._emit(actions, "pause_ended", _pause_fields(ended))
+            case AcknowledgeAlert(alert_id=alert_id, by=by):
+                self._latched, acked = alerts.acknowledge(
+                    self._latched, alert_id, by, now.utc.isoformat()
+                )
+                if acked is not None:
+                    self._emit(
+                        actions,
+                        "alert_acknowledged",
+                        {
+                            "alert_id": acked.alert_id,
+                            "kind": acked.kind,
+                            "by": by,
+                            "resolved": acked.resolved,
+                        },
+                    )
+            case Silence(duration=duration):
+                self._silenced_until = now.mono + duration.total_seconds()
+                self._emit(actions, "alert_silenced", {"seconds": duration.total_seconds()})
+
+    def _on_binding(self, binding: Binding | None, now: Now, actions: list[Action]) -> None:
+        if binding == self._binding:
+            return
+        self._binding = binding
+        if self._horizon is None and self._schedule is not None:
+            self._horizon = self._cursor = now.utc
+        self._emit(actions, "binding_changed", {"bound": binding is not None})
+        if self._roll is not None and not self._roll.unverified:
+            self._check_roll(self._roll, now, actions, announce=False)
+
+    # --- dispenser messages -------------------------------------------------------------------
+
+    def _on_message(self, message: Message, now: Now, actions: list[Action]) -> None:
+        match message:
+            case RollInserted():
+                self._sachet = None
+                self._rejected_sachet = None
+                roll = RollInfo(
+                    message.roll_id,
+                    message.patient_ref,
+                    message.sachet_count,
+                    message.next_index,
+                    message.first_dose_utc_s,
+                    message.last_dose_utc_s,
+                    message.expiry_utc_s,
+                )
+                self._condition(actions, "roll_unverified", False, now)
+                self._check_roll(roll, now, actions, announce=True)
+            case RollRemoved():
+                self._forget_roll(now, actions, message.roll_id)
+            case SachetRead():
+                self._on_sachet(message, now, actions)
+            case DosePresented():
+                self._on_presented(message, now, actions)
+            case DoseTaken():
+                self._on_taken(message, now, actions)
+            case DoseRetained():
+                self._on_retained(message, now, actions)
+            case ButtonPressed():
+                self._on_button(message, now, actions)
+            case LidChanged(open=is_open):
+                self._condition(actions, "lid_open", is_open, now)
+            case PowerChanged():
+                self._on_power(message.mains, message.battery_pct, now, actions)
+            case FaultChanged():
+                self._on_fault(message.fault, message.active, message.detail, now, actions)
+            case LowSupply(roll_id=roll_id, remaining=remaining):
+                self._condition(
+                    actions, "low_supply", True, now, {"roll_id": roll_id, "remaining": remaining}
+                )
+            case Status():
+                self._apply_status(message, now, actions)
+            case _:
+                self._emit(
+                    actions, "unexpected_dispenser_event", {"message": type(message).__name__}
+                )
+
+    def _check_roll(self, roll: RollInfo, now: Now, actions: list[Action], announce: bool) -> None:
+        self._roll = roll
+        verdict = roll_check.check_roll(
+            roll.as_message(),
+            self._binding.patient_ref if self._binding else None,
+            now.utc,
+            period_tolerance=self._cfg.sachet_time_tolerance,
+            expired_margin=self._cfg.roll_expired_margin,
+        )
+        fields: dict[str, object] = {
+            "roll_id": roll.roll_id,
+            "sachet_count": roll.sachet_count,
+            "remaining": roll.remaining,
+        }
+        if verdict.reason == roll_check.FOREIGN_ROLL:
+            self._condition(actions, "roll_rejected", False, now)
+            if alerts.unresolved(self._latched, "wrong_roll") is None:
+                self._latch(actions, "wrong_roll", {**fields, "reason": verdict.reason}, now)
+            return
+        self._resolve_wrong_roll(actions)
+        rejected = verdict.reason not in (None, roll_check.ROLL_EMPTY)
+        self._condition(
+            actions, "roll_rejected", rejected, now, {**fields, "reason": verdict.reason}
+        )
+        if rejected:
+            return
+        if announce:
+            self._emit(actions, "roll_inserted", {**fields, "next_index": roll.next_index})
+        self._supply_conditions(now, actions)
+
+    def _supply_conditions(self, now: Now, actions: list[Action]) -> None:
+        if self._roll is None or self._roll.unverified:
+            return
+        remaining = self._roll.remaining
+        fields: dict[str, object] = {"roll_id": self._roll.roll_id, "remaining": remaining}
+        self._condition(actions, "roll_empty", remaining == 0, now, fields)
+        low = roll_check.is_low(remaining, self._cfg.low_supply_threshold)
+        self._condition(actions, "low_supply", low, now, fields)
+
+    def _roll_foreign(self) -> bool:
+        if self._roll is None or self._roll.unverified or self._binding is None:
+            return False
+        return not roll_check.same_patient(self._binding.patient_ref, self._roll.patient_ref)
+
+    def _roll_state(self) -> str | None:
+        if self._roll is None:
+            return None
+        if self._roll.unverified:
+            return "roll_unverified"
+        if self._roll_foreign():
+            return roll_check.FOREIGN_ROLL
+        return "loaded"
+
+    def _forget_roll(self, now: Now, actions: list[Action], roll_id: str) -> None:
+        if self._roll is not None:
+            self._emit(actions, "roll_removed", {"roll_id": self._roll.roll_id})
+        self._roll = None
+        self._sachet = None
+        self._rejected_sachet = None
+        self._resolve_wrong_roll(actions)
+        self._condition(actions, "roll_rejected", False, now)
+        self._condition(actions, "roll_unverified", False, now)
+
+    def _resolve_wrong_roll(self, actions: list[Action]) -> None:
+        self._latched, resolved = alerts.resolve(self._latched, "wrong_roll")
+        for alert in resolved:
+            self._emit(actions, "wrong_roll_cleared", {"alert_id": alert.alert_id})
+
+    def _on_sachet(self, sachet: SachetRead, now: Now, actions: list[Action]) -> None:
+        self._sachet = sachet
+        roll = self._roll
+        if roll is None or roll.unverified or self._roll_foreign():
+            return
+        verdict = roll_check.check_sachet_identity(
+            sachet,
+            self._binding.patient_ref if self._binding else None,
+            roll.roll_id,
+            roll.next_index,
+        )
+        key = (sachet.roll_id, sachet.index)
+        reportable = not verdict.ok and verdict.reason != roll_check.NO_BINDING
+        if reportable and self._rejected_sachet != key:
+            self._rejected_sachet = key
+            self._emit(
+                actions,
+                "sachet_rejected",
+                {"roll_id": sachet.roll_id, "index": sachet.index, "reason": verdict.reason},
+            )
+
+    def _run_by_dispense(self, dispense_id: int) -> SlotRun | None:
+        for run in self._runs:
+            if run.dispense_id == dispense_id:
+                return run
+        return None
+
+    def _replace_run(self, updated: SlotRun) -> None:
+        self._runs = [updated if r.slot_id == updated.slot_id else r for r in self._runs]
+
+    def _on_presented(self, msg: DosePresented, now: Now, actions: list[Action]) -> None:
+        self._tray_occupied = True
+        if self._roll is not None and not self._roll.unverified:
+            self._roll = replace(
+                self._roll, next_index=max(self._roll.next_index, msg.sachet_index + 1)
+            )
+            self._supply_conditions(now, actions)
+        run = self._run_by_dispense(msg.dispense_id)
+        if run is None:
+            slot_id = self._recent.get(msg.dispense_id)
+            self._emit(
+                actions,
+                "unexpected_dispenser_event",
+                {"message": "DosePresented", "dispense_id": msg.dispense_id, "slot_id": slot_id},
+            )
+            if slot_id is not None and msg.dispense_id not in self._retain_queue:
+                self._retain_queue.append(msg.dispense_id)  # settled already: into the bin
+            return
+        if run.phase is Phase.PRESENTED:
+            return  # repeated report: the first one stands
+        self._replace_run(lifecycle.presented(run, now.mono, now.utc))
+        actions.append(RecordPresented(run.slot_id))
+        self._emit(
+            actions,
+            "dose_presented",
+            {
+                "slot_id": run.slot_id,
+                "dispense_id": msg.dispense_id,
+                "sachet_index": msg.sachet_index,
+            },
+        )
+
+    def _on_taken(self, msg: DoseTaken, now: Now, actions: list[Action]) -> None:
+        self._tray_occupied = False
+        run = self._run_by_dispense(msg.dispense_id)
+        if run is not None:
+            self._settle(run, Outcome.TAKEN, None, now, actions, taken_at=now.utc)
+            return
+        slot_id = self._recent.get(msg.dispense_id)
+        if slot_id is not None:
+            self._retain_queue = [d for d in self._retain_queue if d != msg.dispense_id]
+            self._emit(
+                actions, "dose_taken_late", {"slot_id": slot_id, "dispense_id": msg.dispense_id}
+            )
+        else:
+            self._emit(
+                actions,
+                "unexpected_dispenser_event",
+                {"message": "DoseTaken", "dispense_id": msg.dispense_id},
+            )
+
+    def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
+        discard = self._discarding.pop(msg.dispense_id, None)
+        if discard is not None:
+            if self._roll is not None and not self._roll.unverified:
+                self._roll = replace(
+                    self._roll, next_index=max(self._roll.next_index, msg.sachet_index + 1)
+                )
+                self._supply_conditions(now, actions)
+            if self._sachet is not None and self._sachet.index == msg.sachet_index:
+                self._sachet = None
+            self._emit(
+                actions,
+                "sachet_discarded",
+                {
+                    "sachet_index": msg.sachet_index,
+                    "intended_utc": _wire_iso(discard.intended_utc_s),
+                    "reason": discard.reason,
+                },
+            )
+            return
+        self._tray_occupied = False
+        slot_id = self._retaining.pop(msg.dispense_id, None) or self._recent.get(msg.dispense_id)
+        self._emit(
+            actions,
+            "dose_retained",
+            {"slot_id": slot_id, "dispense_id": msg.dispense_id, "sachet_index": msg.sachet_index},
+        )
+
+    def _on_button(self, msg: ButtonPressed, now: Now, actions: list[Action]) -> None:
+        if msg.button is ButtonId.TAKE and self._take_early(now):
+            return
+        kind = "help_requested" if msg.button is ButtonId.HELP else "button_pressed"
+        if alerts.rate_limited(self._chatty_last.get(kind), now.mono, self._chatty_s):
+            return
+        self._chatty_last[kind] = now.mono
+        self._emit(actions, kind, {"button": msg.button.name.lower()})
+
+    def _take_early(self, now: Now) -> bool:
+        """TAKE inside the early window of the next slot: make it due now."""
+        if now.trust is TimeTrust.UNTRUSTED or self._schedule is None or self._cursor is None:
+            return False
+        if any(r.in_tray for r in self._runs) or any(r.due_utc <= now.utc for r in self._runs):
+            return False
+        upcoming = self._next_scheduled()
+        if upcoming is None or upcoming.due_utc - now.utc > self._cfg.early_window:
+            return False
+        if self._is_settled(upcoming.slot_id) or pause.covering(self._pauses, upcoming.due_utc):
+            return False
+        self._runs.append(
+            SlotRun(upcoming.slot_id, upcoming.due_utc, self._local_iso(upcoming.due_utc))
+        )
+        return True
+
+    def _on_power(self, mains: bool, pct: int, now: Now, actions: list[Action]) -> None:
+        self._condition(actions, "mains_lost", not mains, now, {"battery_pct": pct})
+        if self._caps is not None and not self._caps.features & Feature.BATTERY:
+            return
+        fields: dict[str, object] = {"battery_pct": pct, "mains": mains}
+        if pct <= BATTERY_EMPTY_PCT:
+            self._condition(actions, "battery_empty", True, now, fields)
+        elif pct >= BATTERY_EMPTY_CLEAR_PCT:
+            self._condition(actions, "battery_empty", False, now, fields)
+        if pct <= BATTERY_LOW_PCT:
+            self._condition(actions, "battery_low", True, now, fields)
+        elif pct >= BATTERY_LOW_CLEAR_PCT:
+            self._condition(actions, "battery_low", False, now, fields)
+
+    def _on_fault(
+        self, fault: FaultCode, active: bool, detail: str, now: Now, actions: list[Action]
+    ) -> None:
+        if active and fault not in self._faults:
+            self._faults.append(fault)
+        elif not active:
+            self._faults = [f for f in self._faults if f is not fault]
+        kind = f"fault_{fault.name.lower()}"
+        self._condition(actions, kind, active, now, {"detail": detail})
+
+    def _apply_status(self, status: Status, now: Now, actions: list[Action]) -> None:
+        self._status_known = True
+        self._tray_occupied = status.tray_occupied
+        self._lock_actual = status.locked
+        self._pattern_sent = status.alert
+        self._condition(actions, "lid_open", status.lid_open, now)
+        self._on_power(status.mains, status.battery_pct, now, actions)
+        for fault in FaultCode:
+            active = bool(status.active_faults & (1 << fault))
+            if active != (fault in self._faults):
+                self._on_fault(fault, active, "status", now, actions)
+        if not status.roll_id:
+            if self._roll is not None:
+                self._forget_roll(now, actions, self._roll.roll_id)
+        elif self._roll is None or self._roll.roll_id != status.roll_id:
+            self._roll = RollInfo(
+                status.roll_id,
+                "",
+                status.next_index + status.remaining,
+                status.next_index,
+                0,
+                0,
+                0,
+                unverified=True,
+            )
+            self._sachet = None
+            self._condition(actions, "roll_unverified", True, now, {"roll_id": status.roll_id})
+        elif not self._roll.unverified:
+            self._roll = replace(self._roll, next_index=status.next_index)
+            self._supply_conditions(now, actions)
+        if status.tray_occupied:
+            for run in self._runs:
+                if run.phase is Phase.DISPENSING and run.confirmed_mono is not None:
+                    self._replace_run(lifecycle.presented(run, now.mono, now.utc))
+                    actions.append(RecordPresented(run.slot_id))
+
+    # --- command outcomes ---------------------------------------------------------------------
+
+    def _on_outcome(self, outcome: CommandOutcome, now: Now, actions: list[Action]) -> None:
+        pending = self._pending.pop(outcome.correlation, None)
+        if pending is None:
+            return  # from before a link drop or a restart: no longer ours to act on
+        reply = outcome.reply
+        if reply is None or (isinstance(reply, CommandResult) and reply.result is ResultCode.BUSY):
+            self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
+            if pending.kind == "set_alert":
+                self._pattern_sent = None
+            if pending.kind == "retain" and pending.dispense_id is not None:
+                self._retain_queue.append(pending.dispense_id)
+            if pending.kind == "dispense" and pending.slot_id is not None:
+                self._hold(pending.slot_id, f"command_failed:{outcome.failure or 'busy'}", actions)
+            return
+        if pending.kind == "get_status":
+            if isinstance(reply, Status):
+                self._apply_status(reply, now, actions)
+            return
+        if not isinstance(reply, CommandResult):
+            self._emit(actions, "unexpected_dispenser_event", {"message": type(reply).__name__})
+            return
+        result = reply.result
+        if result not in (ResultCode.OK, ResultCode.ALREADY_DONE):
+            self._emit(
+                actions,
+                "dispenser_command_failed",
+                {"command": pending.kind, "result": result.name.lower(), "detail": reply.detail},
+            )
+        match pending.kind:
+            case "dispense":
+                self._dispense_result(pending, result, now, actions)
+            case "discard":
+                self._discard_result(pending, result, now, actions)
+            case "retain":
+                if result is ResultCode.OK and pending.dispense_id is not None:
+                    return
+                if result is ResultCode.BIN_FULL:
+                    self._on_fault(FaultCode.BIN_FULL, True, "retain refused", now, actions)
+                if pending.dispense_id is not None:
+                    self._retaining.pop(pending.dispense_id, None)
+                if result is ResultCode.NOTHING_PRESENTED:
+                    self._tray_occupied = False
+            case "set_alert":
+                if isinstance(pending.command, SetAlert):
+                    self._pattern_sent = (
+                        pending.command.pattern if result is ResultCode.OK else None
+                    )
+            case "set_lock":
+                if isinstance(pending.command, SetLock) and result is ResultCode.OK:
+                    self._lock_actual = pending.command.locked
+                    self._locked_by_agent = pending.command.locked
+
+    def _dispense_result(
+        self, pending: _Pending, result: ResultCode, now: Now, actions: list[Action]
+    ) -> None:
+        run = next((r for r in self._runs if r.slot_id == pending.slot_id), None)
+        if run is None or run.phase is not Phase.DISPENSING:
+            return
+        if result in (ResultCode.OK, ResultCode.ALREADY_DONE):
+            self._replace_run(lifecycle.confirmed(run, now.mono))
+            if result is ResultCode.ALREADY_DONE:
+                self._status_known = False  # ask whether the dose is in the tray
+            return
+        reason = {
+            ResultCode.NO_ROLL: "no_roll",
+            ResultCode.EMPTY: roll_check.ROLL_EMPTY,
+            ResultCode.JAMMED: "fault_jam",
+            ResultCode.TRAY_OCCUPIED: "tray_occupied",
+            ResultCode.LOCKED: "locked",
+            ResultCode.WRONG_SACHET: "wrong_sachet",
+        }.get(result, f"dispenser_{result.name.lower()}")
+        if result is ResultCode.NO_ROLL:
+            self._forget_roll(now, actions, "")
+        elif result is ResultCode.EMPTY and self._roll is not None:
+            self._roll = replace(self._roll, next_index=self._roll.sachet_count)
+            self._supply_conditions(now, actions)
+        elif result is ResultCode.JAMMED:
+            self._on_fault(FaultCode.JAM, True, "dispense refused", now, actions)
+        elif result is ResultCode.TRAY_OCCUPIED:
+            self._tray_occupied = True
+        elif result is ResultCode.LOCKED:
+            self._lock_actual = True
+        elif result is ResultCode.WRONG_SACHET:
+            self._sachet = None
+            self._status_known = False
+        else:
+            self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
+        self._hold(run.slot_id, reason, actions)
+
+    def _discard_result(
+        self, pending: _Pending, result: ResultCode, now: Now, actions: list[Action]
+    ) -> None:
+        if result is ResultCode.OK:
+            return  # DoseRetained follows
+        if pending.dispense_id is not None:
+            self._discarding.pop(pending.dispense_id, None)
+        if result is ResultCode.BIN_FULL:
+            self._on_fault(FaultCode.BIN_FULL, True, "discard refused", now, actions)
+        elif result is ResultCode.WRONG_SACHET:
+            self._sachet = None
+            self._status_known = False
+        else:
+            self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
+
+    # --- the level-triggered part: runs after every input ---------------------------------------
+
+    def _advance(self, now: Now, actions: list[Action]) -> None:
+        change = alerts.release_due(self._book, now.mono, self._chatty_s)
+        self._book = change.book
+        actions.extend(Emit(e) for e in change.events)
+        if (
+            not self._link_up
+            and self._link_down_since is not None
+            and now.mono - self._link_down_since >= self._cfg.no_contact_after.total_seconds()
+        ):
+            self._condition(actions, "no_contact", True, now)
+        self._condition(
+            actions, "no_schedule", self._binding is not None and self._schedule is None, now
+        )
+        if self._silenced_until is not None and now.mono >= self._silenced_until:
+            self._silenced_until = None
+            self._pattern_sent = None  # sound again
+        if self._retry_at is not None and now.mono >= self._retry_at:
+            self._retry_at = None
+        self._run_timers(now, actions)
+        trusted = now.trust is not TimeTrust.UNTRUSTED
+        self._condition(actions, "clock_untrusted", not trusted, now, {"trust": now.trust.value})
+        if trusted:
+            self._pick_up(now, actions)
+            self._settle_overdue(now, actions)
+            self._was_untrusted = False
+            self._attempt(now, actions)
+            self._discard_stale(now, actions)
+        else:
+            self._was_untrusted = True
+        self._sync_dispenser(now, actions)
+        self._move_horizon()
+
+    def _run_timers(self, now: Now, actions: list[Action]) -> None:
+        for run in list(self._runs):
+            result = lifecycle.on_time(run, self._cfg, now.mono)
+            if result.missed is not None:
+                self._settle(run, Outcome.MISSED, result.missed, now, actions)
+                if self._has(Feature.RETAIN_BIN) and run.dispense_id is not None:
+                    self._retain_queue.append(run.dispense_id)
+                continue
+            if result.run != run:
+                self._replace_run(result.run)
+            for step in result.escalated:
+                if step.notify:
+                    self._emit(
+                        actions,
+                        "dose_not_taken",
+                        {
+                            "slot_id": run.slot_id,
+                            "minutes_since_presented": int(step.after.total_seconds() // 60),
+                            "pattern": step.pattern.name.lower(),
+                        },
+                    )
+            if result.remind and self._silenced_until is None:
+                self._pattern_sent = None  # re-sound: the pattern is sent again below
+
+    def _pick_up(self, now: Now, actions: list[Action]) -> None:
+        if self._schedule is None:
+            return
+        if self._horizon is None:
+            self._horizon = self._cursor = now.utc
+        cursor = self._cursor if self._cursor is not None else self._horizon
+        upcoming = self._next_scheduled()
+        if upcoming is None or upcoming.due_utc > now.utc:
+            return
+        known = {r.slot_id for r in self._runs}
+        for slot in self._schedule.slots_between(cursor, now.utc + _EPSILON):
+            if slot.slot_id in known or self._is_settled(slot.slot_id):
+                continue
+            run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
+            window = pause.covering(self._pauses, slot.due_utc)
+            if window is not None:
+                self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
+                continue
+            self._runs.append(run)
+        self._runs.sort(key=lambda r: (r.due_utc, r.slot_id))
+        self._cursor = now.utc + _EPSILON
+        self._next_slot_cache = None
+
+    def _settle_overdue(self, now: Now, actions: list[Action]) -> None:
+        for run in list(self._runs):
+            if run.in_tray or now.utc < lifecycle.settle_deadline(run, self._cfg):
+                continue
+            if self._was_untrusted:
+                reason = "clock_untrusted"
+            else:
+                reason = run.held_reason or self._blocker(run, now) or lifecycle.LATE
+            outcome, text = lifecycle.unsent_outcome(reason)
+            vkp = alerts.EMPTY_VKP if reason == roll_check.ROLL_EMPTY else None
+            self._settle(run, outcome, text, now, actions, vkp=vkp)
+
+    def _head(self) -> SlotRun | None:
+        """The slot to work on now: the earliest not yet in the tray, if no dose is in the tray."""
+        if any(r.in_tray for r in self._runs):
+            return None
+        for run in self._runs:
+            return run
+        return None
+
+    def _blocker(self, run: SlotRun, now: Now) -> str | None:
+        """Why `run` cannot be dispensed right now (a stable reason token), or None."""
+        if self._binding is None:
+            return roll_check.NO_BINDING
+        if any(r.in_tray and r.slot_id != run.slot_id for r in self._runs):
+            return "previous_dose_in_tray"
+        if not self._link_up:
+            return "no_link"
+        roll = self._roll
+        if roll is None:
+            return "no_roll"
+        if roll.unverified:
+            return "roll_unverified"
+        verdict = roll_check.check_roll(
+            roll.as_message(),
+            self._binding.patient_ref,
+            now.utc,
+            period_tolerance=self._cfg.sachet_time_tolerance,
+            expired_margin=self._cfg.roll_expired_margin,
+        )
+        if verdict.reason is not None:
+            return verdict.reason
+        for fault in BLOCKING_FAULTS:
+            if fault in self._faults:
+                return f"fault_{fault.name.lower()}"
+        if not self._status_known:
+            return "awaiting_status"
+        if self._tray_occupied:
+            return "tray_occupied"
+        if self._lock_actual and not self._locked_by_agent:
+            return "locked"
+        if self._sachet is None:
+            return "no_sachet"
+        sachet_verdict = roll_check.check_sachet(
+            self._sachet,
+            self._binding.patient_ref,
+            roll.roll_id,
+            roll.next_index,
+            run.due_utc,
+            self._cfg.sachet_time_tolerance,
+        )
+        return sachet_verdict.reason
+
+    def _attempt(self, now: Now, actions: list[Action]) -> None:
+        run = self._head()
+        if run is None:
+            return
+        if any(p.kind in ("dispense", "discard") for p in self._pending.values()):
+            return
+        if self._discarding:
+            return  # a discarded sachet is on its way to the bin; the next SachetRead follows
+        reason = self._blocker(run, now)
+        if reason == roll_check.SACHET_STALE and self._can_discard(now):
+            self._send_discard(roll_check.SACHET_STALE, now, actions)
+            return
+        if reason is not None:
+            self._hold(run.slot_id, reason, actions)
+            return
+        if not self._can_send(now):
+            return
+        assert self._sachet is not None
+        assert self._roll is not None
+        if run.dispense_id is None:
+            dispense_id = self._take_dispense_id()
+            run = lifecycle.begin(run, dispense_id, self._sachet.index, self._roll.roll_id)
+            self._replace_run(run)
+            actions.append(BeginDispense(run.slot_id, dispense_id, self._sachet.index, run.due_utc))
+        assert run.dispense_id is not None
+        command = Dispense(req_id=0, dispense_id=run.dispense_id, sachet_index=self._sachet.index)
+        self._send(actions, "dispense", command, slot_id=run.slot_id, dispense_id=run.dispense_id)
+
+    def _hold(self, slot_id: str, reason: str, actions: list[Action]) -> None:
+        for run in self._runs:
+            if run.slot_id == slot_id and run.held_reason != reason:
+                if reason == "awaiting_status":
+                    return  # transient: a Status is on its way
+                self._replace_run(replace(run, held_reason=reason))
+                self._emit(actions, "dose_held", {"slot_id": slot_id, "reason": reason})
+                return
+
+    def _can_discard(self, now: Now) -> bool:
+        return (
+            self._has(Feature.RETAIN_BIN)
+            and self._can_send(now)
+            and self._status_known
+            and FaultCode.BIN_FULL not in self._faults
+            and not any(f in self._faults for f in BLOCKING_FAULTS)
+            and pause.active(self._pauses, now.utc) is None
+            and not self._discarding
+        )
+
+    def _discard_stale(self, now: Now, actions: list[Action]) -> None:
+        """Idle: a sachet at the reader meant for a settled slot goes into the bin."""
+        sachet, roll = self._sachet, self._roll
+        if sachet is None or roll is None or roll.unverified or self._binding is None:
+            return
+        if any(r.dispense_id is not None or r.in_tray for r in self._runs):
+            return
+        if self._pending or self._schedule is None or self._cursor is None:
+            return
+        if self._roll_foreign() or not self._can_discard(now):
+            return
+        identity = roll_check.check_sachet_identity(
+            sachet, self._binding.patient_ref, roll.roll_id, roll.next_index
+        )
+        if not identity.ok:
+            return
+        waiting = [r.due_utc for r in self._runs]
+        upcoming = self._next_scheduled()
+        next_due = min(waiting) if waiting else (upcoming.due_utc if upcoming else None)
+        if next_due is None:
+            return
+        timing = roll_check.sachet_timing(
+            sachet.intended_utc_s, next_due, self._cfg.sachet_time_tolerance
+        )
+        if timing is roll_check.SachetTiming.STALE:
+            self._send_discard("settled_slot", now, actions)
+
+    def _send_discard(self, reason: str, now: Now, actions: list[Action]) -> None:
+        sachet = self._sachet
+        assert sachet is not None
+        dispense_id = self._take_dispense_id()
+        self._discarding[dispense_id] = _Discarding(sachet.index, sachet.intended_utc_s, reason)
+        command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
+        self._send(actions, "discard", command, dispense_id=dispense_id)
+
+    def _desired_pattern(self) -> AlertPattern:
+        if self._silenced_until is not None:
+            return AlertPattern.OFF
+        pattern = AlertPattern.FAULT if self._roll_foreign() else AlertPattern.OFF
+        for run in self._runs:
+            if run.phase is Phase.PRESENTED and run.pattern > pattern:
+                pattern = run.pattern
+        return pattern
+
+    def _sync_dispenser(self, now: Now, actions: list[Action]) -> None:
+        """Send what the dispenser should have and (as far as we know) has not."""
+        if not self._can_send(now):
+            return
+        kinds = [p.kind for p in self._pending.values()]
+        if not self._status_known:
+            if "get_status" not in kinds:
+                self._send(actions, "get_status", GetStatus(req_id=0))
+            return
+        want_lock = self._roll_foreign()
+        if "set_lock" not in kinds and self._has(Feature.LOCK):
+            if want_lock and self._lock_actual is not True:
+                self._send(actions, "set_lock", SetLock(req_id=0, locked=True))
+            elif not want_lock and self._locked_by_agent and self._lock_actual is not False:
+                self._send(actions, "set_lock", SetLock(req_id=0, locked=False))
+        pattern = self._desired_pattern()
+        if "set_alert" not in kinds and pattern != self._pattern_sent:
+            self._send(actions, "set_alert", SetAlert(req_id=0, pattern=pattern))
+        if self._retain_queue and self._has(Feature.RETAIN_BIN):
+            if FaultCode.BIN_FULL not in self._faults:
+                for dispense_id in self._retain_queue:
+                    self._retaining[dispense_id] = self._recent.get(dispense_id, "")
+                    self._send(
+                        actions,
+                        "retain",
+                        Retain(req_id=0, dispense_id=dispense_id),
+                        dispense_id=dispense_id,
+                    )
+                self._retain_queue = []
+        elif self._caps is not None and not self._has(Feature.RETAIN_BIN):
+            self._retain_queue = []
+
+    def _move_horizon(self) -> None:
+        if self._cursor is None:
+            return
+        candidates = [r.due_utc for r in self._runs]
+        floor = min([*candidates, self._cursor])
+        if self._horizon is None or floor > self._horizon:
+            self._horizon = floor
+            self._settled = [s for s in self._settled if s.due_utc >= floor]
+            self._pauses = pause.prune(self._pauses, floor)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _has(self, feature: Feature) -> bool:
+        return self._caps is not None and bool(self._caps.features & feature)
+
+    def _can_send(self, now: Now) -> bool:
+        return self._link_up and self._retry_at is None
+
+    def _send(
+        self,
+        actions: list[Action],
+        kind: str,
+        command: Message,
+        slot_id: str | None = None,
+        dispense_id: int | None = None,
+    ) -> None:
+        self._correlations += 1
+        correlation = f"{kind}:{self._starts}:{self._correlations}"
+        self._pending[correlation] = _Pending(kind, command, slot_id, dispense_id)
+        actions.append(SendCommand(command, correlation))
+
+    def _take_dispense_id(self) -> int:
+        dispense_id = self._next_dispense_id
+        if dispense_id > U32_MAX:
+            raise RuntimeError("dispense ids exhausted (u32)")  # 4e9 doses: not in a lifetime
+        self._next_dispense_id += 1
+        return dispense_id
+
+    def _next_scheduled(self) -> Slot | None:
+        """The first slot due at/after the cursor (cached until the cursor moves)."""
+        if self._schedule is None or self._cursor is None:
+            return None
+        cached = self._next_slot_cache
+        if cached is not None and cached[0] == self._cursor:
+            return cached[1]
+        slot = self._schedule.next_slot_after(self._cursor - _EPSILON)
+        while slot is not None and (
+            self._is_settled(slot.slot_id) or any(r.slot_id == slot.slot_id for r in self._runs)
+        ):
+            slot = self._schedule.next_slot_after(slot.due_utc)
+        self._next_slot_cache = (self._cursor, slot)
+        return slot
+
+    def _is_settled(self, slot_id: str) -> bool:
+        return any(s.slot_id == slot_id for s in self._settled)
+
+    def _condition(
+        self,
+        actions: list[Action],
+        kind: str,
+        present: bool,
+        now: Now,
+        fields: dict[str, object] | None = None,
+    ) -> None:
+        if not present and kind not in self._book.present and kind not in self._book.raised:
+            return
+        change = alerts.set_condition(self._book, kind, present, now.mono, self._chatty_s, fields)
+        self._book = change.book
+        actions.extend(Emit(e) for e in change.events)
+
+    def _emit(self, actions: list[Action], kind: str, fields: dict[str, object]) -> None:
+        actions.append(Emit(alerts.make_event(kind, fields)))
+
+    def _new_alert_id(self) -> str:
+        alert_id = f"alert-{self._next_alert_seq:06d}"
+        self._next_alert_seq += 1
+        return alert_id
+
+    def _latch(self, actions: list[Action], kind: str, fields: dict[str, object], now: Now) -> None:
+        alert_id = self._new_alert_id()
+        self._latched = alerts.latch(
+            self._latched, LatchedAlert(alert_id, kind, now.utc.isoformat())
+        )
+        actions.append(Emit(alerts.make_event(kind, fields, alert_id=alert_id)))
+
+    def _settle(
+        self,
+        run: SlotRun,
+        outcome: Outcome,
+        reason: str | None,
+        now: Now,
+        actions: list[Action],
+        taken_at: datetime | None = None,
+        vkp: str | None = None,
+    ) -> None:
+        """The one place a slot gets its terminal outcome: one RecordOutcome, one slot_outcome."""
+        self._runs = [r for r in self._runs if r.slot_id != run.slot_id]
+        self._settled.append(SettledSlot(run.slot_id, run.due_utc))
+        if run.dispense_id is not None:
+            self._recent[run.dispense_id] = run.slot_id
+            while len(self._recent) > RECENT_DISPENSES:
+                del self._recent[next(iter(self._recent))]
+        actions.append(RecordOutcome(run.slot_id, outcome, reason))
+        fields = lifecycle.outcome_fields(run, outcome, reason, taken_at)
+        if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED):
+            actions.append(Emit(alerts.make_event("slot_outcome", fields)))
+            return
+        alert_id = self._new_alert_id()
+        kind = f"dose_{outcome.value}"
+        self._latched = alerts.latch(
+            self._latched,
+            LatchedAlert(alert_id, kind, now.utc.isoformat(), resolved=True),
+        )
+        event = alerts.make_event(
+            "slot_outcome",
+            fields,
+            alert_id=alert_id,
+            priority=Priority.HIGH,
+            vkp_code=vkp or alerts.MISSED_VKP,
+        )
+        actions.append(Emit(event))
+
+
+def _pause_fields(window: PauseWindow) -> dict[str, object]:
+    return {
+        "pause_id": window.pause_id,
+        "start_utc": window.start_utc.isoformat(),
+        "end_utc": _dt(window.end_utc),
+    }
+
+
+def _wire_iso(seconds: int) -> str | None:
+    value = roll_check.wire_time(seconds)
+    return None if value is None else value.isoformat()
+
+
+_ = EngineEvent  # re-exported names used by type checkers of callers

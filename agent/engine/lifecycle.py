@@ -1,0 +1,219 @@
+"""The per-slot state machine.
+
+    WAITING ──(dispensable)──> DISPENSING ──(DosePresented)──> PRESENTED ──(DoseTaken)──> taken
+       │                           │                              └─(mono grace over)──> missed
+       └──(due + undispensed_deadline on wall time)──> missed "not_dispensed:<why>" | refused <why>
+    paused at due time ──> skipped_paused
+
+A slot enters WAITING at its due time (or earlier via the TAKE button inside the early window).
+Once a dispense id is assigned (DISPENSING) the slot is never given another one. Timers of a
+presented dose (reminders, escalation, missed) run on the monotonic clock only.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from agent.engine import roll_check
+from agent.engine.types import EngineConfig, EscalationStep, Outcome
+from protocol.messages import AlertPattern
+
+
+class Phase(enum.StrEnum):
+    WAITING = "waiting"  # due, not yet sent to the dispenser
+    DISPENSING = "dispensing"  # dispense id assigned; presentation not yet reported
+    PRESENTED = "presented"  # in the tray
+
+
+# Reasons for which the agent itself refused to give the dose (outcome `refused`); any other
+# reason a slot could not be dispensed makes it `missed` with "not_dispensed:<reason>".
+REFUSAL_REASONS = frozenset(
+    {
+        roll_check.FOREIGN_ROLL,
+        roll_check.NO_BINDING,
+        roll_check.ROLL_EXPIRED,
+        roll_check.ROLL_PERIOD_PASSED,
+        roll_check.SACHET_FOREIGN,
+        roll_check.SACHET_WRONG_ROLL,
+        roll_check.SACHET_OUT_OF_ORDER,
+        roll_check.SACHET_STALE,
+        roll_check.SACHET_TIME_MISMATCH,
+        roll_check.SACHET_TIME_UNKNOWN,
+        "roll_unverified",
+        "clock_untrusted",
+    }
+)
+
+NOT_TAKEN = "not_taken"
+NOT_PRESENTED = "not_presented"
+RESTART_UNKNOWN = "restart_unknown"
+LATE = "late"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRun:
+    """One slot from the moment it is due until its outcome."""
+
+    slot_id: str
+    due_utc: datetime
+    due_local: str  # ISO local time with offset, for people reading events
+    phase: Phase = Phase.WAITING
+    dispense_id: int | None = None
+    sachet_index: int | None = None
+    roll_id: str | None = None
+    held_reason: str | None = None  # why it could not be dispensed (last seen)
+    confirmed_mono: float | None = None  # dispenser accepted the Dispense (OK / ALREADY_DONE)
+    presented_mono: float | None = None
+    presented_at: datetime | None = None
+    pattern: AlertPattern = AlertPattern.REMINDER
+    reminders_sent: int = 0
+    escalations_done: int = 0
+    restored: bool = False  # open at a restart: fresh grace window from the restart
+
+    @property
+    def in_tray(self) -> bool:
+        """A dose is (or may be) in the tray: no other slot may be dispensed."""
+        return self.phase is Phase.PRESENTED or self.confirmed_mono is not None
+
+    @property
+    def awaiting_dispense(self) -> bool:
+        return not self.in_tray
+
+
+def settle_deadline(run: SlotRun, config: EngineConfig) -> datetime:
+    """Wall instant after which a slot not yet in the tray ends without being given."""
+    return run.due_utc + config.undispensed_deadline
+
+
+def unsent_outcome(reason: str) -> tuple[Outcome, str]:
+    """Outcome of a slot that was never presented, from the reason it was held."""
+    if reason in REFUSAL_REASONS:
+        return Outcome.REFUSED, reason
+    return Outcome.MISSED, f"not_dispensed:{reason}"
+
+
+def begin(run: SlotRun, dispense_id: int, sachet_index: int, roll_id: str) -> SlotRun:
+    if run.dispense_id is not None:
+        raise ValueError(f"slot {run.slot_id} already has dispense id {run.dispense_id}")
+    return replace(
+        run,
+        phase=Phase.DISPENSING,
+        dispense_id=dispense_id,
+        sachet_index=sachet_index,
+        roll_id=roll_id,
+        held_reason=None,
+    )
+
+
+def confirmed(run: SlotRun, now_mono: float) -> SlotRun:
+    if run.confirmed_mono is not None:
+        return run
+    return replace(run, confirmed_mono=now_mono)
+
+
+def presented(run: SlotRun, now_mono: float, presented_at: datetime | None) -> SlotRun:
+    return replace(
+        run,
+        phase=Phase.PRESENTED,
+        presented_mono=now_mono,
+        presented_at=presented_at,
+        pattern=AlertPattern.REMINDER,
+        reminders_sent=0,
+        escalations_done=0,
+    )
+
+
+def restored(run: SlotRun, now_mono: float, presented_at: datetime | None) -> SlotRun:
+    """An open slot found at restart: the dose may still be in the tray; grace starts now."""
+    return replace(presented(run, now_mono, presented_at), restored=True)
+
+
+def _steps(config: EngineConfig) -> tuple[EscalationStep, ...]:
+    return tuple(sorted(config.escalation, key=lambda s: s.after))
+
+
+def _seconds(delta: timedelta) -> float:
+    return delta.total_seconds()
+
+
+def next_timer(run: SlotRun, config: EngineConfig) -> float | None:
+    """Monotonic instant of the next timed decision for a dose in (or maybe in) the tray."""
+    if run.phase is Phase.PRESENTED and run.presented_mono is not None:
+        start = run.presented_mono
+        grace = _seconds(config.grace)
+        instants = [start + grace]
+        steps = _steps(config)
+        if run.escalations_done < len(steps):
+            instants.append(start + _seconds(steps[run.escalations_done].after))
+        repeat = _seconds(config.reminder_repeat)
+        if repeat > 0:
+            instants.append(start + repeat * (run.reminders_sent + 1))
+        return min(instants)
+    if run.confirmed_mono is not None:
+        return run.confirmed_mono + _seconds(config.grace)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerResult:
+    run: SlotRun
+    escalated: tuple[EscalationStep, ...] = ()
+    remind: bool = False  # re-sound the current pattern
+    missed: str | None = None  # reason, when the dose is now missed
+
+
+def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
+    """Apply every timed decision due at `now_mono` (idempotent: nothing twice)."""
+    if run.phase is not Phase.PRESENTED or run.presented_mono is None:
+        if run.confirmed_mono is not None and now_mono >= run.confirmed_mono + _seconds(
+            config.grace
+        ):
+            return TimerResult(run, missed=NOT_PRESENTED)
+        return TimerResult(run)
+    elapsed = now_mono - run.presented_mono
+    if elapsed >= _seconds(config.grace):
+        return TimerResult(run, missed=NOT_TAKEN)
+    steps = _steps(config)
+    escalated: list[EscalationStep] = []
+    pattern = run.pattern
+    done = run.escalations_done
+    while done < len(steps) and elapsed >= _seconds(steps[done].after):
+        escalated.append(steps[done])
+        pattern = steps[done].pattern
+        done += 1
+    repeat = _seconds(config.reminder_repeat)
+    reminders = int(elapsed // repeat) if repeat > 0 else 0
+    remind = reminders > run.reminders_sent or bool(escalated)
+    updated = replace(
+        run,
+        pattern=pattern,
+        escalations_done=done,
+        reminders_sent=max(reminders, run.reminders_sent),
+    )
+    return TimerResult(updated, tuple(escalated), remind)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat()
+
+
+def outcome_fields(
+    run: SlotRun, outcome: Outcome, reason: str | None, taken_at: datetime | None
+) -> dict[str, object]:
+    """The `slot_outcome` event's fields (JSON-safe)."""
+    return {
+        "slot_id": run.slot_id,
+        "due_local": run.due_local,
+        "due_utc": run.due_utc.isoformat(),
+        "outcome": outcome.value,
+        "reason": reason,
+        "dispense_id": run.dispense_id,
+        "sachet_index": run.sachet_index,
+        "roll_id": run.roll_id,
+        "presented_at": iso(run.presented_at),
+        "taken_at": iso(taken_at),
+    }

@@ -1,0 +1,108 @@
+"""Alert catalogue (priority, VKP code), conditions raised once / cleared once, rate limit for
+chatty inputs, latched alerts (acknowledged != resolved)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.engine import alerts
+from agent.engine.alerts import ConditionBook, LatchedAlert
+from agent.engine.types import EngineInputError, Priority
+
+VKP = {
+    "roll_empty": "3.6",
+    "no_schedule": "3.8",
+    "mains_lost": "3.9",
+    "no_contact": "3.10",
+    "lid_open": "3.11",
+    "fault_tamper": "3.12",
+    "fault_bin_full": "3.13",
+    "fault_jam": "3.14",
+    "fault_reader": "3.16",
+    "battery_empty": "3.17",
+    "roll_inserted": "3.21",
+    "low_supply": "3.25",
+    "battery_low": "3.27",
+    "wrong_roll": "3.5",
+    "fault_sensor": "3.4",
+    "clock_untrusted": "3.4",
+}
+
+
+@pytest.mark.parametrize(("kind", "code"), sorted(VKP.items()))
+def test_catalogue_vkp_codes(kind: str, code: str) -> None:
+    assert alerts.spec(kind).vkp_code == code
+    assert alerts.make_event(kind).vkp_code == code
+
+
+def test_priorities_missed_outranks_reminder_level_events() -> None:
+    assert alerts.spec("wrong_roll").priority is Priority.HIGH
+    assert alerts.spec("lid_open").priority is Priority.LOW
+    assert alerts.spec("dose_not_taken").priority is Priority.MEDIUM
+    assert alerts.spec("wrong_roll").latched
+    assert alerts.MISSED_VKP == "3.3"
+    assert alerts.EMPTY_VKP == "3.7"
+
+
+def test_unknown_kind_is_an_error() -> None:
+    with pytest.raises(KeyError):
+        alerts.make_event("made_up")
+
+
+def test_condition_raised_once_and_cleared_once() -> None:
+    book = ConditionBook()
+    change = alerts.set_condition(book, "mains_lost", True, 0.0, 60.0)
+    assert [e.kind for e in change.events] == ["mains_lost"]
+    again = alerts.set_condition(change.book, "mains_lost", True, 1.0, 60.0)
+    assert again.events == ()
+    cleared = alerts.set_condition(again.book, "mains_lost", False, 2.0, 60.0)
+    assert [(e.kind, e.priority) for e in cleared.events] == [("mains_lost_cleared", Priority.INFO)]
+    assert alerts.set_condition(cleared.book, "mains_lost", False, 3.0, 60.0).events == ()
+
+
+def test_chatty_condition_is_rate_limited_and_released_later() -> None:
+    book = alerts.set_condition(ConditionBook(), "lid_open", True, 0.0, 60.0).book
+    book = alerts.set_condition(book, "lid_open", False, 5.0, 60.0).book
+    change = alerts.set_condition(book, "lid_open", True, 10.0, 60.0)
+    assert change.events == ()  # held back
+    assert alerts.next_release(change.book, 60.0) == 60.0
+    assert alerts.release_due(change.book, 59.0, 60.0).events == ()
+    released = alerts.release_due(change.book, 60.0, 60.0)
+    assert [e.kind for e in released.events] == ["lid_open"]
+
+
+def test_held_back_condition_that_clears_is_never_sent() -> None:
+    book = alerts.set_condition(ConditionBook(), "lid_open", True, 0.0, 60.0).book
+    book = alerts.set_condition(book, "lid_open", False, 1.0, 60.0).book
+    book = alerts.set_condition(book, "lid_open", True, 2.0, 60.0).book
+    change = alerts.set_condition(book, "lid_open", False, 3.0, 60.0)
+    assert change.events == ()
+    assert alerts.release_due(change.book, 100.0, 60.0).events == ()
+
+
+def test_latched_alert_stays_until_acknowledged_and_resolved() -> None:
+    latched = alerts.latch((), LatchedAlert("a1", "wrong_roll", "2026-03-02T07:00:00+00:00"))
+    latched, acked = alerts.acknowledge(latched, "a1", "nurse", "t")
+    assert acked is not None
+    assert acked.acknowledged_by == "nurse"
+    assert [a.alert_id for a in latched] == ["a1"]  # acknowledged but not resolved
+    latched, resolved = alerts.resolve(latched, "wrong_roll")
+    assert [a.alert_id for a in resolved] == ["a1"]
+    assert latched == ()
+
+
+def test_acknowledge_is_idempotent_and_unknown_ids_are_refused() -> None:
+    latched = alerts.latch((), LatchedAlert("a1", "dose_missed", "t", resolved=True))
+    latched2, acked = alerts.acknowledge(latched, "a1", "op", "t")
+    assert acked is not None
+    assert latched2 == ()
+    with pytest.raises(EngineInputError):
+        alerts.acknowledge(latched2, "a1", "op", "t")
+    with pytest.raises(EngineInputError):
+        alerts.acknowledge(latched, "a1", "", "t")
+
+
+def test_button_rate_limit() -> None:
+    assert not alerts.rate_limited(None, 0.0, 60.0)
+    assert alerts.rate_limited(0.0, 59.0, 60.0)
+    assert not alerts.rate_limited(0.0, 60.0, 60.0)
