@@ -1,1 +1,3 @@
-"""Dispenser edge agent: hardware link, dose engine and MQTT forwarding."""
+"""Dispenser edge agent: the daemon, its dose engine, store and links."""
+
+__version__ = "0.1.0"

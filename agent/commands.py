@@ -1,0 +1,222 @@
+"""Commands from the response centre: validate, execute at most once, answer, audit.
+
+Path of one command (docs/response-centre-guide.md):
+1. parse and validate (pydantic, `agent.contract.commands`); a bad payload is answered `rejected`
+   with the reason (no answer if even its command id is unreadable: then only the event and audit
+   record say it happened);
+2. a command id seen before is answered `duplicate`, carrying the first answer's result or error,
+   and is not executed again (the broker redelivers QoS 1 messages after a reconnect);
+3. with an untrusted clock the expiry cannot be checked: rejected (`clock_untrusted`); past its
+   `expires_at`: `expired` — a stale "pause" must never run days later;
+4. executed through the engine: the engine step, the command record and its audit record are
+   committed in one transaction; then the answer is published (MQTT 5 response topic and
+   correlation data when given, else the unit's response topic; the id is in the payload).
+Every command, accepted or not, leaves an audit record; every refusal also an event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from agent.clock import TimeTrust
+from agent.contract.commands import (
+    CommandError,
+    CommandInvalid,
+    CommandRequest,
+    CommandResponse,
+    RequestStatusCommand,
+    ResendFromCommand,
+    parse_command,
+)
+from agent.engine.engine import EngineInputError
+from agent.engine.types import Emit, EngineEvent, Priority
+from agent.mqtt.link import InboundMessage
+
+if TYPE_CHECKING:
+    from agent.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):  # noqa: N818 - reads as the outcome it is
+    def __init__(self, status: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class CommandHandler:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def run(self) -> None:
+        async for message in self.daemon.mqtt.messages():
+            try:
+                await self.handle(message)
+            except Exception:  # one bad command must not stop command handling
+                log.exception("command handling failed for a message on %s", message.topic)
+
+    async def handle(self, message: InboundMessage) -> CommandResponse | None:
+        daemon = self.daemon
+        now = daemon.clock.now()
+        try:
+            request = parse_command(message.payload)
+        except CommandInvalid as problem:
+            response = CommandResponse.for_invalid(problem, now.utc)
+            self._record_refusal(
+                problem.command_id,
+                "unknown",
+                "rejected",
+                problem.code,
+                problem.message,
+                response,
+                message,
+            )
+            if response is not None:
+                await self._publish(response, message)
+            return response
+
+        command_id = str(request.command_id)
+        name = request.command.name
+        seen = daemon.store.command_seen(command_id)
+        if seen is not None:
+            first = CommandResponse.model_validate_json(seen.response_json)
+            response = first.model_copy(update={"status": "duplicate", "responded_at": now.utc})
+            await self._publish(response, message)
+            return response
+
+        try:
+            response = self._execute(request, now.utc, now.trust)
+        except Refused as refusal:
+            response = CommandResponse(
+                command_id=command_id,
+                status=refusal.status,  # type: ignore[arg-type]
+                error=CommandError(code=refusal.code, message=refusal.message),
+                responded_at=now.utc,
+            )
+            self._record_refusal(
+                command_id, name, refusal.status, refusal.code, refusal.message, response, message
+            )
+        await self._publish(response, message)
+        if isinstance(request.command, RequestStatusCommand):
+            await daemon.publish_retained_state()
+        return response
+
+    def _execute(
+        self, request: CommandRequest, now_utc: datetime, trust: TimeTrust
+    ) -> CommandResponse:
+        daemon = self.daemon
+        if trust is TimeTrust.UNTRUSTED:
+            raise Refused(
+                "rejected",
+                "clock_untrusted",
+                "the unit's clock is not trusted yet, so expiry cannot be checked",
+            )
+        if request.is_expired(now_utc):
+            raise Refused(
+                "expired", "expired", f"command expired at {request.expires_at.isoformat()}"
+            )
+        command = request.command
+        result: dict[str, object] | None = None
+        if isinstance(command, RequestStatusCommand):
+            result = daemon.status()
+        elif isinstance(command, ResendFromCommand):
+            until = daemon.publisher.resend_from(command.seq)
+            result = {"from_seq": command.seq, "until_seq": until}
+        response = CommandResponse.model_validate(
+            {
+                "command_id": str(request.command_id),
+                "status": "ok",
+                "result": result,
+                "responded_at": now_utc,
+            }
+        )
+        record = self._recorder(request, response)
+        engine_input = request.to_engine_input()
+        if engine_input is None:
+            daemon.apply([], daemon.clock.now(), within=record)
+            return response
+        try:
+            daemon.step(engine_input, within=record)
+        except EngineInputError as exc:
+            raise Refused("rejected", "invalid_command", str(exc)) from None
+        return response
+
+    def _recorder(self, request: CommandRequest, response: CommandResponse) -> Callable[[], None]:
+        store = self.daemon.store
+        command_id = str(request.command_id)
+
+        def record() -> None:
+            store.record_command(command_id, request.command.name, response.model_dump_json())
+            store.audit_append(
+                "command",
+                {
+                    "command_id": command_id,
+                    "name": request.command.name,
+                    "issued_by": request.issued_by,
+                    "command": json.loads(request.command.model_dump_json()),
+                    "status": response.status,
+                },
+                *self.daemon.stamp(),
+            )
+
+        return record
+
+    def _record_refusal(
+        self,
+        command_id: str | None,
+        name: str,
+        status: str,
+        code: str,
+        message_text: str,
+        response: CommandResponse | None,
+        message: InboundMessage,
+    ) -> None:
+        daemon = self.daemon
+        store = daemon.store
+        event = EngineEvent(
+            kind="command_rejected",
+            priority=Priority.LOW,
+            vkp_code=None,
+            fields={
+                "command_id": command_id,
+                "name": name,
+                "status": status,
+                "code": code,
+                "message": message_text,
+            },
+        )
+
+        def record() -> None:
+            # A transient refusal is not remembered: the same command may succeed once time is
+            # trusted. Every other refusal is final for that command id.
+            if (
+                response is not None
+                and command_id is not None
+                and code != "clock_untrusted"
+                and store.command_seen(command_id) is None
+            ):
+                store.record_command(command_id, name, response.model_dump_json())
+            store.audit_append(
+                "command_rejected",
+                {
+                    "command_id": command_id,
+                    "topic": message.topic,
+                    "status": status,
+                    "code": code,
+                    "payload_bytes": len(message.payload),
+                },
+                *daemon.stamp(),
+            )
+
+        daemon.apply([Emit(event)], daemon.clock.now(), within=record)
+
+    async def _publish(self, response: CommandResponse, message: InboundMessage) -> None:
+        await self.daemon.publish_response(
+            response.to_payload(), message.response_topic, message.correlation_data
+        )

@@ -1,0 +1,186 @@
+"""The daemon's configuration file (JSON), validated with pydantic at the boundary.
+
+A technician writes it at installation: the unit id, the dispenser's serial device, the broker, and
+optionally the patient binding and first schedule (both can later come from the response centre).
+Errors name the field and say what is expected; nothing starts on a config that does not validate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.clock import DEFAULT_ZONE, load_zone
+from agent.engine.schedule import Schedule, ScheduleError, ScheduleRule, parse_time
+from agent.engine.types import EngineConfig, EscalationStep
+from protocol.messages import AlertPattern
+
+UNIT_ID = re.compile(r"[a-z0-9-]{3,64}")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which field and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SerialLink(_Strict):
+    transport: Literal["serial"] = "serial"
+    device: str = Field(
+        description="serial device path, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."
+    )
+    baudrate: int = Field(default=115200, ge=1200, le=4_000_000)
+
+
+class MqttBroker(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+    heartbeat_s: int = Field(default=300, ge=10, le=3600)
+    health_s: int = Field(default=900, ge=60, le=86_400)
+
+
+class ScheduleRuleConfig(_Strict):
+    effective_from: date
+    times: list[str]
+    weekday_times: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("weekday_times")
+    @classmethod
+    def _known_weekdays(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(value) - set(WEEKDAYS))
+        if unknown:
+            raise ValueError(f"unknown weekday {unknown}: use {', '.join(WEEKDAYS)}")
+        return value
+
+
+class ScheduleConfig(_Strict):
+    version: int = Field(default=1, ge=1)
+    zone: str = DEFAULT_ZONE
+    rules: list[ScheduleRuleConfig] = Field(min_length=1)
+
+    def build(self) -> Schedule:
+        """The engine's schedule; ScheduleError (a ValueError) with a clear message if invalid."""
+        rules = [
+            ScheduleRule(
+                effective_from=rule.effective_from,
+                times=tuple(parse_time(t) for t in rule.times),
+                weekday_times={
+                    WEEKDAYS.index(day): tuple(parse_time(t) for t in times)
+                    for day, times in rule.weekday_times.items()
+                },
+            )
+            for rule in self.rules
+        ]
+        return Schedule.build(self.zone, rules)
+
+
+class EscalationConfig(_Strict):
+    after_minutes: float = Field(gt=0)
+    pattern: Literal["REMINDER", "URGENT", "FAULT"]
+    notify: bool
+
+
+class EngineSettings(_Strict):
+    grace_minutes: float = Field(default=60, gt=0, le=24 * 60)
+    early_window_minutes: float = Field(default=60, ge=0, le=6 * 60)
+    reminder_repeat_minutes: float = Field(default=10, gt=0)
+    escalation: list[EscalationConfig] = Field(
+        default_factory=lambda: [EscalationConfig(after_minutes=30, pattern="URGENT", notify=True)]
+    )
+    sachet_time_tolerance_minutes: float = Field(default=30, gt=0, le=12 * 60)
+    low_supply_threshold: int = Field(default=4, ge=0)
+    no_contact_after_minutes: float = Field(default=5, gt=0)
+    undispensed_deadline_minutes: float = Field(default=60, gt=0)
+
+    def to_engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            grace=timedelta(minutes=self.grace_minutes),
+            early_window=timedelta(minutes=self.early_window_minutes),
+            reminder_repeat=timedelta(minutes=self.reminder_repeat_minutes),
+            escalation=tuple(
+                EscalationStep(
+                    timedelta(minutes=step.after_minutes), AlertPattern[step.pattern], step.notify
+                )
+                for step in sorted(self.escalation, key=lambda s: s.after_minutes)
+            ),
+            sachet_time_tolerance=timedelta(minutes=self.sachet_time_tolerance_minutes),
+            low_supply_threshold=self.low_supply_threshold,
+            no_contact_after=timedelta(minutes=self.no_contact_after_minutes),
+            undispensed_deadline=timedelta(minutes=self.undispensed_deadline_minutes),
+        )
+
+
+class AgentConfig(_Strict):
+    unit_id: str = Field(description="this unit's id on the MQTT topic tree: [a-z0-9-]{3,64}")
+    state_dir: Path = Path("/var/lib/dispenser-agent")
+    dispenser: SerialLink
+    mqtt: MqttBroker = Field(default_factory=MqttBroker)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    # Installation binding: a pseudonymous patient reference, never a name or national id.
+    patient_ref: str | None = Field(default=None, min_length=4, max_length=64)
+    schedule: ScheduleConfig | None = None
+
+    @field_validator("unit_id")
+    @classmethod
+    def _unit_id(cls, value: str) -> str:
+        if not UNIT_ID.fullmatch(value):
+            raise ValueError("must be 3-64 characters of a-z, 0-9 and '-'")
+        return value
+
+    @field_validator("patient_ref")
+    @classmethod
+    def _pseudonymous(cls, value: str | None) -> str | None:
+        # A Norwegian national id is 11 digits: refuse anything that looks like one.
+        if value is not None and re.fullmatch(r"\d{11}", value):
+            raise ValueError(
+                "looks like a national identity number; use the pseudonymous reference"
+            )
+        return value
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "agent.sqlite3"
+
+    def built_schedule(self) -> Schedule | None:
+        return self.schedule.build() if self.schedule else None
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a config file; ConfigError names the file and every bad field."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: object, source: str = "config") -> AgentConfig:
+    try:
+        config = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+    try:
+        load_zone(config.schedule.zone if config.schedule else DEFAULT_ZONE)
+        config.built_schedule()
+        config.engine.to_engine_config()
+    except (ScheduleError, ValueError) as exc:
+        raise ConfigError(f"{source}: schedule: {exc}") from None
+    return config

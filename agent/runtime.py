@@ -1,0 +1,45 @@
+"""Builds the real daemon from a config: system clock, SQLite store, serial port, MQTT settings."""
+
+from __future__ import annotations
+
+from agent.clock import SystemClock
+from agent.config import AgentConfig
+from agent.daemon import Daemon
+from agent.mqtt.link import MqttSettings
+from agent.store.audit import Stamp
+from agent.store.db import Store
+from drivers.serial_port import SerialTransport
+
+
+def mqtt_settings(config: AgentConfig) -> MqttSettings:
+    password = None
+    if config.mqtt.password_file is not None:
+        password = config.mqtt.password_file.read_text(encoding="utf-8").strip()
+    return MqttSettings(
+        host=config.mqtt.host,
+        port=config.mqtt.port,
+        client_id=f"dispenser-agent-{config.unit_id}",
+        keepalive_s=config.mqtt.keepalive_s,
+        username=config.mqtt.username,
+        password=password,
+        tls=config.mqtt.tls,
+    )
+
+
+def build_daemon(config: AgentConfig, clock: SystemClock | None = None) -> Daemon:
+    clock = clock or SystemClock()
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def stamp() -> Stamp:
+        now = clock.now()
+        return Stamp(now.utc.isoformat().replace("+00:00", "Z"), now.trust.value)
+
+    store = Store.open(config.db_path, stamp=stamp)
+    device, baudrate = config.dispenser.device, config.dispenser.baudrate
+    return Daemon(
+        config,
+        clock=clock,
+        store=store,
+        transport_factory=lambda: SerialTransport(device, baudrate),
+        mqtt_settings=mqtt_settings(config),
+    )
