@@ -395,7 +395,6 @@ class Daemon:
 
     async def _on_mqtt_connected(self) -> None:
         """Birth, then every retained topic again (a non-persistent broker may have lost them)."""
-        self.publisher.connection_up()
         await self.publish_retained_state()
 
     async def publish_retained_state(self) -> None:

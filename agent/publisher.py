@@ -58,17 +58,13 @@ class OutboxPublisher:
         self._rejected_backoff_s = rejected_backoff_s
         self._wake = asyncio.Event()
         self._live_after = 0  # seqs above this were stored during the current connection
+        self._connection = -1  # the link's connect count when _live_after was set
         self._resend_next: int | None = None
         self._resend_until = 0
         self.stats = PublisherStats()
 
     def notify(self) -> None:
         """New events were committed (called by the daemon after every store transaction)."""
-        self._wake.set()
-
-    def connection_up(self) -> None:
-        """Called on every (re)connect: whatever is pending now is backlog."""
-        self._live_after = self._store.last_event_seq()
         self._wake.set()
 
     def resend_from(self, seq: int) -> int:
@@ -99,6 +95,11 @@ class OutboxPublisher:
 
     async def _round(self) -> bool:
         """Publish one round; True if there may be more to do right away."""
+        connects = self._mqtt.stats.connects
+        if connects != self._connection:
+            # First round on a new connection: whatever is stored now waited offline (backlog).
+            self._connection = connects
+            self._live_after = self._store.last_event_seq()
         live = self._store.pending_events(after_seq=self._live_after, limit=self._window)
         backlog = [
             e

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.clock import SystemClock
+from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
 from agent.daemon import Daemon
 from agent.mqtt.link import MqttSettings
@@ -26,7 +26,10 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
     )
 
 
-def build_daemon(config: AgentConfig, clock: SystemClock | None = None) -> Daemon:
+def build_daemon(
+    config: AgentConfig, clock: Clock | None = None, *, time_rate: float = 1.0
+) -> Daemon:
+    """The production daemon; `clock`/`time_rate` are replaced only by the demo and e2e tests."""
     clock = clock or SystemClock()
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -42,4 +45,5 @@ def build_daemon(config: AgentConfig, clock: SystemClock | None = None) -> Daemo
         store=store,
         transport_factory=lambda: SerialTransport(device, baudrate),
         mqtt_settings=mqtt_settings(config),
+        time_rate=time_rate,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,11 +37,31 @@ def find_mosquitto() -> str | None:
     return None
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port OUTSIDE the kernel's ephemeral range.
+
+    A client that keeps reconnecting to a stopped broker on an ephemeral-range port can be given
+    that very port as its own source port and connect to itself (TCP self-connect); the broker
+    then cannot restart on its port ("Address already in use").
+    """
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10_000, 30_000) if not low <= p <= high]
+    for port in random.sample(candidates, 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 class MosquittoBroker:
