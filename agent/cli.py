@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("simulate", help="year-long engine simulation (dispenser-agent simulate --help)")
 
     args = parser.parse_args(args_list)
+    quiet = args.command == "demo"  # the live view is the demo's output
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

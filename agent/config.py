@@ -47,6 +47,9 @@ class MqttBroker(_Strict):
     password_file: Path | None = None
     tls: bool = False
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description="MQTT 5, falling back to 3.1.1 if the broker refuses it"
+    )
     heartbeat_s: int = Field(default=300, ge=10, le=3600)
     health_s: int = Field(default=900, ge=60, le=86_400)
 

@@ -23,6 +23,7 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
         username=config.mqtt.username,
         password=password,
         tls=config.mqtt.tls,
+        protocol=config.mqtt.protocol,
     )
 
 

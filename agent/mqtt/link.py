@@ -62,6 +62,9 @@ class MqttSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
     max_inflight: int = 20  # QoS 1 publishes on the wire awaiting PUBACK
+    # "5" falls back to 3.1.1 by itself when the broker answers "unsupported protocol version";
+    # "3.1.1" is for brokers that drop an MQTT 5 CONNECT instead of answering it (amqtt).
+    protocol: ProtocolName = "5"
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -321,7 +324,7 @@ class MqttLink:
         self._will_factory = will_factory
         self._subscriptions = tuple(subscriptions)
         self._on_connected = on_connected
-        self._protocol: ProtocolName = "5"
+        self._protocol: ProtocolName = settings.protocol
         self._conn: _Connection | None = None
         self._connected_event = asyncio.Event()
         self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
