@@ -55,7 +55,12 @@ class CommandHandler:
         self.daemon = daemon
 
     async def run(self) -> None:
+        request_topic = self.daemon.topics.command_request
         async for message in self.daemon.mqtt.messages():
+            if message.topic != request_topic:
+                # Some brokers (amqtt) push retained messages a client never subscribed to.
+                log.debug("ignoring a message on %s", message.topic)
+                continue
             try:
                 await self.handle(message)
             except Exception:  # one bad command must not stop command handling
