@@ -1,0 +1,250 @@
+"""Real parts for end-to-end tests: the agent as a process, the event stream as a subscriber.
+
+The rig is: dispenser simulator on a pty (hw.wire.SimulatorRunner, in the test process) <-> the
+agent (tests/agent_process.py, its own process, scaled clock) <-> a private mosquitto on 127.0.0.1
+<-> `EventStream`, a paho subscriber standing in for the response centre.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+OSLO = ZoneInfo("Europe/Oslo")
+DAY = date(2026, 11, 23)
+PATIENT = "p-e2e-0001"
+OTHER_PATIENT = "p-e2e-9999"
+RATE = 60.0  # one simulated minute per real second
+WAIT_S = 20.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def oslo(hour: int, minute: int, second: int = 0) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, hour, minute, second, tzinfo=OSLO)
+
+
+def epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def write_config(
+    directory: Path,
+    *,
+    unit_id: str,
+    broker_port: int,
+    device: Path,
+    times: tuple[str, ...] = ("08:00", "20:00"),
+    grace_minutes: float = 5,
+    extra_engine: dict[str, Any] | None = None,
+) -> Path:
+    config = {
+        "unit_id": unit_id,
+        "state_dir": str(directory / "state"),
+        "dispenser": {"device": str(device)},
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "keepalive_s": 10},
+        "engine": {
+            "grace_minutes": grace_minutes,
+            "undispensed_deadline_minutes": 10,
+            **(extra_engine or {}),
+        },
+        "patient_ref": PATIENT,
+        "schedule": {
+            "version": 1,
+            "rules": [{"effective_from": "2026-11-01", "times": list(times)}],
+        },
+    }
+    path = directory / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+@dataclass
+class AgentProcess:
+    """The daemon in its own process; ended only by its PID."""
+
+    config: Path
+    start_at: datetime
+    log_path: Path
+    rate: float = RATE
+    process: subprocess.Popen[bytes] | None = None
+    started_mono: float = 0.0
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.started_mono = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "agent_process.py"),
+                "--config",
+                str(self.config),
+                "--start",
+                self.start_at.isoformat(),
+                "--rate",
+                str(self.rate),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+
+    def sim_now(self) -> datetime:
+        """Where the agent's scaled clock is now (to restart it without time going back)."""
+        return self.start_at + timedelta(seconds=(time.monotonic() - self.started_mono) * self.rate)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no goodbye — a power cut as far as the agent knows."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            return self.process.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass
+class EventStream:
+    """What the response centre sees: every message under dispenser/v1/<unit>/#.
+
+    Persistent session (clean_session off, fixed client id) so nothing is missed across a broker
+    restart with persistence on.
+    """
+
+    port: int
+    unit_id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    responses: list[dict[str, Any]] = field(default_factory=list)
+    retained: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _client: paho.Client | None = None
+
+    def start(self) -> None:
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"centre-{self.unit_id}",
+            clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        subscribed = threading.Event()
+        client.on_connect = lambda c, *_: c.subscribe(f"dispenser/v1/{self.unit_id}/#", qos=1)
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_message = self._on_message
+        client.reconnect_delay_set(0.05, 0.5)
+        client.connect("127.0.0.1", self.port, keepalive=10)
+        client.loop_start()
+        self._client = client
+        assert subscribed.wait(WAIT_S), "subscriber did not subscribe"
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            payload = {"raw": msg.payload.decode(errors="replace")}
+        with self._cond:
+            suffix = msg.topic.split(f"dispenser/v1/{self.unit_id}/", 1)[-1]
+            if suffix == "events":
+                self.events.append(payload)
+            elif suffix == "commands/response":
+                self.responses.append(payload)
+            elif suffix.startswith("state/"):
+                self.retained[suffix] = payload
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[EventStream], bool], timeout: float = WAIT_S) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self), timeout):
+                kinds = [(e.get("seq"), e.get("kind")) for e in self.events]
+                raise AssertionError(f"condition not met within {timeout} s; events: {kinds}")
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [e for e in self.events if e.get("kind") == kind]
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        return [e["data"] for e in self.of_kind("slot_outcome")]
+
+    def unique_by_seq(self) -> dict[int, dict[str, Any]]:
+        """Deduplicate as the response centre must: by seq, checking the event id agrees."""
+        with self._cond:
+            events = list(self.events)
+        by_seq: dict[int, dict[str, Any]] = {}
+        for event in events:
+            seen = by_seq.setdefault(event["seq"], event)
+            assert seen["event_id"] == event["event_id"], f"seq {event['seq']} reused"
+        return by_seq
+
+
+def command(
+    name: str,
+    *,
+    expires_in: timedelta = timedelta(hours=1),
+    issued_at: datetime | None = None,
+    command_id: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    issued = issued_at or datetime.now(UTC)
+    return {
+        "command_id": command_id or str(uuid.uuid4()),
+        "issued_at": issued.isoformat(),
+        "expires_at": (issued + expires_in).isoformat(),
+        "issued_by": "operator-17",
+        "command": {"name": name, **fields},
+    }
+
+
+def publish_command(port: int, unit_id: str, payload: bytes, correlation: bytes = b"") -> None:
+    """Publish one command as the response centre does (MQTT 5, response topic, correlation)."""
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"operator-{uuid.uuid4().hex[:8]}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = f"dispenser/v1/{unit_id}/commands/response"
+        if correlation:
+            properties.CorrelationData = correlation
+        info = client.publish(
+            f"dispenser/v1/{unit_id}/commands/request", payload, qos=1, properties=properties
+        )
+        info.wait_for_publish(WAIT_S)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -1,0 +1,194 @@
+"""End to end on real parts: simulator on a pty <-> agent process <-> mosquitto <-> subscriber.
+
+The agent runs on a scaled clock (60x: a simulated minute per real second), everything else is the
+production code path. Each test waits on conditions with bounded timeouts, never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from broker import MosquittoBroker
+from e2e_support import (
+    OTHER_PATIENT,
+    PATIENT,
+    AgentProcess,
+    EventStream,
+    command,
+    epoch,
+    oslo,
+    publish_command,
+    write_config,
+)
+
+from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
+from hw.wire import SimulatorRunner
+from protocol.messages import DosePresented, Message
+
+pytestmark = pytest.mark.e2e
+UNIT = "e2e-unit-1"
+
+
+@dataclass
+class Rig:
+    runner: SimulatorRunner
+    stream: EventStream
+    agent: AgentProcess
+    broker: MosquittoBroker
+    tmp: Path
+
+    def wait(self, predicate: object, timeout: float = 20.0) -> None:
+        try:
+            self.stream.wait_for(predicate, timeout)  # type: ignore[arg-type]
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n--- agent log ---\n{self.agent.log_text()[-4000:]}"
+            ) from None
+
+    def link_up(self) -> None:
+        self.wait(lambda s: s.retained.get("state/dispenser", {}).get("link") == "up")
+
+    def insert_roll(self, patient_ref: str = PATIENT, roll_id: str = "R-1") -> None:
+        roll = make_roll(roll_id, patient_ref, epoch(oslo(8, 0)), 12 * 3600, 28)
+        self.runner.call(lambda model: model.insert_roll(roll))
+
+    def patient_takes_doses(self) -> None:
+        def on_message(message: Message) -> None:
+            if isinstance(message, DosePresented):
+                self.runner.call(lambda model: model.take_dose())
+
+        self.runner.add_listener(on_message)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
+    model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
+    runner = SimulatorRunner.on_pty(model, link_path=tmp_path / "tty")
+    runner.start()
+    stream = EventStream(mosquitto.port, UNIT)
+    stream.start()
+    config = write_config(
+        tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
+    )
+    agent = AgentProcess(config, oslo(7, 56), tmp_path / "agent.log")
+    agent.start()
+    try:
+        yield Rig(runner, stream, agent, mosquitto, tmp_path)
+    finally:
+        agent.stop()
+        stream.stop()
+        runner.stop()
+
+
+def assert_gapless(rig: Rig) -> dict[int, dict[str, object]]:
+    by_seq = rig.stream.unique_by_seq()
+    assert sorted(by_seq) == list(range(1, max(by_seq) + 1)), "gap in the event sequence"
+    return by_seq
+
+
+def test_dose_taken(rig: Rig) -> None:
+    rig.link_up()
+    rig.patient_takes_doses()
+    rig.insert_roll()
+    rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()))
+    [outcome] = rig.stream.outcomes()
+    assert outcome["slot_id"] == "2026-11-23T08:00"
+    snapshot = rig.runner.snapshot()
+    assert len(snapshot.dispensed) == 1
+    assert snapshot.tray is None
+    assert_gapless(rig)
+
+
+def test_dose_missed_is_retained_and_reported_high_with_vkp_3_3(rig: Rig) -> None:
+    rig.link_up()
+    rig.insert_roll()
+    rig.wait(lambda s: any(o["outcome"] == "missed" for o in s.outcomes()))
+    [event] = rig.stream.of_kind("slot_outcome")
+    assert event["priority"] == "high"
+    assert event["vkp_code"] == "3.3"
+    assert event["alert_id"]
+    rig.runner.wait_for(lambda model: len(model.bin) == 1)
+    assert rig.runner.snapshot().bin[0].how == "retain"
+    assert_gapless(rig)
+
+
+def test_wrong_roll_is_refused_locked_and_never_dispensed(rig: Rig) -> None:
+    rig.link_up()
+    rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")
+    rig.wait(lambda s: bool(s.of_kind("wrong_roll")))
+    [alert] = rig.stream.of_kind("wrong_roll")
+    assert alert["vkp_code"] == "3.5"
+    assert alert["priority"] == "high"
+    assert OTHER_PATIENT not in json.dumps(alert)  # never a patient reference on the wire
+    rig.runner.wait_for(lambda model: model.locked)
+    # The 08:00 dose is due while the foreign roll is in: it must end without any dispense.
+    rig.wait(lambda s: bool(s.outcomes()), timeout=30)
+    assert rig.stream.outcomes()[0]["outcome"] in ("refused", "missed")
+    assert rig.runner.snapshot().dispensed == ()
+
+
+def test_broker_restart_mid_day_loses_nothing_and_keeps_order(rig: Rig) -> None:
+    rig.link_up()
+    rig.patient_takes_doses()
+    rig.wait(lambda s: bool(s.of_kind("agent_started")))
+    rig.broker.stop()
+    rig.insert_roll()  # roll_inserted, dose_presented, slot_outcome happen while offline
+    rig.runner.wait_for(lambda model: len(model.dispensed) == 1 and model.tray is None, timeout=20)
+    rig.broker.restart()
+    rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()), timeout=30)
+    by_seq = assert_gapless(rig)
+    kinds = [by_seq[seq]["kind"] for seq in sorted(by_seq)]
+    assert (
+        kinds.index("roll_inserted") < kinds.index("dose_presented") < kinds.index("slot_outcome")
+    ), kinds
+    [outcome] = [e for e in by_seq.values() if e["kind"] == "slot_outcome"]
+    assert outcome["replayed"] is True  # it waited in the backlog while the broker was down
+
+
+def test_agent_killed_and_restarted_never_dispenses_twice(rig: Rig) -> None:
+    rig.link_up()
+    rig.insert_roll()
+    rig.wait(lambda s: bool(s.of_kind("dose_presented")))
+    resume_at = rig.agent.sim_now()
+    rig.agent.kill()  # the dose is in the tray, the agent dies
+    rig.agent.start_at = resume_at
+    rig.agent.start()
+    rig.wait(lambda s: len(s.of_kind("agent_started")) == 2)
+    rig.runner.call(lambda model: model.take_dose())
+    rig.wait(lambda s: bool(s.outcomes()), timeout=30)
+    assert [o["outcome"] for o in rig.stream.outcomes()] == ["taken"]
+    assert len(rig.runner.snapshot().dispensed) == 1
+    assert_gapless(rig)
+
+
+def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(rig: Rig) -> None:
+    rig.link_up()
+    port = rig.broker.port
+    publish_command(port, UNIT, b"{not json")
+    bad = command("silence", minutes=9999)
+    publish_command(port, UNIT, json.dumps(bad).encode())
+    expired = command("silence", minutes=5)
+    expired["issued_at"] = "2020-01-01T00:00:00Z"
+    expired["expires_at"] = "2020-01-01T01:00:00Z"
+    publish_command(port, UNIT, json.dumps(expired).encode())
+    status = command("request_status")
+    publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-1")
+    publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-2")
+    rig.wait(lambda s: len(s.responses) >= 4)
+    by_id = {}
+    for response in rig.stream.responses:
+        by_id.setdefault(response["command_id"], []).append(response)
+    assert by_id[bad["command_id"]][0]["status"] == "rejected"
+    assert "minutes" in by_id[bad["command_id"]][0]["error"]["message"]
+    assert by_id[expired["command_id"]][0]["status"] == "expired"
+    assert [r["status"] for r in by_id[status["command_id"]]] == ["ok", "duplicate"]
+    assert by_id[status["command_id"]][0]["result"]["dispenser_link"] == "up"
+    # the unreadable one has no id to answer; it is an event (and an audit record)
+    rig.wait(lambda s: len(s.of_kind("command_rejected")) >= 3)
+    codes = {e["data"]["code"] for e in rig.stream.of_kind("command_rejected")}
+    assert {"malformed_json", "invalid_command", "expired"} <= codes
