@@ -257,7 +257,8 @@ class DispenserModel:
         """A command from the agent: exactly one reply first, then any events it causes."""
         match message:
             case Hello(req_id=req_id):
-                return [self._capabilities(req_id)]
+                # SPEC 4.1: a loaded roll is announced again, so a (re)started agent verifies it.
+                return [self._capabilities(req_id), *self._announce_roll()]
             case Dispense():
                 return self._dispense(message)
             case Discard():
@@ -443,19 +444,25 @@ class DispenserModel:
         events = self.remove_roll()
         self.roll = roll
         self.position = roll.next_index
-        events.append(
+        return events + self._announce_roll()
+
+    def _announce_roll(self) -> list[Message]:
+        """RollInserted for the loaded roll (at its position now) and the sachet at the reader."""
+        roll = self.roll
+        if roll is None:
+            return []
+        announce: list[Message] = [
             RollInserted(
                 roll_id=roll.roll_id,
                 patient_ref=roll.patient_ref,
                 sachet_count=len(roll.sachets),
-                next_index=roll.next_index,
+                next_index=self.position,
                 first_dose_utc_s=roll.first_dose_utc_s,
                 last_dose_utc_s=roll.last_dose_utc_s,
                 expiry_utc_s=roll.expiry_utc_s,
             )
-        )
-        events += self._read_sachet()
-        return events
+        ]
+        return announce + self._read_sachet()
 
     def remove_roll(self) -> list[Message]:
         if self.roll is None:

@@ -192,3 +192,18 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     rig.wait(lambda s: len(s.of_kind("command_rejected")) >= 3)
     codes = {e["data"]["code"] for e in rig.stream.of_kind("command_rejected")}
     assert {"malformed_json", "invalid_command", "expired"} <= codes
+
+
+def test_roll_loaded_while_the_agent_was_down_is_verified_on_reconnect(rig: Rig) -> None:
+    rig.link_up()
+    resume_at = rig.agent.sim_now()
+    rig.agent.kill()
+    rig.insert_roll()  # nobody listens: the dispenser gives up on RollInserted after its retries
+    rig.runner.wait_for_stats(lambda stats: stats.failures >= 2, timeout=20)
+    rig.patient_takes_doses()
+    rig.agent.start_at = resume_at
+    rig.agent.start()
+    # SPEC 4.1: the dispenser re-announces the loaded roll after Hello; the agent verifies it.
+    rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()), timeout=30)
+    assert len(rig.runner.snapshot().dispensed) == 1
+    assert_gapless(rig)

@@ -100,8 +100,11 @@ def test_unreadable_sachet_raises_reader_fault_and_blocks_dispense(rtc: FakeRtc)
     assert SachetRead("R3", 1, T0 + 43200, "p") in out
 
 
-def test_hello_answers_capabilities(model: DispenserModel) -> None:
-    (caps,) = model.handle(Hello(7, 1, "agent"))
+def test_hello_answers_capabilities_then_announces_the_loaded_roll(model: DispenserModel) -> None:
+    model.handle(Dispense(1, 100, 0))  # the roll has moved on by one sachet
+    caps, roll, sachet = model.handle(Hello(7, 1, "agent"))
+    assert roll == RollInserted("R1", "p-abc", 6, 1, T0, T0 + 5 * 43200, T0 + 86400 * 30)
+    assert sachet == SachetRead("R1", 1, T0 + 43200, "p-abc")
     assert isinstance(caps, Capabilities)
     assert caps.req_id == 7
     assert caps.protocol_version == 1
@@ -114,6 +117,11 @@ def test_hello_answers_capabilities(model: DispenserModel) -> None:
     assert caps.rtc_utc_s == T0
     assert caps.features & Feature.RETAIN_BIN
     assert caps.features & Feature.SACHET_READER
+
+
+def test_hello_without_a_roll_is_capabilities_only(rtc: FakeRtc) -> None:
+    (caps,) = DispenserModel(DispenserIdentity(), rtc).handle(Hello(7, 1, "agent"))
+    assert isinstance(caps, Capabilities)
 
 
 def test_dispense_ok_presents_dose_and_reads_next(model: DispenserModel) -> None:
