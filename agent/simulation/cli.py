@@ -1,0 +1,166 @@
+"""Run seeded simulations from the command line.
+
+    python -m agent.simulation.cli --seeds 0-199 --days 365
+    dispenser-agent simulate --seeds 7 --days 30     (once the lead wires it)
+
+Prints one line per seed; a failing seed prints the violation and the exact command that
+replays it. Exit status 1 if any seed broke an invariant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TextIO
+
+from agent.simulation.faults import FaultRates
+from agent.simulation.harness import (
+    DoseEngineFactory,
+    EngineFactory,
+    NullEngineFactory,
+    Simulation,
+    SimulationConfig,
+    SimulationResult,
+)
+from agent.simulation.invariants import InvariantViolation
+
+
+@dataclass(frozen=True, slots=True)
+class SeedReport:
+    """What a worker process hands back: picklable, with the violation already rendered."""
+
+    seed: int
+    days: int
+    result: SimulationResult | None
+    violation: str | None
+    wall_s: float
+
+
+def parse_seeds(text: str) -> list[int]:
+    """ "0-199", "7", "1,4,10-12" -> seeds in the given order (ranges inclusive)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, sep, high = part.partition("-")
+        try:
+            if sep:
+                first, last = int(low), int(high)
+                if last < first:
+                    raise ValueError
+                seeds.extend(range(first, last + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad seed list {text!r}: use e.g. 7, 0-199 or 1,4,10-12"
+            ) from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"bad seed list {text!r}: need seeds >= 0")
+    return seeds
+
+
+def run_one(seed: int, days: int, faults: bool = True, engine: str = "dose") -> SeedReport:
+    """Run one seed; never raises for a violation (it is part of the report)."""
+    factory: EngineFactory = NullEngineFactory() if engine == "null" else DoseEngineFactory()
+    config = SimulationConfig(
+        seed=seed,
+        days=days,
+        faults=FaultRates() if faults else FaultRates.none(),
+        require_outcomes=engine != "null",
+    )
+    started = time.perf_counter()
+    try:
+        result = Simulation(config, factory).run()
+    except InvariantViolation as violation:
+        return SeedReport(seed, days, None, str(violation), time.perf_counter() - started)
+    return SeedReport(seed, days, result, None, time.perf_counter() - started)
+
+
+def run_many(
+    seeds: list[int],
+    days: int,
+    *,
+    faults: bool = True,
+    engine: str = "dose",
+    jobs: int | None = None,
+) -> Iterator[SeedReport]:
+    """Reports in seed order; in parallel worker processes when jobs > 1."""
+    jobs = jobs or os.cpu_count() or 1
+    if jobs <= 1 or len(seeds) <= 1:
+        for seed in seeds:
+            yield run_one(seed, days, faults, engine)
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        n = len(seeds)
+        yield from pool.map(run_one, seeds, [days] * n, [faults] * n, [engine] * n)
+
+
+def replay_command(seed: int, days: int) -> str:
+    return f"python -m agent.simulation.cli --seeds {seed} --days {days}"
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    stream = out if out is not None else sys.stdout
+    parser = argparse.ArgumentParser(
+        prog="dispenser-agent simulate",
+        description="Deterministic simulation of the dose engine and the dispenser, with "
+        "safety invariants checked after every step.",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=parse_seeds("0-9"),
+        help="seeds to run, e.g. 7, 0-199 or 1,4,10-12 (default 0-9)",
+    )
+    parser.add_argument("--days", type=int, default=365, help="simulated days per seed")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="worker processes (default: one per CPU)"
+    )
+    parser.add_argument("--no-faults", action="store_true", help="no hardware/link/clock faults")
+    parser.add_argument(
+        "--engine",
+        choices=("dose", "null"),
+        default="dose",
+        help="'null' runs the loop without the engine (a baseline)",
+    )
+    args = parser.parse_args(argv)
+    if args.days < 1:
+        parser.error("--days must be at least 1")
+
+    started = time.perf_counter()
+    failed: list[int] = []
+    steps = 0
+    for report in run_many(
+        args.seeds, args.days, faults=not args.no_faults, engine=args.engine, jobs=args.jobs
+    ):
+        if report.result is not None:
+            r = report.result
+            steps += r.steps
+            outcomes = " ".join(f"{k}={v}" for k, v in r.outcomes.items())
+            print(
+                f"seed {r.seed}: ok {report.wall_s:.2f}s steps={r.steps} events={r.events} "
+                f"slots={r.slots_expected} {outcomes} hash={r.event_hash[:16]}",
+                file=stream,
+            )
+        else:
+            failed.append(report.seed)
+            print(f"seed {report.seed}: VIOLATION\n{report.violation}", file=stream)
+            print(f"replay: {replay_command(report.seed, report.days)}", file=stream)
+    elapsed = time.perf_counter() - started
+    print(
+        f"{len(args.seeds) - len(failed)}/{len(args.seeds)} seeds passed, {steps} steps, "
+        f"{elapsed:.1f}s" + (f"; failed seeds: {','.join(map(str, failed))}" if failed else ""),
+        file=stream,
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

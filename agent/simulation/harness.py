@@ -1,0 +1,715 @@
+"""The simulation loop: the harness plays the agent's shell around the dose engine.
+
+One run = one seed. The harness owns a `VirtualClock`, a `DispenserModel` (called in-process, no
+pty), a seeded patient, nurse and fault plan, and an agenda of what they do when. It advances the
+virtual clock to the earlier of the engine's next deadline and the next agenda item, feeds the
+engine a `Tick` or what the dispenser emitted, carries out the engine's actions (commands go to the
+model, whose reply comes back as a `CommandOutcome` and whose other messages come back as
+`FromDispenser`), publishes events with a sequence number like the outbox, and checks the
+invariants (`agent.simulation.invariants`) after every engine step.
+
+Three times are kept apart: *true* time (what the patient's watch says; seconds since the
+start), the agent's wall clock (`Now.utc`, which faults may step or distrust) and the agent's
+monotonic clock (`Now.mono`, which restarts from a small number when the Pi reboots).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import random
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
+from typing import Any, Protocol, cast
+from zoneinfo import ZoneInfo
+
+from agent.clock import DEFAULT_ZONE, Now, TimeTrust, VirtualClock
+from agent.engine.schedule import Schedule, ScheduleRule, parse_time
+from agent.engine.types import (
+    Action,
+    Binding,
+    CommandOutcome,
+    Emit,
+    EngineConfig,
+    EngineEvent,
+    EngineInput,
+    FromDispenser,
+    LinkDown,
+    LinkUp,
+    SendCommand,
+    SetBinding,
+    SetSchedule,
+    Tick,
+)
+from agent.simulation.faults import Fault, FaultKind, FaultRates, plan_faults
+from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
+from agent.simulation.patient import (
+    Habit,
+    Nurse,
+    NurseVisit,
+    Patient,
+    PatientTraits,
+    RollMistake,
+    RollPeriod,
+)
+from hw.dispenser import DispenserIdentity, DispenserModel, SimRoll, SimSachet
+from protocol import PROTOCOL_VERSION
+from protocol.messages import (
+    ButtonId,
+    Capabilities,
+    CommandResult,
+    DosePresented,
+    FaultCode,
+    Hello,
+    Message,
+    Status,
+    TimeReport,
+)
+
+OSLO = ZoneInfo(DEFAULT_ZONE)
+PATIENT_REF = "p-sim-0001"
+FOREIGN_REF = "p-sim-9999"
+# Dose-time templates; the seed picks one. 02:30 falls in the spring-forward gap and in the
+# repeated autumn hour of Europe/Oslo, so those seeds exercise both DST rules.
+SCHEDULE_TEMPLATES: tuple[tuple[str, ...], ...] = (
+    ("08:00", "20:00"),
+    ("08:00", "14:00", "20:00"),
+    ("02:30", "09:00", "15:00", "21:00"),
+    ("07:30", "12:00", "17:00", "22:00"),
+    ("09:00",),
+)
+MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
+SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
+TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
+
+
+class EngineLike(Protocol):
+    def step(self, inp: EngineInput, now: Now) -> list[Action]: ...
+
+    def next_deadline(self, now: Now) -> float | None: ...
+
+
+class EngineFactory(Protocol):
+    """How the harness gets an engine at installation and after an agent restart."""
+
+    def create(self, config: EngineConfig, now: Now) -> EngineLike: ...
+
+    def restart(self, engine: EngineLike, config: EngineConfig, now: Now) -> EngineLike: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    seed: int
+    days: int = 365
+    start_utc: datetime | None = None  # default: derived from the seed (see default_start)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    faults: FaultRates = field(default_factory=FaultRates)
+    patient_ref: str = PATIENT_REF
+    recent: int = 40  # inputs/actions kept for a violation report
+    idle_tick_chance: float = 0.15  # per gap: Tick before the deadline, must change nothing
+    require_outcomes: bool = True  # False only for the no-op baseline engine
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationResult:
+    seed: int
+    days: int
+    start_utc: str
+    schedule: tuple[str, ...]
+    steps: int
+    events: int
+    event_hash: str  # sha256 over the published event stream: same seed, same hash
+    slots_expected: int
+    outcomes: dict[str, int]
+    physical_dispenses: int
+    discards: int
+    faults_planned: int
+    dropped_messages: int  # dispenser messages lost while the link or the agent was down
+
+
+def default_start(seed: int) -> datetime:
+    """A local 00:07 in 2026 chosen by the seed; a year from any of them crosses both DST changes
+    (and starts late in 2026 reach the 2027 changes)."""
+    day = date(2026, 1, 5) + timedelta(days=(seed * 53) % 360)
+    return datetime.combine(day, time(0, 7), tzinfo=OSLO).astimezone(UTC)
+
+
+def schedule_for(seed: int, start_utc: datetime) -> tuple[Schedule, tuple[str, ...]]:
+    times = SCHEDULE_TEMPLATES[seed % len(SCHEDULE_TEMPLATES)]
+    local_day = start_utc.astimezone(OSLO).date()
+    rule = ScheduleRule(effective_from=local_day, times=tuple(parse_time(t) for t in times))
+    return Schedule.build(DEFAULT_ZONE, [rule]), times
+
+
+@dataclass(order=True)
+class _Item:
+    at_s: float
+    order: int
+    run: Callable[[], None] = field(compare=False)
+    label: str = field(compare=False)
+
+
+class Simulation:
+    """One seeded run. `run()` returns a summary or raises `InvariantViolation`."""
+
+    def __init__(self, config: SimulationConfig, factory: EngineFactory | None = None) -> None:
+        self.config = config
+        self._factory = factory if factory is not None else _default_factory()
+        self._start = config.start_utc or default_start(config.seed)
+        self._duration_s = config.days * 86400.0
+        self._schedule, self._times = schedule_for(config.seed, self._start)
+        # independent streams, so adding a check never changes the patient's behaviour
+        root = random.Random(config.seed)
+        self._rng_patient = random.Random(root.getrandbits(64))
+        self._rng_nurse = random.Random(root.getrandbits(64))
+        self._rng_faults = random.Random(root.getrandbits(64))
+        self._rng_checks = random.Random(root.getrandbits(64))
+
+        self._elapsed = 0.0  # true seconds since start
+        self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
+        self._mono_base = 1000.0  # clock.mono - elapsed
+        self._model = DispenserModel(DispenserIdentity(), self._rtc_utc_s)
+        self._engine: EngineLike | None = None
+        self._saved: EngineLike | None = None  # the engine of a Pi that is down
+        self._link_downs = 0  # overlapping link-down periods
+        self._req_id = 0
+        self._step = 0
+        self._checker = InvariantChecker(config.patient_ref, config.engine.sachet_time_tolerance)
+        self._recent: deque[tuple[int, float, str, object, object]] = deque(maxlen=config.recent)
+        self._agenda: list[_Item] = []
+        self._order = 0
+        self._seq = 0
+        self._hash = hashlib.sha256()
+        self._outcome_counts: Counter[str] = Counter()
+        self._dropped = 0
+        self._eager_until = -1.0  # the patient pressed TAKE: takes a dose presented before then
+
+        ec = config.engine
+        end_utc = self._start + timedelta(seconds=self._duration_s)
+        self._slots = list(self._schedule.slots_between(self._start, end_utc))
+        self._slot_dues = [(s.due_utc - self._start).total_seconds() for s in self._slots]
+        self._expected = [s.slot_id for s in self._slots if s.due_utc < end_utc - SETTLE_MARGIN]
+        self._patient = Patient(
+            self._rng_patient, PatientTraits.drawn(self._rng_patient), ec.grace, ec.early_window
+        )
+        self._habits = [self._patient.habit_for_slot() for _ in self._slots]
+        self._periods, visits = Nurse(self._rng_nurse).plan(
+            self._slots,
+            self._start,
+            self._duration_s,
+            quiet_before_s=ec.early_window.total_seconds() + 600.0,
+            quiet_after_s=(ec.grace + ec.undispensed_deadline).total_seconds() + 600.0,
+        )
+        self._faults = plan_faults(self._rng_faults, self._duration_s, config.faults)
+        self._plan(visits)
+
+    @property
+    def expected_slot_ids(self) -> tuple[str, ...]:
+        """Slots that must each have exactly one outcome when the run ends."""
+        return tuple(self._expected)
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def _true_utc(self) -> datetime:
+        return self._start + timedelta(seconds=self._elapsed)
+
+    def _rtc_utc_s(self) -> int:
+        return int(self._true_utc().timestamp())
+
+    def _advance_to(self, target_s: float) -> None:
+        if target_s > self._elapsed:
+            self._clock.advance(target_s - self._elapsed)
+            self._elapsed = target_s
+
+    def _advance_to_mono(self, deadline: float) -> None:
+        """Wake for a deadline the way a real timer does: never early, a little late.
+
+        The wall clock has microsecond resolution and the monotonic clock is a float, so waking
+        exactly at the deadline could land a hair short of it on one clock or the other.
+        """
+        self._advance_to(max(self._elapsed, deadline - self._mono_base + TIMER_LATENCY_S))
+        while self._clock.now().mono < deadline:  # float rounding: never wake early
+            self._clock.advance(TIMER_LATENCY_S)
+            self._elapsed += TIMER_LATENCY_S
+
+    # --- the agenda ---------------------------------------------------------------------------
+
+    def _at(self, at_s: float, label: str, run: Callable[[], None]) -> None:
+        self._order += 1
+        heapq.heappush(self._agenda, _Item(at_s, self._order, run, label))
+
+    def _plan(self, visits: Sequence[NurseVisit]) -> None:
+        p = self._patient
+        for due, habit in zip(self._slot_dues, self._habits, strict=True):
+            if habit is Habit.EARLY:
+                self._at(due - p.early_press_lead_s(), "press TAKE (early)", self._early_press)
+        for at in p.stray_press_times_s(self._duration_s):
+            button = ButtonId.TAKE if p.pick_button_is_take() else ButtonId.HELP
+            self._at(
+                at,
+                f"press {button.name}",
+                partial(self._press, button),
+            )
+        for at, after in p.lid_open_times_s(self._duration_s):
+            self._at(at, "lid open", lambda: self._physical(self._model.set_lid(True)))
+            self._at(at + after, "lid closed", lambda: self._physical(self._model.set_lid(False)))
+        for at, after in p.roll_removal_times_s(self._duration_s):
+            self._at(at, "patient removes roll", self._patient_removes_roll)
+            self._at(at + after, "roll put back", self._roll_put_back)
+        for visit in visits:
+            self._at(
+                visit.at_s,
+                f"nurse visit {visit.period} ({visit.mistake})",
+                partial(self._nurse_visit, visit),
+            )
+        for fault in self._faults:
+            self._at(fault.at_s, f"fault {fault.kind}", partial(self._fault, fault))
+
+    # --- what people and the world do ---------------------------------------------------------
+
+    def _physical(self, messages: list[Message]) -> None:
+        self._from_dispenser(messages)
+
+    def _press(self, button: ButtonId) -> None:
+        self._physical(self._model.press_button(button))
+
+    def _early_press(self) -> None:
+        self._eager_until = self._elapsed + 600.0
+        self._physical(self._model.press_button(ButtonId.TAKE))
+
+    def _patient_removes_roll(self) -> None:
+        self._physical(self._model.remove_roll())
+
+    def _roll_put_back(self) -> None:
+        removed = self._model.last_removed_roll
+        if self._model.roll is None and removed is not None:
+            self._physical(self._model.insert_roll(removed))
+
+    def _roll(
+        self,
+        period: RollPeriod,
+        patient_ref: str,
+        sachet_ref: str,
+        expiry: datetime,
+        roll_id: str | None = None,
+    ) -> SimRoll:
+        sachets = tuple(
+            SimSachet(i, int(t.timestamp()), sachet_ref) for i, t in enumerate(period.sachet_times)
+        )
+        return SimRoll(roll_id or period.roll_id, patient_ref, sachets, int(expiry.timestamp()))
+
+    def _nurse_visit(self, visit: NurseVisit) -> None:
+        period = self._periods[visit.period]
+        ref = self.config.patient_ref
+        good = self._roll(period, ref, ref, self._true_utc() + timedelta(days=60))
+        roll = good
+        match visit.mistake:
+            case RollMistake.FOREIGN:
+                roll = self._roll(
+                    period,
+                    FOREIGN_REF,
+                    FOREIGN_REF,
+                    self._true_utc() + timedelta(days=60),
+                    f"X{period.roll_id}",
+                )
+            case RollMistake.FOREIGN_SACHETS_CLAIM_PATIENT:
+                roll = self._roll(
+                    period,
+                    FOREIGN_REF,
+                    ref,
+                    self._true_utc() + timedelta(days=60),
+                    f"Y{period.roll_id}",
+                )
+            case RollMistake.EXPIRED:
+                roll = self._roll(period, ref, ref, self._true_utc() - timedelta(days=1))
+            case RollMistake.PERIOD_PASSED if visit.period >= 2:
+                roll = self._roll(
+                    self._periods[visit.period - 2], ref, ref, self._true_utc() + timedelta(days=60)
+                )
+            case _:
+                pass
+        self._physical(
+            self._model.remove_roll() + self._model.empty_bin() + self._model.insert_roll(roll)
+        )
+        if roll is not good:
+            self._at(
+                self._elapsed + visit.correction_after_s,
+                f"nurse corrects roll {visit.period}",
+                lambda: self._physical(self._model.remove_roll() + self._model.insert_roll(good)),
+            )
+
+    def _take_dose(self) -> None:
+        self._physical(self._model.take_dose())
+
+    def _on_presented(self) -> None:
+        """The dose is in the tray: the patient's habit for the nearest slot decides."""
+        if self._elapsed <= self._eager_until:
+            habit = Habit.EARLY
+        else:
+            i = bisect_left(self._slot_dues, self._elapsed)
+            candidates = [j for j in (i - 1, i) if 0 <= j < len(self._slots)]
+            j = min(candidates, key=lambda k: abs(self._slot_dues[k] - self._elapsed), default=None)
+            habit = self._habits[j] if j is not None else Habit.ON_TIME
+            if habit is Habit.EARLY:
+                habit = Habit.ON_TIME
+        delay = self._patient.take_delay_s(habit)
+        if delay is not None:
+            self._at(self._elapsed + delay, "patient takes dose", self._take_dose)
+
+    def _fault(self, fault: Fault) -> None:
+        m = self._model
+        match fault.kind:
+            case FaultKind.JAM:
+                self._physical(m.set_fault(FaultCode.JAM, True, "sim jam"))
+                self._at(
+                    fault.at_s + fault.duration_s,
+                    "jam cleared",
+                    lambda: self._physical(m.set_fault(FaultCode.JAM, False)),
+                )
+            case FaultKind.POWER_LOSS:
+                self._physical(m.set_power(False, int(fault.amount)))
+                self._plan_battery(fault)
+            case FaultKind.DISPENSER_REBOOT:
+                m.reboot()
+                if self._link_downs == 0:
+                    self._feed([LinkDown("dispenser_restarted")])
+                    self._link_up()
+            case FaultKind.LINK_DOWN:
+                self._link_downs += 1
+                if self._link_downs == 1:
+                    self._feed([LinkDown("sim_link_down")])
+                self._at(fault.at_s + fault.duration_s, "link back", self._link_back)
+            case FaultKind.WALL_JUMP:
+                self._clock.jump_wall(timedelta(seconds=fault.amount))
+                self._feed([Tick()])  # like timerfd's cancel-on-set: the shell wakes at once
+                self._at(
+                    fault.at_s + fault.duration_s, "NTP corrects the wall clock", self._ntp_sync
+                )
+            case FaultKind.PI_REBOOT:
+                if self._engine is None:
+                    return  # already down
+                # down: nothing is processed, dispenser messages are lost; what was persisted
+                # (the engine's state after its last step) is what the next boot starts from
+                self._saved, self._engine = self._engine, None
+                self._at(fault.at_s + fault.amount, "Pi boots", lambda: self._pi_boots(fault))
+            case FaultKind.AGENT_RESTART:
+                self._restart_engine()
+
+    def _plan_battery(self, fault: Fault) -> None:
+        m = self._model
+        end = fault.at_s + fault.duration_s
+        if fault.duration_s > 4 * 3600:
+            self._at(
+                fault.at_s + 3 * 3600,
+                "battery 15 %",
+                lambda: self._physical(m.set_power(False, min(m.battery_pct, 15))),
+            )
+        if fault.duration_s > 12 * 3600:
+            self._at(
+                fault.at_s + 11 * 3600,
+                "battery 2 %",
+                lambda: self._physical(m.set_power(False, min(m.battery_pct, 2))),
+            )
+        self._at(end, "mains back", lambda: self._physical(m.set_power(True)))
+        self._at(end + 2 * 3600, "battery charged", lambda: self._physical(m.set_power(True, 100)))
+
+    def _link_back(self) -> None:
+        self._link_downs -= 1
+        if self._link_downs == 0:
+            self._link_up()
+
+    def _ntp_sync(self) -> None:
+        offset = self._clock.now().utc - self._true_utc()
+        if offset:
+            self._clock.jump_wall(-offset)
+        self._clock.set_trust(TimeTrust.SYNCHRONISED)
+        self._feed([Tick()])
+
+    def _pi_boots(self, fault: Fault) -> None:
+        """Fresh boot: new monotonic epoch, wall clock a saved guess (or the dispenser's RTC)."""
+        error = timedelta(seconds=fault.wall_error_s)
+        trust = TimeTrust.DISPENSER_RTC if not error else TimeTrust.UNTRUSTED
+        start_mono = 5.0 + fault.amount / 100.0
+        self._clock = VirtualClock(self._true_utc() + error, trust, start_mono=start_mono)
+        self._mono_base = start_mono - self._elapsed
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
+        if self._link_downs == 0:
+            self._link_up()
+        self._at(self._elapsed + fault.duration_s, "NTP sync after boot", self._ntp_sync)
+
+    # --- the shell ----------------------------------------------------------------------------
+
+    def _restart_engine(self) -> None:
+        if self._engine is None:
+            return
+        self._engine = self._factory.restart(self._engine, self.config.engine, self._clock.now())
+        if self._link_downs == 0:
+            self._link_up()
+
+    def _link_up(self) -> None:
+        if self._engine is None:
+            return
+        reply = self._model.handle(Hello(self._next_req_id(), PROTOCOL_VERSION, "sim"))
+        caps = reply[0]
+        assert isinstance(caps, Capabilities)
+        self._feed([LinkUp(caps)])
+
+    def _next_req_id(self) -> int:
+        self._req_id = (self._req_id + 1) & 0xFFFF
+        return self._req_id
+
+    def _from_dispenser(self, messages: list[Message]) -> None:
+        inputs: list[EngineInput] = []
+        for message in messages:
+            if isinstance(message, DosePresented):
+                self._on_presented()
+            if self._engine is None or self._link_downs:
+                self._dropped += 1
+            else:
+                inputs.append(FromDispenser(message))
+        if inputs:
+            self._feed(inputs)
+
+    def _execute(self, command: SendCommand) -> list[EngineInput]:
+        if self._engine is None or self._link_downs:
+            return [CommandOutcome(command.correlation, None, "link_down")]
+        # every command carries req_id; the driver stamps it, so does the harness
+        stamped = cast(Message, replace(cast(Any, command.command), req_id=self._next_req_id()))
+        dispensed_before = len(self._model.dispensed)
+        replies = self._model.handle(stamped)
+        for dispense_id, index in self._model.dispensed[dispensed_before:]:
+            roll = self._model.roll
+            assert roll is not None
+            sachet = roll.sachets[index]
+            self._checker.on_physical_dispense(
+                PhysicalDispense(
+                    dispense_id,
+                    index,
+                    roll.patient_ref,
+                    sachet.patient_ref,
+                    datetime.fromtimestamp(sachet.intended_utc_s, UTC),
+                )
+            )
+        inputs: list[EngineInput] = []
+        for message in replies:
+            if isinstance(message, CommandResult | Status | Capabilities | TimeReport):
+                inputs.append(CommandOutcome(command.correlation, message))
+            else:
+                if isinstance(message, DosePresented):
+                    self._on_presented()
+                inputs.append(FromDispenser(message))
+        return inputs
+
+    def _publish(self, event: EngineEvent, now: Now) -> None:
+        self._seq += 1
+        self._checker.on_published(self._seq)
+        record = json.dumps(
+            [
+                self._seq,
+                round(self._elapsed, 3),
+                now.utc.isoformat(),
+                event.kind,
+                event.priority.value,
+                event.vkp_code,
+                event.fields,
+                event.alert_id,
+            ],
+            sort_keys=True,
+            default=str,
+            separators=(",", ":"),
+        )
+        self._hash.update(record.encode())
+        if event.kind == "slot_outcome":
+            self._outcome_counts[str(event.fields.get("outcome"))] += 1
+
+    def _feed(self, first: Sequence[EngineInput]) -> None:
+        """Step the engine on these inputs and on everything their actions cause, in order."""
+        queue: deque[EngineInput] = deque(first)
+        handled = 0
+        while queue:
+            inp = queue.popleft()
+            engine = self._engine
+            if engine is None:
+                continue
+            now = self._clock.now()
+            actions = engine.step(inp, now)
+            self._step += 1
+            self._recent.append((self._step, self._elapsed, "step", inp, actions))
+            self._checker.on_actions(actions)
+            for action in actions:
+                if isinstance(action, Emit):
+                    self._publish(action.event, now)
+            for action in actions:
+                if isinstance(action, SendCommand):
+                    queue.extend(self._execute(action))
+            self._checker.check_all_published()
+            handled += 1
+            if handled > MAX_INPUTS_PER_INSTANT:
+                raise InvariantViolation(
+                    f"livelock: more than {MAX_INPUTS_PER_INSTANT} inputs at one instant"
+                )
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> SimulationResult:
+        try:
+            self._install()
+            self._loop()
+            self._checker.finish(self._expected if self.config.require_outcomes else ())
+        except InvariantViolation as violation:
+            if violation.seed is not None:
+                raise
+            raise violation.with_context(
+                seed=self.config.seed,
+                step=self._step,
+                sim_time=self._sim_time(),
+                recent=self._render_recent(),
+            ) from None
+        return SimulationResult(
+            seed=self.config.seed,
+            days=self.config.days,
+            start_utc=self._start.isoformat(),
+            schedule=self._times,
+            steps=self._step,
+            events=self._seq,
+            event_hash=self._hash.hexdigest(),
+            slots_expected=len(self._expected),
+            outcomes=dict(sorted(self._outcome_counts.items())),
+            physical_dispenses=len(self._model.dispensed),
+            discards=len(self._model.discarded),
+            faults_planned=len(self._faults),
+            dropped_messages=self._dropped,
+        )
+
+    def _install(self) -> None:
+        """A technician installs the unit: binding, schedule, then the dispenser link comes up."""
+        self._engine = self._factory.create(self.config.engine, self._clock.now())
+        self._feed([SetBinding(Binding(self.config.patient_ref)), SetSchedule(self._schedule, 1)])
+        self._link_up()
+
+    def _loop(self) -> None:
+        end = self._duration_s
+        inf = float("inf")
+        while True:
+            engine = self._engine
+            deadline = engine.next_deadline(self._clock.now()) if engine is not None else None
+            deadline_s = deadline - self._mono_base if deadline is not None else inf
+            item_s = self._agenda[0].at_s if self._agenda else inf
+            target = min(deadline_s, item_s)
+            if target >= end:
+                self._advance_to(end)
+                return
+            if (
+                engine is not None
+                and target - self._elapsed > 2.0
+                and (self._rng_checks.random() < self.config.idle_tick_chance)
+            ):
+                self._idle_tick(engine, target)
+            if deadline is not None and deadline_s <= item_s:
+                self._advance_to_mono(deadline)
+                self._recent.append((self._step, self._elapsed, "deadline", deadline, None))
+                self._feed([Tick()])
+                if engine is not None and self._engine is engine:
+                    now = self._clock.now()
+                    self._checker.check_deadline_after_tick(now.mono, engine.next_deadline(now))
+            else:
+                item = heapq.heappop(self._agenda)
+                self._advance_to(item.at_s)
+                self._recent.append((self._step, self._elapsed, "world", item.label, None))
+                item.run()
+
+    def _idle_tick(self, engine: EngineLike, target_s: float) -> None:
+        """Tick somewhere before the next deadline: the engine must do nothing (invariant 5)."""
+        self._advance_to(
+            self._elapsed + (target_s - self._elapsed) * self._rng_checks.uniform(0.1, 0.9)
+        )
+        now = self._clock.now()
+        before = engine.next_deadline(now)
+        actions = engine.step(Tick(), now)
+        self._step += 1
+        self._recent.append((self._step, self._elapsed, "idle tick", None, actions))
+        self._checker.on_actions(actions)
+        self._checker.check_idle_tick(actions, before, engine.next_deadline(now))
+
+    def _sim_time(self) -> str:
+        now = self._clock.now()
+        return (
+            f"t+{self._elapsed:.1f}s true {self._true_utc().isoformat()}, agent wall "
+            f"{now.utc.isoformat()} ({now.trust}), mono {now.mono:.3f}"
+        )
+
+    def _render_recent(self) -> list[str]:
+        return [
+            f"#{step} t+{elapsed:.1f}s {kind}: {what!r}"
+            + (f" -> {actions!r}" if actions is not None else "")
+            for step, elapsed, kind, what, actions in self._recent
+        ]
+
+
+# --- engines ---------------------------------------------------------------------------------
+
+
+class NullEngine:
+    """Does nothing: the baseline that shows what the loop costs without the engine."""
+
+    def step(self, inp: EngineInput, now: Now) -> list[Action]:
+        return []
+
+    def next_deadline(self, now: Now) -> float | None:
+        return None
+
+
+class NullEngineFactory:
+    def create(self, config: EngineConfig, now: Now) -> EngineLike:
+        return NullEngine()
+
+    def restart(self, engine: EngineLike, config: EngineConfig, now: Now) -> EngineLike:
+        return NullEngine()
+
+
+def run_seed(
+    seed: int,
+    days: int = 365,
+    *,
+    faults: FaultRates | None = None,
+    factory: EngineFactory | None = None,
+) -> SimulationResult:
+    """Run one seed with the default configuration (a picklable entry point for process pools)."""
+    config = SimulationConfig(seed=seed, days=days, faults=faults or FaultRates())
+    return Simulation(config, factory).run()
+
+
+class DoseEngineFactory:
+    """The real engine. A restart goes through the JSON the shell would persist, so anything the
+    state forgets on the way shows up as a violation here, not in a patient's home."""
+
+    def create(self, config: EngineConfig, now: Now) -> EngineLike:
+        from agent.engine.engine import DoseEngine, EngineState
+
+        return DoseEngine(config, EngineState.initial(), now)
+
+    def restart(self, engine: EngineLike, config: EngineConfig, now: Now) -> EngineLike:
+        from agent.engine.engine import DoseEngine, EngineState
+
+        if not isinstance(engine, DoseEngine):
+            raise TypeError(f"cannot restart {type(engine).__name__} as a DoseEngine")
+        state = engine.state
+        restored = EngineState.from_json(state.to_json())
+        if restored != state:
+            raise InvariantViolation(
+                "engine state does not survive its own JSON round trip: "
+                f"{state!r} became {restored!r}"
+            )
+        return DoseEngine(config, restored, now)
+
+
+def _default_factory() -> EngineFactory:
+    return DoseEngineFactory()

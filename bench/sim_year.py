@@ -1,0 +1,62 @@
+"""What does a simulated year cost? Wall time per seeded year with the real dose engine, and, as
+the baseline measured in the same run, the same loop with the engine replaced by a no-op.
+
+    python -m bench.sim_year [--seeds 0-3] [--days 365]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from agent.simulation.cli import parse_seeds
+from agent.simulation.harness import (
+    DoseEngineFactory,
+    EngineFactory,
+    NullEngineFactory,
+    Simulation,
+    SimulationConfig,
+)
+from agent.simulation.invariants import InvariantViolation
+
+
+def time_year(seed: int, days: int, factory: EngineFactory) -> tuple[float, int, bool]:
+    """(wall seconds, engine steps, invariants held) for one seed."""
+    started = time.perf_counter()
+    baseline = isinstance(factory, NullEngineFactory)
+    sim = Simulation(SimulationConfig(seed=seed, days=days, require_outcomes=not baseline), factory)
+    try:
+        steps, ok = sim.run().steps, True
+    except InvariantViolation as violation:
+        steps, ok = violation.step or 0, False  # timed up to the violation
+    return time.perf_counter() - started, steps, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-3"))
+    parser.add_argument("--days", type=int, default=365)
+    args = parser.parse_args(argv)
+    scale = 365.0 / args.days
+    rows: dict[str, list[float]] = {"engine": [], "no-op": []}
+    for seed in args.seeds:
+        wall, steps, ok = time_year(seed, args.days, DoseEngineFactory())
+        base, _, _ = time_year(seed, args.days, NullEngineFactory())
+        rows["engine"].append(wall * scale)
+        rows["no-op"].append(base * scale)
+        note = "" if ok else " (stopped early at an invariant violation)"
+        print(
+            f"seed {seed}: engine {wall:.2f}s, {steps} steps "
+            f"({1e6 * wall / max(steps, 1):.0f} us/step); no-op loop {base:.3f}s{note}"
+        )
+    engine, noop = statistics.mean(rows["engine"]), statistics.mean(rows["no-op"])
+    print(
+        f"mean wall time per simulated year over {len(args.seeds)} seeds: engine {engine:.2f}s,"
+        f" no-op baseline {noop:.3f}s, ratio {engine / noop if noop else float('inf'):.1f}x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
