@@ -3,11 +3,18 @@ chatty inputs, latched alerts (acknowledged != resolved)."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
+from agent.contract.events import EVENT_KINDS
 from agent.engine import alerts
 from agent.engine.alerts import ConditionBook, LatchedAlert
 from agent.engine.types import EngineInputError, Priority
+from protocol.messages import FaultCode
+
+AGENT_DIR = Path(alerts.__file__).resolve().parents[1]
 
 VKP = {
     "roll_empty": "3.6",
@@ -44,9 +51,96 @@ def test_priorities_missed_outranks_reminder_level_events() -> None:
     assert alerts.EMPTY_VKP == "3.7"
 
 
-def test_unknown_kind_is_an_error() -> None:
-    with pytest.raises(KeyError):
-        alerts.make_event("made_up")
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "made_up",
+        "made_up_cleared",
+        "slot_outcome_cleared",  # not a condition: nothing to clear
+        "wrong_roll_cleared_cleared",
+        "mains_lost_cleared_cleared",
+        "outbox_dropped",  # dropped from the contract: nothing emits it
+        "factory_reset",
+        "mains_restored",  # renamed mains_lost_cleared
+    ],
+)
+def test_unknown_kind_is_an_error(kind: str) -> None:
+    with pytest.raises(KeyError, match="not in the catalogue"):
+        alerts.make_event(kind)
+
+
+def _accepted(kind: str) -> bool:
+    try:
+        alerts.make_event(kind)
+    except KeyError:
+        return False
+    return True
+
+
+def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
+    for kind in EVENT_KINDS:
+        assert alerts.make_event(kind).kind == kind
+    # every form make_event could accept: a catalogued kind, or one with `_cleared` appended
+    candidates = {form for k in alerts.CATALOGUE for form in (k, f"{k}_cleared")}
+    producible = {kind for kind in candidates if _accepted(kind)}
+    assert producible == set(EVENT_KINDS)
+    conditions = [s.kind for s in alerts.CATALOGUE.values() if s.condition]
+    assert conditions
+    assert all(f"{k}_cleared" in EVENT_KINDS for k in conditions)
+    assert {"agent_started", "command_rejected"} == alerts.SHELL_KINDS
+    assert set(EVENT_KINDS) >= alerts.SHELL_KINDS
+
+
+def test_cleared_form_is_info_with_the_condition_code() -> None:
+    event = alerts.make_event("fault_jam_cleared", {"detail": "x"})
+    assert (event.priority, event.vkp_code, event.fields) == (
+        Priority.INFO,
+        "3.14",
+        {"detail": "x"},
+    )
+
+
+def test_a_condition_must_say_what_its_clearing_means() -> None:
+    with pytest.raises(ValueError, match="cleared_meaning"):
+        alerts.AlertSpec("x", Priority.LOW, None, "meaning", condition=True)
+    with pytest.raises(ValueError, match="cleared_meaning"):
+        alerts.AlertSpec("x", Priority.LOW, None, "meaning", cleared_meaning="gone")
+
+
+_ENGINE_CALLS = {"_emit": 1, "_condition": 1, "_latch": 1, "make_event": 0}  # name -> kind arg
+
+
+def _literal_kinds(path: Path) -> set[str]:
+    """String-literal kinds given to the engine's emit helpers and to EngineEvent(kind=...)."""
+    kinds: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        args: list[ast.expr] = []
+        if name in _ENGINE_CALLS and len(node.args) > _ENGINE_CALLS[name]:
+            args.append(node.args[_ENGINE_CALLS[name]])
+        if name == "EngineEvent":
+            args += [kw.value for kw in node.keywords if kw.arg == "kind"] + node.args[:1]
+        kinds |= {
+            arg.value
+            for arg in args
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+        }
+    return kinds
+
+
+def test_every_kind_the_code_emits_is_documented() -> None:
+    engine_kinds = set().union(*(_literal_kinds(p) for p in (AGENT_DIR / "engine").glob("*.py")))
+    shell_kinds = set().union(*(_literal_kinds(p) for p in AGENT_DIR.glob("*.py")))
+    assert {"slot_outcome", "dose_held", "lid_open", "wrong_roll"} <= engine_kinds
+    assert {"agent_started", "command_rejected"} <= shell_kinds
+    # the engine's fault conditions are built as f"fault_{name}" from the protocol's codes
+    fault_kinds = {f"fault_{code.name.lower()}" for code in FaultCode}
+    for kind in sorted(engine_kinds | shell_kinds | fault_kinds):
+        assert kind in EVENT_KINDS, kind
+    assert all(alerts.spec(kind).condition for kind in fault_kinds)
 
 
 def test_condition_raised_once_and_cleared_once() -> None:

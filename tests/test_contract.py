@@ -202,45 +202,49 @@ def test_naive_occurred_at_is_refused_with_a_clear_message() -> None:
 
 
 def test_event_kinds_cover_the_contract_list() -> None:
+    # the kinds a response centre acts on; the full list is the engine's catalogue
     required = {
         "slot_outcome",
         "dose_presented",
         "dose_not_taken",
+        "dose_held",
         "wrong_roll",
+        "wrong_roll_cleared",
         "roll_inserted",
         "roll_removed",
-        "roll_expired",
-        "roll_period_passed",
+        "roll_rejected",
+        "roll_rejected_cleared",
+        "roll_unverified",
         "roll_empty",
         "low_supply",
         "sachet_discarded",
-        "sachet_mismatch",
-        "dispense_failed",
+        "sachet_rejected",
         "mains_lost",
-        "mains_restored",
+        "mains_lost_cleared",
         "battery_low",
         "battery_empty",
         "lid_open",
-        "fault_raised",
-        "fault_cleared",
+        "fault_jam",
+        "fault_jam_cleared",
+        "fault_bin_full",
         "no_contact",
-        "contact_restored",
+        "no_contact_cleared",
         "clock_untrusted",
-        "clock_trusted",
+        "clock_untrusted_cleared",
         "clock_jumped",
         "no_schedule",
-        "paused",
-        "resumed",
-        "schedule_updated",
+        "pause_started",
+        "pause_ended",
+        "schedule_changed",
+        "help_requested",
         "alert_acknowledged",
         "command_rejected",
         "agent_started",
-        "outbox_dropped",
-        "factory_reset",
     }
     assert required <= set(EVENT_KINDS)
     for kind, meaning in EVENT_KINDS.items():
         assert re.fullmatch(KIND_PATTERN, kind), kind
+        assert len(kind) <= 64, kind  # EventEnvelope.kind max_length
         assert meaning.strip()
         assert "\n" not in meaning
         assert "|" not in meaning
@@ -524,7 +528,7 @@ def test_check_names_the_file_that_drifted(
     schema.write_text(schema.read_text().replace('"uptime_s"', '"uptime"'))
     (docs_copy / generate.SCHEMA_DIR / "Old.json").write_text("{}\n")
     guide = docs_copy / generate.GUIDE_PATH
-    guide.write_text(guide.read_text().replace("| `factory_reset` |", "| `reset` |"))
+    guide.write_text(guide.read_text().replace("| `agent_started` |", "| `started` |"))
 
     assert generate.main(["--check", "--root", str(docs_copy)]) == 1
     err = capsys.readouterr().err

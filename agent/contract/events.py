@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from agent.clock import TimeTrust
+from agent.engine.alerts import documented_kinds
 from agent.engine.types import Priority
 
 # --- shared by every payload model -----------------------------------------------------------
@@ -60,49 +61,11 @@ class ContractModel(BaseModel):
 
 # --- event kinds -----------------------------------------------------------------------------
 
-# The one list of event kinds (kind -> meaning). The response-centre guide's table is generated
-# from it. Receivers must accept kinds they do not know yet (forward compatible) and show them.
-EVENT_KINDS: dict[str, str] = {
-    "slot_outcome": (
-        "A dose slot ended: data.outcome is taken, missed, refused or skipped_paused "
-        "(exactly one per slot)."
-    ),
-    "dose_presented": "The dose of a slot was dispensed and is waiting to be taken.",
-    "dose_not_taken": (
-        "The presented dose is still not taken at an escalation step (before the slot ends)."
-    ),
-    "wrong_roll": "The loaded roll does not belong to this unit's binding; dispensing stopped.",
-    "roll_inserted": "A multidose roll was loaded (roll facts in data, never patient data).",
-    "roll_removed": "The roll was taken out of the dispenser.",
-    "roll_expired": "The roll is past its use-by time; dispensing from it stopped.",
-    "roll_period_passed": "The schedule has gone past the last date the roll covers.",
-    "roll_empty": "The roll has no sachets left.",
-    "low_supply": "Few doses left on the roll (count in data).",
-    "sachet_discarded": "A sachet went to the discard bin instead of being handed over.",
-    "sachet_mismatch": "A sachet's printed time does not match the due slot; not handed over.",
-    "dispense_failed": "The dispenser could not dispense a due dose (reason in data).",
-    "mains_lost": "The dispenser lost mains power and runs on battery.",
-    "mains_restored": "Mains power is back.",
-    "battery_low": "The dispenser's battery is running low.",
-    "battery_empty": "The dispenser's battery is empty; the dispenser switched off.",
-    "lid_open": "The dispenser is open.",
-    "fault_raised": "The dispenser reported a technical fault (code in data).",
-    "fault_cleared": "A technical fault reported earlier is gone.",
-    "no_contact": "No contact with the dispenser for longer than the limit.",
-    "contact_restored": "Contact with the dispenser is back.",
-    "clock_untrusted": "The unit's clock cannot be trusted; occurred_at may be wrong.",
-    "clock_trusted": "The unit's clock is trusted again (synchronised).",
-    "clock_jumped": "The wall clock stepped (size in data); schedules follow the new time.",
-    "no_schedule": "The unit has no schedule: no doses will be given.",
-    "paused": "A temporary stop started: no doses and no missed-dose alerts until resumed.",
-    "resumed": "The temporary stop ended; doses are given again.",
-    "schedule_updated": "A new schedule version is in effect (version in data).",
-    "alert_acknowledged": "A person acknowledged a latched alert (acknowledged is not resolved).",
-    "command_rejected": "A command was refused; the reason also goes to commands/response.",
-    "agent_started": "The agent started (version and start reason in data).",
-    "outbox_dropped": "Superseded state events were dropped from a full backlog (seqs in data).",
-    "factory_reset": "The unit was reset for a new patient; binding and schedule erased.",
-}
+# Every event kind (kind -> meaning), derived from the engine's catalogue (agent.engine.alerts),
+# the one list: each kind there, and `<kind>_cleared` for each condition. The response-centre
+# guide's table is generated from it. Receivers must accept kinds they do not know yet (forward
+# compatible) and show them.
+EVENT_KINDS: dict[str, str] = documented_kinds()
 
 # Velferdsteknologisk knutepunkt alert codes for dispensers, code system version 0.9.0
 # (http://ehelse.no/fhir/CodeSystem/vkp-alert-code-v090): code -> (display, meaning).
@@ -161,7 +124,7 @@ class EventEnvelope(ContractModel):
         le=SEQ_MAX,
         description=(
             "Per-unit sequence number, +1 per event, never reset (not by restart, not by factory "
-            "reset). A missing number is a gap, explained by an outbox_dropped event if dropped."
+            "reset). A missing number is a gap: ask for it again with resend_from."
         ),
     )
     session: int = Field(

@@ -6,23 +6,30 @@ output order never depends on set or hash order, so a simulated year replays exa
 Commands to the dispenser are *level-triggered*: after every input the engine compares what it
 wants (lock, alert pattern, fresh status) with what it knows the dispenser has, and sends only the
 difference. So a Tick that is not at a deadline changes nothing, and a lost command is simply sent
-again once the link is back.
+again once the link is back. That difference is computed in `dispenser_sync`; what survives a
+restart is `EngineState` in `state`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.clock import Now, TimeTrust, detect_wall_jump, load_zone
-from agent.engine import alerts, lifecycle, pause, roll_check
+from agent.engine import alerts, dispenser_sync, lifecycle, pause, roll_check
 from agent.engine.alerts import ConditionBook, LatchedAlert
+from agent.engine.dispenser_sync import KnownDispenser, PendingCommand, WantedDispenser
 from agent.engine.lifecycle import Phase, SlotRun
-from agent.engine.schedule import Schedule, ScheduleRule, Slot, parse_time
+from agent.engine.schedule import Slot
+from agent.engine.state import (
+    EngineState,
+    OpenSlot,
+    OpenSlotRecord,
+    RollInfo,
+    SettledSlot,
+    iso_or_none,
+)
 from agent.engine.types import (
     AcknowledgeAlert,
     Action,
@@ -64,13 +71,11 @@ from protocol.messages import (
     FaultChanged,
     FaultCode,
     Feature,
-    GetStatus,
     LidChanged,
     LowSupply,
     Message,
     PowerChanged,
     ResultCode,
-    Retain,
     RollInserted,
     RollRemoved,
     SachetRead,
@@ -79,7 +84,17 @@ from protocol.messages import (
     Status,
 )
 
-__all__ = ["DoseEngine", "EngineInputError", "EngineState", "OpenSlot", "RollInfo"]
+# EngineState and the records it holds live in agent.engine.state; re-exported because the shell
+# and the simulation import them from here.
+__all__ = [
+    "DoseEngine",
+    "EngineInputError",
+    "EngineState",
+    "OpenSlot",
+    "OpenSlotRecord",
+    "RollInfo",
+    "SettledSlot",
+]
 
 U32_MAX = 0xFFFF_FFFF
 BLOCKING_FAULTS = (
@@ -95,300 +110,7 @@ RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/Dose
 _EPSILON = timedelta(microseconds=1)
 
 
-# --- durable state ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RollInfo:
-    """The roll in the dispenser, as read from its leader label (or only known by id)."""
-
-    roll_id: str
-    patient_ref: str  # kept only to re-check after a binding change; never published
-    sachet_count: int
-    next_index: int  # the sachet expected at the reader
-    first_dose_utc_s: int
-    last_dose_utc_s: int
-    expiry_utc_s: int
-    unverified: bool = False  # seen only in a Status (e.g. swapped while the agent was down)
-
-    @property
-    def remaining(self) -> int:
-        return roll_check.sachets_remaining(self.sachet_count, self.next_index)
-
-    def as_message(self) -> RollInserted:
-        return RollInserted(
-            roll_id=self.roll_id,
-            patient_ref=self.patient_ref,
-            sachet_count=self.sachet_count,
-            next_index=self.next_index,
-            first_dose_utc_s=self.first_dose_utc_s,
-            last_dose_utc_s=self.last_dose_utc_s,
-            expiry_utc_s=self.expiry_utc_s,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class OpenSlot:
-    """A slot begun (BeginDispense) without an outcome: never dispensed again."""
-
-    slot_id: str
-    dispense_id: int
-    sachet_index: int
-    due_utc: datetime
-    presented_utc: datetime | None = None
-    roll_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SettledSlot:
-    slot_id: str
-    due_utc: datetime
-
-
-class OpenSlotRecord(Protocol):
-    """What the store's ledger gives for an open slot (agent.store.ledger.SlotRecord)."""
-
-    @property
-    def slot_id(self) -> str: ...
-    @property
-    def dispense_id(self) -> int | None: ...
-    @property
-    def sachet_index(self) -> int | None: ...
-    @property
-    def due_utc(self) -> str | None: ...
-    @property
-    def presented_utc(self) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EngineState:
-    """Everything that must survive a restart; JSON-safe via to_json()/from_json().
-
-    No monotonic instants: they mean nothing after a reboot.
-    """
-
-    binding: Binding | None = None
-    schedule: Schedule | None = None
-    schedule_version: int = 0
-    pauses: tuple[PauseWindow, ...] = ()
-    horizon_utc: datetime | None = None  # slots due before this are settled (or predate install)
-    next_dispense_id: int = 1  # u32, never reused
-    latched_alerts: tuple[LatchedAlert, ...] = ()
-    open_slots: tuple[OpenSlot, ...] = ()
-    settled: tuple[SettledSlot, ...] = ()  # settled slots due at/after the horizon (early TAKE)
-    roll: RollInfo | None = None
-    raised_conditions: tuple[str, ...] = ()  # told to the centre, not yet cleared
-    locked_by_agent: bool = False  # we locked the cassette (foreign roll): we may unlock it
-    next_alert_seq: int = 1
-    starts: int = 0  # engine starts, to keep command correlations unique across restarts
-    extra: dict[str, str] = field(default_factory=dict)  # forward-compatible, unused
-
-    @classmethod
-    def initial(cls) -> EngineState:
-        return cls()
-
-    def with_open_slots(self, records: Iterable[OpenSlotRecord]) -> EngineState:
-        """Replace open slots with the store's ledger (the single source of truth for them)."""
-        known = {o.slot_id: o for o in self.open_slots}
-        slots: list[OpenSlot] = []
-        for record in records:
-            if record.dispense_id is None or record.due_utc is None:
-                continue
-            previous = known.get(record.slot_id)
-            slots.append(
-                OpenSlot(
-                    slot_id=record.slot_id,
-                    dispense_id=record.dispense_id,
-                    sachet_index=record.sachet_index or 0,
-                    due_utc=_parse_dt(record.due_utc),
-                    presented_utc=(
-                        _parse_dt(record.presented_utc) if record.presented_utc else None
-                    ),
-                    roll_id=previous.roll_id if previous else None,
-                )
-            )
-        return replace(self, open_slots=tuple(slots))
-
-    def to_json(self) -> str:
-        return json.dumps(_state_to_dict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> EngineState:
-        return _state_from_dict(json.loads(text))
-
-
-def _parse_dt(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.utcoffset() is None:
-        raise ValueError(f"naive datetime in engine state: {text!r}")
-    return value.astimezone(UTC)
-
-
-def _dt(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _schedule_to_dict(schedule: Schedule) -> dict[str, object]:
-    return {
-        "zone": schedule.zone,
-        "rules": [
-            {
-                "effective_from": rule.effective_from.isoformat(),
-                "times": [f"{t:%H:%M}" for t in rule.times],
-                "weekday_times": {
-                    str(day): [f"{t:%H:%M}" for t in times]
-                    for day, times in rule.weekday_times.items()
-                },
-            }
-            for rule in schedule.rules
-        ],
-    }
-
-
-def _schedule_from_dict(data: dict[str, object]) -> Schedule:
-    rules = [
-        ScheduleRule(
-            effective_from=date.fromisoformat(raw["effective_from"]),
-            times=tuple(parse_time(t) for t in raw["times"]),
-            weekday_times={
-                int(day): tuple(parse_time(t) for t in times)
-                for day, times in raw["weekday_times"].items()
-            },
-        )
-        for raw in data["rules"]  # type: ignore[attr-defined]
-    ]
-    return Schedule.build(str(data["zone"]), rules)
-
-
-def _state_to_dict(state: EngineState) -> dict[str, object]:
-    return {
-        "binding": None if state.binding is None else {"patient_ref": state.binding.patient_ref},
-        "schedule": None if state.schedule is None else _schedule_to_dict(state.schedule),
-        "schedule_version": state.schedule_version,
-        "pauses": [
-            {"pause_id": p.pause_id, "start_utc": _dt(p.start_utc), "end_utc": _dt(p.end_utc)}
-            for p in state.pauses
-        ],
-        "horizon_utc": _dt(state.horizon_utc),
-        "next_dispense_id": state.next_dispense_id,
-        "latched_alerts": [
-            {
-                "alert_id": a.alert_id,
-                "kind": a.kind,
-                "raised_at": a.raised_at,
-                "acknowledged_by": a.acknowledged_by,
-                "acknowledged_at": a.acknowledged_at,
-                "resolved": a.resolved,
-            }
-            for a in state.latched_alerts
-        ],
-        "open_slots": [
-            {
-                "slot_id": o.slot_id,
-                "dispense_id": o.dispense_id,
-                "sachet_index": o.sachet_index,
-                "due_utc": _dt(o.due_utc),
-                "presented_utc": _dt(o.presented_utc),
-                "roll_id": o.roll_id,
-            }
-            for o in state.open_slots
-        ],
-        "settled": [{"slot_id": s.slot_id, "due_utc": _dt(s.due_utc)} for s in state.settled],
-        "roll": None
-        if state.roll is None
-        else {
-            "roll_id": state.roll.roll_id,
-            "patient_ref": state.roll.patient_ref,
-            "sachet_count": state.roll.sachet_count,
-            "next_index": state.roll.next_index,
-            "first_dose_utc_s": state.roll.first_dose_utc_s,
-            "last_dose_utc_s": state.roll.last_dose_utc_s,
-            "expiry_utc_s": state.roll.expiry_utc_s,
-            "unverified": state.roll.unverified,
-        },
-        "raised_conditions": list(state.raised_conditions),
-        "locked_by_agent": state.locked_by_agent,
-        "next_alert_seq": state.next_alert_seq,
-        "starts": state.starts,
-        "extra": dict(state.extra),
-    }
-
-
-def _state_from_dict(data: dict[str, object]) -> EngineState:
-    d: dict[str, object] = data
-    binding_raw = d.get("binding")
-    schedule_raw = d.get("schedule")
-    roll_raw = d.get("roll")
-    horizon = d.get("horizon_utc")
-    return EngineState(
-        binding=None if binding_raw is None else Binding(str(binding_raw["patient_ref"])),  # type: ignore[index]
-        schedule=None if schedule_raw is None else _schedule_from_dict(schedule_raw),  # type: ignore[arg-type]
-        schedule_version=int(d.get("schedule_version", 0)),  # type: ignore[call-overload]
-        pauses=tuple(
-            PauseWindow(
-                p["pause_id"],
-                _parse_dt(p["start_utc"]),
-                _parse_dt(p["end_utc"]) if p["end_utc"] else None,
-            )
-            for p in d.get("pauses", [])  # type: ignore[attr-defined]
-        ),
-        horizon_utc=_parse_dt(horizon) if isinstance(horizon, str) else None,
-        next_dispense_id=int(d.get("next_dispense_id", 1)),  # type: ignore[call-overload]
-        latched_alerts=tuple(
-            LatchedAlert(
-                a["alert_id"],
-                a["kind"],
-                a["raised_at"],
-                a.get("acknowledged_by"),
-                a.get("acknowledged_at"),
-                bool(a.get("resolved", False)),
-            )
-            for a in d.get("latched_alerts", [])  # type: ignore[attr-defined]
-        ),
-        open_slots=tuple(
-            OpenSlot(
-                o["slot_id"],
-                int(o["dispense_id"]),
-                int(o["sachet_index"]),
-                _parse_dt(o["due_utc"]),
-                _parse_dt(o["presented_utc"]) if o.get("presented_utc") else None,
-                o.get("roll_id"),
-            )
-            for o in d.get("open_slots", [])  # type: ignore[attr-defined]
-        ),
-        settled=tuple(
-            SettledSlot(s["slot_id"], _parse_dt(s["due_utc"]))
-            for s in d.get("settled", [])  # type: ignore[attr-defined]
-        ),
-        roll=None
-        if roll_raw is None
-        else RollInfo(
-            str(roll_raw["roll_id"]),  # type: ignore[index]
-            str(roll_raw["patient_ref"]),  # type: ignore[index]
-            int(roll_raw["sachet_count"]),  # type: ignore[index]
-            int(roll_raw["next_index"]),  # type: ignore[index]
-            int(roll_raw["first_dose_utc_s"]),  # type: ignore[index]
-            int(roll_raw["last_dose_utc_s"]),  # type: ignore[index]
-            int(roll_raw["expiry_utc_s"]),  # type: ignore[index]
-            bool(roll_raw.get("unverified", False)),  # type: ignore[attr-defined]
-        ),
-        raised_conditions=tuple(str(k) for k in d.get("raised_conditions", [])),  # type: ignore[attr-defined]
-        locked_by_agent=bool(d.get("locked_by_agent", False)),
-        next_alert_seq=int(d.get("next_alert_seq", 1)),  # type: ignore[call-overload]
-        starts=int(d.get("starts", 0)),  # type: ignore[call-overload]
-        extra={str(k): str(v) for k, v in dict(d.get("extra", {})).items()},  # type: ignore[call-overload]
-    )
-
-
-# --- in-flight commands ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    kind: str  # dispense | discard | retain | set_alert | set_lock | get_status
-    command: Message
-    slot_id: str | None = None
-    dispense_id: int | None = None
+# --- discards in flight ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +154,7 @@ class DoseEngine:
         self._lock_actual: bool | None = None
         self._pattern_sent: AlertPattern | None = None
         self._silenced_until: float | None = None
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, PendingCommand] = {}
         self._correlations = 0
         self._retry_at: float | None = None
         self._faults: list[FaultCode] = []
@@ -1071,7 +793,7 @@ class DoseEngine:
                     self._locked_by_agent = pending.command.locked
 
     def _dispense_result(
-        self, pending: _Pending, result: ResultCode, now: Now, actions: list[Action]
+        self, pending: PendingCommand, result: ResultCode, now: Now, actions: list[Action]
     ) -> None:
         run = next((r for r in self._runs if r.slot_id == pending.slot_id), None)
         if run is None or run.phase is not Phase.DISPENSING:
@@ -1108,7 +830,7 @@ class DoseEngine:
         self._hold(run.slot_id, reason, actions)
 
     def _discard_result(
-        self, pending: _Pending, result: ResultCode, now: Now, actions: list[Action]
+        self, pending: PendingCommand, result: ResultCode, now: Now, actions: list[Action]
     ) -> None:
         if result is ResultCode.OK:
             return  # DoseRetained follows
@@ -1350,45 +1072,33 @@ class DoseEngine:
         self._send(actions, "discard", command, dispense_id=dispense_id)
 
     def _desired_pattern(self) -> AlertPattern:
-        if self._silenced_until is not None:
-            return AlertPattern.OFF
-        pattern = AlertPattern.FAULT if self._roll_foreign() else AlertPattern.OFF
-        for run in self._runs:
-            if run.phase is Phase.PRESENTED and run.pattern > pattern:
-                pattern = run.pattern
-        return pattern
+        silenced = self._silenced_until is not None
+        return dispenser_sync.desired_pattern(silenced, self._roll_foreign(), self._runs)
 
     def _sync_dispenser(self, now: Now, actions: list[Action]) -> None:
         """Send what the dispenser should have and (as far as we know) has not."""
         if not self._can_send(now):
             return
-        kinds = [p.kind for p in self._pending.values()]
-        if not self._status_known:
-            if "get_status" not in kinds:
-                self._send(actions, "get_status", GetStatus(req_id=0))
-            return
-        want_lock = self._roll_foreign()
-        if "set_lock" not in kinds and self._has(Feature.LOCK):
-            if want_lock and self._lock_actual is not True:
-                self._send(actions, "set_lock", SetLock(req_id=0, locked=True))
-            elif not want_lock and self._locked_by_agent and self._lock_actual is not False:
-                self._send(actions, "set_lock", SetLock(req_id=0, locked=False))
-        pattern = self._desired_pattern()
-        if "set_alert" not in kinds and pattern != self._pattern_sent:
-            self._send(actions, "set_alert", SetAlert(req_id=0, pattern=pattern))
-        if self._retain_queue and self._has(Feature.RETAIN_BIN):
-            if FaultCode.BIN_FULL not in self._faults:
-                for dispense_id in self._retain_queue:
-                    self._retaining[dispense_id] = self._recent.get(dispense_id, "")
-                    self._send(
-                        actions,
-                        "retain",
-                        Retain(req_id=0, dispense_id=dispense_id),
-                        dispense_id=dispense_id,
-                    )
-                self._retain_queue = []
-        elif self._caps is not None and not self._has(Feature.RETAIN_BIN):
-            self._retain_queue = []
+        known = KnownDispenser(
+            status_known=self._status_known,
+            lock_actual=self._lock_actual,
+            locked_by_agent=self._locked_by_agent,
+            pattern_sent=self._pattern_sent,
+            capabilities=self._caps,
+            bin_full=FaultCode.BIN_FULL in self._faults,
+            in_flight=tuple(p.kind for p in self._pending.values()),
+        )
+        wanted = WantedDispenser(
+            locked=self._roll_foreign(),
+            pattern=self._desired_pattern(),
+            retains=tuple(self._retain_queue),
+        )
+        plan = dispenser_sync.plan_sync(known, wanted)
+        for planned in plan.commands:
+            if planned.kind == "retain" and planned.dispense_id is not None:
+                self._retaining[planned.dispense_id] = self._recent.get(planned.dispense_id, "")
+            self._send(actions, planned.kind, planned.command, dispense_id=planned.dispense_id)
+        self._retain_queue = list(plan.retains_left)
 
     def _move_horizon(self) -> None:
         if self._cursor is None:
@@ -1403,7 +1113,7 @@ class DoseEngine:
     # --- helpers ------------------------------------------------------------------------------
 
     def _has(self, feature: Feature) -> bool:
-        return self._caps is not None and bool(self._caps.features & feature)
+        return dispenser_sync.has_feature(self._caps, feature)
 
     def _can_send(self, now: Now) -> bool:
         return self._link_up and self._retry_at is None
@@ -1418,7 +1128,7 @@ class DoseEngine:
     ) -> None:
         self._correlations += 1
         correlation = f"{kind}:{self._starts}:{self._correlations}"
-        self._pending[correlation] = _Pending(kind, command, slot_id, dispense_id)
+        self._pending[correlation] = PendingCommand(kind, command, slot_id, dispense_id)
         actions.append(SendCommand(command, correlation))
 
     def _take_dispense_id(self) -> int:
@@ -1517,7 +1227,7 @@ def _pause_fields(window: PauseWindow) -> dict[str, object]:
     return {
         "pause_id": window.pause_id,
         "start_utc": window.start_utc.isoformat(),
-        "end_utc": _dt(window.end_utc),
+        "end_utc": iso_or_none(window.end_utc),
     }
 
 

@@ -1,0 +1,114 @@
+"""Which commands to send the dispenser: what the engine wants it to have versus what it knows it
+has (the level-triggered part of the engine, see docs/engine.md).
+
+After every input the engine describes both sides and sends only the difference `plan_sync`
+returns. So a Tick that changes nothing sends nothing, and a command lost with the link is simply
+planned again once the link is back. Pure: no I/O, no clock, and the order of the planned commands
+is fixed (status first, then lock, alert pattern, retains).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from agent.engine.lifecycle import Phase, SlotRun
+from protocol.messages import (
+    AlertPattern,
+    Capabilities,
+    Feature,
+    GetStatus,
+    Message,
+    Retain,
+    SetAlert,
+    SetLock,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommand:
+    """A command sent to the dispenser whose outcome has not come back yet."""
+
+    kind: str  # dispense | discard | retain | set_alert | set_lock | get_status
+    command: Message
+    slot_id: str | None = None
+    dispense_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KnownDispenser:
+    """What the engine knows the dispenser has (from Status replies and command results)."""
+
+    status_known: bool  # a Status since the last LinkUp: lock, pattern and tray are known
+    lock_actual: bool | None
+    locked_by_agent: bool  # we locked the cassette, so we may unlock it
+    pattern_sent: AlertPattern | None  # None: unknown, send again
+    capabilities: Capabilities | None  # None: no LinkUp yet
+    bin_full: bool
+    in_flight: tuple[str, ...]  # kinds of the commands awaiting an outcome
+
+
+@dataclass(frozen=True, slots=True)
+class WantedDispenser:
+    """What the engine wants the dispenser to have."""
+
+    locked: bool  # cassette locked: a roll of another patient is loaded
+    pattern: AlertPattern
+    retains: tuple[int, ...]  # dispense ids whose dose should go back into the bin
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCommand:
+    kind: str
+    command: Message
+    dispense_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPlan:
+    commands: tuple[PlannedCommand, ...]
+    retains_left: tuple[int, ...]  # still to send later (bin full, or capabilities unknown)
+
+
+def has_feature(capabilities: Capabilities | None, feature: Feature) -> bool:
+    return capabilities is not None and bool(capabilities.features & feature)
+
+
+def desired_pattern(silenced: bool, roll_foreign: bool, runs: Iterable[SlotRun]) -> AlertPattern:
+    """The local sound/light: the strongest pattern of a presented dose, FAULT for a foreign
+    roll, OFF while silenced."""
+    if silenced:
+        return AlertPattern.OFF
+    pattern = AlertPattern.FAULT if roll_foreign else AlertPattern.OFF
+    for run in runs:
+        if run.phase is Phase.PRESENTED and run.pattern > pattern:
+            pattern = run.pattern
+    return pattern
+
+
+def plan_sync(known: KnownDispenser, wanted: WantedDispenser) -> SyncPlan:
+    """The commands that bring the dispenser from `known` to `wanted`, none already in flight."""
+    if not known.status_known:
+        # lock and pattern are unknown until a Status: ask first, decide nothing else
+        if "get_status" in known.in_flight:
+            return SyncPlan((), wanted.retains)
+        return SyncPlan((PlannedCommand("get_status", GetStatus(req_id=0)),), wanted.retains)
+    commands: list[PlannedCommand] = []
+    if "set_lock" not in known.in_flight and has_feature(known.capabilities, Feature.LOCK):
+        if wanted.locked and known.lock_actual is not True:
+            commands.append(PlannedCommand("set_lock", SetLock(req_id=0, locked=True)))
+        elif not wanted.locked and known.locked_by_agent and known.lock_actual is not False:
+            commands.append(PlannedCommand("set_lock", SetLock(req_id=0, locked=False)))
+    if "set_alert" not in known.in_flight and wanted.pattern != known.pattern_sent:
+        commands.append(PlannedCommand("set_alert", SetAlert(req_id=0, pattern=wanted.pattern)))
+    retains_left = wanted.retains
+    if wanted.retains and has_feature(known.capabilities, Feature.RETAIN_BIN):
+        if not known.bin_full:
+            commands += [
+                PlannedCommand("retain", Retain(req_id=0, dispense_id=d), dispense_id=d)
+                for d in wanted.retains
+            ]
+            retains_left = ()
+    elif known.capabilities is not None and not has_feature(known.capabilities, Feature.RETAIN_BIN):
+        retains_left = ()  # this dispenser cannot take doses back: nothing to wait for
+    return SyncPlan(tuple(commands), retains_left)
