@@ -60,11 +60,15 @@ class CommandHandler:
             if message.topic != request_topic:
                 # Some brokers (amqtt) push retained messages a client never subscribed to.
                 log.debug("ignoring a message on %s", message.topic)
+                self.daemon.mqtt.ack(message)
                 continue
             try:
                 await self.handle(message)
             except Exception:  # one bad command must not stop command handling
                 log.exception("command handling failed for a message on %s", message.topic)
+            # Acked only now: a crash before this point makes the broker redeliver the command,
+            # and the stored command id makes sure it is not executed twice.
+            self.daemon.mqtt.ack(message)
 
     async def handle(self, message: InboundMessage) -> CommandResponse | None:
         daemon = self.daemon

@@ -363,7 +363,9 @@ def test_command_sent_while_offline_is_delivered_after_reconnect_across_broker_r
             # Make sure the SUBACK arrived before going offline: a round trip through the topic.
             async with probe_on(mosquitto.port) as probe:
                 await probe.publish("cmd/unit-1", b"warm-up")
-                assert (await first.get_message()).payload == b"warm-up"
+                warm_up = await first.get_message()
+                assert warm_up.payload == b"warm-up"
+                first.ack(warm_up)  # handled: the broker must not deliver it again
         # The unit is offline now; the response centre sends a command.
         async with probe_on(mosquitto.port) as probe:
             await probe.publish("cmd/unit-1", b'{"cmd":"pause"}')
@@ -378,6 +380,60 @@ def test_command_sent_while_offline_is_delivered_after_reconnect_across_broker_r
             assert (msg.topic, msg.payload, msg.qos) == ("cmd/unit-1", b'{"cmd":"pause"}', 1)
 
     run(scenario)
+
+
+def test_inbound_qos1_is_redelivered_until_the_application_acks_it(
+    mosquitto: MosquittoBroker,  # noqa: F811
+) -> None:
+    """A command received but not yet acked when the unit goes away comes again on the next
+    connection (same client id, persistent session); once acked, it does not."""
+
+    async def scenario() -> None:
+        subscriptions = [("cmd/unit-1", 1)]
+        async with probe_on(mosquitto.port) as probe:
+            first_link = MqttLink(
+                settings_for(mosquitto.port), will_factory=None, subscriptions=subscriptions
+            )
+            async with running(first_link):
+                await first_link.wait_connected(WAIT_S)
+                # The link subscribes after connecting: retry a warm-up until it is live.
+                warm_up = await _publish_until_received(probe, first_link, "cmd/unit-1", None)
+                first_link.ack(warm_up)
+                await probe.publish("cmd/unit-1", b"first")
+                first = await _next_payload(first_link, b"first")
+                assert first.ack_token is not None
+                # A QoS 1 round trip through paho's network thread: it has finished with "first"
+                # (an automatic PUBACK would be queued) before it reports this ack, and paho
+                # writes in queue order, so the DISCONNECT below goes after any such PUBACK.
+                await first_link.publish("ev/sync", b"sync")
+            # first_link stopped without acking "first"
+            second_link = MqttLink(
+                settings_for(mosquitto.port), will_factory=None, subscriptions=subscriptions
+            )
+            async with running(second_link):
+                redelivered = await _next_payload(second_link, b"first")
+                second_link.ack(redelivered)
+                await second_link.publish("ev/sync", b"sync")
+            third_link = MqttLink(
+                settings_for(mosquitto.port), will_factory=None, subscriptions=subscriptions
+            )
+            async with running(third_link):
+                await third_link.wait_connected(WAIT_S)
+                await probe.publish("cmd/unit-1", b"second")
+                second = await _next_payload(third_link, b"second", also=b"first")
+                third_link.ack(second)
+
+    run(scenario)
+
+
+async def _next_payload(link: MqttLink, wanted: bytes, also: bytes = b"") -> InboundMessage:
+    """The next message with `wanted` payload, acking warm-up copies; fails on `also`."""
+    while True:
+        message = await asyncio.wait_for(link.get_message(), WAIT_S)
+        assert message.payload != also or not also, f"{also!r} was delivered again after its ack"
+        if message.payload == wanted:
+            return message
+        link.ack(message)  # a late warm-up copy
 
 
 # --- MQTT 5 properties -------------------------------------------------------------------------
@@ -422,7 +478,9 @@ def test_mqtt5_properties_round_trip_both_ways(mosquitto: MosquittoBroker) -> No
                     correlation_data=b"cmd-42",
                     message_expiry_s=inbound.message_expiry_s,
                     user_properties=(("command-id", "42"),),
+                    ack_token=inbound.ack_token,
                 )
+                assert inbound.ack_token is not None
                 assert inbound.message_expiry_s is not None
                 assert 590 <= inbound.message_expiry_s <= 600
 
@@ -430,7 +488,7 @@ def test_mqtt5_properties_round_trip_both_ways(mosquitto: MosquittoBroker) -> No
 
 
 async def _publish_until_received(
-    probe: Probe, link: MqttLink, topic: str, props: Properties
+    probe: Probe, link: MqttLink, topic: str, props: Properties | None
 ) -> InboundMessage:
     async with asyncio.timeout(WAIT_S):
         while True:

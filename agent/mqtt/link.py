@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import ssl
 import threading
@@ -96,6 +97,9 @@ class InboundMessage:
     correlation_data: bytes | None
     message_expiry_s: int | None
     user_properties: tuple[tuple[str, str], ...]
+    # (connection, packet id) for `MqttLink.ack`: QoS 1 messages are acknowledged to the broker
+    # only once the application has handled them, so a crash in between means a redelivery.
+    ack_token: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,9 @@ class _ConnectFailedError(Exception):
 _F = TypeVar("_F", bound=Callable[..., None])
 
 
+_CONNECTION_NUMBERS = itertools.count(1)
+
+
 class _Connection:
     """State of one paho client / one network connection. Touched only on the asyncio loop,
     except the `_cb_*` methods, which run on paho's thread and only schedule work."""
@@ -152,6 +159,7 @@ class _Connection:
     ) -> None:
         self.loop = loop
         self.client = client
+        self.number = next(_CONNECTION_NUMBERS)  # never reused, unlike id()
         self.thread: threading.Thread | None = None
         self.connack: asyncio.Future[tuple[ReasonCode, bool]] = loop.create_future()
         self.pending_publishes: dict[int, asyncio.Future[ReasonCode]] = {}
@@ -238,7 +246,7 @@ class _Connection:
         self._to_loop(self._subscribe_done, mid, list(reasons))
 
     def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
-        self._to_loop(self._on_message, _inbound_from_paho(msg))
+        self._to_loop(self._on_message, _inbound_from_paho(msg, self.number))
 
     # --- asyncio loop side -----------------------------------------------------------------
 
@@ -291,7 +299,7 @@ class _Connection:
         return self.thread is not None and self.thread.is_alive()
 
 
-def _inbound_from_paho(msg: paho.MQTTMessage) -> InboundMessage:
+def _inbound_from_paho(msg: paho.MQTTMessage, connection: int) -> InboundMessage:
     props = msg.properties
     response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
     correlation = getattr(props, "CorrelationData", None) if props is not None else None
@@ -306,6 +314,7 @@ def _inbound_from_paho(msg: paho.MQTTMessage) -> InboundMessage:
         correlation_data=bytes(correlation) if correlation is not None else None,
         message_expiry_s=int(expiry) if expiry is not None else None,
         user_properties=tuple((str(k), str(v)) for k, v in user_props or ()),
+        ack_token=(connection, msg.mid) if msg.qos > 0 else None,
     )
 
 
@@ -404,6 +413,17 @@ class MqttLink:
             self._bump(publishes_rejected=1)
             raise PublishRejected(reason.value, reason.getName())
         self._bump(publishes_acked=1)
+
+    def ack(self, message: InboundMessage) -> None:
+        """Acknowledge a QoS 1 message once it is handled (PUBACK). A message that arrived on an
+        earlier connection cannot be acked any more: the broker redelivers it, which the caller
+        must tolerate (commands are deduplicated by id)."""
+        conn = self._conn
+        if message.ack_token is None or conn is None or not conn.up:
+            return
+        connection, mid = message.ack_token
+        if connection == conn.number:
+            conn.client.ack(mid, message.qos)
 
     async def get_message(self) -> InboundMessage:
         """Next inbound message (messages received on every connection, in arrival order)."""
@@ -523,6 +543,7 @@ class MqttLink:
             clean_session=None if v5 else False,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,  # run() owns the reconnect policy
+            manual_ack=True,  # inbound QoS 1 is acked after it is handled: see ack()
         )
         client.connect_timeout = settings.connect_timeout_s
         # keepalive/4 keeps PINGREQs on time while the thread sleeps through an idle unit's day.
