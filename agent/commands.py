@@ -32,8 +32,9 @@ from agent.contract.commands import (
     ResendFromCommand,
     parse_command,
 )
+from agent.engine.alerts import make_event
 from agent.engine.engine import EngineInputError
-from agent.engine.types import Emit, EngineEvent, Priority
+from agent.engine.types import Emit
 from agent.mqtt.link import InboundMessage
 
 if TYPE_CHECKING:
@@ -188,11 +189,9 @@ class CommandHandler:
     ) -> None:
         daemon = self.daemon
         store = daemon.store
-        event = EngineEvent(
-            kind="command_rejected",
-            priority=Priority.LOW,
-            vkp_code=None,
-            fields={
+        event = make_event(
+            "command_rejected",
+            {
                 "command_id": command_id,
                 "name": name,
                 "status": status,

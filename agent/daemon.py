@@ -41,6 +41,7 @@ from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.state import Availability, DispenserState, Health, Heartbeat
 from agent.contract.topics import UnitTopics
+from agent.engine.alerts import make_event
 from agent.engine.engine import DoseEngine, EngineState
 from agent.engine.types import (
     Action,
@@ -52,7 +53,6 @@ from agent.engine.types import (
     FromDispenser,
     LinkDown,
     LinkUp,
-    Priority,
     RecordOutcome,
     RecordPresented,
     SendCommand,
@@ -193,11 +193,9 @@ class Daemon:
             inputs.append(SetSchedule(schedule, self.config.schedule.version))
         if self.engine.state.binding is None and self.config.patient_ref:
             inputs.append(SetBinding(EngineBinding(self.config.patient_ref)))
-        started = EngineEvent(
-            kind="agent_started",
-            priority=Priority.INFO,
-            vkp_code=None,
-            fields={"agent_version": __version__, "boot": self.boot, "time_trust": now.trust},
+        started = make_event(
+            "agent_started",
+            {"agent_version": __version__, "boot": self.boot, "time_trust": now.trust.value},
         )
         self.apply([Emit(started)], now)
         for inp in inputs:

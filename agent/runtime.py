@@ -10,6 +10,12 @@ from agent.store.audit import Stamp
 from agent.store.db import Store
 from drivers.serial_port import SerialTransport
 
+# When the outbox is full (a very long time offline), these go first, oldest first: they say
+# nothing about a dose. Dose outcomes and alarms are never dropped (agent/store/outbox.py).
+DROPPABLE_WHEN_FULL = frozenset(
+    {"button_pressed", "lid_open", "lid_open_cleared", "dose_held", "unexpected_dispenser_event"}
+)
+
 
 def mqtt_settings(config: AgentConfig) -> MqttSettings:
     password = None
@@ -38,7 +44,7 @@ def build_daemon(
         now = clock.now()
         return Stamp(now.utc.isoformat().replace("+00:00", "Z"), now.trust.value)
 
-    store = Store.open(config.db_path, stamp=stamp)
+    store = Store.open(config.db_path, stamp=stamp, droppable_kinds=DROPPABLE_WHEN_FULL)
     device, baudrate = config.dispenser.device, config.dispenser.baudrate
     return Daemon(
         config,

@@ -624,3 +624,15 @@ def test_guide_example_is_a_valid_command_and_tables_list_everything() -> None:
         assert f"| `{code}` |" in text
     for channel in CHANNELS:
         assert f"| `{channel.suffix}` |" in text
+
+
+def test_kinds_the_outbox_may_drop_are_real_low_value_kinds() -> None:
+    from agent.engine.alerts import documented_kinds, spec
+    from agent.runtime import DROPPABLE_WHEN_FULL
+
+    kinds = documented_kinds()
+    for kind in DROPPABLE_WHEN_FULL:
+        assert kind in kinds, kind
+        base = kind.removesuffix("_cleared")
+        assert spec(base).priority in ("info", "low"), kind
+    assert "slot_outcome" not in DROPPABLE_WHEN_FULL

@@ -14,10 +14,10 @@ still answer. Delivered rows are kept for a retention window: the newest ``deliv
 append (no extra commit, no extra SD-card write). The audit record of an event stays regardless.
 
 Bound (``outbox_limit``, default 50,000 *undelivered* events): when an append finds the outbox full,
-it deletes the oldest undelivered event whose kind is in ``droppable_kinds`` (by default heartbeat,
-status, link_state: state that a later event supersedes) and audits what was dropped (seq, id, kind,
-occurred time), so the gap the receiver sees is explained. If nothing droppable is left, the new
-event is **still appended** over the limit: a dose outcome or alarm is never dropped, the disk is
+it deletes the oldest undelivered event whose kind is in ``droppable_kinds`` (the daemon passes
+the engine's low-value kinds: button presses, lid open/close, ...) and audits what was dropped
+(seq, id, kind, occurred time): the receiver sees a gap in seq, and the audit log explains it. If
+nothing droppable is left, the new event is **still appended** over the limit: a dose outcome or alarm is never dropped, the disk is
 the last bound. Dropped sequence numbers are not reused.
 """
 
