@@ -349,6 +349,7 @@ class Daemon:
             self.dispenser = DispenserView("down", self.dispenser.capabilities)
             self.step(LinkDown(change.reason))
         self._spawn(self._publish_dispenser_state(), "publish-dispenser-state")
+        self._spawn(self._publish_health(), "publish-health")  # link and clock trust changed
 
     def _reconcile_time(self, caps: Capabilities) -> None:
         """docs/time-policy.md: with no NTP yet, a valid dispenser RTC vouches for the time; once
