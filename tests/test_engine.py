@@ -720,3 +720,155 @@ def test_wrong_roll_acknowledged_is_not_resolved_until_removed() -> None:
     rig.remove_roll()
     assert alert.alert_id not in str(rig.engine.status()["active_alerts"])
     assert rig.commands(SetLock)[-1] == SetLock(0, False)
+
+
+# --- a roll announced again after a (re)connect (SPEC 4.1) ------------------------------------
+
+
+def reconnect(rig: Rig) -> None:
+    """Link blip: LinkDown, LinkUp, then what the dispenser sends after Capabilities."""
+    rig.feed(LinkDown("blip"))
+    rig.feed(LinkUp(rig.caps))
+    rig.insert_roll()  # RollInserted (next_index = the sachet at the reader) + SachetRead
+
+
+def test_a_known_roll_announced_again_is_checked_quietly_and_still_dispensed() -> None:
+    rig = morning_rig()
+    rig.install()
+    assert len(rig.events("roll_inserted")) == 1
+    reconnect(rig)
+    reconnect(rig)
+    assert len(rig.events("roll_inserted")) == 1  # no news for the response centre
+    rig.run_until(utc(2026, 3, 2, 7, 1))
+    assert [b.slot_id for b in rig.begins()] == ["2026-03-02T08:00"]
+    rig.take()
+    reconnect(rig)  # the reader moved on: next_index 1 is consistent with what we know
+    assert len(rig.events("roll_inserted")) == 1
+    rig.run_until(utc(2026, 3, 3, 7, 1))
+    assert rig.dispenser.dispensed == [0, 1]
+
+
+def test_a_known_roll_announced_after_an_agent_restart_is_quiet() -> None:
+    rig = morning_rig()
+    rig.install()
+    restarted = DoseEngine(rig.config, rig.engine.state, rig.clock.now())
+    rig.engine = restarted
+    rig.feed(LinkUp(rig.caps))
+    rig.insert_roll()
+    assert len(rig.events("roll_inserted")) == 1
+    rig.run_until(utc(2026, 3, 2, 7, 1))
+    assert rig.dispenser.dispensed == [0]  # learned the sachet at the reader again
+
+
+def test_another_roll_or_a_reader_further_back_is_announced_as_news() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(utc(2026, 3, 2, 7, 1))
+    rig.take()  # the engine now expects sachet 1 at the reader
+    rig.dispenser.next_index = 0  # announced further back: not the roll as we know it
+    rig.insert_roll()
+    assert len(rig.events("roll_inserted")) == 2
+    rig.dispenser.roll_id = "R2"
+    reconnect(rig)
+    assert [e.fields["roll_id"] for e in rig.events("roll_inserted")] == ["R1", "R1", "R2"]
+
+
+def test_a_foreign_roll_announced_again_stays_refused_with_one_latch_and_the_lock() -> None:
+    rig = morning_rig()
+    rig.dispenser.roll_patient = OTHER
+    rig.install()
+    assert len(rig.events("wrong_roll")) == 1
+    assert rig.dispenser.locked
+    for _ in range(3):
+        reconnect(rig)
+    restarted = DoseEngine(rig.config, rig.engine.state, rig.clock.now())
+    rig.engine = restarted
+    rig.feed(LinkUp(rig.caps))
+    rig.insert_roll()
+    assert len(rig.events("wrong_roll")) == 1  # latched once, not again per reconnect
+    assert rig.events("roll_inserted") == []
+    assert rig.dispenser.locked
+    assert rig.commands(SetLock) == [SetLock(0, True)]
+    rig.run_until(utc(2026, 3, 2, 9, 0))
+    assert rig.begins() == []
+    assert rig.outcome_of("2026-03-02T08:00").reason == "foreign_roll"
+
+
+# --- every timed decision has a deadline ------------------------------------------------------
+
+
+def test_a_roll_whose_period_passes_while_a_slot_is_held_is_a_deadline() -> None:
+    # the roll's last sachet is the 08:00 dose; it counts as passed 30 min (tolerance) later
+    rig = Rig(daily("08:00"), sachet_times=[utc(2026, 3, 2, 7, 0)])
+    rig.install()
+    rig.msg(FaultChanged(FaultCode.JAM, True, ""))
+    rig.run_until(utc(2026, 3, 2, 7, 10))
+    assert [e.fields["reason"] for e in rig.events("dose_held")] == ["fault_jam"]
+    now = rig.clock.now()
+    passes = utc(2026, 3, 2, 7, 0) + rig.config.sachet_time_tolerance
+    expected = now.mono + (passes - now.utc).total_seconds() + 1e-6
+    deadline = rig.engine.next_deadline(now)
+    assert deadline is not None
+    assert deadline == pytest.approx(expected, abs=1e-5)
+    rig.clock.advance(deadline - now.mono)
+    acts = rig.feed(Tick())
+    held = [a.event.fields["reason"] for a in acts if isinstance(a, Emit)]
+    assert held == ["roll_period_passed"]
+    next_deadline = rig.engine.next_deadline(rig.clock.now())
+    assert next_deadline is not None
+    assert next_deadline > rig.clock.now().mono
+
+
+def test_a_roll_expiring_while_a_slot_is_held_is_a_deadline() -> None:
+    rig = morning_rig()
+    rig.install(roll=False)
+    expiry = utc(2026, 3, 2, 7, 20)
+    rig.msg(
+        RollInserted(
+            "R1", PATIENT, 7, 0, secs(utc(2026, 3, 2, 7)), secs(utc(2026, 3, 8, 7)), secs(expiry)
+        )
+    )
+    rig.msg(FaultChanged(FaultCode.JAM, True, ""))
+    rig.run_until(utc(2026, 3, 2, 7, 5))
+    now = rig.clock.now()
+    deadline = rig.engine.next_deadline(now)
+    assert deadline == pytest.approx(now.mono + (expiry - now.utc).total_seconds(), abs=1e-5)
+
+
+# --- the pharmacy's plan and the schedule disagree (VKP 3.22) ----------------------------------
+
+
+def test_a_sachet_matching_no_dose_time_raises_plan_mismatch_until_one_matches() -> None:
+    # 08:00 schedule; the pharmacy packed an extra 12:00 sachet on the first day
+    times = [utc(2026, 3, 2, 7), utc(2026, 3, 2, 11), utc(2026, 3, 3, 7), utc(2026, 3, 4, 7)]
+    rig = Rig(daily("08:00"), sachet_times=times)
+    rig.install()
+    rig.run_until(utc(2026, 3, 2, 7, 5))
+    rig.take()  # sachet 1 (12:00) is at the reader now, before the next slot: discarded
+    assert rig.dispenser.discarded == [1]
+    discarded = rig.events("sachet_discarded")
+    assert [(e.fields["sachet_index"], e.fields["reason"]) for e in discarded] == [(1, "no_slot")]
+    assert discarded[0].priority.value == "info"
+    mismatch = rig.events("plan_mismatch")
+    assert len(mismatch) == 1
+    assert (mismatch[0].priority.value, mismatch[0].vkp_code) == ("medium", "3.22")
+    assert mismatch[0].fields["intended_utc"] == utc(2026, 3, 2, 11).isoformat()
+    # sachet 2 (next day 08:00) matches a slot: the condition clears, the dose is given
+    assert len(rig.events("plan_mismatch_cleared")) == 1
+    rig.run_until(utc(2026, 3, 3, 7, 5))
+    assert rig.dispenser.dispensed == [0, 2]
+    conditions = rig.engine.status()["conditions"]
+    assert isinstance(conditions, list)
+    assert "plan_mismatch" not in conditions
+
+
+def test_a_settled_slots_sachet_is_discarded_at_info_without_plan_mismatch() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.feed(LinkDown("unplugged"))
+    rig.run_until(utc(2026, 3, 2, 9, 0))  # 08:00 missed undispensed: its sachet stays
+    assert rig.outcome_of("2026-03-02T08:00").outcome is Outcome.MISSED
+    rig.feed(LinkUp(rig.caps))
+    assert rig.dispenser.discarded == [0]
+    assert [e.fields["reason"] for e in rig.events("sachet_discarded")] == ["settled_slot"]
+    assert rig.events("plan_mismatch") == []

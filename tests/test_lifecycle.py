@@ -148,3 +148,24 @@ def test_silence_turns_sound_off_without_clearing_and_resumes() -> None:
     rig.run_until(DUE + timedelta(minutes=17))
     assert rig.sounding() is AlertPattern.REMINDER
     assert rig.outcomes() == []
+
+
+def test_take_pressed_again_while_the_early_slot_is_held_gives_one_run_and_one_outcome() -> None:
+    rig = morning_rig()
+    rig.dispenser.loaded = False
+    rig.install(roll=False)  # nothing to dispense from: the early slot is held
+    rig.run_until(DUE - timedelta(minutes=40))
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    held = rig.events("dose_held")
+    assert [(e.fields["slot_id"], e.fields["reason"]) for e in held] == [
+        ("2026-03-02T08:00", "no_roll")
+    ]
+    rig.run_until(DUE - timedelta(minutes=20))
+    rig.msg(ButtonPressed(ButtonId.TAKE))  # again, still inside the early window
+    open_slots = rig.engine.status()["open_slots"]
+    assert isinstance(open_slots, list)
+    assert [s["slot_id"] for s in open_slots] == ["2026-03-02T08:00"]
+    rig.run_until(DUE + timedelta(hours=2))
+    outcome = rig.outcome_of("2026-03-02T08:00")  # exactly one
+    assert (outcome.outcome, outcome.reason) == (Outcome.MISSED, "not_dispensed:no_roll")
+    rig.assert_one_outcome_per_slot()

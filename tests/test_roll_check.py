@@ -173,7 +173,8 @@ def test_stale_sachet_is_discarded_then_the_right_one_given() -> None:
 def test_stale_sachet_without_retain_bin_refuses_the_slot() -> None:
     due = utc(2026, 3, 2, 7, 0)
     rig = morning_rig(features=0)
-    rig.dispenser.sachet_times = [due - timedelta(days=1), due]
+    # a later sachet too, so the roll's period does not pass (at due + tolerance) meanwhile
+    rig.dispenser.sachet_times = [due - timedelta(days=1), due, due + timedelta(days=1)]
     rig.install()
     rig.run_until(utc(2026, 3, 2, 9, 0))
     assert rig.commands(Dispense) == []

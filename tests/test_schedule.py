@@ -520,3 +520,77 @@ def test_slots_are_strictly_ascending_and_unique(
     # Nothing in the window was missed: next_slot_after walks the same slots.
     if slots:
         assert schedule.next_slot_after(start - timedelta(microseconds=1)) == slots[0]
+
+
+# --- SlotWindow: the engine's cache answers exactly like the schedule -------------------------
+
+from itertools import islice  # noqa: E402
+
+from agent.engine.slot_window import SlotWindow  # noqa: E402
+
+
+def _gap_day_schedule() -> Schedule:
+    # 02:30 and 03:00 fall due together on spring-forward days (Sundays); Wednesdays one dose,
+    # Thursdays none
+    return daily("02:30", "03:00", "12:00", "21:00", weekday_times={2: ["09:00"], 3: []})
+
+
+@given(
+    start_h=st.integers(min_value=0, max_value=24 * 400),
+    length_h=st.integers(min_value=0, max_value=24 * 40),
+    queries=st.lists(st.integers(min_value=-24 * 30, max_value=24 * 30), max_size=6),
+)
+@settings(max_examples=60, deadline=None)
+def test_slot_window_between_equals_the_schedule_anywhere(
+    start_h: int, length_h: int, queries: list[int]
+) -> None:
+    schedule = _gap_day_schedule()
+    window = SlotWindow(schedule, ahead=timedelta(days=5), behind=timedelta(hours=7))
+    base = utc(2026, 1, 1) + timedelta(hours=start_h)
+    # a walk of queries, forwards and backwards (wall jumps): every answer equals the schedule's
+    for offset_h in [0, *queries]:
+        start = base + timedelta(hours=offset_h, minutes=17)
+        end = start + timedelta(hours=length_h)
+        assert window.between(start, end) == list(schedule.slots_between(start, end))
+
+
+@pytest.mark.parametrize("day", [date(2026, 3, 29), date(2026, 10, 25), date(2027, 3, 28)])
+def test_slot_window_iter_from_equals_the_schedule_on_dst_days(day: date) -> None:
+    schedule = _gap_day_schedule()
+    window = SlotWindow(schedule)
+    start, _ = local_day_window(day - timedelta(days=1))
+    expected = list(schedule.slots_between(start, start + timedelta(days=40)))
+    got: list[Slot] = []
+    for slot in window.iter_from(start):
+        if slot.due_utc >= start + timedelta(days=40):
+            break
+        got.append(slot)
+    assert got == expected
+    # two slots due at one instant: iterating from that instant yields both, in slot order
+    if day == date(2026, 3, 29):
+        together = [s.slot_id for s in islice(window.iter_from(utc(2026, 3, 29, 1)), 2)]
+        assert together == ["2026-03-29T02:30", "2026-03-29T03:00"]
+
+
+def test_slot_window_iter_from_crosses_a_long_stretch_without_doses() -> None:
+    rules = [
+        ScheduleRule(date(2026, 1, 1), (T("08:00"),)),
+        ScheduleRule(date(2026, 2, 1), ()),
+        ScheduleRule(date(2026, 4, 1), (T("20:00"),)),
+    ]
+    schedule = Schedule.build("Europe/Oslo", rules)
+    window = SlotWindow(schedule, ahead=timedelta(days=3))
+    first_after = next(window.iter_from(utc(2026, 1, 31, 12)))
+    assert first_after == schedule.next_slot_after(utc(2026, 1, 31, 12))
+    assert first_after.slot_id == "2026-04-01T20:00"
+
+
+def test_slot_window_recomputes_rarely_as_time_moves_on() -> None:
+    schedule = daily("08:00", "14:00", "20:00")
+    window = SlotWindow(schedule)
+    now = utc(2026, 3, 1)
+    for _ in range(365 * 24):  # an hour at a time for a year, like the engine's cursor
+        next(window.iter_from(now))
+        window.between(now - timedelta(hours=1), now)
+        now += timedelta(hours=1)
+    assert window.refills <= 30  # a 16-day window: about 23 a year

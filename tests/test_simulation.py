@@ -20,6 +20,8 @@ from agent.engine.types import (
     EngineConfig,
     EngineEvent,
     EngineInput,
+    FromDispenser,
+    LinkUp,
     Outcome,
     Priority,
     RecordOutcome,
@@ -34,6 +36,7 @@ from agent.simulation.harness import (
     SimulationConfig,
 )
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
+from protocol.messages import RollInserted, SachetRead
 
 REF = "p-sim-0001"
 DUE = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
@@ -372,3 +375,55 @@ def test_invariants_hold_for_many_seeded_years() -> None:
         f"{failures[0].violation}\nreplay: {cli.replay_command(failures[0].seed, FULL_DAYS)}"
     )
     assert sum(r.result.physical_dispenses for r in reports if r.result) > 0
+
+
+# --- the shell's link handling follows the protocol (SPEC 4.1) ----------------------------
+
+
+class RecordingEngine:
+    """Records every input; never asks for anything (so the roll stays loaded as inserted)."""
+
+    def __init__(self) -> None:
+        self.inputs: list[EngineInput] = []
+
+    def step(self, inp: EngineInput, now: Now) -> list[Action]:
+        self.inputs.append(inp)
+        return []
+
+    def next_deadline(self, now: Now) -> float | None:
+        return None
+
+
+class RecordingFactory:
+    def __init__(self) -> None:
+        self.engine = RecordingEngine()
+
+    def create(self, config: EngineConfig, now: Now) -> EngineLike:
+        return self.engine
+
+    def restart(self, engine: EngineLike, config: EngineConfig, now: Now) -> EngineLike:
+        return self.engine  # one record across restarts
+
+
+def test_every_link_up_is_followed_by_the_roll_announced_again() -> None:
+    factory = RecordingFactory()
+    faults = FaultRates(
+        0, 0, dispenser_reboot=40.0, link_down=80.0, wall_jump=0, pi_reboot=0, agent_restart=80.0
+    )
+    config = SimulationConfig(seed=5, days=30, faults=faults, require_outcomes=False)
+    Simulation(config, factory).run()
+    inputs = factory.engine.inputs
+    first_roll = next(
+        i
+        for i, inp in enumerate(inputs)
+        if isinstance(inp, FromDispenser) and isinstance(inp.message, RollInserted)
+    )
+    link_ups = [i for i, inp in enumerate(inputs) if isinstance(inp, LinkUp) and i > first_roll]
+    assert len(link_ups) >= 3
+    for i in link_ups:
+        after = [inp.message for inp in inputs[i + 1 : i + 3] if isinstance(inp, FromDispenser)]
+        assert [type(m) for m in after] == [RollInserted, SachetRead], inputs[i : i + 3]
+        roll, sachet = after
+        assert isinstance(roll, RollInserted)
+        assert isinstance(sachet, SachetRead)
+        assert sachet.index == roll.next_index  # the sachet now at the reader

@@ -86,6 +86,16 @@ _ENGINE_SPECS = (
         "A sachet went to the discard bin instead of being handed over (reason in data).",
     ),
     AlertSpec(
+        "plan_mismatch",
+        _P.MEDIUM,
+        "3.22",
+        "A sachet on the roll is packed for a time that is no dose time of the unit's schedule "
+        "(it was discarded): the pharmacy's dosing plan and the schedule disagree; check the "
+        "plan (sachet time in data).",
+        condition=True,
+        cleared_meaning="A sachet matches a dose time of the schedule again.",
+    ),
+    AlertSpec(
         "sachet_rejected",
         _P.HIGH,
         "3.5",

@@ -21,7 +21,8 @@ from agent.engine import alerts, dispenser_sync, lifecycle, pause, roll_check
 from agent.engine.alerts import ConditionBook, LatchedAlert
 from agent.engine.dispenser_sync import KnownDispenser, PendingCommand, WantedDispenser
 from agent.engine.lifecycle import Phase, SlotRun
-from agent.engine.schedule import Slot
+from agent.engine.schedule import Schedule, Slot
+from agent.engine.slot_window import SlotWindow
 from agent.engine.state import (
     EngineState,
     OpenSlot,
@@ -106,6 +107,8 @@ BLOCKING_FAULTS = (
 )
 BATTERY_LOW_PCT, BATTERY_LOW_CLEAR_PCT = 20, 25  # hysteresis: no flapping at the boundary
 BATTERY_EMPTY_PCT, BATTERY_EMPTY_CLEAR_PCT = 3, 5
+# sachet_discarded reason: the sachet matches no dose time of the schedule (plan_mismatch)
+NO_SLOT = "no_slot"
 RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/DosePresented
 _EPSILON = timedelta(microseconds=1)
 
@@ -126,6 +129,8 @@ class _Discarding:
 class DoseEngine:
     def __init__(self, config: EngineConfig, state: EngineState, now: Now) -> None:
         self._cfg = config
+        self._chatty_s = config.chatty_min_interval.total_seconds()
+        self._no_contact_s = config.no_contact_after.total_seconds()
         self._binding = state.binding
         self._schedule = state.schedule
         self._schedule_version = state.schedule_version
@@ -143,7 +148,12 @@ class DoseEngine:
         # not durable: learned again from the dispenser after a restart
         self._runs: list[SlotRun] = []
         self._cursor = state.horizon_utc  # slots due up to here have been picked up
-        self._next_slot_cache: tuple[datetime, Slot | None] | None = None
+        self._window: SlotWindow | None = None  # the schedule's slots near now (a cache)
+        self._upcoming: tuple[tuple[object, ...], Slot | None] | None = None  # _next_scheduled
+        self._settle_count = 0  # settled slots so far (part of the _next_scheduled memo key)
+        # memos of pure functions, keyed on all they read (each was a cost on every step)
+        self._wall_memo: tuple[object, object, list[datetime]] | None = None
+        self._foreign_memo: tuple[object, object, bool] | None = None
         self._sachet: SachetRead | None = None
         self._rejected_sachet: tuple[str, int] | None = None
         self._link_up = False
@@ -203,8 +213,9 @@ class DoseEngine:
 
     def step(self, inp: EngineInput, now: Now) -> list[Action]:
         self._validate(inp, now)  # raises before anything changes
-        actions: list[Action] = list(self._restart_actions)
-        self._restart_actions.clear()
+        actions: list[Action] = []
+        if self._restart_actions:
+            actions, self._restart_actions = self._restart_actions, []
         self._note_time(now, actions)
         self._dispatch(inp, now, actions)
         self._advance(now, actions)
@@ -225,12 +236,16 @@ class DoseEngine:
                 instants.append(timer)
             elif trusted:
                 instants.append(self._mono_at(lifecycle.settle_deadline(run, self._cfg), now))
+        if trusted:
+            # wall instants at which a check's verdict changes by itself (a roll expires or its
+            # period passes, a pause begins or ends): what the engine decides changes then too
+            instants.extend(self._mono_at(at, now) for at in self._wall_changes(now.utc))
         if (
             not self._link_up
             and self._link_down_since is not None
             and "no_contact" not in self._book.raised
         ):
-            instants.append(self._link_down_since + self._cfg.no_contact_after.total_seconds())
+            instants.append(self._link_down_since + self._no_contact_s)
         release = alerts.next_release(self._book, self._chatty_s)
         if release is not None:
             instants.append(release)
@@ -239,6 +254,31 @@ class DoseEngine:
         if self._retry_at is not None:
             instants.append(self._retry_at)
         return min(instants) if instants else None
+
+    def _wall_changes(self, now_utc: datetime) -> list[datetime]:
+        """Future wall instants at which a time-dependent check changes its verdict."""
+        memo = self._wall_memo
+        if memo is None or memo[0] is not self._roll or memo[1] is not self._pauses:
+            memo = (self._roll, self._pauses, self._verdict_changes())
+            self._wall_memo = memo
+        return [at for at in memo[2] if at > now_utc]
+
+    def _verdict_changes(self) -> list[datetime]:
+        changes: list[datetime] = []
+        roll = self._roll
+        if roll is not None and not roll.unverified:
+            expiry = roll_check.wire_time(roll.expiry_utc_s)
+            if expiry is not None:
+                changes.append(expiry - self._cfg.roll_expired_margin)  # expired from then on
+            last_dose = roll_check.wire_time(roll.last_dose_utc_s)
+            if last_dose is not None:
+                # passed once last_dose < now - tolerance: strictly after this instant
+                changes.append(last_dose + self._cfg.sachet_time_tolerance + _EPSILON)
+        for window in self._pauses:
+            changes.append(window.start_utc)
+            if window.end_utc is not None:
+                changes.append(window.end_utc)
+        return changes
 
     def status(self) -> dict[str, object]:
         upcoming = self._next_scheduled() if self._cursor is not None else None
@@ -350,10 +390,6 @@ class DoseEngine:
     def _mono_at(self, wall: datetime, now: Now) -> float:
         return now.mono + (wall - now.utc).total_seconds()
 
-    @property
-    def _chatty_s(self) -> float:
-        return self._cfg.chatty_min_interval.total_seconds()
-
     def _local_iso(self, due_utc: datetime) -> str:
         zone: ZoneInfo = load_zone(self._schedule.zone) if self._schedule else load_zone("UTC")
         return due_utc.astimezone(zone).isoformat()
@@ -389,7 +425,6 @@ class DoseEngine:
                 if self._horizon is None:
                     self._horizon = now.utc
                 self._cursor = self._horizon
-                self._next_slot_cache = None
                 self._emit(actions, "schedule_changed", {"version": version})
             case StartPause(window=window):
                 self._pauses = pause.start(self._pauses, window)
@@ -434,8 +469,10 @@ class DoseEngine:
     def _on_message(self, message: Message, now: Now, actions: list[Action]) -> None:
         match message:
             case RollInserted():
-                self._sachet = None
-                self._rejected_sachet = None
+                known = self._is_known_roll(message)
+                self._sachet = None  # its SachetRead follows
+                if not known:
+                    self._rejected_sachet = None
                 roll = RollInfo(
                     message.roll_id,
                     message.patient_ref,
@@ -446,7 +483,9 @@ class DoseEngine:
                     message.expiry_utc_s,
                 )
                 self._condition(actions, "roll_unverified", False, now)
-                self._check_roll(roll, now, actions, announce=True)
+                # a roll we already know, announced again after a (re)connect (SPEC 4.1), is
+                # checked again just the same, but is no news for the response centre
+                self._check_roll(roll, now, actions, announce=not known)
             case RollRemoved():
                 self._forget_roll(now, actions, message.roll_id)
             case SachetRead():
@@ -475,6 +514,22 @@ class DoseEngine:
                 self._emit(
                     actions, "unexpected_dispenser_event", {"message": type(message).__name__}
                 )
+
+    def _is_known_roll(self, message: RollInserted) -> bool:
+        """The roll we already know (checked, not merely seen in a Status) announced again: same
+        label, and the reader no further back than where we know it is (it only moves on)."""
+        roll = self._roll
+        return (
+            roll is not None
+            and not roll.unverified
+            and roll.roll_id == message.roll_id
+            and roll_check.same_patient(roll.patient_ref, message.patient_ref)
+            and roll.sachet_count == message.sachet_count
+            and roll.first_dose_utc_s == message.first_dose_utc_s
+            and roll.last_dose_utc_s == message.last_dose_utc_s
+            and roll.expiry_utc_s == message.expiry_utc_s
+            and message.next_index >= roll.next_index
+        )
 
     def _check_roll(self, roll: RollInfo, now: Now, actions: list[Action], announce: bool) -> None:
         self._roll = roll
@@ -516,9 +571,18 @@ class DoseEngine:
         self._condition(actions, "low_supply", low, now, fields)
 
     def _roll_foreign(self) -> bool:
-        if self._roll is None or self._roll.unverified or self._binding is None:
+        roll, binding = self._roll, self._binding
+        if roll is None or roll.unverified or binding is None:
             return False
-        return not roll_check.same_patient(self._binding.patient_ref, self._roll.patient_ref)
+        memo = self._foreign_memo
+        if memo is None or memo[0] is not roll or memo[1] is not binding:
+            memo = (
+                roll,
+                binding,
+                not roll_check.same_patient(binding.patient_ref, roll.patient_ref),
+            )
+            self._foreign_memo = memo
+        return memo[2]
 
     def _roll_state(self) -> str | None:
         if self._roll is None:
@@ -555,6 +619,8 @@ class DoseEngine:
             roll.roll_id,
             roll.next_index,
         )
+        if verdict.ok and self._sachet_matches_a_slot(sachet) is True:
+            self._condition(actions, "plan_mismatch", False, now)
         key = (sachet.roll_id, sachet.index)
         reportable = not verdict.ok and verdict.reason != roll_check.NO_BINDING
         if reportable and self._rejected_sachet != key:
@@ -635,15 +701,16 @@ class DoseEngine:
                 self._supply_conditions(now, actions)
             if self._sachet is not None and self._sachet.index == msg.sachet_index:
                 self._sachet = None
-            self._emit(
-                actions,
-                "sachet_discarded",
-                {
-                    "sachet_index": msg.sachet_index,
-                    "intended_utc": _wire_iso(discard.intended_utc_s),
-                    "reason": discard.reason,
-                },
-            )
+            fields: dict[str, object] = {
+                "sachet_index": msg.sachet_index,
+                "intended_utc": _wire_iso(discard.intended_utc_s),
+                "reason": discard.reason,
+            }
+            self._emit(actions, "sachet_discarded", fields)
+            if discard.reason == NO_SLOT:
+                # the pharmacy packed a dose the schedule does not have (VKP 3.22)
+                roll_id = self._roll.roll_id if self._roll is not None else None
+                self._condition(actions, "plan_mismatch", True, now, {**fields, "roll_id": roll_id})
             return
         self._tray_occupied = False
         slot_id = self._retaining.pop(msg.dispense_id, None) or self._recent.get(msg.dispense_id)
@@ -666,7 +733,9 @@ class DoseEngine:
         """TAKE inside the early window of the next slot: make it due now."""
         if now.trust is TimeTrust.UNTRUSTED or self._schedule is None or self._cursor is None:
             return False
-        if any(r.in_tray for r in self._runs) or any(r.due_utc <= now.utc for r in self._runs):
+        if self._runs:
+            # a dose in the tray, a slot due and held, or one already started early by TAKE:
+            # the press is not a request for the next slot (and never a second run of one)
             return False
         upcoming = self._next_scheduled()
         if upcoming is None or upcoming.due_utc - now.utc > self._cfg.early_window:
@@ -853,7 +922,7 @@ class DoseEngine:
         if (
             not self._link_up
             and self._link_down_since is not None
-            and now.mono - self._link_down_since >= self._cfg.no_contact_after.total_seconds()
+            and now.mono - self._link_down_since >= self._no_contact_s
         ):
             self._condition(actions, "no_contact", True, now)
         self._condition(
@@ -880,6 +949,8 @@ class DoseEngine:
 
     def _run_timers(self, now: Now, actions: list[Action]) -> None:
         for run in list(self._runs):
+            if run.presented_mono is None and run.confirmed_mono is None:
+                continue  # not (maybe) in the tray: no timer runs (lifecycle.on_time agrees)
             result = lifecycle.on_time(run, self._cfg, now.mono)
             if result.missed is not None:
                 self._settle(run, Outcome.MISSED, result.missed, now, actions)
@@ -912,7 +983,7 @@ class DoseEngine:
         if upcoming is None or upcoming.due_utc > now.utc:
             return
         known = {r.slot_id for r in self._runs}
-        for slot in self._schedule.slots_between(cursor, now.utc + _EPSILON):
+        for slot in self._slots(self._schedule).between(cursor, now.utc + _EPSILON):
             if slot.slot_id in known or self._is_settled(slot.slot_id):
                 continue
             run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
@@ -923,7 +994,6 @@ class DoseEngine:
             self._runs.append(run)
         self._runs.sort(key=lambda r: (r.due_utc, r.slot_id))
         self._cursor = now.utc + _EPSILON
-        self._next_slot_cache = None
 
     def _settle_overdue(self, now: Now, actions: list[Action]) -> None:
         for run in list(self._runs):
@@ -1063,9 +1133,25 @@ class DoseEngine:
         if timing is roll_check.SachetTiming.STALE:
             self._send_discard("settled_slot", now, actions)
 
+    def _sachet_matches_a_slot(self, sachet: SachetRead) -> bool | None:
+        """Is the sachet packed for some dose time of the schedule (within the tolerance),
+        settled or to come? None when that cannot be told (no time on the label, no schedule)."""
+        intended = roll_check.wire_time(sachet.intended_utc_s)
+        if intended is None or self._schedule is None:
+            return None
+        tolerance = self._cfg.sachet_time_tolerance
+        start, end = intended - tolerance, intended + tolerance + _EPSILON
+        window = self._slots(self._schedule)
+        if window.covers(start, end):
+            return bool(window.between(start, end))
+        # far from now (an old roll): ask the schedule, leave the window where the engine works
+        return next(iter(self._schedule.slots_between(start, end)), None) is not None
+
     def _send_discard(self, reason: str, now: Now, actions: list[Action]) -> None:
         sachet = self._sachet
         assert sachet is not None
+        if self._sachet_matches_a_slot(sachet) is False:
+            reason = NO_SLOT
         dispense_id = self._take_dispense_id()
         self._discarding[dispense_id] = _Discarding(sachet.index, sachet.intended_utc_s, reason)
         command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
@@ -1086,7 +1172,7 @@ class DoseEngine:
             pattern_sent=self._pattern_sent,
             capabilities=self._caps,
             bin_full=FaultCode.BIN_FULL in self._faults,
-            in_flight=tuple(p.kind for p in self._pending.values()),
+            in_flight=tuple([p.kind for p in self._pending.values()]),
         )
         wanted = WantedDispenser(
             locked=self._roll_foreign(),
@@ -1138,20 +1224,32 @@ class DoseEngine:
         self._next_dispense_id += 1
         return dispense_id
 
+    def _slots(self, schedule: Schedule) -> SlotWindow:
+        """The slot cache of `schedule` (a new schedule starts a new one)."""
+        if self._window is None or self._window.schedule is not schedule:
+            self._window = SlotWindow(schedule)
+        return self._window
+
     def _next_scheduled(self) -> Slot | None:
-        """The first slot due at/after the cursor (cached until the cursor moves)."""
+        """The first slot due at/after the cursor that is neither running nor settled.
+
+        Memoised on everything it depends on: the cursor, the schedule, which slots are
+        running (an early TAKE adds a run without moving the cursor) and the settled count.
+        """
         if self._schedule is None or self._cursor is None:
             return None
-        cached = self._next_slot_cache
-        if cached is not None and cached[0] == self._cursor:
-            return cached[1]
-        slot = self._schedule.next_slot_after(self._cursor - _EPSILON)
-        while slot is not None and (
-            self._is_settled(slot.slot_id) or any(r.slot_id == slot.slot_id for r in self._runs)
-        ):
-            slot = self._schedule.next_slot_after(slot.due_utc)
-        self._next_slot_cache = (self._cursor, slot)
-        return slot
+        running = tuple(r.slot_id for r in self._runs)
+        key = (self._cursor, self._schedule, running, self._settle_count)
+        if self._upcoming is not None and self._upcoming[0] == key:
+            return self._upcoming[1]
+        found: Slot | None = None
+        for slot in self._slots(self._schedule).iter_from(self._cursor):
+            slot_id = slot.slot_id
+            if slot_id not in running and not self._is_settled(slot_id):
+                found = slot
+                break
+        self._upcoming = (key, found)
+        return found
 
     def _is_settled(self, slot_id: str) -> bool:
         return any(s.slot_id == slot_id for s in self._settled)
@@ -1198,6 +1296,7 @@ class DoseEngine:
         """The one place a slot gets its terminal outcome: one RecordOutcome, one slot_outcome."""
         self._runs = [r for r in self._runs if r.slot_id != run.slot_id]
         self._settled.append(SettledSlot(run.slot_id, run.due_utc))
+        self._settle_count += 1
         if run.dispense_id is not None:
             self._recent[run.dispense_id] = run.slot_id
             while len(self._recent) > RECENT_DISPENSES:

@@ -186,6 +186,8 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
     repeat = _seconds(config.reminder_repeat)
     reminders = int(elapsed // repeat) if repeat > 0 else 0
     remind = reminders > run.reminders_sent or bool(escalated)
+    if not remind:
+        return TimerResult(run)  # nothing due yet: no copy (this runs on every engine step)
     updated = replace(
         run,
         pattern=pattern,

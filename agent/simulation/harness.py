@@ -455,12 +455,15 @@ class Simulation:
             self._link_up()
 
     def _link_up(self) -> None:
+        """The link comes (back) up: Hello -> Capabilities, then (SPEC 4.1) a loaded roll is
+        announced again (RollInserted + SachetRead). Like the real driver, the shell reports
+        LinkUp first and then hands on what the dispenser sent after Capabilities."""
         if self._engine is None:
             return
         reply = self._model.handle(Hello(self._next_req_id(), PROTOCOL_VERSION, "sim"))
-        caps = reply[0]
+        caps, announced = reply[0], reply[1:]
         assert isinstance(caps, Capabilities)
-        self._feed([LinkUp(caps)])
+        self._feed([LinkUp(caps), *(FromDispenser(message) for message in announced)])
 
     def _next_req_id(self) -> int:
         self._req_id = (self._req_id + 1) & 0xFFFF
