@@ -3,8 +3,9 @@
 Two lanes, each in sequence order:
 - *live*: events stored since the current MQTT connection came up;
 - *backlog*: events that were waiting when it came up (published with `replayed: true`).
-Every round publishes the live lane first, then a slice of the backlog, so a long backlog never
-delays a fresh missed-dose event by more than one round. The response centre orders by
+Each pass hands paho the live lane first, then a slice of the backlog, keeping up to `window`
+publishes in flight, so a long backlog never delays a fresh missed-dose event by more than one
+slice. The response centre orders by
 (unit_id, seq), never by arrival (docs/response-centre-guide.md).
 
 A third lane serves "re-send from sequence N" commands: already-delivered events are published
@@ -17,6 +18,7 @@ again after the next connect (the receiver dedups on event_id / (unit_id, seq)).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from agent.store.outbox import OutboxEvent
 log = logging.getLogger(__name__)
 
 EnvelopeBuilder = Callable[[OutboxEvent, bool], bytes]
+ACK_BATCH = 200  # acknowledged events marked delivered per commit while draining
 
 
 @dataclass
@@ -58,7 +61,6 @@ class OutboxPublisher:
         self._rejected_backoff_s = rejected_backoff_s
         self._wake = asyncio.Event()
         self._live_after = 0  # seqs above this were stored during the current connection
-        self._connection = -1  # the link's connect count when _live_after was set
         self._resend_next: int | None = None
         self._resend_until = 0
         self.stats = PublisherStats()
@@ -78,65 +80,107 @@ class OutboxPublisher:
         while True:
             await self._mqtt.wait_connected()
             try:
-                busy = await self._round()
+                await self._serve_connection()
             except NotConnected:
-                log.info("publisher: connection lost, events stay in the outbox")
-                continue
+                log.info("publisher: connection lost, unacknowledged events stay in the outbox")
             except PublishRejected as exc:
                 self.stats.rejected += 1
                 log.error(
                     "broker refused an event (%s); retry in %.0f s", exc, self._rejected_backoff_s
                 )
                 await asyncio.sleep(self._rejected_backoff_s)
-                continue
-            if not busy:
-                self._wake.clear()
-                await self._wake.wait()
+            except Exception:
+                # A bug (an event that does not fit the contract): keep it in the outbox, keep the
+                # daemon up, and let the growing backlog in the health topic show it.
+                self.stats.failures += 1
+                log.exception("publishing failed; retry in %.0f s", self._rejected_backoff_s)
+                await asyncio.sleep(self._rejected_backoff_s)
 
-    async def _round(self) -> bool:
-        """Publish one round; True if there may be more to do right away."""
-        connects = self._mqtt.stats.connects
-        if connects != self._connection:
-            # First round on a new connection: whatever is stored now waited offline (backlog).
-            self._connection = connects
-            self._live_after = self._store.last_event_seq()
-        live = self._store.pending_events(after_seq=self._live_after, limit=self._window)
-        backlog = [
-            e
-            for e in self._store.pending_events(after_seq=0, limit=self._window)
-            if e.seq <= self._live_after
-        ]
-        resend = self._resend_slice()
-        if not live and not backlog and not resend:
-            return False
-        self.stats.rounds += 1
-        batch = [(e, False) for e in live] + [(e, True) for e in backlog]
-        results = await asyncio.gather(
-            *(self._publish(event, replayed) for event, replayed in batch),
-            *(self._publish(event, True) for event in resend),
-            return_exceptions=True,
-        )
-        acked = [
-            event.seq
-            for (event, _), result in zip(batch, results[: len(batch)], strict=True)
-            if result is None
-        ]
-        if acked:
-            with self._store.transaction():
-                for seq in acked:
-                    self._store.mark_delivered(seq)
+    async def _serve_connection(self) -> None:
+        """Stream events while this connection lasts, up to `window` publishes in flight.
+
+        Publishes are handed to paho in seq order within each lane, so the broker forwards them
+        in that order; acknowledged seqs are marked delivered in batches (one commit per batch:
+        few SD-card writes). Returns only by raising the first publish failure.
+        """
+        self._live_after = self._store.last_event_seq()  # stored before this connection: backlog
+        live_cursor, backlog_cursor = self._live_after, 0
+        slots = asyncio.Semaphore(self._window)
+        in_flight: set[asyncio.Task[None]] = set()
+        acked: list[int] = []
+        failures: list[BaseException] = []
+
+        def settled(seq: int, counts: bool, task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            slots.release()
+            if task.cancelled():
+                failures.append(NotConnected("publish cancelled"))
+            elif (error := task.exception()) is not None:
+                failures.append(error)
+            elif counts:
+                acked.append(seq)
+            else:
+                self.stats.replayed += 1
+
+        try:
+            while not failures:
+                self._wake.clear()  # before reading: a commit after this wakes us again
+                live = self._store.pending_events(after_seq=live_cursor, limit=self._window)
+                backlog = [
+                    e
+                    for e in self._store.pending_events(
+                        after_seq=backlog_cursor, limit=self._window
+                    )
+                    if e.seq <= self._live_after
+                ]
+                batch = (
+                    [(e, False, True) for e in live]
+                    + [(e, True, True) for e in backlog]
+                    + [(e, True, False) for e in self._resend_slice()]
+                )
+                if not batch:
+                    self._mark_delivered(acked)
+                    if in_flight:
+                        await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await self._wake.wait()
+                    continue
+                self.stats.rounds += 1
+                for event, replayed, counts in batch:
+                    await slots.acquire()
+                    if failures:
+                        slots.release()
+                        break
+                    task = asyncio.create_task(
+                        self._publish(event, replayed), name=f"publish-seq-{event.seq}"
+                    )
+                    in_flight.add(task)
+                    task.add_done_callback(functools.partial(settled, event.seq, counts))
+                    if not counts:
+                        continue
+                    if replayed:
+                        backlog_cursor = event.seq
+                    else:
+                        live_cursor = event.seq
+                if len(acked) >= ACK_BATCH:
+                    self._mark_delivered(acked)
+        finally:
+            if in_flight:
+                await asyncio.wait(set(in_flight))  # each ends quickly: acked or connection lost
+            self._mark_delivered(acked)
+        raise failures[0]
+
+    def _mark_delivered(self, acked: list[int]) -> None:
+        if not acked:
+            return
+        with self._store.transaction():
+            for seq in acked:
+                self._store.mark_delivered(seq)
         self.stats.published += len(acked)
-        if resend and all(r is None for r in results[len(batch) :]):
-            self.stats.replayed += len(resend)
-            self._resend_next = resend[-1].seq + 1
-            if self._resend_next > self._resend_until:
-                self._resend_next = None
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return True
+        acked.clear()
 
     def _resend_slice(self) -> list[OutboxEvent]:
+        """The next slice of a "re-send from seq N" request (best effort on one connection)."""
         if self._resend_next is None:
             return []
         events = [
@@ -144,7 +188,9 @@ class OutboxPublisher:
             for e in self._store.events_from(self._resend_next, limit=self._window)
             if e.seq <= self._resend_until
         ]
-        if not events:
+        if events:
+            self._resend_next = events[-1].seq + 1
+        if not events or self._resend_next > self._resend_until:
             self._resend_next = None
         return events
 

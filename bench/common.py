@@ -1,0 +1,332 @@
+"""Shared parts of the benchmarks: figures and the final table, percentiles, and rig helpers
+(a private mosquitto, a timestamping paho subscriber, /proc readings).
+
+A benchmark returns `Figure`s: a value, the baseline measured in the same run, and the target as
+the issue states it. Targets are reported (met or not), never enforced: benchmarks do not gate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 30.0  # bound on every wait for a condition in the rigs
+
+
+class MeasurementError(RuntimeError):
+    """A measurement could not be taken (rig failed, condition never met): no figure."""
+
+
+# --- figures and the table -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One row of the final table."""
+
+    name: str
+    value: float
+    baseline: float | None
+    unit: str
+    target: str  # as the issue states it, e.g. "p99 <= 3x baseline p99"
+    met: bool | None  # None: no target was set for this figure
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    # Four significant digits: a figure next to its target (45.01 vs 45) must not round onto it.
+    text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return f"{text} {unit}".rstrip()
+
+
+def format_table(figures: Sequence[Figure]) -> str:
+    """The final table: figure, value, baseline, ratio, target, met."""
+    header = ("figure", "value", "baseline", "ratio", "target", "met")
+    rows = [header]
+    for fig in figures:
+        ratio = fig.ratio
+        rows.append(
+            (
+                fig.name,
+                _number(fig.value, fig.unit),
+                _number(fig.baseline, fig.unit),
+                "-" if ratio is None else f"{ratio:.3g}x",
+                fig.target,
+                "-" if fig.met is None else ("yes" if fig.met else "NO"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    notes = [f"  * {fig.name}: {fig.note}" for fig in figures if fig.note]
+    return "\n".join(lines + notes)
+
+
+def say(text: str) -> None:
+    """Progress and detail lines (the table comes last)."""
+    print(text, flush=True)
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between closest ranks (numpy's
+    default). Raises MeasurementError on no samples: a figure without data is a failure."""
+    if not samples:
+        raise MeasurementError("no samples")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile out of range: {q}")
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+# --- rig: a private mosquitto ----------------------------------------------------------------
+
+
+class Broker(Protocol):
+    """What the benchmarks use of tests/broker.py's MosquittoBroker."""
+
+    host: str
+    port: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _broker_module() -> Any:
+    # tests/ is not a package and not installed; load the test rig's broker module by path
+    # rather than putting tests/ on sys.path (its names could shadow real modules).
+    path = REPO / "tests" / "broker.py"
+    spec = importlib.util.spec_from_file_location("bench_tests_broker", path)
+    if spec is None or spec.loader is None:
+        raise MeasurementError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def mosquitto(workdir: Path, extra_config: Sequence[str] = ()) -> Iterator[Broker]:
+    """A private mosquitto on 127.0.0.1 (no persistence: nothing here must survive it)."""
+    module = _broker_module()
+    try:
+        broker: Broker = module.MosquittoBroker(
+            workdir / "mosquitto", persistence=False, extra_config=tuple(extra_config)
+        )
+        broker.start()
+    except module.BrokerError as exc:
+        raise MeasurementError(f"{exc} (scripts/ensure-mosquitto.sh installs it)") from exc
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# --- rig: paho clients -----------------------------------------------------------------------
+
+
+def paho_client(client_id: str, *, v5: bool = True) -> paho.Client:
+    return paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+    )
+
+
+def connect_and_start(client: paho.Client, port: int, timeout: float = WAIT_S) -> None:
+    """Connect, start the network thread, and wait (bounded) for the CONNACK."""
+    connected = threading.Event()
+    previous = client.on_connect
+
+    def on_connect(*args: Any) -> None:
+        connected.set()
+        if previous is not None:
+            previous(*args)
+
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    if not connected.wait(timeout):
+        stop_client(client)
+        raise MeasurementError(f"paho client did not connect to 127.0.0.1:{port}")
+
+
+def stop_client(client: paho.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    at: float  # time.perf_counter() in the paho thread when the message arrived
+    topic: str
+    payload: bytes
+
+    def json(self) -> dict[str, Any]:
+        value = json.loads(self.payload)
+        if not isinstance(value, dict):
+            raise MeasurementError(f"{self.topic}: not a JSON object")
+        return value
+
+
+@dataclass
+class Subscriber:
+    """A paho subscriber standing in for the response centre; stamps every arrival."""
+
+    port: int
+    topic: str
+    client_id: str = "bench-subscriber"
+    on_receive: Callable[[Received], None] | None = None
+    received: list[Received] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _client: paho.Client | None = None
+
+    def start(self) -> None:
+        client = paho_client(self.client_id)
+        subscribed = threading.Event()
+        client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", self.port, keepalive=30)
+        client.loop_start()
+        self._client = client
+        if not subscribed.wait(WAIT_S):
+            self.stop()
+            raise MeasurementError(f"subscriber did not subscribe to {self.topic}")
+
+    def stop(self) -> None:
+        if self._client is not None:
+            stop_client(self._client)
+            self._client = None
+
+    def __enter__(self) -> Subscriber:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        item = Received(time.perf_counter(), msg.topic, bytes(msg.payload))
+        try:
+            if self.on_receive is not None:
+                self.on_receive(item)
+        finally:
+            with self._cond:
+                self.received.append(item)
+                self._cond.notify_all()
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.received)
+
+    def snapshot(self) -> list[Received]:
+        with self._cond:
+            return list(self.received)
+
+    def wait_for(
+        self, predicate: Callable[[list[Received]], bool], timeout: float, what: str
+    ) -> None:
+        """Block until `predicate(received)` holds; MeasurementError after `timeout` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self.received), timeout):
+                raise MeasurementError(f"{what}: not within {timeout:.0f} s")
+
+
+# --- /proc readings ----------------------------------------------------------------------------
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    """One reading of a process: context switches over all its threads, CPU time, RSS."""
+
+    wall: float  # time.monotonic()
+    switches: int  # voluntary + nonvoluntary, summed over /proc/PID/task/*
+    threads: int
+    cpu_s: float  # utime + stime of the whole process
+    rss_kib: int
+
+
+def _status_fields(path: Path) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def proc_sample(pid: int) -> ProcSample:
+    """Read /proc for `pid`; MeasurementError if the process is gone."""
+    base = Path(f"/proc/{pid}")
+    try:
+        wall = time.monotonic()
+        switches = 0
+        threads = 0
+        for task in (base / "task").iterdir():
+            try:
+                status = _status_fields(task / "status")
+            except FileNotFoundError:
+                continue  # the thread ended between listing and reading
+            switches += int(status["voluntary_ctxt_switches"])
+            switches += int(status["nonvoluntary_ctxt_switches"])
+            threads += 1
+        # /proc/PID/stat: fields after the ")" of the command name; utime, stime are 14 and 15.
+        stat = (base / "stat").read_text()
+        after = stat[stat.rindex(")") + 2 :].split()
+        cpu_s = (int(after[11]) + int(after[12])) / CLOCK_TICKS
+        rss_kib = int(_status_fields(base / "status")["VmRSS"].split()[0])
+    except (FileNotFoundError, ProcessLookupError, KeyError) as exc:
+        raise MeasurementError(f"process {pid} is gone or unreadable: {exc}") from exc
+    return ProcSample(wall, switches, threads, cpu_s, rss_kib)
+
+
+@dataclass(frozen=True, slots=True)
+class IdleCost:
+    wakeups_per_s: float
+    cpu_percent: float
+    rss_mb: float  # 10^6 bytes (VmRSS is in KiB)
+    threads: tuple[int, int]  # before, after (a thread that ended takes its switches with it)
+
+
+def idle_cost(before: ProcSample, after: ProcSample) -> IdleCost:
+    wall = after.wall - before.wall
+    if wall <= 0:
+        raise MeasurementError("empty measurement window")
+    return IdleCost(
+        wakeups_per_s=(after.switches - before.switches) / wall,
+        cpu_percent=100.0 * (after.cpu_s - before.cpu_s) / wall,
+        rss_mb=after.rss_kib * 1024 / 1e6,
+        threads=(before.threads, after.threads),
+    )
