@@ -659,6 +659,7 @@ class _QuietClient(paho.Client):
                 self.on_thread_exit()
 
 
+@functools.lru_cache(maxsize=64)
 def _publish_properties(
     message_expiry_s: int | None,
     response_topic: str | None,

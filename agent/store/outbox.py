@@ -16,9 +16,9 @@ append (no extra commit, no extra SD-card write). The audit record of an event s
 Bound (``outbox_limit``, default 50,000 *undelivered* events): when an append finds the outbox full,
 it deletes the oldest undelivered event whose kind is in ``droppable_kinds`` (the daemon passes
 the engine's low-value kinds: button presses, lid open/close, ...) and audits what was dropped
-(seq, id, kind, occurred time): the receiver sees a gap in seq, and the audit log explains it. If
-nothing droppable is left, the new event is **still appended** over the limit: a dose outcome or alarm is never dropped, the disk is
-the last bound. Dropped sequence numbers are not reused.
+(seq, id, kind, occurred time): the receiver sees a gap in seq, and the audit log explains it.
+If nothing droppable is left, the new event is **still appended** over the limit: a dose outcome
+or alarm is never dropped, the disk is the last bound. Dropped sequence numbers are not reused.
 """
 
 from __future__ import annotations
