@@ -73,6 +73,7 @@ from drivers.transport import Transport
 from protocol.messages import (
     AlertPattern,
     Capabilities,
+    Command,
     Feature,
     Message,
     SetAlert,
@@ -86,7 +87,7 @@ ENGINE_STATE_KEY = "engine_state"
 MAX_TIMER_SLEEP_S = 60.0  # re-read the clock at least this often (wall-clock jumps, NTP sync)
 EXIT_STATE_FAULT = 70
 RTC_TOLERANCE_S = 2.0
-DISPENSER_COMMANDS = typing.get_args(dsession.Command)
+DISPENSER_COMMANDS = typing.get_args(Command)
 
 
 class DaemonFaultError(Exception):

@@ -53,37 +53,19 @@ from protocol.link import (
 )
 from protocol.messages import (
     Capabilities,
+    Command,
     CommandResult,
     Direction,
-    Discard,
-    Dispense,
-    FactoryReset,
     GetStatus,
     GetTime,
     Hello,
     Message,
-    Retain,
-    SetAlert,
-    SetLock,
-    SetTime,
     Status,
     TimeReport,
 )
 
 log = logging.getLogger(__name__)
 
-Command: TypeAlias = (
-    Hello
-    | Dispense
-    | Discard
-    | Retain
-    | SetAlert
-    | SetLock
-    | GetStatus
-    | GetTime
-    | SetTime
-    | FactoryReset
-)
 Reply: TypeAlias = Capabilities | CommandResult | Status | TimeReport
 REPLY_TYPES: tuple[type[Reply], ...] = (Capabilities, CommandResult, Status, TimeReport)
 

@@ -338,7 +338,7 @@ class TimeReport:
     utc_s: U64T
 
 
-Message: TypeAlias = (
+Command: TypeAlias = (
     Hello
     | Dispense
     | Discard
@@ -349,7 +349,11 @@ Message: TypeAlias = (
     | GetTime
     | SetTime
     | FactoryReset
-    | Capabilities
+)
+"""Every agent -> dispenser message (each carries a req_id and gets exactly one reply)."""
+
+FromDispenser: TypeAlias = (
+    Capabilities
     | CommandResult
     | RollInserted
     | RollRemoved
@@ -366,7 +370,9 @@ Message: TypeAlias = (
     | TimeReport
 )
 
-ALL_MESSAGES: tuple[type[Message], ...] = typing.get_args(Message)
+Message: TypeAlias = Command | FromDispenser
+
+ALL_MESSAGES: tuple[type[Message], ...] = typing.get_args(Command) + typing.get_args(FromDispenser)
 
 
 @dataclass(frozen=True, slots=True)
