@@ -72,6 +72,7 @@ REPLY_TYPES: tuple[type[Reply], ...] = (Capabilities, CommandResult, Status, Tim
 # A session that ends sooner than this after its handshake counts as flapping: the next reconnect
 # waits (growing), instead of hammering a dispenser that drops us right away.
 STABLE_LINK_S = 10.0
+STOPPED = "session stopped"
 
 
 def _agent_version() -> str:
@@ -268,8 +269,8 @@ class DispenserSession:
         finally:
             self._running = False
             if self._conn is not None:
-                await self._teardown(self._conn, "session stopped")
-            self._report_down("session stopped")
+                await self._teardown(self._conn, STOPPED)
+            self._report_down(STOPPED)
 
     async def request(self, command: Command) -> Reply:
         """Send `command` and return the dispenser's reply.
@@ -382,7 +383,9 @@ class DispenserSession:
                 conn.pump.exception()  # retrieved: its reason is reported below or by the retry
         await conn.transport.close()
         if reason is not None:
-            log.warning("dispenser link down: %s", reason)
+            # Our own shutdown is not a fault worth a warning.
+            level = logging.INFO if reason == STOPPED else logging.WARNING
+            log.log(level, "dispenser link down: %s", reason)
             self._report_down(reason)
 
     def _fail_pending(self, reason: str) -> None:

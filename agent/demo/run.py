@@ -165,15 +165,15 @@ async def _main(speed: float, color: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="dispenser-demo-") as tmp:
         workdir = Path(tmp)
         async with EmbeddedBroker() as broker:
-            view = LiveView("127.0.0.1", broker.port, sys.stdout, color)
-            view.start()
-            await asyncio.to_thread(view.wait_subscribed, 10)
             day = DemoDay(workdir, broker.port, speed)
             print(
                 f"demo: simulated dispenser on {day.runner.device_path}, broker 127.0.0.1:"
                 f"{broker.port}, clock {speed:g}x from {day.start:%H:%M} (Europe/Oslo)\n",
                 flush=True,
             )
+            view = LiveView("127.0.0.1", broker.port, sys.stdout, color)
+            view.start()
+            await asyncio.to_thread(view.wait_subscribed, 10)
             try:
                 await day.run(view)
                 delivered = day.store.last_event_seq()
