@@ -176,10 +176,16 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     expired["issued_at"] = "2020-01-01T00:00:00Z"
     expired["expires_at"] = "2020-01-01T01:00:00Z"
     publish_command(port, UNIT, json.dumps(expired).encode())
+    # unauthorised-looking: a command the unit does not have, and one smuggling extra fields
+    dispense_now = command("dispense_now")
+    publish_command(port, UNIT, json.dumps(dispense_now).encode())
+    smuggled = command("silence", minutes=5)
+    smuggled["as_unit"] = "another-unit"
+    publish_command(port, UNIT, json.dumps(smuggled).encode())
     status = command("request_status")
     publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-1")
     publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-2")
-    rig.wait(lambda s: len(s.responses) >= 4)
+    rig.wait(lambda s: len(s.responses) >= 6)
     by_id = {}
     for response in rig.stream.responses:
         by_id.setdefault(response["command_id"], []).append(response)
@@ -187,11 +193,15 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     assert "minutes" in by_id[bad["command_id"]][0]["error"]["message"]
     assert by_id[expired["command_id"]][0]["status"] == "expired"
     assert [r["status"] for r in by_id[status["command_id"]]] == ["ok", "duplicate"]
+    assert by_id[dispense_now["command_id"]][0]["error"]["code"] == "unknown_command"
+    assert by_id[smuggled["command_id"]][0]["status"] == "rejected"
+    assert "as_unit" in by_id[smuggled["command_id"]][0]["error"]["message"]
     assert by_id[status["command_id"]][0]["result"]["dispenser_link"] == "up"
     # the unreadable one has no id to answer; it is an event (and an audit record)
-    rig.wait(lambda s: len(s.of_kind("command_rejected")) >= 3)
+    rig.wait(lambda s: len(s.of_kind("command_rejected")) >= 5)
     codes = {e["data"]["code"] for e in rig.stream.of_kind("command_rejected")}
-    assert {"malformed_json", "invalid_command", "expired"} <= codes
+    assert {"malformed_json", "invalid_command", "expired", "unknown_command"} <= codes
+    assert rig.runner.snapshot().dispensed == ()  # nothing a command said made it dispense
 
 
 def test_roll_loaded_while_the_agent_was_down_is_verified_on_reconnect(rig: Rig) -> None:
