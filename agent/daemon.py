@@ -495,11 +495,10 @@ class Daemon:
         self, payload: bytes, response_topic: str | None, correlation: bytes | None
     ) -> None:
         topic = response_topic or self.topics.command_response
-        with contextlib.suppress(Exception):
+        try:
             await self.mqtt.publish(topic, payload, qos=1, correlation_data=correlation)
-
-    def trust(self) -> TimeTrust:
-        return self.clock.now().trust
+        except Exception as exc:  # the command is recorded: a resent command id gets the answer
+            log.warning("command response not delivered (%s); a retry of the command gets it", exc)
 
 
 def _failure_token(exc: dsession.SessionError) -> str:
