@@ -17,9 +17,14 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.clock import Now, TimeTrust, detect_wall_jump, load_zone
-from agent.engine import alerts, dispenser_sync, lifecycle, pause, roll_check
+from agent.engine import alerts, dispenser_mirror, lifecycle, pause, roll_check
 from agent.engine.alerts import ConditionBook, LatchedAlert
-from agent.engine.dispenser_sync import KnownDispenser, PendingCommand, WantedDispenser
+from agent.engine.dispenser_mirror import (
+    DispenserMirror,
+    KnownDispenser,
+    PendingCommand,
+    WantedDispenser,
+)
 from agent.engine.lifecycle import Phase, SlotRun
 from agent.engine.schedule import Schedule, Slot
 from agent.engine.slot_window import SlotWindow
@@ -62,7 +67,6 @@ from protocol.messages import (
     AlertPattern,
     ButtonId,
     ButtonPressed,
-    Capabilities,
     CommandResult,
     Discard,
     Dispense,
@@ -98,13 +102,6 @@ __all__ = [
 ]
 
 U32_MAX = 0xFFFF_FFFF
-BLOCKING_FAULTS = (
-    FaultCode.JAM,
-    FaultCode.SENSOR,
-    FaultCode.CUTTER,
-    FaultCode.READER,
-    FaultCode.TAMPER,
-)
 BATTERY_LOW_PCT, BATTERY_LOW_CLEAR_PCT = 20, 25  # hysteresis: no flapping at the boundary
 BATTERY_EMPTY_PCT, BATTERY_EMPTY_CLEAR_PCT = 3, 5
 # sachet_discarded reason: the sachet matches no dose time of the schedule (plan_mismatch)
@@ -141,10 +138,12 @@ class DoseEngine:
         self._settled: list[SettledSlot] = list(state.settled)
         self._roll = state.roll
         self._book = ConditionBook(present=state.raised_conditions, raised=state.raised_conditions)
-        self._locked_by_agent = state.locked_by_agent
         self._next_alert_seq = state.next_alert_seq
         self._starts = state.starts + 1
         self._extra = dict(state.extra)
+        self._mirror = DispenserMirror(
+            link_down_since=now.mono, locked_by_agent=state.locked_by_agent
+        )
         # not durable: learned again from the dispenser after a restart
         self._runs: list[SlotRun] = []
         self._cursor = state.horizon_utc  # slots due up to here have been picked up
@@ -156,18 +155,9 @@ class DoseEngine:
         self._foreign_memo: tuple[object, object, bool] | None = None
         self._sachet: SachetRead | None = None
         self._rejected_sachet: tuple[str, int] | None = None
-        self._link_up = False
-        self._caps: Capabilities | None = None
-        self._link_down_since: float | None = now.mono
-        self._status_known = False
-        self._tray_occupied: bool | None = None
-        self._lock_actual: bool | None = None
-        self._pattern_sent: AlertPattern | None = None
-        self._silenced_until: float | None = None
         self._pending: dict[str, PendingCommand] = {}
         self._correlations = 0
         self._retry_at: float | None = None
-        self._faults: list[FaultCode] = []
         self._discarding: dict[int, _Discarding] = {}
         self._retain_queue: list[int] = []
         self._retaining: dict[int, str] = {}
@@ -205,7 +195,7 @@ class DoseEngine:
             settled=tuple(self._settled),
             roll=self._roll,
             raised_conditions=self._book.raised,
-            locked_by_agent=self._locked_by_agent,
+            locked_by_agent=self._mirror.locked_by_agent,
             next_alert_seq=self._next_alert_seq,
             starts=self._starts,
             extra=dict(self._extra),
@@ -241,16 +231,16 @@ class DoseEngine:
             # period passes, a pause begins or ends): what the engine decides changes then too
             instants.extend(self._mono_at(at, now) for at in self._wall_changes(now.utc))
         if (
-            not self._link_up
-            and self._link_down_since is not None
+            not self._mirror.link_up
+            and self._mirror.link_down_since is not None
             and "no_contact" not in self._book.raised
         ):
-            instants.append(self._link_down_since + self._no_contact_s)
+            instants.append(self._mirror.link_down_since + self._no_contact_s)
         release = alerts.next_release(self._book, self._chatty_s)
         if release is not None:
             instants.append(release)
-        if self._silenced_until is not None:
-            instants.append(self._silenced_until)
+        if self._mirror.silenced_until is not None:
+            instants.append(self._mirror.silenced_until)
         if self._retry_at is not None:
             instants.append(self._retry_at)
         return min(instants) if instants else None
@@ -288,7 +278,7 @@ class DoseEngine:
         return {
             "bound": self._binding is not None,
             "schedule_version": self._schedule_version,
-            "link": "up" if self._link_up else "down",
+            "link": "up" if self._mirror.link_up else "down",
             "roll_id": self._roll.roll_id if self._roll else None,
             "roll_state": self._roll_state(),
             "sachets_remaining": self._roll.remaining if self._roll else None,
@@ -405,17 +395,17 @@ class DoseEngine:
             case CommandOutcome():
                 self._on_outcome(inp, now, actions)
             case LinkUp(capabilities=caps):
-                self._link_up, self._caps = True, caps
-                self._link_down_since = None
-                self._status_known = False
-                self._pattern_sent = None  # the dispenser may have rebooted
+                self._mirror.link_up, self._mirror.capabilities = True, caps
+                self._mirror.link_down_since = None
+                self._mirror.status_known = False
+                self._mirror.pattern_sent = None  # the dispenser may have rebooted
                 self._retry_at = None
                 self._condition(actions, "no_contact", False, now)
             case LinkDown(reason=reason):
-                if self._link_up:
-                    self._link_down_since = now.mono
-                self._link_up = False
-                self._status_known = False
+                if self._mirror.link_up:
+                    self._mirror.link_down_since = now.mono
+                self._mirror.link_up = False
+                self._mirror.status_known = False
                 self._pending.clear()  # their outcomes (if any) are ignored from now on
                 self._extra["last_link_down_reason"] = reason
             case SetBinding(binding=binding):
@@ -451,7 +441,7 @@ class DoseEngine:
                         },
                     )
             case Silence(duration=duration):
-                self._silenced_until = now.mono + duration.total_seconds()
+                self._mirror.silenced_until = now.mono + duration.total_seconds()
                 self._emit(actions, "alert_silenced", {"seconds": duration.total_seconds()})
 
     def _on_binding(self, binding: Binding | None, now: Now, actions: list[Action]) -> None:
@@ -641,7 +631,7 @@ class DoseEngine:
         self._runs = [updated if r.slot_id == updated.slot_id else r for r in self._runs]
 
     def _on_presented(self, msg: DosePresented, now: Now, actions: list[Action]) -> None:
-        self._tray_occupied = True
+        self._mirror.tray_occupied = True
         if self._roll is not None and not self._roll.unverified:
             self._roll = replace(
                 self._roll, next_index=max(self._roll.next_index, msg.sachet_index + 1)
@@ -673,7 +663,7 @@ class DoseEngine:
         )
 
     def _on_taken(self, msg: DoseTaken, now: Now, actions: list[Action]) -> None:
-        self._tray_occupied = False
+        self._mirror.tray_occupied = False
         run = self._run_by_dispense(msg.dispense_id)
         if run is not None:
             self._settle(run, Outcome.TAKEN, None, now, actions, taken_at=now.utc)
@@ -712,7 +702,7 @@ class DoseEngine:
                 roll_id = self._roll.roll_id if self._roll is not None else None
                 self._condition(actions, "plan_mismatch", True, now, {**fields, "roll_id": roll_id})
             return
-        self._tray_occupied = False
+        self._mirror.tray_occupied = False
         slot_id = self._retaining.pop(msg.dispense_id, None) or self._recent.get(msg.dispense_id)
         self._emit(
             actions,
@@ -749,7 +739,10 @@ class DoseEngine:
 
     def _on_power(self, mains: bool, pct: int, now: Now, actions: list[Action]) -> None:
         self._condition(actions, "mains_lost", not mains, now, {"battery_pct": pct})
-        if self._caps is not None and not self._caps.features & Feature.BATTERY:
+        if (
+            self._mirror.capabilities is not None
+            and not self._mirror.capabilities.features & Feature.BATTERY
+        ):
             return
         fields: dict[str, object] = {"battery_pct": pct, "mains": mains}
         if pct <= BATTERY_EMPTY_PCT:
@@ -764,23 +757,23 @@ class DoseEngine:
     def _on_fault(
         self, fault: FaultCode, active: bool, detail: str, now: Now, actions: list[Action]
     ) -> None:
-        if active and fault not in self._faults:
-            self._faults.append(fault)
+        if active and fault not in self._mirror.faults:
+            self._mirror.faults.append(fault)
         elif not active:
-            self._faults = [f for f in self._faults if f is not fault]
+            self._mirror.faults = [f for f in self._mirror.faults if f is not fault]
         kind = f"fault_{fault.name.lower()}"
         self._condition(actions, kind, active, now, {"detail": detail})
 
     def _apply_status(self, status: Status, now: Now, actions: list[Action]) -> None:
-        self._status_known = True
-        self._tray_occupied = status.tray_occupied
-        self._lock_actual = status.locked
-        self._pattern_sent = status.alert
+        self._mirror.status_known = True
+        self._mirror.tray_occupied = status.tray_occupied
+        self._mirror.lock_actual = status.locked
+        self._mirror.pattern_sent = status.alert
         self._condition(actions, "lid_open", status.lid_open, now)
         self._on_power(status.mains, status.battery_pct, now, actions)
         for fault in FaultCode:
             active = bool(status.active_faults & (1 << fault))
-            if active != (fault in self._faults):
+            if active != (fault in self._mirror.faults):
                 self._on_fault(fault, active, "status", now, actions)
         if not status.roll_id:
             if self._roll is not None:
@@ -817,7 +810,7 @@ class DoseEngine:
         if reply is None or (isinstance(reply, CommandResult) and reply.result is ResultCode.BUSY):
             self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
             if pending.kind == "set_alert":
-                self._pattern_sent = None
+                self._mirror.pattern_sent = None
             if pending.kind == "retain" and pending.dispense_id is not None:
                 self._retain_queue.append(pending.dispense_id)
             if pending.kind == "dispense" and pending.slot_id is not None:
@@ -850,16 +843,16 @@ class DoseEngine:
                 if pending.dispense_id is not None:
                     self._retaining.pop(pending.dispense_id, None)
                 if result is ResultCode.NOTHING_PRESENTED:
-                    self._tray_occupied = False
+                    self._mirror.tray_occupied = False
             case "set_alert":
                 if isinstance(pending.command, SetAlert):
-                    self._pattern_sent = (
+                    self._mirror.pattern_sent = (
                         pending.command.pattern if result is ResultCode.OK else None
                     )
             case "set_lock":
                 if isinstance(pending.command, SetLock) and result is ResultCode.OK:
-                    self._lock_actual = pending.command.locked
-                    self._locked_by_agent = pending.command.locked
+                    self._mirror.lock_actual = pending.command.locked
+                    self._mirror.locked_by_agent = pending.command.locked
 
     def _dispense_result(
         self, pending: PendingCommand, result: ResultCode, now: Now, actions: list[Action]
@@ -870,7 +863,7 @@ class DoseEngine:
         if result in (ResultCode.OK, ResultCode.ALREADY_DONE):
             self._replace_run(lifecycle.confirmed(run, now.mono))
             if result is ResultCode.ALREADY_DONE:
-                self._status_known = False  # ask whether the dose is in the tray
+                self._mirror.status_known = False  # ask whether the dose is in the tray
             return
         reason = {
             ResultCode.NO_ROLL: "no_roll",
@@ -888,12 +881,12 @@ class DoseEngine:
         elif result is ResultCode.JAMMED:
             self._on_fault(FaultCode.JAM, True, "dispense refused", now, actions)
         elif result is ResultCode.TRAY_OCCUPIED:
-            self._tray_occupied = True
+            self._mirror.tray_occupied = True
         elif result is ResultCode.LOCKED:
-            self._lock_actual = True
+            self._mirror.lock_actual = True
         elif result is ResultCode.WRONG_SACHET:
             self._sachet = None
-            self._status_known = False
+            self._mirror.status_known = False
         else:
             self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
         self._hold(run.slot_id, reason, actions)
@@ -909,7 +902,7 @@ class DoseEngine:
             self._on_fault(FaultCode.BIN_FULL, True, "discard refused", now, actions)
         elif result is ResultCode.WRONG_SACHET:
             self._sachet = None
-            self._status_known = False
+            self._mirror.status_known = False
         else:
             self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
 
@@ -920,17 +913,17 @@ class DoseEngine:
         self._book = change.book
         actions.extend(Emit(e) for e in change.events)
         if (
-            not self._link_up
-            and self._link_down_since is not None
-            and now.mono - self._link_down_since >= self._no_contact_s
+            not self._mirror.link_up
+            and self._mirror.link_down_since is not None
+            and now.mono - self._mirror.link_down_since >= self._no_contact_s
         ):
             self._condition(actions, "no_contact", True, now)
         self._condition(
             actions, "no_schedule", self._binding is not None and self._schedule is None, now
         )
-        if self._silenced_until is not None and now.mono >= self._silenced_until:
-            self._silenced_until = None
-            self._pattern_sent = None  # sound again
+        if self._mirror.silenced_until is not None and now.mono >= self._mirror.silenced_until:
+            self._mirror.silenced_until = None
+            self._mirror.pattern_sent = None  # sound again
         if self._retry_at is not None and now.mono >= self._retry_at:
             self._retry_at = None
         self._run_timers(now, actions)
@@ -970,8 +963,8 @@ class DoseEngine:
                             "pattern": step.pattern.name.lower(),
                         },
                     )
-            if result.remind and self._silenced_until is None:
-                self._pattern_sent = None  # re-sound: the pattern is sent again below
+            if result.remind and self._mirror.silenced_until is None:
+                self._mirror.pattern_sent = None  # re-sound: the pattern is sent again below
 
     def _pick_up(self, now: Now, actions: list[Action]) -> None:
         if self._schedule is None:
@@ -1021,7 +1014,7 @@ class DoseEngine:
             return roll_check.NO_BINDING
         if any(r.in_tray and r.slot_id != run.slot_id for r in self._runs):
             return "previous_dose_in_tray"
-        if not self._link_up:
+        if not self._mirror.link_up:
             return "no_link"
         roll = self._roll
         if roll is None:
@@ -1037,14 +1030,14 @@ class DoseEngine:
         )
         if verdict.reason is not None:
             return verdict.reason
-        for fault in BLOCKING_FAULTS:
-            if fault in self._faults:
-                return f"fault_{fault.name.lower()}"
-        if not self._status_known:
+        blocking = self._mirror.blocking_fault()
+        if blocking is not None:
+            return f"fault_{blocking.name.lower()}"
+        if not self._mirror.status_known:
             return "awaiting_status"
-        if self._tray_occupied:
+        if self._mirror.tray_occupied:
             return "tray_occupied"
-        if self._lock_actual and not self._locked_by_agent:
+        if self._mirror.lock_actual and not self._mirror.locked_by_agent:
             return "locked"
         if self._sachet is None:
             return "no_sachet"
@@ -1099,9 +1092,9 @@ class DoseEngine:
         return (
             self._has(Feature.RETAIN_BIN)
             and self._can_send(now)
-            and self._status_known
-            and FaultCode.BIN_FULL not in self._faults
-            and not any(f in self._faults for f in BLOCKING_FAULTS)
+            and self._mirror.status_known
+            and FaultCode.BIN_FULL not in self._mirror.faults
+            and self._mirror.blocking_fault() is None
             and pause.active(self._pauses, now.utc) is None
             and not self._discarding
         )
@@ -1158,20 +1151,20 @@ class DoseEngine:
         self._send(actions, "discard", command, dispense_id=dispense_id)
 
     def _desired_pattern(self) -> AlertPattern:
-        silenced = self._silenced_until is not None
-        return dispenser_sync.desired_pattern(silenced, self._roll_foreign(), self._runs)
+        silenced = self._mirror.silenced_until is not None
+        return dispenser_mirror.desired_pattern(silenced, self._roll_foreign(), self._runs)
 
     def _sync_dispenser(self, now: Now, actions: list[Action]) -> None:
         """Send what the dispenser should have and (as far as we know) has not."""
         if not self._can_send(now):
             return
         known = KnownDispenser(
-            status_known=self._status_known,
-            lock_actual=self._lock_actual,
-            locked_by_agent=self._locked_by_agent,
-            pattern_sent=self._pattern_sent,
-            capabilities=self._caps,
-            bin_full=FaultCode.BIN_FULL in self._faults,
+            status_known=self._mirror.status_known,
+            lock_actual=self._mirror.lock_actual,
+            locked_by_agent=self._mirror.locked_by_agent,
+            pattern_sent=self._mirror.pattern_sent,
+            capabilities=self._mirror.capabilities,
+            bin_full=FaultCode.BIN_FULL in self._mirror.faults,
             in_flight=tuple([p.kind for p in self._pending.values()]),
         )
         wanted = WantedDispenser(
@@ -1179,7 +1172,7 @@ class DoseEngine:
             pattern=self._desired_pattern(),
             retains=tuple(self._retain_queue),
         )
-        plan = dispenser_sync.plan_sync(known, wanted)
+        plan = dispenser_mirror.plan_sync(known, wanted)
         for planned in plan.commands:
             if planned.kind == "retain" and planned.dispense_id is not None:
                 self._retaining[planned.dispense_id] = self._recent.get(planned.dispense_id, "")
@@ -1199,10 +1192,10 @@ class DoseEngine:
     # --- helpers ------------------------------------------------------------------------------
 
     def _has(self, feature: Feature) -> bool:
-        return dispenser_sync.has_feature(self._caps, feature)
+        return self._mirror.has(feature)
 
     def _can_send(self, now: Now) -> bool:
-        return self._link_up and self._retry_at is None
+        return self._mirror.link_up and self._retry_at is None
 
     def _send(
         self,

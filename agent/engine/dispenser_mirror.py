@@ -1,5 +1,6 @@
-"""Which commands to send the dispenser: what the engine wants it to have versus what it knows it
-has (the level-triggered part of the engine, see docs/engine.md).
+"""The dispenser mirror: what the engine knows the dispenser has (link, capabilities, last status,
+tray, lock, alert pattern, faults), and which commands bring it to what the engine wants (the
+level-triggered part of the engine, see docs/engine.md).
 
 After every input the engine describes both sides and sends only the difference `plan_sync`
 returns. So a Tick that changes nothing sends nothing, and a command lost with the link is simply
@@ -10,12 +11,13 @@ is fixed (status first, then lock, alert pattern, retains).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.engine.lifecycle import Phase, SlotRun
 from protocol.messages import (
     AlertPattern,
     Capabilities,
+    FaultCode,
     Feature,
     GetStatus,
     Message,
@@ -23,6 +25,41 @@ from protocol.messages import (
     SetAlert,
     SetLock,
 )
+
+# Faults that stop dispensing until they clear (the order is the order reasons are reported in).
+BLOCKING_FAULTS = (
+    FaultCode.JAM,
+    FaultCode.SENSOR,
+    FaultCode.CUTTER,
+    FaultCode.READER,
+    FaultCode.TAMPER,
+)
+
+
+@dataclass(slots=True)
+class DispenserMirror:
+    """What the engine knows of the dispenser. Not durable, except `locked_by_agent`: the rest is
+    learned again (LinkUp, Status) after a restart."""
+
+    link_down_since: float | None  # monotonic instant the link went down (None while up)
+    locked_by_agent: bool  # we locked the cassette (foreign roll): we may unlock it
+    link_up: bool = False
+    capabilities: Capabilities | None = None
+    status_known: bool = False  # a Status since the last LinkUp: lock, pattern, tray are known
+    tray_occupied: bool | None = None
+    lock_actual: bool | None = None
+    pattern_sent: AlertPattern | None = None  # None: unknown, send again
+    silenced_until: float | None = None  # monotonic: local sound/light off until then
+    faults: list[FaultCode] = field(default_factory=list)
+
+    def has(self, feature: Feature) -> bool:
+        return has_feature(self.capabilities, feature)
+
+    def blocking_fault(self) -> FaultCode | None:
+        for fault in BLOCKING_FAULTS:
+            if fault in self.faults:
+                return fault
+        return None
 
 
 @dataclass(frozen=True, slots=True)
