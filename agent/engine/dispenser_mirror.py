@@ -63,16 +63,6 @@ class DispenserMirror:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingCommand:
-    """A command sent to the dispenser whose outcome has not come back yet."""
-
-    kind: str  # dispense | discard | retain | set_alert | set_lock | get_status
-    command: Message
-    slot_id: str | None = None
-    dispense_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class KnownDispenser:
     """What the engine knows the dispenser has (from Status replies and command results)."""
 

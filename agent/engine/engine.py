@@ -22,10 +22,10 @@ from agent.engine.alerts import ConditionBook, LatchedAlert
 from agent.engine.dispenser_mirror import (
     DispenserMirror,
     KnownDispenser,
-    PendingCommand,
     WantedDispenser,
 )
 from agent.engine.lifecycle import Phase, SlotRun
+from agent.engine.outbound import Outbound, PendingCommand
 from agent.engine.schedule import Schedule, Slot
 from agent.engine.slot_window import SlotWindow
 from agent.engine.state import (
@@ -56,7 +56,6 @@ from agent.engine.types import (
     Priority,
     RecordOutcome,
     RecordPresented,
-    SendCommand,
     SetBinding,
     SetSchedule,
     Silence,
@@ -101,12 +100,10 @@ __all__ = [
     "SettledSlot",
 ]
 
-U32_MAX = 0xFFFF_FFFF
 BATTERY_LOW_PCT, BATTERY_LOW_CLEAR_PCT = 20, 25  # hysteresis: no flapping at the boundary
 BATTERY_EMPTY_PCT, BATTERY_EMPTY_CLEAR_PCT = 3, 5
 # sachet_discarded reason: the sachet matches no dose time of the schedule (plan_mismatch)
 NO_SLOT = "no_slot"
-RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/DosePresented
 _EPSILON = timedelta(microseconds=1)
 
 
@@ -133,14 +130,13 @@ class DoseEngine:
         self._schedule_version = state.schedule_version
         self._pauses = state.pauses
         self._horizon = state.horizon_utc
-        self._next_dispense_id = state.next_dispense_id
         self._latched = state.latched_alerts
         self._settled: list[SettledSlot] = list(state.settled)
         self._roll = state.roll
         self._book = ConditionBook(present=state.raised_conditions, raised=state.raised_conditions)
         self._next_alert_seq = state.next_alert_seq
-        self._starts = state.starts + 1
         self._extra = dict(state.extra)
+        self._outbound = Outbound(starts=state.starts + 1, next_dispense_id=state.next_dispense_id)
         self._mirror = DispenserMirror(
             link_down_since=now.mono, locked_by_agent=state.locked_by_agent
         )
@@ -155,13 +151,7 @@ class DoseEngine:
         self._foreign_memo: tuple[object, object, bool] | None = None
         self._sachet: SachetRead | None = None
         self._rejected_sachet: tuple[str, int] | None = None
-        self._pending: dict[str, PendingCommand] = {}
-        self._correlations = 0
-        self._retry_at: float | None = None
         self._discarding: dict[int, _Discarding] = {}
-        self._retain_queue: list[int] = []
-        self._retaining: dict[int, str] = {}
-        self._recent: dict[int, str] = {}  # dispense id -> slot id, settled recently
         self._chatty_last: dict[str, float] = {}
         self._last_now: Now | None = now
         self._was_untrusted = False
@@ -178,7 +168,7 @@ class DoseEngine:
             schedule_version=self._schedule_version,
             pauses=self._pauses,
             horizon_utc=self._horizon,
-            next_dispense_id=self._next_dispense_id,
+            next_dispense_id=self._outbound.next_dispense_id,
             latched_alerts=self._latched,
             open_slots=tuple(
                 OpenSlot(
@@ -197,7 +187,7 @@ class DoseEngine:
             raised_conditions=self._book.raised,
             locked_by_agent=self._mirror.locked_by_agent,
             next_alert_seq=self._next_alert_seq,
-            starts=self._starts,
+            starts=self._outbound.starts,
             extra=dict(self._extra),
         )
 
@@ -241,8 +231,8 @@ class DoseEngine:
             instants.append(release)
         if self._mirror.silenced_until is not None:
             instants.append(self._mirror.silenced_until)
-        if self._retry_at is not None:
-            instants.append(self._retry_at)
+        if self._outbound.retry_at is not None:
+            instants.append(self._outbound.retry_at)
         return min(instants) if instants else None
 
     def _wall_changes(self, now_utc: datetime) -> list[datetime]:
@@ -330,7 +320,7 @@ class DoseEngine:
                 self._settle(
                     run, Outcome.MISSED, lifecycle.RESTART_UNKNOWN, now, self._restart_actions
                 )
-                self._retain_queue.append(slot.dispense_id)
+                self._outbound.retain_queue.append(slot.dispense_id)
                 continue
             self._runs.append(lifecycle.restored(run, now.mono, slot.presented_utc))
         if self._horizon is not None:
@@ -399,14 +389,14 @@ class DoseEngine:
                 self._mirror.link_down_since = None
                 self._mirror.status_known = False
                 self._mirror.pattern_sent = None  # the dispenser may have rebooted
-                self._retry_at = None
+                self._outbound.retry_at = None
                 self._condition(actions, "no_contact", False, now)
             case LinkDown(reason=reason):
                 if self._mirror.link_up:
                     self._mirror.link_down_since = now.mono
                 self._mirror.link_up = False
                 self._mirror.status_known = False
-                self._pending.clear()  # their outcomes (if any) are ignored from now on
+                self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
                 self._extra["last_link_down_reason"] = reason
             case SetBinding(binding=binding):
                 self._on_binding(binding, now, actions)
@@ -639,14 +629,14 @@ class DoseEngine:
             self._supply_conditions(now, actions)
         run = self._run_by_dispense(msg.dispense_id)
         if run is None:
-            slot_id = self._recent.get(msg.dispense_id)
+            slot_id = self._outbound.recent.get(msg.dispense_id)
             self._emit(
                 actions,
                 "unexpected_dispenser_event",
                 {"message": "DosePresented", "dispense_id": msg.dispense_id, "slot_id": slot_id},
             )
-            if slot_id is not None and msg.dispense_id not in self._retain_queue:
-                self._retain_queue.append(msg.dispense_id)  # settled already: into the bin
+            if slot_id is not None and msg.dispense_id not in self._outbound.retain_queue:
+                self._outbound.retain_queue.append(msg.dispense_id)  # settled already: into the bin
             return
         if run.phase is Phase.PRESENTED:
             return  # repeated report: the first one stands
@@ -668,9 +658,11 @@ class DoseEngine:
         if run is not None:
             self._settle(run, Outcome.TAKEN, None, now, actions, taken_at=now.utc)
             return
-        slot_id = self._recent.get(msg.dispense_id)
+        slot_id = self._outbound.recent.get(msg.dispense_id)
         if slot_id is not None:
-            self._retain_queue = [d for d in self._retain_queue if d != msg.dispense_id]
+            self._outbound.retain_queue = [
+                d for d in self._outbound.retain_queue if d != msg.dispense_id
+            ]
             self._emit(
                 actions, "dose_taken_late", {"slot_id": slot_id, "dispense_id": msg.dispense_id}
             )
@@ -703,7 +695,9 @@ class DoseEngine:
                 self._condition(actions, "plan_mismatch", True, now, {**fields, "roll_id": roll_id})
             return
         self._mirror.tray_occupied = False
-        slot_id = self._retaining.pop(msg.dispense_id, None) or self._recent.get(msg.dispense_id)
+        slot_id = self._outbound.retaining.pop(msg.dispense_id, None) or self._outbound.recent.get(
+            msg.dispense_id
+        )
         self._emit(
             actions,
             "dose_retained",
@@ -803,16 +797,16 @@ class DoseEngine:
     # --- command outcomes ---------------------------------------------------------------------
 
     def _on_outcome(self, outcome: CommandOutcome, now: Now, actions: list[Action]) -> None:
-        pending = self._pending.pop(outcome.correlation, None)
+        pending = self._outbound.pending.pop(outcome.correlation, None)
         if pending is None:
             return  # from before a link drop or a restart: no longer ours to act on
         reply = outcome.reply
         if reply is None or (isinstance(reply, CommandResult) and reply.result is ResultCode.BUSY):
-            self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
+            self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
             if pending.kind == "set_alert":
                 self._mirror.pattern_sent = None
             if pending.kind == "retain" and pending.dispense_id is not None:
-                self._retain_queue.append(pending.dispense_id)
+                self._outbound.retain_queue.append(pending.dispense_id)
             if pending.kind == "dispense" and pending.slot_id is not None:
                 self._hold(pending.slot_id, f"command_failed:{outcome.failure or 'busy'}", actions)
             return
@@ -841,7 +835,7 @@ class DoseEngine:
                 if result is ResultCode.BIN_FULL:
                     self._on_fault(FaultCode.BIN_FULL, True, "retain refused", now, actions)
                 if pending.dispense_id is not None:
-                    self._retaining.pop(pending.dispense_id, None)
+                    self._outbound.retaining.pop(pending.dispense_id, None)
                 if result is ResultCode.NOTHING_PRESENTED:
                     self._mirror.tray_occupied = False
             case "set_alert":
@@ -888,7 +882,7 @@ class DoseEngine:
             self._sachet = None
             self._mirror.status_known = False
         else:
-            self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
+            self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
         self._hold(run.slot_id, reason, actions)
 
     def _discard_result(
@@ -904,7 +898,7 @@ class DoseEngine:
             self._sachet = None
             self._mirror.status_known = False
         else:
-            self._retry_at = now.mono + self._cfg.command_retry.total_seconds()
+            self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
 
     # --- the level-triggered part: runs after every input ---------------------------------------
 
@@ -924,8 +918,8 @@ class DoseEngine:
         if self._mirror.silenced_until is not None and now.mono >= self._mirror.silenced_until:
             self._mirror.silenced_until = None
             self._mirror.pattern_sent = None  # sound again
-        if self._retry_at is not None and now.mono >= self._retry_at:
-            self._retry_at = None
+        if self._outbound.retry_at is not None and now.mono >= self._outbound.retry_at:
+            self._outbound.retry_at = None
         self._run_timers(now, actions)
         trusted = now.trust is not TimeTrust.UNTRUSTED
         self._condition(actions, "clock_untrusted", not trusted, now, {"trust": now.trust.value})
@@ -948,7 +942,7 @@ class DoseEngine:
             if result.missed is not None:
                 self._settle(run, Outcome.MISSED, result.missed, now, actions)
                 if self._has(Feature.RETAIN_BIN) and run.dispense_id is not None:
-                    self._retain_queue.append(run.dispense_id)
+                    self._outbound.retain_queue.append(run.dispense_id)
                 continue
             if result.run != run:
                 self._replace_run(result.run)
@@ -1055,7 +1049,7 @@ class DoseEngine:
         run = self._head()
         if run is None:
             return
-        if any(p.kind in ("dispense", "discard") for p in self._pending.values()):
+        if any(p.kind in ("dispense", "discard") for p in self._outbound.pending.values()):
             return
         if self._discarding:
             return  # a discarded sachet is on its way to the bin; the next SachetRead follows
@@ -1071,13 +1065,15 @@ class DoseEngine:
         assert self._sachet is not None
         assert self._roll is not None
         if run.dispense_id is None:
-            dispense_id = self._take_dispense_id()
+            dispense_id = self._outbound.take_dispense_id()
             run = lifecycle.begin(run, dispense_id, self._sachet.index, self._roll.roll_id)
             self._replace_run(run)
             actions.append(BeginDispense(run.slot_id, dispense_id, self._sachet.index, run.due_utc))
         assert run.dispense_id is not None
         command = Dispense(req_id=0, dispense_id=run.dispense_id, sachet_index=self._sachet.index)
-        self._send(actions, "dispense", command, slot_id=run.slot_id, dispense_id=run.dispense_id)
+        self._outbound.send(
+            actions, "dispense", command, slot_id=run.slot_id, dispense_id=run.dispense_id
+        )
 
     def _hold(self, slot_id: str, reason: str, actions: list[Action]) -> None:
         for run in self._runs:
@@ -1106,7 +1102,7 @@ class DoseEngine:
             return
         if any(r.dispense_id is not None or r.in_tray for r in self._runs):
             return
-        if self._pending or self._schedule is None or self._cursor is None:
+        if self._outbound.pending or self._schedule is None or self._cursor is None:
             return
         if self._roll_foreign() or not self._can_discard(now):
             return
@@ -1145,10 +1141,10 @@ class DoseEngine:
         assert sachet is not None
         if self._sachet_matches_a_slot(sachet) is False:
             reason = NO_SLOT
-        dispense_id = self._take_dispense_id()
+        dispense_id = self._outbound.take_dispense_id()
         self._discarding[dispense_id] = _Discarding(sachet.index, sachet.intended_utc_s, reason)
         command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
-        self._send(actions, "discard", command, dispense_id=dispense_id)
+        self._outbound.send(actions, "discard", command, dispense_id=dispense_id)
 
     def _desired_pattern(self) -> AlertPattern:
         silenced = self._mirror.silenced_until is not None
@@ -1165,19 +1161,23 @@ class DoseEngine:
             pattern_sent=self._mirror.pattern_sent,
             capabilities=self._mirror.capabilities,
             bin_full=FaultCode.BIN_FULL in self._mirror.faults,
-            in_flight=tuple([p.kind for p in self._pending.values()]),
+            in_flight=self._outbound.in_flight(),
         )
         wanted = WantedDispenser(
             locked=self._roll_foreign(),
             pattern=self._desired_pattern(),
-            retains=tuple(self._retain_queue),
+            retains=tuple(self._outbound.retain_queue),
         )
         plan = dispenser_mirror.plan_sync(known, wanted)
         for planned in plan.commands:
             if planned.kind == "retain" and planned.dispense_id is not None:
-                self._retaining[planned.dispense_id] = self._recent.get(planned.dispense_id, "")
-            self._send(actions, planned.kind, planned.command, dispense_id=planned.dispense_id)
-        self._retain_queue = list(plan.retains_left)
+                self._outbound.retaining[planned.dispense_id] = self._outbound.recent.get(
+                    planned.dispense_id, ""
+                )
+            self._outbound.send(
+                actions, planned.kind, planned.command, dispense_id=planned.dispense_id
+            )
+        self._outbound.retain_queue = list(plan.retains_left)
 
     def _move_horizon(self) -> None:
         if self._cursor is None:
@@ -1195,27 +1195,7 @@ class DoseEngine:
         return self._mirror.has(feature)
 
     def _can_send(self, now: Now) -> bool:
-        return self._mirror.link_up and self._retry_at is None
-
-    def _send(
-        self,
-        actions: list[Action],
-        kind: str,
-        command: Message,
-        slot_id: str | None = None,
-        dispense_id: int | None = None,
-    ) -> None:
-        self._correlations += 1
-        correlation = f"{kind}:{self._starts}:{self._correlations}"
-        self._pending[correlation] = PendingCommand(kind, command, slot_id, dispense_id)
-        actions.append(SendCommand(command, correlation))
-
-    def _take_dispense_id(self) -> int:
-        dispense_id = self._next_dispense_id
-        if dispense_id > U32_MAX:
-            raise RuntimeError("dispense ids exhausted (u32)")  # 4e9 doses: not in a lifetime
-        self._next_dispense_id += 1
-        return dispense_id
+        return self._mirror.link_up and self._outbound.retry_at is None
 
     def _slots(self, schedule: Schedule) -> SlotWindow:
         """The slot cache of `schedule` (a new schedule starts a new one)."""
@@ -1291,9 +1271,7 @@ class DoseEngine:
         self._settled.append(SettledSlot(run.slot_id, run.due_utc))
         self._settle_count += 1
         if run.dispense_id is not None:
-            self._recent[run.dispense_id] = run.slot_id
-            while len(self._recent) > RECENT_DISPENSES:
-                del self._recent[next(iter(self._recent))]
+            self._outbound.remember_settled(run.dispense_id, run.slot_id)
         actions.append(RecordOutcome(run.slot_id, outcome, reason))
         fields = lifecycle.outcome_fields(run, outcome, reason, taken_at)
         if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED):

@@ -1,0 +1,67 @@
+"""Outbound dispenser commands: what is in flight (by correlation), when a failed command may be
+tried again, which presented doses must go back into the bin, and the dispense-id counter.
+
+A component of the dose engine: plain state with small operations, no I/O, no clock. The engine
+decides *what* to send; this keeps track of what was sent and what is still owed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.engine.types import Action, SendCommand
+from protocol.messages import Message
+
+U32_MAX = 0xFFFF_FFFF
+RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/DosePresented
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCommand:
+    """A command sent to the dispenser whose outcome has not come back yet."""
+
+    kind: str  # dispense | discard | retain | set_alert | set_lock | get_status
+    command: Message
+    slot_id: str | None = None
+    dispense_id: int | None = None
+
+
+@dataclass(slots=True)
+class Outbound:
+    starts: int  # engine starts: keeps correlations unique across restarts
+    next_dispense_id: int  # u32, never reused
+    pending: dict[str, PendingCommand] = field(default_factory=dict)
+    correlations: int = 0
+    retry_at: float | None = None  # monotonic: no new command before then (a command failed)
+    retain_queue: list[int] = field(default_factory=list)  # dispense ids owed to the bin
+    retaining: dict[int, str] = field(default_factory=dict)  # Retain in flight: id -> slot id
+    recent: dict[int, str] = field(default_factory=dict)  # dispense id -> slot id, settled
+
+    def send(
+        self,
+        actions: list[Action],
+        kind: str,
+        command: Message,
+        slot_id: str | None = None,
+        dispense_id: int | None = None,
+    ) -> None:
+        self.correlations += 1
+        correlation = f"{kind}:{self.starts}:{self.correlations}"
+        self.pending[correlation] = PendingCommand(kind, command, slot_id, dispense_id)
+        actions.append(SendCommand(command, correlation))
+
+    def take_dispense_id(self) -> int:
+        dispense_id = self.next_dispense_id
+        if dispense_id > U32_MAX:
+            raise RuntimeError("dispense ids exhausted (u32)")  # 4e9 doses: not in a lifetime
+        self.next_dispense_id += 1
+        return dispense_id
+
+    def in_flight(self) -> tuple[str, ...]:
+        """Kinds of the commands awaiting an outcome, in the order they were sent."""
+        return tuple([p.kind for p in self.pending.values()])
+
+    def remember_settled(self, dispense_id: int, slot_id: str) -> None:
+        self.recent[dispense_id] = slot_id
+        while len(self.recent) > RECENT_DISPENSES:
+            del self.recent[next(iter(self.recent))]
