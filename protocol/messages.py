@@ -48,6 +48,9 @@ class AlertPattern(enum.IntEnum):
     REMINDER = 1  # low priority: chime and light at dose time
     URGENT = 2  # medium priority: dose about to be missed
     FAULT = 3  # technical alarm: dispensing stopped
+    # A due dose is held and cannot be given (no roll, jam, bin full, untrusted clock): a light
+    # distinct from the others and a soft periodic chime. Only for Feature.HELD_PATTERN.
+    HELD = 4
 
 
 class FaultCode(enum.IntEnum):
@@ -72,9 +75,14 @@ class Feature(enum.IntFlag):
     TRAY_SENSOR = 0x0004
     BATTERY = 0x0008
     SACHET_READER = 0x0010
+    HELD_PATTERN = 0x0020  # understands AlertPattern.HELD
+    AGENT_WATCHDOG = 0x0040  # understands KeepAlive: alarms on its own when the agent falls silent
 
 
 FACTORY_RESET_CONFIRM = 0x52534554  # ASCII "RSET": a stray frame cannot wipe a unit by accident
+# KeepAlive.timeout_s: 0 disarms the agent watchdog, else it must lie in this range (SPEC 4.7).
+KEEPALIVE_MIN_S = 30
+KEEPALIVE_MAX_S = 3600
 
 U8T: TypeAlias = Annotated[int, U8]
 U16T: TypeAlias = Annotated[int, U16]
@@ -182,6 +190,20 @@ class FactoryReset:
     DIRECTION: ClassVar[Direction] = Direction.TO_DISPENSER
     req_id: U16T
     confirm: U32T
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Arm (or re-arm) the dispenser's agent watchdog: if no frame from the agent arrives for
+    `timeout_s` seconds, the dispenser raises the FAULT pattern on its own. 0 disarms.
+
+    Only for Feature.AGENT_WATCHDOG; `timeout_s` is 0 or KEEPALIVE_MIN_S..KEEPALIVE_MAX_S.
+    """
+
+    TYPE_ID: ClassVar[int] = 0x0B
+    DIRECTION: ClassVar[Direction] = Direction.TO_DISPENSER
+    req_id: U16T
+    timeout_s: U16T
 
 
 # --- dispenser -> agent --------------------------------------------------------------------
@@ -349,6 +371,7 @@ Command: TypeAlias = (
     | GetTime
     | SetTime
     | FactoryReset
+    | KeepAlive
 )
 """Every agent -> dispenser message (each carries a req_id and gets exactly one reply)."""
 

@@ -84,6 +84,29 @@ SAMPLES: tuple[Message, ...] = (
         active_faults=0,
     ),
     m.TimeReport(req_id=8, rtc_valid=False, utc_s=0),
+    # v1 additions (SPEC section 6), appended so the vectors above keep their bytes
+    m.KeepAlive(req_id=11, timeout_s=300),
+    m.KeepAlive(req_id=12, timeout_s=0),
+    m.SetAlert(req_id=13, pattern=m.AlertPattern.HELD),
+    m.Capabilities(
+        req_id=14,
+        protocol_version=1,
+        model="SIM-100",
+        serial_number="SIM0001",
+        firmware_version="1.5.0",
+        has_rtc=True,
+        rtc_valid=False,
+        rtc_utc_s=0,
+        features=int(
+            m.Feature.RETAIN_BIN
+            | m.Feature.LOCK
+            | m.Feature.TRAY_SENSOR
+            | m.Feature.BATTERY
+            | m.Feature.SACHET_READER
+            | m.Feature.HELD_PATTERN
+            | m.Feature.AGENT_WATCHDOG
+        ),
+    ),
 )
 
 

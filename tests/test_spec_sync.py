@@ -6,7 +6,14 @@ import re
 from pathlib import Path
 
 from protocol.framing import crc16
-from protocol.messages import MESSAGE_TABLE, AlertPattern, ButtonId, FaultCode, ResultCode
+from protocol.messages import (
+    MESSAGE_TABLE,
+    AlertPattern,
+    ButtonId,
+    FaultCode,
+    Feature,
+    ResultCode,
+)
 
 SPEC = (Path(__file__).parents[1] / "protocol" / "SPEC.md").read_text(encoding="utf-8")
 
@@ -32,6 +39,12 @@ def test_enum_values_match_the_code() -> None:
         assert row is not None, f"{enum_type.__name__} missing from SPEC.md"
         listed = ", ".join(f"{member.value} {member.name}" for member in enum_type)
         assert row.group(1) == listed
+
+
+def test_feature_bits_match_the_code() -> None:
+    row = re.search(r"^\| Feature \(bits of `features`\) \| (.+) \|$", SPEC, flags=re.MULTILINE)
+    assert row is not None, "Feature missing from SPEC.md"
+    assert row.group(1) == ", ".join(f"0x{int(bit):04X} {bit.name}" for bit in Feature)
 
 
 def test_crc_check_value_in_the_spec() -> None:
