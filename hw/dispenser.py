@@ -5,11 +5,18 @@ messages the firmware would emit, in order. `hw.wire` runs this model behind a r
 
 State is split the way the hardware splits it (protocol SPEC 4.4):
 - physical (survives anything): the roll and its position, the tray, the bin, lid, power, faults;
-- non-volatile (survives `reboot()`): executed dispense ids, the lock, the RTC offset;
-- volatile (lost on `reboot()`): the alert pattern.
+- non-volatile (survives `reboot()`): executed dispense ids, the lock, the RTC offset, the agent
+  watchdog's timeout;
+- volatile (lost on `reboot()`): the alert pattern, the silence timer and alarm.
 
 The lock is kept across a reboot on purpose: a power blip must not silently unlock a unit the
-agent paused.
+agent paused. So is the armed watchdog (SPEC 4.7): its timer starts again at boot.
+
+The agent watchdog (SPEC 4.7) runs on a monotonic time the caller passes in (seconds, any
+origin): the runner calls `note_agent_frame(now)` for every DATA frame from the agent it ACKs,
+before `handle()` of its message, sleeps until `agent_silence_deadline()`, and calls
+`check_agent_silence(now)` when it wakes. A caller that never notes frames (the in-process
+simulation) sees exactly the firmware it saw before: the watchdog is armed only by `KeepAlive`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from dataclasses import dataclass, replace
 from protocol import PROTOCOL_VERSION
 from protocol.messages import (
     FACTORY_RESET_CONFIRM,
+    KEEPALIVE_MAX_S,
+    KEEPALIVE_MIN_S,
     AlertPattern,
     ButtonId,
     ButtonPressed,
@@ -37,6 +46,7 @@ from protocol.messages import (
     GetStatus,
     GetTime,
     Hello,
+    KeepAlive,
     LidChanged,
     LowSupply,
     Message,
@@ -59,6 +69,8 @@ DEFAULT_FEATURES = int(
     | Feature.TRAY_SENSOR
     | Feature.BATTERY
     | Feature.SACHET_READER
+    | Feature.HELD_PATTERN
+    | Feature.AGENT_WATCHDOG
 )
 # Faults that stop the cutter: Dispense/Discard are refused with JAMMED while one is active.
 CUTTER_FAULTS = frozenset({FaultCode.JAM, FaultCode.CUTTER})
@@ -180,13 +192,18 @@ class ModelSnapshot:
     discarded: tuple[tuple[int, int], ...]
     executed_ids: frozenset[int]
     locked: bool
-    alert: AlertPattern
+    alert: AlertPattern  # the pattern the agent last set (see `shown`)
     lid_open: bool
     mains: bool
     battery_pct: int
     faults: frozenset[FaultCode]
     rtc_valid: bool
     boot_count: int
+    shown: AlertPattern  # the pattern the unit shows: FAULT during a silence alarm, else `alert`
+    silence_alarm: bool  # the agent has been silent for the watchdog's timeout (SPEC 4.7)
+    silence_alarm_s: float | None  # monotonic time the silence alarm went off; None while off
+    watchdog_s: int  # the armed KeepAlive timeout, 0: disarmed
+    agent_heard_s: float | None  # monotonic time of the last frame heard from the agent
 
 
 class DispenserModel:
@@ -209,8 +226,12 @@ class DispenserModel:
         self.locked = False
         self.rtc_offset_s = 0
         self.rtc_valid = identity.has_rtc
+        self.watchdog_s = 0  # agent watchdog timeout (SPEC 4.7); 0: disarmed
         # volatile
-        self.alert = AlertPattern.OFF
+        self.alert = AlertPattern.OFF  # the pattern the agent last set
+        self.agent_heard_s: float | None = None  # monotonic; None: silence timer not started
+        self.silence_alarm = False
+        self.silence_alarm_s: float | None = None
         # observation: cuts in physical order, into the tray / straight into the bin
         self.dispensed: list[tuple[int, int]] = []
         self.discarded: list[tuple[int, int]] = []
@@ -231,6 +252,11 @@ class DispenserModel:
             return 0
         return self.rtc_utc_s() + self.rtc_offset_s
 
+    @property
+    def shown(self) -> AlertPattern:
+        """The pattern the unit shows: FAULT while the silence alarm is on (SPEC 4.7)."""
+        return AlertPattern.FAULT if self.silence_alarm else self.alert
+
     def snapshot(self) -> ModelSnapshot:
         return ModelSnapshot(
             roll_id=self.roll.roll_id if self.roll else None,
@@ -249,7 +275,41 @@ class DispenserModel:
             faults=frozenset(self.faults),
             rtc_valid=self.rtc_valid,
             boot_count=self.boot_count,
+            shown=self.shown,
+            silence_alarm=self.silence_alarm,
+            silence_alarm_s=self.silence_alarm_s,
+            watchdog_s=self.watchdog_s,
+            agent_heard_s=self.agent_heard_s,
         )
+
+    # --- agent watchdog (SPEC 4.7) ------------------------------------------------------------
+
+    def note_agent_frame(self, now_s: float) -> None:
+        """An intact DATA frame from the agent was ACKed at monotonic `now_s` (a retransmitted
+        duplicate too). Ends a silence alarm (the agent's pattern shows again) and restarts the
+        silence timer. Call it before `handle()` of the frame's message."""
+        self.agent_heard_s = now_s
+        self.silence_alarm = False
+        self.silence_alarm_s = None
+
+    def agent_silence_deadline(self) -> float | None:
+        """When the silence alarm goes off if nothing is heard before: None while disarmed,
+        while the alarm is already on, or before the timer has started."""
+        if not self.watchdog_s or self.silence_alarm or self.agent_heard_s is None:
+            return None
+        return self.agent_heard_s + self.watchdog_s
+
+    def check_agent_silence(self, now_s: float) -> bool:
+        """Raise the silence alarm if the deadline has passed (at exactly the deadline too);
+        returns whether it is on. Armed without a start (after `reboot()`, or a `KeepAlive`
+        handled with no frame noted), the timer starts at `now_s`."""
+        if self.watchdog_s and self.agent_heard_s is None:
+            self.agent_heard_s = now_s
+        deadline = self.agent_silence_deadline()
+        if deadline is not None and now_s >= deadline:
+            self.silence_alarm = True
+            self.silence_alarm_s = now_s
+        return self.silence_alarm
 
     # --- protocol side ------------------------------------------------------------------------
 
@@ -257,6 +317,7 @@ class DispenserModel:
         """A command from the agent: exactly one reply first, then any events it causes."""
         match message:
             case Hello(req_id=req_id):
+                self.watchdog_s = 0  # SPEC 4.7: a new agent arms with its own KeepAlive
                 # SPEC 4.1: a loaded roll is announced again, so a (re)started agent verifies it.
                 return [self._capabilities(req_id), *self._announce_roll()]
             case Dispense():
@@ -266,7 +327,17 @@ class DispenserModel:
             case Retain():
                 return self._retain(message)
             case SetAlert(req_id=req_id, pattern=pattern):
+                if pattern is AlertPattern.HELD and not self.has(Feature.HELD_PATTERN):
+                    return [_result(req_id, ResultCode.UNSUPPORTED, "no HELD pattern")]
                 self.alert = pattern
+                return [_ok(req_id)]
+            case KeepAlive(req_id=req_id, timeout_s=timeout_s):
+                if not self.has(Feature.AGENT_WATCHDOG):
+                    return [_result(req_id, ResultCode.UNSUPPORTED, "no agent watchdog")]
+                if timeout_s and not KEEPALIVE_MIN_S <= timeout_s <= KEEPALIVE_MAX_S:
+                    detail = f"timeout_s {timeout_s}: 0 or {KEEPALIVE_MIN_S}..{KEEPALIVE_MAX_S}"
+                    return [_result(req_id, ResultCode.BAD_ARGUMENT, detail)]
+                self.watchdog_s = timeout_s
                 return [_ok(req_id)]
             case SetLock(req_id=req_id, locked=locked):
                 if not self.has(Feature.LOCK):
@@ -288,6 +359,7 @@ class DispenserModel:
                 self.retained_ids.clear()
                 self.locked = False
                 self.alert = AlertPattern.OFF
+                self.watchdog_s = 0
                 return [_ok(req_id)]
             case _:
                 # A dispenser -> agent message cannot reach here through a LinkEndpoint (it NAKs
@@ -321,7 +393,7 @@ class DispenserModel:
             locked=self.locked,
             mains=self.mains,
             battery_pct=self.battery_pct,
-            alert=self.alert,
+            alert=self.shown,
             active_faults=faults,
         )
 
@@ -517,8 +589,12 @@ class DispenserModel:
         self.rtc_offset_s = 0
 
     def reboot(self) -> None:
-        """The firmware restarts: volatile state lost; the physical world and NVM stay."""
+        """The firmware restarts: volatile state lost; the physical world and NVM stay. An armed
+        watchdog's timer starts again at the next `check_agent_silence()` (boot)."""
         self.alert = AlertPattern.OFF
+        self.agent_heard_s = None
+        self.silence_alarm = False
+        self.silence_alarm_s = None
         self.boot_count += 1
 
 

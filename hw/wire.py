@@ -2,12 +2,17 @@
 
 One daemon thread per runner owns the port, the `LinkEndpoint` and the model. It sleeps in
 `select()` on the port and a wake-up pipe, with a timeout that is exactly the next link deadline
-(retransmit) or delayed-ACK release: no polling loop, no fixed sleeps. Other threads reach the
-model only through `call()` (run inside the sim thread) and observe it through `snapshot()`,
-`stats()` and `wait_for()` (a Condition notified after every change).
+(retransmit), delayed-ACK release or agent-silence deadline (SPEC 4.7): no polling loop, no fixed
+sleeps. Other threads reach the model only through `call()` (run inside the sim thread) and observe
+it through `snapshot()`, `stats()` and `wait_for()` (a Condition notified after every change).
 
 Wire-level faults (`WireFaults`) are applied frame by frame between the link and the port, so the
 agent's side sees exactly what a flaky cable would give it.
+
+The agent watchdog: every DATA frame from the agent that the link ACKs (a duplicate too) is noted
+on the model (`note_agent_frame`) with the runner's `clock`, before its message is handled; the
+model's `agent_silence_deadline()` is one of the deadlines the thread wakes at. While unplugged the
+firmware is off, so its silence timer does not run (a replug boots it, and the timer restarts).
 """
 
 from __future__ import annotations
@@ -257,12 +262,23 @@ class SimulatorRunner:
         *,
         link_config: LinkConfig | None = None,
         trace: Callable[[TraceEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> SimulatorRunner:
         """A pty pair; `device_path` is `link_path` (a symlink re-pointed on replug) if given,
-        else the slave's own /dev/pts/N (which changes on replug)."""
+        else the slave's own /dev/pts/N (which changes on replug).
+
+        `clock`: the firmware's monotonic time (link timers, agent watchdog). A test may pass one
+        it moves forward, and then calls `clock_changed()`."""
         if link_path is not None and link_path.exists() and not link_path.is_symlink():
             raise FileExistsError(f"{link_path} exists and is not a symlink")
-        return cls(model, _PtyPort, link_path=link_path, link_config=link_config, trace=trace)
+        return cls(
+            model,
+            _PtyPort,
+            link_path=link_path,
+            link_config=link_config,
+            trace=trace,
+            clock=clock,
+        )
 
     @classmethod
     def on_uart(
@@ -273,6 +289,7 @@ class SimulatorRunner:
         *,
         link_config: LinkConfig | None = None,
         trace: Callable[[TraceEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> SimulatorRunner:
         """A real serial device (a rig: the sim on one USB-UART, the agent on the other)."""
         return cls(
@@ -281,6 +298,7 @@ class SimulatorRunner:
             replug_supported=False,
             link_config=link_config,
             trace=trace,
+            clock=clock,
         )
 
     @property
@@ -342,6 +360,11 @@ class SimulatorRunner:
         """Change wire faults, e.g. `set_faults(drop_incoming_frames=1)`."""
         with self._cond:
             self._faults = dataclasses.replace(self._faults, **changes)  # type: ignore[arg-type]
+        self._wake()
+
+    def clock_changed(self) -> None:
+        """The injected `clock` jumped: the sim thread recomputes its deadlines now (it
+        otherwise sleeps until the one it computed from the old time)."""
         self._wake()
 
     @property
@@ -461,7 +484,10 @@ class SimulatorRunner:
                     if self._stopping:
                         return
                     port = self._port
-                    timeout = self._timeout_locked(self._clock())
+                    now = self._clock()
+                    if self._check_silence_locked(now):
+                        self._cond.notify_all()
+                    timeout = self._timeout_locked(now)
                     want_write = bool(self._tx) and port is not None
                 readers = [self._wake_r] if port is None else [self._wake_r, port.fd]
                 writers = [port.fd] if want_write and port is not None else []
@@ -475,6 +501,7 @@ class SimulatorRunner:
                         self._read(port, now)
                     self._on_events(self._link.poll(now))
                     self._flush(now)
+                    self._check_silence_locked(now)
                     self._cond.notify_all()
         except BaseException as exc:  # a model bug must be visible to the test, not silent
             log.exception("simulator thread failed")
@@ -500,11 +527,21 @@ class SimulatorRunner:
             finally:
                 job.done.set()
 
+    def _check_silence_locked(self, now: float) -> bool:
+        """Let the model raise its silence alarm (SPEC 4.7); True if this raised it. The firmware
+        is off while unplugged: no timer runs."""
+        if self._port is None or self.model.silence_alarm:
+            return False
+        return self.model.check_agent_silence(now)
+
     def _timeout_locked(self, now: float) -> float | None:
         deadlines = [when for when, _ in self._delayed]
         link_deadline = self._link.next_deadline()
         if link_deadline is not None:
             deadlines.append(link_deadline)
+        silence_deadline = self.model.agent_silence_deadline()
+        if silence_deadline is not None and self._port is not None:
+            deadlines.append(silence_deadline)
         if self._jobs:
             return 0.0
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -626,7 +663,13 @@ class SimulatorRunner:
             self._trace_event("in", frame, message, "not heard", chunk)
             return
         self._trace_event("in", frame, message, note, chunk)
-        self._on_events(self._link.receive_bytes(b"\x00" + chunk + b"\x00", now))
+        duplicates = self._link.stats.duplicates
+        events = self._link.receive_bytes(b"\x00" + chunk + b"\x00", now)
+        if self._link.stats.duplicates != duplicates or any(
+            isinstance(event, LinkReceived) for event in events
+        ):
+            self.model.note_agent_frame(now)  # SPEC 4.7: heard, before its command is handled
+        self._on_events(events)
 
     def _on_events(self, events: list[LinkEvent]) -> None:
         for event in events:
