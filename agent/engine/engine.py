@@ -12,7 +12,7 @@ restart is `EngineState` in `state`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,7 @@ from agent.engine.dispenser_mirror import (
 )
 from agent.engine.lifecycle import Phase, SlotRun
 from agent.engine.outbound import Outbound, PendingCommand
+from agent.engine.roll_desk import Discarding, RollDesk
 from agent.engine.schedule import Schedule, Slot
 from agent.engine.slot_window import SlotWindow
 from agent.engine.state import (
@@ -107,16 +108,6 @@ NO_SLOT = "no_slot"
 _EPSILON = timedelta(microseconds=1)
 
 
-# --- discards in flight ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Discarding:
-    sachet_index: int
-    intended_utc_s: int
-    reason: str
-
-
 # --- the engine --------------------------------------------------------------------------------
 
 
@@ -132,10 +123,10 @@ class DoseEngine:
         self._horizon = state.horizon_utc
         self._latched = state.latched_alerts
         self._settled: list[SettledSlot] = list(state.settled)
-        self._roll = state.roll
         self._book = ConditionBook(present=state.raised_conditions, raised=state.raised_conditions)
         self._next_alert_seq = state.next_alert_seq
         self._extra = dict(state.extra)
+        self._desk = RollDesk(roll=state.roll)
         self._outbound = Outbound(starts=state.starts + 1, next_dispense_id=state.next_dispense_id)
         self._mirror = DispenserMirror(
             link_down_since=now.mono, locked_by_agent=state.locked_by_agent
@@ -148,10 +139,6 @@ class DoseEngine:
         self._settle_count = 0  # settled slots so far (part of the _next_scheduled memo key)
         # memos of pure functions, keyed on all they read (each was a cost on every step)
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
-        self._foreign_memo: tuple[object, object, bool] | None = None
-        self._sachet: SachetRead | None = None
-        self._rejected_sachet: tuple[str, int] | None = None
-        self._discarding: dict[int, _Discarding] = {}
         self._chatty_last: dict[str, float] = {}
         self._last_now: Now | None = now
         self._was_untrusted = False
@@ -183,7 +170,7 @@ class DoseEngine:
                 if r.dispense_id is not None
             ),
             settled=tuple(self._settled),
-            roll=self._roll,
+            roll=self._desk.roll,
             raised_conditions=self._book.raised,
             locked_by_agent=self._mirror.locked_by_agent,
             next_alert_seq=self._next_alert_seq,
@@ -238,14 +225,14 @@ class DoseEngine:
     def _wall_changes(self, now_utc: datetime) -> list[datetime]:
         """Future wall instants at which a time-dependent check changes its verdict."""
         memo = self._wall_memo
-        if memo is None or memo[0] is not self._roll or memo[1] is not self._pauses:
-            memo = (self._roll, self._pauses, self._verdict_changes())
+        if memo is None or memo[0] is not self._desk.roll or memo[1] is not self._pauses:
+            memo = (self._desk.roll, self._pauses, self._verdict_changes())
             self._wall_memo = memo
         return [at for at in memo[2] if at > now_utc]
 
     def _verdict_changes(self) -> list[datetime]:
         changes: list[datetime] = []
-        roll = self._roll
+        roll = self._desk.roll
         if roll is not None and not roll.unverified:
             expiry = roll_check.wire_time(roll.expiry_utc_s)
             if expiry is not None:
@@ -269,9 +256,9 @@ class DoseEngine:
             "bound": self._binding is not None,
             "schedule_version": self._schedule_version,
             "link": "up" if self._mirror.link_up else "down",
-            "roll_id": self._roll.roll_id if self._roll else None,
-            "roll_state": self._roll_state(),
-            "sachets_remaining": self._roll.remaining if self._roll else None,
+            "roll_id": self._desk.roll.roll_id if self._desk.roll else None,
+            "roll_state": self._desk.roll_state(self._binding),
+            "sachets_remaining": self._desk.roll.remaining if self._desk.roll else None,
             "next_slot": None
             if upcoming is None
             else {"slot_id": upcoming.slot_id, "due_utc": upcoming.due_utc.isoformat()},
@@ -441,18 +428,18 @@ class DoseEngine:
         if self._horizon is None and self._schedule is not None:
             self._horizon = self._cursor = now.utc
         self._emit(actions, "binding_changed", {"bound": binding is not None})
-        if self._roll is not None and not self._roll.unverified:
-            self._check_roll(self._roll, now, actions, announce=False)
+        if self._desk.roll is not None and not self._desk.roll.unverified:
+            self._check_roll(self._desk.roll, now, actions, announce=False)
 
     # --- dispenser messages -------------------------------------------------------------------
 
     def _on_message(self, message: Message, now: Now, actions: list[Action]) -> None:
         match message:
             case RollInserted():
-                known = self._is_known_roll(message)
-                self._sachet = None  # its SachetRead follows
+                known = self._desk.is_known_roll(message)
+                self._desk.sachet = None  # its SachetRead follows
                 if not known:
-                    self._rejected_sachet = None
+                    self._desk.rejected_sachet = None
                 roll = RollInfo(
                     message.roll_id,
                     message.patient_ref,
@@ -495,24 +482,8 @@ class DoseEngine:
                     actions, "unexpected_dispenser_event", {"message": type(message).__name__}
                 )
 
-    def _is_known_roll(self, message: RollInserted) -> bool:
-        """The roll we already know (checked, not merely seen in a Status) announced again: same
-        label, and the reader no further back than where we know it is (it only moves on)."""
-        roll = self._roll
-        return (
-            roll is not None
-            and not roll.unverified
-            and roll.roll_id == message.roll_id
-            and roll_check.same_patient(roll.patient_ref, message.patient_ref)
-            and roll.sachet_count == message.sachet_count
-            and roll.first_dose_utc_s == message.first_dose_utc_s
-            and roll.last_dose_utc_s == message.last_dose_utc_s
-            and roll.expiry_utc_s == message.expiry_utc_s
-            and message.next_index >= roll.next_index
-        )
-
     def _check_roll(self, roll: RollInfo, now: Now, actions: list[Action], announce: bool) -> None:
-        self._roll = roll
+        self._desk.roll = roll
         verdict = roll_check.check_roll(
             roll.as_message(),
             self._binding.patient_ref if self._binding else None,
@@ -542,43 +513,20 @@ class DoseEngine:
         self._supply_conditions(now, actions)
 
     def _supply_conditions(self, now: Now, actions: list[Action]) -> None:
-        if self._roll is None or self._roll.unverified:
+        if self._desk.roll is None or self._desk.roll.unverified:
             return
-        remaining = self._roll.remaining
-        fields: dict[str, object] = {"roll_id": self._roll.roll_id, "remaining": remaining}
+        remaining = self._desk.roll.remaining
+        fields: dict[str, object] = {"roll_id": self._desk.roll.roll_id, "remaining": remaining}
         self._condition(actions, "roll_empty", remaining == 0, now, fields)
         low = roll_check.is_low(remaining, self._cfg.low_supply_threshold)
         self._condition(actions, "low_supply", low, now, fields)
 
-    def _roll_foreign(self) -> bool:
-        roll, binding = self._roll, self._binding
-        if roll is None or roll.unverified or binding is None:
-            return False
-        memo = self._foreign_memo
-        if memo is None or memo[0] is not roll or memo[1] is not binding:
-            memo = (
-                roll,
-                binding,
-                not roll_check.same_patient(binding.patient_ref, roll.patient_ref),
-            )
-            self._foreign_memo = memo
-        return memo[2]
-
-    def _roll_state(self) -> str | None:
-        if self._roll is None:
-            return None
-        if self._roll.unverified:
-            return "roll_unverified"
-        if self._roll_foreign():
-            return roll_check.FOREIGN_ROLL
-        return "loaded"
-
     def _forget_roll(self, now: Now, actions: list[Action], roll_id: str) -> None:
-        if self._roll is not None:
-            self._emit(actions, "roll_removed", {"roll_id": self._roll.roll_id})
-        self._roll = None
-        self._sachet = None
-        self._rejected_sachet = None
+        if self._desk.roll is not None:
+            self._emit(actions, "roll_removed", {"roll_id": self._desk.roll.roll_id})
+        self._desk.roll = None
+        self._desk.sachet = None
+        self._desk.rejected_sachet = None
         self._resolve_wrong_roll(actions)
         self._condition(actions, "roll_rejected", False, now)
         self._condition(actions, "roll_unverified", False, now)
@@ -589,9 +537,9 @@ class DoseEngine:
             self._emit(actions, "wrong_roll_cleared", {"alert_id": alert.alert_id})
 
     def _on_sachet(self, sachet: SachetRead, now: Now, actions: list[Action]) -> None:
-        self._sachet = sachet
-        roll = self._roll
-        if roll is None or roll.unverified or self._roll_foreign():
+        self._desk.sachet = sachet
+        roll = self._desk.roll
+        if roll is None or roll.unverified or self._desk.roll_foreign(self._binding):
             return
         verdict = roll_check.check_sachet_identity(
             sachet,
@@ -603,8 +551,8 @@ class DoseEngine:
             self._condition(actions, "plan_mismatch", False, now)
         key = (sachet.roll_id, sachet.index)
         reportable = not verdict.ok and verdict.reason != roll_check.NO_BINDING
-        if reportable and self._rejected_sachet != key:
-            self._rejected_sachet = key
+        if reportable and self._desk.rejected_sachet != key:
+            self._desk.rejected_sachet = key
             self._emit(
                 actions,
                 "sachet_rejected",
@@ -622,9 +570,9 @@ class DoseEngine:
 
     def _on_presented(self, msg: DosePresented, now: Now, actions: list[Action]) -> None:
         self._mirror.tray_occupied = True
-        if self._roll is not None and not self._roll.unverified:
-            self._roll = replace(
-                self._roll, next_index=max(self._roll.next_index, msg.sachet_index + 1)
+        if self._desk.roll is not None and not self._desk.roll.unverified:
+            self._desk.roll = replace(
+                self._desk.roll, next_index=max(self._desk.roll.next_index, msg.sachet_index + 1)
             )
             self._supply_conditions(now, actions)
         run = self._run_by_dispense(msg.dispense_id)
@@ -674,15 +622,16 @@ class DoseEngine:
             )
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
-        discard = self._discarding.pop(msg.dispense_id, None)
+        discard = self._desk.discarding.pop(msg.dispense_id, None)
         if discard is not None:
-            if self._roll is not None and not self._roll.unverified:
-                self._roll = replace(
-                    self._roll, next_index=max(self._roll.next_index, msg.sachet_index + 1)
+            if self._desk.roll is not None and not self._desk.roll.unverified:
+                self._desk.roll = replace(
+                    self._desk.roll,
+                    next_index=max(self._desk.roll.next_index, msg.sachet_index + 1),
                 )
                 self._supply_conditions(now, actions)
-            if self._sachet is not None and self._sachet.index == msg.sachet_index:
-                self._sachet = None
+            if self._desk.sachet is not None and self._desk.sachet.index == msg.sachet_index:
+                self._desk.sachet = None
             fields: dict[str, object] = {
                 "sachet_index": msg.sachet_index,
                 "intended_utc": _wire_iso(discard.intended_utc_s),
@@ -691,7 +640,7 @@ class DoseEngine:
             self._emit(actions, "sachet_discarded", fields)
             if discard.reason == NO_SLOT:
                 # the pharmacy packed a dose the schedule does not have (VKP 3.22)
-                roll_id = self._roll.roll_id if self._roll is not None else None
+                roll_id = self._desk.roll.roll_id if self._desk.roll is not None else None
                 self._condition(actions, "plan_mismatch", True, now, {**fields, "roll_id": roll_id})
             return
         self._mirror.tray_occupied = False
@@ -770,10 +719,10 @@ class DoseEngine:
             if active != (fault in self._mirror.faults):
                 self._on_fault(fault, active, "status", now, actions)
         if not status.roll_id:
-            if self._roll is not None:
-                self._forget_roll(now, actions, self._roll.roll_id)
-        elif self._roll is None or self._roll.roll_id != status.roll_id:
-            self._roll = RollInfo(
+            if self._desk.roll is not None:
+                self._forget_roll(now, actions, self._desk.roll.roll_id)
+        elif self._desk.roll is None or self._desk.roll.roll_id != status.roll_id:
+            self._desk.roll = RollInfo(
                 status.roll_id,
                 "",
                 status.next_index + status.remaining,
@@ -783,10 +732,10 @@ class DoseEngine:
                 0,
                 unverified=True,
             )
-            self._sachet = None
+            self._desk.sachet = None
             self._condition(actions, "roll_unverified", True, now, {"roll_id": status.roll_id})
-        elif not self._roll.unverified:
-            self._roll = replace(self._roll, next_index=status.next_index)
+        elif not self._desk.roll.unverified:
+            self._desk.roll = replace(self._desk.roll, next_index=status.next_index)
             self._supply_conditions(now, actions)
         if status.tray_occupied:
             for run in self._runs:
@@ -869,8 +818,8 @@ class DoseEngine:
         }.get(result, f"dispenser_{result.name.lower()}")
         if result is ResultCode.NO_ROLL:
             self._forget_roll(now, actions, "")
-        elif result is ResultCode.EMPTY and self._roll is not None:
-            self._roll = replace(self._roll, next_index=self._roll.sachet_count)
+        elif result is ResultCode.EMPTY and self._desk.roll is not None:
+            self._desk.roll = replace(self._desk.roll, next_index=self._desk.roll.sachet_count)
             self._supply_conditions(now, actions)
         elif result is ResultCode.JAMMED:
             self._on_fault(FaultCode.JAM, True, "dispense refused", now, actions)
@@ -879,7 +828,7 @@ class DoseEngine:
         elif result is ResultCode.LOCKED:
             self._mirror.lock_actual = True
         elif result is ResultCode.WRONG_SACHET:
-            self._sachet = None
+            self._desk.sachet = None
             self._mirror.status_known = False
         else:
             self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
@@ -891,11 +840,11 @@ class DoseEngine:
         if result is ResultCode.OK:
             return  # DoseRetained follows
         if pending.dispense_id is not None:
-            self._discarding.pop(pending.dispense_id, None)
+            self._desk.discarding.pop(pending.dispense_id, None)
         if result is ResultCode.BIN_FULL:
             self._on_fault(FaultCode.BIN_FULL, True, "discard refused", now, actions)
         elif result is ResultCode.WRONG_SACHET:
-            self._sachet = None
+            self._desk.sachet = None
             self._mirror.status_known = False
         else:
             self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
@@ -1010,7 +959,7 @@ class DoseEngine:
             return "previous_dose_in_tray"
         if not self._mirror.link_up:
             return "no_link"
-        roll = self._roll
+        roll = self._desk.roll
         if roll is None:
             return "no_roll"
         if roll.unverified:
@@ -1033,10 +982,10 @@ class DoseEngine:
             return "tray_occupied"
         if self._mirror.lock_actual and not self._mirror.locked_by_agent:
             return "locked"
-        if self._sachet is None:
+        if self._desk.sachet is None:
             return "no_sachet"
         sachet_verdict = roll_check.check_sachet(
-            self._sachet,
+            self._desk.sachet,
             self._binding.patient_ref,
             roll.roll_id,
             roll.next_index,
@@ -1051,7 +1000,7 @@ class DoseEngine:
             return
         if any(p.kind in ("dispense", "discard") for p in self._outbound.pending.values()):
             return
-        if self._discarding:
+        if self._desk.discarding:
             return  # a discarded sachet is on its way to the bin; the next SachetRead follows
         reason = self._blocker(run, now)
         if reason == roll_check.SACHET_STALE and self._can_discard(now):
@@ -1062,15 +1011,21 @@ class DoseEngine:
             return
         if not self._can_send(now):
             return
-        assert self._sachet is not None
-        assert self._roll is not None
+        assert self._desk.sachet is not None
+        assert self._desk.roll is not None
         if run.dispense_id is None:
             dispense_id = self._outbound.take_dispense_id()
-            run = lifecycle.begin(run, dispense_id, self._sachet.index, self._roll.roll_id)
+            run = lifecycle.begin(
+                run, dispense_id, self._desk.sachet.index, self._desk.roll.roll_id
+            )
             self._replace_run(run)
-            actions.append(BeginDispense(run.slot_id, dispense_id, self._sachet.index, run.due_utc))
+            actions.append(
+                BeginDispense(run.slot_id, dispense_id, self._desk.sachet.index, run.due_utc)
+            )
         assert run.dispense_id is not None
-        command = Dispense(req_id=0, dispense_id=run.dispense_id, sachet_index=self._sachet.index)
+        command = Dispense(
+            req_id=0, dispense_id=run.dispense_id, sachet_index=self._desk.sachet.index
+        )
         self._outbound.send(
             actions, "dispense", command, slot_id=run.slot_id, dispense_id=run.dispense_id
         )
@@ -1092,19 +1047,19 @@ class DoseEngine:
             and FaultCode.BIN_FULL not in self._mirror.faults
             and self._mirror.blocking_fault() is None
             and pause.active(self._pauses, now.utc) is None
-            and not self._discarding
+            and not self._desk.discarding
         )
 
     def _discard_stale(self, now: Now, actions: list[Action]) -> None:
         """Idle: a sachet at the reader meant for a settled slot goes into the bin."""
-        sachet, roll = self._sachet, self._roll
+        sachet, roll = self._desk.sachet, self._desk.roll
         if sachet is None or roll is None or roll.unverified or self._binding is None:
             return
         if any(r.dispense_id is not None or r.in_tray for r in self._runs):
             return
         if self._outbound.pending or self._schedule is None or self._cursor is None:
             return
-        if self._roll_foreign() or not self._can_discard(now):
+        if self._desk.roll_foreign(self._binding) or not self._can_discard(now):
             return
         identity = roll_check.check_sachet_identity(
             sachet, self._binding.patient_ref, roll.roll_id, roll.next_index
@@ -1137,18 +1092,20 @@ class DoseEngine:
         return next(iter(self._schedule.slots_between(start, end)), None) is not None
 
     def _send_discard(self, reason: str, now: Now, actions: list[Action]) -> None:
-        sachet = self._sachet
+        sachet = self._desk.sachet
         assert sachet is not None
         if self._sachet_matches_a_slot(sachet) is False:
             reason = NO_SLOT
         dispense_id = self._outbound.take_dispense_id()
-        self._discarding[dispense_id] = _Discarding(sachet.index, sachet.intended_utc_s, reason)
+        self._desk.discarding[dispense_id] = Discarding(sachet.index, sachet.intended_utc_s, reason)
         command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
         self._outbound.send(actions, "discard", command, dispense_id=dispense_id)
 
     def _desired_pattern(self) -> AlertPattern:
         silenced = self._mirror.silenced_until is not None
-        return dispenser_mirror.desired_pattern(silenced, self._roll_foreign(), self._runs)
+        return dispenser_mirror.desired_pattern(
+            silenced, self._desk.roll_foreign(self._binding), self._runs
+        )
 
     def _sync_dispenser(self, now: Now, actions: list[Action]) -> None:
         """Send what the dispenser should have and (as far as we know) has not."""
@@ -1164,7 +1121,7 @@ class DoseEngine:
             in_flight=self._outbound.in_flight(),
         )
         wanted = WantedDispenser(
-            locked=self._roll_foreign(),
+            locked=self._desk.roll_foreign(self._binding),
             pattern=self._desired_pattern(),
             retains=tuple(self._outbound.retain_queue),
         )

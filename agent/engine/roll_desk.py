@@ -1,0 +1,74 @@
+"""The roll desk: the roll in the dispenser, the sachet at its reader, and sachets on their way to
+the bin. A component of the dose engine: plain state and questions about it, no I/O, no clock.
+
+Whether a roll or sachet may be dispensed from is decided by `roll_check` (pure rules); this
+component only remembers what the dispenser told us and answers "whose roll is this".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.engine import roll_check
+from agent.engine.state import RollInfo
+from agent.engine.types import Binding
+from protocol.messages import RollInserted, SachetRead
+
+
+@dataclass(frozen=True, slots=True)
+class Discarding:
+    """A Discard sent and not yet confirmed by DoseRetained."""
+
+    sachet_index: int
+    intended_utc_s: int
+    reason: str
+
+
+@dataclass(slots=True)
+class RollDesk:
+    roll: RollInfo | None  # durable: the roll as last read from its label (or seen in a Status)
+    sachet: SachetRead | None = None  # the sachet at the reader, as last read
+    rejected_sachet: tuple[str, int] | None = None  # (roll id, index) already reported rejected
+    discarding: dict[int, Discarding] = field(default_factory=dict)  # by dispense id
+    # memo of roll_foreign(): (roll, binding, verdict), keyed on identity of both
+    _foreign_memo: tuple[object, object, bool] | None = None
+
+    def is_known_roll(self, message: RollInserted) -> bool:
+        """The roll we already know (checked, not merely seen in a Status) announced again: same
+        label, and the reader no further back than where we know it is (it only moves on)."""
+        roll = self.roll
+        return (
+            roll is not None
+            and not roll.unverified
+            and roll.roll_id == message.roll_id
+            and roll_check.same_patient(roll.patient_ref, message.patient_ref)
+            and roll.sachet_count == message.sachet_count
+            and roll.first_dose_utc_s == message.first_dose_utc_s
+            and roll.last_dose_utc_s == message.last_dose_utc_s
+            and roll.expiry_utc_s == message.expiry_utc_s
+            and message.next_index >= roll.next_index
+        )
+
+    def roll_foreign(self, binding: Binding | None) -> bool:
+        """A verified roll of another patient than the bound one is loaded."""
+        roll = self.roll
+        if roll is None or roll.unverified or binding is None:
+            return False
+        memo = self._foreign_memo
+        if memo is None or memo[0] is not roll or memo[1] is not binding:
+            memo = (
+                roll,
+                binding,
+                not roll_check.same_patient(binding.patient_ref, roll.patient_ref),
+            )
+            self._foreign_memo = memo
+        return memo[2]
+
+    def roll_state(self, binding: Binding | None) -> str | None:
+        if self.roll is None:
+            return None
+        if self.roll.unverified:
+            return "roll_unverified"
+        if self.roll_foreign(binding):
+            return roll_check.FOREIGN_ROLL
+        return "loaded"
