@@ -27,8 +27,7 @@ from agent.engine.dispenser_mirror import (
 from agent.engine.lifecycle import Phase, SlotRun
 from agent.engine.outbound import Outbound, PendingCommand
 from agent.engine.roll_desk import Discarding, RollDesk
-from agent.engine.schedule import Schedule, Slot
-from agent.engine.slot_window import SlotWindow
+from agent.engine.slot_book import SlotBook
 from agent.engine.state import (
     EngineState,
     OpenSlot,
@@ -120,23 +119,19 @@ class DoseEngine:
         self._schedule = state.schedule
         self._schedule_version = state.schedule_version
         self._pauses = state.pauses
-        self._horizon = state.horizon_utc
         self._latched = state.latched_alerts
-        self._settled: list[SettledSlot] = list(state.settled)
         self._book = ConditionBook(present=state.raised_conditions, raised=state.raised_conditions)
         self._next_alert_seq = state.next_alert_seq
         self._extra = dict(state.extra)
         self._desk = RollDesk(roll=state.roll)
+        self._slotbook = SlotBook(
+            horizon=state.horizon_utc, settled=list(state.settled), cursor=state.horizon_utc
+        )
         self._outbound = Outbound(starts=state.starts + 1, next_dispense_id=state.next_dispense_id)
         self._mirror = DispenserMirror(
             link_down_since=now.mono, locked_by_agent=state.locked_by_agent
         )
         # not durable: learned again from the dispenser after a restart
-        self._runs: list[SlotRun] = []
-        self._cursor = state.horizon_utc  # slots due up to here have been picked up
-        self._window: SlotWindow | None = None  # the schedule's slots near now (a cache)
-        self._upcoming: tuple[tuple[object, ...], Slot | None] | None = None  # _next_scheduled
-        self._settle_count = 0  # settled slots so far (part of the _next_scheduled memo key)
         # memos of pure functions, keyed on all they read (each was a cost on every step)
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
         self._chatty_last: dict[str, float] = {}
@@ -154,7 +149,7 @@ class DoseEngine:
             schedule=self._schedule,
             schedule_version=self._schedule_version,
             pauses=self._pauses,
-            horizon_utc=self._horizon,
+            horizon_utc=self._slotbook.horizon,
             next_dispense_id=self._outbound.next_dispense_id,
             latched_alerts=self._latched,
             open_slots=tuple(
@@ -166,10 +161,10 @@ class DoseEngine:
                     r.presented_at,
                     r.roll_id,
                 )
-                for r in self._runs
+                for r in self._slotbook.runs
                 if r.dispense_id is not None
             ),
-            settled=tuple(self._settled),
+            settled=tuple(self._slotbook.settled),
             roll=self._desk.roll,
             raised_conditions=self._book.raised,
             locked_by_agent=self._mirror.locked_by_agent,
@@ -193,11 +188,11 @@ class DoseEngine:
         if self._restart_actions:
             instants.append(now.mono)
         trusted = now.trust is not TimeTrust.UNTRUSTED
-        if trusted and self._schedule is not None and self._cursor is not None:
-            upcoming = self._next_scheduled()
+        if trusted and self._schedule is not None and self._slotbook.cursor is not None:
+            upcoming = self._slotbook.next_scheduled(self._schedule)
             if upcoming is not None:
                 instants.append(self._mono_at(upcoming.due_utc, now))
-        for run in self._runs:
+        for run in self._slotbook.runs:
             timer = lifecycle.next_timer(run, self._cfg)
             if timer is not None:
                 instants.append(timer)
@@ -248,7 +243,11 @@ class DoseEngine:
         return changes
 
     def status(self) -> dict[str, object]:
-        upcoming = self._next_scheduled() if self._cursor is not None else None
+        upcoming = (
+            self._slotbook.next_scheduled(self._schedule)
+            if self._slotbook.cursor is not None
+            else None
+        )
         active_pause = (
             pause.active(self._pauses, self._last_now.utc) if self._last_now is not None else None
         )
@@ -269,7 +268,7 @@ class DoseEngine:
                     "dispense_id": r.dispense_id,
                     "held_reason": r.held_reason,
                 }
-                for r in self._runs
+                for r in self._slotbook.runs
             ],
             "pause_id": active_pause.pause_id if active_pause else None,
             "conditions": list(self._book.raised),
@@ -309,10 +308,10 @@ class DoseEngine:
                 )
                 self._outbound.retain_queue.append(slot.dispense_id)
                 continue
-            self._runs.append(lifecycle.restored(run, now.mono, slot.presented_utc))
-        if self._horizon is not None:
+            self._slotbook.runs.append(lifecycle.restored(run, now.mono, slot.presented_utc))
+        if self._slotbook.horizon is not None:
             # restored runs are already settled or in _runs; never picked up a second time
-            self._cursor = self._horizon
+            self._slotbook.cursor = self._slotbook.horizon
 
     # --- input validation (response-centre inputs may be inconsistent) ------------------------
 
@@ -389,14 +388,14 @@ class DoseEngine:
                 self._on_binding(binding, now, actions)
             case SetSchedule(schedule=schedule, version=version):
                 self._schedule, self._schedule_version = schedule, version
-                if self._horizon is None:
-                    self._horizon = now.utc
-                self._cursor = self._horizon
+                if self._slotbook.horizon is None:
+                    self._slotbook.horizon = now.utc
+                self._slotbook.cursor = self._slotbook.horizon
                 self._emit(actions, "schedule_changed", {"version": version})
             case StartPause(window=window):
                 self._pauses = pause.start(self._pauses, window)
                 self._emit(actions, "pause_started", _pause_fields(window))
-                for run in list(self._runs):
+                for run in list(self._slotbook.runs):
                     if run.dispense_id is None and pause.covers(window, run.due_utc):
                         self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
             case EndPause(pause_id=pause_id):
@@ -425,8 +424,8 @@ class DoseEngine:
         if binding == self._binding:
             return
         self._binding = binding
-        if self._horizon is None and self._schedule is not None:
-            self._horizon = self._cursor = now.utc
+        if self._slotbook.horizon is None and self._schedule is not None:
+            self._slotbook.horizon = self._slotbook.cursor = now.utc
         self._emit(actions, "binding_changed", {"bound": binding is not None})
         if self._desk.roll is not None and not self._desk.roll.unverified:
             self._check_roll(self._desk.roll, now, actions, announce=False)
@@ -559,15 +558,6 @@ class DoseEngine:
                 {"roll_id": sachet.roll_id, "index": sachet.index, "reason": verdict.reason},
             )
 
-    def _run_by_dispense(self, dispense_id: int) -> SlotRun | None:
-        for run in self._runs:
-            if run.dispense_id == dispense_id:
-                return run
-        return None
-
-    def _replace_run(self, updated: SlotRun) -> None:
-        self._runs = [updated if r.slot_id == updated.slot_id else r for r in self._runs]
-
     def _on_presented(self, msg: DosePresented, now: Now, actions: list[Action]) -> None:
         self._mirror.tray_occupied = True
         if self._desk.roll is not None and not self._desk.roll.unverified:
@@ -575,7 +565,7 @@ class DoseEngine:
                 self._desk.roll, next_index=max(self._desk.roll.next_index, msg.sachet_index + 1)
             )
             self._supply_conditions(now, actions)
-        run = self._run_by_dispense(msg.dispense_id)
+        run = self._slotbook.run_by_dispense(msg.dispense_id)
         if run is None:
             slot_id = self._outbound.recent.get(msg.dispense_id)
             self._emit(
@@ -588,7 +578,7 @@ class DoseEngine:
             return
         if run.phase is Phase.PRESENTED:
             return  # repeated report: the first one stands
-        self._replace_run(lifecycle.presented(run, now.mono, now.utc))
+        self._slotbook.replace_run(lifecycle.presented(run, now.mono, now.utc))
         actions.append(RecordPresented(run.slot_id))
         self._emit(
             actions,
@@ -602,7 +592,7 @@ class DoseEngine:
 
     def _on_taken(self, msg: DoseTaken, now: Now, actions: list[Action]) -> None:
         self._mirror.tray_occupied = False
-        run = self._run_by_dispense(msg.dispense_id)
+        run = self._slotbook.run_by_dispense(msg.dispense_id)
         if run is not None:
             self._settle(run, Outcome.TAKEN, None, now, actions, taken_at=now.utc)
             return
@@ -664,18 +654,24 @@ class DoseEngine:
 
     def _take_early(self, now: Now) -> bool:
         """TAKE inside the early window of the next slot: make it due now."""
-        if now.trust is TimeTrust.UNTRUSTED or self._schedule is None or self._cursor is None:
+        if (
+            now.trust is TimeTrust.UNTRUSTED
+            or self._schedule is None
+            or self._slotbook.cursor is None
+        ):
             return False
-        if self._runs:
+        if self._slotbook.runs:
             # a dose in the tray, a slot due and held, or one already started early by TAKE:
             # the press is not a request for the next slot (and never a second run of one)
             return False
-        upcoming = self._next_scheduled()
+        upcoming = self._slotbook.next_scheduled(self._schedule)
         if upcoming is None or upcoming.due_utc - now.utc > self._cfg.early_window:
             return False
-        if self._is_settled(upcoming.slot_id) or pause.covering(self._pauses, upcoming.due_utc):
+        if self._slotbook.is_settled(upcoming.slot_id) or pause.covering(
+            self._pauses, upcoming.due_utc
+        ):
             return False
-        self._runs.append(
+        self._slotbook.runs.append(
             SlotRun(upcoming.slot_id, upcoming.due_utc, self._local_iso(upcoming.due_utc))
         )
         return True
@@ -738,9 +734,9 @@ class DoseEngine:
             self._desk.roll = replace(self._desk.roll, next_index=status.next_index)
             self._supply_conditions(now, actions)
         if status.tray_occupied:
-            for run in self._runs:
+            for run in self._slotbook.runs:
                 if run.phase is Phase.DISPENSING and run.confirmed_mono is not None:
-                    self._replace_run(lifecycle.presented(run, now.mono, now.utc))
+                    self._slotbook.replace_run(lifecycle.presented(run, now.mono, now.utc))
                     actions.append(RecordPresented(run.slot_id))
 
     # --- command outcomes ---------------------------------------------------------------------
@@ -800,11 +796,11 @@ class DoseEngine:
     def _dispense_result(
         self, pending: PendingCommand, result: ResultCode, now: Now, actions: list[Action]
     ) -> None:
-        run = next((r for r in self._runs if r.slot_id == pending.slot_id), None)
+        run = next((r for r in self._slotbook.runs if r.slot_id == pending.slot_id), None)
         if run is None or run.phase is not Phase.DISPENSING:
             return
         if result in (ResultCode.OK, ResultCode.ALREADY_DONE):
-            self._replace_run(lifecycle.confirmed(run, now.mono))
+            self._slotbook.replace_run(lifecycle.confirmed(run, now.mono))
             if result is ResultCode.ALREADY_DONE:
                 self._mirror.status_known = False  # ask whether the dose is in the tray
             return
@@ -884,7 +880,7 @@ class DoseEngine:
         self._move_horizon()
 
     def _run_timers(self, now: Now, actions: list[Action]) -> None:
-        for run in list(self._runs):
+        for run in list(self._slotbook.runs):
             if run.presented_mono is None and run.confirmed_mono is None:
                 continue  # not (maybe) in the tray: no timer runs (lifecycle.on_time agrees)
             result = lifecycle.on_time(run, self._cfg, now.mono)
@@ -894,7 +890,7 @@ class DoseEngine:
                     self._outbound.retain_queue.append(run.dispense_id)
                 continue
             if result.run != run:
-                self._replace_run(result.run)
+                self._slotbook.replace_run(result.run)
             for step in result.escalated:
                 if step.notify:
                     self._emit(
@@ -912,27 +908,29 @@ class DoseEngine:
     def _pick_up(self, now: Now, actions: list[Action]) -> None:
         if self._schedule is None:
             return
-        if self._horizon is None:
-            self._horizon = self._cursor = now.utc
-        cursor = self._cursor if self._cursor is not None else self._horizon
-        upcoming = self._next_scheduled()
+        if self._slotbook.horizon is None:
+            self._slotbook.horizon = self._slotbook.cursor = now.utc
+        cursor = (
+            self._slotbook.cursor if self._slotbook.cursor is not None else self._slotbook.horizon
+        )
+        upcoming = self._slotbook.next_scheduled(self._schedule)
         if upcoming is None or upcoming.due_utc > now.utc:
             return
-        known = {r.slot_id for r in self._runs}
-        for slot in self._slots(self._schedule).between(cursor, now.utc + _EPSILON):
-            if slot.slot_id in known or self._is_settled(slot.slot_id):
+        known = {r.slot_id for r in self._slotbook.runs}
+        for slot in self._slotbook.slots(self._schedule).between(cursor, now.utc + _EPSILON):
+            if slot.slot_id in known or self._slotbook.is_settled(slot.slot_id):
                 continue
             run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:
                 self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
                 continue
-            self._runs.append(run)
-        self._runs.sort(key=lambda r: (r.due_utc, r.slot_id))
-        self._cursor = now.utc + _EPSILON
+            self._slotbook.runs.append(run)
+        self._slotbook.runs.sort(key=lambda r: (r.due_utc, r.slot_id))
+        self._slotbook.cursor = now.utc + _EPSILON
 
     def _settle_overdue(self, now: Now, actions: list[Action]) -> None:
-        for run in list(self._runs):
+        for run in list(self._slotbook.runs):
             if run.in_tray or now.utc < lifecycle.settle_deadline(run, self._cfg):
                 continue
             if self._was_untrusted:
@@ -943,19 +941,11 @@ class DoseEngine:
             vkp = alerts.EMPTY_VKP if reason == roll_check.ROLL_EMPTY else None
             self._settle(run, outcome, text, now, actions, vkp=vkp)
 
-    def _head(self) -> SlotRun | None:
-        """The slot to work on now: the earliest not yet in the tray, if no dose is in the tray."""
-        if any(r.in_tray for r in self._runs):
-            return None
-        for run in self._runs:
-            return run
-        return None
-
     def _blocker(self, run: SlotRun, now: Now) -> str | None:
         """Why `run` cannot be dispensed right now (a stable reason token), or None."""
         if self._binding is None:
             return roll_check.NO_BINDING
-        if any(r.in_tray and r.slot_id != run.slot_id for r in self._runs):
+        if any(r.in_tray and r.slot_id != run.slot_id for r in self._slotbook.runs):
             return "previous_dose_in_tray"
         if not self._mirror.link_up:
             return "no_link"
@@ -995,7 +985,7 @@ class DoseEngine:
         return sachet_verdict.reason
 
     def _attempt(self, now: Now, actions: list[Action]) -> None:
-        run = self._head()
+        run = self._slotbook.head()
         if run is None:
             return
         if any(p.kind in ("dispense", "discard") for p in self._outbound.pending.values()):
@@ -1018,7 +1008,7 @@ class DoseEngine:
             run = lifecycle.begin(
                 run, dispense_id, self._desk.sachet.index, self._desk.roll.roll_id
             )
-            self._replace_run(run)
+            self._slotbook.replace_run(run)
             actions.append(
                 BeginDispense(run.slot_id, dispense_id, self._desk.sachet.index, run.due_utc)
             )
@@ -1031,11 +1021,11 @@ class DoseEngine:
         )
 
     def _hold(self, slot_id: str, reason: str, actions: list[Action]) -> None:
-        for run in self._runs:
+        for run in self._slotbook.runs:
             if run.slot_id == slot_id and run.held_reason != reason:
                 if reason == "awaiting_status":
                     return  # transient: a Status is on its way
-                self._replace_run(replace(run, held_reason=reason))
+                self._slotbook.replace_run(replace(run, held_reason=reason))
                 self._emit(actions, "dose_held", {"slot_id": slot_id, "reason": reason})
                 return
 
@@ -1055,9 +1045,9 @@ class DoseEngine:
         sachet, roll = self._desk.sachet, self._desk.roll
         if sachet is None or roll is None or roll.unverified or self._binding is None:
             return
-        if any(r.dispense_id is not None or r.in_tray for r in self._runs):
+        if any(r.dispense_id is not None or r.in_tray for r in self._slotbook.runs):
             return
-        if self._outbound.pending or self._schedule is None or self._cursor is None:
+        if self._outbound.pending or self._schedule is None or self._slotbook.cursor is None:
             return
         if self._desk.roll_foreign(self._binding) or not self._can_discard(now):
             return
@@ -1066,8 +1056,8 @@ class DoseEngine:
         )
         if not identity.ok:
             return
-        waiting = [r.due_utc for r in self._runs]
-        upcoming = self._next_scheduled()
+        waiting = [r.due_utc for r in self._slotbook.runs]
+        upcoming = self._slotbook.next_scheduled(self._schedule)
         next_due = min(waiting) if waiting else (upcoming.due_utc if upcoming else None)
         if next_due is None:
             return
@@ -1085,7 +1075,7 @@ class DoseEngine:
             return None
         tolerance = self._cfg.sachet_time_tolerance
         start, end = intended - tolerance, intended + tolerance + _EPSILON
-        window = self._slots(self._schedule)
+        window = self._slotbook.slots(self._schedule)
         if window.covers(start, end):
             return bool(window.between(start, end))
         # far from now (an old roll): ask the schedule, leave the window where the engine works
@@ -1104,7 +1094,7 @@ class DoseEngine:
     def _desired_pattern(self) -> AlertPattern:
         silenced = self._mirror.silenced_until is not None
         return dispenser_mirror.desired_pattern(
-            silenced, self._desk.roll_foreign(self._binding), self._runs
+            silenced, self._desk.roll_foreign(self._binding), self._slotbook.runs
         )
 
     def _sync_dispenser(self, now: Now, actions: list[Action]) -> None:
@@ -1137,13 +1127,13 @@ class DoseEngine:
         self._outbound.retain_queue = list(plan.retains_left)
 
     def _move_horizon(self) -> None:
-        if self._cursor is None:
+        if self._slotbook.cursor is None:
             return
-        candidates = [r.due_utc for r in self._runs]
-        floor = min([*candidates, self._cursor])
-        if self._horizon is None or floor > self._horizon:
-            self._horizon = floor
-            self._settled = [s for s in self._settled if s.due_utc >= floor]
+        candidates = [r.due_utc for r in self._slotbook.runs]
+        floor = min([*candidates, self._slotbook.cursor])
+        if self._slotbook.horizon is None or floor > self._slotbook.horizon:
+            self._slotbook.horizon = floor
+            self._slotbook.settled = [s for s in self._slotbook.settled if s.due_utc >= floor]
             self._pauses = pause.prune(self._pauses, floor)
 
     # --- helpers ------------------------------------------------------------------------------
@@ -1153,36 +1143,6 @@ class DoseEngine:
 
     def _can_send(self, now: Now) -> bool:
         return self._mirror.link_up and self._outbound.retry_at is None
-
-    def _slots(self, schedule: Schedule) -> SlotWindow:
-        """The slot cache of `schedule` (a new schedule starts a new one)."""
-        if self._window is None or self._window.schedule is not schedule:
-            self._window = SlotWindow(schedule)
-        return self._window
-
-    def _next_scheduled(self) -> Slot | None:
-        """The first slot due at/after the cursor that is neither running nor settled.
-
-        Memoised on everything it depends on: the cursor, the schedule, which slots are
-        running (an early TAKE adds a run without moving the cursor) and the settled count.
-        """
-        if self._schedule is None or self._cursor is None:
-            return None
-        running = tuple(r.slot_id for r in self._runs)
-        key = (self._cursor, self._schedule, running, self._settle_count)
-        if self._upcoming is not None and self._upcoming[0] == key:
-            return self._upcoming[1]
-        found: Slot | None = None
-        for slot in self._slots(self._schedule).iter_from(self._cursor):
-            slot_id = slot.slot_id
-            if slot_id not in running and not self._is_settled(slot_id):
-                found = slot
-                break
-        self._upcoming = (key, found)
-        return found
-
-    def _is_settled(self, slot_id: str) -> bool:
-        return any(s.slot_id == slot_id for s in self._settled)
 
     def _condition(
         self,
@@ -1224,9 +1184,9 @@ class DoseEngine:
         vkp: str | None = None,
     ) -> None:
         """The one place a slot gets its terminal outcome: one RecordOutcome, one slot_outcome."""
-        self._runs = [r for r in self._runs if r.slot_id != run.slot_id]
-        self._settled.append(SettledSlot(run.slot_id, run.due_utc))
-        self._settle_count += 1
+        self._slotbook.runs = [r for r in self._slotbook.runs if r.slot_id != run.slot_id]
+        self._slotbook.settled.append(SettledSlot(run.slot_id, run.due_utc))
+        self._slotbook.settle_count += 1
         if run.dispense_id is not None:
             self._outbound.remember_settled(run.dispense_id, run.slot_id)
         actions.append(RecordOutcome(run.slot_id, outcome, reason))
