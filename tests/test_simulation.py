@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,7 @@ from agent.simulation.harness import (
     SimulationConfig,
 )
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
+from agent.simulation.judge import parse_rules
 from protocol.messages import RollInserted, SachetRead
 
 REF = "p-sim-0001"
@@ -345,7 +347,9 @@ def test_cli_runs_seeds_and_prints_a_summary() -> None:
 def test_cli_prints_the_replay_command_for_a_failing_seed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def failing(seed: int, days: int, faults: bool = True, engine: str = "dose") -> cli.SeedReport:
+    def failing(
+        seed: int, days: int, faults: bool = True, engine: str = "dose", judge: str = "all"
+    ) -> cli.SeedReport:
         return cli.SeedReport(seed, days, None, "seed 5, step 9, at t+1s: boom", 0.0)
 
     monkeypatch.setattr(cli, "run_one", failing)
@@ -364,17 +368,84 @@ def test_seed_lists_parse_and_bad_ones_are_refused() -> None:
 # --- the real thing: many seeded years, in parallel ----------------------------------------
 
 
+# The judge's rules that hold today; each one left out has an xfail test below that flips to a
+# failure (strict XPASS) the day the engine is fixed, and then belongs here.
+JUDGE_PASSING = "R1,R2,R3,R4,R5,R6,R7,R8.wrong_roll,R8.jam,R8.bin_full"
+
+
 @pytest.mark.timeout(1800)
 def test_invariants_hold_for_many_seeded_years() -> None:
     seeds = list(range(FULL_SEEDS))
+    n = len(seeds)
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        reports = list(pool.map(cli.run_one, seeds, [FULL_DAYS] * len(seeds)))
+        reports = list(
+            pool.map(
+                cli.run_one, seeds, [FULL_DAYS] * n, [True] * n, ["dose"] * n, [JUDGE_PASSING] * n
+            )
+        )
     failures = [r for r in reports if r.violation is not None]
     assert not failures, (
-        f"{len(failures)}/{len(seeds)} seeds broke an invariant; first: "
-        f"{failures[0].violation}\nreplay: {cli.replay_command(failures[0].seed, FULL_DAYS)}"
+        f"{len(failures)}/{len(seeds)} seeds broke an invariant; first: {failures[0].violation}"
+        f"\nreplay: {cli.replay_command(failures[0].seed, FULL_DAYS, JUDGE_PASSING)}"
     )
     assert sum(r.result.physical_dispenses for r in reports if r.result) > 0
+
+
+# --- the judge's rules that the engine breaks today: each runs seeds where it fires ---------
+
+CLOSE_DOSES = ("08:00", "08:30", "20:00")  # doses 30 min apart: the sachet tolerances overlap
+
+
+def judge_rule_holds(rule: str, seed: int, days: int, **scenario: Any) -> None:
+    """Run a seed with only `rule` enforced: raises its first violation. Any other violation is
+    a plain failure, so an xfail(raises=InvariantViolation) cannot pass for the wrong reason."""
+    config = SimulationConfig(seed=seed, days=days, judge_enforce=parse_rules(rule), **scenario)
+    try:
+        result = Simulation(config).run()
+    except InvariantViolation as violation:
+        if not violation.message.startswith(f"judge {rule} "):
+            pytest.fail(f"another violation than judge {rule}: {violation}")
+        raise
+    assert rule not in result.judge_findings
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="hazard #1: no minimum interval between intakes in the engine; doses minutes apart "
+    "after an early TAKE press (and 30 min apart as the schedule allows)",
+)
+def test_judge_r2_minimum_intake_interval_with_close_doses() -> None:
+    judge_rule_holds("R2", 14, 90, times=CLOSE_DOSES)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="hazard #3: the 08:00 sachet is presented as the 08:30 dose when tolerances overlap",
+)
+def test_judge_r4_right_sachet_with_close_doses() -> None:
+    judge_rule_holds("R4", 14, 90, times=CLOSE_DOSES)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="hazard #5: a dose in the tray when a pause starts is reported missed (HIGH) during "
+    "the pause",
+)
+def test_judge_r7_no_missed_alarm_while_paused() -> None:
+    judge_rule_holds("R7", 11, 120, pauses_per_year=12.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="not in the issue's list: an empty roll at a due time is reported HIGH only at the "
+    "undispensed deadline (60 min), not within 10 min (roll_empty itself is MEDIUM)",
+)
+def test_judge_r8_empty_roll_at_a_due_time_reported_in_time() -> None:
+    judge_rule_holds("R8.roll_empty", 0, 365)
 
 
 # --- the shell's link handling follows the protocol (SPEC 4.1) ----------------------------

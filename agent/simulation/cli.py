@@ -1,6 +1,7 @@
 """Run seeded simulations from the command line.
 
     python -m agent.simulation.cli --seeds 0-199 --days 365
+    python -m agent.simulation.cli --seeds 0-39 --judge none --findings   (what the judge sees)
     dispenser-agent simulate --seeds 7 --days 30     (once the lead wires it)
 
 Prints one line per seed; a failing seed prints the violation and the exact command that
@@ -28,6 +29,7 @@ from agent.simulation.harness import (
     SimulationResult,
 )
 from agent.simulation.invariants import InvariantViolation
+from agent.simulation.judge import parse_rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +68,20 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_one(seed: int, days: int, faults: bool = True, engine: str = "dose") -> SeedReport:
-    """Run one seed; never raises for a violation (it is part of the report)."""
+def run_one(
+    seed: int, days: int, faults: bool = True, engine: str = "dose", judge: str = "all"
+) -> SeedReport:
+    """Run one seed; never raises for a violation (it is part of the report).
+
+    `judge`: the judge's rules that stop the run ("all", "none" or e.g. "R1,R3"); the others
+    are recorded in the result."""
     factory: EngineFactory = NullEngineFactory() if engine == "null" else DoseEngineFactory()
     config = SimulationConfig(
         seed=seed,
         days=days,
         faults=FaultRates() if faults else FaultRates.none(),
         require_outcomes=engine != "null",
+        judge_enforce=parse_rules(judge),
     )
     started = time.perf_counter()
     try:
@@ -89,21 +97,23 @@ def run_many(
     *,
     faults: bool = True,
     engine: str = "dose",
+    judge: str = "all",
     jobs: int | None = None,
 ) -> Iterator[SeedReport]:
     """Reports in seed order; in parallel worker processes when jobs > 1."""
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1 or len(seeds) <= 1:
         for seed in seeds:
-            yield run_one(seed, days, faults, engine)
+            yield run_one(seed, days, faults, engine, judge)
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         n = len(seeds)
-        yield from pool.map(run_one, seeds, [days] * n, [faults] * n, [engine] * n)
+        yield from pool.map(run_one, seeds, [days] * n, [faults] * n, [engine] * n, [judge] * n)
 
 
-def replay_command(seed: int, days: int) -> str:
-    return f"python -m agent.simulation.cli --seeds {seed} --days {days}"
+def replay_command(seed: int, days: int, judge: str = "all") -> str:
+    extra = "" if judge == "all" else f" --judge {judge}"
+    return f"python -m agent.simulation.cli --seeds {seed} --days {days}{extra}"
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -130,29 +140,52 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         default="dose",
         help="'null' runs the loop without the engine (a baseline)",
     )
+    parser.add_argument(
+        "--judge",
+        default="all",
+        help="the independent judge's rules that fail a seed: all (default), none, or e.g. "
+        "R1,R3,R4; the others are still checked and their violations counted per seed",
+    )
+    parser.add_argument(
+        "--findings", action="store_true", help="print each rule's first recorded violation"
+    )
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
+    try:
+        parse_rules(args.judge)
+    except ValueError as bad:
+        parser.error(str(bad))
 
     started = time.perf_counter()
     failed: list[int] = []
     steps = 0
     for report in run_many(
-        args.seeds, args.days, faults=not args.no_faults, engine=args.engine, jobs=args.jobs
+        args.seeds,
+        args.days,
+        faults=not args.no_faults,
+        engine=args.engine,
+        judge=args.judge,
+        jobs=args.jobs,
     ):
         if report.result is not None:
             r = report.result
             steps += r.steps
             outcomes = " ".join(f"{k}={v}" for k, v in r.outcomes.items())
+            judged = " ".join(f"{k}={v}" for k, v in r.judge_findings.items())
             print(
                 f"seed {r.seed}: ok {report.wall_s:.2f}s steps={r.steps} events={r.events} "
-                f"slots={r.slots_expected} {outcomes} hash={r.event_hash[:16]}",
+                f"slots={r.slots_expected} {outcomes} hash={r.event_hash[:16]}"
+                + (f" judge(not enforced): {judged}" if judged else ""),
                 file=stream,
             )
+            if args.findings:
+                for rule, first in r.judge_first.items():
+                    print(f"  {rule} first: {first}", file=stream)
         else:
             failed.append(report.seed)
             print(f"seed {report.seed}: VIOLATION\n{report.violation}", file=stream)
-            print(f"replay: {replay_command(report.seed, report.days)}", file=stream)
+            print(f"replay: {replay_command(report.seed, report.days, args.judge)}", file=stream)
     elapsed = time.perf_counter() - started
     print(
         f"{len(args.seeds) - len(failed)}/{len(args.seeds)} seeds passed, {steps} steps, "

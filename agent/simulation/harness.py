@@ -6,7 +6,9 @@ virtual clock to the earlier of the engine's next deadline and the next agenda i
 engine a `Tick` or what the dispenser emitted, carries out the engine's actions (commands go to the
 model, whose reply comes back as a `CommandOutcome` and whose other messages come back as
 `FromDispenser`), publishes events with a sequence number like the outbox, and checks the
-invariants (`agent.simulation.invariants`) after every engine step.
+invariants (`agent.simulation.invariants`) after every engine step. Beside them the independent
+judge (`agent.simulation.judge`, which does not import the engine) is shown what the dispenser
+physically did, the physical state, the pauses and the published events, all in true time.
 
 Three times are kept apart: *true* time (what the patient's watch says; seconds since the
 start), the agent's wall clock (`Now.utc`, which faults may step or distrust) and the agent's
@@ -41,13 +43,16 @@ from agent.engine.types import (
     FromDispenser,
     LinkDown,
     LinkUp,
+    PauseWindow,
     SendCommand,
     SetBinding,
     SetSchedule,
+    StartPause,
     Tick,
 )
 from agent.simulation.faults import Fault, FaultKind, FaultRates, plan_faults
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
+from agent.simulation.judge import ALL_RULES, Judge, JudgeConfig, SachetLabel, World
 from agent.simulation.patient import (
     Habit,
     Nurse,
@@ -64,6 +69,7 @@ from protocol.messages import (
     Capabilities,
     CommandResult,
     DosePresented,
+    DoseTaken,
     FaultCode,
     Hello,
     Message,
@@ -113,6 +119,13 @@ class SimulationConfig:
     recent: int = 40  # inputs/actions kept for a violation report
     idle_tick_chance: float = 0.15  # per gap: Tick before the deadline, must change nothing
     require_outcomes: bool = True  # False only for the no-op baseline engine
+    judge: bool = True  # the independent judge (agent.simulation.judge) watches the run
+    # judge rules whose violation stops the run; the others are recorded in the result
+    # (without require_outcomes nothing is enforced: a baseline engine does nothing at all)
+    judge_enforce: frozenset[str] = ALL_RULES
+    # opt-in scenarios (off by default, so a seed's run stays what it was):
+    times: tuple[str, ...] | None = None  # dose times instead of the seed's template
+    pauses_per_year: float = 0.0  # temporary stops ordered by the response centre
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +143,8 @@ class SimulationResult:
     discards: int
     faults_planned: int
     dropped_messages: int  # dispenser messages lost while the link or the agent was down
+    judge_findings: dict[str, int] = field(default_factory=dict)  # rule -> violations recorded
+    judge_first: dict[str, str] = field(default_factory=dict)  # rule -> its first violation
 
 
 def default_start(seed: int) -> datetime:
@@ -139,8 +154,10 @@ def default_start(seed: int) -> datetime:
     return datetime.combine(day, time(0, 7), tzinfo=OSLO).astimezone(UTC)
 
 
-def schedule_for(seed: int, start_utc: datetime) -> tuple[Schedule, tuple[str, ...]]:
-    times = SCHEDULE_TEMPLATES[seed % len(SCHEDULE_TEMPLATES)]
+def schedule_for(
+    seed: int, start_utc: datetime, times: tuple[str, ...] | None = None
+) -> tuple[Schedule, tuple[str, ...]]:
+    times = times or SCHEDULE_TEMPLATES[seed % len(SCHEDULE_TEMPLATES)]
     local_day = start_utc.astimezone(OSLO).date()
     rule = ScheduleRule(effective_from=local_day, times=tuple(parse_time(t) for t in times))
     return Schedule.build(DEFAULT_ZONE, [rule]), times
@@ -162,13 +179,14 @@ class Simulation:
         self._factory = factory if factory is not None else _default_factory()
         self._start = config.start_utc or default_start(config.seed)
         self._duration_s = config.days * 86400.0
-        self._schedule, self._times = schedule_for(config.seed, self._start)
+        self._schedule, self._times = schedule_for(config.seed, self._start, config.times)
         # independent streams, so adding a check never changes the patient's behaviour
         root = random.Random(config.seed)
         self._rng_patient = random.Random(root.getrandbits(64))
         self._rng_nurse = random.Random(root.getrandbits(64))
         self._rng_faults = random.Random(root.getrandbits(64))
         self._rng_checks = random.Random(root.getrandbits(64))
+        self._rng_pauses = random.Random(root.getrandbits(64))
 
         self._elapsed = 0.0  # true seconds since start
         self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
@@ -188,6 +206,7 @@ class Simulation:
         self._outcome_counts: Counter[str] = Counter()
         self._dropped = 0
         self._eager_until = -1.0  # the patient pressed TAKE: takes a dose presented before then
+        self._pauses_planned: list[tuple[str, float, float, float]] = []  # id, ordered, start, end
 
         ec = config.engine
         end_utc = self._start + timedelta(seconds=self._duration_s)
@@ -207,6 +226,24 @@ class Simulation:
         )
         self._faults = plan_faults(self._rng_faults, self._duration_s, config.faults)
         self._plan(visits)
+        self._plan_pauses(config.pauses_per_year)
+        self._judge: Judge | None = None
+        self._world: World | None = None
+        if config.judge:
+            self._judge = Judge(
+                JudgeConfig(
+                    patient_ref=config.patient_ref,
+                    zone=DEFAULT_ZONE,
+                    times=self._times,
+                    effective_from=self._start.astimezone(OSLO).date(),
+                    installed_utc=self._start,
+                    expect_until_utc=end_utc - SETTLE_MARGIN,
+                    sachet_time_tolerance=ec.sachet_time_tolerance,
+                    enforce=config.judge_enforce if config.require_outcomes else frozenset(),
+                    seed=config.seed,
+                )
+            )
+            self._judge.advance(self._start)
 
     @property
     def expected_slot_ids(self) -> tuple[str, ...]:
@@ -225,6 +262,8 @@ class Simulation:
         if target_s > self._elapsed:
             self._clock.advance(target_s - self._elapsed)
             self._elapsed = target_s
+            if self._judge is not None:
+                self._judge.advance(self._true_utc())
 
     def _advance_to_mono(self, deadline: float) -> None:
         """Wake for a deadline the way a real timer does: never early, a little late.
@@ -236,6 +275,8 @@ class Simulation:
         while self._clock.now().mono < deadline:  # float rounding: never wake early
             self._clock.advance(TIMER_LATENCY_S)
             self._elapsed += TIMER_LATENCY_S
+            if self._judge is not None:
+                self._judge.advance(self._true_utc())
 
     # --- the agenda ---------------------------------------------------------------------------
 
@@ -270,9 +311,40 @@ class Simulation:
         for fault in self._faults:
             self._at(fault.at_s, f"fault {fault.kind}", partial(self._fault, fault))
 
+    def _plan_pauses(self, per_year: float) -> None:
+        """Temporary stops (hospital, holiday): ordered hours ahead, lasting hours to weeks,
+        one at a time, none in the last days of the run."""
+        rng, at = self._rng_pauses, 0.0
+        if per_year <= 0:
+            return
+        while True:
+            at += rng.expovariate(per_year / (365 * 86400.0))
+            lead = rng.uniform(0.0, 6 * 3600.0)
+            length = rng.choice((rng.uniform(3600.0, 86400.0), rng.uniform(86400.0, 21 * 86400.0)))
+            if at + lead + length > self._duration_s - 3 * 86400.0:
+                return
+            n = len(self._pauses_planned) + 1
+            self._pauses_planned.append((f"pause-{n}", at, at + lead, at + lead + length))
+            self._at(at, f"pause-{n} ordered", partial(self._order_pause, n - 1))
+            at += lead + length
+
+    def _order_pause(self, k: int) -> None:
+        """The response centre's command reaches the agent (it waits while the Pi is down)."""
+        pause_id, _, start_s, end_s = self._pauses_planned[k]
+        if self._engine is None:
+            self._at(
+                self._elapsed + 600.0, f"{pause_id} ordered again", partial(self._order_pause, k)
+            )
+            return
+        start, end = (self._start + timedelta(seconds=t) for t in (start_s, end_s))
+        if self._judge is not None:
+            self._judge.pause(pause_id, start, end)
+        self._feed([StartPause(PauseWindow(pause_id, start, end))])
+
     # --- what people and the world do ---------------------------------------------------------
 
     def _physical(self, messages: list[Message]) -> None:
+        self._observe_world()  # the world has changed before anyone hears of it
         self._from_dispenser(messages)
 
     def _press(self, button: ButtonId) -> None:
@@ -344,7 +416,12 @@ class Simulation:
             )
 
     def _take_dose(self) -> None:
-        self._physical(self._model.take_dose())
+        messages = self._model.take_dose()
+        if self._judge is not None:
+            for message in messages:
+                if isinstance(message, DoseTaken):
+                    self._judge.taken(message.dispense_id)
+        self._physical(messages)
 
     def _on_presented(self) -> None:
         """The dose is in the tray: the patient's habit for the nearest slot decides."""
@@ -487,11 +564,15 @@ class Simulation:
         # every command carries req_id; the driver stamps it, so does the harness
         stamped = cast(Message, replace(cast(Any, command.command), req_id=self._next_req_id()))
         dispensed_before = len(self._model.dispensed)
+        discarded_before = len(self._model.discarded)
+        bin_before = len(self._model.bin)
         replies = self._model.handle(stamped)
         for dispense_id, index in self._model.dispensed[dispensed_before:]:
             roll = self._model.roll
             assert roll is not None
             sachet = roll.sachets[index]
+            if self._judge is not None:
+                self._judge.presented(dispense_id, _label(roll, index))
             self._checker.on_physical_dispense(
                 PhysicalDispense(
                     dispense_id,
@@ -501,6 +582,14 @@ class Simulation:
                     datetime.fromtimestamp(sachet.intended_utc_s, UTC),
                 )
             )
+        if self._judge is not None:
+            self._observe_world()
+            roll = self._model.roll
+            for dispense_id, index in self._model.discarded[discarded_before:]:
+                assert roll is not None
+                self._judge.discarded(dispense_id, _label(roll, index))
+            if len(self._model.bin) != bin_before:
+                self._judge.bin_fill(len(self._model.bin), self._model.identity.bin_capacity)
         inputs: list[EngineInput] = []
         for message in replies:
             if isinstance(message, CommandResult | Status | Capabilities | TimeReport):
@@ -530,6 +619,8 @@ class Simulation:
             separators=(",", ":"),
         )
         self._hash.update(record.encode())
+        if self._judge is not None:
+            self._judge.published(event.kind, event.priority.value, dict(event.fields))
         if event.kind == "slot_outcome":
             self._outcome_counts[str(event.fields.get("outcome"))] += 1
 
@@ -567,6 +658,8 @@ class Simulation:
             self._install()
             self._loop()
             self._checker.finish(self._expected if self.config.require_outcomes else ())
+            if self._judge is not None:
+                self._judge.finish(self._true_utc())
         except InvariantViolation as violation:
             if violation.seed is not None:
                 raise
@@ -590,6 +683,8 @@ class Simulation:
             discards=len(self._model.discarded),
             faults_planned=len(self._faults),
             dropped_messages=self._dropped,
+            judge_findings=self._judge.counts() if self._judge else {},
+            judge_first=self._judge.first_findings() if self._judge else {},
         )
 
     def _install(self) -> None:
@@ -597,6 +692,7 @@ class Simulation:
         self._engine = self._factory.create(self.config.engine, self._clock.now())
         self._feed([SetBinding(Binding(self.config.patient_ref)), SetSchedule(self._schedule, 1)])
         self._link_up()
+        self._observe_world()
 
     def _loop(self) -> None:
         end = self._duration_s
@@ -628,6 +724,23 @@ class Simulation:
                 self._advance_to(item.at_s)
                 self._recent.append((self._step, self._elapsed, "world", item.label, None))
                 item.run()
+            self._observe_world()
+
+    def _observe_world(self) -> None:
+        """Show the judge the physical state after whatever just happened (when it changed)."""
+        if self._judge is None:
+            return
+        m = self._model
+        world = World(
+            roll_patient_ref=m.roll.patient_ref if m.roll is not None else None,
+            remaining=m.remaining,
+            jammed=FaultCode.JAM in m.faults,
+            bin_full=len(m.bin) >= m.identity.bin_capacity,
+            agent_linked=self._engine is not None and not self._link_downs,
+        )
+        if world != self._world:
+            self._world = world
+            self._judge.world(world)
 
     def _idle_tick(self, engine: EngineLike, target_s: float) -> None:
         """Tick somewhere before the next deadline: the engine must do nothing (invariant 5)."""
@@ -655,6 +768,19 @@ class Simulation:
             + (f" -> {actions!r}" if actions is not None else "")
             for step, elapsed, kind, what, actions in self._recent
         ]
+
+
+def _label(roll: SimRoll, index: int) -> SachetLabel:
+    """What the judge may read: the sachet's print and its roll's leader."""
+    sachet = roll.sachets[index]
+    return SachetLabel(
+        roll_id=roll.roll_id,
+        roll_patient_ref=roll.patient_ref,
+        patient_ref=sachet.patient_ref,
+        index=index,
+        intended_utc=datetime.fromtimestamp(sachet.intended_utc_s, UTC),
+        roll_expiry_utc=datetime.fromtimestamp(roll.expiry_utc_s, UTC),
+    )
 
 
 # --- engines ---------------------------------------------------------------------------------

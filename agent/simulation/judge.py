@@ -1,0 +1,581 @@
+"""An independent judge of a simulated run: what should have happened, from the rules alone.
+
+The judge does not import the dose engine or its schedule code. It has its own small reference of
+the dose rules (`reference_slots`, on `zoneinfo`, written from docs/time-policy.md) and it sees
+only what a person in the room and the response centre could see:
+
+- the physical world, in *true* time (the patient's watch): which sachet the dispenser cut into
+  the tray (its printed label: patient, roll, intended time), which one the patient took, which
+  ones were cut straight into the bin, how full the bin is, which roll is loaded, which faults the
+  hardware has, whether the agent is running and connected to the dispenser, the pauses in force;
+- the published event stream: kind, priority and fields of every event, in order.
+
+Rules (each a named check; a violation names the rule, the seed and the true time):
+
+R1 one sachet per slot: at most one sachet is presented for a slot, whether the slot is the one a
+   published `dose_presented` event names or the one the sachet's label is packed for.
+R2 minimum interval: no two intakes (the patient lifted a dose out of the tray) closer than
+   `min_intake_interval` (90 min by default). This is the rule the engine must enforce.
+R3 one outcome per slot: every slot of the reference schedule due between installation and
+   `expect_until` ends in exactly one published `slot_outcome` event; no slot gets two, and no
+   outcome names a slot the schedule does not have.
+R4 right sachet: every presented sachet carries the bound patient's reference (on the roll's
+   leader and on the sachet), its roll has not expired at presentation (true time), and its
+   intended time is within `sachet_time_tolerance` of the slot it was presented for and closer to
+   that slot's due instant than to any other slot's (slots sharing one instant, which a DST gap can
+   cause, cannot be told apart by time and count as one).
+R5 no discard without a decision: a sachet is cut into the bin only when a decision covers it.
+   `discard_decisions` says which decisions count:
+   - "stale": the slot the sachet is packed for (the reference slot within the tolerance of its
+     intended time) already has a published `slot_outcome` (the default, and the only one today);
+   - "no_slot": the sachet matches no slot of the schedule (a plan mismatch). Not a decision by
+     default: discarding the pharmacy's medicine because the plan disagrees needs someone to
+     decide it.
+R6 bin: the bin's fill never exceeds its capacity.
+R7 no missed alarm while paused: no `slot_outcome` with outcome "missed" for a slot due inside a
+   pause window, nor published while a pause is in force.
+R8 HIGH conditions reported: every HIGH condition of the physical world is followed by a
+   published HIGH event that reports it within `high_report_bound` of true time. The bound runs
+   while the agent can know: from onset, or from when the agent is running and linked to the
+   dispenser again (the simulation has no broker link to lose: what the agent publishes reaches
+   the centre at once). A condition that ends before its bound is not a violation. Conditions and
+   the events that report them:
+   - "wrong_roll": a roll whose leader names another patient is loaded -> `wrong_roll`;
+   - "jam": the cutter is jammed -> `fault_jam`;
+   - "bin_full": the bin is full -> `fault_bin_full`;
+   - "roll_empty": at a slot's due instant (not paused, not settled early) the loaded roll has no
+     sachet left -> a HIGH `slot_outcome` for that slot.
+   Each condition is a sub-rule ("R8.jam" ...) that can be enforced on its own.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from agent.simulation.violation import InvariantViolation
+
+RULES: dict[str, str] = {
+    "R1": "at most one sachet presented per slot",
+    "R2": "no two intakes closer than the minimum interval",
+    "R3": "every slot ends in exactly one published outcome",
+    "R4": "only the patient's sachet, unexpired, packed for the slot it is given for",
+    "R5": "no discard without a decision",
+    "R6": "the bin never overflows",
+    "R7": "no missed-dose alarm while paused",
+    "R8": "every HIGH condition reported within the bound",
+}
+HIGH_CONDITIONS = ("wrong_roll", "jam", "bin_full", "roll_empty")
+# R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
+SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
+ALL_RULES = frozenset(RULES)
+DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
+HIGH = "high"
+
+
+# --- the reference schedule ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RefSlot:
+    """One dose on one local day, as the rules say it should be."""
+
+    due_utc: datetime
+    slot_id: str  # "YYYY-MM-DDTHH:MM": local date + nominal local time
+
+
+def parse_hhmm(text: str) -> time:
+    hours, sep, minutes = text.partition(":")
+    if not sep or len(hours) != 2 or len(minutes) != 2:
+        raise ValueError(f"dose time {text!r}: use HH:MM")
+    return time(int(hours), int(minutes))
+
+
+def reference_slots(
+    zone: str, times: Sequence[str], effective_from: date, first_day: date, last_day: date
+) -> list[RefSlot]:
+    """The slots of local days `first_day`..`last_day` (inclusive), in due order.
+
+    docs/time-policy.md: a nominal time on a day when the clock jumps over it is due at the
+    instant the wall clock would have shown it without the jump (shifted forward by the gap); a
+    time that happens twice is due at its first occurrence. With zoneinfo that is `fold=0` in both
+    cases (a missing local time is converted with the offset in force before the gap). Then an
+    earlier nominal time is never due after a later one: it takes the later one's instant.
+    Slots are ordered by due instant, then by slot id. No slots before `effective_from`.
+    """
+    tz = ZoneInfo(zone)
+    nominal = sorted(parse_hhmm(t) for t in times)
+    raw: list[tuple[str, datetime]] = []
+    day = max(first_day, effective_from)
+    while day <= last_day:
+        for t in nominal:
+            local = datetime.combine(day, t, tzinfo=tz)  # fold=0
+            raw.append((f"{day.isoformat()}T{t:%H:%M}", local.astimezone(UTC)))
+        day += timedelta(days=1)
+    slots: list[RefSlot] = []
+    later: datetime | None = None
+    for slot_id, due in reversed(raw):  # raw is in nominal order
+        if later is not None and due > later:
+            due = later
+        later = due
+        slots.append(RefSlot(due, slot_id))
+    slots.sort()
+    return slots
+
+
+# --- observations ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SachetLabel:
+    """What is printed on a sachet and its roll's leader."""
+
+    roll_id: str
+    roll_patient_ref: str  # the roll's leader label
+    patient_ref: str  # printed on the sachet
+    index: int
+    intended_utc: datetime
+    roll_expiry_utc: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """The physical state the HIGH conditions of R8 depend on, at one true instant."""
+
+    roll_patient_ref: str | None  # the loaded roll's leader; None: no roll
+    remaining: int  # sachets left on the loaded roll
+    jammed: bool
+    bin_full: bool
+    agent_linked: bool  # the agent runs and is connected to the dispenser
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    rule: str  # "R1" ... "R8", or "R8.<condition>"
+    at: datetime  # true time
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeConfig:
+    patient_ref: str
+    zone: str
+    times: tuple[str, ...]
+    effective_from: date  # the schedule rule's first local day
+    installed_utc: datetime  # no slot due before this is expected
+    expect_until_utc: datetime  # every slot due before this must have its outcome at the end
+    sachet_time_tolerance: timedelta  # the engine's setting, passed in (not imported)
+    min_intake_interval: timedelta = timedelta(minutes=90)
+    high_report_bound: timedelta = timedelta(minutes=10)
+    discard_decisions: frozenset[str] = frozenset({"stale"})
+    enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = (self.enforce - ALL_RULES - SUB_RULES) | (
+            self.discard_decisions - DISCARD_DECISIONS
+        )
+        if unknown:
+            raise ValueError(f"unknown rule or decision names: {sorted(unknown)}")
+
+
+@dataclass(slots=True)
+class _Presentation:
+    dispense_id: int
+    at: datetime
+    label: SachetLabel
+    label_slot: RefSlot | None
+
+
+@dataclass(slots=True)
+class _Condition:
+    name: str
+    onset: datetime
+    deadline: datetime | None  # None while the agent cannot know
+    slot_id: str | None = None  # roll_empty: the slot it blocks
+    reported: bool = False
+
+
+_CONDITION_EVENTS = {"wrong_roll": "wrong_roll", "jam": "fault_jam", "bin_full": "fault_bin_full"}
+
+
+@dataclass(slots=True)
+class Judge:
+    """Feed it observations in true-time order; it raises `InvariantViolation` for a violation of
+    an enforced rule and records every violation in `findings`."""
+
+    config: JudgeConfig
+    findings: list[Finding] = field(default_factory=list)
+    _slots: list[RefSlot] = field(default_factory=list)
+    _dues: list[datetime] = field(default_factory=list)
+    _by_id: dict[str, RefSlot] = field(default_factory=dict)
+    _now: datetime | None = None
+    _next_due: int = 0  # index of the first slot not yet due (for roll_empty)
+    _presented: dict[int, _Presentation] = field(default_factory=dict)
+    _presented_for: dict[str, set[int]] = field(default_factory=dict)  # slot id -> dispense ids
+    _intakes: list[datetime] = field(default_factory=list)
+    _outcomes: dict[str, str] = field(default_factory=dict)
+    _pauses: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
+    _world: World | None = None
+    _conditions: dict[str, _Condition] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        tz = ZoneInfo(c.zone)
+        first = c.installed_utc.astimezone(tz).date() - timedelta(days=2)
+        last = c.expect_until_utc.astimezone(tz).date() + timedelta(days=4)
+        self._slots = reference_slots(c.zone, c.times, c.effective_from, first, last)
+        self._dues = [s.due_utc for s in self._slots]
+        self._by_id = {s.slot_id: s for s in self._slots}
+        self._next_due = bisect_left(self._dues, c.installed_utc)
+
+    # --- reference lookups ---------------------------------------------------------------------
+
+    @property
+    def expected_slot_ids(self) -> list[str]:
+        c = self.config
+        return [s.slot_id for s in self._slots if c.installed_utc <= s.due_utc < c.expect_until_utc]
+
+    def slot_for_sachet(self, intended: datetime) -> RefSlot | None:
+        """The slot a sachet is packed for: the nearest by due instant, if within the tolerance
+        (several slots at that one instant: the first by id)."""
+        nearest = self._nearest(intended)
+        if nearest is None or abs(nearest.due_utc - intended) > self.config.sachet_time_tolerance:
+            return None
+        return nearest
+
+    def _nearest(self, at: datetime) -> RefSlot | None:
+        i = bisect_left(self._dues, at)
+        candidates = [self._slots[j] for j in (i - 1, i) if 0 <= j < len(self._slots)]
+        if not candidates:
+            return None
+        best = min(abs(s.due_utc - at) for s in candidates)
+        return next(s for s in candidates if abs(s.due_utc - at) == best)
+
+    def _strictly_closer_slot(self, slot: RefSlot, intended: datetime) -> RefSlot | None:
+        """A slot with another due instant that is closer to `intended` than `slot` is."""
+        distance = abs(slot.due_utc - intended)
+        lo = bisect_left(self._dues, intended - distance)
+        hi = bisect_right(self._dues, intended + distance)
+        for other in self._slots[lo:hi]:
+            if other.due_utc != slot.due_utc and abs(other.due_utc - intended) < distance:
+                return other
+        return None
+
+    def _paused_at(self, at: datetime) -> str | None:
+        for pause_id, (start, end) in self._pauses.items():
+            if start <= at and (end is None or at < end):
+                return pause_id
+        return None
+
+    # --- violations ------------------------------------------------------------------------------
+
+    def _violation(self, rule: str, message: str, at: datetime | None = None) -> None:
+        when = at or self._now or self.config.installed_utc
+        finding = Finding(rule, when, message)
+        self.findings.append(finding)
+        main = rule.partition(".")[0]
+        if rule in self.config.enforce or main in self.config.enforce:
+            seed = "" if self.config.seed is None else f"seed {self.config.seed}, "
+            raise InvariantViolation(
+                f"judge {rule} ({RULES[main]}): {seed}true time "
+                f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z: {message}"
+            )
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def advance(self, now: datetime) -> None:
+        """True time moved on to `now` (before whatever happens at `now`)."""
+        if self._now is not None and now < self._now:
+            raise ValueError(f"true time went back from {self._now} to {now}")
+        self._now = now
+        while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
+            self._at_due(self._slots[self._next_due])
+            self._next_due += 1
+        for cond in list(self._conditions.values()):
+            if not cond.reported and cond.deadline is not None and now > cond.deadline:
+                self._violation(
+                    f"R8.{cond.name}",
+                    f"HIGH condition {cond.name}"
+                    + (f" (slot {cond.slot_id})" if cond.slot_id else "")
+                    + f" since {cond.onset.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z not reported "
+                    f"within {self.config.high_report_bound}",
+                    cond.deadline,
+                )
+                cond.reported = True  # once per episode
+        for key in [k for k, c in self._conditions.items() if c.slot_id and c.reported]:
+            del self._conditions[key]  # a due slot's empty roll: reported (or judged) once
+
+    def _at_due(self, slot: RefSlot) -> None:
+        world = self._world
+        if world is None or world.roll_patient_ref is None or world.remaining > 0:
+            return
+        if self._paused_at(slot.due_utc) is not None or slot.slot_id in self._outcomes:
+            return
+        key = f"roll_empty {slot.slot_id}"
+        self._conditions[key] = _Condition(
+            "roll_empty",
+            slot.due_utc,
+            self._deadline(slot.due_utc, world.agent_linked),
+            slot.slot_id,
+        )
+
+    def _deadline(self, at: datetime, linked: bool) -> datetime | None:
+        return at + self.config.high_report_bound if linked else None
+
+    # --- the physical world -------------------------------------------------------------------
+
+    def world(self, state: World) -> None:
+        """The physical state now (call after anything may have changed it)."""
+        now = self._now or self.config.installed_utc
+        previous = self._world
+        self._world = state
+        present = {
+            "wrong_roll": state.roll_patient_ref is not None
+            and state.roll_patient_ref != self.config.patient_ref,
+            "jam": state.jammed,
+            "bin_full": state.bin_full,
+        }
+        for name, on in present.items():
+            if on and name not in self._conditions:
+                self._conditions[name] = _Condition(
+                    name, now, self._deadline(now, state.agent_linked)
+                )
+            elif not on:
+                self._conditions.pop(name, None)
+        if state.roll_patient_ref is None or state.remaining > 0:
+            # a fuller roll, or the roll was taken out: no longer an empty roll at due time
+            for key in [k for k, c in self._conditions.items() if c.name == "roll_empty"]:
+                del self._conditions[key]
+        if previous is not None and state.agent_linked and not previous.agent_linked:
+            for c in self._conditions.values():
+                if c.deadline is None:
+                    c.deadline = now + self.config.high_report_bound
+        if not state.agent_linked:
+            for c in self._conditions.values():
+                if not c.reported:
+                    c.deadline = None
+
+    def presented(self, dispense_id: int, label: SachetLabel) -> None:
+        """A sachet was cut into the tray (R1, R4)."""
+        now = self._require_now()
+        slot = self.slot_for_sachet(label.intended_utc)
+        self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot)
+        ref = self.config.patient_ref
+        if label.roll_patient_ref != ref or label.patient_ref != ref:
+            self._violation(
+                "R4",
+                f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
+                f"{dispense_id}) is another patient's: leader {label.roll_patient_ref!r}, "
+                f"sachet {label.patient_ref!r}, bound {ref!r}",
+            )
+        if label.roll_expiry_utc <= now:
+            self._violation(
+                "R4",
+                f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
+                f"{dispense_id}) from a roll that expired "
+                f"{label.roll_expiry_utc.astimezone(UTC):%Y-%m-%d %H:%M}Z",
+            )
+        if slot is None:
+            self._violation(
+                "R4",
+                f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
+                f"{dispense_id}) is packed for {_iso(label.intended_utc)}, no slot of the "
+                "schedule within the tolerance",
+            )
+        else:
+            self._count_presentation(slot.slot_id, dispense_id, "its label")
+
+    def _count_presentation(self, slot_id: str, dispense_id: int, by: str) -> None:
+        ids = self._presented_for.setdefault(slot_id, set())
+        ids.add(dispense_id)
+        if len(ids) > 1:
+            self._violation(
+                "R1",
+                f"slot {slot_id} got a second sachet (dispense ids {sorted(ids)}; this one "
+                f"attributed by {by})",
+            )
+
+    def taken(self, dispense_id: int) -> None:
+        """The patient lifted the dose out of the tray (R2)."""
+        now = self._require_now()
+        if self._intakes:
+            last = self._intakes[-1]
+            if now - last < self.config.min_intake_interval:
+                self._violation(
+                    "R2",
+                    f"dose (dispense id {dispense_id}) taken {_minutes(now - last)} after the "
+                    f"previous intake at {_iso(last)} (minimum "
+                    f"{_minutes(self.config.min_intake_interval)})",
+                )
+        self._intakes.append(now)
+
+    def discarded(self, dispense_id: int, label: SachetLabel) -> None:
+        """A sachet was cut straight into the bin (R5)."""
+        slot = self.slot_for_sachet(label.intended_utc)
+        what = (
+            f"sachet {label.index} of roll {label.roll_id} packed for "
+            f"{_iso(label.intended_utc)} (dispense id {dispense_id})"
+        )
+        decisions = self.config.discard_decisions
+        if slot is None:
+            if "no_slot" not in decisions:
+                self._violation(
+                    "R5",
+                    f"discarded {what}: it matches no slot of the schedule (a plan mismatch) "
+                    "and nobody decided to discard it",
+                )
+            return
+        if "stale" in decisions and slot.slot_id in self._outcomes:
+            return
+        self._violation(
+            "R5",
+            f"discarded {what}: its slot {slot.slot_id} has no published outcome yet",
+        )
+
+    def bin_fill(self, fill: int, capacity: int) -> None:
+        """R6."""
+        if fill > capacity:
+            self._violation("R6", f"bin holds {fill} sachets, capacity {capacity}")
+
+    def pause(self, pause_id: str, start: datetime, end: datetime | None) -> None:
+        """A pause is in force (or planned) for [start, end)."""
+        self._pauses[pause_id] = (start, end)
+
+    def pause_ended(self, pause_id: str) -> None:
+        start, end = self._pauses[pause_id]
+        now = self._require_now()
+        self._pauses[pause_id] = (start, min(end, now) if end is not None else now)
+
+    # --- the published stream -------------------------------------------------------------------
+
+    def published(self, kind: str, priority: str, fields: dict[str, object]) -> None:
+        if kind == "slot_outcome":
+            self._on_outcome(priority, fields)
+        elif kind == "dose_presented":
+            self._on_presented_event(fields)
+        if priority == HIGH:
+            for cond in self._conditions.values():
+                if cond.reported:
+                    continue
+                if cond.name == "roll_empty":
+                    cond.reported = kind == "slot_outcome" and fields.get("slot_id") == (
+                        cond.slot_id
+                    )
+                elif _CONDITION_EVENTS[cond.name] == kind:
+                    cond.reported = True
+
+    def _on_presented_event(self, fields: dict[str, object]) -> None:
+        dispense_id, slot_id = fields.get("dispense_id"), fields.get("slot_id")
+        if not isinstance(dispense_id, int) or not isinstance(slot_id, str):
+            return
+        shown = self._presented.get(dispense_id)
+        if shown is None:
+            return  # nothing physical to judge (the model never cut it)
+        self._count_presentation(slot_id, dispense_id, "the published dose_presented")
+        slot = self._by_id.get(slot_id)
+        label = shown.label
+        if slot is None:
+            self._violation("R4", f"dose_presented names slot {slot_id}, not in the schedule")
+            return
+        tolerance = self.config.sachet_time_tolerance
+        gap = abs(label.intended_utc - slot.due_utc)
+        what = f"sachet packed for {_iso(label.intended_utc)} (dispense id {dispense_id})"
+        if gap > tolerance:
+            self._violation(
+                "R4",
+                f"{what} presented for slot {slot_id} due {_iso(slot.due_utc)}: "
+                f"{_minutes(gap)} off, tolerance {_minutes(tolerance)}",
+            )
+            return
+        closer = self._strictly_closer_slot(slot, label.intended_utc)
+        if closer is not None:
+            self._violation(
+                "R4",
+                f"{what} presented for slot {slot_id} due {_iso(slot.due_utc)}, but it is "
+                f"packed for slot {closer.slot_id} due {_iso(closer.due_utc)}",
+            )
+
+    def _on_outcome(self, priority: str, fields: dict[str, object]) -> None:
+        slot_id, outcome = fields.get("slot_id"), fields.get("outcome")
+        if not isinstance(slot_id, str) or not isinstance(outcome, str):
+            self._violation("R3", f"slot_outcome without slot_id/outcome: {fields}")
+            return
+        if slot_id in self._outcomes:
+            self._violation(
+                "R3",
+                f"second outcome for slot {slot_id}: {self._outcomes[slot_id]} then {outcome}",
+            )
+            return
+        self._outcomes[slot_id] = outcome
+        slot = self._by_id.get(slot_id)
+        if slot is None or slot.due_utc < self.config.installed_utc:
+            self._violation("R3", f"outcome {outcome} for slot {slot_id}, not in the schedule")
+            return
+        if outcome != "missed":
+            return
+        due_paused = self._paused_at(slot.due_utc)
+        now_paused = self._paused_at(self._require_now())
+        if due_paused is not None or now_paused is not None:
+            pause_id = due_paused or now_paused
+            self._violation(
+                "R7",
+                f"missed-dose alarm ({priority}) for slot {slot_id} due {_iso(slot.due_utc)} "
+                f"while pause {pause_id} "
+                + ("covers its due time" if due_paused else "is in force"),
+            )
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def finish(self, now: datetime) -> None:
+        self.advance(now)
+        missing = [s for s in self.expected_slot_ids if s not in self._outcomes]
+        if missing:
+            self._violation(
+                "R3", f"{len(missing)} slot(s) without a published outcome, first {missing[:5]}"
+            )
+
+    def _require_now(self) -> datetime:
+        if self._now is None:
+            raise ValueError("advance() the judge to the true time first")
+        return self._now
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.findings:
+            out[f.rule] = out.get(f.rule, 0) + 1
+        return dict(sorted(out.items()))
+
+    def first_findings(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for f in self.findings:
+            out.setdefault(f.rule, f"{_iso(f.at)}: {f.message}")
+        return dict(sorted(out.items()))
+
+
+def _iso(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+
+
+def _minutes(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 60:.1f} min"
+
+
+def parse_rules(text: str | Iterable[str]) -> frozenset[str]:
+    """ "all", "none", or "R1,R3,R8.jam" -> a set of rule ids."""
+    if isinstance(text, str):
+        if text == "all":
+            return ALL_RULES
+        if text in ("none", ""):
+            return frozenset()
+        text = [part.strip() for part in text.split(",") if part.strip()]
+    rules = frozenset(text)
+    unknown = rules - ALL_RULES - SUB_RULES
+    if unknown:
+        raise ValueError(
+            f"unknown judge rules {sorted(unknown)}: use all, none or e.g. R1,R3,R8.jam"
+        )
+    return rules

@@ -1,0 +1,500 @@
+"""The independent judge (agent.simulation.judge) on hand-made observations, no engine: each rule
+fires on a history that breaks it and stays quiet on one that keeps it, and its reference schedule
+follows docs/time-policy.md on the DST days of Europe/Oslo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from agent.simulation.judge import (
+    ALL_RULES,
+    Judge,
+    JudgeConfig,
+    SachetLabel,
+    World,
+    parse_rules,
+    reference_slots,
+)
+from agent.simulation.violation import InvariantViolation
+
+REF = "p-judge-1"
+OSLO = "Europe/Oslo"
+DAY = date(2026, 6, 1)  # CEST: local = UTC + 2
+INSTALLED = datetime(2026, 5, 31, 22, 7, tzinfo=UTC)  # 00:07 local on DAY
+UNTIL = datetime(2026, 6, 2, 22, 0, tzinfo=UTC)  # slots of DAY and 2 June must settle
+
+
+def utc(hhmm: str, day: int = 1) -> datetime:
+    """A UTC instant on June `day`, 2026."""
+    h, m = hhmm.split(":")
+    return datetime(2026, 6, day, int(h), int(m), tzinfo=UTC)
+
+
+def judge(
+    times: tuple[str, ...] = ("08:00", "20:00"),
+    *,
+    enforce: frozenset[str] = ALL_RULES,
+    **kw: object,
+) -> Judge:
+    config = JudgeConfig(
+        patient_ref=REF,
+        zone=OSLO,
+        times=times,
+        effective_from=DAY,
+        installed_utc=INSTALLED,
+        expect_until_utc=UNTIL,
+        sachet_time_tolerance=timedelta(minutes=30),
+        enforce=enforce,
+        seed=7,
+        **kw,  # type: ignore[arg-type]
+    )
+    j = Judge(config)
+    j.advance(INSTALLED)
+    return j
+
+
+def label(
+    intended: datetime,
+    *,
+    index: int = 0,
+    roll_ref: str = REF,
+    sachet_ref: str = REF,
+    expiry: datetime = datetime(2027, 1, 1, tzinfo=UTC),
+) -> SachetLabel:
+    return SachetLabel("R001", roll_ref, sachet_ref, index, intended, expiry)
+
+
+def world(
+    roll: str | None = REF,
+    remaining: int = 10,
+    *,
+    jammed: bool = False,
+    bin_full: bool = False,
+    linked: bool = True,
+) -> World:
+    return World(roll, remaining, jammed, bin_full, linked)
+
+
+def outcome(j: Judge, slot_id: str, result: str = "taken", priority: str = "info") -> None:
+    j.published("slot_outcome", priority, {"slot_id": slot_id, "outcome": result})
+
+
+def settle_all(j: Judge, *, but: tuple[str, ...] = ()) -> None:
+    for slot_id in j.expected_slot_ids:
+        if slot_id not in but:
+            outcome(j, slot_id)
+
+
+# --- the reference schedule: docs/time-policy.md, Europe/Oslo ------------------------------
+
+
+def dues(times: tuple[str, ...], day: date) -> dict[str, datetime]:
+    return {s.slot_id: s.due_utc for s in reference_slots(OSLO, times, day, day, day)}
+
+
+def test_spring_forward_2026_03_29_follows_the_documented_table() -> None:
+    got = dues(("01:30", "02:00", "02:30", "03:00"), date(2026, 3, 29))
+    t = lambda h, m: datetime(2026, 3, 29, h, m, tzinfo=UTC)  # noqa: E731
+    # 02:00 and 02:30 do not exist: shifted forward by the gap (01:00 / 01:30 UTC), but an
+    # earlier nominal time is never due after a later one, so 02:30 joins 03:00 at 01:00 UTC
+    assert got == {
+        "2026-03-29T01:30": t(0, 30),
+        "2026-03-29T02:00": t(1, 0),
+        "2026-03-29T02:30": t(1, 0),
+        "2026-03-29T03:00": t(1, 0),
+    }
+
+
+def test_spring_forward_a_missing_time_alone_is_shifted_by_the_gap() -> None:
+    assert dues(("02:30", "09:00"), date(2026, 3, 29)) == {
+        "2026-03-29T02:30": datetime(2026, 3, 29, 1, 30, tzinfo=UTC),  # 03:30 CEST
+        "2026-03-29T09:00": datetime(2026, 3, 29, 7, 0, tzinfo=UTC),
+    }
+    # two nominal times on one instant stay two slots, ordered by nominal time
+    same = reference_slots(OSLO, ("03:15", "02:15"), date(2026, 3, 29), *[date(2026, 3, 29)] * 2)
+    assert [(s.slot_id, s.due_utc.hour, s.due_utc.minute) for s in same] == [
+        ("2026-03-29T02:15", 1, 15),
+        ("2026-03-29T03:15", 1, 15),
+    ]
+
+
+def test_fall_back_2026_10_25_gives_the_repeated_hour_once_at_its_first_occurrence() -> None:
+    got = dues(("01:30", "02:00", "02:30", "03:00"), date(2026, 10, 25))
+    assert got == {
+        "2026-10-25T01:30": datetime(2026, 10, 24, 23, 30, tzinfo=UTC),
+        "2026-10-25T02:00": datetime(2026, 10, 25, 0, 0, tzinfo=UTC),
+        "2026-10-25T02:30": datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # CEST, not 01:30 UTC
+        "2026-10-25T03:00": datetime(2026, 10, 25, 2, 0, tzinfo=UTC),
+    }
+
+
+def test_rules_start_at_local_midnight_and_slots_come_in_due_order() -> None:
+    slots = reference_slots(OSLO, ("20:00", "08:00"), DAY, date(2026, 5, 30), date(2026, 6, 2))
+    assert [s.slot_id for s in slots] == [
+        "2026-06-01T08:00",
+        "2026-06-01T20:00",
+        "2026-06-02T08:00",
+        "2026-06-02T20:00",
+    ]
+    with pytest.raises(ValueError, match="HH:MM"):
+        reference_slots(OSLO, ("8:00",), DAY, DAY, DAY)
+
+
+def test_the_reference_agrees_with_the_engine_schedule_over_two_years() -> None:
+    """A differential check: written from the docs, the reference gives the engine's slots for
+    every template the harness uses (both DST changes of 2026 and 2027)."""
+    from agent.engine.schedule import Schedule, ScheduleRule, parse_time
+    from agent.simulation.harness import SCHEDULE_TEMPLATES
+
+    first, last = date(2026, 1, 1), date(2027, 12, 31)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = datetime(2027, 12, 30, tzinfo=UTC)
+    for times in (*SCHEDULE_TEMPLATES, ("01:30", "02:00", "02:30", "03:00")):
+        rule = ScheduleRule(effective_from=first, times=tuple(parse_time(t) for t in times))
+        engine = [
+            (s.slot_id, s.due_utc) for s in Schedule.build(OSLO, [rule]).slots_between(start, end)
+        ]
+        ours = [
+            (s.slot_id, s.due_utc)
+            for s in reference_slots(OSLO, times, first, first, last)
+            if start <= s.due_utc < end
+        ]
+        assert ours == engine, times
+
+
+def test_the_judge_imports_nothing_from_the_engine() -> None:
+    code = (
+        "import sys, agent.simulation.judge\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('agent.engine'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=".")
+
+
+# --- a clean day passes every rule -----------------------------------------------------------
+
+
+def test_a_valid_history_passes_every_rule() -> None:
+    j = judge()
+    j.world(world())
+    for day in (1, 2):
+        for hhmm, slot in (("06:00", "08:00"), ("18:00", "20:00")):
+            j.advance(utc(hhmm, day))
+            j.presented(10 * day + len(slot), label(utc(hhmm, day)))
+            j.published(
+                "dose_presented",
+                "info",
+                {"slot_id": f"2026-06-0{day}T{slot}", "dispense_id": 10 * day + len(slot)},
+            )
+            j.advance(utc(hhmm, day) + timedelta(minutes=5))
+            j.taken(10 * day + len(slot))
+            outcome(j, f"2026-06-0{day}T{slot}")
+    j.discarded(99, label(utc("06:00", 1), index=9))  # a leftover for a settled slot: stale
+    j.bin_fill(1, 30)
+    j.finish(utc("23:00", 3))
+    assert j.findings == []
+
+
+# --- R1 ----------------------------------------------------------------------------------------
+
+
+def test_r1_two_sachets_for_one_slot() -> None:
+    j = judge()
+    j.advance(utc("06:00"))
+    j.presented(1, label(utc("06:00")))
+    j.advance(utc("06:10"))
+    with pytest.raises(InvariantViolation, match=r"judge R1 .*seed 7, true time 2026-06-01 06:10"):
+        j.presented(2, label(utc("06:00"), index=1))
+
+
+def test_r1_a_second_presentation_claimed_for_the_same_slot() -> None:
+    j = judge(enforce=frozenset({"R1"}))
+    j.advance(utc("06:00"))
+    j.presented(1, label(utc("06:00")))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 1})
+    j.presented(2, label(utc("18:00"), index=1))  # packed for 20:00 ...
+    with pytest.raises(InvariantViolation, match="second sachet"):  # ... but given for 08:00
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 2})
+
+
+# --- R2 ----------------------------------------------------------------------------------------
+
+
+def test_r2_two_intakes_closer_than_the_minimum_interval() -> None:
+    j = judge()
+    j.advance(utc("06:00"))
+    j.taken(1)
+    j.advance(utc("07:29"))
+    with pytest.raises(InvariantViolation, match=r"R2 .*89.0 min after .*minimum 90.0 min"):
+        j.taken(2)
+
+
+def test_r2_quiet_at_the_interval_and_the_interval_is_a_parameter() -> None:
+    j = judge()
+    j.advance(utc("06:00"))
+    j.taken(1)
+    j.advance(utc("07:30"))
+    j.taken(2)
+    short = judge(min_intake_interval=timedelta(minutes=20))
+    short.advance(utc("06:00"))
+    short.taken(1)
+    short.advance(utc("06:25"))
+    short.taken(2)
+    assert j.findings == short.findings == []
+
+
+# --- R3 ----------------------------------------------------------------------------------------
+
+
+def test_r3_a_slot_without_an_outcome_at_the_end() -> None:
+    j = judge()
+    settle_all(j, but=("2026-06-02T20:00",))
+    with pytest.raises(InvariantViolation, match=r"R3 .*1 slot\(s\).*2026-06-02T20:00"):
+        j.finish(utc("23:00", 3))
+
+
+def test_r3_a_second_outcome_and_an_unknown_slot() -> None:
+    j = judge(enforce=frozenset())
+    outcome(j, "2026-06-01T08:00")
+    outcome(j, "2026-06-01T08:00", "missed", "high")
+    outcome(j, "2026-06-01T09:00")  # not a dose time
+    outcome(j, "2026-05-31T20:00")  # before installation
+    assert [f.rule for f in j.findings] == ["R3", "R3", "R3"]
+    assert "second outcome" in j.findings[0].message
+    assert "not in the schedule" in j.findings[1].message
+
+
+def test_r3_slots_after_the_expectation_window_need_no_outcome() -> None:
+    j = judge()
+    settle_all(j)
+    j.finish(utc("23:00", 3))  # 2026-06-03 slots are in the settle margin
+    assert j.findings == []
+
+
+# --- R4 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sachet", "message"),
+    [
+        (label(utc("06:00"), roll_ref="p-other"), "another patient's"),
+        (label(utc("06:00"), sachet_ref="p-other"), "another patient's"),
+        (label(utc("06:00"), expiry=utc("05:00")), "expired"),
+        (label(utc("12:00")), "no slot of the schedule"),
+    ],
+)
+def test_r4_a_wrong_sachet_presented(sachet: SachetLabel, message: str) -> None:
+    j = judge()
+    j.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=message):
+        j.presented(1, sachet)
+
+
+def test_r4_a_sachet_given_for_a_slot_outside_the_tolerance() -> None:
+    j = judge(enforce=frozenset({"R4"}))
+    j.advance(utc("06:00"))
+    j.presented(1, label(utc("06:00")))
+    with pytest.raises(InvariantViolation, match=r"720\.0 min off"):
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T20:00", "dispense_id": 1})
+
+
+def test_r4_the_0800_sachet_given_as_the_0830_dose_when_tolerances_overlap() -> None:
+    """Hazard #3: inside the 08:30 slot's tolerance, but packed for 08:00."""
+    j = judge(("08:00", "08:30"), enforce=frozenset({"R4"}))
+    j.advance(utc("06:30"))
+    j.presented(1, label(utc("06:00")))
+    with pytest.raises(InvariantViolation, match="packed for slot 2026-06-01T08:00"):
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:30", "dispense_id": 1})
+    ok = judge(("08:00", "08:30"))
+    ok.advance(utc("06:30"))
+    ok.presented(1, label(utc("06:30")))
+    ok.published("dose_presented", "info", {"slot_id": "2026-06-01T08:30", "dispense_id": 1})
+    assert ok.findings == []
+
+
+def test_r4_slots_sharing_one_instant_cannot_be_told_apart() -> None:
+    """Spring forward: 02:30 and 03:00 are both due at 01:00 UTC; either may take the sachet."""
+    spring = date(2026, 3, 29)
+    config = JudgeConfig(
+        REF,
+        OSLO,
+        ("02:30", "03:00"),
+        spring,
+        datetime(2026, 3, 28, 23, 7, tzinfo=UTC),
+        datetime(2026, 3, 29, 23, 0, tzinfo=UTC),
+        timedelta(minutes=30),
+    )
+    j = Judge(config)
+    at = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    j.advance(at)
+    j.presented(1, SachetLabel("R1", REF, REF, 0, at, at + timedelta(days=30)))
+    j.published("dose_presented", "info", {"slot_id": "2026-03-29T03:00", "dispense_id": 1})
+    assert j.findings == []
+
+
+# --- R5 ----------------------------------------------------------------------------------------
+
+
+def test_r5_a_discard_before_its_slot_is_decided() -> None:
+    j = judge()
+    j.advance(utc("05:00"))
+    with pytest.raises(InvariantViolation, match="2026-06-01T08:00 has no published outcome"):
+        j.discarded(1, label(utc("06:00")))
+
+
+def test_r5_a_plan_mismatch_discard_needs_a_decision_unless_configured() -> None:
+    j = judge()
+    j.advance(utc("05:00"))
+    with pytest.raises(InvariantViolation, match="plan mismatch"):
+        j.discarded(1, label(utc("12:00")))
+    lenient = judge(discard_decisions=frozenset({"stale", "no_slot"}))
+    lenient.advance(utc("05:00"))
+    lenient.discarded(1, label(utc("12:00")))
+    assert lenient.findings == []
+    with pytest.raises(ValueError, match="unknown"):
+        judge(discard_decisions=frozenset({"nurse_said_so"}))
+
+
+# --- R6 ----------------------------------------------------------------------------------------
+
+
+def test_r6_the_bin_overflows() -> None:
+    j = judge()
+    j.bin_fill(30, 30)
+    with pytest.raises(InvariantViolation, match="31 sachets, capacity 30"):
+        j.bin_fill(31, 30)
+
+
+# --- R7 ----------------------------------------------------------------------------------------
+
+
+def test_r7_a_missed_alarm_for_a_slot_due_in_a_pause() -> None:
+    ok = judge()
+    ok.pause("p1", utc("00:00"), utc("12:00"))
+    ok.advance(utc("13:00"))
+    outcome(ok, "2026-06-01T08:00", "skipped_paused")  # what should happen
+    assert ok.findings == []
+    j = judge()
+    j.pause("p1", utc("00:00"), utc("12:00"))
+    j.advance(utc("13:00"))  # reported after the pause: still an alarm for a paused slot
+    with pytest.raises(InvariantViolation, match=r"R7 .*2026-06-01T08:00.*covers its due time"):
+        outcome(j, "2026-06-01T08:00", "missed", "high")
+
+
+def test_r7_a_missed_alarm_while_a_pause_is_in_force() -> None:
+    """Hazard #5: the dose was in the tray when the pause began; its grace ends in the pause."""
+    j = judge(enforce=frozenset({"R7"}))
+    j.advance(utc("06:30"))
+    j.pause("p1", utc("06:30"), None)
+    j.advance(utc("07:00"))
+    with pytest.raises(InvariantViolation, match="while pause p1 is in force"):
+        outcome(j, "2026-06-01T08:00", "missed", "high")
+    after = judge()
+    after.pause("p1", utc("06:30"), None)
+    after.advance(utc("06:40"))
+    after.pause_ended("p1")
+    after.advance(utc("07:00"))
+    outcome(after, "2026-06-01T08:00", "missed", "high")  # the pause was over: a real alarm
+    assert after.findings == []
+
+
+# --- R8 ----------------------------------------------------------------------------------------
+
+
+def test_r8_a_jam_not_reported_within_the_bound() -> None:
+    j = judge()
+    j.advance(utc("03:00"))
+    j.world(world(jammed=True))
+    j.advance(utc("03:10"))  # exactly at the bound: still in time
+    with pytest.raises(InvariantViolation, match=r"R8.jam .*true time 2026-06-01 03:10"):
+        j.advance(utc("03:11"))
+
+
+def test_r8_a_reported_jam_and_one_cleared_in_time_are_fine() -> None:
+    j = judge()
+    j.advance(utc("03:00"))
+    j.world(world(jammed=True))
+    j.published("fault_jam", "medium", {})  # not HIGH: does not count
+    j.advance(utc("03:05"))
+    j.published("fault_jam", "high", {})
+    j.advance(utc("04:00"))
+    j.world(world())
+    j.world(world(jammed=True))  # a new episode
+    j.advance(utc("04:09"))
+    j.world(world())  # cleared before its bound
+    j.advance(utc("05:00"))
+    assert j.findings == []
+
+
+def test_r8_the_bound_runs_only_while_the_agent_can_know() -> None:
+    j = judge()
+    j.advance(utc("03:00"))
+    j.world(world(jammed=True, linked=False))
+    j.advance(utc("05:00"))  # link down for two hours: the agent cannot know
+    j.world(world(jammed=True, linked=True))
+    j.advance(utc("05:10"))
+    with pytest.raises(InvariantViolation, match=r"R8\.jam"):
+        j.advance(utc("05:10") + timedelta(seconds=1))
+
+
+def test_r8_a_wrong_roll_and_a_full_bin() -> None:
+    j = judge(enforce=frozenset())
+    j.advance(utc("03:00"))
+    j.world(world(roll="p-other", bin_full=True))
+    j.published("wrong_roll", "high", {})
+    j.advance(utc("03:30"))
+    assert [f.rule for f in j.findings] == ["R8.bin_full"]
+
+
+def test_r8_an_empty_roll_at_a_due_time_needs_a_high_outcome_for_that_slot() -> None:
+    j = judge(enforce=frozenset({"R8.roll_empty"}))
+    j.world(world(remaining=0))
+    j.advance(utc("06:05"))  # 08:00 local is due at 06:00 UTC
+    outcome(j, "2026-06-01T20:00", "missed", "high")  # another slot's alarm does not count
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        j.advance(utc("06:11"))
+    ok = judge()
+    ok.world(world(remaining=0))
+    ok.advance(utc("06:05"))
+    outcome(ok, "2026-06-01T08:00", "missed", "high")
+    ok.advance(utc("07:00"))
+    refilled = judge()
+    refilled.world(world(remaining=0))
+    refilled.advance(utc("06:05"))
+    refilled.world(world(remaining=28))  # the nurse came in time
+    refilled.advance(utc("07:00"))
+    assert ok.findings == refilled.findings == []
+
+
+# --- enforcement and reporting ------------------------------------------------------------
+
+
+def test_rules_not_enforced_are_recorded_not_raised() -> None:
+    j = judge(enforce=parse_rules("R1,R8.jam"))
+    j.advance(utc("06:00"))
+    j.taken(1)
+    j.advance(utc("06:10"))
+    j.taken(2)  # R2: recorded
+    j.world(world(remaining=0))
+    j.advance(utc("18:30"))  # R8.roll_empty for 20:00 local: recorded
+    assert j.counts() == {"R2": 1, "R8.roll_empty": 1}
+    assert "R2" in j.first_findings()
+    assert "2026-06-01 06:10:00Z" in j.first_findings()["R2"]
+
+
+def test_rule_lists_parse() -> None:
+    assert parse_rules("all") == ALL_RULES
+    assert parse_rules("none") == frozenset()
+    assert parse_rules("R2, R8.jam") == {"R2", "R8.jam"}
+    with pytest.raises(ValueError, match="unknown judge rules"):
+        parse_rules("R9")
+    with pytest.raises(ValueError, match="true time"):
+        Judge(JudgeConfig(REF, OSLO, ("08:00",), DAY, INSTALLED, UNTIL, timedelta(0))).taken(1)
+    j = judge()
+    j.advance(utc("06:00"))
+    with pytest.raises(ValueError, match="went back"):
+        j.advance(utc("05:00"))
