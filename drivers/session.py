@@ -7,7 +7,14 @@ next deadline, requests wake on their reply future. No polling loop.
 
 Guarantees the agent relies on:
 - Acknowledge after commit (SPEC 2.6): `on_message` runs synchronously *before* the ACK bytes for
-  that frame are written. If `on_message` raises, the ACK is not written and the connection is
+  that frame are written (received bytes are taken one frame at a time, so each ACK belongs to a
+  known frame).
+- `on_message` raising `NotStored` means "not stored, do not acknowledge": that frame's ACK is not
+  written, neither are ACKs of its retransmits on this connection, and the link stays up, so the
+  agent can still command the dispenser (lock it, sound the fault alert). The dispenser keeps
+  retransmitting the frame until its link layer gives up on it; a later connection (a new link
+  session) accepts it afresh.
+- If `on_message` raises anything else (a bug), the ACK is not written and the connection is
   dropped; the dispenser retransmits to the next connection, whose new link session accepts the
   frame afresh, so `on_message` sees it again (the agent dedups, as it must anyway).
 - Replies are matched by `req_id`; several requests may be outstanding (the link sends them one at
@@ -34,13 +41,15 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from drivers.retry import DEFAULT_RECONNECT, RetryPolicy, retry_bounded
 from drivers.transport import Transport, TransportClosed, TransportError
 from protocol import PROTOCOL_VERSION
+from protocol.errors import DecodeError
+from protocol.framing import DELIMITER, Frame, FrameKind, decode_stuffed
 from protocol.link import (
     Delivered,
     Failed,
@@ -128,6 +137,14 @@ class HandshakeError(SessionError):
     """The dispenser answered Hello with something the agent cannot work with."""
 
 
+class NotStored(Exception):  # noqa: N818 (reads as the answer it is)
+    """Raised by `on_message`: the message was not stored, so it must not be acknowledged.
+
+    The session leaves that frame (and its retransmits on this connection) unacknowledged and
+    keeps the link up. Any other exception from `on_message` is a bug: the link is dropped.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class LinkUp:
     capabilities: Capabilities
@@ -151,10 +168,12 @@ class SessionStats:
     timeouts: int
     send_failures: int
     orphan_replies: int
-    handler_errors: int  # on_message raised: frame left unacknowledged
+    handler_errors: int  # on_message raised (not NotStored): frame unacknowledged, link dropped
     peer_restarts: int
     frames_rejected: int  # corrupt/invalid frames over all connections so far
     link: LinkStats | None  # a copy of the current endpoint's counters
+    not_stored: int = 0  # on_message raised NotStored: frame unacknowledged, link kept
+    acks_withheld: int = 0  # ACKs not written for retransmits of a frame that was not stored
 
 
 # --- internals -------------------------------------------------------------------------------
@@ -174,6 +193,8 @@ class _Connection:
     peer_restarted: asyncio.Future[None]
     pump: asyncio.Task[None] | None = None
     up_since: float | None = None
+    # (peer session, seq) of the last DATA frame on_message refused (NotStored): never ACKed here
+    refused: tuple[int, int] | None = None
 
 
 class _HandlerError(Exception):
@@ -243,6 +264,8 @@ class DispenserSession:
             peer_restarts=c["peer_restarts"],
             frames_rejected=self._rejected_before + rejected_now,
             link=link,
+            not_stored=c["not_stored"],
+            acks_withheld=c["acks_withheld"],
         )
 
     async def run(self) -> None:
@@ -450,20 +473,55 @@ class DispenserSession:
         try:
             while True:
                 data = await conn.transport.read()
-                events = conn.endpoint.receive_bytes(data, self._monotonic())
-                try:
-                    self._handle_events(conn, events)
-                except Exception as exc:
-                    # Not acknowledged: the dispenser must resend what the agent could not take.
-                    conn.endpoint.take_outgoing()
-                    self._counts["handler_errors"] += 1
-                    log.exception("on_message raised; dropping the link without ACK")
-                    raise _HandlerError(repr(exc)) from exc
-                self._flush(conn)  # the ACKs go out only now, after on_message returned
+                out = bytearray()  # the ACKs (and any of our frames) for the whole read
+                for piece in _frame_pieces(data):
+                    # At most one frame per piece: each ACK in the output belongs to this frame.
+                    events = conn.endpoint.receive_bytes(piece, self._monotonic())
+                    try:
+                        self._handle_events(conn, events)
+                    except NotStored as exc:
+                        out += self._refuse(conn, conn.endpoint.take_outgoing(), exc)
+                        continue
+                    except Exception as exc:
+                        # Not acknowledged: the dispenser must resend what the agent could not
+                        # take. What earlier frames of this read were answered with goes out.
+                        conn.endpoint.take_outgoing()
+                        self._write(conn, bytes(out))
+                        self._counts["handler_errors"] += 1
+                        log.exception("on_message raised; dropping the link without ACK")
+                        raise _HandlerError(repr(exc)) from exc
+                    out += self._withhold_refused(conn, conn.endpoint.take_outgoing())
+                self._write(conn, bytes(out))  # the ACKs go out only now, after on_message
                 self._arm_timer(conn)
         except BaseException as exc:
             self._fail_pending(f"link pump ended: {exc!r}")
             raise
+
+    def _refuse(self, conn: _Connection, outgoing: bytes, why: NotStored) -> bytes:
+        """on_message did not store the frame just received: drop its ACK, remember the frame."""
+        self._counts["not_stored"] += 1
+        kept: list[bytes] = []
+        for stuffed, frame in _frames(outgoing):
+            if frame is not None and frame.kind is FrameKind.ACK:
+                conn.refused = (frame.session, frame.seq)
+            else:
+                kept.append(stuffed)
+        log.warning("dispenser message not stored (%s): left unacknowledged", why)
+        return _join(kept)
+
+    def _withhold_refused(self, conn: _Connection, outgoing: bytes) -> bytes:
+        """Drop ACKs of retransmits of the refused frame (the link ACKs duplicates by itself)."""
+        if conn.refused is None or not outgoing:
+            return outgoing
+        kept: list[bytes] = []
+        for stuffed, frame in _frames(outgoing):
+            if frame is not None and frame.kind is FrameKind.ACK:
+                if (frame.session, frame.seq) == conn.refused:
+                    self._counts["acks_withheld"] += 1
+                    continue
+                conn.refused = None  # another frame was taken: the dispenser has moved on
+            kept.append(stuffed)
+        return _join(kept)
 
     def _after_link_step(self, conn: _Connection, events: list[LinkEvent]) -> None:
         self._handle_events(conn, events)
@@ -487,7 +545,9 @@ class DispenserSession:
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline, conn)
 
     def _flush(self, conn: _Connection) -> None:
-        data = conn.endpoint.take_outgoing()
+        self._write(conn, conn.endpoint.take_outgoing())
+
+    def _write(self, conn: _Connection, data: bytes) -> None:
         if not data:
             return
         try:
@@ -538,3 +598,34 @@ class DispenserSession:
         pending = self._pending.get(req_id) if req_id is not None else None
         if pending is not None and not pending.future.done():
             pending.future.set_exception(LinkSendFailed(event.reason))
+
+
+def _frame_pieces(data: bytes) -> Iterator[bytes]:
+    """`data` cut after every delimiter: fed in turn to a decoder, each completes at most one
+    frame (a frame is `00 COBS 00`; a partial frame stays in the decoder for the next read)."""
+    start = 0
+    while start < len(data):
+        end = data.find(DELIMITER, start)
+        if end < 0:
+            yield data[start:]
+            return
+        yield data[start : end + 1]
+        start = end + 1
+
+
+def _frames(wire: bytes) -> list[tuple[bytes, Frame | None]]:
+    """The frames of complete link output, each with its stuffed bytes (None: does not decode,
+    which the link's own output never does)."""
+    frames: list[tuple[bytes, Frame | None]] = []
+    for stuffed in wire.split(DELIMITER):
+        if not stuffed:
+            continue
+        try:
+            frames.append((stuffed, decode_stuffed(stuffed)))
+        except DecodeError:
+            frames.append((stuffed, None))
+    return frames
+
+
+def _join(stuffed_frames: list[bytes]) -> bytes:
+    return b"".join(DELIMITER + stuffed + DELIMITER for stuffed in stuffed_frames)
