@@ -15,8 +15,16 @@ Ordering rules that keep the promises of the product:
   twice);
 - dispenser events are handled synchronously inside the driver's receive path, so the event is
   committed before the driver writes the ACK (protocol SPEC 2.6);
-- if the store refuses a write (a bug or a corrupted file), the daemon locks the dispenser, says
-  why, and exits non-zero: systemd restarts it from the durable state (crash-only).
+- if the store refuses a write (a bug, a full or corrupted file) the daemon fails safe, then exits
+  with EXIT_STATE_FAULT so systemd restarts it from the durable state (crash-only):
+  1. the engine is no longer stepped: nothing is dispensed, no command from the engine goes out;
+  2. a dispenser event whose commit failed is not acknowledged (`NotStored`): the driver keeps the
+     link up and withholds the ACK, so the dispenser still holds the event;
+  3. `SetLock(locked=True)` and `SetAlert(FAULT)` go to the dispenser on the live link, or on the
+     next one if it is down (waiting at most `failsafe_link_wait_s`), each request bounded;
+  4. at the same time, if MQTT is up, the retained availability goes "offline" naming the fault
+     (published directly: the store, and so the outbox, cannot be trusted);
+  5. the outcome is logged at CRITICAL, and run() returns EXIT_STATE_FAULT.
 All long-running work is a named task in one TaskGroup; the engine timer sleeps until the engine's
 next deadline (event-driven, no polling).
 """
@@ -28,6 +36,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sqlite3
 import time
 import typing
 from collections.abc import Callable, Coroutine
@@ -74,8 +83,10 @@ from protocol.messages import (
     AlertPattern,
     Capabilities,
     Command,
+    CommandResult,
     Feature,
     Message,
+    ResultCode,
     SetAlert,
     SetLock,
     SetTime,
@@ -86,12 +97,21 @@ log = logging.getLogger(__name__)
 ENGINE_STATE_KEY = "engine_state"
 MAX_TIMER_SLEEP_S = 60.0  # re-read the clock at least this often (wall-clock jumps, NTP sync)
 EXIT_STATE_FAULT = 70
+# Fail-safe bounds: how long a fault waits for a dispenser link to lock the dispenser on (from the
+# fault), each lock/alert request, and the note to the response centre.
+FAILSAFE_LINK_WAIT_S = 30.0
+FAILSAFE_REQUEST_TIMEOUT_S = 5.0
+FAILSAFE_RETRY_S = 0.5  # pause after a failed request while the link stays up
+FAILSAFE_PUBLISH_TIMEOUT_S = 5.0
+# What a broken store raises: its own errors, and SQLite's (I/O, disk full, constraint, corrupt).
+STORE_FAULTS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 RTC_TOLERANCE_S = 2.0
 DISPENSER_COMMANDS = typing.get_args(Command)
 
 
 class DaemonFaultError(Exception):
-    """The daemon cannot go on safely (store refused a write); it stops and is restarted."""
+    """The daemon cannot go on safely (store refused a write): it fails safe, stops and is
+    restarted. Raised from any of the daemon's tasks, it starts the same fail-safe."""
 
 
 @dataclass
@@ -113,6 +133,7 @@ class Daemon:
         mqtt_settings: MqttSettings,
         time_rate: float = 1.0,
         notifier: SystemdNotifier | None = None,
+        failsafe_link_wait_s: float = FAILSAFE_LINK_WAIT_S,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -120,6 +141,7 @@ class Daemon:
         self.topics = UnitTopics(config.unit_id)
         self.time_rate = time_rate  # simulated seconds per real second (the demo speeds time up)
         self.notifier = notifier or SystemdNotifier()
+        self.failsafe_link_wait_s = failsafe_link_wait_s
         self.dispenser = DispenserView()
         self.started_mono = time.monotonic()
         self.boot = self._next_boot()
@@ -139,33 +161,58 @@ class Daemon:
         )
         self.commands = CommandHandler(self)
         self._timer_changed = asyncio.Event()
+        self._dispenser_changed = asyncio.Event()  # link up/down: wakes the fail-safe
         self._tasks: asyncio.TaskGroup | None = None
+        self._workers: list[asyncio.Task[None]] = []  # stopped by a fault
         self._last_state_json = ""
         self._fault: DaemonFaultError | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until cancelled (returns 0) or until a state fault (returns EXIT_STATE_FAULT)."""
-        self._record_startup()
+        """Run until cancelled (returns 0) or until a state fault (returns EXIT_STATE_FAULT once the
+        fail-safe has locked the dispenser, or given up after its bounded wait)."""
         faulted = False
         try:
             async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
+                # The links first: even a fault while starting up must reach the dispenser. (No
+                # task runs before this block awaits, so start-up is still recorded first.)
                 tasks.create_task(self.session.run(), name="dispenser-link")
-                tasks.create_task(self.mqtt.run(), name="mqtt-link")
-                tasks.create_task(self.publisher.run(), name="outbox-publisher")
-                tasks.create_task(self._engine_timer(), name="engine-timer")
-                tasks.create_task(self.commands.run(), name="centre-commands")
-                tasks.create_task(self._periodic_state(), name="heartbeat-and-health")
+                tasks.create_task(self._guarded(self.mqtt.run(), "mqtt-link"), name="mqtt-link")
                 tasks.create_task(self._watchdog(), name="systemd-watchdog")
-                self.notifier.notify(ready="1", status="running")
+                try:
+                    self._record_startup()
+                except DaemonFaultError as fault:
+                    self._tasks = tasks
+                    tasks.create_task(self._fail_safe(fault), name="fail-safe")
+                else:
+                    self._tasks = tasks
+                    for work, name in (
+                        (self.publisher.run(), "outbox-publisher"),
+                        (self._engine_timer(), "engine-timer"),
+                        (self.commands.run(), "centre-commands"),
+                        (self._periodic_state(), "heartbeat-and-health"),
+                    ):
+                        self._workers.append(
+                            tasks.create_task(self._guarded(work, name), name=name)
+                        )
+                    self.notifier.notify(ready="1", status="running")
         except* DaemonFaultError as group:
             log.critical("stopping: %s", group.exceptions[0])
             faulted = True
         finally:
             self._tasks = None
         return EXIT_STATE_FAULT if faulted else 0
+
+    async def _guarded(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run one of the daemon's tasks; a store fault escaping it starts the fail-safe instead
+        of tearing down the task group (and with it the dispenser link the fail-safe needs)."""
+        try:
+            await work
+        except DaemonFaultError as exc:
+            self._state_fault(str(exc))
+        except STORE_FAULTS as exc:
+            self._state_fault(f"store failed in {name}: {exc!r}")
 
     def _next_boot(self) -> int:
         with self.store.transaction():
@@ -205,15 +252,26 @@ class Daemon:
     # --- the engine step --------------------------------------------------------------------
 
     def step(self, inp: EngineInput, within: Callable[[], None] | None = None) -> list[Action]:
-        """Feed one input; commit its actions (and `within`, in the same transaction); send."""
+        """Feed one input; commit its actions (and `within`, in the same transaction); send.
+
+        Raises DaemonFaultError if the commit fails, and from then on without stepping."""
+        if self._fault is not None:
+            raise self._fault
         now = self.clock.now()
         actions = self.engine.step(inp, now)
-        self.apply(actions, now, within)
+        self.apply(actions, now, within, cause=_describe_input(inp))
         return actions
 
     def apply(
-        self, actions: list[Action], now: Now, within: Callable[[], None] | None = None
+        self,
+        actions: list[Action],
+        now: Now,
+        within: Callable[[], None] | None = None,
+        *,
+        cause: str = "a write",
     ) -> None:
+        if self._fault is not None:
+            raise self._fault
         commands: list[SendCommand] = []
         emitted = False
         try:
@@ -243,9 +301,9 @@ class Daemon:
                     self.store.set_kv(ENGINE_STATE_KEY, state_json)
                 if within is not None:
                     within()
-        except StoreError as exc:
+        except STORE_FAULTS as exc:
             # Raising also keeps the driver from ACKing a dispenser event we could not store.
-            raise self._state_fault(f"store refused an engine step: {exc}") from exc
+            raise self._state_fault(f"store refused {cause}: {exc!r}") from exc
         self._last_state_json = state_json
         if emitted:
             self.publisher.notify()
@@ -272,31 +330,123 @@ class Daemon:
         return _iso_z(now.utc), now.trust.value
 
     def _state_fault(self, reason: str) -> DaemonFaultError:
-        """Lock the dispenser, raise the alarm locally, and stop (systemd restarts us)."""
-        log.critical("state fault: %s", reason)
-        if self._fault is None:
-            self._fault = DaemonFaultError(reason)
-            self._spawn(self._fail_safe(self._fault), "fail-safe")
+        """Start the fail-safe (once) and return the fault to raise; see the module docstring."""
+        if self._fault is not None:
+            log.error("after the state fault: %s", reason)
+            return self._fault
+        log.critical("state fault: %s; failing safe", reason)
+        self._fault = DaemonFaultError(reason)
+        for task in self._workers:  # nothing else steps the engine or touches the store
+            task.cancel()
+        if self._tasks is not None:
+            fail_safe = self._fail_safe(self._fault)
+            try:
+                self._tasks.create_task(fail_safe, name="fail-safe")
+            except RuntimeError:  # the group is already shutting down
+                fail_safe.close()
+                log.critical("fail-safe not started: the daemon is already stopping")
         return self._fault
 
     async def _fail_safe(self, fault: DaemonFaultError) -> None:
-        """Lock the cassette and sound the fault pattern (bounded), then stop the daemon."""
-        for command in (
-            SetLock(req_id=0, locked=True),
-            SetAlert(req_id=0, pattern=AlertPattern.FAULT),
-        ):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.session.request(command), 3)
+        """Lock the dispenser and sound the fault pattern, tell the response centre (all bounded),
+        log the outcome, then stop the daemon by raising `fault`."""
+        reason = str(fault)
+        self.notifier.notify(status=f"fail-safe: {reason}"[:200])
+        missing, told = await asyncio.gather(self._secure_dispenser(), self._tell_centre(reason))
+        centre = "response centre told" if told else "response centre NOT told"
+        if not missing:
+            log.critical(
+                "fail-safe done: dispenser locked, FAULT alert on, %s; exiting (%s)", centre, reason
+            )
+        else:
+            log.critical(
+                "fail-safe INCOMPLETE: dispenser %s; %s; exiting anyway (%s)",
+                "; ".join(missing),
+                centre,
+                reason,
+            )
         raise fault
 
+    async def _secure_dispenser(self) -> list[str]:
+        """SetLock(True) and SetAlert(FAULT) until each is confirmed or `failsafe_link_wait_s` has
+        passed; returns what could not be done (empty: both confirmed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.failsafe_link_wait_s
+        todo: dict[str, Command] = {
+            "not locked": SetLock(req_id=0, locked=True),
+            "FAULT alert not on": SetAlert(req_id=0, pattern=AlertPattern.FAULT),
+        }
+        problems = dict.fromkeys(todo, "no dispenser link")
+        while todo and loop.time() < deadline:
+            if not self.session.connected:
+                await self._dispenser_change(deadline - loop.time())
+                continue
+            failed = False
+            for what, command in list(todo.items()):
+                try:
+                    async with asyncio.timeout(FAILSAFE_REQUEST_TIMEOUT_S):
+                        reply = await self.session.request(command)
+                except (dsession.SessionError, TimeoutError) as exc:
+                    problems[what] = f"{type(command).__name__}: {str(exc) or type(exc).__name__}"
+                    log.warning("fail-safe: %s", problems[what])
+                    failed = True
+                    continue
+                del todo[what]  # answered: a refusal will not change by asking again
+                if not (isinstance(reply, CommandResult) and reply.result is ResultCode.OK):
+                    problems[what] = f"{type(command).__name__} refused: {reply}"
+                    log.critical("fail-safe: %s", problems[what])
+                else:
+                    del problems[what]
+            if failed and todo:
+                await self._dispenser_change(min(FAILSAFE_RETRY_S, deadline - loop.time()))
+        for what in todo:
+            problems[what] += f" (gave up after {self.failsafe_link_wait_s:g} s)"
+        return [f"{what}: {problem}" for what, problem in problems.items()]
+
+    async def _dispenser_change(self, within_s: float) -> None:
+        """Wait (bounded) for the dispenser link to come up or go down."""
+        self._dispenser_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, within_s)):
+                await self._dispenser_changed.wait()
+
+    async def _tell_centre(self, reason: str) -> bool:
+        """Best effort: the retained availability goes offline naming the fault.
+
+        Published directly: an event would need the outbox (its seq and event id live in the
+        store that just failed), and a made-up seq would collide with the next real event."""
+        if not self.mqtt.connected:
+            log.error("fail-safe: MQTT link down, the response centre is not told")
+            return False
+        offline = Availability(
+            state="offline",
+            session=self.mqtt_session,
+            at=self.clock.now().utc,
+            reason=f"state fault, dispenser locked, agent restarting: {reason}"[:200],
+        )
+        try:
+            async with asyncio.timeout(FAILSAFE_PUBLISH_TIMEOUT_S):
+                await self.mqtt.publish(
+                    self.topics.availability,
+                    offline.model_dump_json().encode(),
+                    qos=1,
+                    retain=True,
+                )
+        except Exception as exc:
+            log.error("fail-safe: could not tell the response centre: %r", exc)
+            return False
+        return True
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Start a named task in the daemon's TaskGroup (dropped once the daemon is stopping)."""
+        """Start a named task in the daemon's TaskGroup (dropped once the daemon is stopping); a
+        store fault in it starts the fail-safe."""
         if self._tasks is not None:
+            guarded = self._guarded(coro, name)
             try:
-                self._tasks.create_task(coro, name=name)
+                self._tasks.create_task(guarded, name=name)
                 return
             except RuntimeError:  # the group is shutting down
-                pass
+                guarded.close()
         coro.close()
 
     async def _send_command(self, action: SendCommand, *, to_engine: bool = True) -> None:
@@ -339,16 +489,33 @@ class Daemon:
     # --- dispenser side ----------------------------------------------------------------------
 
     def _on_dispenser_message(self, message: Message) -> None:
-        self.step(FromDispenser(message))
+        if self._fault is not None and isinstance(message, dsession.REPLY_TYPES):
+            # A late reply is not an event the dispenser keeps for the next agent: holding back
+            # its ACK would only hold up the replies the fail-safe is waiting for.
+            log.warning("failing safe: late reply not handled: %s", message)
+            return
+        try:
+            self.step(FromDispenser(message))
+        except DaemonFaultError as exc:
+            # Not committed, so not acknowledged: the dispenser still holds the event.
+            raise dsession.NotStored(str(exc)) from exc
 
     def _on_link(self, change: dsession.LinkUp | dsession.LinkDown) -> None:
         if isinstance(change, dsession.LinkUp):
             self.dispenser = DispenserView("up", change.capabilities)
-            self._reconcile_time(change.capabilities)
-            self.step(LinkUp(change.capabilities))
         else:
             self.dispenser = DispenserView("down", self.dispenser.capabilities)
-            self.step(LinkDown(change.reason))
+        self._dispenser_changed.set()
+        if self._fault is not None:
+            return  # failing safe: the engine is not stepped any more
+        try:
+            if isinstance(change, dsession.LinkUp):
+                self._reconcile_time(change.capabilities)
+                self.step(LinkUp(change.capabilities))
+            else:
+                self.step(LinkDown(change.reason))
+        except DaemonFaultError:
+            return  # the fail-safe task takes over
         self._spawn(self._publish_dispenser_state(), "publish-dispenser-state")
         self._spawn(self._publish_health(), "publish-health")  # link and clock trust changed
 
@@ -488,7 +655,13 @@ class Daemon:
             return
         while True:
             await asyncio.sleep(interval)
-            self.store.backlog()  # a store that no longer answers must starve the watchdog
+            if self._fault is None:
+                try:
+                    self.store.backlog()  # a store that hangs must starve the watchdog
+                except STORE_FAULTS as exc:
+                    self._state_fault(f"store check failed: {exc!r}")
+            # While failing safe (bounded) the watchdog is still fed: systemd must not kill the
+            # process before the dispenser is locked.
             self.notifier.notify(watchdog="1")
 
     async def publish_response(
@@ -510,6 +683,13 @@ def _failure_token(exc: dsession.SessionError) -> str:
     if isinstance(exc, dsession.NotConnected | dsession.LinkLost):
         return "link_down"
     return type(exc).__name__
+
+
+def _describe_input(inp: EngineInput) -> str:
+    """The engine input, named for a fault report (no patient data: types only)."""
+    if isinstance(inp, FromDispenser):
+        return f"the dispenser's {type(inp.message).__name__}"
+    return f"the engine step for {type(inp).__name__}"
 
 
 def _iso_z(moment: datetime) -> str:
