@@ -335,6 +335,7 @@ def test_link_notices_dead_network_thread_and_reconnects(
         )
         async with running(link):
             await link.wait_connected(WAIT_S)
+            await until(lambda: hook.calls == 1)  # the first connection's hook has run
             conn = link._conn
             assert conn is not None
             # Stop paho's thread behind the link's back: no on_disconnect fires, the socket stays
@@ -527,6 +528,10 @@ def test_falls_back_to_mqtt311_when_broker_refuses_v5_and_remembers_it(
             )
             async with running(link):
                 await link.wait_connected(WAIT_S)
+                # CONNACK is not the end of a connect: the hook runs after the SUBACK. Severing
+                # before it ran leaves that connection without a hook call (correctly: its birth
+                # message could not be delivered), and the count below would never reach 2.
+                await until(lambda: hook.calls == 1)
                 assert link.protocol == "3.1.1"
                 # Properties are dropped on 3.1.1, the publish itself goes through.
                 await link.publish("ev/1", b"x", response_topic="r", correlation_data=b"c")
