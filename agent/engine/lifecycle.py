@@ -35,6 +35,7 @@ REFUSAL_REASONS = frozenset(
         roll_check.NO_BINDING,
         roll_check.ROLL_EXPIRED,
         roll_check.ROLL_PERIOD_PASSED,
+        roll_check.ROLL_LABEL_INVALID,
         roll_check.SACHET_FOREIGN,
         roll_check.SACHET_WRONG_ROLL,
         roll_check.SACHET_OUT_OF_ORDER,

@@ -19,6 +19,7 @@ NO_BINDING = "no_binding"
 ROLL_EXPIRED = "roll_expired"
 ROLL_PERIOD_PASSED = "roll_period_passed"
 ROLL_EMPTY = "roll_empty"
+ROLL_LABEL_INVALID = "roll_label_invalid"
 SACHET_FOREIGN = "sachet_foreign"
 SACHET_WRONG_ROLL = "sachet_wrong_roll"
 SACHET_OUT_OF_ORDER = "sachet_out_of_order"
@@ -46,11 +47,23 @@ def same_patient(expected_ref: str, claimed_ref: str) -> bool:
     return hmac.compare_digest(expected_ref.encode("utf-8"), claimed_ref.encode("utf-8"))
 
 
+# Latest protocol time taken as a time (3000-01-01T00:00:00Z). The wire allows u64, and erased flash
+# reads as all ones: a value past this is a broken label, not a date. The bound leaves centuries of
+# room for the tolerances added to label times, so no date arithmetic can overflow.
+WIRE_TIME_MAX_S = 32_503_680_000
+
+
 def wire_time(seconds: int) -> datetime | None:
-    """A protocol time (whole seconds since the epoch, UTC; 0 = unknown) as an aware datetime."""
-    if seconds <= 0:
+    """A protocol time (whole seconds since the epoch, UTC) as an aware datetime; None when it is
+    0 (unknown) or not a time at all (see `wire_time_invalid`). Never raises."""
+    if seconds <= 0 or seconds > WIRE_TIME_MAX_S:
         return None
     return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def wire_time_invalid(seconds: int) -> bool:
+    """A label time that is not a time (negative or past WIRE_TIME_MAX_S); 0 means unknown."""
+    return seconds < 0 or seconds > WIRE_TIME_MAX_S
 
 
 def sachets_remaining(sachet_count: int, next_index: int) -> int:
@@ -78,6 +91,10 @@ def check_roll(
         return _refuse(NO_BINDING, "unit has no patient binding")
     if not same_patient(patient_ref, roll.patient_ref):
         return _refuse(FOREIGN_ROLL, "roll label names another patient")
+    label_times = (roll.first_dose_utc_s, roll.last_dose_utc_s, roll.expiry_utc_s)
+    if any(wire_time_invalid(t) for t in label_times):
+        # never read as "unknown": an unreadable expiry must not pass as "no expiry"
+        return _refuse(ROLL_LABEL_INVALID, f"roll label times out of range: {label_times}")
     expiry = wire_time(roll.expiry_utc_s)
     if expiry is not None and now_utc >= expiry - expired_margin:
         return _refuse(ROLL_EXPIRED, f"roll expired at {expiry.isoformat()}")
