@@ -69,7 +69,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_one(
-    seed: int, days: int, faults: bool = True, engine: str = "dose", judge: str = "all"
+    seed: int, days: int, faults: bool = True, engine: str = "dose", judge: str = "holding"
 ) -> SeedReport:
     """Run one seed; never raises for a violation (it is part of the report).
 
@@ -97,7 +97,7 @@ def run_many(
     *,
     faults: bool = True,
     engine: str = "dose",
-    judge: str = "all",
+    judge: str = "holding",
     jobs: int | None = None,
 ) -> Iterator[SeedReport]:
     """Reports in seed order; in parallel worker processes when jobs > 1."""
@@ -111,8 +111,8 @@ def run_many(
         yield from pool.map(run_one, seeds, [days] * n, [faults] * n, [engine] * n, [judge] * n)
 
 
-def replay_command(seed: int, days: int, judge: str = "all") -> str:
-    extra = "" if judge == "all" else f" --judge {judge}"
+def replay_command(seed: int, days: int, judge: str = "holding") -> str:
+    extra = "" if judge == "holding" else f" --judge {judge}"
     return f"python -m agent.simulation.cli --seeds {seed} --days {days}{extra}"
 
 
@@ -142,9 +142,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     )
     parser.add_argument(
         "--judge",
-        default="all",
-        help="the independent judge's rules that fail a seed: all (default), none, or e.g. "
-        "R1,R3,R4; the others are still checked and their violations counted per seed",
+        default="holding",
+        help="the independent judge's rules that fail a seed: holding (default: the rules the "
+        "engine keeps today, see SAFETY.md), all, none, or e.g. R1,R3,R4; the others are still "
+        "checked and their violations counted per seed",
     )
     parser.add_argument(
         "--findings", action="store_true", help="print each rule's first recorded violation"

@@ -52,7 +52,7 @@ from agent.engine.types import (
 )
 from agent.simulation.faults import Fault, FaultKind, FaultRates, plan_faults
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
-from agent.simulation.judge import ALL_RULES, Judge, JudgeConfig, SachetLabel, World
+from agent.simulation.judge import HOLDING_RULES, Judge, JudgeConfig, SachetLabel, World
 from agent.simulation.patient import (
     Habit,
     Nurse,
@@ -122,7 +122,7 @@ class SimulationConfig:
     judge: bool = True  # the independent judge (agent.simulation.judge) watches the run
     # judge rules whose violation stops the run; the others are recorded in the result
     # (without require_outcomes nothing is enforced: a baseline engine does nothing at all)
-    judge_enforce: frozenset[str] = ALL_RULES
+    judge_enforce: frozenset[str] = HOLDING_RULES
     # opt-in scenarios (off by default, so a seed's run stays what it was):
     times: tuple[str, ...] | None = None  # dose times instead of the seed's template
     pauses_per_year: float = 0.0  # temporary stops ordered by the response centre

@@ -72,6 +72,12 @@ HIGH_CONDITIONS = ("wrong_roll", "jam", "bin_full", "roll_empty")
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
 SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
 ALL_RULES = frozenset(RULES)
+# The rules the engine keeps today: what a run enforces by default. Each rule left out fires on
+# known engine hazards (SAFETY.md) and has a strict xfail test in tests/test_simulation.py that
+# fails the day the engine is fixed; the rule then moves in here.
+HOLDING_RULES = frozenset(
+    {"R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8.wrong_roll", "R8.jam", "R8.bin_full"}
+)
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
 HIGH = "high"
 
@@ -565,10 +571,12 @@ def _minutes(delta: timedelta) -> str:
 
 
 def parse_rules(text: str | Iterable[str]) -> frozenset[str]:
-    """ "all", "none", or "R1,R3,R8.jam" -> a set of rule ids."""
+    """ "all", "holding" (HOLDING_RULES), "none", or "R1,R3,R8.jam" -> a set of rule ids."""
     if isinstance(text, str):
         if text == "all":
             return ALL_RULES
+        if text == "holding":
+            return HOLDING_RULES
         if text in ("none", ""):
             return frozenset()
         text = [part.strip() for part in text.split(",") if part.strip()]
@@ -576,6 +584,6 @@ def parse_rules(text: str | Iterable[str]) -> frozenset[str]:
     unknown = rules - ALL_RULES - SUB_RULES
     if unknown:
         raise ValueError(
-            f"unknown judge rules {sorted(unknown)}: use all, none or e.g. R1,R3,R8.jam"
+            f"unknown judge rules {sorted(unknown)}: use all, holding, none or e.g. R1,R3,R8.jam"
         )
     return rules
