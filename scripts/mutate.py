@@ -535,10 +535,9 @@ JUDGE_CONSTANT = "JUDGE_PASSING"
 
 
 def judge_args(tree: Path) -> tuple[str, ...]:
-    """The simulation's independent judge fails a seed on any rule by default, including rules
-    the engine is known to break today (each has an xfail test). The suite's year test enforces
-    only the rules that hold (`JUDGE_PASSING` in tests/test_simulation.py): so does the
-    simulation run here, read from the same constant so the two cannot drift apart."""
+    """The suite's year test enforces only the judge rules the engine keeps today
+    (`JUDGE_PASSING` in tests/test_simulation.py, "holding"): so does the simulation run here,
+    read from the same constant so the two cannot drift apart."""
     test_file = tree / SIM_TEST
     if not test_file.is_file():
         return ()
