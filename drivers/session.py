@@ -48,8 +48,7 @@ from typing import TypeAlias
 from drivers.retry import DEFAULT_RECONNECT, RetryPolicy, retry_bounded
 from drivers.transport import Transport, TransportClosed, TransportError
 from protocol import PROTOCOL_VERSION
-from protocol.errors import DecodeError
-from protocol.framing import DELIMITER, Frame, FrameKind, decode_stuffed
+from protocol.framing import DELIMITER
 from protocol.link import (
     Delivered,
     Failed,
@@ -193,8 +192,6 @@ class _Connection:
     peer_restarted: asyncio.Future[None]
     pump: asyncio.Task[None] | None = None
     up_since: float | None = None
-    # (peer session, seq) of the last DATA frame on_message refused (NotStored): never ACKed here
-    refused: tuple[int, int] | None = None
 
 
 class _HandlerError(Exception):
@@ -235,6 +232,7 @@ class DispenserSession:
         self._last_report: LinkReport | None = None
         self._counts: Counter[str] = Counter()
         self._rejected_before = 0  # frames rejected by endpoints of earlier connections
+        self._withheld_before = 0  # ACKs withheld by endpoints of earlier connections
 
     # --- public -----------------------------------------------------------------------------
 
@@ -247,8 +245,9 @@ class DispenserSession:
         c = self._counts
         endpoint = self._conn.endpoint if self._conn else None
         link = None
-        rejected_now = 0
+        rejected_now = withheld_now = 0
         if endpoint is not None:
+            withheld_now = endpoint.stats.acks_withheld
             link = dataclasses.replace(endpoint.stats, rejected=Counter(endpoint.stats.rejected))
             rejected_now = sum(endpoint.stats.rejected.values())
         return SessionStats(
@@ -265,7 +264,7 @@ class DispenserSession:
             frames_rejected=self._rejected_before + rejected_now,
             link=link,
             not_stored=c["not_stored"],
-            acks_withheld=c["acks_withheld"],
+            acks_withheld=self._withheld_before + withheld_now,
         )
 
     async def run(self) -> None:
@@ -397,6 +396,7 @@ class DispenserSession:
                 self._timer.cancel()
                 self._timer = None
             self._rejected_before += sum(conn.endpoint.stats.rejected.values())
+            self._withheld_before += conn.endpoint.stats.acks_withheld
         self._fail_pending(reason or "connect attempt abandoned")
         if conn.pump is not None and not conn.pump.done():
             conn.pump.cancel()
@@ -480,8 +480,9 @@ class DispenserSession:
                     try:
                         self._handle_events(conn, events)
                     except NotStored as exc:
-                        out += self._refuse(conn, conn.endpoint.take_outgoing(), exc)
-                        continue
+                        self._counts["not_stored"] += 1
+                        conn.endpoint.withdraw_ack()
+                        log.warning("dispenser message not stored (%s): left unacknowledged", exc)
                     except Exception as exc:
                         # Not acknowledged: the dispenser must resend what the agent could not
                         # take. What earlier frames of this read were answered with goes out.
@@ -490,38 +491,12 @@ class DispenserSession:
                         self._counts["handler_errors"] += 1
                         log.exception("on_message raised; dropping the link without ACK")
                         raise _HandlerError(repr(exc)) from exc
-                    out += self._withhold_refused(conn, conn.endpoint.take_outgoing())
+                    out += conn.endpoint.take_outgoing()
                 self._write(conn, bytes(out))  # the ACKs go out only now, after on_message
                 self._arm_timer(conn)
         except BaseException as exc:
             self._fail_pending(f"link pump ended: {exc!r}")
             raise
-
-    def _refuse(self, conn: _Connection, outgoing: bytes, why: NotStored) -> bytes:
-        """on_message did not store the frame just received: drop its ACK, remember the frame."""
-        self._counts["not_stored"] += 1
-        kept: list[bytes] = []
-        for stuffed, frame in _frames(outgoing):
-            if frame is not None and frame.kind is FrameKind.ACK:
-                conn.refused = (frame.session, frame.seq)
-            else:
-                kept.append(stuffed)
-        log.warning("dispenser message not stored (%s): left unacknowledged", why)
-        return _join(kept)
-
-    def _withhold_refused(self, conn: _Connection, outgoing: bytes) -> bytes:
-        """Drop ACKs of retransmits of the refused frame (the link ACKs duplicates by itself)."""
-        if conn.refused is None or not outgoing:
-            return outgoing
-        kept: list[bytes] = []
-        for stuffed, frame in _frames(outgoing):
-            if frame is not None and frame.kind is FrameKind.ACK:
-                if (frame.session, frame.seq) == conn.refused:
-                    self._counts["acks_withheld"] += 1
-                    continue
-                conn.refused = None  # another frame was taken: the dispenser has moved on
-            kept.append(stuffed)
-        return _join(kept)
 
     def _after_link_step(self, conn: _Connection, events: list[LinkEvent]) -> None:
         self._handle_events(conn, events)
@@ -611,21 +586,3 @@ def _frame_pieces(data: bytes) -> Iterator[bytes]:
             return
         yield data[start : end + 1]
         start = end + 1
-
-
-def _frames(wire: bytes) -> list[tuple[bytes, Frame | None]]:
-    """The frames of complete link output, each with its stuffed bytes (None: does not decode,
-    which the link's own output never does)."""
-    frames: list[tuple[bytes, Frame | None]] = []
-    for stuffed in wire.split(DELIMITER):
-        if not stuffed:
-            continue
-        try:
-            frames.append((stuffed, decode_stuffed(stuffed)))
-        except DecodeError:
-            frames.append((stuffed, None))
-    return frames
-
-
-def _join(stuffed_frames: list[bytes]) -> bytes:
-    return b"".join(DELIMITER + stuffed + DELIMITER for stuffed in stuffed_frames)

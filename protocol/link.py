@@ -12,6 +12,8 @@ Rules (SPEC.md, "Link layer"):
 - No ACK within `ack_timeout_s`: resend the same bytes, at most `max_retransmits` times, then report
   the message as failed. A NAK is final: the message is reported as refused.
 - Corrupt frames are dropped and counted, never answered: the sender's timeout recovers.
+- Acknowledge after commit (SPEC 2.6): the application may `withdraw_ack()` the frame it was just
+  given (not stored): that ACK is taken back and no retransmit of the frame is ACKed.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class LinkStats:
     failures: int = 0
     seq_gaps: int = 0
     stray_acks: int = 0
+    acks_withheld: int = 0  # retransmits of a withdrawn frame, left unanswered
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -112,6 +115,10 @@ class LinkEndpoint:
         self._next_token = 1
         self._peer_session: int | None = None
         self._last_rx_seq: int | None = None
+        # where in `_outgoing` the ACK of the last delivered frame stands (until taken), and the
+        # frame whose ACK was withdrawn: its retransmits are duplicates that get no ACK either
+        self._last_ack: tuple[int, int, tuple[int, int]] | None = None
+        self._withdrawn: tuple[int, int] | None = None
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -132,7 +139,21 @@ class LinkEndpoint:
     def take_outgoing(self) -> bytes:
         out = bytes(self._outgoing)
         self._outgoing.clear()
+        self._last_ack = None  # written out: it can no longer be taken back
         return out
+
+    def withdraw_ack(self) -> bool:
+        """The message last delivered was not stored: take back its ACK (still in the output)
+        and never ACK its retransmits, so the peer keeps it as undelivered (SPEC 2.6). It is not
+        delivered again on this link session. False when there is no such ACK to take back."""
+        if self._last_ack is None:
+            return False
+        start, end, key = self._last_ack
+        del self._outgoing[start:end]
+        self.stats.frames_out -= 1
+        self._last_ack = None
+        self._withdrawn = key
+        return True
 
     def next_deadline(self) -> float | None:
         return self._in_flight.deadline if self._in_flight else None
@@ -212,7 +233,10 @@ class LinkEndpoint:
             self._last_rx_seq = None
         elif frame.seq == self._last_rx_seq:
             self.stats.duplicates += 1
-            self._ack(frame)
+            if (frame.session, frame.seq) == self._withdrawn:
+                self.stats.acks_withheld += 1
+            else:
+                self._ack(frame)
             return events
         layout = MESSAGE_TABLE.get(frame.code)
         if layout is None:
@@ -231,7 +255,10 @@ class LinkEndpoint:
         if self._last_rx_seq is not None and frame.seq != (self._last_rx_seq + 1) & 0xFF:
             self.stats.seq_gaps += 1
         self._last_rx_seq = frame.seq
+        self._withdrawn = None  # a new frame was taken: the peer has moved on
+        start = len(self._outgoing)
         self._ack(frame)
+        self._last_ack = (start, len(self._outgoing), (frame.session, frame.seq))
         events.append(Received(message))
         return events
 

@@ -252,3 +252,55 @@ def test_lossy_channel_delivers_each_message_at_most_once_in_order(
     assert settled == set(tokens)
     delivered = {e.message for e in pair.agent_events if isinstance(e, Delivered)}
     assert delivered <= set(got)  # an ACKed message was really received
+
+
+# --- acknowledge after commit: an ACK the application takes back (SPEC 2.6) ----------------------
+
+
+def _acks(wire: bytes) -> list[tuple[int, int]]:
+    return [(f.session, f.seq) for f in FrameDecoder().feed(wire) if f.kind is FrameKind.ACK]
+
+
+def test_withdrawn_ack_is_not_sent_and_retransmits_stay_unanswered() -> None:
+    agent = LinkEndpoint(Direction.TO_DISPENSER, 1, CONFIG)
+    dispenser = LinkEndpoint(Direction.TO_AGENT, 2, CONFIG)
+    dispenser.send(ButtonPressed(ButtonId.HELP), 0.0)
+    frame = dispenser.take_outgoing()
+
+    events = agent.receive_bytes(frame, 0.0)
+    assert events == [PeerRestarted(None, 2), Received(ButtonPressed(ButtonId.HELP))]
+    assert agent.withdraw_ack() is True
+    assert agent.take_outgoing() == b""
+    assert agent.stats.frames_out == 0
+
+    # the dispenser retransmits: not delivered again, not acknowledged either
+    dispenser.poll(CONFIG.ack_timeout_s)
+    retransmit = dispenser.take_outgoing()
+    assert retransmit == frame
+    assert agent.receive_bytes(retransmit, 0.3) == []
+    assert _acks(agent.take_outgoing()) == []
+    assert agent.stats.acks_withheld == 1
+    assert agent.stats.duplicates == 1
+
+    # once the dispenser gives up and sends something new, that is taken and acknowledged
+    now, gave_up = 0.3, []
+    while not gave_up:
+        now += CONFIG.ack_timeout_s
+        gave_up = [e for e in dispenser.poll(now) if isinstance(e, Failed)]
+        assert _acks(agent.take_outgoing()) == []
+        agent.receive_bytes(dispenser.take_outgoing(), now)
+    assert agent.stats.acks_withheld == CONFIG.max_retransmits
+    dispenser.send(ButtonPressed(ButtonId.TAKE), now)
+    new = dispenser.take_outgoing()
+    assert agent.receive_bytes(new, now) == [Received(ButtonPressed(ButtonId.TAKE))]
+    assert _acks(agent.take_outgoing()) == [(2, 1)]
+
+
+def test_an_ack_already_written_out_cannot_be_withdrawn() -> None:
+    agent = LinkEndpoint(Direction.TO_DISPENSER, 1, CONFIG)
+    dispenser = LinkEndpoint(Direction.TO_AGENT, 2, CONFIG)
+    dispenser.send(ButtonPressed(ButtonId.HELP), 0.0)
+    agent.receive_bytes(dispenser.take_outgoing(), 0.0)
+    assert _acks(agent.take_outgoing()) == [(2, 0)]
+    assert agent.withdraw_ack() is False
+    assert agent.withdraw_ack() is False  # and nothing else is taken back either
