@@ -32,7 +32,7 @@ from agent.contract.commands import (
     ResendFromCommand,
     parse_command,
 )
-from agent.engine.alerts import make_event
+from agent.engine.catalogue import make_event
 from agent.engine.engine import EngineInputError
 from agent.engine.types import Emit
 from agent.mqtt.link import InboundMessage

@@ -50,7 +50,7 @@ from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.state import Availability, DispenserState, Health, Heartbeat
 from agent.contract.topics import UnitTopics
-from agent.engine.alerts import make_event
+from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine, EngineState
 from agent.engine.types import (
     Action,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.contract.events import EVENT_KINDS
-from agent.engine import alerts
+from agent.engine import alerts, catalogue
 from agent.engine.alerts import ConditionBook, LatchedAlert
 from agent.engine.types import EngineInputError, Priority
 from protocol.messages import FaultCode
@@ -38,17 +38,17 @@ VKP = {
 
 @pytest.mark.parametrize(("kind", "code"), sorted(VKP.items()))
 def test_catalogue_vkp_codes(kind: str, code: str) -> None:
-    assert alerts.spec(kind).vkp_code == code
-    assert alerts.make_event(kind).vkp_code == code
+    assert catalogue.spec(kind).vkp_code == code
+    assert catalogue.make_event(kind).vkp_code == code
 
 
 def test_priorities_missed_outranks_reminder_level_events() -> None:
-    assert alerts.spec("wrong_roll").priority is Priority.HIGH
-    assert alerts.spec("lid_open").priority is Priority.LOW
-    assert alerts.spec("dose_not_taken").priority is Priority.MEDIUM
-    assert alerts.spec("wrong_roll").latched
-    assert alerts.MISSED_VKP == "3.3"
-    assert alerts.EMPTY_VKP == "3.7"
+    assert catalogue.spec("wrong_roll").priority is Priority.HIGH
+    assert catalogue.spec("lid_open").priority is Priority.LOW
+    assert catalogue.spec("dose_not_taken").priority is Priority.MEDIUM
+    assert catalogue.spec("wrong_roll").latched
+    assert catalogue.MISSED_VKP == "3.3"
+    assert catalogue.EMPTY_VKP == "3.7"
 
 
 @pytest.mark.parametrize(
@@ -66,12 +66,12 @@ def test_priorities_missed_outranks_reminder_level_events() -> None:
 )
 def test_unknown_kind_is_an_error(kind: str) -> None:
     with pytest.raises(KeyError, match="not in the catalogue"):
-        alerts.make_event(kind)
+        catalogue.make_event(kind)
 
 
 def _accepted(kind: str) -> bool:
     try:
-        alerts.make_event(kind)
+        catalogue.make_event(kind)
     except KeyError:
         return False
     return True
@@ -79,20 +79,20 @@ def _accepted(kind: str) -> bool:
 
 def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
     for kind in EVENT_KINDS:
-        assert alerts.make_event(kind).kind == kind
+        assert catalogue.make_event(kind).kind == kind
     # every form make_event could accept: a catalogued kind, or one with `_cleared` appended
-    candidates = {form for k in alerts.CATALOGUE for form in (k, f"{k}_cleared")}
+    candidates = {form for k in catalogue.CATALOGUE for form in (k, f"{k}_cleared")}
     producible = {kind for kind in candidates if _accepted(kind)}
     assert producible == set(EVENT_KINDS)
-    conditions = [s.kind for s in alerts.CATALOGUE.values() if s.condition]
+    conditions = [s.kind for s in catalogue.CATALOGUE.values() if s.condition]
     assert conditions
     assert all(f"{k}_cleared" in EVENT_KINDS for k in conditions)
-    assert {"agent_started", "command_rejected"} == alerts.SHELL_KINDS
-    assert set(EVENT_KINDS) >= alerts.SHELL_KINDS
+    assert {"agent_started", "command_rejected"} == catalogue.SHELL_KINDS
+    assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 
 
 def test_cleared_form_is_info_with_the_condition_code() -> None:
-    event = alerts.make_event("fault_jam_cleared", {"detail": "x"})
+    event = catalogue.make_event("fault_jam_cleared", {"detail": "x"})
     assert (event.priority, event.vkp_code, event.fields) == (
         Priority.INFO,
         "3.14",
@@ -102,9 +102,9 @@ def test_cleared_form_is_info_with_the_condition_code() -> None:
 
 def test_a_condition_must_say_what_its_clearing_means() -> None:
     with pytest.raises(ValueError, match="cleared_meaning"):
-        alerts.AlertSpec("x", Priority.LOW, None, "meaning", condition=True)
+        catalogue.AlertSpec("x", Priority.LOW, None, "meaning", condition=True)
     with pytest.raises(ValueError, match="cleared_meaning"):
-        alerts.AlertSpec("x", Priority.LOW, None, "meaning", cleared_meaning="gone")
+        catalogue.AlertSpec("x", Priority.LOW, None, "meaning", cleared_meaning="gone")
 
 
 _ENGINE_CALLS = {"_emit": 1, "_condition": 1, "_latch": 1, "make_event": 0}  # name -> kind arg
@@ -140,7 +140,7 @@ def test_every_kind_the_code_emits_is_documented() -> None:
     fault_kinds = {f"fault_{code.name.lower()}" for code in FaultCode}
     for kind in sorted(engine_kinds | shell_kinds | fault_kinds):
         assert kind in EVENT_KINDS, kind
-    assert all(alerts.spec(kind).condition for kind in fault_kinds)
+    assert all(catalogue.spec(kind).condition for kind in fault_kinds)
 
 
 def test_condition_raised_once_and_cleared_once() -> None:

@@ -627,7 +627,7 @@ def test_guide_example_is_a_valid_command_and_tables_list_everything() -> None:
 
 
 def test_kinds_the_outbox_may_drop_are_real_low_value_kinds() -> None:
-    from agent.engine.alerts import documented_kinds, spec
+    from agent.engine.catalogue import documented_kinds, spec
     from agent.runtime import DROPPABLE_WHEN_FULL
 
     kinds = documented_kinds()

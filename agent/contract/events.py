@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 from agent.clock import TimeTrust
-from agent.engine.alerts import documented_kinds
+from agent.engine.catalogue import documented_kinds
 from agent.engine.types import Priority
 
 # --- shared by every payload model -----------------------------------------------------------

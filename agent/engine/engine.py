@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.clock import Now, TimeTrust, detect_wall_jump, load_zone
-from agent.engine import alerts, dispenser_mirror, lifecycle, pause, roll_check
+from agent.engine import alerts, catalogue, dispenser_mirror, lifecycle, pause, roll_check
 from agent.engine.alerts import ConditionBook, LatchedAlert
 from agent.engine.dispenser_mirror import (
     DispenserMirror,
@@ -938,7 +938,7 @@ class DoseEngine:
             else:
                 reason = run.held_reason or self._blocker(run, now) or lifecycle.LATE
             outcome, text = lifecycle.unsent_outcome(reason)
-            vkp = alerts.EMPTY_VKP if reason == roll_check.ROLL_EMPTY else None
+            vkp = catalogue.EMPTY_VKP if reason == roll_check.ROLL_EMPTY else None
             self._settle(run, outcome, text, now, actions, vkp=vkp)
 
     def _blocker(self, run: SlotRun, now: Now) -> str | None:
@@ -1159,7 +1159,7 @@ class DoseEngine:
         actions.extend(Emit(e) for e in change.events)
 
     def _emit(self, actions: list[Action], kind: str, fields: dict[str, object]) -> None:
-        actions.append(Emit(alerts.make_event(kind, fields)))
+        actions.append(Emit(catalogue.make_event(kind, fields)))
 
     def _new_alert_id(self) -> str:
         alert_id = f"alert-{self._next_alert_seq:06d}"
@@ -1171,7 +1171,7 @@ class DoseEngine:
         self._latched = alerts.latch(
             self._latched, LatchedAlert(alert_id, kind, now.utc.isoformat())
         )
-        actions.append(Emit(alerts.make_event(kind, fields, alert_id=alert_id)))
+        actions.append(Emit(catalogue.make_event(kind, fields, alert_id=alert_id)))
 
     def _settle(
         self,
@@ -1192,7 +1192,7 @@ class DoseEngine:
         actions.append(RecordOutcome(run.slot_id, outcome, reason))
         fields = lifecycle.outcome_fields(run, outcome, reason, taken_at)
         if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED):
-            actions.append(Emit(alerts.make_event("slot_outcome", fields)))
+            actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
         alert_id = self._new_alert_id()
         kind = f"dose_{outcome.value}"
@@ -1200,12 +1200,12 @@ class DoseEngine:
             self._latched,
             LatchedAlert(alert_id, kind, now.utc.isoformat(), resolved=True),
         )
-        event = alerts.make_event(
+        event = catalogue.make_event(
             "slot_outcome",
             fields,
             alert_id=alert_id,
             priority=Priority.HIGH,
-            vkp_code=vkp or alerts.MISSED_VKP,
+            vkp_code=vkp or catalogue.MISSED_VKP,
         )
         actions.append(Emit(event))
 

@@ -1,0 +1,424 @@
+"""The catalogue of event kinds: the one list of every kind the unit sends, with its priority,
+VKP code and one-line meaning.
+
+The MQTT contract's `EVENT_KINDS` and the response-centre guide's table are generated from it
+(`documented_kinds`), so a kind cannot be emitted without being documented, nor documented without
+being emittable. `make_event` refuses a kind that is not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from agent.engine.types import EngineEvent, Priority
+
+CLEARED_SUFFIX = "_cleared"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSpec:
+    kind: str
+    priority: Priority
+    vkp_code: str | None
+    meaning: str  # one line for the response centre (the guide's table)
+    latched: bool = False  # stays until acknowledged by a person
+    condition: bool = False  # raised once, cleared with `<kind>_cleared`
+    chatty: bool = False  # rate limited
+    cleared_meaning: str = ""  # conditions only: what `<kind>_cleared` means
+
+    def __post_init__(self) -> None:
+        if self.condition != bool(self.cleared_meaning):
+            raise ValueError(f"{self.kind}: a condition, and only a condition, has cleared_meaning")
+
+
+_P = Priority
+_ENGINE_SPECS = (
+    # doses
+    AlertSpec(
+        "slot_outcome",
+        _P.INFO,  # priority/code set per outcome, see DoseEngine._settle
+        None,
+        "A dose slot ended: data.outcome is taken, missed, refused or skipped_paused (exactly one "
+        "per slot); missed and refused are high priority with an alert_id.",
+    ),
+    AlertSpec(
+        "dose_presented",
+        _P.INFO,
+        None,
+        "The dose of a slot was dispensed and is waiting to be taken.",
+    ),
+    AlertSpec(
+        "dose_not_taken",
+        _P.MEDIUM,
+        "3.24",
+        "The presented dose is still not taken at an escalation step (before the slot ends).",
+    ),
+    AlertSpec(
+        "dose_held",
+        _P.LOW,
+        None,
+        "A due dose cannot be dispensed right now (reason in data); sent again only when the "
+        "reason changes.",
+    ),
+    AlertSpec(
+        "dose_retained",
+        _P.INFO,
+        None,
+        "The dispenser took a dose back from the tray into its bin (e.g. after a missed dose).",
+    ),
+    AlertSpec(
+        "dose_taken_late",
+        _P.INFO,
+        None,
+        "A dose was taken after its slot had already ended (normally missed); the outcome does "
+        "not change.",
+    ),
+    AlertSpec(
+        "sachet_discarded",
+        _P.INFO,
+        None,
+        "A sachet went to the discard bin instead of being handed over (reason in data).",
+    ),
+    AlertSpec(
+        "plan_mismatch",
+        _P.MEDIUM,
+        "3.22",
+        "A sachet on the roll is packed for a time that is no dose time of the unit's schedule "
+        "(it was discarded): the pharmacy's dosing plan and the schedule disagree; check the "
+        "plan (sachet time in data).",
+        condition=True,
+        cleared_meaning="A sachet matches a dose time of the schedule again.",
+    ),
+    AlertSpec(
+        "sachet_rejected",
+        _P.HIGH,
+        "3.5",
+        "The sachet at the reader names another patient or roll or is out of order; it is not "
+        "handed over (reason in data).",
+    ),
+    # roll
+    AlertSpec(
+        "roll_inserted",
+        _P.INFO,
+        "3.21",
+        "A multidose roll was loaded (roll facts in data, never patient data).",
+    ),
+    AlertSpec("roll_removed", _P.INFO, "3.21", "The roll was taken out of the dispenser."),
+    AlertSpec(
+        "wrong_roll",
+        _P.HIGH,
+        "3.5",
+        "The loaded roll does not belong to this unit's binding; dispensing stopped (active "
+        "until removed and acknowledged).",
+        latched=True,
+    ),
+    AlertSpec(
+        "wrong_roll_cleared",  # removed; the latch waits for an ack
+        _P.INFO,
+        "3.5",
+        "The wrong roll was removed; its alert stays active until acknowledged.",
+    ),
+    AlertSpec(
+        "roll_rejected",
+        _P.HIGH,
+        "3.5",
+        "The roll may not be used: expired, past the last date it covers, or the unit has no "
+        "binding (reason in data); dispensing from it stopped.",
+        condition=True,
+        cleared_meaning=(
+            "The roll is no longer rejected: removed, accepted, or now a wrong_roll alert."
+        ),
+    ),
+    AlertSpec(
+        "roll_unverified",
+        _P.MEDIUM,
+        "3.5",
+        "A roll is loaded that the agent did not see inserted (e.g. swapped while it was down); "
+        "no dispensing until it is inserted again.",
+        condition=True,
+        cleared_meaning="The unverified roll was inserted again (checked) or removed.",
+    ),
+    AlertSpec(
+        "roll_empty",
+        _P.MEDIUM,
+        "3.6",
+        "The roll has no sachets left.",
+        condition=True,
+        cleared_meaning="A roll with sachets left is loaded.",
+    ),
+    AlertSpec(
+        "low_supply",
+        _P.LOW,
+        "3.25",
+        "Few doses left on the roll (count in data).",
+        condition=True,
+        cleared_meaning="The roll is no longer low (a fuller roll, or it is now empty).",
+    ),
+    # technical conditions
+    AlertSpec(
+        "no_schedule",
+        _P.MEDIUM,
+        "3.8",
+        "The unit has no schedule: no doses will be given.",
+        condition=True,
+        cleared_meaning="The unit has a schedule again (or no binding any more).",
+    ),
+    AlertSpec(
+        "mains_lost",
+        _P.MEDIUM,
+        "3.9",
+        "The dispenser lost mains power and runs on battery.",
+        condition=True,
+        cleared_meaning="Mains power is back.",
+    ),
+    AlertSpec(
+        "no_contact",
+        _P.HIGH,
+        "3.10",
+        "No contact with the dispenser for longer than the limit.",
+        condition=True,
+        cleared_meaning="Contact with the dispenser is back.",
+    ),
+    AlertSpec(
+        "lid_open",
+        _P.LOW,
+        "3.11",
+        "The dispenser is open (rate limited).",
+        condition=True,
+        chatty=True,
+        cleared_meaning="The dispenser is closed.",
+    ),
+    AlertSpec(
+        "fault_tamper",
+        _P.HIGH,
+        "3.12",
+        "Attempted forced opening of the dispenser; dispensing stopped.",
+        condition=True,
+        cleared_meaning="The dispenser no longer reports tampering.",
+    ),
+    AlertSpec(
+        "fault_bin_full",
+        _P.HIGH,
+        "3.13",
+        "The dispenser's bin is full: no dose can be taken back and no sachet discarded.",
+        condition=True,
+        cleared_meaning="The dispenser's bin has room again.",
+    ),
+    AlertSpec(
+        "fault_jam",
+        _P.HIGH,
+        "3.14",
+        "The roll is stuck in the dispenser; dispensing stopped.",
+        condition=True,
+        cleared_meaning="The roll is no longer stuck.",
+    ),
+    AlertSpec(
+        "fault_reader",
+        _P.HIGH,
+        "3.16",
+        "The dispenser cannot read sachets; dispensing stopped.",
+        condition=True,
+        cleared_meaning="The sachet reader works again.",
+    ),
+    AlertSpec(
+        "fault_sensor",
+        _P.HIGH,
+        "3.4",
+        "A dispenser sensor failed; dispensing stopped.",
+        condition=True,
+        cleared_meaning="The sensor fault is gone.",
+    ),
+    AlertSpec(
+        "fault_cutter",
+        _P.HIGH,
+        "3.4",
+        "The dispenser's sachet cutter failed; dispensing stopped.",
+        condition=True,
+        cleared_meaning="The cutter fault is gone.",
+    ),
+    AlertSpec(
+        "battery_empty",
+        _P.HIGH,
+        "3.17",
+        "The dispenser's battery is empty; the dispenser switched off.",
+        condition=True,
+        cleared_meaning="The dispenser's battery has charge again.",
+    ),
+    AlertSpec(
+        "battery_low",
+        _P.LOW,
+        "3.27",
+        "The dispenser's battery is running low.",
+        condition=True,
+        cleared_meaning="The dispenser's battery is no longer low.",
+    ),
+    AlertSpec(
+        "clock_untrusted",
+        _P.HIGH,
+        "3.4",
+        "The unit's clock cannot be trusted: no doses are dispensed and occurred_at may be wrong.",
+        condition=True,
+        cleared_meaning="The unit's clock is trusted again (time_trust says from what).",
+    ),
+    # people and the unit
+    AlertSpec(
+        "help_requested",
+        _P.MEDIUM,
+        None,
+        "The patient pressed the help button (rate limited).",
+        chatty=True,
+    ),
+    AlertSpec(
+        "button_pressed",
+        _P.INFO,
+        None,
+        "A dispenser button was pressed that did not start a dose (button in data; rate limited).",
+        chatty=True,
+    ),
+    AlertSpec(
+        "alert_acknowledged",
+        _P.INFO,
+        None,
+        "A person acknowledged a latched alert (acknowledged is not resolved).",
+    ),
+    AlertSpec(
+        "alert_silenced",
+        _P.INFO,
+        None,
+        "Local sound and light were silenced for a while (seconds in data); no alert is cleared.",
+    ),
+    AlertSpec(
+        "clock_jumped",
+        _P.INFO,
+        None,
+        "The wall clock stepped (size in data); schedules follow the new time.",
+    ),
+    AlertSpec(
+        "pause_started",
+        _P.INFO,
+        None,
+        "A temporary stop was set (window in data): no doses and no missed-dose alerts in it.",
+    ),
+    AlertSpec(
+        "pause_ended",
+        _P.INFO,
+        None,
+        "A resume command ended a temporary stop, or cancelled one not yet begun (window in "
+        "data); doses are given again.",
+    ),
+    AlertSpec(
+        "schedule_changed",
+        _P.INFO,
+        None,
+        "A new schedule version is in effect (version in data).",
+    ),
+    AlertSpec(
+        "binding_changed",
+        _P.INFO,
+        None,
+        "The unit was bound to a patient or unbound (data.bound; never the patient reference).",
+    ),
+    AlertSpec(
+        "dispenser_command_failed",
+        _P.LOW,
+        None,
+        "The dispenser refused a command from the agent (command and result in data).",
+    ),
+    AlertSpec(
+        "unexpected_dispenser_event",
+        _P.LOW,
+        None,
+        "The dispenser reported something the agent did not expect (message in data).",
+    ),
+)
+
+# --- emitted by the shell (agent/daemon.py, agent/commands.py), not by the engine -------------
+# Listed here so that the catalogue stays the one list of every event kind the unit sends.
+_SHELL_SPECS = (
+    AlertSpec(
+        "agent_started",
+        _P.INFO,
+        None,
+        "The agent started (agent_version and boot counter in data).",
+    ),
+    AlertSpec(
+        "command_rejected",
+        _P.LOW,
+        None,
+        "A command was refused or could not be read (code in data); also answered on "
+        "commands/response when its command_id could be read.",
+    ),
+)
+SHELL_KINDS = frozenset(s.kind for s in _SHELL_SPECS)
+
+
+def _build_catalogue(specs: tuple[AlertSpec, ...]) -> Mapping[str, AlertSpec]:
+    """Refuse a kind listed twice, or listed by hand as the `_cleared` form of a condition."""
+    catalogue = {entry.kind: entry for entry in specs}
+    if len(catalogue) != len(specs):
+        raise ValueError("an event kind is listed twice in the catalogue")
+    conditions = {entry.kind for entry in specs if entry.condition}
+    for kind in catalogue:
+        if kind.endswith(CLEARED_SUFFIX) and kind.removesuffix(CLEARED_SUFFIX) in conditions:
+            raise ValueError(f"{kind} is generated from its condition; do not list it")
+    return MappingProxyType(catalogue)
+
+
+CATALOGUE: Mapping[str, AlertSpec] = _build_catalogue((*_ENGINE_SPECS, *_SHELL_SPECS))
+
+# Outcome of a slot -> (priority, VKP code); a dose not given because the roll was empty is 3.7.
+MISSED_VKP = "3.3"
+EMPTY_VKP = "3.7"
+
+
+def spec(kind: str) -> AlertSpec:
+    try:
+        return CATALOGUE[kind]
+    except KeyError:
+        raise KeyError(f"event kind {kind!r} is not in the catalogue") from None
+
+
+def _condition_cleared(kind: str) -> AlertSpec | None:
+    """The condition whose clearing `kind` announces, if `kind` is `<condition>_cleared`."""
+    if not kind.endswith(CLEARED_SUFFIX):
+        return None
+    base = CATALOGUE.get(kind.removesuffix(CLEARED_SUFFIX))
+    return base if base is not None and base.condition else None
+
+
+def documented_kinds() -> dict[str, str]:
+    """Every kind `make_event` accepts -> its one-line meaning, each condition followed by its
+    `<kind>_cleared` (the contract's EVENT_KINDS)."""
+    kinds: dict[str, str] = {}
+    for entry in CATALOGUE.values():
+        kinds[entry.kind] = entry.meaning
+        if entry.condition:
+            kinds[entry.kind + CLEARED_SUFFIX] = entry.cleared_meaning
+    return kinds
+
+
+def make_event(
+    kind: str,
+    fields: dict[str, object] | None = None,
+    *,
+    alert_id: str | None = None,
+    priority: Priority | None = None,
+    vkp_code: str | None = None,
+) -> EngineEvent:
+    """An event of a catalogued kind (`<kind>_cleared` for a condition is INFO, same code).
+
+    An unknown kind raises KeyError: an event the centre has no documentation for is a bug.
+    """
+    base = _condition_cleared(kind)
+    if base is not None:
+        return EngineEvent(kind, Priority.INFO, base.vkp_code, dict(fields or {}), alert_id)
+    entry = spec(kind)
+    return EngineEvent(
+        kind,
+        priority or entry.priority,
+        vkp_code if vkp_code is not None else entry.vkp_code,
+        dict(fields or {}),
+        alert_id,
+    )
