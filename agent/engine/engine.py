@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.clock import Now, TimeTrust, detect_wall_jump, load_zone
-from agent.engine import alerts, catalogue, dispenser_mirror, lifecycle, pause, roll_check
-from agent.engine.alerts import ConditionBook, LatchedAlert
+from agent.engine import catalogue, dispenser_mirror, lifecycle, pause, roll_check
+from agent.engine.alert_desk import AlertDesk
+from agent.engine.alerts import ConditionBook
 from agent.engine.dispenser_mirror import (
     DispenserMirror,
     KnownDispenser,
@@ -53,7 +54,6 @@ from agent.engine.types import (
     LinkUp,
     Outcome,
     PauseWindow,
-    Priority,
     RecordOutcome,
     RecordPresented,
     SetBinding,
@@ -113,15 +113,17 @@ _EPSILON = timedelta(microseconds=1)
 class DoseEngine:
     def __init__(self, config: EngineConfig, state: EngineState, now: Now) -> None:
         self._cfg = config
-        self._chatty_s = config.chatty_min_interval.total_seconds()
         self._no_contact_s = config.no_contact_after.total_seconds()
         self._binding = state.binding
         self._schedule = state.schedule
         self._schedule_version = state.schedule_version
         self._pauses = state.pauses
-        self._latched = state.latched_alerts
-        self._book = ConditionBook(present=state.raised_conditions, raised=state.raised_conditions)
-        self._next_alert_seq = state.next_alert_seq
+        self._alerts = AlertDesk(
+            chatty_s=config.chatty_min_interval.total_seconds(),
+            latched=state.latched_alerts,
+            book=ConditionBook(present=state.raised_conditions, raised=state.raised_conditions),
+            next_alert_seq=state.next_alert_seq,
+        )
         self._extra = dict(state.extra)
         self._desk = RollDesk(roll=state.roll)
         self._slotbook = SlotBook(
@@ -134,7 +136,6 @@ class DoseEngine:
         # not durable: learned again from the dispenser after a restart
         # memos of pure functions, keyed on all they read (each was a cost on every step)
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
-        self._chatty_last: dict[str, float] = {}
         self._last_now: Now | None = now
         self._was_untrusted = False
         self._restart_actions: list[Action] = []
@@ -151,7 +152,7 @@ class DoseEngine:
             pauses=self._pauses,
             horizon_utc=self._slotbook.horizon,
             next_dispense_id=self._outbound.next_dispense_id,
-            latched_alerts=self._latched,
+            latched_alerts=self._alerts.latched,
             open_slots=tuple(
                 OpenSlot(
                     r.slot_id,
@@ -166,9 +167,9 @@ class DoseEngine:
             ),
             settled=tuple(self._slotbook.settled),
             roll=self._desk.roll,
-            raised_conditions=self._book.raised,
+            raised_conditions=self._alerts.book.raised,
             locked_by_agent=self._mirror.locked_by_agent,
-            next_alert_seq=self._next_alert_seq,
+            next_alert_seq=self._alerts.next_alert_seq,
             starts=self._outbound.starts,
             extra=dict(self._extra),
         )
@@ -205,10 +206,10 @@ class DoseEngine:
         if (
             not self._mirror.link_up
             and self._mirror.link_down_since is not None
-            and "no_contact" not in self._book.raised
+            and not self._alerts.is_raised("no_contact")
         ):
             instants.append(self._mirror.link_down_since + self._no_contact_s)
-        release = alerts.next_release(self._book, self._chatty_s)
+        release = self._alerts.next_release()
         if release is not None:
             instants.append(release)
         if self._mirror.silenced_until is not None:
@@ -271,10 +272,10 @@ class DoseEngine:
                 for r in self._slotbook.runs
             ],
             "pause_id": active_pause.pause_id if active_pause else None,
-            "conditions": list(self._book.raised),
+            "conditions": list(self._alerts.book.raised),
             "active_alerts": [
-                *self._book.raised,
-                *(f"{a.kind}:{a.alert_id}" for a in self._latched),
+                *self._alerts.book.raised,
+                *(f"{a.kind}:{a.alert_id}" for a in self._alerts.latched),
             ],
             "latched_alerts": [
                 {
@@ -284,7 +285,7 @@ class DoseEngine:
                     "acknowledged_by": a.acknowledged_by,
                     "resolved": a.resolved,
                 }
-                for a in self._latched
+                for a in self._alerts.latched
             ],
         }
 
@@ -322,7 +323,7 @@ class DoseEngine:
             case EndPause(pause_id=pause_id):
                 pause.end(self._pauses, pause_id, now.utc)
             case AcknowledgeAlert(alert_id=alert_id, by=by):
-                alerts.acknowledge(self._latched, alert_id, by, now.utc.isoformat())
+                self._alerts.check_acknowledge(alert_id, by, now.utc.isoformat())
             case Silence(duration=duration):
                 if duration <= timedelta(0):
                     raise EngineInputError(f"silence duration must be positive, got {duration}")
@@ -402,9 +403,7 @@ class DoseEngine:
                 self._pauses, ended = pause.end(self._pauses, pause_id, now.utc)
                 self._emit(actions, "pause_ended", _pause_fields(ended))
             case AcknowledgeAlert(alert_id=alert_id, by=by):
-                self._latched, acked = alerts.acknowledge(
-                    self._latched, alert_id, by, now.utc.isoformat()
-                )
+                acked = self._alerts.acknowledge(alert_id, by, now.utc.isoformat())
                 if acked is not None:
                     self._emit(
                         actions,
@@ -497,7 +496,7 @@ class DoseEngine:
         }
         if verdict.reason == roll_check.FOREIGN_ROLL:
             self._condition(actions, "roll_rejected", False, now)
-            if alerts.unresolved(self._latched, "wrong_roll") is None:
+            if self._alerts.unresolved("wrong_roll") is None:
                 self._latch(actions, "wrong_roll", {**fields, "reason": verdict.reason}, now)
             return
         self._resolve_wrong_roll(actions)
@@ -531,7 +530,7 @@ class DoseEngine:
         self._condition(actions, "roll_unverified", False, now)
 
     def _resolve_wrong_roll(self, actions: list[Action]) -> None:
-        self._latched, resolved = alerts.resolve(self._latched, "wrong_roll")
+        resolved = self._alerts.resolve("wrong_roll")
         for alert in resolved:
             self._emit(actions, "wrong_roll_cleared", {"alert_id": alert.alert_id})
 
@@ -647,9 +646,8 @@ class DoseEngine:
         if msg.button is ButtonId.TAKE and self._take_early(now):
             return
         kind = "help_requested" if msg.button is ButtonId.HELP else "button_pressed"
-        if alerts.rate_limited(self._chatty_last.get(kind), now.mono, self._chatty_s):
+        if not self._alerts.chatty_allowed(kind, now.mono):
             return
-        self._chatty_last[kind] = now.mono
         self._emit(actions, kind, {"button": msg.button.name.lower()})
 
     def _take_early(self, now: Now) -> bool:
@@ -848,9 +846,7 @@ class DoseEngine:
     # --- the level-triggered part: runs after every input ---------------------------------------
 
     def _advance(self, now: Now, actions: list[Action]) -> None:
-        change = alerts.release_due(self._book, now.mono, self._chatty_s)
-        self._book = change.book
-        actions.extend(Emit(e) for e in change.events)
+        actions.extend(Emit(e) for e in self._alerts.release_due(now.mono))
         if (
             not self._mirror.link_up
             and self._mirror.link_down_since is not None
@@ -1152,26 +1148,13 @@ class DoseEngine:
         now: Now,
         fields: dict[str, object] | None = None,
     ) -> None:
-        if not present and kind not in self._book.present and kind not in self._book.raised:
-            return
-        change = alerts.set_condition(self._book, kind, present, now.mono, self._chatty_s, fields)
-        self._book = change.book
-        actions.extend(Emit(e) for e in change.events)
+        actions.extend(Emit(e) for e in self._alerts.condition(kind, present, now.mono, fields))
 
     def _emit(self, actions: list[Action], kind: str, fields: dict[str, object]) -> None:
         actions.append(Emit(catalogue.make_event(kind, fields)))
 
-    def _new_alert_id(self) -> str:
-        alert_id = f"alert-{self._next_alert_seq:06d}"
-        self._next_alert_seq += 1
-        return alert_id
-
     def _latch(self, actions: list[Action], kind: str, fields: dict[str, object], now: Now) -> None:
-        alert_id = self._new_alert_id()
-        self._latched = alerts.latch(
-            self._latched, LatchedAlert(alert_id, kind, now.utc.isoformat())
-        )
-        actions.append(Emit(catalogue.make_event(kind, fields, alert_id=alert_id)))
+        actions.append(Emit(self._alerts.latch(kind, fields, now.utc.isoformat())))
 
     def _settle(
         self,
@@ -1194,18 +1177,8 @@ class DoseEngine:
         if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED):
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
-        alert_id = self._new_alert_id()
-        kind = f"dose_{outcome.value}"
-        self._latched = alerts.latch(
-            self._latched,
-            LatchedAlert(alert_id, kind, now.utc.isoformat(), resolved=True),
-        )
-        event = catalogue.make_event(
-            "slot_outcome",
-            fields,
-            alert_id=alert_id,
-            priority=Priority.HIGH,
-            vkp_code=vkp or catalogue.MISSED_VKP,
+        event = self._alerts.missed_outcome(
+            f"dose_{outcome.value}", fields, now.utc.isoformat(), vkp or catalogue.MISSED_VKP
         )
         actions.append(Emit(event))
 
