@@ -137,6 +137,67 @@ def test_forger_recomputing_the_hash_is_caught_at_the_next_link(filled: Path) ->
     assert report_of(filled) == (False, 5, 6, "broken link")
 
 
+def _forged_hash(seq: int, at_utc: str, trust: str, kind: str, body: str, prev: str) -> str:
+    """SHA-256 of the canonical JSON as `docs`/the module docstring define it, computed here."""
+    canonical = json.dumps(
+        {
+            "seq": seq,
+            "at_utc": at_utc,
+            "trust": trust,
+            "kind": kind,
+            "body": json.loads(body),
+            "prev_hash": prev,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_last_record_rewritten_with_a_recomputed_hash_is_caught_by_the_anchor(
+    filled: Path,
+) -> None:
+    # The last record has no next link to break: only the anchor can tell.
+    conn = sqlite3.connect(filled)
+    row = conn.execute("SELECT seq, at_utc, trust, body, prev_hash FROM audit WHERE seq = 11")
+    seq, at_utc, trust, body, prev = row.fetchone()
+    with conn:
+        conn.execute(
+            "UPDATE audit SET kind = 'forged', hash = ? WHERE seq = 11",
+            (_forged_hash(seq, at_utc, trust, "forged", body, prev),),
+        )
+    conn.close()
+    assert report_of(filled) == (False, 11, 11, "anchor mismatch: hash differs")
+
+
+def test_deleted_anchor_is_caught(filled: Path) -> None:
+    tamper(filled, "DELETE FROM kv WHERE key = 'audit_anchor'")
+    assert report_of(filled) == (False, 11, 1, "missing anchor")
+
+
+def test_record_appended_behind_the_anchors_back_is_caught(filled: Path) -> None:
+    conn = sqlite3.connect(filled)
+    last_hash = conn.execute("SELECT hash FROM audit WHERE seq = 11").fetchone()[0]
+    body = "{}"
+    digest = _forged_hash(12, AT, TRUST, "forged", body, last_hash)
+    with conn:
+        conn.execute(
+            "INSERT INTO audit (seq, at_utc, trust, kind, body, prev_hash, hash) "
+            "VALUES (12, ?, ?, 'forged', ?, ?, ?)",
+            (AT, TRUST, body, last_hash, digest),
+        )
+    conn.close()
+    assert report_of(filled) == (False, 12, 12, "anchor mismatch: records after anchor")
+
+
+def test_empty_store_without_anchor_verifies(db_path: Path) -> None:
+    with open_store(db_path):
+        pass
+    tamper(db_path, "DELETE FROM audit")
+    tamper(db_path, "DELETE FROM kv WHERE key = 'audit_anchor'")
+    assert report_of(db_path) == (True, 0, None, None)
+
+
 def test_deleted_middle_row_is_a_gap(filled: Path) -> None:
     tamper(filled, "DELETE FROM audit WHERE seq = 6")
     assert report_of(filled) == (False, 5, 6, "gap in sequence")
