@@ -575,7 +575,7 @@ class Daemon:
     def status(self) -> dict[str, object]:
         """The answer to a request_status command."""
         return {
-            "engine": self.engine.status(),
+            "engine": self.engine.status().to_json(),
             "health": json.loads(self.health().model_dump_json()),
             "dispenser_link": self.dispenser.link,
         }
@@ -595,8 +595,8 @@ class Daemon:
             firmware_version=caps.firmware_version if caps else None,
             protocol_version=caps.protocol_version if caps else None,
             features=[f.name or "" for f in Feature if caps and caps.features & f],
-            roll_loaded=bool(status.get("roll_id")),
-            sachets_remaining=_int_or_none(status.get("sachets_remaining")),
+            roll_loaded=status.roll_id is not None,
+            sachets_remaining=status.sachets_remaining,
         )
         await self._publish_retained(self.topics.dispenser, state.model_dump_json())
 
@@ -617,7 +617,7 @@ class Daemon:
             clock_trust=now.trust,
             disk_free_bytes=shutil.disk_usage(self.store.path.parent).free,
             agent_version=__version__,
-            active_alerts=[str(a) for a in _as_list(self.engine.status().get("active_alerts"))],
+            active_alerts=list(self.engine.status().active_alerts),
         )
 
     async def _publish_health(self) -> None:
@@ -694,11 +694,3 @@ def _describe_input(inp: EngineInput) -> str:
 
 def _iso_z(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-def _as_list(value: object) -> list[object]:
-    return list(value) if isinstance(value, list | tuple) else []

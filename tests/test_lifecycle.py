@@ -162,9 +162,8 @@ def test_take_pressed_again_while_the_early_slot_is_held_gives_one_run_and_one_o
     ]
     rig.run_until(DUE - timedelta(minutes=20))
     rig.msg(ButtonPressed(ButtonId.TAKE))  # again, still inside the early window
-    open_slots = rig.engine.status()["open_slots"]
-    assert isinstance(open_slots, list)
-    assert [s["slot_id"] for s in open_slots] == ["2026-03-02T08:00"]
+    open_slots = rig.engine.status().open_slots
+    assert [s.slot_id for s in open_slots] == ["2026-03-02T08:00"]
     rig.run_until(DUE + timedelta(hours=2))
     outcome = rig.outcome_of("2026-03-02T08:00")  # exactly one
     assert (outcome.outcome, outcome.reason) == (Outcome.MISSED, "not_dispensed:no_roll")

@@ -37,6 +37,7 @@ from agent.engine.state import (
     SettledSlot,
     iso_or_none,
 )
+from agent.engine.status import EngineStatus, NextSlotStatus, OpenSlotStatus
 from agent.engine.types import (
     AcknowledgeAlert,
     Action,
@@ -243,7 +244,7 @@ class DoseEngine:
                 changes.append(window.end_utc)
         return changes
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> EngineStatus:
         upcoming = (
             self._slotbook.next_scheduled(self._schedule)
             if self._slotbook.cursor is not None
@@ -252,42 +253,25 @@ class DoseEngine:
         active_pause = (
             pause.active(self._pauses, self._last_now.utc) if self._last_now is not None else None
         )
-        return {
-            "bound": self._binding is not None,
-            "schedule_version": self._schedule_version,
-            "link": "up" if self._mirror.link_up else "down",
-            "roll_id": self._desk.roll.roll_id if self._desk.roll else None,
-            "roll_state": self._desk.roll_state(self._binding),
-            "sachets_remaining": self._desk.roll.remaining if self._desk.roll else None,
-            "next_slot": None
+        roll = self._desk.roll
+        return EngineStatus(
+            bound=self._binding is not None,
+            schedule_version=self._schedule_version,
+            link_up=self._mirror.link_up,
+            roll_id=roll.roll_id if roll else None,
+            roll_state=self._desk.roll_state(self._binding),
+            sachets_remaining=roll.remaining if roll else None,
+            next_slot=None
             if upcoming is None
-            else {"slot_id": upcoming.slot_id, "due_utc": upcoming.due_utc.isoformat()},
-            "open_slots": [
-                {
-                    "slot_id": r.slot_id,
-                    "phase": r.phase.value,
-                    "dispense_id": r.dispense_id,
-                    "held_reason": r.held_reason,
-                }
+            else NextSlotStatus(upcoming.slot_id, upcoming.due_utc),
+            open_slots=tuple(
+                OpenSlotStatus(r.slot_id, r.phase.value, r.dispense_id, r.held_reason)
                 for r in self._slotbook.runs
-            ],
-            "pause_id": active_pause.pause_id if active_pause else None,
-            "conditions": list(self._alerts.book.raised),
-            "active_alerts": [
-                *self._alerts.book.raised,
-                *(f"{a.kind}:{a.alert_id}" for a in self._alerts.latched),
-            ],
-            "latched_alerts": [
-                {
-                    "alert_id": a.alert_id,
-                    "kind": a.kind,
-                    "raised_at": a.raised_at,
-                    "acknowledged_by": a.acknowledged_by,
-                    "resolved": a.resolved,
-                }
-                for a in self._alerts.latched
-            ],
-        }
+            ),
+            pause_id=active_pause.pause_id if active_pause else None,
+            conditions=self._alerts.book.raised,
+            latched_alerts=self._alerts.latched,
+        )
 
     # --- restart ------------------------------------------------------------------------------
 

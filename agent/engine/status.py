@@ -1,0 +1,84 @@
+"""What the engine reports about itself (`DoseEngine.status()`): a typed snapshot.
+
+The shell turns it into the `request_status` result and the retained health/dispenser state;
+`to_json()` is the one place its JSON form is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.engine.alerts import LatchedAlert
+
+
+@dataclass(frozen=True, slots=True)
+class NextSlotStatus:
+    slot_id: str
+    due_utc: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSlotStatus:
+    slot_id: str
+    phase: str
+    dispense_id: int | None
+    held_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    bound: bool
+    schedule_version: int
+    link_up: bool
+    roll_id: str | None
+    roll_state: str | None  # None: no roll
+    sachets_remaining: int | None
+    next_slot: NextSlotStatus | None
+    open_slots: tuple[OpenSlotStatus, ...]
+    pause_id: str | None
+    conditions: tuple[str, ...]  # raised and told to the centre, not yet cleared
+    latched_alerts: tuple[LatchedAlert, ...]
+
+    @property
+    def active_alerts(self) -> tuple[str, ...]:
+        """Conditions, then latched alerts as `kind:alert_id` (as the health payload has it)."""
+        return (*self.conditions, *(f"{a.kind}:{a.alert_id}" for a in self.latched_alerts))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "bound": self.bound,
+            "schedule_version": self.schedule_version,
+            "link": "up" if self.link_up else "down",
+            "roll_id": self.roll_id,
+            "roll_state": self.roll_state,
+            "sachets_remaining": self.sachets_remaining,
+            "next_slot": None
+            if self.next_slot is None
+            else {
+                "slot_id": self.next_slot.slot_id,
+                "due_utc": self.next_slot.due_utc.isoformat(),
+            },
+            "open_slots": [
+                {
+                    "slot_id": s.slot_id,
+                    "phase": s.phase,
+                    "dispense_id": s.dispense_id,
+                    "held_reason": s.held_reason,
+                }
+                for s in self.open_slots
+            ],
+            "pause_id": self.pause_id,
+            "conditions": list(self.conditions),
+            "active_alerts": list(self.active_alerts),
+            "latched_alerts": [
+                {
+                    "alert_id": a.alert_id,
+                    "kind": a.kind,
+                    "raised_at": a.raised_at,
+                    "acknowledged_by": a.acknowledged_by,
+                    "resolved": a.resolved,
+                }
+                for a in self.latched_alerts
+            ],
+        }
