@@ -102,6 +102,7 @@ SELECTIONS: tuple[tuple[str, Selection], ...] = (
         "protocol/framing.py",
         Selection(
             (
+                "tests/test_framing_limits.py",
                 "tests/test_link.py",
                 "tests/test_protocol_vectors.py",
                 "tests/test_protocol_properties.py",
