@@ -1,6 +1,7 @@
 """Framing at its limits, with the numbers taken from `protocol/SPEC.md` §1 and §2.4 (written out
 here, not read from `protocol.framing`): payload 0..200, a frame 9..209 bytes, at most 210 stuffed
-bytes between delimiters (209 + one COBS byte per 254), NAK reasons 1..4, header fields within their widths."""
+bytes between delimiters (209 + one COBS byte per 254), NAK reasons 1..4, header fields within
+their widths."""
 
 from __future__ import annotations
 
