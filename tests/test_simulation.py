@@ -429,13 +429,8 @@ def test_judge_r4_right_sachet_with_close_doses() -> None:
     judge_rule_holds("R4", 14, 90, times=CLOSE_DOSES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="hazard #5: a dose in the tray when a pause starts is reported missed (HIGH) during "
-    "the pause",
-)
 def test_judge_r7_no_missed_alarm_while_paused() -> None:
+    """Hazard #5: a dose in the tray when a pause starts was reported missed (HIGH) during it."""
     judge_rule_holds("R7", 11, 120, pauses_per_year=12.0)
 
 
