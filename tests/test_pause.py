@@ -157,3 +157,18 @@ def test_resume_plan_discards_only_what_the_bin_holds_beside_its_reserve(
     plan = pause.resume_plan(backlog, room, 30 if room is not None else None, reserve=1)
     assert plan.action == action
     assert plan.fits == (action in ("none", "discard_automatically"))
+
+
+def test_a_pause_start_is_still_due_when_the_shell_wakes_at_it_without_stepping() -> None:
+    """The simulation found it: the shell woke at the very instant a pause began (for another
+    reason), asked for the next deadline without stepping the engine, and the start was gone
+    (only instants after `now` counted), so the travel pre-dispense began hours late."""
+    rig = morning_rig()
+    rig.install()
+    begins = utc(2026, 3, 2, 6, 30)
+    rig.feed(StartPause(PauseWindow("trip", begins, begins + timedelta(days=2))))
+    rig.clock.advance((begins - rig.clock.now().utc).total_seconds())
+    now = rig.clock.now()
+    deadline = rig.engine.next_deadline(now)
+    assert deadline is not None
+    assert deadline <= now.mono

@@ -434,6 +434,22 @@ def test_judge_r7_no_missed_alarm_while_paused() -> None:
     judge_rule_holds("R7", 11, 120, pauses_per_year=12.0)
 
 
+@pytest.mark.timeout(600)
+def test_pauses_of_every_kind_hold_the_judge_for_seeded_years() -> None:
+    """Hazard #5: hospital stays with an end, open-ended pauses resumed by command (some past the
+    maximum) and trips with sachets to take along, twelve a year; a nurse answers
+    backlog_needs_nurse. Every holding rule holds, R6 and R7 included; the trips were packed."""
+    totals: dict[str, int] = {}
+    for seed in (11, 12, 13, 14):
+        config = SimulationConfig(seed=seed, days=365, pauses_per_year=12.0)
+        result = Simulation(config).run()
+        for outcome, count in result.outcomes.items():
+            totals[outcome] = totals.get(outcome, 0) + count
+        assert not {"R6", "R7"} & set(result.judge_findings), result.judge_first
+    assert totals.get("dispensed_for_travel", 0) > 0
+    assert totals.get("skipped_paused", 0) > 0
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=InvariantViolation,

@@ -236,12 +236,16 @@ class DoseEngine:
         return min(instants) if instants else None
 
     def _wall_changes(self, now_utc: datetime) -> list[datetime]:
-        """Future wall instants at which a time-dependent check changes its verdict."""
+        """Wall instants at which a time-dependent check changes its verdict, not yet seen by a
+        step: after the last step (or `now_utc`, if the clock went back). One at exactly `now_utc`
+        that no step has seen is still due (a shell that woke at that instant for another
+        reason, without stepping, must not lose it)."""
         memo = self._wall_memo
         if memo is None or memo[0] is not self._desk.roll or memo[1] is not self._pauses:
             memo = (self._desk.roll, self._pauses, self._verdict_changes())
             self._wall_memo = memo
-        return [at for at in memo[2] if at > now_utc]
+        seen = now_utc if self._last_now is None else min(self._last_now.utc, now_utc)
+        return [at for at in memo[2] if at > seen]
 
     def _verdict_changes(self) -> list[datetime]:
         changes: list[datetime] = []
@@ -1382,9 +1386,12 @@ class DoseEngine:
         """`backlog_needs_nurse` while the sachets for past dose times cannot be discarded: from
         `pause_end_notice` before a pause ends (so a nurse can come before the patient does), and
         after it as long as they block the next dose."""
+        raised = self._alerts.is_raised("backlog_needs_nurse")
+        if self._desk.sachet is None and not self._pauses and not raised:
+            return  # nothing at the reader, no pause: no backlog to speak of (the common case)
         plan: pause.ResumePlan | None = None
         pause_id: str | None = None
-        active = pause.active(self._pauses, now.utc)
+        active = pause.active(self._pauses, now.utc) if self._pauses else None
         if active is not None:
             end = active.end_utc
             if end is not None and now.utc >= end - self._cfg.pause_end_notice:
@@ -1400,6 +1407,8 @@ class DoseEngine:
                 if timing is roll_check.SachetTiming.STALE:
                     plan = self._plan_at(next_due)
         present = plan is not None and plan.sachets_to_discard is not None and not plan.fits
+        if not present and not raised:
+            return
         fields = None if plan is None else {"pause_id": pause_id, **plan.fields()}
         self._condition(actions, "backlog_needs_nurse", present, now, fields)
 
