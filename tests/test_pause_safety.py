@@ -18,7 +18,7 @@ from model_rig import ModelRig, dose_instants, make_roll, utc
 from pydantic import ValidationError
 
 from agent.config import EngineSettings
-from agent.engine.types import EngineInputError, Outcome, PauseWindow, StartPause
+from agent.engine.types import EngineInputError, LinkDown, Outcome, PauseWindow, StartPause
 from hw.dispenser import DEFAULT_FEATURES, BinEntry
 from protocol.messages import Feature
 
@@ -269,3 +269,29 @@ def test_a_single_leftover_is_not_discarded_into_the_last_place_of_the_bin() -> 
     assert rig.model.discarded == []
     (told,) = rig.events("backlog_needs_nurse")
     assert (told.fields["sachets_to_discard"], told.fields["bin_room"]) == (1, 1)
+
+
+def test_a_trip_slot_that_passed_while_the_link_was_down_is_never_dispensed() -> None:
+    """Found by the simulation: the link was down when the trip began; the 08:00 slot ended
+    skipped_paused meanwhile, and its sachet (still at the reader) was then dispensed for it."""
+    rig = four_a_day_rig()
+    rig.feed(travel())
+    rig.feed(LinkDown("cable"))
+    rig.run_until(utc(2026, 3, 3, 8, 30))  # the 08:00 slot (07:00 UTC) passed, skipped
+    assert outcomes_of(rig, "2026-03-03T08:00") is Outcome.SKIPPED_PAUSED
+    rig.link_up()
+    rig.run_until(utc(2026, 3, 3, 9, 0), take=True)
+    assert len(rig.model.dispensed) == 4  # only the four doses of 2 March
+    assert [e.fields["reason"] for e in rig.events("travel_short")] == ["sachet_stale"]
+
+
+def test_backlog_needs_nurse_does_not_flap_when_the_link_comes_back() -> None:
+    rig = four_a_day_rig()
+    rig.feed(StartPause(PauseWindow("hospital", AWAY, HOME)))
+    rig.run_until(HOME + timedelta(hours=2), take=True)
+    assert len(rig.events("backlog_needs_nurse")) == 1
+    rig.feed(LinkDown("cable"))
+    rig.link_up()  # RollInserted, SachetRead and BinLevel come again, one after another
+    rig.run_until(HOME + timedelta(hours=3), take=True)
+    assert len(rig.events("backlog_needs_nurse")) == 1
+    assert rig.events("backlog_needs_nurse_cleared") == []

@@ -1043,7 +1043,7 @@ class DoseEngine:
             return
         assert trip.end_utc is not None
         slots = self._slotbook.slots(self._schedule).between(trip.start_utc, trip.end_utc)
-        if all(self._slotbook.is_settled(s.slot_id) for s in slots):
+        if all(self._trip_slot_over(s, now) for s in slots):
             self._travel_finish(trip, None, now, actions)
             return
         probe = SlotRun(slots[0].slot_id, slots[0].due_utc, "", travel=True)
@@ -1058,7 +1058,7 @@ class DoseEngine:
             return
         sachet = self._desk.sachet
         assert sachet is not None  # the blocker said no_sachet otherwise
-        target, why = self._travel_target(slots, sachet)
+        target, why = self._travel_target(slots, sachet, now)
         if target is None:
             self._travel_finish(trip, why, now, actions)
             return
@@ -1071,8 +1071,13 @@ class DoseEngine:
         elif self._can_send(now):
             self._dispense(run, actions)
 
+    def _trip_slot_over(self, slot: Slot, now: Now) -> bool:
+        """Settled, or already due (then it is settled or being settled: its record may be
+        pruned from the slot book once the horizon passes it)."""
+        return slot.due_utc <= now.utc or self._slotbook.is_settled(slot.slot_id)
+
     def _travel_target(
-        self, slots: list[Slot], sachet: SachetRead
+        self, slots: list[Slot], sachet: SachetRead, now: Now
     ) -> tuple[Slot | None, str | None]:
         """The slot of the trip the sachet at the reader is packed for (the nearest within the
         tolerance, not yet settled), or None and why it is not one. A sachet packed for after the
@@ -1087,7 +1092,7 @@ class DoseEngine:
         if abs(nearest.due_utc - intended) > tolerance:
             before = intended < slots[0].due_utc - tolerance
             return None, roll_check.SACHET_STALE if before else roll_check.SACHET_TIME_MISMATCH
-        if self._slotbook.is_settled(nearest.slot_id):
+        if self._trip_slot_over(nearest, now):
             return None, roll_check.SACHET_STALE  # its slot already ended (due before it came)
         return nearest, None
 
@@ -1386,9 +1391,11 @@ class DoseEngine:
         """`backlog_needs_nurse` while the sachets for past dose times cannot be discarded: from
         `pause_end_notice` before a pause ends (so a nurse can come before the patient does), and
         after it as long as they block the next dose."""
+        if self._desk.sachet is None:
+            # nothing read at the reader (no roll, a roll just announced, a cut on its way):
+            # not known right now, so the condition stays as it is
+            return
         raised = self._alerts.is_raised("backlog_needs_nurse")
-        if self._desk.sachet is None and not self._pauses and not raised:
-            return  # nothing at the reader, no pause: no backlog to speak of (the common case)
         plan: pause.ResumePlan | None = None
         pause_id: str | None = None
         active = pause.active(self._pauses, now.utc) if self._pauses else None
@@ -1396,7 +1403,7 @@ class DoseEngine:
             end = active.end_utc
             if end is not None and now.utc >= end - self._cfg.pause_end_notice:
                 plan, pause_id = self._plan_at(end), active.pause_id
-        elif self._desk.sachet is not None and self._schedule is not None:
+        elif self._schedule is not None:
             waiting = [r.due_utc for r in self._slotbook.runs if not r.travel]
             upcoming = self._slotbook.next_scheduled(self._schedule) if not waiting else None
             next_due = min(waiting) if waiting else (upcoming.due_utc if upcoming else None)
@@ -1406,7 +1413,12 @@ class DoseEngine:
                 )
                 if timing is roll_check.SachetTiming.STALE:
                     plan = self._plan_at(next_due)
-        present = plan is not None and plan.sachets_to_discard is not None and not plan.fits
+        if plan is not None and (
+            plan.sachets_to_discard is None
+            or (self._has(Feature.BIN_LEVEL) and self._mirror.bin_capacity is None)
+        ):
+            return  # not known right now (a roll just announced, a bin level on its way): as is
+        present = plan is not None and not plan.fits
         if not present and not raised:
             return
         fields = None if plan is None else {"pause_id": pause_id, **plan.fields()}
