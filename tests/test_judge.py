@@ -399,9 +399,9 @@ def test_r6_a_discard_never_takes_the_last_place_nor_goes_to_a_full_bin() -> Non
     j.bin_fill(29, 30, discards=1)
     j.bin_fill(30, 30)  # a dose taken back from the tray may take the last place
     assert j.findings == []
-    with pytest.raises(InvariantViolation, match="R6 .*a discard took the bin's last place"):
+    with pytest.raises(InvariantViolation, match=r"R6 .*a discard took the bin's last place"):
         judge().bin_fill(30, 30, discards=1)
-    with pytest.raises(InvariantViolation, match="R6 .*sent to a full bin"):
+    with pytest.raises(InvariantViolation, match=r"R6 .*sent to a full bin"):
         judge().discard_refused_bin_full(7)
 
 
