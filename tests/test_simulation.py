@@ -348,14 +348,23 @@ def test_cli_prints_the_replay_command_for_a_failing_seed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def failing(
-        seed: int, days: int, faults: bool = True, engine: str = "dose", judge: str = "all"
+        seed: int,
+        days: int,
+        faults: bool = True,
+        engine: str = "dose",
+        judge: str = "all",
+        pauses: float = 0.0,
     ) -> cli.SeedReport:
         return cli.SeedReport(seed, days, None, "seed 5, step 9, at t+1s: boom", 0.0)
 
     monkeypatch.setattr(cli, "run_one", failing)
     out = io.StringIO()
     assert cli.main(["--seeds", "5", "--days", "30", "--jobs", "1"], out) == 1
-    assert "replay: python -m agent.simulation.cli --seeds 5 --days 30" in out.getvalue()
+    assert "replay: python -m agent.simulation.cli --seeds 5 --days 30\n" in out.getvalue()
+    paused = io.StringIO()
+    argv = ["--seeds", "5", "--days", "30", "--jobs", "1", "--pauses-per-year", "12"]
+    assert cli.main(argv, paused) == 1
+    assert "--seeds 5 --days 30 --pauses-per-year 12\n" in paused.getvalue()
 
 
 def test_seed_lists_parse_and_bad_ones_are_refused() -> None:
