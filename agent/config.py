@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.clock import DEFAULT_ZONE, load_zone
 from agent.engine.schedule import Schedule, ScheduleError, ScheduleRule, parse_time
@@ -106,6 +106,25 @@ class EngineSettings(_Strict):
     low_supply_threshold: int = Field(default=4, ge=0)
     no_contact_after_minutes: float = Field(default=5, gt=0)
     undispensed_deadline_minutes: float = Field(default=60, gt=0)
+    # temporary stop (docs/engine.md, "Pause"): the longest pause; a reminder interval while an
+    # open-ended one lasts; the notice before a pause ends (with what its resume needs)
+    pause_max_days: float = Field(default=30, gt=0, le=180)
+    pause_reminder_days: float = Field(default=7, gt=0, le=30)
+    pause_end_notice_hours: float = Field(default=24, gt=0, le=7 * 24)
+    travel_collect_minutes: float = Field(default=10, gt=0, le=120)
+    bin_reserve: int = Field(
+        default=1, ge=1, le=10, description="bin places a discard never takes (kept for retains)"
+    )
+
+    @model_validator(mode="after")
+    def _reminded_before_overdue(self) -> EngineSettings:
+        if self.pause_reminder_days >= self.pause_max_days:
+            raise ValueError(
+                f"pause_reminder_days ({self.pause_reminder_days:g}) must be shorter than "
+                f"pause_max_days ({self.pause_max_days:g}): an open-ended pause is reminded "
+                "before it becomes overdue"
+            )
+        return self
 
     def to_engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -122,6 +141,11 @@ class EngineSettings(_Strict):
             low_supply_threshold=self.low_supply_threshold,
             no_contact_after=timedelta(minutes=self.no_contact_after_minutes),
             undispensed_deadline=timedelta(minutes=self.undispensed_deadline_minutes),
+            pause_max=timedelta(days=self.pause_max_days),
+            pause_reminder_every=timedelta(days=self.pause_reminder_days),
+            pause_end_notice=timedelta(hours=self.pause_end_notice_hours),
+            travel_collect_timeout=timedelta(minutes=self.travel_collect_minutes),
+            bin_reserve=self.bin_reserve,
         )
 
 

@@ -30,6 +30,7 @@ from protocol.messages import (
     KEEPALIVE_MAX_S,
     KEEPALIVE_MIN_S,
     AlertPattern,
+    BinLevel,
     ButtonId,
     ButtonPressed,
     Capabilities,
@@ -71,6 +72,7 @@ DEFAULT_FEATURES = int(
     | Feature.SACHET_READER
     | Feature.HELD_PATTERN
     | Feature.AGENT_WATCHDOG
+    | Feature.BIN_LEVEL
 )
 # Faults that stop the cutter: Dispense/Discard are refused with JAMMED while one is active.
 CUTTER_FAULTS = frozenset({FaultCode.JAM, FaultCode.CUTTER})
@@ -318,8 +320,9 @@ class DispenserModel:
         match message:
             case Hello(req_id=req_id):
                 self.watchdog_s = 0  # SPEC 4.7: a new agent arms with its own KeepAlive
-                # SPEC 4.1: a loaded roll is announced again, so a (re)started agent verifies it.
-                return [self._capabilities(req_id), *self._announce_roll()]
+                # SPEC 4.1: a loaded roll is announced again, so a (re)started agent verifies it;
+                # SPEC 4.8: then how full the bin is.
+                return [self._capabilities(req_id), *self._announce_roll(), *self._bin_level()]
             case Dispense():
                 return self._dispense(message)
             case Discard():
@@ -479,9 +482,16 @@ class DispenserModel:
     def _bin_full(self) -> bool:
         return len(self.bin) >= self.identity.bin_capacity
 
+    def _bin_level(self) -> list[Message]:
+        """SPEC 4.8: the bin's capacity and fill, only from a dispenser with BIN_LEVEL."""
+        if not self.has(Feature.BIN_LEVEL):
+            return []
+        return [BinLevel(self.identity.bin_capacity, len(self.bin))]
+
     def _into_bin(self, entry: BinEntry) -> list[Message]:
         self.bin.append(entry)
         events: list[Message] = [DoseRetained(entry.dispense_id, entry.sachet_index)]
+        events += self._bin_level()
         if self._bin_full():
             events += self.set_fault(FaultCode.BIN_FULL, True, f"{len(self.bin)} doses in bin")
         return events
@@ -580,8 +590,10 @@ class DispenserModel:
 
     def empty_bin(self) -> list[Message]:
         """A nurse empties the locked bin."""
+        had = bool(self.bin)
         self.bin.clear()
-        return self.set_fault(FaultCode.BIN_FULL, False, "bin emptied")
+        level = self._bin_level() if had else []
+        return level + self.set_fault(FaultCode.BIN_FULL, False, "bin emptied")
 
     def rtc_battery_died(self) -> None:
         """The RTC lost power: its time is unknown until the agent sets it."""

@@ -77,6 +77,7 @@ class Feature(enum.IntFlag):
     SACHET_READER = 0x0010
     HELD_PATTERN = 0x0020  # understands AlertPattern.HELD
     AGENT_WATCHDOG = 0x0040  # understands KeepAlive: alarms on its own when the agent falls silent
+    BIN_LEVEL = 0x0080  # reports the bin's capacity and fill (`BinLevel`)
 
 
 FACTORY_RESET_CONFIRM = 0x52534554  # ASCII "RSET": a stray frame cannot wipe a unit by accident
@@ -360,6 +361,17 @@ class TimeReport:
     utc_s: U64T
 
 
+@dataclass(frozen=True, slots=True)
+class BinLevel:
+    """How many doses the locked bin holds and how many are in it (feature BIN_LEVEL): sent after
+    the handshake and whenever `count` changes (a cut into the bin, a nurse emptying it)."""
+
+    TYPE_ID: ClassVar[int] = 0x4F
+    DIRECTION: ClassVar[Direction] = Direction.TO_AGENT
+    capacity: U16T
+    count: U16T
+
+
 Command: TypeAlias = (
     Hello
     | Dispense
@@ -391,6 +403,7 @@ FromDispenser: TypeAlias = (
     | LowSupply
     | Status
     | TimeReport
+    | BinLevel
 )
 
 Message: TypeAlias = Command | FromDispenser

@@ -107,6 +107,8 @@ SAMPLES: tuple[Message, ...] = (
             | m.Feature.AGENT_WATCHDOG
         ),
     ),
+    m.BinLevel(capacity=30, count=0),
+    m.BinLevel(capacity=0xFFFF, count=0xFFFF),
 )
 
 

@@ -85,7 +85,7 @@ def fw() -> Firmware:
 
 
 def test_default_simulator_announces_both_new_features() -> None:
-    (caps,) = Firmware().model.handle(Hello(1, 1, "agent"))
+    caps = Firmware().model.handle(Hello(1, 1, "agent"))[0]
     assert isinstance(caps, Capabilities)
     assert caps.features & Feature.HELD_PATTERN
     assert caps.features & Feature.AGENT_WATCHDOG

@@ -369,6 +369,22 @@ def test_command_details_reach_the_engine() -> None:
     assert isinstance(pause, StartPause)
     assert pause.window.start_utc == datetime(2026, 3, 27, 9, 0, tzinfo=UTC)
     assert pause.window.end_utc is None
+    assert (pause.window.reason, pause.window.take_along) == ("other", False)
+    trip = parse_command(
+        request(
+            {
+                "name": "pause",
+                "pause_id": "t1",
+                "start": "2026-03-27T10:00:00+01:00",
+                "end": "2026-04-03T10:00:00+02:00",
+                "reason": "travel",
+                "take_along": True,
+            }
+        )
+    ).to_engine_input()
+    assert isinstance(trip, StartPause)
+    assert (trip.window.reason, trip.window.take_along) == ("travel", True)
+    assert trip.window.end_utc == datetime(2026, 4, 3, 8, 0, tzinfo=UTC)
 
     ack = parse_command(request({"name": "ack_alert", "alert_id": "a-9"})).to_engine_input()
     assert ack == AcknowledgeAlert(alert_id="a-9", by="operator-0042")
@@ -406,6 +422,12 @@ def test_expiry() -> None:
             {},
             "end .* must be after start",
         ),
+        (
+            {"name": "pause", "pause_id": "p", "start": AT, "reason": "travel", "take_along": True},
+            {},
+            "take_along needs reason travel and an end",
+        ),
+        ({"name": "pause", "pause_id": "p", "start": AT, "reason": "holiday"}, {}, "reason"),
         ({"name": "request_status"}, {"issued_at": "2026-03-27T09:15:00"}, "issued_at: naive"),
         ({"name": "request_status"}, {"expires_at": "2026-03-27T09:15:00Z"}, "after issued_at"),
         ({"name": "request_status"}, {"expires_at": "2026-04-03T09:15:01Z"}, "at most 7 days"),

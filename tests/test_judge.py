@@ -247,6 +247,30 @@ def test_r2_quiet_at_the_interval_and_the_interval_is_a_parameter() -> None:
     assert j.findings == short.findings == []
 
 
+def test_r2_r4_sachets_taken_along_on_a_trip_are_not_intakes_but_must_be_for_it() -> None:
+    """Hazard #5 (travel): the trip's sachets come out one after another; each must be packed
+    for a slot of a travel pause, from a roll still good when that slot is due."""
+    j = judge()
+    j.advance(utc("05:00"))
+    j.pause("trip", utc("05:00"), utc("22:00", day=2), take_along=True)
+    for n, (hhmm, day) in enumerate((("06:00", 1), ("18:00", 1), ("06:00", 2))):
+        j.presented(n, label(utc(hhmm, day), index=n))
+        j.taken_for_travel(n)  # seconds apart: not intakes, so no R2
+    assert j.findings == []
+    stray = judge()
+    stray.advance(utc("05:00"))
+    stray.pause("hospital", utc("05:00"), utc("22:00", day=2))  # no sachets to take along
+    stray.presented(1, label(utc("06:00")))
+    with pytest.raises(InvariantViolation, match=r"R4 .*no slot of a travel pause"):
+        stray.taken_for_travel(1)
+    stale = judge()
+    stale.advance(utc("05:00"))
+    stale.pause("trip", utc("05:00"), utc("22:00", day=2), take_along=True)
+    stale.presented(1, label(utc("06:00", day=2), expiry=utc("12:00")))
+    with pytest.raises(InvariantViolation, match=r"R4 .*its roll expires before"):
+        stale.taken_for_travel(1)
+
+
 # --- R3 ----------------------------------------------------------------------------------------
 
 
@@ -367,6 +391,18 @@ def test_r6_the_bin_overflows() -> None:
     j.bin_fill(30, 30)
     with pytest.raises(InvariantViolation, match="31 sachets, capacity 30"):
         j.bin_fill(31, 30)
+
+
+def test_r6_a_discard_never_takes_the_last_place_nor_goes_to_a_full_bin() -> None:
+    """Hazard #5: a resume discarded 56 sachets into a bin of 30; every later dose was refused."""
+    j = judge()
+    j.bin_fill(29, 30, discards=1)
+    j.bin_fill(30, 30)  # a dose taken back from the tray may take the last place
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R6 .*a discard took the bin's last place"):
+        judge().bin_fill(30, 30, discards=1)
+    with pytest.raises(InvariantViolation, match=r"R6 .*sent to a full bin"):
+        judge().discard_refused_bin_full(7)
 
 
 # --- R7 ----------------------------------------------------------------------------------------

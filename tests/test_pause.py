@@ -1,5 +1,6 @@
-"""Temporary stop: which slots a pause covers, skipped_paused outcomes, no missed alarms, sachets
-of paused slots discarded on resume, clean resume."""
+"""Temporary stop: which slots a pause covers, skipped_paused outcomes, no missed alarms, and a
+resume on a dispenser that does not report its bin level (its backlog waits for a nurse).
+The safety rules of hazard #5 on the firmware model are in test_pause_safety.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from agent.engine.types import EndPause, EngineInputError, Outcome, PauseWindow,
 from protocol.messages import Dispense
 
 START = utc(2026, 3, 2, 12, 0)
+MAX = timedelta(days=30)
 
 
 def test_window_covers_start_inclusive_end_exclusive() -> None:
@@ -24,7 +26,7 @@ def test_window_covers_start_inclusive_end_exclusive() -> None:
 
 
 def test_open_ended_window_covers_until_resumed() -> None:
-    pauses = pause.start((), PauseWindow("p1", START, None))
+    pauses = pause.start((), PauseWindow("p1", START, None), MAX)
     assert pause.active(pauses, START + timedelta(days=300)) is not None
     pauses, ended = pause.end(pauses, None, START + timedelta(days=3))
     assert ended.end_utc == START + timedelta(days=3)
@@ -33,17 +35,17 @@ def test_open_ended_window_covers_until_resumed() -> None:
 
 
 def test_pause_not_yet_started_is_cancelled_by_resume() -> None:
-    pauses = pause.start((), PauseWindow("p1", START, None))
+    pauses = pause.start((), PauseWindow("p1", START, None), MAX)
     pauses, _ = pause.end(pauses, "p1", START - timedelta(hours=1))
     assert pauses == ()
 
 
 def test_inconsistent_pauses_are_refused() -> None:
     with pytest.raises(EngineInputError):
-        pause.start((), PauseWindow("p1", START, START - timedelta(hours=1)))
-    pauses = pause.start((), PauseWindow("p1", START, None))
+        pause.start((), PauseWindow("p1", START, START - timedelta(hours=1)), MAX)
+    pauses = pause.start((), PauseWindow("p1", START, None), MAX)
     with pytest.raises(EngineInputError):
-        pause.start(pauses, PauseWindow("p1", START, None))
+        pause.start(pauses, PauseWindow("p1", START, None), MAX)
     with pytest.raises(EngineInputError):
         pause.end((), None, START)
     with pytest.raises(EngineInputError):
@@ -72,9 +74,17 @@ def test_paused_slots_are_skipped_without_missed_alarms_and_resume_is_clean() ->
     assert rig.commands(Dispense) == []
     assert rig.dispenser.discarded == []  # nothing cut while the patient is away
     rig.feed(EndPause("hospital"))
-    # the three sachets of the paused slots go into the bin, the next one stays at the reader
-    assert rig.dispenser.discarded == [0, 1, 2]
-    assert len(rig.events("sachet_discarded")) == 3
+    # this dispenser does not report how full its bin is: the three sachets of the paused slots
+    # are not cut into it blindly; the centre hears what the nurse must do
+    assert rig.dispenser.discarded == []
+    (told,) = rig.events("backlog_needs_nurse")
+    assert told.fields["sachets_to_discard"] == 3
+    assert told.fields["bin_room"] is None
+    assert told.fields["action"] == "swap_roll_or_remove_by_hand"
+    # the nurse takes the three sachets off the roll by hand and puts it back
+    rig.dispenser.next_index = 3
+    rig.insert_roll()
+    assert rig.events("backlog_needs_nurse_cleared")
     rig.run_until(utc(2026, 3, 5, 7, 0))
     assert rig.dispenser.dispensed == [3]
     rig.take()
@@ -88,3 +98,77 @@ def test_pause_started_after_a_held_slot_fell_due_skips_it() -> None:
     rig.run_until(utc(2026, 3, 2, 7, 10))
     rig.feed(StartPause(PauseWindow("respite", utc(2026, 3, 2, 7, 0), None)))
     assert rig.outcome_of("2026-03-02T08:00").outcome is Outcome.SKIPPED_PAUSED
+
+
+def test_a_pause_longer_than_the_maximum_or_inconsistent_travel_is_refused() -> None:
+    with pytest.raises(EngineInputError, match="30 days"):
+        pause.start((), PauseWindow("p1", START, START + MAX + timedelta(seconds=1)), MAX)
+    assert pause.start((), PauseWindow("p1", START, START + MAX), MAX)  # exactly the maximum
+    with pytest.raises(EngineInputError, match="reason"):
+        pause.start((), PauseWindow("p1", START, None, reason="holiday"), MAX)
+    for window in (
+        PauseWindow("p1", START, START + timedelta(days=2), reason="hospital", take_along=True),
+        PauseWindow("p1", START, None, reason="travel", take_along=True),
+    ):
+        with pytest.raises(EngineInputError, match="take_along"):
+            pause.start((), window, MAX)
+
+
+def test_paused_since_follows_a_chain_of_windows_but_not_a_gap() -> None:
+    day = timedelta(days=1)
+    chain = (
+        PauseWindow("a", START, START + 10 * day),
+        PauseWindow("b", START + 10 * day, START + 20 * day),  # end to start
+        PauseWindow("c", START + 15 * day, None),  # overlapping, open-ended
+        PauseWindow("d", START - 5 * day, START - day),  # a gap before the chain
+    )
+    assert pause.paused_since(chain, START + 25 * day) == START
+    assert pause.paused_since(chain, START - 2 * day) == START - 5 * day
+    assert pause.paused_since(chain, START - timedelta(hours=1)) is None
+    assert pause.overdue_at(chain, chain[2], MAX) == START + MAX
+
+
+def test_reminders_of_an_open_ended_pause_are_counted_from_its_start() -> None:
+    week = timedelta(days=7)
+    window = PauseWindow("p1", START, None)
+    assert pause.reminders_due(window, START + week - timedelta(seconds=1), week) == 0
+    assert pause.reminders_due(window, START + week, week) == 1
+    assert pause.reminders_due(window, START + 3 * week + timedelta(hours=5), week) == 3
+    bounded = PauseWindow("p2", START, START + 3 * week)
+    assert pause.reminders_due(bounded, START + 2 * week, week) == 0  # it has an end notice
+
+
+@pytest.mark.parametrize(
+    ("backlog", "room", "action"),
+    [
+        (None, 30, "check_roll"),
+        (0, None, "none"),
+        (1, None, "discard_automatically"),  # one leftover: the dispenser's BIN_FULL bounds it
+        (2, None, "swap_roll_or_remove_by_hand"),  # level unknown: never a backlog blindly
+        (29, 30, "discard_automatically"),  # one place kept for a dose taken back
+        (30, 30, "swap_roll_or_remove_by_hand"),
+        (56, 30, "swap_roll_or_remove_by_hand"),
+        (1, 1, "swap_roll_or_remove_by_hand"),
+    ],
+)
+def test_resume_plan_discards_only_what_the_bin_holds_beside_its_reserve(
+    backlog: int | None, room: int | None, action: str
+) -> None:
+    plan = pause.resume_plan(backlog, room, 30 if room is not None else None, reserve=1)
+    assert plan.action == action
+    assert plan.fits == (action in ("none", "discard_automatically"))
+
+
+def test_a_pause_start_is_still_due_when_the_shell_wakes_at_it_without_stepping() -> None:
+    """The simulation found it: the shell woke at the very instant a pause began (for another
+    reason), asked for the next deadline without stepping the engine, and the start was gone
+    (only instants after `now` counted), so the travel pre-dispense began hours late."""
+    rig = morning_rig()
+    rig.install()
+    begins = utc(2026, 3, 2, 6, 30)
+    rig.feed(StartPause(PauseWindow("trip", begins, begins + timedelta(days=2))))
+    rig.clock.advance((begins - rig.clock.now().utc).total_seconds())
+    now = rig.clock.now()
+    deadline = rig.engine.next_deadline(now)
+    assert deadline is not None
+    assert deadline <= now.mono

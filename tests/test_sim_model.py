@@ -10,6 +10,7 @@ from hw.dispenser import DispenserIdentity, DispenserModel, SimRoll, make_roll
 from protocol.messages import (
     FACTORY_RESET_CONFIRM,
     AlertPattern,
+    BinLevel,
     ButtonId,
     ButtonPressed,
     Capabilities,
@@ -102,7 +103,8 @@ def test_unreadable_sachet_raises_reader_fault_and_blocks_dispense(rtc: FakeRtc)
 
 def test_hello_answers_capabilities_then_announces_the_loaded_roll(model: DispenserModel) -> None:
     model.handle(Dispense(1, 100, 0))  # the roll has moved on by one sachet
-    caps, roll, sachet = model.handle(Hello(7, 1, "agent"))
+    caps, roll, sachet, level = model.handle(Hello(7, 1, "agent"))
+    assert level == BinLevel(2, 0)
     assert roll == RollInserted("R1", "p-abc", 6, 1, T0, T0 + 5 * 43200, T0 + 86400 * 30)
     assert sachet == SachetRead("R1", 1, T0 + 43200, "p-abc")
     assert isinstance(caps, Capabilities)
@@ -119,8 +121,9 @@ def test_hello_answers_capabilities_then_announces_the_loaded_roll(model: Dispen
     assert caps.features & Feature.SACHET_READER
 
 
-def test_hello_without_a_roll_is_capabilities_only(rtc: FakeRtc) -> None:
-    (caps,) = DispenserModel(DispenserIdentity(), rtc).handle(Hello(7, 1, "agent"))
+def test_hello_without_a_roll_is_capabilities_and_the_bin_level(rtc: FakeRtc) -> None:
+    caps, level = DispenserModel(DispenserIdentity(), rtc).handle(Hello(7, 1, "agent"))
+    assert level == BinLevel(30, 0)
     assert isinstance(caps, Capabilities)
 
 
@@ -223,12 +226,13 @@ def test_lid_open_refuses_cut_with_busy(model: DispenserModel) -> None:
 
 def test_discard_and_retain_fill_the_bin(model: DispenserModel) -> None:
     out = model.handle(Discard(1, 10, 0))
-    assert out[:2] == [CommandResult(1, ResultCode.OK, ""), DoseRetained(10, 0)]
+    assert out[:3] == [CommandResult(1, ResultCode.OK, ""), DoseRetained(10, 0), BinLevel(2, 1)]
     model.handle(Dispense(2, 11, 1))
     out = model.handle(Retain(3, 11))
     assert out == [
         CommandResult(3, ResultCode.OK, ""),
         DoseRetained(11, 1),
+        BinLevel(2, 2),
         FaultChanged(FaultCode.BIN_FULL, True, "2 doses in bin"),
     ]
     assert model.tray is None
@@ -236,9 +240,25 @@ def test_discard_and_retain_fill_the_bin(model: DispenserModel) -> None:
     assert result(model.handle(Discard(5, 12, 2))) is ResultCode.BIN_FULL
     model.handle(Dispense(6, 13, 2))
     assert result(model.handle(Retain(7, 13))) is ResultCode.BIN_FULL
-    assert model.empty_bin() == [FaultChanged(FaultCode.BIN_FULL, False, "bin emptied")]
+    assert model.empty_bin() == [
+        BinLevel(2, 0),
+        FaultChanged(FaultCode.BIN_FULL, False, "bin emptied"),
+    ]
     assert result(model.handle(Retain(8, 13))) is ResultCode.OK
     assert [e.dispense_id for e in model.bin] == [13]
+
+
+def test_bin_level_after_the_handshake_and_only_with_the_feature(rtc: FakeRtc) -> None:
+    m = DispenserModel(DispenserIdentity(bin_capacity=30), rtc)
+    m.insert_roll(ROLL)
+    replies = m.handle(Hello(1, 1, "agent"))
+    assert replies[-1] == BinLevel(30, 0)  # after Capabilities and the roll announcement
+    assert m.empty_bin() == []  # already empty: nothing changed, nothing said
+    old = DispenserModel(DispenserIdentity(features=int(Feature.RETAIN_BIN)), rtc)
+    old.insert_roll(ROLL)
+    assert not any(isinstance(r, BinLevel) for r in old.handle(Hello(1, 1, "agent")))
+    out = old.handle(Discard(2, 10, 0))
+    assert not any(isinstance(r, BinLevel) for r in out)
 
 
 def test_retain_with_nothing_presented(model: DispenserModel) -> None:

@@ -348,14 +348,23 @@ def test_cli_prints_the_replay_command_for_a_failing_seed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def failing(
-        seed: int, days: int, faults: bool = True, engine: str = "dose", judge: str = "all"
+        seed: int,
+        days: int,
+        faults: bool = True,
+        engine: str = "dose",
+        judge: str = "all",
+        pauses: float = 0.0,
     ) -> cli.SeedReport:
         return cli.SeedReport(seed, days, None, "seed 5, step 9, at t+1s: boom", 0.0)
 
     monkeypatch.setattr(cli, "run_one", failing)
     out = io.StringIO()
     assert cli.main(["--seeds", "5", "--days", "30", "--jobs", "1"], out) == 1
-    assert "replay: python -m agent.simulation.cli --seeds 5 --days 30" in out.getvalue()
+    assert "replay: python -m agent.simulation.cli --seeds 5 --days 30\n" in out.getvalue()
+    paused = io.StringIO()
+    argv = ["--seeds", "5", "--days", "30", "--jobs", "1", "--pauses-per-year", "12"]
+    assert cli.main(argv, paused) == 1
+    assert "--seeds 5 --days 30 --pauses-per-year 12\n" in paused.getvalue()
 
 
 def test_seed_lists_parse_and_bad_ones_are_refused() -> None:
@@ -429,14 +438,25 @@ def test_judge_r4_right_sachet_with_close_doses() -> None:
     judge_rule_holds("R4", 14, 90, times=CLOSE_DOSES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="hazard #5: a dose in the tray when a pause starts is reported missed (HIGH) during "
-    "the pause",
-)
 def test_judge_r7_no_missed_alarm_while_paused() -> None:
+    """Hazard #5: a dose in the tray when a pause starts was reported missed (HIGH) during it."""
     judge_rule_holds("R7", 11, 120, pauses_per_year=12.0)
+
+
+@pytest.mark.timeout(600)
+def test_pauses_of_every_kind_hold_the_judge_for_seeded_years() -> None:
+    """Hazard #5: hospital stays with an end, open-ended pauses resumed by command (some past the
+    maximum) and trips with sachets to take along, twelve a year; a nurse answers
+    backlog_needs_nurse. Every holding rule holds, R6 and R7 included; the trips were packed."""
+    totals: dict[str, int] = {}
+    for seed in (11, 12, 13, 14):
+        config = SimulationConfig(seed=seed, days=365, pauses_per_year=12.0)
+        result = Simulation(config).run()
+        for outcome, count in result.outcomes.items():
+            totals[outcome] = totals.get(outcome, 0) + count
+        assert not {"R6", "R7"} & set(result.judge_findings), result.judge_first
+    assert totals.get("dispensed_for_travel", 0) > 0
+    assert totals.get("skipped_paused", 0) > 0
 
 
 @pytest.mark.xfail(

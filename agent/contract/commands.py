@@ -83,13 +83,25 @@ class UpdateScheduleCommand(ContractModel):
         return Schedule.build(zone=self.zone, rules=[rule.to_rule() for rule in self.rules])
 
 
+PauseReason = Literal["hospital", "respite", "travel", "other"]
+
+
 class PauseCommand(ContractModel):
-    """Temporary stop: slots due in [start, end) are skipped without missed-dose alarms."""
+    """Temporary stop: slots due in [start, end) are skipped without missed-dose alarms.
+
+    A pause lasts at most the unit's maximum (30 days by default; a longer one is refused). A
+    travel pause with `take_along` has the trip's sachets dispensed one after another from its
+    start, for the patient to take along (each slot ends `dispensed_for_travel`)."""
 
     name: Literal["pause"]
     pause_id: str = Field(min_length=1, max_length=64)
     start: UtcDateTime
     end: UtcDateTime | None = Field(default=None, description="null: until a resume command.")
+    reason: PauseReason = Field(default="other", description="Why the patient is away.")
+    take_along: bool = Field(
+        default=False,
+        description="Travel only, with an end: dispense the trip's sachets at its start.",
+    )
 
     @model_validator(mode="after")
     def _end_after_start(self) -> PauseCommand:
@@ -97,6 +109,8 @@ class PauseCommand(ContractModel):
             raise ValueError(
                 f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})"
             )
+        if self.take_along and (self.reason != "travel" or self.end is None):
+            raise ValueError("take_along needs reason travel and an end")
         return self
 
 
@@ -185,7 +199,15 @@ class CommandRequest(ContractModel):
         if isinstance(command, UpdateScheduleCommand):
             return SetSchedule(schedule=command.to_schedule(), version=command.version)
         if isinstance(command, PauseCommand):
-            return StartPause(PauseWindow(command.pause_id, command.start, command.end))
+            return StartPause(
+                PauseWindow(
+                    command.pause_id,
+                    command.start,
+                    command.end,
+                    reason=command.reason,
+                    take_along=command.take_along,
+                )
+            )
         if isinstance(command, ResumeCommand):
             return EndPause(command.pause_id)
         if isinstance(command, SilenceCommand):

@@ -40,8 +40,10 @@ _ENGINE_SPECS = (
         "slot_outcome",
         _P.INFO,  # priority/code set per outcome, see DoseEngine._settle
         None,
-        "A dose slot ended: data.outcome is taken, missed, refused or skipped_paused (exactly one "
-        "per slot); missed and refused are high priority with an alert_id.",
+        "A dose slot ended: data.outcome is taken, missed, refused, skipped_paused or "
+        "dispensed_for_travel (exactly one per slot); missed and refused are high priority with "
+        "an alert_id; dispensed_for_travel is a dose handed over to take along (FHIR "
+        "MedicationDispense category 2), taken is category 1.",
     ),
     AlertSpec(
         "dose_presented",
@@ -90,6 +92,26 @@ _ENGINE_SPECS = (
         "plan (sachet time in data).",
         condition=True,
         cleared_meaning="A sachet matches a dose time of the schedule again.",
+    ),
+    AlertSpec(
+        "dose_left_in_tray",
+        _P.LOW,
+        None,
+        "A pause began (or a travel sachet was not collected) with a dose in the tray that the "
+        "dispenser cannot take back (no bin, or bin full): a nurse should remove it (slot and "
+        "reason in data). The slot ended skipped_paused, not missed.",
+    ),
+    AlertSpec(
+        "backlog_needs_nurse",
+        _P.MEDIUM,
+        "3.13",
+        "More sachets on the roll are packed for past dose times (a pause, or doses not given) "
+        "than the bin can take beside its reserve, or the bin level is unknown: none is "
+        "discarded and the next doses wait. A nurse swaps the roll for one starting now, or "
+        "takes data.sachets_to_discard sachets off the roll / empties the bin (numbers in "
+        "data). Raised before a pause ends when the resume will need it.",
+        condition=True,
+        cleared_meaning="The sachets for past dose times are gone or fit in the bin now.",
     ),
     AlertSpec(
         "sachet_rejected",
@@ -300,6 +322,43 @@ _ENGINE_SPECS = (
         _P.INFO,
         None,
         "A temporary stop was set (window in data): no doses and no missed-dose alerts in it.",
+    ),
+    AlertSpec(
+        "pause_reminder",
+        _P.LOW,
+        None,
+        "An open-ended temporary stop is still in force (sent every reminder interval; days "
+        "so far, when it becomes overdue, and what resuming now needs in data).",
+    ),
+    AlertSpec(
+        "pause_ending",
+        _P.LOW,
+        None,
+        "A temporary stop ends soon (end in data) and what the resume needs: sachets to discard, "
+        "bin room, action (see backlog_needs_nurse).",
+    ),
+    AlertSpec(
+        "pause_overdue",
+        _P.HIGH,
+        None,
+        "The unit has been paused longer than the maximum (since, max_days in data): is the "
+        "patient home without doses? Resume, or end the service.",
+        condition=True,
+        cleared_meaning="No pause is in force any more.",
+    ),
+    AlertSpec(
+        "travel_dispensed",
+        _P.INFO,
+        None,
+        "Every sachet of a travel pause was dispensed to take along (counts in data; each "
+        "slot has its dispensed_for_travel outcome).",
+    ),
+    AlertSpec(
+        "travel_short",
+        _P.MEDIUM,
+        "3.15",
+        "Not every sachet of a travel pause could be dispensed to take along (planned, "
+        "dispensed and the reason in data): the patient lacks doses for the trip.",
     ),
     AlertSpec(
         "pause_ended",

@@ -51,9 +51,21 @@ class DispenserMirror:
     pattern_sent: AlertPattern | None = None  # None: unknown, send again
     silenced_until: float | None = None  # monotonic: local sound/light off until then
     faults: list[FaultCode] = field(default_factory=list)
+    # the bin (SPEC 4.8, feature BIN_LEVEL): as last reported, and cuts into it seen since
+    bin_capacity: int | None = None
+    bin_count: int | None = None
+    bin_unreported: int = 0  # DoseRetained seen after the last BinLevel
 
     def has(self, feature: Feature) -> bool:
         return has_feature(self.capabilities, feature)
+
+    def bin_room(self, in_flight: int) -> int | None:
+        """Free places in the bin, counting the cuts seen since its last report and those on
+        their way (`in_flight`); None when the dispenser has not told (or cannot tell) its level.
+        A count above the capacity (a firmware miscount) reads as a full bin."""
+        if self.bin_capacity is None or self.bin_count is None:
+            return None
+        return max(0, self.bin_capacity - self.bin_count - self.bin_unreported - in_flight)
 
     def blocking_fault(self) -> FaultCode | None:
         for fault in BLOCKING_FAULTS:

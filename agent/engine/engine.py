@@ -28,6 +28,7 @@ from agent.engine.dispenser_mirror import (
 from agent.engine.lifecycle import Phase, SlotRun
 from agent.engine.outbound import Outbound, PendingCommand
 from agent.engine.roll_desk import Discarding, RollDesk
+from agent.engine.schedule import Slot
 from agent.engine.slot_book import SlotBook
 from agent.engine.state import (
     EngineState,
@@ -65,6 +66,7 @@ from agent.engine.types import (
 )
 from protocol.messages import (
     AlertPattern,
+    BinLevel,
     ButtonId,
     ButtonPressed,
     CommandResult,
@@ -105,6 +107,13 @@ BATTERY_LOW_PCT, BATTERY_LOW_CLEAR_PCT = 20, 25  # hysteresis: no flapping at th
 BATTERY_EMPTY_PCT, BATTERY_EMPTY_CLEAR_PCT = 3, 5
 # sachet_discarded reason: the sachet matches no dose time of the schedule (plan_mismatch)
 NO_SLOT = "no_slot"
+# dose_held reason: the sachets at the reader are for past dose times and more of them than the
+# bin can take beside its reserve (or its level is unknown): a nurse must act (backlog_needs_nurse)
+BACKLOG_EXCEEDS_BIN = "backlog_exceeds_bin"
+# travel pre-dispense waits (does not give up) while one of these holds: it passes or the trip ends
+TRAVEL_WAITS_ON = frozenset(
+    {"no_link", "awaiting_status", "tray_occupied", "previous_dose_in_tray", "no_sachet", "locked"}
+)
 _EPSILON = timedelta(microseconds=1)
 
 
@@ -195,6 +204,13 @@ class DoseEngine:
             if upcoming is not None:
                 instants.append(self._mono_at(upcoming.due_utc, now))
         for run in self._slotbook.runs:
+            if run.travel:
+                collect_by = _travel_collect_by(run, self._cfg)
+                if collect_by is not None:
+                    instants.append(collect_by)
+                elif trusted:  # not dispensed yet (a failed command): given up at its due time
+                    instants.append(self._mono_at(run.due_utc, now))
+                continue
             timer = lifecycle.next_timer(run, self._cfg)
             if timer is not None:
                 instants.append(timer)
@@ -220,12 +236,16 @@ class DoseEngine:
         return min(instants) if instants else None
 
     def _wall_changes(self, now_utc: datetime) -> list[datetime]:
-        """Future wall instants at which a time-dependent check changes its verdict."""
+        """Wall instants at which a time-dependent check changes its verdict, not yet seen by a
+        step: after the last step (or `now_utc`, if the clock went back). One at exactly `now_utc`
+        that no step has seen is still due (a shell that woke at that instant for another
+        reason, without stepping, must not lose it)."""
         memo = self._wall_memo
         if memo is None or memo[0] is not self._desk.roll or memo[1] is not self._pauses:
             memo = (self._desk.roll, self._pauses, self._verdict_changes())
             self._wall_memo = memo
-        return [at for at in memo[2] if at > now_utc]
+        seen = now_utc if self._last_now is None else min(self._last_now.utc, now_utc)
+        return [at for at in memo[2] if at > seen]
 
     def _verdict_changes(self) -> list[datetime]:
         changes: list[datetime] = []
@@ -238,10 +258,20 @@ class DoseEngine:
             if last_dose is not None:
                 # passed once last_dose < now - tolerance: strictly after this instant
                 changes.append(last_dose + self._cfg.sachet_time_tolerance + _EPSILON)
+        cfg = self._cfg
         for window in self._pauses:
             changes.append(window.start_utc)
             if window.end_utc is not None:
                 changes.append(window.end_utc)
+                if not window.end_notice_sent:
+                    changes.append(max(window.start_utc, window.end_utc - cfg.pause_end_notice))
+            else:
+                changes.append(
+                    window.start_utc + (window.reminders_sent + 1) * cfg.pause_reminder_every
+                )
+            overdue = pause.overdue_at(self._pauses, window, cfg.pause_max)
+            if window.end_utc is None or overdue < window.end_utc:
+                changes.append(overdue)  # (a window ending first cannot become overdue)
         return changes
 
     def status(self) -> EngineStatus:
@@ -303,7 +333,7 @@ class DoseEngine:
     def _validate(self, inp: EngineInput, now: Now) -> None:
         match inp:
             case StartPause(window=window):
-                pause.start(self._pauses, window)
+                pause.start(self._pauses, window, self._cfg.pause_max)
             case EndPause(pause_id=pause_id):
                 pause.end(self._pauses, pause_id, now.utc)
             case AcknowledgeAlert(alert_id=alert_id, by=by):
@@ -360,6 +390,8 @@ class DoseEngine:
                 self._mirror.link_down_since = None
                 self._mirror.status_known = False
                 self._mirror.pattern_sent = None  # the dispenser may have rebooted
+                self._mirror.bin_capacity = self._mirror.bin_count = None  # BinLevel follows
+                self._mirror.bin_unreported = 0
                 self._outbound.retry_at = None
                 self._condition(actions, "no_contact", False, now)
             case LinkDown(reason=reason):
@@ -378,7 +410,7 @@ class DoseEngine:
                 self._slotbook.cursor = self._slotbook.horizon
                 self._emit(actions, "schedule_changed", {"version": version})
             case StartPause(window=window):
-                self._pauses = pause.start(self._pauses, window)
+                self._pauses = pause.start(self._pauses, window, self._cfg.pause_max)
                 self._emit(actions, "pause_started", _pause_fields(window))
                 for run in list(self._slotbook.runs):
                     if run.dispense_id is None and pause.covers(window, run.due_utc):
@@ -459,6 +491,9 @@ class DoseEngine:
                 )
             case Status():
                 self._apply_status(message, now, actions)
+            case BinLevel(capacity=capacity, count=count):
+                self._mirror.bin_capacity, self._mirror.bin_count = capacity, count
+                self._mirror.bin_unreported = 0
             case _:
                 self._emit(
                     actions, "unexpected_dispenser_event", {"message": type(message).__name__}
@@ -576,6 +611,19 @@ class DoseEngine:
     def _on_taken(self, msg: DoseTaken, now: Now, actions: list[Action]) -> None:
         self._mirror.tray_occupied = False
         run = self._slotbook.run_by_dispense(msg.dispense_id)
+        if run is not None and run.travel:
+            trip = self._trip_of(run)
+            self._settle(
+                run,
+                Outcome.DISPENSED_FOR_TRAVEL,
+                trip.pause_id if trip else None,
+                now,
+                actions,
+                taken_at=now.utc,
+            )
+            if trip is not None:
+                self._replace_pause(replace(trip, travel_dispensed=trip.travel_dispensed + 1))
+            return
         if run is not None:
             self._settle(run, Outcome.TAKEN, None, now, actions, taken_at=now.utc)
             return
@@ -595,6 +643,7 @@ class DoseEngine:
             )
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
+        self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
         discard = self._desk.discarding.pop(msg.dispense_id, None)
         if discard is not None:
             if self._desk.roll is not None and not self._desk.roll.unverified:
@@ -810,6 +859,9 @@ class DoseEngine:
             self._mirror.status_known = False
         else:
             self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
+        if run.travel:
+            self._travel_give_up(run, reason, now, actions)
+            return
         self._hold(run.slot_id, reason, actions)
 
     def _discard_result(
@@ -845,24 +897,274 @@ class DoseEngine:
             self._mirror.pattern_sent = None  # sound again
         if self._outbound.retry_at is not None and now.mono >= self._outbound.retry_at:
             self._outbound.retry_at = None
-        self._run_timers(now, actions)
         trusted = now.trust is not TimeTrust.UNTRUSTED
+        if trusted and (self._pauses or self._alerts.is_raised("pause_overdue")):
+            self._pause_duties(now, actions)  # before the timers: no missed alarm while away
+        self._run_timers(now, actions)
         self._condition(actions, "clock_untrusted", not trusted, now, {"trust": now.trust.value})
         if trusted:
             self._pick_up(now, actions)
             self._settle_overdue(now, actions)
             self._was_untrusted = False
             self._attempt(now, actions)
+            if self._pauses:
+                self._travel(now, actions)
             self._discard_stale(now, actions)
+            self._backlog_condition(now, actions)
         else:
             self._was_untrusted = True
         self._sync_dispenser(now, actions)
         self._move_horizon()
 
+    # --- pause: duties while away, reminders, the travel pre-dispense --------------------------
+
+    def _pause_duties(self, now: Now, actions: list[Action]) -> None:
+        """While a pause is in force no slot is open (so none can end missed): a slot already
+        due is skipped, a dose in the tray is taken back (or reported left there). Then the
+        reminders and the maximum duration."""
+        active = pause.active(self._pauses, now.utc)
+        if active is not None:
+            for run in list(self._slotbook.runs):
+                if run.travel:
+                    continue
+                if run.dispense_id is not None:
+                    self._away_with_dose_in_tray(run, active, now, actions)
+                elif run.due_utc <= now.utc or pause.covers(active, run.due_utc):
+                    self._settle(run, Outcome.SKIPPED_PAUSED, active.pause_id, now, actions)
+        self._pause_notices(now, actions)
+        since = pause.paused_since(self._pauses, now.utc)
+        if active is None or since is None or now.utc - since < self._cfg.pause_max:
+            self._condition(actions, "pause_overdue", False, now)
+            return
+        fields: dict[str, object] = {
+            "pause_id": active.pause_id,
+            "paused_since_utc": since.isoformat(),
+            "max_days": self._cfg.pause_max / timedelta(days=1),
+        }
+        self._condition(actions, "pause_overdue", True, now, fields)
+
+    def _away_with_dose_in_tray(
+        self, run: SlotRun, window: PauseWindow, now: Now, actions: list[Action]
+    ) -> None:
+        """A dose dispensed (maybe in the tray) when the pause came into force: the slot ends
+        skipped_paused, never missed; the dose goes back into the bin if the dispenser can take
+        it, else the centre hears (LOW) that it is left in the tray for a nurse to remove."""
+        self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
+        self._take_back_or_report(run, window.pause_id, actions)
+
+    def _take_back_or_report(self, run: SlotRun, pause_id: str, actions: list[Action]) -> None:
+        assert run.dispense_id is not None
+        room = self._bin_room()
+        if not self._has(Feature.RETAIN_BIN):
+            why: str | None = "no_retain_bin"
+        elif FaultCode.BIN_FULL in self._mirror.faults or (room is not None and room < 1):
+            why = "bin_full"
+        else:
+            why = None
+        if why is None:
+            self._outbound.retain_queue.append(run.dispense_id)
+            return
+        self._emit(
+            actions,
+            "dose_left_in_tray",
+            {
+                "slot_id": run.slot_id,
+                "dispense_id": run.dispense_id,
+                "pause_id": pause_id,
+                "reason": why,
+            },
+        )
+
+    def _pause_notices(self, now: Now, actions: list[Action]) -> None:
+        """An open-ended pause is reminded every `pause_reminder_every`; a pause with an end is
+        announced `pause_end_notice` before it. Both say what the resume will need."""
+        cfg, changed, updated = self._cfg, False, []
+        for window in self._pauses:
+            if pause.covers(window, now.utc):
+                if window.end_utc is None:
+                    earned = pause.reminders_due(window, now.utc, cfg.pause_reminder_every)
+                    if earned > window.reminders_sent:
+                        since = now.utc - window.start_utc
+                        self._emit(
+                            actions,
+                            "pause_reminder",
+                            {
+                                **_pause_fields(window),
+                                "days_in_force": round(since / timedelta(days=1), 2),
+                                "max_days": cfg.pause_max / timedelta(days=1),
+                                "overdue_at": pause.overdue_at(
+                                    self._pauses, window, cfg.pause_max
+                                ).isoformat(),
+                                "resume_now": self._plan_at(now.utc).fields(),
+                            },
+                        )
+                        window, changed = replace(window, reminders_sent=earned), True
+                elif not window.end_notice_sent and now.utc >= (
+                    window.end_utc - cfg.pause_end_notice
+                ):
+                    self._emit(
+                        actions,
+                        "pause_ending",
+                        {**_pause_fields(window), "resume": self._plan_at(window.end_utc).fields()},
+                    )
+                    window, changed = replace(window, end_notice_sent=True), True
+            updated.append(window)
+        if changed:
+            self._pauses = tuple(updated)
+
+    def _replace_pause(self, window: PauseWindow) -> None:
+        self._pauses = tuple(window if p.pause_id == window.pause_id else p for p in self._pauses)
+
+    def _trip_of(self, run: SlotRun) -> PauseWindow | None:
+        """The travel pause a pre-dispensed slot belongs to."""
+        for window in self._pauses:
+            if window.reason == "travel" and pause.covers(window, run.due_utc):
+                return window
+        return None
+
+    def _travel(self, now: Now, actions: list[Action]) -> None:
+        """Travel pre-dispense (VKP 3.15): while a travel pause asking for it is in force, the
+        trip's sachets are dispensed one after another, each once the previous one was lifted
+        out, each checked as for a dose (right patient and roll, in order, packed for a slot of
+        the trip, the roll not expired when that slot is due). It stops for good at the first
+        sachet that fails a check; it waits while the dispenser cannot cut (no link, tray ...)."""
+        for window in self._pauses:
+            if window.take_along and window.end_utc is not None and now.utc >= window.end_utc:
+                self._travel_finish(window, "pause_ended", now, actions)
+        trip = next((w for w in self._pauses if w.take_along and pause.covers(w, now.utc)), None)
+        if trip is None or self._schedule is None:
+            return
+        if self._slotbook.runs:  # one at a time: a sachet is in the tray (or on its way)
+            failed = [r for r in self._slotbook.runs if r.travel and not r.in_tray]
+            if failed and not self._dispenser_busy():
+                self._travel_retry(failed[0], now, actions)  # its Dispense was not delivered
+            return
+        if self._dispenser_busy():
+            return
+        assert trip.end_utc is not None
+        slots = self._slotbook.slots(self._schedule).between(trip.start_utc, trip.end_utc)
+        if all(self._trip_slot_over(s, now) for s in slots):
+            self._travel_finish(trip, None, now, actions)
+            return
+        probe = SlotRun(slots[0].slot_id, slots[0].due_utc, "", travel=True)
+        reason = self._blocker(probe, now)
+        if _travel_waits(reason):
+            return
+        if reason is not None and reason not in (
+            roll_check.SACHET_STALE,
+            roll_check.SACHET_TIME_MISMATCH,
+        ):
+            self._travel_finish(trip, reason, now, actions)  # the roll itself is refused
+            return
+        sachet = self._desk.sachet
+        assert sachet is not None  # the blocker said no_sachet otherwise
+        target, why = self._travel_target(slots, sachet, now)
+        if target is None:
+            self._travel_finish(trip, why, now, actions)
+            return
+        run = SlotRun(target.slot_id, target.due_utc, self._local_iso(target.due_utc), travel=True)
+        reason = self._travel_blocker(run, now)
+        if _travel_waits(reason):
+            return
+        if reason is not None:
+            self._travel_finish(trip, reason, now, actions)
+        elif self._can_send(now):
+            self._dispense(run, actions)
+
+    def _trip_slot_over(self, slot: Slot, now: Now) -> bool:
+        """Settled, or already due (then it is settled or being settled: its record may be
+        pruned from the slot book once the horizon passes it)."""
+        return slot.due_utc <= now.utc or self._slotbook.is_settled(slot.slot_id)
+
+    def _travel_target(
+        self, slots: list[Slot], sachet: SachetRead, now: Now
+    ) -> tuple[Slot | None, str | None]:
+        """The slot of the trip the sachet at the reader is packed for (the nearest within the
+        tolerance, not yet settled), or None and why it is not one. A sachet packed for after the
+        trip ends it: reason None when every slot of the trip was taken along."""
+        intended = roll_check.wire_time(sachet.intended_utc_s)
+        if intended is None:
+            return None, roll_check.SACHET_TIME_UNKNOWN
+        tolerance = self._cfg.sachet_time_tolerance
+        if intended > slots[-1].due_utc + tolerance:
+            return None, "sachets_missing"  # some slot of the trip has none left on the roll
+        nearest = min(slots, key=lambda s: (abs(s.due_utc - intended), s.slot_id))
+        if abs(nearest.due_utc - intended) > tolerance:
+            before = intended < slots[0].due_utc - tolerance
+            return None, roll_check.SACHET_STALE if before else roll_check.SACHET_TIME_MISMATCH
+        if self._trip_slot_over(nearest, now):
+            return None, roll_check.SACHET_STALE  # its slot already ended (due before it came)
+        return nearest, None
+
+    def _travel_blocker(self, run: SlotRun, now: Now) -> str | None:
+        """The dose checks for a travel sachet, and one more: the roll must not have expired by
+        the time the slot it is packed for is due (that is when the patient takes it)."""
+        reason = self._blocker(run, now)
+        if reason is not None:
+            return reason
+        roll = self._desk.roll
+        expiry = roll_check.wire_time(roll.expiry_utc_s) if roll is not None else None
+        if expiry is not None and run.due_utc >= expiry - self._cfg.roll_expired_margin:
+            return roll_check.ROLL_EXPIRED
+        return None
+
+    def _travel_retry(self, run: SlotRun, now: Now, actions: list[Action]) -> None:
+        """A travel Dispense that could not be delivered (timeout, BUSY): the same dispense id
+        again when nothing blocks, given up when its slot falls due or a check fails."""
+        if now.utc >= run.due_utc:
+            self._travel_give_up(run, "not_dispensed_in_time", now, actions)
+            return
+        reason = self._travel_blocker(run, now)
+        if _travel_waits(reason):
+            return
+        if reason is not None:
+            self._travel_give_up(run, reason, now, actions)
+        elif self._can_send(now):
+            self._dispense(run, actions)
+
+    def _travel_give_up(self, run: SlotRun, why: str, now: Now, actions: list[Action]) -> None:
+        """A travel sachet not taken along: its slot is skipped (never missed), a dose left in
+        the tray goes back into the bin (or is reported), and the rest of the trip is not
+        dispensed: a sachet nobody collects must not be followed by more."""
+        trip = self._trip_of(run)
+        pause_id = trip.pause_id if trip is not None else "travel"
+        self._settle(run, Outcome.SKIPPED_PAUSED, pause_id, now, actions)
+        if run.in_tray:
+            self._take_back_or_report(run, pause_id, actions)
+        if trip is not None and trip.take_along:
+            self._travel_finish(trip, why, now, actions)
+
+    def _travel_finish(
+        self, trip: PauseWindow, why: str | None, now: Now, actions: list[Action]
+    ) -> None:
+        """The pre-dispense is over: `travel_dispensed` when every slot of the trip was taken
+        along, else `travel_short` (VKP 3.15, not enough doses for the trip) with the numbers."""
+        planned = 0
+        if trip.end_utc is not None and self._schedule is not None:
+            slots = self._slotbook.slots(self._schedule)
+            planned = len(slots.between(trip.start_utc, trip.end_utc))
+        trip = next((p for p in self._pauses if p.pause_id == trip.pause_id), trip)
+        self._replace_pause(replace(trip, take_along=False))
+        fields: dict[str, object] = {
+            "pause_id": trip.pause_id,
+            "planned": planned,
+            "dispensed": trip.travel_dispensed,
+        }
+        if why is None and trip.travel_dispensed >= planned:
+            self._emit(actions, "travel_dispensed", fields)
+            return
+        self._emit(actions, "travel_short", {**fields, "reason": why or "slots_already_due"})
+
     def _run_timers(self, now: Now, actions: list[Action]) -> None:
         for run in list(self._slotbook.runs):
             if run.presented_mono is None and run.confirmed_mono is None:
                 continue  # not (maybe) in the tray: no timer runs (lifecycle.on_time agrees)
+            if run.travel:
+                collect_by = _travel_collect_by(run, self._cfg)
+                if collect_by is not None and now.mono >= collect_by:
+                    why = "not_collected" if run.phase is Phase.PRESENTED else "not_presented"
+                    self._travel_give_up(run, why, now, actions)
+                continue
             result = lifecycle.on_time(run, self._cfg, now.mono)
             if result.missed is not None:
                 self._settle(run, Outcome.MISSED, result.missed, now, actions)
@@ -911,7 +1213,7 @@ class DoseEngine:
 
     def _settle_overdue(self, now: Now, actions: list[Action]) -> None:
         for run in list(self._slotbook.runs):
-            if run.in_tray or now.utc < lifecycle.settle_deadline(run, self._cfg):
+            if run.travel or run.in_tray or now.utc < lifecycle.settle_deadline(run, self._cfg):
                 continue
             if self._was_untrusted:
                 reason = "clock_untrusted"
@@ -966,21 +1268,33 @@ class DoseEngine:
 
     def _attempt(self, now: Now, actions: list[Action]) -> None:
         run = self._slotbook.head()
-        if run is None:
+        if run is None or run.travel:
+            return  # a travel sachet is `_travel`'s
+        if self._dispenser_busy():
             return
-        if any(p.kind in ("dispense", "discard") for p in self._outbound.pending.values()):
-            return
-        if self._desk.discarding:
-            return  # a discarded sachet is on its way to the bin; the next SachetRead follows
         reason = self._blocker(run, now)
-        if reason == roll_check.SACHET_STALE and self._can_discard(now):
-            self._send_discard(roll_check.SACHET_STALE, now, actions)
-            return
+        if reason == roll_check.SACHET_STALE:
+            if not self._backlog_fits(run.due_utc):
+                reason = BACKLOG_EXCEEDS_BIN  # never fill the bin with it: a nurse decides
+            elif self._can_discard(now):
+                self._send_discard(roll_check.SACHET_STALE, now, actions)
+                return
         if reason is not None:
             self._hold(run.slot_id, reason, actions)
             return
-        if not self._can_send(now):
-            return
+        if self._can_send(now):
+            self._dispense(run, actions)
+
+    def _dispenser_busy(self) -> bool:
+        """A cut is under way: a Dispense or Discard awaits its result, or a discarded sachet is
+        on its way to the bin (the next SachetRead follows)."""
+        if self._desk.discarding:
+            return True
+        return any(p.kind in ("dispense", "discard") for p in self._outbound.pending.values())
+
+    def _dispense(self, run: SlotRun, actions: list[Action]) -> None:
+        """Send the Dispense for `run` (a dispense id is taken once and persisted first by
+        BeginDispense; a retry sends the same id). Only after every check passed."""
         assert self._desk.sachet is not None
         assert self._desk.roll is not None
         if run.dispense_id is None:
@@ -988,7 +1302,11 @@ class DoseEngine:
             run = lifecycle.begin(
                 run, dispense_id, self._desk.sachet.index, self._desk.roll.roll_id
             )
-            self._slotbook.replace_run(run)
+            if any(r.slot_id == run.slot_id for r in self._slotbook.runs):
+                self._slotbook.replace_run(run)
+            else:
+                self._slotbook.runs.append(run)
+                self._slotbook.runs.sort(key=lambda r: (r.due_utc, r.slot_id))
             actions.append(
                 BeginDispense(run.slot_id, dispense_id, self._desk.sachet.index, run.due_utc)
             )
@@ -1018,7 +1336,93 @@ class DoseEngine:
             and self._mirror.blocking_fault() is None
             and pause.active(self._pauses, now.utc) is None
             and not self._desk.discarding
+            and self._bin_takes_discard()
         )
+
+    # --- the bin (SPEC 4.8) and the backlog of sachets for past dose times ------------------
+
+    def _bin_room(self) -> int | None:
+        """Free places in the bin after what is on its way (discards, retains sent or owed);
+        None when the dispenser does not report its level."""
+        if not self._has(Feature.BIN_LEVEL):
+            return None
+        owed = len(self._desk.discarding) + len(self._outbound.retaining)
+        return self._mirror.bin_room(owed + len(self._outbound.retain_queue))
+
+    def _bin_takes_discard(self) -> bool:
+        """One more sachet fits beside the reserve (kept for a dose that must go back from the
+        tray). A dispenser that does not report its level bounds a discard by refusing it
+        (BIN_FULL); one that reports it but has not yet: wait for it."""
+        if not self._has(Feature.BIN_LEVEL):
+            return True
+        room = self._bin_room()
+        return room is not None and room - 1 >= self._cfg.bin_reserve
+
+    def _backlog(self, until: datetime) -> int | None:
+        """Sachets on the roll packed for dose times before `until`: the one at the reader and
+        those behind it, counted on the schedule (one sachet per dose time) and capped by what
+        is left on the roll. None: not known (no verified roll, or no readable sachet)."""
+        roll, sachet = self._desk.roll, self._desk.sachet
+        if roll is None or roll.unverified or self._schedule is None:
+            return None
+        if sachet is None:
+            return None if roll.remaining else 0
+        intended = roll_check.wire_time(sachet.intended_utc_s)
+        if intended is None:
+            return None
+        tolerance = self._cfg.sachet_time_tolerance
+        if intended >= until - tolerance:
+            return 0  # the sachet at the reader is for `until` or later
+        behind = self._slotbook.slots(self._schedule).between(intended - tolerance, until)
+        return min(max(1, len(behind)), max(1, roll.remaining))
+
+    def _plan_at(self, until: datetime) -> pause.ResumePlan:
+        """What resuming (or giving the next dose) at `until` needs."""
+        room = self._bin_room()
+        capacity = self._mirror.bin_capacity if room is not None else None
+        return pause.resume_plan(self._backlog(until), room, capacity, self._cfg.bin_reserve)
+
+    def _backlog_fits(self, next_due: datetime) -> bool:
+        """May the stale sachets before `next_due` go into the bin, one by one? Only if all of
+        them fit: a bin filled halfway through a backlog would refuse every dose after it."""
+        return self._plan_at(next_due).fits
+
+    def _backlog_condition(self, now: Now, actions: list[Action]) -> None:
+        """`backlog_needs_nurse` while the sachets for past dose times cannot be discarded: from
+        `pause_end_notice` before a pause ends (so a nurse can come before the patient does), and
+        after it as long as they block the next dose."""
+        if self._desk.sachet is None:
+            # nothing read at the reader (no roll, a roll just announced, a cut on its way):
+            # not known right now, so the condition stays as it is
+            return
+        raised = self._alerts.is_raised("backlog_needs_nurse")
+        plan: pause.ResumePlan | None = None
+        pause_id: str | None = None
+        active = pause.active(self._pauses, now.utc) if self._pauses else None
+        if active is not None:
+            end = active.end_utc
+            if end is not None and now.utc >= end - self._cfg.pause_end_notice:
+                plan, pause_id = self._plan_at(end), active.pause_id
+        elif self._schedule is not None:
+            waiting = [r.due_utc for r in self._slotbook.runs if not r.travel]
+            upcoming = self._slotbook.next_scheduled(self._schedule) if not waiting else None
+            next_due = min(waiting) if waiting else (upcoming.due_utc if upcoming else None)
+            if next_due is not None:
+                timing = roll_check.sachet_timing(
+                    self._desk.sachet.intended_utc_s, next_due, self._cfg.sachet_time_tolerance
+                )
+                if timing is roll_check.SachetTiming.STALE:
+                    plan = self._plan_at(next_due)
+        if plan is not None and (
+            plan.sachets_to_discard is None
+            or (self._has(Feature.BIN_LEVEL) and self._mirror.bin_capacity is None)
+        ):
+            return  # not known right now (a roll just announced, a bin level on its way): as is
+        present = plan is not None and not plan.fits
+        if not present and not raised:
+            return
+        fields = None if plan is None else {"pause_id": pause_id, **plan.fields()}
+        self._condition(actions, "backlog_needs_nurse", present, now, fields)
 
     def _discard_stale(self, now: Now, actions: list[Action]) -> None:
         """Idle: a sachet at the reader meant for a settled slot goes into the bin."""
@@ -1044,7 +1448,7 @@ class DoseEngine:
         timing = roll_check.sachet_timing(
             sachet.intended_utc_s, next_due, self._cfg.sachet_time_tolerance
         )
-        if timing is roll_check.SachetTiming.STALE:
+        if timing is roll_check.SachetTiming.STALE and self._backlog_fits(next_due):
             self._send_discard("settled_slot", now, actions)
 
     def _sachet_matches_a_slot(self, sachet: SachetRead) -> bool | None:
@@ -1158,7 +1562,7 @@ class DoseEngine:
             self._outbound.remember_settled(run.dispense_id, run.slot_id)
         actions.append(RecordOutcome(run.slot_id, outcome, reason))
         fields = lifecycle.outcome_fields(run, outcome, reason, taken_at)
-        if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED):
+        if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED, Outcome.DISPENSED_FOR_TRAVEL):
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
         event = self._alerts.missed_outcome(
@@ -1172,7 +1576,21 @@ def _pause_fields(window: PauseWindow) -> dict[str, object]:
         "pause_id": window.pause_id,
         "start_utc": window.start_utc.isoformat(),
         "end_utc": iso_or_none(window.end_utc),
+        "reason": window.reason,
+        "take_along": window.take_along,
     }
+
+
+def _travel_waits(reason: str | None) -> bool:
+    """A hold the travel pre-dispense waits out (it passes, or the trip ends) rather than gives
+    up on: the dispenser cannot cut right now."""
+    return reason is not None and (reason in TRAVEL_WAITS_ON or reason.startswith("fault_"))
+
+
+def _travel_collect_by(run: SlotRun, config: EngineConfig) -> float | None:
+    """Monotonic instant a travel sachet must have been lifted out by (None: not dispensed)."""
+    since = run.presented_mono if run.presented_mono is not None else run.confirmed_mono
+    return None if since is None else since + config.travel_collect_timeout.total_seconds()
 
 
 def _wire_iso(seconds: int) -> str | None:

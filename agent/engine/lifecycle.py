@@ -72,6 +72,9 @@ class SlotRun:
     reminders_sent: int = 0
     escalations_done: int = 0
     restored: bool = False  # open at a restart: fresh grace window from the restart
+    # pre-dispensed for a trip (travel pause): no reminders, escalation or missed alarm; the
+    # engine gives it `travel_collect_timeout` to be lifted out (docs/engine.md, "Travel")
+    travel: bool = False
 
     @property
     def in_tray(self) -> bool:

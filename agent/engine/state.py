@@ -203,6 +203,11 @@ def _state_to_dict(state: EngineState) -> dict[str, object]:
                 "pause_id": p.pause_id,
                 "start_utc": iso_or_none(p.start_utc),
                 "end_utc": iso_or_none(p.end_utc),
+                "reason": p.reason,
+                "take_along": p.take_along,
+                "reminders_sent": p.reminders_sent,
+                "end_notice_sent": p.end_notice_sent,
+                "travel_dispensed": p.travel_dispensed,
             }
             for p in state.pauses
         ],
@@ -268,6 +273,11 @@ def _state_from_dict(data: dict[str, object]) -> EngineState:
                 p["pause_id"],
                 parse_utc(p["start_utc"]),
                 parse_utc(p["end_utc"]) if p["end_utc"] else None,
+                str(p.get("reason", "other")),
+                bool(p.get("take_along", False)),
+                int(p.get("reminders_sent", 0)),
+                bool(p.get("end_notice_sent", False)),
+                int(p.get("travel_dispensed", 0)),
             )
             for p in d.get("pauses", [])  # type: ignore[attr-defined]
         ),

@@ -51,6 +51,17 @@ class EngineConfig:
     chatty_min_interval: timedelta = timedelta(minutes=15)
     # a dispenser command that failed (timeout, BUSY) is tried again after this long
     command_retry: timedelta = timedelta(seconds=30)
+    # temporary stop: no pause lasts longer (a longer one is refused; an open-ended one that runs
+    # longer raises pause_overdue); an open-ended one is reminded every `pause_reminder_every`;
+    # a pause with an end is announced `pause_end_notice` before it (with what resume needs)
+    pause_max: timedelta = timedelta(days=30)
+    pause_reminder_every: timedelta = timedelta(days=7)
+    pause_end_notice: timedelta = timedelta(hours=24)
+    # travel pre-dispense: a sachet not lifted out of the tray this long after it was presented
+    # is taken back and the rest of the trip is not dispensed
+    travel_collect_timeout: timedelta = timedelta(minutes=10)
+    # places in the bin a discard never takes: kept for a dose that must go back from the tray
+    bin_reserve: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +71,26 @@ class Binding:
     patient_ref: str
 
 
+PAUSE_REASONS = ("hospital", "respite", "travel", "other")
+
+
 @dataclass(frozen=True, slots=True)
 class PauseWindow:
-    """Temporary stop (hospital, respite, holiday): slots due in [start, end) are skipped."""
+    """Temporary stop (hospital, respite, travel): slots due in [start, end) are skipped.
+
+    `take_along` (travel only, with an end): the trip's sachets are still to be dispensed one
+    after another for the patient to take along; cleared once that is done or given up. The last
+    three fields are the engine's durable bookkeeping, not part of the command.
+    """
 
     pause_id: str
     start_utc: datetime
     end_utc: datetime | None  # None: until resumed by command
+    reason: str = "other"  # one of PAUSE_REASONS
+    take_along: bool = False
+    reminders_sent: int = 0  # open-ended: pause_reminder events sent so far
+    end_notice_sent: bool = False  # with an end: pause_ending sent
+    travel_dispensed: int = 0  # sachets taken along so far
 
 
 class EngineInputError(ValueError):
@@ -184,6 +208,7 @@ class Outcome(enum.StrEnum):
     MISSED = "missed"
     REFUSED = "refused"
     SKIPPED_PAUSED = "skipped_paused"
+    DISPENSED_FOR_TRAVEL = "dispensed_for_travel"  # pre-dispensed to take along (FHIR category 2)
 
 
 @dataclass(frozen=True, slots=True)

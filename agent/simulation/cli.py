@@ -2,6 +2,7 @@
 
     python -m agent.simulation.cli --seeds 0-199 --days 365
     python -m agent.simulation.cli --seeds 0-39 --judge none --findings   (what the judge sees)
+    python -m agent.simulation.cli --seeds 0-39 --pauses-per-year 12      (hospital, open, travel)
     dispenser-agent simulate --seeds 7 --days 30     (once the lead wires it)
 
 Prints one line per seed; a failing seed prints the violation and the exact command that
@@ -69,12 +70,17 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_one(
-    seed: int, days: int, faults: bool = True, engine: str = "dose", judge: str = "holding"
+    seed: int,
+    days: int,
+    faults: bool = True,
+    engine: str = "dose",
+    judge: str = "holding",
+    pauses: float = 0.0,
 ) -> SeedReport:
     """Run one seed; never raises for a violation (it is part of the report).
 
     `judge`: the judge's rules that stop the run ("all", "none" or e.g. "R1,R3"); the others
-    are recorded in the result."""
+    are recorded in the result. `pauses`: temporary stops per year (0: none)."""
     factory: EngineFactory = NullEngineFactory() if engine == "null" else DoseEngineFactory()
     config = SimulationConfig(
         seed=seed,
@@ -82,6 +88,7 @@ def run_one(
         faults=FaultRates() if faults else FaultRates.none(),
         require_outcomes=engine != "null",
         judge_enforce=parse_rules(judge),
+        pauses_per_year=pauses,
     )
     started = time.perf_counter()
     try:
@@ -99,20 +106,24 @@ def run_many(
     engine: str = "dose",
     judge: str = "holding",
     jobs: int | None = None,
+    pauses: float = 0.0,
 ) -> Iterator[SeedReport]:
     """Reports in seed order; in parallel worker processes when jobs > 1."""
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1 or len(seeds) <= 1:
         for seed in seeds:
-            yield run_one(seed, days, faults, engine, judge)
+            yield run_one(seed, days, faults, engine, judge, pauses)
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         n = len(seeds)
-        yield from pool.map(run_one, seeds, [days] * n, [faults] * n, [engine] * n, [judge] * n)
+        yield from pool.map(
+            run_one, seeds, [days] * n, [faults] * n, [engine] * n, [judge] * n, [pauses] * n
+        )
 
 
-def replay_command(seed: int, days: int, judge: str = "holding") -> str:
+def replay_command(seed: int, days: int, judge: str = "holding", pauses: float = 0.0) -> str:
     extra = "" if judge == "holding" else f" --judge {judge}"
+    extra += f" --pauses-per-year {pauses:g}" if pauses else ""
     return f"python -m agent.simulation.cli --seeds {seed} --days {days}{extra}"
 
 
@@ -150,9 +161,18 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument(
         "--findings", action="store_true", help="print each rule's first recorded violation"
     )
+    parser.add_argument(
+        "--pauses-per-year",
+        type=float,
+        default=0.0,
+        help="temporary stops ordered by the response centre (hospital with an end, open-ended, "
+        "travel with sachets to take along; default 0: none)",
+    )
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
+    if not 0 <= args.pauses_per_year <= 365:
+        parser.error("--pauses-per-year must lie in 0..365")
     try:
         parse_rules(args.judge)
     except ValueError as bad:
@@ -168,6 +188,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         engine=args.engine,
         judge=args.judge,
         jobs=args.jobs,
+        pauses=args.pauses_per_year,
     ):
         if report.result is not None:
             r = report.result
@@ -186,7 +207,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         else:
             failed.append(report.seed)
             print(f"seed {report.seed}: VIOLATION\n{report.violation}", file=stream)
-            print(f"replay: {replay_command(report.seed, report.days, args.judge)}", file=stream)
+            replay = replay_command(report.seed, report.days, args.judge, args.pauses_per_year)
+            print(f"replay: {replay}", file=stream)
     elapsed = time.perf_counter() - started
     print(
         f"{len(args.seeds) - len(failed)}/{len(args.seeds)} seeds passed, {steps} steps, "

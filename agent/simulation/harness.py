@@ -37,6 +37,7 @@ from agent.engine.types import (
     Binding,
     CommandOutcome,
     Emit,
+    EndPause,
     EngineConfig,
     EngineEvent,
     EngineInput,
@@ -68,11 +69,13 @@ from protocol.messages import (
     ButtonId,
     Capabilities,
     CommandResult,
+    Discard,
     DosePresented,
     DoseTaken,
     FaultCode,
     Hello,
     Message,
+    ResultCode,
     Status,
     TimeReport,
 )
@@ -163,6 +166,14 @@ def schedule_for(
     return Schedule.build(DEFAULT_ZONE, [rule]), times
 
 
+@dataclass(frozen=True, slots=True)
+class _PlannedPause:
+    pause_id: str
+    kind: str  # hospital (with an end) | open (ended by a resume command) | travel
+    start_s: float  # true seconds since the start of the run
+    end_s: float  # for "open": when the resume command is sent
+
+
 @dataclass(order=True)
 class _Item:
     at_s: float
@@ -206,7 +217,10 @@ class Simulation:
         self._outcome_counts: Counter[str] = Counter()
         self._dropped = 0
         self._eager_until = -1.0  # the patient pressed TAKE: takes a dose presented before then
-        self._pauses_planned: list[tuple[str, float, float, float]] = []  # id, ordered, start, end
+        self._pauses_planned: list[_PlannedPause] = []
+        self._pauses_ordered: set[str] = set()  # reached the agent
+        self._packing: tuple[float, float] | None = None  # a trip being packed: true-time span
+        self._backlog_visit = False  # a nurse is on the way for a backlog at the reader
 
         ec = config.engine
         end_utc = self._start + timedelta(seconds=self._duration_s)
@@ -312,34 +326,102 @@ class Simulation:
             self._at(fault.at_s, f"fault {fault.kind}", partial(self._fault, fault))
 
     def _plan_pauses(self, per_year: float) -> None:
-        """Temporary stops (hospital, holiday): ordered hours ahead, lasting hours to weeks,
-        one at a time, none in the last days of the run."""
+        """Temporary stops ordered hours ahead, one at a time, none in the last days of the run:
+        a hospital stay with an end (hours to three weeks), an open-ended one ended by a resume
+        command (up to 40 days: some run past the maximum), or a trip (with an end, its sachets
+        dispensed to take along at its start)."""
         rng, at = self._rng_pauses, 0.0
         if per_year <= 0:
             return
         while True:
             at += rng.expovariate(per_year / (365 * 86400.0))
             lead = rng.uniform(0.0, 6 * 3600.0)
-            length = rng.choice((rng.uniform(3600.0, 86400.0), rng.uniform(86400.0, 21 * 86400.0)))
+            kind = rng.choice(("hospital", "open", "travel"))
+            if kind == "open":
+                length = rng.uniform(3600.0, 40 * 86400.0)
+            else:
+                length = rng.choice(
+                    (rng.uniform(3600.0, 86400.0), rng.uniform(86400.0, 21 * 86400.0))
+                )
             if at + lead + length > self._duration_s - 3 * 86400.0:
                 return
             n = len(self._pauses_planned) + 1
-            self._pauses_planned.append((f"pause-{n}", at, at + lead, at + lead + length))
-            self._at(at, f"pause-{n} ordered", partial(self._order_pause, n - 1))
+            planned = _PlannedPause(f"pause-{n}", kind, at + lead, at + lead + length)
+            self._pauses_planned.append(planned)
+            self._at(at, f"pause-{n} ordered ({kind})", partial(self._order_pause, planned))
+            if kind == "open":
+                self._at(planned.end_s, f"pause-{n} resumed", partial(self._resume, planned))
+            if kind == "travel":
+                self._at(planned.start_s, f"pause-{n} packing", partial(self._pack, planned))
             at += lead + length
 
-    def _order_pause(self, k: int) -> None:
+    def _order_pause(self, planned: _PlannedPause) -> None:
         """The response centre's command reaches the agent (it waits while the Pi is down)."""
-        pause_id, _, start_s, end_s = self._pauses_planned[k]
+        pause_id = planned.pause_id
         if self._engine is None:
             self._at(
-                self._elapsed + 600.0, f"{pause_id} ordered again", partial(self._order_pause, k)
+                self._elapsed + 600.0,
+                f"{pause_id} ordered again",
+                partial(self._order_pause, planned),
             )
             return
-        start, end = (self._start + timedelta(seconds=t) for t in (start_s, end_s))
+        start = self._start + timedelta(seconds=planned.start_s)
+        end = self._start + timedelta(seconds=planned.end_s)
+        travel = planned.kind == "travel"
+        window = PauseWindow(
+            pause_id,
+            start,
+            None if planned.kind == "open" else end,
+            reason="travel" if travel else "hospital",
+            take_along=travel,
+        )
         if self._judge is not None:
-            self._judge.pause(pause_id, start, end)
-        self._feed([StartPause(PauseWindow(pause_id, start, end))])
+            self._judge.pause(pause_id, start, window.end_utc, take_along=travel)
+        self._pauses_ordered.add(pause_id)
+        self._feed([StartPause(window)])
+
+    def _resume(self, planned: _PlannedPause) -> None:
+        """The response centre resumes an open-ended pause (after its order, once the Pi is up)."""
+        if self._engine is None or planned.pause_id not in self._pauses_ordered:
+            self._at(
+                self._elapsed + 600.0,
+                f"{planned.pause_id} resumed again",
+                partial(self._resume, planned),
+            )
+            return
+        if self._judge is not None:
+            self._judge.pause_ended(planned.pause_id)
+        self._feed([EndPause(planned.pause_id)])
+
+    def _pack(self, planned: _PlannedPause) -> None:
+        """A trip begins: for two hours someone lifts out whatever the dispenser presents, to take
+        along (the patient is away from then on)."""
+        self._packing = (self._elapsed, self._elapsed + 2 * 3600.0)
+
+    def _packer_takes(self) -> None:
+        messages = self._model.take_dose()
+        if self._judge is not None:
+            for message in messages:
+                if isinstance(message, DoseTaken):
+                    self._judge.taken_for_travel(message.dispense_id)
+        self._physical(messages)
+
+    def _nurse_clears_backlog(self) -> None:
+        """A nurse answers backlog_needs_nurse: takes the sachets for past dose times off the
+        roll by hand, empties the bin and puts the roll back."""
+        self._backlog_visit = False
+        roll = self._model.roll
+        if roll is None:
+            return
+        keep_from = int((self._true_utc() - timedelta(hours=1)).timestamp())
+        position = self._model.position
+        while position < len(roll.sachets) and roll.sachets[position].intended_utc_s < keep_from:
+            position += 1
+        self._physical(
+            self._model.remove_roll()
+            + self._model.empty_bin()
+            + self._model.insert_roll(replace(roll, next_index=position))
+        )
 
     # --- what people and the world do ---------------------------------------------------------
 
@@ -424,7 +506,13 @@ class Simulation:
         self._physical(messages)
 
     def _on_presented(self) -> None:
-        """The dose is in the tray: the patient's habit for the nearest slot decides."""
+        """The dose is in the tray: packed for a trip while one is being packed, else the
+        patient's habit for the nearest slot decides."""
+        if self._packing is not None and self._packing[0] <= self._elapsed < self._packing[1]:
+            self._at(self._elapsed + 30.0, "packed for the trip", self._packer_takes)
+            return
+        if any(p.start_s <= self._elapsed < p.end_s for p in self._pauses_planned):
+            return  # the patient is away: nobody takes it
         if self._elapsed <= self._eager_until:
             habit = Habit.EARLY
         else:
@@ -585,11 +673,18 @@ class Simulation:
         if self._judge is not None:
             self._observe_world()
             roll = self._model.roll
-            for dispense_id, index in self._model.discarded[discarded_before:]:
+            discards = self._model.discarded[discarded_before:]
+            for dispense_id, index in discards:
                 assert roll is not None
                 self._judge.discarded(dispense_id, _label(roll, index))
             if len(self._model.bin) != bin_before:
-                self._judge.bin_fill(len(self._model.bin), self._model.identity.bin_capacity)
+                self._judge.bin_fill(
+                    len(self._model.bin), self._model.identity.bin_capacity, len(discards)
+                )
+            if isinstance(stamped, Discard) and any(
+                isinstance(r, CommandResult) and r.result is ResultCode.BIN_FULL for r in replies
+            ):
+                self._judge.discard_refused_bin_full(stamped.dispense_id)
         inputs: list[EngineInput] = []
         for message in replies:
             if isinstance(message, CommandResult | Status | Capabilities | TimeReport):
@@ -623,6 +718,10 @@ class Simulation:
             self._judge.published(event.kind, event.priority.value, dict(event.fields))
         if event.kind == "slot_outcome":
             self._outcome_counts[str(event.fields.get("outcome"))] += 1
+        if event.kind == "backlog_needs_nurse" and not self._backlog_visit:
+            self._backlog_visit = True  # the response centre sends a nurse
+            delay = self._rng_pauses.uniform(3600.0, 6 * 3600.0)
+            self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
 
     def _feed(self, first: Sequence[EngineInput]) -> None:
         """Step the engine on these inputs and on everything their actions cause, in order."""

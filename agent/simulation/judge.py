@@ -5,9 +5,10 @@ the dose rules (`reference_slots`, on `zoneinfo`, written from docs/time-policy.
 only what a person in the room and the response centre could see:
 
 - the physical world, in *true* time (the patient's watch): which sachet the dispenser cut into
-  the tray (its printed label: patient, roll, intended time), which one the patient took, which
-  ones were cut straight into the bin, how full the bin is, which roll is loaded, which faults the
-  hardware has, whether the agent is running and connected to the dispenser, the pauses in force;
+  the tray (its printed label: patient, roll, intended time), which one the patient took (or
+  someone packed for a trip), which ones were cut straight into the bin, how full the bin is,
+  which roll is loaded, which faults the hardware has, whether the agent is running and connected
+  to the dispenser, the pauses in force (and which are trips with sachets to take along);
 - the published event stream: kind, priority and fields of every event, in order.
 
 Rules (each a named check; a violation names the rule, the seed and the true time):
@@ -15,7 +16,9 @@ Rules (each a named check; a violation names the rule, the seed and the true tim
 R1 one sachet per slot: at most one sachet is presented for a slot, whether the slot is the one a
    published `dose_presented` event names or the one the sachet's label is packed for.
 R2 minimum interval: no two intakes (the patient lifted a dose out of the tray) closer than
-   `min_intake_interval` (90 min by default). This is the rule the engine must enforce.
+   `min_intake_interval` (90 min by default). This is the rule the engine must enforce. Sachets
+   lifted out to take along on a trip (travel pre-dispense) are not intakes: they come out one
+   after another, and R4 judges them instead.
 R3 one outcome per slot: every slot of the reference schedule due between installation and
    `expect_until` ends in exactly one published `slot_outcome` event; no slot gets two, and no
    outcome names a slot the schedule does not have.
@@ -23,7 +26,9 @@ R4 right sachet: every presented sachet carries the bound patient's reference (o
    leader and on the sachet), its roll has not expired at presentation (true time), and its
    intended time is within `sachet_time_tolerance` of the slot it was presented for and closer to
    that slot's due instant than to any other slot's (slots sharing one instant, which a DST gap can
-   cause, cannot be told apart by time and count as one).
+   cause, cannot be told apart by time and count as one). A sachet packed for a trip must be
+   packed for a slot inside a travel pause that asks for it, and its roll must not have expired
+   by that slot's due time (when the patient will take it).
 R5 no discard without a decision: a sachet is cut into the bin only when a decision covers it.
    `discard_decisions` says which decisions count:
    - "stale": the slot the sachet is packed for (the reference slot within the tolerance of its
@@ -31,7 +36,11 @@ R5 no discard without a decision: a sachet is cut into the bin only when a decis
    - "no_slot": the sachet matches no slot of the schedule (a plan mismatch). Not a decision by
      default: discarding the pharmacy's medicine because the plan disagrees needs someone to
      decide it.
-R6 bin: the bin's fill never exceeds its capacity.
+R6 bin: the bin's fill never exceeds its capacity; no sachet is cut into it while it is full (a
+   discard the dispenser refused with BIN_FULL); and a discard never takes its last place, which
+   is kept for a dose that must go back from the tray (a bin filled with discards, e.g. a resume
+   after a long pause, leaves every later missed dose in the tray and every later stale sachet
+   stuck at the reader).
 R7 no missed alarm while paused: no `slot_outcome` with outcome "missed" for a slot due inside a
    pause window, nor published while a pause is in force.
 R8 HIGH conditions reported: every HIGH condition of the physical world is followed by a
@@ -64,7 +73,7 @@ RULES: dict[str, str] = {
     "R3": "every slot ends in exactly one published outcome",
     "R4": "only the patient's sachet, unexpired, packed for the slot it is given for",
     "R5": "no discard without a decision",
-    "R6": "the bin never overflows",
+    "R6": "the bin never overflows (nor is filled by discards)",
     "R7": "no missed-dose alarm while paused",
     "R8": "every HIGH condition reported within the bound",
 }
@@ -225,6 +234,7 @@ class Judge:
     _intakes: list[datetime] = field(default_factory=list)
     _outcomes: dict[str, str] = field(default_factory=dict)
     _pauses: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
+    _trips: set[str] = field(default_factory=set)  # pause ids with sachets to take along
     _world: World | None = None
     _conditions: dict[str, _Condition] = field(default_factory=dict)
 
@@ -272,8 +282,8 @@ class Judge:
         return None
 
     def _paused_at(self, at: datetime) -> str | None:
-        for pause_id, (start, end) in self._pauses.items():
-            if start <= at and (end is None or at < end):
+        for pause_id, window in self._pauses.items():
+            if self._covers(window, at):
                 return pause_id
         return None
 
@@ -419,6 +429,43 @@ class Judge:
                 )
         self._intakes.append(now)
 
+    def taken_for_travel(self, dispense_id: int) -> None:
+        """Someone lifted a presented sachet out to take along on a trip (R4; not an intake)."""
+        now = self._require_now()
+        shown = self._presented.get(dispense_id)
+        if shown is None:
+            return  # nothing physical to judge
+        label, slot = shown.label, shown.label_slot
+        trip = None
+        if slot is not None:
+            trip = next(
+                (
+                    pause_id
+                    for pause_id in self._trips
+                    if self._covers(self._pauses[pause_id], slot.due_utc)
+                ),
+                None,
+            )
+        what = f"sachet {label.index} of roll {label.roll_id} (dispense id {dispense_id})"
+        if slot is None or trip is None:
+            self._violation(
+                "R4",
+                f"{what} taken along on a trip at {_iso(now)} is packed for "
+                f"{_iso(label.intended_utc)}, no slot of a travel pause",
+            )
+            return
+        if label.roll_expiry_utc <= slot.due_utc:
+            self._violation(
+                "R4",
+                f"{what} taken along for slot {slot.slot_id} due {_iso(slot.due_utc)}: its roll "
+                f"expires before, at {_iso(label.roll_expiry_utc)}",
+            )
+
+    @staticmethod
+    def _covers(window: tuple[datetime, datetime | None], at: datetime) -> bool:
+        start, end = window
+        return start <= at and (end is None or at < end)
+
     def discarded(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut straight into the bin (R5)."""
         slot = self.slot_for_sachet(label.intended_utc)
@@ -442,14 +489,29 @@ class Judge:
             f"discarded {what}: its slot {slot.slot_id} has no published outcome yet",
         )
 
-    def bin_fill(self, fill: int, capacity: int) -> None:
-        """R6."""
+    def bin_fill(self, fill: int, capacity: int, discards: int = 0) -> None:
+        """R6: the bin now holds `fill`, `discards` of the sachets just put in cut straight in."""
         if fill > capacity:
             self._violation("R6", f"bin holds {fill} sachets, capacity {capacity}")
+        elif discards and fill >= capacity:
+            self._violation(
+                "R6",
+                f"a discard took the bin's last place ({fill} of {capacity}): no dose can go "
+                "back from the tray any more",
+            )
 
-    def pause(self, pause_id: str, start: datetime, end: datetime | None) -> None:
-        """A pause is in force (or planned) for [start, end)."""
+    def discard_refused_bin_full(self, dispense_id: int) -> None:
+        """R6: the dispenser refused a discard because its bin is full."""
+        self._violation("R6", f"discard (dispense id {dispense_id}) sent to a full bin")
+
+    def pause(
+        self, pause_id: str, start: datetime, end: datetime | None, *, take_along: bool = False
+    ) -> None:
+        """A pause is in force (or planned) for [start, end); `take_along`: a trip whose sachets
+        may be dispensed to take along."""
         self._pauses[pause_id] = (start, end)
+        if take_along:
+            self._trips.add(pause_id)
 
     def pause_ended(self, pause_id: str) -> None:
         start, end = self._pauses[pause_id]
