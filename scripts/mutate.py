@@ -115,6 +115,7 @@ SELECTIONS: tuple[tuple[str, Selection], ...] = (
         Selection(
             (
                 "tests/test_link.py",
+                "tests/test_link_limits.py",
                 "tests/test_protocol_properties.py",
                 "tests/test_session.py",
                 "tests/test_sim_wire.py",
