@@ -114,8 +114,10 @@ SELECTIONS: tuple[tuple[str, Selection], ...] = (
         "protocol/link.py",
         Selection(
             (
-                "tests/test_link.py",
+                # first: it drives time by explicit polls, so a mutant that stops retransmits
+                # fails here instead of hanging test_link.py's run-until-idle loop
                 "tests/test_link_limits.py",
+                "tests/test_link.py",
                 "tests/test_protocol_properties.py",
                 "tests/test_session.py",
                 "tests/test_sim_wire.py",
