@@ -231,7 +231,9 @@ def test_toy_mutants_are_reported_killed_survived_and_timed_out(toy: Path) -> No
         "--markers",
         "",
         "--timeout",
-        "3",
+        # the hanging mutant costs this long; the others finish far sooner even on a loaded
+        # machine (a pytest start there took 3 s, so a 3 s timeout called them hangs)
+        "30",
         "--jobs",
         "2",
         "--only",
