@@ -57,16 +57,21 @@ class AlertDesk:
         return catalogue.make_event(kind, fields, alert_id=alert_id)
 
     def missed_outcome(
-        self, kind: str, fields: dict[str, object], at_iso: str, vkp: str
+        self,
+        kind: str,
+        fields: dict[str, object],
+        at_iso: str,
+        vkp: str | None,
+        priority: Priority = Priority.HIGH,
     ) -> EngineEvent:
-        """The HIGH slot_outcome of a dose not given: latched as already resolved (the slot is
-        settled) so that it stays to be acknowledged by a person."""
+        """The slot_outcome of a dose not given (HIGH), or not known to be given: latched as
+        already resolved (the slot is settled) so that it stays to be acknowledged by a person."""
         alert_id = self.new_alert_id()
         self.latched = alerts.latch(
             self.latched, LatchedAlert(alert_id, kind, at_iso, resolved=True)
         )
         return catalogue.make_event(
-            "slot_outcome", fields, alert_id=alert_id, priority=Priority.HIGH, vkp_code=vkp
+            "slot_outcome", fields, alert_id=alert_id, priority=priority, vkp_code=vkp
         )
 
     def acknowledge(self, alert_id: str, by: str, at_iso: str) -> LatchedAlert | None:

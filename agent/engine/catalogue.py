@@ -40,9 +40,11 @@ _ENGINE_SPECS = (
         "slot_outcome",
         _P.INFO,  # priority/code set per outcome, see DoseEngine._settle
         None,
-        "A dose slot ended: data.outcome is taken, missed, refused, skipped_paused or "
-        "dispensed_for_travel (exactly one per slot); missed and refused are high priority with "
-        "an alert_id; dispensed_for_travel is a dose handed over to take along (FHIR "
+        "A dose slot ended: data.outcome is taken, taken_unconfirmed, missed, refused, "
+        "skipped_paused or dispensed_for_travel (exactly one per slot); missed and refused are "
+        "high priority with an alert_id; taken_unconfirmed (the dose left the tray while the "
+        "agent could not see it, when is not known) is medium with an alert_id: confirm with "
+        "the patient; dispensed_for_travel is a dose handed over to take along (FHIR "
         "MedicationDispense category 2), taken is category 1.",
     ),
     AlertSpec(
@@ -384,6 +386,27 @@ _ENGINE_SPECS = (
         _P.LOW,
         None,
         "The dispenser refused a command from the agent (command and result in data).",
+    ),
+    AlertSpec(
+        "phantom_dispenser_event",
+        _P.MEDIUM,
+        None,
+        "The dispenser reported a dose presented, taken or retained that matches no dose the "
+        "agent commanded (unknown dispense id, or another sachet than the one dispensed); it "
+        "changed nothing the agent believes is in the tray (message, ids and reason in data; "
+        "rate limited).",
+        chatty=True,
+    ),
+    AlertSpec(
+        "dispense_id_conflict",
+        _P.HIGH,
+        "3.4",
+        "The dispenser says it already executed a dispense id this unit never had executed "
+        "(it remembers ids from elsewhere: moved from another unit, or the unit's store was "
+        "replaced); nothing was cut and that dose was not given. A technician resets the "
+        "dispenser.",
+        condition=True,
+        cleared_meaning="The dispenser accepted a fresh dispense id again.",
     ),
     AlertSpec(
         "unexpected_dispenser_event",

@@ -56,6 +56,7 @@ from agent.engine.types import (
     LinkUp,
     Outcome,
     PauseWindow,
+    Priority,
     RecordOutcome,
     RecordPresented,
     SetBinding,
@@ -148,7 +149,6 @@ class DoseEngine:
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
         self._last_now: Now | None = now
         self._was_untrusted = False
-        self._restart_actions: list[Action] = []
         self._restore_open_slots(state.open_slots, now)
 
     # --- public API ---------------------------------------------------------------------------
@@ -187,8 +187,6 @@ class DoseEngine:
     def step(self, inp: EngineInput, now: Now) -> list[Action]:
         self._validate(inp, now)  # raises before anything changes
         actions: list[Action] = []
-        if self._restart_actions:
-            actions, self._restart_actions = self._restart_actions, []
         self._note_time(now, actions)
         self._dispatch(inp, now, actions)
         self._advance(now, actions)
@@ -196,8 +194,6 @@ class DoseEngine:
 
     def next_deadline(self, now: Now) -> float | None:
         instants: list[float] = []
-        if self._restart_actions:
-            instants.append(now.mono)
         trusted = now.trust is not TimeTrust.UNTRUSTED
         if trusted and self._schedule is not None and self._slotbook.cursor is not None:
             upcoming = self._slotbook.next_scheduled(self._schedule)
@@ -306,7 +302,8 @@ class DoseEngine:
     # --- restart ------------------------------------------------------------------------------
 
     def _restore_open_slots(self, open_slots: tuple[OpenSlot, ...], now: Now) -> None:
-        limit = self._cfg.grace + self._cfg.undispensed_deadline
+        """Open slots come back as stored; none is settled before the dispenser is asked (a
+        tray emptied while the agent was away is no missed dose), see `_reconcile`."""
         for slot in sorted(open_slots, key=lambda o: (o.due_utc, o.slot_id)):
             run = SlotRun(
                 slot_id=slot.slot_id,
@@ -317,15 +314,9 @@ class DoseEngine:
                 sachet_index=slot.sachet_index,
                 roll_id=slot.roll_id,
             )
-            if now.utc >= slot.due_utc + limit:
-                self._settle(
-                    run, Outcome.MISSED, lifecycle.RESTART_UNKNOWN, now, self._restart_actions
-                )
-                self._outbound.retain_queue.append(slot.dispense_id)
-                continue
             self._slotbook.runs.append(lifecycle.restored(run, now.mono, slot.presented_utc))
         if self._slotbook.horizon is not None:
-            # restored runs are already settled or in _runs; never picked up a second time
+            # restored runs are in the book; never picked up a second time
             self._slotbook.cursor = self._slotbook.horizon
 
     # --- input validation (response-centre inputs may be inconsistent) ------------------------
@@ -399,6 +390,9 @@ class DoseEngine:
                     self._mirror.link_down_since = now.mono
                 self._mirror.link_up = False
                 self._mirror.status_known = False
+                for pending in self._outbound.pending.values():
+                    if pending.kind == "dispense" and pending.slot_id is not None:
+                        self._mark_maybe_executed(pending.slot_id, True)  # outcome unknown
                 self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
                 self._extra["last_link_down_reason"] = reason
             case SetBinding(binding=binding):
@@ -577,25 +571,36 @@ class DoseEngine:
             )
 
     def _on_presented(self, msg: DosePresented, now: Now, actions: list[Action]) -> None:
+        run = self._slotbook.run_by_dispense(msg.dispense_id)
+        slot_id = self._outbound.recent.get(msg.dispense_id)
+        if run is None and slot_id is None:
+            self._phantom("DosePresented", msg.dispense_id, msg.sachet_index, None, now, actions)
+            return
+        if run is not None and msg.sachet_index != run.sachet_index:
+            self._phantom(
+                "DosePresented", msg.dispense_id, msg.sachet_index, run.sachet_index, now, actions
+            )
+            return
         self._mirror.tray_occupied = True
         if self._desk.roll is not None and not self._desk.roll.unverified:
             self._desk.roll = replace(
                 self._desk.roll, next_index=max(self._desk.roll.next_index, msg.sachet_index + 1)
             )
             self._supply_conditions(now, actions)
-        run = self._slotbook.run_by_dispense(msg.dispense_id)
         if run is None:
-            slot_id = self._outbound.recent.get(msg.dispense_id)
             self._emit(
                 actions,
                 "unexpected_dispenser_event",
                 {"message": "DosePresented", "dispense_id": msg.dispense_id, "slot_id": slot_id},
             )
-            if slot_id is not None and msg.dispense_id not in self._outbound.retain_queue:
+            if msg.dispense_id not in self._outbound.retain_queue:
                 self._outbound.retain_queue.append(msg.dispense_id)  # settled already: into the bin
             return
         if run.phase is Phase.PRESENTED:
-            return  # repeated report: the first one stands
+            return  # repeated report: the first one stands (and is stored)
+        self._record_presented(run, now, actions)
+
+    def _record_presented(self, run: SlotRun, now: Now, actions: list[Action]) -> None:
         self._slotbook.replace_run(lifecycle.presented(run, now.mono, now.utc))
         actions.append(RecordPresented(run.slot_id))
         self._emit(
@@ -603,14 +608,24 @@ class DoseEngine:
             "dose_presented",
             {
                 "slot_id": run.slot_id,
-                "dispense_id": msg.dispense_id,
-                "sachet_index": msg.sachet_index,
+                "dispense_id": run.dispense_id,
+                "sachet_index": run.sachet_index,
             },
         )
 
     def _on_taken(self, msg: DoseTaken, now: Now, actions: list[Action]) -> None:
-        self._mirror.tray_occupied = False
         run = self._slotbook.run_by_dispense(msg.dispense_id)
+        slot_id = self._outbound.recent.get(msg.dispense_id)
+        if run is None and slot_id is None:
+            self._phantom("DoseTaken", msg.dispense_id, msg.sachet_index, None, now, actions)
+            return
+        if run is not None and msg.sachet_index != run.sachet_index:
+            # not the sachet this slot was given: in doubt, the slot's dose is not taken
+            self._phantom(
+                "DoseTaken", msg.dispense_id, msg.sachet_index, run.sachet_index, now, actions
+            )
+            return
+        self._mirror.tray_occupied = False
         if run is not None and run.travel:
             trip = self._trip_of(run)
             self._settle(
@@ -627,20 +642,10 @@ class DoseEngine:
         if run is not None:
             self._settle(run, Outcome.TAKEN, None, now, actions, taken_at=now.utc)
             return
-        slot_id = self._outbound.recent.get(msg.dispense_id)
-        if slot_id is not None:
-            self._outbound.retain_queue = [
-                d for d in self._outbound.retain_queue if d != msg.dispense_id
-            ]
-            self._emit(
-                actions, "dose_taken_late", {"slot_id": slot_id, "dispense_id": msg.dispense_id}
-            )
-        else:
-            self._emit(
-                actions,
-                "unexpected_dispenser_event",
-                {"message": "DoseTaken", "dispense_id": msg.dispense_id},
-            )
+        self._outbound.retain_queue = [
+            d for d in self._outbound.retain_queue if d != msg.dispense_id
+        ]
+        self._emit(actions, "dose_taken_late", {"slot_id": slot_id, "dispense_id": msg.dispense_id})
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
         self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
@@ -665,15 +670,42 @@ class DoseEngine:
                 roll_id = self._desk.roll.roll_id if self._desk.roll is not None else None
                 self._condition(actions, "plan_mismatch", True, now, {**fields, "roll_id": roll_id})
             return
-        self._mirror.tray_occupied = False
         slot_id = self._outbound.retaining.pop(msg.dispense_id, None) or self._outbound.recent.get(
             msg.dispense_id
         )
+        if slot_id is None and self._slotbook.run_by_dispense(msg.dispense_id) is None:
+            self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, None, now, actions)
+            return
+        self._mirror.tray_occupied = False
         self._emit(
             actions,
             "dose_retained",
             {"slot_id": slot_id, "dispense_id": msg.dispense_id, "sachet_index": msg.sachet_index},
         )
+
+    def _phantom(
+        self,
+        message: str,
+        dispense_id: int,
+        sachet_index: int,
+        expected_index: int | None,
+        now: Now,
+        actions: list[Action],
+    ) -> None:
+        """A dose event matching nothing the agent commanded: it changes nothing the engine
+        believes (tray, roll position, slots) and is reported, rate limited (a firmware fault or
+        a frame from somewhere else must not flood the centre)."""
+        if not self._alerts.chatty_allowed("phantom_dispenser_event", now.mono):
+            return
+        fields: dict[str, object] = {
+            "message": message,
+            "dispense_id": dispense_id,
+            "sachet_index": sachet_index,
+            "reason": "unknown_dispense_id" if expected_index is None else "sachet_index_mismatch",
+        }
+        if expected_index is not None:
+            fields["expected_sachet_index"] = expected_index
+        self._emit(actions, "phantom_dispenser_event", fields)
 
     def _on_button(self, msg: ButtonPressed, now: Now, actions: list[Action]) -> None:
         if msg.button is ButtonId.TAKE and self._take_early(now):
@@ -764,11 +796,35 @@ class DoseEngine:
         elif not self._desk.roll.unverified:
             self._desk.roll = replace(self._desk.roll, next_index=status.next_index)
             self._supply_conditions(now, actions)
-        if status.tray_occupied:
-            for run in self._slotbook.runs:
-                if run.phase is Phase.DISPENSING and run.confirmed_mono is not None:
-                    self._slotbook.replace_run(lifecycle.presented(run, now.mono, now.utc))
-                    actions.append(RecordPresented(run.slot_id))
+        self._reconcile(status.tray_occupied, now, actions)
+
+    def _reconcile(self, tray_occupied: bool, now: Now, actions: list[Action]) -> None:
+        """What a Status says about open slots whose dose may or may not be in the tray."""
+        for run in list(self._slotbook.runs):
+            if run.travel:
+                continue  # lifted out for a trip, or given up on by its own timeout
+            if run.unreconciled:  # presented before a restart
+                if not tray_occupied:
+                    # lifted out while the agent was away: not a missed dose, not a confirmed one
+                    self._settle(
+                        run,
+                        Outcome.TAKEN_UNCONFIRMED,
+                        lifecycle.TRAY_EMPTY_AFTER_RESTART,
+                        now,
+                        actions,
+                    )
+                elif now.utc >= run.due_utc + self._cfg.grace + self._cfg.undispensed_deadline:
+                    # still there hours after its slot: no fresh grace for a dose that late
+                    self._miss(run, lifecycle.NOT_TAKEN, now, actions)
+                else:
+                    self._slotbook.replace_run(replace(run, unreconciled=False))
+            elif run.phase is Phase.DISPENSING and run.confirmed_mono is not None:
+                if tray_occupied:
+                    self._record_presented(run, now, actions)
+                elif run.unseen_done:
+                    # cut at some time, never seen presented, not in the tray: perhaps taken,
+                    # perhaps never given. In doubt: not given, and said so (HIGH)
+                    self._settle(run, Outcome.MISSED, lifecycle.DISPENSE_UNCONFIRMED, now, actions)
 
     # --- command outcomes ---------------------------------------------------------------------
 
@@ -784,6 +840,8 @@ class DoseEngine:
             if pending.kind == "retain" and pending.dispense_id is not None:
                 self._outbound.retain_queue.append(pending.dispense_id)
             if pending.kind == "dispense" and pending.slot_id is not None:
+                # no reply: it may have been cut; BUSY: refused before anything moved
+                self._mark_maybe_executed(pending.slot_id, reply is None)
                 self._hold(pending.slot_id, f"command_failed:{outcome.failure or 'busy'}", actions)
             return
         if pending.kind == "get_status":
@@ -824,17 +882,29 @@ class DoseEngine:
                     self._mirror.lock_actual = pending.command.locked
                     self._mirror.locked_by_agent = pending.command.locked
 
+    def _mark_maybe_executed(self, slot_id: str, maybe: bool) -> None:
+        for run in self._slotbook.runs:
+            if run.slot_id == slot_id and run.phase is Phase.DISPENSING:
+                self._slotbook.replace_run(replace(run, maybe_executed=maybe))
+
     def _dispense_result(
         self, pending: PendingCommand, result: ResultCode, now: Now, actions: list[Action]
     ) -> None:
         run = next((r for r in self._slotbook.runs if r.slot_id == pending.slot_id), None)
         if run is None or run.phase is not Phase.DISPENSING:
             return
-        if result in (ResultCode.OK, ResultCode.ALREADY_DONE):
-            self._slotbook.replace_run(lifecycle.confirmed(run, now.mono))
-            if result is ResultCode.ALREADY_DONE:
-                self._mirror.status_known = False  # ask whether the dose is in the tray
+        if result is ResultCode.OK:
+            self._slotbook.replace_run(
+                replace(lifecycle.confirmed(run, now.mono), maybe_executed=False)
+            )
+            self._condition(actions, "dispense_id_conflict", False, now)
             return
+        if result is ResultCode.ALREADY_DONE:
+            self._already_done(run, now, actions)
+            return
+        # Any other answer: the dispenser checks executed ids first (SPEC 4.4), so it was not cut.
+        run = replace(run, maybe_executed=False)
+        self._slotbook.replace_run(run)
         reason = {
             ResultCode.NO_ROLL: "no_roll",
             ResultCode.EMPTY: roll_check.ROLL_EMPTY,
@@ -855,7 +925,13 @@ class DoseEngine:
         elif result is ResultCode.LOCKED:
             self._mirror.lock_actual = True
         elif result is ResultCode.WRONG_SACHET:
-            self._desk.sachet = None
+            sent = pending.command
+            if (
+                isinstance(sent, Dispense)
+                and self._desk.sachet is not None
+                and sent.sachet_index == self._desk.sachet.index
+            ):
+                self._desk.sachet = None  # what we knew of the reader was wrong
             self._mirror.status_known = False
         else:
             self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
@@ -864,10 +940,33 @@ class DoseEngine:
             return
         self._hold(run.slot_id, reason, actions)
 
+    def _already_done(self, run: SlotRun, now: Now, actions: list[Action]) -> None:
+        """The dispenser executed this dispense id before. Never another sachet for the slot, and
+        never counted as given unless the dose is seen (SPEC 4.4)."""
+        if run.maybe_executed:
+            # one of our own Dispenses of it was cut unseen (a lost reply, a restart): a Status
+            # says whether the dose is in the tray (presented) or gone (not given, in doubt)
+            self._slotbook.replace_run(
+                replace(lifecycle.confirmed(run, now.mono), maybe_executed=False, unseen_done=True)
+            )
+            self._mirror.status_known = False
+            return
+        # No Dispense of ours can have cut it: the dispenser remembers ids this unit never used
+        # (a dispenser from another unit, a replaced store). Nothing moved; the dose is not given.
+        self._condition(
+            actions,
+            "dispense_id_conflict",
+            True,
+            now,
+            {"dispense_id": run.dispense_id, "slot_id": run.slot_id},
+        )
+        self._settle(run, Outcome.MISSED, lifecycle.DISPENSE_ID_CONFLICT, now, actions)
+
     def _discard_result(
         self, pending: PendingCommand, result: ResultCode, now: Now, actions: list[Action]
     ) -> None:
         if result is ResultCode.OK:
+            self._condition(actions, "dispense_id_conflict", False, now)
             return  # DoseRetained follows
         if pending.dispense_id is not None:
             self._desk.discarding.pop(pending.dispense_id, None)
@@ -877,6 +976,16 @@ class DoseEngine:
             self._desk.sachet = None
             self._mirror.status_known = False
         else:
+            if result is ResultCode.ALREADY_DONE:
+                # a discard always has a fresh id: the dispenser remembers ids this unit never
+                # used; nothing was cut (tried again later with the next id)
+                self._condition(
+                    actions,
+                    "dispense_id_conflict",
+                    True,
+                    now,
+                    {"dispense_id": pending.dispense_id, "slot_id": None},
+                )
             self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
 
     # --- the level-triggered part: runs after every input ---------------------------------------
@@ -1167,9 +1276,7 @@ class DoseEngine:
                 continue
             result = lifecycle.on_time(run, self._cfg, now.mono)
             if result.missed is not None:
-                self._settle(run, Outcome.MISSED, result.missed, now, actions)
-                if self._has(Feature.RETAIN_BIN) and run.dispense_id is not None:
-                    self._outbound.retain_queue.append(run.dispense_id)
+                self._miss(run, result.missed, now, actions)
                 continue
             if result.run != run:
                 self._slotbook.replace_run(result.run)
@@ -1186,6 +1293,13 @@ class DoseEngine:
                     )
             if result.remind and self._mirror.silenced_until is None:
                 self._mirror.pattern_sent = None  # re-sound: the pattern is sent again below
+
+    def _miss(self, run: SlotRun, reason: str, now: Now, actions: list[Action]) -> None:
+        """A dose dispensed (or maybe dispensed) and not taken: missed, and back into the bin
+        (a Retain finds nothing if it is not in the tray)."""
+        self._settle(run, Outcome.MISSED, reason, now, actions)
+        if self._has(Feature.RETAIN_BIN) and run.dispense_id is not None:
+            self._outbound.retain_queue.append(run.dispense_id)
 
     def _pick_up(self, now: Now, actions: list[Action]) -> None:
         if self._schedule is None:
@@ -1214,6 +1328,10 @@ class DoseEngine:
     def _settle_overdue(self, now: Now, actions: list[Action]) -> None:
         for run in list(self._slotbook.runs):
             if run.travel or run.in_tray or now.utc < lifecycle.settle_deadline(run, self._cfg):
+                continue
+            if run.maybe_executed:
+                # a Dispense of it may have been cut unseen: never sent again this late
+                self._miss(run, lifecycle.DISPENSE_UNCONFIRMED, now, actions)
                 continue
             if self._was_untrusted:
                 reason = "clock_untrusted"
@@ -1250,12 +1368,19 @@ class DoseEngine:
             return f"fault_{blocking.name.lower()}"
         if not self._mirror.status_known:
             return "awaiting_status"
-        if self._mirror.tray_occupied:
+        # A Dispense of this id may have been cut unseen: it is asked again with the same id and
+        # sachet index. The dispenser answers ALREADY_DONE if it was cut, and cuts nothing into
+        # an occupied tray or from another sachet (SPEC 4.3, 4.4), so only a cut that never
+        # happened can happen now, and only of the sachet checked for this slot.
+        probe = run.maybe_executed
+        if self._mirror.tray_occupied and not probe:
             return "tray_occupied"
         if self._mirror.lock_actual and not self._mirror.locked_by_agent:
             return "locked"
         if self._desk.sachet is None:
             return "no_sachet"
+        if probe and self._desk.sachet.index != run.sachet_index:
+            return None
         sachet_verdict = roll_check.check_sachet(
             self._desk.sachet,
             self._binding.patient_ref,
@@ -1273,7 +1398,7 @@ class DoseEngine:
         if self._dispenser_busy():
             return
         reason = self._blocker(run, now)
-        if reason == roll_check.SACHET_STALE:
+        if reason == roll_check.SACHET_STALE and not run.maybe_executed:
             if not self._backlog_fits(run.due_utc):
                 reason = BACKLOG_EXCEEDS_BIN  # never fill the bin with it: a nurse decides
             elif self._can_discard(now):
@@ -1310,10 +1435,14 @@ class DoseEngine:
             actions.append(
                 BeginDispense(run.slot_id, dispense_id, self._desk.sachet.index, run.due_utc)
             )
+        index = self._desk.sachet.index
+        if run.maybe_executed and run.sachet_index is not None:
+            index = run.sachet_index  # the sachet it may have cut
+        elif run.sachet_index != index:
+            run = replace(run, sachet_index=index)  # its dose events must name this sachet
+            self._slotbook.replace_run(run)
         assert run.dispense_id is not None
-        command = Dispense(
-            req_id=0, dispense_id=run.dispense_id, sachet_index=self._desk.sachet.index
-        )
+        command = Dispense(req_id=0, dispense_id=run.dispense_id, sachet_index=index)
         self._outbound.send(
             actions, "dispense", command, slot_id=run.slot_id, dispense_id=run.dispense_id
         )
@@ -1565,9 +1694,15 @@ class DoseEngine:
         if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED, Outcome.DISPENSED_FOR_TRAVEL):
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
-        event = self._alerts.missed_outcome(
-            f"dose_{outcome.value}", fields, now.utc.isoformat(), vkp or catalogue.MISSED_VKP
-        )
+        if outcome is Outcome.TAKEN_UNCONFIRMED:
+            # no alarm, but a person confirms with the patient and acknowledges it
+            event = self._alerts.missed_outcome(
+                f"dose_{outcome.value}", fields, now.utc.isoformat(), None, Priority.MEDIUM
+            )
+        else:
+            event = self._alerts.missed_outcome(
+                f"dose_{outcome.value}", fields, now.utc.isoformat(), vkp or catalogue.MISSED_VKP
+            )
         actions.append(Emit(event))
 
 

@@ -8,6 +8,11 @@
 A slot enters WAITING at its due time (or earlier via the TAKE button inside the early window).
 Once a dispense id is assigned (DISPENSING) the slot is never given another one. Timers of a
 presented dose (reminders, escalation, missed) run on the monotonic clock only.
+
+After a restart an open slot comes back as it was stored (docs/engine.md, "Restart policy"): a
+presented one is PRESENTED but `unreconciled` until the dispenser's Status says whether the tray
+still holds it; one begun but never seen presented is DISPENSING and `maybe_executed`, so its
+Dispense is sent again with the same id and the dispenser's idempotency answers whether it was cut.
 """
 
 from __future__ import annotations
@@ -49,8 +54,16 @@ REFUSAL_REASONS = frozenset(
 
 NOT_TAKEN = "not_taken"
 NOT_PRESENTED = "not_presented"
-RESTART_UNKNOWN = "restart_unknown"
+RESTART_UNKNOWN = "restart_unknown"  # open at a restart, the dispenser never said where it is
 LATE = "late"
+# taken_unconfirmed: presented before a restart, the tray found empty after it
+TRAY_EMPTY_AFTER_RESTART = "tray_empty_after_restart"
+# missed: the dispenser executed the dispense id (ALREADY_DONE) but the agent never saw the dose
+# presented, and it is not in the tray: perhaps taken, perhaps never given; in doubt, not given
+DISPENSE_UNCONFIRMED = "dispense_unconfirmed"
+# missed: ALREADY_DONE for a dispense id no Dispense of this unit can have executed: the
+# dispenser remembers ids this unit never used (nothing was cut)
+DISPENSE_ID_CONFLICT = "dispense_id_conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,9 @@ class SlotRun:
     # pre-dispensed for a trip (travel pause): no reminders, escalation or missed alarm; the
     # engine gives it `travel_collect_timeout` to be lifted out (docs/engine.md, "Travel")
     travel: bool = False
+    unreconciled: bool = False  # restored presented: no Status since the restart yet
+    maybe_executed: bool = False  # a Dispense of this id may have been cut unseen
+    unseen_done: bool = False  # ALREADY_DONE, never seen presented: a Status decides
 
     @property
     def in_tray(self) -> bool:
@@ -126,12 +142,19 @@ def presented(run: SlotRun, now_mono: float, presented_at: datetime | None) -> S
         pattern=AlertPattern.REMINDER,
         reminders_sent=0,
         escalations_done=0,
+        maybe_executed=False,
+        unseen_done=False,
+        unreconciled=False,
     )
 
 
 def restored(run: SlotRun, now_mono: float, presented_at: datetime | None) -> SlotRun:
-    """An open slot found at restart: the dose may still be in the tray; grace starts now."""
-    return replace(presented(run, now_mono, presented_at), restored=True)
+    """An open slot found at restart. Presented before: it may still be in the tray (grace
+    starts now; the first Status reconciles it). Never seen presented: its Dispense may or may
+    not have been cut, so it is sent again with the same id (`maybe_executed`)."""
+    if presented_at is None:
+        return replace(run, phase=Phase.DISPENSING, restored=True, maybe_executed=True)
+    return replace(presented(run, now_mono, presented_at), restored=True, unreconciled=True)
 
 
 def _steps(config: EngineConfig) -> tuple[EscalationStep, ...]:
@@ -174,11 +197,13 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
         if run.confirmed_mono is not None and now_mono >= run.confirmed_mono + _seconds(
             config.grace
         ):
-            return TimerResult(run, missed=NOT_PRESENTED)
+            return TimerResult(
+                run, missed=DISPENSE_UNCONFIRMED if run.unseen_done else NOT_PRESENTED
+            )
         return TimerResult(run)
     elapsed = now_mono - run.presented_mono
     if elapsed >= _seconds(config.grace):
-        return TimerResult(run, missed=NOT_TAKEN)
+        return TimerResult(run, missed=RESTART_UNKNOWN if run.unreconciled else NOT_TAKEN)
     steps = _steps(config)
     escalated: list[EscalationStep] = []
     pattern = run.pattern

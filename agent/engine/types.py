@@ -205,6 +205,9 @@ class Outcome(enum.StrEnum):
     """Every slot ends in exactly one of these, and that yields exactly one `slot_outcome` event."""
 
     TAKEN = "taken"
+    # presented before an agent restart, the tray found empty after it: lifted out while the
+    # agent could not see it (most likely by the patient; when is not known)
+    TAKEN_UNCONFIRMED = "taken_unconfirmed"
     MISSED = "missed"
     REFUSED = "refused"
     SKIPPED_PAUSED = "skipped_paused"

@@ -1,0 +1,298 @@
+"""Restarts (hazard #11) and ALREADY_DONE (hazard #8), on the virtual clock.
+
+After a restart the open slots are reconciled with the dispenser: a presented dose whose tray is
+empty was lifted out while the agent was away (`taken_unconfirmed`, never a missed alarm); a
+dose begun but never seen presented is asked for again with the same dispense id, and the
+dispenser's idempotency tells whether it was cut. ALREADY_DONE for a dose the agent did not see
+presented never counts as given.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from test_engine import Rig, morning_rig, utc
+
+from agent.engine.engine import EngineState
+from agent.engine.types import (
+    CommandOutcome,
+    LinkDown,
+    LinkUp,
+    Priority,
+    RecordPresented,
+    SendCommand,
+)
+from protocol.messages import (
+    CommandResult,
+    Dispense,
+    DosePresented,
+    DoseTaken,
+    GetStatus,
+    Message,
+    ResultCode,
+    Retain,
+)
+
+DUE = utc(2026, 3, 2, 7, 0)  # 08:00 in Oslo
+SLOT = "2026-03-02T08:00"
+NEXT_SLOT = "2026-03-03T08:00"
+
+
+def restarted(rig: Rig, at: datetime) -> Rig:
+    """The agent process starts again at `at`: a new engine from what the old one persisted, the
+    same dispenser (which remembers what it executed), a new monotonic epoch."""
+    state = EngineState.from_json(rig.engine.state.to_json())
+    again = Rig(rig.schedule, start=at, state=state, config=rig.config)
+    again.dispenser = rig.dispenser
+    again.caps = rig.caps
+    return again
+
+
+def hello(rig: Rig) -> None:
+    """The link comes up: LinkUp, then the roll and sachet announced again (SPEC 4.1)."""
+    rig.feed(LinkUp(rig.caps))
+    rig.insert_roll()
+
+
+def outcome(rig: Rig) -> tuple[str, str | None]:
+    recorded = rig.outcome_of(SLOT)
+    return recorded.outcome.value, recorded.reason
+
+
+def begun_not_sent(rig: Rig) -> SendCommand:
+    """Run to the due time with the dispenser not answering: BeginDispense is committed, the
+    Dispense command is what the agent was about to send when it died."""
+    rig.install()
+    rig.auto = False
+    rig.run_until(DUE)
+    [send] = [s for s in rig.outbox if isinstance(s.command, Dispense)]
+    return send
+
+
+def execute(rig: Rig, send: SendCommand) -> list[Message]:
+    """The dispenser executes the command; what it sends afterwards reaches nobody."""
+    reply, follow = rig.dispenser.handle(send.command)
+    assert reply == CommandResult(0, ResultCode.OK, "")
+    return follow
+
+
+# --- a dose presented before the restart (the ledger says presented) ---------------------------
+
+
+def test_a_dose_taken_while_the_agent_restarts_is_taken_unconfirmed_not_missed() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    assert "dose_presented" in rig.kinds()
+    # The agent dies; the patient lifts the dose out 1 min later; the dispenser gives up on its
+    # DoseTaken (nobody ACKs it); the unit restarts the agent.
+    rig.dispenser.tray = None
+    again = restarted(rig, DUE + timedelta(minutes=4))
+    hello(again)
+    assert outcome(again) == ("taken_unconfirmed", "tray_empty_after_restart")
+    [event] = again.events("slot_outcome")
+    assert event.priority is Priority.MEDIUM  # a person confirms with the patient; no alarm
+    assert event.alert_id is not None  # ... and acknowledges it (latched)
+    assert event.vkp_code is None  # not 3.3: the dose left the tray
+    assert event.fields["presented_at"] == DUE.isoformat()
+    assert event.fields["taken_at"] is None  # when exactly is not known
+    again.run_for(timedelta(hours=3))
+    assert again.commands(Retain) == []  # nothing to take back
+    assert not [e for e in again.events("slot_outcome") if e.fields["outcome"] == "missed"]
+    again.assert_one_outcome_per_slot()
+
+
+def test_a_dose_still_in_the_tray_after_a_restart_gets_a_fresh_grace() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    again = restarted(rig, DUE + timedelta(minutes=4))
+    hello(again)
+    again.run_for(timedelta(minutes=30))
+    assert again.outcomes() == []
+    again.take()
+    assert outcome(again) == ("taken", None)
+    assert again.dispenser.dispensed == [0]
+
+
+def test_a_dose_in_the_tray_long_after_its_slot_is_missed_at_once_and_retained() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    again = restarted(rig, DUE + timedelta(hours=3))
+    hello(again)
+    assert outcome(again) == ("missed", "not_taken")
+    assert again.commands(Retain) == [Retain(0, rig.begins()[0].dispense_id)]
+
+
+def test_a_tray_found_empty_long_after_its_slot_is_still_taken_unconfirmed() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    rig.dispenser.tray = None
+    again = restarted(rig, DUE + timedelta(hours=3))
+    hello(again)
+    assert outcome(again) == ("taken_unconfirmed", "tray_empty_after_restart")
+
+
+def test_without_the_dispenser_after_a_restart_the_slot_ends_missed_restart_unknown() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    again = restarted(rig, DUE + timedelta(minutes=4))
+    again.run_for(again.config.grace - timedelta(seconds=1))
+    assert again.outcomes() == []
+    again.run_for(timedelta(seconds=1))
+    assert outcome(again) == ("missed", "restart_unknown")  # in doubt: not given; HIGH
+    assert again.events("slot_outcome")[0].priority is Priority.HIGH
+
+
+def test_a_dose_taken_report_that_reaches_the_restarted_agent_is_taken() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    did, index = rig.dispenser.tray, rig.dispenser.tray_index
+    assert did is not None
+    rig.dispenser.tray = None
+    again = restarted(rig, DUE + timedelta(minutes=2, seconds=1))
+    again.msg(DoseTaken(did, index))  # retransmitted by the dispenser, before the handshake
+    hello(again)
+    assert outcome(again) == ("taken", None)
+
+
+# --- a dose begun but not seen presented (ledger: begun, no presentation) ----------------------
+
+
+def test_a_presentation_that_reaches_the_restarted_agent_is_recorded_before_its_ack() -> None:
+    rig = morning_rig()
+    send = begun_not_sent(rig)
+    presented = execute(rig, send)[0]  # the agent died before it stored this DosePresented
+    assert isinstance(presented, DosePresented)
+    again = restarted(rig, DUE + timedelta(seconds=1))
+    acts = again.msg(presented)  # its retransmit reaches the new agent, which ACKs it after this
+    assert RecordPresented(SLOT) in acts  # stored, not waved through as a repeat
+    assert [e.fields["slot_id"] for e in again.events("dose_presented")] == [SLOT]
+    hello(again)
+    again.take()
+    assert outcome(again) == ("taken", None)
+    assert again.dispenser.dispensed == [0]
+    assert again.begins() == []
+
+
+def test_a_dispense_that_never_reached_the_dispenser_is_sent_again_with_its_id() -> None:
+    rig = morning_rig()
+    send = begun_not_sent(rig)  # the agent died between the commit and the write
+    assert isinstance(send.command, Dispense)
+    again = restarted(rig, DUE + timedelta(minutes=1))
+    hello(again)
+    assert again.commands(Dispense) == [send.command]  # the same dispense id: at most once
+    assert again.begins() == []
+    assert again.dispenser.dispensed == [0]
+    again.take()
+    assert outcome(again) == ("taken", None)
+
+
+def test_a_dose_cut_unseen_and_gone_from_the_tray_is_not_counted_as_given() -> None:
+    rig = morning_rig()
+    send = begun_not_sent(rig)
+    execute(rig, send)  # cut and presented; the agent never saw it
+    rig.dispenser.tray = None  # lifted out while the agent was away
+    again = restarted(rig, DUE + timedelta(minutes=1))
+    hello(again)
+    assert again.commands(Dispense) == [send.command]  # asked again: ALREADY_DONE
+    assert again.dispenser.dispensed == [0]  # never a second sachet
+    assert outcome(again) == ("missed", "dispense_unconfirmed")
+    assert again.events("slot_outcome")[0].priority is Priority.HIGH
+
+
+def test_a_dose_cut_unseen_and_still_in_the_tray_is_presented_and_can_be_taken() -> None:
+    rig = morning_rig()
+    send = begun_not_sent(rig)
+    execute(rig, send)
+    again = restarted(rig, DUE + timedelta(minutes=1))
+    hello(again)
+    assert RecordPresented(SLOT) in again.actions
+    again.take()
+    assert outcome(again) == ("taken", None)
+    assert again.dispenser.dispensed == [0]
+
+
+# --- ALREADY_DONE without a restart ------------------------------------------------------------
+
+
+def test_already_done_for_an_id_this_unit_never_sent_is_a_conflict_not_a_dose() -> None:
+    rig = morning_rig()
+    rig.dispenser.executed = list(range(1, 6))  # ids this unit never sent (its store was replaced)
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=1))
+    assert rig.dispenser.dispensed == []
+    assert outcome(rig) == ("missed", "dispense_id_conflict")
+    assert rig.events("slot_outcome")[0].priority is Priority.HIGH
+    [conflict] = rig.events("dispense_id_conflict")
+    assert conflict.priority is Priority.HIGH
+    assert conflict.fields["dispense_id"] == rig.begins()[0].dispense_id
+    assert "taken" not in [e.fields["outcome"] for e in rig.events("slot_outcome")]
+
+
+def test_the_id_conflict_clears_once_the_dispenser_accepts_a_fresh_id() -> None:
+    rig = morning_rig(features=0)  # no retain bin: no discards in between
+    rig.dispenser.executed = [1]
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=1))
+    assert outcome(rig) == ("missed", "dispense_id_conflict")
+    rig.dispenser.next_index = 1  # the nurse advanced the roll past the unused sachet
+    rig.insert_roll()
+    rig.run_until(utc(2026, 3, 3, 7, 1))
+    assert rig.dispenser.dispensed == [1]
+    assert len(rig.events("dispense_id_conflict")) == 1
+    assert len(rig.events("dispense_id_conflict_cleared")) == 1
+
+
+def time_out_first_dispense(rig: Rig) -> SendCommand:
+    """The first Dispense is executed but its reply is lost (a timeout: outcome unknown)."""
+    rig.install()
+    rig.auto = False
+    rig.run_until(DUE)
+    [send] = [s for s in rig.outbox if isinstance(s.command, Dispense)]
+    rig.outbox.clear()
+    rig.dispenser.handle(send.command)  # executed; the reply and DosePresented are lost
+    rig.feed(CommandOutcome(send.correlation, None, failure="reply_timeout"))
+    rig.feed(LinkDown("blip"))
+    rig.auto = True
+    return send
+
+
+def test_already_done_after_a_lost_reply_with_the_dose_in_the_tray_presents_it() -> None:
+    rig = morning_rig()
+    send = time_out_first_dispense(rig)
+    hello(rig)
+    rig.run_for(rig.config.command_retry)
+    assert rig.commands(Dispense) == [send.command, send.command]
+    assert rig.commands(GetStatus)  # asked whether the dose is in the tray: it is
+    assert RecordPresented(SLOT) in rig.actions
+    rig.take()
+    assert outcome(rig) == ("taken", None)
+    assert rig.dispenser.dispensed == [0]
+
+
+def test_already_done_after_a_lost_reply_with_an_empty_tray_is_not_given() -> None:
+    rig = morning_rig()
+    send = time_out_first_dispense(rig)
+    rig.dispenser.tray = None
+    hello(rig)
+    rig.run_for(rig.config.command_retry)
+    assert rig.commands(Dispense) == [send.command, send.command]
+    assert outcome(rig) == ("missed", "dispense_unconfirmed")
+    assert rig.dispenser.dispensed == [0]
+
+
+def test_a_probe_refused_for_another_sachet_keeps_the_sachet_at_the_reader() -> None:
+    rig = morning_rig()
+    begun_not_sent(rig)  # never executed
+    rig.dispenser.next_index = 1  # meanwhile sachet 0 left the reader (a nurse pulled it)
+    again = restarted(rig, DUE + timedelta(minutes=1))
+    hello(again)  # the reader holds tomorrow's sachet: WRONG_SACHET, nothing moves
+    assert again.dispenser.dispensed == []
+    again.run_until(utc(2026, 3, 3, 7, 1))
+    assert outcome(again)[0] in ("missed", "refused")
+    assert again.dispenser.dispensed == [1]  # tomorrow's sachet, still known, given tomorrow
