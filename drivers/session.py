@@ -26,6 +26,11 @@ Guarantees the agent relies on:
   waiting: outcome unknown).
 - A reply that nobody waits for any more (it came after `RequestTimeout`) is counted and passed to
   `on_message`, so a late `CommandResult` is never silently lost.
+- Every req_id carries the epoch of the agent process that sent it (`req_epoch`, from the daemon's
+  start counter: `req_id = epoch << 12 | n`). A reply with another epoch answers a request of a
+  previous agent process (killed with it in flight; the dispenser retransmits the reply to the
+  successor): it is dropped quietly (debug log, counted), never matched to a request of ours and
+  never passed to `on_message`.
 - `LinkDown` is reported once per outage (not per reconnect attempt), `LinkUp` once per successful
   handshake. A dispenser that restarts mid-session (new link session seen) is reported as
   `LinkDown("dispenser restarted")`, re-handshaken on the same port (closing a serial port drops
@@ -77,6 +82,12 @@ log = logging.getLogger(__name__)
 Reply: TypeAlias = Capabilities | CommandResult | Status | TimeReport
 REPLY_TYPES: tuple[type[Reply], ...] = (Capabilities, CommandResult, Status, TimeReport)
 
+# req_id = epoch << REQ_EPOCH_SHIFT | n, n in 1..REQ_IDS_PER_EPOCH: the epoch names the agent
+# process that sent the request (SPEC 4.2: the dispenser echoes req_id, whatever it holds).
+REQ_EPOCH_SHIFT = 12
+REQ_EPOCHS = 15  # epochs 1..15, so a req_id is never 0 (what callers pass in)
+REQ_IDS_PER_EPOCH = (1 << REQ_EPOCH_SHIFT) - 1
+
 # A session that ends sooner than this after its handshake counts as flapping: the next reconnect
 # waits (growing), instead of hammering a dispenser that drops us right away.
 STABLE_LINK_S = 10.0
@@ -88,6 +99,12 @@ def _agent_version() -> str:
         return importlib.metadata.version("dispenser-agent")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def req_epoch_for(start: int) -> int:
+    """The req_id epoch of the agent's `start`-th process start (1, 2, ...): consecutive starts
+    never share one, so a reply meant for the previous process is always recognised."""
+    return (start - 1) % REQ_EPOCHS + 1
 
 
 def expected_reply(command: Command) -> type[Reply]:
@@ -173,6 +190,7 @@ class SessionStats:
     link: LinkStats | None  # a copy of the current endpoint's counters
     not_stored: int = 0  # on_message raised NotStored: frame unacknowledged, link kept
     acks_withheld: int = 0  # ACKs not written for retransmits of a frame that was not stored
+    stale_replies: int = 0  # replies to a previous agent process (another req_id epoch): dropped
 
 
 # --- internals -------------------------------------------------------------------------------
@@ -211,7 +229,11 @@ class DispenserSession:
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         agent_version: str | None = None,
+        req_epoch: int = 1,
     ) -> None:
+        if not 1 <= req_epoch <= REQ_EPOCHS:
+            raise ValueError(f"req_epoch must be 1..{REQ_EPOCHS}, got {req_epoch}")
+        self._req_epoch = req_epoch
         self._transport_factory = transport_factory
         self._on_message = on_message
         self._on_link = on_link
@@ -265,6 +287,7 @@ class DispenserSession:
             link=link,
             not_stored=c["not_stored"],
             acks_withheld=self._withheld_before + withheld_now,
+            stale_replies=c["stale_replies"],
         )
 
     async def run(self) -> None:
@@ -460,12 +483,13 @@ class DispenserSession:
                 self._req_by_token.pop(pending.token, None)
 
     def _allocate_req_id(self) -> int:
-        for _ in range(0xFFFF):
-            req_id = self._next_req_id
-            self._next_req_id = req_id % 0xFFFF + 1  # 1..65535: 0 is what callers pass in
+        for _ in range(REQ_IDS_PER_EPOCH):
+            n = self._next_req_id
+            self._next_req_id = n % REQ_IDS_PER_EPOCH + 1
+            req_id = self._req_epoch << REQ_EPOCH_SHIFT | n
             if req_id not in self._pending:
                 return req_id
-        raise SessionError("all 65535 req_ids are waiting for replies")
+        raise SessionError(f"all {REQ_IDS_PER_EPOCH} req_ids are waiting for replies")
 
     # --- the pump, the timer and link events --------------------------------------------------
 
@@ -552,6 +576,10 @@ class DispenserSession:
 
     def _on_received(self, message: Message) -> None:
         if isinstance(message, REPLY_TYPES):
+            if message.req_id >> REQ_EPOCH_SHIFT != self._req_epoch:
+                self._counts["stale_replies"] += 1
+                log.debug("reply to a previous agent process dropped: %s", message)
+                return
             pending = self._pending.get(message.req_id)
             if pending is None or pending.future.done():
                 self._counts["orphan_replies"] += 1
