@@ -40,7 +40,7 @@ import sqlite3
 import time
 import typing
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,7 +148,11 @@ class Daemon:
         self.mqtt_session = 0
         self.engine = self._restore_engine()
         self.session = dsession.DispenserSession(
-            transport_factory, on_message=self._on_dispenser_message, on_link=self._on_link
+            transport_factory,
+            on_message=self._on_dispenser_message,
+            on_link=self._on_link,
+            # a reply meant for the previous agent process is told by its req_id (SPEC 4.2)
+            req_epoch=dsession.req_epoch_for(self.boot),
         )
         self.mqtt = MqttLink(
             mqtt_settings,
@@ -223,6 +227,13 @@ class Daemon:
         saved = self.store.get_kv(ENGINE_STATE_KEY)
         state = EngineState.from_json(saved) if saved else EngineState.initial()
         state = state.with_open_slots(self.store.open_slots())
+        # One dispense-id counter for the life of the unit: the store's (a factory reset keeps
+        # it, so a new patient's ids are never ones the dispenser has executed). The engine works
+        # on a copy, written back in the transaction of each step; a copy saved in its state by
+        # an older version can only move it forward.
+        self._stored_dispense_id = self.store.first_unused_dispense_id()
+        next_id = max(self._stored_dispense_id, state.next_dispense_id)
+        state = replace(state, next_dispense_id=next_id)
         engine = DoseEngine(self.config.engine.to_engine_config(), state, now)
         self._last_state_json = saved or ""
         return engine
@@ -296,15 +307,19 @@ class Daemon:
                             emitted = True
                         case SendCommand():
                             commands.append(action)
-                state_json = self.engine.state.to_json()
+                state = self.engine.state
+                state_json = state.to_json()
                 if state_json != self._last_state_json:
                     self.store.set_kv(ENGINE_STATE_KEY, state_json)
+                if state.next_dispense_id != self._stored_dispense_id:
+                    self.store.advance_dispense_ids(state.next_dispense_id)
                 if within is not None:
                     within()
         except STORE_FAULTS as exc:
             # Raising also keeps the driver from ACKing a dispenser event we could not store.
             raise self._state_fault(f"store refused {cause}: {exc!r}") from exc
         self._last_state_json = state_json
+        self._stored_dispense_id = state.next_dispense_id
         if emitted:
             self.publisher.notify()
         for command in commands:

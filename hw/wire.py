@@ -92,6 +92,7 @@ class RunnerStats:
     garbage_bytes: int
     dropped_in: int
     lost_unplugged: int  # messages the model emitted while unplugged (firmware off)
+    idle: bool = True  # nothing in flight or queued on the link (all delivered or given up)
 
 
 @dataclass
@@ -616,6 +617,7 @@ class SimulatorRunner:
             garbage_bytes=c.garbage_bytes,
             dropped_in=c.dropped_in,
             lost_unplugged=c.lost_unplugged,
+            idle=self._link.idle,
         )
 
     # --- internals: receiving -----------------------------------------------------------------

@@ -282,7 +282,18 @@ class Store:
         return ledger.open_slots(self._db())
 
     def next_dispense_id(self) -> int:
+        """Take one id from the unit's dispense-id counter."""
         return ledger.next_dispense_id(self._writer())
+
+    def first_unused_dispense_id(self) -> int:
+        """The unit's dispense-id counter (kept across a factory reset): no id at or above it
+        has ever been used on this unit, and none in the ledger is."""
+        with self._snapshot() as conn:
+            return ledger.first_unused_dispense_id(conn)
+
+    def advance_dispense_ids(self, next_unused: int) -> None:
+        """Record that ids below `next_unused` are used. Refuses to go back (StoreError)."""
+        ledger.advance_dispense_ids(self._writer(), next_unused)
 
     # -- executed commands ---------------------------------------------------------------------
 
@@ -357,6 +368,8 @@ class Store:
                     "deliver them first or force the reset"
                 )
             previous = audit.read_anchor(conn)
+            # the unit's dispense-id counter stays, past every id the ledger about to go holds
+            ledger.advance_dispense_ids(conn, ledger.first_unused_dispense_id(conn))
             deleted = {
                 table: conn.execute(f"DELETE FROM {table}").rowcount for table in _PATIENT_TABLES
             }

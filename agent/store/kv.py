@@ -48,3 +48,15 @@ def take_counter(conn: sqlite3.Connection, key: str, maximum: int) -> int:
 def peek_counter(conn: sqlite3.Connection, key: str) -> int:
     raw = get_kv(conn, key)
     return 1 if raw is None else int(raw)
+
+
+def advance_counter(conn: sqlite3.Connection, key: str, next_value: int, maximum: int) -> None:
+    """Set the counter so that `next_value` is the next value it gives; never backwards (a
+    number handed out twice is worse than a refusal), never past `maximum` + 1."""
+    current = peek_counter(conn, key)
+    if next_value < current:
+        raise StoreError(f"counter {key!r} would go back from {current} to {next_value}")
+    if next_value > maximum + 1:
+        raise StoreError(f"counter {key!r} past its maximum {maximum}: {next_value}")
+    if next_value != current:
+        set_kv(conn, key, str(next_value))

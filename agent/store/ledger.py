@@ -10,7 +10,9 @@ Order of work for one dose (the daemon's contract):
 
 ``open_slots`` lists slots begun but without an outcome: what a restarted daemon must resolve by
 asking the dispenser, never by dispensing again. Each transition is also audited in the same
-transaction. Dispense ids come from a persisted u32 counter that never wraps or repeats.
+transaction. Dispense ids come from a persisted u32 counter that never wraps or repeats: one
+counter for the life of the unit (a unit key: a factory reset keeps it), which the daemon advances
+in the same transaction as the engine step that took the ids.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from agent.store.audit import Stamp, audit_append
 from agent.store.errors import AlreadyDispensed, OutcomeAlreadyRecorded, UnknownSlotError
-from agent.store.kv import NEXT_DISPENSE_ID, U32_MAX, take_counter
+from agent.store.kv import NEXT_DISPENSE_ID, U32_MAX, advance_counter, peek_counter, take_counter
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,16 @@ def _require_slot(conn: sqlite3.Connection, slot_id: str) -> SlotRecord:
 
 def next_dispense_id(conn: sqlite3.Connection) -> int:
     return take_counter(conn, NEXT_DISPENSE_ID, U32_MAX)
+
+
+def first_unused_dispense_id(conn: sqlite3.Connection) -> int:
+    """The unit's dispense-id counter, and never below an id the ledger holds."""
+    highest = conn.execute("SELECT max(dispense_id) FROM ledger").fetchone()[0]
+    return max(peek_counter(conn, NEXT_DISPENSE_ID), 1 if highest is None else int(highest) + 1)
+
+
+def advance_dispense_ids(conn: sqlite3.Connection, next_unused: int) -> None:
+    advance_counter(conn, NEXT_DISPENSE_ID, next_unused, U32_MAX)
 
 
 def begin_dispense(
