@@ -29,7 +29,9 @@ class PendingCommand:
 @dataclass(slots=True)
 class Outbound:
     starts: int  # engine starts: keeps correlations unique across restarts
-    next_dispense_id: int  # u32, never reused
+    # u32, never reused: the engine's position in the unit's one dispense-id counter, which the
+    # shell keeps in its store across restarts and resets (agent/daemon.py)
+    next_dispense_id: int
     pending: dict[str, PendingCommand] = field(default_factory=dict)
     correlations: int = 0
     retry_at: float | None = None  # monotonic: no new command before then (a command failed)

@@ -105,7 +105,7 @@ class EngineState:
     schedule_version: int = 0
     pauses: tuple[PauseWindow, ...] = ()
     horizon_utc: datetime | None = None  # slots due before this are settled (or predate install)
-    next_dispense_id: int = 1  # u32, never reused
+    next_dispense_id: int = 1  # u32, never reused; the shell's unit counter is the one that counts
     latched_alerts: tuple[LatchedAlert, ...] = ()
     open_slots: tuple[OpenSlot, ...] = ()
     settled: tuple[SettledSlot, ...] = ()  # settled slots due at/after the horizon (early TAKE)
