@@ -89,7 +89,7 @@ def test_a_dose_taken_while_the_agent_restarts_is_taken_unconfirmed_not_missed()
     rig.dispenser.tray = None
     again = restarted(rig, DUE + timedelta(minutes=4))
     hello(again)
-    assert outcome(again) == ("taken_unconfirmed", "tray_empty_after_restart")
+    assert outcome(again) == ("taken_unconfirmed", "tray_emptied_unseen")
     [event] = again.events("slot_outcome")
     assert event.priority is Priority.MEDIUM  # a person confirms with the patient; no alarm
     assert event.alert_id is not None  # ... and acknowledges it (latched)
@@ -132,7 +132,7 @@ def test_a_tray_found_empty_long_after_its_slot_is_still_taken_unconfirmed() -> 
     rig.dispenser.tray = None
     again = restarted(rig, DUE + timedelta(hours=3))
     hello(again)
-    assert outcome(again) == ("taken_unconfirmed", "tray_empty_after_restart")
+    assert outcome(again) == ("taken_unconfirmed", "tray_emptied_unseen")
 
 
 def test_without_the_dispenser_after_a_restart_the_slot_ends_missed_restart_unknown() -> None:
@@ -296,3 +296,47 @@ def test_a_probe_refused_for_another_sachet_keeps_the_sachet_at_the_reader() -> 
     again.run_until(utc(2026, 3, 3, 7, 1))
     assert outcome(again)[0] in ("missed", "refused")
     assert again.dispenser.dispensed == [1]  # tomorrow's sachet, still known, given tomorrow
+
+
+# --- the same without a restart: the link drops while the dose is taken -------------------------
+
+
+def test_a_dose_taken_while_the_link_is_down_is_taken_unconfirmed_not_missed() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    rig.feed(LinkDown("cable"))
+    rig.dispenser.tray = None  # taken; the dispenser gives up on its DoseTaken
+    rig.run_for(timedelta(minutes=3))
+    hello(rig)
+    assert outcome(rig) == ("taken_unconfirmed", "tray_emptied_unseen")
+    rig.run_for(timedelta(hours=2))
+    assert rig.commands(Retain) == []
+    rig.assert_one_outcome_per_slot()
+
+
+def test_a_dose_still_in_the_tray_after_a_link_drop_keeps_its_grace() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    rig.feed(LinkDown("cable"))
+    rig.run_for(timedelta(minutes=3))
+    hello(rig)
+    rig.run_until(DUE + rig.config.grace - timedelta(seconds=1))
+    assert rig.outcomes() == []
+    rig.run_until(DUE + rig.config.grace)
+    assert outcome(rig) == ("missed", "not_taken")  # grace from the presentation, not the link
+
+
+def test_grace_over_while_the_link_is_down_is_missed_tray_unknown_and_then_told() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=2))
+    rig.feed(LinkDown("cable"))
+    rig.dispenser.tray = None  # taken; the DoseTaken is lost
+    rig.run_until(DUE + rig.config.grace)
+    assert outcome(rig) == ("missed", "tray_unknown")  # cannot see the tray: in doubt, HIGH
+    hello(rig)  # the link is back: the Retain finds the tray empty
+    [told] = rig.events("dose_not_in_tray")
+    assert told.fields == {"slot_id": SLOT, "dispense_id": rig.begins()[0].dispense_id}
+    rig.assert_one_outcome_per_slot()

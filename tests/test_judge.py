@@ -438,6 +438,53 @@ def test_r7_a_missed_alarm_while_a_pause_is_in_force() -> None:
     assert after.findings == []
 
 
+# --- R9 ----------------------------------------------------------------------------------------
+
+
+def presented_and_taken(j: Judge, dispense_id: int = 5) -> None:
+    j.world(world())
+    j.advance(utc("06:00"))  # 08:00 local
+    j.presented(dispense_id, label(utc("06:00")))
+    j.published(
+        "dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": dispense_id}
+    )
+    j.advance(utc("06:04"))
+    j.taken(dispense_id)
+
+
+def test_r9_a_missed_alarm_for_a_presented_dose_the_patient_took() -> None:
+    """Hazard #11: the DoseTaken was lost while the agent restarted."""
+    j = judge()
+    presented_and_taken(j)
+    j.advance(utc("07:05"))
+    with pytest.raises(
+        InvariantViolation, match=r"R9 .*2026-06-01T08:00.*took at 2026-06-01 06:04"
+    ):
+        outcome(j, "2026-06-01T08:00", "missed", "high")
+    ok = judge()
+    presented_and_taken(ok)
+    outcome(ok, "2026-06-01T08:00", "taken_unconfirmed", "medium")
+    assert ok.findings == []
+    blind = judge()
+    presented_and_taken(blind)
+    blind.world(world(linked=False))  # the agent cannot see the tray: it cannot know
+    blind.advance(utc("07:05"))
+    outcome(blind, "2026-06-01T08:00", "missed", "high")
+    assert blind.findings == []
+
+
+def test_r9_a_dose_taken_after_its_missed_outcome_is_no_false_alarm() -> None:
+    j = judge()
+    j.advance(utc("06:00"))
+    j.presented(5, label(utc("06:00")))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    j.advance(utc("07:00"))
+    outcome(j, "2026-06-01T08:00", "missed", "high")  # grace over, no retain bin
+    j.advance(utc("07:30"))
+    j.taken(5)  # taken late: the alarm was right when it was raised
+    assert j.findings == []
+
+
 # --- R8 ----------------------------------------------------------------------------------------
 
 
@@ -527,7 +574,7 @@ def test_rule_lists_parse() -> None:
     assert parse_rules("none") == frozenset()
     assert parse_rules("R2, R8.jam") == {"R2", "R8.jam"}
     with pytest.raises(ValueError, match="unknown judge rules"):
-        parse_rules("R9")
+        parse_rules("R10")
     with pytest.raises(ValueError, match="true time"):
         Judge(JudgeConfig(REF, OSLO, ("08:00",), DAY, INSTALLED, UNTIL, timedelta(0))).taken(1)
     j = judge()

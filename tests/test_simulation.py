@@ -419,6 +419,14 @@ def judge_rule_holds(rule: str, seed: int, days: int, **scenario: Any) -> None:
     assert rule not in result.judge_findings
 
 
+def test_judge_r9_no_false_missed_alarm_for_a_dose_taken_unseen() -> None:
+    """Hazard #11: in seeds 22 and 23 a dose is taken while the agent's link is down and its
+    DoseTaken is lost; before the reconciliation with the dispenser's Status both were reported
+    missed (HIGH) while the agent could see the empty tray. Now: taken_unconfirmed."""
+    for seed in (22, 23):
+        judge_rule_holds("R9", seed, 365)
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=InvariantViolation,

@@ -80,6 +80,14 @@ _ENGINE_SPECS = (
         "not change.",
     ),
     AlertSpec(
+        "dose_not_in_tray",
+        _P.INFO,
+        None,
+        "A dose the agent asked the dispenser to take back after its slot ended was no longer "
+        "in the tray: taken or removed while the agent could not see it; the slot's outcome "
+        "does not change (slot and dispense id in data).",
+    ),
+    AlertSpec(
         "sachet_discarded",
         _P.INFO,
         None,

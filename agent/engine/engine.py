@@ -393,6 +393,13 @@ class DoseEngine:
                 for pending in self._outbound.pending.values():
                     if pending.kind == "dispense" and pending.slot_id is not None:
                         self._mark_maybe_executed(pending.slot_id, True)  # outcome unknown
+                # a DoseTaken the dispenser gives up on meanwhile is lost: the next Status says
+                self._slotbook.runs = [
+                    replace(r, unreconciled=True)
+                    if r.phase is Phase.PRESENTED and not r.travel  # travel: its own timeout
+                    else r
+                    for r in self._slotbook.runs
+                ]
                 self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
                 self._extra["last_link_down_reason"] = reason
             case SetBinding(binding=binding):
@@ -803,13 +810,14 @@ class DoseEngine:
         for run in list(self._slotbook.runs):
             if run.travel:
                 continue  # lifted out for a trip, or given up on by its own timeout
-            if run.unreconciled:  # presented before a restart
+            if run.unreconciled:  # presented; since then the agent may have missed events
                 if not tray_occupied:
-                    # lifted out while the agent was away: not a missed dose, not a confirmed one
+                    # lifted out while the agent could not hear it (its DoseTaken lost): not a
+                    # missed dose, not a confirmed one
                     self._settle(
                         run,
                         Outcome.TAKEN_UNCONFIRMED,
-                        lifecycle.TRAY_EMPTY_AFTER_RESTART,
+                        lifecycle.TRAY_EMPTIED_UNSEEN,
                         now,
                         actions,
                     )
@@ -868,10 +876,22 @@ class DoseEngine:
                     return
                 if result is ResultCode.BIN_FULL:
                     self._on_fault(FaultCode.BIN_FULL, True, "retain refused", now, actions)
+                slot_id = None
                 if pending.dispense_id is not None:
-                    self._outbound.retaining.pop(pending.dispense_id, None)
+                    slot_id = self._outbound.retaining.pop(pending.dispense_id, None)
                 if result is ResultCode.NOTHING_PRESENTED:
-                    self._mirror.tray_occupied = False
+                    # that dose is not in the tray (taken or removed unseen; another one may be):
+                    # said to the centre, whose alert for the slot stands; the tray is asked again
+                    self._mirror.status_known = False
+                    self._emit(
+                        actions,
+                        "dose_not_in_tray",
+                        {
+                            "slot_id": slot_id
+                            or self._outbound.recent.get(pending.dispense_id or 0),
+                            "dispense_id": pending.dispense_id,
+                        },
+                    )
             case "set_alert":
                 if isinstance(pending.command, SetAlert):
                     self._mirror.pattern_sent = (

@@ -10,9 +10,10 @@ Once a dispense id is assigned (DISPENSING) the slot is never given another one.
 presented dose (reminders, escalation, missed) run on the monotonic clock only.
 
 After a restart an open slot comes back as it was stored (docs/engine.md, "Restart policy"): a
-presented one is PRESENTED but `unreconciled` until the dispenser's Status says whether the tray
-still holds it; one begun but never seen presented is DISPENSING and `maybe_executed`, so its
-Dispense is sent again with the same id and the dispenser's idempotency answers whether it was cut.
+presented one is PRESENTED but `unreconciled` (as is a presented one after a link drop) until the
+dispenser's Status says whether the tray still holds it; one begun but never seen presented is
+DISPENSING and `maybe_executed`, so its Dispense is sent again with the same id and the
+dispenser's idempotency answers whether it was cut.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ REFUSAL_REASONS = frozenset(
 NOT_TAKEN = "not_taken"
 NOT_PRESENTED = "not_presented"
 RESTART_UNKNOWN = "restart_unknown"  # open at a restart, the dispenser never said where it is
+TRAY_UNKNOWN = "tray_unknown"  # grace over while the link is down since the presentation
 LATE = "late"
-# taken_unconfirmed: presented before a restart, the tray found empty after it
-TRAY_EMPTY_AFTER_RESTART = "tray_empty_after_restart"
+# taken_unconfirmed: presented, then the agent could not hear the dispenser (a restart, a link
+# drop: its DoseTaken may be lost), and the next Status found the tray empty
+TRAY_EMPTIED_UNSEEN = "tray_emptied_unseen"
 # missed: the dispenser executed the dispense id (ALREADY_DONE) but the agent never saw the dose
 # presented, and it is not in the tray: perhaps taken, perhaps never given; in doubt, not given
 DISPENSE_UNCONFIRMED = "dispense_unconfirmed"
@@ -88,7 +91,9 @@ class SlotRun:
     # pre-dispensed for a trip (travel pause): no reminders, escalation or missed alarm; the
     # engine gives it `travel_collect_timeout` to be lifted out (docs/engine.md, "Travel")
     travel: bool = False
-    unreconciled: bool = False  # restored presented: no Status since the restart yet
+    # presented, and since then a restart or link drop may have lost its DoseTaken: the next
+    # Status says whether it is still in the tray
+    unreconciled: bool = False
     maybe_executed: bool = False  # a Dispense of this id may have been cut unseen
     unseen_done: bool = False  # ALREADY_DONE, never seen presented: a Status decides
 
@@ -203,7 +208,11 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
         return TimerResult(run)
     elapsed = now_mono - run.presented_mono
     if elapsed >= _seconds(config.grace):
-        return TimerResult(run, missed=RESTART_UNKNOWN if run.unreconciled else NOT_TAKEN)
+        if not run.unreconciled:
+            return TimerResult(run, missed=NOT_TAKEN)
+        # not heard from the dispenser since a restart or link drop: perhaps taken (in doubt,
+        # not given, HIGH); if the tray turns out empty, its Retain says so (dose_not_in_tray)
+        return TimerResult(run, missed=RESTART_UNKNOWN if run.restored else TRAY_UNKNOWN)
     steps = _steps(config)
     escalated: list[EscalationStep] = []
     pattern = run.pattern

@@ -55,6 +55,10 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
    - "roll_empty": at a slot's due instant (not paused, not settled early) the loaded roll has no
      sachet left -> a HIGH `slot_outcome` for that slot.
    Each condition is a sub-rule ("R8.jam" ...) that can be enforced on its own.
+R9 no false missed alarm: no `slot_outcome` "missed", published while the agent runs and is
+   linked to the dispenser (so it can ask whether the tray is empty), for a slot whose dose the
+   agent published as presented (`dose_presented`) and the patient lifted out of the tray before
+   that outcome (e.g. while the agent restarted or its link was down, so its `DoseTaken` was lost).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ RULES: dict[str, str] = {
     "R6": "the bin never overflows (nor is filled by discards)",
     "R7": "no missed-dose alarm while paused",
     "R8": "every HIGH condition reported within the bound",
+    "R9": "no missed alarm for a presented dose the patient took",
 }
 HIGH_CONDITIONS = ("wrong_roll", "jam", "bin_full", "roll_empty")
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
@@ -85,7 +90,7 @@ ALL_RULES = frozenset(RULES)
 # known engine hazards (SAFETY.md) and has a strict xfail test in tests/test_simulation.py that
 # fails the day the engine is fixed; the rule then moves in here.
 HOLDING_RULES = frozenset(
-    {"R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8.wrong_roll", "R8.jam", "R8.bin_full"}
+    {"R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8.wrong_roll", "R8.jam", "R8.bin_full", "R9"}
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
 HIGH = "high"
@@ -232,6 +237,8 @@ class Judge:
     _presented: dict[int, _Presentation] = field(default_factory=dict)
     _presented_for: dict[str, set[int]] = field(default_factory=dict)  # slot id -> dispense ids
     _intakes: list[datetime] = field(default_factory=list)
+    _taken: dict[int, datetime] = field(default_factory=dict)  # dispense id -> lifted out at
+    _announced: dict[str, set[int]] = field(default_factory=dict)  # slot id -> dose_presented ids
     _outcomes: dict[str, str] = field(default_factory=dict)
     _pauses: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
     _trips: set[str] = field(default_factory=set)  # pause ids with sachets to take along
@@ -428,6 +435,7 @@ class Judge:
                     f"{_minutes(self.config.min_intake_interval)})",
                 )
         self._intakes.append(now)
+        self._taken.setdefault(dispense_id, now)
 
     def taken_for_travel(self, dispense_id: int) -> None:
         """Someone lifted a presented sachet out to take along on a trip (R4; not an intake)."""
@@ -540,6 +548,7 @@ class Judge:
         dispense_id, slot_id = fields.get("dispense_id"), fields.get("slot_id")
         if not isinstance(dispense_id, int) or not isinstance(slot_id, str):
             return
+        self._announced.setdefault(slot_id, set()).add(dispense_id)
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge (the model never cut it)
@@ -585,6 +594,15 @@ class Judge:
             return
         if outcome != "missed":
             return
+        linked = self._world is not None and self._world.agent_linked
+        for dispense_id in sorted(self._announced.get(slot_id, ())):
+            taken_at = self._taken.get(dispense_id)
+            if taken_at is not None and linked:
+                self._violation(
+                    "R9",
+                    f"missed-dose alarm ({priority}) for slot {slot_id}, whose dose (dispense id "
+                    f"{dispense_id}) the patient took at {_iso(taken_at)}",
+                )
         due_paused = self._paused_at(slot.due_utc)
         now_paused = self._paused_at(self._require_now())
         if due_paused is not None or now_paused is not None:
