@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from test_engine import Rig, morning_rig, utc
 
-from agent.engine.engine import EngineState
+from agent.engine.engine import EngineState, OpenSlot
 from agent.engine.types import (
     CommandOutcome,
     LinkDown,
@@ -22,6 +22,7 @@ from agent.engine.types import (
     RecordPresented,
     SendCommand,
 )
+from agent.store.ledger import SlotRecord
 from protocol.messages import (
     CommandResult,
     Dispense,
@@ -340,3 +341,14 @@ def test_grace_over_while_the_link_is_down_is_missed_tray_unknown_and_then_told(
     [told] = rig.events("dose_not_in_tray")
     assert told.fields == {"slot_id": SLOT, "dispense_id": rig.begins()[0].dispense_id}
     rig.assert_one_outcome_per_slot()
+
+
+def test_the_sachet_last_sent_for_an_open_slot_survives_a_restart() -> None:
+    """A retry may send another sachet than the begin recorded (the reader moved on); its dose
+    events name that one, so a restart keeps it, or they would look like phantoms."""
+    saved = EngineState(open_slots=(OpenSlot(SLOT, 7, 3, DUE),))
+    ledger = SlotRecord(SLOT, 7, 2, DUE.isoformat(), DUE.isoformat(), None, None, None, None)
+    [slot] = saved.with_open_slots([ledger]).open_slots
+    assert (slot.dispense_id, slot.sachet_index) == (7, 3)
+    [slot] = EngineState().with_open_slots([ledger]).open_slots
+    assert slot.sachet_index == 2

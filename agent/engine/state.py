@@ -132,7 +132,13 @@ class EngineState:
                 OpenSlot(
                     slot_id=record.slot_id,
                     dispense_id=record.dispense_id,
-                    sachet_index=record.sachet_index or 0,
+                    # the sachet last sent for it (a retry may name another than the begin did,
+                    # and its dose events name that one); the ledger's when the state lacks it
+                    sachet_index=(
+                        previous.sachet_index
+                        if previous is not None and previous.dispense_id == record.dispense_id
+                        else record.sachet_index or 0
+                    ),
                     due_utc=parse_utc(record.due_utc),
                     presented_utc=(
                         parse_utc(record.presented_utc) if record.presented_utc else None
