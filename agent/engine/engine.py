@@ -6,7 +6,7 @@ output order never depends on set or hash order, so a simulated year replays exa
 Commands to the dispenser are *level-triggered*: after every input the engine compares what it
 wants (lock, alert pattern, fresh status) with what it knows the dispenser has, and sends only the
 difference. So a Tick that is not at a deadline changes nothing, and a lost command is simply sent
-again once the link is back. That difference is computed in `dispenser_sync`; what survives a
+again once the link is back. That difference is computed in `dispenser_mirror`; what survives a
 restart is `EngineState` in `state`.
 """
 
@@ -1475,10 +1475,19 @@ class DoseEngine:
         command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
         self._outbound.send(actions, "discard", command, dispense_id=dispense_id)
 
-    def _desired_pattern(self) -> AlertPattern:
-        silenced = self._mirror.silenced_until is not None
+    def _desired_pattern(self, now: Now) -> AlertPattern:
+        # an untrusted clock holds every dose and hides which are due: in doubt, one is held
+        holding_all = (
+            now.trust is TimeTrust.UNTRUSTED
+            and self._binding is not None
+            and self._schedule is not None
+        )
         return dispenser_mirror.desired_pattern(
-            silenced, self._desk.roll_foreign(self._binding), self._slotbook.runs
+            self._mirror.silenced_until is not None,
+            self._desk.roll_foreign(self._binding),
+            self._slotbook.runs,
+            holding_all,
+            self._has(Feature.HELD_PATTERN),
         )
 
     def _sync_dispenser(self, now: Now, actions: list[Action]) -> None:
@@ -1496,7 +1505,7 @@ class DoseEngine:
         )
         wanted = WantedDispenser(
             locked=self._desk.roll_foreign(self._binding),
-            pattern=self._desired_pattern(),
+            pattern=self._desired_pattern(now),
             retains=tuple(self._outbound.retain_queue),
         )
         plan = dispenser_mirror.plan_sync(known, wanted)
