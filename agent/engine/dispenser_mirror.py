@@ -1,6 +1,6 @@
 """The dispenser mirror: what the engine knows the dispenser has (link, capabilities, last status,
-tray, lock, alert pattern, faults), and which commands bring it to what the engine wants (the
-level-triggered part of the engine, see docs/engine.md).
+tray, lock, alert pattern, faults, when its agent watchdog is next fed), and which commands bring it
+to what the engine wants (the level-triggered part of the engine, see docs/engine.md).
 
 After every input the engine describes both sides and sends only the difference `plan_sync`
 returns. So a Tick that changes nothing sends nothing, and a command lost with the link is simply
@@ -25,6 +25,10 @@ from protocol.messages import (
     SetAlert,
     SetLock,
 )
+
+# SPEC 4.7.7: KeepAlive at least every timeout / 3, so one lost KeepAlive leaves two more before
+# the dispenser's silence alarm.
+KEEPALIVES_PER_TIMEOUT = 3
 
 # Which local pattern wins when several are wanted (docs/engine.md, "Local sound and light"): a
 # technical alarm, then a dose in the tray (escalated first: the patient can act on it now), then a
@@ -66,6 +70,9 @@ class DispenserMirror:
     bin_capacity: int | None = None
     bin_count: int | None = None
     bin_unreported: int = 0  # DoseRetained seen after the last BinLevel
+    # monotonic instant the next KeepAlive is due; None: none to send on this link (no link, no
+    # AGENT_WATCHDOG, not configured, or the dispenser refused one)
+    keepalive_due: float | None = None
 
     def has(self, feature: Feature) -> bool:
         return has_feature(self.capabilities, feature)
