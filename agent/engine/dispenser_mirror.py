@@ -71,8 +71,9 @@ class DispenserMirror:
     bin_count: int | None = None
     bin_unreported: int = 0  # DoseRetained seen after the last BinLevel
     # monotonic instant the next KeepAlive is due; None: none to send on this link (no link, no
-    # AGENT_WATCHDOG, not configured, or the dispenser refused one)
+    # AGENT_WATCHDOG, or not configured)
     keepalive_due: float | None = None
+    keepalive_refused: bool = False  # a KeepAlive was refused on this link (reported once)
 
     def has(self, feature: Feature) -> bool:
         return has_feature(self.capabilities, feature)

@@ -409,6 +409,7 @@ class DoseEngine:
                     if self._keepalive_s is not None and self._has(Feature.AGENT_WATCHDOG)
                     else None
                 )
+                self._mirror.keepalive_refused = False
                 self._outbound.retry_at = None
                 self._condition(actions, "no_contact", False, now)
             case LinkDown(reason=reason):
@@ -1524,14 +1525,16 @@ class DoseEngine:
 
     def _keep_alive_result(self, reply: Message | None, actions: list[Action]) -> None:
         """No reply: the next KeepAlive is due within a third of the timeout anyway, and other
-        commands are not held back. A refusal is reported once and not repeated on this link
-        (every third of the timeout it would be a flood)."""
-        if not isinstance(reply, CommandResult) or reply.result in (
-            ResultCode.OK,
-            ResultCode.BUSY,
+        commands are not held back. A refusal is reported once per link (every third of the
+        timeout would be a flood), and KeepAlives go on: a refused frame is still heard, so a
+        watchdog armed before keeps being fed instead of sounding a false alarm."""
+        if (
+            not isinstance(reply, CommandResult)
+            or reply.result in (ResultCode.OK, ResultCode.BUSY)
+            or self._mirror.keepalive_refused
         ):
             return
-        self._mirror.keepalive_due = None
+        self._mirror.keepalive_refused = True
         self._emit(
             actions,
             "dispenser_command_failed",
