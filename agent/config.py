@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.clock import DEFAULT_ZONE, load_zone
 from agent.engine.schedule import Schedule, ScheduleError, ScheduleRule, parse_time
 from agent.engine.types import EngineConfig, EscalationStep
-from protocol.messages import AlertPattern
+from protocol.messages import KEEPALIVE_MAX_S, KEEPALIVE_MIN_S, AlertPattern
 
 UNIT_ID = re.compile(r"[a-z0-9-]{3,64}")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -115,6 +115,16 @@ class EngineSettings(_Strict):
     bin_reserve: int = Field(
         default=1, ge=1, le=10, description="bin places a discard never takes (kept for retains)"
     )
+    keepalive_timeout_s: int = Field(
+        default=600,
+        ge=KEEPALIVE_MIN_S,
+        le=KEEPALIVE_MAX_S,
+        description=(
+            f"agent watchdog (SPEC 4.7): a dispenser announcing AGENT_WATCHDOG sounds FAULT after "
+            f"this many seconds without a frame from the agent ({KEEPALIVE_MIN_S}..."
+            f"{KEEPALIVE_MAX_S}); the agent sends KeepAlive every third of it"
+        ),
+    )
 
     @model_validator(mode="after")
     def _reminded_before_overdue(self) -> EngineSettings:
@@ -146,6 +156,7 @@ class EngineSettings(_Strict):
             pause_end_notice=timedelta(hours=self.pause_end_notice_hours),
             travel_collect_timeout=timedelta(minutes=self.travel_collect_minutes),
             bin_reserve=self.bin_reserve,
+            keepalive_timeout=timedelta(seconds=self.keepalive_timeout_s),
         )
 
 

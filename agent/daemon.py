@@ -458,10 +458,14 @@ class Daemon:
         if self._tasks is not None:
             guarded = self._guarded(coro, name)
             try:
-                self._tasks.create_task(guarded, name=name)
-                return
+                task = self._tasks.create_task(guarded, name=name)
             except RuntimeError:  # the group is shutting down
                 guarded.close()
+            else:
+                # A task the stopping group cancels before its first step never starts `coro`:
+                # close it then (a no-op once it ran), or it is reported as never awaited.
+                task.add_done_callback(lambda _: coro.close())
+                return
         coro.close()
 
     async def _send_command(self, action: SendCommand, *, to_engine: bool = True) -> None:

@@ -204,6 +204,7 @@ class ModelSnapshot:
     shown: AlertPattern  # the pattern the unit shows: FAULT during a silence alarm, else `alert`
     silence_alarm: bool  # the agent has been silent for the watchdog's timeout (SPEC 4.7)
     silence_alarm_s: float | None  # monotonic time the silence alarm went off; None while off
+    silence_alarms: int  # how often the silence alarm went off since the model was made
     watchdog_s: int  # the armed KeepAlive timeout, 0: disarmed
     agent_heard_s: float | None  # monotonic time of the last frame heard from the agent
 
@@ -237,6 +238,7 @@ class DispenserModel:
         # observation: cuts in physical order, into the tray / straight into the bin
         self.dispensed: list[tuple[int, int]] = []
         self.discarded: list[tuple[int, int]] = []
+        self.silence_alarms = 0  # silence alarms gone off (a test's "never while the agent runs")
         self.boot_count = 1
 
     # --- observation --------------------------------------------------------------------------
@@ -280,6 +282,7 @@ class DispenserModel:
             shown=self.shown,
             silence_alarm=self.silence_alarm,
             silence_alarm_s=self.silence_alarm_s,
+            silence_alarms=self.silence_alarms,
             watchdog_s=self.watchdog_s,
             agent_heard_s=self.agent_heard_s,
         )
@@ -311,6 +314,7 @@ class DispenserModel:
         if deadline is not None and now_s >= deadline:
             self.silence_alarm = True
             self.silence_alarm_s = now_s
+            self.silence_alarms += 1
         return self.silence_alarm
 
     # --- protocol side ------------------------------------------------------------------------

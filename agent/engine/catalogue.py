@@ -64,7 +64,7 @@ _ENGINE_SPECS = (
         _P.LOW,
         None,
         "A due dose cannot be dispensed right now (reason in data); sent again only when the "
-        "reason changes.",
+        "reason changes. The dispenser shows HELD at home until the hold ends.",
     ),
     AlertSpec(
         "dose_retained",

@@ -1,6 +1,6 @@
 """The dispenser mirror: what the engine knows the dispenser has (link, capabilities, last status,
-tray, lock, alert pattern, faults), and which commands bring it to what the engine wants (the
-level-triggered part of the engine, see docs/engine.md).
+tray, lock, alert pattern, faults, when its agent watchdog is next fed), and which commands bring it
+to what the engine wants (the level-triggered part of the engine, see docs/engine.md).
 
 After every input the engine describes both sides and sends only the difference `plan_sync`
 returns. So a Tick that changes nothing sends nothing, and a command lost with the link is simply
@@ -25,6 +25,21 @@ from protocol.messages import (
     SetAlert,
     SetLock,
 )
+
+# SPEC 4.7.7: KeepAlive at least every timeout / 3, so one lost KeepAlive leaves two more before
+# the dispenser's silence alarm.
+KEEPALIVES_PER_TIMEOUT = 3
+
+# Which local pattern wins when several are wanted (docs/engine.md, "Local sound and light"): a
+# technical alarm, then a dose in the tray (escalated first: the patient can act on it now), then a
+# held dose (a carer must act). Not AlertPattern's numeric order: HELD (4) was added last.
+PATTERN_RANK: dict[AlertPattern, int] = {
+    AlertPattern.OFF: 0,
+    AlertPattern.HELD: 1,
+    AlertPattern.REMINDER: 2,
+    AlertPattern.URGENT: 3,
+    AlertPattern.FAULT: 4,
+}
 
 # Faults that stop dispensing until they clear (the order is the order reasons are reported in).
 BLOCKING_FAULTS = (
@@ -55,6 +70,10 @@ class DispenserMirror:
     bin_capacity: int | None = None
     bin_count: int | None = None
     bin_unreported: int = 0  # DoseRetained seen after the last BinLevel
+    # monotonic instant the next KeepAlive is due; None: none to send on this link (no link, no
+    # AGENT_WATCHDOG, or not configured)
+    keepalive_due: float | None = None
+    keepalive_refused: bool = False  # a KeepAlive was refused on this link (reported once)
 
     def has(self, feature: Feature) -> bool:
         return has_feature(self.capabilities, feature)
@@ -114,15 +133,34 @@ def has_feature(capabilities: Capabilities | None, feature: Feature) -> bool:
     return capabilities is not None and bool(capabilities.features & feature.value)
 
 
-def desired_pattern(silenced: bool, roll_foreign: bool, runs: Iterable[SlotRun]) -> AlertPattern:
-    """The local sound/light: the strongest pattern of a presented dose, FAULT for a foreign
-    roll, OFF while silenced."""
+def desired_pattern(
+    silenced: bool,
+    roll_foreign: bool,
+    runs: Iterable[SlotRun],
+    holding_all: bool,
+    held_supported: bool,
+) -> AlertPattern:
+    """The local sound/light: the highest ranked (PATTERN_RANK) of FAULT for a foreign roll, the
+    pattern of a presented dose, and HELD for a due dose that is held (`holding_all`: every dose
+    is, e.g. the clock is untrusted); OFF while silenced. A dispenser without HELD_PATTERN gets
+    FAULT for HELD (SPEC 4.5), ranked where HELD is."""
     if silenced:
         return AlertPattern.OFF
     pattern = AlertPattern.FAULT if roll_foreign else AlertPattern.OFF
+    rank = PATTERN_RANK[pattern]
+    if holding_all and PATTERN_RANK[AlertPattern.HELD] > rank:
+        pattern, rank = AlertPattern.HELD, PATTERN_RANK[AlertPattern.HELD]
     for run in runs:
-        if run.phase is Phase.PRESENTED and run.pattern > pattern:
-            pattern = run.pattern
+        if run.phase is Phase.PRESENTED:
+            wanted = run.pattern
+        elif run.held_reason is not None and not run.in_tray:
+            wanted = AlertPattern.HELD  # due, not given, and the engine knows why
+        else:
+            continue
+        if PATTERN_RANK[wanted] > rank:
+            pattern, rank = wanted, PATTERN_RANK[wanted]
+    if pattern is AlertPattern.HELD and not held_supported:
+        return AlertPattern.FAULT
     return pattern
 
 

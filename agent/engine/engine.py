@@ -6,8 +6,12 @@ output order never depends on set or hash order, so a simulated year replays exa
 Commands to the dispenser are *level-triggered*: after every input the engine compares what it
 wants (lock, alert pattern, fresh status) with what it knows the dispenser has, and sends only the
 difference. So a Tick that is not at a deadline changes nothing, and a lost command is simply sent
-again once the link is back. That difference is computed in `dispenser_sync`; what survives a
+again once the link is back. That difference is computed in `dispenser_mirror`; what survives a
 restart is `EngineState` in `state`.
+
+The one command that is not level-triggered is `KeepAlive` (SPEC 4.7): it is sent only on a `Tick`,
+so it proves that the shell's timer loop, which decides doses, is alive; its instant is one of
+the engine's deadlines.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from agent.engine import catalogue, dispenser_mirror, lifecycle, pause, roll_che
 from agent.engine.alert_desk import AlertDesk
 from agent.engine.alerts import ConditionBook
 from agent.engine.dispenser_mirror import (
+    KEEPALIVES_PER_TIMEOUT,
     DispenserMirror,
     KnownDispenser,
     WantedDispenser,
@@ -79,6 +84,7 @@ from protocol.messages import (
     FaultChanged,
     FaultCode,
     Feature,
+    KeepAlive,
     LidChanged,
     LowSupply,
     Message,
@@ -125,6 +131,9 @@ class DoseEngine:
     def __init__(self, config: EngineConfig, state: EngineState, now: Now) -> None:
         self._cfg = config
         self._no_contact_s = config.no_contact_after.total_seconds()
+        self._keepalive_s = (
+            None if config.keepalive_timeout is None else config.keepalive_timeout.total_seconds()
+        )
         self._binding = state.binding
         self._schedule = state.schedule
         self._schedule_version = state.schedule_version
@@ -229,6 +238,8 @@ class DoseEngine:
             instants.append(self._mirror.silenced_until)
         if self._outbound.retry_at is not None:
             instants.append(self._outbound.retry_at)
+        if self._mirror.keepalive_due is not None:
+            instants.append(self._mirror.keepalive_due)
         return min(instants) if instants else None
 
     def _wall_changes(self, now_utc: datetime) -> list[datetime]:
@@ -371,7 +382,7 @@ class DoseEngine:
     def _dispatch(self, inp: EngineInput, now: Now, actions: list[Action]) -> None:
         match inp:
             case Tick():
-                pass
+                self._keep_alive(now, actions)
             case FromDispenser(message=message):
                 self._on_message(message, now, actions)
             case CommandOutcome():
@@ -383,6 +394,13 @@ class DoseEngine:
                 self._mirror.pattern_sent = None  # the dispenser may have rebooted
                 self._mirror.bin_capacity = self._mirror.bin_count = None  # BinLevel follows
                 self._mirror.bin_unreported = 0
+                # Hello disarmed the dispenser's watchdog (SPEC 4.7.5): arm it at the next Tick
+                self._mirror.keepalive_due = (
+                    now.mono
+                    if self._keepalive_s is not None and self._has(Feature.AGENT_WATCHDOG)
+                    else None
+                )
+                self._mirror.keepalive_refused = False
                 self._outbound.retry_at = None
                 self._condition(actions, "no_contact", False, now)
             case LinkDown(reason=reason):
@@ -400,6 +418,7 @@ class DoseEngine:
                     else r
                     for r in self._slotbook.runs
                 ]
+                self._mirror.keepalive_due = None
                 self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
                 self._extra["last_link_down_reason"] = reason
             case SetBinding(binding=binding):
@@ -841,6 +860,9 @@ class DoseEngine:
         if pending is None:
             return  # from before a link drop or a restart: no longer ours to act on
         reply = outcome.reply
+        if pending.kind == "keep_alive":
+            self._keep_alive_result(reply, actions)
+            return
         if reply is None or (isinstance(reply, CommandResult) and reply.result is ResultCode.BUSY):
             self._outbound.retry_at = now.mono + self._cfg.command_retry.total_seconds()
             if pending.kind == "set_alert":
@@ -1624,10 +1646,48 @@ class DoseEngine:
         command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
         self._outbound.send(actions, "discard", command, dispense_id=dispense_id)
 
-    def _desired_pattern(self) -> AlertPattern:
-        silenced = self._mirror.silenced_until is not None
+    def _desired_pattern(self, now: Now) -> AlertPattern:
+        # an untrusted clock holds every dose and hides which are due: in doubt, one is held
+        holding_all = (
+            now.trust is TimeTrust.UNTRUSTED
+            and self._binding is not None
+            and self._schedule is not None
+        )
         return dispenser_mirror.desired_pattern(
-            silenced, self._desk.roll_foreign(self._binding), self._slotbook.runs
+            self._mirror.silenced_until is not None,
+            self._desk.roll_foreign(self._binding),
+            self._slotbook.runs,
+            holding_all,
+            self._has(Feature.HELD_PATTERN),
+        )
+
+    def _keep_alive(self, now: Now, actions: list[Action]) -> None:
+        """Feed the dispenser's agent watchdog (SPEC 4.7) when due. Called on a Tick only: the
+        timer loop that decides doses feeds it, so a hung loop (or a dead Pi) starves it. Not held
+        back by `command_retry`: a watchdog starved by a failed command would alarm."""
+        due = self._mirror.keepalive_due
+        if due is None or now.mono < due or self._keepalive_s is None or not self._mirror.link_up:
+            return
+        self._mirror.keepalive_due = now.mono + self._keepalive_s / KEEPALIVES_PER_TIMEOUT
+        command = KeepAlive(req_id=0, timeout_s=round(self._keepalive_s))
+        self._outbound.send(actions, "keep_alive", command)
+
+    def _keep_alive_result(self, reply: Message | None, actions: list[Action]) -> None:
+        """No reply: the next KeepAlive is due within a third of the timeout anyway, and other
+        commands are not held back. A refusal is reported once per link (every third of the
+        timeout would be a flood), and KeepAlives go on: a refused frame is still heard, so a
+        watchdog armed before keeps being fed instead of sounding a false alarm."""
+        if (
+            not isinstance(reply, CommandResult)
+            or reply.result in (ResultCode.OK, ResultCode.BUSY)
+            or self._mirror.keepalive_refused
+        ):
+            return
+        self._mirror.keepalive_refused = True
+        self._emit(
+            actions,
+            "dispenser_command_failed",
+            {"command": "keep_alive", "result": reply.result.name.lower(), "detail": reply.detail},
         )
 
     def _sync_dispenser(self, now: Now, actions: list[Action]) -> None:
@@ -1645,7 +1705,7 @@ class DoseEngine:
         )
         wanted = WantedDispenser(
             locked=self._desk.roll_foreign(self._binding),
-            pattern=self._desired_pattern(),
+            pattern=self._desired_pattern(now),
             retains=tuple(self._outbound.retain_queue),
         )
         plan = dispenser_mirror.plan_sync(known, wanted)

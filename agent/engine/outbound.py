@@ -20,7 +20,7 @@ RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/Dose
 class PendingCommand:
     """A command sent to the dispenser whose outcome has not come back yet."""
 
-    kind: str  # dispense | discard | retain | set_alert | set_lock | get_status
+    kind: str  # dispense | discard | retain | set_alert | set_lock | get_status | keep_alive
     command: Message
     slot_id: str | None = None
     dispense_id: int | None = None

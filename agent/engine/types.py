@@ -62,6 +62,10 @@ class EngineConfig:
     travel_collect_timeout: timedelta = timedelta(minutes=10)
     # places in the bin a discard never takes: kept for a dose that must go back from the tray
     bin_reserve: int = 1
+    # the dispenser's agent watchdog (SPEC 4.7): KeepAlive(timeout) to a dispenser announcing
+    # AGENT_WATCHDOG, sent every timeout / KEEPALIVES_PER_TIMEOUT on a Tick. None: never armed
+    # (the shell always sets it from the config; unit tests and the simulation may leave it off).
+    keepalive_timeout: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
