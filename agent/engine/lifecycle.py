@@ -176,19 +176,24 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
         ):
             return TimerResult(run, missed=NOT_PRESENTED)
         return TimerResult(run)
-    elapsed = now_mono - run.presented_mono
-    if elapsed >= _seconds(config.grace):
+    # Each instant is compared as the same sum `next_timer` announced (start + offset): at that
+    # deadline `now - start >= offset` can be false by one float ulp, and the decision would
+    # never be taken while the deadline stays where it is.
+    start = run.presented_mono
+    if now_mono >= start + _seconds(config.grace):
         return TimerResult(run, missed=NOT_TAKEN)
     steps = _steps(config)
     escalated: list[EscalationStep] = []
     pattern = run.pattern
     done = run.escalations_done
-    while done < len(steps) and elapsed >= _seconds(steps[done].after):
+    while done < len(steps) and now_mono >= start + _seconds(steps[done].after):
         escalated.append(steps[done])
         pattern = steps[done].pattern
         done += 1
     repeat = _seconds(config.reminder_repeat)
-    reminders = int(elapsed // repeat) if repeat > 0 else 0
+    reminders = int((now_mono - start) // repeat) if repeat > 0 else 0
+    if repeat > 0 and now_mono >= start + repeat * (reminders + 1):
+        reminders += 1  # the same rounding, for the reminder `next_timer` announced
     remind = reminders > run.reminders_sent or bool(escalated)
     if not remind:
         return TimerResult(run)  # nothing due yet: no copy (this runs on every engine step)
