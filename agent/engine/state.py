@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 from agent.engine import roll_check
@@ -175,6 +175,10 @@ def _schedule_to_dict(schedule: Schedule) -> dict[str, object]:
             }
             for rule in schedule.rules
         ],
+        # None: the schedule's default (half the smallest spacing), computed again when loaded
+        "min_interval_s": None
+        if schedule.min_interval is None
+        else schedule.min_interval.total_seconds(),
     }
 
 
@@ -190,7 +194,9 @@ def _schedule_from_dict(data: dict[str, object]) -> Schedule:
         )
         for raw in data["rules"]  # type: ignore[attr-defined]
     ]
-    return Schedule.build(str(data["zone"]), rules)
+    interval = data.get("min_interval_s")  # absent in state stored before it existed
+    min_interval = None if interval is None else timedelta(seconds=float(interval))  # type: ignore[arg-type]
+    return Schedule.build(str(data["zone"]), rules, min_interval)
 
 
 def _state_to_dict(state: EngineState) -> dict[str, object]:
