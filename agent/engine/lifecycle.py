@@ -44,6 +44,7 @@ REFUSAL_REASONS = frozenset(
         roll_check.SACHET_TIME_UNKNOWN,
         "roll_unverified",
         "clock_untrusted",
+        "min_interval",
     }
 )
 
@@ -51,6 +52,7 @@ NOT_TAKEN = "not_taken"
 NOT_PRESENTED = "not_presented"
 RESTART_UNKNOWN = "restart_unknown"
 LATE = "late"
+MIN_INTERVAL = "min_interval"  # held: too soon after the last intake (SAFETY.md H3)
 
 
 @dataclass(frozen=True, slots=True)

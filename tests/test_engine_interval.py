@@ -1,0 +1,264 @@
+"""Double dose and wrong sachet (SAFETY.md H2, H3): the minimum interval between two doses made
+available, early TAKE bounded by it, a missed dose taken late holding the next one, and a sachet
+given only for the slot it was packed for (tolerance strictly below half the spacing).
+
+Dates are in March 2026, Europe/Oslo is UTC+1: local 08:00 is 07:00 UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from test_engine import ALL_FEATURES, Rig, daily, utc
+
+from agent.engine.engine import DoseEngine, EngineState
+from agent.engine.types import Binding, LinkDown, LinkUp, Outcome, SetBinding
+from protocol.messages import (
+    ButtonId,
+    ButtonPressed,
+    FaultChanged,
+    FaultCode,
+    Feature,
+    ResultCode,
+    Retain,
+)
+
+D1_0800 = utc(2026, 3, 2, 7, 0)
+D1_0830 = utc(2026, 3, 2, 7, 30)
+D1_0900 = utc(2026, 3, 2, 8, 0)
+NO_BIN = ALL_FEATURES & ~int(Feature.RETAIN_BIN)
+
+
+def hourly_rig(**kwargs: object) -> Rig:
+    """Doses at 08:00 and 09:00 daily (the default minimum interval is then 30 min)."""
+    times = [D1_0800, D1_0900, utc(2026, 3, 3, 7, 0), utc(2026, 3, 3, 8, 0)]
+    return Rig(daily("08:00", "09:00"), sachet_times=times, **kwargs)  # type: ignore[arg-type]
+
+
+def begun_at(rig: Rig, slot_id: str) -> list[str]:
+    return [b.slot_id for b in rig.begins() if b.slot_id == slot_id]
+
+
+def restart(rig: Rig) -> None:
+    """The agent restarts from its stored state (JSON) and reconnects."""
+    state = EngineState.from_json(rig.engine.state.to_json())
+    rig.engine = DoseEngine(rig.config, state, rig.clock.now())
+    rig.feed(LinkUp(rig.caps))
+    rig.insert_roll()
+
+
+def held_reasons(rig: Rig, slot_id: str) -> list[object]:
+    return [e.fields["reason"] for e in rig.events("dose_held") if e.fields["slot_id"] == slot_id]
+
+
+# --- hazard #1: TAKE right after an intake ---------------------------------------------------
+
+
+def test_take_pressed_30_s_after_an_intake_does_not_present_the_next_dose() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    rig.take()
+    rig.run_for(timedelta(seconds=30))
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    assert rig.dispenser.dispensed == [0]
+    pressed = rig.events("button_pressed")
+    assert [(e.fields["button"], e.fields.get("reason")) for e in pressed] == [
+        ("take", "min_interval")
+    ]
+    assert pressed[0].fields["not_before_utc"] == "2026-03-02T07:32:00+00:00"
+
+
+def test_take_after_the_minimum_interval_starts_the_next_dose_early() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    rig.take()
+    rig.run_until(D1_0800 + timedelta(minutes=31, seconds=59))
+    rig.msg(ButtonPressed(ButtonId.TAKE))  # one second short of 30 min: refused
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    rig.run_until(utc(2026, 3, 2, 7, 32))
+    rig.msg(ButtonPressed(ButtonId.TAKE))  # exactly 30 min after the intake
+    assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
+    assert rig.dispenser.dispensed == [0, 1]
+
+
+def test_take_while_a_missed_dose_is_still_in_the_tray_starts_nothing() -> None:
+    rig = hourly_rig(features=NO_BIN)
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=61))  # missed, left in the tray (no bin)
+    assert rig.outcome_of("2026-03-02T08:00").outcome is Outcome.MISSED
+    rig.run_until(utc(2026, 3, 3, 6, 30))
+    rig.msg(ButtonPressed(ButtonId.TAKE))  # next day's 08:00 is inside the early window
+    assert begun_at(rig, "2026-03-03T08:00") == []
+
+
+def test_explicit_minimum_interval_of_the_schedule_bounds_take() -> None:
+    schedule = daily("08:00", "09:00", min_interval=timedelta(minutes=45))
+    rig = Rig(schedule, sachet_times=[D1_0800, D1_0900])
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    rig.take()
+    rig.run_until(utc(2026, 3, 2, 7, 46))
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    rig.run_until(utc(2026, 3, 2, 7, 47))
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
+
+
+# --- a due dose held by the minimum interval -------------------------------------------------
+
+
+def test_due_dose_is_held_within_the_interval_and_dispensed_as_soon_as_allowed() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=50))
+    rig.take()  # 07:50 UTC: the 09:00 dose (08:00 UTC) may come at 08:20 UTC at the earliest
+    rig.run_until(D1_0900)
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    held = [e for e in rig.events("dose_held") if e.fields["slot_id"] == "2026-03-02T09:00"]
+    assert [(e.fields["reason"], e.fields["not_before_utc"]) for e in held] == [
+        ("min_interval", "2026-03-02T08:20:00+00:00")
+    ]
+    rig.run_until(D1_0900 + timedelta(minutes=19, seconds=59))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    rig.run_until(utc(2026, 3, 2, 8, 20))
+    assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
+    rig.run_for(timedelta(minutes=1))
+    rig.take()
+    assert rig.outcome_of("2026-03-02T09:00").outcome is Outcome.TAKEN
+
+
+def test_dose_held_by_the_interval_past_its_window_is_refused() -> None:
+    # minimum interval = the spacing (60 min); a jam holds the 08:00 dose until 07:30 UTC and it
+    # is taken at 08:10 UTC: the 09:00 dose could come at 09:10 UTC, after its window (09:00 UTC)
+    schedule = daily("08:00", "09:00", min_interval=timedelta(minutes=60))
+    rig = Rig(schedule, sachet_times=[D1_0800, D1_0900])
+    rig.install()
+    rig.msg(FaultChanged(FaultCode.JAM, True, ""))
+    rig.run_until(utc(2026, 3, 2, 7, 30))
+    rig.msg(FaultChanged(FaultCode.JAM, False, ""))
+    rig.run_until(utc(2026, 3, 2, 8, 10))
+    rig.take()
+    rig.run_until(utc(2026, 3, 2, 10, 0))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    outcome = rig.outcome_of("2026-03-02T09:00")
+    assert (outcome.outcome, outcome.reason) == (Outcome.REFUSED, "min_interval")
+    assert held_reasons(rig, "2026-03-02T09:00") == ["min_interval"]
+
+
+def test_the_last_intake_survives_a_restart() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=50))
+    rig.take()
+    restart(rig)
+    rig.run_until(D1_0900 + timedelta(minutes=5))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    rig.run_until(utc(2026, 3, 2, 8, 20))
+    assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
+
+
+def test_a_forward_wall_step_does_not_shorten_the_interval() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    rig.take()
+    rig.clock.advance(60)
+    rig.clock.jump_wall(timedelta(minutes=29))  # wall says 30 min since the intake, it was 1
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+
+
+def test_a_dose_gone_from_the_tray_unseen_counts_as_an_intake_when_noticed() -> None:
+    # the DoseTaken is lost with the link; the Status after LinkUp says the tray is empty: in
+    # doubt, the patient took it then, and the next dose waits the minimum interval from there
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=5))
+    rig.feed(LinkDown("unplugged"))
+    rig.dispenser.tray = None  # taken while the link is down: nobody hears of it
+    rig.run_until(D1_0800 + timedelta(minutes=50))
+    rig.feed(LinkUp(rig.caps))
+    rig.run_until(D1_0900 + timedelta(minutes=19))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    assert held_reasons(rig, "2026-03-02T09:00")[-1] == "min_interval"
+    rig.run_until(D1_0900 + timedelta(minutes=20))
+    assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
+
+
+def test_a_new_binding_forgets_the_previous_patients_last_intake() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    rig.take()
+    assert rig.engine.state.last_intake_utc == D1_0800 + timedelta(minutes=2)
+    rig.feed(SetBinding(Binding("patient-99aa")))
+    assert rig.engine.state.last_intake_utc is None
+
+
+def test_state_keeps_the_last_intake_and_an_explicit_interval_through_json() -> None:
+    schedule = daily("08:00", "09:00", min_interval=timedelta(minutes=45))
+    rig = Rig(schedule, sachet_times=[D1_0800, D1_0900])
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    rig.take()
+    again = EngineState.from_json(rig.engine.state.to_json())
+    assert again.last_intake_utc == D1_0800 + timedelta(minutes=2)
+    assert again.schedule is not None
+    assert again.schedule.min_interval == timedelta(minutes=45)
+    # state stored before these existed: no last intake, the schedule's default interval
+    old = json.loads(rig.engine.state.to_json())
+    del old["last_intake_utc"]
+    del old["schedule"]["min_interval_s"]
+    loaded = EngineState.from_json(json.dumps(old))
+    assert loaded.last_intake_utc is None
+    assert loaded.schedule is not None
+    assert loaded.schedule.min_interval is None
+
+
+# --- hazard #2: a missed dose left in the tray and taken late --------------------------------
+
+
+def missed_then_taken_late(rig: Rig) -> None:
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=61))  # 08:00 missed, still in the tray
+    assert rig.outcome_of("2026-03-02T08:00").outcome is Outcome.MISSED
+    assert held_reasons(rig, "2026-03-02T09:00") == ["tray_occupied"]
+    rig.run_until(utc(2026, 3, 2, 8, 10))
+    rig.take()  # the patient takes the missed 08:00 dose at 08:10 UTC
+
+
+def test_missed_dose_left_in_the_tray_and_taken_late_holds_the_next_dose() -> None:
+    rig = hourly_rig(features=NO_BIN)
+    missed_then_taken_late(rig)
+    assert begun_at(rig, "2026-03-02T09:00") == []  # not within a minute of the late intake
+    assert held_reasons(rig, "2026-03-02T09:00") == ["tray_occupied", "min_interval"]
+    rig.run_until(D1_0900 + timedelta(minutes=39, seconds=59))
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    rig.run_until(utc(2026, 3, 2, 8, 40))
+    assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
+
+
+def test_missed_dose_taken_late_is_told_to_the_centre_above_info() -> None:
+    rig = hourly_rig(features=NO_BIN)
+    missed_then_taken_late(rig)
+    late = rig.events("dose_taken_late")
+    assert len(late) == 1
+    assert (late[0].priority.value, late[0].vkp_code) == ("medium", "3.3")
+    assert late[0].fields["slot_id"] == "2026-03-02T08:00"
+    assert late[0].fields["taken_at"] == "2026-03-02T08:10:00+00:00"
+    assert late[0].fields["next_dose_not_before_utc"] == "2026-03-02T08:40:00+00:00"
+
+
+def test_missed_dose_kept_in_the_tray_by_a_full_bin_holds_the_next_dose_too() -> None:
+    rig = hourly_rig()
+    rig.dispenser.forced[Retain] = ResultCode.BIN_FULL
+    missed_then_taken_late(rig)
+    assert rig.commands(Retain) != []
+    assert begun_at(rig, "2026-03-02T09:00") == []
+    rig.run_until(utc(2026, 3, 2, 8, 40))
+    assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
