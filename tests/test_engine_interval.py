@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from test_engine import ALL_FEATURES, Rig, daily, utc
+from test_engine import ALL_FEATURES, OTHER, PATIENT, Rig, daily, utc
 
 from agent.engine.engine import DoseEngine, EngineState
-from agent.engine.types import Binding, LinkDown, LinkUp, Outcome, SetBinding
+from agent.engine.types import Binding, EngineConfig, LinkDown, LinkUp, Outcome, SetBinding
 from protocol.messages import (
     ButtonId,
     ButtonPressed,
@@ -22,6 +22,7 @@ from protocol.messages import (
     Feature,
     ResultCode,
     Retain,
+    RollRemoved,
 )
 
 D1_0800 = utc(2026, 3, 2, 7, 0)
@@ -262,3 +263,114 @@ def test_missed_dose_kept_in_the_tray_by_a_full_bin_holds_the_next_dose_too() ->
     assert begun_at(rig, "2026-03-02T09:00") == []
     rig.run_until(utc(2026, 3, 2, 8, 40))
     assert begun_at(rig, "2026-03-02T09:00") == ["2026-03-02T09:00"]
+
+
+# --- hazard #3: a sachet only for the slot it was packed for ---------------------------------
+
+
+def close_rig(**kwargs: object) -> Rig:
+    """Doses at 08:00 and 08:30 (30 min apart), one sachet for each."""
+    times = [D1_0800, D1_0830, utc(2026, 3, 2, 19, 0)]
+    return Rig(daily("08:00", "08:30", "20:00"), sachet_times=times, **kwargs)  # type: ignore[arg-type]
+
+
+def test_wrong_roll_until_0836_then_the_right_one_gives_each_sachet_its_own_slot() -> None:
+    # the issue's case: a 30 min undispensed deadline settles the 08:00 slot at 08:30 (local)
+    rig = close_rig(config=EngineConfig(undispensed_deadline=timedelta(minutes=30)))
+    rig.dispenser.roll_patient, rig.dispenser.roll_id = OTHER, "RX"
+    rig.install()
+    rig.run_until(utc(2026, 3, 2, 7, 36))
+    assert rig.outcome_of("2026-03-02T08:00").outcome is Outcome.REFUSED
+    rig.msg(RollRemoved("RX"))
+    rig.dispenser.roll_patient, rig.dispenser.roll_id = PATIENT, "R1"
+    rig.insert_roll()
+    presented = [
+        (e.fields["slot_id"], e.fields["sachet_index"]) for e in rig.events("dose_presented")
+    ]
+    assert presented == [("2026-03-02T08:30", 1)]  # the 08:30 sachet, not the 08:00 one
+    assert rig.dispenser.discarded == [0]  # the settled 08:00 slot's sachet goes to the bin
+
+
+def test_jam_past_the_first_deadline_does_not_give_its_sachet_to_the_next_slot() -> None:
+    rig = close_rig()
+    rig.install()
+    rig.msg(FaultChanged(FaultCode.JAM, True, ""))
+    rig.run_until(utc(2026, 3, 2, 8, 5))  # 08:00 (local) missed at its deadline, 09:00
+    assert rig.outcome_of("2026-03-02T08:00").outcome is Outcome.MISSED
+    rig.msg(FaultChanged(FaultCode.JAM, False, ""))
+    assert rig.dispenser.discarded == [0]
+    assert rig.dispenser.dispensed == [1]
+    presented = rig.events("dose_presented")
+    assert [(e.fields["slot_id"], e.fields["sachet_index"]) for e in presented] == [
+        ("2026-03-02T08:30", 1)
+    ]
+
+
+def test_on_a_spring_forward_day_the_true_spacing_caps_the_tolerance() -> None:
+    # 01:50 and 03:10 are 80 min apart on the clock face but 20 min in true time on 2026-03-29
+    # (02:00 -> 03:00): the 01:50 sachet must not pass as the 03:10 dose (tolerance < 10 min)
+    first, second = utc(2026, 3, 29, 0, 50), utc(2026, 3, 29, 1, 10)
+    rig = Rig(
+        daily("01:50", "03:10"),
+        start=utc(2026, 3, 28, 20, 0),
+        sachet_times=[first, second, utc(2026, 3, 30, 0, 50)],
+    )
+    rig.install()
+    rig.msg(FaultChanged(FaultCode.JAM, True, ""))
+    rig.run_until(first + timedelta(minutes=61))  # the 01:50 slot ends at its deadline
+    assert rig.outcome_of("2026-03-29T01:50").outcome is Outcome.MISSED
+    rig.msg(FaultChanged(FaultCode.JAM, False, ""))
+    presented = rig.events("dose_presented")
+    assert [(e.fields["slot_id"], e.fields["sachet_index"]) for e in presented] == [
+        ("2026-03-29T03:10", 1)
+    ]
+    assert rig.dispenser.discarded == [0]
+
+
+def tolerance_rig(offset: timedelta) -> Rig:
+    """08:00 and 08:30 daily; the roll's first sachet is packed for 08:00 + offset."""
+    return Rig(
+        daily("08:00", "08:30"),
+        sachet_times=[D1_0800 + offset, D1_0830, utc(2026, 3, 3, 7, 0)],
+        features=NO_BIN,  # a sachet off the slot is held (refused), not discarded
+    )
+
+
+def first_slot_result(offset: timedelta) -> tuple[list[int], list[object]]:
+    rig = tolerance_rig(offset)
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(seconds=1))
+    return rig.dispenser.dispensed, held_reasons(rig, "2026-03-02T08:00")
+
+
+# 30 min apart: the tolerance is strictly below 15 min, i.e. 14 min 59 s (whole seconds)
+TOLERANCE = timedelta(minutes=14, seconds=59)
+SECOND = timedelta(seconds=1)
+
+
+def test_sachet_exactly_at_the_tolerance_is_given_on_either_side() -> None:
+    assert first_slot_result(TOLERANCE) == ([0], [])
+    assert first_slot_result(-TOLERANCE) == ([0], [])
+
+
+def test_sachet_one_second_inside_the_tolerance_is_given() -> None:
+    assert first_slot_result(TOLERANCE - SECOND) == ([0], [])
+    assert first_slot_result(-(TOLERANCE - SECOND)) == ([0], [])
+
+
+def test_sachet_one_second_outside_the_tolerance_is_not_given() -> None:
+    assert first_slot_result(TOLERANCE + SECOND) == ([], ["sachet_time_mismatch"])
+    assert first_slot_result(-(TOLERANCE + SECOND)) == ([], ["sachet_stale"])
+
+
+def test_configured_tolerance_below_the_cap_is_kept() -> None:
+    rig = Rig(
+        daily("08:00", "08:30"),
+        sachet_times=[D1_0800 + timedelta(minutes=6)],
+        config=EngineConfig(sachet_time_tolerance=timedelta(minutes=5)),
+        features=NO_BIN,
+    )
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(seconds=1))
+    assert rig.dispenser.dispensed == []
+    assert held_reasons(rig, "2026-03-02T08:00") == ["sachet_time_mismatch"]

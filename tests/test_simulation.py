@@ -429,11 +429,7 @@ def test_judge_r2_minimum_intake_interval_with_close_doses() -> None:
     judge_rule_holds("R2", 14, 90, times=CLOSE_DOSES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="hazard #3: the 08:00 sachet is presented as the 08:30 dose when tolerances overlap",
-)
+# Hazard #3 (SAFETY.md H2): the 08:00 sachet was presented as the 08:30 dose (tolerances overlapped)
 def test_judge_r4_right_sachet_with_close_doses() -> None:
     judge_rule_holds("R4", 14, 90, times=CLOSE_DOSES)
 

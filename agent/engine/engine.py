@@ -1349,7 +1349,7 @@ class DoseEngine:
             roll.roll_id,
             roll.next_index,
             run.due_utc,
-            self._cfg.sachet_time_tolerance,
+            self._sachet_tolerance(run.due_utc),
         )
         return sachet_verdict.reason
 
@@ -1544,10 +1544,27 @@ class DoseEngine:
         if next_due is None:
             return
         timing = roll_check.sachet_timing(
-            sachet.intended_utc_s, next_due, self._cfg.sachet_time_tolerance
+            sachet.intended_utc_s, next_due, self._sachet_tolerance(next_due)
         )
         if timing is roll_check.SachetTiming.STALE and self._backlog_fits(next_due):
             self._send_discard("settled_slot", now, actions)
+
+    def _sachet_tolerance(self, due_utc: datetime) -> timedelta:
+        """The sachet-time tolerance for the slot due at `due_utc`: the configured one, strictly
+        below half the schedule's smallest spacing and half the distance to the slots next to
+        it (which a DST change can bring closer), so a sachet is given only for the slot it was
+        packed for (SAFETY.md H2)."""
+        configured = self._cfg.sachet_time_tolerance
+        if self._schedule is None:
+            return configured
+        spacing = self._schedule.smallest_spacing
+        tolerance = roll_check.capped_tolerance(configured, [] if spacing is None else [spacing])
+        # only a neighbour nearer than twice the tolerance can lower it further
+        reach = 2 * tolerance
+        near = self._slotbook.slots(self._schedule).between(
+            due_utc - reach, due_utc + reach + _EPSILON
+        )
+        return roll_check.capped_tolerance(tolerance, [abs(s.due_utc - due_utc) for s in near])
 
     def _sachet_matches_a_slot(self, sachet: SachetRead) -> bool | None:
         """Is the sachet packed for some dose time of the schedule (within the tolerance),
