@@ -8,12 +8,23 @@ Dates are in March 2026, Europe/Oslo is UTC+1: local 08:00 is 07:00 UTC.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import date, timedelta
 
+from model_rig import ModelRig, dose_instants, make_roll
+from model_rig import utc as model_utc
 from test_engine import ALL_FEATURES, OTHER, PATIENT, Rig, daily, utc
 
 from agent.engine.engine import DoseEngine, EngineState
-from agent.engine.types import Binding, EngineConfig, LinkDown, LinkUp, Outcome, SetBinding
+from agent.engine.types import (
+    Binding,
+    EngineConfig,
+    LinkDown,
+    LinkUp,
+    Outcome,
+    PauseWindow,
+    SetBinding,
+    StartPause,
+)
 from protocol.messages import (
     ButtonId,
     ButtonPressed,
@@ -374,3 +385,26 @@ def test_configured_tolerance_below_the_cap_is_kept() -> None:
     rig.run_until(D1_0800 + timedelta(seconds=1))
     assert rig.dispenser.dispensed == []
     assert held_reasons(rig, "2026-03-02T08:00") == ["sachet_time_mismatch"]
+
+
+# --- travel pre-dispense (hazard #5) is not an intake and not held by the interval -----------
+
+
+def test_a_trip_starting_right_after_an_intake_is_dispensed_without_waiting() -> None:
+    # sachets taken along come out one after another (SAFETY.md H12): the minimum interval is
+    # about doses made available to take now, not about packing the trip
+    four = ("08:00", "12:00", "17:00", "22:00")
+    rig = ModelRig(four, model_utc(2026, 3, 2, 5, 0))
+    rig.install(make_roll("R1", dose_instants(four, date(2026, 3, 2), 28)))
+    rig.run_until(model_utc(2026, 3, 2, 21, 10), take=True)  # 22:00 (21:00 UTC) just taken
+    trip = PauseWindow(
+        "trip",
+        model_utc(2026, 3, 2, 21, 15),
+        model_utc(2026, 3, 4, 6, 0),
+        reason="travel",
+        take_along=True,
+    )
+    rig.feed(StartPause(trip))
+    rig.run_until(model_utc(2026, 3, 2, 21, 45), take=True)
+    assert [index for _, index in rig.model.dispensed[4:]] == [4, 5, 6, 7]
+    assert len(rig.events("travel_dispensed")) == 1

@@ -237,7 +237,9 @@ class DoseEngine:
             instants.append(self._mirror.silenced_until)
         if self._outbound.retry_at is not None:
             instants.append(self._outbound.retry_at)
-        if self._interval_blocks(now) and any(r.awaiting_dispense for r in self._slotbook.runs):
+        if self._interval_blocks(now) and any(
+            r.awaiting_dispense and not r.travel for r in self._slotbook.runs
+        ):
             instants.append(self._interval_release_mono(now))
         return min(instants) if instants else None
 
@@ -1314,7 +1316,8 @@ class DoseEngine:
             return roll_check.NO_BINDING
         if any(r.in_tray and r.slot_id != run.slot_id for r in self._slotbook.runs):
             return "previous_dose_in_tray"
-        if self._interval_blocks(now):
+        if not run.travel and self._interval_blocks(now):
+            # sachets taken along on a trip come out one after another; they are not intakes
             return lifecycle.MIN_INTERVAL
         if not self._mirror.link_up:
             return "no_link"
