@@ -16,7 +16,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.clock import DEFAULT_ZONE, load_zone
-from agent.engine.schedule import Schedule, ScheduleError, ScheduleRule, parse_time
+from agent.engine.schedule import (
+    MIN_INTERVAL_FLOOR,
+    MIN_INTERVAL_MAX,
+    Schedule,
+    ScheduleError,
+    ScheduleRule,
+    parse_time,
+)
 from agent.engine.types import EngineConfig, EscalationStep
 from protocol.messages import KEEPALIVE_MAX_S, KEEPALIVE_MIN_S, AlertPattern
 
@@ -72,6 +79,12 @@ class ScheduleConfig(_Strict):
     version: int = Field(default=1, ge=1)
     zone: str = DEFAULT_ZONE
     rules: list[ScheduleRuleConfig] = Field(min_length=1)
+    # None: half the smallest spacing between doses, at most 12 h (agent/engine/schedule.py)
+    min_interval_minutes: int | None = Field(
+        default=None,
+        ge=MIN_INTERVAL_FLOOR // timedelta(minutes=1),
+        le=MIN_INTERVAL_MAX // timedelta(minutes=1),
+    )
 
     def build(self) -> Schedule:
         """The engine's schedule; ScheduleError (a ValueError) with a clear message if invalid."""
@@ -86,7 +99,10 @@ class ScheduleConfig(_Strict):
             )
             for rule in self.rules
         ]
-        return Schedule.build(self.zone, rules)
+        interval = self.min_interval_minutes
+        return Schedule.build(
+            self.zone, rules, None if interval is None else timedelta(minutes=interval)
+        )
 
 
 class EscalationConfig(_Strict):

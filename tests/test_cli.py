@@ -60,6 +60,15 @@ def test_check_config_accepts_a_good_file_and_prints_it(tmp_path: Path) -> None:
             },
             "apart",
         ),
+        (
+            {
+                "schedule": {
+                    "rules": [{"effective_from": "2026-11-23", "times": ["08:00", "09:00"]}],
+                    "min_interval_minutes": 90,
+                }
+            },
+            "min_interval: 90 min is longer than the 60 min between the 08:00 and 09:00 doses",
+        ),
         ({"dispenser": {}}, "dispenser.device"),
         ({"surprise": 1}, "surprise"),
     ],

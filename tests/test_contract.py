@@ -362,6 +362,12 @@ def test_command_details_reach_the_engine() -> None:
     assert schedule.schedule.zone == "Europe/Oslo"
     sunday = schedule.schedule.rules[0].times_for_weekday(6)
     assert [t.strftime("%H:%M") for t in sunday] == ["10:00"]
+    assert schedule.schedule.min_interval is None  # the default: half the smallest spacing
+    assert schedule.schedule.effective_min_interval == timedelta(hours=6)
+    explicit = parse_command(request({**SCHEDULE, "min_interval_minutes": 720})).to_engine_input()
+    assert isinstance(explicit, SetSchedule)
+    assert explicit.schedule is not None
+    assert explicit.schedule.min_interval == timedelta(hours=12)
 
     pause = parse_command(
         request({"name": "pause", "pause_id": "h1", "start": "2026-03-27T10:00:00+01:00"})
@@ -455,6 +461,13 @@ def test_expiry() -> None:
             r"weekday_times.sunday \(key\)",
         ),
         ({**SCHEDULE, "zone": "Mars/Olympus"}, {}, "unknown time zone"),
+        (
+            {**SCHEDULE, "min_interval_minutes": 721},
+            {},
+            "min_interval: 721 min is longer than the 720 min between the 08:00 and 20:00 doses",
+        ),
+        ({**SCHEDULE, "min_interval_minutes": 14}, {}, "command.min_interval_minutes"),
+        ({**SCHEDULE, "min_interval_minutes": "60"}, {}, "command.min_interval_minutes"),
         ({**SCHEDULE, "rules": []}, {}, "command.rules"),
         ({**SCHEDULE, "version": 0}, {}, "command.version"),
     ],

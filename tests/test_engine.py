@@ -82,8 +82,11 @@ def secs(value: datetime) -> int:
 RIG_START = datetime(2026, 3, 2, 5, 0, tzinfo=UTC)
 
 
-def daily(*times: str, start: date = date(2026, 1, 1)) -> Schedule:
-    return Schedule.build("Europe/Oslo", [ScheduleRule(start, tuple(parse_time(t) for t in times))])
+def daily(
+    *times: str, start: date = date(2026, 1, 1), min_interval: timedelta | None = None
+) -> Schedule:
+    rule = ScheduleRule(start, tuple(parse_time(t) for t in times))
+    return Schedule.build("Europe/Oslo", [rule], min_interval=min_interval)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from agent.simulation.judge import (
     SachetLabel,
     World,
     parse_rules,
+    reference_min_interval,
     reference_slots,
 )
 from agent.simulation.violation import InvariantViolation
@@ -269,6 +270,23 @@ def test_r2_r4_sachets_taken_along_on_a_trip_are_not_intakes_but_must_be_for_it(
     stale.presented(1, label(utc("06:00", day=2), expiry=utc("12:00")))
     with pytest.raises(InvariantViolation, match=r"R4 .*its roll expires before"):
         stale.taken_for_travel(1)
+
+
+@pytest.mark.parametrize(
+    ("times", "interval"),
+    [
+        (("08:00", "09:00"), timedelta(minutes=30)),
+        (("08:00", "08:30", "20:00"), timedelta(minutes=15)),
+        (("20:00", "08:00", "14:00"), timedelta(hours=3)),
+        (("00:15", "23:45"), timedelta(minutes=15)),  # across midnight
+        (("09:00",), timedelta(hours=12)),  # 24 h apart: half, which is the cap
+        (("07:30", "22:00"), timedelta(hours=4, minutes=45)),
+    ],
+)
+def test_reference_min_interval_is_half_the_smallest_spacing(
+    times: tuple[str, ...], interval: timedelta
+) -> None:
+    assert reference_min_interval(times) == interval
 
 
 # --- R3 ----------------------------------------------------------------------------------------

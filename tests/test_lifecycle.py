@@ -168,3 +168,23 @@ def test_take_pressed_again_while_the_early_slot_is_held_gives_one_run_and_one_o
     outcome = rig.outcome_of("2026-03-02T08:00")  # exactly one
     assert (outcome.outcome, outcome.reason) == (Outcome.MISSED, "not_dispensed:no_roll")
     rig.assert_one_outcome_per_slot()
+
+
+def test_every_timer_decision_is_taken_at_the_exact_instant_next_timer_announced() -> None:
+    # (start + 1800) - start == 1799.999999999998 for this start: compared as an elapsed time the
+    # escalation due at the announced deadline was not taken, and the deadline never moved
+    # (a livelock the year simulation found with doses 30 min apart)
+    start = 16358.994501773292
+    run = lifecycle.presented(lifecycle.begin(SlotRun("s", DUE, ""), 7, 0, "R1"), start, DUE)
+    seen = 0
+    for _ in range(20):
+        deadline = lifecycle.next_timer(run, CONFIG)
+        assert deadline is not None
+        result = lifecycle.on_time(run, CONFIG, deadline)
+        if result.missed is not None:
+            break
+        assert result.remind, f"nothing decided at the announced deadline {deadline!r}"
+        assert lifecycle.next_timer(result.run, CONFIG) != deadline
+        run, seen = result.run, seen + 1
+    assert result.missed == lifecycle.NOT_TAKEN
+    assert seen == 6  # reminders at 10, 20, 30 (with an escalation), 40, 50 min; escalation at 45

@@ -232,3 +232,24 @@ def test_low_roll_raises_few_doses_left_once() -> None:
 
 def _fields(message: RollInserted) -> dict[str, object]:
     return {name: getattr(message, name) for name in message.__slots__}
+
+
+# --- the tolerance is capped strictly below half the spacing (SAFETY.md H2) -------------------
+
+
+@pytest.mark.parametrize(
+    ("configured", "spacings", "expected"),
+    [
+        (TOL, [timedelta(minutes=30)], timedelta(minutes=14, seconds=59)),
+        (TOL, [timedelta(hours=6), timedelta(minutes=60)], timedelta(minutes=29, seconds=59)),
+        (TOL, [timedelta(hours=2)], TOL),  # already below half: kept
+        (timedelta(minutes=5), [timedelta(minutes=30)], timedelta(minutes=5)),
+        (TOL, [timedelta(0), timedelta(hours=4)], TOL),  # a shared instant is no spacing
+        (TOL, [timedelta(seconds=1)], timedelta(0)),  # never negative
+        (TOL, [], TOL),
+    ],
+)
+def test_capped_tolerance(
+    configured: timedelta, spacings: list[timedelta], expected: timedelta
+) -> None:
+    assert roll_check.capped_tolerance(configured, spacings) == expected

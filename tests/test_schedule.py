@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from agent.engine.schedule import (
     MAX_DOSES_PER_DAY,
+    MIN_INTERVAL_FLOOR,
     MIN_SPACING,
     SEARCH_HORIZON_DAYS,
     Schedule,
@@ -451,6 +452,87 @@ def test_exactly_min_spacing_is_allowed() -> None:
     assert schedule.times_on(date(2026, 1, 1)) == (time(8), time(8, 30), time(23, 45))
     wrap = daily("00:15", "23:45")  # 30 min across midnight
     assert wrap.times_on(date(2026, 1, 1)) == (time(0, 15), time(23, 45))
+
+
+# --- minimum interval (SAFETY.md H3) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schedule", "spacing", "interval"),
+    [
+        (daily("08:00", "09:00"), timedelta(hours=1), timedelta(minutes=30)),
+        (daily("08:00", "14:00", "20:00"), timedelta(hours=6), timedelta(hours=3)),
+        (daily("08:00", "08:30", "20:00"), timedelta(minutes=30), timedelta(minutes=15)),
+        (daily("07:30", "22:00"), timedelta(hours=9, minutes=30), timedelta(hours=4, minutes=45)),
+        (daily("09:00"), timedelta(hours=24), timedelta(hours=12)),  # across midnight
+        (daily("00:15", "23:45"), timedelta(minutes=30), timedelta(minutes=15)),
+        (
+            daily("08:00", weekday_times={2: ("08:00", "10:00")}),
+            timedelta(hours=2),
+            timedelta(hours=1),
+        ),
+        (daily(), None, timedelta(hours=12)),  # never two doses: the cap
+    ],
+)
+def test_default_minimum_interval_is_half_the_smallest_spacing(
+    schedule: Schedule, spacing: timedelta | None, interval: timedelta
+) -> None:
+    assert schedule.min_interval is None
+    assert schedule.smallest_spacing == spacing
+    assert schedule.effective_min_interval == interval
+
+
+def test_smallest_spacing_counts_a_rule_change_across_midnight() -> None:
+    schedule = Schedule.build(
+        "Europe/Oslo",
+        [
+            ScheduleRule(date(2026, 1, 1), (time(8), time(23))),
+            ScheduleRule(date(2026, 3, 1), (time(0, 20), time(12))),
+        ],
+    )
+    assert schedule.smallest_spacing == timedelta(minutes=80)  # 23:00 -> 00:20 on 1 March
+    assert schedule.effective_min_interval == timedelta(minutes=40)
+
+
+def test_explicit_minimum_interval_is_kept_up_to_the_smallest_spacing() -> None:
+    rules = [rule(time(8), time(9))]
+    exact = Schedule.build("Europe/Oslo", rules, min_interval=timedelta(minutes=60))
+    assert exact.effective_min_interval == timedelta(minutes=60)
+    floor = Schedule.build("Europe/Oslo", rules, min_interval=timedelta(minutes=15))
+    assert floor.effective_min_interval == MIN_INTERVAL_FLOOR == timedelta(minutes=15)
+    assert floor != Schedule.build("Europe/Oslo", rules)  # part of the schedule's identity
+
+
+@pytest.mark.parametrize(
+    ("rules", "interval", "message"),
+    [
+        (
+            [rule(time(8), time(9))],
+            timedelta(minutes=61),
+            "min_interval: 61 min is longer than the 60 min between the 08:00 and 09:00 doses "
+            r"\(every day\) of the rule effective from 2026-01-01; the schedule's own doses",
+        ),
+        (
+            [rule(time(8), weekday_times={4: (time(8), time(8, 45))})],
+            timedelta(hours=1),
+            r"longer than the 45 min between the 08:00 and 08:45 doses \(Friday\)",
+        ),
+        (
+            [rule(time(1), time(23, 30))],
+            timedelta(minutes=100),
+            "longer than the 90 min between the 23:30 dose on .* and the 01:00 dose the next day",
+        ),
+        ([rule(time(8))], timedelta(minutes=14, seconds=59), r"14\.9833 min is outside 15\.\.1440"),
+        ([rule(time(8))], timedelta(0), "0 min is outside 15..1440 min"),
+        ([rule(time(8))], timedelta(hours=24, seconds=1), "1440.02 min is outside 15..1440 min"),
+        ([rule(time(8))], 30, "min_interval: expected a datetime.timedelta"),
+    ],
+)
+def test_a_minimum_interval_longer_than_the_spacing_or_out_of_range_is_refused(
+    rules: list[ScheduleRule], interval: object, message: str
+) -> None:
+    with pytest.raises(ScheduleError, match=message):
+        Schedule.build("Europe/Oslo", rules, min_interval=interval)  # type: ignore[arg-type]
 
 
 def test_schedule_is_immutable_and_comparable() -> None:

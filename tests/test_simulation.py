@@ -427,21 +427,18 @@ def test_judge_r9_no_false_missed_alarm_for_a_dose_taken_unseen() -> None:
         judge_rule_holds("R9", seed, 365)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="hazard #1: no minimum interval between intakes in the engine; doses minutes apart "
-    "after an early TAKE press (and 30 min apart as the schedule allows)",
-)
+# Hazard #1 (SAFETY.md H3): doses minutes apart after an early TAKE, or a missed dose taken late
+# with the next. The judge's interval comes from the simulation config (or its own reference of
+# the documented default when the config leaves it to the schedule), never from engine code.
 def test_judge_r2_minimum_intake_interval_with_close_doses() -> None:
     judge_rule_holds("R2", 14, 90, times=CLOSE_DOSES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="hazard #3: the 08:00 sachet is presented as the 08:30 dose when tolerances overlap",
-)
+def test_judge_r2_with_the_interval_as_long_as_the_spacing() -> None:
+    judge_rule_holds("R2", 14, 90, times=CLOSE_DOSES, min_interval=timedelta(minutes=30))
+
+
+# Hazard #3 (SAFETY.md H2): the 08:00 sachet was presented as the 08:30 dose (tolerances overlapped)
 def test_judge_r4_right_sachet_with_close_doses() -> None:
     judge_rule_holds("R4", 14, 90, times=CLOSE_DOSES)
 

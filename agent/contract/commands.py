@@ -16,7 +16,14 @@ from uuid import UUID
 from pydantic import Field, JsonValue, ValidationError, model_validator
 
 from agent.contract.events import SEQ_MAX, ContractModel, UtcDateTime
-from agent.engine.schedule import MAX_DOSES_PER_DAY, Schedule, ScheduleRule, parse_time
+from agent.engine.schedule import (
+    MAX_DOSES_PER_DAY,
+    MIN_INTERVAL_FLOOR,
+    MIN_INTERVAL_MAX,
+    Schedule,
+    ScheduleRule,
+    parse_time,
+)
 from agent.engine.types import (
     AcknowledgeAlert,
     EndPause,
@@ -73,6 +80,16 @@ class UpdateScheduleCommand(ContractModel):
     version: int = Field(ge=1, le=SEQ_MAX)
     zone: str = Field(default="Europe/Oslo", min_length=1, max_length=64)
     rules: list[ScheduleRuleSpec] = Field(min_length=1, max_length=100)
+    min_interval_minutes: int | None = Field(
+        default=None,
+        ge=MIN_INTERVAL_FLOOR // timedelta(minutes=1),
+        le=MIN_INTERVAL_MAX // timedelta(minutes=1),
+        description=(
+            "Shortest time from an intake to the next dose the unit makes available (an early "
+            "TAKE included). null: half the smallest spacing between two doses, at most 12 h. "
+            "No two doses of the schedule may be closer than it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> UpdateScheduleCommand:
@@ -80,7 +97,12 @@ class UpdateScheduleCommand(ContractModel):
         return self
 
     def to_schedule(self) -> Schedule:
-        return Schedule.build(zone=self.zone, rules=[rule.to_rule() for rule in self.rules])
+        interval = self.min_interval_minutes
+        return Schedule.build(
+            zone=self.zone,
+            rules=[rule.to_rule() for rule in self.rules],
+            min_interval=None if interval is None else timedelta(minutes=interval),
+        )
 
 
 PauseReason = Literal["hospital", "respite", "travel", "other"]

@@ -64,7 +64,9 @@ _ENGINE_SPECS = (
         _P.LOW,
         None,
         "A due dose cannot be dispensed right now (reason in data); sent again only when the "
-        "reason changes. The dispenser shows HELD at home until the hold ends.",
+        "reason changes. The dispenser shows HELD at home until the hold ends. Reason "
+        "min_interval: too soon after the last intake; it is dispensed from "
+        "data.not_before_utc if its window is still open, else refused.",
     ),
     AlertSpec(
         "dose_retained",
@@ -74,10 +76,11 @@ _ENGINE_SPECS = (
     ),
     AlertSpec(
         "dose_taken_late",
-        _P.INFO,
-        None,
-        "A dose was taken after its slot had already ended (normally missed); the outcome does "
-        "not change.",
+        _P.MEDIUM,  # why medium and 3.3: docs/engine.md, "Minimum interval"
+        "3.3",
+        "A dose was taken after its slot had already ended as missed (it stayed in the tray): "
+        "the missed dose is not to be given again; the next dose waits until "
+        "data.next_dose_not_before_utc (the outcome does not change).",
     ),
     AlertSpec(
         "dose_not_in_tray",
@@ -306,7 +309,9 @@ _ENGINE_SPECS = (
         "button_pressed",
         _P.INFO,
         None,
-        "A dispenser button was pressed that did not start a dose (button in data; rate limited).",
+        "A dispenser button was pressed that did not start a dose (button in data; rate "
+        "limited); data.reason says why a TAKE inside the early window did not (min_interval, "
+        "with not_before_utc, or tray_occupied).",
         chatty=True,
     ),
     AlertSpec(

@@ -147,7 +147,10 @@ class DoseEngine:
         self._extra = dict(state.extra)
         self._desk = RollDesk(roll=state.roll)
         self._slotbook = SlotBook(
-            horizon=state.horizon_utc, settled=list(state.settled), cursor=state.horizon_utc
+            horizon=state.horizon_utc,
+            settled=list(state.settled),
+            cursor=state.horizon_utc,
+            last_intake_utc=state.last_intake_utc,
         )
         self._outbound = Outbound(starts=state.starts + 1, next_dispense_id=state.next_dispense_id)
         self._mirror = DispenserMirror(
@@ -185,6 +188,7 @@ class DoseEngine:
                 if r.dispense_id is not None
             ),
             settled=tuple(self._slotbook.settled),
+            last_intake_utc=self._slotbook.last_intake_utc,
             roll=self._desk.roll,
             raised_conditions=self._alerts.book.raised,
             locked_by_agent=self._mirror.locked_by_agent,
@@ -240,6 +244,10 @@ class DoseEngine:
             instants.append(self._outbound.retry_at)
         if self._mirror.keepalive_due is not None:
             instants.append(self._mirror.keepalive_due)
+        if self._interval_blocks(now) and any(
+            r.awaiting_dispense and not r.travel for r in self._slotbook.runs
+        ):
+            instants.append(self._interval_release_mono(now))
         return min(instants) if instants else None
 
     def _wall_changes(self, now_utc: datetime) -> list[datetime]:
@@ -459,6 +467,8 @@ class DoseEngine:
         if binding == self._binding:
             return
         self._binding = binding
+        # another patient (or none): the previous one's last intake says nothing about them
+        self._slotbook.last_intake_utc = self._slotbook.last_intake_mono = None
         if self._slotbook.horizon is None and self._schedule is not None:
             self._slotbook.horizon = self._slotbook.cursor = now.utc
         self._emit(actions, "binding_changed", {"bound": binding is not None})
@@ -666,12 +676,25 @@ class DoseEngine:
                 self._replace_pause(replace(trip, travel_dispensed=trip.travel_dispensed + 1))
             return
         if run is not None:
+            self._note_intake(now)
             self._settle(run, Outcome.TAKEN, None, now, actions, taken_at=now.utc)
             return
+        # a missed dose left in the tray (no bin, or a full one) taken late: an intake like any
+        # other, so the next dose waits the minimum interval (SAFETY.md H3)
+        self._note_intake(now)
         self._outbound.retain_queue = [
             d for d in self._outbound.retain_queue if d != msg.dispense_id
         ]
-        self._emit(actions, "dose_taken_late", {"slot_id": slot_id, "dispense_id": msg.dispense_id})
+        self._emit(
+            actions,
+            "dose_taken_late",
+            {
+                "slot_id": slot_id,
+                "dispense_id": msg.dispense_id,
+                "taken_at": now.utc.isoformat(),
+                "next_dose_not_before_utc": iso_or_none(self._interval_release_utc()),
+            },
+        )
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
         self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
@@ -734,36 +757,98 @@ class DoseEngine:
         self._emit(actions, "phantom_dispenser_event", fields)
 
     def _on_button(self, msg: ButtonPressed, now: Now, actions: list[Action]) -> None:
-        if msg.button is ButtonId.TAKE and self._take_early(now):
-            return
+        fields: dict[str, object] = {"button": msg.button.name.lower()}
+        if msg.button is ButtonId.TAKE:
+            started, refused = self._take_early(now)
+            if started:
+                return
+            if refused is not None:
+                fields["reason"] = refused
+            if refused == lifecycle.MIN_INTERVAL:
+                fields["not_before_utc"] = iso_or_none(self._interval_release_utc())
         kind = "help_requested" if msg.button is ButtonId.HELP else "button_pressed"
         if not self._alerts.chatty_allowed(kind, now.mono):
             return
-        self._emit(actions, kind, {"button": msg.button.name.lower()})
+        self._emit(actions, kind, fields)
 
-    def _take_early(self, now: Now) -> bool:
-        """TAKE inside the early window of the next slot: make it due now."""
+    def _take_early(self, now: Now) -> tuple[bool, str | None]:
+        """TAKE inside the early window of the next slot: make it due now.
+
+        Returns whether it did, and if a dose would otherwise have started, why not: the
+        previous dose is still in the tray, or the minimum interval since the last intake has
+        not passed (an early TAKE never brings two doses closer than that).
+        """
         if (
             now.trust is TimeTrust.UNTRUSTED
             or self._schedule is None
             or self._slotbook.cursor is None
         ):
-            return False
+            return False, None
         if self._slotbook.runs:
             # a dose in the tray, a slot due and held, or one already started early by TAKE:
             # the press is not a request for the next slot (and never a second run of one)
-            return False
+            return False, None
         upcoming = self._slotbook.next_scheduled(self._schedule)
         if upcoming is None or upcoming.due_utc - now.utc > self._cfg.early_window:
-            return False
+            return False, None
         if self._slotbook.is_settled(upcoming.slot_id) or pause.covering(
             self._pauses, upcoming.due_utc
         ):
-            return False
+            return False, None
+        if self._mirror.tray_occupied:
+            return False, "tray_occupied"  # a missed dose left in the tray is still reachable
+        if self._interval_blocks(now):
+            return False, lifecycle.MIN_INTERVAL
         self._slotbook.runs.append(
             SlotRun(upcoming.slot_id, upcoming.due_utc, self._local_iso(upcoming.due_utc))
         )
-        return True
+        return True, None
+
+    # --- the minimum interval between two intakes (SAFETY.md H3) -----------------------------
+
+    def _tray_emptied_unseen(self, now: Now) -> None:
+        """A dose we knew in the tray is gone without a DoseTaken or DoseRetained (lost with the
+        link): in doubt the patient took it, at the latest now (SAFETY.md H3)."""
+        self._note_intake(now)
+
+    def _note_intake(self, now: Now) -> None:
+        self._slotbook.last_intake_utc = now.utc
+        self._slotbook.last_intake_mono = now.mono
+
+    def _min_interval(self) -> timedelta | None:
+        if self._schedule is None or self._slotbook.last_intake_utc is None:
+            return None
+        return self._schedule.effective_min_interval
+
+    def _interval_release_utc(self) -> datetime | None:
+        """Wall instant from which the next dose may be made available (for people to read)."""
+        interval = self._min_interval()
+        if interval is None or self._slotbook.last_intake_utc is None:
+            return None
+        return self._slotbook.last_intake_utc + interval
+
+    def _interval_release_mono(self, now: Now) -> float:
+        interval = self._min_interval()
+        assert interval is not None
+        if self._slotbook.last_intake_mono is not None:
+            return self._slotbook.last_intake_mono + interval.total_seconds()
+        release = self._interval_release_utc()
+        assert release is not None
+        return self._mono_at(release, now)
+
+    def _interval_blocks(self, now: Now) -> bool:
+        """Is it too soon after the last intake to make another dose available?
+
+        Measured on the monotonic clock when this process saw the intake (a wall-clock step
+        cannot shorten it), else (after a restart) on wall time.
+        """
+        interval = self._min_interval()
+        if interval is None:
+            return False
+        if self._slotbook.last_intake_mono is not None:
+            return now.mono < self._slotbook.last_intake_mono + interval.total_seconds()
+        release = self._interval_release_utc()
+        return release is not None and now.utc + _EPSILON < release
 
     def _on_power(self, mains: bool, pct: int, now: Now, actions: list[Action]) -> None:
         self._condition(actions, "mains_lost", not mains, now, {"battery_pct": pct})
@@ -794,6 +879,8 @@ class DoseEngine:
 
     def _apply_status(self, status: Status, now: Now, actions: list[Action]) -> None:
         self._mirror.status_known = True
+        if self._mirror.tray_occupied and not status.tray_occupied:
+            self._tray_emptied_unseen(now)
         self._mirror.tray_occupied = status.tray_occupied
         self._mirror.lock_actual = status.locked
         self._mirror.pattern_sent = status.alert
@@ -832,7 +919,8 @@ class DoseEngine:
             if run.unreconciled:  # presented; since then the agent may have missed events
                 if not tray_occupied:
                     # lifted out while the agent could not hear it (its DoseTaken lost): not a
-                    # missed dose, not a confirmed one
+                    # missed dose, not a confirmed one; in doubt an intake (SAFETY.md H3)
+                    self._note_intake(now)
                     self._settle(
                         run,
                         Outcome.TAKEN_UNCONFIRMED,
@@ -1389,6 +1477,9 @@ class DoseEngine:
             return roll_check.NO_BINDING
         if any(r.in_tray and r.slot_id != run.slot_id for r in self._slotbook.runs):
             return "previous_dose_in_tray"
+        if not run.travel and self._interval_blocks(now):
+            # sachets taken along on a trip come out one after another; they are not intakes
+            return lifecycle.MIN_INTERVAL
         if not self._mirror.link_up:
             return "no_link"
         roll = self._desk.roll
@@ -1429,7 +1520,7 @@ class DoseEngine:
             roll.roll_id,
             roll.next_index,
             run.due_utc,
-            self._cfg.sachet_time_tolerance,
+            self._sachet_tolerance(run.due_utc),
         )
         return sachet_verdict.reason
 
@@ -1447,7 +1538,10 @@ class DoseEngine:
                 self._send_discard(roll_check.SACHET_STALE, now, actions)
                 return
         if reason is not None:
-            self._hold(run.slot_id, reason, actions)
+            fields: dict[str, object] = {}
+            if reason == lifecycle.MIN_INTERVAL:
+                fields["not_before_utc"] = iso_or_none(self._interval_release_utc())
+            self._hold(run.slot_id, reason, actions, fields)
             return
         if self._can_send(now):
             self._dispense(run, actions)
@@ -1489,13 +1583,21 @@ class DoseEngine:
             actions, "dispense", command, slot_id=run.slot_id, dispense_id=run.dispense_id
         )
 
-    def _hold(self, slot_id: str, reason: str, actions: list[Action]) -> None:
+    def _hold(
+        self,
+        slot_id: str,
+        reason: str,
+        actions: list[Action],
+        fields: dict[str, object] | None = None,
+    ) -> None:
         for run in self._slotbook.runs:
             if run.slot_id == slot_id and run.held_reason != reason:
                 if reason == "awaiting_status":
                     return  # transient: a Status is on its way
                 self._slotbook.replace_run(replace(run, held_reason=reason))
-                self._emit(actions, "dose_held", {"slot_id": slot_id, "reason": reason})
+                self._emit(
+                    actions, "dose_held", {"slot_id": slot_id, "reason": reason, **(fields or {})}
+                )
                 return
 
     def _can_discard(self, now: Now) -> bool:
@@ -1617,10 +1719,27 @@ class DoseEngine:
         if next_due is None:
             return
         timing = roll_check.sachet_timing(
-            sachet.intended_utc_s, next_due, self._cfg.sachet_time_tolerance
+            sachet.intended_utc_s, next_due, self._sachet_tolerance(next_due)
         )
         if timing is roll_check.SachetTiming.STALE and self._backlog_fits(next_due):
             self._send_discard("settled_slot", now, actions)
+
+    def _sachet_tolerance(self, due_utc: datetime) -> timedelta:
+        """The sachet-time tolerance for the slot due at `due_utc`: the configured one, strictly
+        below half the schedule's smallest spacing and half the distance to the slots next to
+        it (which a DST change can bring closer), so a sachet is given only for the slot it was
+        packed for (SAFETY.md H2)."""
+        configured = self._cfg.sachet_time_tolerance
+        if self._schedule is None:
+            return configured
+        spacing = self._schedule.smallest_spacing
+        tolerance = roll_check.capped_tolerance(configured, [] if spacing is None else [spacing])
+        # only a neighbour nearer than twice the tolerance can lower it further
+        reach = 2 * tolerance
+        near = self._slotbook.slots(self._schedule).between(
+            due_utc - reach, due_utc + reach + _EPSILON
+        )
+        return roll_check.capped_tolerance(tolerance, [abs(s.due_utc - due_utc) for s in near])
 
     def _sachet_matches_a_slot(self, sachet: SachetRead) -> bool | None:
         """Is the sachet packed for some dose time of the schedule (within the tolerance),

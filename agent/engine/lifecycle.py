@@ -50,6 +50,7 @@ REFUSAL_REASONS = frozenset(
         roll_check.SACHET_TIME_UNKNOWN,
         "roll_unverified",
         "clock_untrusted",
+        "min_interval",
     }
 )
 
@@ -67,6 +68,7 @@ DISPENSE_UNCONFIRMED = "dispense_unconfirmed"
 # missed: ALREADY_DONE for a dispense id no Dispense of this unit can have executed: the
 # dispenser remembers ids this unit never used (nothing was cut)
 DISPENSE_ID_CONFLICT = "dispense_id_conflict"
+MIN_INTERVAL = "min_interval"  # held: too soon after the last intake (SAFETY.md H3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +208,11 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
                 run, missed=DISPENSE_UNCONFIRMED if run.unseen_done else NOT_PRESENTED
             )
         return TimerResult(run)
-    elapsed = now_mono - run.presented_mono
-    if elapsed >= _seconds(config.grace):
+    # Each instant is compared as the same sum `next_timer` announced (start + offset): at that
+    # deadline `now - start >= offset` can be false by one float ulp, and the decision would
+    # never be taken while the deadline stays where it is.
+    start = run.presented_mono
+    if now_mono >= start + _seconds(config.grace):
         if not run.unreconciled:
             return TimerResult(run, missed=NOT_TAKEN)
         # not heard from the dispenser since a restart or link drop: perhaps taken (in doubt,
@@ -217,12 +222,14 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
     escalated: list[EscalationStep] = []
     pattern = run.pattern
     done = run.escalations_done
-    while done < len(steps) and elapsed >= _seconds(steps[done].after):
+    while done < len(steps) and now_mono >= start + _seconds(steps[done].after):
         escalated.append(steps[done])
         pattern = steps[done].pattern
         done += 1
     repeat = _seconds(config.reminder_repeat)
-    reminders = int(elapsed // repeat) if repeat > 0 else 0
+    reminders = int((now_mono - start) // repeat) if repeat > 0 else 0
+    if repeat > 0 and now_mono >= start + repeat * (reminders + 1):
+        reminders += 1  # the same rounding, for the reminder `next_timer` announced
     remind = reminders > run.reminders_sent or bool(escalated)
     if not remind:
         return TimerResult(run)  # nothing due yet: no copy (this runs on every engine step)

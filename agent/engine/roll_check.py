@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -104,6 +105,25 @@ def check_roll(
     if roll.next_index >= roll.sachet_count:
         return _refuse(ROLL_EMPTY, f"{roll.sachet_count} sachets, next index {roll.next_index}")
     return ACCEPTED
+
+
+# Label times are whole seconds: "strictly below half the spacing" is half the spacing less this.
+TOLERANCE_MARGIN = timedelta(seconds=1)
+
+
+def capped_tolerance(configured: timedelta, spacings: Iterable[timedelta]) -> timedelta:
+    """The sachet-time tolerance to use: `configured`, but strictly below half of every spacing
+    given (between a slot and its neighbours, and the schedule's smallest), never negative.
+
+    Within such a tolerance a sachet is nearer its own slot than any other, so it cannot pass as
+    the dose of a neighbouring slot (SAFETY.md H2). Spacings of zero (slots sharing one instant,
+    which a DST gap can cause) cannot be told apart by time and are skipped.
+    """
+    tolerance = configured
+    for spacing in spacings:
+        if spacing > timedelta(0):
+            tolerance = min(tolerance, spacing / 2 - TOLERANCE_MARGIN)
+    return max(tolerance, timedelta(0))
 
 
 class SachetTiming(enum.Enum):

@@ -26,6 +26,16 @@ DST semantics (exact; see docs/time-policy.md):
 * ``MIN_SPACING`` is checked on nominal local times. On a spring-forward day doses either side of
   the gap are really one hour closer (01:50 and 03:10 are 20 min apart); after a fall-back the
   repeated hour makes them one hour further apart. This is accepted and documented, not rejected.
+
+Minimum interval (SAFETY.md H3, double dose): every schedule has one, the shortest time the engine
+lets pass between an intake and the next dose it makes available. Set it with ``min_interval``
+(from MIN_INTERVAL_FLOOR to MIN_INTERVAL_MAX), or leave it None for the default: half the smallest
+spacing between two doses of the schedule (``smallest_spacing``, nominal local times, across
+midnight and rule changes too), at most DEFAULT_MIN_INTERVAL_MAX. Half the spacing is the usual
+rule for a missed dose ("take it unless it is nearer the next one"); it lets a dose taken late
+still be followed by the next one within that one's window. A schedule whose own doses are closer
+than its minimum interval is refused. The engine measures the interval on elapsed time, so on a
+spring-forward day a dose less than the interval after the previous intake waits.
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ from zoneinfo import ZoneInfo
 from agent.clock import DEFAULT_ZONE, UnknownTimeZone, load_zone
 
 MIN_SPACING = timedelta(minutes=30)
+MIN_INTERVAL_FLOOR = timedelta(minutes=15)  # a shorter "minimum interval" would not protect
+MIN_INTERVAL_MAX = timedelta(hours=24)
+DEFAULT_MIN_INTERVAL_MAX = timedelta(hours=12)  # the default for a schedule without two doses
 MAX_DOSES_PER_DAY = 12
 SEARCH_HORIZON_DAYS = 400  # next_slot_after gives up after this many days without a dose
 
@@ -196,21 +209,85 @@ def _days(first: date, last: date) -> Iterator[date]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Spacing:
+    """The smallest gap between two consecutive nominal dose times, and where it is."""
+
+    minutes: int
+    where: str  # "the 08:00 and 08:30 doses of the rule effective from ..."
+
+
+def _smallest(a: _Spacing | None, b: _Spacing | None) -> _Spacing | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if b.minutes < a.minutes else a
+
+
+def _spacing_within_days(rules: Iterable[ScheduleRule]) -> _Spacing | None:
+    smallest: _Spacing | None = None
+    for rule in rules:
+        days = [("every day", rule.times)]
+        days += [(_WEEKDAY_NAMES[d], t) for d, t in rule.weekday_times.items()]
+        for which, times in days:
+            for earlier, later in pairwise(times):
+                where = (
+                    f"the {earlier:%H:%M} and {later:%H:%M} doses ({which}) of the rule "
+                    f"effective from {rule.effective_from.isoformat()}"
+                )
+                smallest = _smallest(smallest, _Spacing(_minutes(later) - _minutes(earlier), where))
+    return smallest
+
+
+def _in_minutes(value: timedelta) -> str:
+    return f"{value.total_seconds() / 60:g} min"
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
     """A validated dose schedule in one IANA zone. Build it with ``Schedule.build``."""
 
     zone: str = DEFAULT_ZONE  # IANA name
     rules: tuple[ScheduleRule, ...] = ()  # validated: sorted by effective_from, no two same date
+    # the shortest time from an intake to the next dose made available; None: the default (see
+    # the module docstring and `effective_min_interval`)
+    min_interval: timedelta | None = None
     _tz: ZoneInfo = field(init=False, repr=False, compare=False)
+    _spacing: _Spacing | None = field(init=False, repr=False, compare=False)
 
     @classmethod
-    def build(cls, zone: str = DEFAULT_ZONE, rules: Iterable[ScheduleRule] = ()) -> Schedule:
+    def build(
+        cls,
+        zone: str = DEFAULT_ZONE,
+        rules: Iterable[ScheduleRule] = (),
+        min_interval: timedelta | None = None,
+    ) -> Schedule:
         """Sort the rules by ``effective_from`` and validate everything; raises ScheduleError."""
         rule_list = list(rules)
         for rule in rule_list:
             if not isinstance(rule, ScheduleRule):
                 raise ScheduleError(f"rules: expected ScheduleRule items, got {rule!r}")
-        return cls(zone=zone, rules=tuple(sorted(rule_list, key=_effective_from)))
+        return cls(
+            zone=zone,
+            rules=tuple(sorted(rule_list, key=_effective_from)),
+            min_interval=min_interval,
+        )
+
+    @property
+    def smallest_spacing(self) -> timedelta | None:
+        """The smallest time between two consecutive nominal dose times (within a day, across
+        midnight, across a rule change); None when the schedule never has two doses in a row."""
+        return None if self._spacing is None else timedelta(minutes=self._spacing.minutes)
+
+    @property
+    def effective_min_interval(self) -> timedelta:
+        """`min_interval`, or the default: half the smallest spacing, at most 12 h."""
+        if self.min_interval is not None:
+            return self.min_interval
+        spacing = self.smallest_spacing
+        if spacing is None:
+            return DEFAULT_MIN_INTERVAL_MAX
+        return min(spacing / 2, DEFAULT_MIN_INTERVAL_MAX)
 
     def __post_init__(self) -> None:
         try:
@@ -237,16 +314,38 @@ class Schedule:
                     f"({earlier.effective_from.isoformat()} comes before "
                     f"{later.effective_from.isoformat()}); use Schedule.build to sort them"
                 )
-        self._check_spacing_across_midnight()
+        spacing = _smallest(_spacing_within_days(self.rules), self._check_spacing_across_midnight())
+        object.__setattr__(self, "_spacing", spacing)
+        self._check_min_interval(spacing)
 
-    def _check_spacing_across_midnight(self) -> None:
+    def _check_min_interval(self, spacing: _Spacing | None) -> None:
+        value = self.min_interval
+        if value is None:
+            return
+        if not isinstance(value, timedelta):
+            raise ScheduleError(f"min_interval: expected a datetime.timedelta, got {value!r}")
+        if not MIN_INTERVAL_FLOOR <= value <= MIN_INTERVAL_MAX:
+            floor, top = (m // timedelta(minutes=1) for m in (MIN_INTERVAL_FLOOR, MIN_INTERVAL_MAX))
+            raise ScheduleError(
+                f"min_interval: {_in_minutes(value)} is outside {floor}..{top} min (a shorter "
+                "interval would not prevent a double dose)"
+            )
+        if spacing is not None and value > timedelta(minutes=spacing.minutes):
+            raise ScheduleError(
+                f"min_interval: {_in_minutes(value)} is longer than the {spacing.minutes} min "
+                f"between {spacing.where}; the schedule's own doses may not be closer than its "
+                "minimum interval (shorten it, or leave it out for half the smallest spacing)"
+            )
+
+    def _check_spacing_across_midnight(self) -> _Spacing | None:
         """The last dose of a day and the first of the next must also respect MIN_SPACING.
 
         Every distinct pair of consecutive days lies within a week after a rule takes effect (the
-        first pair straddles the change from the previous rule).
+        first pair straddles the change from the previous rule). Returns the smallest such gap.
         """
         min_minutes = MIN_SPACING // timedelta(minutes=1)
         one_day = timedelta(days=1)
+        smallest: _Spacing | None = None
         for rule in self.rules:
             start = rule.effective_from - one_day if rule.effective_from > date.min else date.min
             for day in _days(start, rule.effective_from + timedelta(days=6)):
@@ -254,13 +353,18 @@ class Schedule:
                 if not today or not tomorrow:
                     continue
                 apart = 24 * 60 - _minutes(today[-1]) + _minutes(tomorrow[0])
+                where = (
+                    f"the {today[-1]:%H:%M} dose on {day.isoformat()} "
+                    f"({_WEEKDAY_NAMES[day.weekday()]}) and the {tomorrow[0]:%H:%M} dose the "
+                    "next day"
+                )
                 if apart < min_minutes:
                     raise ScheduleError(
-                        f"rules: the {today[-1]:%H:%M} dose on {day.isoformat()} "
-                        f"({_WEEKDAY_NAMES[day.weekday()]}) and the {tomorrow[0]:%H:%M} dose the "
-                        f"next day are only {apart} min apart; doses must be at least "
+                        f"rules: {where} are only {apart} min apart; doses must be at least "
                         f"{min_minutes} min apart"
                     )
+                smallest = _smallest(smallest, _Spacing(apart, where))
+        return smallest
 
     def times_on(self, local_date: date) -> tuple[time, ...]:
         """Nominal dose times on a local date: the rule in effect that day, with weekday override.

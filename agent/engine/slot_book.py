@@ -23,6 +23,10 @@ class SlotBook:
     settled: list[SettledSlot]  # durable: settled slots due at/after the horizon (early TAKE)
     cursor: datetime | None  # slots due up to here have been picked up
     runs: list[SlotRun] = field(default_factory=list)  # not durable: open slots, due order
+    # the last intake (DoseTaken), where the minimum interval runs from: wall time is durable,
+    # the monotonic instant is known only in the process that saw it (and is then the measure)
+    last_intake_utc: datetime | None = None
+    last_intake_mono: float | None = None
     settle_count: int = 0  # settled slots so far (part of the next_scheduled memo key)
     # caches of pure functions of the schedule
     window: SlotWindow | None = None  # the schedule's slots near now

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 from agent.engine import roll_check
@@ -109,6 +109,7 @@ class EngineState:
     latched_alerts: tuple[LatchedAlert, ...] = ()
     open_slots: tuple[OpenSlot, ...] = ()
     settled: tuple[SettledSlot, ...] = ()  # settled slots due at/after the horizon (early TAKE)
+    last_intake_utc: datetime | None = None  # the last DoseTaken: the minimum interval runs from it
     roll: RollInfo | None = None
     raised_conditions: tuple[str, ...] = ()  # told to the centre, not yet cleared
     locked_by_agent: bool = False  # we locked the cassette (foreign roll): we may unlock it
@@ -181,6 +182,10 @@ def _schedule_to_dict(schedule: Schedule) -> dict[str, object]:
             }
             for rule in schedule.rules
         ],
+        # None: the schedule's default (half the smallest spacing), computed again when loaded
+        "min_interval_s": None
+        if schedule.min_interval is None
+        else schedule.min_interval.total_seconds(),
     }
 
 
@@ -196,7 +201,9 @@ def _schedule_from_dict(data: dict[str, object]) -> Schedule:
         )
         for raw in data["rules"]  # type: ignore[attr-defined]
     ]
-    return Schedule.build(str(data["zone"]), rules)
+    interval = data.get("min_interval_s")  # absent in state stored before it existed
+    min_interval = None if interval is None else timedelta(seconds=float(interval))  # type: ignore[arg-type]
+    return Schedule.build(str(data["zone"]), rules, min_interval)
 
 
 def _state_to_dict(state: EngineState) -> dict[str, object]:
@@ -244,6 +251,7 @@ def _state_to_dict(state: EngineState) -> dict[str, object]:
         "settled": [
             {"slot_id": s.slot_id, "due_utc": iso_or_none(s.due_utc)} for s in state.settled
         ],
+        "last_intake_utc": iso_or_none(state.last_intake_utc),
         "roll": None
         if state.roll is None
         else {
@@ -270,6 +278,7 @@ def _state_from_dict(data: dict[str, object]) -> EngineState:
     schedule_raw = d.get("schedule")
     roll_raw = d.get("roll")
     horizon = d.get("horizon_utc")
+    last_intake = d.get("last_intake_utc")
     return EngineState(
         binding=None if binding_raw is None else Binding(str(binding_raw["patient_ref"])),  # type: ignore[index]
         schedule=None if schedule_raw is None else _schedule_from_dict(schedule_raw),  # type: ignore[arg-type]
@@ -315,6 +324,7 @@ def _state_from_dict(data: dict[str, object]) -> EngineState:
             SettledSlot(s["slot_id"], parse_utc(s["due_utc"]))
             for s in d.get("settled", [])  # type: ignore[attr-defined]
         ),
+        last_intake_utc=parse_utc(last_intake) if isinstance(last_intake, str) else None,
         roll=None
         if roll_raw is None
         else RollInfo(

@@ -53,7 +53,14 @@ from agent.engine.types import (
 )
 from agent.simulation.faults import Fault, FaultKind, FaultRates, plan_faults
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
-from agent.simulation.judge import HOLDING_RULES, Judge, JudgeConfig, SachetLabel, World
+from agent.simulation.judge import (
+    HOLDING_RULES,
+    Judge,
+    JudgeConfig,
+    SachetLabel,
+    World,
+    reference_min_interval,
+)
 from agent.simulation.patient import (
     Habit,
     Nurse,
@@ -128,6 +135,9 @@ class SimulationConfig:
     judge_enforce: frozenset[str] = HOLDING_RULES
     # opt-in scenarios (off by default, so a seed's run stays what it was):
     times: tuple[str, ...] | None = None  # dose times instead of the seed's template
+    # the schedule's minimum interval between two intakes; None: the schedule's default (the
+    # judge then uses its own reference of that default, never the engine's value)
+    min_interval: timedelta | None = None
     pauses_per_year: float = 0.0  # temporary stops ordered by the response centre
 
 
@@ -158,12 +168,15 @@ def default_start(seed: int) -> datetime:
 
 
 def schedule_for(
-    seed: int, start_utc: datetime, times: tuple[str, ...] | None = None
+    seed: int,
+    start_utc: datetime,
+    times: tuple[str, ...] | None = None,
+    min_interval: timedelta | None = None,
 ) -> tuple[Schedule, tuple[str, ...]]:
     times = times or SCHEDULE_TEMPLATES[seed % len(SCHEDULE_TEMPLATES)]
     local_day = start_utc.astimezone(OSLO).date()
     rule = ScheduleRule(effective_from=local_day, times=tuple(parse_time(t) for t in times))
-    return Schedule.build(DEFAULT_ZONE, [rule]), times
+    return Schedule.build(DEFAULT_ZONE, [rule], min_interval), times
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +203,9 @@ class Simulation:
         self._factory = factory if factory is not None else _default_factory()
         self._start = config.start_utc or default_start(config.seed)
         self._duration_s = config.days * 86400.0
-        self._schedule, self._times = schedule_for(config.seed, self._start, config.times)
+        self._schedule, self._times = schedule_for(
+            config.seed, self._start, config.times, config.min_interval
+        )
         # independent streams, so adding a check never changes the patient's behaviour
         root = random.Random(config.seed)
         self._rng_patient = random.Random(root.getrandbits(64))
@@ -253,6 +268,7 @@ class Simulation:
                     installed_utc=self._start,
                     expect_until_utc=end_utc - SETTLE_MARGIN,
                     sachet_time_tolerance=ec.sachet_time_tolerance,
+                    min_intake_interval=config.min_interval or reference_min_interval(self._times),
                     enforce=config.judge_enforce if config.require_outcomes else frozenset(),
                     seed=config.seed,
                 )

@@ -16,7 +16,10 @@ Rules (each a named check; a violation names the rule, the seed and the true tim
 R1 one sachet per slot: at most one sachet is presented for a slot, whether the slot is the one a
    published `dose_presented` event names or the one the sachet's label is packed for.
 R2 minimum interval: no two intakes (the patient lifted a dose out of the tray) closer than
-   `min_intake_interval` (90 min by default). This is the rule the engine must enforce. Sachets
+   `min_intake_interval`, in true time. The simulation passes its own setting: the schedule's
+   minimum interval from the simulation config, or when that leaves it to the default, the
+   judge's own reference of the documented default (`reference_min_interval`: half the smallest
+   spacing of the dose times, at most 12 h), never a value computed by engine code. Sachets
    lifted out to take along on a trip (travel pre-dispense) are not intakes: they come out one
    after another, and R4 judges them instead.
 R3 one outcome per slot: every slot of the reference schedule due between installation and
@@ -67,6 +70,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from agent.simulation.violation import InvariantViolation
@@ -144,6 +148,25 @@ def reference_slots(
         slots.append(RefSlot(due, slot_id))
     slots.sort()
     return slots
+
+
+DEFAULT_MIN_INTERVAL_MAX = timedelta(hours=12)
+
+
+def reference_min_interval(times: Sequence[str]) -> timedelta:
+    """The default minimum interval of a daily schedule, as agent/engine/schedule.py documents
+    it: half the smallest spacing between consecutive nominal dose times, across midnight too
+    (one dose a day: 24 h apart), at most 12 h."""
+    minutes = sorted({_clock_minutes(parse_hhmm(t)) for t in times})
+    if not minutes:
+        return DEFAULT_MIN_INTERVAL_MAX
+    gaps = [later - earlier for earlier, later in pairwise(minutes)]
+    gaps.append(24 * 60 - minutes[-1] + minutes[0])  # a day's last dose to the next day's first
+    return min(timedelta(minutes=min(gaps)) / 2, DEFAULT_MIN_INTERVAL_MAX)
+
+
+def _clock_minutes(t: time) -> int:
+    return t.hour * 60 + t.minute
 
 
 # --- observations ----------------------------------------------------------------------------
