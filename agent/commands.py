@@ -154,7 +154,7 @@ class CommandHandler:
         try:
             daemon.step(engine_input, within=record)
         except EngineInputError as exc:
-            raise Refused("rejected", "invalid_command", str(exc)) from None
+            raise Refused("rejected", exc.code, str(exc)) from None
         return response
 
     def _recorder(self, request: CommandRequest, response: CommandResponse) -> Callable[[], None]:

@@ -826,29 +826,7 @@ def test_a_roll_expiring_while_a_slot_is_held_is_a_deadline() -> None:
     assert deadline == pytest.approx(now.mono + (expiry - now.utc).total_seconds(), abs=1e-5)
 
 
-# --- the pharmacy's plan and the schedule disagree (VKP 3.22) ----------------------------------
-
-
-def test_a_sachet_matching_no_dose_time_raises_plan_mismatch_until_one_matches() -> None:
-    # 08:00 schedule; the pharmacy packed an extra 12:00 sachet on the first day
-    times = [utc(2026, 3, 2, 7), utc(2026, 3, 2, 11), utc(2026, 3, 3, 7), utc(2026, 3, 4, 7)]
-    rig = Rig(daily("08:00"), sachet_times=times)
-    rig.install()
-    rig.run_until(utc(2026, 3, 2, 7, 5))
-    rig.take()  # sachet 1 (12:00) is at the reader now, before the next slot: discarded
-    assert rig.dispenser.discarded == [1]
-    discarded = rig.events("sachet_discarded")
-    assert [(e.fields["sachet_index"], e.fields["reason"]) for e in discarded] == [(1, "no_slot")]
-    assert discarded[0].priority.value == "info"
-    mismatch = rig.events("plan_mismatch")
-    assert len(mismatch) == 1
-    assert (mismatch[0].priority.value, mismatch[0].vkp_code) == ("medium", "3.22")
-    assert mismatch[0].fields["intended_utc"] == utc(2026, 3, 2, 11).isoformat()
-    # sachet 2 (next day 08:00) matches a slot: the condition clears, the dose is given
-    assert len(rig.events("plan_mismatch_cleared")) == 1
-    rig.run_until(utc(2026, 3, 3, 7, 5))
-    assert rig.dispenser.dispensed == [0, 2]
-    assert "plan_mismatch" not in rig.engine.status().conditions
+# --- the pharmacy's plan and the schedule disagree (VKP 3.22): tests/test_plan_mismatch.py --------
 
 
 def test_a_settled_slots_sachet_is_discarded_at_info_without_plan_mismatch() -> None:

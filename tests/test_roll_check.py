@@ -149,7 +149,8 @@ def test_bad_sachet_is_not_dispensed_and_slot_refused(setup: str, reason: str) -
     due = utc(2026, 3, 2, 7, 0)
     bad = {
         "sachet_out_of_order": SachetRead("R1", 2, secs(due), PATIENT),
-        "sachet_time_mismatch": SachetRead("R1", 0, secs(due + timedelta(hours=5)), PATIENT),
+        # tomorrow's dose (a time of no dose at all is a plan mismatch: test_plan_mismatch.py)
+        "sachet_time_mismatch": SachetRead("R1", 0, secs(due + timedelta(days=1)), PATIENT),
         "sachet_foreign": SachetRead("R1", 0, secs(due), OTHER),
     }[setup]
     rig.msg(bad)

@@ -25,7 +25,9 @@ from agent.engine.schedule import (
     parse_time,
 )
 from agent.engine.types import (
+    FROM_RESPONSE_CENTRE,
     AcknowledgeAlert,
+    DiscardUnplanned,
     EndPause,
     EngineInput,
     PauseWindow,
@@ -157,6 +159,31 @@ class AckAlertCommand(ContractModel):
     alert_id: str = Field(min_length=1, max_length=128)
 
 
+class DiscardUnplannedCommand(ContractModel):
+    """A person decided that sachets packed for a time the schedule lacks (a `plan_mismatch`
+    alert, VKP 3.22) go to the discard bin. The unit never discards such a sachet on its own: it
+    holds it, and every dose behind it, until this command or an `update_schedule` that has the
+    sachet's time.
+
+    Refused (`rejected`, `error.code`): `roll_not_loaded` (another roll, or none, is loaded),
+    `foreign_roll` (the loaded roll is another patient's: never cut), `sachet_not_at_reader`
+    (`sachet_index` is not the sachet at the reader now), `sachet_planned` (that sachet is
+    packed for a dose time of the schedule: it is given, not discarded). Answered `ok` once the
+    decision is recorded; the discard follows as `plan_mismatch_decided` and `sachet_discarded`
+    (reason `discard_decided`) events.
+    """
+
+    name: Literal["discard_unplanned"]
+    roll_id: str = Field(min_length=1, max_length=64, description="The loaded roll's id.")
+    sachet_index: int | None = Field(
+        default=None,
+        ge=0,
+        le=0xFFFF,
+        description="The sachet at the reader (the alert's data.sachet_index); null: every "
+        "sachet of this roll that is packed for no dose time of the schedule.",
+    )
+
+
 class RequestStatusCommand(ContractModel):
     """Republish the retained state topics and answer with a status summary."""
 
@@ -176,6 +203,7 @@ AnyCommand = (
     | ResumeCommand
     | SilenceCommand
     | AckAlertCommand
+    | DiscardUnplannedCommand
     | RequestStatusCommand
     | ResendFromCommand
 )
@@ -236,6 +264,10 @@ class CommandRequest(ContractModel):
             return Silence(timedelta(minutes=command.minutes))
         if isinstance(command, AckAlertCommand):
             return AcknowledgeAlert(alert_id=command.alert_id, by=self.issued_by)
+        if isinstance(command, DiscardUnplannedCommand):
+            return DiscardUnplanned(
+                command.roll_id, command.sachet_index, self.issued_by, FROM_RESPONSE_CENTRE
+            )
         return None
 
 

@@ -98,13 +98,21 @@ _ENGINE_SPECS = (
     ),
     AlertSpec(
         "plan_mismatch",
-        _P.MEDIUM,
+        _P.HIGH,
         "3.22",
-        "A sachet on the roll is packed for a time that is no dose time of the unit's schedule "
-        "(it was discarded): the pharmacy's dosing plan and the schedule disagree; check the "
-        "plan (sachet time in data).",
-        condition=True,
-        cleared_meaning="A sachet matches a dose time of the schedule again.",
+        "The sachet at the reader is packed for a time that is no dose time of the unit's "
+        "schedule: the pharmacy's dosing plan and the schedule disagree. It is kept, and no dose "
+        "behind it is given, until someone decides: a schedule update that has its time, or a "
+        "discard_unplanned command (roll, sachet and time in data; latched until decided).",
+        latched=True,
+    ),
+    AlertSpec(
+        "plan_mismatch_decided",
+        _P.INFO,
+        "3.22",
+        "A plan mismatch was decided (data.decision: discard by data.by from data.source, "
+        "schedule_updated, or roll_changed on site); data.alert_id names the plan_mismatch "
+        "alert it resolves, if any.",
     ),
     AlertSpec(
         "dose_left_in_tray",

@@ -36,11 +36,13 @@ from agent.engine.roll_desk import Discarding, RollDesk
 from agent.engine.schedule import Slot
 from agent.engine.slot_book import SlotBook
 from agent.engine.state import (
+    DiscardDecision,
     EngineState,
     OpenSlot,
     OpenSlotRecord,
     RollInfo,
     SettledSlot,
+    UnplannedHold,
     iso_or_none,
 )
 from agent.engine.status import EngineStatus, NextSlotStatus, OpenSlotStatus
@@ -50,6 +52,7 @@ from agent.engine.types import (
     BeginDispense,
     Binding,
     CommandOutcome,
+    DiscardUnplanned,
     Emit,
     EndPause,
     EngineConfig,
@@ -112,8 +115,6 @@ __all__ = [
 
 BATTERY_LOW_PCT, BATTERY_LOW_CLEAR_PCT = 20, 25  # hysteresis: no flapping at the boundary
 BATTERY_EMPTY_PCT, BATTERY_EMPTY_CLEAR_PCT = 3, 5
-# sachet_discarded reason: the sachet matches no dose time of the schedule (plan_mismatch)
-NO_SLOT = "no_slot"
 # dose_held reason: the sachets at the reader are for past dose times and more of them than the
 # bin can take beside its reserve (or its level is unknown): a nurse must act (backlog_needs_nurse)
 BACKLOG_EXCEEDS_BIN = "backlog_exceeds_bin"
@@ -138,14 +139,18 @@ class DoseEngine:
         self._schedule = state.schedule
         self._schedule_version = state.schedule_version
         self._pauses = state.pauses
+        # a kind that is no longer a condition (plan_mismatch latches now) is never cleared
+        raised = tuple(k for k in state.raised_conditions if catalogue.spec(k).condition)
         self._alerts = AlertDesk(
             chatty_s=config.chatty_min_interval.total_seconds(),
             latched=state.latched_alerts,
-            book=ConditionBook(present=state.raised_conditions, raised=state.raised_conditions),
+            book=ConditionBook(present=raised, raised=raised),
             next_alert_seq=state.next_alert_seq,
         )
         self._extra = dict(state.extra)
-        self._desk = RollDesk(roll=state.roll)
+        self._desk = RollDesk(
+            roll=state.roll, unplanned=state.unplanned, decisions=state.discard_decisions
+        )
         self._slotbook = SlotBook(
             horizon=state.horizon_utc,
             settled=list(state.settled),
@@ -159,6 +164,7 @@ class DoseEngine:
         # not durable: learned again from the dispenser after a restart
         # memos of pure functions, keyed on all they read (each was a cost on every step)
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
+        self._sachet_memo: tuple[object, object, list[Slot] | None] | None = None
         self._last_now: Now | None = now
         self._was_untrusted = False
         self._restore_open_slots(state.open_slots, now)
@@ -194,6 +200,8 @@ class DoseEngine:
             locked_by_agent=self._mirror.locked_by_agent,
             next_alert_seq=self._alerts.next_alert_seq,
             starts=self._outbound.starts,
+            unplanned=self._desk.unplanned,
+            discard_decisions=self._desk.decisions,
             extra=dict(self._extra),
         )
 
@@ -356,6 +364,8 @@ class DoseEngine:
                     raise EngineInputError(
                         f"schedule version {version} is older than {self._schedule_version}"
                     )
+            case DiscardUnplanned():
+                self._check_discard_decision(inp)
             case _:
                 pass
 
@@ -384,6 +394,10 @@ class DoseEngine:
     def _local_iso(self, due_utc: datetime) -> str:
         zone: ZoneInfo = load_zone(self._schedule.zone) if self._schedule else load_zone("UTC")
         return due_utc.astimezone(zone).isoformat()
+
+    def _local_wire_iso(self, seconds: int) -> str | None:
+        value = roll_check.wire_time(seconds)
+        return None if value is None else self._local_iso(value)
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -437,6 +451,7 @@ class DoseEngine:
                     self._slotbook.horizon = now.utc
                 self._slotbook.cursor = self._slotbook.horizon
                 self._emit(actions, "schedule_changed", {"version": version})
+                self._review_sachet(now, actions)
             case StartPause(window=window):
                 self._pauses = pause.start(self._pauses, window, self._cfg.pause_max)
                 self._emit(actions, "pause_started", _pause_fields(window))
@@ -462,6 +477,8 @@ class DoseEngine:
             case Silence(duration=duration):
                 self._mirror.silenced_until = now.mono + duration.total_seconds()
                 self._emit(actions, "alert_silenced", {"seconds": duration.total_seconds()})
+            case DiscardUnplanned():
+                self._decide_discard(inp, actions)
 
     def _on_binding(self, binding: Binding | None, now: Now, actions: list[Action]) -> None:
         if binding == self._binding:
@@ -474,6 +491,7 @@ class DoseEngine:
         self._emit(actions, "binding_changed", {"bound": binding is not None})
         if self._desk.roll is not None and not self._desk.roll.unverified:
             self._check_roll(self._desk.roll, now, actions, announce=False)
+        self._review_sachet(now, actions)
 
     # --- dispenser messages -------------------------------------------------------------------
 
@@ -482,6 +500,7 @@ class DoseEngine:
             case RollInserted():
                 known = self._desk.is_known_roll(message)
                 self._desk.sachet = None  # its SachetRead follows
+                self._desk.keep_decisions_of(message.roll_id)
                 if not known:
                     self._desk.rejected_sachet = None
                 roll = RollInfo(
@@ -594,8 +613,7 @@ class DoseEngine:
             roll.roll_id,
             roll.next_index,
         )
-        if verdict.ok and self._sachet_matches_a_slot(sachet) is True:
-            self._condition(actions, "plan_mismatch", False, now)
+        self._review_sachet(now, actions)
         key = (sachet.roll_id, sachet.index)
         reportable = not verdict.ok and verdict.reason != roll_check.NO_BINDING
         if reportable and self._desk.rejected_sachet != key:
@@ -713,11 +731,15 @@ class DoseEngine:
                 "intended_utc": _wire_iso(discard.intended_utc_s),
                 "reason": discard.reason,
             }
+            if discard.decision is not None:
+                fields["decided_by"] = discard.decision.by
+                fields["source"] = discard.decision.source
+                self._desk.decisions = tuple(
+                    d
+                    for d in self._desk.decisions
+                    if d != discard.decision or d.sachet_index is None  # used up: one sachet
+                )
             self._emit(actions, "sachet_discarded", fields)
-            if discard.reason == NO_SLOT:
-                # the pharmacy packed a dose the schedule does not have (VKP 3.22)
-                roll_id = self._desk.roll.roll_id if self._desk.roll is not None else None
-                self._condition(actions, "plan_mismatch", True, now, {**fields, "roll_id": roll_id})
             return
         slot_id = self._outbound.retaining.pop(msg.dispense_id, None) or self._outbound.recent.get(
             msg.dispense_id
@@ -1522,7 +1544,15 @@ class DoseEngine:
             run.due_utc,
             self._sachet_tolerance(run.due_utc),
         )
-        return sachet_verdict.reason
+        reason = sachet_verdict.reason
+        if reason in (roll_check.SACHET_STALE, roll_check.SACHET_TIME_MISMATCH) and (
+            self._sachet_matches_a_slot(self._desk.sachet) is False
+        ):
+            # packed for no dose time at all: only a person's decision moves it (hazard H6)
+            if self._desk.decision_for(self._desk.sachet) is None:
+                return roll_check.PLAN_MISMATCH
+            return roll_check.DISCARD_DECIDED
+        return reason
 
     def _attempt(self, now: Now, actions: list[Action]) -> None:
         run = self._slotbook.head()
@@ -1537,6 +1567,9 @@ class DoseEngine:
             elif self._can_discard(now):
                 self._send_discard(roll_check.SACHET_STALE, now, actions)
                 return
+        elif reason == roll_check.DISCARD_DECIDED and self._can_discard(now):
+            self._send_discard(reason, now, actions)  # a person decided: this one sachet
+            return
         if reason is not None:
             fields: dict[str, object] = {}
             if reason == lifecycle.MIN_INTERVAL:
@@ -1713,6 +1746,11 @@ class DoseEngine:
         )
         if not identity.ok:
             return
+        if self._sachet_matches_a_slot(sachet) is False:
+            # a sachet the schedule lacks: to the bin only by a person's decision (hazard H6)
+            if self._desk.decision_for(sachet) is not None:
+                self._send_discard(roll_check.DISCARD_DECIDED, now, actions)
+            return
         waiting = [r.due_utc for r in self._slotbook.runs]
         upcoming = self._slotbook.next_scheduled(self._schedule)
         next_due = min(waiting) if waiting else (upcoming.due_utc if upcoming else None)
@@ -1741,29 +1779,209 @@ class DoseEngine:
         )
         return roll_check.capped_tolerance(tolerance, [abs(s.due_utc - due_utc) for s in near])
 
-    def _sachet_matches_a_slot(self, sachet: SachetRead) -> bool | None:
-        """Is the sachet packed for some dose time of the schedule (within the tolerance),
-        settled or to come? None when that cannot be told (no time on the label, no schedule)."""
+    def _slots_for_sachet(self, sachet: SachetRead) -> list[Slot] | None:
+        """The dose times of the schedule the sachet is packed for (within the tolerance),
+        settled or to come; None when that cannot be told (no time on the label, no schedule).
+        Memoised on the sachet and the schedule (asked on every idle step)."""
+        memo = self._sachet_memo
+        if memo is not None and memo[0] is sachet and memo[1] is self._schedule:
+            return memo[2]
+        found: list[Slot] | None = None
         intended = roll_check.wire_time(sachet.intended_utc_s)
-        if intended is None or self._schedule is None:
-            return None
-        tolerance = self._cfg.sachet_time_tolerance
-        start, end = intended - tolerance, intended + tolerance + _EPSILON
-        window = self._slotbook.slots(self._schedule)
-        if window.covers(start, end):
-            return bool(window.between(start, end))
-        # far from now (an old roll): ask the schedule, leave the window where the engine works
-        return next(iter(self._schedule.slots_between(start, end)), None) is not None
+        if intended is not None and self._schedule is not None:
+            tolerance = self._cfg.sachet_time_tolerance
+            start, end = intended - tolerance, intended + tolerance + _EPSILON
+            window = self._slotbook.slots(self._schedule)
+            if window.covers(start, end):
+                found = window.between(start, end)
+            else:
+                # far from now (an old roll): ask the schedule, leave the window where it works
+                found = list(self._schedule.slots_between(start, end))
+        self._sachet_memo = (sachet, self._schedule, found)
+        return found
+
+    def _sachet_matches_a_slot(self, sachet: SachetRead) -> bool | None:
+        """Is the sachet packed for some dose time of the schedule? None: cannot be told."""
+        slots = self._slots_for_sachet(sachet)
+        return None if slots is None else bool(slots)
 
     def _send_discard(self, reason: str, now: Now, actions: list[Action]) -> None:
         sachet = self._desk.sachet
         assert sachet is not None
-        if self._sachet_matches_a_slot(sachet) is False:
-            reason = NO_SLOT
+        decision = self._desk.decision_for(sachet)
+        if self._sachet_matches_a_slot(sachet) is False and decision is None:
+            # the one place a Discard is sent: never for a sachet the schedule lacks without a
+            # person's decision (hazard H6); _review_sachet holds it with a latched alert
+            return
         dispense_id = self._outbound.take_dispense_id()
-        self._desk.discarding[dispense_id] = Discarding(sachet.index, sachet.intended_utc_s, reason)
+        self._desk.discarding[dispense_id] = Discarding(
+            sachet.index,
+            sachet.intended_utc_s,
+            reason,
+            decision if reason == roll_check.DISCARD_DECIDED else None,
+        )
         command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
         self._outbound.send(actions, "discard", command, dispense_id=dispense_id)
+
+    # --- plan mismatch: a sachet the schedule lacks waits for a person (hazard H6) -------------
+
+    def _unplanned_at_reader(self) -> SachetRead | None:
+        """The sachet at the reader if it is this patient's, next on the loaded roll, and packed
+        for no dose time of the schedule."""
+        sachet, roll = self._desk.sachet, self._desk.roll
+        if sachet is None or roll is None or roll.unverified or self._binding is None:
+            return None
+        if self._desk.roll_foreign(self._binding):
+            return None
+        identity = roll_check.check_sachet_identity(
+            sachet, self._binding.patient_ref, roll.roll_id, roll.next_index
+        )
+        if not identity.ok or self._sachet_matches_a_slot(sachet) is not False:
+            return None
+        return sachet
+
+    def _review_sachet(self, now: Now, actions: list[Action]) -> None:
+        """Hold a sachet the schedule lacks with a latched HIGH alert (VKP 3.22: check the plan)
+        until a person decides; end the hold when the decision is made otherwise: a schedule
+        that has its time, or another sachet at the reader (the roll changed on site)."""
+        sachet = self._desk.sachet
+        unplanned = self._unplanned_at_reader()
+        hold = self._desk.unplanned
+        if hold is not None and sachet is not None:
+            if (sachet.roll_id, sachet.index) != (hold.roll_id, hold.sachet_index):
+                self._end_hold(hold, "roll_changed", now, actions, sachet)
+            elif self._sachet_matches_a_slot(sachet) is True:
+                self._end_hold(hold, "schedule_updated", now, actions, sachet)
+            else:
+                return  # still waiting for a decision (or unbound: nothing to decide now)
+        if unplanned is None or self._desk.unplanned is not None:
+            return
+        if self._desk.decision_for(unplanned) is not None:
+            return  # decided already (the whole roll): it goes to the bin
+        fields: dict[str, object] = {
+            "roll_id": unplanned.roll_id,
+            "sachet_index": unplanned.index,
+            "intended_utc": _wire_iso(unplanned.intended_utc_s),
+            "intended_local": self._local_wire_iso(unplanned.intended_utc_s),
+        }
+        event = self._alerts.latch("plan_mismatch", fields, now.utc.isoformat())
+        actions.append(Emit(event))
+        assert event.alert_id is not None
+        self._desk.unplanned = UnplannedHold(
+            unplanned.roll_id, unplanned.index, unplanned.intended_utc_s, event.alert_id
+        )
+
+    def _end_hold(
+        self,
+        hold: UnplannedHold,
+        decision: str,
+        now: Now,
+        actions: list[Action],
+        sachet: SachetRead,
+        by: DiscardDecision | None = None,
+    ) -> None:
+        self._desk.unplanned = None
+        self._alerts.resolve("plan_mismatch")
+        fields: dict[str, object] = {
+            "alert_id": hold.alert_id,
+            "decision": decision,
+            "roll_id": hold.roll_id,
+            "sachet_index": hold.sachet_index,
+            "by": by.by if by else None,
+            "source": by.source if by else None,
+            "schedule_version": self._schedule_version,
+        }
+        self._emit(actions, "plan_mismatch_decided", fields)
+        if decision == "schedule_updated":
+            self._settle_passed_slot(sachet, now, actions)
+
+    def _settle_passed_slot(self, sachet: SachetRead, now: Now, actions: list[Action]) -> None:
+        """The new schedule has the held sachet's time, but that slot lies behind the cursor (it
+        passed while undecided): it gets its outcome now, so the sachet is a settled slot's and
+        no slot of the schedule is left without one."""
+        cursor = self._slotbook.cursor
+        for slot in self._slots_for_sachet(sachet) or []:
+            if cursor is None or slot.due_utc >= cursor:
+                continue  # picked up by the cursor like any slot
+            if self._slotbook.is_settled(slot.slot_id) or any(
+                r.slot_id == slot.slot_id for r in self._slotbook.runs
+            ):
+                continue
+            run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
+            self._settle(run, Outcome.REFUSED, roll_check.PLAN_MISMATCH, now, actions)
+
+    def _check_discard_decision(self, decision: DiscardUnplanned) -> None:
+        """Refuse a decision that does not fit what is loaded (nothing changes)."""
+        roll = self._desk.roll
+        if not decision.by:
+            raise EngineInputError("a discard decision needs who decided", "invalid_command")
+        if roll is None or roll.unverified or roll.roll_id != decision.roll_id:
+            loaded = "no roll" if roll is None or roll.unverified else f"roll {roll.roll_id!r}"
+            raise EngineInputError(
+                f"roll {decision.roll_id!r} is not the roll loaded ({loaded} is)",
+                "roll_not_loaded",
+            )
+        if self._desk.roll_foreign(self._binding):
+            raise EngineInputError(
+                "the loaded roll is another patient's: it is never cut, not even into the bin",
+                "foreign_roll",
+            )
+        if decision.sachet_index is None:
+            return
+        sachet = self._desk.sachet
+        if sachet is None or (sachet.roll_id, sachet.index) != (
+            decision.roll_id,
+            decision.sachet_index,
+        ):
+            at = "none" if sachet is None else f"index {sachet.index}"
+            raise EngineInputError(
+                f"sachet {decision.sachet_index} is not at the reader ({at} is)",
+                "sachet_not_at_reader",
+            )
+        if self._unplanned_at_reader() is None:
+            raise EngineInputError(
+                f"sachet {decision.sachet_index} is packed for a dose time of the schedule (or "
+                "is not this roll's next sachet): it is not discarded on this command",
+                "sachet_planned",
+            )
+
+    def _decide_discard(self, decision: DiscardUnplanned, actions: list[Action]) -> None:
+        made = DiscardDecision(
+            decision.roll_id, decision.sachet_index, decision.by, decision.source
+        )
+        kept = tuple(
+            d
+            for d in self._desk.decisions
+            if not (d.roll_id == made.roll_id and made.sachet_index in (None, d.sachet_index))
+        )
+        self._desk.decisions = (*kept, made)
+        hold = self._desk.unplanned
+        covered = hold is not None and self._covers(made, hold)
+        alert_id = None
+        if hold is not None and covered:
+            alert_id = hold.alert_id
+            self._desk.unplanned = None
+            self._alerts.resolve("plan_mismatch")
+        self._emit(
+            actions,
+            "plan_mismatch_decided",
+            {
+                "alert_id": alert_id,
+                "decision": "discard",
+                "roll_id": made.roll_id,
+                "sachet_index": made.sachet_index,
+                "by": made.by,
+                "source": made.source,
+                "schedule_version": self._schedule_version,
+            },
+        )
+
+    @staticmethod
+    def _covers(decision: DiscardDecision, hold: UnplannedHold) -> bool:
+        return decision.roll_id == hold.roll_id and decision.sachet_index in (
+            None,
+            hold.sachet_index,
+        )
 
     def _desired_pattern(self, now: Now) -> AlertPattern:
         # an untrusted clock holds every dose and hides which are due: in doubt, one is held

@@ -48,6 +48,7 @@ REFUSAL_REASONS = frozenset(
         roll_check.SACHET_STALE,
         roll_check.SACHET_TIME_MISMATCH,
         roll_check.SACHET_TIME_UNKNOWN,
+        roll_check.PLAN_MISMATCH,
         "roll_unverified",
         "clock_untrusted",
         "min_interval",

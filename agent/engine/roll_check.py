@@ -27,6 +27,9 @@ SACHET_OUT_OF_ORDER = "sachet_out_of_order"
 SACHET_STALE = "sachet_stale"
 SACHET_TIME_MISMATCH = "sachet_time_mismatch"
 SACHET_TIME_UNKNOWN = "sachet_time_unknown"
+# A sachet packed for no dose time of the schedule (plan mismatch, VKP 3.22) is at the reader:
+PLAN_MISMATCH = "plan_mismatch"  # nobody decided yet: nothing is cut past it
+DISCARD_DECIDED = "discard_decided"  # a person decided it goes to the bin; not cut yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""The roll desk: the roll in the dispenser, the sachet at its reader, and sachets on their way to
-the bin. A component of the dose engine: plain state and questions about it, no I/O, no clock.
+"""The roll desk: the roll in the dispenser, the sachet at its reader, sachets on their way to
+the bin, and the decisions people made about sachets the schedule lacks (plan mismatch). A
+component of the dose engine: plain state and questions about it, no I/O, no clock.
 
 Whether a roll or sachet may be dispensed from is decided by `roll_check` (pure rules); this
 component only remembers what the dispenser told us and answers "whose roll is this".
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.engine import roll_check
-from agent.engine.state import RollInfo
+from agent.engine.state import DiscardDecision, RollInfo, UnplannedHold
 from agent.engine.types import Binding
 from protocol.messages import RollInserted, SachetRead
 
@@ -22,6 +23,7 @@ class Discarding:
     sachet_index: int
     intended_utc_s: int
     reason: str
+    decision: DiscardDecision | None = None  # the person's decision it carries out, if any
 
 
 @dataclass(slots=True)
@@ -30,6 +32,8 @@ class RollDesk:
     sachet: SachetRead | None = None  # the sachet at the reader, as last read
     rejected_sachet: tuple[str, int] | None = None  # (roll id, index) already reported rejected
     discarding: dict[int, Discarding] = field(default_factory=dict)  # by dispense id
+    unplanned: UnplannedHold | None = None  # durable: the sachet held for a plan decision
+    decisions: tuple[DiscardDecision, ...] = ()  # durable: discards people decided
     # memo of roll_foreign(): (roll, binding, verdict), keyed on identity of both
     _foreign_memo: tuple[object, object, bool] | None = None
 
@@ -48,6 +52,20 @@ class RollDesk:
             and roll.expiry_utc_s == message.expiry_utc_s
             and message.next_index >= roll.next_index
         )
+
+    def decision_for(self, sachet: SachetRead) -> DiscardDecision | None:
+        """A person's decision that this sachet goes to the bin (if it matches no dose time)."""
+        for decision in self.decisions:
+            if decision.roll_id == sachet.roll_id and decision.sachet_index in (
+                None,
+                sachet.index,
+            ):
+                return decision
+        return None
+
+    def keep_decisions_of(self, roll_id: str) -> None:
+        """A decision is about one roll: another roll loaded needs its own."""
+        self.decisions = tuple(d for d in self.decisions if d.roll_id == roll_id)
 
     def roll_foreign(self, binding: Binding | None) -> bool:
         """A verified roll of another patient than the bound one is loaded."""

@@ -21,11 +21,13 @@ from agent.engine.types import Binding, PauseWindow
 from protocol.messages import RollInserted
 
 __all__ = [
+    "DiscardDecision",
     "EngineState",
     "OpenSlot",
     "OpenSlotRecord",
     "RollInfo",
     "SettledSlot",
+    "UnplannedHold",
     "iso_or_none",
     "parse_utc",
 ]
@@ -78,6 +80,28 @@ class SettledSlot:
     due_utc: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class UnplannedHold:
+    """The sachet at the reader is packed for no dose time of the schedule (a plan mismatch,
+    VKP 3.22): nothing is cut past it until someone decides; `alert_id` is its latched alert."""
+
+    roll_id: str
+    sachet_index: int
+    intended_utc_s: int
+    alert_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardDecision:
+    """A person decided that unplanned sachets of roll `roll_id` go to the bin: the one at
+    `sachet_index`, or every one of the roll (None)."""
+
+    roll_id: str
+    sachet_index: int | None
+    by: str
+    source: str
+
+
 class OpenSlotRecord(Protocol):
     """What the store's ledger gives for an open slot (agent.store.ledger.SlotRecord)."""
 
@@ -115,6 +139,8 @@ class EngineState:
     locked_by_agent: bool = False  # we locked the cassette (foreign roll): we may unlock it
     next_alert_seq: int = 1
     starts: int = 0  # engine starts, to keep command correlations unique across restarts
+    unplanned: UnplannedHold | None = None  # the sachet held for a plan decision
+    discard_decisions: tuple[DiscardDecision, ...] = ()  # for the loaded roll only
     extra: dict[str, str] = field(default_factory=dict)  # forward-compatible, unused
 
     @classmethod
@@ -268,6 +294,18 @@ def _state_to_dict(state: EngineState) -> dict[str, object]:
         "locked_by_agent": state.locked_by_agent,
         "next_alert_seq": state.next_alert_seq,
         "starts": state.starts,
+        "unplanned": None
+        if state.unplanned is None
+        else {
+            "roll_id": state.unplanned.roll_id,
+            "sachet_index": state.unplanned.sachet_index,
+            "intended_utc_s": state.unplanned.intended_utc_s,
+            "alert_id": state.unplanned.alert_id,
+        },
+        "discard_decisions": [
+            {"roll_id": d.roll_id, "sachet_index": d.sachet_index, "by": d.by, "source": d.source}
+            for d in state.discard_decisions
+        ],
         "extra": dict(state.extra),
     }
 
@@ -279,6 +317,7 @@ def _state_from_dict(data: dict[str, object]) -> EngineState:
     roll_raw = d.get("roll")
     horizon = d.get("horizon_utc")
     last_intake = d.get("last_intake_utc")
+    unplanned_raw = d.get("unplanned")
     return EngineState(
         binding=None if binding_raw is None else Binding(str(binding_raw["patient_ref"])),  # type: ignore[index]
         schedule=None if schedule_raw is None else _schedule_from_dict(schedule_raw),  # type: ignore[arg-type]
@@ -341,5 +380,22 @@ def _state_from_dict(data: dict[str, object]) -> EngineState:
         locked_by_agent=bool(d.get("locked_by_agent", False)),
         next_alert_seq=int(d.get("next_alert_seq", 1)),  # type: ignore[call-overload]
         starts=int(d.get("starts", 0)),  # type: ignore[call-overload]
+        unplanned=None
+        if unplanned_raw is None
+        else UnplannedHold(
+            str(unplanned_raw["roll_id"]),  # type: ignore[index]
+            int(unplanned_raw["sachet_index"]),  # type: ignore[index]
+            int(unplanned_raw["intended_utc_s"]),  # type: ignore[index]
+            str(unplanned_raw["alert_id"]),  # type: ignore[index]
+        ),
+        discard_decisions=tuple(
+            DiscardDecision(
+                str(x["roll_id"]),
+                None if x["sachet_index"] is None else int(x["sachet_index"]),
+                str(x["by"]),
+                str(x["source"]),
+            )
+            for x in d.get("discard_decisions", [])  # type: ignore[attr-defined]
+        ),
         extra={str(k): str(v) for k, v in dict(d.get("extra", {})).items()},  # type: ignore[call-overload]
     )

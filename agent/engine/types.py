@@ -100,7 +100,11 @@ class PauseWindow:
 class EngineInputError(ValueError):
     """An input that contradicts itself or the engine's state (e.g. a pause ending before it
     starts, an unknown alert id). Only response-centre inputs raise it; dispenser input never
-    does."""
+    does. `code` is the stable token a command refusal carries."""
+
+    def __init__(self, message: str, code: str = "invalid_command") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -179,6 +183,23 @@ class Silence:
     duration: timedelta
 
 
+# Who decided about a sachet the schedule lacks (DiscardUnplanned.source)
+FROM_RESPONSE_CENTRE = "response_centre"
+ON_SITE = "on_site"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardUnplanned:
+    """A person decided that sachets packed for a time the schedule lacks (a plan mismatch,
+    VKP 3.22) go to the bin: the one at the reader (`sachet_index`), or every such sachet of the
+    roll (`sachet_index` None). Only this, or a schedule that has their time, releases them."""
+
+    roll_id: str
+    sachet_index: int | None
+    by: str  # operator or technician id, never a name
+    source: str  # FROM_RESPONSE_CENTRE or ON_SITE
+
+
 EngineInput = (
     Tick
     | FromDispenser
@@ -191,6 +212,7 @@ EngineInput = (
     | EndPause
     | AcknowledgeAlert
     | Silence
+    | DiscardUnplanned
 )
 
 # --- outputs ---------------------------------------------------------------------------------
