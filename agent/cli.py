@@ -5,6 +5,9 @@ dispenser-agent demo                      simulated dispenser + agent + local br
 dispenser-agent check-config FILE         validate a config file, print what it means
 dispenser-agent audit verify --config FILE | --db FILE
 dispenser-agent reset --config FILE       end of service: wipe every trace of the patient
+dispenser-agent plan show --config FILE   on site: is a sachet held for a plan decision?
+dispenser-agent plan discard --config FILE --by ID --roll ROLL (--sachet N | --all-unplanned)
+                                          on site: decide that unplanned sachets go to the bin
 dispenser-agent sim ...                   the dispenser simulator (same as python -m hw.sim)
 dispenser-agent simulate ...              seeded year-long simulation of the dose engine
 """
@@ -13,14 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError, load_config
 
 log = logging.getLogger("dispenser-agent")
+LOCAL_COMMAND_LIFETIME = timedelta(minutes=10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +69,26 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="wipe even if events were not yet delivered"
     )
 
+    plan = sub.add_parser(
+        "plan", help="on site: decide a plan mismatch (a sachet the schedule lacks, VKP 3.22)"
+    )
+    plan_sub = plan.add_subparsers(dest="plan_command", required=True)
+    show = plan_sub.add_parser("show", help="the sachet held for a decision, if any")
+    show.add_argument("--config", type=Path, required=True)
+    discard = plan_sub.add_parser(
+        "discard", help="the unplanned sachet at the reader (or all on the roll) go to the bin"
+    )
+    discard.add_argument("--config", type=Path, required=True)
+    discard.add_argument("--by", required=True, help="your technician id (never a name)")
+    discard.add_argument("--roll", required=True, help="the loaded roll's id (see plan show)")
+    which = discard.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sachet", type=int, help="the index of the sachet at the reader")
+    which.add_argument(
+        "--all-unplanned",
+        action="store_true",
+        help="every sachet of this roll packed for no dose time of the schedule",
+    )
+
     sub.add_parser("sim", help="dispenser simulator (see: dispenser-agent sim --help)")
     sub.add_parser("simulate", help="year-long engine simulation (dispenser-agent simulate --help)")
 
@@ -90,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 return audit_verify_main(db)
             case "reset":
                 return _reset(load_config(args.config), force=args.force)
+            case "plan":
+                return _plan(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -128,6 +157,53 @@ def _reset(config: AgentConfig, *, force: bool) -> int:
             print(f"error: {exc} (deliver them first, or --force)", file=sys.stderr)
             return 1
     print(f"{config.db_path}: all patient data removed; the unit is ready for a new patient")
+    return 0
+
+
+def local_request(name: str, by: str, **fields: object) -> bytes:
+    """A command for the local control socket, issued now and valid for ten minutes."""
+    issued = datetime.now(UTC)
+    return json.dumps(
+        {
+            "command_id": str(uuid.uuid4()),
+            "issued_at": issued.isoformat(),
+            "expires_at": (issued + LOCAL_COMMAND_LIFETIME).isoformat(),
+            "issued_by": by,
+            "command": {"name": name, **fields},
+        }
+    ).encode()
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from agent.local_control import LocalCommandError, send_local_command, socket_path
+
+    config = load_config(args.config)
+    if args.plan_command == "show":
+        request = local_request("request_status", "on-site")
+    else:
+        sachet = None if args.all_unplanned else args.sachet
+        request = local_request(
+            "discard_unplanned", args.by, roll_id=args.roll, sachet_index=sachet
+        )
+    try:
+        reply = send_local_command(socket_path(config.state_dir), request)
+    except LocalCommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if reply.get("status") != "ok":
+        error = reply.get("error")
+        print(f"refused ({reply.get('status')}): {json.dumps(error)}", file=sys.stderr)
+        return 1
+    if args.plan_command == "show":
+        result = reply.get("result")
+        engine = result.get("engine") if isinstance(result, dict) else None
+        held = engine.get("unplanned_sachet") if isinstance(engine, dict) else None
+        if held is None:
+            print("no sachet is held for a plan decision")
+        else:
+            print(json.dumps(held, indent=2))
+        return 0
+    print("decided: the unplanned sachet(s) go to the bin (see the plan_mismatch_decided event)")
     return 0
 
 

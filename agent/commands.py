@@ -12,6 +12,11 @@ Path of one command (docs/response-centre-guide.md):
    committed in one transaction; then the answer is published (MQTT 5 response topic and
    correlation data when given, else the unit's response topic; the id is in the payload).
 Every command, accepted or not, leaves an audit record; every refusal also an event.
+
+The same path serves a technician on site: `dispenser-agent plan discard` hands a command to the
+running daemon over its local control socket (`agent/local_control.py`); it is answered there,
+not on MQTT, carries source `on_site` to the engine and the audit record, and only the commands
+in `LOCAL_COMMANDS` are accepted that way (anything else is `not_allowed_locally`).
 """
 
 from __future__ import annotations
@@ -34,13 +39,17 @@ from agent.contract.commands import (
 )
 from agent.engine.catalogue import make_event
 from agent.engine.engine import EngineInputError
-from agent.engine.types import Emit
+from agent.engine.types import FROM_RESPONSE_CENTRE, ON_SITE, Emit
 from agent.mqtt.link import InboundMessage
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
 
 log = logging.getLogger(__name__)
+
+# What a technician on site may do through the local control socket: decide a plan mismatch,
+# and see the unit's status. Schedules, pauses and the like stay with the response centre.
+LOCAL_COMMANDS = frozenset({"discard_unplanned", "request_status"})
 
 
 class Refused(Exception):  # noqa: N818 - reads as the outcome it is
@@ -72,10 +81,22 @@ class CommandHandler:
             self.daemon.mqtt.ack(message)
 
     async def handle(self, message: InboundMessage) -> CommandResponse | None:
+        response, request = self.answer(message.payload, message.topic, FROM_RESPONSE_CENTRE)
+        if response is not None:
+            await self._publish(response, message)
+        if request is not None and isinstance(request.command, RequestStatusCommand):
+            await self.daemon.publish_retained_state()
+        return response
+
+    def answer(
+        self, payload: bytes, origin: str, source: str
+    ) -> tuple[CommandResponse | None, CommandRequest | None]:
+        """Parse, check, execute and record one command; its answer (None when its id could not
+        be read) and the request when it was executed or refused (not for a duplicate)."""
         daemon = self.daemon
         now = daemon.clock.now()
         try:
-            request = parse_command(message.payload)
+            request = parse_command(payload)
         except CommandInvalid as problem:
             response = CommandResponse.for_invalid(problem, now.utc)
             self._record_refusal(
@@ -85,23 +106,28 @@ class CommandHandler:
                 problem.code,
                 problem.message,
                 response,
-                message,
+                origin,
+                len(payload),
+                source,
             )
-            if response is not None:
-                await self._publish(response, message)
-            return response
+            return response, None
 
         command_id = str(request.command_id)
         name = request.command.name
         seen = daemon.store.command_seen(command_id)
         if seen is not None:
             first = CommandResponse.model_validate_json(seen.response_json)
-            response = first.model_copy(update={"status": "duplicate", "responded_at": now.utc})
-            await self._publish(response, message)
-            return response
+            return first.model_copy(update={"status": "duplicate", "responded_at": now.utc}), None
 
         try:
-            response = self._execute(request, now.utc, now.trust)
+            if source == ON_SITE and name not in LOCAL_COMMANDS:
+                raise Refused(
+                    "rejected",
+                    "not_allowed_locally",
+                    f"{name} comes from the response centre; on site only: "
+                    + ", ".join(sorted(LOCAL_COMMANDS)),
+                )
+            response = self._execute(request, now.utc, now.trust, source)
         except Refused as refusal:
             response = CommandResponse(
                 command_id=command_id,
@@ -110,15 +136,20 @@ class CommandHandler:
                 responded_at=now.utc,
             )
             self._record_refusal(
-                command_id, name, refusal.status, refusal.code, refusal.message, response, message
+                command_id,
+                name,
+                refusal.status,
+                refusal.code,
+                refusal.message,
+                response,
+                origin,
+                len(payload),
+                source,
             )
-        await self._publish(response, message)
-        if isinstance(request.command, RequestStatusCommand):
-            await daemon.publish_retained_state()
-        return response
+        return response, request
 
     def _execute(
-        self, request: CommandRequest, now_utc: datetime, trust: TimeTrust
+        self, request: CommandRequest, now_utc: datetime, trust: TimeTrust, source: str
     ) -> CommandResponse:
         daemon = self.daemon
         if trust is TimeTrust.UNTRUSTED:
@@ -146,8 +177,8 @@ class CommandHandler:
                 "responded_at": now_utc,
             }
         )
-        record = self._recorder(request, response)
-        engine_input = request.to_engine_input()
+        record = self._recorder(request, response, source)
+        engine_input = request.to_engine_input(source)
         if engine_input is None:
             daemon.apply([], daemon.clock.now(), within=record)
             return response
@@ -157,7 +188,9 @@ class CommandHandler:
             raise Refused("rejected", exc.code, str(exc)) from None
         return response
 
-    def _recorder(self, request: CommandRequest, response: CommandResponse) -> Callable[[], None]:
+    def _recorder(
+        self, request: CommandRequest, response: CommandResponse, source: str
+    ) -> Callable[[], None]:
         store = self.daemon.store
         command_id = str(request.command_id)
 
@@ -169,6 +202,7 @@ class CommandHandler:
                     "command_id": command_id,
                     "name": request.command.name,
                     "issued_by": request.issued_by,
+                    "source": source,
                     "command": json.loads(request.command.model_dump_json()),
                     "status": response.status,
                 },
@@ -185,7 +219,9 @@ class CommandHandler:
         code: str,
         message_text: str,
         response: CommandResponse | None,
-        message: InboundMessage,
+        origin: str,
+        payload_bytes: int,
+        source: str,
     ) -> None:
         daemon = self.daemon
         store = daemon.store
@@ -214,10 +250,11 @@ class CommandHandler:
                 "command_rejected",
                 {
                     "command_id": command_id,
-                    "topic": message.topic,
+                    "topic": origin,
+                    "source": source,
                     "status": status,
                     "code": code,
-                    "payload_bytes": len(message.payload),
+                    "payload_bytes": payload_bytes,
                 },
                 *daemon.stamp(),
             )

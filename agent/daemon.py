@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from agent import __version__
+from agent import __version__, local_control
 from agent.clock import Clock, Now, SystemClock, TimeTrust
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
@@ -53,6 +53,7 @@ from agent.contract.topics import UnitTopics
 from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine, EngineState
 from agent.engine.types import (
+    ON_SITE,
     Action,
     BeginDispense,
     CommandOutcome,
@@ -196,6 +197,13 @@ class Daemon:
                         (self._engine_timer(), "engine-timer"),
                         (self.commands.run(), "centre-commands"),
                         (self._periodic_state(), "heartbeat-and-health"),
+                        (
+                            local_control.serve(
+                                local_control.socket_path(self.config.state_dir),
+                                self._answer_local,
+                            ),
+                            "local-control",
+                        ),
                     ):
                         self._workers.append(
                             tasks.create_task(self._guarded(work, name), name=name)
@@ -682,6 +690,25 @@ class Daemon:
             # While failing safe (bounded) the watchdog is still fed: systemd must not kill the
             # process before the dispenser is locked.
             self.notifier.notify(watchdog="1")
+
+    def _answer_local(self, payload: bytes) -> str:
+        """A command from the local control socket (a technician on site), answered there."""
+        try:
+            response, _ = self.commands.answer(payload, local_control.ORIGIN, ON_SITE)
+        except DaemonFaultError as fault:
+            return local_control.refusal(
+                "unit_fault", f"the agent is failing safe: {fault}", "error"
+            )
+        except Exception as exc:  # one bad command must not stop the daemon
+            log.exception("local command failed")
+            return local_control.refusal(
+                "error", f"the agent could not carry it out: {exc!r}", "error"
+            )
+        if response is None:
+            return local_control.refusal(
+                "invalid_command", "the request's command_id is unreadable"
+            )
+        return response.to_payload().decode()
 
     async def publish_response(
         self, payload: bytes, response_topic: str | None, correlation: bytes | None

@@ -44,6 +44,7 @@ from agent.contract.topics import (
 )
 from agent.engine.types import (
     AcknowledgeAlert,
+    DiscardUnplanned,
     EndPause,
     Priority,
     SetSchedule,
@@ -341,6 +342,7 @@ SCHEDULE = {
         ({"name": "resume", "pause_id": None}, EndPause),
         ({"name": "silence", "minutes": 120}, Silence),
         ({"name": "ack_alert", "alert_id": "alert-1"}, AcknowledgeAlert),
+        ({"name": "discard_unplanned", "roll_id": "R1", "sachet_index": 4}, DiscardUnplanned),
         ({"name": "request_status"}, type(None)),
         ({"name": "resend_from", "seq": 17}, type(None)),
     ],
@@ -396,6 +398,14 @@ def test_command_details_reach_the_engine() -> None:
     assert ack == AcknowledgeAlert(alert_id="a-9", by="operator-0042")
     silence = parse_command(request({"name": "silence", "minutes": 15})).to_engine_input()
     assert silence == Silence(timedelta(minutes=15))
+    one = parse_command(
+        request({"name": "discard_unplanned", "roll_id": "R1", "sachet_index": 4})
+    ).to_engine_input()
+    assert one == DiscardUnplanned("R1", 4, "operator-0042", "response_centre")
+    whole = parse_command(request({"name": "discard_unplanned", "roll_id": "R1"}))
+    assert whole.to_engine_input() == DiscardUnplanned(
+        "R1", None, "operator-0042", "response_centre"
+    )
 
 
 def test_expiry() -> None:
@@ -421,6 +431,10 @@ def test_expiry() -> None:
         ({"name": "silence", "minutes": "5"}, {}, "command.minutes: Input should be a valid"),
         ({"name": "silence"}, {}, "command.minutes: Field required"),
         ({"name": "resend_from", "seq": 0}, {}, "command.seq"),
+        ({"name": "discard_unplanned"}, {}, "command.roll_id: Field required"),
+        ({"name": "discard_unplanned", "roll_id": ""}, {}, "command.roll_id"),
+        ({"name": "discard_unplanned", "roll_id": "R1", "sachet_index": -1}, {}, "sachet_index"),
+        ({"name": "discard_unplanned", "roll_id": "R1", "sachet_index": 65536}, {}, "sachet_index"),
         ({"name": "request_status", "x": 1}, {}, "command.x: Extra inputs"),
         ({"name": "pause", "pause_id": "p", "start": "2026-03-27T10:00:00"}, {}, "naive"),
         (

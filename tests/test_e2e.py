@@ -7,6 +7,8 @@ production code path. Each test waits on conditions with bounded timeouts, never
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from e2e_support import (
     write_config,
 )
 
+from agent import local_control
+from agent.store.db import Store
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from hw.wire import SimulatorRunner
 from protocol.messages import DosePresented, Message
@@ -217,3 +221,102 @@ def test_roll_loaded_while_the_agent_was_down_is_verified_on_reconnect(rig: Rig)
     rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()), timeout=30)
     assert len(rig.runner.snapshot().dispensed) == 1
     assert_gapless(rig)
+
+
+# --- hazard #4: a sachet the schedule lacks waits for a person's decision (SAFETY.md H6) -------
+
+
+def hold_an_unplanned_sachet(rig: Rig) -> dict[str, object]:
+    """The pharmacy's roll has 08:00, 14:00 and 20:00; the unit's schedule 08:00 and 20:00. After
+    the 08:00 dose the 14:00 sachet is at the reader: held, with a latched HIGH alert."""
+    rig.link_up()
+    rig.patient_takes_doses()
+    roll = make_roll("R-plan", PATIENT, epoch(oslo(8, 0)), 6 * 3600, 3)
+    rig.runner.call(lambda model: model.insert_roll(roll))
+    rig.wait(lambda s: bool(s.of_kind("plan_mismatch")) and bool(s.outcomes()), timeout=30)
+    [alert] = rig.stream.of_kind("plan_mismatch")
+    assert (alert["priority"], alert["vkp_code"]) == ("high", "3.22")
+    assert alert["alert_id"]
+    assert alert["data"]["sachet_index"] == 1
+    assert [o["outcome"] for o in rig.stream.outcomes()] == ["taken"]
+    assert rig.runner.snapshot().bin == ()  # not cut into the bin on the agent's own initiative
+    return alert
+
+
+def test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard(rig: Rig) -> None:
+    alert = hold_an_unplanned_sachet(rig)
+    refused = command("discard_unplanned", roll_id="R-plan", sachet_index=2)
+    publish_command(rig.broker.port, UNIT, json.dumps(refused).encode())
+    decide = command("discard_unplanned", roll_id="R-plan", sachet_index=1)
+    publish_command(rig.broker.port, UNIT, json.dumps(decide).encode())
+    rig.wait(lambda s: len(s.responses) >= 2)
+    by_id = {r["command_id"]: r for r in rig.stream.responses}
+    assert by_id[refused["command_id"]]["status"] == "rejected"
+    assert by_id[refused["command_id"]]["error"]["code"] == "sachet_not_at_reader"
+    assert by_id[decide["command_id"]]["status"] == "ok"
+    rig.wait(lambda s: bool(s.of_kind("sachet_discarded")))
+    [decided] = rig.stream.of_kind("plan_mismatch_decided")
+    assert decided["data"]["alert_id"] == alert["alert_id"]
+    assert (decided["data"]["by"], decided["data"]["source"]) == ("operator-17", "response_centre")
+    [binned] = rig.stream.of_kind("sachet_discarded")
+    assert binned["data"]["reason"] == "discard_decided"
+    rig.runner.wait_for(lambda model: len(model.bin) == 1)
+    assert [(e.sachet_index, e.how) for e in rig.runner.snapshot().bin] == [(1, "discard")]
+    assert_gapless(rig)
+
+
+def test_a_technician_on_site_decides_through_the_local_control_socket(rig: Rig) -> None:
+    alert = hold_an_unplanned_sachet(rig)
+    config = str(rig.tmp / "config.json")
+    shown = cli_run("plan", "show", "--config", config)
+    assert shown.returncode == 0, shown.stderr
+    held = json.loads(shown.stdout)
+    assert (held["roll_id"], held["sachet_index"], held["alert_id"]) == (
+        "R-plan",
+        1,
+        alert["alert_id"],
+    )
+    # only a plan decision (and status) on site: schedules and pauses stay with the centre
+    socket = local_control.socket_path(rig.tmp / "state")
+    pause = command("pause", pause_id="p1", start="2026-11-23T09:00:00Z")
+    answer = local_control.send_local_command(socket, json.dumps(pause).encode())
+    assert answer["status"] == "rejected"
+    assert '"code": "not_allowed_locally"' in json.dumps(answer["error"])
+    garbage = local_control.send_local_command(socket, b"{not json")
+    assert garbage["status"] == "rejected"
+    wrong = cli_run("plan", "discard", "--config", config, "--by", "tech-3", "--roll", "R-9")
+    assert wrong.returncode == 2  # argparse: --sachet or --all-unplanned is required
+    refused = cli_run(
+        "plan", "discard", "--config", config, "--by", "tech-3", "--roll", "R-9", "--sachet", "1"
+    )
+    assert refused.returncode == 1
+    assert "roll_not_loaded" in refused.stderr
+    decided = cli_run(
+        "plan", "discard", "--config", config, "--by", "tech-3", "--roll", "R-plan",
+        "--all-unplanned",
+    )  # fmt: skip
+    assert decided.returncode == 0, decided.stderr
+    rig.wait(lambda s: bool(s.of_kind("sachet_discarded")))
+    [event] = rig.stream.of_kind("plan_mismatch_decided")
+    assert (event["data"]["by"], event["data"]["source"], event["data"]["sachet_index"]) == (
+        "tech-3",
+        "on_site",
+        None,
+    )
+    rig.runner.wait_for(lambda model: len(model.bin) == 1)
+    # the audit log has the technician's decision with its source
+    rig.agent.stop()
+    with Store.open(rig.tmp / "state" / "agent.sqlite3") as store:
+        records = [r for r in store.audit_records(limit=1000) if r.kind == "command"]
+    sources = [(r.body["name"], r.body["issued_by"], r.body["source"]) for r in records]
+    assert ("discard_unplanned", "tech-3", "on_site") in sources
+
+
+def cli_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

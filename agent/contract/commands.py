@@ -242,9 +242,9 @@ class CommandRequest(ContractModel):
         """Seconds left until expiry (for an MQTT 5 message expiry), at least 0."""
         return max(0, int((self.expires_at - now).total_seconds()))
 
-    def to_engine_input(self) -> EngineInput | None:
+    def to_engine_input(self, source: str = FROM_RESPONSE_CENTRE) -> EngineInput | None:
         """The engine input this command becomes; None for commands the shell answers itself
-        (request_status, resend_from)."""
+        (request_status, resend_from). `source` says who decides (on site or the centre)."""
         command = self.command
         if isinstance(command, UpdateScheduleCommand):
             return SetSchedule(schedule=command.to_schedule(), version=command.version)
@@ -265,9 +265,7 @@ class CommandRequest(ContractModel):
         if isinstance(command, AckAlertCommand):
             return AcknowledgeAlert(alert_id=command.alert_id, by=self.issued_by)
         if isinstance(command, DiscardUnplannedCommand):
-            return DiscardUnplanned(
-                command.roll_id, command.sachet_index, self.issued_by, FROM_RESPONSE_CENTRE
-            )
+            return DiscardUnplanned(command.roll_id, command.sachet_index, self.issued_by, source)
         return None
 
 

@@ -324,6 +324,7 @@ class DoseEngine:
             pause_id=active_pause.pause_id if active_pause else None,
             conditions=self._alerts.book.raised,
             latched_alerts=self._alerts.latched,
+            unplanned=self._desk.unplanned,
         )
 
     # --- restart ------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent.engine import roll_check
 from agent.engine.alerts import LatchedAlert
+from agent.engine.state import UnplannedHold
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class EngineStatus:
     pause_id: str | None
     conditions: tuple[str, ...]  # raised and told to the centre, not yet cleared
     latched_alerts: tuple[LatchedAlert, ...]
+    unplanned: UnplannedHold | None = None  # the sachet held for a plan decision (VKP 3.22)
 
     @property
     def active_alerts(self) -> tuple[str, ...]:
@@ -69,6 +72,14 @@ class EngineStatus:
                 for s in self.open_slots
             ],
             "pause_id": self.pause_id,
+            "unplanned_sachet": None
+            if self.unplanned is None
+            else {
+                "roll_id": self.unplanned.roll_id,
+                "sachet_index": self.unplanned.sachet_index,
+                "intended_utc": _wire_iso(self.unplanned.intended_utc_s),
+                "alert_id": self.unplanned.alert_id,
+            },
             "conditions": list(self.conditions),
             "active_alerts": list(self.active_alerts),
             "latched_alerts": [
@@ -82,3 +93,8 @@ class EngineStatus:
                 for a in self.latched_alerts
             ],
         }
+
+
+def _wire_iso(seconds: int) -> str | None:
+    value = roll_check.wire_time(seconds)
+    return None if value is None else value.isoformat()
