@@ -76,8 +76,9 @@ def world(
     jammed: bool = False,
     bin_full: bool = False,
     linked: bool = True,
+    reader: SachetLabel | None = None,
 ) -> World:
-    return World(roll, remaining, jammed, bin_full, linked)
+    return World(roll, remaining, jammed, bin_full, linked, reader)
 
 
 def outcome(j: Judge, slot_id: str, result: str = "taken", priority: str = "info") -> None:
@@ -401,6 +402,38 @@ def test_r5_a_plan_mismatch_discard_needs_a_decision_unless_configured() -> None
         judge(discard_decisions=frozenset({"nurse_said_so"}))
 
 
+def test_r5_a_persons_decision_covers_the_sachet_or_the_roll_it_names() -> None:
+    j = judge()
+    j.advance(utc("05:00"))
+    j.discard_decided("R001", 1)
+    j.discarded(1, label(utc("12:00"), index=1))  # decided: fine
+    with pytest.raises(InvariantViolation, match="nobody decided"):
+        j.discarded(2, label(utc("12:00", day=2), index=4))  # the decision named sachet 1 only
+    whole = judge()
+    whole.advance(utc("05:00"))
+    whole.discard_decided("R001", None)
+    whole.discarded(1, label(utc("12:00"), index=1))
+    whole.discarded(2, label(utc("12:00", day=2), index=4))
+    # a decision about unplanned sachets never covers one packed for a slot without an outcome
+    with pytest.raises(InvariantViolation, match="has no published outcome"):
+        whole.discarded(3, label(utc("18:00", day=2), index=5))
+    refused = judge()
+    refused.advance(utc("05:00"))
+    refused.discard_decided("R001", 1)
+    refused.decision_refused("R001", 1)  # the unit refused it: it never happened
+    with pytest.raises(InvariantViolation, match="nobody decided"):
+        refused.discarded(1, label(utc("12:00"), index=1))
+
+
+def test_r5_after_a_schedule_update_with_the_sachets_time_it_is_a_slots_sachet() -> None:
+    j = judge()
+    j.advance(utc("08:00"))  # 10:00 local
+    j.schedule_changed(DAY, ("08:00", "14:00", "20:00"))
+    assert "2026-06-01T14:00" in j.expected_slot_ids
+    with pytest.raises(InvariantViolation, match="2026-06-01T14:00 has no published outcome"):
+        j.discarded(1, label(utc("12:00"), index=1))
+
+
 # --- R6 ----------------------------------------------------------------------------------------
 
 
@@ -549,6 +582,56 @@ def test_r8_a_wrong_roll_and_a_full_bin() -> None:
     j.published("wrong_roll", "high", {})
     j.advance(utc("03:30"))
     assert [f.rule for f in j.findings] == ["R8.bin_full"]
+
+
+def test_r8_an_unplanned_sachet_at_the_reader_needs_a_high_plan_mismatch_for_it() -> None:
+    unplanned = label(utc("12:00"), index=1)  # 14:00 local: no dose time
+    j = judge(enforce=frozenset({"R8.plan_mismatch"}))
+    j.advance(utc("06:10"))
+    j.world(world(reader=label(utc("06:00"))))  # the 08:00 sachet: no condition
+    j.world(world(reader=unplanned))
+    j.published("plan_mismatch", "medium", {"roll_id": "R001", "sachet_index": 1})  # not HIGH
+    j.published("plan_mismatch", "high", {"roll_id": "R001", "sachet_index": 0})  # another one
+    with pytest.raises(InvariantViolation, match=r"R8\.plan_mismatch"):
+        j.advance(utc("06:21"))
+    ok = judge()
+    ok.advance(utc("06:10"))
+    ok.world(world(reader=unplanned))
+    ok.published("plan_mismatch", "high", {"roll_id": "R001", "sachet_index": 1})
+    ok.advance(utc("10:00"))
+    decided = judge()
+    decided.advance(utc("06:10"))
+    decided.world(world(reader=unplanned))
+    decided.advance(utc("06:15"))
+    decided.discard_decided("R001", None)  # decided before the bound: nothing to report
+    decided.advance(utc("10:00"))
+    planned = judge()
+    planned.advance(utc("06:10"))
+    planned.world(world(reader=unplanned))
+    planned.schedule_changed(DAY, ("08:00", "14:00", "20:00"))  # its time is a dose time now
+    planned.advance(utc("10:00"))
+    foreign = judge()
+    foreign.advance(utc("06:10"))
+    foreign.world(world(roll="p-other", reader=label(utc("12:00"), roll_ref="p-other")))
+    foreign.published("wrong_roll", "high", {})
+    foreign.advance(utc("10:00"))  # another patient's roll is R8.wrong_roll, not a plan question
+    assert ok.findings == decided.findings == planned.findings == foreign.findings == []
+
+
+def test_a_schedule_update_changes_which_slots_need_an_outcome() -> None:
+    j = judge()
+    j.advance(utc("14:00"))  # 16:00 local on 1 June
+    j.schedule_changed(DAY, ("08:00", "14:00", "20:00"))
+    expected = j.expected_slot_ids
+    assert "2026-06-01T14:00" not in expected  # due before the update reached the unit
+    assert {"2026-06-01T20:00", "2026-06-02T14:00"} <= set(expected)
+    outcome(j, "2026-06-01T14:00", "refused", "high")  # but it may get one
+    j.schedule_changed(date(2026, 6, 2), ("08:00",))  # from tomorrow: only the morning dose
+    assert "2026-06-02T20:00" not in j.expected_slot_ids
+    outcome(j, "2026-06-02T20:00", "missed", "high")  # picked up before the change: allowed
+    settle_all(j)
+    j.finish(utc("23:00", day=2))
+    assert j.findings == []
 
 
 def test_r8_an_empty_roll_at_a_due_time_needs_a_high_outcome_for_that_slot() -> None:

@@ -179,6 +179,25 @@ def test_a_schedule_update_after_the_sachets_time_gives_that_slot_its_outcome_fi
     rig.assert_one_outcome_per_slot()
 
 
+def test_a_schedule_update_a_day_late_settles_every_new_slot_that_passed_behind_the_hold() -> None:
+    rig = at_reader_after_morning_dose()
+    rig.run_until(utc(2026, 3, 3, 17, 0))  # 18:00 on day 2: three doses refused behind the hold
+    refused = {o.slot_id: o.reason for o in rig.outcomes() if o.outcome is Outcome.REFUSED}
+    assert refused == {"2026-03-02T20:00": "plan_mismatch", "2026-03-03T08:00": "plan_mismatch"}
+    rig.feed(SetSchedule(daily("08:00", "14:00", "20:00"), 2))
+    # the two 14:00 slots that passed undecided get their outcome, none twice: the one behind
+    # the cursor at once, the other picked up past its deadline with the leftover at the reader
+    first, second = rig.outcome_of("2026-03-02T14:00"), rig.outcome_of("2026-03-03T14:00")
+    assert (first.outcome, first.reason) == (Outcome.REFUSED, "plan_mismatch")
+    assert (second.outcome, second.reason) == (Outcome.REFUSED, "sachet_stale")
+    # their sachets, and those of the refused doses, are leftovers of settled slots now
+    assert rig.dispenser.discarded == [1, 2, 3, 4]
+    assert {e.fields["reason"] for e in rig.events("sachet_discarded")} == {"settled_slot"}
+    rig.run_until(utc(2026, 3, 3, 19, 5))
+    assert rig.dispenser.dispensed == [0, 5]
+    rig.assert_one_outcome_per_slot()
+
+
 def test_a_roll_changed_on_site_ends_the_hold() -> None:
     rig = at_reader_after_morning_dose()
     rig.remove_roll()

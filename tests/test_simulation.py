@@ -354,6 +354,7 @@ def test_cli_prints_the_replay_command_for_a_failing_seed(
         engine: str = "dose",
         judge: str = "all",
         pauses: float = 0.0,
+        plan_changes: float = 0.0,
     ) -> cli.SeedReport:
         return cli.SeedReport(seed, days, None, "seed 5, step 9, at t+1s: boom", 0.0)
 
@@ -365,6 +366,9 @@ def test_cli_prints_the_replay_command_for_a_failing_seed(
     argv = ["--seeds", "5", "--days", "30", "--jobs", "1", "--pauses-per-year", "12"]
     assert cli.main(argv, paused) == 1
     assert "--seeds 5 --days 30 --pauses-per-year 12\n" in paused.getvalue()
+    out = io.StringIO()
+    assert cli.main(["--seeds", "5", "--days", "30", "--plan-changes", "12"], out) == 1
+    assert "--seeds 5 --days 30 --plan-changes 12" in out.getvalue()
 
 
 def test_seed_lists_parse_and_bad_ones_are_refused() -> None:
@@ -472,6 +476,29 @@ def test_pauses_of_every_kind_hold_the_judge_for_seeded_years() -> None:
 )
 def test_judge_r8_empty_roll_at_a_due_time_reported_in_time() -> None:
     judge_rule_holds("R8.roll_empty", 0, 365)
+
+
+# --- pharmacy plan changes (hazard #4): no sachet discarded without a person's decision -----
+
+
+@pytest.mark.parametrize("seed", [0, 5, 24])
+def test_judge_holds_with_pharmacy_plan_changes(seed: int) -> None:
+    """A year with plan changes: new prescriptions (the centre updates the schedule) and
+    pharmacy errors (the centre or a technician decides to discard), every holding rule
+    enforced, R5 (no discard without a decision) and R8.plan_mismatch among them."""
+    times = ("08:00", "20:00") if seed != 24 else None  # seed 24: its own 4-dose template
+    config = SimulationConfig(seed=seed, days=365, plan_changes_per_year=12.0, times=times)
+    result = Simulation(config).run()
+    assert result.plan_changes >= 3
+    assert result.plan_decisions >= result.plan_changes  # every change was decided
+    assert not {"R5", "R8.plan_mismatch"} & set(result.judge_findings)
+
+
+def test_plan_changes_are_opt_in_and_leave_a_default_run_as_it_was() -> None:
+    plain = Simulation(SimulationConfig(seed=5, days=60)).run()
+    again = Simulation(SimulationConfig(seed=5, days=60, plan_changes_per_year=0.0)).run()
+    assert plain == again
+    assert plain.plan_changes == 0
 
 
 # --- the shell's link handling follows the protocol (SPEC 4.1) ----------------------------

@@ -33,7 +33,7 @@ from agent.engine.dispenser_mirror import (
 from agent.engine.lifecycle import Phase, SlotRun
 from agent.engine.outbound import Outbound, PendingCommand
 from agent.engine.roll_desk import Discarding, RollDesk
-from agent.engine.schedule import Slot
+from agent.engine.schedule import Schedule, Slot
 from agent.engine.slot_book import SlotBook
 from agent.engine.state import (
     DiscardDecision,
@@ -447,12 +447,13 @@ class DoseEngine:
             case SetBinding(binding=binding):
                 self._on_binding(binding, now, actions)
             case SetSchedule(schedule=schedule, version=version):
+                replaced = self._schedule
                 self._schedule, self._schedule_version = schedule, version
                 if self._slotbook.horizon is None:
                     self._slotbook.horizon = now.utc
                 self._slotbook.cursor = self._slotbook.horizon
                 self._emit(actions, "schedule_changed", {"version": version})
-                self._review_sachet(now, actions)
+                self._review_sachet(now, actions, replaced)
             case StartPause(window=window):
                 self._pauses = pause.start(self._pauses, window, self._cfg.pause_max)
                 self._emit(actions, "pause_started", _pause_fields(window))
@@ -1841,7 +1842,9 @@ class DoseEngine:
             return None
         return sachet
 
-    def _review_sachet(self, now: Now, actions: list[Action]) -> None:
+    def _review_sachet(
+        self, now: Now, actions: list[Action], replaced: Schedule | None = None
+    ) -> None:
         """Hold a sachet the schedule lacks with a latched HIGH alert (VKP 3.22: check the plan)
         until a person decides; end the hold when the decision is made otherwise: a schedule
         that has its time, or another sachet at the reader (the roll changed on site)."""
@@ -1850,9 +1853,11 @@ class DoseEngine:
         hold = self._desk.unplanned
         if hold is not None and sachet is not None:
             if (sachet.roll_id, sachet.index) != (hold.roll_id, hold.sachet_index):
-                self._end_hold(hold, "roll_changed", now, actions, sachet)
+                self._end_hold(hold, "roll_changed", now, actions)
             elif self._sachet_matches_a_slot(sachet) is True:
-                self._end_hold(hold, "schedule_updated", now, actions, sachet)
+                self._end_hold(hold, "schedule_updated", now, actions)
+                if replaced is not None:
+                    self._settle_passed_slots(hold, replaced, now, actions)
             else:
                 return  # still waiting for a decision (or unbound: nothing to decide now)
         if unplanned is None or self._desk.unplanned is not None:
@@ -1873,14 +1878,9 @@ class DoseEngine:
         )
 
     def _end_hold(
-        self,
-        hold: UnplannedHold,
-        decision: str,
-        now: Now,
-        actions: list[Action],
-        sachet: SachetRead,
-        by: DiscardDecision | None = None,
+        self, hold: UnplannedHold, decision: str, now: Now, actions: list[Action]
     ) -> None:
+        """The hold ends without a discard decision (that is `_decide_discard`)."""
         self._desk.unplanned = None
         self._alerts.resolve("plan_mismatch")
         fields: dict[str, object] = {
@@ -1888,28 +1888,40 @@ class DoseEngine:
             "decision": decision,
             "roll_id": hold.roll_id,
             "sachet_index": hold.sachet_index,
-            "by": by.by if by else None,
-            "source": by.source if by else None,
+            "by": None,
+            "source": None,
             "schedule_version": self._schedule_version,
         }
         self._emit(actions, "plan_mismatch_decided", fields)
-        if decision == "schedule_updated":
-            self._settle_passed_slot(sachet, now, actions)
 
-    def _settle_passed_slot(self, sachet: SachetRead, now: Now, actions: list[Action]) -> None:
-        """The new schedule has the held sachet's time, but that slot lies behind the cursor (it
-        passed while undecided): it gets its outcome now, so the sachet is a settled slot's and
-        no slot of the schedule is left without one."""
-        cursor = self._slotbook.cursor
-        for slot in self._slots_for_sachet(sachet) or []:
-            if cursor is None or slot.due_utc >= cursor:
-                continue  # picked up by the cursor like any slot
-            if self._slotbook.is_settled(slot.slot_id) or any(
-                r.slot_id == slot.slot_id for r in self._slotbook.runs
-            ):
+    def _settle_passed_slots(
+        self, hold: UnplannedHold, replaced: Schedule, now: Now, actions: list[Action]
+    ) -> None:
+        """The new schedule has the held sachet's time. Its slots from that time up to the
+        cursor are new (the old schedule lacked them) and passed while undecided: nothing could
+        be cut to reach their sachets, which wait behind the held one on the roll, and the
+        cursor will not pick them up. Each gets its outcome now, so that every sachet later
+        discarded as a leftover belongs to a settled slot and no slot is left without one."""
+        cursor, schedule = self._slotbook.cursor, self._schedule
+        intended = roll_check.wire_time(hold.intended_utc_s)
+        if cursor is None or schedule is None or intended is None:
+            return
+        start = intended - self._cfg.sachet_time_tolerance
+        if start >= cursor:
+            return  # all still to come: picked up by the cursor like any slot
+        known = {slot.slot_id for slot in replaced.slots_between(start, cursor)}
+        running = {r.slot_id for r in self._slotbook.runs}
+        for slot in schedule.slots_between(start, cursor):
+            if slot.slot_id in known or slot.slot_id in running:
+                continue  # picked up (and settled or running) under the old schedule
+            if self._slotbook.is_settled(slot.slot_id):
                 continue
             run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
-            self._settle(run, Outcome.REFUSED, roll_check.PLAN_MISMATCH, now, actions)
+            window = pause.covering(self._pauses, slot.due_utc)
+            if window is not None:
+                self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
+            else:
+                self._settle(run, Outcome.REFUSED, roll_check.PLAN_MISMATCH, now, actions)
 
     def _check_discard_decision(self, decision: DiscardUnplanned) -> None:
         """Refuse a decision that does not fit what is loaded (nothing changes)."""

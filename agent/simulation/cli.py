@@ -3,6 +3,7 @@
     python -m agent.simulation.cli --seeds 0-199 --days 365
     python -m agent.simulation.cli --seeds 0-39 --judge none --findings   (what the judge sees)
     python -m agent.simulation.cli --seeds 0-39 --pauses-per-year 12      (hospital, open, travel)
+    python -m agent.simulation.cli --seeds 0-39 --plan-changes 12   (pharmacy plan changes)
     dispenser-agent simulate --seeds 7 --days 30     (once the lead wires it)
 
 Prints one line per seed; a failing seed prints the violation and the exact command that
@@ -76,11 +77,13 @@ def run_one(
     engine: str = "dose",
     judge: str = "holding",
     pauses: float = 0.0,
+    plan_changes: float = 0.0,
 ) -> SeedReport:
     """Run one seed; never raises for a violation (it is part of the report).
 
     `judge`: the judge's rules that stop the run ("all", "none" or e.g. "R1,R3"); the others
-    are recorded in the result. `pauses`: temporary stops per year (0: none)."""
+    are recorded in the result. `pauses`: temporary stops per year (0: none); `plan_changes`:
+    pharmacy plan changes per year (0: none)."""
     factory: EngineFactory = NullEngineFactory() if engine == "null" else DoseEngineFactory()
     config = SimulationConfig(
         seed=seed,
@@ -89,6 +92,7 @@ def run_one(
         require_outcomes=engine != "null",
         judge_enforce=parse_rules(judge),
         pauses_per_year=pauses,
+        plan_changes_per_year=plan_changes,
     )
     started = time.perf_counter()
     try:
@@ -107,23 +111,34 @@ def run_many(
     judge: str = "holding",
     jobs: int | None = None,
     pauses: float = 0.0,
+    plan_changes: float = 0.0,
 ) -> Iterator[SeedReport]:
     """Reports in seed order; in parallel worker processes when jobs > 1."""
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1 or len(seeds) <= 1:
         for seed in seeds:
-            yield run_one(seed, days, faults, engine, judge, pauses)
+            yield run_one(seed, days, faults, engine, judge, pauses, plan_changes)
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         n = len(seeds)
         yield from pool.map(
-            run_one, seeds, [days] * n, [faults] * n, [engine] * n, [judge] * n, [pauses] * n
+            run_one,
+            seeds,
+            [days] * n,
+            [faults] * n,
+            [engine] * n,
+            [judge] * n,
+            [pauses] * n,
+            [plan_changes] * n,
         )
 
 
-def replay_command(seed: int, days: int, judge: str = "holding", pauses: float = 0.0) -> str:
+def replay_command(
+    seed: int, days: int, judge: str = "holding", pauses: float = 0.0, plan_changes: float = 0.0
+) -> str:
     extra = "" if judge == "holding" else f" --judge {judge}"
     extra += f" --pauses-per-year {pauses:g}" if pauses else ""
+    extra += f" --plan-changes {plan_changes:g}" if plan_changes else ""
     return f"python -m agent.simulation.cli --seeds {seed} --days {days}{extra}"
 
 
@@ -168,6 +183,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         help="temporary stops ordered by the response centre (hospital with an end, open-ended, "
         "travel with sachets to take along; default 0: none)",
     )
+    parser.add_argument(
+        "--plan-changes",
+        type=float,
+        default=0.0,
+        metavar="PER_YEAR",
+        help="pharmacy plan changes a year (a dose time the schedule lacks; default 0: none)",
+    )
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
@@ -189,6 +211,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         judge=args.judge,
         jobs=args.jobs,
         pauses=args.pauses_per_year,
+        plan_changes=args.plan_changes,
     ):
         if report.result is not None:
             r = report.result
@@ -207,7 +230,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         else:
             failed.append(report.seed)
             print(f"seed {report.seed}: VIOLATION\n{report.violation}", file=stream)
-            replay = replay_command(report.seed, report.days, args.judge, args.pauses_per_year)
+            replay = replay_command(
+                report.seed, report.days, args.judge, args.pauses_per_year, args.plan_changes
+            )
             print(f"replay: {replay}", file=stream)
     elapsed = time.perf_counter() - started
     print(

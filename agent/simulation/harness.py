@@ -33,14 +33,18 @@ from zoneinfo import ZoneInfo
 from agent.clock import DEFAULT_ZONE, Now, TimeTrust, VirtualClock
 from agent.engine.schedule import Schedule, ScheduleRule, parse_time
 from agent.engine.types import (
+    FROM_RESPONSE_CENTRE,
+    ON_SITE,
     Action,
     Binding,
     CommandOutcome,
+    DiscardUnplanned,
     Emit,
     EndPause,
     EngineConfig,
     EngineEvent,
     EngineInput,
+    EngineInputError,
     FromDispenser,
     LinkDown,
     LinkUp,
@@ -62,11 +66,15 @@ from agent.simulation.judge import (
     reference_min_interval,
 )
 from agent.simulation.patient import (
+    Decider,
     Habit,
     Nurse,
     NurseVisit,
     Patient,
     PatientTraits,
+    Pharmacy,
+    PlanChange,
+    PlanChangeKind,
     RollMistake,
     RollPeriod,
 )
@@ -99,6 +107,9 @@ SCHEDULE_TEMPLATES: tuple[tuple[str, ...], ...] = (
     ("07:30", "12:00", "17:00", "22:00"),
     ("09:00",),
 )
+PLAN_PERIOD_DAYS = 14  # the nurse's refill period (patient.Nurse)
+PLAN_OPERATOR = "operator-sim"
+PLAN_TECHNICIAN = "tech-sim"
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
 TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
@@ -139,6 +150,8 @@ class SimulationConfig:
     # judge then uses its own reference of that default, never the engine's value)
     min_interval: timedelta | None = None
     pauses_per_year: float = 0.0  # temporary stops ordered by the response centre
+    # the pharmacy packs a dose time the schedule lacks (a new prescription, or its error)
+    plan_changes_per_year: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +171,8 @@ class SimulationResult:
     dropped_messages: int  # dispenser messages lost while the link or the agent was down
     judge_findings: dict[str, int] = field(default_factory=dict)  # rule -> violations recorded
     judge_first: dict[str, str] = field(default_factory=dict)  # rule -> its first violation
+    plan_changes: int = 0  # pharmacy plan changes planned (opt-in scenario)
+    plan_decisions: int = 0  # people's decisions on plan mismatches the unit accepted
 
 
 def default_start(seed: int) -> datetime:
@@ -213,6 +228,7 @@ class Simulation:
         self._rng_faults = random.Random(root.getrandbits(64))
         self._rng_checks = random.Random(root.getrandbits(64))
         self._rng_pauses = random.Random(root.getrandbits(64))
+        self._rng_plans = random.Random(root.getrandbits(64))
 
         self._elapsed = 0.0  # true seconds since start
         self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
@@ -254,6 +270,20 @@ class Simulation:
             quiet_after_s=(ec.grace + ec.undispensed_deadline).total_seconds() + 600.0,
         )
         self._faults = plan_faults(self._rng_faults, self._duration_s, config.faults)
+        self._pharmacy = Pharmacy(self._rng_plans)
+        self._rules = list(self._schedule.rules)  # as the response centre last sent them
+        self._schedule_version = 1
+        self._plan_changes = self._pharmacy.plan(
+            len(self._periods),
+            config.plan_changes_per_year,
+            PLAN_PERIOD_DAYS,
+            [parse_time(t) for t in self._times],
+        )
+        self._applied: set[int] = set()  # NEW_TIME changes the schedule has taken up
+        self._plan_decisions = 0
+        self._period_of_roll = {p.roll_id: k for k, p in enumerate(self._periods)}
+        self._pack_plan_changes()
+        self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
         self._judge: Judge | None = None
@@ -626,6 +656,142 @@ class Simulation:
             self._link_up()
         self._at(self._elapsed + fault.duration_s, "NTP sync after boot", self._ntp_sync)
 
+    # --- the pharmacy's plan and the response centre's decisions --------------------------------
+
+    def _pack_plan_changes(self) -> None:
+        """Each change adds a daily sachet at its extra time to the rolls it concerns."""
+        end_s = self._duration_s + 2 * PLAN_PERIOD_DAYS * 86400.0
+        first_day = self._start.astimezone(OSLO).date()
+        for change in self._plan_changes:
+            last = (
+                change.period + 1
+                if change.kind is PlanChangeKind.PHARMACY_ERROR
+                else len(self._periods)
+            )
+            for k in range(change.period, last):
+                begin = self._periods[k].planned_visit_s
+                until = (
+                    self._periods[k + 1].planned_visit_s if k + 1 < len(self._periods) else end_s
+                )
+                if change.kind is PlanChangeKind.PHARMACY_ERROR:
+                    until = min(until, begin + change.days * 86400.0)
+                extra: list[datetime] = []
+                day = first_day
+                while (
+                    datetime.combine(day, time(0), tzinfo=OSLO) - self._start
+                ).total_seconds() < until:
+                    at = datetime.combine(day, change.extra, tzinfo=OSLO).astimezone(UTC)
+                    if begin <= (at - self._start).total_seconds() < until:
+                        extra.append(at)
+                    day += timedelta(days=1)
+                period = self._periods[k]
+                self._periods[k] = replace(
+                    period, sachet_times=tuple(sorted((*period.sachet_times, *extra)))
+                )
+
+    def _on_plan_alert(self, fields: dict[str, object]) -> None:
+        """The response centre sees a plan_mismatch and answers it after a while."""
+        roll_id, index = fields.get("roll_id"), fields.get("sachet_index")
+        intended = fields.get("intended_utc")
+        if not isinstance(roll_id, str) or not isinstance(index, int):
+            return
+        change = None
+        if isinstance(intended, str):
+            local = datetime.fromisoformat(intended).astimezone(OSLO).time()
+            period = self._period_of_roll.get(roll_id)
+            change = next(
+                (
+                    c
+                    for c in self._plan_changes
+                    if c.extra == local
+                    and period is not None
+                    and (
+                        c.period == period
+                        if c.kind is PlanChangeKind.PHARMACY_ERROR
+                        else c.period <= period
+                    )
+                ),
+                None,
+            )
+        self._at(
+            self._elapsed + self._pharmacy.reaction_s(),
+            f"plan mismatch decided ({roll_id}/{index})",
+            partial(self._decide_plan, change, roll_id, index),
+        )
+
+    def _decide_plan(self, change: PlanChange | None, roll_id: str, index: int) -> None:
+        """A schedule update for a new prescription; a discard decision otherwise."""
+        if self._engine is None:
+            self._at(
+                self._elapsed + 600.0,
+                "plan decision again",
+                partial(self._decide_plan, change, roll_id, index),
+            )
+            return
+        if change is not None and change.kind is PlanChangeKind.NEW_TIME:
+            self._update_schedule(change)
+            return
+        decider = change.decider if change is not None else Decider.CENTRE_SACHET
+        sachet = index if decider is Decider.CENTRE_SACHET else None
+        by, source = (
+            (PLAN_TECHNICIAN, ON_SITE)
+            if decider is Decider.ON_SITE
+            else (PLAN_OPERATOR, FROM_RESPONSE_CENTRE)
+        )
+        if self._judge is not None:
+            self._judge.discard_decided(roll_id, sachet)
+        try:
+            self._feed([DiscardUnplanned(roll_id, sachet, by, source)])
+        except EngineInputError:
+            # refused (the roll or sachet changed meanwhile): the decision never happened
+            if self._judge is not None:
+                self._judge.decision_refused(roll_id, sachet)
+            return
+        self._plan_decisions += 1
+
+    def _update_schedule(self, change: PlanChange) -> None:
+        """The centre adds the prescribed time from the day the pharmacy's first such sachet
+        is for. Sent while the unit's clock agrees with true time (to the minute), so that the
+        judge and the unit agree which new slots were already due when it arrived."""
+        k = self._plan_changes.index(change)
+        if k in self._applied:
+            return
+        now = self._clock.now()
+        if (
+            now.trust is TimeTrust.UNTRUSTED
+            or abs((now.utc - self._true_utc()).total_seconds()) > 60
+        ):
+            self._at(
+                self._elapsed + 600.0,
+                "schedule update again",
+                partial(self._update_schedule, change),
+            )
+            return
+        first = next(
+            t
+            for t in self._periods[change.period].sachet_times
+            if t.astimezone(OSLO).time() == change.extra
+        )
+        day = first.astimezone(OSLO).date()
+        current = [r for r in self._rules if r.effective_from <= day][-1]
+        times = tuple(sorted({*current.times, change.extra}))
+        rules = [r for r in self._rules if r.effective_from < day]
+        rules.append(ScheduleRule(effective_from=day, times=times))
+        schedule = Schedule.build(DEFAULT_ZONE, rules)
+        self._rules, self._schedule_version = rules, self._schedule_version + 1
+        self._applied.add(k)
+        if self._judge is not None:
+            self._judge.schedule_changed(day, [f"{t:%H:%M}" for t in times])
+        end_utc = self._start + timedelta(seconds=self._duration_s) - SETTLE_MARGIN
+        known = set(self._expected)
+        self._expected += [
+            slot.slot_id
+            for slot in schedule.slots_between(self._true_utc(), end_utc)
+            if slot.slot_id not in known
+        ]
+        self._feed([SetSchedule(schedule, self._schedule_version)])
+        self._plan_decisions += 1
+
     # --- the shell ----------------------------------------------------------------------------
 
     def _restart_engine(self) -> None:
@@ -738,6 +904,8 @@ class Simulation:
             self._backlog_visit = True  # the response centre sends a nurse
             delay = self._rng_pauses.uniform(3600.0, 6 * 3600.0)
             self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
+        if event.kind == "plan_mismatch":
+            self._on_plan_alert(event.fields)
 
     def _feed(self, first: Sequence[EngineInput]) -> None:
         """Step the engine on these inputs and on everything their actions cause, in order."""
@@ -800,6 +968,8 @@ class Simulation:
             dropped_messages=self._dropped,
             judge_findings=self._judge.counts() if self._judge else {},
             judge_first=self._judge.first_findings() if self._judge else {},
+            plan_changes=len(self._plan_changes),
+            plan_decisions=self._plan_decisions,
         )
 
     def _install(self) -> None:
@@ -852,10 +1022,23 @@ class Simulation:
             jammed=FaultCode.JAM in m.faults,
             bin_full=len(m.bin) >= m.identity.bin_capacity,
             agent_linked=self._engine is not None and not self._link_downs,
+            reader=self._reader_label(),
         )
         if world != self._world:
             self._world = world
             self._judge.world(world)
+
+    def _reader_label(self) -> SachetLabel | None:
+        """The label of the sachet at the reader (memoised: asked after every loop step)."""
+        roll, position = self._model.roll, self._model.position
+        memo = self._reader_memo
+        if memo is not None and memo[0] is roll and memo[1] == position:
+            return memo[2]
+        label = (
+            _label(roll, position) if roll is not None and position < len(roll.sachets) else None
+        )
+        self._reader_memo = (roll, position, label)
+        return label
 
     def _idle_tick(self, engine: EngineLike, target_s: float) -> None:
         """Tick somewhere before the next deadline: the engine must do nothing (invariant 5)."""

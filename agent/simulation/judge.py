@@ -35,10 +35,12 @@ R4 right sachet: every presented sachet carries the bound patient's reference (o
 R5 no discard without a decision: a sachet is cut into the bin only when a decision covers it.
    `discard_decisions` says which decisions count:
    - "stale": the slot the sachet is packed for (the reference slot within the tolerance of its
-     intended time) already has a published `slot_outcome` (the default, and the only one today);
-   - "no_slot": the sachet matches no slot of the schedule (a plan mismatch). Not a decision by
-     default: discarding the pharmacy's medicine because the plan disagrees needs someone to
-     decide it.
+     intended time) already has a published `slot_outcome` (the default);
+   - a person's decision in the world (`discard_decided`: the response centre or a technician
+     on site said that this sachet, or every sachet of its roll that matches no slot, goes to
+     the bin) covers a sachet that matches no slot of the schedule (a plan mismatch);
+   - "no_slot": any sachet that matches no slot. Not a decision by default: discarding the
+     pharmacy's medicine because the plan disagrees needs someone to decide it.
 R6 bin: the bin's fill never exceeds its capacity; no sachet is cut into it while it is full (a
    discard the dispenser refused with BIN_FULL); and a discard never takes its last place, which
    is kept for a dose that must go back from the tray (a bin filled with discards, e.g. a resume
@@ -56,12 +58,20 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
    - "jam": the cutter is jammed -> `fault_jam`;
    - "bin_full": the bin is full -> `fault_bin_full`;
    - "roll_empty": at a slot's due instant (not paused, not settled early) the loaded roll has no
-     sachet left -> a HIGH `slot_outcome` for that slot.
+     sachet left -> a HIGH `slot_outcome` for that slot;
+   - "plan_mismatch": the sachet at the reader (this patient's, on a roll with this patient's
+     leader) matches no slot of the schedule and no person's decision covers it -> a HIGH
+     `plan_mismatch` naming that roll and sachet index.
    Each condition is a sub-rule ("R8.jam" ...) that can be enforced on its own.
 R9 no false missed alarm: no `slot_outcome` "missed", published while the agent runs and is
    linked to the dispenser (so it can ask whether the tray is empty), for a slot whose dose the
    agent published as presented (`dose_presented`) and the patient lifted out of the tray before
    that outcome (e.g. while the agent restarted or its link was down, so its `DoseTaken` was lost).
+
+The schedule may change during a run (`schedule_changed`, when the response centre's update
+reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
+have that were due before it, and slots only the old ones have that are due after it, may get an
+outcome but need not.
 """
 
 from __future__ import annotations
@@ -86,7 +96,7 @@ RULES: dict[str, str] = {
     "R8": "every HIGH condition reported within the bound",
     "R9": "no missed alarm for a presented dose the patient took",
 }
-HIGH_CONDITIONS = ("wrong_roll", "jam", "bin_full", "roll_empty")
+HIGH_CONDITIONS = ("wrong_roll", "jam", "bin_full", "roll_empty", "plan_mismatch")
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
 SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
 ALL_RULES = frozenset(RULES)
@@ -94,7 +104,20 @@ ALL_RULES = frozenset(RULES)
 # known engine hazards (SAFETY.md) and has a strict xfail test in tests/test_simulation.py that
 # fails the day the engine is fixed; the rule then moves in here.
 HOLDING_RULES = frozenset(
-    {"R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8.wrong_roll", "R8.jam", "R8.bin_full", "R9"}
+    {
+        "R1",
+        "R2",
+        "R3",
+        "R4",
+        "R5",
+        "R6",
+        "R7",
+        "R8.wrong_roll",
+        "R8.jam",
+        "R8.bin_full",
+        "R8.plan_mismatch",
+        "R9",
+    }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
 HIGH = "high"
@@ -121,20 +144,32 @@ def parse_hhmm(text: str) -> time:
 def reference_slots(
     zone: str, times: Sequence[str], effective_from: date, first_day: date, last_day: date
 ) -> list[RefSlot]:
-    """The slots of local days `first_day`..`last_day` (inclusive), in due order.
+    """The slots of local days `first_day`..`last_day` (inclusive), in due order (one rule)."""
+    return reference_slots_for_rules(zone, [(effective_from, times)], first_day, last_day)
+
+
+def reference_slots_for_rules(
+    zone: str,
+    rules: Sequence[tuple[date, Sequence[str]]],
+    first_day: date,
+    last_day: date,
+) -> list[RefSlot]:
+    """The slots of local days `first_day`..`last_day` (inclusive), in due order. Each rule
+    (effective_from, times) applies from its date until the next rule's date.
 
     docs/time-policy.md: a nominal time on a day when the clock jumps over it is due at the
     instant the wall clock would have shown it without the jump (shifted forward by the gap); a
     time that happens twice is due at its first occurrence. With zoneinfo that is `fold=0` in both
     cases (a missing local time is converted with the offset in force before the gap). Then an
     earlier nominal time is never due after a later one: it takes the later one's instant.
-    Slots are ordered by due instant, then by slot id. No slots before `effective_from`.
+    Slots are ordered by due instant, then by slot id. No slots before the first rule's date.
     """
     tz = ZoneInfo(zone)
-    nominal = sorted(parse_hhmm(t) for t in times)
+    ordered = sorted((start, sorted(parse_hhmm(t) for t in times)) for start, times in rules)
     raw: list[tuple[str, datetime]] = []
-    day = max(first_day, effective_from)
+    day = max(first_day, ordered[0][0]) if ordered else last_day + timedelta(days=1)
     while day <= last_day:
+        nominal = [times for start, times in ordered if start <= day][-1]
         for t in nominal:
             local = datetime.combine(day, t, tzinfo=tz)  # fold=0
             raw.append((f"{day.isoformat()}T{t:%H:%M}", local.astimezone(UTC)))
@@ -193,6 +228,7 @@ class World:
     jammed: bool
     bin_full: bool
     agent_linked: bool  # the agent runs and is connected to the dispenser
+    reader: SachetLabel | None = None  # the sachet at the reader of the loaded roll
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +276,15 @@ class _Condition:
     deadline: datetime | None  # None while the agent cannot know
     slot_id: str | None = None  # roll_empty: the slot it blocks
     reported: bool = False
+    sachet: tuple[str, int] | None = None  # plan_mismatch: (roll id, index) of the sachet
 
 
-_CONDITION_EVENTS = {"wrong_roll": "wrong_roll", "jam": "fault_jam", "bin_full": "fault_bin_full"}
+_CONDITION_EVENTS = {
+    "wrong_roll": "wrong_roll",
+    "jam": "fault_jam",
+    "bin_full": "fault_bin_full",
+    "plan_mismatch": "plan_mismatch",
+}
 
 
 @dataclass(slots=True)
@@ -267,23 +309,38 @@ class Judge:
     _trips: set[str] = field(default_factory=set)  # pause ids with sachets to take along
     _world: World | None = None
     _conditions: dict[str, _Condition] = field(default_factory=dict)
+    _rules: list[tuple[date, tuple[str, ...]]] = field(default_factory=list)
+    _optional: set[str] = field(default_factory=set)  # slot ids an outcome is allowed for
+    _decisions: set[tuple[str, int | None]] = field(default_factory=set)  # (roll, index|None)
 
     def __post_init__(self) -> None:
+        c = self.config
+        self._rules = [(c.effective_from, tuple(c.times))]
+        self._set_slots(self._reference(self._rules))
+        self._next_due = bisect_left(self._dues, c.installed_utc)
+
+    def _reference(self, rules: Sequence[tuple[date, Sequence[str]]]) -> list[RefSlot]:
         c = self.config
         tz = ZoneInfo(c.zone)
         first = c.installed_utc.astimezone(tz).date() - timedelta(days=2)
         last = c.expect_until_utc.astimezone(tz).date() + timedelta(days=4)
-        self._slots = reference_slots(c.zone, c.times, c.effective_from, first, last)
-        self._dues = [s.due_utc for s in self._slots]
-        self._by_id = {s.slot_id: s for s in self._slots}
-        self._next_due = bisect_left(self._dues, c.installed_utc)
+        return reference_slots_for_rules(c.zone, rules, first, last)
+
+    def _set_slots(self, slots: list[RefSlot]) -> None:
+        self._slots = slots
+        self._dues = [s.due_utc for s in slots]
+        self._by_id = {s.slot_id: s for s in slots}
 
     # --- reference lookups ---------------------------------------------------------------------
 
     @property
     def expected_slot_ids(self) -> list[str]:
         c = self.config
-        return [s.slot_id for s in self._slots if c.installed_utc <= s.due_utc < c.expect_until_utc]
+        return [
+            s.slot_id
+            for s in self._slots
+            if c.installed_utc <= s.due_utc < c.expect_until_utc and s.slot_id not in self._optional
+        ]
 
     def slot_for_sachet(self, intended: datetime) -> RefSlot | None:
         """The slot a sachet is packed for: the nearest by due instant, if within the tolerance
@@ -374,6 +431,70 @@ class Judge:
 
     # --- the physical world -------------------------------------------------------------------
 
+    def schedule_changed(self, effective_from: date, times: Sequence[str]) -> None:
+        """The response centre's schedule update reached the unit now: from `effective_from`
+        (local date) the dose times are `times`, until a later rule's date."""
+        now = self._require_now()
+        rules = [r for r in self._rules if r[0] != effective_from]
+        rules.append((effective_from, tuple(times)))
+        self._rules = sorted(rules)
+        new = self._reference(self._rules)
+        new_ids = {s.slot_id for s in new}
+        old_ids = {s.slot_id for s in self._slots}
+        kept = [s for s in self._slots if s.due_utc < now]  # what was due stays as it was
+        kept_ids = {s.slot_id for s in kept}
+        # only the new rules have it and it was due already; or only the old rules have it and
+        # it is still to come (it may have been picked up): an outcome may come, need not
+        self._optional |= {s.slot_id for s in new if s.due_utc < now and s.slot_id not in old_ids}
+        self._optional |= {s.slot_id for s in self._slots if s.due_utc >= now} - new_ids
+        extra = [s for s in new if s.slot_id not in kept_ids]
+        extra += [s for s in self._slots if s.slot_id in self._optional and s.due_utc >= now]
+        self._set_slots(sorted({*kept, *extra}))
+        self._next_due = bisect_right(self._dues, now)
+        self._review_reader(now)
+
+    def discard_decided(self, roll_id: str, index: int | None) -> None:
+        """A person decided that sachet `index` of roll `roll_id` (None: each of its sachets
+        that matches no slot) goes to the bin (R5, R8.plan_mismatch)."""
+        self._decisions.add((roll_id, index))
+        self._review_reader(self._require_now())
+
+    def decision_refused(self, roll_id: str, index: int | None) -> None:
+        """The unit refused that decision (it did not fit what was loaded): it never happened."""
+        self._decisions.discard((roll_id, index))
+        self._review_reader(self._require_now())
+
+    def _decided(self, label: SachetLabel) -> bool:
+        decisions = self._decisions
+        return (label.roll_id, None) in decisions or (label.roll_id, label.index) in decisions
+
+    def _review_reader(self, now: datetime) -> None:
+        """R8.plan_mismatch: is the sachet at the reader one of this patient's that matches no
+        slot, with nobody's decision on it?"""
+        world = self._world
+        label = world.reader if world is not None else None
+        ref = self.config.patient_ref
+        key: str | None = None
+        if (
+            label is not None
+            and label.roll_patient_ref == ref
+            and label.patient_ref == ref
+            and not self._decided(label)
+            and self.slot_for_sachet(label.intended_utc) is None
+        ):
+            key = f"plan_mismatch {label.roll_id}/{label.index}"
+        for other in [k for k, c in self._conditions.items() if c.name == "plan_mismatch"]:
+            if other != key:
+                del self._conditions[other]
+        if key is not None and key not in self._conditions and label is not None:
+            assert world is not None
+            self._conditions[key] = _Condition(
+                "plan_mismatch",
+                now,
+                self._deadline(now, world.agent_linked),
+                sachet=(label.roll_id, label.index),
+            )
+
     def world(self, state: World) -> None:
         """The physical state now (call after anything may have changed it)."""
         now = self._now or self.config.installed_utc
@@ -404,6 +525,8 @@ class Judge:
             for c in self._conditions.values():
                 if not c.reported:
                     c.deadline = None
+        if previous is None or state.reader != previous.reader:
+            self._review_reader(now)
 
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
@@ -506,7 +629,7 @@ class Judge:
         )
         decisions = self.config.discard_decisions
         if slot is None:
-            if "no_slot" not in decisions:
+            if "no_slot" not in decisions and not self._decided(label):
                 self._violation(
                     "R5",
                     f"discarded {what}: it matches no slot of the schedule (a plan mismatch) "
@@ -563,6 +686,11 @@ class Judge:
                 if cond.name == "roll_empty":
                     cond.reported = kind == "slot_outcome" and fields.get("slot_id") == (
                         cond.slot_id
+                    )
+                elif cond.name == "plan_mismatch":
+                    cond.reported = kind == "plan_mismatch" and cond.sachet == (
+                        fields.get("roll_id"),
+                        fields.get("sachet_index"),
                     )
                 elif _CONDITION_EVENTS[cond.name] == kind:
                     cond.reported = True

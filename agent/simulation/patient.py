@@ -1,4 +1,5 @@
-"""Seeded behaviour of the people around the dispenser: the patient and the home-care nurse.
+"""Seeded behaviour of the people around the dispenser: the patient, the home-care nurse, and
+the pharmacy with the prescriber (plan changes).
 
 Everything is drawn from one `random.Random` passed in, so a seed replays exactly. Times are
 *true* seconds since the start of the simulation (what a person's watch would say), not the
@@ -11,7 +12,7 @@ import enum
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 from agent.engine.schedule import Slot
 
@@ -201,3 +202,99 @@ def _poisson_times(rng: random.Random, rate_per_s: float, duration_s: float) -> 
         times.append(t)
         t += rng.expovariate(rate_per_s)
     return times
+
+
+# --- the pharmacy's plan and the unit's schedule -------------------------------------------------
+
+
+class PlanChangeKind(enum.StrEnum):
+    NEW_TIME = "new_time"  # the GP added a dose time: every roll from this one carries it
+    PHARMACY_ERROR = "pharmacy_error"  # one roll carries, on a few days, a time nobody prescribed
+
+
+class Decider(enum.StrEnum):
+    """Who answers a `plan_mismatch` alert about a pharmacy error, and how."""
+
+    CENTRE_SACHET = "centre_sachet"  # the response centre, for the sachet the alert names
+    CENTRE_ROLL = "centre_roll"  # the response centre, for the whole roll
+    ON_SITE = "on_site"  # a technician at the home (local control socket), for the whole roll
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """From roll period `period` on (NEW_TIME), or on the first `days` days of that roll only
+    (PHARMACY_ERROR), the pharmacy packs a daily sachet at local `extra`, a time the unit's
+    schedule lacks. The response centre answers the alert it causes: NEW_TIME with a schedule
+    update, a pharmacy error with a discard decision (`decider`). (A whole roll of errors would
+    fill the 30-sachet bin: a real pharmacy sends a corrected roll.)"""
+
+    period: int
+    kind: PlanChangeKind
+    extra: time
+    decider: Decider
+    days: int = 0  # PHARMACY_ERROR: how many days of the roll carry the extra sachet
+
+
+# Candidate extra times: whole and half hours away from the DST-changing night hours.
+_EXTRA_TIMES = tuple(time(h, m) for h in range(5, 24) for m in (0, 30))
+# An extra time is this far from every dose time: no sachet-tolerance play (hazard #3), and two
+# intakes stay 90 min apart (hazard #1, judge R2) even when a dose is dispensed at its deadline
+# (60 min late) and taken at the end of its grace (60 min) and the next one is taken 60 min
+# early: 270 - 180 = 90. The default schedules' closest doses are 270 min apart, too.
+MIN_EXTRA_SPACING_MIN = 270
+
+
+def _minutes(t: time) -> int:
+    return t.hour * 60 + t.minute
+
+
+def _spaced(candidate: time, times: list[time]) -> bool:
+    def gap(a: int, b: int) -> int:
+        d = abs(a - b) % 1440
+        return min(d, 1440 - d)
+
+    return all(gap(_minutes(candidate), _minutes(t)) >= MIN_EXTRA_SPACING_MIN for t in times)
+
+
+class Pharmacy:
+    """Plans the changes of the pharmacy's packing against the unit's schedule."""
+
+    def __init__(self, rng: random.Random, p_new_time: float = 0.5) -> None:
+        self._rng = rng
+        self._p_new_time = p_new_time
+
+    def plan(
+        self, periods: int, per_year: float, period_days: int, times: Sequence[time]
+    ) -> list[PlanChange]:
+        """Changes at roll periods 1..periods-2 (`per_year` expected a year), each with an
+        extra time at least MIN_EXTRA_SPACING_MIN from every dose time in effect then."""
+        changes: list[PlanChange] = []
+        if per_year <= 0:
+            return changes
+        chance = min(1.0, per_year * period_days / 365.0)
+        in_effect = list(times)
+        for period in range(1, periods - 1):
+            if self._rng.random() >= chance:
+                continue
+            kind = (
+                PlanChangeKind.NEW_TIME
+                if self._rng.random() < self._p_new_time
+                else PlanChangeKind.PHARMACY_ERROR
+            )
+            decider = self._rng.choice(list(Decider))
+            options = [t for t in _EXTRA_TIMES if _spaced(t, in_effect)]
+            if not options:
+                continue
+            extra = self._rng.choice(options)
+            days = self._rng.randint(1, 4) if kind is PlanChangeKind.PHARMACY_ERROR else 0
+            changes.append(PlanChange(period, kind, extra, decider, days))
+            if kind is PlanChangeKind.NEW_TIME:
+                in_effect.append(extra)  # a dose time from now on: later changes keep clear
+        return changes
+
+    def reaction_s(self) -> float:
+        """How long people take to decide after the alert: mostly within hours, sometimes a
+        day (doses behind the held sachet are refused meanwhile)."""
+        if self._rng.random() < 0.8:
+            return self._rng.uniform(600.0, 3 * 3600.0)
+        return self._rng.uniform(3 * 3600.0, 30 * 3600.0)
