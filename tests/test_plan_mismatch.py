@@ -68,11 +68,11 @@ def test_a_sachet_the_schedule_lacks_is_held_and_its_alert_latches_until_decided
     assert rig.events("plan_mismatch_cleared") == []
     assert rig.dispenser.discarded == []
     assert len(rig.events("plan_mismatch")) == 1
-    latched = rig.engine.status()["latched_alerts"]
-    assert isinstance(latched, list)
-    assert [(a["kind"], a["resolved"]) for a in latched if a["kind"] == "plan_mismatch"] == [
-        ("plan_mismatch", False)
-    ]
+    [alert] = rig.events("plan_mismatch")
+    assert latched(rig) == [(alert.alert_id, False)]
+    held = rig.engine.status().unplanned
+    assert held is not None
+    assert (held.roll_id, held.sachet_index, held.alert_id) == ("R1", 1, alert.alert_id)
 
 
 # --- decisions --------------------------------------------------------------------------------
@@ -89,9 +89,8 @@ def at_reader_after_morning_dose() -> Rig:
 
 
 def latched(rig: Rig, kind: str = "plan_mismatch") -> list[tuple[str, bool]]:
-    alerts = rig.engine.status()["latched_alerts"]
-    assert isinstance(alerts, list)
-    return [(a["alert_id"], a["resolved"]) for a in alerts if a["kind"] == kind]
+    alerts = rig.engine.status().latched_alerts
+    return [(a.alert_id, a.resolved) for a in alerts if a.kind == kind]
 
 
 def test_a_discard_decision_from_the_centre_bins_that_sachet_and_resolves_the_alert() -> None:
