@@ -62,6 +62,7 @@ NOT_E2E = "not e2e"
 # that `-x` stops early for most mutants. The simulation test is last: it is the slowest.
 ENGINE_TESTS: tuple[str, ...] = (
     "tests/test_engine.py",
+    "tests/test_plan_mismatch.py",
     "tests/test_roll_check.py",
     "tests/test_lifecycle.py",
     "tests/test_pause.py",
@@ -85,13 +86,16 @@ class Selection:
 SELECTIONS: tuple[tuple[str, Selection], ...] = (
     ("agent/engine/*.py", Selection(ENGINE_TESTS, sim=True, own_test_first=True)),
     (
-        # Only the end-to-end test drives the command path (agent -> MQTT -> answer); it is
-        # selected by name, so this one e2e test runs (a private mosquitto, about 3 s).
+        # Only the end-to-end tests drive the command path (agent -> MQTT or the local control
+        # socket -> answer); selected by name, so these e2e tests run (a private mosquitto each).
         "agent/commands.py",
         Selection(
             (
                 "tests/test_e2e.py::"
                 "test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed",
+                "tests/test_e2e.py::test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard",
+                "tests/test_e2e.py::"
+                "test_a_technician_on_site_decides_through_the_local_control_socket",
             ),
             markers="",
         ),
