@@ -7,23 +7,26 @@ Engine tests on the virtual clock with the scripted dispenser of test_engine.py.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
-from test_engine import OTHER, Rig, daily, utc
+from test_engine import OTHER, PATIENT, Rig, daily, utc
 
 from agent.engine.engine import DoseEngine, EngineState
 from agent.engine.types import (
     FROM_RESPONSE_CENTRE,
     ON_SITE,
     DiscardUnplanned,
+    EngineConfig,
     EngineInputError,
     LinkDown,
     LinkUp,
     Outcome,
+    PauseWindow,
     SetSchedule,
+    StartPause,
 )
-from protocol.messages import Discard, Feature
+from protocol.messages import Discard, Feature, SachetRead
 
 # 08:00 and 20:00 in Oslo (CET in March: 07:00 and 19:00 UTC); the pharmacy's new roll also has
 # a 14:00 sachet every day (13:00 UTC), which the unit's schedule lacks.
@@ -287,6 +290,17 @@ def test_another_patients_roll_is_never_cut_on_a_decision() -> None:
     assert refused.value.code == "foreign_roll"
 
 
+def test_a_wrong_roll_whose_sachets_claim_the_patient_is_no_plan_question() -> None:
+    rig = Rig(SCHEDULE, sachet_times=new_plan_times(range(2, 3))[1:])  # starts with 14:00
+    rig.dispenser.roll_patient = OTHER  # the leader names another patient ...
+    rig.install(roll=False)
+    rig.msg(rig.dispenser.roll_message())
+    rig.msg(SachetRead("R1", 0, int(utc(2026, 3, 2, 13).timestamp()), PATIENT))  # ... not these
+    rig.feed(SetSchedule(daily("08:00", "20:00", start=date(2026, 2, 1)), 2))
+    assert len(rig.events("wrong_roll")) == 1
+    assert rig.events("plan_mismatch") == []
+
+
 def test_a_sachet_the_schedule_lacks_before_a_due_dose_holds_it_with_that_reason() -> None:
     # the pharmacy moved the morning dose to 14:00: at 08:00 the 14:00 sachet is at the reader
     times = [utc(2026, 3, d, h) for d in range(2, 5) for h in (13, 19)]
@@ -317,3 +331,85 @@ def test_without_a_bin_a_decided_sachet_waits_for_a_person_and_says_so() -> None
     assert rig.dispenser.discarded == []
     outcome = rig.outcome_of("2026-03-02T20:00")
     assert (outcome.outcome, outcome.reason) == (Outcome.MISSED, "not_dispensed:discard_decided")
+
+
+def test_a_decision_about_another_roll_leaves_the_held_sachets_alert_alone() -> None:
+    rig = at_reader_after_morning_dose()
+    [alert] = rig.events("plan_mismatch")
+    rig.remove_roll()
+    rig.dispenser.roll_id = "R2"  # the same plan, another roll; its SachetRead has not come yet
+    rig.dispenser.loaded = True
+    rig.msg(rig.dispenser.roll_message())
+    rig.feed(DiscardUnplanned("R2", None, "operator-17", FROM_RESPONSE_CENTRE))
+    [decided] = rig.events("plan_mismatch_decided")
+    assert decided.fields["alert_id"] is None
+    assert latched(rig) == [(alert.alert_id, False)]
+    # R2's sachet at the reader: R1's hold ends (roll changed); R2's is decided: to the bin
+    rig.msg(rig.dispenser.sachet())  # type: ignore[arg-type]
+    assert [e.fields["decision"] for e in rig.events("plan_mismatch_decided")] == [
+        "discard",
+        "roll_changed",
+    ]
+    assert latched(rig) == [(alert.alert_id, True)]
+    assert len(rig.events("plan_mismatch")) == 1
+    assert rig.dispenser.discarded == [1]
+
+
+def test_a_later_decision_for_the_whole_roll_replaces_the_one_for_a_sachet() -> None:
+    rig = at_reader_after_morning_dose()
+    rig.feed(StartPause(PauseWindow("away", utc(2026, 3, 2, 9), utc(2026, 3, 2, 12))))
+    rig.run_for(timedelta(minutes=1))  # no discard while paused: the decisions wait
+    rig.feed(DiscardUnplanned("R1", 1, "operator-17", FROM_RESPONSE_CENTRE))
+    rig.feed(DiscardUnplanned("R1", None, "operator-18", FROM_RESPONSE_CENTRE))
+    decisions = rig.engine.state.discard_decisions
+    assert [(d.sachet_index, d.by) for d in decisions] == [(None, "operator-18")]
+    rig.feed(DiscardUnplanned("R1", 1, "operator-19", FROM_RESPONSE_CENTRE))  # kept beside it
+    assert [(d.sachet_index, d.by) for d in rig.engine.state.discard_decisions] == [
+        (None, "operator-18"),
+        (1, "operator-19"),
+    ]
+    assert rig.dispenser.discarded == []
+    rig.run_until(utc(2026, 3, 2, 12, 1))
+    assert rig.dispenser.discarded == [1]
+
+
+def test_passed_slots_in_a_pause_are_skipped_when_the_schedule_takes_up_their_time() -> None:
+    rig = at_reader_after_morning_dose()
+    # away from 13:00 to 23:00, and the update comes while still away
+    rig.feed(StartPause(PauseWindow("day-centre", utc(2026, 3, 2, 12), utc(2026, 3, 2, 22))))
+    rig.run_until(utc(2026, 3, 2, 19, 5))
+    rig.feed(SetSchedule(daily("08:00", "14:00", "20:00"), 2))
+    passed = rig.outcome_of("2026-03-02T14:00")
+    assert (passed.outcome, passed.reason) == (Outcome.SKIPPED_PAUSED, "day-centre")
+
+
+def test_refusals_say_what_is_loaded() -> None:
+    rig = at_reader_after_morning_dose()
+    with pytest.raises(EngineInputError, match=r"roll 'R9' is not the roll loaded \(roll 'R1'"):
+        rig.feed(DiscardUnplanned("R9", None, "operator-17", FROM_RESPONSE_CENTRE))
+    with pytest.raises(EngineInputError, match=r"sachet 2 is not at the reader \(index 1 is\)"):
+        rig.feed(DiscardUnplanned("R1", 2, "operator-17", FROM_RESPONSE_CENTRE))
+    rig.remove_roll()
+    with pytest.raises(EngineInputError, match=r"\(no roll is\)"):
+        rig.feed(DiscardUnplanned("R1", None, "operator-17", FROM_RESPONSE_CENTRE))
+    rig.dispenser.loaded = True
+    rig.msg(rig.dispenser.roll_message())  # the sachet has not been read yet
+    with pytest.raises(EngineInputError, match=r"sachet 1 is not at the reader \(none is\)"):
+        rig.feed(DiscardUnplanned("R1", 1, "operator-17", FROM_RESPONSE_CENTRE))
+
+
+def test_a_sachet_without_a_time_or_at_the_tolerance_edge_is_no_plan_mismatch() -> None:
+    tolerance = EngineConfig().sachet_time_tolerance
+    edge = utc(2026, 3, 2, 7) - tolerance  # packed for 08:00 as early as the tolerance allows
+    rig = Rig(SCHEDULE, sachet_times=[edge, utc(2026, 3, 2, 19)])
+    rig.install()
+    rig.run_until(utc(2026, 3, 2, 7, 5))
+    assert rig.events("plan_mismatch") == []
+    assert rig.dispenser.dispensed == [0]
+    untimed = Rig(SCHEDULE, sachet_times=new_plan_times())
+    untimed.install(roll=False)
+    untimed.msg(untimed.dispenser.roll_message())
+    untimed.msg(SachetRead("R1", 0, 0, PATIENT))  # a label without an intended time
+    untimed.run_until(utc(2026, 3, 2, 8, 30))
+    assert untimed.events("plan_mismatch") == []
+    assert untimed.outcome_of("2026-03-02T08:00").reason == "sachet_time_unknown"

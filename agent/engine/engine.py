@@ -1749,9 +1749,9 @@ class DoseEngine:
         if not identity.ok:
             return
         if self._sachet_matches_a_slot(sachet) is False:
-            # a sachet the schedule lacks: to the bin only by a person's decision (hazard H6)
-            if self._desk.decision_for(sachet) is not None:
-                self._send_discard(roll_check.DISCARD_DECIDED, now, actions)
+            # a sachet the schedule lacks goes to the bin, whenever it comes, on a person's
+            # decision only: _send_discard refuses it without one (hazard H6)
+            self._send_discard(roll_check.DISCARD_DECIDED, now, actions)
             return
         waiting = [r.due_utc for r in self._slotbook.runs]
         upcoming = self._slotbook.next_scheduled(self._schedule)
@@ -1810,17 +1810,15 @@ class DoseEngine:
     def _send_discard(self, reason: str, now: Now, actions: list[Action]) -> None:
         sachet = self._desk.sachet
         assert sachet is not None
-        decision = self._desk.decision_for(sachet)
-        if self._sachet_matches_a_slot(sachet) is False and decision is None:
-            # the one place a Discard is sent: never for a sachet the schedule lacks without a
-            # person's decision (hazard H6); _review_sachet holds it with a latched alert
+        unplanned = self._sachet_matches_a_slot(sachet) is False
+        decision = self._desk.decision_for(sachet) if unplanned else None
+        if unplanned and decision is None:
+            # the one place a Discard is built: never for a sachet the schedule lacks without
+            # a person's decision (hazard H6); _review_sachet holds it with a latched alert
             return
         dispense_id = self._outbound.take_dispense_id()
         self._desk.discarding[dispense_id] = Discarding(
-            sachet.index,
-            sachet.intended_utc_s,
-            reason,
-            decision if reason == roll_check.DISCARD_DECIDED else None,
+            sachet.index, sachet.intended_utc_s, reason, decision
         )
         command = Discard(req_id=0, dispense_id=dispense_id, sachet_index=sachet.index)
         self._outbound.send(actions, "discard", command, dispense_id=dispense_id)
@@ -1858,10 +1856,8 @@ class DoseEngine:
                 self._end_hold(hold, "schedule_updated", now, actions)
                 if replaced is not None:
                     self._settle_passed_slots(hold, replaced, now, actions)
-            else:
-                return  # still waiting for a decision (or unbound: nothing to decide now)
         if unplanned is None or self._desk.unplanned is not None:
-            return
+            return  # nothing to hold, or still waiting for a decision on the held one
         if self._desk.decision_for(unplanned) is not None:
             return  # decided already (the whole roll): it goes to the bin
         fields: dict[str, object] = {
@@ -1906,9 +1902,7 @@ class DoseEngine:
         intended = roll_check.wire_time(hold.intended_utc_s)
         if cursor is None or schedule is None or intended is None:
             return
-        start = intended - self._cfg.sachet_time_tolerance
-        if start >= cursor:
-            return  # all still to come: picked up by the cursor like any slot
+        start = intended - self._cfg.sachet_time_tolerance  # (from the cursor on: picked up)
         known = {slot.slot_id for slot in replaced.slots_between(start, cursor)}
         running = {r.slot_id for r in self._slotbook.runs}
         for slot in schedule.slots_between(start, cursor):
@@ -1969,9 +1963,8 @@ class DoseEngine:
         )
         self._desk.decisions = (*kept, made)
         hold = self._desk.unplanned
-        covered = hold is not None and self._covers(made, hold)
         alert_id = None
-        if hold is not None and covered:
+        if hold is not None and self._covers(made, hold):
             alert_id = hold.alert_id
             self._desk.unplanned = None
             self._alerts.resolve("plan_mismatch")
