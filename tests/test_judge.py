@@ -634,6 +634,20 @@ def test_a_schedule_update_changes_which_slots_need_an_outcome() -> None:
     assert j.findings == []
 
 
+def test_r2_follows_the_minimum_interval_of_a_schedule_update() -> None:
+    j = judge(enforce=frozenset({"R2"}), min_intake_interval=timedelta(hours=6))
+    j.advance(utc("06:05"))
+    j.taken(1)
+    j.schedule_changed(DAY, ("08:00", "14:00", "20:00"), timedelta(hours=3))
+    j.advance(utc("12:05"))  # the new 14:00 dose, 6 h after the first: fine under both
+    j.taken(2)
+    j.advance(utc("15:10"))
+    j.taken(3)  # 3 h 5 min: fine under the new interval only
+    j.advance(utc("17:00"))
+    with pytest.raises(InvariantViolation, match=r"R2 .*minimum 180\.0 min"):
+        j.taken(4)
+
+
 def test_r8_an_empty_roll_at_a_due_time_needs_a_high_outcome_for_that_slot() -> None:
     j = judge(enforce=frozenset({"R8.roll_empty"}))
     j.world(world(remaining=0))

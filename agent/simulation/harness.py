@@ -777,11 +777,15 @@ class Simulation:
         times = tuple(sorted({*current.times, change.extra}))
         rules = [r for r in self._rules if r.effective_from < day]
         rules.append(ScheduleRule(effective_from=day, times=times))
-        schedule = Schedule.build(DEFAULT_ZONE, rules)
+        schedule = Schedule.build(DEFAULT_ZONE, rules, self.config.min_interval)
         self._rules, self._schedule_version = rules, self._schedule_version + 1
         self._applied.add(k)
         if self._judge is not None:
-            self._judge.schedule_changed(day, [f"{t:%H:%M}" for t in times])
+            hhmm = [f"{t:%H:%M}" for t in times]
+            # the judge's own reference of the default (half the new smallest spacing), as at
+            # installation: never the engine's value
+            interval = self.config.min_interval or reference_min_interval(hhmm)
+            self._judge.schedule_changed(day, hhmm, interval)
         end_utc = self._start + timedelta(seconds=self._duration_s) - SETTLE_MARGIN
         known = set(self._expected)
         self._expected += [

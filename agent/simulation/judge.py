@@ -312,10 +312,12 @@ class Judge:
     _rules: list[tuple[date, tuple[str, ...]]] = field(default_factory=list)
     _optional: set[str] = field(default_factory=set)  # slot ids an outcome is allowed for
     _decisions: set[tuple[str, int | None]] = field(default_factory=set)  # (roll, index|None)
+    _min_interval: timedelta = timedelta(0)  # R2's, as in force now (a schedule update moves it)
 
     def __post_init__(self) -> None:
         c = self.config
         self._rules = [(c.effective_from, tuple(c.times))]
+        self._min_interval = c.min_intake_interval
         self._set_slots(self._reference(self._rules))
         self._next_due = bisect_left(self._dues, c.installed_utc)
 
@@ -431,10 +433,18 @@ class Judge:
 
     # --- the physical world -------------------------------------------------------------------
 
-    def schedule_changed(self, effective_from: date, times: Sequence[str]) -> None:
+    def schedule_changed(
+        self,
+        effective_from: date,
+        times: Sequence[str],
+        min_intake_interval: timedelta | None = None,
+    ) -> None:
         """The response centre's schedule update reached the unit now: from `effective_from`
-        (local date) the dose times are `times`, until a later rule's date."""
+        (local date) the dose times are `times`, until a later rule's date; R2's minimum
+        interval is `min_intake_interval` from now on (None: unchanged)."""
         now = self._require_now()
+        if min_intake_interval is not None:
+            self._min_interval = min_intake_interval
         rules = [r for r in self._rules if r[0] != effective_from]
         rules.append((effective_from, tuple(times)))
         self._rules = sorted(rules)
@@ -573,12 +583,12 @@ class Judge:
         now = self._require_now()
         if self._intakes:
             last = self._intakes[-1]
-            if now - last < self.config.min_intake_interval:
+            if now - last < self._min_interval:
                 self._violation(
                     "R2",
                     f"dose (dispense id {dispense_id}) taken {_minutes(now - last)} after the "
                     f"previous intake at {_iso(last)} (minimum "
-                    f"{_minutes(self.config.min_intake_interval)})",
+                    f"{_minutes(self._min_interval)})",
                 )
         self._intakes.append(now)
         self._taken.setdefault(dispense_id, now)

@@ -237,10 +237,9 @@ class PlanChange:
 
 # Candidate extra times: whole and half hours away from the DST-changing night hours.
 _EXTRA_TIMES = tuple(time(h, m) for h in range(5, 24) for m in (0, 30))
-# An extra time is this far from every dose time: no sachet-tolerance play (hazard #3), and two
-# intakes stay 90 min apart (hazard #1, judge R2) even when a dose is dispensed at its deadline
-# (60 min late) and taken at the end of its grace (60 min) and the next one is taken 60 min
-# early: 270 - 180 = 90. The default schedules' closest doses are 270 min apart, too.
+# An extra time is this far from every dose time, as far as the default schedules' closest doses
+# are: a sachet at it is plainly for no dose time (no play with the sachet tolerance, hazard #3),
+# and a schedule that takes it up keeps a minimum interval (hazard #1) like the default ones.
 MIN_EXTRA_SPACING_MIN = 270
 
 
