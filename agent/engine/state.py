@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import Annotated, Any, Protocol
 
-from agent.engine import roll_check
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.engine import catalogue, roll_check
 from agent.engine.alerts import LatchedAlert
 from agent.engine.schedule import Schedule, ScheduleRule, parse_time
-from agent.engine.types import Binding, PauseWindow
+from agent.engine.types import PAUSE_REASONS, Binding, PauseWindow
 from protocol.messages import RollInserted
 
 __all__ = [
@@ -25,12 +36,26 @@ __all__ = [
     "EngineState",
     "OpenSlot",
     "OpenSlotRecord",
+    "Restored",
     "RollInfo",
     "SettledSlot",
+    "StateUnreadableError",
     "UnplannedHold",
     "iso_or_none",
     "parse_utc",
+    "restore",
 ]
+
+REASON_MAX = 300  # characters of a reason for the response centre
+
+
+class StateUnreadableError(ValueError):
+    """Persisted state that cannot be read, or that contradicts itself. `reason` names where and
+    why (field paths and rules, never a stored value: no patient data)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason[:REASON_MAX]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,39 +173,20 @@ class EngineState:
         return cls()
 
     def with_open_slots(self, records: Iterable[OpenSlotRecord]) -> EngineState:
-        """Replace open slots with the store's ledger (the single source of truth for them)."""
-        known = {o.slot_id: o for o in self.open_slots}
-        slots: list[OpenSlot] = []
-        for record in records:
-            if record.dispense_id is None or record.due_utc is None:
-                continue
-            previous = known.get(record.slot_id)
-            slots.append(
-                OpenSlot(
-                    slot_id=record.slot_id,
-                    dispense_id=record.dispense_id,
-                    # the sachet last sent for it (a retry may name another than the begin did,
-                    # and its dose events name that one); the ledger's when the state lacks it
-                    sachet_index=(
-                        previous.sachet_index
-                        if previous is not None and previous.dispense_id == record.dispense_id
-                        else record.sachet_index or 0
-                    ),
-                    due_utc=parse_utc(record.due_utc),
-                    presented_utc=(
-                        parse_utc(record.presented_utc) if record.presented_utc else None
-                    ),
-                    roll_id=previous.roll_id if previous else None,
-                )
-            )
-        return replace(self, open_slots=tuple(slots))
+        """Replace open slots with the store's ledger (the single source of truth for them).
+
+        Raises StateUnreadableError for a ledger record that is not a valid open slot."""
+        slots, problems = _ledger_slots(self, records)
+        if problems:
+            raise StateUnreadableError("; ".join(problems))
+        return replace(self, open_slots=slots)
 
     def to_json(self) -> str:
-        return json.dumps(_state_to_dict(self), sort_keys=True, separators=(",", ":"))
+        return _dump(self)
 
     @classmethod
     def from_json(cls, text: str) -> EngineState:
-        return _state_from_dict(json.loads(text))
+        return _load(text)
 
 
 def parse_utc(text: str) -> datetime:
@@ -194,208 +200,501 @@ def iso_or_none(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _schedule_to_dict(schedule: Schedule) -> dict[str, object]:
-    return {
-        "zone": schedule.zone,
-        "rules": [
-            {
-                "effective_from": rule.effective_from.isoformat(),
-                "times": [f"{t:%H:%M}" for t in rule.times],
-                "weekday_times": {
-                    str(day): [f"{t:%H:%M}" for t in times]
-                    for day, times in rule.weekday_times.items()
-                },
-            }
-            for rule in schedule.rules
-        ],
-        # None: the schedule's default (half the smallest spacing), computed again when loaded
-        "min_interval_s": None
-        if schedule.min_interval is None
-        else schedule.min_interval.total_seconds(),
-    }
+# --- the JSON form: a pydantic boundary model mirroring EngineState ---------------------------
+#
+# Strict and closed: a wrongly typed value, an unknown field or a value out of its range is an
+# error, never coerced. Missing top-level keys take their defaults (states written by older
+# versions lack the newer keys). The dataclasses above stay what the engine works with.
+
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFF_FFFF
+U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+I64_MAX = (1 << 63) - 1
+# A roll's counts: a Status adds two u16 (next index + remaining) for a roll it only saw, and a
+# presented sachet moves the next index one past a u16.
+ROLL_COUNT_MAX = 2 * U16_MAX
+TEXT_MAX = 256
+# Slot and horizon times lie in [1970, 3000): the engine adds hours and days to them, which must
+# not overflow (datetime ends at year 9999); the same bound as for label times on the wire.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime.fromtimestamp(roll_check.WIRE_TIME_MAX_S, tz=UTC)
 
 
-def _schedule_from_dict(data: dict[str, object]) -> Schedule:
-    rules = [
-        ScheduleRule(
-            effective_from=date.fromisoformat(raw["effective_from"]),
-            times=tuple(parse_time(t) for t in raw["times"]),
+def _aware_utc(value: datetime) -> datetime:
+    if value.utcoffset() is None:
+        raise ValueError("naive datetime: engine state times are aware")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("not a time datetime can hold in UTC") from None
+
+
+def _utc(value: datetime) -> datetime:
+    value = _aware_utc(value)
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("not a time in [1970, 3000)")
+    return value
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _condition_kind(kind: str) -> str:
+    entry = catalogue.CATALOGUE.get(kind)
+    if entry is None or not entry.condition:
+        raise ValueError("not a condition of the event catalogue")
+    return kind
+
+
+def _pause_reason(reason: str) -> str:
+    if reason not in PAUSE_REASONS:
+        raise ValueError(f"not a pause reason ({', '.join(PAUSE_REASONS)})")
+    return reason
+
+
+def _unique(values: Iterable[object], what: str) -> None:
+    seen: set[object] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"two {what} are the same")
+        seen.add(value)
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc), PlainSerializer(_iso, return_type=str)]
+# Pause windows are only compared, never added to, and the command contract takes any aware
+# instant: a pause the centre set for year 9999 is a readable state.
+AnyUtcTime = Annotated[datetime, AfterValidator(_aware_utc), PlainSerializer(_iso, return_type=str)]
+Text = Annotated[str, Field(max_length=TEXT_MAX)]
+Name = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
+HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+SlotId = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}$")]
+ConditionKind = Annotated[str, AfterValidator(_condition_kind)]
+DispenseId = Annotated[int, Field(ge=1, le=U32_MAX)]  # the engine's ids start at 1
+WireTime = Annotated[int, Field(ge=0, le=U64_MAX)]
+RollCount = Annotated[int, Field(ge=0, le=ROLL_COUNT_MAX)]
+Counter = Annotated[int, Field(ge=1, le=I64_MAX)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class BindingModel(_Model):
+    patient_ref: Name
+
+    def to_binding(self) -> Binding:
+        return Binding(self.patient_ref)
+
+
+class ScheduleRuleModel(_Model):
+    effective_from: date
+    times: tuple[HHMM, ...]
+    weekday_times: dict[Annotated[int, Field(ge=0, le=6)], tuple[HHMM, ...]]
+
+    def to_rule(self) -> ScheduleRule:
+        return ScheduleRule(
+            effective_from=self.effective_from,
+            times=tuple(parse_time(t) for t in self.times),
             weekday_times={
-                int(day): tuple(parse_time(t) for t in times)
-                for day, times in raw["weekday_times"].items()
+                day: tuple(parse_time(t) for t in times)
+                for day, times in self.weekday_times.items()
             },
         )
-        for raw in data["rules"]  # type: ignore[attr-defined]
-    ]
-    interval = data.get("min_interval_s")  # absent in state stored before it existed
-    min_interval = None if interval is None else timedelta(seconds=float(interval))  # type: ignore[arg-type]
-    return Schedule.build(str(data["zone"]), rules, min_interval)
 
 
-def _state_to_dict(state: EngineState) -> dict[str, object]:
-    return {
-        "binding": None if state.binding is None else {"patient_ref": state.binding.patient_ref},
-        "schedule": None if state.schedule is None else _schedule_to_dict(state.schedule),
-        "schedule_version": state.schedule_version,
-        "pauses": [
-            {
-                "pause_id": p.pause_id,
-                "start_utc": iso_or_none(p.start_utc),
-                "end_utc": iso_or_none(p.end_utc),
-                "reason": p.reason,
-                "take_along": p.take_along,
-                "reminders_sent": p.reminders_sent,
-                "end_notice_sent": p.end_notice_sent,
-                "travel_dispensed": p.travel_dispensed,
-            }
-            for p in state.pauses
-        ],
-        "horizon_utc": iso_or_none(state.horizon_utc),
-        "next_dispense_id": state.next_dispense_id,
-        "latched_alerts": [
-            {
-                "alert_id": a.alert_id,
-                "kind": a.kind,
-                "raised_at": a.raised_at,
-                "acknowledged_by": a.acknowledged_by,
-                "acknowledged_at": a.acknowledged_at,
-                "resolved": a.resolved,
-            }
-            for a in state.latched_alerts
-        ],
-        "open_slots": [
-            {
-                "slot_id": o.slot_id,
-                "dispense_id": o.dispense_id,
-                "sachet_index": o.sachet_index,
-                "due_utc": iso_or_none(o.due_utc),
-                "presented_utc": iso_or_none(o.presented_utc),
-                "roll_id": o.roll_id,
-            }
-            for o in state.open_slots
-        ],
-        "settled": [
-            {"slot_id": s.slot_id, "due_utc": iso_or_none(s.due_utc)} for s in state.settled
-        ],
-        "last_intake_utc": iso_or_none(state.last_intake_utc),
-        "roll": None
-        if state.roll is None
-        else {
-            "roll_id": state.roll.roll_id,
-            "patient_ref": state.roll.patient_ref,
-            "sachet_count": state.roll.sachet_count,
-            "next_index": state.roll.next_index,
-            "first_dose_utc_s": state.roll.first_dose_utc_s,
-            "last_dose_utc_s": state.roll.last_dose_utc_s,
-            "expiry_utc_s": state.roll.expiry_utc_s,
-            "unverified": state.roll.unverified,
-        },
-        "raised_conditions": list(state.raised_conditions),
-        "locked_by_agent": state.locked_by_agent,
-        "next_alert_seq": state.next_alert_seq,
-        "starts": state.starts,
-        "unplanned": None
-        if state.unplanned is None
-        else {
-            "roll_id": state.unplanned.roll_id,
-            "sachet_index": state.unplanned.sachet_index,
-            "intended_utc_s": state.unplanned.intended_utc_s,
-            "alert_id": state.unplanned.alert_id,
-        },
-        "discard_decisions": [
-            {"roll_id": d.roll_id, "sachet_index": d.sachet_index, "by": d.by, "source": d.source}
-            for d in state.discard_decisions
-        ],
-        "extra": dict(state.extra),
-    }
+class ScheduleModel(_Model):
+    zone: Name
+    rules: tuple[ScheduleRuleModel, ...]
+    # None: the schedule's default (half the smallest spacing), computed again when loaded
+    min_interval_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> ScheduleModel:
+        self.to_schedule()  # the schedule's own rules (spacing, zone ...): ScheduleError
+        return self
+
+    def to_schedule(self) -> Schedule:
+        interval = None if self.min_interval_s is None else timedelta(seconds=self.min_interval_s)
+        return Schedule.build(self.zone, [rule.to_rule() for rule in self.rules], interval)
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> ScheduleModel:
+        return cls.model_construct(
+            zone=schedule.zone,
+            rules=tuple(
+                ScheduleRuleModel.model_construct(
+                    effective_from=rule.effective_from,
+                    times=tuple(f"{t:%H:%M}" for t in rule.times),
+                    weekday_times={
+                        day: tuple(f"{t:%H:%M}" for t in times)
+                        for day, times in rule.weekday_times.items()
+                    },
+                )
+                for rule in schedule.rules
+            ),
+            min_interval_s=None
+            if schedule.min_interval is None
+            else schedule.min_interval.total_seconds(),
+        )
 
 
-def _state_from_dict(data: dict[str, object]) -> EngineState:
-    d: dict[str, object] = data
-    binding_raw = d.get("binding")
-    schedule_raw = d.get("schedule")
-    roll_raw = d.get("roll")
-    horizon = d.get("horizon_utc")
-    last_intake = d.get("last_intake_utc")
-    unplanned_raw = d.get("unplanned")
-    return EngineState(
-        binding=None if binding_raw is None else Binding(str(binding_raw["patient_ref"])),  # type: ignore[index]
-        schedule=None if schedule_raw is None else _schedule_from_dict(schedule_raw),  # type: ignore[arg-type]
-        schedule_version=int(d.get("schedule_version", 0)),  # type: ignore[call-overload]
-        pauses=tuple(
-            PauseWindow(
-                p["pause_id"],
-                parse_utc(p["start_utc"]),
-                parse_utc(p["end_utc"]) if p["end_utc"] else None,
-                str(p.get("reason", "other")),
-                bool(p.get("take_along", False)),
-                int(p.get("reminders_sent", 0)),
-                bool(p.get("end_notice_sent", False)),
-                int(p.get("travel_dispensed", 0)),
-            )
-            for p in d.get("pauses", [])  # type: ignore[attr-defined]
-        ),
-        horizon_utc=parse_utc(horizon) if isinstance(horizon, str) else None,
-        next_dispense_id=int(d.get("next_dispense_id", 1)),  # type: ignore[call-overload]
-        latched_alerts=tuple(
-            LatchedAlert(
-                a["alert_id"],
-                a["kind"],
-                a["raised_at"],
-                a.get("acknowledged_by"),
-                a.get("acknowledged_at"),
-                bool(a.get("resolved", False)),
-            )
-            for a in d.get("latched_alerts", [])  # type: ignore[attr-defined]
-        ),
-        open_slots=tuple(
-            OpenSlot(
-                o["slot_id"],
-                int(o["dispense_id"]),
-                int(o["sachet_index"]),
-                parse_utc(o["due_utc"]),
-                parse_utc(o["presented_utc"]) if o.get("presented_utc") else None,
-                o.get("roll_id"),
-            )
-            for o in d.get("open_slots", [])  # type: ignore[attr-defined]
-        ),
-        settled=tuple(
-            SettledSlot(s["slot_id"], parse_utc(s["due_utc"]))
-            for s in d.get("settled", [])  # type: ignore[attr-defined]
-        ),
-        last_intake_utc=parse_utc(last_intake) if isinstance(last_intake, str) else None,
-        roll=None
-        if roll_raw is None
-        else RollInfo(
-            str(roll_raw["roll_id"]),  # type: ignore[index]
-            str(roll_raw["patient_ref"]),  # type: ignore[index]
-            int(roll_raw["sachet_count"]),  # type: ignore[index]
-            int(roll_raw["next_index"]),  # type: ignore[index]
-            int(roll_raw["first_dose_utc_s"]),  # type: ignore[index]
-            int(roll_raw["last_dose_utc_s"]),  # type: ignore[index]
-            int(roll_raw["expiry_utc_s"]),  # type: ignore[index]
-            bool(roll_raw.get("unverified", False)),  # type: ignore[attr-defined]
-        ),
-        raised_conditions=tuple(str(k) for k in d.get("raised_conditions", [])),  # type: ignore[attr-defined]
-        locked_by_agent=bool(d.get("locked_by_agent", False)),
-        next_alert_seq=int(d.get("next_alert_seq", 1)),  # type: ignore[call-overload]
-        starts=int(d.get("starts", 0)),  # type: ignore[call-overload]
-        unplanned=None
-        if unplanned_raw is None
-        else UnplannedHold(
-            str(unplanned_raw["roll_id"]),  # type: ignore[index]
-            int(unplanned_raw["sachet_index"]),  # type: ignore[index]
-            int(unplanned_raw["intended_utc_s"]),  # type: ignore[index]
-            str(unplanned_raw["alert_id"]),  # type: ignore[index]
-        ),
-        discard_decisions=tuple(
-            DiscardDecision(
-                str(x["roll_id"]),
-                None if x["sachet_index"] is None else int(x["sachet_index"]),
-                str(x["by"]),
-                str(x["source"]),
-            )
-            for x in d.get("discard_decisions", [])  # type: ignore[attr-defined]
-        ),
-        extra={str(k): str(v) for k, v in dict(d.get("extra", {})).items()},  # type: ignore[call-overload]
-    )
+class PauseModel(_Model):
+    pause_id: Name
+    start_utc: AnyUtcTime
+    end_utc: AnyUtcTime | None
+    # absent in states stored before travel and reminders existed
+    reason: Annotated[str, AfterValidator(_pause_reason)] = "other"
+    take_along: bool = False
+    reminders_sent: Annotated[int, Field(ge=0, le=I64_MAX)] = 0
+    end_notice_sent: bool = False
+    travel_dispensed: Annotated[int, Field(ge=0, le=I64_MAX)] = 0
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> PauseModel:
+        if self.end_utc is not None and self.end_utc <= self.start_utc:
+            raise ValueError("a pause ends before it starts")
+        return self
+
+    def to_window(self) -> PauseWindow:
+        return PauseWindow(
+            self.pause_id,
+            self.start_utc,
+            self.end_utc,
+            self.reason,
+            self.take_along,
+            self.reminders_sent,
+            self.end_notice_sent,
+            self.travel_dispensed,
+        )
+
+
+class LatchedAlertModel(_Model):
+    alert_id: Name
+    kind: Name
+    raised_at: Text
+    acknowledged_by: Text | None = None
+    acknowledged_at: Text | None = None
+    resolved: bool = False
+
+    def to_alert(self) -> LatchedAlert:
+        return LatchedAlert(
+            self.alert_id,
+            self.kind,
+            self.raised_at,
+            self.acknowledged_by,
+            self.acknowledged_at,
+            self.resolved,
+        )
+
+
+class OpenSlotModel(_Model):
+    slot_id: SlotId
+    dispense_id: DispenseId
+    sachet_index: Annotated[int, Field(ge=0, le=U16_MAX)]
+    due_utc: UtcTime
+    presented_utc: UtcTime | None = None
+    roll_id: Text | None = None
+
+    def to_slot(self) -> OpenSlot:
+        return OpenSlot(
+            self.slot_id,
+            self.dispense_id,
+            self.sachet_index,
+            self.due_utc,
+            self.presented_utc,
+            self.roll_id,
+        )
+
+
+class SettledSlotModel(_Model):
+    slot_id: SlotId
+    due_utc: UtcTime
+
+    def to_settled(self) -> SettledSlot:
+        return SettledSlot(self.slot_id, self.due_utc)
+
+
+class RollModel(_Model):
+    roll_id: Text
+    patient_ref: Text
+    sachet_count: RollCount
+    next_index: RollCount
+    # any u64 is a wire value: one that is no time (erased flash) is a refused roll, not an
+    # unreadable state (roll_check.ROLL_LABEL_INVALID)
+    first_dose_utc_s: WireTime
+    last_dose_utc_s: WireTime
+    expiry_utc_s: WireTime
+    unverified: bool = False
+
+    def to_roll(self) -> RollInfo:
+        return RollInfo(
+            self.roll_id,
+            self.patient_ref,
+            self.sachet_count,
+            self.next_index,
+            self.first_dose_utc_s,
+            self.last_dose_utc_s,
+            self.expiry_utc_s,
+            self.unverified,
+        )
+
+
+class UnplannedModel(_Model):
+    roll_id: Text
+    sachet_index: Annotated[int, Field(ge=0, le=U16_MAX)]
+    intended_utc_s: WireTime
+    alert_id: Name
+
+    def to_hold(self) -> UnplannedHold:
+        return UnplannedHold(self.roll_id, self.sachet_index, self.intended_utc_s, self.alert_id)
+
+
+class DiscardDecisionModel(_Model):
+    roll_id: Text
+    sachet_index: Annotated[int, Field(ge=0, le=U16_MAX)] | None
+    by: Text
+    source: Text
+
+    def to_decision(self) -> DiscardDecision:
+        return DiscardDecision(self.roll_id, self.sachet_index, self.by, self.source)
+
+
+class EngineStateModel(_Model):
+    """The persisted form of `EngineState`, field for field. Each check stays within one field,
+    so that `restore` can keep every field that is readable on its own."""
+
+    binding: BindingModel | None = None
+    schedule: ScheduleModel | None = None
+    schedule_version: Annotated[int, Field(ge=0, le=I64_MAX)] = 0
+    pauses: tuple[PauseModel, ...] = ()
+    horizon_utc: UtcTime | None = None
+    next_dispense_id: Annotated[int, Field(ge=1, le=U32_MAX + 1)] = 1  # U32_MAX + 1: used up
+    latched_alerts: tuple[LatchedAlertModel, ...] = ()
+    open_slots: tuple[OpenSlotModel, ...] = ()
+    settled: tuple[SettledSlotModel, ...] = ()
+    last_intake_utc: UtcTime | None = None
+    roll: RollModel | None = None
+    raised_conditions: tuple[ConditionKind, ...] = ()
+    locked_by_agent: bool = False
+    next_alert_seq: Counter = 1
+    starts: Annotated[int, Field(ge=0, le=I64_MAX)] = 0
+    unplanned: UnplannedModel | None = None
+    discard_decisions: tuple[DiscardDecisionModel, ...] = ()
+    extra: dict[Text, Text] = Field(default_factory=dict)
+
+    @field_validator("pauses")
+    @classmethod
+    def _distinct_pauses(cls, pauses: tuple[PauseModel, ...]) -> tuple[PauseModel, ...]:
+        _unique((p.pause_id for p in pauses), "pause ids")
+        return pauses
+
+    @field_validator("latched_alerts")
+    @classmethod
+    def _distinct_alerts(
+        cls, alerts: tuple[LatchedAlertModel, ...]
+    ) -> tuple[LatchedAlertModel, ...]:
+        _unique((a.alert_id for a in alerts), "alert ids")
+        return alerts
+
+    @field_validator("open_slots")
+    @classmethod
+    def _distinct_slots(cls, slots: tuple[OpenSlotModel, ...]) -> tuple[OpenSlotModel, ...]:
+        _unique((o.slot_id for o in slots), "open slot ids")
+        _unique((o.dispense_id for o in slots), "open slot dispense ids")
+        return slots
+
+    @classmethod
+    def of(cls, state: EngineState) -> EngineStateModel:
+        """The model of a state the engine made (trusted: not validated again)."""
+        return cls.model_construct(
+            binding=None
+            if state.binding is None
+            else BindingModel.model_construct(patient_ref=state.binding.patient_ref),
+            schedule=None if state.schedule is None else ScheduleModel.of(state.schedule),
+            schedule_version=state.schedule_version,
+            pauses=tuple(PauseModel.model_construct(**_fields(p)) for p in state.pauses),
+            horizon_utc=state.horizon_utc,
+            next_dispense_id=state.next_dispense_id,
+            latched_alerts=tuple(
+                LatchedAlertModel.model_construct(**_fields(a)) for a in state.latched_alerts
+            ),
+            open_slots=tuple(OpenSlotModel.model_construct(**_fields(o)) for o in state.open_slots),
+            settled=tuple(SettledSlotModel.model_construct(**_fields(s)) for s in state.settled),
+            last_intake_utc=state.last_intake_utc,
+            roll=None if state.roll is None else RollModel.model_construct(**_fields(state.roll)),
+            raised_conditions=state.raised_conditions,
+            locked_by_agent=state.locked_by_agent,
+            next_alert_seq=state.next_alert_seq,
+            starts=state.starts,
+            unplanned=None
+            if state.unplanned is None
+            else UnplannedModel.model_construct(**_fields(state.unplanned)),
+            discard_decisions=tuple(
+                DiscardDecisionModel.model_construct(**_fields(d)) for d in state.discard_decisions
+            ),
+            extra=dict(state.extra),
+        )
+
+    def to_state(self) -> EngineState:
+        return EngineState(
+            binding=None if self.binding is None else self.binding.to_binding(),
+            schedule=None if self.schedule is None else self.schedule.to_schedule(),
+            schedule_version=self.schedule_version,
+            pauses=tuple(p.to_window() for p in self.pauses),
+            horizon_utc=self.horizon_utc,
+            next_dispense_id=self.next_dispense_id,
+            latched_alerts=tuple(a.to_alert() for a in self.latched_alerts),
+            open_slots=tuple(o.to_slot() for o in self.open_slots),
+            settled=tuple(s.to_settled() for s in self.settled),
+            last_intake_utc=self.last_intake_utc,
+            roll=None if self.roll is None else self.roll.to_roll(),
+            raised_conditions=self.raised_conditions,
+            locked_by_agent=self.locked_by_agent,
+            next_alert_seq=self.next_alert_seq,
+            starts=self.starts,
+            unplanned=None if self.unplanned is None else self.unplanned.to_hold(),
+            discard_decisions=tuple(d.to_decision() for d in self.discard_decisions),
+            extra=dict(self.extra),
+        )
+
+
+def _fields(
+    record: PauseWindow
+    | LatchedAlert
+    | OpenSlot
+    | SettledSlot
+    | RollInfo
+    | UnplannedHold
+    | DiscardDecision,
+) -> dict[str, Any]:
+    """A record's fields by name (for model_construct)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _describe(error: ValidationError, prefix: str = "") -> str:
+    """Where and why, from pydantic's errors without their input values (no patient data)."""
+    parts = []
+    for item in error.errors(include_input=False, include_url=False)[:3]:
+        where = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        parts.append(f"{where}: {item['msg']}" if where else item["msg"])
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _dump(state: EngineState) -> str:
+    # sorted keys, no spaces: the exact text the hand-written encoder wrote, so a stored state is
+    # rewritten only when it changed
+    data = EngineStateModel.of(state).model_dump(mode="json")
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _load(text: str) -> EngineState:
+    try:
+        return EngineStateModel.model_validate_json(text).to_state()
+    except ValidationError as exc:
+        raise StateUnreadableError(_describe(exc)) from None
+
+
+def _ledger_slots(
+    state: EngineState, records: Iterable[OpenSlotRecord]
+) -> tuple[tuple[OpenSlot, ...], list[str]]:
+    """The ledger's open slots that are valid open slots, and what is wrong with the others.
+    A slot keeps the roll id the state knew for it (the ledger does not record it)."""
+    known = {o.slot_id: o for o in state.open_slots}
+    slots: list[OpenSlot] = []
+    problems: list[str] = []
+    for position, record in enumerate(records):
+        if record.dispense_id is None or record.due_utc is None:
+            continue
+        previous = known.get(record.slot_id)
+        # the sachet last sent for it (a retry may name another than the begin did, and its dose
+        # events name that one); the ledger's when the state lacks it
+        sachet_index = (
+            previous.sachet_index
+            if previous is not None and previous.dispense_id == record.dispense_id
+            else record.sachet_index or 0
+        )
+        document = {
+            "slot_id": record.slot_id,
+            "dispense_id": record.dispense_id,
+            "sachet_index": sachet_index,
+            "due_utc": record.due_utc,
+            "presented_utc": record.presented_utc or None,
+            "roll_id": previous.roll_id if previous else None,
+        }
+        try:
+            # through JSON: the ledger's text times are checked exactly as the stored state's
+            slot = OpenSlotModel.model_validate_json(json.dumps(document)).to_slot()
+        except ValidationError as exc:
+            problems.append(_describe(exc, f"ledger.{position}"))
+            continue
+        if any(s.slot_id == slot.slot_id or s.dispense_id == slot.dispense_id for s in slots):
+            problems.append(f"ledger.{position}: two open slots share an id")
+            continue
+        slots.append(slot)
+    return tuple(slots), problems
+
+
+# --- loading what a restart finds: total ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a restarting shell starts the engine from.
+
+    `unreadable` is None when the stored state and ledger were read as they are; else it names
+    what could not be read, and `state` holds every part that could (a safe state: the engine is
+    told with `StateUnreadable` and stops dispensing until a person decides). `binding` says what
+    became of the patient binding: "kept", "none" (there was none) or "unreadable"."""
+
+    state: EngineState
+    unreadable: str | None = None
+    binding: str = "kept"
+
+
+def restore(saved: str | None, records: Iterable[OpenSlotRecord]) -> Restored:
+    """The engine state to start from, given the stored text (None: never stored) and the
+    ledger's open slots. Never raises: what cannot be read is reported, not thrown."""
+    problems: list[str] = []
+    binding_lost = False
+    try:
+        state = EngineState.initial() if saved is None else EngineState.from_json(saved)
+    except StateUnreadableError as exc:
+        problems.append(exc.reason)
+        state, binding_lost = _salvage(saved)
+    slots, slot_problems = _ledger_slots(state, records)
+    state = replace(state, open_slots=slots)
+    problems += slot_problems
+    binding = "kept" if state.binding is not None else "none"
+    if binding_lost:
+        binding = "unreadable"
+    if not problems:
+        return Restored(state, None, binding)
+    return Restored(state, "; ".join(problems)[:REASON_MAX], binding)
+
+
+def _salvage(saved: str | None) -> tuple[EngineState, bool]:
+    """Every top-level field of an unreadable state that is valid on its own (the binding above
+    all, and the counters that must never go back); the others take their initial values.
+    Returns the state and whether a binding was there but could not be read."""
+    try:
+        document = json.loads(saved or "")
+    except (ValueError, RecursionError):
+        return EngineState.initial(), True  # not even JSON: whether it was bound is unknown
+    if not isinstance(document, dict):
+        return EngineState.initial(), True
+    kept: dict[str, object] = {}
+    for name in EngineStateModel.model_fields:
+        if name not in document:
+            continue
+        try:
+            EngineStateModel.model_validate_json(json.dumps({name: document[name]}))
+        except (ValidationError, ValueError, RecursionError):
+            continue
+        kept[name] = document[name]
+    binding_lost = document.get("binding") is not None and "binding" not in kept
+    try:
+        return EngineStateModel.model_validate_json(json.dumps(kept)).to_state(), binding_lost
+    except (ValidationError, ValueError, RecursionError):
+        return EngineState.initial(), True
