@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -51,7 +52,8 @@ from agent.config import AgentConfig
 from agent.contract.state import Availability, DispenserState, Health, Heartbeat
 from agent.contract.topics import UnitTopics
 from agent.engine.catalogue import make_event
-from agent.engine.engine import DoseEngine, EngineState
+from agent.engine.engine import DoseEngine
+from agent.engine.state import Restored, restore
 from agent.engine.types import (
     ON_SITE,
     Action,
@@ -68,6 +70,7 @@ from agent.engine.types import (
     SendCommand,
     SetBinding,
     SetSchedule,
+    StateUnreadable,
     Tick,
 )
 from agent.engine.types import Binding as EngineBinding
@@ -96,6 +99,8 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 ENGINE_STATE_KEY = "engine_state"
+# A stored state that could not be read is kept here for a person to look at (a reset wipes it).
+UNREADABLE_STATE_KEY = "engine_state_unreadable"
 MAX_TIMER_SLEEP_S = 60.0  # re-read the clock at least this often (wall-clock jumps, NTP sync)
 EXIT_STATE_FAULT = 70
 # Fail-safe bounds: how long a fault waits for a dispenser link to lock the dispenser on (from the
@@ -147,6 +152,9 @@ class Daemon:
         self.started_mono = time.monotonic()
         self.boot = self._next_boot()
         self.mqtt_session = 0
+        # set when the stored state could not be read: what was made of it, and its text
+        self._restored: Restored | None = None
+        self._unreadable_text: str | None = None
         self.engine = self._restore_engine()
         self.session = dsession.DispenserSession(
             transport_factory,
@@ -231,10 +239,22 @@ class Daemon:
             return self.store.next_boot_counter()
 
     def _restore_engine(self) -> DoseEngine:
+        """The engine from the stored state. Total: a state that cannot be read (or a ledger row
+        that is no valid open slot) starts the engine from what can be read, and
+        `_record_startup` tells it so (it locks down and alerts): never a crash at every start,
+        never a silent fresh start that forgets the patient binding."""
         now = self.clock.now()
         saved = self.store.get_kv(ENGINE_STATE_KEY)
-        state = EngineState.from_json(saved) if saved else EngineState.initial()
-        state = state.with_open_slots(self.store.open_slots())
+        restored = restore(saved, self.store.open_slots())
+        if restored.unreadable is not None:
+            log.critical(
+                "stored engine state unreadable (%s); binding %s; dispensing locked until a "
+                "person acknowledges the state_unreadable alert",
+                restored.unreadable,
+                restored.binding,
+            )
+            self._restored, self._unreadable_text = restored, saved
+        state = restored.state
         # One dispense-id counter for the life of the unit: the store's (a factory reset keeps
         # it, so a new patient's ids are never ones the dispenser has executed). The engine works
         # on a copy, written back in the transaction of each step; a copy saved in its state by
@@ -251,6 +271,9 @@ class Daemon:
         # Installation values from the config seed the engine once; later changes come from the
         # response centre. Schedule first, so a new binding never looks like "no schedule".
         inputs: list[EngineInput] = []
+        restored, saved = self._restored, self._unreadable_text
+        if restored is not None and restored.unreadable is not None:
+            inputs.append(StateUnreadable(restored.unreadable, restored.binding))
         schedule = self.config.built_schedule()
         if (
             schedule is not None
@@ -258,7 +281,14 @@ class Daemon:
             and self.engine.state.schedule_version < self.config.schedule.version
         ):
             inputs.append(SetSchedule(schedule, self.config.schedule.version))
-        if self.engine.state.binding is None and self.config.patient_ref:
+        # Not while locked down: a binding that could not be read is not quietly replaced; a
+        # person decides (the config's binding is applied at the first start after that).
+        if (
+            self.engine.state.binding is None
+            and self.config.patient_ref
+            and restored is None
+            and not self.engine.locked_down
+        ):
             inputs.append(SetBinding(EngineBinding(self.config.patient_ref)))
         started = make_event(
             "agent_started",
@@ -266,7 +296,11 @@ class Daemon:
         )
         self.apply([Emit(started)], now)
         for inp in inputs:
-            self.step(inp)
+            within = None
+            if isinstance(inp, StateUnreadable) and saved:
+                # the unreadable text is kept, in the transaction that stores its replacement
+                within = functools.partial(self.store.set_kv, UNREADABLE_STATE_KEY, saved)
+            self.step(inp, within=within)
 
     # --- the engine step --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from test_engine import PATIENT, Rig, daily, utc
 
 from agent.engine.alerts import LatchedAlert
 from agent.engine.schedule import parse_time
@@ -29,7 +30,15 @@ from agent.engine.state import (
     UnplannedHold,
     restore,
 )
-from agent.engine.types import Binding, PauseWindow
+from agent.engine.types import (
+    AcknowledgeAlert,
+    Binding,
+    LinkUp,
+    PauseWindow,
+    Priority,
+    StateUnreadable,
+)
+from protocol.messages import AlertPattern, Dispense
 
 # Written by the hand-written encoder of commit 8792a30 (agent/engine/state.py, _state_to_dict +
 # json.dumps), every field set; then the initial state and a roll only seen in a Status.
@@ -434,3 +443,79 @@ def test_restore_drops_a_bad_ledger_row_and_says_so() -> None:
     assert restored.unreadable.startswith("ledger.1.dispense_id")
     with pytest.raises(StateUnreadableError):
         EngineState.initial().with_open_slots([bad])
+
+
+def recovered_rig(text: str) -> tuple[Rig, str]:
+    """A rig whose engine starts from what `restore` made of `text`, told it was unreadable."""
+    restored = restore(text, [])
+    assert restored.unreadable is not None
+    rig = Rig(daily("08:00"), start=utc(2026, 3, 2, 6), state=restored.state)
+    rig.feed(StateUnreadable(restored.unreadable, restored.binding))
+    return rig, restored.unreadable
+
+
+def load_roll(rig: Rig) -> None:
+    """A roll of this patient whose first sachet is the 08:00 (07:00 UTC) dose of the day."""
+    rig.dispenser.sachet_times = [utc(2026, 3, 2, 7), utc(2026, 3, 3, 7)]
+    rig.insert_roll()
+
+
+def bound_state_with_bad_roll() -> str:
+    state = EngineState(binding=Binding(PATIENT), schedule=daily("08:00"), schedule_version=1)
+    document = json.loads(state.to_json())
+    document["roll"] = {"roll_id": "R1", "expiry_utc_s": -1}
+    return json.dumps(document)
+
+
+def test_unreadable_state_raises_a_high_alert_locks_and_dispenses_nothing() -> None:
+    rig, reason = recovered_rig(bound_state_with_bad_roll())
+    [alert] = rig.events("state_unreadable")
+    assert alert.priority is Priority.HIGH
+    assert alert.vkp_code == "3.4"
+    assert alert.alert_id is not None
+    assert alert.fields == {"reason": reason, "binding": "kept"}
+    assert "roll" in reason
+    rig.feed(LinkUp(rig.caps))
+    assert rig.dispenser.locked
+    assert rig.sounding() is AlertPattern.FAULT
+    load_roll(rig)
+    rig.run_until(utc(2026, 3, 2, 10))
+    assert rig.commands(Dispense) == []
+    assert rig.outcome_of("2026-03-02T08:00").reason == "not_dispensed:state_unreadable"
+    assert [e.fields["reason"] for e in rig.events("dose_held")] == ["state_unreadable"]
+
+
+def test_the_safe_state_survives_a_restart_without_a_second_alert() -> None:
+    rig, _ = recovered_rig(bound_state_with_bad_roll())
+    saved = rig.engine.state.to_json()
+    again = Rig(daily("08:00"), start=rig.clock.now().utc, state=EngineState.from_json(saved))
+    again.feed(LinkUp(again.caps))
+    assert again.dispenser.locked
+    assert again.events("state_unreadable") == []
+    assert again.engine.locked_down
+
+
+def test_a_person_acknowledging_the_alert_lifts_the_lock_and_doses_are_given_again() -> None:
+    rig, _ = recovered_rig(bound_state_with_bad_roll())
+    [alert] = rig.events("state_unreadable")
+    assert alert.alert_id is not None
+    rig.feed(LinkUp(rig.caps))
+    load_roll(rig)
+    assert rig.engine.locked_down
+    rig.feed(AcknowledgeAlert(alert.alert_id, "nurse-2"))
+    assert not rig.engine.locked_down
+    assert not rig.dispenser.locked
+    [acked] = rig.events("alert_acknowledged")
+    assert acked.fields["kind"] == "state_unreadable"
+    rig.run_until(utc(2026, 3, 2, 8, 1))
+    assert len(rig.commands(Dispense)) == 1
+
+
+def test_with_the_binding_unreadable_the_unit_stays_unbound_locked_and_says_so() -> None:
+    rig, _ = recovered_rig("{garbage")
+    [alert] = rig.events("state_unreadable")
+    assert alert.fields["binding"] == "unreadable"
+    assert rig.engine.state.binding is None
+    rig.feed(LinkUp(rig.caps))
+    assert rig.dispenser.locked
+    assert rig.sounding() is AlertPattern.FAULT

@@ -50,10 +50,15 @@ class AlertDesk:
         self.next_alert_seq += 1
         return alert_id
 
-    def latch(self, kind: str, fields: dict[str, object], at_iso: str) -> EngineEvent:
-        """A new latched alert of `kind`, and the event that raises it."""
+    def latch(
+        self, kind: str, fields: dict[str, object], at_iso: str, *, resolved: bool = False
+    ) -> EngineEvent:
+        """A new latched alert of `kind`, and the event that raises it. `resolved`: nothing will
+        resolve it, so it lasts until a person acknowledges it."""
         alert_id = self.new_alert_id()
-        self.latched = alerts.latch(self.latched, LatchedAlert(alert_id, kind, at_iso))
+        self.latched = alerts.latch(
+            self.latched, LatchedAlert(alert_id, kind, at_iso, resolved=resolved)
+        )
         return catalogue.make_event(kind, fields, alert_id=alert_id)
 
     def missed_outcome(

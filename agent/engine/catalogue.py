@@ -305,6 +305,15 @@ _ENGINE_SPECS = (
         condition=True,
         cleared_meaning="The unit's clock is trusted again (time_trust says from what).",
     ),
+    AlertSpec(
+        "state_unreadable",
+        _P.HIGH,
+        "3.4",
+        "The unit's stored state could not be read or contradicted itself (data.reason says "
+        "where; data.binding: kept, none or unreadable). It started from what it could read, "
+        "locked the dispenser and gives no dose until a person acknowledges this alert.",
+        latched=True,
+    ),
     # people and the unit
     AlertSpec(
         "help_requested",

@@ -110,7 +110,7 @@ class KnownDispenser:
 class WantedDispenser:
     """What the engine wants the dispenser to have."""
 
-    locked: bool  # cassette locked: a roll of another patient is loaded
+    locked: bool  # cassette locked: a roll of another patient, or the unit is locked down
     pattern: AlertPattern
     retains: tuple[int, ...]  # dispense ids whose dose should go back into the bin
 
@@ -135,18 +135,19 @@ def has_feature(capabilities: Capabilities | None, feature: Feature) -> bool:
 
 def desired_pattern(
     silenced: bool,
-    roll_foreign: bool,
+    fault: bool,
     runs: Iterable[SlotRun],
     holding_all: bool,
     held_supported: bool,
 ) -> AlertPattern:
-    """The local sound/light: the highest ranked (PATTERN_RANK) of FAULT for a foreign roll, the
-    pattern of a presented dose, and HELD for a due dose that is held (`holding_all`: every dose
-    is, e.g. the clock is untrusted); OFF while silenced. A dispenser without HELD_PATTERN gets
-    FAULT for HELD (SPEC 4.5), ranked where HELD is."""
+    """The local sound/light: the highest ranked (PATTERN_RANK) of FAULT (`fault`: a foreign roll,
+    or the unit locked down after an unreadable state), the pattern of a presented dose, and HELD
+    for a due dose that is held (`holding_all`: every dose is, e.g. the clock is untrusted); OFF
+    while silenced. A dispenser without HELD_PATTERN gets FAULT for HELD (SPEC 4.5), ranked where
+    HELD is."""
     if silenced:
         return AlertPattern.OFF
-    pattern = AlertPattern.FAULT if roll_foreign else AlertPattern.OFF
+    pattern = AlertPattern.FAULT if fault else AlertPattern.OFF
     rank = PATTERN_RANK[pattern]
     if holding_all and PATTERN_RANK[AlertPattern.HELD] > rank:
         pattern, rank = AlertPattern.HELD, PATTERN_RANK[AlertPattern.HELD]

@@ -71,6 +71,7 @@ from agent.engine.types import (
     SetSchedule,
     Silence,
     StartPause,
+    StateUnreadable,
     Tick,
 )
 from protocol.messages import (
@@ -115,6 +116,8 @@ __all__ = [
 
 BATTERY_LOW_PCT, BATTERY_LOW_CLEAR_PCT = 20, 25  # hysteresis: no flapping at the boundary
 BATTERY_EMPTY_PCT, BATTERY_EMPTY_CLEAR_PCT = 3, 5
+# the stored state could not be read: nothing is dispensed until a person acknowledges the alert
+STATE_UNREADABLE = "state_unreadable"
 # dose_held reason: the sachets at the reader are for past dose times and more of them than the
 # bin can take beside its reserve (or its level is unknown): a nurse must act (backlog_needs_nurse)
 BACKLOG_EXCEEDS_BIN = "backlog_exceeds_bin"
@@ -165,6 +168,7 @@ class DoseEngine:
         # memos of pure functions, keyed on all they read (each was a cost on every step)
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
         self._sachet_memo: tuple[object, object, list[Slot] | None] | None = None
+        self._lockdown_memo: tuple[object, bool] | None = None
         self._last_now: Now | None = now
         self._was_untrusted = False
         self._restore_open_slots(state.open_slots, now)
@@ -204,6 +208,17 @@ class DoseEngine:
             discard_decisions=self._desk.decisions,
             extra=dict(self._extra),
         )
+
+    @property
+    def locked_down(self) -> bool:
+        """Started from a state that could not be read, and no person has decided yet: the
+        `state_unreadable` alert is latched as resolved, so it lasts until acknowledged."""
+        latched = self._alerts.latched
+        memo = self._lockdown_memo  # keyed on the tuple's identity: asked several times a step
+        if memo is None or memo[0] is not latched:
+            memo = (latched, any(a.kind == STATE_UNREADABLE for a in latched))
+            self._lockdown_memo = memo
+        return memo[1]
 
     def step(self, inp: EngineInput, now: Now) -> list[Action]:
         self._validate(inp, now)  # raises before anything changes
@@ -481,6 +496,12 @@ class DoseEngine:
                 self._emit(actions, "alert_silenced", {"seconds": duration.total_seconds()})
             case DiscardUnplanned():
                 self._decide_discard(inp, actions)
+            case StateUnreadable(reason=reason, binding=binding):
+                fields: dict[str, object] = {"reason": reason, "binding": binding}
+                event = self._alerts.latch(
+                    STATE_UNREADABLE, fields, now.utc.isoformat(), resolved=True
+                )
+                actions.append(Emit(event))
 
     def _on_binding(self, binding: Binding | None, now: Now, actions: list[Action]) -> None:
         if binding == self._binding:
@@ -1497,6 +1518,8 @@ class DoseEngine:
 
     def _blocker(self, run: SlotRun, now: Now) -> str | None:
         """Why `run` cannot be dispensed right now (a stable reason token), or None."""
+        if self.locked_down:
+            return STATE_UNREADABLE
         if self._binding is None:
             return roll_check.NO_BINDING
         if any(r.in_tray and r.slot_id != run.slot_id for r in self._slotbook.runs):
@@ -1645,6 +1668,7 @@ class DoseEngine:
             and pause.active(self._pauses, now.utc) is None
             and not self._desk.discarding
             and self._bin_takes_discard()
+            and not self.locked_down
         )
 
     # --- the bin (SPEC 4.8) and the backlog of sachets for past dose times ------------------
@@ -1998,7 +2022,7 @@ class DoseEngine:
         )
         return dispenser_mirror.desired_pattern(
             self._mirror.silenced_until is not None,
-            self._desk.roll_foreign(self._binding),
+            self._desk.roll_foreign(self._binding) or self.locked_down,
             self._slotbook.runs,
             holding_all,
             self._has(Feature.HELD_PATTERN),
@@ -2047,7 +2071,7 @@ class DoseEngine:
             in_flight=self._outbound.in_flight(),
         )
         wanted = WantedDispenser(
-            locked=self._desk.roll_foreign(self._binding),
+            locked=self._desk.roll_foreign(self._binding) or self.locked_down,
             pattern=self._desired_pattern(now),
             retains=tuple(self._outbound.retain_queue),
         )

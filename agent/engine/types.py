@@ -200,6 +200,16 @@ class DiscardUnplanned:
     source: str  # FROM_RESPONSE_CENTRE or ON_SITE
 
 
+@dataclass(frozen=True, slots=True)
+class StateUnreadable:
+    """The shell could not read the persisted state (or the ledger) and started the engine from
+    what it could read (`agent.engine.state.restore`). The engine raises a latched HIGH alert and
+    dispenses nothing until a person acknowledges it. `binding`: kept | none | unreadable."""
+
+    reason: str
+    binding: str
+
+
 EngineInput = (
     Tick
     | FromDispenser
@@ -213,6 +223,7 @@ EngineInput = (
     | AcknowledgeAlert
     | Silence
     | DiscardUnplanned
+    | StateUnreadable
 )
 
 # --- outputs ---------------------------------------------------------------------------------
