@@ -51,6 +51,7 @@ from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.state import Availability, DispenserState, Health, Heartbeat
 from agent.contract.topics import UnitTopics
+from agent.engine import roll_check
 from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine
 from agent.engine.state import Restored, restore
@@ -155,6 +156,7 @@ class Daemon:
         # set when the stored state could not be read: what was made of it, and its text
         self._restored: Restored | None = None
         self._unreadable_text: str | None = None
+        self._invalid_rtc_reported: int | None = None  # the dispenser RTC value last reported
         self.engine = self._restore_engine()
         self.session = dsession.DispenserSession(
             transport_factory,
@@ -586,7 +588,11 @@ class Daemon:
         now = self.clock.now()
         if not caps.has_rtc:
             return
-        rtc = datetime.fromtimestamp(caps.rtc_utc_s, UTC) if caps.rtc_valid else None
+        rtc = roll_check.wire_time(caps.rtc_utc_s) if caps.rtc_valid else None
+        if caps.rtc_valid and rtc is None:
+            # "valid", yet no time (0, or past year 3000: erased flash reads as all ones): never
+            # adopted, corrected below once the unit's own time is synchronised
+            self._report_invalid_rtc(caps.rtc_utc_s, now)
         if (
             now.trust is TimeTrust.UNTRUSTED
             and rtc is not None
@@ -605,6 +611,18 @@ class Daemon:
                 self._send_command(SendCommand(command, "set-rtc"), to_engine=False),
                 "set-dispenser-rtc",
             )
+
+    def _report_invalid_rtc(self, rtc_utc_s: int, now: Now) -> None:
+        """Tell the centre once per value (a flapping link does not repeat it)."""
+        log.warning("dispenser RTC reads %d, which is no time: ignored", rtc_utc_s)
+        if rtc_utc_s == self._invalid_rtc_reported:
+            return
+        self._invalid_rtc_reported = rtc_utc_s
+        event = make_event(
+            "dispenser_clock_invalid",
+            {"rtc_utc_s": rtc_utc_s, "reason": "not a time (0, or after the year 3000)"},
+        )
+        self.apply([Emit(event)], now)
 
     # --- MQTT side ---------------------------------------------------------------------------
 

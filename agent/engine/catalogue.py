@@ -456,6 +456,14 @@ _SHELL_SPECS = (
         "The agent started (agent_version and boot counter in data).",
     ),
     AlertSpec(
+        "dispenser_clock_invalid",
+        _P.LOW,
+        None,
+        "The dispenser says its clock is valid but reports no time (data.rtc_utc_s, e.g. all "
+        "ones from erased memory): it is ignored, never taken as the unit's time, and set from "
+        "the unit's time once that is synchronised.",
+    ),
+    AlertSpec(
         "command_rejected",
         _P.LOW,
         None,
