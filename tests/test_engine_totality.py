@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, assume, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from test_engine import ALL_FEATURES, OTHER, PATIENT, FakeDispenser, daily
@@ -457,10 +457,8 @@ class EngineMachine(RuleBasedStateMachine):
         pause_id=st.sampled_from(["pz-far", "pz-1"]),
     )
     def pause_far_away(self, start: datetime, end: datetime | None, pause_id: str) -> None:
-        """What the command contract lets through: any aware instant datetime can hold."""
-        # Known bug, reported (pause logic is another change's): an open-ended pause starting
-        # near year 9999 makes next_deadline overflow; see the strict xfail below.
-        assume(not (end is None and start.year == 9999))
+        """What the command contract lets through: any aware instant datetime can hold (the
+        engine refuses one from year 3000 on)."""
         self.feed(StartPause(PauseWindow(pause_id, start, end)))
 
     @rule(pause_id=st.sampled_from([None, "pz-1", "pz-2", "nope"]))
@@ -527,17 +525,22 @@ TestEngineTotality.settings = settings(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="reported, not fixed here (pause logic): the pause reminder deadline "
-    "(start + n * pause_reminder_every) overflows for an open-ended pause the contract accepts "
-    "with a start near year 9999; next_deadline raises in the daemon's timer task on every start",
-)
 def test_an_open_ended_pause_starting_in_year_9999_never_raises() -> None:
     machine = EngineMachine()
     machine.install()
-    machine.feed(StartPause(PauseWindow("pz-far", datetime(9999, 12, 30, tzinfo=UTC), None)))
+    # refused at the boundary (EngineInputError, which the command path answers as
+    # invalid_command): the engine never holds a time it cannot add a reminder period to
+    with pytest.raises(EngineInputError, match="not before year 3000"):
+        machine.engine.step(
+            StartPause(PauseWindow("pz-far", datetime(9999, 12, 30, tzinfo=UTC), None)),
+            machine.clock.now(),
+        )
+    with pytest.raises(EngineInputError, match="not before year 3000"):
+        machine.engine.step(
+            StartPause(PauseWindow("pz-3000", datetime(3000, 1, 1, tzinfo=UTC), None)),
+            machine.clock.now(),
+        )
+    machine.feed(StartPause(PauseWindow("pz-2999", datetime(2999, 12, 31, tzinfo=UTC), None)))
     machine.engine.next_deadline(machine.clock.now())
 
 

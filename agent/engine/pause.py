@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from agent.engine.types import PAUSE_REASONS, EngineInputError, PauseWindow
 
@@ -33,9 +33,16 @@ def active(pauses: Iterable[PauseWindow], now_utc: datetime) -> PauseWindow | No
     return covering(pauses, now_utc)
 
 
+# Pause times lie before year 3000, as every other time the engine keeps (state.py, roll labels):
+# the engine adds reminder periods and days to them, which must not overflow `datetime`.
+LATEST_PAUSE_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+
+
 def _check_aware(value: datetime, name: str) -> None:
     if value.utcoffset() is None:
         raise EngineInputError(f"{name} must be timezone-aware, got {value!r}")
+    if value >= LATEST_PAUSE_TIME:
+        raise EngineInputError(f"{name} {value.isoformat()} is not before year 3000")
 
 
 def days(delta: timedelta) -> str:
