@@ -54,7 +54,6 @@ from agent.engine.types import (
     FromDispenser,
     LinkDown,
     LinkUp,
-    Outcome,
     PauseWindow,
     RecordOutcome,
     RecordPresented,
@@ -167,7 +166,6 @@ class EngineMachine(RuleBasedStateMachine):
         self.pause_ids: list[str] = []
         self.schedule_version = 0
         self.told_unreadable = False
-        self.ledger_is_strict = False  # True: no known issue is let through
 
     # --- feeding and the checks of every step ---------------------------------------------------
 
@@ -206,9 +204,6 @@ class EngineMachine(RuleBasedStateMachine):
                     slot.presented_utc = slot.presented_utc or now_iso
                 case RecordOutcome(slot_id=slot_id, outcome=outcome):
                     slot = self.ledger.setdefault(slot_id, Slot(slot_id))
-                    known = _known_second_plan_outcome(inp, action) and not self.ledger_is_strict
-                    if slot.outcome is not None and known:
-                        continue  # reported, not fixed here: see the strict xfail below
                     assert slot.outcome is None, f"{slot_id}: second outcome {outcome}"
                     slot.outcome = outcome.value
                 case Emit(event=event):
@@ -507,15 +502,6 @@ class EngineMachine(RuleBasedStateMachine):
         self.in_flight.clear()  # replies meant for the previous process are not its own
 
 
-def _known_second_plan_outcome(inp: EngineInput, action: RecordOutcome) -> bool:
-    """The one known way to a second outcome (plan-mismatch logic, another change's): a schedule
-    update that ends a plan hold settles again (`refused plan_mismatch`) a slot settled under an
-    earlier schedule that the schedule it replaces lacked (`skipped_paused` when a pause covers
-    it)."""
-    again = action.reason == roll_check.PLAN_MISMATCH or action.outcome is Outcome.SKIPPED_PAUSED
-    return isinstance(inp, SetSchedule) and again
-
-
 TestEngineTotality = EngineMachine.TestCase
 TestEngineTotality.settings = settings(
     max_examples=150,
@@ -549,19 +535,13 @@ def test_every_dispenser_message_type_is_generated() -> None:
     assert set(EngineMachine().dispenser_messages()) == set(typing.get_args(DispenserMessage))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="reported, not fixed here (plan-mismatch logic): schedules A (08:00), B (no doses), "
-    "A again while a plan hold waits: _settle_passed_slots settles the 08:00 slot a second time "
-    "(refused plan_mismatch); the ledger refuses the second outcome, a store fault, and the "
-    "command is redelivered after the restart",
-)
+# Found by this machine: schedule A (08:00), then one without doses (the 08:00 sachet is held as
+# a plan mismatch), then A again settled the 08:00 slot a second time; the ledger refused it (a
+# store fault, the command redelivered after every restart). Settled records are now kept.
 def test_a_slot_settled_before_two_schedule_updates_is_not_settled_again() -> None:
     machine = EngineMachine()
     machine.install()
     machine.resume(None)  # refused: no pause
     machine.tick(4 * 3600)  # the 08:00 slot ends (the fake dispenser was never asked)
     machine.schedule(times=(), newer=True)
-    machine.ledger_is_strict = True
     machine.schedule(times=TIMES, newer=True)

@@ -126,6 +126,8 @@ TRAVEL_WAITS_ON = frozenset(
     {"no_link", "awaiting_status", "tray_occupied", "previous_dose_in_tray", "no_sachet", "locked"}
 )
 _EPSILON = timedelta(microseconds=1)
+# How long records of settled slots are kept behind the horizon (bounded: a few per day)
+_SETTLED_RECORDS_KEPT = timedelta(days=2)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -2093,7 +2095,16 @@ class DoseEngine:
         floor = min([*candidates, self._slotbook.cursor])
         if self._slotbook.horizon is None or floor > self._slotbook.horizon:
             self._slotbook.horizon = floor
-            self._slotbook.settled = [s for s in self._slotbook.settled if s.due_utc >= floor]
+            # a schedule update during a plan hold settles the slots that passed behind it
+            # (_settle_passed_slots); settled records are kept for a while (and back to the held
+            # sachet's time) so that no slot is settled twice: schedule A, then one without A's
+            # time (the sachet of A's last slot is held), then A again
+            keep_from = floor - _SETTLED_RECORDS_KEPT
+            hold = self._desk.unplanned
+            intended = None if hold is None else roll_check.wire_time(hold.intended_utc_s)
+            if intended is not None:
+                keep_from = min(keep_from, intended - self._cfg.sachet_time_tolerance)
+            self._slotbook.settled = [s for s in self._slotbook.settled if s.due_utc >= keep_from]
             self._pauses = pause.prune(self._pauses, floor)
 
     # --- helpers ------------------------------------------------------------------------------
