@@ -68,7 +68,10 @@ _ENGINE_SPECS = (
         "min_interval: too soon after the last intake; it is dispensed from "
         "data.not_before_utc if its window is still open, else refused. Reason "
         "dose_stuck_in_tray: an earlier dose is still in the tray (data.stuck_slot_id, "
-        "stuck_dispense_id, stuck_reason; see dose_stuck_in_tray).",
+        "stuck_dispense_id, stuck_reason; see dose_stuck_in_tray). High with VKP 3.7 "
+        "(data.dispenser_empty) when the dispenser is empty at the dose time (no roll, or no "
+        "sachet left on it): a nurse brings a roll; the dose is still given if it comes before "
+        "the slot ends.",
     ),
     AlertSpec(
         "dose_retained",

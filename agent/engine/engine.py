@@ -260,6 +260,9 @@ class DoseEngine:
                 instants.append(timer)
             elif trusted:
                 instants.append(self._mono_at(lifecycle.settle_deadline(run, self._cfg), now))
+                if run.held_reason is not None and run.due_utc > now.utc:
+                    # started early by TAKE and held: at its time a hold may become HIGH
+                    instants.append(self._mono_at(run.due_utc, now))
         if trusted:
             # wall instants at which a check's verdict changes by itself (a roll expires or its
             # period passes, a pause begins or ends): what the engine decides changes then too
@@ -1038,7 +1041,8 @@ class DoseEngine:
             if pending.kind == "dispense" and pending.slot_id is not None:
                 # no reply: it may have been cut; BUSY: refused before anything moved
                 self._mark_maybe_executed(pending.slot_id, reply is None)
-                self._hold(pending.slot_id, f"command_failed:{outcome.failure or 'busy'}", actions)
+                failure = f"command_failed:{outcome.failure or 'busy'}"
+                self._hold(pending.slot_id, failure, now, actions)
             return
         if pending.kind == "get_status":
             if isinstance(reply, Status):
@@ -1150,7 +1154,7 @@ class DoseEngine:
         if run.travel:
             self._travel_give_up(run, reason, now, actions)
             return
-        self._hold(run.slot_id, reason, actions)
+        self._hold(run.slot_id, reason, now, actions)
 
     def _already_done(self, run: SlotRun, now: Now, actions: list[Action]) -> None:
         """The dispenser executed this dispense id before. Never another sachet for the slot, and
@@ -1609,7 +1613,11 @@ class DoseEngine:
             else:
                 reason = run.held_reason or self._blocker(run, now) or lifecycle.LATE
             outcome, text = lifecycle.unsent_outcome(reason)
-            vkp = catalogue.EMPTY_VKP if reason == roll_check.ROLL_EMPTY else None
+            # not given because the dispenser was empty: as the hold said (VKP 3.7)
+            empty = reason in (roll_check.ROLL_EMPTY, "no_roll") or (
+                run.held_empty and reason == run.held_reason
+            )
+            vkp = catalogue.EMPTY_VKP if empty else None
             self._settle(run, outcome, text, now, actions, vkp=vkp)
 
     def _blocker(self, run: SlotRun, now: Now) -> str | None:
@@ -1700,7 +1708,7 @@ class DoseEngine:
                 fields["stuck_slot_id"] = stuck.slot_id
                 fields["stuck_dispense_id"] = stuck.dispense_id
                 fields["stuck_reason"] = stuck.reason
-            self._hold(run.slot_id, reason, actions, fields)
+            self._hold(run.slot_id, reason, now, actions, fields)
             return
         if self._can_send(now):
             self._dispense(run, actions)
@@ -1746,18 +1754,45 @@ class DoseEngine:
         self,
         slot_id: str,
         reason: str,
+        now: Now,
         actions: list[Action],
         fields: dict[str, object] | None = None,
     ) -> None:
         for run in self._slotbook.runs:
-            if run.slot_id == slot_id and run.held_reason != reason:
-                if reason == "awaiting_status":
-                    return  # transient: a Status is on its way
-                self._slotbook.replace_run(replace(run, held_reason=reason))
-                self._emit(
-                    actions, "dose_held", {"slot_id": slot_id, "reason": reason, **(fields or {})}
-                )
+            if run.slot_id != slot_id:
+                continue
+            # from the dose's time on (VKP 3.7: not handed over *at the planned time*); a dose
+            # asked for early by TAKE is held LOW until then: a nurse may still come in time
+            empty = self._dispenser_empty() and now.utc >= run.due_utc
+            if run.held_reason == reason and run.held_empty == empty:
                 return
+            if reason == "awaiting_status":
+                return  # transient: a Status is on its way
+            self._slotbook.replace_run(replace(run, held_reason=reason, held_empty=empty))
+            event: dict[str, object] = {"slot_id": slot_id, "reason": reason, **(fields or {})}
+            if not empty:
+                self._emit(actions, "dose_held", event)
+                return
+            # The dose cannot be given at its time because the dispenser is empty: a nurse must
+            # bring a roll now, not when the slot ends an hour later (VKP 3.7). HIGH whatever
+            # the first reason in the blocker's order: no roll can give it either way.
+            event["dispenser_empty"] = True
+            actions.append(
+                Emit(
+                    catalogue.make_event(
+                        "dose_held", event, priority=Priority.HIGH, vkp_code=catalogue.EMPTY_VKP
+                    )
+                )
+            )
+            return
+
+    def _dispenser_empty(self) -> bool:
+        """The loaded roll has no sachet left, or the dispenser said no roll is loaded (a Status
+        since the link came up, or RollRemoved; right after a restart the roll is not known)."""
+        roll = self._desk.roll
+        if roll is None:
+            return self._mirror.status_known
+        return roll.remaining == 0
 
     def _can_discard(self, now: Now) -> bool:
         return (
