@@ -62,6 +62,8 @@ NOT_E2E = "not e2e"
 # that `-x` stops early for most mutants. The simulation test is last: it is the slowest.
 ENGINE_TESTS: tuple[str, ...] = (
     "tests/test_engine.py",
+    "tests/test_engine_retain.py",
+    "tests/test_engine_empty_roll.py",
     "tests/test_plan_mismatch.py",
     "tests/test_roll_check.py",
     "tests/test_lifecycle.py",

@@ -239,7 +239,8 @@ def missed_then_taken_late(rig: Rig) -> None:
     rig.install()
     rig.run_until(D1_0800 + timedelta(minutes=61))  # 08:00 missed, still in the tray
     assert rig.outcome_of("2026-03-02T08:00").outcome is Outcome.MISSED
-    assert held_reasons(rig, "2026-03-02T09:00") == ["tray_occupied"]
+    # (with a bin: tray_occupied while the Retain is on its way, then refused: stuck)
+    assert held_reasons(rig, "2026-03-02T09:00")[-1] == "dose_stuck_in_tray"
     rig.run_until(utc(2026, 3, 2, 8, 10))
     rig.take()  # the patient takes the missed 08:00 dose at 08:10 UTC
 
@@ -248,7 +249,7 @@ def test_missed_dose_left_in_the_tray_and_taken_late_holds_the_next_dose() -> No
     rig = hourly_rig(features=NO_BIN)
     missed_then_taken_late(rig)
     assert begun_at(rig, "2026-03-02T09:00") == []  # not within a minute of the late intake
-    assert held_reasons(rig, "2026-03-02T09:00") == ["tray_occupied", "min_interval"]
+    assert held_reasons(rig, "2026-03-02T09:00") == ["dose_stuck_in_tray", "min_interval"]
     rig.run_until(D1_0900 + timedelta(minutes=39, seconds=59))
     assert begun_at(rig, "2026-03-02T09:00") == []
     rig.run_until(utc(2026, 3, 2, 8, 40))

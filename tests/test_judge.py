@@ -668,6 +668,31 @@ def test_r8_an_empty_roll_at_a_due_time_needs_a_high_outcome_for_that_slot() -> 
     assert ok.findings == refilled.findings == []
 
 
+def test_r8_an_empty_roll_is_reported_by_a_high_hold_of_that_slot() -> None:
+    held = {"slot_id": "2026-06-01T08:00", "reason": "roll_empty"}
+    j = judge(enforce=frozenset({"R8.roll_empty"}))
+    j.world(world(remaining=0))
+    j.advance(utc("06:05"))
+    j.published("dose_held", "low", held)  # low does not report it
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        j.advance(utc("06:11"))
+    ok = judge(enforce=frozenset({"R8.roll_empty"}))
+    ok.world(world(remaining=0))
+    ok.advance(utc("06:05"))
+    ok.published("dose_held", "high", held)
+    ok.advance(utc("07:00"))
+    assert ok.findings == []
+
+
+def test_r8_a_dose_presented_early_is_not_kept_back_by_the_empty_roll_after_it() -> None:
+    j = judge(enforce=frozenset({"R8.roll_empty"}))
+    j.advance(utc("05:45"))  # TAKE early: the last sachet, for 08:00 local, is cut now
+    j.presented(1, label(utc("06:00")))
+    j.world(world(remaining=0))
+    j.advance(utc("06:30"))  # due at 06:00 UTC with the roll empty: nothing to report
+    assert j.findings == []
+
+
 # --- enforcement and reporting ------------------------------------------------------------
 
 

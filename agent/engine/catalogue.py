@@ -66,7 +66,12 @@ _ENGINE_SPECS = (
         "A due dose cannot be dispensed right now (reason in data); sent again only when the "
         "reason changes. The dispenser shows HELD at home until the hold ends. Reason "
         "min_interval: too soon after the last intake; it is dispensed from "
-        "data.not_before_utc if its window is still open, else refused.",
+        "data.not_before_utc if its window is still open, else refused. Reason "
+        "dose_stuck_in_tray: an earlier dose is still in the tray (data.stuck_slot_id, "
+        "stuck_dispense_id, stuck_reason; see dose_stuck_in_tray). High with VKP 3.7 "
+        "(data.dispenser_empty) when the dispenser is empty at the dose time (no roll, or no "
+        "sachet left on it): a nurse brings a roll; the dose is still given if it comes before "
+        "the slot ends.",
     ),
     AlertSpec(
         "dose_retained",
@@ -121,6 +126,21 @@ _ENGINE_SPECS = (
         "A pause began (or a travel sachet was not collected) with a dose in the tray that the "
         "dispenser cannot take back (no bin, or bin full): a nurse should remove it (slot and "
         "reason in data). The slot ended skipped_paused, not missed.",
+    ),
+    AlertSpec(
+        "dose_stuck_in_tray",
+        _P.MEDIUM,
+        "3.24",
+        "A dose whose slot has ended (missed, or skipped for a pause) is still in the tray and "
+        "the dispenser does not take it back into its bin (slot, dispense id and reason in "
+        "data): bin_full, it goes back as soon as the dispenser reports room (a nurse empties "
+        "the bin); retain_refused, the dispenser refused it too often, a person removes it; "
+        "no_retain_bin. No later dose can be given while it is there (dose_held "
+        "dose_stuck_in_tray). If the patient takes it, dose_taken_late follows and the next "
+        "dose waits the minimum interval.",
+        condition=True,
+        cleared_meaning="The stuck dose is out of the tray: taken back into the bin, lifted out "
+        "(dose_taken_late), or the tray was found empty.",
     ),
     AlertSpec(
         "backlog_needs_nurse",

@@ -51,6 +51,17 @@ BLOCKING_FAULTS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class StuckDose:
+    """A dose whose slot has ended, still in the tray, that the engine cannot take back into
+    the bin (reason: `bin_full`, taken back once the dispenser reports room; `retain_refused`,
+    refused too often, a person removes it; `no_retain_bin`). No other dose fits in the tray."""
+
+    dispense_id: int
+    slot_id: str | None
+    reason: str
+
+
 @dataclass(slots=True)
 class DispenserMirror:
     """What the engine knows of the dispenser. Not durable, except `locked_by_agent`: the rest is
@@ -66,6 +77,7 @@ class DispenserMirror:
     pattern_sent: AlertPattern | None = None  # None: unknown, send again
     silenced_until: float | None = None  # monotonic: local sound/light off until then
     faults: list[FaultCode] = field(default_factory=list)
+    stuck: StuckDose | None = None  # physical: kept across link drops (a Status clears it)
     # the bin (SPEC 4.8, feature BIN_LEVEL): as last reported, and cuts into it seen since
     bin_capacity: int | None = None
     bin_count: int | None = None
@@ -104,6 +116,8 @@ class KnownDispenser:
     capabilities: Capabilities | None  # None: no LinkUp yet
     bin_full: bool
     in_flight: tuple[str, ...]  # kinds of the commands awaiting an outcome
+    # free places in the bin beside the cuts on their way (SPEC 4.8); None: not reported
+    bin_room: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,11 +197,13 @@ def plan_sync(known: KnownDispenser, wanted: WantedDispenser) -> SyncPlan:
     retains_left = wanted.retains
     if wanted.retains and has_feature(known.capabilities, Feature.RETAIN_BIN):
         if not known.bin_full:
+            # no more than the bin holds, as far as it told: the rest waits for its next report
+            room = len(wanted.retains) if known.bin_room is None else max(0, known.bin_room)
             commands += [
                 PlannedCommand("retain", Retain(req_id=0, dispense_id=d), dispense_id=d)
-                for d in wanted.retains
+                for d in wanted.retains[:room]
             ]
-            retains_left = ()
+            retains_left = wanted.retains[room:]
     elif known.capabilities is not None and not has_feature(known.capabilities, Feature.RETAIN_BIN):
         retains_left = ()  # this dispenser cannot take doses back: nothing to wait for
     return SyncPlan(tuple(commands), retains_left)

@@ -28,10 +28,11 @@ from agent.engine.dispenser_mirror import (
     KEEPALIVES_PER_TIMEOUT,
     DispenserMirror,
     KnownDispenser,
+    StuckDose,
     WantedDispenser,
 )
 from agent.engine.lifecycle import Phase, SlotRun
-from agent.engine.outbound import Outbound, PendingCommand
+from agent.engine.outbound import RETAIN_BIN_FULL_TRIES, Outbound, PendingCommand
 from agent.engine.roll_desk import Discarding, RollDesk
 from agent.engine.schedule import Schedule, Slot
 from agent.engine.slot_book import SlotBook
@@ -121,9 +122,20 @@ STATE_UNREADABLE = "state_unreadable"
 # dose_held reason: the sachets at the reader are for past dose times and more of them than the
 # bin can take beside its reserve (or its level is unknown): a nurse must act (backlog_needs_nurse)
 BACKLOG_EXCEEDS_BIN = "backlog_exceeds_bin"
+# condition, and dose_held reason of the doses it blocks: a dose whose slot has ended is still in
+# the tray and the dispenser will not (or cannot) take it back into the bin (StuckDose)
+DOSE_STUCK_IN_TRAY = "dose_stuck_in_tray"
 # travel pre-dispense waits (does not give up) while one of these holds: it passes or the trip ends
 TRAVEL_WAITS_ON = frozenset(
-    {"no_link", "awaiting_status", "tray_occupied", "previous_dose_in_tray", "no_sachet", "locked"}
+    {
+        "no_link",
+        "awaiting_status",
+        "tray_occupied",
+        DOSE_STUCK_IN_TRAY,
+        "previous_dose_in_tray",
+        "no_sachet",
+        "locked",
+    }
 )
 _EPSILON = timedelta(microseconds=1)
 # How long records of settled slots are kept behind the horizon (bounded: a few per day)
@@ -250,6 +262,9 @@ class DoseEngine:
                 instants.append(timer)
             elif trusted:
                 instants.append(self._mono_at(lifecycle.settle_deadline(run, self._cfg), now))
+                if run.held_reason is not None and run.due_utc > now.utc:
+                    # started early by TAKE and held: at its time a hold may become HIGH
+                    instants.append(self._mono_at(run.due_utc, now))
         if trusted:
             # wall instants at which a check's verdict changes by itself (a roll expires or its
             # period passes, a pause begins or ends): what the engine decides changes then too
@@ -568,6 +583,14 @@ class DoseEngine:
             case BinLevel(capacity=capacity, count=count):
                 self._mirror.bin_capacity, self._mirror.bin_count = capacity, count
                 self._mirror.bin_unreported = 0
+                if (
+                    count < capacity
+                    and FaultCode.BIN_FULL in self._mirror.faults
+                    and self._outbound.retain_queue
+                ):
+                    # room again, says the level, while a dose waits to go back: the Status
+                    # says whether the bin fault is over too (then the Retain goes out)
+                    self._mirror.status_known = False
             case _:
                 self._emit(
                     actions, "unexpected_dispenser_event", {"message": type(message).__name__}
@@ -672,8 +695,8 @@ class DoseEngine:
                 "unexpected_dispenser_event",
                 {"message": "DosePresented", "dispense_id": msg.dispense_id, "slot_id": slot_id},
             )
-            if msg.dispense_id not in self._outbound.retain_queue:
-                self._outbound.retain_queue.append(msg.dispense_id)  # settled already: into the bin
+            if self._has(Feature.RETAIN_BIN):  # settled already: into the bin
+                self._owe_retain(msg.dispense_id, slot_id, now, actions)
             return
         if run.phase is Phase.PRESENTED:
             return  # repeated report: the first one stands (and is stored)
@@ -728,6 +751,7 @@ class DoseEngine:
         self._outbound.retain_queue = [
             d for d in self._outbound.retain_queue if d != msg.dispense_id
         ]
+        self._unstick(msg.dispense_id, now, actions)
         self._emit(
             actions,
             "dose_taken_late",
@@ -773,6 +797,7 @@ class DoseEngine:
             self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, None, now, actions)
             return
         self._mirror.tray_occupied = False
+        self._unstick(msg.dispense_id, now, actions)
         self._emit(
             actions,
             "dose_retained",
@@ -928,6 +953,17 @@ class DoseEngine:
         self._mirror.status_known = True
         if self._mirror.tray_occupied and not status.tray_occupied:
             self._tray_emptied_unseen(now)
+        if not status.tray_occupied:
+            # nothing to take back: each dose owed to the bin is told as not in the tray (what
+            # a Retain would have found), and a stuck dose is gone
+            for dispense_id in self._outbound.retain_queue:
+                self._emit(
+                    actions,
+                    "dose_not_in_tray",
+                    {"slot_id": self._outbound.recent.get(dispense_id), "dispense_id": dispense_id},
+                )
+            self._outbound.retain_queue.clear()
+            self._unstick(None, now, actions)
         self._mirror.tray_occupied = status.tray_occupied
         self._mirror.lock_actual = status.locked
         self._mirror.pattern_sent = status.alert
@@ -1007,7 +1043,8 @@ class DoseEngine:
             if pending.kind == "dispense" and pending.slot_id is not None:
                 # no reply: it may have been cut; BUSY: refused before anything moved
                 self._mark_maybe_executed(pending.slot_id, reply is None)
-                self._hold(pending.slot_id, f"command_failed:{outcome.failure or 'busy'}", actions)
+                failure = f"command_failed:{outcome.failure or 'busy'}"
+                self._hold(pending.slot_id, failure, now, actions)
             return
         if pending.kind == "get_status":
             if isinstance(reply, Status):
@@ -1036,6 +1073,10 @@ class DoseEngine:
                 slot_id = None
                 if pending.dispense_id is not None:
                     slot_id = self._outbound.retaining.pop(pending.dispense_id, None)
+                if result is ResultCode.BIN_FULL and pending.dispense_id is not None:
+                    self._retain_refused(pending.dispense_id, slot_id, now, actions)
+                elif result is ResultCode.NOTHING_PRESENTED and pending.dispense_id is not None:
+                    self._unstick(pending.dispense_id, now, actions)
                 if result is ResultCode.NOTHING_PRESENTED:
                     # that dose is not in the tray (taken or removed unseen; another one may be):
                     # said to the centre, whose alert for the slot stands; the tray is asked again
@@ -1115,7 +1156,7 @@ class DoseEngine:
         if run.travel:
             self._travel_give_up(run, reason, now, actions)
             return
-        self._hold(run.slot_id, reason, actions)
+        self._hold(run.slot_id, reason, now, actions)
 
     def _already_done(self, run: SlotRun, now: Now, actions: list[Action]) -> None:
         """The dispenser executed this dispense id before. Never another sachet for the slot, and
@@ -1236,19 +1277,19 @@ class DoseEngine:
         skipped_paused, never missed; the dose goes back into the bin if the dispenser can take
         it, else the centre hears (LOW) that it is left in the tray for a nurse to remove."""
         self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
-        self._take_back_or_report(run, window.pause_id, actions)
+        self._take_back_or_report(run, window.pause_id, now, actions)
 
-    def _take_back_or_report(self, run: SlotRun, pause_id: str, actions: list[Action]) -> None:
+    def _take_back_or_report(
+        self, run: SlotRun, pause_id: str, now: Now, actions: list[Action]
+    ) -> None:
         assert run.dispense_id is not None
-        room = self._bin_room()
         if not self._has(Feature.RETAIN_BIN):
             why: str | None = "no_retain_bin"
-        elif FaultCode.BIN_FULL in self._mirror.faults or (room is not None and room < 1):
-            why = "bin_full"
+            self._stick(run.dispense_id, run.slot_id, "no_retain_bin", now, actions)
         else:
-            why = None
+            why = "bin_full" if self._bin_full_for_retain() else None
+            self._owe_retain(run.dispense_id, run.slot_id, now, actions)  # waits for room
         if why is None:
-            self._outbound.retain_queue.append(run.dispense_id)
             return
         self._emit(
             actions,
@@ -1416,7 +1457,7 @@ class DoseEngine:
         pause_id = trip.pause_id if trip is not None else "travel"
         self._settle(run, Outcome.SKIPPED_PAUSED, pause_id, now, actions)
         if run.in_tray:
-            self._take_back_or_report(run, pause_id, actions)
+            self._take_back_or_report(run, pause_id, now, actions)
         if trip is not None and trip.take_along:
             self._travel_finish(trip, why, now, actions)
 
@@ -1475,8 +1516,67 @@ class DoseEngine:
         """A dose dispensed (or maybe dispensed) and not taken: missed, and back into the bin
         (a Retain finds nothing if it is not in the tray)."""
         self._settle(run, Outcome.MISSED, reason, now, actions)
-        if self._has(Feature.RETAIN_BIN) and run.dispense_id is not None:
-            self._outbound.retain_queue.append(run.dispense_id)
+        if run.dispense_id is None:
+            return
+        if self._has(Feature.RETAIN_BIN):
+            self._owe_retain(run.dispense_id, run.slot_id, now, actions)
+        elif run.phase is Phase.PRESENTED:
+            self._stick(run.dispense_id, run.slot_id, "no_retain_bin", now, actions)
+
+    # --- a dose owed to the bin, and one stuck in the tray --------------------------------------
+
+    def _bin_full_for_retain(self) -> bool:
+        """The dispenser said its bin is full, or its level leaves no place for one more."""
+        room = self._bin_room()
+        return FaultCode.BIN_FULL in self._mirror.faults or (room is not None and room < 1)
+
+    def _owe_retain(
+        self, dispense_id: int, slot_id: str | None, now: Now, actions: list[Action]
+    ) -> None:
+        """The dose goes back into the bin as soon as the bin has room (plan_sync waits for it);
+        until then it is stuck in the tray and the centre hears which one."""
+        if self._bin_full_for_retain():
+            self._stick(dispense_id, slot_id, "bin_full", now, actions)
+        self._outbound.owe_retain(dispense_id)
+
+    def _retain_refused(
+        self, dispense_id: int, slot_id: str | None, now: Now, actions: list[Action]
+    ) -> None:
+        """BIN_FULL: the dose stays owed, and goes out again once the dispenser reports room
+        (its bin fault cleared; the refusal raised it here), at most RETAIN_BIN_FULL_TRIES."""
+        slot_id = slot_id or self._outbound.recent.get(dispense_id)
+        tries = self._outbound.retain_refusals.get(dispense_id, 0) + 1
+        self._outbound.retain_refusals[dispense_id] = tries
+        if tries < RETAIN_BIN_FULL_TRIES:
+            self._outbound.owe_retain(dispense_id)
+            self._stick(dispense_id, slot_id, "bin_full", now, actions)
+        else:
+            self._stick(dispense_id, slot_id, "retain_refused", now, actions)
+
+    def _stick(
+        self, dispense_id: int, slot_id: str | None, reason: str, now: Now, actions: list[Action]
+    ) -> None:
+        self._mirror.stuck = StuckDose(dispense_id, slot_id, reason)
+        fields: dict[str, object] = {
+            "slot_id": slot_id,
+            "dispense_id": dispense_id,
+            "reason": reason,
+        }
+        self._condition(actions, DOSE_STUCK_IN_TRAY, True, now, fields)
+
+    def _unstick(self, dispense_id: int | None, now: Now, actions: list[Action]) -> None:
+        """The stuck dose (`dispense_id`; None: whatever was in the tray) is out of the tray:
+        taken back, lifted out, or the tray found empty. After a restart the engine no longer
+        knows which dose it was, but the raised condition is durable: an empty tray clears it."""
+        stuck = self._mirror.stuck
+        if dispense_id is not None and (stuck is None or stuck.dispense_id != dispense_id):
+            return
+        self._mirror.stuck = None
+        fields: dict[str, object] = {}
+        if stuck is not None:
+            self._outbound.retain_refusals.pop(stuck.dispense_id, None)
+            fields = {"slot_id": stuck.slot_id, "dispense_id": stuck.dispense_id}
+        self._condition(actions, DOSE_STUCK_IN_TRAY, False, now, fields)
 
     def _pick_up(self, now: Now, actions: list[Action]) -> None:
         if self._schedule is None:
@@ -1515,7 +1615,11 @@ class DoseEngine:
             else:
                 reason = run.held_reason or self._blocker(run, now) or lifecycle.LATE
             outcome, text = lifecycle.unsent_outcome(reason)
-            vkp = catalogue.EMPTY_VKP if reason == roll_check.ROLL_EMPTY else None
+            # not given because the dispenser was empty: as the hold said (VKP 3.7)
+            empty = reason in (roll_check.ROLL_EMPTY, "no_roll") or (
+                run.held_empty and reason == run.held_reason
+            )
+            vkp = catalogue.EMPTY_VKP if empty else None
             self._settle(run, outcome, text, now, actions, vkp=vkp)
 
     def _blocker(self, run: SlotRun, now: Now) -> str | None:
@@ -1556,7 +1660,7 @@ class DoseEngine:
         # happened can happen now, and only of the sachet checked for this slot.
         probe = run.maybe_executed
         if self._mirror.tray_occupied and not probe:
-            return "tray_occupied"
+            return "tray_occupied" if self._mirror.stuck is None else DOSE_STUCK_IN_TRAY
         if self._mirror.lock_actual and not self._mirror.locked_by_agent:
             return "locked"
         if self._desk.sachet is None:
@@ -1601,7 +1705,12 @@ class DoseEngine:
             fields: dict[str, object] = {}
             if reason == lifecycle.MIN_INTERVAL:
                 fields["not_before_utc"] = iso_or_none(self._interval_release_utc())
-            self._hold(run.slot_id, reason, actions, fields)
+            stuck = self._mirror.stuck
+            if reason == DOSE_STUCK_IN_TRAY and stuck is not None:
+                fields["stuck_slot_id"] = stuck.slot_id
+                fields["stuck_dispense_id"] = stuck.dispense_id
+                fields["stuck_reason"] = stuck.reason
+            self._hold(run.slot_id, reason, now, actions, fields)
             return
         if self._can_send(now):
             self._dispense(run, actions)
@@ -1647,18 +1756,45 @@ class DoseEngine:
         self,
         slot_id: str,
         reason: str,
+        now: Now,
         actions: list[Action],
         fields: dict[str, object] | None = None,
     ) -> None:
         for run in self._slotbook.runs:
-            if run.slot_id == slot_id and run.held_reason != reason:
-                if reason == "awaiting_status":
-                    return  # transient: a Status is on its way
-                self._slotbook.replace_run(replace(run, held_reason=reason))
-                self._emit(
-                    actions, "dose_held", {"slot_id": slot_id, "reason": reason, **(fields or {})}
-                )
+            if run.slot_id != slot_id:
+                continue
+            # from the dose's time on (VKP 3.7: not handed over *at the planned time*); a dose
+            # asked for early by TAKE is held LOW until then: a nurse may still come in time
+            empty = self._dispenser_empty() and now.utc >= run.due_utc
+            if run.held_reason == reason and run.held_empty == empty:
                 return
+            if reason == "awaiting_status":
+                return  # transient: a Status is on its way
+            self._slotbook.replace_run(replace(run, held_reason=reason, held_empty=empty))
+            event: dict[str, object] = {"slot_id": slot_id, "reason": reason, **(fields or {})}
+            if not empty:
+                self._emit(actions, "dose_held", event)
+                return
+            # The dose cannot be given at its time because the dispenser is empty: a nurse must
+            # bring a roll now, not when the slot ends an hour later (VKP 3.7). HIGH whatever
+            # the first reason in the blocker's order: no roll can give it either way.
+            event["dispenser_empty"] = True
+            actions.append(
+                Emit(
+                    catalogue.make_event(
+                        "dose_held", event, priority=Priority.HIGH, vkp_code=catalogue.EMPTY_VKP
+                    )
+                )
+            )
+            return
+
+    def _dispenser_empty(self) -> bool:
+        """The loaded roll has no sachet left, or the dispenser said no roll is loaded (a Status
+        since the link came up, or RollRemoved; right after a restart the roll is not known)."""
+        roll = self._desk.roll
+        if roll is None:
+            return self._mirror.status_known
+        return roll.remaining == 0
 
     def _can_discard(self, now: Now) -> bool:
         return (
@@ -1669,6 +1805,7 @@ class DoseEngine:
             and self._mirror.blocking_fault() is None
             and pause.active(self._pauses, now.utc) is None
             and not self._desk.discarding
+            and not self._outbound.retains_owed()  # the tray first: its dose blocks every dose
             and self._bin_takes_discard()
             and not self.locked_down
         )
@@ -2071,6 +2208,11 @@ class DoseEngine:
             capabilities=self._mirror.capabilities,
             bin_full=FaultCode.BIN_FULL in self._mirror.faults,
             in_flight=self._outbound.in_flight(),
+            bin_room=(
+                self._mirror.bin_room(len(self._desk.discarding) + len(self._outbound.retaining))
+                if self._has(Feature.BIN_LEVEL)
+                else None
+            ),
         )
         wanted = WantedDispenser(
             locked=self._desk.roll_foreign(self._binding) or self.locked_down,

@@ -84,6 +84,7 @@ class SlotRun:
     sachet_index: int | None = None
     roll_id: str | None = None
     held_reason: str | None = None  # why it could not be dispensed (last seen)
+    held_empty: bool = False  # ... and the dispenser was empty then (reported HIGH, VKP 3.7)
     confirmed_mono: float | None = None  # dispenser accepted the Dispense (OK / ALREADY_DONE)
     presented_mono: float | None = None
     presented_at: datetime | None = None
@@ -132,6 +133,7 @@ def begin(run: SlotRun, dispense_id: int, sachet_index: int, roll_id: str) -> Sl
         sachet_index=sachet_index,
         roll_id=roll_id,
         held_reason=None,
+        held_empty=False,
     )
 
 

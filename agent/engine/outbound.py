@@ -14,6 +14,10 @@ from protocol.messages import Message
 
 U32_MAX = 0xFFFF_FFFF
 RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/DosePresented
+# A Retain refused BIN_FULL is sent again only after the dispenser reports room, and at most this
+# many times in all for one dose: a dispenser that says "room" and refuses again is not believed
+# for ever (the dose stays reported stuck in the tray, for a person to remove).
+RETAIN_BIN_FULL_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,7 @@ class Outbound:
     retry_at: float | None = None  # monotonic: no new command before then (a command failed)
     retain_queue: list[int] = field(default_factory=list)  # dispense ids owed to the bin
     retaining: dict[int, str] = field(default_factory=dict)  # Retain in flight: id -> slot id
+    retain_refusals: dict[int, int] = field(default_factory=dict)  # id -> BIN_FULL answers
     recent: dict[int, str] = field(default_factory=dict)  # dispense id -> slot id, settled
 
     def send(
@@ -51,6 +56,14 @@ class Outbound:
         correlation = f"{kind}:{self.starts}:{self.correlations}"
         self.pending[correlation] = PendingCommand(kind, command, slot_id, dispense_id)
         actions.append(SendCommand(command, correlation))
+
+    def owe_retain(self, dispense_id: int) -> None:
+        if dispense_id not in self.retain_queue:
+            self.retain_queue.append(dispense_id)
+
+    def retains_owed(self) -> bool:
+        """A dose must go back from the tray into the bin (queued or on its way)."""
+        return bool(self.retain_queue or self.retaining)
 
     def take_dispense_id(self) -> int:
         dispense_id = self.next_dispense_id

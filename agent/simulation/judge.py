@@ -57,8 +57,9 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
    - "wrong_roll": a roll whose leader names another patient is loaded -> `wrong_roll`;
    - "jam": the cutter is jammed -> `fault_jam`;
    - "bin_full": the bin is full -> `fault_bin_full`;
-   - "roll_empty": at a slot's due instant (not paused, not settled early) the loaded roll has no
-     sachet left -> a HIGH `slot_outcome` for that slot;
+   - "roll_empty": at a slot's due instant (not paused, not settled or presented early) the
+     loaded roll has no sachet left -> a HIGH `slot_outcome` or `dose_held` (the dose waits
+     for a roll) for that slot;
    - "plan_mismatch": the sachet at the reader (this patient's, on a roll with this patient's
      leader) matches no slot of the schedule and no person's decision covers it -> a HIGH
      `plan_mismatch` naming that roll and sachet index.
@@ -115,6 +116,7 @@ HOLDING_RULES = frozenset(
         "R8.wrong_roll",
         "R8.jam",
         "R8.bin_full",
+        "R8.roll_empty",
         "R8.plan_mismatch",
         "R9",
     }
@@ -285,6 +287,8 @@ _CONDITION_EVENTS = {
     "bin_full": "fault_bin_full",
     "plan_mismatch": "plan_mismatch",
 }
+# roll_empty: the HIGH events that name the slot whose dose waits for a roll, or did not get it
+_SLOT_EVENTS = ("slot_outcome", "dose_held")
 
 
 @dataclass(slots=True)
@@ -420,6 +424,8 @@ class Judge:
             return
         if self._paused_at(slot.due_utc) is not None or slot.slot_id in self._outcomes:
             return
+        if slot.slot_id in self._presented_for:
+            return  # its sachet was cut early (TAKE): the empty roll keeps nothing from it
         key = f"roll_empty {slot.slot_id}"
         self._conditions[key] = _Condition(
             "roll_empty",
@@ -694,9 +700,7 @@ class Judge:
                 if cond.reported:
                     continue
                 if cond.name == "roll_empty":
-                    cond.reported = kind == "slot_outcome" and fields.get("slot_id") == (
-                        cond.slot_id
-                    )
+                    cond.reported = kind in _SLOT_EVENTS and fields.get("slot_id") == cond.slot_id
                 elif cond.name == "plan_mismatch":
                     cond.reported = kind == "plan_mismatch" and cond.sachet == (
                         fields.get("roll_id"),

@@ -1,0 +1,105 @@
+"""A dose due while the dispenser is empty (SAFETY.md H4): the centre hears it HIGH, VKP 3.7
+("not handed over at the planned time because the dispenser was empty"), as soon as the dose is
+held, not only when its slot ends an hour later; the dose is still given if a roll comes in time.
+`roll_empty` itself (3.6, medium) says the roll ran out, which may be hours before a dose is due.
+
+Dates are in March 2026, Europe/Oslo is UTC+1: local 08:00 is 07:00 UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from test_engine import morning_rig, utc
+
+from agent.engine.types import EngineEvent, Outcome
+from protocol.messages import ButtonId, ButtonPressed, FaultChanged, FaultCode, RollRemoved
+
+D1_0800 = utc(2026, 3, 2, 7, 0)
+SLOT_1 = "2026-03-02T08:00"
+
+
+def held(events: list[EngineEvent], slot_id: str) -> list[tuple[str, str | None, object]]:
+    return [
+        (e.priority.value, e.vkp_code, e.fields["reason"])
+        for e in events
+        if e.fields["slot_id"] == slot_id
+    ]
+
+
+def test_a_dose_due_with_the_roll_empty_is_high_at_once_and_given_when_a_roll_comes() -> None:
+    rig = morning_rig()
+    rig.dispenser.next_index = 7  # every sachet used
+    rig.install()
+    assert [e.priority.value for e in rig.events("roll_empty")] == ["medium"]
+    rig.run_until(D1_0800)
+    assert held(rig.events("dose_held"), SLOT_1) == [("high", "3.7", "roll_empty")]
+    assert rig.events("dose_held")[0].fields["dispenser_empty"] is True
+    rig.run_until(D1_0800 + timedelta(minutes=20))
+    rig.dispenser.roll_id, rig.dispenser.next_index = "R2", 0  # the nurse brings a new roll
+    rig.insert_roll()
+    assert len(rig.events("roll_empty_cleared")) == 1
+    assert rig.dispenser.dispensed == [0]
+    rig.take()
+    assert rig.outcome_of(SLOT_1).outcome is Outcome.TAKEN
+
+
+def test_a_roll_used_up_at_the_end_of_its_period_is_empty_at_the_next_dose() -> None:
+    # the last sachet was for 8 March: on the 9th the roll is past its period *and* empty
+    rig = morning_rig()
+    rig.install()
+    for day in range(2, 9):
+        rig.run_until(utc(2026, 3, day, 7, 1))
+        rig.take()
+    rig.run_until(utc(2026, 3, 9, 7, 0))
+    assert held(rig.events("dose_held"), "2026-03-09T08:00") == [
+        ("high", "3.7", "roll_period_passed")
+    ]
+
+
+def test_a_dose_due_with_no_roll_loaded_is_high_too() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(utc(2026, 3, 2, 6, 0))
+    rig.remove_roll()
+    rig.run_until(D1_0800)
+    assert held(rig.events("dose_held"), SLOT_1) == [("high", "3.7", "no_roll")]
+    rig.run_until(D1_0800 + timedelta(minutes=61))
+    outcome = rig.outcome_of(SLOT_1)
+    assert (outcome.outcome, outcome.reason) == (Outcome.MISSED, "not_dispensed:no_roll")
+    assert rig.events("slot_outcome")[0].vkp_code == "3.7"
+
+
+def test_a_dose_held_for_another_reason_with_sachets_left_stays_low() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.msg(FaultChanged(FaultCode.JAM, True, ""))
+    rig.run_until(D1_0800)
+    assert held(rig.events("dose_held"), SLOT_1) == [("low", None, "fault_jam")]
+
+
+def test_the_roll_taken_out_while_a_dose_waits_in_the_tray_changes_nothing_for_it() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=1))
+    assert rig.dispenser.dispensed == [0]
+    rig.msg(RollRemoved("R1"))
+    rig.take()
+    assert rig.events("dose_held") == []
+    assert rig.outcome_of(SLOT_1).outcome is Outcome.TAKEN
+
+
+def test_a_dose_asked_for_early_while_empty_is_high_from_its_time_not_before() -> None:
+    rig = morning_rig()
+    rig.dispenser.next_index = 7
+    rig.install()
+    rig.run_until(D1_0800 - timedelta(minutes=11))
+    rig.msg(ButtonPressed(ButtonId.TAKE))  # inside the early window: the dose is asked for
+    assert held(rig.events("dose_held"), SLOT_1) == [("low", None, "roll_empty")]
+    rig.run_until(D1_0800 - timedelta(seconds=1))
+    assert len(rig.events("dose_held")) == 1
+    rig.run_until(D1_0800)
+    assert held(rig.events("dose_held"), SLOT_1) == [
+        ("low", None, "roll_empty"),
+        ("high", "3.7", "roll_empty"),
+    ]
