@@ -145,6 +145,14 @@ def test_a_scripted_day_validates_message_by_message(day: Day, tmp_path: Path) -
     check_the_story(lines)
 
 
+def outcomes(wire: WireRecorder) -> list[str]:
+    return [o["data"]["outcome"] for o in wire.events("slot_outcome")]
+
+
+def reasons(wire: WireRecorder) -> list[str | None]:
+    return [a.get("reason") for a in wire.on("state/availability")]
+
+
 def run_the_day(day: Day) -> None:
     taken = {"count": 0}
 
@@ -176,18 +184,16 @@ def run_the_day(day: Day) -> None:
     day.send(command("silence", minutes=9999))
     day.send(b"{not json")
     day.wait(lambda w: len(w.on("commands/response")) >= 6, "six answers")
-    day.wait(
-        lambda w: any(o["data"]["outcome"] == "taken" for o in w.events("slot_outcome")), "taken"
-    )
+    day.wait(lambda w: "taken" in outcomes(w), "taken")
     day.wait(lambda w: len(w.on("heartbeat")) >= 1, "a heartbeat")
     # a power cut: SIGKILL, and the agent starts again where its clock was
     day.agent.kill()
-    day.wait(lambda w: any(a.get("reason") == "connection_lost" for a in w.on("state/availability")), "the will")  # fmt: skip
+    day.wait(lambda w: "connection_lost" in reasons(w), "the will")
     day.agent.start_at = day.agent.sim_now()
     day.agent.start()
     day.wait(lambda w: any(e["data"].get("boot") == 2 for e in w.events("agent_started")), "boot 2")
     # the 08:30 dose is not taken: missed
-    day.wait(lambda w: any(o["data"]["outcome"] == "missed" for o in w.events("slot_outcome")), "missed")  # fmt: skip
+    day.wait(lambda w: "missed" in outcomes(w), "missed")
     day.wait(lambda w: len(w.on("heartbeat")) >= 2, "a heartbeat of session 2")
     assert day.agent.stop() == 0  # a clean stop
     day.send(b"sentinel")  # through the same broker: what the stop caused has arrived before it
@@ -225,8 +231,17 @@ def check_the_story(lines: list[Line]) -> None:
     assert status["result"]["health"]["schema"] == "dispenser-health/1"
     # every session's online comes before that session's events
     for session in (1, 2):
-        birth = next(i for i, x in enumerate(lines) if x.suffix == "state/availability"
-                     and x.payload["session"] == session and x.payload["state"] == "online")  # fmt: skip
-        first = next(i for i, x in enumerate(lines) if x.suffix == "events"
-                     and x.payload["session"] == session)  # fmt: skip
+        births = [
+            i
+            for i, x in enumerate(lines)
+            if x.suffix == "state/availability"
+            and x.payload["session"] == session
+            and x.payload["state"] == "online"
+        ]
+        first = next(
+            i
+            for i, x in enumerate(lines)
+            if x.suffix == "events" and x.payload["session"] == session
+        )
+        birth = births[0]
         assert birth < first, session
