@@ -44,6 +44,18 @@ class Now:
             raise ValueError(f"Now.utc must be an aware UTC datetime, got {self.utc!r}")
 
 
+def utc_text(moment: datetime) -> str:
+    """The one wire form of an instant: RFC 3339 in UTC with `Z` (2026-11-23T07:00:00Z), as the
+    contract's models serialise theirs. `moment` must be aware."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime has no instant: {moment!r}")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utc_text_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else utc_text(moment)
+
+
 class Clock(Protocol):
     """Anything that can read the time; the agent never calls time/datetime directly."""
 

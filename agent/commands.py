@@ -4,10 +4,12 @@ Path of one command (docs/response-centre-guide.md):
 1. parse and validate (pydantic, `agent.contract.commands`); a bad payload is answered `rejected`
    with the reason (no answer if even its command id is unreadable: then only the event and audit
    record say it happened);
-2. a command id seen before is answered `duplicate`, carrying the first answer's result or error,
-   and is not executed again (the broker redelivers QoS 1 messages after a reconnect);
-3. with an untrusted clock the expiry cannot be checked: rejected (`clock_untrusted`); past its
-   `expires_at`: `expired` — a stale "pause" must never run days later;
+2. a command id seen before gets its first answer again, byte for byte, and is not executed
+   again: exactly one answer per command id for ever, whether the broker redelivered it (after a
+   crash between the answer and the PUBACK) or the centre sent it again;
+3. with an untrusted clock the expiry cannot be checked: rejected (`clock_untrusted`, final for
+   that command id like every answer: send it again under a new id once the clock is trusted);
+   past its `expires_at`: `expired` — a stale "pause" must never run days later;
 4. executed through the engine: the engine step, the command record and its audit record are
    committed in one transaction; then the answer is published (MQTT 5 response topic and
    correlation data when given, else the unit's response topic; the id is in the payload).
@@ -34,7 +36,9 @@ from agent.contract.commands import (
     CommandRequest,
     CommandResponse,
     RequestStatusCommand,
+    RequestStatusResult,
     ResendFromCommand,
+    ResendFromResult,
     parse_command,
 )
 from agent.engine.catalogue import make_event
@@ -80,28 +84,37 @@ class CommandHandler:
             # and the stored command id makes sure it is not executed twice.
             self.daemon.mqtt.ack(message)
 
-    async def handle(self, message: InboundMessage) -> CommandResponse | None:
-        response, request = self.answer(message.payload, message.topic, FROM_RESPONSE_CENTRE)
-        if response is not None:
-            await self._publish(response, message)
+    async def handle(self, message: InboundMessage) -> bytes | None:
+        # after the connection's birth: no answer of a session arrives before its online message
+        await self.daemon.mqtt.wait_ready()
+        answer, request = self.answer(message.payload, message.topic, FROM_RESPONSE_CENTRE)
+        if answer is not None:
+            await self.daemon.publish_response(
+                answer, message.response_topic, message.correlation_data
+            )
         if request is not None and isinstance(request.command, RequestStatusCommand):
             await self.daemon.publish_retained_state()
-        return response
+        return answer
 
     def answer(
         self, payload: bytes, origin: str, source: str
-    ) -> tuple[CommandResponse | None, CommandRequest | None]:
-        """Parse, check, execute and record one command; its answer (None when its id could not
-        be read) and the request when it was executed or refused (not for a duplicate)."""
+    ) -> tuple[bytes | None, CommandRequest | None]:
+        """Parse, check, execute and record one command; its answer's payload (None when its id
+        could not be read) and the request when it was executed or refused now (not for a
+        command id answered before: that gets the recorded answer, unchanged)."""
         daemon = self.daemon
         now = daemon.clock.now()
         try:
             request = parse_command(payload)
         except CommandInvalid as problem:
+            if problem.command_id is not None:
+                seen = daemon.store.command_seen(problem.command_id)
+                if seen is not None:
+                    return seen.response_json.encode(), None
             response = CommandResponse.for_invalid(problem, now.utc)
             self._record_refusal(
                 problem.command_id,
-                "unknown",
+                problem.name,
                 "rejected",
                 problem.code,
                 problem.message,
@@ -110,14 +123,13 @@ class CommandHandler:
                 len(payload),
                 source,
             )
-            return response, None
+            return (None if response is None else response.to_payload()), None
 
         command_id = str(request.command_id)
         name = request.command.name
         seen = daemon.store.command_seen(command_id)
         if seen is not None:
-            first = CommandResponse.model_validate_json(seen.response_json)
-            return first.model_copy(update={"status": "duplicate", "responded_at": now.utc}), None
+            return seen.response_json.encode(), None  # the first answer, byte for byte
 
         try:
             if source == ON_SITE and name not in LOCAL_COMMANDS:
@@ -146,7 +158,7 @@ class CommandHandler:
                 len(payload),
                 source,
             )
-        return response, request
+        return response.to_payload(), request
 
     def _execute(
         self, request: CommandRequest, now_utc: datetime, trust: TimeTrust, source: str
@@ -163,19 +175,17 @@ class CommandHandler:
                 "expired", "expired", f"command expired at {request.expires_at.isoformat()}"
             )
         command = request.command
-        result: dict[str, object] | None = None
+        result: RequestStatusResult | ResendFromResult | None = None
         if isinstance(command, RequestStatusCommand):
             result = daemon.status()
         elif isinstance(command, ResendFromCommand):
             until = daemon.publisher.resend_from(command.seq)
-            result = {"from_seq": command.seq, "until_seq": until}
-        response = CommandResponse.model_validate(
-            {
-                "command_id": str(request.command_id),
-                "status": "ok",
-                "result": result,
-                "responded_at": now_utc,
-            }
+            result = ResendFromResult(from_seq=command.seq, until_seq=until)
+        response = CommandResponse(
+            command_id=str(request.command_id),
+            status="ok",
+            result=result,
+            responded_at=now_utc,
         )
         record = self._recorder(request, response, source)
         engine_input = request.to_engine_input(source)
@@ -214,7 +224,7 @@ class CommandHandler:
     def _record_refusal(
         self,
         command_id: str | None,
-        name: str,
+        name: str | None,
         status: str,
         code: str,
         message_text: str,
@@ -237,15 +247,14 @@ class CommandHandler:
         )
 
         def record() -> None:
-            # A transient refusal is not remembered: the same command may succeed once time is
-            # trusted. Every other refusal is final for that command id.
+            # Every answer is final for its command id, a clock_untrusted refusal too: a centre
+            # must never get two different answers to one command.
             if (
                 response is not None
                 and command_id is not None
-                and code != "clock_untrusted"
                 and store.command_seen(command_id) is None
             ):
-                store.record_command(command_id, name, response.model_dump_json())
+                store.record_command(command_id, name or "unreadable", response.model_dump_json())
             store.audit_append(
                 "command_rejected",
                 {
@@ -260,8 +269,3 @@ class CommandHandler:
             )
 
         daemon.apply([Emit(event)], daemon.clock.now(), within=record)
-
-    async def _publish(self, response: CommandResponse, message: InboundMessage) -> None:
-        await self.daemon.publish_response(
-            response.to_payload(), message.response_topic, message.correlation_data
-        )

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import shutil
 import sqlite3
@@ -49,7 +48,16 @@ from agent import __version__, local_control
 from agent.clock import Clock, Now, SystemClock, TimeTrust
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
-from agent.contract.state import Availability, DispenserState, Health, Heartbeat
+from agent.contract.commands import RequestStatusResult
+from agent.contract.state import (
+    CONNECTION_LOST,
+    SHUTDOWN,
+    STATE_FAULT,
+    Availability,
+    DispenserState,
+    Health,
+    Heartbeat,
+)
 from agent.contract.topics import UnitTopics
 from agent.engine import roll_check
 from agent.engine.catalogue import make_event
@@ -152,7 +160,9 @@ class Daemon:
         self.dispenser = DispenserView()
         self.started_mono = time.monotonic()
         self.boot = self._next_boot()
-        self.mqtt_session = 0
+        self.mqtt_session = 0  # the session of the current (or next) MQTT connection
+        self._spare_session: int | None = None  # chosen for a will no broker ever saw
+        first_seq_of_process = store.last_event_seq() + 1
         # set when the stored state could not be read: what was made of it, and its text
         self._restored: Restored | None = None
         self._unreadable_text: str | None = None
@@ -170,9 +180,16 @@ class Daemon:
             will_factory=self._will,
             subscriptions=[(self.topics.command_request, 1)],
             on_connected=self._on_mqtt_connected,
+            will_unseen=self._will_unseen,
+            farewell_factory=self._farewell,
         )
         self.publisher = OutboxPublisher(
-            store, self.mqtt, self.topics.events, self._envelope, window=50
+            store,
+            self.mqtt,
+            self.topics.events,
+            self._envelope,
+            window=50,
+            first_seq_of_process=first_seq_of_process,
         )
         self.commands = CommandHandler(self)
         self._timer_changed = asyncio.Event()
@@ -180,6 +197,7 @@ class Daemon:
         self._tasks: asyncio.TaskGroup | None = None
         self._workers: list[asyncio.Task[None]] = []  # stopped by a fault
         self._last_state_json = ""
+        self._alerts_in_health: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self._fault: DaemonFaultError | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -366,6 +384,7 @@ class Daemon:
         self._stored_dispense_id = state.next_dispense_id
         if emitted:
             self.publisher.notify()
+            self._health_on_alert_change()
         for command in commands:
             self._spawn(self._send_command(command), f"dispenser-command:{command.correlation}")
         self._timer_changed.set()
@@ -379,6 +398,15 @@ class Daemon:
             "data": event.fields,
         }
         self.store.append_event(event.kind, payload, _iso_z(now.utc), now.trust.value)
+
+    def _health_on_alert_change(self) -> None:
+        """The retained health follows the active alerts and conditions at once (a centre
+        reads them there), not only at the periodic health."""
+        status = self.engine.status()
+        alerts = (status.active_alerts, status.conditions)
+        if alerts != self._alerts_in_health:
+            self._alerts_in_health = alerts
+            self._spawn(self._publish_health(), "publish-health")
 
     def _envelope(self, event: OutboxEvent, replayed: bool) -> bytes:
         return build_envelope(self.config.unit_id, event, replayed, self.mqtt_session)
@@ -481,7 +509,8 @@ class Daemon:
             state="offline",
             session=self.mqtt_session,
             at=self.clock.now().utc,
-            reason=f"state fault, dispenser locked, agent restarting: {reason}"[:200],
+            reason=STATE_FAULT,
+            detail=f"dispenser locked, agent restarting: {reason}"[:200],
         )
         try:
             async with asyncio.timeout(FAILSAFE_PUBLISH_TIMEOUT_S):
@@ -627,17 +656,43 @@ class Daemon:
     # --- MQTT side ---------------------------------------------------------------------------
 
     def _will(self) -> Will:
-        with self.store.transaction():
-            self.mqtt_session = self.store.next_session_counter()
-        offline = Availability(
-            state="offline",
-            session=self.mqtt_session,
-            at=self.clock.now().utc,
-            reason="connection lost",
+        """The will of the next connect attempt, with that connection's session number: a new
+        one, unless the last attempt's will never reached a broker (then its number is used
+        again: one number per connection the broker accepted, never one reused)."""
+        if self._spare_session is not None:
+            self.mqtt_session, self._spare_session = self._spare_session, None
+        else:
+            with self.store.transaction():
+                self.mqtt_session = self.store.next_session_counter()
+        return self._availability_message("offline", CONNECTION_LOST)
+
+    def _will_unseen(self, will: Will) -> None:
+        del will  # it carried self.mqtt_session, the number the next attempt may use again
+        self._spare_session = self.mqtt_session
+
+    def _farewell(self) -> Will:
+        """What a stop publishes itself before DISCONNECT (which drops the will): shutdown, or
+        after a state fault the fault again (the fail-safe told it first)."""
+        if self._fault is not None:
+            return self._availability_message("offline", STATE_FAULT, self._fault_detail())
+        return self._availability_message("offline", SHUTDOWN)
+
+    def _fault_detail(self) -> str:
+        return f"dispenser locked, agent restarting: {self._fault}"[:200]  # as _tell_centre
+
+    def _availability_message(
+        self, state: str, reason: str | None, detail: str | None = None
+    ) -> Will:
+        message = Availability.model_validate(
+            {
+                "state": state,
+                "session": self.mqtt_session,
+                "at": self.clock.now().utc,
+                "reason": reason,
+                "detail": detail,
+            }
         )
-        return Will(
-            self.topics.availability, offline.model_dump_json().encode(), qos=1, retain=True
-        )
+        return Will(self.topics.availability, message.to_payload(), qos=1, retain=True)
 
     async def _on_mqtt_connected(self) -> None:
         """Birth, then every retained topic again (a non-persistent broker may have lost them)."""
@@ -651,16 +706,20 @@ class Daemon:
         await self._publish_dispenser_state()
         await self._publish_health()
 
-    def status(self) -> dict[str, object]:
-        """The answer to a request_status command."""
-        return {
-            "engine": self.engine.status().to_json(),
-            "health": json.loads(self.health().model_dump_json()),
-            "dispenser_link": self.dispenser.link,
-        }
+    def status(self) -> RequestStatusResult:
+        """The answer to a request_status command (its shape: the contract's
+        RequestStatusResult; the engine's own JSON is checked against it here)."""
+        return RequestStatusResult.model_validate(
+            {
+                "engine": self.engine.status().to_json(),
+                "health": self.health(),
+                "dispenser_link": "up" if self.dispenser.link == "up" else "down",
+            },
+            strict=False,  # the engine's times are text; the model reads them
+        )
 
     async def _publish_retained(self, topic: str, payload: str) -> None:
-        if self.mqtt.connected:
+        if self.mqtt.connected:  # not `ready`: the birth itself is published through here
             with contextlib.suppress(Exception):
                 await self.mqtt.publish(topic, payload.encode(), qos=1, retain=True)
 
@@ -681,6 +740,7 @@ class Daemon:
 
     def health(self) -> Health:
         now = self.clock.now()
+        status = self.engine.status()
         backlog = self.store.backlog()
         age = None
         if backlog.oldest_occurred_utc is not None:
@@ -696,10 +756,13 @@ class Daemon:
             clock_trust=now.trust,
             disk_free_bytes=shutil.disk_usage(self.store.path.parent).free,
             agent_version=__version__,
-            active_alerts=list(self.engine.status().active_alerts),
+            active_alerts=list(status.active_alerts),
+            active_conditions=list(status.conditions),
         )
 
     async def _publish_health(self) -> None:
+        if not self.mqtt.connected:
+            return
         await self._publish_retained(self.topics.health, self.health().model_dump_json())
 
     async def _periodic_state(self) -> None:
@@ -710,12 +773,13 @@ class Daemon:
         while True:
             await asyncio.sleep(heartbeat_s)
             beats += 1
-            if not self.mqtt.connected:
+            if not self.mqtt.ready:
                 continue
             beat = Heartbeat(
                 at=self.clock.now().utc,
                 session=self.mqtt_session,
                 uptime_s=int(time.monotonic() - self.started_mono),
+                interval_s=heartbeat_s,
             )
             with contextlib.suppress(Exception):
                 await self.mqtt.publish(
@@ -760,7 +824,7 @@ class Daemon:
             return local_control.refusal(
                 "invalid_command", "the request's command_id is unreadable"
             )
-        return response.to_payload().decode()
+        return response.decode()
 
     async def publish_response(
         self, payload: bytes, response_topic: str | None, correlation: bytes | None

@@ -1,8 +1,11 @@
 """Drains the outbox to the broker: QoS 1, in sequence order, removed only on PUBACK.
 
 Two lanes, each in sequence order:
-- *live*: events stored since the current MQTT connection came up;
+- *live*: events stored since the current MQTT connection came up, and, on the first connection
+  of this process when its first attempt succeeded, the events the process recorded while
+  starting (nothing waited for a connection: a new unit's first events are news, not backlog);
 - *backlog*: events that were waiting when it came up (published with `replayed: true`).
+Nothing goes out before the connection's birth message (`MqttLink.wait_ready`).
 Each pass hands paho the live lane first, then a slice of the backlog, keeping up to `window`
 publishes in flight, so a long backlog never delays a fresh missed-dose event by more than one
 slice. The response centre orders by
@@ -52,6 +55,7 @@ class OutboxPublisher:
         *,
         window: int = 50,
         rejected_backoff_s: float = 5.0,
+        first_seq_of_process: int | None = None,
     ) -> None:
         self._store = store
         self._mqtt = mqtt
@@ -61,6 +65,8 @@ class OutboxPublisher:
         self._rejected_backoff_s = rejected_backoff_s
         self._wake = asyncio.Event()
         self._live_after = 0  # seqs above this were stored during the current connection
+        # the first seq this process records: live on a first connection made at the first try
+        self._first_seq_of_process = first_seq_of_process
         self._resend_next: int | None = None
         self._resend_until = 0
         self.stats = PublisherStats()
@@ -78,7 +84,7 @@ class OutboxPublisher:
 
     async def run(self) -> None:
         while True:
-            await self._mqtt.wait_connected()
+            await self._mqtt.wait_ready()
             try:
                 await self._serve_connection()
             except NotConnected:
@@ -104,6 +110,13 @@ class OutboxPublisher:
         few SD-card writes). Returns only by raising the first publish failure.
         """
         self._live_after = self._store.last_event_seq()  # stored before this connection: backlog
+        link = self._mqtt.stats
+        if (
+            self._first_seq_of_process is not None
+            and link.connects == 1
+            and link.connect_failures == 0
+        ):
+            self._live_after = min(self._live_after, self._first_seq_of_process - 1)
         live_cursor, backlog_cursor = self._live_after, 0
         slots = asyncio.Semaphore(self._window)
         in_flight: set[asyncio.Task[None]] = set()

@@ -16,27 +16,28 @@ find_mosquitto() {
     return 1
 }
 
-if path="$(find_mosquitto)"; then
+# The broker, and the stock clients (mosquitto_sub) a test uses as the response centre would.
+if path="$(find_mosquitto)" && command -v mosquitto_sub >/dev/null 2>&1; then
     echo "mosquitto: $path"
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "error: mosquitto is not installed and this script is not running as root." >&2
-    echo "       install it with: sudo apt-get install -y --no-install-recommends mosquitto" >&2
+    echo "error: mosquitto (or mosquitto_sub) is not installed and this script is not running as root." >&2
+    echo "       install it with: sudo apt-get install -y --no-install-recommends mosquitto mosquitto-clients" >&2
     exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
 # Try without refreshing the index first: apt-get update is slow and often unnecessary in CI.
-if ! apt-get install -y --no-install-recommends mosquitto; then
+if ! apt-get install -y --no-install-recommends mosquitto mosquitto-clients; then
     apt-get update
-    apt-get install -y --no-install-recommends mosquitto
+    apt-get install -y --no-install-recommends mosquitto mosquitto-clients
 fi
 
-if path="$(find_mosquitto)"; then
+if path="$(find_mosquitto)" && command -v mosquitto_sub >/dev/null 2>&1; then
     echo "mosquitto: $path"
     exit 0
 fi
-echo "error: mosquitto was installed but the binary cannot be found" >&2
+echo "error: mosquitto was installed but the broker or mosquitto_sub cannot be found" >&2
 exit 1

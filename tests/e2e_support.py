@@ -248,3 +248,78 @@ def publish_command(port: int, unit_id: str, payload: bytes, correlation: bytes 
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as a response centre's MQTT 5 client sees it."""
+
+    suffix: str  # the topic after dispenser/v1/{unit_id}/
+    payload: dict[str, Any]
+    retained: bool
+    content_type: str | None
+
+
+@dataclass
+class WireRecorder:
+    """Every message under dispenser/v1/<unit>/#, in arrival order, with the MQTT 5 properties a
+    centre relies on (content type) and the retained flag. A clean MQTT 5 session of its own, so
+    it sees the retained state as it is when it subscribes."""
+
+    port: int
+    unit_id: str
+    received: list[Received] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _client: paho.Client | None = None
+
+    def start(self) -> None:
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"recorder-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        subscribed = threading.Event()
+        client.on_connect = lambda c, *_: c.subscribe(f"dispenser/v1/{self.unit_id}/#", qos=1)
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_message = self._on_message
+        client.reconnect_delay_set(0.05, 0.5)
+        client.connect("127.0.0.1", self.port, keepalive=10)
+        client.loop_start()
+        self._client = client
+        assert subscribed.wait(WAIT_S), "recorder did not subscribe"
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        props = msg.properties
+        content_type = getattr(props, "ContentType", None) if props is not None else None
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            payload = {"raw": msg.payload.decode(errors="replace")}
+        suffix = msg.topic.split(f"dispenser/v1/{self.unit_id}/", 1)[-1]
+        with self._cond:
+            self.received.append(Received(suffix, payload, bool(msg.retain), content_type))
+            self._cond.notify_all()
+
+    def snapshot(self) -> list[Received]:
+        with self._cond:
+            return list(self.received)
+
+    def on(self, suffix: str) -> list[dict[str, Any]]:
+        return [r.payload for r in self.snapshot() if r.suffix == suffix]
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.on("events") if kind is None or e.get("kind") == kind]
+
+    def wait_for(self, predicate: Callable[[WireRecorder], bool], timeout: float = WAIT_S) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self), timeout):
+                seen = [
+                    (r.suffix, r.payload.get("kind") or r.payload.get("state"))
+                    for r in self.received
+                ]
+                raise AssertionError(f"condition not met within {timeout} s; received: {seen}")

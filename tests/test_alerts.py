@@ -91,13 +91,11 @@ def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
     assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 
 
-def test_cleared_form_is_info_with_the_condition_code() -> None:
+def test_cleared_form_is_info_without_the_condition_code() -> None:
+    """A clearing is no second VKP alert (issue 8): the code stays on the condition's event."""
     event = catalogue.make_event("fault_jam_cleared", {"detail": "x"})
-    assert (event.priority, event.vkp_code, event.fields) == (
-        Priority.INFO,
-        "3.14",
-        {"detail": "x"},
-    )
+    assert (event.priority, event.vkp_code, event.fields) == (Priority.INFO, None, {"detail": "x"})
+    assert catalogue.make_event("fault_jam").vkp_code == "3.14"
 
 
 def test_a_condition_must_say_what_its_clearing_means() -> None:

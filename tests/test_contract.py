@@ -22,6 +22,7 @@ from agent.contract.commands import (
     UNKNOWN_COMMAND,
     CommandInvalid,
     CommandResponse,
+    ResendFromResult,
     parse_command,
 )
 from agent.contract.events import (
@@ -300,10 +301,18 @@ def test_state_payloads_validate() -> None:
     with pytest.raises(ValidationError, match="patient_ref"):
         DispenserState.model_validate({"link": "up", "roll_loaded": True, "patient_ref": "p"})
 
-    beat = Heartbeat(at=datetime(2026, 3, 29, 1, 30, tzinfo=UTC), session=2, uptime_s=5)
-    assert json.loads(beat.to_payload()) == {"at": AT, "session": 2, "uptime_s": 5.0}
+    beat = Heartbeat(
+        at=datetime(2026, 3, 29, 1, 30, tzinfo=UTC), session=2, uptime_s=5, interval_s=300
+    )
+    assert json.loads(beat.to_payload()) == {
+        "schema": "dispenser-heartbeat/1",
+        "at": AT,
+        "session": 2,
+        "uptime_s": 5.0,
+        "interval_s": 300,
+    }
     with pytest.raises(ValidationError, match="uptime_s"):
-        Heartbeat.model_validate({"at": AT, "session": 2, "uptime_s": -1.0})
+        Heartbeat.model_validate({"at": AT, "session": 2, "uptime_s": -1.0, "interval_s": 300})
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -536,8 +545,10 @@ def test_not_an_object_or_no_command_object(payload: bytes) -> None:
 
 def test_responses() -> None:
     at = datetime(2026, 3, 27, 9, 16, tzinfo=UTC)
-    ok = CommandResponse(command_id=COMMAND_ID, status="ok", result={"seq": 9}, responded_at=at)
+    resent = ResendFromResult(from_seq=9, until_seq=12)
+    ok = CommandResponse(command_id=COMMAND_ID, status="ok", result=resent, responded_at=at)
     assert json.loads(ok.to_payload())["responded_at"] == "2026-03-27T09:16:00Z"
+    assert json.loads(ok.to_payload())["result"] == {"from_seq": 9, "until_seq": 12}
     with pytest.raises(ValidationError, match="needs an error"):
         CommandResponse(command_id=COMMAND_ID, status="rejected", responded_at=at)
     with pytest.raises(ValidationError, match="no error"):

@@ -356,7 +356,7 @@ def test_dose_is_dispensed_at_due_time_and_taken() -> None:
     event = rig.events("slot_outcome")[0]
     assert event.fields["outcome"] == "taken"
     assert event.fields["due_local"] == "2026-03-02T08:00:00+01:00"
-    assert event.fields["taken_at"] == "2026-03-02T07:05:00+00:00"
+    assert event.fields["taken_at"] == "2026-03-02T07:05:00Z"
     assert event.fields["sachet_index"] == 0
     assert event.fields["roll_id"] == "R1"
     assert rig.dispenser.alert is AlertPattern.OFF

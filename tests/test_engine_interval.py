@@ -80,7 +80,7 @@ def test_take_pressed_30_s_after_an_intake_does_not_present_the_next_dose() -> N
     assert [(e.fields["button"], e.fields.get("reason")) for e in pressed] == [
         ("take", "min_interval")
     ]
-    assert pressed[0].fields["not_before_utc"] == "2026-03-02T07:32:00+00:00"
+    assert pressed[0].fields["not_before_utc"] == "2026-03-02T07:32:00Z"
 
 
 def test_take_after_the_minimum_interval_starts_the_next_dose_early() -> None:
@@ -133,7 +133,7 @@ def test_due_dose_is_held_within_the_interval_and_dispensed_as_soon_as_allowed()
     assert begun_at(rig, "2026-03-02T09:00") == []
     held = [e for e in rig.events("dose_held") if e.fields["slot_id"] == "2026-03-02T09:00"]
     assert [(e.fields["reason"], e.fields["not_before_utc"]) for e in held] == [
-        ("min_interval", "2026-03-02T08:20:00+00:00")
+        ("min_interval", "2026-03-02T08:20:00Z")
     ]
     rig.run_until(D1_0900 + timedelta(minutes=19, seconds=59))
     assert begun_at(rig, "2026-03-02T09:00") == []
@@ -263,8 +263,8 @@ def test_missed_dose_taken_late_is_told_to_the_centre_above_info() -> None:
     assert len(late) == 1
     assert (late[0].priority.value, late[0].vkp_code) == ("medium", "3.3")
     assert late[0].fields["slot_id"] == "2026-03-02T08:00"
-    assert late[0].fields["taken_at"] == "2026-03-02T08:10:00+00:00"
-    assert late[0].fields["next_dose_not_before_utc"] == "2026-03-02T08:40:00+00:00"
+    assert late[0].fields["taken_at"] == "2026-03-02T08:10:00Z"
+    assert late[0].fields["next_dose_not_before_utc"] == "2026-03-02T08:40:00Z"
 
 
 def test_missed_dose_kept_in_the_tray_by_a_full_bin_holds_the_next_dose_too() -> None:

@@ -95,7 +95,7 @@ def test_a_dose_taken_while_the_agent_restarts_is_taken_unconfirmed_not_missed()
     assert event.priority is Priority.MEDIUM  # a person confirms with the patient; no alarm
     assert event.alert_id is not None  # ... and acknowledges it (latched)
     assert event.vkp_code is None  # not 3.3: the dose left the tray
-    assert event.fields["presented_at"] == DUE.isoformat()
+    assert event.fields["presented_at"] == "2026-03-02T07:00:00Z"  # DUE, in UTC with Z
     assert event.fields["taken_at"] is None  # when exactly is not known
     again.run_for(timedelta(hours=3))
     assert again.commands(Retain) == []  # nothing to take back

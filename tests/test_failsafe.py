@@ -195,7 +195,8 @@ def test_store_fault_on_a_dispenser_event_locks_the_dispenser_and_leaves_the_eve
             assert stats.acks_withheld >= 1
 
             availability = await r.centre_told()
-            assert DISK_SAYS_NO in availability["reason"]
+            assert availability["reason"] == "state_fault"
+            assert DISK_SAYS_NO in availability["detail"]
             assert not r.stream.of_kind("help_requested")
 
         with sqlite3.connect(f"file:{r.db}?mode=ro", uri=True) as conn:
@@ -224,7 +225,8 @@ def test_store_fault_while_the_link_is_down_locks_the_dispenser_once_it_is_back(
             await asyncio.to_thread(publish_command, mosquitto.port, UNIT, payload)
 
             availability = await r.centre_told()  # the fault happened, with no dispenser link
-            assert DISK_SAYS_NO in availability["reason"]
+            assert availability["reason"] == "state_fault"
+            assert DISK_SAYS_NO in availability["detail"]
             assert not r.run.done()  # waiting for a link to lock the dispenser on
             assert r.runner.snapshot().locked is False
 
@@ -258,7 +260,8 @@ def test_store_fault_with_no_dispenser_link_exits_after_the_bounded_wait(
             assert await r.exit_code() == EXIT_STATE_FAULT
             assert r.runner.snapshot().locked is False  # never reachable
             availability = await r.centre_told()
-            assert DISK_SAYS_NO in availability["reason"]
+            assert availability["reason"] == "state_fault"
+            assert DISK_SAYS_NO in availability["detail"]
 
         said = critical(caplog)
         assert "fail-safe INCOMPLETE: dispenser not locked" in said

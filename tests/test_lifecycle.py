@@ -94,7 +94,7 @@ def test_missed_at_grace_with_retain_into_the_bin() -> None:
     assert rig.dispenser.tray is None
     assert len(rig.events("dose_retained")) == 1
     event = rig.events("slot_outcome")[0]
-    assert event.fields["presented_at"] == DUE.isoformat()
+    assert event.fields["presented_at"] == "2026-03-02T07:00:00Z"  # DUE, in UTC with Z
     assert event.fields["taken_at"] is None
 
 

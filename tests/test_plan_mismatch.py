@@ -56,7 +56,7 @@ def test_a_sachet_the_schedule_lacks_is_held_and_its_alert_latches_until_decided
     assert alert.alert_id is not None
     assert alert.fields["roll_id"] == "R1"
     assert alert.fields["sachet_index"] == 1
-    assert alert.fields["intended_utc"] == utc(2026, 3, 2, 13).isoformat()
+    assert alert.fields["intended_utc"] == "2026-03-02T13:00:00Z"
     # 20:00 is due behind the undecided sachet: held, with the reason
     rig.run_until(utc(2026, 3, 2, 19, 5))
     assert rig.dispenser.dispensed == [0]
@@ -307,7 +307,7 @@ def test_a_sachet_the_schedule_lacks_before_a_due_dose_holds_it_with_that_reason
     rig = Rig(SCHEDULE, sachet_times=times)
     rig.install()
     assert [e.fields["intended_utc"] for e in rig.events("plan_mismatch")] == [
-        utc(2026, 3, 2, 13).isoformat()
+        "2026-03-02T13:00:00Z"
     ]
     rig.run_until(utc(2026, 3, 2, 8, 30))
     assert rig.outcome_of("2026-03-02T08:00").reason == "plan_mismatch"

@@ -13,9 +13,10 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Literal, get_args
 from uuid import UUID
 
-from pydantic import Field, JsonValue, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from agent.contract.events import SEQ_MAX, ContractModel, UtcDateTime
+from agent.contract.events import SEQ_MAX, ContractModel, LinkState, UtcDateTime, schema_version
+from agent.contract.state import Health
 from agent.engine.schedule import (
     MAX_DOSES_PER_DAY,
     MIN_INTERVAL_FLOOR,
@@ -76,7 +77,12 @@ class ScheduleRuleSpec(ContractModel):
 
 
 class UpdateScheduleCommand(ContractModel):
-    """Desired schedule, versioned: the unit keeps the highest version it has accepted."""
+    """Desired schedule, versioned: the unit keeps the highest version it has accepted.
+
+    Rules JSON Schema cannot express, checked by the unit (`invalid_command` otherwise): no two
+    doses closer than 30 minutes (across midnight too), nor closer than `min_interval_minutes`;
+    `zone` is an IANA time zone the unit knows; no two rules with the same `effective_from`.
+    """
 
     name: Literal["update_schedule"]
     version: int = Field(ge=1, le=SEQ_MAX)
@@ -115,7 +121,21 @@ class PauseCommand(ContractModel):
 
     A pause lasts at most the unit's maximum (30 days by default; a longer one is refused). A
     travel pause with `take_along` has the trip's sachets dispensed one after another from its
-    start, for the patient to take along (each slot ends `dispensed_for_travel`)."""
+    start, for the patient to take along (each slot ends `dispensed_for_travel`).
+
+    Rules JSON Schema cannot express, checked by the unit (`invalid_command` otherwise): `end`
+    must be after start; end - start at most the unit's maximum pause."""
+
+    # take_along needs reason travel and an end: JSON Schema can say that much
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"take_along": {"const": True}}, "required": ["take_along"]},
+            "then": {
+                "properties": {"reason": {"const": "travel"}, "end": {"type": "string"}},
+                "required": ["reason", "end"],
+            },
+        }
+    )
 
     name: Literal["pause"]
     pause_id: str = Field(min_length=1, max_length=64)
@@ -214,7 +234,10 @@ COMMAND_NAMES: tuple[str, ...] = tuple(
 
 
 class CommandRequest(ContractModel):
-    """A command addressed to one unit (the topic names the unit)."""
+    """A command addressed to one unit (the topic names the unit).
+
+    Rules JSON Schema cannot express, checked by the unit (`invalid_command` otherwise):
+    `expires_at` must be after issued_at and at most 7 days after it."""
 
     command_id: UUID = Field(description="Chosen by the sender; echoed in the response.")
     issued_at: UtcDateTime
@@ -277,19 +300,89 @@ class CommandError(ContractModel):
     message: str = Field(max_length=2000, description="For people; do not parse.")
 
 
-CommandStatus = Literal["ok", "rejected", "expired", "duplicate", "error"]
+CommandStatus = Literal["ok", "rejected", "expired", "error"]
 _STATUSES_WITH_ERROR = frozenset({"rejected", "expired", "error"})
+COMMAND_RESPONSE_SCHEMA = "dispenser-command-response/1"
+
+
+class NextSlotView(ContractModel):
+    slot_id: str = Field(description="The slot's local date and time, e.g. 2026-11-23T08:00.")
+    due_utc: UtcDateTime
+
+
+class OpenSlotView(ContractModel):
+    slot_id: str
+    phase: str = Field(description="Where the slot is: e.g. due, dispensing, presented.")
+    dispense_id: int | None
+    held_reason: str | None = Field(description="Why it waits (as in dose_held), or null.")
+
+
+class UnplannedSachetView(ContractModel):
+    roll_id: str
+    sachet_index: int = Field(ge=0)
+    intended_utc: UtcDateTime | None = Field(description="The time the sachet is packed for.")
+    alert_id: str = Field(description="The plan_mismatch alert waiting for a decision.")
+
+
+class LatchedAlertView(ContractModel):
+    alert_id: str
+    kind: str
+    raised_at: UtcDateTime
+    acknowledged_by: str | None
+    resolved: bool = Field(description="Its cause is gone (a missed dose: at once).")
+
+
+class EngineStatusView(ContractModel):
+    """What the dose engine knows now."""
+
+    bound: bool = Field(description="The unit is bound to a patient (never who).")
+    schedule_version: int = Field(ge=0, description="0: no schedule yet.")
+    link: LinkState = Field(description="The dispenser link as the engine sees it.")
+    roll_id: str | None
+    roll_state: str | None = Field(description="null: no roll; else e.g. ok, foreign.")
+    sachets_remaining: int | None = Field(ge=0)
+    next_slot: NextSlotView | None
+    open_slots: list[OpenSlotView]
+    pause_id: str | None = Field(description="The pause in force now, if any.")
+    unplanned_sachet: UnplannedSachetView | None = Field(
+        description="A sachet held for a plan decision (VKP 3.22), if any."
+    )
+    conditions: list[str] = Field(description="As health.active_conditions.")
+    active_alerts: list[str] = Field(description="As health.active_alerts (bare alert ids).")
+    latched_alerts: list[LatchedAlertView]
+
+
+class RequestStatusResult(ContractModel):
+    """The result of request_status: the engine's view, the health payload, the link."""
+
+    engine: EngineStatusView
+    health: Health
+    dispenser_link: LinkState
+
+
+class ResendFromResult(ContractModel):
+    """The result of resend_from: the events from_seq..until_seq are published again."""
+
+    from_seq: int = Field(ge=1, le=SEQ_MAX)
+    until_seq: int = Field(ge=0, le=SEQ_MAX, description="The last event recorded when asked.")
 
 
 class CommandResponse(ContractModel):
-    """Exactly one per command id (a repeated command id is answered `duplicate`)."""
+    """Exactly one answer per command id, for ever: a command id seen before (a broker
+    redelivery, or the same id sent again) gets its first answer again, byte for byte, and is
+    not executed twice. The same answer can therefore arrive more than once: keep one per
+    command_id."""
 
+    schema_: Literal["dispenser-command-response/1"] = schema_version(COMMAND_RESPONSE_SCHEMA)
     command_id: str = Field(min_length=1, max_length=64, description="The request's command_id.")
     status: CommandStatus
     error: CommandError | None = Field(
         default=None, description="Required for rejected, expired and error; null for ok."
     )
-    result: dict[str, JsonValue] | None = None
+    result: RequestStatusResult | ResendFromResult | None = Field(
+        default=None,
+        description="request_status and resend_from: their result; every other command: null.",
+    )
     responded_at: UtcDateTime
 
     @model_validator(mode="after")
@@ -320,14 +413,18 @@ class CommandInvalid(ValueError):  # noqa: N818 - the name the daemon's API uses
     """A command payload that cannot be executed.
 
     `code` is malformed_json, invalid_command or unknown_command; `command_id` is the canonical
-    text of the payload's command_id when that much was readable (so the lead can still answer).
+    text of the payload's command_id when that much was readable (so the unit can still answer),
+    `name` the command's name when it was a readable string.
     """
 
-    def __init__(self, code: str, message: str, command_id: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, command_id: str | None = None, name: str | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.command_id = command_id
+        self.name = name
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -341,6 +438,12 @@ def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _integral_number(text: str) -> int | float:
+    """JSON Schema counts 5.0 as an integer; so does the unit (a fraction stays a float)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def _readable_command_id(value: object) -> str | None:
@@ -396,6 +499,7 @@ def parse_command(payload: bytes) -> CommandRequest:
             payload.decode("utf-8"),
             object_pairs_hook=_reject_duplicate_keys,
             parse_constant=_reject_constant,
+            parse_float=_integral_number,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CommandInvalid(MALFORMED_JSON, f"payload is not valid UTF-8 JSON: {exc}") from None
@@ -405,21 +509,27 @@ def parse_command(payload: bytes) -> CommandRequest:
         )
     command_id = _readable_command_id(raw.get("command_id"))
     command = raw.get("command")
+    name = None
     if isinstance(command, dict):
-        name = command.get("name")
-        if name is None:
+        raw_name = command.get("name")
+        if isinstance(raw_name, str) and len(raw_name) <= 64:
+            name = raw_name
+        if raw_name is None:
             raise CommandInvalid(
                 INVALID_COMMAND,
                 f"command.name is missing; expected one of {', '.join(COMMAND_NAMES)}",
                 command_id,
             )
-        if isinstance(name, str) and name not in COMMAND_NAMES:
+        if isinstance(raw_name, str) and raw_name not in COMMAND_NAMES:
             raise CommandInvalid(
                 UNKNOWN_COMMAND,
-                f"unknown command {name!r:.80}; expected one of {', '.join(COMMAND_NAMES)}",
+                f"unknown command {raw_name!r:.80}; expected one of {', '.join(COMMAND_NAMES)}",
                 command_id,
+                name,
             )
     try:
-        return CommandRequest.model_validate_json(payload)
-    except ValidationError as exc:
-        raise CommandInvalid(INVALID_COMMAND, describe_validation_error(exc), command_id) from None
+        # validated from the parsed value, so that 5.0 is read as 5 as JSON Schema reads it
+        return CommandRequest.model_validate_json(json.dumps(raw))
+    except (ValidationError, ValueError) as exc:
+        message = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise CommandInvalid(INVALID_COMMAND, message, command_id, name) from None

@@ -7,7 +7,7 @@ refuse naive times (a time without an offset is ambiguous twice a year in Europe
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
@@ -52,11 +52,25 @@ class ContractModel(BaseModel):
         validate_by_name=True,
         validate_by_alias=True,
         serialize_by_alias=True,
+        # The unit always sends every field (null when it has no value): in the schema of what it
+        # sends, every field is required.
+        json_schema_serialization_defaults_required=True,
     )
 
     def to_payload(self) -> bytes:
         """The MQTT payload: compact UTF-8 JSON with the wire (alias) field names."""
         return self.model_dump_json().encode()
+
+
+SCHEMA_VERSION_DESCRIPTION = (
+    "Payload format and major version; reject versions you do not know. A new optional field "
+    "keeps the version; a changed or removed one changes it (and the topic version)."
+)
+
+
+def schema_version(name: str) -> Any:
+    """The `schema` field every payload the unit sends starts with (e.g. dispenser-event/1)."""
+    return Field(default=name, alias="schema", description=SCHEMA_VERSION_DESCRIPTION)
 
 
 # --- event kinds -----------------------------------------------------------------------------
@@ -109,11 +123,7 @@ class EventEnvelope(ContractModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_: Literal["dispenser-event/1"] = Field(
-        default=EVENT_SCHEMA,
-        alias="schema",
-        description="Payload format and major version; reject versions you do not know.",
-    )
+    schema_: Literal["dispenser-event/1"] = schema_version(EVENT_SCHEMA)
     event_id: str = Field(
         pattern=UUID7_PATTERN,
         description="UUIDv7 in lowercase text; the same event re-sent keeps its event_id.",
@@ -142,7 +152,11 @@ class EventEnvelope(ContractModel):
     vkp_code: str | None = Field(
         default=None,
         pattern=VKP_CODE_PATTERN,
-        description="VKP dispenser alert code (code system vkp-alert-code-v090) when one applies.",
+        description=(
+            "VKP dispenser alert code (code system vkp-alert-code-v090) when the event is itself "
+            "such an alert; null on events that clear, acknowledge or decide one (file one alert "
+            "per event with a vkp_code, or per alert_id when it has one)."
+        ),
     )
     occurred_at: UtcDateTime = Field(
         description="When it happened, by the unit's clock, in UTC; see time_trust."
@@ -165,7 +179,12 @@ class EventEnvelope(ContractModel):
         default=None,
         min_length=1,
         max_length=128,
-        description="Set when the event raises (or refers to) a latched alert; see ack_alert.",
+        description=(
+            "The latched alert this event raises or refers to (an acknowledgement, a clearing, "
+            "a decision, a late intake of a missed dose): the same id as in ack_alert and "
+            "health.active_alerts. The first event with an alert_id raises that alert; later "
+            "ones are news about it, never a new alert."
+        ),
     )
     data: dict[str, JsonValue] = Field(
         default_factory=dict,

@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.contract.commands import CommandRequest, CommandResponse
 from agent.contract.events import EVENT_KINDS, VKP_CODES, ContractModel, EventEnvelope
@@ -44,7 +44,22 @@ PAYLOAD_MODELS: dict[str, type[ContractModel]] = {
     "CommandResponse": CommandResponse,
 }
 
+# What the unit receives is described as it is validated; what it sends, as it is serialised
+# (every field present, times in UTC with Z).
+INCOMING: frozenset[str] = frozenset({"CommandRequest"})
+
 Json = dict[str, Any]
+SchemaMode = Literal["validation", "serialization"]
+
+# Stock validators do not check `format` unless asked to: each format the contract uses also gets
+# a pattern, so a payload that passes the schema is one the unit reads the same way.
+UUID_TEXT = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+DATE_TEXT = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_CLOCK = "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?"
+DATE_TIME_TEXT: dict[SchemaMode, str] = {
+    "validation": f"^{_CLOCK}(Z|[+-][0-9]{{2}}:[0-9]{{2}})$",  # any offset, never none
+    "serialization": f"^{_CLOCK}Z$",  # the unit always sends UTC with Z
+}
 
 
 class GenerateError(RuntimeError):
@@ -58,14 +73,43 @@ def dumps(document: object) -> str:
 # --- JSON Schemas ----------------------------------------------------------------------------
 
 
-def payload_schema(model: type[ContractModel]) -> Json:
+def _mode(name: str) -> SchemaMode:
+    return "validation" if name in INCOMING else "serialization"
+
+
+def plain_json_schema(node: object, mode: SchemaMode) -> Any:
+    """pydantic's schema as plain JSON Schema 2020-12: without OpenAPI's ``discriminator`` (the
+    ``oneOf`` of ``const`` names already selects exactly one branch, and JSON Schema validators
+    ignore it) and with a pattern beside every ``format`` the contract uses."""
+    if isinstance(node, list):
+        return [plain_json_schema(item, mode) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {
+        key: plain_json_schema(value, mode)
+        for key, value in node.items()
+        if not (key == "discriminator" and isinstance(value, dict))
+    }
+    pattern = {
+        "date-time": DATE_TIME_TEXT[mode],
+        "date": DATE_TEXT,
+        "uuid": UUID_TEXT,
+    }.get(converted.get("format", "") if converted.get("type") == "string" else "")
+    if pattern is not None:
+        converted.setdefault("pattern", pattern)
+    return converted
+
+
+def payload_schema(name: str, model: type[ContractModel]) -> Json:
     """Standalone JSON Schema of one payload (its sub-schemas under ``$defs``)."""
-    return {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema()}
+    mode = _mode(name)
+    schema: Json = plain_json_schema(model.model_json_schema(mode=mode), mode)
+    return {"$schema": JSON_SCHEMA_DIALECT, **schema}
 
 
 def schema_files() -> dict[Path, str]:
     return {
-        SCHEMA_DIR / f"{name}.json": dumps(payload_schema(model))
+        SCHEMA_DIR / f"{name}.json": dumps(payload_schema(name, model))
         for name, model in PAYLOAD_MODELS.items()
     }
 
@@ -73,29 +117,15 @@ def schema_files() -> dict[Path, str]:
 # --- AsyncAPI --------------------------------------------------------------------------------
 
 
-def _asyncapi_schema(node: object) -> object:
-    """Drop pydantic's OpenAPI-style ``discriminator`` objects: in an AsyncAPI schema
-    ``discriminator`` is a plain string with other rules, and the ``oneOf`` of ``const`` names
-    already selects exactly one branch."""
-    if isinstance(node, dict):
-        return {
-            key: _asyncapi_schema(value)
-            for key, value in node.items()
-            if not (key == "discriminator" and isinstance(value, dict))
-        }
-    if isinstance(node, list):
-        return [_asyncapi_schema(item) for item in node]
-    return node
-
-
 def _component_schemas() -> Json:
     """All payload schemas and their sub-schemas, flat under ``components.schemas``."""
     schemas: Json = {}
     for name, model in PAYLOAD_MODELS.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        mode = _mode(name)
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
         defs: Json = schema.pop("$defs", {})
         for def_name, definition in [*defs.items(), (name, schema)]:
-            converted = _asyncapi_schema(definition)
+            converted = plain_json_schema(definition, mode)
             if def_name in schemas and schemas[def_name] != converted:
                 raise GenerateError(f"two different schemas are both named {def_name!r}")
             schemas[def_name] = converted

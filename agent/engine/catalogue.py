@@ -85,7 +85,8 @@ _ENGINE_SPECS = (
         "3.3",
         "A dose was taken after its slot had already ended as missed (it stayed in the tray): "
         "the missed dose is not to be given again; the next dose waits until "
-        "data.next_dose_not_before_utc (the outcome does not change).",
+        "data.next_dose_not_before_utc (the outcome does not change). alert_id names the "
+        "missed dose's alert: news about it, not a second alert.",
     ),
     AlertSpec(
         "dose_not_in_tray",
@@ -114,10 +115,10 @@ _ENGINE_SPECS = (
     AlertSpec(
         "plan_mismatch_decided",
         _P.INFO,
-        "3.22",
+        None,  # resolves the plan_mismatch alert (3.22), named by alert_id: not a second one
         "A plan mismatch was decided (data.decision: discard by data.by from data.source, "
-        "schedule_updated, or roll_changed on site); data.alert_id names the plan_mismatch "
-        "alert it resolves, if any.",
+        "schedule_updated, or roll_changed on site); alert_id names the plan_mismatch alert it "
+        "resolves, if any.",
     ),
     AlertSpec(
         "dose_left_in_tray",
@@ -180,8 +181,9 @@ _ENGINE_SPECS = (
     AlertSpec(
         "wrong_roll_cleared",  # removed; the latch waits for an ack
         _P.INFO,
-        "3.5",
-        "The wrong roll was removed; its alert stays active until acknowledged.",
+        None,  # news about the wrong_roll alert (3.5), named by alert_id: not a second one
+        "The wrong roll was removed (alert_id names the wrong_roll alert); it stays active "
+        "until acknowledged.",
     ),
     AlertSpec(
         "roll_rejected",
@@ -355,7 +357,7 @@ _ENGINE_SPECS = (
         "alert_acknowledged",
         _P.INFO,
         None,
-        "A person acknowledged a latched alert (acknowledged is not resolved).",
+        "A person acknowledged a latched alert, named by alert_id (acknowledged is not resolved).",
     ),
     AlertSpec(
         "alert_silenced",
@@ -416,8 +418,9 @@ _ENGINE_SPECS = (
         "pause_ended",
         _P.INFO,
         None,
-        "A resume command ended a temporary stop, or cancelled one not yet begun (window in "
-        "data); doses are given again.",
+        "A resume command ended a temporary stop (data.end_utc: when), or cancelled one not "
+        "yet begun (data.cancelled true; start_utc and end_utc as planned); data.ended_at is "
+        "when the command took effect. Doses are given again.",
     ),
     AlertSpec(
         "schedule_changed",
@@ -487,8 +490,10 @@ _SHELL_SPECS = (
         "command_rejected",
         _P.LOW,
         None,
-        "A command was refused or could not be read (code in data); also answered on "
-        "commands/response when its command_id could be read.",
+        "A command was refused or could not be read (data: command_id and name, each null when "
+        "unreadable, status, code, message); also answered on commands/response when its "
+        "command_id could be read. Code malformed_json (not UTF-8 JSON: no id to answer) only "
+        "ever appears here.",
     ),
 )
 SHELL_KINDS = frozenset(s.kind for s in _SHELL_SPECS)
@@ -547,18 +552,23 @@ def make_event(
     priority: Priority | None = None,
     vkp_code: str | None = None,
 ) -> EngineEvent:
-    """An event of a catalogued kind (`<kind>_cleared` for a condition is INFO, same code).
+    """An event of a catalogued kind (`<kind>_cleared` for a condition is INFO, no VKP code).
 
+    Only an event that is itself a VKP alert carries a code: a clearing, an acknowledgement or a
+    decision has none, so a forwarder that files one alert per code files no second one. An event
+    whose data names the latched alert it concerns (`alert_id`) carries it in the envelope too.
     An unknown kind raises KeyError: an event the centre has no documentation for is a bug.
     """
-    base = _condition_cleared(kind)
-    if base is not None:
-        return EngineEvent(kind, Priority.INFO, base.vkp_code, dict(fields or {}), alert_id)
+    data = dict(fields or {})
+    if alert_id is None and isinstance(data.get("alert_id"), str):
+        alert_id = str(data["alert_id"])
+    if _condition_cleared(kind) is not None:
+        return EngineEvent(kind, Priority.INFO, None, data, alert_id)
     entry = spec(kind)
     return EngineEvent(
         kind,
         priority or entry.priority,
         vkp_code if vkp_code is not None else entry.vkp_code,
-        dict(fields or {}),
+        data,
         alert_id,
     )

@@ -20,7 +20,14 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.clock import Now, TimeTrust, detect_wall_jump, load_zone
+from agent.clock import (
+    Now,
+    TimeTrust,
+    detect_wall_jump,
+    load_zone,
+    utc_text,
+    utc_text_or_none,
+)
 from agent.engine import catalogue, dispenser_mirror, lifecycle, pause, roll_check
 from agent.engine.alert_desk import AlertDesk
 from agent.engine.alerts import ConditionBook
@@ -44,7 +51,6 @@ from agent.engine.state import (
     RollInfo,
     SettledSlot,
     UnplannedHold,
-    iso_or_none,
 )
 from agent.engine.status import EngineStatus, NextSlotStatus, OpenSlotStatus
 from agent.engine.types import (
@@ -415,8 +421,8 @@ class DoseEngine:
                 "clock_jumped",
                 {
                     "delta_s": jump.total_seconds(),
-                    "from_utc": previous.utc.isoformat(),
-                    "to_utc": now.utc.isoformat(),
+                    "from_utc": utc_text(previous.utc),
+                    "to_utc": utc_text(now.utc),
                     "trust": now.trust.value,
                 },
             )
@@ -494,7 +500,12 @@ class DoseEngine:
                         self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
             case EndPause(pause_id=pause_id):
                 self._pauses, ended = pause.end(self._pauses, pause_id, now.utc)
-                self._emit(actions, "pause_ended", _pause_fields(ended))
+                ended_fields: dict[str, object] = {
+                    **_pause_fields(ended),
+                    "cancelled": ended.start_utc >= now.utc,  # the window never began
+                    "ended_at": utc_text(now.utc),
+                }
+                self._emit(actions, "pause_ended", ended_fields)
             case AcknowledgeAlert(alert_id=alert_id, by=by):
                 acked = self._alerts.acknowledge(alert_id, by, now.utc.isoformat())
                 if acked is not None:
@@ -756,10 +767,12 @@ class DoseEngine:
             actions,
             "dose_taken_late",
             {
+                # the missed slot's alert this intake is news about (never a second alert)
+                "alert_id": self._outbound.recent_alerts.get(msg.dispense_id),
                 "slot_id": slot_id,
                 "dispense_id": msg.dispense_id,
-                "taken_at": now.utc.isoformat(),
-                "next_dose_not_before_utc": iso_or_none(self._interval_release_utc()),
+                "taken_at": utc_text(now.utc),
+                "next_dose_not_before_utc": utc_text_or_none(self._interval_release_utc()),
             },
         )
 
@@ -837,7 +850,7 @@ class DoseEngine:
             if refused is not None:
                 fields["reason"] = refused
             if refused == lifecycle.MIN_INTERVAL:
-                fields["not_before_utc"] = iso_or_none(self._interval_release_utc())
+                fields["not_before_utc"] = utc_text_or_none(self._interval_release_utc())
         kind = "help_requested" if msg.button is ButtonId.HELP else "button_pressed"
         if not self._alerts.chatty_allowed(kind, now.mono):
             return
@@ -1265,7 +1278,7 @@ class DoseEngine:
             return
         fields: dict[str, object] = {
             "pause_id": active.pause_id,
-            "paused_since_utc": since.isoformat(),
+            "paused_since_utc": utc_text(since),
             "max_days": self._cfg.pause_max / timedelta(days=1),
         }
         self._condition(actions, "pause_overdue", True, now, fields)
@@ -1319,9 +1332,9 @@ class DoseEngine:
                                 **_pause_fields(window),
                                 "days_in_force": round(since / timedelta(days=1), 2),
                                 "max_days": cfg.pause_max / timedelta(days=1),
-                                "overdue_at": pause.overdue_at(
-                                    self._pauses, window, cfg.pause_max
-                                ).isoformat(),
+                                "overdue_at": utc_text(
+                                    pause.overdue_at(self._pauses, window, cfg.pause_max)
+                                ),
                                 "resume_now": self._plan_at(now.utc).fields(),
                             },
                         )
@@ -1704,7 +1717,7 @@ class DoseEngine:
         if reason is not None:
             fields: dict[str, object] = {}
             if reason == lifecycle.MIN_INTERVAL:
-                fields["not_before_utc"] = iso_or_none(self._interval_release_utc())
+                fields["not_before_utc"] = utc_text_or_none(self._interval_release_utc())
             stuck = self._mirror.stuck
             if reason == DOSE_STUCK_IN_TRAY and stuck is not None:
                 fields["stuck_slot_id"] = stuck.slot_id
@@ -2287,11 +2300,11 @@ class DoseEngine:
         self._slotbook.runs = [r for r in self._slotbook.runs if r.slot_id != run.slot_id]
         self._slotbook.settled.append(SettledSlot(run.slot_id, run.due_utc))
         self._slotbook.settle_count += 1
-        if run.dispense_id is not None:
-            self._outbound.remember_settled(run.dispense_id, run.slot_id)
         actions.append(RecordOutcome(run.slot_id, outcome, reason))
         fields = lifecycle.outcome_fields(run, outcome, reason, taken_at)
         if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED, Outcome.DISPENSED_FOR_TRAVEL):
+            if run.dispense_id is not None:
+                self._outbound.remember_settled(run.dispense_id, run.slot_id)
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
         if outcome is Outcome.TAKEN_UNCONFIRMED:
@@ -2303,14 +2316,16 @@ class DoseEngine:
             event = self._alerts.missed_outcome(
                 f"dose_{outcome.value}", fields, now.utc.isoformat(), vkp or catalogue.MISSED_VKP
             )
+        if run.dispense_id is not None:
+            self._outbound.remember_settled(run.dispense_id, run.slot_id, event.alert_id)
         actions.append(Emit(event))
 
 
 def _pause_fields(window: PauseWindow) -> dict[str, object]:
     return {
         "pause_id": window.pause_id,
-        "start_utc": window.start_utc.isoformat(),
-        "end_utc": iso_or_none(window.end_utc),
+        "start_utc": utc_text(window.start_utc),
+        "end_utc": utc_text_or_none(window.end_utc),
         "reason": window.reason,
         "take_along": window.take_along,
     }
@@ -2329,8 +2344,7 @@ def _travel_collect_by(run: SlotRun, config: EngineConfig) -> float | None:
 
 
 def _wire_iso(seconds: int) -> str | None:
-    value = roll_check.wire_time(seconds)
-    return None if value is None else value.isoformat()
+    return utc_text_or_none(roll_check.wire_time(seconds))
 
 
 _ = EngineEvent  # re-exported names used by type checkers of callers

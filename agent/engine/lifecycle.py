@@ -22,6 +22,7 @@ import enum
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from agent.clock import utc_text, utc_text_or_none
 from agent.engine import roll_check
 from agent.engine.types import EngineConfig, EscalationStep, Outcome
 from protocol.messages import AlertPattern
@@ -246,9 +247,7 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
 
 
 def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat()
+    return utc_text_or_none(value)
 
 
 def outcome_fields(
@@ -258,7 +257,7 @@ def outcome_fields(
     return {
         "slot_id": run.slot_id,
         "due_local": run.due_local,
-        "due_utc": run.due_utc.isoformat(),
+        "due_utc": utc_text(run.due_utc),
         "outcome": outcome.value,
         "reason": reason,
         "dispense_id": run.dispense_id,

@@ -43,6 +43,9 @@ class Outbound:
     retaining: dict[int, str] = field(default_factory=dict)  # Retain in flight: id -> slot id
     retain_refusals: dict[int, int] = field(default_factory=dict)  # id -> BIN_FULL answers
     recent: dict[int, str] = field(default_factory=dict)  # dispense id -> slot id, settled
+    # dispense id -> the alert its slot's outcome raised (missed ...), for the events that
+    # refer to it later (dose_taken_late); the same lifetime as `recent`
+    recent_alerts: dict[int, str] = field(default_factory=dict)
 
     def send(
         self,
@@ -76,7 +79,11 @@ class Outbound:
         """Kinds of the commands awaiting an outcome, in the order they were sent."""
         return tuple([p.kind for p in self.pending.values()])
 
-    def remember_settled(self, dispense_id: int, slot_id: str) -> None:
+    def remember_settled(self, dispense_id: int, slot_id: str, alert_id: str | None = None) -> None:
         self.recent[dispense_id] = slot_id
+        if alert_id is not None:
+            self.recent_alerts[dispense_id] = alert_id
         while len(self.recent) > RECENT_DISPENSES:
-            del self.recent[next(iter(self.recent))]
+            oldest = next(iter(self.recent))
+            del self.recent[oldest]
+            self.recent_alerts.pop(oldest, None)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from agent.clock import utc_text
 from agent.engine.types import PAUSE_REASONS, EngineInputError, PauseWindow
 
 
@@ -65,8 +66,8 @@ def start(
         _check_aware(window.end_utc, "pause end")
         if window.end_utc <= window.start_utc:
             raise EngineInputError(
-                f"pause {window.pause_id!r} ends ({window.end_utc.isoformat()}) before it starts "
-                f"({window.start_utc.isoformat()})"
+                f"pause {window.pause_id!r} ends ({utc_text(window.end_utc)}) before it starts "
+                f"({utc_text(window.start_utc)})"
             )
         if window.end_utc - window.start_utc > max_duration:
             raise EngineInputError(
@@ -90,7 +91,8 @@ def end(
     pauses: tuple[PauseWindow, ...], pause_id: str | None, now_utc: datetime
 ) -> tuple[tuple[PauseWindow, ...], PauseWindow]:
     """End a pause now (by id, or whichever is active). A pause that has not started yet is
-    cancelled. Returns (pauses, the window as ended); raises EngineInputError if none matches."""
+    cancelled. Returns (pauses, the window as ended, or as it was planned when cancelled before
+    it began); raises EngineInputError if none matches."""
     if pause_id is None:
         target = active(pauses, now_utc)
         if target is None:
@@ -102,7 +104,7 @@ def end(
         target = found[0]
     rest = tuple(p for p in pauses if p.pause_id != target.pause_id)
     if target.start_utc >= now_utc:
-        return rest, replace(target, end_utc=target.start_utc)  # cancelled before it began
+        return rest, target  # cancelled before it began
     if target.end_utc is not None and target.end_utc <= now_utc:
         return pauses, target  # already over: nothing changes
     ended = replace(target, end_utc=now_utc)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from agent.clock import utc_text
 from protocol.messages import RollInserted, SachetRead
 
 FOREIGN_ROLL = "foreign_roll"
@@ -101,10 +102,10 @@ def check_roll(
         return _refuse(ROLL_LABEL_INVALID, f"roll label times out of range: {label_times}")
     expiry = wire_time(roll.expiry_utc_s)
     if expiry is not None and now_utc >= expiry - expired_margin:
-        return _refuse(ROLL_EXPIRED, f"roll expired at {expiry.isoformat()}")
+        return _refuse(ROLL_EXPIRED, f"roll expired at {utc_text(expiry)}")
     last_dose = wire_time(roll.last_dose_utc_s)
     if last_dose is not None and last_dose < now_utc - period_tolerance:
-        return _refuse(ROLL_PERIOD_PASSED, f"roll's last dose was {last_dose.isoformat()}")
+        return _refuse(ROLL_PERIOD_PASSED, f"roll's last dose was {utc_text(last_dose)}")
     if roll.next_index >= roll.sachet_count:
         return _refuse(ROLL_EMPTY, f"{roll.sachet_count} sachets, next index {roll.next_index}")
     return ACCEPTED

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent.clock import utc_text, utc_text_or_none
 from agent.engine import roll_check
 from agent.engine.alerts import LatchedAlert
 from agent.engine.state import UnplannedHold
@@ -45,8 +46,9 @@ class EngineStatus:
 
     @property
     def active_alerts(self) -> tuple[str, ...]:
-        """Conditions, then latched alerts as `kind:alert_id` (as the health payload has it)."""
-        return (*self.conditions, *(f"{a.kind}:{a.alert_id}" for a in self.latched_alerts))
+        """The bare id of every latched alert still active (the health payload's active_alerts;
+        the conditions are its active_conditions)."""
+        return tuple(a.alert_id for a in self.latched_alerts)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -60,7 +62,7 @@ class EngineStatus:
             if self.next_slot is None
             else {
                 "slot_id": self.next_slot.slot_id,
-                "due_utc": self.next_slot.due_utc.isoformat(),
+                "due_utc": utc_text(self.next_slot.due_utc),
             },
             "open_slots": [
                 {
@@ -86,7 +88,7 @@ class EngineStatus:
                 {
                     "alert_id": a.alert_id,
                     "kind": a.kind,
-                    "raised_at": a.raised_at,
+                    "raised_at": utc_text(datetime.fromisoformat(a.raised_at)),
                     "acknowledged_by": a.acknowledged_by,
                     "resolved": a.resolved,
                 }
@@ -96,5 +98,4 @@ class EngineStatus:
 
 
 def _wire_iso(seconds: int) -> str | None:
-    value = roll_check.wire_time(seconds)
-    return None if value is None else value.isoformat()
+    return utc_text_or_none(roll_check.wire_time(seconds))

@@ -10,8 +10,13 @@ paho's own reconnect logic is switched off (`reconnect_on_failure=False`): `run(
 reconnect policy (full-jitter exponential backoff, each attempt bounded), calls the will factory
 before every attempt and watches the network thread, not only `on_disconnect`.
 
-Inbound messages are read with `get_message()` or `async for msg in link.messages()`. They are
-acknowledged (QoS 1 PUBACK) by paho on receipt, before the application handles them.
+Inbound messages are read with `get_message()` or `async for msg in link.messages()`. QoS 1 ones
+are acknowledged (PUBACK) only when the application calls `ack()` after handling them.
+
+A connection is *ready* once its subscriptions and the `on_connected` hook (the unit's birth
+message) are done: what the application publishes waits for `wait_ready()`, so a session's birth
+always comes first. A clean stop publishes the `farewell` message before DISCONNECT (which makes
+the broker drop the will): the unit says it is offline itself.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ _UNSUPPORTED_PROTOCOL_V311 = 0x01
 
 # How long to wait for paho's network thread to finish once asked to stop.
 _THREAD_JOIN_TIMEOUT_S = 5.0
+# How long a clean stop waits for the broker to acknowledge the farewell message.
+FAREWELL_TIMEOUT_S = 3.0
+CONTENT_TYPE = "application/json"
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class InboundMessage:
 @dataclass(frozen=True)
 class LinkStats:
     connects: int = 0
+    connect_failures: int = 0  # attempts that did not end in an accepted CONNACK
     disconnects: int = 0
     publishes_acked: int = 0
     publishes_rejected: int = 0
@@ -328,14 +337,23 @@ class MqttLink:
         will_factory: Callable[[], Will] | None,
         subscriptions: Sequence[tuple[str, int]],
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        will_unseen: Callable[[Will], None] | None = None,
+        farewell_factory: Callable[[], Will] | None = None,
     ) -> None:
+        """`will_factory` gives the will of each connect attempt; `will_unseen` is told when an
+        attempt failed before any broker could have accepted that will (the socket was refused,
+        or CONNACK refused the connection), so its session number may be used again.
+        `farewell_factory` gives the message a clean stop publishes before DISCONNECT."""
         self._settings = settings
         self._will_factory = will_factory
+        self._will_unseen = will_unseen
+        self._farewell_factory = farewell_factory
         self._subscriptions = tuple(subscriptions)
         self._on_connected = on_connected
         self._protocol: ProtocolName = settings.protocol
         self._conn: _Connection | None = None
         self._connected_event = asyncio.Event()
+        self._ready_event = asyncio.Event()
         self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
         self._counts: dict[str, int] = dict.fromkeys(LinkStats.__dataclass_fields__, 0)
         self._last_callback_error: BaseException | None = None
@@ -345,6 +363,11 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._conn is not None and self._conn.up
+
+    @property
+    def ready(self) -> bool:
+        """Connected, subscribed, and the on_connected hook (the birth) done."""
+        return self.connected and self._ready_event.is_set()
 
     @property
     def protocol(self) -> ProtocolName:
@@ -366,6 +389,12 @@ class MqttLink:
         async with asyncio.timeout(timeout):
             await self._connected_event.wait()
 
+    async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Return once a connection is ready (its birth published); TimeoutError after
+        `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._ready_event.wait()
+
     # --- publish / receive -----------------------------------------------------------------
 
     async def publish(
@@ -378,7 +407,7 @@ class MqttLink:
         message_expiry_s: int | None = None,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
-        content_type: str | None = "application/json",
+        content_type: str | None = CONTENT_TYPE,
     ) -> None:
         """Publish and return once the broker acknowledged it (QoS 0: once written).
 
@@ -447,10 +476,15 @@ class MqttLink:
                     logger.info("MQTT reconnect in %.2f s (failure %d)", delay, backoff.failures)
                     await asyncio.sleep(delay)
                     continue
+                stopping = False
                 try:
                     await self._serve(conn)
+                except asyncio.CancelledError:
+                    stopping = True  # a clean stop: goodbye, then DISCONNECT
+                    await self._say_farewell(conn)
+                    raise
                 finally:
-                    await self._close(conn, clean=False)
+                    await self._close(conn, clean=stopping)
                 # A connection that lived longer than the longest delay counts as healthy; a
                 # flapping one keeps growing the delay.
                 if time.monotonic() - conn.up_since >= self._settings.backoff_max_s:
@@ -461,7 +495,23 @@ class MqttLink:
         finally:
             conn = self._conn
             if conn is not None:
+                await self._say_farewell(conn)
                 await self._close(conn, clean=True)
+
+    async def _say_farewell(self, conn: _Connection) -> None:
+        """A clean stop: publish the farewell (bounded) while the connection is still up. The
+        DISCONNECT that follows makes the broker drop the will, so without it a stopped unit
+        would stay `online`."""
+        if self._farewell_factory is None or not conn.up:
+            return
+        try:
+            farewell = self._farewell_factory()
+            async with asyncio.timeout(FAREWELL_TIMEOUT_S):
+                await self.publish(
+                    farewell.topic, farewell.payload, qos=farewell.qos, retain=farewell.retain
+                )
+        except Exception as exc:  # best effort: the broker may already be gone
+            logger.warning("farewell not published (%r); the will may follow instead", exc)
 
     async def _connect_once(self) -> _Connection | None:
         """One connect attempt, bounded by connect_timeout_s. None when it failed."""
@@ -482,15 +532,24 @@ class MqttLink:
             conn.thread = client._thread  # joined on close
             async with asyncio.timeout_at(deadline):
                 reason, session_present = await conn.connack
-        except (OSError, TimeoutError, _ConnectFailedError) as exc:
+        except OSError as exc:
+            # The socket (or the CONNECT on it) failed: no broker has this will.
             logger.warning("MQTT connect to %s:%d failed: %r", settings.host, settings.port, exc)
             await self._close(conn, clean=False)
+            self._attempt_failed(will, seen=False)
+            return None
+        except (TimeoutError, _ConnectFailedError) as exc:
+            # CONNECT was sent: the broker may hold this will even though we never heard back.
+            logger.warning("MQTT connect to %s:%d failed: %r", settings.host, settings.port, exc)
+            await self._close(conn, clean=False)
+            self._attempt_failed(will, seen=True)
             return None
         except asyncio.CancelledError:
             await self._close(conn, clean=False)
             raise
         if reason.is_failure:
             await self._close(conn, clean=False)
+            self._attempt_failed(will, seen=False)  # a refused CONNECT's will is discarded
             if should_fall_back_to_v311(self._protocol, reason.value):
                 logger.warning("broker refused MQTT 5 (%s); using MQTT 3.1.1 from now on", reason)
                 self._protocol = "3.1.1"
@@ -506,6 +565,16 @@ class MqttLink:
             "MQTT connected (protocol %s, session present: %s)", self._protocol, session_present
         )
         return conn
+
+    def _attempt_failed(self, will: Will | None, *, seen: bool) -> None:
+        self._bump(connect_failures=1)
+        if seen or will is None or self._will_unseen is None:
+            return
+        try:
+            self._will_unseen(will)
+        except Exception as exc:
+            logger.exception("will_unseen failed")
+            self._record_callback_error("will_unseen", exc)
 
     async def _open_socket(self, conn: _Connection) -> None:
         """TCP connect and send CONNECT in a worker thread (paho's connect() blocks)."""
@@ -555,7 +624,17 @@ class MqttLink:
         if settings.tls:
             client.tls_set_context(ssl.create_default_context())
         if will is not None:
-            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+            will_properties = None
+            if v5:
+                will_properties = _new_properties(PacketTypes.WILLMESSAGE)
+                will_properties.ContentType = CONTENT_TYPE
+            client.will_set(
+                will.topic,
+                will.payload,
+                qos=will.qos,
+                retain=will.retain,
+                properties=will_properties,
+            )
         return client
 
     async def _serve(self, conn: _Connection) -> None:
@@ -576,6 +655,10 @@ class MqttLink:
         except Exception as exc:
             logger.exception("MQTT on-connect hook failed")
             self._record_callback_error("on_connected", exc)
+        finally:
+            # Even after a failed hook: a bug there must not hold every event back for ever.
+            if self._conn is conn and conn.up:
+                self._ready_event.set()
 
     async def _subscribe(self, conn: _Connection) -> None:
         # The persistent session may already hold these; subscribing again is harmless and
@@ -610,6 +693,7 @@ class MqttLink:
         if self._conn is conn:  # only connections that completed CONNACK are ever current
             self._conn = None
             self._connected_event.clear()
+            self._ready_event.clear()
             self._bump(disconnects=1)
         conn.mark_lost("clean disconnect" if clean else "closing")
         # disconnect() makes paho's loop send DISCONNECT (when connected) and end its thread.
