@@ -22,10 +22,13 @@ from model_rig import PATIENT, ModelRig, dose_instants, make_roll, utc
 from agent.engine.types import (
     AcknowledgeAlert,
     BeginDispense,
+    Binding,
     Emit,
     PauseWindow,
     RecordOutcome,
     RecordPresented,
+    SetBinding,
+    SetSchedule,
     StartPause,
 )
 from agent.envelope import build_envelope
@@ -53,7 +56,11 @@ class RecordedDay:
 def run_day() -> ModelRig:
     rig = ModelRig(FOUR_A_DAY, utc(2026, 3, 2, 5, 0))
     roll = make_roll("R1", dose_instants(FOUR_A_DAY, DAY, 14))
-    rig.install(roll)
+    # as the daemon starts: the schedule first, then the binding (ModelRig.install binds first,
+    # which raises and clears no_schedule at once)
+    rig.feed(SetSchedule(rig.schedule, 1), SetBinding(Binding(PATIENT)))
+    rig.link_up()
+    rig.physical(rig.model.insert_roll(roll))
     rig.run_until(utc(2026, 3, 2, 8, 0), take=True)  # 08:00 Oslo taken
     rig.run_until(utc(2026, 3, 2, 12, 30))  # 12:00 Oslo presented, not taken: missed
     rig.run_until(utc(2026, 3, 2, 13, 0))
@@ -71,7 +78,6 @@ def run_day() -> ModelRig:
     trip = PauseWindow("trip", TRIP_START, TRIP_END, reason="travel", take_along=True)
     rig.feed(StartPause(trip))
     rig.run_until(TRIP_START + timedelta(minutes=30), take=True)  # packed as they come out
-    assert PATIENT == "patient-7f3a"
     return rig
 
 

@@ -73,26 +73,25 @@ DEVICE = {
 
 # seq -> the resources its bundle holds (type, and the values that matter), for the whole day
 EXPECTED: dict[int, list[tuple[str, dict[str, object]]]] = {
-    2: [("DetectedIssue", {"code": "3.8", "severity": "moderate", "at": "2026-03-02T05:00:00Z"})],
-    7: [("MedicationDispense", {"category": "1.1", "at": "2026-03-02T07:00:00Z"})],
-    9: [("DetectedIssue", {"code": "3.24", "severity": "moderate", "at": "2026-03-02T11:30:00Z"})],
-    10: [
+    5: [("MedicationDispense", {"category": "1.1", "at": "2026-03-02T07:00:00Z"})],
+    7: [("DetectedIssue", {"code": "3.24", "severity": "moderate", "at": "2026-03-02T11:30:00Z"})],
+    8: [
         ("DetectedIssue", {"code": "3.3", "severity": "high", "at": "2026-03-02T12:00:00Z"}),
         ("Flag", {"code": "3.3", "status": "active", "priority": "PH"}),
     ],
-    13: [
+    11: [
         ("DetectedIssue", {"code": "3.5", "severity": "high", "at": "2026-03-02T13:00:00Z"}),
         ("Flag", {"code": "3.5", "status": "active", "priority": "PH"}),
     ],
-    16: [("Flag", {"code": "3.5", "status": "inactive", "priority": "PH"})],
-    19: [("MedicationDispense", {"category": "1.1", "at": "2026-03-02T16:00:00Z"})],
-    21: [("MedicationDispense", {"category": "1.1", "at": "2026-03-02T21:00:00Z"})],
+    14: [("Flag", {"code": "3.5", "status": "inactive", "priority": "PH"})],
+    17: [("MedicationDispense", {"category": "1.1", "at": "2026-03-02T16:00:00Z"})],
+    19: [("MedicationDispense", {"category": "1.1", "at": "2026-03-02T21:00:00Z"})],
+    23: [("MedicationDispense", {"category": "2", "at": "2026-03-03T05:00:00Z"})],
     25: [("MedicationDispense", {"category": "2", "at": "2026-03-03T05:00:00Z"})],
     27: [("MedicationDispense", {"category": "2", "at": "2026-03-03T05:00:00Z"})],
     29: [("MedicationDispense", {"category": "2", "at": "2026-03-03T05:00:00Z"})],
-    31: [("MedicationDispense", {"category": "2", "at": "2026-03-03T05:00:00Z"})],
 }
-LAST_SEQ = 32
+LAST_SEQ = 30
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +149,8 @@ def test_the_day_gives_exactly_these_resources(day: RecordedDay) -> None:
 def test_a_taken_dose_is_this_medication_dispense(day: RecordedDay) -> None:
     events = by_seq(day)
     bundles, _ = convert_all(day)
-    event_id = events[7]["event_id"]
-    assert bundles[7] == {
+    event_id = events[5]["event_id"]
+    assert bundles[5] == {
         "resourceType": "Bundle",
         "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{event_id}"},
         "type": "transaction",
@@ -191,8 +190,8 @@ def test_a_taken_dose_is_this_medication_dispense(day: RecordedDay) -> None:
 def test_the_missed_dose_is_a_detected_issue_and_a_flag(day: RecordedDay) -> None:
     events = by_seq(day)
     bundles, _ = convert_all(day)
-    issue, flag = (e["resource"] for e in bundles[10]["entry"])
-    assert issue["id"] == events[10]["event_id"]
+    issue, flag = (e["resource"] for e in bundles[8]["entry"])
+    assert issue["id"] == events[8]["event_id"]
     assert issue["status"] == "final"
     assert issue["code"] == {
         "coding": [
@@ -217,10 +216,10 @@ def test_the_missed_dose_is_a_detected_issue_and_a_flag(day: RecordedDay) -> Non
 
 def test_the_wrong_roll_flag_closes_when_acknowledged_and_removed(day: RecordedDay) -> None:
     bundles, _ = convert_all(day)
-    raised = bundles[13]["entry"][1]["resource"]
-    closed = bundles[16]["entry"][0]["resource"]
+    raised = bundles[11]["entry"][1]["resource"]
+    closed = bundles[14]["entry"][0]["resource"]
     assert raised["id"] == closed["id"]  # the same Flag, updated
-    assert bundles[16]["entry"][0]["request"] == {"method": "PUT", "url": f"Flag/{raised['id']}"}
+    assert bundles[14]["entry"][0]["request"] == {"method": "PUT", "url": f"Flag/{raised['id']}"}
     assert closed["period"] == {"start": "2026-03-02T13:00:00Z", "end": "2026-03-02T13:20:00Z"}
 
 
@@ -238,7 +237,7 @@ def test_every_bundle_and_resource_validates_with_the_library(day: RecordedDay) 
 def test_a_replayed_copy_gives_nothing_new_and_a_new_stream_the_same_ids(day: RecordedDay) -> None:
     first, _ = convert_all(day)
     converter = FhirConverter(CentreMapping.model_validate(MAPPING))
-    line = day.lines[6]  # seq 7, taken
+    line = day.lines[4]  # seq 5, taken
     assert converter.convert_line(line) is not None
     assert converter.convert_line(line) is None
     assert converter.skipped[-1].reason == "duplicate: this event_id was converted already"
@@ -250,17 +249,17 @@ def test_an_event_with_no_person_at_its_time_is_not_converted(day: RecordedDay) 
     mapping = dict(MAPPING)
     mapping["units"] = [dict(MAPPING["units"][0], until="2026-03-02T10:00:00Z")]
     converter = FhirConverter(CentreMapping.model_validate(mapping))
-    assert converter.convert_line(day.lines[6]) is not None  # 07:00, inside
-    assert converter.convert_line(day.lines[9]) is None  # 12:00, after the unit went back
+    assert converter.convert_line(day.lines[4]) is not None  # 07:00, inside
+    assert converter.convert_line(day.lines[7]) is None  # 12:00, after the unit went back
     assert converter.skipped[-1].reason == f"no patient for unit {UNIT_ID} at that time"
-    other = json.loads(day.lines[6])
+    other = json.loads(day.lines[4])
     other["unit_id"] = "oslo-0002"
     other["event_id"] = other["event_id"][:-1] + ("0" if other["event_id"][-1] != "0" else "1")
     assert converter.convert_line(json.dumps(other)) is None
 
 
 def test_an_event_with_an_untrusted_time_is_not_placed(day: RecordedDay) -> None:
-    event = json.loads(day.lines[6])
+    event = json.loads(day.lines[4])
     event["time_trust"] = "untrusted"
     converter = FhirConverter(CentreMapping.model_validate(MAPPING))
     assert converter.convert_line(json.dumps(event)) is None
@@ -271,7 +270,7 @@ def test_an_assisted_patient_gets_category_1_2(day: RecordedDay) -> None:
     mapping = dict(MAPPING)
     mapping["units"] = [dict(MAPPING["units"][0], assisted=True)]
     converter = FhirConverter(CentreMapping.model_validate(mapping))
-    bundle = converter.convert_line(day.lines[6])
+    bundle = converter.convert_line(day.lines[4])
     assert bundle is not None
     dispense = json.loads(bundle.model_dump_json())["entry"][0]["resource"]
     assert dispense["category"]["coding"][0]["code"] == "1.2"
@@ -332,7 +331,7 @@ def test_dispenser_agent_fhir_reads_stdin(
 ) -> None:
     import io
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO(day.lines[6] + "\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(day.lines[4] + "\n"))
     assert cli_main(["fhir", "--mapping", str(mapping_file)]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["entry"][0]["resource"]["resourceType"] == "MedicationDispense"
@@ -353,7 +352,7 @@ def test_a_mapping_that_does_not_make_sense_is_refused(tmp_path: Path, capsys: A
 
 
 def test_a_dose_taken_unseen_is_an_issue_to_confirm_not_a_dispense(day: RecordedDay) -> None:
-    event = json.loads(day.lines[6])  # seq 7, taken at 07:00: as if nobody had seen it taken
+    event = json.loads(day.lines[4])  # seq 5, taken at 07:00: as if nobody had seen it taken
     event.update(priority="medium", alert_id="alert-000009")
     event["data"].update(
         outcome="taken_unconfirmed", reason="tray_emptied_unseen", deviation="dose_unconfirmed"
