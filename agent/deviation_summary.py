@@ -25,7 +25,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.engine.catalogue import CATALOGUE, CLEARED_SUFFIX, deviation_of
+from agent.engine.catalogue import (
+    CATALOGUE,
+    CLEARED_SUFFIX,
+    deviation_of,
+    raises_latched_alert,
+)
 from agent.engine.deviation import Deviation
 from agent.store.db import Store
 from agent.store.ledger import SlotRecord
@@ -260,9 +265,9 @@ def _entry(event: RecordedEvent, category: str, later: list[RecordedEvent]) -> D
     acked: RecordedEvent | None = None
     resolved: RecordedEvent | None = None
     spec = CATALOGUE.get(event.kind)
-    if event.alert_id is not None:
+    if event.alert_id is not None and raises_latched_alert(event.kind):
         for other in later:
-            if other.data.get("alert_id") != event.alert_id:
+            if _named_alert(other) != event.alert_id:
                 continue
             if other.kind == "alert_acknowledged" and acked is None:
                 acked = other
@@ -305,8 +310,8 @@ def _late_acknowledgements(
     """A latched alert acknowledged after `ack_limit`, or not yet and `ack_limit` is over."""
     found = []
     for entry in entries:
-        if entry.alert_id is None:
-            continue
+        if entry.alert_id is None or entry.outcome == "recorded":
+            continue  # raises no alert (one that names an alert raised before is recorded)
         deadline = entry.at + ack_limit
         acked_at = entry.acknowledged_at
         if (acked_at is not None and acked_at > deadline) or (acked_at is None and now > deadline):
@@ -346,6 +351,12 @@ def _parse_or_none(value: object) -> datetime | None:
         return _parse(value)
     except ValueError:
         return None
+
+
+def _named_alert(event: RecordedEvent) -> str | None:
+    """The alert an event refers to: data.alert_id, or the envelope's."""
+    named = event.data.get("alert_id")
+    return named if isinstance(named, str) else event.alert_id
 
 
 def _str_or_none(value: object) -> str | None:

@@ -250,3 +250,31 @@ def test_late_refused_and_unconfirmed_doses_and_a_condition_still_open() -> None
 def test_a_period_that_does_not_end_after_it_starts_is_refused() -> None:
     with pytest.raises(ValueError, match="must end after"):
         summarise([], EVENING, EVENING, now=EVENING)
+
+
+def test_an_event_that_names_an_earlier_alert_is_recorded_not_raised() -> None:
+    missed = event(
+        1,
+        "slot_outcome",
+        "2026-03-02T08:00:00Z",
+        {
+            "slot_id": "a",
+            "due_utc": "2026-03-02T07:00:00Z",
+            "outcome": "missed",
+            "reason": "not_taken",
+        },
+        priority="high",
+        alert_id="alert-1",
+        vkp_code="3.3",
+    )
+    late = event(2, "dose_taken_late", "2026-03-02T09:00:00Z", {"slot_id": "a"}, alert_id="alert-1")
+    # the acknowledgement names the alert in the envelope only
+    ack = event(3, "alert_acknowledged", "2026-03-02T08:10:00Z", {"by": "op-2"}, alert_id="alert-1")
+    summary = summarise([missed, late, ack], *MONDAY, now=EVENING)
+    got = [
+        (d.category, d.seq, d.alert_id, d.outcome, d.acknowledged_by) for d in summary.deviations
+    ]
+    assert got == [
+        ("dose_missed", 1, "alert-1", "acknowledged_and_resolved", "op-2"),
+        ("dose_late", 2, "alert-1", "recorded", None),
+    ]

@@ -366,3 +366,33 @@ def test_a_dose_taken_unseen_is_an_issue_to_confirm_not_a_dispense(day: Recorded
         ("Flag", {"code": "3", "status": "active", "priority": "PM"}),
     ]
     assert "Avvik: Inntak ikke bekreftet (dose_unconfirmed)." in resources[0]["detail"]
+
+
+def test_an_event_that_names_an_earlier_alert_raises_no_second_flag(day: RecordedDay) -> None:
+    """dose_taken_late (medium, 3.3) naming the missed dose's alert in the envelope, as the
+    contract says an event that refers to an alert does: an issue, not a new Flag."""
+    converter = FhirConverter(CentreMapping.model_validate(MAPPING))
+    for line in day.lines[:8]:  # up to seq 8, the missed dose (Flag active)
+        converter.convert_line(line)
+    missed = json.loads(day.lines[7])
+    late = dict(missed, seq=31, kind="dose_taken_late", priority="medium")
+    late["event_id"] = "01956d3a-7c00-7000-8000-000000000031"
+    late["occurred_at"] = "2026-03-02T12:20:00Z"
+    late["data"] = {"slot_id": "2026-03-02T12:00", "deviation": "dose_late"}
+    bundle = converter.convert_line(json.dumps(late))
+    assert bundle is not None
+    resources = [e["resource"] for e in json.loads(bundle.model_dump_json())["entry"]]
+    assert [facts(r) for r in resources] == [
+        ("DetectedIssue", {"code": "3.3", "severity": "moderate", "at": "2026-03-02T12:20:00Z"})
+    ]
+    ack = dict(late, seq=32, kind="alert_acknowledged", priority="info", vkp_code=None)
+    ack["event_id"] = "01956d3a-7c00-7000-8000-000000000032"
+    ack["data"] = {"kind": "dose_missed", "by": "n-1", "resolved": True}  # id in the envelope
+    closed = converter.convert_line(json.dumps(ack))
+    assert closed is not None
+    (entry,) = json.loads(closed.model_dump_json())["entry"]
+    assert entry["resource"]["status"] == "inactive"
+    assert entry["resource"]["period"] == {
+        "start": "2026-03-02T12:00:00Z",
+        "end": "2026-03-02T12:20:00Z",
+    }

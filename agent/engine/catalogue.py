@@ -544,6 +544,13 @@ def deviation_of(kind: str, fields: Mapping[str, object]) -> Deviation | None:
     return None if entry is None else entry.deviation
 
 
+def raises_latched_alert(kind: str) -> bool:
+    """An event of `kind` with an alert_id raises that alert (a latched kind, or a slot_outcome
+    of a dose not given), rather than naming one raised before (an acknowledgement, a clear)."""
+    entry = CATALOGUE.get(kind)
+    return kind == "slot_outcome" or (entry is not None and entry.latched)
+
+
 def documented_deviations() -> dict[str, str]:
     """Every documented kind -> its deviation category as the guide shows it ("" for none)."""
     shown: dict[str, str] = {}

@@ -37,7 +37,13 @@ from pydantic import ValidationError
 
 from agent.clock import TimeTrust
 from agent.contract.events import VKP_CODE_SYSTEM, VKP_CODES, EventEnvelope
-from agent.engine.catalogue import CATALOGUE, CLEARED_SUFFIX, MISSED_VKP, documented_kinds
+from agent.engine.catalogue import (
+    CATALOGUE,
+    CLEARED_SUFFIX,
+    MISSED_VKP,
+    documented_kinds,
+    raises_latched_alert,
+)
 from agent.engine.deviation import DEVIATIONS, Deviation
 from agent.engine.types import Priority
 from agent.fhir.mapping import CentreMapping, UnitPeriod
@@ -143,7 +149,7 @@ class FhirConverter:
             resources.append(self._dispense(event, period))
         if _is_alert(event):
             resources.append(self._detected_issue(event, period))
-            if event.alert_id is not None:
+            if event.alert_id is not None and raises_latched_alert(event.kind):
                 key = (event.unit_id, event.alert_id)
                 self._alerts[key] = _AlertSeen(
                     _alert_kind(event),
@@ -159,8 +165,8 @@ class FhirConverter:
         return resources
 
     def _close_alert(self, event: EventEnvelope, period: UnitPeriod) -> Json | None:
-        alert_id = event.data.get("alert_id")
-        if not isinstance(alert_id, str):
+        alert_id = _named_alert(event)
+        if alert_id is None:
             return None
         key = (event.unit_id, alert_id)
         if event.kind == "alert_acknowledged":
@@ -295,6 +301,12 @@ def _is_alert(event: EventEnvelope) -> bool:
     if event.priority is Priority.INFO or event.kind.endswith(CLEARED_SUFFIX):
         return False
     return event.vkp_code is not None or isinstance(event.data.get("deviation"), str)
+
+
+def _named_alert(event: EventEnvelope) -> str | None:
+    """The alert an event refers to: data.alert_id, or the envelope's."""
+    named = event.data.get("alert_id")
+    return named if isinstance(named, str) else event.alert_id
 
 
 def _alert_kind(event: EventEnvelope) -> str:
