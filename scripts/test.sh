@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/ensure-mosquitto.sh
-bash scripts/bootstrap.sh dev,demo
+bash scripts/bootstrap.sh dev,demo,centre
 
 echo "== ruff check";        .venv/bin/ruff check .
 echo "== ruff format";       .venv/bin/ruff format --check .

@@ -473,7 +473,7 @@ def test_unreadable_state_raises_a_high_alert_locks_and_dispenses_nothing() -> N
     assert alert.priority is Priority.HIGH
     assert alert.vkp_code == "3.4"
     assert alert.alert_id is not None
-    assert alert.fields == {"reason": reason, "binding": "kept"}
+    assert alert.fields == {"reason": reason, "binding": "kept", "deviation": "dispensing_stopped"}
     assert "roll" in reason
     rig.feed(LinkUp(rig.caps))
     assert rig.dispenser.locked

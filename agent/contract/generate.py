@@ -24,6 +24,8 @@ from agent.contract.commands import CommandRequest, CommandResponse
 from agent.contract.events import EVENT_KINDS, VKP_CODES, ContractModel, EventEnvelope
 from agent.contract.state import Availability, DispenserState, Health, Heartbeat
 from agent.contract.topics import CHANNELS, TOPIC_ROOT, UNIT_ID_PATTERN, ChannelSpec, Direction
+from agent.engine.catalogue import documented_deviations
+from agent.engine.deviation import DEVIATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI_PATH = Path("docs/contract/asyncapi.json")
@@ -273,8 +275,20 @@ def _topics_table() -> str:
 
 
 def _event_kinds_table() -> str:
-    rows = ["| kind | meaning |", "|---|---|"]
-    rows += [f"| `{kind}` | {meaning} |" for kind, meaning in EVENT_KINDS.items()]
+    deviations = documented_deviations()
+    rows = ["| kind | deviation | meaning |", "|---|---|---|"]
+    rows += [
+        f"| `{kind}` | {deviations[kind]} | {meaning} |" for kind, meaning in EVENT_KINDS.items()
+    ]
+    return "\n".join(rows)
+
+
+def _deviation_table() -> str:
+    rows = ["| deviation | display (nb) | meaning |", "|---|---|---|"]
+    rows += [
+        f"| `{code.value}` | {info.display_nb} | {info.meaning} |"
+        for code, info in DEVIATIONS.items()
+    ]
     return "\n".join(rows)
 
 
@@ -289,6 +303,7 @@ def _vkp_table() -> str:
 GUIDE_SECTIONS = {
     "topics": _topics_table,
     "event-kinds": _event_kinds_table,
+    "deviation-categories": _deviation_table,
     "vkp-codes": _vkp_table,
 }
 

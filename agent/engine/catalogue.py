@@ -1,5 +1,5 @@
 """The catalogue of event kinds: the one list of every kind the unit sends, with its priority,
-VKP code and one-line meaning.
+VKP code, deviation (avvik) category and one-line meaning.
 
 The MQTT contract's `EVENT_KINDS` and the response-centre guide's table are generated from it
 (`documented_kinds`), so a kind cannot be emitted without being documented, nor documented without
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from agent.engine.deviation import SLOT_OUTCOME_RULE, Deviation, slot_outcome_deviation
 from agent.engine.types import EngineEvent, Priority
 
 CLEARED_SUFFIX = "_cleared"
@@ -27,6 +28,9 @@ class AlertSpec:
     condition: bool = False  # raised once, cleared with `<kind>_cleared`
     chatty: bool = False  # rate limited
     cleared_meaning: str = ""  # conditions only: what `<kind>_cleared` means
+    # the municipality records this event as a deviation of this category (agent.engine.deviation);
+    # slot_outcome's depends on the outcome (`deviation_of`); `<kind>_cleared` is none
+    deviation: Deviation | None = None
 
     def __post_init__(self) -> None:
         if self.condition != bool(self.cleared_meaning):
@@ -34,6 +38,7 @@ class AlertSpec:
 
 
 _P = Priority
+_D = Deviation
 _ENGINE_SPECS = (
     # doses
     AlertSpec(
@@ -87,6 +92,7 @@ _ENGINE_SPECS = (
         "the missed dose is not to be given again; the next dose waits until "
         "data.next_dose_not_before_utc (the outcome does not change). alert_id names the "
         "missed dose's alert: news about it, not a second alert.",
+        deviation=_D.DOSE_LATE,
     ),
     AlertSpec(
         "dose_not_in_tray",
@@ -111,6 +117,7 @@ _ENGINE_SPECS = (
         "behind it is given, until someone decides: a schedule update that has its time, or a "
         "discard_unplanned command (roll, sachet and time in data; latched until decided).",
         latched=True,
+        deviation=_D.PLAN_MISMATCH,
     ),
     AlertSpec(
         "plan_mismatch_decided",
@@ -127,6 +134,7 @@ _ENGINE_SPECS = (
         "A pause began (or a travel sachet was not collected) with a dose in the tray that the "
         "dispenser cannot take back (no bin, or bin full): a nurse should remove it (slot and "
         "reason in data). The slot ended skipped_paused, not missed.",
+        deviation=_D.DOSE_LEFT_IN_TRAY,
     ),
     AlertSpec(
         "dose_stuck_in_tray",
@@ -154,6 +162,7 @@ _ENGINE_SPECS = (
         "data). Raised before a pause ends when the resume will need it.",
         condition=True,
         cleared_meaning="The sachets for past dose times are gone or fit in the bin now.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "sachet_rejected",
@@ -161,6 +170,7 @@ _ENGINE_SPECS = (
         "3.5",
         "The sachet at the reader names another patient or roll or is out of order; it is not "
         "handed over (reason in data).",
+        deviation=_D.ROLL_FAULT,
     ),
     # roll
     AlertSpec(
@@ -177,6 +187,7 @@ _ENGINE_SPECS = (
         "The loaded roll does not belong to this unit's binding; dispensing stopped (active "
         "until removed and acknowledged).",
         latched=True,
+        deviation=_D.ROLL_FAULT,
     ),
     AlertSpec(
         "wrong_roll_cleared",  # removed; the latch waits for an ack
@@ -195,6 +206,7 @@ _ENGINE_SPECS = (
         cleared_meaning=(
             "The roll is no longer rejected: removed, accepted, or now a wrong_roll alert."
         ),
+        deviation=_D.ROLL_FAULT,
     ),
     AlertSpec(
         "roll_unverified",
@@ -204,6 +216,7 @@ _ENGINE_SPECS = (
         "no dispensing until it is inserted again.",
         condition=True,
         cleared_meaning="The unverified roll was inserted again (checked) or removed.",
+        deviation=_D.ROLL_FAULT,
     ),
     AlertSpec(
         "roll_empty",
@@ -212,6 +225,7 @@ _ENGINE_SPECS = (
         "The roll has no sachets left.",
         condition=True,
         cleared_meaning="A roll with sachets left is loaded.",
+        deviation=_D.MEDICATION_MISSING,
     ),
     AlertSpec(
         "low_supply",
@@ -229,6 +243,7 @@ _ENGINE_SPECS = (
         "The unit has no schedule: no doses will be given.",
         condition=True,
         cleared_meaning="The unit has a schedule again (or no binding any more).",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "mains_lost",
@@ -245,6 +260,7 @@ _ENGINE_SPECS = (
         "No contact with the dispenser for longer than the limit.",
         condition=True,
         cleared_meaning="Contact with the dispenser is back.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "lid_open",
@@ -262,6 +278,7 @@ _ENGINE_SPECS = (
         "Attempted forced opening of the dispenser; dispensing stopped.",
         condition=True,
         cleared_meaning="The dispenser no longer reports tampering.",
+        deviation=_D.TAMPERING,
     ),
     AlertSpec(
         "fault_bin_full",
@@ -270,6 +287,7 @@ _ENGINE_SPECS = (
         "The dispenser's bin is full: no dose can be taken back and no sachet discarded.",
         condition=True,
         cleared_meaning="The dispenser's bin has room again.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "fault_jam",
@@ -278,6 +296,7 @@ _ENGINE_SPECS = (
         "The roll is stuck in the dispenser; dispensing stopped.",
         condition=True,
         cleared_meaning="The roll is no longer stuck.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "fault_reader",
@@ -286,6 +305,7 @@ _ENGINE_SPECS = (
         "The dispenser cannot read sachets; dispensing stopped.",
         condition=True,
         cleared_meaning="The sachet reader works again.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "fault_sensor",
@@ -294,6 +314,7 @@ _ENGINE_SPECS = (
         "A dispenser sensor failed; dispensing stopped.",
         condition=True,
         cleared_meaning="The sensor fault is gone.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "fault_cutter",
@@ -302,6 +323,7 @@ _ENGINE_SPECS = (
         "The dispenser's sachet cutter failed; dispensing stopped.",
         condition=True,
         cleared_meaning="The cutter fault is gone.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "battery_empty",
@@ -310,6 +332,7 @@ _ENGINE_SPECS = (
         "The dispenser's battery is empty; the dispenser switched off.",
         condition=True,
         cleared_meaning="The dispenser's battery has charge again.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "battery_low",
@@ -326,6 +349,7 @@ _ENGINE_SPECS = (
         "The unit's clock cannot be trusted: no doses are dispensed and occurred_at may be wrong.",
         condition=True,
         cleared_meaning="The unit's clock is trusted again (time_trust says from what).",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "state_unreadable",
@@ -335,6 +359,7 @@ _ENGINE_SPECS = (
         "where; data.binding: kept, none or unreadable). It started from what it could read, "
         "locked the dispenser and gives no dose until a person acknowledges this alert.",
         latched=True,
+        deviation=_D.DISPENSING_STOPPED,
     ),
     # people and the unit
     AlertSpec(
@@ -399,6 +424,7 @@ _ENGINE_SPECS = (
         "patient home without doses? Resume, or end the service.",
         condition=True,
         cleared_meaning="No pause is in force any more.",
+        deviation=_D.PAUSE_OVERRUN,
     ),
     AlertSpec(
         "travel_dispensed",
@@ -413,6 +439,7 @@ _ENGINE_SPECS = (
         "3.15",
         "Not every sachet of a travel pause could be dispensed to take along (planned, "
         "dispensed and the reason in data): the patient lacks doses for the trip.",
+        deviation=_D.MEDICATION_MISSING,
     ),
     AlertSpec(
         "pause_ended",
@@ -460,6 +487,7 @@ _ENGINE_SPECS = (
         "dispenser.",
         condition=True,
         cleared_meaning="The dispenser accepted a fresh dispense id again.",
+        deviation=_D.DISPENSING_STOPPED,
     ),
     AlertSpec(
         "unexpected_dispenser_event",
@@ -533,6 +561,33 @@ def _condition_cleared(kind: str) -> AlertSpec | None:
     return base if base is not None and base.condition else None
 
 
+def deviation_of(kind: str, fields: Mapping[str, object]) -> Deviation | None:
+    """The deviation category of an event of `kind` with these fields, or None."""
+    if kind == "slot_outcome":
+        return slot_outcome_deviation(fields.get("outcome"), fields.get("reason"))
+    entry = CATALOGUE.get(kind)
+    return None if entry is None else entry.deviation
+
+
+def raises_latched_alert(kind: str) -> bool:
+    """An event of `kind` with an alert_id raises that alert (a latched kind, or a slot_outcome
+    of a dose not given), rather than naming one raised before (an acknowledgement, a clear)."""
+    entry = CATALOGUE.get(kind)
+    return kind == "slot_outcome" or (entry is not None and entry.latched)
+
+
+def documented_deviations() -> dict[str, str]:
+    """Every documented kind -> its deviation category as the guide shows it ("" for none)."""
+    shown: dict[str, str] = {}
+    for entry in CATALOGUE.values():
+        shown[entry.kind] = (
+            SLOT_OUTCOME_RULE if entry.kind == "slot_outcome" else (entry.deviation or "")
+        )
+        if entry.condition:
+            shown[entry.kind + CLEARED_SUFFIX] = ""
+    return shown
+
+
 def documented_kinds() -> dict[str, str]:
     """Every kind `make_event` accepts -> its one-line meaning, each condition followed by its
     `<kind>_cleared` (the contract's EVENT_KINDS)."""
@@ -558,6 +613,7 @@ def make_event(
     decision has none, so a forwarder that files one alert per code files no second one. An event
     whose data names the latched alert it concerns (`alert_id`) carries it in the envelope too.
     An unknown kind raises KeyError: an event the centre has no documentation for is a bug.
+    A deviation carries its category as `deviation` in its fields (data.deviation on the wire).
     """
     data = dict(fields or {})
     if alert_id is None and isinstance(data.get("alert_id"), str):
@@ -565,6 +621,10 @@ def make_event(
     if _condition_cleared(kind) is not None:
         return EngineEvent(kind, Priority.INFO, None, data, alert_id)
     entry = spec(kind)
+    data = dict(fields or {})
+    deviation = deviation_of(kind, data)
+    if deviation is not None:
+        data["deviation"] = deviation.value
     return EngineEvent(
         kind,
         priority or entry.priority,
