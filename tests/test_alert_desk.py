@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from test_engine import Rig, morning_rig, utc
 
 from agent.engine.engine import EngineState
-from agent.engine.types import LinkUp
+from agent.engine.types import AcknowledgeAlert, EngineInputError, LinkUp, Tick
 from protocol.messages import LidChanged
 
 CHATTY = timedelta(minutes=15)  # EngineConfig.chatty_min_interval's default, docs/engine.md
@@ -62,3 +63,19 @@ def test_a_lid_still_open_is_raised_exactly_when_the_interval_ends() -> None:
     rig.run_for(timedelta(seconds=1))
     assert rig.kinds().count("lid_open") == 2
     assert rig.events("lid_open")[1].fields == {"held_back": True}
+
+
+def test_an_unknown_alert_id_is_refused_before_the_step_changes_anything() -> None:
+    """docs/engine.md: an unknown id raises EngineInputError, and a refused input changes
+    nothing, not even what the engine saw of the clock: a wall jump that came with it is still
+    reported by the next step."""
+    rig = morning_rig()
+    rig.install()
+    rig.run_for(timedelta(minutes=10))
+    before = rig.engine.state.to_json()
+    rig.clock.jump_wall(timedelta(hours=1))
+    with pytest.raises(EngineInputError):
+        rig.feed(AcknowledgeAlert("alert-000009", by="operator-12"))
+    assert rig.engine.state.to_json() == before
+    rig.feed(Tick())
+    assert [e.fields["delta_s"] for e in rig.events("clock_jumped")] == [3600.0]
