@@ -59,17 +59,21 @@ TARGETS: tuple[str, ...] = (
 NOT_E2E = "not e2e"
 
 # Every engine module is tested through these; a module's own tests/test_<name>.py goes first so
-# that `-x` stops early for most mutants. The simulation test is last: it is the slowest.
+# that `-x` stops early for most mutants. Entries may be globs (expanded in the copy, sorted), so
+# a new tests/test_engine_*.py joins without an edit here. The simulation test is last: it is the
+# slowest.
 ENGINE_TESTS: tuple[str, ...] = (
     "tests/test_engine.py",
-    "tests/test_engine_retain.py",
-    "tests/test_engine_empty_roll.py",
+    "tests/test_engine*.py",
     "tests/test_plan_mismatch.py",
     "tests/test_roll_check.py",
     "tests/test_lifecycle.py",
     "tests/test_pause.py",
+    "tests/test_pause_safety.py",
     "tests/test_alerts.py",
     "tests/test_schedule.py",
+    "tests/test_dispense_counter.py",
+    "tests/test_contract.py",  # the catalogue's kinds, priorities and codes are in the contract
     "tests/test_simulation.py",
 )
 
@@ -448,13 +452,26 @@ def enumerate_mutants(path: str, source: str) -> list[Mutant]:
 def selection_for(path: str, root: Path) -> Selection | None:
     for pattern, selection in SELECTIONS:
         if fnmatchcase(path, pattern):
-            if not selection.own_test_first:
-                return selection
-            own = f"tests/test_{Path(path).stem}.py"
-            first = (own,) if (root / own).is_file() else ()
-            tests = first + tuple(t for t in selection.tests if t != own)
+            tests = expand_tests(selection.tests, root)
+            if selection.own_test_first:
+                own = f"tests/test_{Path(path).stem}.py"
+                first = (own,) if (root / own).is_file() else ()
+                tests = first + tuple(t for t in tests if t != own)
             return Selection(tests, selection.markers, selection.sim)
     return None
+
+
+def expand_tests(tests: Sequence[str], root: Path) -> tuple[str, ...]:
+    """Globs among the tests become the files they match under `root` (sorted), each file once,
+    in the order of first mention; node ids (`file::test`) and plain paths stay as they are."""
+    found: list[str] = []
+    for test in tests:
+        if "::" not in test and any(ch in test for ch in "*?["):
+            matches = sorted(glob.glob(test, root_dir=root))
+        else:
+            matches = [test]
+        found.extend(m for m in matches if m not in found)
+    return tuple(found)
 
 
 def expand_targets(patterns: Iterable[str], root: Path) -> list[str]:

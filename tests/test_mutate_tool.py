@@ -159,6 +159,38 @@ def test_engine_modules_get_their_own_tests_first_and_the_simulation() -> None:
     assert mutate.selection_for("agent/nowhere.py", root) is None
 
 
+def test_engine_selection_takes_every_engine_test_file_once_and_the_simulation_last() -> None:
+    root = SCRIPT.parent.parent
+    for module in ("agent/engine/pause.py", "agent/engine/alert_desk.py"):
+        selection = mutate.selection_for(module, root)
+        assert selection is not None
+        tests = selection.tests
+        assert len(tests) == len(set(tests))
+        assert tests[-1] == "tests/test_simulation.py"
+        engine_files = {p.relative_to(root).as_posix() for p in root.glob("tests/test_engine*.py")}
+        assert "tests/test_engine.py" in engine_files
+        assert engine_files <= set(tests)
+        for named in ("tests/test_plan_mismatch.py", "tests/test_pause_safety.py"):
+            assert named in tests
+        assert all((root / t).is_file() for t in tests)
+
+
+def test_globs_in_a_selection_expand_in_the_copy_and_node_ids_stay(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    for name in ("test_b.py", "test_a.py", "test_c.py"):
+        (tmp_path / "tests" / name).write_text("", encoding="utf-8")
+    tests = mutate.expand_tests(
+        ("tests/test_c.py", "tests/test_*.py", "tests/test_x.py::test_y", "tests/none_*.py"),
+        tmp_path,
+    )
+    assert tests == (
+        "tests/test_c.py",
+        "tests/test_a.py",
+        "tests/test_b.py",
+        "tests/test_x.py::test_y",
+    )
+
+
 # --- real runs on a toy repository ---------------------------------------------------------
 
 GUARD = """\

@@ -1,0 +1,42 @@
+"""The engine's outbound bookkeeping: its position in the unit's dispense-id counter and the
+settled dispense ids it still recognises.
+
+SPEC 2 / 4.4: `dispense_id` is a u32 (0..0xFFFF_FFFF) and never given twice in the life of the
+unit, so ids are taken one after another and the counter refuses to wrap. docs/engine.md,
+"Phantom dose events": the 16 most recently settled slots' ids are still known (a late
+DoseTaken of one is not a phantom); older ones are forgotten, oldest first.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.engine.outbound import Outbound
+
+U32_LAST = 4_294_967_295  # 2**32 - 1, the largest u32 (SPEC: dispense_id u32)
+
+
+def test_dispense_ids_are_taken_one_after_another() -> None:
+    out = Outbound(starts=1, next_dispense_id=41)
+    assert [out.take_dispense_id() for _ in range(3)] == [41, 42, 43]
+    assert out.next_dispense_id == 44
+
+
+def test_the_last_u32_id_is_used_and_then_the_counter_refuses_to_wrap() -> None:
+    out = Outbound(starts=1, next_dispense_id=U32_LAST - 1)
+    assert out.take_dispense_id() == U32_LAST - 1
+    assert out.take_dispense_id() == U32_LAST
+    with pytest.raises(RuntimeError, match="exhausted"):
+        out.take_dispense_id()
+    assert out.next_dispense_id == U32_LAST + 1  # no id was handed out by the refusal
+
+
+def test_the_sixteen_most_recently_settled_ids_are_remembered() -> None:
+    out = Outbound(starts=1, next_dispense_id=1)
+    for n in range(1, 17):
+        out.remember_settled(n, f"slot-{n}")
+    assert list(out.recent) == list(range(1, 17))
+    out.remember_settled(17, "slot-17")  # the 17th pushes out the oldest
+    assert list(out.recent) == list(range(2, 18))
+    assert out.recent[17] == "slot-17"
+    assert 1 not in out.recent
