@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from test_engine import morning_rig, utc
 
-from agent.engine.types import EngineEvent, Outcome
+from agent.engine.types import EngineEvent, LinkDown, LinkUp, Outcome
 from protocol.messages import ButtonId, ButtonPressed, FaultChanged, FaultCode, RollRemoved
 
 D1_0800 = utc(2026, 3, 2, 7, 0)
@@ -103,3 +103,20 @@ def test_a_dose_asked_for_early_while_empty_is_high_from_its_time_not_before() -
         ("low", None, "roll_empty"),
         ("high", "3.7", "roll_empty"),
     ]
+
+
+def test_a_link_that_comes_and_goes_while_the_dispenser_is_empty_is_one_alarm() -> None:
+    rig = morning_rig()
+    rig.dispenser.next_index = 7
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=1))
+    for _ in range(3):
+        rig.feed(LinkDown("flaky"))
+        rig.run_for(timedelta(minutes=1))
+        rig.feed(LinkUp(rig.caps))
+    events = rig.events("dose_held")
+    assert [e.priority.value for e in events] == ["high"] + ["low"] * 6
+    assert {e.fields["reason"] for e in events[1:]} == {"no_link", "roll_empty"}
+    assert all(e.fields["dispenser_empty"] is True for e in events)
+    rig.run_until(D1_0800 + timedelta(minutes=61))
+    assert rig.events("slot_outcome")[0].vkp_code == "3.7"

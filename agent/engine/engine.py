@@ -1630,7 +1630,7 @@ class DoseEngine:
             outcome, text = lifecycle.unsent_outcome(reason)
             # not given because the dispenser was empty: as the hold said (VKP 3.7)
             empty = reason in (roll_check.ROLL_EMPTY, "no_roll") or (
-                run.held_empty and reason == run.held_reason
+                run.held_empty and self._dispenser_empty()
             )
             vkp = catalogue.EMPTY_VKP if empty else None
             self._settle(run, outcome, text, now, actions, vkp=vkp)
@@ -1779,19 +1779,23 @@ class DoseEngine:
             # from the dose's time on (VKP 3.7: not handed over *at the planned time*); a dose
             # asked for early by TAKE is held LOW until then: a nurse may still come in time
             empty = self._dispenser_empty() and now.utc >= run.due_utc
-            if run.held_reason == reason and run.held_empty == empty:
+            if run.held_reason == reason and (run.held_empty or not empty):
                 return
             if reason == "awaiting_status":
                 return  # transient: a Status is on its way
-            self._slotbook.replace_run(replace(run, held_reason=reason, held_empty=empty))
+            self._slotbook.replace_run(
+                replace(run, held_reason=reason, held_empty=run.held_empty or empty)
+            )
             event: dict[str, object] = {"slot_id": slot_id, "reason": reason, **(fields or {})}
-            if not empty:
+            if empty:
+                event["dispenser_empty"] = True
+            if not empty or run.held_empty:
+                # said HIGH once for this slot: a later reason (a link drop ...) is no new alarm
                 self._emit(actions, "dose_held", event)
                 return
             # The dose cannot be given at its time because the dispenser is empty: a nurse must
             # bring a roll now, not when the slot ends an hour later (VKP 3.7). HIGH whatever
             # the first reason in the blocker's order: no roll can give it either way.
-            event["dispenser_empty"] = True
             actions.append(
                 Emit(
                     catalogue.make_event(

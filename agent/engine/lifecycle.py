@@ -85,7 +85,7 @@ class SlotRun:
     sachet_index: int | None = None
     roll_id: str | None = None
     held_reason: str | None = None  # why it could not be dispensed (last seen)
-    held_empty: bool = False  # ... and the dispenser was empty then (reported HIGH, VKP 3.7)
+    held_empty: bool = False  # held while the dispenser was empty: said HIGH once (VKP 3.7)
     confirmed_mono: float | None = None  # dispenser accepted the Dispense (OK / ALREADY_DONE)
     presented_mono: float | None = None
     presented_at: datetime | None = None
