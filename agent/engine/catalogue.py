@@ -76,7 +76,8 @@ _ENGINE_SPECS = (
         "stuck_dispense_id, stuck_reason; see dose_stuck_in_tray). High with VKP 3.7 "
         "(data.dispenser_empty) when the dispenser is empty at the dose time (no roll, or no "
         "sachet left on it): a nurse brings a roll; the dose is still given if it comes before "
-        "the slot ends.",
+        "the slot ends. High once per slot; a later reason while still empty is low with "
+        "data.dispenser_empty.",
     ),
     AlertSpec(
         "dose_retained",
