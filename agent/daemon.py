@@ -41,11 +41,11 @@ import time
 import typing
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from agent import __version__, local_control
-from agent.clock import Clock, Now, SystemClock, TimeTrust
+from agent.clock import DEFAULT_ZONE, Clock, Now, SystemClock, TimeTrust
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.commands import RequestStatusResult
@@ -59,6 +59,7 @@ from agent.contract.state import (
     Heartbeat,
 )
 from agent.contract.topics import UnitTopics
+from agent.deviation_summary import summary_from_store
 from agent.engine import roll_check
 from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine
@@ -90,6 +91,7 @@ from agent.sdnotify import SystemdNotifier
 from agent.store.db import Store
 from agent.store.errors import StoreError
 from agent.store.outbox import OutboxEvent
+from agent.summary_schedule import Period, due_periods, next_run_utc, summary_event_data
 from drivers import session as dsession
 from drivers.transport import Transport
 from protocol.messages import (
@@ -110,6 +112,8 @@ log = logging.getLogger(__name__)
 ENGINE_STATE_KEY = "engine_state"
 # A stored state that could not be read is kept here for a person to look at (a reset wipes it).
 UNREADABLE_STATE_KEY = "engine_state_unreadable"
+SUMMARY_DAY_KEY = "summary_last_day"  # the last local day with a daily summary recorded
+SUMMARY_RECHECK_S = 900.0  # summaries: look at the clock again at least this often
 MAX_TIMER_SLEEP_S = 60.0  # re-read the clock at least this often (wall-clock jumps, NTP sync)
 EXIT_STATE_FAULT = 70
 # Fail-safe bounds: how long a fault waits for a dispenser link to lock the dispenser on (from the
@@ -225,6 +229,7 @@ class Daemon:
                         (self._engine_timer(), "engine-timer"),
                         (self.commands.run(), "centre-commands"),
                         (self._periodic_state(), "heartbeat-and-health"),
+                        (self._summaries(), "adherence-summaries"),
                         (
                             local_control.serve(
                                 local_control.socket_path(self.config.state_dir),
@@ -791,6 +796,45 @@ class Daemon:
             if beats % health_every == 0:
                 await self._publish_health()
 
+    async def _summaries(self) -> None:
+        """The daily and monthly adherence-and-deviation summaries, as events (so they are
+        stored and delivered like every other event; agent.summary_schedule says when)."""
+        while True:
+            now = self.clock.now()
+            self._record_owed_summaries(now)
+            wait_s = (next_run_utc(now.utc, self._summary_zone()) - now.utc).total_seconds()
+            # capped: a wall clock that jumps or becomes trusted is noticed within the cap
+            await asyncio.sleep(min(max(wait_s, 1.0), SUMMARY_RECHECK_S) / self.time_rate)
+
+    def _summary_zone(self) -> str:
+        schedule = self.engine.state.schedule
+        return schedule.zone if schedule is not None else DEFAULT_ZONE
+
+    def _summaries_owed_now(self) -> list[Period]:
+        """None while the clock is untrusted (a local day is then a guess) or nobody is bound."""
+        now = self.clock.now()
+        if now.trust is TimeTrust.UNTRUSTED or self.engine.state.binding is None:
+            return []
+        last = _date_or_none(self.store.get_kv(SUMMARY_DAY_KEY))
+        owed = due_periods(now.utc, self._summary_zone(), last)
+        if owed.days_skipped:
+            log.warning("%d days too far back get no daily summary", owed.days_skipped)
+        return list(owed.periods)
+
+    def _record_owed_summaries(self, now: Now) -> None:
+        for period in self._summaries_owed_now():
+            summary = summary_from_store(self.store, period.start_utc, period.end_utc, now.utc)
+            data = summary_event_data(period, summary.as_dict())
+            done = functools.partial(
+                self.store.set_kv, SUMMARY_DAY_KEY, period.last_day.isoformat()
+            )
+            self.apply(
+                [Emit(make_event("adherence_summary", data))],
+                now,
+                within=done,
+                cause=f"the {period.kind} summary {period.label}",
+            )
+
     async def _watchdog(self) -> None:
         """Feed systemd's watchdog only while the engine timer and the store are healthy."""
         interval = self.notifier.watchdog_interval_s()
@@ -852,6 +896,17 @@ def _describe_input(inp: EngineInput) -> str:
     if isinstance(inp, FromDispenser):
         return f"the dispenser's {type(inp.message).__name__}"
     return f"the engine step for {type(inp).__name__}"
+
+
+def _date_or_none(text: str | None) -> date | None:
+    """A stored day; a value that is no date counts as none (only yesterday is then owed)."""
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        log.warning("stored summary day %r is no date: summarising from yesterday", text)
+        return None
 
 
 def _iso_z(moment: datetime) -> str:

@@ -12,8 +12,8 @@ from the audit log, which keeps every event for the life of the patient's servic
 keeps only the newest delivered ones). A dose counts in the period its slot was due in; a
 deviation in the period it happened in; its outcome is looked up in every event up to `now`.
 
-Not wired yet: the daemon has to publish it (daily and monthly at local midnight, and on a
-command) on a topic of the contract; see `Summary.as_dict` for the payload.
+The daemon records one as an `adherence_summary` event each morning for the day before, and each
+month for the month before (agent/summary_schedule.py says when); `Summary.as_dict` is its data.
 """
 
 from __future__ import annotations

@@ -87,7 +87,12 @@ def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
     conditions = [s.kind for s in catalogue.CATALOGUE.values() if s.condition]
     assert conditions
     assert all(f"{k}_cleared" in EVENT_KINDS for k in conditions)
-    assert {"agent_started", "command_rejected", "dispenser_clock_invalid"} == catalogue.SHELL_KINDS
+    assert {
+        "agent_started",
+        "command_rejected",
+        "dispenser_clock_invalid",
+        "adherence_summary",
+    } == catalogue.SHELL_KINDS
     assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 
 

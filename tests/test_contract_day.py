@@ -213,8 +213,11 @@ def check_the_story(lines: list[Line]) -> None:
     kinds = [events[seq]["kind"] for seq in sorted(events)]
     for kind in ("wrong_roll", "alert_acknowledged", "wrong_roll_cleared", "roll_inserted",
                  "dose_presented", "pause_started", "pause_ended", "alert_silenced",
-                 "command_rejected", "agent_started"):  # fmt: skip
+                 "command_rejected", "agent_started", "adherence_summary"):  # fmt: skip
         assert kind in kinds, kind
+    # the day before is summarised once: on the first start, not again after the power cut
+    summaries = [e["data"] for e in events.values() if e["kind"] == "adherence_summary"]
+    assert [(s["period"], s["label"]) for s in summaries] == [("day", "2026-11-22")]
     outcomes = [e["data"]["outcome"] for e in events.values() if e["kind"] == "slot_outcome"]
     assert outcomes == ["taken", "missed"]
     availability = [(x.payload["state"], x.payload["session"], x.payload["reason"])

@@ -524,6 +524,17 @@ _SHELL_SPECS = (
         "command_id could be read. Code malformed_json (not UTF-8 JSON: no id to answer) only "
         "ever appears here.",
     ),
+    AlertSpec(
+        "adherence_summary",
+        _P.INFO,
+        None,
+        "The adherence-and-deviation summary of a local day (data.period day, data.label "
+        "YYYY-MM-DD; made at 04:00 local the next morning) or month (period month, label "
+        "YYYY-MM; after the last day's): doses planned, given, taken, late, missed, refused, "
+        "adherence, deviations by category and the deviations themselves (at most 200 listed; "
+        "data.deviations_not_listed counts the rest). Days missed while the unit was off are "
+        "made up, at most 31 days back.",
+    ),
 )
 SHELL_KINDS = frozenset(s.kind for s in _SHELL_SPECS)
 
