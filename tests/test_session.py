@@ -379,12 +379,10 @@ def test_command_never_acknowledged_fails_with_link_send_failed_timeout(tmp_path
         async with rig(tmp_path) as r:
             await r.changes.until(lambda: r.session.connected)
             r.peer.deaf = True
-            started = time.monotonic()
             with pytest.raises(LinkSendFailed) as failure:
                 await r.session.request(Dispense(0, 9, 2))
             assert failure.value.reason == "timeout"
-            # 1 send + 3 retransmits at 50 ms each: well before the 2 s request timeout.
-            assert time.monotonic() - started < 1.5
+            # the link gave up (LinkSendFailed), not the 2 s request timeout (RequestTimeout)
             stats = r.session.stats
             assert stats.send_failures == 1
             assert stats.link is not None
