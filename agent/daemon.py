@@ -22,9 +22,13 @@ Ordering rules that keep the promises of the product:
      link up and withholds the ACK, so the dispenser still holds the event;
   3. `SetLock(locked=True)` and `SetAlert(FAULT)` go to the dispenser on the live link, or on the
      next one if it is down (waiting at most `failsafe_link_wait_s`), each request bounded;
-  4. at the same time, if MQTT is up, the retained availability goes "offline" naming the fault
-     (published directly: the store, and so the outbox, cannot be trusted);
+  4. at the same time the retained availability goes "offline" naming the fault (published
+     directly: the store, and so the outbox, cannot be trusted), on the live connection or on the
+     first one within the same bounded wait; a connection made meanwhile says the fault, never
+     "online";
   5. the outcome is logged at CRITICAL, and run() returns EXIT_STATE_FAULT.
+A store that cannot even be opened (agent/runtime.py) takes the same path from the start, with an
+in-memory stand-in for the fail-safe's bookkeeping; the file is left untouched.
 All long-running work is a named task in one TaskGroup; the engine timer sleeps until the engine's
 next deadline (event-driven, no polling).
 """
@@ -153,8 +157,12 @@ class Daemon:
         time_rate: float = 1.0,
         notifier: SystemdNotifier | None = None,
         failsafe_link_wait_s: float = FAILSAFE_LINK_WAIT_S,
+        startup_fault: str | None = None,
     ) -> None:
+        """`startup_fault`: the daemon cannot work (its store could not be opened; `store` is a
+        scratch stand-in): it only fails safe and returns EXIT_STATE_FAULT."""
         self.config = config
+        self._startup_fault = startup_fault
         self.clock = clock
         self.store = store
         self.topics = UnitTopics(config.unit_id)
@@ -218,6 +226,8 @@ class Daemon:
                 tasks.create_task(self._guarded(self.mqtt.run(), "mqtt-link"), name="mqtt-link")
                 tasks.create_task(self._watchdog(), name="systemd-watchdog")
                 try:
+                    if self._startup_fault is not None:
+                        raise self._state_fault(self._startup_fault)
                     self._record_startup()
                 except DaemonFaultError as fault:
                     self._tasks = tasks
@@ -506,24 +516,18 @@ class Daemon:
         """Best effort: the retained availability goes offline naming the fault.
 
         Published directly: an event would need the outbox (its seq and event id live in the
-        store that just failed), and a made-up seq would collide with the next real event."""
-        if not self.mqtt.connected:
+        store that just failed), and a made-up seq would collide with the next real event. A
+        fault while starting up waits (bounded) for the first connection."""
+        try:
+            await self.mqtt.wait_connected(timeout=self.failsafe_link_wait_s)
+        except TimeoutError:
             log.error("fail-safe: MQTT link down, the response centre is not told")
             return False
-        offline = Availability(
-            state="offline",
-            session=self.mqtt_session,
-            at=self.clock.now().utc,
-            reason=STATE_FAULT,
-            detail=f"dispenser locked, agent restarting: {reason}"[:200],
-        )
+        offline = self._availability_message("offline", STATE_FAULT, self._fault_detail())
         try:
             async with asyncio.timeout(FAILSAFE_PUBLISH_TIMEOUT_S):
                 await self.mqtt.publish(
-                    self.topics.availability,
-                    offline.model_dump_json().encode(),
-                    qos=1,
-                    retain=True,
+                    offline.topic, offline.payload, qos=offline.qos, retain=offline.retain
                 )
         except Exception as exc:
             log.error("fail-safe: could not tell the response centre: %r", exc)
@@ -704,6 +708,10 @@ class Daemon:
         await self.publish_retained_state()
 
     async def publish_retained_state(self) -> None:
+        if self._fault is not None:  # a connection made while failing safe: no "online"
+            fault = self._farewell()
+            await self._publish_retained(fault.topic, fault.payload.decode())
+            return
         online = Availability(
             state="online", session=self.mqtt_session, at=self.clock.now().utc, reason=None
         )

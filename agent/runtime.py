@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
 from agent.daemon import Daemon
 from agent.mqtt.link import MqttSettings
 from agent.store.audit import Stamp
 from agent.store.db import Store
+from agent.store.errors import StoreError
 from drivers.serial_port import SerialTransport
+
+log = logging.getLogger(__name__)
 
 # When the outbox is full (a very long time offline), these go first, oldest first: they say
 # nothing about a dose. Dose outcomes and alarms are never dropped (agent/store/outbox.py).
@@ -44,7 +50,15 @@ def build_daemon(
         now = clock.now()
         return Stamp(now.utc.isoformat().replace("+00:00", "Z"), now.trust.value)
 
-    store = Store.open(config.db_path, stamp=stamp, droppable_kinds=DROPPABLE_WHEN_FULL)
+    startup_fault = None
+    try:
+        store = Store.open(config.db_path, stamp=stamp, droppable_kinds=DROPPABLE_WHEN_FULL)
+    except (StoreError, sqlite3.Error, OSError) as exc:
+        # Nothing can be recorded: the daemon starts only to fail safe (lock the dispenser, tell
+        # the centre) and exit. The file is left as it is, for the technician and for evidence.
+        startup_fault = f"the store cannot be opened: {exc}"
+        log.critical("%s", startup_fault)
+        store = Store.scratch(config.db_path, stamp=stamp)
     device, baudrate = config.dispenser.device, config.dispenser.baudrate
     return Daemon(
         config,
@@ -53,4 +67,5 @@ def build_daemon(
         transport_factory=lambda: SerialTransport(device, baudrate),
         mqtt_settings=mqtt_settings(config),
         time_rate=time_rate,
+        startup_fault=startup_fault,
     )

@@ -312,9 +312,13 @@ def test_store_fault_while_starting_up_still_locks_the_dispenser(
             snap = r.runner.snapshot()
             assert snap.locked is True
             assert snap.alert is AlertPattern.FAULT
+            # told although MQTT was not up yet when the fault struck (it waits, bounded)
+            told = await r.centre_told()
+            assert told["reason"] == "state_fault"
+            assert DISK_SAYS_NO in told["detail"]
 
         said = critical(caplog)
-        assert "fail-safe done: dispenser locked, FAULT alert on" in said
+        assert "fail-safe done: dispenser locked, FAULT alert on, response centre told" in said
         assert DISK_SAYS_NO in said
 
     asyncio.run(scenario())

@@ -145,15 +145,28 @@ class Store:
         conn = _connect(path, create)
         try:
             _check_integrity(conn, path)
-            if not create and schema.schema_version(conn) == 0:
-                # Checked before WAL is switched on: that alone would write to the file.
-                raise StoreError(f"{path} has no agent store schema (and create=False)")
+            # Checked before WAL is switched on: that alone would write to the file.
+            if schema.schema_version(conn) == 0:
+                if not create:
+                    raise StoreError(f"{path} has no agent store schema (and create=False)")
+                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    raise StoreError(f"{path} is a SQLite file but not an agent store")
             _configure(conn, path)
             _ensure_schema(conn, path, stamp())
         except BaseException:
             conn.close()
             raise
         return cls(conn, path, policy, stamp, new_event_id or Uuid7Factory())
+
+    @classmethod
+    def scratch(cls, stand_in_for: Path, *, stamp: Callable[[], Stamp] = system_stamp) -> Store:
+        """An empty store in memory, standing in for the one at `stand_in_for` that could not be
+        opened: it carries only the fail-safe's bookkeeping (nothing in it is kept)."""
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.execute("PRAGMA foreign_keys = ON")
+        _ensure_schema(conn, stand_in_for, stamp())
+        policy = OutboxPolicy(OUTBOX_LIMIT, DELIVERED_RETENTION, DEFAULT_DROPPABLE_KINDS)
+        return cls(conn, stand_in_for, policy, stamp, Uuid7Factory())
 
     @property
     def path(self) -> Path:
