@@ -18,6 +18,7 @@ EXPECTED = {
     "dose_taken_late": "dose_late",
     "plan_mismatch": "plan_mismatch",
     "dose_left_in_tray": "dose_left_in_tray",
+    "dose_stuck_in_tray": "dose_left_in_tray",
     "backlog_needs_nurse": "dispensing_stopped",
     "sachet_rejected": "roll_fault",
     "wrong_roll": "roll_fault",
@@ -76,6 +77,8 @@ def test_a_cleared_condition_and_an_informational_kind_carry_no_category() -> No
     assert "deviation" not in make_event("fault_jam_cleared").fields
     assert "deviation" not in make_event("roll_inserted").fields
     assert make_event("fault_jam").fields["deviation"] == "dispensing_stopped"
+    # a dose stuck in the tray after its slot is one for the municipality to record too
+    assert make_event("dose_stuck_in_tray").fields["deviation"] == "dose_left_in_tray"
 
 
 def test_every_category_is_documented_and_used_or_found_by_the_summary() -> None:

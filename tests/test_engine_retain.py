@@ -75,7 +75,12 @@ def test_the_centre_knows_which_dose_is_stuck_and_the_next_dose_says_why_it_wait
     stuck = rig.events("dose_stuck_in_tray")
     assert len(stuck) == 1
     assert (stuck[0].priority.value, stuck[0].vkp_code) == ("medium", "3.24")
-    assert stuck[0].fields == {"slot_id": SLOT_1, "dispense_id": dispense_id, "reason": "bin_full"}
+    assert stuck[0].fields == {
+        "slot_id": SLOT_1,
+        "dispense_id": dispense_id,
+        "reason": "bin_full",
+        "deviation": "dose_left_in_tray",
+    }
     rig.run_until(D2_0800 + timedelta(minutes=5))  # the bin is still full at the next dose
     assert held(rig, SLOT_2) == [
         {

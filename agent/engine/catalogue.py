@@ -151,6 +151,7 @@ _ENGINE_SPECS = (
         condition=True,
         cleared_meaning="The stuck dose is out of the tray: taken back into the bin, lifted out "
         "(dose_taken_late), or the tray was found empty.",
+        deviation=_D.DOSE_LEFT_IN_TRAY,
     ),
     AlertSpec(
         "backlog_needs_nurse",

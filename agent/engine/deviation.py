@@ -65,8 +65,8 @@ DEVIATIONS: dict[Deviation, DeviationInfo] = {
     ),
     Deviation.DOSE_LEFT_IN_TRAY: DeviationInfo(
         "Dose liggende igjen i dispenseren",
-        "A dose stays in the tray during a temporary stop (the dispenser cannot take it back): "
-        "a nurse removes it.",
+        "A dose stays in the tray that the dispenser cannot take back (during a temporary "
+        "stop, or after its slot ended with the bin full or retain refused): a nurse removes it.",
     ),
     Deviation.ROLL_FAULT: DeviationInfo(
         "Feil med multidoserull",
