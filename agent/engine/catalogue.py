@@ -77,7 +77,8 @@ _ENGINE_SPECS = (
         "(data.dispenser_empty) when the dispenser is empty at the dose time (no roll, or no "
         "sachet left on it): a nurse brings a roll; the dose is still given if it comes before "
         "the slot ends. High once per slot; a later reason while still empty is low with "
-        "data.dispenser_empty.",
+        "data.dispenser_empty. Reason dispense_ids_exhausted: the unit's dispense-id counter "
+        "is at its end (a damaged store): it dispenses nothing more; service the unit.",
     ),
     AlertSpec(
         "dose_retained",

@@ -131,6 +131,8 @@ BACKLOG_EXCEEDS_BIN = "backlog_exceeds_bin"
 # condition, and dose_held reason of the doses it blocks: a dose whose slot has ended is still in
 # the tray and the dispenser will not (or cannot) take it back into the bin (StuckDose)
 DOSE_STUCK_IN_TRAY = "dose_stuck_in_tray"
+# dose_held reason: every u32 dispense id is used (a damaged counter; no lifetime gets there)
+DISPENSE_IDS_EXHAUSTED = "dispense_ids_exhausted"
 # travel pre-dispense waits (does not give up) while one of these holds: it passes or the trip ends
 TRAVEL_WAITS_ON = frozenset(
     {
@@ -1676,6 +1678,8 @@ class DoseEngine:
             return "tray_occupied" if self._mirror.stuck is None else DOSE_STUCK_IN_TRAY
         if self._mirror.lock_actual and not self._mirror.locked_by_agent:
             return "locked"
+        if run.dispense_id is None and self._outbound.ids_exhausted():
+            return DISPENSE_IDS_EXHAUSTED
         if self._desk.sachet is None:
             return "no_sachet"
         if probe and self._desk.sachet.index != run.sachet_index:
@@ -1996,6 +2000,8 @@ class DoseEngine:
             # the one place a Discard is built: never for a sachet the schedule lacks without
             # a person's decision (hazard H6); _review_sachet holds it with a latched alert
             return
+        if self._outbound.ids_exhausted():
+            return  # a Discard needs an id too; the slot is held with DISPENSE_IDS_EXHAUSTED
         dispense_id = self._outbound.take_dispense_id()
         self._desk.discarding[dispense_id] = Discarding(
             sachet.index, sachet.intended_utc_s, reason, decision

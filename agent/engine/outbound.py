@@ -68,10 +68,15 @@ class Outbound:
         """A dose must go back from the tray into the bin (queued or on its way)."""
         return bool(self.retain_queue or self.retaining)
 
+    def ids_exhausted(self) -> bool:
+        """Every u32 dispense id is used (4e9 doses: not in a lifetime; a damaged counter can
+        get here): nothing more may be cut, the engine holds instead (DISPENSE_IDS_EXHAUSTED)."""
+        return self.next_dispense_id > U32_MAX
+
     def take_dispense_id(self) -> int:
         dispense_id = self.next_dispense_id
-        if dispense_id > U32_MAX:
-            raise RuntimeError("dispense ids exhausted (u32)")  # 4e9 doses: not in a lifetime
+        if dispense_id > U32_MAX:  # the engine asks ids_exhausted() first
+            raise RuntimeError("dispense ids exhausted (u32)")
         self.next_dispense_id += 1
         return dispense_id
 
