@@ -136,31 +136,42 @@ host_python="${PYTHON:-python3}"
 command -v "$host_python" >/dev/null || die "python3 is needed on this machine to run pip"
 scratch="$(mktemp -d)"
 mnt=""
-loop=""
+mounts=() # innermost first
+loops=()
 cleanup() {
-    if [ -n "$mnt" ]; then
-        umount "$mnt/boot/firmware" 2>/dev/null || true
-        umount "$mnt" 2>/dev/null || true
-        rmdir "$mnt" 2>/dev/null || true
-    fi
-    if [ -n "$loop" ]; then losetup -d "$loop" 2>/dev/null || true; fi
+    local m l
+    for m in "${mounts[@]}"; do umount "$m" || warn "could not unmount $m"; done
+    for l in "${loops[@]}"; do losetup -d "$l" || warn "could not detach $l"; done
+    if [ -n "$mnt" ]; then rmdir "$mnt" 2>/dev/null || true; fi
     rm -rf "$scratch"
 }
 trap cleanup EXIT
 
 # --- 3. the target root ------------------------------------------------------------------------
 if [ -n "$image" ]; then
-    # A Raspberry Pi OS image: partition 1 is the boot FAT, partition 2 the ext4 root.
+    # A Raspberry Pi OS image: partition 1 is the boot FAT, partition 2 the ext4 root. Each is
+    # attached at its offset (partx reads the table), so no udev is needed for partition nodes.
     [ -f "$image" ] || die "image '$image' is not a file"
     [ "$(id -u)" -eq 0 ] || die "--image needs root (loop devices and mounts); or mount it and use --root"
-    loop="$(losetup --find --show --partscan "$image")" || die "cannot attach '$image' to a loop device"
+    for tool in partx losetup mount; do
+        command -v "$tool" >/dev/null || die "--image needs $tool (util-linux)"
+    done
+    mount_partition() { # number, mount point, options
+        local start sectors dev
+        read -r start sectors < <(partx --raw --noheadings --nr "$1" -o START,SECTORS "$image" 2>/dev/null) ||
+            die "image: no partition $1 in '$image' (not a Raspberry Pi OS image?)"
+        dev="$(losetup --find --show --offset $((start * 512)) --sizelimit $((sectors * 512)) "$image")" ||
+            die "image: cannot attach partition $1 to a loop device"
+        loops+=("$dev")
+        mount -o "$3" "$dev" "$2" || die "image: cannot mount partition $1 on ${2#"$mnt"}"
+        mounts=("$2" "${mounts[@]}")
+    }
     mnt="$(mktemp -d)"
-    ro=""
-    [ "$dry_run" -eq 1 ] && ro="-o ro"
-    # shellcheck disable=SC2086 # $ro is empty or one option pair
-    mount $ro "${loop}p2" "$mnt" || die "cannot mount ${loop}p2 (the root partition)"
-    # shellcheck disable=SC2086
-    mount $ro "${loop}p1" "$mnt/boot/firmware" || die "cannot mount ${loop}p1 on /boot/firmware"
+    opts=rw
+    [ "$dry_run" -eq 0 ] || opts=ro
+    mount_partition 2 "$mnt" "$opts"
+    [ -d "$mnt/boot/firmware" ] || die "image: the root partition has no /boot/firmware (not bookworm?)"
+    mount_partition 1 "$mnt/boot/firmware" "$opts"
     root="$mnt"
 fi
 [ -d "$root" ] || die "root '$root' is not a directory"

@@ -522,3 +522,94 @@ def test_a_new_wheelhouse_replaces_the_install(root: Path, bundle: Path, tmp_pat
     assert (site / "agent/cli2.py").is_file()
     assert not (site / "tinydep.py").exists()
     assert not (root / "opt/dispenser-agent/site.old").exists()
+
+
+# --- --image: a real disk image, loop-mounted (root only, as flashing an image is) ---------------
+
+IMAGE_TOOLS = ("mkfs.ext4", "losetup", "partx", "mount", "umount")
+MIB = 1024 * 1024
+
+
+def _mbr_image(path: Path, partitions: list[Path]) -> list[int]:
+    """A disk image with an MBR: each file system image a primary partition, from 1 MiB on;
+    returns their byte offsets."""
+    offsets, table, at = [], b"", MIB
+    for fs in partitions:
+        size = fs.stat().st_size
+        table += bytes([0, 0, 0, 0, 0x83, 0, 0, 0])
+        table += (at // 512).to_bytes(4, "little") + (size // 512).to_bytes(4, "little")
+        offsets.append(at)
+        at += size
+    with path.open("wb") as image:
+        image.write(bytes(446) + table.ljust(64, b"\0") + b"\x55\xaa")
+        for fs, offset in zip(partitions, offsets, strict=True):
+            image.seek(offset)
+            image.write(fs.read_bytes())
+    return offsets
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(
+    not AS_ROOT or any(shutil.which(t) is None for t in IMAGE_TOOLS),
+    reason="flashing an image needs root, loop devices and e2fsprogs",
+)
+def test_an_image_is_flashed_through_loop_mounts(
+    tmp_path: Path, root: Path, bundle: Path, wheelhouse: Path
+) -> None:
+    boot = tmp_path / "boot-content"
+    (root / "boot/firmware").rename(boot)
+    (root / "boot/firmware").mkdir()
+    filesystems = []
+    for name, content, size in (("boot", boot, 8), ("root", root, 24)):
+        fs = tmp_path / f"{name}.ext4"
+        with fs.open("wb") as f:
+            f.truncate(size * MIB)
+        _run("mkfs.ext4", "-q", "-d", str(content), str(fs))
+        filesystems.append(fs)
+    image = tmp_path / "unit.img"
+    offsets = _mbr_image(image, filesystems)
+    try:
+        _run("losetup", "--find")
+    except subprocess.CalledProcessError:
+        pytest.skip("no loop device can be attached here")
+
+    dry = subprocess.run(
+        ["bash", str(FLASH), "--image", str(image), "--bundle", str(bundle),
+         "--wheelhouse", str(wheelhouse), "--dry-run"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "would write /boot/firmware/config.txt" in dry.stdout
+    done = subprocess.run(
+        ["bash", str(FLASH), "--image", str(image), "--bundle", str(bundle),
+         "--wheelhouse", str(wheelhouse)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _run("losetup", "--associated", str(image)) == ""  # detached again
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    loops = [_run("losetup", "--find", "--show", "--offset", str(o), str(image)) for o in offsets]
+    try:
+        _run("mount", "-o", "ro", loops[1], str(mnt))
+        try:
+            assert (mnt / "etc/dispenser-agent/tls/unit.key").stat().st_mode & 0o777 == 0o600
+            assert (mnt / "opt/dispenser-agent/site/agent/cli.py").is_file()
+            assert entry(mnt / "etc/passwd", "dispenser")[6] == "/usr/sbin/nologin"
+        finally:
+            _run("umount", str(mnt))
+        _run("mount", "-o", "ro", loops[0], str(mnt))
+        try:
+            assert (mnt / "config.txt").read_text().endswith("dtparam=watchdog=on\n")
+        finally:
+            _run("umount", str(mnt))
+    finally:
+        for loop in loops:
+            _run("losetup", "-d", loop)
