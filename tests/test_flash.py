@@ -613,3 +613,21 @@ def test_an_image_is_flashed_through_loop_mounts(
     finally:
         for loop in loops:
             _run("losetup", "-d", loop)
+
+
+def test_the_written_config_is_one_the_agent_accepts(
+    root: Path, bundle: Path, wheelhouse: Path
+) -> None:
+    from agent.config import AgentConfig, MqttBroker
+
+    assert flash(root, bundle, wheelhouse).returncode == 0
+    raw = json.loads((root / "etc/dispenser-agent/config.json").read_text())
+    tls_identity = ("ca_file", "client_cert", "client_key")
+    if not set(tls_identity) <= set(MqttBroker.model_fields):
+        # The agent does not read a TLS identity yet (it is being added): all the rest must
+        # already be valid as it stands.
+        for key in tls_identity:
+            del raw["mqtt"][key]
+    config = AgentConfig.model_validate(raw)
+    assert config.unit_id == "oslo-unit-0042"
+    assert config.mqtt.tls is True
