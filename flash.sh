@@ -133,7 +133,8 @@ fi
 compgen -G "$wheelhouse/dispenser_agent-*.whl" >/dev/null ||
     die "wheelhouse: no dispenser_agent-*.whl in '$wheelhouse' (see scripts/build-wheelhouse.sh)"
 host_python="${PYTHON:-python3}"
-command -v "$host_python" >/dev/null || die "python3 is needed on this machine to run pip"
+"$host_python" -m pip --version >/dev/null 2>&1 ||
+    die "'$host_python -m pip' does not run: Python 3 with pip is needed on this machine (or set PYTHON=...)"
 scratch="$(mktemp -d)"
 mnt=""
 mounts=() # innermost first
@@ -315,6 +316,7 @@ if [ -z "$uid" ]; then
     printf '%s:x:%s:%s:Medication dispenser agent:/nonexistent:/usr/sbin/nologin\n' \
         "$SERVICE_USER" "$uid" "$gid" >>"$scratch/passwd"
     if [ "$have_shadow" -eq 1 ]; then printf '%s:!:::::::\n' "$SERVICE_USER" >>"$scratch/shadow"; fi
+    printf 'service user %s: new, uid %s, group %s\n' "$SERVICE_USER" "$uid" "$gid"
 fi
 gid="$(awk -F: -v n="$SERVICE_USER" '$1 == n { print $4; exit }' "$scratch/passwd")"
 for g in "${SERVICE_GROUPS[@]}"; do
