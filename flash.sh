@@ -133,7 +133,7 @@ fi
 compgen -G "$wheelhouse/dispenser_agent-*.whl" >/dev/null ||
     die "wheelhouse: no dispenser_agent-*.whl in '$wheelhouse' (see scripts/build-wheelhouse.sh)"
 host_python="${PYTHON:-python3}"
-"$host_python" -m pip --version >/dev/null 2>&1 ||
+"$host_python" -c 'import pip' >/dev/null 2>&1 ||
     die "'$host_python -m pip' does not run: Python 3 with pip is needed on this machine (or set PYTHON=...)"
 scratch="$(mktemp -d)"
 mnt=""
@@ -204,20 +204,26 @@ elif [ -d /usr/share/zoneinfo ]; then
     [ -f "/usr/share/zoneinfo/$TIME_ZONE" ] || die "bundle: TIME_ZONE '$TIME_ZONE' is not a known zone"
 fi
 
-abi="cp${python_version/./}"
-platform_args=()
-for p in "${WHEEL_PLATFORMS[@]}"; do platform_args+=(--platform "$p"); done
-if ! "$host_python" -m pip install --quiet --disable-pip-version-check --no-index \
-    --find-links "$wheelhouse" --only-binary=:all: "${platform_args[@]}" \
-    --python-version "$python_version" --implementation cp --abi "$abi" \
-    --no-compile --target "$scratch/site" dispenser-agent >"$scratch/pip.log" 2>&1; then
-    cat "$scratch/pip.log" >&2
-    die "wheelhouse: pip cannot install dispenser-agent for aarch64 CPython $python_version from it (a wheel missing, or built for another platform?)"
-fi
-# Console scripts pip wrote there name this machine's python; the unit uses bin/dispenser-agent.
-rm -rf "$scratch/site/bin"
 # What is installed is named by the wheels' hashes: the same wheelhouse installs nothing again.
 wheel_stamp="$(cd "$wheelhouse" && sha256sum -- *.whl | LC_ALL=C sort -k2)"$'\n'"python $python_version"
+installed=0
+if [ -f "$root$APP_DIR/wheelhouse.sha256" ] && [ -d "$root$APP_DIR/site" ] &&
+    [ "$(cat "$root$APP_DIR/wheelhouse.sha256")" = "$wheel_stamp" ]; then
+    installed=1 # these very wheels installed there before
+else
+    abi="cp${python_version/./}"
+    platform_args=()
+    for p in "${WHEEL_PLATFORMS[@]}"; do platform_args+=(--platform "$p"); done
+    if ! "$host_python" -m pip install --quiet --disable-pip-version-check --no-index \
+        --find-links "$wheelhouse" --only-binary=:all: "${platform_args[@]}" \
+        --python-version "$python_version" --implementation cp --abi "$abi" \
+        --no-compile --target "$scratch/site" dispenser-agent >"$scratch/pip.log" 2>&1; then
+        cat "$scratch/pip.log" >&2
+        die "wheelhouse: pip cannot install dispenser-agent for aarch64 CPython $python_version from it (a wheel missing, or built for another platform?)"
+    fi
+    # Console scripts pip wrote there name this machine's python; the unit uses bin/dispenser-agent.
+    rm -rf "$scratch/site/bin"
+fi
 
 # --- helpers: each compares, then changes only what differs -------------------------------------
 changes=0
@@ -338,10 +344,7 @@ put_keep_meta "$scratch/passwd" /etc/passwd
 # --- 5. the agent and its dependencies ---------------------------------------------------------
 ensure_dir "$APP_DIR" 755 0 0
 ensure_dir "$APP_DIR/bin" 755 0 0
-if [ -f "$root$APP_DIR/wheelhouse.sha256" ] && [ -d "$root$APP_DIR/site" ] &&
-    [ "$(cat "$root$APP_DIR/wheelhouse.sha256")" = "$wheel_stamp" ]; then
-    : # this wheelhouse is what is installed
-else
+if [ "$installed" -eq 0 ]; then
     step "install $(compgen -G "$wheelhouse/*.whl" | wc -l) wheels from $wheelhouse into $APP_DIR/site (CPython $python_version, aarch64)"
     if [ "$dry_run" -eq 0 ]; then
         # Swapped in whole: an interrupted run leaves the old install or none, never half of one.
