@@ -234,6 +234,9 @@ step() { # the description of one change; in --dry-run, only that
 id_of() { # name, file (passwd or group): the numeric id, or nothing
     awk -F: -v n="$1" '$1 == n { print $3; exit }' "$2"
 }
+owner_text() { # uid, gid: as said in a step, when owners are set at all
+    if [ "$chown_files" -eq 1 ]; then printf ', owner %s:%s' "$1" "$2"; fi
+}
 meta_ok() { # path, mode, uid, gid
     [ "$(stat -c %a "$1")" = "${2#0}" ] || return 1
     [ "$chown_files" -eq 0 ] || [ "$(stat -c %u:%g "$1")" = "$3:$4" ]
@@ -247,7 +250,7 @@ put_file() { # source, path in the root, mode, uid, gid
     if [ -f "$dest" ] && [ ! -L "$dest" ] && cmp -s "$1" "$dest" && meta_ok "$dest" "$3" "$4" "$5"; then
         return 0
     fi
-    step "write $2 (mode $3, owner $4:$5)"
+    step "write $2 (mode $3$(owner_text "$4" "$5"))"
     [ "$dry_run" -eq 0 ] || return 0
     local tmp
     tmp="$(mktemp "$(dirname "$dest")/.flash.XXXXXX")"
@@ -271,9 +274,9 @@ ensure_dir() { # path, mode, uid, gid
     local dest="$root$1"
     if [ -d "$dest" ] && [ ! -L "$dest" ]; then
         meta_ok "$dest" "$2" "$3" "$4" && return 0
-        step "set $1 to mode $2, owner $3:$4"
+        step "set $1 to mode $2$(owner_text "$3" "$4")"
     else
-        step "create directory $1 (mode $2, owner $3:$4)"
+        step "create directory $1 (mode $2$(owner_text "$3" "$4"))"
     fi
     [ "$dry_run" -eq 0 ] || return 0
     mkdir -p "$dest"
