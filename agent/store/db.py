@@ -365,6 +365,11 @@ class Store:
             raise StoreUsageError(f"kv key {key!r} is managed by the store")
         kv.set_kv(self._writer(), key, value)
 
+    def delete_kv(self, key: str) -> None:
+        if key in _INTERNAL_KEYS:
+            raise StoreUsageError(f"kv key {key!r} is managed by the store")
+        self._writer().execute("DELETE FROM kv WHERE key = ?", (key,))
+
     def next_session_counter(self) -> int:
         """Increment and return the MQTT session number (1, 2, 3, ...), persisted."""
         return kv.take_counter(self._writer(), kv.SESSION_COUNTER, kv.I64_MAX)
