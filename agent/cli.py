@@ -4,7 +4,9 @@ dispenser-agent run --config FILE        the daemon (what systemd starts)
 dispenser-agent demo                      simulated dispenser + agent + local broker + live view
 dispenser-agent check-config FILE         validate a config file, print what it means
 dispenser-agent audit verify --config FILE | --db FILE
-dispenser-agent reset --config FILE       end of service: wipe every trace of the patient
+dispenser-agent audit export --config FILE --to DIR
+dispenser-agent reset --termination --config FILE --by ID --export-to DIR [--stop-daemon]
+                                          end of service: unbind, remove every trace of the patient
 dispenser-agent plan show --config FILE   on site: is a sachet held for a plan decision?
 dispenser-agent plan discard --config FILE --by ID --roll ROLL (--sachet N | --all-unplanned)
                                           on site: decide that unplanned sachets go to the bin
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.technician import cli as technician_cli
 
 log = logging.getLogger("dispenser-agent")
 LOCAL_COMMAND_LIFETIME = timedelta(minutes=10)
@@ -68,11 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--config", type=Path)
     where.add_argument("--db", type=Path)
 
-    reset = sub.add_parser("reset", help="end of service: wipe all patient data from the unit")
-    reset.add_argument("--config", type=Path, required=True)
-    reset.add_argument(
-        "--force", action="store_true", help="wipe even if events were not yet delivered"
-    )
+    technician_cli.add_reset(sub)
+    technician_cli.add_audit_export(audit_sub)
 
     plan = sub.add_parser(
         "plan", help="on site: decide a plan mismatch (a sachet the schedule lacks, VKP 3.22)"
@@ -116,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
                 config = load_config(args.config)
                 print(config.model_dump_json(indent=2))
                 return 0
+            case "audit" if args.audit_command == "export":
+                return technician_cli.run_audit_export(args)
             case "audit":
                 from agent.store.verify import audit_verify_main
 
                 db = args.db if args.db else load_config(args.config).db_path
                 return audit_verify_main(db)
             case "reset":
-                return _reset(load_config(args.config), force=args.force)
+                return technician_cli.run_reset(args)
             case "plan":
                 return _plan(args)
     except ConfigError as exc:
@@ -150,20 +152,6 @@ def _run(config: AgentConfig) -> int:
             daemon.store.close()
 
     return asyncio.run(serve())
-
-
-def _reset(config: AgentConfig, *, force: bool) -> int:
-    from agent.store.db import Store
-    from agent.store.errors import BacklogNotEmptyError
-
-    with Store.open(config.db_path) as store:
-        try:
-            store.wipe_for_new_patient(force=force)  # its own transaction, then VACUUM
-        except BacklogNotEmptyError as exc:
-            print(f"error: {exc} (deliver them first, or --force)", file=sys.stderr)
-            return 1
-    print(f"{config.db_path}: all patient data removed; the unit is ready for a new patient")
-    return 0
 
 
 def local_request(name: str, by: str, **fields: object) -> bytes:

@@ -120,14 +120,4 @@ def test_audit_verify_reports_intact_then_tampered(tmp_path: Path) -> None:
     assert unopenable.returncode == 2
 
 
-def test_reset_refuses_while_events_are_undelivered_then_wipes(tmp_path: Path) -> None:
-    config = _store_with_events(tmp_path, delivered=False)
-    refused = cli("reset", "--config", str(config))
-    assert refused.returncode == 1
-    assert "undelivered" in refused.stderr
-    forced = cli("reset", "--config", str(config), "--force")
-    assert forced.returncode == 0, forced.stderr
-    with Store.open(tmp_path / "state" / "agent.sqlite3") as store:
-        assert store.backlog().count == 0
-        assert [r.kind for r in store.audit_records()] == ["reset"]
-        assert store.verify_audit().ok
+# reset --termination: tests/test_technician_reset.py (on real parts)
