@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
     demo.add_argument("--no-color", action="store_true")
 
-    check = sub.add_parser("check-config", help="validate a config file")
+    check = sub.add_parser("check-config", help="validate a config file, say what it means")
     check.add_argument("config", type=Path)
+    check.add_argument("--json", action="store_true")
 
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 return run_demo(speed=args.speed, color=not args.no_color and sys.stdout.isatty())
             case "check-config":
-                config = load_config(args.config)
-                print(config.model_dump_json(indent=2))
-                return 0
+                return technician_cli.run_check_config(args)
             case "audit" if args.audit_command == "export":
                 return technician_cli.run_audit_export(args)
             case "audit":

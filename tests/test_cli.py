@@ -38,12 +38,17 @@ def good_config(tmp_path: Path) -> dict[str, object]:
     }
 
 
-def test_check_config_accepts_a_good_file_and_prints_it(tmp_path: Path) -> None:
-    result = cli("check-config", str(write(tmp_path / "c.json", good_config(tmp_path))))
+def test_check_config_accepts_a_good_file_and_says_what_it_means(tmp_path: Path) -> None:
+    path = str(write(tmp_path / "c.json", good_config(tmp_path)))
+    result = cli("check-config", path)
     assert result.returncode == 0, result.stderr
-    shown = json.loads(result.stdout)
-    assert shown["unit_id"] == "oslo-unit-0042"
-    assert shown["engine"]["grace_minutes"] == 60
+    assert "doses 08:00, 20:00 Europe/Oslo from 2026-11-23" in result.stdout
+    assert "missed after 60 min" in result.stdout
+    assert "config OK" in result.stdout
+    shown = json.loads(cli("check-config", path, "--json").stdout)
+    assert shown["ok"] is True
+    assert shown["config"]["unit_id"] == "oslo-unit-0042"
+    assert shown["config"]["engine"]["grace_minutes"] == 60
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from agent.config import ConfigError, load_config
-from agent.technician.report import EXIT_USAGE, Report
+from agent.technician.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Report
 
 COMMANDS = ("reset", "audit-export")
 
@@ -53,6 +53,14 @@ def add_audit_export(audit_sub: argparse._SubParsersAction[argparse.ArgumentPars
     export.add_argument("--to", type=Path, required=True, help="the folder to write into")
     export.add_argument("--key", type=Path, help="private key (PEM) to sign the manifest")
     export.add_argument("--json", action="store_true")
+
+
+def run_check_config(args: argparse.Namespace) -> int:
+    from agent.technician.check_config import check_config
+
+    report = check_config(args.config)  # ConfigError: printed by the caller, exit 2
+    report.print(sys.stdout, as_json=args.json)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def run_reset(args: argparse.Namespace) -> int:
@@ -112,4 +120,11 @@ def run_audit_export(args: argparse.Namespace) -> int:
     return 0 if exported.chain_ok else 1
 
 
-__all__ = ["ConfigError", "add_audit_export", "add_reset", "run_audit_export", "run_reset"]
+__all__ = [
+    "ConfigError",
+    "add_audit_export",
+    "add_reset",
+    "run_audit_export",
+    "run_check_config",
+    "run_reset",
+]
