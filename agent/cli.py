@@ -3,6 +3,9 @@
 dispenser-agent run --config FILE        the daemon (what systemd starts)
 dispenser-agent demo                      simulated dispenser + agent + local broker + live view
 dispenser-agent check-config FILE         validate a config file, print what it means
+dispenser-agent status --config FILE      what the unit does now (read-only, beside the daemon)
+dispenser-agent bind|rebind --config FILE --by ID [--patient REF] [--yes]
+dispenser-agent pause|resume --config FILE --by ID [...]   on site, through the running agent
 dispenser-agent audit verify --config FILE | --db FILE
 dispenser-agent audit export --config FILE --to DIR
 dispenser-agent reset --termination --config FILE --by ID --export-to DIR [--stop-daemon]
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config", type=Path)
     check.add_argument("--json", action="store_true")
 
+    technician_cli.add_status(sub)
+    technician_cli.add_binding_and_pause(sub)
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the audit hash chain")
@@ -122,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 db = args.db if args.db else load_config(args.config).db_path
                 return audit_verify_main(db)
+            case "status":
+                return technician_cli.run_status(args)
+            case "bind" | "rebind":
+                return technician_cli.run_bind(args)
+            case "pause" | "resume":
+                return technician_cli.run_pause(args)
             case "reset":
                 return technician_cli.run_reset(args)
             case "plan":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.config import ConfigError, load_config
@@ -53,6 +54,99 @@ def add_audit_export(audit_sub: argparse._SubParsersAction[argparse.ArgumentPars
     export.add_argument("--to", type=Path, required=True, help="the folder to write into")
     export.add_argument("--key", type=Path, help="private key (PEM) to sign the manifest")
     export.add_argument("--json", action="store_true")
+
+
+def add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser("status", help="what the unit is doing now (from its store)")
+    status.add_argument("--config", type=Path, required=True)
+    status.add_argument("--json", action="store_true")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from agent.technician.snapshot import SnapshotError
+    from agent.technician.status import unit_status
+
+    config = load_config(args.config)
+    try:
+        report = unit_status(config)
+    except SnapshotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report.print(sys.stdout, as_json=args.json)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def add_binding_and_pause(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, text in (
+        ("bind", "bind the unit to its patient (from the first roll, or --patient)"),
+        ("rebind", "correct the binding (a typo, or the mismatch that stopped the unit)"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", type=Path, required=True)
+        cmd.add_argument("--by", required=True, help="your technician id (never a name)")
+        cmd.add_argument("--patient", help="the pseudonymous patient reference (else: the roll's)")
+        cmd.add_argument("--yes", action="store_true", help="confirmed (no question asked)")
+        cmd.add_argument("--json", action="store_true")
+    pause = sub.add_parser("pause", help="on site: a temporary stop (same rules as the centre's)")
+    pause.add_argument("--config", type=Path, required=True)
+    pause.add_argument("--by", required=True, help="your technician id (never a name)")
+    pause.add_argument("--start", type=datetime.fromisoformat, help="ISO time; default now")
+    pause.add_argument("--end", type=datetime.fromisoformat, help="ISO time; default: open-ended")
+    pause.add_argument(
+        "--reason", choices=("hospital", "respite", "travel", "other"), default="other"
+    )
+    pause.add_argument("--pause-id", help="default: on-site-<time>")
+    pause.add_argument("--json", action="store_true")
+    resume = sub.add_parser("resume", help="on site: end the pause (same rules as the centre's)")
+    resume.add_argument("--config", type=Path, required=True)
+    resume.add_argument("--by", required=True, help="your technician id (never a name)")
+    resume.add_argument("--pause-id", help="default: whichever pause is active")
+    resume.add_argument("--json", action="store_true")
+
+
+def run_bind(args: argparse.Namespace) -> int:
+    from agent.technician.binding import bind
+
+    config = load_config(args.config)
+
+    def confirm(question: str) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            print(f"{question} Not confirmed: answer on a terminal, or pass --yes.")
+            return False
+        return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
+
+    report, code = bind(
+        config,
+        args.config,
+        rebind=args.command == "rebind",
+        by=args.by,
+        patient_ref=args.patient,
+        confirm=confirm,
+    )
+    report.print(sys.stdout, as_json=args.json)
+    return code
+
+
+def run_pause(args: argparse.Namespace) -> int:
+    from agent.cli import local_request
+    from agent.technician.onsite import default_pause_id, send
+
+    config = load_config(args.config)
+    if args.command == "pause":
+        start = args.start or datetime.now(UTC)
+        fields: dict[str, object] = {
+            "pause_id": args.pause_id or default_pause_id(),
+            "start": start.isoformat(),
+            "end": None if args.end is None else args.end.isoformat(),
+            "reason": args.reason,
+        }
+    else:
+        fields = {"pause_id": args.pause_id}
+    report, code = send(config, args.command, local_request(args.command, args.by, **fields))
+    report.print(sys.stdout, as_json=args.json)
+    return code
 
 
 def run_check_config(args: argparse.Namespace) -> int:
@@ -123,8 +217,13 @@ def run_audit_export(args: argparse.Namespace) -> int:
 __all__ = [
     "ConfigError",
     "add_audit_export",
+    "add_binding_and_pause",
     "add_reset",
+    "add_status",
     "run_audit_export",
+    "run_bind",
     "run_check_config",
+    "run_pause",
     "run_reset",
+    "run_status",
 ]

@@ -47,12 +47,22 @@ STOP_HINT = "stop it first (sudo systemctl stop dispenser-agent) or pass --stop-
 
 
 def strip_patient_from_config(path: Path) -> list[str]:
-    """Rewrite the config without `patient_ref` and `schedule` (atomically, same mode);
-    returns the fields removed."""
+    """Rewrite the config without `patient_ref` and `schedule`; returns the fields removed."""
     raw = json.loads(path.read_text(encoding="utf-8"))
     removed = [key for key in ("patient_ref", "schedule") if key in raw]
-    for key in removed:
-        del raw[key]
+    rewrite_config(path, **dict.fromkeys(removed))
+    return removed
+
+
+def rewrite_config(path: Path, **changes: object) -> None:
+    """Set (or, with None, remove) top-level fields of the config file: atomically (a temporary
+    file renamed over it), with the file's mode kept."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
     mode = path.stat().st_mode & 0o777
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".json")
     try:
@@ -66,7 +76,6 @@ def strip_patient_from_config(path: Path) -> list[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return removed
 
 
 def terminate(
