@@ -113,7 +113,9 @@ def run_bind(args: argparse.Namespace) -> int:
         if args.yes:
             return True
         if not sys.stdin.isatty():
-            print(f"{question} Not confirmed: answer on a terminal, or pass --yes.")
+            print(
+                f"{question} Not confirmed: answer on a terminal, or pass --yes.", file=sys.stderr
+            )
             return False
         return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
 

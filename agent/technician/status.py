@@ -55,7 +55,7 @@ def unit_status(config: AgentConfig) -> Report:
         state = status.roll_state or "unknown"
         report.add(
             "roll",
-            state == "ok",
+            state == "loaded",
             f"{status.roll_id}: {state}, {status.sachets_remaining} sachets left",
         )
     if status.next_slot is None:
