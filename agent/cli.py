@@ -3,6 +3,7 @@
 dispenser-agent run --config FILE        the daemon (what systemd starts)
 dispenser-agent demo                      simulated dispenser + agent + local broker + live view
 dispenser-agent check-config FILE         validate a config file, print what it means
+dispenser-agent check --config FILE       install check: dispenser, broker, time, store, disk ...
 dispenser-agent status --config FILE      what the unit does now (read-only, beside the daemon)
 dispenser-agent bind|rebind --config FILE --by ID [--patient REF] [--yes]
 dispenser-agent pause|resume --config FILE --by ID [...]   on site, through the running agent
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true")
 
     technician_cli.add_status(sub)
+    technician_cli.add_check(sub)
     technician_cli.add_binding_and_pause(sub)
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 return audit_verify_main(db)
             case "status":
                 return technician_cli.run_status(args)
+            case "check":
+                return technician_cli.run_check(args)
             case "bind" | "rebind":
                 return technician_cli.run_bind(args)
             case "pause" | "resume":

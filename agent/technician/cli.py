@@ -56,6 +56,22 @@ def add_audit_export(audit_sub: argparse._SubParsersAction[argparse.ArgumentPars
     export.add_argument("--json", action="store_true")
 
 
+def add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = sub.add_parser("check", help="install check: every part of the unit, PASS or FAIL")
+    check.add_argument("--config", type=Path, required=True)
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per link probed")
+    check.add_argument("--json", action="store_true")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from agent.technician.check import install_check
+
+    config = load_config(args.config)
+    report = install_check(config, args.config, timeout_s=args.timeout)
+    report.print(sys.stdout, as_json=args.json)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser("status", help="what the unit is doing now (from its store)")
     status.add_argument("--config", type=Path, required=True)
@@ -220,10 +236,12 @@ __all__ = [
     "ConfigError",
     "add_audit_export",
     "add_binding_and_pause",
+    "add_check",
     "add_reset",
     "add_status",
     "run_audit_export",
     "run_bind",
+    "run_check",
     "run_check_config",
     "run_pause",
     "run_reset",

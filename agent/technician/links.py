@@ -37,12 +37,12 @@ class Outcome:
     detail: str
 
 
-def _settings(config: AgentConfig, connect_timeout_s: float) -> MqttSettings:
+def _settings(config: AgentConfig, connect_timeout_s: float, suffix: str = "") -> MqttSettings:
     base = mqtt_settings(config)
     return MqttSettings(
         host=base.host,
         port=base.port,
-        client_id=base.client_id,
+        client_id=base.client_id + suffix,
         keepalive_s=base.keepalive_s,
         username=base.username,
         password=base.password,
@@ -59,8 +59,9 @@ def _broker_name(config: AgentConfig) -> str:
     return f"{scheme}://{config.mqtt.host}:{config.mqtt.port}"
 
 
-async def _probe_broker(config: AgentConfig, timeout_s: float) -> Outcome:
-    link = MqttLink(_settings(config, min(timeout_s, 10.0)), will_factory=None, subscriptions=[])
+async def _probe_broker(config: AgentConfig, timeout_s: float, suffix: str) -> Outcome:
+    settings = _settings(config, min(timeout_s, 10.0), suffix)
+    link = MqttLink(settings, will_factory=None, subscriptions=[])
     runner = asyncio.create_task(link.run(), name="probe-broker")
     try:
         await link.wait_connected(timeout_s)
@@ -68,18 +69,20 @@ async def _probe_broker(config: AgentConfig, timeout_s: float) -> Outcome:
         return Outcome(
             False,
             f"broker {_broker_name(config)} not reached within {timeout_s:g} s as "
-            f"dispenser-agent-{config.unit_id} (network, address, certificate or password)",
+            f"{settings.client_id} (network, address, certificate or password)",
         )
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-    return Outcome(True, f"connected to {_broker_name(config)} as dispenser-agent-{config.unit_id}")
+    return Outcome(True, f"connected to {_broker_name(config)} as {settings.client_id}")
 
 
-def probe_broker(config: AgentConfig, timeout_s: float = 10.0) -> Outcome:
+def probe_broker(config: AgentConfig, timeout_s: float = 10.0, client_suffix: str = "") -> Outcome:
+    """Connect with the unit's settings (user, password, TLS); `client_suffix` keeps a running
+    agent's session (same client id) from being taken over."""
     try:
-        return asyncio.run(_probe_broker(config, timeout_s))
+        return asyncio.run(_probe_broker(config, timeout_s, client_suffix))
     except OSError as exc:  # the password file
         return Outcome(False, f"broker settings unusable: {exc}")
 
