@@ -254,7 +254,7 @@ class Daemon:
         try:
             # held while the daemon runs: `reset --termination` and `bind` refuse beside it
             state_lock = StateLock.acquire(self.config.state_dir)
-        except StateLocked as exc:
+        except (StateLocked, OSError) as exc:  # held by a technician's tool, or not ours
             log.critical("not starting: %s", exc)
             return EXIT_STATE_LOCKED
         try:

@@ -44,3 +44,26 @@ def test_an_existing_store_left_0644_is_narrowed_at_open(tmp_path: Path) -> None
             store.append_event("agent_started", {"data": {}}, "2026-11-23T07:00:00Z", "ok")
         assert _mode(db) == 0o600
         assert _mode(db.with_name(db.name + "-wal")) == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a technician's tool run with sudo)")
+def test_files_a_tool_run_as_root_creates_belong_to_the_agents_user(tmp_path: Path) -> None:
+    from agent.technician.lock import StateLock
+    from agent.technician.reset import rewrite_config
+
+    agent_uid, agent_gid = 4242, 4343  # the agent's user, owner of its state folder
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, agent_uid, agent_gid)
+    Store.open(state / "agent.sqlite3").close()
+    StateLock.acquire(state).release()
+    for name in ("agent.sqlite3", "agent.lock"):
+        info = (state / name).stat()
+        assert (info.st_uid, info.st_gid) == (agent_uid, agent_gid), name
+    config = tmp_path / "config.json"
+    config.write_text('{"unit_id": "u-1", "patient_ref": "p-1"}')
+    os.chown(config, 0, agent_gid)
+    config.chmod(0o640)
+    rewrite_config(config, patient_ref=None)
+    info = config.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, agent_gid, 0o640)

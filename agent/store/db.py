@@ -61,6 +61,11 @@ def _private_files(path: Path, create: bool) -> None:
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, STORE_FILE_MODE)
         try:
             os.fchmod(fd, STORE_FILE_MODE)  # the umask may have taken bits O_CREAT asked for
+            if os.geteuid() == 0:
+                # a tool run with sudo: the file belongs to the folder's owner (the agent's user),
+                # not to root, or the agent could not open it (SQLite does the same for -wal/-shm)
+                folder = path.parent.stat()
+                os.fchown(fd, folder.st_uid, folder.st_gid)
         finally:
             os.close(fd)
     for name in (path.name, path.name + "-wal", path.name + "-shm"):

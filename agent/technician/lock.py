@@ -42,14 +42,23 @@ class StateLock:
         """Take the lock now or raise StateLocked (never waits)."""
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = lock_path(state_dir)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        writable = True
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except PermissionError:
+            # made by another user: a read-only descriptor locks just as well (no PID written)
+            fd, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise StateLocked(path, holder_pid(state_dir)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if writable:
+            if os.geteuid() == 0:  # sudo: leave the file to the folder's owner, the agent's user
+                folder = state_dir.stat()
+                os.fchown(fd, folder.st_uid, folder.st_gid)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         return cls(fd, path)
 
     def release(self) -> None:

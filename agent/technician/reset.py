@@ -63,7 +63,8 @@ def rewrite_config(path: Path, **changes: object) -> None:
             raw.pop(key, None)
         else:
             raw[key] = value
-    mode = path.stat().st_mode & 0o777
+    before = path.stat()
+    mode = before.st_mode & 0o777
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -72,6 +73,8 @@ def rewrite_config(path: Path, **changes: object) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, mode)
+        if os.geteuid() == 0:  # sudo: keep root:dispenser 0640, or the agent cannot read it
+            os.chown(tmp, before.st_uid, before.st_gid)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
