@@ -67,3 +67,12 @@ def test_files_a_tool_run_as_root_creates_belong_to_the_agents_user(tmp_path: Pa
     rewrite_config(config, patient_ref=None)
     info = config.stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, agent_gid, 0o640)
+
+
+def test_the_service_of_a_daemon_is_read_from_its_cgroup() -> None:
+    from agent.technician.lock import service_in
+
+    assert service_in("0::/system.slice/dispenser-agent.service\n") == "dispenser-agent.service"
+    v1 = "2:cpuacct:/\n1:name=systemd:/system.slice/dispenser-agent.service\n0::/\n"
+    assert service_in(v1) == "dispenser-agent.service"
+    assert service_in("0::/user.slice/user-1000.slice/session-3.scope\n") is None

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -87,11 +89,36 @@ def is_held(state_dir: Path) -> bool:
     return False
 
 
+def service_of(pid: int) -> str | None:
+    """The systemd service a process runs in (from its cgroup), if any."""
+    try:
+        return service_in(Path(f"/proc/{pid}/cgroup").read_text())
+    except OSError:
+        return None
+
+
+def service_in(cgroup: str) -> str | None:
+    """`0::/system.slice/dispenser-agent.service` -> `dispenser-agent.service`."""
+    for line in cgroup.splitlines():
+        name = line.split(":", 2)[-1].rstrip("/").rsplit("/", 1)[-1]
+        if name.endswith(".service"):
+            return name
+    return None
+
+
 def stop_holder(state_dir: Path, timeout_s: float = 30.0) -> bool:
-    """SIGTERM the daemon holding the lock and wait (bounded) until the lock is free."""
+    """Stop the daemon holding the lock and wait (bounded) until the lock is free. Under systemd
+    through `systemctl stop` (a SIGTERM alone would be restarted: Restart=always), else SIGTERM."""
     pid = holder_pid(state_dir)
     if pid is None or pid == os.getpid():
         return not is_held(state_dir)
+    service = service_of(pid)
+    systemctl = shutil.which("systemctl")
+    if service is not None and systemctl is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [systemctl, "stop", service], check=False, timeout=timeout_s, capture_output=True
+            )
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
