@@ -21,7 +21,7 @@ from pathlib import Path
 from agent.store.audit import canonical_json
 from agent.store.db import Store
 
-DEFAULT_UNIT_KEY = Path("/etc/dispenser-agent/unit-key.pem")
+DEFAULT_UNIT_KEY = Path("/etc/dispenser-agent/tls/unit.key")  # the TLS client key flash.sh installs
 
 
 @dataclass(frozen=True)
