@@ -210,3 +210,39 @@ def test_presence_is_a_long_press_not_a_tap() -> None:
     present, why = presence.confirm(1.5)
     assert not present
     assert "no long press" in why
+
+
+def test_an_unreachable_broker_stops_the_reset_until_forced(
+    unit: Unit, mosquitto: MosquittoBroker
+) -> None:
+    a_dose_taken(unit)
+    unit.agent.stop()
+    mosquitto.stop()  # the unit is offline at the end of service
+    config = load_config(unit.config)
+    args: dict[str, object] = {
+        "export_to": unit.tmp / "export",
+        "by": "tech-7",
+        "unit_key": None,
+        "deliver_timeout_s": 2.0,
+    }
+    presence, presser = pressed_button()
+    presser.start()
+    report, code = terminate(config, unit.config, presence=presence, **args)  # type: ignore[arg-type]
+    presser.join(10)
+    assert code == 1, report.to_json()
+    assert "events not delivered (unit_unbound among them); nothing was wiped" in report.summary
+    assert load_config(unit.config).patient_ref == PATIENT
+    with Store.open(config.db_path) as store:
+        assert store.get_kv("engine_state") is not None
+        undelivered = store.backlog().count
+    assert undelivered >= 1
+    presence, presser = pressed_button()
+    presser.start()
+    report, code = terminate(config, unit.config, presence=presence, force=True, **args)  # type: ignore[arg-type]
+    presser.join(10)
+    assert code == 4, report.to_json()  # done, with the delivery step failed
+    receipt = report.extra["receipt"]
+    assert isinstance(receipt, dict)
+    assert receipt["undelivered_events"] == undelivered  # one unit_unbound, not two
+    assert receipt["result"] == "done_with_warnings"
+    assert "patient_ref" not in json.loads(unit.config.read_text())
