@@ -3,8 +3,14 @@
 dispenser-agent run --config FILE        the daemon (what systemd starts)
 dispenser-agent demo                      simulated dispenser + agent + local broker + live view
 dispenser-agent check-config FILE         validate a config file, print what it means
+dispenser-agent check --config FILE       install check: dispenser, broker, time, store, disk ...
+dispenser-agent status --config FILE      what the unit does now (read-only, beside the daemon)
+dispenser-agent bind|rebind --config FILE --by ID [--patient REF] [--yes]
+dispenser-agent pause|resume --config FILE --by ID [...]   on site, through the running agent
 dispenser-agent audit verify --config FILE | --db FILE
-dispenser-agent reset --config FILE       end of service: wipe every trace of the patient
+dispenser-agent audit export --config FILE --to DIR
+dispenser-agent reset --termination --config FILE --by ID --export-to DIR [--stop-daemon]
+                                          end of service: unbind, remove every trace of the patient
 dispenser-agent plan show --config FILE   on site: is a sachet held for a plan decision?
 dispenser-agent plan discard --config FILE --by ID --roll ROLL (--sachet N | --all-unplanned)
                                           on site: decide that unplanned sachets go to the bin
@@ -26,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.technician import cli as technician_cli
 
 log = logging.getLogger("dispenser-agent")
 LOCAL_COMMAND_LIFETIME = timedelta(minutes=10)
@@ -58,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--speed", type=float, default=60.0, help="simulated seconds per second")
     demo.add_argument("--no-color", action="store_true")
 
-    check = sub.add_parser("check-config", help="validate a config file")
+    check = sub.add_parser("check-config", help="validate a config file, say what it means")
     check.add_argument("config", type=Path)
+    check.add_argument("--json", action="store_true")
 
+    technician_cli.add_status(sub)
+    technician_cli.add_check(sub)
+    technician_cli.add_binding_and_pause(sub)
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the audit hash chain")
@@ -68,11 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--config", type=Path)
     where.add_argument("--db", type=Path)
 
-    reset = sub.add_parser("reset", help="end of service: wipe all patient data from the unit")
-    reset.add_argument("--config", type=Path, required=True)
-    reset.add_argument(
-        "--force", action="store_true", help="wipe even if events were not yet delivered"
-    )
+    technician_cli.add_reset(sub)
+    technician_cli.add_audit_export(audit_sub)
 
     plan = sub.add_parser(
         "plan", help="on site: decide a plan mismatch (a sachet the schedule lacks, VKP 3.22)"
@@ -113,16 +121,24 @@ def main(argv: list[str] | None = None) -> int:
 
                 return run_demo(speed=args.speed, color=not args.no_color and sys.stdout.isatty())
             case "check-config":
-                config = load_config(args.config)
-                print(config.model_dump_json(indent=2))
-                return 0
+                return technician_cli.run_check_config(args)
+            case "audit" if args.audit_command == "export":
+                return technician_cli.run_audit_export(args)
             case "audit":
                 from agent.store.verify import audit_verify_main
 
                 db = args.db if args.db else load_config(args.config).db_path
                 return audit_verify_main(db)
+            case "status":
+                return technician_cli.run_status(args)
+            case "check":
+                return technician_cli.run_check(args)
+            case "bind" | "rebind":
+                return technician_cli.run_bind(args)
+            case "pause" | "resume":
+                return technician_cli.run_pause(args)
             case "reset":
-                return _reset(load_config(args.config), force=args.force)
+                return technician_cli.run_reset(args)
             case "plan":
                 return _plan(args)
     except ConfigError as exc:
@@ -150,20 +166,6 @@ def _run(config: AgentConfig) -> int:
             daemon.store.close()
 
     return asyncio.run(serve())
-
-
-def _reset(config: AgentConfig, *, force: bool) -> int:
-    from agent.store.db import Store
-    from agent.store.errors import BacklogNotEmptyError
-
-    with Store.open(config.db_path) as store:
-        try:
-            store.wipe_for_new_patient(force=force)  # its own transaction, then VACUUM
-        except BacklogNotEmptyError as exc:
-            print(f"error: {exc} (deliver them first, or --force)", file=sys.stderr)
-            return 1
-    print(f"{config.db_path}: all patient data removed; the unit is ready for a new patient")
-    return 0
 
 
 def local_request(name: str, by: str, **fields: object) -> bytes:

@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What a technician on site may do through the local control socket: decide a plan mismatch,
-# and see the unit's status. Schedules, pauses and the like stay with the response centre.
-LOCAL_COMMANDS = frozenset({"discard_unplanned", "request_status"})
+# pause and resume (`dispenser-agent pause`/`resume`, same rules as the centre's), and see the
+# unit's status. Schedules and the like stay with the response centre.
+LOCAL_COMMANDS = frozenset({"discard_unplanned", "pause", "request_status", "resume"})
 
 
 class Refused(Exception):  # noqa: N818 - reads as the outcome it is

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import shutil
 import sqlite3
@@ -67,6 +68,7 @@ from agent.deviation_summary import summary_from_store
 from agent.engine import roll_check
 from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine
+from agent.engine.schedule import Schedule
 from agent.engine.state import Restored, restore
 from agent.engine.types import (
     ON_SITE,
@@ -96,6 +98,7 @@ from agent.store.db import Store
 from agent.store.errors import StoreError
 from agent.store.outbox import OutboxEvent
 from agent.summary_schedule import Period, due_periods, next_run_utc, summary_event_data
+from agent.technician.lock import StateLock, StateLocked
 from drivers import session as dsession
 from drivers.transport import Transport
 from protocol.messages import (
@@ -120,6 +123,7 @@ SUMMARY_DAY_KEY = "summary_last_day"  # the last local day with a daily summary 
 SUMMARY_RECHECK_S = 900.0  # summaries: look at the clock again at least this often
 MAX_TIMER_SLEEP_S = 60.0  # re-read the clock at least this often (wall-clock jumps, NTP sync)
 EXIT_STATE_FAULT = 70
+EXIT_STATE_LOCKED = 75  # another process (a technician's reset) holds the state folder
 # Fail-safe bounds: how long a fault waits for a dispenser link to lock the dispenser on (from the
 # fault), each lock/alert request, and the note to the response centre.
 FAILSAFE_LINK_WAIT_S = 30.0
@@ -130,6 +134,36 @@ FAILSAFE_PUBLISH_TIMEOUT_S = 5.0
 STORE_FAULTS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 RTC_TOLERANCE_S = 2.0
 DISPENSER_COMMANDS = typing.get_args(Command)
+
+
+# kv keys of the binding at start (`Daemon._binding_at_start`); a reset wipes both
+TECHNICIAN_BINDING_KEY = "technician_binding"  # written by `dispenser-agent bind`/`rebind`
+BINDING_MISMATCH_KEY = "binding_mismatch"  # the bound patient, while the config names another
+BINDING_MISMATCH_REASON = "config_patient_ref_differs_from_bound"
+BINDING_MISMATCH_LOG = (
+    "the config's patient_ref differs from the patient this unit is bound to: unbound, nothing "
+    "is dispensed until a technician runs `dispenser-agent rebind` (a typo fixed) or "
+    "`dispenser-agent reset --termination` (another patient); `dispenser-agent check-config` "
+    "names both"
+)
+
+
+def schedule_edited(config: AgentConfig, in_effect: Schedule | None) -> bool:
+    """The config's schedule has other contents than the one in effect while its version is
+    not above it (an edit whose version was not raised): not applied, and reported."""
+    if config.schedule is None or in_effect is None:
+        return False
+    from agent.engine.state import ScheduleModel  # the stored form compares what matters
+
+    return ScheduleModel.of(config.schedule.build()) != ScheduleModel.of(in_effect)
+
+
+def _stored_ref(text: str, field: str) -> str | None:
+    try:
+        value = json.loads(text).get(field)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 class DaemonFaultError(Exception):
@@ -217,6 +251,18 @@ class Daemon:
     async def run(self) -> int:
         """Run until cancelled (returns 0) or until a state fault (returns EXIT_STATE_FAULT once the
         fail-safe has locked the dispenser, or given up after its bounded wait)."""
+        try:
+            # held while the daemon runs: `reset --termination` and `bind` refuse beside it
+            state_lock = StateLock.acquire(self.config.state_dir)
+        except (StateLocked, OSError) as exc:  # held by a technician's tool, or not ours
+            log.critical("not starting: %s", exc)
+            return EXIT_STATE_LOCKED
+        try:
+            return await self._run_locked()
+        finally:
+            state_lock.release()
+
+    async def _run_locked(self) -> int:
         faulted = False
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -310,32 +356,95 @@ class Daemon:
         if restored is not None and restored.unreadable is not None:
             inputs.append(StateUnreadable(restored.unreadable, restored.binding))
         schedule = self.config.built_schedule()
-        if (
-            schedule is not None
-            and self.config.schedule is not None
-            and self.engine.state.schedule_version < self.config.schedule.version
-        ):
-            inputs.append(SetSchedule(schedule, self.config.schedule.version))
+        notes: list[EngineEvent] = []
+        if schedule is not None and self.config.schedule is not None:
+            if self.engine.state.schedule_version < self.config.schedule.version:
+                inputs.append(SetSchedule(schedule, self.config.schedule.version))
+            elif schedule_edited(self.config, self.engine.state.schedule):
+                log.warning(
+                    "the config's schedule differs from the one in effect but its version (%d) "
+                    "was not raised: not applied (dispenser-agent check-config says more)",
+                    self.config.schedule.version,
+                )
+                notes.append(
+                    make_event(
+                        "schedule_edit_ignored",
+                        {
+                            "config_version": self.config.schedule.version,
+                            "version_in_effect": self.engine.state.schedule_version,
+                        },
+                    )
+                )
+        binding_steps: list[tuple[EngineInput, Callable[[], None] | None]] = []
         # Not while locked down: a binding that could not be read is not quietly replaced; a
         # person decides (the config's binding is applied at the first start after that).
-        if (
-            self.engine.state.binding is None
-            and self.config.patient_ref
-            and restored is None
-            and not self.engine.locked_down
-        ):
-            inputs.append(SetBinding(EngineBinding(self.config.patient_ref)))
+        if restored is None and not self.engine.locked_down:
+            binding_steps, mismatch = self._binding_at_start()
+            notes += mismatch
         started = make_event(
             "agent_started",
             {"agent_version": __version__, "boot": self.boot, "time_trust": now.trust.value},
         )
         self.apply([Emit(started)], now)
         for inp in inputs:
-            within = None
+            within: Callable[[], None] | None = None
             if isinstance(inp, StateUnreadable) and saved:
                 # the unreadable text is kept, in the transaction that stores its replacement
                 within = functools.partial(self.store.set_kv, UNREADABLE_STATE_KEY, saved)
             self.step(inp, within=within)
+        for binding_input, then in binding_steps:
+            self.step(binding_input, within=then)
+        if notes:
+            self.apply([Emit(note) for note in notes], now)
+
+    def _binding_at_start(
+        self,
+    ) -> tuple[list[tuple[EngineInput, Callable[[], None] | None]], list[EngineEvent]]:
+        """Which patient the unit serves from this start (docs/engine.md, "Binding at start").
+
+        A binding a technician confirmed on site (`dispenser-agent bind`/`rebind`) wins. A
+        config naming another patient than the bound one is never obeyed silently, nor ignored
+        silently: in doubt the unit unbinds (nothing is dispensed, held doses say no_binding),
+        remembers the mismatch until a technician resolves it, and says so at every start.
+        No patient reference is logged or sent."""
+        bound = self.engine.state.binding
+        bound_ref = bound.patient_ref if bound is not None else None
+        config_ref = self.config.patient_ref
+        confirmed = self.store.get_kv(TECHNICIAN_BINDING_KEY)
+        marker = self.store.get_kv(BINDING_MISMATCH_KEY)
+        steps: list[tuple[EngineInput, Callable[[], None] | None]] = []
+
+        def forget(*keys: str) -> Callable[[], None]:
+            def delete() -> None:
+                for key in keys:
+                    self.store.delete_kv(key)
+
+            return delete
+
+        if confirmed is not None:
+            ref = _stored_ref(confirmed, "patient_ref")
+            binding = None if ref is None else EngineBinding(ref)
+            steps.append(
+                (SetBinding(binding), forget(TECHNICIAN_BINDING_KEY, BINDING_MISMATCH_KEY))
+            )
+            return steps, []
+        if marker is not None:
+            if config_ref is not None and config_ref == _stored_ref(marker, "bound"):
+                # the config names the bound patient again: the mismatch is over
+                steps.append((SetBinding(EngineBinding(config_ref)), forget(BINDING_MISMATCH_KEY)))
+                return steps, []
+            log.critical(BINDING_MISMATCH_LOG)
+            return steps, [make_event("binding_mismatch", {"reason": BINDING_MISMATCH_REASON})]
+        if bound_ref is None and config_ref:
+            steps.append((SetBinding(EngineBinding(config_ref)), None))
+        elif bound_ref is not None and config_ref and config_ref != bound_ref:
+            log.critical(BINDING_MISMATCH_LOG)
+            remember = functools.partial(
+                self.store.set_kv, BINDING_MISMATCH_KEY, json.dumps({"bound": bound_ref})
+            )
+            steps.append((SetBinding(None), remember))
+            return steps, [make_event("binding_mismatch", {"reason": BINDING_MISMATCH_REASON})]
+        return steps, []
 
     # --- the engine step --------------------------------------------------------------------
 

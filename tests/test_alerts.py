@@ -92,6 +92,9 @@ def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
         "command_rejected",
         "dispenser_clock_invalid",
         "adherence_summary",
+        "binding_mismatch",
+        "schedule_edit_ignored",
+        "unit_unbound",
     } == catalogue.SHELL_KINDS
     assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 

@@ -39,6 +39,7 @@ EXPECTED = {
     "travel_short": "medication_missing",
     "dispense_id_conflict": "dispensing_stopped",
     "state_unreadable": "dispensing_stopped",
+    "binding_mismatch": "dispensing_stopped",
 }
 
 

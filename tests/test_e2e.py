@@ -278,10 +278,11 @@ def test_a_technician_on_site_decides_through_the_local_control_socket(rig: Rig)
         1,
         alert["alert_id"],
     )
-    # only a plan decision (and status) on site: schedules and pauses stay with the centre
+    # on site: a plan decision, pause/resume and status; schedules and the like stay with the
+    # response centre
     socket = local_control.socket_path(rig.tmp / "state")
-    pause = command("pause", pause_id="p1", start="2026-11-23T09:00:00Z")
-    answer = local_control.send_local_command(socket, json.dumps(pause).encode())
+    silence = command("silence", minutes=5)
+    answer = local_control.send_local_command(socket, json.dumps(silence).encode())
     assert answer["status"] == "rejected"
     assert '"code": "not_allowed_locally"' in json.dumps(answer["error"])
     garbage = local_control.send_local_command(socket, b"{not json")

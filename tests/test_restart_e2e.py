@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,14 +21,16 @@ from broker import MosquittoBroker
 from e2e_support import (
     OTHER_PATIENT,
     PATIENT,
-    REPO,
     AgentProcess,
     EventStream,
     epoch,
     oslo,
     write_config,
 )
+from technician_support import pressed_button
 
+from agent.config import load_config
+from agent.technician.reset import terminate
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from hw.wire import SimulatorRunner, TraceEvent
 from protocol.link import LinkConfig
@@ -141,17 +141,24 @@ def test_after_a_reset_the_next_patient_gets_fresh_dispense_ids_and_the_dose(
     # End of service: the agent is stopped, the technician resets the unit (the dispenser keeps
     # the ids it executed), and it is set up for the next patient, whose dose is at 08:10.
     assert rig.agent.stop() == 0
-    reset = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "reset", "--config", str(rig.config), "--force"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    presence, presser = pressed_button()
+    presser.start()
+    report, code = terminate(
+        load_config(rig.config),
+        rig.config,
+        export_to=tmp_path / "export",
+        presence=presence,
+        by="tech-7",
+        unit_key=None,
     )
-    assert reset.returncode == 0, reset.stderr
+    presser.join(10)
+    assert code == 0, report.to_json()
     settings = json.loads(rig.config.read_text())
     settings["patient_ref"] = OTHER_PATIENT
-    settings["schedule"]["rules"][0]["times"] = ["08:10"]
+    settings["schedule"] = {
+        "version": 1,
+        "rules": [{"effective_from": "2026-11-01", "times": ["08:10"]}],
+    }
     rig.config.write_text(json.dumps(settings))
     rig.runner.call(lambda model: model.remove_roll())
     rig.restart()

@@ -537,6 +537,32 @@ _SHELL_SPECS = (
         "data.deviations_not_listed counts the rest). Days missed while the unit was off are "
         "made up, at most 31 days back.",
     ),
+    AlertSpec(
+        "binding_mismatch",
+        _P.HIGH,
+        "3.4",
+        "At start the config names another patient than the one the unit is bound to (a typo, "
+        "or another patient's config): the unit unbinds and dispenses nothing until a technician "
+        "runs `dispenser-agent rebind` or `reset --termination` on site (data.reason; never a "
+        "patient reference).",
+        deviation=_D.DISPENSING_STOPPED,
+    ),
+    AlertSpec(
+        "schedule_edit_ignored",
+        _P.MEDIUM,
+        None,
+        "The config's schedule differs from the one in effect but its version was not raised: "
+        "the edit is not applied (data.config_version, data.version_in_effect); the schedule "
+        "in effect stays. Raise the version, or send update_schedule.",
+    ),
+    AlertSpec(
+        "unit_unbound",
+        _P.INFO,
+        None,
+        "End of service: a technician reset the unit on site (`reset --termination`). Every "
+        "trace of the patient is being removed; no event about this patient follows "
+        "(data.reason end_of_service, data.by the technician's id).",
+    ),
 )
 SHELL_KINDS = frozenset(s.kind for s in _SHELL_SPECS)
 

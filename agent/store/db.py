@@ -20,7 +20,10 @@ so the history of the unit stays linkable without any patient data).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +50,40 @@ _INTERNAL_KEYS = frozenset({*kv.UNIT_KEYS, kv.AUDIT_ANCHOR})
 _PATIENT_TABLES = ("ledger", "outbox", "commands", "binding", "audit")
 
 
+STORE_FILE_MODE = 0o600  # patient data: the agent's user only, whatever the umask
+
+
+def _private_files(path: Path, create: bool) -> None:
+    """Make the database file 0600 before SQLite opens it: SQLite gives the -wal and -shm files
+    it creates the database file's mode (not the umask's), so all three stay private. A store
+    left wider by an older version is narrowed, its -wal and -shm too."""
+    if create and not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, STORE_FILE_MODE)
+        try:
+            os.fchmod(fd, STORE_FILE_MODE)  # the umask may have taken bits O_CREAT asked for
+            if os.geteuid() == 0:
+                # a tool run with sudo: the file belongs to the folder's owner (the agent's user),
+                # not to root, or the agent could not open it (SQLite does the same for -wal/-shm)
+                folder = path.parent.stat()
+                os.fchown(fd, folder.st_uid, folder.st_gid)
+        finally:
+            os.close(fd)
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        candidate = path.with_name(name)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(candidate.stat().st_mode) != STORE_FILE_MODE:
+                candidate.chmod(STORE_FILE_MODE)
+
+
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
     if not create and not path.is_file():
         raise StoreError(f"no store at {path}")
+    try:
+        _private_files(path, create)
+    except PermissionError:
+        pass  # a read-only look by another user (a tool): SQLite itself says if it cannot open
+    except OSError as exc:
+        raise StoreError(f"cannot create store {path}: {exc}") from exc
     uri = f"file:{quote(str(path.absolute()))}?mode={'rwc' if create else 'rw'}"
     try:
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
@@ -335,6 +369,11 @@ class Store:
         if key in _INTERNAL_KEYS:
             raise StoreUsageError(f"kv key {key!r} is managed by the store")
         kv.set_kv(self._writer(), key, value)
+
+    def delete_kv(self, key: str) -> None:
+        if key in _INTERNAL_KEYS:
+            raise StoreUsageError(f"kv key {key!r} is managed by the store")
+        self._writer().execute("DELETE FROM kv WHERE key = ?", (key,))
 
     def next_session_counter(self) -> int:
         """Increment and return the MQTT session number (1, 2, 3, ...), persisted."""

@@ -1,0 +1,203 @@
+"""The unit's two links, opened by a technician tool while the daemon is stopped (or beside it,
+for a read-only look): the broker with the unit's own identity, and the dispenser on its serial
+port. Every wait is bounded; failures come back as words, never as a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from agent.config import AgentConfig
+from agent.contract.topics import UnitTopics
+from agent.envelope import build_envelope
+from agent.mqtt.link import MqttLink, MqttSettings
+from agent.publisher import OutboxPublisher
+from agent.runtime import mqtt_settings
+from agent.store.db import Store
+from drivers import session as dsession
+from drivers.retry import RetryPolicy
+from drivers.serial_port import SerialTransport
+from protocol.messages import (
+    FACTORY_RESET_CONFIRM,
+    Capabilities,
+    CommandResult,
+    FactoryReset,
+    Message,
+    ResultCode,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    detail: str
+
+
+def _settings(config: AgentConfig, connect_timeout_s: float, suffix: str = "") -> MqttSettings:
+    base = mqtt_settings(config)
+    return MqttSettings(
+        host=base.host,
+        port=base.port,
+        client_id=base.client_id + suffix,
+        keepalive_s=base.keepalive_s,
+        username=base.username,
+        password=base.password,
+        tls=base.tls,
+        protocol=base.protocol,
+        connect_timeout_s=connect_timeout_s,
+        backoff_initial_s=0.2,
+        backoff_max_s=2.0,
+    )
+
+
+def _broker_name(config: AgentConfig) -> str:
+    scheme = "mqtts" if config.mqtt.tls else "mqtt"
+    return f"{scheme}://{config.mqtt.host}:{config.mqtt.port}"
+
+
+async def _probe_broker(config: AgentConfig, timeout_s: float, suffix: str) -> Outcome:
+    settings = _settings(config, min(timeout_s, 10.0), suffix)
+    link = MqttLink(settings, will_factory=None, subscriptions=[])
+    runner = asyncio.create_task(link.run(), name="probe-broker")
+    try:
+        await link.wait_connected(timeout_s)
+    except TimeoutError:
+        return Outcome(
+            False,
+            f"broker {_broker_name(config)} not reached within {timeout_s:g} s as "
+            f"{settings.client_id} (network, address, certificate or password)",
+        )
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    return Outcome(True, f"connected to {_broker_name(config)} as {settings.client_id}")
+
+
+def probe_broker(config: AgentConfig, timeout_s: float = 10.0, client_suffix: str = "") -> Outcome:
+    """Connect with the unit's settings (user, password, TLS); `client_suffix` keeps a running
+    agent's session (same client id) from being taken over."""
+    try:
+        return asyncio.run(_probe_broker(config, timeout_s, client_suffix))
+    except OSError as exc:  # the password file
+        return Outcome(False, f"broker settings unusable: {exc}")
+
+
+async def _deliver(config: AgentConfig, store: Store, timeout_s: float) -> int:
+    topics = UnitTopics(config.unit_id)
+    with store.transaction():
+        session = store.next_session_counter()
+    link = MqttLink(_settings(config, min(timeout_s, 10.0)), will_factory=None, subscriptions=[])
+    publisher = OutboxPublisher(
+        store,
+        link,
+        topics.events,
+        lambda event, replayed: build_envelope(config.unit_id, event, replayed, session),
+    )
+    tasks = [
+        asyncio.create_task(link.run(), name="deliver-link"),
+        asyncio.create_task(publisher.run(), name="deliver-outbox"),
+    ]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        # the publisher marks deliveries in the store: a short, bounded poll of the backlog
+        while store.backlog().count and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return store.backlog().count
+
+
+def deliver_outbox(config: AgentConfig, store: Store, timeout_s: float = 30.0) -> Outcome:
+    """Send every undelivered event to the response centre; says how many are left."""
+    before = store.backlog().count
+    if not before:
+        return Outcome(True, "nothing undelivered")
+    try:
+        left = asyncio.run(_deliver(config, store, timeout_s))
+    except OSError as exc:
+        return Outcome(False, f"{before} events undelivered: broker settings unusable: {exc}")
+    if left:
+        return Outcome(
+            False,
+            f"{left} of {before} events undelivered after {timeout_s:g} s: broker "
+            f"{_broker_name(config)} not reachable",
+        )
+    return Outcome(True, f"{before} events delivered to the response centre")
+
+
+@dataclass(frozen=True)
+class DispenserProbe:
+    ok: bool
+    detail: str
+    capabilities: Capabilities | None = None
+
+
+async def _with_dispenser(
+    config: AgentConfig, timeout_s: float, factory_reset: bool
+) -> tuple[DispenserProbe, Outcome | None]:
+    device, baud = config.dispenser.device, config.dispenser.baudrate
+    up = asyncio.Event()
+
+    def on_link(change: dsession.LinkUp | dsession.LinkDown) -> None:
+        if isinstance(change, dsession.LinkUp):
+            up.set()
+
+    def on_message(message: Message) -> None:
+        log.debug("dispenser event while checking: %s", type(message).__name__)
+
+    session = dsession.DispenserSession(
+        lambda: SerialTransport(device, baud),
+        on_message=on_message,
+        on_link=on_link,
+        backoff=RetryPolicy(initial_delay_s=0.2, max_delay_s=1.0, attempt_timeout_s=5.0),
+    )
+    runner = asyncio.create_task(session.run(), name="probe-dispenser")
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await up.wait()
+        except TimeoutError:
+            return DispenserProbe(
+                False,
+                f"no dispenser answered on {device} within {timeout_s:g} s (cable, power, "
+                "or the device path in the config)",
+            ), None
+        caps = session.capabilities
+        probe = DispenserProbe(
+            True,
+            f"{device}: handshake done"
+            + (f", {caps.model} firmware {caps.firmware_version}" if caps else ""),
+            caps,
+        )
+        if not factory_reset:
+            return probe, None
+        try:
+            reply = await session.request(FactoryReset(req_id=0, confirm=FACTORY_RESET_CONFIRM))
+        except dsession.SessionError as exc:
+            return probe, Outcome(False, f"FactoryReset not confirmed: {exc or type(exc).__name__}")
+        if isinstance(reply, CommandResult) and reply.result is ResultCode.OK:
+            return probe, Outcome(True, "dispenser factory-reset (confirmed)")
+        return probe, Outcome(False, f"dispenser refused FactoryReset: {reply}")
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+def probe_dispenser(config: AgentConfig, timeout_s: float = 10.0) -> DispenserProbe:
+    return asyncio.run(_with_dispenser(config, timeout_s, factory_reset=False))[0]
+
+
+def factory_reset_dispenser(config: AgentConfig, timeout_s: float = 10.0) -> Outcome:
+    probe, outcome = asyncio.run(_with_dispenser(config, timeout_s, factory_reset=True))
+    return outcome if outcome is not None else Outcome(False, probe.detail)
