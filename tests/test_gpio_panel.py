@@ -38,8 +38,8 @@ class Bench:
 
     def press(self) -> None:
         pin = self.factory.pin(TAKE)
-        pin.drive_low()  # type: ignore[attr-defined]
-        pin.drive_high()  # type: ignore[attr-defined]
+        pin.drive_low()
+        pin.drive_high()
 
     async def next_event(self) -> PanelEvent:
         async with asyncio.timeout(10):
@@ -111,7 +111,9 @@ def test_each_pattern_has_its_rhythm_and_repeat() -> None:
     for pattern, cycle in expected.items():
         seen: list[float] = []
 
-        async def scenario(b: Bench, pattern: AlertPattern = pattern) -> None:
+        async def scenario(
+            b: Bench, pattern: AlertPattern = pattern, seen: list[float] = seen
+        ) -> None:
             b.panel.show(Signals(pattern=pattern))
             await asyncio.wait_for(b.sleep.parked.wait(), 10)
             seen.extend(b.sleep.calls)
@@ -150,11 +152,11 @@ def test_the_button_is_delivered_on_the_loop_debounced_with_a_chirp() -> None:
 def test_contacts_report_closing_and_opening() -> None:
     async def scenario(b: Bench) -> None:
         tray, lid = b.factory.pin(TRAY), b.factory.pin(LID)
-        tray.drive_low()  # type: ignore[attr-defined]
+        tray.drive_low()
         assert await b.next_event() == ContactChanged("tray", True)
-        lid.drive_low()  # type: ignore[attr-defined]
+        lid.drive_low()
         assert await b.next_event() == ContactChanged("lid", True)
-        lid.drive_high()  # type: ignore[attr-defined]
+        lid.drive_high()
         assert await b.next_event() == ContactChanged("lid", False)
 
     on_bench(scenario)
@@ -203,7 +205,7 @@ def test_a_technician_hold_is_reported_only_after_the_hold_time() -> None:
         )
         pin = factory.pin(TECH)
         await until(lambda: pin.when_changed is not None, "the button opened")
-        pin.drive_low()  # type: ignore[attr-defined]
+        pin.drive_low()
         held = await waiting
         return idle, held
 
