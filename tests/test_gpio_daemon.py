@@ -28,7 +28,7 @@ from hw.wire import SimulatorRunner
 
 pytestmark = pytest.mark.e2e
 UNIT = "gpio-unit"
-LINK, ALARM, HELD, BUZZER, TAKE = 5, 6, 13, 18, 17
+LINK, ALARM, HELD, BUZZER, TAKE, LID = 5, 6, 13, 18, 17, 23
 OFF, ON = False, True
 
 
@@ -48,7 +48,7 @@ class Rig:
 
     def panel_factory(self, on_event: Callable[[PanelEvent], None]) -> LocalPanel:
         self.panel = LocalPanel(
-            PanelPins(),
+            PanelPins(lid_contact=LID),
             on_event,
             pin_factory=self.factory,
             sleep=self.sleep,
@@ -125,6 +125,21 @@ def test_the_gpio_button_used_as_take_now(tmp_path: Path, mosquitto: MosquittoBr
         assert outcome["slot_id"] == "2026-11-23T08:00"
         await until(lambda: rig.panel is not None and rig.panel.signals.pattern == 0, "quiet")
         assert len(rig.stream.of_kind("panel_help_requested")) == 1
+
+        lid = rig.factory.pin(LID)
+        lid.drive_low()  # the lid contact closes, then opens: audited, nothing else
+        await until(lambda: len(contacts(daemon)) == 1, "the closing in the audit log")
+        lid.drive_high()
+        await until(lambda: len(contacts(daemon)) == 2, "the opening in the audit log")
+        assert contacts(daemon) == [
+            {"contact": "lid", "closed": True},
+            {"contact": "lid", "closed": False},
+        ]
+        assert rig.stream.of_kind("lid_open") == []
+
+    def contacts(daemon: Daemon) -> list[dict[str, object]]:
+        records = daemon.store.audit_records()
+        return [r.body for r in records if r.kind == "panel_contact"]
 
     rig.run(scenario)
     assert states(rig.factory, BUZZER)[-1] is OFF

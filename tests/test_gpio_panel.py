@@ -11,6 +11,7 @@ import pytest
 from gpio_support import FakeMonotonic, VirtualSleep, states, until
 from gpiozero.pins.mock import MockFactory
 
+from agent.config import ConfigError, parse_config
 from drivers.gpio_panel import (
     ContactChanged,
     LocalPanel,
@@ -210,3 +211,26 @@ def test_a_technician_hold_is_reported_only_after_the_hold_time() -> None:
         return idle, held
 
     assert asyncio.run(main()) == (False, True)
+
+
+def test_the_config_defaults_are_the_documented_wiring_and_a_pin_serves_one_part() -> None:
+    base = {"unit_id": "unit-1", "dispenser": {"device": "/dev/null"}}
+    gpio = parse_config(base).gpio
+    assert gpio.enabled
+    assert gpio.pins() == {
+        "link_led": 5,
+        "alarm_led": 6,
+        "held_led": 13,
+        "buzzer": 18,
+        "take_button": 17,
+        "technician_button": 27,
+        "tray_contact": None,
+        "lid_contact": None,
+    }
+    assert gpio.technician_hold_s == 5.0
+    moved = parse_config({**base, "gpio": {"tray_contact": 22, "buzzer": None}}).gpio
+    assert (moved.tray_contact, moved.buzzer) == (22, None)
+    with pytest.raises(ConfigError, match=r"GPIO \[17\] used for more than one thing"):
+        parse_config({**base, "gpio": {"lid_contact": 17}})
+    with pytest.raises(ConfigError, match=r"gpio\.held_led"):
+        parse_config({**base, "gpio": {"held_led": 40}})
