@@ -20,7 +20,7 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.clock import VirtualClock
 from agent.config import load_config
-from agent.daemon import Daemon
+from agent.daemon import EXIT_STATE_FAULT, Daemon
 from agent.runtime import build_daemon
 from drivers.gpio_panel import LocalPanel, PanelEvent, PanelPins
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
@@ -179,3 +179,33 @@ def test_a_daemon_without_gpio_warns_once_and_runs(
         rig.runner.stop()
     warned = [r for r in caplog.records if "GPIO not available" in r.getMessage()]
     assert len(warned) == 1
+
+
+def test_a_fail_safe_shows_the_fault_on_the_panel(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    rig = Rig(tmp_path, mosquitto)
+    rig.config.state_dir.mkdir(mode=0o700)
+    rig.config.db_path.write_bytes(b"this is no SQLite file at all" * 100)  # cannot be opened
+    rig.runner.start()
+    rig.stream.start()
+
+    async def main() -> int:
+        daemon = build_daemon(rig.config, clock=rig.clock, panel_factory=rig.panel_factory)
+        try:
+            async with asyncio.timeout(60):
+                return await daemon.run()
+        finally:
+            daemon.store.close()
+
+    try:
+        exit_code = asyncio.run(main())
+    finally:
+        rig.stream.stop()
+        rig.runner.stop()
+    assert exit_code == EXIT_STATE_FAULT
+    assert rig.runner.snapshot().locked
+    assert states(rig.factory, ALARM) == [OFF, ON, OFF]  # on while failing safe, off at exit
+    buzzer = states(rig.factory, BUZZER)
+    assert buzzer[:2] == [OFF, ON]
+    assert buzzer[-1] is OFF
