@@ -176,12 +176,61 @@ class EngineSettings(_Strict):
         )
 
 
+class GpioConfig(_Strict):
+    """The unit's own buttons, lights and buzzer (hw/WIRING.md): BCM numbers, None = not wired.
+    On a machine without GPIO the daemon warns once and runs without them."""
+
+    enabled: bool = True
+    link_led: int | None = Field(default=5, ge=0, le=27)
+    alarm_led: int | None = Field(default=6, ge=0, le=27)
+    held_led: int | None = Field(default=13, ge=0, le=27)
+    buzzer: int | None = Field(default=18, ge=0, le=27, description="an active buzzer")
+    take_button: int | None = Field(
+        default=17, ge=0, le=27, description="take now / help, to ground (internal pull-up)"
+    )
+    technician_button: int | None = Field(
+        default=27,
+        ge=0,
+        le=27,
+        description="to ground (internal pull-up); read by the technician commands, not the "
+        "daemon (a line has one owner at a time)",
+    )
+    technician_hold_s: float = Field(default=5.0, ge=0.1, le=30)
+    tray_contact: int | None = Field(default=None, ge=0, le=27, description="to ground")
+    lid_contact: int | None = Field(default=None, ge=0, le=27, description="to ground")
+    bounce_ms: int = Field(default=50, ge=1, le=1000, description="button/contact debounce")
+
+    @model_validator(mode="after")
+    def _one_use_per_pin(self) -> GpioConfig:
+        pins = [p for p in self.pins().values() if p is not None]
+        doubled = sorted({p for p in pins if pins.count(p) > 1})
+        if doubled:
+            raise ValueError(f"GPIO {doubled} used for more than one thing")
+        return self
+
+    def pins(self) -> dict[str, int | None]:
+        return {
+            name: getattr(self, name)
+            for name in (
+                "link_led",
+                "alarm_led",
+                "held_led",
+                "buzzer",
+                "take_button",
+                "technician_button",
+                "tray_contact",
+                "lid_contact",
+            )
+        }
+
+
 class AgentConfig(_Strict):
     unit_id: str = Field(description="this unit's id on the MQTT topic tree: [a-z0-9-]{3,64}")
     state_dir: Path = Path("/var/lib/dispenser-agent")
     dispenser: SerialLink
     mqtt: MqttBroker = Field(default_factory=MqttBroker)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    gpio: GpioConfig = Field(default_factory=GpioConfig)
     # Installation binding: a pseudonymous patient reference, never a name or national id.
     patient_ref: str | None = Field(default=None, min_length=4, max_length=64)
     schedule: ScheduleConfig | None = None

@@ -81,6 +81,7 @@ from agent.engine.types import (
     FromDispenser,
     LinkDown,
     LinkUp,
+    PanelPress,
     RecordOutcome,
     RecordPresented,
     SendCommand,
@@ -99,6 +100,7 @@ from agent.store.errors import StoreError
 from agent.store.outbox import OutboxEvent
 from agent.summary_schedule import Period, due_periods, next_run_utc, summary_event_data
 from agent.technician.lock import StateLock, StateLocked
+from drivers import gpio_panel
 from drivers import session as dsession
 from drivers.transport import Transport
 from protocol.messages import (
@@ -166,6 +168,10 @@ def _stored_ref(text: str, field: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# opens the unit's panel with the daemon's input handler (None: no GPIO on this machine)
+PanelFactory = Callable[[Callable[[gpio_panel.PanelEvent], None]], gpio_panel.LocalPanel | None]
+
+
 class DaemonFaultError(Exception):
     """The daemon cannot go on safely (store refused a write): it fails safe, stops and is
     restarted. Raised from any of the daemon's tasks, it starts the same fail-safe."""
@@ -192,6 +198,7 @@ class Daemon:
         notifier: SystemdNotifier | None = None,
         failsafe_link_wait_s: float = FAILSAFE_LINK_WAIT_S,
         startup_fault: str | None = None,
+        panel_factory: PanelFactory | None = None,
     ) -> None:
         """`startup_fault`: the daemon cannot work (its store could not be opened; `store` is a
         scratch stand-in): it only fails safe and returns EXIT_STATE_FAULT."""
@@ -245,6 +252,9 @@ class Daemon:
         self._last_state_json = ""
         self._alerts_in_health: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self._fault: DaemonFaultError | None = None
+        self._panel_factory = panel_factory or self._open_panel
+        self.panel: gpio_panel.LocalPanel | None = None
+        self._contacts: dict[str, bool] = {}  # last recorded state of each panel contact
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -277,6 +287,7 @@ class Daemon:
                     self._record_startup()
                 except DaemonFaultError as fault:
                     self._tasks = tasks
+                    self._start_panel(tasks)  # the fail-safe shows FAULT on it too
                     tasks.create_task(self._fail_safe(fault), name="fail-safe")
                 else:
                     self._tasks = tasks
@@ -297,6 +308,7 @@ class Daemon:
                         self._workers.append(
                             tasks.create_task(self._guarded(work, name), name=name)
                         )
+                    self._start_panel(tasks)
                     self.notifier.notify(ready="1", status="running")
         except* DaemonFaultError as group:
             log.critical("stopping: %s", group.exceptions[0])
@@ -512,6 +524,7 @@ class Daemon:
         for command in commands:
             self._spawn(self._send_command(command), f"dispenser-command:{command.correlation}")
         self._timer_changed.set()
+        self._show_panel(now)
 
     def _append_event(self, event: EngineEvent, now: Now) -> None:
         payload: dict[str, object] = {
@@ -563,6 +576,10 @@ class Daemon:
         log the outcome, then stop the daemon by raising `fault`."""
         reason = str(fault)
         self.notifier.notify(status=f"fail-safe: {reason}"[:200])
+        if self.panel is not None:  # the unit's own lights and buzzer say so too
+            self.panel.show(
+                gpio_panel.Signals(self.dispenser.link == "up", True, False, AlertPattern.FAULT)
+            )
         missing, told = await asyncio.gather(self._secure_dispenser(), self._tell_centre(reason))
         centre = "response centre told" if told else "response centre NOT told"
         if not missing:
@@ -696,6 +713,68 @@ class Daemon:
             except DaemonFaultError:
                 return  # the fail-safe task stops the daemon
 
+    # --- the unit's own buttons, lights and buzzer (drivers/gpio_panel.py) ---------------------
+
+    def _open_panel(
+        self, on_event: Callable[[gpio_panel.PanelEvent], None]
+    ) -> gpio_panel.LocalPanel | None:
+        gpio = self.config.gpio
+        pins = gpio_panel.PanelPins(
+            link_led=gpio.link_led,
+            alarm_led=gpio.alarm_led,
+            held_led=gpio.held_led,
+            buzzer=gpio.buzzer,
+            take_button=gpio.take_button,
+            tray_contact=gpio.tray_contact,
+            lid_contact=gpio.lid_contact,
+            bounce_s=gpio.bounce_ms / 1000,
+        )
+        reminder_s = self.config.engine.reminder_repeat_minutes * 60
+        return gpio_panel.open_panel(pins, on_event, reminder_every_s=reminder_s)
+
+    def _start_panel(self, tasks: asyncio.TaskGroup) -> None:
+        """Open the panel (None on a machine without GPIO: warned once, the daemon runs on). Its
+        task is not one of the workers: during a fail-safe it shows the fault."""
+        if not self.config.gpio.enabled:
+            return
+        self.panel = self._panel_factory(self._on_panel)
+        if self.panel is not None:
+            self._show_panel(self.clock.now())
+            tasks.create_task(self.panel.run(), name="local-panel")
+
+    def _show_panel(self, now: Now) -> None:
+        if self.panel is None or self._fault is not None:
+            return
+        pattern = self.engine.signal_pattern(now)
+        self.panel.show(
+            gpio_panel.Signals(
+                link_up=self.dispenser.link == "up",
+                alarm=bool(self.engine.status().active_alerts) or pattern is AlertPattern.FAULT,
+                held=self.engine.dose_held() or pattern is AlertPattern.HELD,
+                pattern=pattern,
+            )
+        )
+
+    def _on_panel(self, event: gpio_panel.PanelEvent) -> None:
+        """A panel input, on the loop. The button asks the engine (take now, else help); a
+        contact only goes into the audit log: it is not the dispenser's word on tray or lid."""
+        if self._fault is not None:
+            log.warning("failing safe: panel input %s ignored", event)
+            return
+        if isinstance(event, gpio_panel.TakePressed):
+            with contextlib.suppress(DaemonFaultError):  # the fail-safe task takes over
+                self.step(PanelPress())
+            return
+        if self._contacts.get(event.contact) == event.closed:
+            return  # bounce: no change since the last record
+        self._contacts[event.contact] = event.closed
+        body: dict[str, object] = {"contact": event.contact, "closed": event.closed}
+        try:
+            with self.store.transaction():
+                self.store.audit_append("panel_contact", body, *self.stamp())
+        except STORE_FAULTS as exc:
+            self._state_fault(f"store refused a panel contact record: {exc!r}")
+
     # --- dispenser side ----------------------------------------------------------------------
 
     def _on_dispenser_message(self, message: Message) -> None:
@@ -718,6 +797,7 @@ class Daemon:
         self._dispenser_changed.set()
         if self._fault is not None:
             return  # failing safe: the engine is not stepped any more
+        self._show_panel(self.clock.now())
         try:
             if isinstance(change, dsession.LinkUp):
                 self._reconcile_time(change.capabilities)

@@ -7,7 +7,7 @@ import sqlite3
 
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
-from agent.daemon import Daemon
+from agent.daemon import Daemon, PanelFactory
 from agent.mqtt.link import MqttSettings
 from agent.store.audit import Stamp
 from agent.store.db import Store
@@ -40,9 +40,14 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
 
 
 def build_daemon(
-    config: AgentConfig, clock: Clock | None = None, *, time_rate: float = 1.0
+    config: AgentConfig,
+    clock: Clock | None = None,
+    *,
+    time_rate: float = 1.0,
+    panel_factory: PanelFactory | None = None,
 ) -> Daemon:
-    """The production daemon; `clock`/`time_rate` are replaced only by the demo and e2e tests."""
+    """The production daemon; `clock`/`time_rate` are replaced only by the demo and e2e tests,
+    `panel_factory` (the GPIO panel on the real pins) by tests on gpiozero's MockFactory."""
     clock = clock or SystemClock()
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -68,4 +73,5 @@ def build_daemon(
         mqtt_settings=mqtt_settings(config),
         time_rate=time_rate,
         startup_fault=startup_fault,
+        panel_factory=panel_factory,
     )

@@ -54,6 +54,7 @@ from agent.engine.types import (
     FromDispenser,
     LinkDown,
     LinkUp,
+    PanelPress,
     PauseWindow,
     RecordOutcome,
     RecordPresented,
@@ -387,6 +388,11 @@ class EngineMachine(RuleBasedStateMachine):
         assert dispense_id is not None
         self.dispenser.tray = None
         self.feed(FromDispenser(DoseTaken(dispense_id, self.dispenser.tray_index)))
+
+    @rule()
+    def panel_press(self) -> None:
+        """The unit's own take now / help button: at any moment, in any state."""
+        self.feed(PanelPress())
 
     @precondition(lambda self: bool(self.pending))
     @rule(data=st.data())

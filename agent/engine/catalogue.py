@@ -373,12 +373,23 @@ _ENGINE_SPECS = (
         chatty=True,
     ),
     AlertSpec(
+        "panel_help_requested",
+        _P.MEDIUM,
+        # no VKP code means a help call; 3 (deviation when using a dispenser) is the nearest: the
+        # patient asked the unit for a dose or for help when none could be given
+        "3",
+        "The patient pressed the unit's own take now / help button when no dose could be given "
+        "(data.reason: no_dose_due with data.next_due_utc, clock_untrusted, no_schedule, "
+        "not_bound, paused); call the patient (rate limited).",
+        chatty=True,
+    ),
+    AlertSpec(
         "button_pressed",
         _P.INFO,
         None,
-        "A dispenser button was pressed that did not start a dose (button in data; rate "
-        "limited); data.reason says why a TAKE inside the early window did not (min_interval, "
-        "with not_before_utc, or tray_occupied).",
+        "A button was pressed that did not start a dose (data.button: take, or panel for the "
+        "unit's own take now / help button; rate limited); data.reason says why a TAKE inside "
+        "the early window did not (min_interval, with not_before_utc, or tray_occupied).",
         chatty=True,
     ),
     AlertSpec(

@@ -70,6 +70,7 @@ from agent.engine.types import (
     LinkDown,
     LinkUp,
     Outcome,
+    PanelPress,
     PauseWindow,
     Priority,
     RecordOutcome,
@@ -526,6 +527,8 @@ class DoseEngine:
                 self._emit(actions, "alert_silenced", {"seconds": duration.total_seconds()})
             case DiscardUnplanned():
                 self._decide_discard(inp, actions)
+            case PanelPress():
+                self._on_panel_press(now, actions)
             case StateUnreadable(reason=reason, binding=binding):
                 fields: dict[str, object] = {"reason": reason, "binding": binding}
                 event = self._alerts.latch(
@@ -843,8 +846,10 @@ class DoseEngine:
             fields["expected_sachet_index"] = expected_index
         self._emit(actions, "phantom_dispenser_event", fields)
 
-    def _on_button(self, msg: ButtonPressed, now: Now, actions: list[Action]) -> None:
-        fields: dict[str, object] = {"button": msg.button.name.lower()}
+    def _on_button(
+        self, msg: ButtonPressed, now: Now, actions: list[Action], button: str | None = None
+    ) -> None:
+        fields: dict[str, object] = {"button": button or msg.button.name.lower()}
         if msg.button is ButtonId.TAKE:
             started, refused = self._take_early(now)
             if started:
@@ -857,6 +862,42 @@ class DoseEngine:
         if not self._alerts.chatty_allowed(kind, now.mono):
             return
         self._emit(actions, kind, fields)
+
+    def _on_panel_press(self, now: Now, actions: list[Action]) -> None:
+        """The unit's own take now / help button: the dispenser's TAKE when a dose is within
+        reach (the same checks and refusals decide), else a help call, so a press is never
+        silently lost on a patient who wants a dose and cannot have one."""
+        why, next_due = self._out_of_reach(now)
+        if why is None:
+            self._on_button(ButtonPressed(ButtonId.TAKE), now, actions, button="panel")
+            return
+        if not self._alerts.chatty_allowed("panel_help_requested", now.mono):
+            return
+        fields: dict[str, object] = {"reason": why}
+        if why == "no_dose_due":
+            fields["next_due_utc"] = utc_text_or_none(next_due)
+        self._emit(actions, "panel_help_requested", fields)
+
+    def _out_of_reach(self, now: Now) -> tuple[str | None, datetime | None]:
+        """Why no dose is within reach of a TAKE now (None: one is), and the next one's due."""
+        if self._slotbook.runs:
+            return None, None  # in the tray, due, held or started early: TAKE says what next
+        if self._binding is None:
+            return "not_bound", None
+        if self._schedule is None or self._slotbook.cursor is None:
+            return "no_schedule", None
+        if now.trust is TimeTrust.UNTRUSTED:
+            return "clock_untrusted", None
+        upcoming = self._slotbook.next_scheduled(self._schedule)
+        if upcoming is None:
+            return "no_dose_due", None
+        if pause.covering(self._pauses, upcoming.due_utc):
+            return "paused", upcoming.due_utc
+        if upcoming.due_utc - now.utc > self._cfg.early_window or self._slotbook.is_settled(
+            upcoming.slot_id
+        ):
+            return "no_dose_due", upcoming.due_utc
+        return None, upcoming.due_utc
 
     def _take_early(self, now: Now) -> tuple[bool, str | None]:
         """TAKE inside the early window of the next slot: make it due now.
@@ -2175,7 +2216,19 @@ class DoseEngine:
             hold.sachet_index,
         )
 
+    def signal_pattern(self, now: Now) -> AlertPattern:
+        """The pattern the unit's own buzzer and lights show (drivers/gpio_panel.py): what the
+        dispenser is asked to show, except that HELD stays HELD (the panel has no feature bits)."""
+        return self._pattern(now, held_supported=True)
+
+    def dose_held(self) -> bool:
+        """A due dose is held (not given, the engine knows why): the panel's held light."""
+        return any(r.held_reason is not None and not r.in_tray for r in self._slotbook.runs)
+
     def _desired_pattern(self, now: Now) -> AlertPattern:
+        return self._pattern(now, held_supported=self._has(Feature.HELD_PATTERN))
+
+    def _pattern(self, now: Now, *, held_supported: bool) -> AlertPattern:
         # an untrusted clock holds every dose and hides which are due: in doubt, one is held
         holding_all = (
             now.trust is TimeTrust.UNTRUSTED
@@ -2187,7 +2240,7 @@ class DoseEngine:
             self._desk.roll_foreign(self._binding) or self.locked_down,
             self._slotbook.runs,
             holding_all,
-            self._has(Feature.HELD_PATTERN),
+            held_supported,
         )
 
     def _keep_alive(self, now: Now, actions: list[Action]) -> None:

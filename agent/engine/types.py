@@ -210,6 +210,12 @@ class StateUnreadable:
     binding: str
 
 
+@dataclass(frozen=True, slots=True)
+class PanelPress:
+    """The unit's own "take now / help" button (GPIO on the Pi, not the dispenser's): the
+    dispenser's TAKE when a dose is within reach, otherwise a help call (docs/engine.md)."""
+
+
 EngineInput = (
     Tick
     | FromDispenser
@@ -224,6 +230,7 @@ EngineInput = (
     | Silence
     | DiscardUnplanned
     | StateUnreadable
+    | PanelPress
 )
 
 # --- outputs ---------------------------------------------------------------------------------

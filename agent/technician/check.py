@@ -25,7 +25,6 @@ from agent.store import audit, schema
 from agent.technician import links
 from agent.technician.check_config import check_config
 from agent.technician.lock import is_held
-from agent.technician.presence import TECHNICIAN_BUTTON_PIN
 from agent.technician.report import Report
 from agent.technician.snapshot import SnapshotError, read_store
 
@@ -97,7 +96,7 @@ def install_check(
         if watchdog.exists()
         else f"{watchdog} missing: enable the hardware watchdog (dtparam=watchdog=on)",
     )
-    report.add(*_button(pin_factory))
+    report.add(*_button(config.gpio.technician_button, pin_factory))
     report.summary = (
         "unit ready" if report.ok else "NOT ready: fix each FAIL line, then check again"
     )
@@ -161,23 +160,25 @@ def _store_health(config: AgentConfig) -> tuple[str, bool, str]:
     return "store", True, f"{db} intact (schema {version}, {chain.records_checked} audit records)"
 
 
-def _button(pin_factory: object) -> tuple[str, bool, str]:
+def _button(pin: int | None, pin_factory: object) -> tuple[str, bool, str]:
+    if pin is None:
+        return "technician button", False, "no technician button in the config (gpio)"
     try:
         from gpiozero import Button
         from gpiozero.exc import GPIOZeroError
     except ImportError as exc:  # pragma: no cover - a dependency
         return "technician button", False, f"no GPIO library: {exc}"
     try:
-        button = Button(TECHNICIAN_BUTTON_PIN, pull_up=True, pin_factory=pin_factory)
+        button = Button(pin, pull_up=True, pin_factory=pin_factory)
     except (GPIOZeroError, OSError, RuntimeError) as exc:
-        return "technician button", False, f"GPIO {TECHNICIAN_BUTTON_PIN} unusable: {exc}"
+        return "technician button", False, f"GPIO {pin} unusable: {exc}"
     try:
         pressed = button.is_pressed
     finally:
         button.close()
     if pressed:
-        return "technician button", False, f"GPIO {TECHNICIAN_BUTTON_PIN} reads pressed: stuck?"
-    return "technician button", True, f"GPIO {TECHNICIAN_BUTTON_PIN} wired, released"
+        return "technician button", False, f"GPIO {pin} reads pressed: stuck?"
+    return "technician button", True, f"GPIO {pin} wired, released"
 
 
 __all__ = ["install_check"]

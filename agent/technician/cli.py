@@ -186,7 +186,11 @@ def run_reset(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     config = load_config(args.config)
-    presence: Presence = SignedReset(str(args.signed_reset)) if args.signed_reset else LongPress()
+    presence: Presence = (
+        SignedReset(str(args.signed_reset))
+        if args.signed_reset
+        else LongPress(config.gpio.technician_button, config.gpio.technician_hold_s)
+    )
     if not args.json:
         print(f"To confirm you are at the unit: {presence.describe()}.", flush=True)
     report, code = terminate(

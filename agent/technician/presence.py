@@ -10,8 +10,10 @@ check lives with the signed commands (agent/commands.py). `SignedReset` is the h
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from typing import Any, Protocol
+
+from drivers import gpio_panel
 
 TECHNICIAN_BUTTON_PIN = 27
 LONG_PRESS_S = 5.0
@@ -31,38 +33,38 @@ class LongPress:
 
     def __init__(
         self,
-        pin: int = TECHNICIAN_BUTTON_PIN,
+        pin: int | None = TECHNICIAN_BUTTON_PIN,
         hold_s: float = LONG_PRESS_S,
         pin_factory: Any = None,
     ) -> None:
         self.pin, self.hold_s, self.pin_factory = pin, hold_s, pin_factory
 
     def describe(self) -> str:
+        if self.pin is None:
+            return "a technician button (none is configured: gpio.technician_button)"
         return f"hold the technician button (GPIO {self.pin}) for {self.hold_s:g} s"
 
     def confirm(self, timeout_s: float) -> tuple[bool, str]:
+        if self.pin is None:
+            return False, "no technician button is configured (gpio.technician_button)"
         try:
-            from gpiozero import Button
             from gpiozero.exc import GPIOZeroError
         except ImportError as exc:  # pragma: no cover - gpiozero is a dependency
             return False, f"no GPIO library: {exc}"
-        held = threading.Event()
         try:
-            button = Button(
-                self.pin, pull_up=True, hold_time=self.hold_s, pin_factory=self.pin_factory
+            held = asyncio.run(
+                gpio_panel.wait_for_hold(
+                    self.pin, self.hold_s, timeout_s, pin_factory=self.pin_factory
+                )
             )
         except (GPIOZeroError, OSError, RuntimeError) as exc:
             return False, f"technician button on GPIO {self.pin} not available: {exc}"
-        try:
-            button.when_held = lambda: held.set()
-            if held.wait(timeout_s):
-                return True, f"technician button held {self.hold_s:g} s"
-            return False, (
-                f"no long press within {timeout_s:g} s: {self.describe()} to confirm you are "
-                "at the unit"
-            )
-        finally:
-            button.close()
+        if held:
+            return True, f"technician button held {self.hold_s:g} s"
+        return False, (
+            f"no long press within {timeout_s:g} s: {self.describe()} to confirm you are "
+            "at the unit"
+        )
 
 
 class SignedReset:
