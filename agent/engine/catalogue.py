@@ -171,8 +171,8 @@ _ENGINE_SPECS = (
         "sachet_rejected",
         _P.HIGH,
         "3.5",
-        "The sachet at the reader names another patient or roll or is out of order; it is not "
-        "handed over (reason in data).",
+        "The sachet at the reader names another patient or roll, is out of order or carries no "
+        "intended time; it is not handed over (reason in data).",
         deviation=_D.ROLL_FAULT,
     ),
     # roll

@@ -674,6 +674,9 @@ class DoseEngine:
             roll.roll_id,
             roll.next_index,
         )
+        if verdict.ok and roll_check.wire_time(sachet.intended_utc_s) is None:
+            # no slot can ever be given it: said now, not when the dose behind it is refused
+            verdict = roll_check.Verdict(ok=False, reason=roll_check.SACHET_TIME_UNKNOWN)
         self._review_sachet(now, actions)
         key = (sachet.roll_id, sachet.index)
         reportable = not verdict.ok and verdict.reason != roll_check.NO_BINDING
