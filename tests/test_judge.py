@@ -18,6 +18,7 @@ from agent.simulation.judge import (
     World,
     parse_rules,
     reference_min_interval,
+    reference_min_interval_of_rules,
     reference_slots,
 )
 from agent.simulation.violation import InvariantViolation
@@ -64,7 +65,7 @@ def label(
     index: int = 0,
     roll_ref: str = REF,
     sachet_ref: str = REF,
-    expiry: datetime = datetime(2027, 1, 1, tzinfo=UTC),
+    expiry: datetime | None = datetime(2027, 1, 1, tzinfo=UTC),
 ) -> SachetLabel:
     return SachetLabel("R001", roll_ref, sachet_ref, index, intended, expiry)
 
@@ -77,8 +78,12 @@ def world(
     bin_full: bool = False,
     linked: bool = True,
     reader: SachetLabel | None = None,
+    tray_occupied: bool = False,
+    roll_label_readable: bool = True,
 ) -> World:
-    return World(roll, remaining, jammed, bin_full, linked, reader)
+    return World(
+        roll, remaining, jammed, bin_full, linked, reader, tray_occupied, roll_label_readable
+    )
 
 
 def outcome(j: Judge, slot_id: str, result: str = "taken", priority: str = "info") -> None:
@@ -693,6 +698,182 @@ def test_r8_a_dose_presented_early_is_not_kept_back_by_the_empty_roll_after_it()
     assert j.findings == []
 
 
+def test_reference_min_interval_of_rules_counts_the_change_of_rule() -> None:
+    # each rule alone: 6 h (08:00/20:00) and 2 h 45 (02:30 ... 21:00, across midnight 5 h 30)
+    assert reference_min_interval_of_rules([("08:00", "20:00")]) == timedelta(hours=6)
+    assert reference_min_interval_of_rules(
+        [("08:00", "20:00"), ("02:30", "09:00", "15:00", "21:00")]
+    ) == timedelta(hours=2, minutes=45)
+    # the night of the change: 22:00 the day before, 01:00 on the new rule's first day
+    assert reference_min_interval_of_rules([("10:00", "22:00"), ("01:00", "13:00")]) == timedelta(
+        hours=1, minutes=30
+    )
+
+
+# --- R4, R8: rolls and sachets nobody can check -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sachet", "message"),
+    [
+        (label(utc("06:00"), expiry=None), "expiry cannot be read"),
+        (SachetLabel("R001", REF, REF, 0, utc("06:00"), None), "expiry cannot be read"),
+        (
+            SachetLabel("R001", REF, REF, 0, utc("06:00"), utc("06:00", 9), readable=False),
+            "reader cannot read",
+        ),
+        (SachetLabel("R001", REF, REF, 0, None, utc("06:00", 9)), "packed for no time"),
+        (SachetLabel("R001", "", REF, 0, utc("06:00"), utc("06:00", 9)), "another patient's"),
+    ],
+)
+def test_r4_a_sachet_nobody_can_check_is_never_presented(sachet: SachetLabel, message: str) -> None:
+    j = judge(enforce=frozenset({"R4"}))
+    j.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=message):
+        j.presented(1, sachet)
+
+
+def test_r8_a_roll_whose_leader_cannot_be_read_needs_a_high_roll_rejected() -> None:
+    j = judge(enforce=frozenset({"R8.roll_unreadable"}))
+    j.advance(utc("03:00"))
+    j.world(world(roll_label_readable=False))
+    j.published("wrong_roll", "high", {})  # not what it is
+    with pytest.raises(InvariantViolation, match=r"R8\.roll_unreadable"):
+        j.advance(utc("03:11"))
+    ok = judge()
+    ok.advance(utc("03:00"))
+    ok.world(world(roll_label_readable=False))
+    ok.published("roll_rejected", "high", {"roll_id": "R001"})
+    ok.advance(utc("04:00"))
+    blank = judge(enforce=frozenset({"R8.wrong_roll", "R8.roll_unreadable"}))
+    blank.advance(utc("03:00"))
+    blank.world(world(roll="", roll_label_readable=False))  # names nobody: a wrong roll
+    with pytest.raises(InvariantViolation, match=r"R8\.wrong_roll"):
+        blank.advance(utc("03:11"))
+    assert ok.findings == []
+
+
+@pytest.mark.parametrize(
+    "sachet",
+    [
+        SachetLabel("R001", REF, REF, 3, utc("06:00"), utc("06:00", 9), readable=False),
+        SachetLabel("R001", REF, REF, 3, None, utc("06:00", 9)),
+        SachetLabel("R001", REF, "p-judge-l", 3, utc("06:00"), utc("06:00", 9)),
+    ],
+)
+def test_r8_an_unusable_sachet_at_the_reader_needs_a_high_report(sachet: SachetLabel) -> None:
+    j = judge(enforce=frozenset({"R8.sachet_unusable", "R8.plan_mismatch"}))
+    j.advance(utc("03:00"))
+    j.world(world(reader=sachet))
+    j.published("sachet_rejected", "high", {"roll_id": "R001", "index": 2, "reason": "x"})
+    with pytest.raises(InvariantViolation, match=r"R8\.sachet_unusable"):  # named another one
+        j.advance(utc("03:11"))
+    for report in (
+        ("sachet_rejected", {"roll_id": "R001", "index": 3, "reason": "x"}),
+        ("fault_reader", {"detail": "sachet 3 unreadable"}),
+    ):
+        ok = judge()
+        ok.advance(utc("03:00"))
+        ok.world(world(reader=sachet))
+        ok.published(report[0], "high", report[1])
+        ok.advance(utc("05:00"))
+        ok.world(world(reader=label(utc("06:00"), index=4)))  # taken off: the next one is fine
+        ok.advance(utc("06:00"))
+        assert ok.findings == []
+
+
+def test_r8_an_unusable_sachet_on_another_patients_roll_is_the_wrong_roll() -> None:
+    j = judge(enforce=frozenset())
+    j.advance(utc("03:00"))
+    foreign = SachetLabel("X1", "p-other", "p-other", 0, None, utc("06:00", 9))
+    j.world(world(roll="p-other", reader=foreign))
+    j.published("wrong_roll", "high", {})
+    j.advance(utc("05:00"))
+    assert j.findings == []
+
+
+# --- R10: phantom dispenser events ----------------------------------------------------------
+
+
+def test_r10_a_phantom_must_be_reported_unless_one_was_just_reported() -> None:
+    j = judge(enforce=frozenset({"R10"}))
+    j.world(world())
+    j.advance(utc("03:00"))
+    j.phantom(0xFFFF_FFFF)
+    j.published("phantom_dispenser_event", "medium", {"dispense_id": 0xFFFF_FFFF})
+    j.advance(utc("03:05"))
+    j.phantom(2**31)  # within the engine's rate limit of the first report: nothing owed
+    j.advance(utc("04:00"))
+    j.phantom(None)  # the dose in the tray with another sachet index
+    with pytest.raises(InvariantViolation, match=r"R10 .*condition phantom"):
+        j.advance(utc("04:11"))
+
+
+def test_r10_a_phantom_id_never_becomes_a_dose() -> None:
+    j = judge(enforce=frozenset({"R10"}))
+    j.world(world())
+    j.advance(utc("05:50"))
+    j.phantom(4_000_000_000)
+    j.published("phantom_dispenser_event", "medium", {"dispense_id": 4_000_000_000})
+    with pytest.raises(InvariantViolation, match="only a phantom"):
+        j.published(
+            "dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 4_000_000_000}
+        )
+
+
+def test_r10_no_intake_nobody_made_and_no_dose_held_for_an_empty_tray() -> None:
+    j = judge(enforce=frozenset({"R10"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.presented(7, label(utc("06:00")))
+    j.world(world(tray_occupied=True))
+    with pytest.raises(InvariantViolation, match="nobody lifted"):
+        j.published(
+            "slot_outcome",
+            "info",
+            {"slot_id": "2026-06-01T08:00", "outcome": "taken", "dispense_id": 7},
+        )
+    empty = judge(enforce=frozenset({"R10"}))
+    empty.world(world())
+    empty.advance(utc("19:00"))  # the tray empty and the agent linked all day
+    with pytest.raises(InvariantViolation, match=r"tray has been empty since"):
+        empty.published(
+            "slot_outcome",
+            "high",
+            {
+                "slot_id": "2026-06-01T20:00",
+                "outcome": "missed",
+                "reason": "not_dispensed:tray_occupied",
+            },
+        )
+    # a tray really occupied, or emptied (or the link back) only shortly before the due time
+    held = judge()
+    held.world(world(tray_occupied=True))
+    held.advance(utc("17:55"))
+    held.world(world())
+    held.advance(utc("19:00"))
+    held.published(
+        "slot_outcome",
+        "high",
+        {
+            "slot_id": "2026-06-01T20:00",
+            "outcome": "missed",
+            "reason": "not_dispensed:previous_dose_in_tray",
+        },
+    )
+    relinked = judge()
+    relinked.world(world(linked=False))
+    relinked.advance(utc("17:55"))
+    relinked.world(world())
+    relinked.advance(utc("19:00"))
+    relinked.published(
+        "slot_outcome",
+        "high",
+        {"slot_id": "2026-06-01T20:00", "outcome": "refused", "reason": "tray_occupied"},
+    )
+    assert held.findings == relinked.findings == []
+
+
 # --- enforcement and reporting ------------------------------------------------------------
 
 
@@ -714,7 +895,7 @@ def test_rule_lists_parse() -> None:
     assert parse_rules("none") == frozenset()
     assert parse_rules("R2, R8.jam") == {"R2", "R8.jam"}
     with pytest.raises(ValueError, match="unknown judge rules"):
-        parse_rules("R10")
+        parse_rules("R11")
     with pytest.raises(ValueError, match="true time"):
         Judge(JudgeConfig(REF, OSLO, ("08:00",), DAY, INSTALLED, UNTIL, timedelta(0))).taken(1)
     j = judge()

@@ -64,10 +64,27 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
      leader) matches no slot of the schedule and no person's decision covers it -> a HIGH
      `plan_mismatch` naming that roll and sachet index.
    Each condition is a sub-rule ("R8.jam" ...) that can be enforced on its own.
+   - "roll_unreadable": a roll whose leader names this patient but whose other fields cannot be
+     read (an erased expiry, all ones on the wire) is loaded -> `roll_rejected` (a blank leader,
+     which names nobody, is a "wrong_roll");
+   - "sachet_unusable": the sachet at the reader of this patient's roll cannot be given whatever
+     the slot: the reader cannot read it, its print carries no time, or it names another patient
+     -> `fault_reader` or `sachet_rejected` (one naming that roll and sachet, when it names one).
 R9 no false missed alarm: no `slot_outcome` "missed", published while the agent runs and is
    linked to the dispenser (so it can ask whether the tray is empty), for a slot whose dose the
    agent published as presented (`dose_presented`) and the patient lifted out of the tray before
    that outcome (e.g. while the agent restarted or its link was down, so its `DoseTaken` was lost).
+R10 phantom dispenser events change nothing: a dose event (presented, taken, retained) that matches
+   no dose the agent commanded (an unknown dispense id, or another sachet index than the dose in
+   the tray; the simulation injects them, with values up to their type limits, and tells the
+   judge) is reported by a `phantom_dispenser_event` within the bound, unless one was published
+   less than `phantom_report_interval` before (the engine rate-limits the report), and it changes
+   nothing the patient gets:
+   - no other published event names a phantom dispense id (as presented, taken, retained ...);
+   - no slot is settled "taken" for a dose the patient did not lift out of the tray;
+   - no dose is refused or missed because the tray is occupied (reason `tray_occupied` or
+     `previous_dose_in_tray`) when the tray has been physically empty, with the agent linked to
+     the dispenser, from `high_report_bound` before the slot's due time until the outcome.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -96,8 +113,17 @@ RULES: dict[str, str] = {
     "R7": "no missed-dose alarm while paused",
     "R8": "every HIGH condition reported within the bound",
     "R9": "no missed alarm for a presented dose the patient took",
+    "R10": "phantom dispenser events are reported and change nothing",
 }
-HIGH_CONDITIONS = ("wrong_roll", "jam", "bin_full", "roll_empty", "plan_mismatch")
+HIGH_CONDITIONS = (
+    "wrong_roll",
+    "jam",
+    "bin_full",
+    "roll_empty",
+    "plan_mismatch",
+    "roll_unreadable",
+    "sachet_unusable",
+)
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
 SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
 ALL_RULES = frozenset(RULES)
@@ -120,7 +146,10 @@ HOLDING_RULES = frozenset(
         # Pi was down (roll_rejected at boot) holds the next dose without a HIGH naming its slot
         # (tests/test_simulation.py, strict xfail)
         "R8.plan_mismatch",
+        "R8.roll_unreadable",
+        "R8.sachet_unusable",
         "R9",
+        "R10",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -204,6 +233,20 @@ def reference_min_interval(times: Sequence[str]) -> timedelta:
     return min(timedelta(minutes=min(gaps)) / 2, DEFAULT_MIN_INTERVAL_MAX)
 
 
+def reference_min_interval_of_rules(rules: Sequence[Sequence[str]]) -> timedelta:
+    """The default minimum interval of a schedule whose rules (dose times, in the order they
+    take effect) follow one another, as agent/engine/schedule.py documents it: half the smallest
+    spacing between two doses of any rule, across midnight too, and across each change of rule
+    (the last dose of the day before to the first of the new rule's first day), at most 12 h."""
+    interval = DEFAULT_MIN_INTERVAL_MAX
+    days = [sorted({_clock_minutes(parse_hhmm(t)) for t in times}) for times in rules]
+    for times in rules:
+        interval = min(interval, reference_min_interval(times))
+    for before, after in pairwise(d for d in days if d):
+        interval = min(interval, timedelta(minutes=24 * 60 - before[-1] + after[0]) / 2)
+    return interval
+
+
 def _clock_minutes(t: time) -> int:
     return t.hour * 60 + t.minute
 
@@ -216,11 +259,17 @@ class SachetLabel:
     """What is printed on a sachet and its roll's leader."""
 
     roll_id: str
-    roll_patient_ref: str  # the roll's leader label
+    roll_patient_ref: str  # the roll's leader label ("": blank, names nobody)
     patient_ref: str  # printed on the sachet
     index: int
-    intended_utc: datetime
-    roll_expiry_utc: datetime
+    intended_utc: datetime | None  # None: the print carries no time
+    roll_expiry_utc: datetime | None  # None: the leader's expiry cannot be read (erased)
+    readable: bool = True  # False: the dispenser's reader cannot read this sachet at all
+
+    @property
+    def usable(self) -> bool:
+        """Readable and printed with a time: a sachet some slot could be given."""
+        return self.readable and self.intended_utc is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +282,8 @@ class World:
     bin_full: bool
     agent_linked: bool  # the agent runs and is connected to the dispenser
     reader: SachetLabel | None = None  # the sachet at the reader of the loaded roll
+    tray_occupied: bool = False  # a presented sachet lies in the tray
+    roll_label_readable: bool = True  # the loaded roll's leader fields can be read (R8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +304,8 @@ class JudgeConfig:
     sachet_time_tolerance: timedelta  # the engine's setting, passed in (not imported)
     min_intake_interval: timedelta = timedelta(minutes=90)
     high_report_bound: timedelta = timedelta(minutes=10)
+    # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
+    phantom_report_interval: timedelta = timedelta(minutes=10)
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -280,17 +333,24 @@ class _Condition:
     deadline: datetime | None  # None while the agent cannot know
     slot_id: str | None = None  # roll_empty: the slot it blocks
     reported: bool = False
-    sachet: tuple[str, int] | None = None  # plan_mismatch: (roll id, index) of the sachet
+    sachet: tuple[str, int] | None = None  # plan_mismatch, sachet_unusable: (roll id, index)
+    rule: str = ""  # the rule a late report breaks; "": R8.<name>
 
 
 _CONDITION_EVENTS = {
-    "wrong_roll": "wrong_roll",
-    "jam": "fault_jam",
-    "bin_full": "fault_bin_full",
-    "plan_mismatch": "plan_mismatch",
+    "wrong_roll": ("wrong_roll",),
+    "jam": ("fault_jam",),
+    "bin_full": ("fault_bin_full",),
+    "plan_mismatch": ("plan_mismatch",),
+    "roll_unreadable": ("roll_rejected",),
+    "sachet_unusable": ("fault_reader", "sachet_rejected"),
 }
 # roll_empty: the HIGH events that name the slot whose dose waits for a roll, or did not get it
 _SLOT_EVENTS = ("slot_outcome", "dose_held")
+PHANTOM = "phantom"  # R10's condition: a phantom dose event not yet reported
+PHANTOM_REPORT = "phantom_dispenser_event"
+# R10: reasons of an outcome that say the tray was occupied (docs/engine.md, reason tokens)
+TRAY_REASONS = ("tray_occupied", "previous_dose_in_tray")
 
 
 @dataclass(slots=True)
@@ -319,6 +379,10 @@ class Judge:
     _optional: set[str] = field(default_factory=set)  # slot ids an outcome is allowed for
     _decisions: set[tuple[str, int | None]] = field(default_factory=set)  # (roll, index|None)
     _min_interval: timedelta = timedelta(0)  # R2's, as in force now (a schedule update moves it)
+    _phantoms: set[int] = field(default_factory=set)  # dispense ids of injected phantom events
+    _last_phantom_report: datetime | None = None
+    _tray_empty_since: datetime | None = None  # None: occupied (R10)
+    _linked_since: datetime | None = None  # None: the agent is not linked now (R10)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -350,9 +414,11 @@ class Judge:
             if c.installed_utc <= s.due_utc < c.expect_until_utc and s.slot_id not in self._optional
         ]
 
-    def slot_for_sachet(self, intended: datetime) -> RefSlot | None:
+    def slot_for_sachet(self, intended: datetime | None) -> RefSlot | None:
         """The slot a sachet is packed for: the nearest by due instant, if within the tolerance
-        (several slots at that one instant: the first by id)."""
+        (several slots at that one instant: the first by id); None for a print without a time."""
+        if intended is None:
+            return None
         nearest = self._nearest(intended)
         if nearest is None or abs(nearest.due_utc - intended) > self.config.sachet_time_tolerance:
             return None
@@ -409,16 +475,17 @@ class Judge:
         for cond in list(self._conditions.values()):
             if not cond.reported and cond.deadline is not None and now > cond.deadline:
                 self._violation(
-                    f"R8.{cond.name}",
-                    f"HIGH condition {cond.name}"
+                    cond.rule or f"R8.{cond.name}",
+                    ("" if cond.rule else "HIGH ")
+                    + f"condition {cond.name}"
                     + (f" (slot {cond.slot_id})" if cond.slot_id else "")
                     + f" since {cond.onset.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z not reported "
                     f"within {self.config.high_report_bound}",
                     cond.deadline,
                 )
                 cond.reported = True  # once per episode
-        for key in [k for k, c in self._conditions.items() if c.slot_id and c.reported]:
-            del self._conditions[key]  # a due slot's empty roll: reported (or judged) once
+        for key in [k for k, c in self._conditions.items() if c.reported and (c.slot_id or c.rule)]:
+            del self._conditions[key]  # a due slot's empty roll, a phantom: reported (or judged)
 
     def _at_due(self, slot: RefSlot) -> None:
         world = self._world
@@ -488,26 +555,34 @@ class Judge:
 
     def _review_reader(self, now: datetime) -> None:
         """R8.plan_mismatch: is the sachet at the reader one of this patient's that matches no
-        slot, with nobody's decision on it?"""
+        slot, with nobody's decision on it? R8.sachet_unusable: is it one of this patient's roll
+        that no slot can be given (unreadable, no time, another patient's name)?"""
         world = self._world
         label = world.reader if world is not None else None
         ref = self.config.patient_ref
-        key: str | None = None
-        if (
-            label is not None
-            and label.roll_patient_ref == ref
-            and label.patient_ref == ref
-            and not self._decided(label)
-            and self.slot_for_sachet(label.intended_utc) is None
-        ):
-            key = f"plan_mismatch {label.roll_id}/{label.index}"
-        for other in [k for k, c in self._conditions.items() if c.name == "plan_mismatch"]:
-            if other != key:
-                del self._conditions[other]
-        if key is not None and key not in self._conditions and label is not None:
+        name: str | None = None
+        if label is not None and world is not None and label.roll_patient_ref == ref:
+            if world.roll_label_readable and (not label.usable or label.patient_ref != ref):
+                name = "sachet_unusable"
+            elif (
+                label.usable
+                and label.patient_ref == ref
+                and not self._decided(label)
+                and self.slot_for_sachet(label.intended_utc) is None
+            ):
+                name = "plan_mismatch"
+        key = f"{name} {label.roll_id}/{label.index}" if name and label else None
+        for other in [
+            k
+            for k, c in self._conditions.items()
+            if c.name in ("plan_mismatch", "sachet_unusable") and k != key
+        ]:
+            del self._conditions[other]
+        if name is not None and key not in self._conditions and label is not None:
             assert world is not None
+            assert key is not None
             self._conditions[key] = _Condition(
-                "plan_mismatch",
+                name,
                 now,
                 self._deadline(now, world.agent_linked),
                 sachet=(label.roll_id, label.index),
@@ -518,11 +593,12 @@ class Judge:
         now = self._now or self.config.installed_utc
         previous = self._world
         self._world = state
+        ref = self.config.patient_ref
         present = {
-            "wrong_roll": state.roll_patient_ref is not None
-            and state.roll_patient_ref != self.config.patient_ref,
+            "wrong_roll": state.roll_patient_ref is not None and state.roll_patient_ref != ref,
             "jam": state.jammed,
             "bin_full": state.bin_full,
+            "roll_unreadable": state.roll_patient_ref == ref and not state.roll_label_readable,
         }
         for name, on in present.items():
             if on and name not in self._conditions:
@@ -545,6 +621,14 @@ class Judge:
                     c.deadline = None
         if previous is None or state.reader != previous.reader:
             self._review_reader(now)
+        if not state.tray_occupied and (previous is None or previous.tray_occupied):
+            self._tray_empty_since = now
+        elif state.tray_occupied:
+            self._tray_empty_since = None
+        if state.agent_linked and (previous is None or not previous.agent_linked):
+            self._linked_since = now
+        elif not state.agent_linked:
+            self._linked_since = None
 
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
@@ -559,19 +643,31 @@ class Judge:
                 f"{dispense_id}) is another patient's: leader {label.roll_patient_ref!r}, "
                 f"sachet {label.patient_ref!r}, bound {ref!r}",
             )
-        if label.roll_expiry_utc <= now:
+        if label.roll_expiry_utc is None:
+            self._violation(
+                "R4",
+                f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
+                f"{dispense_id}) from a roll whose expiry cannot be read",
+            )
+        elif label.roll_expiry_utc <= now:
             self._violation(
                 "R4",
                 f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
                 f"{dispense_id}) from a roll that expired "
                 f"{label.roll_expiry_utc.astimezone(UTC):%Y-%m-%d %H:%M}Z",
             )
+        if not label.readable:
+            self._violation(
+                "R4",
+                f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
+                f"{dispense_id}), which the reader cannot read",
+            )
         if slot is None:
             self._violation(
                 "R4",
                 f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
-                f"{dispense_id}) is packed for {_iso(label.intended_utc)}, no slot of the "
-                "schedule within the tolerance",
+                f"{dispense_id}) is packed for {_iso_or_none(label.intended_utc)}, no slot of "
+                "the schedule within the tolerance",
             )
         else:
             self._count_presentation(slot.slot_id, dispense_id, "its label")
@@ -623,14 +719,14 @@ class Judge:
             self._violation(
                 "R4",
                 f"{what} taken along on a trip at {_iso(now)} is packed for "
-                f"{_iso(label.intended_utc)}, no slot of a travel pause",
+                f"{_iso_or_none(label.intended_utc)}, no slot of a travel pause",
             )
             return
-        if label.roll_expiry_utc <= slot.due_utc:
+        if label.roll_expiry_utc is None or label.roll_expiry_utc <= slot.due_utc:
             self._violation(
                 "R4",
                 f"{what} taken along for slot {slot.slot_id} due {_iso(slot.due_utc)}: its roll "
-                f"expires before, at {_iso(label.roll_expiry_utc)}",
+                f"expires before, at {_iso_or_none(label.roll_expiry_utc)}",
             )
 
     @staticmethod
@@ -643,7 +739,7 @@ class Judge:
         slot = self.slot_for_sachet(label.intended_utc)
         what = (
             f"sachet {label.index} of roll {label.roll_id} packed for "
-            f"{_iso(label.intended_utc)} (dispense id {dispense_id})"
+            f"{_iso_or_none(label.intended_utc)} (dispense id {dispense_id})"
         )
         decisions = self.config.discard_decisions
         if slot is None:
@@ -693,13 +789,24 @@ class Judge:
     # --- the published stream -------------------------------------------------------------------
 
     def published(self, kind: str, priority: str, fields: dict[str, object]) -> None:
+        if kind == PHANTOM_REPORT:
+            self._last_phantom_report = self._require_now()
+            for cond in self._conditions.values():
+                cond.reported = cond.reported or cond.name == PHANTOM
+            return
+        if self._phantoms and fields.get("dispense_id") in self._phantoms:
+            self._violation(
+                "R10",
+                f"{kind} names dispense id {fields.get('dispense_id')}, which only a phantom "
+                "dispenser event ever named",
+            )
         if kind == "slot_outcome":
             self._on_outcome(priority, fields)
         elif kind == "dose_presented":
             self._on_presented_event(fields)
         if priority == HIGH:
             for cond in self._conditions.values():
-                if cond.reported:
+                if cond.reported or cond.name == PHANTOM:
                     continue
                 if cond.name == "roll_empty":
                     cond.reported = kind in _SLOT_EVENTS and fields.get("slot_id") == cond.slot_id
@@ -708,8 +815,26 @@ class Judge:
                         fields.get("roll_id"),
                         fields.get("sachet_index"),
                     )
-                elif _CONDITION_EVENTS[cond.name] == kind:
-                    cond.reported = True
+                elif kind in _CONDITION_EVENTS[cond.name]:
+                    names = (fields.get("roll_id"), fields.get("index"))
+                    # a report naming a sachet must name this one
+                    cond.reported = names[1] is None or cond.sachet in (None, names)
+
+    def phantom(self, dispense_id: int | None) -> None:
+        """The dispenser (a firmware fault, a corrupt but valid frame) is about to report a dose
+        event that matches no dose the agent commanded (R10): with `dispense_id`, an id nobody
+        used; None: the dose in the tray, with another sachet index. Call it only when the agent
+        will hear it."""
+        now = self._require_now()
+        if dispense_id is not None:
+            self._phantoms.add(dispense_id)
+        last = self._last_phantom_report
+        if last is not None and now - last <= self.config.phantom_report_interval:
+            return  # the engine reports them at most that often
+        linked = self._world is not None and self._world.agent_linked
+        self._conditions[f"{PHANTOM} {dispense_id} {now.isoformat()}"] = _Condition(
+            PHANTOM, now, self._deadline(now, linked), rule="R10"
+        )
 
     def _on_presented_event(self, fields: dict[str, object]) -> None:
         dispense_id, slot_id = fields.get("dispense_id"), fields.get("slot_id")
@@ -726,6 +851,8 @@ class Judge:
             self._violation("R4", f"dose_presented names slot {slot_id}, not in the schedule")
             return
         tolerance = self.config.sachet_time_tolerance
+        if label.intended_utc is None:
+            return  # R4 judged it when it was cut: no time, no slot
         gap = abs(label.intended_utc - slot.due_utc)
         what = f"sachet packed for {_iso(label.intended_utc)} (dispense id {dispense_id})"
         if gap > tolerance:
@@ -759,6 +886,7 @@ class Judge:
         if slot is None or slot.due_utc < self.config.installed_utc:
             self._violation("R3", f"outcome {outcome} for slot {slot_id}, not in the schedule")
             return
+        self._judge_tray_belief(slot, outcome, fields)
         if outcome != "missed":
             return
         linked = self._world is not None and self._world.agent_linked
@@ -779,6 +907,33 @@ class Judge:
                 f"missed-dose alarm ({priority}) for slot {slot_id} due {_iso(slot.due_utc)} "
                 f"while pause {pause_id} "
                 + ("covers its due time" if due_paused else "is in force"),
+            )
+
+    def _judge_tray_belief(self, slot: RefSlot, outcome: str, fields: dict[str, object]) -> None:
+        """R10: an intake only when the patient lifted the dose out; no dose held back for a tray
+        that has been empty (and seen by a linked agent) all along."""
+        dispense_id = fields.get("dispense_id")
+        if outcome == "taken" and isinstance(dispense_id, int) and dispense_id not in self._taken:
+            self._violation(
+                "R10",
+                f"slot {slot.slot_id} settled taken, but nobody lifted its dose (dispense id "
+                f"{dispense_id}) out of the tray",
+            )
+        reason = fields.get("reason")
+        if outcome not in ("refused", "missed") or not isinstance(reason, str):
+            return
+        if not any(token in reason for token in TRAY_REASONS):
+            return
+        empty, linked = self._tray_empty_since, self._linked_since
+        if empty is None or linked is None:
+            return
+        since = max(empty, linked)
+        if since + self.config.high_report_bound <= slot.due_utc:
+            self._violation(
+                "R10",
+                f"slot {slot.slot_id} due {_iso(slot.due_utc)} ended {outcome} ({reason}), but the "
+                f"tray has been empty since {_iso(empty)} and the agent linked since "
+                f"{_iso(linked)}",
             )
 
     # --- the end -------------------------------------------------------------------------------
@@ -811,6 +966,10 @@ class Judge:
 
 def _iso(at: datetime) -> str:
     return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+
+
+def _iso_or_none(at: datetime | None) -> str:
+    return "no time" if at is None else _iso(at)
 
 
 def _minutes(delta: timedelta) -> str:
