@@ -35,6 +35,7 @@ from agent.engine.schedule import Schedule, ScheduleRule, parse_time
 from agent.engine.types import (
     FROM_RESPONSE_CENTRE,
     ON_SITE,
+    AcknowledgeAlert,
     Action,
     Binding,
     CommandOutcome,
@@ -49,9 +50,11 @@ from agent.engine.types import (
     LinkDown,
     LinkUp,
     PauseWindow,
+    Priority,
     SendCommand,
     SetBinding,
     SetSchedule,
+    Silence,
     StartPause,
     Tick,
 )
@@ -64,6 +67,20 @@ from agent.simulation.judge import (
     SachetLabel,
     World,
     reference_min_interval,
+    reference_min_interval_of_rules,
+)
+from agent.simulation.mishaps import (
+    U16_MAX,
+    U64_MAX,
+    MishapRates,
+    Phantom,
+    PhantomKind,
+    RollDefect,
+    TimeMove,
+    plan_phantoms,
+    plan_roll_defects,
+    plan_store_faults,
+    plan_time_moves,
 )
 from agent.simulation.patient import (
     Decider,
@@ -81,16 +98,21 @@ from agent.simulation.patient import (
 from hw.dispenser import DispenserIdentity, DispenserModel, SimRoll, SimSachet
 from protocol import PROTOCOL_VERSION
 from protocol.messages import (
+    AlertPattern,
     ButtonId,
     Capabilities,
     CommandResult,
     Discard,
     DosePresented,
+    DoseRetained,
     DoseTaken,
     FaultCode,
     Hello,
+    LowSupply,
     Message,
     ResultCode,
+    SetAlert,
+    SetLock,
     Status,
     TimeReport,
 )
@@ -110,6 +132,22 @@ SCHEDULE_TEMPLATES: tuple[tuple[str, ...], ...] = (
 PLAN_PERIOD_DAYS = 14  # the nurse's refill period (patient.Nurse)
 PLAN_OPERATOR = "operator-sim"
 PLAN_TECHNICIAN = "tech-sim"
+GARBLED_REF = "p-sim-0O01"  # a misprint of PATIENT_REF: another patient's reference to the agent
+# Latest wire time the world reads as a date (9999-12-31T23:59:59Z); the judge's own bound, not
+# the engine's: a leader time past it, or 0, is a field nobody can read as a date.
+WIRE_DATE_MAX_S = 253_402_300_799
+# What the centre's people (and their inputs) are called in the simulated world
+CENTRE_OPERATOR = "operator-sim"
+# Inputs only the response centre (or a person on site) gives: the engine may refuse them
+_CENTRE_INPUTS = (
+    SetBinding,
+    SetSchedule,
+    StartPause,
+    EndPause,
+    AcknowledgeAlert,
+    Silence,
+    DiscardUnplanned,
+)
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
 TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
@@ -152,6 +190,8 @@ class SimulationConfig:
     pauses_per_year: float = 0.0  # temporary stops ordered by the response centre
     # the pharmacy packs a dose time the schedule lacks (a new prescription, or its error)
     plan_changes_per_year: float = 0.0
+    # the print, phantom frames, the centre's habits, store faults (agent.simulation.mishaps)
+    mishaps: MishapRates = field(default_factory=MishapRates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +213,7 @@ class SimulationResult:
     judge_first: dict[str, str] = field(default_factory=dict)  # rule -> its first violation
     plan_changes: int = 0  # pharmacy plan changes planned (opt-in scenario)
     plan_decisions: int = 0  # people's decisions on plan mismatches the unit accepted
+    mishaps: dict[str, int] = field(default_factory=dict)  # what happened -> how often
 
 
 def default_start(seed: int) -> datetime:
@@ -229,6 +270,7 @@ class Simulation:
         self._rng_checks = random.Random(root.getrandbits(64))
         self._rng_pauses = random.Random(root.getrandbits(64))
         self._rng_plans = random.Random(root.getrandbits(64))
+        self._rng_world = random.Random(root.getrandbits(64))  # agent.simulation.mishaps
 
         self._elapsed = 0.0  # true seconds since start
         self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
@@ -255,7 +297,29 @@ class Simulation:
 
         ec = config.engine
         end_utc = self._start + timedelta(seconds=self._duration_s)
-        self._slots = list(self._schedule.slots_between(self._start, end_utc))
+        rates = config.mishaps
+        self._mishap_counts: Counter[str] = Counter()
+        first_day = self._start.astimezone(OSLO).date()
+        self._moves = plan_time_moves(
+            self._rng_world,
+            rates.time_moves,
+            first_day,
+            config.days,
+            SCHEDULE_TEMPLATES,
+            self._times,
+        )
+        # the schedule as it will be: the pharmacy packs its rolls for the moved times too
+        planned = self._schedule
+        if self._moves:
+            rules = [
+                *self._schedule.rules,
+                *(
+                    ScheduleRule(m.effective_from, tuple(parse_time(t) for t in m.times))
+                    for m in self._moves
+                ),
+            ]
+            planned = Schedule.build(DEFAULT_ZONE, rules, config.min_interval)
+        self._slots = list(planned.slots_between(self._start, end_utc))
         self._slot_dues = [(s.due_utc - self._start).total_seconds() for s in self._slots]
         self._expected = [s.slot_id for s in self._slots if s.due_utc < end_utc - SETTLE_MARGIN]
         self._patient = Patient(
@@ -283,9 +347,20 @@ class Simulation:
         self._plan_decisions = 0
         self._period_of_roll = {p.roll_id: k for k, p in enumerate(self._periods)}
         self._pack_plan_changes()
+        self._defects = plan_roll_defects(self._rng_world, len(self._periods), rates.roll_defect)
+        self._phantoms = plan_phantoms(
+            self._rng_world, self._duration_s, rates.phantoms, self._slot_dues
+        )
+        self._store_faults = plan_store_faults(
+            self._rng_world, self._duration_s, rates.store_faults
+        )
+        self._store_fault_armed = False
+        self._held_frames: list[Message] = []  # not ACKed by an agent that failed to store them
+        self._fixer_on_the_way = False  # a nurse is on the way for an unusable roll or sachet
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
+        self._plan_mishaps()
         self._judge: Judge | None = None
         self._world: World | None = None
         if config.judge:
@@ -299,6 +374,7 @@ class Simulation:
                     expect_until_utc=end_utc - SETTLE_MARGIN,
                     sachet_time_tolerance=ec.sachet_time_tolerance,
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
+                    phantom_report_interval=ec.chatty_min_interval,
                     enforce=config.judge_enforce if config.require_outcomes else frozenset(),
                     seed=config.seed,
                 )
@@ -506,7 +582,9 @@ class Simulation:
     def _nurse_visit(self, visit: NurseVisit) -> None:
         period = self._periods[visit.period]
         ref = self.config.patient_ref
-        good = self._roll(period, ref, ref, self._true_utc() + timedelta(days=60))
+        good = self._misprinted(
+            self._roll(period, ref, ref, self._true_utc() + timedelta(days=60)), visit.period
+        )
         roll = good
         match visit.mistake:
             case RollMistake.FOREIGN:
@@ -782,10 +860,7 @@ class Simulation:
         self._applied.add(k)
         if self._judge is not None:
             hhmm = [f"{t:%H:%M}" for t in times]
-            # the judge's own reference of the default (half the new smallest spacing), as at
-            # installation: never the engine's value
-            interval = self.config.min_interval or reference_min_interval(hhmm)
-            self._judge.schedule_changed(day, hhmm, interval)
+            self._judge.schedule_changed(day, hhmm, self._judge_interval(rules))
         end_utc = self._start + timedelta(seconds=self._duration_s) - SETTLE_MARGIN
         known = set(self._expected)
         self._expected += [
@@ -795,6 +870,210 @@ class Simulation:
         ]
         self._feed([SetSchedule(schedule, self._schedule_version)])
         self._plan_decisions += 1
+
+    # --- mishaps: the print, phantom frames, the centre's habits, store faults ----------------
+
+    def _plan_mishaps(self) -> None:
+        for phantom in self._phantoms:
+            self._at(phantom.at_s, f"phantom {phantom.kind}", partial(self._phantom, phantom))
+        for move in self._moves:
+            begins = datetime.combine(move.effective_from, time(0), tzinfo=OSLO)
+            at = (begins - self._start).total_seconds() - move.notice.total_seconds()
+            self._at(at, f"schedule update: times {move.times}", partial(self._move_times, move))
+        for at in self._store_faults:
+            self._at(at, "store fault", self._arm_store_fault)
+
+    def _misprinted(self, roll: SimRoll, period: int) -> SimRoll:
+        """The pharmacy's print of roll `period`, with its defect if it has one."""
+        defect, where = self._defects[period]
+        sachets = roll.sachets
+        if defect is RollDefect.NONE or not sachets:
+            return roll
+        self._mishap_counts[f"roll_{defect}"] += 1
+        i = min(int(where * len(sachets)), len(sachets) - 1)
+        sachet = sachets[i]
+        match defect:
+            case RollDefect.LEADER_BLANK:
+                return replace(roll, patient_ref="")
+            case RollDefect.LEADER_ERASED:
+                return replace(roll, expiry_utc_s=U64_MAX)
+            case RollDefect.SHORT:
+                days = 1 + int(where * 3)
+                last = sachets[-1].intended_utc_s - days * 86400
+                return replace(roll, sachets=tuple(s for s in sachets if s.intended_utc_s <= last))
+            case RollDefect.SACHET_UNREADABLE:
+                sachet = replace(sachet, readable=False)
+            case RollDefect.SACHET_NO_TIME:
+                sachet = replace(sachet, intended_utc_s=0)
+            case RollDefect.SACHET_GARBLED:
+                sachet = replace(sachet, patient_ref=GARBLED_REF)
+        return replace(roll, sachets=(*sachets[:i], sachet, *sachets[i + 1 :]))
+
+    def _fix_unusable(self) -> None:
+        """A nurse answers an alert about the roll or the sachet at the reader: a reprinted
+        leader for this patient's misprinted roll, and the unusable sachets at the reader taken
+        off by hand (nothing the dispenser cuts)."""
+        self._fixer_on_the_way = False
+        roll = self._model.roll
+        if roll is None or not roll.sachets:
+            return
+        ref = self.config.patient_ref
+        if roll.sachets[0].patient_ref != ref and roll.sachets[-1].patient_ref != ref:
+            return  # another patient's roll: the nurse's own correction takes it out
+        fixed = roll
+        if roll.patient_ref == "":
+            fixed = replace(fixed, patient_ref=ref)
+        if _wire_date(roll.expiry_utc_s) is None:
+            fixed = replace(fixed, expiry_utc_s=self._rtc_utc_s() + 60 * 86400)
+        position = self._model.position
+        while position < len(fixed.sachets) and not _usable(fixed.sachets[position], fixed):
+            position += 1
+        if fixed is roll and position == self._model.position:
+            return
+        self._mishap_counts["nurse_fixes"] += 1
+        self._physical(
+            self._model.remove_roll() + self._model.insert_roll(replace(fixed, next_index=position))
+        )
+
+    def _phantom(self, phantom: Phantom) -> None:
+        """The dispenser's firmware reports a dose event for nothing the agent commanded."""
+        if self._engine is None or self._link_downs:
+            return  # nobody hears it
+        tray = self._model.tray
+        dispense_id: int | None = phantom.dispense_id
+        message: Message
+        match phantom.kind:
+            case PhantomKind.PRESENTED:
+                message = DosePresented(phantom.dispense_id, phantom.sachet_index)
+            case PhantomKind.RETAINED:
+                message = DoseRetained(phantom.dispense_id, phantom.sachet_index)
+            case PhantomKind.WRONG_INDEX if tray is not None:
+                other = (tray.sachet_index + 1 + phantom.sachet_index) % (U16_MAX + 1)
+                if other == tray.sachet_index:
+                    other = (other + 1) % (U16_MAX + 1)
+                message = DoseTaken(tray.dispense_id, other)
+                dispense_id = None  # a real dose's id, another sachet's index
+            case PhantomKind.LOW_SUPPLY:
+                message = LowSupply("", U16_MAX)
+            case _:
+                message = DoseTaken(phantom.dispense_id, phantom.sachet_index)
+        self._mishap_counts[f"phantom_{type(message).__name__}"] += 1
+        if self._judge is not None and phantom.kind is not PhantomKind.LOW_SUPPLY:
+            self._judge.phantom(dispense_id)
+        self._feed([FromDispenser(message)])
+
+    def _centre_reacts(self, event: EngineEvent) -> None:
+        """The response centre's people: acknowledge latched alerts, silence the unit on a HIGH
+        event, send a nurse to a roll or sachet nobody can use."""
+        rates, rng = self.config.mishaps, self._rng_world
+        high = event.priority is Priority.HIGH
+        if event.alert_id is not None and rates.acknowledge and rng.random() < rates.acknowledge:
+            self._at(
+                self._elapsed + rng.uniform(60.0, 4 * 3600.0),
+                f"centre acknowledges {event.alert_id}",
+                partial(self._acknowledge, event.alert_id),
+            )
+        if high and rates.silence and rng.random() < rates.silence:
+            minutes = rng.uniform(5.0, 60.0)
+            self._at(
+                self._elapsed + rng.uniform(30.0, 600.0),
+                "centre silences the unit",
+                partial(self._silence, timedelta(minutes=minutes)),
+            )
+        if (
+            high
+            and rates.roll_defect
+            and event.kind in ("wrong_roll", "roll_rejected", "fault_reader", "sachet_rejected")
+            and not self._fixer_on_the_way
+        ):
+            self._fixer_on_the_way = True
+            self._at(
+                self._elapsed + rng.uniform(3600.0, 8 * 3600.0),
+                "nurse sees to an unusable roll or sachet",
+                self._fix_unusable,
+            )
+
+    def _centre_input(self, inp: EngineInput, what: str) -> None:
+        """A response-centre command reaches the agent (it waits while the Pi is down)."""
+        if self._engine is None:
+            self._at(self._elapsed + 600.0, f"{what} again", partial(self._centre_input, inp, what))
+            return
+        try:
+            self._feed([inp])
+        except EngineInputError:
+            self._mishap_counts[f"{what}_refused"] += 1  # e.g. an alert resolved meanwhile
+            return
+        self._mishap_counts[what] += 1
+
+    def _acknowledge(self, alert_id: str) -> None:
+        self._centre_input(AcknowledgeAlert(alert_id, CENTRE_OPERATOR), "acknowledge")
+
+    def _silence(self, duration: timedelta) -> None:
+        self._centre_input(Silence(duration), "silence")
+
+    def _move_times(self, move: TimeMove) -> None:
+        """The centre sends the schedule with the moved dose times ahead of their first day
+        (like `_update_schedule`, while the unit's clock agrees with true time)."""
+        now = self._clock.now()
+        if (
+            self._engine is None
+            or now.trust is TimeTrust.UNTRUSTED
+            or abs((now.utc - self._true_utc()).total_seconds()) > 60
+        ):
+            self._at(
+                self._elapsed + 600.0, "schedule update again", partial(self._move_times, move)
+            )
+            return
+        day = move.effective_from
+        rules = [r for r in self._rules if r.effective_from < day]
+        rules.append(
+            ScheduleRule(effective_from=day, times=tuple(parse_time(t) for t in move.times))
+        )
+        schedule = Schedule.build(DEFAULT_ZONE, rules, self.config.min_interval)
+        self._rules, self._schedule_version = rules, self._schedule_version + 1
+        if self._judge is not None:
+            self._judge.schedule_changed(day, move.times, self._judge_interval(rules))
+        self._mishap_counts["times_moved"] += 1
+        self._feed([SetSchedule(schedule, self._schedule_version)])
+
+    def _judge_interval(self, rules: Sequence[ScheduleRule]) -> timedelta:
+        """R2's minimum interval for these rules: the config's, or the judge's own reference of
+        the documented default (never the engine's value)."""
+        if self.config.min_interval is not None:
+            return self.config.min_interval
+        return reference_min_interval_of_rules([[f"{t:%H:%M}" for t in r.times] for r in rules])
+
+    def _arm_store_fault(self) -> None:
+        """The store will refuse the commit of the next dispenser event the agent handles."""
+        self._store_fault_armed = True
+
+    def _fail_safe(self, messages: list[Message]) -> None:
+        """The daemon's fail-safe (agent/daemon.py): the step's commit failed, so nothing of it
+        leaves the unit and the frame is not ACKed; the dispenser is locked and shows FAULT; the
+        process exits and systemd starts it again from the durable state (the engine as it was
+        before this step)."""
+        self._store_fault_armed = False
+        self._mishap_counts["store_fault"] += 1
+        for message in messages:
+            if isinstance(message, DosePresented):
+                self._on_presented()  # the dose is in the tray whatever the agent stored
+        self._model.handle(SetLock(self._next_req_id(), True))
+        self._model.handle(SetAlert(self._next_req_id(), AlertPattern.FAULT))
+        self._held_frames = [*self._held_frames, *messages]
+        self._saved, self._engine = self._engine, None
+        self._at(
+            self._elapsed + self._rng_world.uniform(5.0, 30.0),
+            "agent restarts after a store fault",
+            self._after_store_fault,
+        )
+
+    def _after_store_fault(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
+        if self._link_downs == 0:
+            self._link_up()
 
     # --- the shell ----------------------------------------------------------------------------
 
@@ -814,13 +1093,29 @@ class Simulation:
         reply = self._model.handle(Hello(self._next_req_id(), PROTOCOL_VERSION, "sim"))
         caps, announced = reply[0], reply[1:]
         assert isinstance(caps, Capabilities)
+        chance = self.config.mishaps.erased_rtc
+        if chance and self._rng_world.random() < chance:
+            caps = replace(caps, rtc_utc_s=U64_MAX)  # the dispenser's RTC reads as erased flash
+            self._mishap_counts["erased_rtc"] += 1
         self._feed([LinkUp(caps), *(FromDispenser(message) for message in announced)])
+        if self._held_frames:
+            # the dispenser retransmits the frames the agent that failed safe never ACKed
+            held, self._held_frames = self._held_frames, []
+            self._feed([FromDispenser(message) for message in held])
 
     def _next_req_id(self) -> int:
         self._req_id = (self._req_id + 1) & 0xFFFF
         return self._req_id
 
     def _from_dispenser(self, messages: list[Message]) -> None:
+        if (
+            self._store_fault_armed
+            and messages
+            and self._engine is not None
+            and not self._link_downs
+        ):
+            self._fail_safe(messages)
+            return
         inputs: list[EngineInput] = []
         for message in messages:
             if isinstance(message, DosePresented):
@@ -853,7 +1148,9 @@ class Simulation:
                     index,
                     roll.patient_ref,
                     sachet.patient_ref,
-                    datetime.fromtimestamp(sachet.intended_utc_s, UTC),
+                    datetime.fromtimestamp(
+                        max(0, min(sachet.intended_utc_s, WIRE_DATE_MAX_S)), UTC
+                    ),
                 )
             )
         if self._judge is not None:
@@ -910,6 +1207,8 @@ class Simulation:
             self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
         if event.kind == "plan_mismatch":
             self._on_plan_alert(event.fields)
+        if self.config.mishaps.any:
+            self._centre_reacts(event)
 
     def _feed(self, first: Sequence[EngineInput]) -> None:
         """Step the engine on these inputs and on everything their actions cause, in order."""
@@ -921,7 +1220,7 @@ class Simulation:
             if engine is None:
                 continue
             now = self._clock.now()
-            actions = engine.step(inp, now)
+            actions = _total_step(engine, inp, now)
             self._step += 1
             self._recent.append((self._step, self._elapsed, "step", inp, actions))
             self._checker.on_actions(actions)
@@ -974,6 +1273,7 @@ class Simulation:
             judge_first=self._judge.first_findings() if self._judge else {},
             plan_changes=len(self._plan_changes),
             plan_decisions=self._plan_decisions,
+            mishaps=dict(sorted(self._mishap_counts.items())),
         )
 
     def _install(self) -> None:
@@ -1027,6 +1327,8 @@ class Simulation:
             bin_full=len(m.bin) >= m.identity.bin_capacity,
             agent_linked=self._engine is not None and not self._link_downs,
             reader=self._reader_label(),
+            tray_occupied=m.tray is not None,
+            roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
         )
         if world != self._world:
             self._world = world
@@ -1051,7 +1353,7 @@ class Simulation:
         )
         now = self._clock.now()
         before = engine.next_deadline(now)
-        actions = engine.step(Tick(), now)
+        actions = _total_step(engine, Tick(), now)
         self._step += 1
         self._recent.append((self._step, self._elapsed, "idle tick", None, actions))
         self._checker.on_actions(actions)
@@ -1080,9 +1382,37 @@ def _label(roll: SimRoll, index: int) -> SachetLabel:
         roll_patient_ref=roll.patient_ref,
         patient_ref=sachet.patient_ref,
         index=index,
-        intended_utc=datetime.fromtimestamp(sachet.intended_utc_s, UTC),
-        roll_expiry_utc=datetime.fromtimestamp(roll.expiry_utc_s, UTC),
+        intended_utc=_wire_date(sachet.intended_utc_s),
+        roll_expiry_utc=_wire_date(roll.expiry_utc_s),
+        readable=sachet.readable,
     )
+
+
+def _wire_date(seconds: int) -> datetime | None:
+    """A printed time as a date; None for 0 (nothing printed) or a value no date has."""
+    if not 0 < seconds <= WIRE_DATE_MAX_S:
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _usable(sachet: SimSachet, roll: SimRoll) -> bool:
+    """Could a nurse read this sachet as one of the roll's patient's doses?"""
+    return sachet.readable and sachet.intended_utc_s > 0 and sachet.patient_ref == roll.patient_ref
+
+
+def _total_step(engine: EngineLike, inp: EngineInput, now: Now) -> list[Action]:
+    """One engine step; an exception on input it must take (anything but a centre's input it
+    may refuse) is a violation: the engine is total (issue 7: never a crash, never a crash loop)."""
+    try:
+        return engine.step(inp, now)
+    except EngineInputError:
+        if isinstance(inp, _CENTRE_INPUTS):
+            raise
+        raise InvariantViolation(f"engine refused {inp!r} as a centre's input") from None
+    except InvariantViolation:
+        raise
+    except Exception as exc:  # any crash is the finding
+        raise InvariantViolation(f"engine raised {exc!r} on {inp!r}") from exc
 
 
 # --- engines ---------------------------------------------------------------------------------
