@@ -199,8 +199,17 @@ def test_a_valid_history_passes_every_rule() -> None:
             )
             j.advance(utc(hhmm, day) + timedelta(minutes=5))
             j.taken(10 * day + len(slot))
-            outcome(j, f"2026-06-0{day}T{slot}")
+            j.published(
+                "slot_outcome",
+                "info",
+                {
+                    "slot_id": f"2026-06-0{day}T{slot}",
+                    "outcome": "taken",
+                    "dispense_id": 10 * day + len(slot),
+                },
+            )
     j.discarded(99, label(utc("06:00", 1), index=9))  # a leftover for a settled slot: stale
+    j.published("sachet_discarded", "info", {"sachet_index": 9, "reason": "sachet_stale"})
     j.bin_fill(1, 30)
     j.finish(utc("23:00", 3))
     assert j.findings == []
@@ -505,7 +514,9 @@ def presented_and_taken(j: Judge, dispense_id: int = 5) -> None:
         "dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": dispense_id}
     )
     j.advance(utc("06:04"))
+    j.world(world(linked=False))  # the agent restarts: its DoseTaken is lost
     j.taken(dispense_id)
+    j.world(world())
 
 
 def test_r9_a_missed_alarm_for_a_presented_dose_the_patient_took() -> None:
@@ -562,6 +573,7 @@ def test_r8_a_reported_jam_and_one_cleared_in_time_are_fine() -> None:
     j.published("fault_jam", "high", {})
     j.advance(utc("04:00"))
     j.world(world())
+    j.published("fault_jam_cleared", "info", {})
     j.world(world(jammed=True))  # a new episode
     j.advance(utc("04:09"))
     j.world(world())  # cleared before its bound
@@ -874,6 +886,156 @@ def test_r10_no_intake_nobody_made_and_no_dose_held_for_an_empty_tray() -> None:
     assert held.findings == relinked.findings == []
 
 
+# --- R11: the centre's commands ------------------------------------------------------------
+
+
+def test_r11_an_acknowledgement_and_a_silence_are_confirmed_at_once() -> None:
+    j = judge(enforce=frozenset({"R11"}))
+    j.advance(utc("03:00"))
+    j.published("wrong_roll", "high", {"roll_id": "X1"}, "a-1")
+    j.centre_command("acknowledge", "a-1")
+    j.published("alert_acknowledged", "info", {"alert_id": "a-1", "by": "op"})
+    j.centre_command("acknowledge", "a-1")  # a second time: nothing owed (idempotent)
+    j.centre_command("acknowledge", "a-9")  # an id it never published: nothing owed
+    j.centre_command("silence")
+    j.published("alert_silenced", "info", {"seconds": 600.0})
+    j.advance(utc("04:00"))
+    j.published("fault_jam", "high", {}, "a-2")
+    j.centre_command("acknowledge", "a-2")
+    j.published("alert_acknowledged", "info", {"alert_id": "a-1"})  # the wrong one
+    with pytest.raises(InvariantViolation, match=r"R11 .*no alert_acknowledged with alert_id a-2"):
+        j.advance(utc("04:01"))
+    quiet = judge(enforce=frozenset({"R11"}))
+    quiet.advance(utc("03:00"))
+    quiet.centre_command("silence")
+    with pytest.raises(InvariantViolation, match=r"R11 .*no alert_silenced"):
+        quiet.advance(utc("03:01"))
+
+
+def test_r11_decisions_schedule_updates_and_pauses_are_confirmed_unless_refused() -> None:
+    j = judge(enforce=frozenset({"R11"}))
+    j.advance(utc("03:00"))
+    j.centre_command("discard", "R001")
+    j.published("plan_mismatch_decided", "info", {"roll_id": "R001", "decision": "discard"})
+    j.centre_command("schedule", 2)
+    j.published("schedule_changed", "info", {"version": 2})
+    j.centre_command("pause", "p-1")
+    j.published("pause_started", "info", {"pause_id": "p-1"})
+    j.centre_command("discard", "R002")
+    j.centre_refused()  # the unit refused it: nothing owed
+    j.advance(utc("04:00"))
+    j.centre_command("resume", "p-1")
+    j.published("pause_ended", "info", {"pause_id": "p-2"})  # another pause
+    with pytest.raises(InvariantViolation, match=r"no pause_ended with pause_id p-1"):
+        j.advance(utc("04:01"))
+
+
+# --- R12: the centre's record of the medicine ---------------------------------------------
+
+
+def test_r12_every_sachet_the_dispenser_moves_is_reported() -> None:
+    j = judge(enforce=frozenset({"R12"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.presented(1, label(utc("06:00")))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 1})
+    j.retained(1)
+    j.published("dose_retained", "info", {"dispense_id": 1, "slot_id": "2026-06-01T08:00"})
+    j.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+    j.discarded(2, label(utc("06:00"), index=1))  # a leftover of the settled 08:00 dose
+    j.published("sachet_discarded", "info", {"sachet_index": 1})
+    j.advance(utc("18:00"))
+    j.presented(3, label(utc("18:00"), index=2))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T20:00", "dispense_id": 3})
+    j.advance(utc("18:05"))
+    j.taken(3)
+    j.advance(utc("18:14"))  # in time
+    j.published(
+        "slot_outcome",
+        "info",
+        {"slot_id": "2026-06-01T20:00", "outcome": "taken", "dispense_id": 3},
+    )
+    j.advance(utc("22:00"))
+    assert j.findings == []
+    for move, report in (
+        (lambda k: k.presented(9, label(utc("06:00"))), "dose 9 presented"),
+        (lambda k: k.discarded(9, label(utc("06:00"), index=4)), "sachet 4 discarded"),
+        (lambda k: k.retained(9), "dose 9 retained"),
+        (lambda k: k.taken(9), "dose 9 taken"),
+        (lambda k: k.taken_for_travel(9), "dose 9 taken along"),
+    ):
+        silent = judge(enforce=frozenset({"R12"}))
+        silent.world(world())
+        silent.advance(utc("06:00"))
+        move(silent)
+        silent.published("dose_presented", "info", {"dispense_id": 8})  # another dose
+        with pytest.raises(InvariantViolation, match=f"report of {report}"):
+            silent.advance(utc("06:11"))
+
+
+def test_r12_the_bound_runs_while_the_agent_is_linked_and_ends_are_reported() -> None:
+    away = judge(enforce=frozenset({"R12"}))
+    away.world(world(linked=False))
+    away.advance(utc("06:00"))
+    away.taken(4)  # the agent cannot hear it: nothing owed (R3 and R9 judge its slot)
+    away.advance(utc("09:00"))
+    assert away.findings == []
+    jam = judge(enforce=frozenset({"R12"}))
+    jam.advance(utc("03:00"))
+    jam.world(world(jammed=True))
+    jam.published("fault_jam", "high", {})
+    jam.advance(utc("03:30"))
+    jam.world(world())
+    with pytest.raises(InvariantViolation, match="report of end of jam"):
+        jam.advance(utc("03:41"))
+    unreported = judge(enforce=frozenset({"R12"}))  # its start was never reported: R8's finding
+    unreported.advance(utc("03:00"))
+    unreported.world(world(jammed=True))
+    unreported.advance(utc("03:05"))
+    unreported.world(world())
+    unreported.advance(utc("04:00"))
+    assert unreported.findings == []
+
+
+def test_r9_and_r12_cover_sachets_packed_for_a_trip() -> None:
+    j = judge(enforce=frozenset({"R9"}))
+    j.world(world())
+    j.pause("trip", utc("05:00"), utc("22:00", 2), take_along=True)
+    j.advance(utc("05:00"))
+    j.presented(6, label(utc("06:00")))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 6})
+    j.advance(utc("05:01"))
+    j.taken_for_travel(6)
+    with pytest.raises(InvariantViolation, match=r"R9 .*2026-06-01T08:00"):
+        j.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+
+
+def test_r8_a_pause_in_force_longer_than_its_maximum_needs_a_high_pause_overdue() -> None:
+    j = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    j.world(world())
+    j.pause("open", utc("01:00"), None)
+    j.advance(utc("02:59"))
+    j.pause("after", utc("03:30"), utc("04:00"))  # a later one with an end: within its maximum
+    j.advance(utc("03:05"))
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue"):
+        j.advance(utc("03:11"))
+    ok = judge(pause_max=timedelta(hours=2))
+    ok.world(world())
+    ok.pause("open", utc("01:00"), None)
+    ok.advance(utc("03:05"))
+    ok.published("pause_overdue", "high", {"pause_id": "open"})
+    ok.advance(utc("04:00"))
+    ok.pause_ended("open")
+    ok.advance(utc("09:00"))
+    chained = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    chained.world(world())
+    chained.pause("a", utc("01:00"), utc("02:00"))
+    chained.pause("b", utc("02:00"), utc("04:00"))  # end to start: one chain from 01:00
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue"):
+        chained.advance(utc("03:11"))
+    assert ok.findings == []
+
+
 # --- enforcement and reporting ------------------------------------------------------------
 
 
@@ -895,7 +1057,7 @@ def test_rule_lists_parse() -> None:
     assert parse_rules("none") == frozenset()
     assert parse_rules("R2, R8.jam") == {"R2", "R8.jam"}
     with pytest.raises(ValueError, match="unknown judge rules"):
-        parse_rules("R11")
+        parse_rules("R13")
     with pytest.raises(ValueError, match="true time"):
         Judge(JudgeConfig(REF, OSLO, ("08:00",), DAY, INSTALLED, UNTIL, timedelta(0))).taken(1)
     j = judge()

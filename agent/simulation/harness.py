@@ -357,6 +357,7 @@ class Simulation:
         self._store_fault_armed = False
         self._held_frames: list[Message] = []  # not ACKed by an agent that failed to store them
         self._fixer_on_the_way = False  # a nurse is on the way for an unusable roll or sachet
+        self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
@@ -375,6 +376,7 @@ class Simulation:
                     sachet_time_tolerance=ec.sachet_time_tolerance,
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
                     phantom_report_interval=ec.chatty_min_interval,
+                    pause_max=ec.pause_max,
                     enforce=config.judge_enforce if config.require_outcomes else frozenset(),
                     seed=config.seed,
                 )
@@ -499,6 +501,7 @@ class Simulation:
         )
         if self._judge is not None:
             self._judge.pause(pause_id, start, window.end_utc, take_along=travel)
+            self._judge.centre_command("pause", pause_id)
         self._pauses_ordered.add(pause_id)
         self._feed([StartPause(window)])
 
@@ -513,6 +516,7 @@ class Simulation:
             return
         if self._judge is not None:
             self._judge.pause_ended(planned.pause_id)
+            self._judge.centre_command("resume", planned.pause_id)
         self._feed([EndPause(planned.pause_id)])
 
     def _pack(self, planned: _PlannedPause) -> None:
@@ -655,11 +659,7 @@ class Simulation:
         match fault.kind:
             case FaultKind.JAM:
                 self._physical(m.set_fault(FaultCode.JAM, True, "sim jam"))
-                self._at(
-                    fault.at_s + fault.duration_s,
-                    "jam cleared",
-                    lambda: self._physical(m.set_fault(FaultCode.JAM, False)),
-                )
+                self._at(fault.at_s + fault.duration_s, "jam cleared", self._jam_cleared)
             case FaultKind.POWER_LOSS:
                 self._physical(m.set_power(False, int(fault.amount)))
                 self._plan_battery(fault)
@@ -688,6 +688,27 @@ class Simulation:
                 self._at(fault.at_s + fault.amount, "Pi boots", lambda: self._pi_boots(fault))
             case FaultKind.AGENT_RESTART:
                 self._restart_engine()
+
+    def _jam_cleared(self) -> None:
+        """A nurse frees the cutter; now and then badly, and it jams again within minutes (a
+        flapping condition: its second raise may fall in the alert's rate-limit interval)."""
+        m = self._model
+        self._physical(m.set_fault(FaultCode.JAM, False))
+        chance = self.config.mishaps.flapping
+        if chance and self._rng_world.random() < chance:
+            again = self._elapsed + self._rng_world.uniform(30.0, 600.0)
+            lasts = self._rng_world.uniform(1200.0, 3 * 3600.0)
+            self._mishap_counts["jam_again"] += 1
+            self._at(
+                again,
+                "jam again",
+                lambda: self._physical(m.set_fault(FaultCode.JAM, True, "sim jam again")),
+            )
+            self._at(
+                again + lasts,
+                "jam cleared again",
+                lambda: self._physical(m.set_fault(FaultCode.JAM, False)),
+            )
 
     def _plan_battery(self, fault: Fault) -> None:
         m = self._model
@@ -818,11 +839,13 @@ class Simulation:
         )
         if self._judge is not None:
             self._judge.discard_decided(roll_id, sachet)
+            self._judge.centre_command("discard", roll_id)
         try:
             self._feed([DiscardUnplanned(roll_id, sachet, by, source)])
         except EngineInputError:
             # refused (the roll or sachet changed meanwhile): the decision never happened
             if self._judge is not None:
+                self._judge.centre_refused()
                 self._judge.decision_refused(roll_id, sachet)
             return
         self._plan_decisions += 1
@@ -861,6 +884,7 @@ class Simulation:
         if self._judge is not None:
             hhmm = [f"{t:%H:%M}" for t in times]
             self._judge.schedule_changed(day, hhmm, self._judge_interval(rules))
+            self._judge.centre_command("schedule", self._schedule_version)
         end_utc = self._start + timedelta(seconds=self._duration_s) - SETTLE_MARGIN
         known = set(self._expected)
         self._expected += [
@@ -967,7 +991,13 @@ class Simulation:
         event, send a nurse to a roll or sachet nobody can use."""
         rates, rng = self.config.mishaps, self._rng_world
         high = event.priority is Priority.HIGH
-        if event.alert_id is not None and rates.acknowledge and rng.random() < rates.acknowledge:
+        if (
+            event.alert_id is not None
+            and event.alert_id not in self._acknowledging
+            and rates.acknowledge
+            and rng.random() < rates.acknowledge
+        ):
+            self._acknowledging.add(event.alert_id)
             self._at(
                 self._elapsed + rng.uniform(60.0, 4 * 3600.0),
                 f"centre acknowledges {event.alert_id}",
@@ -993,20 +1023,28 @@ class Simulation:
                 self._fix_unusable,
             )
 
-    def _centre_input(self, inp: EngineInput, what: str) -> None:
+    def _centre_input(self, inp: EngineInput, what: str, alert_id: str | None = None) -> None:
         """A response-centre command reaches the agent (it waits while the Pi is down)."""
         if self._engine is None:
-            self._at(self._elapsed + 600.0, f"{what} again", partial(self._centre_input, inp, what))
+            self._at(
+                self._elapsed + 600.0,
+                f"{what} again",
+                partial(self._centre_input, inp, what, alert_id),
+            )
             return
+        if self._judge is not None:
+            self._judge.centre_command(what, alert_id)
         try:
             self._feed([inp])
         except EngineInputError:
             self._mishap_counts[f"{what}_refused"] += 1  # e.g. an alert resolved meanwhile
+            if self._judge is not None:
+                self._judge.centre_refused()
             return
         self._mishap_counts[what] += 1
 
     def _acknowledge(self, alert_id: str) -> None:
-        self._centre_input(AcknowledgeAlert(alert_id, CENTRE_OPERATOR), "acknowledge")
+        self._centre_input(AcknowledgeAlert(alert_id, CENTRE_OPERATOR), "acknowledge", alert_id)
 
     def _silence(self, duration: timedelta) -> None:
         self._centre_input(Silence(duration), "silence")
@@ -1033,6 +1071,7 @@ class Simulation:
         self._rules, self._schedule_version = rules, self._schedule_version + 1
         if self._judge is not None:
             self._judge.schedule_changed(day, move.times, self._judge_interval(rules))
+            self._judge.centre_command("schedule", self._schedule_version)
         self._mishap_counts["times_moved"] += 1
         self._feed([SetSchedule(schedule, self._schedule_version)])
 
@@ -1135,6 +1174,7 @@ class Simulation:
         dispensed_before = len(self._model.dispensed)
         discarded_before = len(self._model.discarded)
         bin_before = len(self._model.bin)
+        retained_before = len(self._model.retained_ids)
         replies = self._model.handle(stamped)
         for dispense_id, index in self._model.dispensed[dispensed_before:]:
             roll = self._model.roll
@@ -1160,6 +1200,10 @@ class Simulation:
             for dispense_id, index in discards:
                 assert roll is not None
                 self._judge.discarded(dispense_id, _label(roll, index))
+            if len(self._model.retained_ids) != retained_before:
+                for entry in self._model.bin[bin_before:]:
+                    if entry.how == "retain":
+                        self._judge.retained(entry.dispense_id)
             if len(self._model.bin) != bin_before:
                 self._judge.bin_fill(
                     len(self._model.bin), self._model.identity.bin_capacity, len(discards)
@@ -1198,7 +1242,9 @@ class Simulation:
         )
         self._hash.update(record.encode())
         if self._judge is not None:
-            self._judge.published(event.kind, event.priority.value, dict(event.fields))
+            self._judge.published(
+                event.kind, event.priority.value, dict(event.fields), event.alert_id
+            )
         if event.kind == "slot_outcome":
             self._outcome_counts[str(event.fields.get("outcome"))] += 1
         if event.kind == "backlog_needs_nurse" and not self._backlog_visit:

@@ -69,11 +69,15 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
      which names nobody, is a "wrong_roll");
    - "sachet_unusable": the sachet at the reader of this patient's roll cannot be given whatever
      the slot: the reader cannot read it, its print carries no time, or it names another patient
-     -> `fault_reader` or `sachet_rejected` (one naming that roll and sachet, when it names one).
+     -> `fault_reader` or `sachet_rejected` (one naming that roll and sachet, when it names one);
+   - "pause_overdue": the unit has been paused without a break (windows overlapping or end to
+     start, the judge's own chain) for `pause_max` (the engine's setting, passed in) ->
+     `pause_overdue`.
 R9 no false missed alarm: no `slot_outcome` "missed", published while the agent runs and is
    linked to the dispenser (so it can ask whether the tray is empty), for a slot whose dose the
-   agent published as presented (`dose_presented`) and the patient lifted out of the tray before
-   that outcome (e.g. while the agent restarted or its link was down, so its `DoseTaken` was lost).
+   agent published as presented (`dose_presented`) and the patient (or someone packing for a
+   trip) lifted out of the tray before that outcome (e.g. while the agent restarted or its link
+   was down, so its `DoseTaken` was lost).
 R10 phantom dispenser events change nothing: a dose event (presented, taken, retained) that matches
    no dose the agent commanded (an unknown dispense id, or another sachet index than the dose in
    the tray; the simulation injects them, with values up to their type limits, and tells the
@@ -85,6 +89,20 @@ R10 phantom dispenser events change nothing: a dose event (presented, taken, ret
    - no dose is refused or missed because the tray is occupied (reason `tray_occupied` or
      `previous_dose_in_tray`) when the tray has been physically empty, with the agent linked to
      the dispenser, from `high_report_bound` before the slot's due time until the outcome.
+R11 the centre's commands take effect: what the unit accepts is confirmed at once: the first
+   acknowledgement of an alert it published with an alert id by `alert_acknowledged` naming it, a
+   silence by `alert_silenced`, a person's discard decision by `plan_mismatch_decided` naming the
+   roll, a schedule update by `schedule_changed` with its version, a pause by `pause_started` and
+   a resume by `pause_ended` naming the pause (the centre must be able to trust that what it did
+   was done). A command the unit refuses (`centre_refused`) is owed nothing.
+R12 the centre's record of the medicine: every sachet the dispenser moves is reported within the
+   bound (running, like R8's, while the agent is linked): a presentation by `dose_presented`
+   (its dispense id), a sachet cut into the bin by `sachet_discarded` (its index), a dose taken
+   back from the tray by `dose_retained` (its dispense id), a dose lifted out of the tray while
+   the agent hears it by its `slot_outcome` taken (or taken_unconfirmed) or `dose_taken_late`
+   (its dispense id), one packed for a trip by its `slot_outcome` dispensed_for_travel; and the
+   end of a HIGH condition reported in its episode (jam, full bin, wrong roll) by
+   `<event>_cleared`.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -114,6 +132,8 @@ RULES: dict[str, str] = {
     "R8": "every HIGH condition reported within the bound",
     "R9": "no missed alarm for a presented dose the patient took",
     "R10": "phantom dispenser events are reported and change nothing",
+    "R11": "the centre's commands are confirmed",
+    "R12": "every movement of medicine and every end of a HIGH condition is reported",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -123,6 +143,7 @@ HIGH_CONDITIONS = (
     "plan_mismatch",
     "roll_unreadable",
     "sachet_unusable",
+    "pause_overdue",
 )
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
 SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
@@ -148,8 +169,11 @@ HOLDING_RULES = frozenset(
         "R8.plan_mismatch",
         "R8.roll_unreadable",
         "R8.sachet_unusable",
+        "R8.pause_overdue",
         "R9",
         "R10",
+        "R11",
+        "R12",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -306,6 +330,7 @@ class JudgeConfig:
     high_report_bound: timedelta = timedelta(minutes=10)
     # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
     phantom_report_interval: timedelta = timedelta(minutes=10)
+    pause_max: timedelta = timedelta(days=30)  # R8.pause_overdue (the engine's setting, passed in)
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -335,6 +360,9 @@ class _Condition:
     reported: bool = False
     sachet: tuple[str, int] | None = None  # plan_mismatch, sachet_unusable: (roll id, index)
     rule: str = ""  # the rule a late report breaks; "": R8.<name>
+    # R12: reported by an event of one of these (kind, fields): each field has that value, or
+    # one of the values of a tuple
+    expect: tuple[tuple[str, dict[str, object]], ...] = ()
 
 
 _CONDITION_EVENTS = {
@@ -344,11 +372,19 @@ _CONDITION_EVENTS = {
     "plan_mismatch": ("plan_mismatch",),
     "roll_unreadable": ("roll_rejected",),
     "sachet_unusable": ("fault_reader", "sachet_rejected"),
+    "pause_overdue": ("pause_overdue",),
+}
+# R12: the event that reports a HIGH condition's end (the conditions R8 sees in the world)
+_CLEARED_EVENTS = {
+    "wrong_roll": "wrong_roll_cleared",
+    "jam": "fault_jam_cleared",
+    "bin_full": "fault_bin_full_cleared",
 }
 # roll_empty: the HIGH events that name the slot whose dose waits for a roll, or did not get it
 _SLOT_EVENTS = ("slot_outcome", "dose_held")
 PHANTOM = "phantom"  # R10's condition: a phantom dose event not yet reported
 PHANTOM_REPORT = "phantom_dispenser_event"
+INTAKES = ("taken", "taken_unconfirmed")  # outcomes of a slot whose dose was lifted out (R12)
 # R10: reasons of an outcome that say the tray was occupied (docs/engine.md, reason tokens)
 TRAY_REASONS = ("tray_occupied", "previous_dose_in_tray")
 
@@ -383,6 +419,12 @@ class Judge:
     _last_phantom_report: datetime | None = None
     _tray_empty_since: datetime | None = None  # None: occupied (R10)
     _linked_since: datetime | None = None  # None: the agent is not linked now (R10)
+    _alert_ids: set[str] = field(default_factory=set)  # published with an alert id (R11)
+    _acknowledged: set[str] = field(default_factory=set)  # acknowledged by the centre (R11)
+    _owed: list[tuple[str, str | None, object, datetime]] = field(default_factory=list)  # R11
+    _report_seq: int = 0  # R12: owed reports so far (their keys)
+    _reports_open: int = 0  # R12: owed reports not yet made
+    _overdue: dict[str, datetime] = field(default_factory=dict)  # pause id -> overdue at
 
     def __post_init__(self) -> None:
         c = self.config
@@ -468,6 +510,18 @@ class Judge:
         """True time moved on to `now` (before whatever happens at `now`)."""
         if self._now is not None and now < self._now:
             raise ValueError(f"true time went back from {self._now} to {now}")
+        owed = [o for o in self._owed if o[3] < now]
+        if owed:
+            self._owed = [o for o in self._owed if o[3] >= now]
+            kind, name, value, at = owed[0]
+            self._violation(
+                "R11",
+                f"the centre's command at {_iso(at)} was not confirmed: no {kind}"
+                + (f" with {name} {value}" if name else ""),
+                at,
+            )
+        if self._overdue:
+            self._review_pauses(now)
         self._now = now
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
@@ -485,7 +539,8 @@ class Judge:
                 )
                 cond.reported = True  # once per episode
         for key in [k for k, c in self._conditions.items() if c.reported and (c.slot_id or c.rule)]:
-            del self._conditions[key]  # a due slot's empty roll, a phantom: reported (or judged)
+            # a due slot's empty roll, a phantom, an owed report: reported (or judged) once
+            self._reports_open -= bool(self._conditions.pop(key).expect)
 
     def _at_due(self, slot: RefSlot) -> None:
         world = self._world
@@ -606,7 +661,10 @@ class Judge:
                     name, now, self._deadline(now, state.agent_linked)
                 )
             elif not on:
-                self._conditions.pop(name, None)
+                ended = self._conditions.pop(name, None)
+                cleared = _CLEARED_EVENTS.get(name)
+                if ended is not None and ended.reported and cleared is not None:
+                    self._owe_report(f"end of {name}", (cleared, {}), linked=state.agent_linked)
         if state.roll_patient_ref is None or state.remaining > 0:
             # a fuller roll, or the roll was taken out: no longer an empty roll at due time
             for key in [k for k, c in self._conditions.items() if c.name == "roll_empty"]:
@@ -635,6 +693,9 @@ class Judge:
         now = self._require_now()
         slot = self.slot_for_sachet(label.intended_utc)
         self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot)
+        self._owe_report(
+            f"dose {dispense_id} presented", ("dose_presented", {"dispense_id": dispense_id})
+        )
         ref = self.config.patient_ref
         if label.roll_patient_ref != ref or label.patient_ref != ref:
             self._violation(
@@ -696,10 +757,23 @@ class Judge:
                 )
         self._intakes.append(now)
         self._taken.setdefault(dispense_id, now)
+        if self._world is not None and self._world.agent_linked:
+            self._owe_report(
+                f"dose {dispense_id} taken",
+                ("slot_outcome", {"dispense_id": dispense_id, "outcome": INTAKES}),
+                ("dose_taken_late", {"dispense_id": dispense_id}),
+            )
 
     def taken_for_travel(self, dispense_id: int) -> None:
-        """Someone lifted a presented sachet out to take along on a trip (R4; not an intake)."""
+        """Someone lifted a presented sachet out to take along on a trip (R4, R9, R12; not an
+        intake)."""
         now = self._require_now()
+        self._taken.setdefault(dispense_id, now)
+        if self._world is not None and self._world.agent_linked:
+            self._owe_report(
+                f"dose {dispense_id} taken along",
+                ("slot_outcome", {"dispense_id": dispense_id, "outcome": "dispensed_for_travel"}),
+            )
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge
@@ -735,7 +809,10 @@ class Judge:
         return start <= at and (end is None or at < end)
 
     def discarded(self, dispense_id: int, label: SachetLabel) -> None:
-        """A sachet was cut straight into the bin (R5)."""
+        """A sachet was cut straight into the bin (R5, R12)."""
+        self._owe_report(
+            f"sachet {label.index} discarded", ("sachet_discarded", {"sachet_index": label.index})
+        )
         slot = self.slot_for_sachet(label.intended_utc)
         what = (
             f"sachet {label.index} of roll {label.roll_id} packed for "
@@ -755,6 +832,12 @@ class Judge:
         self._violation(
             "R5",
             f"discarded {what}: its slot {slot.slot_id} has no published outcome yet",
+        )
+
+    def retained(self, dispense_id: int) -> None:
+        """The dose `dispense_id` went back from the tray into the bin (R12)."""
+        self._owe_report(
+            f"dose {dispense_id} retained", ("dose_retained", {"dispense_id": dispense_id})
         )
 
     def bin_fill(self, fill: int, capacity: int, discards: int = 0) -> None:
@@ -780,6 +863,9 @@ class Judge:
         self._pauses[pause_id] = (start, end)
         if take_along:
             self._trips.add(pause_id)
+        overdue = self._chain_start(start) + self.config.pause_max
+        if end is None or end > overdue:
+            self._overdue[pause_id] = overdue
 
     def pause_ended(self, pause_id: str) -> None:
         start, end = self._pauses[pause_id]
@@ -788,7 +874,17 @@ class Judge:
 
     # --- the published stream -------------------------------------------------------------------
 
-    def published(self, kind: str, priority: str, fields: dict[str, object]) -> None:
+    def published(
+        self, kind: str, priority: str, fields: dict[str, object], alert_id: str | None = None
+    ) -> None:
+        if alert_id is not None:
+            self._alert_ids.add(alert_id)
+        if self._owed:
+            self._owed = [
+                o
+                for o in self._owed
+                if not (o[0] == kind and (o[1] is None or fields.get(o[1]) == o[2]))
+            ]
         if kind == PHANTOM_REPORT:
             self._last_phantom_report = self._require_now()
             for cond in self._conditions.values():
@@ -804,9 +900,16 @@ class Judge:
             self._on_outcome(priority, fields)
         elif kind == "dose_presented":
             self._on_presented_event(fields)
+        if self._reports_open:
+            for key in [k for k, c in self._conditions.items() if c.expect and not c.reported]:
+                cond = self._conditions[key]
+                if any(kind == k and _has(fields, want) for k, want in cond.expect):
+                    cond.reported = True
+                    del self._conditions[key]
+                    self._reports_open -= 1
         if priority == HIGH:
             for cond in self._conditions.values():
-                if cond.reported or cond.name == PHANTOM:
+                if cond.reported or cond.name == PHANTOM or cond.expect:
                     continue
                 if cond.name == "roll_empty":
                     cond.reported = kind in _SLOT_EVENTS and fields.get("slot_id") == cond.slot_id
@@ -819,6 +922,72 @@ class Judge:
                     names = (fields.get("roll_id"), fields.get("index"))
                     # a report naming a sachet must name this one
                     cond.reported = names[1] is None or cond.sachet in (None, names)
+
+    def centre_command(self, what: str, key: object = None) -> None:
+        """The response centre's (or a technician's) command reaches the unit now (R11):
+        "acknowledge" (key: the alert id), "silence", "discard" (the roll id), "schedule" (the
+        version), "pause" or "resume" (the pause id). Its confirmation is owed before true time
+        moves on, unless `centre_refused` follows."""
+        now = self._require_now()
+        owed: tuple[str, str | None, object] | None = None
+        if what == "acknowledge":
+            if key in self._alert_ids and key not in self._acknowledged:
+                owed = ("alert_acknowledged", "alert_id", key)
+            if isinstance(key, str):
+                self._acknowledged.add(key)
+        elif what == "silence":
+            owed = ("alert_silenced", None, None)
+        else:
+            owed = {
+                "discard": ("plan_mismatch_decided", "roll_id", key),
+                "schedule": ("schedule_changed", "version", key),
+                "pause": ("pause_started", "pause_id", key),
+                "resume": ("pause_ended", "pause_id", key),
+            }[what]
+        if owed is not None:
+            self._owed.append((*owed, now))
+
+    def _owe_report(
+        self, what: str, *expect: tuple[str, dict[str, object]], linked: bool | None = None
+    ) -> None:
+        """R12: one of `expect` is owed within the bound (while the agent is linked)."""
+        now = self._require_now()
+        if linked is None:
+            linked = self._world is not None and self._world.agent_linked
+        self._report_seq += 1
+        self._reports_open += 1
+        self._conditions[f"report {what} #{self._report_seq}"] = _Condition(
+            f"report of {what}", now, self._deadline(now, linked), rule="R12", expect=expect
+        )
+
+    def _review_pauses(self, now: datetime) -> None:
+        """R8.pause_overdue: a chain of pauses in force for `pause_max` now."""
+        for pause_id, at in list(self._overdue.items()):
+            window = self._pauses.get(pause_id)
+            key = f"pause_overdue {pause_id}"
+            if window is None or not self._covers(window, now):
+                if window is None or (window[1] is not None and now >= window[1]):
+                    del self._overdue[pause_id]
+                self._conditions.pop(key, None)
+                continue
+            if now >= at and key not in self._conditions:
+                linked = self._world is not None and self._world.agent_linked
+                self._conditions[key] = _Condition("pause_overdue", at, self._deadline(at, linked))
+
+    def _chain_start(self, start: datetime) -> datetime:
+        """The start of the chain of pauses (overlapping or end to start) reaching `start`."""
+        since, moved = start, True
+        while moved:
+            moved = False
+            for first, end in self._pauses.values():
+                if first < since and (end is None or end >= since):
+                    since, moved = first, True
+        return since
+
+    def centre_refused(self) -> None:
+        """The unit refused the command just given (it did not fit): nothing is owed for it."""
+        if self._owed:
+            self._owed.pop()
 
     def phantom(self, dispense_id: int | None) -> None:
         """The dispenser (a firmware fault, a corrupt but valid frame) is about to report a dose
@@ -966,6 +1135,13 @@ class Judge:
 
 def _iso(at: datetime) -> str:
     return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+
+
+def _has(fields: dict[str, object], want: dict[str, object]) -> bool:
+    return all(
+        fields.get(name) in value if isinstance(value, tuple) else fields.get(name) == value
+        for name, value in want.items()
+    )
 
 
 def _iso_or_none(at: datetime | None) -> str:

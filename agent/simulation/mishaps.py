@@ -9,6 +9,7 @@
   an erased RTC;
 - the response centre's habits: acknowledging latched alerts, silencing the unit, moving the dose
   times with a schedule update ahead of the pharmacy's new rolls;
+- a jam that comes back minutes after the nurse freed it (a flapping condition);
 - store faults of the agent (the daemon fails safe: the dispenser is locked, FAULT shown, the
   process restarts from its durable state and the dispenser hands it the frame it could not store).
 
@@ -78,6 +79,7 @@ class MishapRates:
     silence: float = 0.0  # chance the centre silences the unit on a HIGH event
     time_moves: float = 0.0  # schedule updates a year that move the dose times
     store_faults: float = 0.0  # store faults of the agent a year
+    flapping: float = 0.0  # chance a freed jam comes back within minutes
 
     @classmethod
     def mix(cls, *, time_moves: float = 0.0) -> MishapRates:
@@ -90,6 +92,7 @@ class MishapRates:
             acknowledge=0.7,
             silence=0.2,
             time_moves=time_moves,
+            flapping=0.3,
         )
 
     @property
@@ -103,6 +106,7 @@ class MishapRates:
                 self.silence,
                 self.time_moves,
                 self.store_faults,
+                self.flapping,
             )
         )
 

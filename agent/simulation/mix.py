@@ -17,10 +17,10 @@ each of them:
 | 1 | twelve pauses a year (hospital, open-ended, travel with sachets to take along) |
 | 2 | twelve pharmacy plan changes a year (a new prescription, or a pharmacy error) |
 
-Every other seed without many pauses has four a year. Plan changes and moved dose times never share
-a seed: a prescribed extra time is chosen well clear of the dose times in force at planning, which
-a later move could break. The classic world (`--world classic`) is the simulation without any of
-this: the seed's template, faults.py's faults, nothing else.
+Even seeds of the other two kinds have four pauses a year as well. Plan changes and moved dose
+times never share a seed: a prescribed extra time is chosen well clear of the dose times in force
+at planning, which a later move could break. The classic world (`--world classic`) is the
+simulation without any of this: the seed's template, faults.py's faults, nothing else.
 """
 
 from __future__ import annotations
