@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from test_engine import Rig, morning_rig, utc
+from test_engine import Rig, daily, morning_rig, utc
 
 from agent.engine.engine import EngineState, OpenSlot
 from agent.engine.types import (
@@ -285,6 +285,25 @@ def test_already_done_after_a_lost_reply_with_an_empty_tray_is_not_given() -> No
     assert rig.commands(Dispense) == [send.command, send.command]
     assert outcome(rig) == ("missed", "dispense_unconfirmed")
     assert rig.dispenser.dispensed == [0]
+
+
+def test_a_lost_reply_that_cut_the_rolls_last_sachet_is_asked_after_all_the_same() -> None:
+    """The simulation's fault mix found it (a link drop just after a Dispense, R12): the lost
+    Dispense cut the roll's last sachet, so after the link is back the roll is empty and the
+    engine held the slot `roll_empty` with the dose in the tray, unannounced and with no
+    reminder, until its deadline. Asking with the same dispense id is safe on an empty roll
+    (nothing is left to cut) and says whether it was cut: the Status then finds it in the tray."""
+    rig = Rig(daily("08:00"), sachet_times=[DUE])  # one sachet: the 08:00 dose
+    send = time_out_first_dispense(rig)
+    hello(rig)  # the roll is announced empty: next_index 1 of 1
+    rig.run_for(rig.config.command_retry)
+    assert rig.commands(Dispense) == [send.command, send.command]
+    assert RecordPresented(SLOT) in rig.actions
+    assert [e.fields["dispense_id"] for e in rig.events("dose_presented")] == [
+        send.command.dispense_id  # type: ignore[attr-defined]
+    ]
+    rig.take()
+    assert outcome(rig) == ("taken", None)
 
 
 def test_a_probe_refused_for_another_sachet_keeps_the_sachet_at_the_reader() -> None:

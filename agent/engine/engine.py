@@ -1665,7 +1665,10 @@ class DoseEngine:
             period_tolerance=self._cfg.sachet_time_tolerance,
             expired_margin=self._cfg.roll_expired_margin,
         )
-        if verdict.reason is not None:
+        # A Dispense of this slot may have cut the roll's last sachet unseen: asking again with
+        # its id is safe on an empty roll (nothing is left to cut) and says whether it was cut.
+        empty_probe = verdict.reason == roll_check.ROLL_EMPTY and run.maybe_executed
+        if verdict.reason is not None and not empty_probe:
             return verdict.reason
         blocking = self._mirror.blocking_fault()
         if blocking is not None:
@@ -1683,6 +1686,8 @@ class DoseEngine:
             return "locked"
         if run.dispense_id is None and self._outbound.ids_exhausted():
             return DISPENSE_IDS_EXHAUSTED
+        if empty_probe:
+            return None
         if self._desk.sachet is None:
             return "no_sachet"
         if probe and self._desk.sachet.index != run.sachet_index:
@@ -1745,9 +1750,9 @@ class DoseEngine:
     def _dispense(self, run: SlotRun, actions: list[Action]) -> None:
         """Send the Dispense for `run` (a dispense id is taken once and persisted first by
         BeginDispense; a retry sends the same id). Only after every check passed."""
-        assert self._desk.sachet is not None
         assert self._desk.roll is not None
         if run.dispense_id is None:
+            assert self._desk.sachet is not None
             dispense_id = self._outbound.take_dispense_id()
             run = lifecycle.begin(
                 run, dispense_id, self._desk.sachet.index, self._desk.roll.roll_id
@@ -1760,12 +1765,14 @@ class DoseEngine:
             actions.append(
                 BeginDispense(run.slot_id, dispense_id, self._desk.sachet.index, run.due_utc)
             )
-        index = self._desk.sachet.index
         if run.maybe_executed and run.sachet_index is not None:
-            index = run.sachet_index  # the sachet it may have cut
-        elif run.sachet_index != index:
-            run = replace(run, sachet_index=index)  # its dose events must name this sachet
-            self._slotbook.replace_run(run)
+            index = run.sachet_index  # the sachet it may have cut (none may be at the reader)
+        else:
+            assert self._desk.sachet is not None
+            index = self._desk.sachet.index
+            if run.sachet_index != index:
+                run = replace(run, sachet_index=index)  # its dose events must name this sachet
+                self._slotbook.replace_run(run)
         assert run.dispense_id is not None
         command = Dispense(req_id=0, dispense_id=run.dispense_id, sachet_index=index)
         self._outbound.send(
