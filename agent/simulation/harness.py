@@ -103,6 +103,7 @@ from protocol.messages import (
     Capabilities,
     CommandResult,
     Discard,
+    Dispense,
     DosePresented,
     DoseRetained,
     DoseTaken,
@@ -358,6 +359,7 @@ class Simulation:
         self._held_frames: list[Message] = []  # not ACKed by an agent that failed to store them
         self._fixer_on_the_way = False  # a nurse is on the way for an unusable roll or sachet
         self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
+        self._asked: set[int] = set()  # dispense ids whose first Dispense lost its reply
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
@@ -1212,6 +1214,17 @@ class Simulation:
                 isinstance(r, CommandResult) and r.result is ResultCode.BIN_FULL for r in replies
             ):
                 self._judge.discard_refused_bin_full(stamped.dispense_id)
+        chance = self.config.mishaps.reply_lost
+        if (
+            chance
+            and isinstance(stamped, Dispense)
+            and stamped.dispense_id not in self._asked
+            and self._rng_world.random() < chance
+        ):
+            # a first attempt only: the probe that asks after it gets its answer (a second loss
+            # in a row: docs/engine.md, Simulation)
+            self._asked.add(stamped.dispense_id)
+            return self._reply_lost(command, replies)
         inputs: list[EngineInput] = []
         for message in replies:
             if isinstance(message, CommandResult | Status | Capabilities | TimeReport):
@@ -1220,6 +1233,23 @@ class Simulation:
                 if isinstance(message, DosePresented):
                     self._on_presented()
                 inputs.append(FromDispenser(message))
+        return inputs
+
+    def _reply_lost(self, command: SendCommand, replies: list[Message]) -> list[EngineInput]:
+        """The link drops just after the dispenser took a Dispense: it did what it was told (the
+        dose may be in the tray), the agent hears neither its reply nor what followed, and gets
+        the link back within minutes (a reply it must ask after: SPEC 4.4)."""
+        self._mishap_counts["reply_lost"] += 1
+        self._dropped += len(replies)
+        if any(isinstance(message, DosePresented) for message in replies):
+            self._on_presented()  # the patient sees the dose in the tray all the same
+        self._link_downs += 1
+        back = self._elapsed + self._rng_world.uniform(5.0, 600.0)
+        self._at(back, "link back (reply lost)", self._link_back)
+        self._observe_world()
+        inputs: list[EngineInput] = [CommandOutcome(command.correlation, None, "link_down")]
+        if self._link_downs == 1:
+            inputs.append(LinkDown("sim_reply_lost"))
         return inputs
 
     def _publish(self, event: EngineEvent, now: Now) -> None:

@@ -95,14 +95,15 @@ R11 the centre's commands take effect: what the unit accepts is confirmed at onc
    roll, a schedule update by `schedule_changed` with its version, a pause by `pause_started` and
    a resume by `pause_ended` naming the pause (the centre must be able to trust that what it did
    was done). A command the unit refuses (`centre_refused`) is owed nothing.
-R12 the centre's record of the medicine: every sachet the dispenser moves is reported within the
-   bound (running, like R8's, while the agent is linked): a presentation by `dose_presented`
-   (its dispense id), a sachet cut into the bin by `sachet_discarded` (its index), a dose taken
-   back from the tray by `dose_retained` (its dispense id), a dose lifted out of the tray while
-   the agent hears it by its `slot_outcome` taken (or taken_unconfirmed) or `dose_taken_late`
-   (its dispense id), one packed for a trip by its `slot_outcome` dispensed_for_travel; and the
-   end of a HIGH condition reported in its episode (jam, full bin, wrong roll) by
-   `<event>_cleared`.
+R12 the centre's record of the medicine: every sachet the dispenser moves is reported within
+   `record_bound` (15 min; running, like R8's, while the agent is linked): a presentation by
+   `dose_presented` (its dispense id; or, cut unheard and gone before the agent could look, by
+   the slot outcome naming that id), a sachet cut into the bin by `sachet_discarded` (its
+   index), a dose taken back from the tray by `dose_retained` (its dispense id), a dose lifted
+   out of the tray while the agent hears it by its `slot_outcome` taken (or taken_unconfirmed)
+   or `dose_taken_late` (its dispense id), one packed for a trip by its `slot_outcome`
+   dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
+   bin, wrong roll) by `<event>_cleared`.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -328,6 +329,9 @@ class JudgeConfig:
     sachet_time_tolerance: timedelta  # the engine's setting, passed in (not imported)
     min_intake_interval: timedelta = timedelta(minutes=90)
     high_report_bound: timedelta = timedelta(minutes=10)
+    # R12: the centre's record may lag a little more (a sachet cut for a trip while the agent
+    # could not hear it is settled at the travel collect timeout, 10 min after it learns of it)
+    record_bound: timedelta = timedelta(minutes=15)
     # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
     phantom_report_interval: timedelta = timedelta(minutes=10)
     pause_max: timedelta = timedelta(days=30)  # R8.pause_overdue (the engine's setting, passed in)
@@ -360,6 +364,7 @@ class _Condition:
     reported: bool = False
     sachet: tuple[str, int] | None = None  # plan_mismatch, sachet_unusable: (roll id, index)
     rule: str = ""  # the rule a late report breaks; "": R8.<name>
+    bound: timedelta | None = None  # None: high_report_bound
     # R12: reported by an event of one of these (kind, fields): each field has that value, or
     # one of the values of a tuple
     expect: tuple[tuple[str, dict[str, object]], ...] = ()
@@ -534,7 +539,7 @@ class Judge:
                     + f"condition {cond.name}"
                     + (f" (slot {cond.slot_id})" if cond.slot_id else "")
                     + f" since {cond.onset.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z not reported "
-                    f"within {self.config.high_report_bound}",
+                    f"within {cond.bound or self.config.high_report_bound}",
                     cond.deadline,
                 )
                 cond.reported = True  # once per episode
@@ -672,7 +677,7 @@ class Judge:
         if previous is not None and state.agent_linked and not previous.agent_linked:
             for c in self._conditions.values():
                 if c.deadline is None:
-                    c.deadline = now + self.config.high_report_bound
+                    c.deadline = now + (c.bound or self.config.high_report_bound)
         if not state.agent_linked:
             for c in self._conditions.values():
                 if not c.reported:
@@ -694,7 +699,11 @@ class Judge:
         slot = self.slot_for_sachet(label.intended_utc)
         self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot)
         self._owe_report(
-            f"dose {dispense_id} presented", ("dose_presented", {"dispense_id": dispense_id})
+            f"dose {dispense_id} presented",
+            ("dose_presented", {"dispense_id": dispense_id}),
+            # cut while the agent could not hear it and gone before it could look: what became
+            # of that dispense id (e.g. missed, dispense_unconfirmed: in doubt, not given)
+            ("slot_outcome", {"dispense_id": dispense_id}),
         )
         ref = self.config.patient_ref
         if label.roll_patient_ref != ref or label.patient_ref != ref:
@@ -957,7 +966,12 @@ class Judge:
         self._report_seq += 1
         self._reports_open += 1
         self._conditions[f"report {what} #{self._report_seq}"] = _Condition(
-            f"report of {what}", now, self._deadline(now, linked), rule="R12", expect=expect
+            f"report of {what}",
+            now,
+            now + self.config.record_bound if linked else None,
+            rule="R12",
+            expect=expect,
+            bound=self.config.record_bound,
         )
 
     def _review_pauses(self, now: datetime) -> None:

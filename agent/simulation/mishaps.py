@@ -10,6 +10,8 @@
 - the response centre's habits: acknowledging latched alerts, silencing the unit, moving the dose
   times with a schedule update ahead of the pharmacy's new rolls;
 - a jam that comes back minutes after the nurse freed it (a flapping condition);
+- the link dropping just after the dispenser took a `Dispense` (its reply and the dose's events
+  lost: the agent must find out whether it was cut);
 - store faults of the agent (the daemon fails safe: the dispenser is locked, FAULT shown, the
   process restarts from its durable state and the dispenser hands it the frame it could not store).
 
@@ -80,6 +82,7 @@ class MishapRates:
     time_moves: float = 0.0  # schedule updates a year that move the dose times
     store_faults: float = 0.0  # store faults of the agent a year
     flapping: float = 0.0  # chance a freed jam comes back within minutes
+    reply_lost: float = 0.0  # chance the link drops just after the dispenser took a Dispense
 
     @classmethod
     def mix(cls, *, time_moves: float = 0.0) -> MishapRates:
@@ -93,6 +96,7 @@ class MishapRates:
             silence=0.2,
             time_moves=time_moves,
             flapping=0.3,
+            reply_lost=0.01,
         )
 
     @property
@@ -107,6 +111,7 @@ class MishapRates:
                 self.time_moves,
                 self.store_faults,
                 self.flapping,
+                self.reply_lost,
             )
         )
 
