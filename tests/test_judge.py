@@ -949,7 +949,7 @@ def test_r12_every_sachet_the_dispenser_moves_is_reported() -> None:
     j.published("dose_presented", "info", {"slot_id": "2026-06-01T20:00", "dispense_id": 3})
     j.advance(utc("18:05"))
     j.taken(3)
-    j.advance(utc("18:14"))  # in time
+    j.advance(utc("18:19"))  # in time
     j.published(
         "slot_outcome",
         "info",
@@ -969,8 +969,9 @@ def test_r12_every_sachet_the_dispenser_moves_is_reported() -> None:
         silent.advance(utc("06:00"))
         move(silent)
         silent.published("dose_presented", "info", {"dispense_id": 8})  # another dose
+        silent.advance(utc("06:15"))  # the record's bound: 15 min
         with pytest.raises(InvariantViolation, match=f"report of {report}"):
-            silent.advance(utc("06:11"))
+            silent.advance(utc("06:16"))
 
 
 def test_r12_the_bound_runs_while_the_agent_is_linked_and_ends_are_reported() -> None:
@@ -987,7 +988,7 @@ def test_r12_the_bound_runs_while_the_agent_is_linked_and_ends_are_reported() ->
     jam.advance(utc("03:30"))
     jam.world(world())
     with pytest.raises(InvariantViolation, match="report of end of jam"):
-        jam.advance(utc("03:41"))
+        jam.advance(utc("03:46"))
     unreported = judge(enforce=frozenset({"R12"}))  # its start was never reported: R8's finding
     unreported.advance(utc("03:00"))
     unreported.world(world(jammed=True))
@@ -1008,6 +1009,37 @@ def test_r9_and_r12_cover_sachets_packed_for_a_trip() -> None:
     j.taken_for_travel(6)
     with pytest.raises(InvariantViolation, match=r"R9 .*2026-06-01T08:00"):
         j.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+
+
+def test_r13_a_trip_is_reported_complete_only_if_every_slot_was_packed() -> None:
+    def trip(packed: int) -> Judge:
+        j = judge(enforce=frozenset({"R13"}))
+        j.world(world())
+        j.pause("trip", utc("05:00"), utc("22:00", 2), take_along=True)  # 4 slots: 1 and 2 June
+        j.advance(utc("05:00"))
+        for k, due in enumerate((utc("06:00"), utc("18:00"), utc("06:00", 2), utc("18:00", 2))):
+            if k < packed:
+                j.presented(k + 1, label(due, index=k))
+                j.taken_for_travel(k + 1)
+        return j
+
+    complete = trip(4)
+    complete.published(
+        "travel_dispensed", "info", {"pause_id": "trip", "planned": 4, "dispensed": 4}
+    )
+    short = trip(3)
+    short.published(
+        "travel_short", "medium", {"pause_id": "trip", "planned": 4, "dispensed": 3, "reason": "x"}
+    )
+    assert complete.findings == short.findings == []
+    with pytest.raises(InvariantViolation, match=r"R13 .*3 sachets taken along for its 4 slots"):
+        trip(3).published(
+            "travel_dispensed", "info", {"pause_id": "trip", "planned": 3, "dispensed": 3}
+        )
+    with pytest.raises(InvariantViolation, match=r"R13 .*says 2 sachets taken along, 3 were"):
+        trip(3).published(
+            "travel_short", "medium", {"pause_id": "trip", "planned": 4, "dispensed": 2}
+        )
 
 
 def test_r8_a_pause_in_force_longer_than_its_maximum_needs_a_high_pause_overdue() -> None:
@@ -1057,7 +1089,7 @@ def test_rule_lists_parse() -> None:
     assert parse_rules("none") == frozenset()
     assert parse_rules("R2, R8.jam") == {"R2", "R8.jam"}
     with pytest.raises(ValueError, match="unknown judge rules"):
-        parse_rules("R13")
+        parse_rules("R14")
     with pytest.raises(ValueError, match="true time"):
         Judge(JudgeConfig(REF, OSLO, ("08:00",), DAY, INSTALLED, UNTIL, timedelta(0))).taken(1)
     j = judge()

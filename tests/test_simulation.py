@@ -462,6 +462,8 @@ def test_invariants_hold_for_many_seeded_years() -> None:
             "phantom_DoseTaken",
             "phantom_DoseRetained",
             "phantom_LowSupply",
+            "reply_lost",
+            "jam_again",
             "roll_leader_blank",
             "roll_leader_erased",
             "roll_short",

@@ -105,6 +105,12 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
    bin, wrong roll) by `<event>_cleared`.
 
+R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
+   (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
+   could hear it, at most all of them), and `travel_dispensed` (the trip complete)
+   only when one was taken along for each slot of the trip (the judge's own slots in its window):
+   else the patient leaves without doses and the centre does not know.
+
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
 have that were due before it, and slots only the old ones have that are due after it, may get an
@@ -135,6 +141,7 @@ RULES: dict[str, str] = {
     "R10": "phantom dispenser events are reported and change nothing",
     "R11": "the centre's commands are confirmed",
     "R12": "every movement of medicine and every end of a HIGH condition is reported",
+    "R13": "a trip's report counts the sachets taken along and is complete only if they all were",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -175,6 +182,7 @@ HOLDING_RULES = frozenset(
         "R10",
         "R11",
         "R12",
+        "R13",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -414,6 +422,8 @@ class Judge:
     _outcomes: dict[str, str] = field(default_factory=dict)
     _pauses: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
     _trips: set[str] = field(default_factory=set)  # pause ids with sachets to take along
+    _packed: dict[str, int] = field(default_factory=dict)  # trip -> its sachets taken along
+    _packed_heard: dict[str, int] = field(default_factory=dict)  # ... while the agent heard it
     _world: World | None = None
     _conditions: dict[str, _Condition] = field(default_factory=dict)
     _rules: list[tuple[date, tuple[str, ...]]] = field(default_factory=list)
@@ -805,6 +815,9 @@ class Judge:
                 f"{_iso_or_none(label.intended_utc)}, no slot of a travel pause",
             )
             return
+        self._packed[trip] = self._packed.get(trip, 0) + 1
+        if self._world is not None and self._world.agent_linked:
+            self._packed_heard[trip] = self._packed_heard.get(trip, 0) + 1
         if label.roll_expiry_utc is None or label.roll_expiry_utc <= slot.due_utc:
             self._violation(
                 "R4",
@@ -909,6 +922,8 @@ class Judge:
             self._on_outcome(priority, fields)
         elif kind == "dose_presented":
             self._on_presented_event(fields)
+        elif kind in ("travel_dispensed", "travel_short"):
+            self._on_trip_report(kind, fields)
         if self._reports_open:
             for key in [k for k, c in self._conditions.items() if c.expect and not c.reported]:
                 cond = self._conditions[key]
@@ -1090,6 +1105,32 @@ class Judge:
                 f"missed-dose alarm ({priority}) for slot {slot_id} due {_iso(slot.due_utc)} "
                 f"while pause {pause_id} "
                 + ("covers its due time" if due_paused else "is in force"),
+            )
+
+    def _on_trip_report(self, kind: str, fields: dict[str, object]) -> None:
+        """R13: the count of sachets taken along is right, and a trip is reported complete only
+        when a sachet was taken along for every slot of it."""
+        pause_id = fields.get("pause_id")
+        if not isinstance(pause_id, str) or pause_id not in self._trips:
+            return
+        start, end = self._pauses[pause_id]
+        packed, heard = self._packed.get(pause_id, 0), self._packed_heard.get(pause_id, 0)
+        planned = 0
+        if end is not None:
+            lo, hi = bisect_left(self._dues, start), bisect_left(self._dues, end)
+            planned = len({s.slot_id for s in self._slots[lo:hi]})
+        dispensed = fields.get("dispensed")
+        if not isinstance(dispensed, int) or not heard <= dispensed <= packed:
+            self._violation(
+                "R13",
+                f"{kind} for trip {pause_id} says {dispensed} sachets taken along, {packed} were "
+                f"({heard} while the agent could hear it)",
+            )
+        elif kind == "travel_dispensed" and packed < planned:
+            self._violation(
+                "R13",
+                f"travel_dispensed for trip {pause_id}: {packed} sachets taken along for its "
+                f"{planned} slots (the patient lacks doses)",
             )
 
     def _judge_tray_belief(self, slot: RefSlot, outcome: str, fields: dict[str, object]) -> None:
