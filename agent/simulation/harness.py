@@ -193,6 +193,8 @@ class SimulationConfig:
     plan_changes_per_year: float = 0.0
     # the print, phantom frames, the centre's habits, store faults (agent.simulation.mishaps)
     mishaps: MishapRates = field(default_factory=MishapRates)
+    # with pauses: a trip in the first three weeks (the fault mix: a short run packs one too)
+    early_trip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,10 +457,17 @@ class Simulation:
         """Temporary stops ordered hours ahead, one at a time, none in the last days of the run:
         a hospital stay with an end (hours to three weeks), an open-ended one ended by a resume
         command (up to 40 days: some run past the maximum), or a trip (with an end, its sachets
-        dispensed to take along at its start)."""
+        dispensed to take along at its start). With `early_trip` a trip of one to four days starts
+        in the first three weeks (drawn from the mishaps' stream), and the others follow it."""
         rng, at = self._rng_pauses, 0.0
         if per_year <= 0:
             return
+        if self.config.early_trip:
+            world = self._rng_world
+            start = world.uniform(3 * 86400.0, 20 * 86400.0)
+            ordered = start - world.uniform(3600.0, 6 * 3600.0)
+            at = start + world.uniform(86400.0, 4 * 86400.0)
+            self._add_pause(_PlannedPause("pause-1", "travel", start, at), ordered)
         while True:
             at += rng.expovariate(per_year / (365 * 86400.0))
             lead = rng.uniform(0.0, 6 * 3600.0)
@@ -472,14 +481,17 @@ class Simulation:
             if at + lead + length > self._duration_s - 3 * 86400.0:
                 return
             n = len(self._pauses_planned) + 1
-            planned = _PlannedPause(f"pause-{n}", kind, at + lead, at + lead + length)
-            self._pauses_planned.append(planned)
-            self._at(at, f"pause-{n} ordered ({kind})", partial(self._order_pause, planned))
-            if kind == "open":
-                self._at(planned.end_s, f"pause-{n} resumed", partial(self._resume, planned))
-            if kind == "travel":
-                self._at(planned.start_s, f"pause-{n} packing", partial(self._pack, planned))
+            self._add_pause(_PlannedPause(f"pause-{n}", kind, at + lead, at + lead + length), at)
             at += lead + length
+
+    def _add_pause(self, planned: _PlannedPause, ordered_s: float) -> None:
+        pause_id, kind = planned.pause_id, planned.kind
+        self._pauses_planned.append(planned)
+        self._at(ordered_s, f"{pause_id} ordered ({kind})", partial(self._order_pause, planned))
+        if kind == "open":
+            self._at(planned.end_s, f"{pause_id} resumed", partial(self._resume, planned))
+        if kind == "travel":
+            self._at(planned.start_s, f"{pause_id} packing", partial(self._pack, planned))
 
     def _order_pause(self, planned: _PlannedPause) -> None:
         """The response centre's command reaches the agent (it waits while the Pi is down)."""

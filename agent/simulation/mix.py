@@ -17,10 +17,12 @@ each of them:
 | 1 | twelve pauses a year (hospital, open-ended, travel with sachets to take along) |
 | 2 | twelve pharmacy plan changes a year (a new prescription, or a pharmacy error) |
 
-Even seeds of the other two kinds have four pauses a year as well. Plan changes and moved dose
-times never share a seed: a prescribed extra time is chosen well clear of the dose times in force
-at planning, which a later move could break. The classic world (`--world classic`) is the
-simulation without any of this: the seed's template, faults.py's faults, nothing else.
+Even seeds of the other two kinds have four pauses a year as well; every seed with pauses has a
+trip of one to four days in its first three weeks (so a short run packs sachets to take along).
+Plan changes and moved dose times never share a seed: a prescribed extra time is chosen well clear
+of the dose times in force at planning, which a later move could break. The classic world
+(`--world classic`) is the simulation without any of this: the seed's template, faults.py's
+faults, nothing else.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def config_for(
             pauses_per_year=scenario.pauses_per_year,
             plan_changes_per_year=scenario.plan_changes_per_year,
             mishaps=MishapRates.mix(time_moves=scenario.time_moves_per_year),
+            early_trip=scenario.pauses_per_year > 0,
         )
     if pauses is not None:
         config = replace(config, pauses_per_year=pauses)
