@@ -526,6 +526,17 @@ def test_the_harness_reports_an_engine_that_raises_as_a_violation() -> None:
     assert violation.seed == 3
 
 
+def test_a_patient_away_on_a_trip_takes_no_dose_left_in_the_tray() -> None:
+    """Seed 22 of the mix: a dose presented just before its trip was lifted out by the patient
+    83 s after the trip began; the world had the patient away and taking a dose at once, the
+    engine rightly counted it taken along, and R13 failed on the world's own mistake (10
+    reported, 9 packed). Away, nobody takes a dose; the packer is ready as the trip starts."""
+    report = cli.run_one(22, 30)
+    assert report.violation is None, report.violation
+    assert report.result is not None
+    assert report.result.outcomes.get("dispensed_for_travel", 0) >= 9
+
+
 @pytest.mark.parametrize("seed", [3, 15])
 def test_moved_dose_times_hold_the_judge(seed: int) -> None:
     """The centre moves the dose times ahead of the pharmacy's new rolls (the judge learns each

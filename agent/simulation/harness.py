@@ -491,7 +491,8 @@ class Simulation:
         if kind == "open":
             self._at(planned.end_s, f"{pause_id} resumed", partial(self._resume, planned))
         if kind == "travel":
-            self._at(planned.start_s, f"{pause_id} packing", partial(self._pack, planned))
+            # ready a moment before the trip starts: its first sachet comes out at once
+            self._at(planned.start_s - 1.0, f"{pause_id} packing", partial(self._pack, planned))
 
     def _order_pause(self, planned: _PlannedPause) -> None:
         """The response centre's command reaches the agent (it waits while the Pi is down)."""
@@ -534,9 +535,9 @@ class Simulation:
         self._feed([EndPause(planned.pause_id)])
 
     def _pack(self, planned: _PlannedPause) -> None:
-        """A trip begins: for two hours someone lifts out whatever the dispenser presents, to take
-        along (the patient is away from then on)."""
-        self._packing = (self._elapsed, self._elapsed + 2 * 3600.0)
+        """A trip begins: for two hours (or until a shorter trip is over) someone lifts out
+        whatever the dispenser presents, to take along (the patient is away from then on)."""
+        self._packing = (self._elapsed, min(self._elapsed + 2 * 3600.0, planned.end_s))
 
     def _packer_takes(self) -> None:
         messages = self._model.take_dose()
@@ -640,6 +641,8 @@ class Simulation:
             )
 
     def _take_dose(self) -> None:
+        if self._away():
+            return  # left before getting to it (a trip's sachets are the packer's)
         messages = self._model.take_dose()
         if self._judge is not None:
             for message in messages:
@@ -647,13 +650,17 @@ class Simulation:
                     self._judge.taken(message.dispense_id)
         self._physical(messages)
 
+    def _away(self) -> bool:
+        """The patient is away: a pause is in force now (as planned)."""
+        return any(p.start_s <= self._elapsed < p.end_s for p in self._pauses_planned)
+
     def _on_presented(self) -> None:
         """The dose is in the tray: packed for a trip while one is being packed, else the
         patient's habit for the nearest slot decides."""
         if self._packing is not None and self._packing[0] <= self._elapsed < self._packing[1]:
             self._at(self._elapsed + 30.0, "packed for the trip", self._packer_takes)
             return
-        if any(p.start_s <= self._elapsed < p.end_s for p in self._pauses_planned):
+        if self._away():
             return  # the patient is away: nobody takes it
         if self._elapsed <= self._eager_until:
             habit = Habit.EARLY
