@@ -1096,3 +1096,29 @@ def test_rule_lists_parse() -> None:
     j.advance(utc("06:00"))
     with pytest.raises(ValueError, match="went back"):
         j.advance(utc("05:00"))
+
+
+def test_r8_r13_a_dose_time_a_schedule_update_dropped_needs_no_report_nor_sachet() -> None:
+    """Seeds 48 and 96 of the mix (dose times moved): the old times still to come stay in the
+    judge's reference as optional (an early TAKE may have picked one up), but no dose is due
+    then: an empty roll at such a time is nothing to report (R8.roll_empty), and a trip needs no
+    sachet for it (R13 counted 9 slots of a day's trip with two doses)."""
+    j = judge(enforce=frozenset({"R8.roll_empty", "R13"}))
+    j.world(world())
+    j.advance(utc("04:00"))  # 06:00 local: the centre moves 08:00/20:00 to 09:00/21:00
+    j.schedule_changed(DAY, ("09:00", "21:00"))
+    j.pause("trip", utc("05:00"), utc("22:00", 2), take_along=True)
+    j.advance(utc("05:00"))
+    for k, due in enumerate((utc("07:00"), utc("19:00"), utc("07:00", 2), utc("19:00", 2))):
+        j.presented(k + 1, label(due, index=k))
+        j.taken_for_travel(k + 1)
+    j.published("travel_dispensed", "info", {"pause_id": "trip", "planned": 4, "dispensed": 4})
+    assert j.findings == []
+    home = judge(enforce=frozenset({"R8.roll_empty"}))
+    home.advance(utc("04:00"))
+    home.schedule_changed(DAY, ("09:00", "21:00"))
+    home.world(world(remaining=0))
+    home.advance(utc("06:30"))  # 08:00 local, no dose time any more: the roll may be empty
+    assert home.findings == []
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T09:00\)"):
+        home.advance(utc("07:11"))  # but 09:00 local is one

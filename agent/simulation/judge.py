@@ -563,6 +563,8 @@ class Judge:
             return
         if self._paused_at(slot.due_utc) is not None or slot.slot_id in self._outcomes:
             return
+        if slot.slot_id in self._optional:
+            return  # a dose time a schedule update dropped: no dose is due then
         if slot.slot_id in self._presented_for:
             return  # its sachet was cut early (TAKE): the empty roll keeps nothing from it
         key = f"roll_empty {slot.slot_id}"
@@ -600,6 +602,7 @@ class Judge:
         kept_ids = {s.slot_id for s in kept}
         # only the new rules have it and it was due already; or only the old rules have it and
         # it is still to come (it may have been picked up): an outcome may come, need not
+        self._optional -= {s.slot_id for s in new if s.due_utc >= now}  # a dose time again
         self._optional |= {s.slot_id for s in new if s.due_utc < now and s.slot_id not in old_ids}
         self._optional |= {s.slot_id for s in self._slots if s.due_utc >= now} - new_ids
         extra = [s for s in new if s.slot_id not in kept_ids]
@@ -1118,7 +1121,10 @@ class Judge:
         planned = 0
         if end is not None:
             lo, hi = bisect_left(self._dues, start), bisect_left(self._dues, end)
-            planned = len({s.slot_id for s in self._slots[lo:hi]})
+            # a dose time a schedule update dropped (optional) needs no sachet
+            planned = len(
+                {s.slot_id for s in self._slots[lo:hi] if s.slot_id not in self._optional}
+            )
         dispensed = fields.get("dispensed")
         if not isinstance(dispensed, int) or not heard <= dispensed <= packed:
             self._violation(
