@@ -25,6 +25,8 @@ from agent.engine.types import (
 )
 from agent.store.ledger import SlotRecord
 from protocol.messages import (
+    ButtonId,
+    ButtonPressed,
     CommandResult,
     Dispense,
     DosePresented,
@@ -286,6 +288,29 @@ def test_already_done_after_a_lost_reply_with_an_empty_tray_is_not_given() -> No
     assert rig.commands(Dispense) == [send.command, send.command]
     assert outcome(rig) == ("missed", "dispense_unconfirmed")
     assert rig.dispenser.dispensed == [0]
+
+
+def test_a_dose_cut_unseen_and_gone_counts_as_an_intake_for_the_minimum_interval() -> None:
+    """Seed 147 of the 200-seed run (doses 30 min apart, judge R2): the 08:00 Dispense's reply
+    was lost, the patient lifted the dose out while the link was down, the agent learnt
+    ALREADY_DONE with an empty tray (missed, dispense_unconfirmed) and a TAKE a minute later
+    presented the 08:30 dose at once: two doses 5 min apart. In doubt, an intake (H3)."""
+    times = [DUE, DUE + timedelta(minutes=30)]
+    rig = Rig(daily("08:00", "08:30"), sachet_times=times)  # minimum interval 15 min
+    time_out_first_dispense(rig)
+    rig.dispenser.tray = None  # lifted out while the link is down: its DoseTaken is lost
+    rig.run_for(timedelta(minutes=4))
+    hello(rig)
+    rig.run_for(rig.config.command_retry)
+    assert outcome(rig) == ("missed", "dispense_unconfirmed")
+    seen_empty = rig.clock.now().utc
+    rig.run_for(timedelta(minutes=1))
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    assert rig.dispenser.dispensed == [0]  # not the 08:30 dose minutes after a possible intake
+    rig.run_until(seen_empty + timedelta(minutes=14, seconds=59))
+    assert rig.dispenser.dispensed == [0]
+    rig.run_until(DUE + timedelta(minutes=30))
+    assert rig.dispenser.dispensed == [0, 1]
 
 
 def test_a_lost_reply_that_cut_the_rolls_last_sachet_is_asked_after_all_the_same() -> None:

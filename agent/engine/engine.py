@@ -1039,7 +1039,9 @@ class DoseEngine:
                     self._record_presented(run, now, actions)
                 elif run.unseen_done:
                     # cut at some time, never seen presented, not in the tray: perhaps taken,
-                    # perhaps never given. In doubt: not given, and said so (HIGH)
+                    # perhaps never given. In doubt: not given, and said so (HIGH); and in doubt
+                    # an intake, at the latest now, for the minimum interval (SAFETY.md H3)
+                    self._note_intake(now)
                     self._settle(run, Outcome.MISSED, lifecycle.DISPENSE_UNCONFIRMED, now, actions)
 
     # --- command outcomes ---------------------------------------------------------------------
