@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from test_engine import morning_rig, utc
+from test_engine import Rig, daily, morning_rig, utc
 
 from agent.engine.types import EngineEvent, LinkDown, LinkUp, Outcome
 from protocol.messages import ButtonId, ButtonPressed, FaultChanged, FaultCode, RollRemoved
@@ -120,3 +120,26 @@ def test_a_link_that_comes_and_goes_while_the_dispenser_is_empty_is_one_alarm() 
     assert all(e.fields["dispenser_empty"] is True for e in events)
     rig.run_until(D1_0800 + timedelta(minutes=61))
     assert rig.events("slot_outcome")[0].vkp_code == "3.7"
+
+
+def test_every_dose_due_while_the_dispenser_is_empty_is_high_not_only_the_first() -> None:
+    """Seed 13 of the mix (doses 30 min apart): the 08:00 dose was held HIGH for the empty roll,
+    the 08:30 dose queued behind it and came due unannounced (nothing until its slot ended)."""
+    times = [utc(2026, 3, 2, 7, 0), utc(2026, 3, 2, 7, 30)]
+    rig = Rig(daily("08:00", "08:30", min_interval=timedelta(minutes=20)), sachet_times=times)
+    rig.dispenser.next_index = 2  # every sachet used
+    rig.install()
+    rig.run_until(D1_0800)
+    assert [s for s, *_ in held_all(rig)] == [SLOT_1]
+    rig.run_until(D1_0800 + timedelta(minutes=30))
+    assert held(rig.events("dose_held"), "2026-03-02T08:30") == [("high", "3.7", "roll_empty")]
+    rig.run_until(D1_0800 + timedelta(minutes=95))
+    ended = rig.events("slot_outcome")  # neither given; each not given for an empty dispenser
+    assert [(e.fields["slot_id"], e.vkp_code) for e in ended] == [
+        (SLOT_1, "3.7"),
+        ("2026-03-02T08:30", "3.7"),
+    ]
+
+
+def held_all(rig: Rig) -> list[tuple[object, str]]:
+    return [(e.fields["slot_id"], e.priority.value) for e in rig.events("dose_held")]

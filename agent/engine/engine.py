@@ -1738,6 +1738,12 @@ class DoseEngine:
                 fields["stuck_dispense_id"] = stuck.dispense_id
                 fields["stuck_reason"] = stuck.reason
             self._hold(run.slot_id, reason, now, actions, fields)
+            if self._dispenser_empty():
+                # the doses due behind it cannot be given either: each is named HIGH at its
+                # own time (VKP 3.7), not only when its slot ends
+                for later in self._slotbook.runs:
+                    if later is not run and not later.travel and now.utc >= later.due_utc:
+                        self._hold(later.slot_id, reason, now, actions)
             return
         if self._can_send(now):
             self._dispense(run, actions)
