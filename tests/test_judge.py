@@ -1122,3 +1122,33 @@ def test_r8_r13_a_dose_time_a_schedule_update_dropped_needs_no_report_nor_sachet
     assert home.findings == []
     with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T09:00\)"):
         home.advance(utc("07:11"))  # but 09:00 local is one
+
+
+def test_r8_an_empty_roll_is_reported_by_a_high_hold_naming_the_slot_ahead() -> None:
+    """An agent whose clock is untrusted cannot tell when a dose comes due: with the roll empty
+    it names the dose HIGH ahead. That reports it while the roll stays empty; a refill voids it
+    (the dose may be given after all, and if the roll runs empty again it is news)."""
+    ahead = {"slot_id": "2026-06-01T08:00", "reason": "clock_untrusted"}
+    j = judge(enforce=frozenset({"R8.roll_empty"}))
+    j.world(world(remaining=0))
+    j.advance(utc("04:00"))
+    j.published("dose_held", "high", ahead)
+    j.world(world(roll=None))  # the patient pulls the roll out and puts it back: still empty
+    j.world(world(remaining=0))
+    j.advance(utc("07:00"))
+    assert j.findings == []
+    refilled = judge(enforce=frozenset({"R8.roll_empty"}))
+    refilled.world(world(remaining=0))
+    refilled.advance(utc("04:00"))
+    refilled.published("dose_held", "high", ahead)
+    refilled.world(world(remaining=1))
+    refilled.advance(utc("05:00"))
+    refilled.world(world(remaining=0))
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        refilled.advance(utc("06:11"))
+    low = judge(enforce=frozenset({"R8.roll_empty"}))
+    low.world(world(remaining=0))
+    low.advance(utc("04:00"))
+    low.published("dose_held", "low", ahead)
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        low.advance(utc("06:11"))

@@ -647,14 +647,10 @@ def test_judge_r8_empty_roll_at_a_due_time_reported_in_time() -> None:
     judge_rule_holds("R8.roll_empty", 0, 365)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="open: seed 135, a roll whose period passed while the Pi was down is rejected at boot "
-    "(roll_rejected, HIGH 3.5) and the 20:00 dose behind it is held without a HIGH naming its "
-    "slot within 10 min; so R8.roll_empty is not in HOLDING_RULES yet",
-)
 def test_judge_r8_empty_roll_after_a_pi_reboot_with_a_roll_past_its_period() -> None:
+    """Seed 135: the Pi rebooted with its clock two hours wrong and an empty roll whose period
+    had passed (roll_rejected at boot); the 20:00 dose came due before the clock was trusted
+    again, and no HIGH named it. Now the agent names it HIGH ahead (VKP 3.7)."""
     judge_rule_holds("R8.roll_empty", 135, 365)
 
 

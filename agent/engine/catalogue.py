@@ -77,8 +77,10 @@ _ENGINE_SPECS = (
         "(data.dispenser_empty) when the dispenser is empty at the dose time (no roll, or no "
         "sachet left on it): a nurse brings a roll; the dose is still given if it comes before "
         "the slot ends. High once per slot; a later reason while still empty is low with "
-        "data.dispenser_empty. Reason dispense_ids_exhausted: the unit's dispense-id counter "
-        "is at its end (a damaged store): it dispenses nothing more; service the unit.",
+        "data.dispenser_empty. While the clock is untrusted and the dispenser empty, the doses "
+        "of the next day are named high ahead (reason clock_untrusted, data.due_utc): when "
+        "each comes due is unknown. Reason dispense_ids_exhausted: the unit's dispense-id "
+        "counter is at its end (a damaged store): it dispenses nothing more; service the unit.",
     ),
     AlertSpec(
         "dose_retained",

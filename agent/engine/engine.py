@@ -146,6 +146,8 @@ TRAVEL_WAITS_ON = frozenset(
     }
 )
 _EPSILON = timedelta(microseconds=1)
+# while the clock is untrusted and the dispenser empty: the doses named ahead (a day of them)
+_NAME_AHEAD = timedelta(days=1)
 # How long records of settled slots are kept behind the horizon (bounded: a few per day)
 _SETTLED_RECORDS_KEPT = timedelta(days=2)
 
@@ -1260,6 +1262,7 @@ class DoseEngine:
             self._backlog_condition(now, actions)
         else:
             self._was_untrusted = True
+            self._name_ahead_while_untrusted(now, actions)
         self._sync_dispenser(now, actions)
         self._move_horizon()
 
@@ -1613,7 +1616,15 @@ class DoseEngine:
         for slot in self._slotbook.slots(self._schedule).between(cursor, now.utc + _EPSILON):
             if slot.slot_id in known or self._slotbook.is_settled(slot.slot_id):
                 continue
-            run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
+            # named HIGH ahead while the clock was untrusted and the dispenser empty: said once
+            named = slot.slot_id in self._slotbook.named_ahead
+            self._slotbook.named_ahead.discard(slot.slot_id)
+            run = SlotRun(
+                slot.slot_id,
+                slot.due_utc,
+                self._local_iso(slot.due_utc),
+                held_empty=named and self._dispenser_empty(),
+            )
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:
                 self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
@@ -1621,6 +1632,42 @@ class DoseEngine:
             self._slotbook.runs.append(run)
         self._slotbook.runs.sort(key=lambda r: (r.due_utc, r.slot_id))
         self._slotbook.cursor = now.utc + _EPSILON
+
+    def _name_ahead_while_untrusted(self, now: Now, actions: list[Action]) -> None:
+        """The clock is untrusted (no dose is given, no slot picked up) and the dispenser is
+        empty: the doses of the next day after the last trusted instant cannot be given either
+        way, and the agent cannot tell when each comes due. Each is named HIGH (VKP 3.7) ahead,
+        once, so that a nurse brings a roll (SAFETY.md H4); at its time it is held LOW."""
+        book = self._slotbook
+        if (
+            not self._dispenser_empty()
+            or self._schedule is None
+            or self._binding is None
+            or book.cursor is None
+        ):
+            book.named_ahead.clear()  # a roll came: what was said ahead is void
+            return
+        known = {r.slot_id for r in book.runs}
+        for slot in book.slots(self._schedule).between(book.cursor, book.cursor + _NAME_AHEAD):
+            slot_id = slot.slot_id
+            if slot_id in known or slot_id in book.named_ahead or book.is_settled(slot_id):
+                continue
+            if pause.covering(self._pauses, slot.due_utc) is not None:
+                continue  # skipped, not held
+            book.named_ahead.add(slot_id)
+            event: dict[str, object] = {
+                "slot_id": slot_id,
+                "reason": "clock_untrusted",
+                "dispenser_empty": True,
+                "due_utc": utc_text(slot.due_utc),
+            }
+            actions.append(
+                Emit(
+                    catalogue.make_event(
+                        "dose_held", event, priority=Priority.HIGH, vkp_code=catalogue.EMPTY_VKP
+                    )
+                )
+            )
 
     def _settle_overdue(self, now: Now, actions: list[Action]) -> None:
         for run in list(self._slotbook.runs):
@@ -2114,7 +2161,15 @@ class DoseEngine:
                 continue  # picked up (and settled or running) under the old schedule
             if self._slotbook.is_settled(slot.slot_id):
                 continue
-            run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
+            # named HIGH ahead while the clock was untrusted and the dispenser empty: said once
+            named = slot.slot_id in self._slotbook.named_ahead
+            self._slotbook.named_ahead.discard(slot.slot_id)
+            run = SlotRun(
+                slot.slot_id,
+                slot.due_utc,
+                self._local_iso(slot.due_utc),
+                held_empty=named and self._dispenser_empty(),
+            )
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:
                 self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)

@@ -59,7 +59,9 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
    - "bin_full": the bin is full -> `fault_bin_full`;
    - "roll_empty": at a slot's due instant (not paused, not settled or presented early) the
      loaded roll has no sachet left -> a HIGH `slot_outcome` or `dose_held` (the dose waits
-     for a roll) for that slot;
+     for a roll) for that slot; one published ahead of its due instant while the roll was
+     already empty reports it too, unless a refill came since (an agent whose clock is
+     untrusted cannot tell when the dose comes due);
    - "plan_mismatch": the sachet at the reader (this patient's, on a roll with this patient's
      leader) matches no slot of the schedule and no person's decision covers it -> a HIGH
      `plan_mismatch` naming that roll and sachet index.
@@ -171,9 +173,7 @@ HOLDING_RULES = frozenset(
         "R8.wrong_roll",
         "R8.jam",
         "R8.bin_full",
-        # R8.roll_empty holds for seeds 0-134 but not 135: a roll whose period passed while the
-        # Pi was down (roll_rejected at boot) holds the next dose without a HIGH naming its slot
-        # (tests/test_simulation.py, strict xfail)
+        "R8.roll_empty",
         "R8.plan_mismatch",
         "R8.roll_unreadable",
         "R8.sachet_unusable",
@@ -428,6 +428,8 @@ class Judge:
     _conditions: dict[str, _Condition] = field(default_factory=dict)
     _rules: list[tuple[date, tuple[str, ...]]] = field(default_factory=list)
     _optional: set[str] = field(default_factory=set)  # slot ids an outcome is allowed for
+    # roll_empty: slots named HIGH ahead of their due time while the roll was empty
+    _named_ahead: set[str] = field(default_factory=set)
     _decisions: set[tuple[str, int | None]] = field(default_factory=set)  # (roll, index|None)
     _min_interval: timedelta = timedelta(0)  # R2's, as in force now (a schedule update moves it)
     _phantoms: set[int] = field(default_factory=set)  # dispense ids of injected phantom events
@@ -567,6 +569,8 @@ class Judge:
             return  # a dose time a schedule update dropped: no dose is due then
         if slot.slot_id in self._presented_for:
             return  # its sachet was cut early (TAKE): the empty roll keeps nothing from it
+        if slot.slot_id in self._named_ahead:
+            return  # said HIGH ahead, and the roll has stayed empty since
         key = f"roll_empty {slot.slot_id}"
         self._conditions[key] = _Condition(
             "roll_empty",
@@ -687,6 +691,8 @@ class Judge:
             # a fuller roll, or the roll was taken out: no longer an empty roll at due time
             for key in [k for k, c in self._conditions.items() if c.name == "roll_empty"]:
                 del self._conditions[key]
+        if state.roll_patient_ref is not None and state.remaining > 0:
+            self._named_ahead.clear()  # a refill: what was said ahead is void
         if previous is not None and state.agent_linked and not previous.agent_linked:
             for c in self._conditions.values():
                 if c.deadline is None:
@@ -921,6 +927,8 @@ class Judge:
                 f"{kind} names dispense id {fields.get('dispense_id')}, which only a phantom "
                 "dispenser event ever named",
             )
+        if priority == HIGH and kind in _SLOT_EVENTS:
+            self._note_named_ahead(fields)
         if kind == "slot_outcome":
             self._on_outcome(priority, fields)
         elif kind == "dose_presented":
@@ -949,6 +957,16 @@ class Judge:
                     names = (fields.get("roll_id"), fields.get("index"))
                     # a report naming a sachet must name this one
                     cond.reported = names[1] is None or cond.sachet in (None, names)
+
+    def _note_named_ahead(self, fields: dict[str, object]) -> None:
+        """roll_empty: a HIGH event naming a slot not yet due, published while the roll is
+        empty (an agent whose clock is untrusted cannot tell when it comes due, SAFETY.md H4)."""
+        world, slot_id = self._world, fields.get("slot_id")
+        if world is None or world.remaining > 0 or not isinstance(slot_id, str):
+            return
+        slot = self._by_id.get(slot_id)
+        if slot is not None and slot.due_utc > self._require_now():
+            self._named_ahead.add(slot_id)
 
     def centre_command(self, what: str, key: object = None) -> None:
         """The response centre's (or a technician's) command reaches the unit now (R11):
