@@ -2104,9 +2104,10 @@ class DoseEngine:
             if (sachet.roll_id, sachet.index) != (hold.roll_id, hold.sachet_index):
                 self._end_hold(hold, "roll_changed", now, actions)
             elif self._sachet_matches_a_slot(sachet) is True:
+                since = self._hold_since(hold)
                 self._end_hold(hold, "schedule_updated", now, actions)
                 if replaced is not None:
-                    self._settle_passed_slots(hold, replaced, now, actions)
+                    self._settle_passed_slots(hold, replaced, since, now, actions)
         if unplanned is None or self._desk.unplanned is not None:
             return  # nothing to hold, or still waiting for a decision on the held one
         if self._desk.decision_for(unplanned) is not None:
@@ -2141,19 +2142,42 @@ class DoseEngine:
         }
         self._emit(actions, "plan_mismatch_decided", fields)
 
+    def _hold_since(self, hold: UnplannedHold) -> datetime | None:
+        """When the hold began: its latched alert's time (None if that cannot be told)."""
+        alert = self._alerts.unresolved("plan_mismatch")
+        if alert is None or alert.alert_id != hold.alert_id:
+            return None
+        try:
+            raised = datetime.fromisoformat(alert.raised_at)
+        except ValueError:
+            return None
+        return raised if raised.tzinfo is not None else None
+
     def _settle_passed_slots(
-        self, hold: UnplannedHold, replaced: Schedule, now: Now, actions: list[Action]
+        self,
+        hold: UnplannedHold,
+        replaced: Schedule,
+        since: datetime | None,
+        now: Now,
+        actions: list[Action],
     ) -> None:
         """The new schedule has the held sachet's time. Its slots from that time up to the
         cursor are new (the old schedule lacked them) and passed while undecided: nothing could
         be cut to reach their sachets, which wait behind the held one on the roll, and the
         cursor will not pick them up. Each gets its outcome now, so that every sachet later
-        discarded as a leftover belongs to a settled slot and no slot is left without one."""
+        discarded as a leftover belongs to a settled slot and no slot is left without one.
+        Only from when the hold began (`since`): a slot due before it was handled under the
+        schedule then, and its record may be pruned (settling it again is a second outcome).
+        Not known: no further back than the settled records kept."""
         cursor, schedule = self._slotbook.cursor, self._schedule
         intended = roll_check.wire_time(hold.intended_utc_s)
         if cursor is None or schedule is None or intended is None:
             return
         start = intended - self._cfg.sachet_time_tolerance  # (from the cursor on: picked up)
+        if since is not None:
+            start = max(start, since)
+        elif self._slotbook.horizon is not None:
+            start = max(start, self._slotbook.horizon - _SETTLED_RECORDS_KEPT)
         known = {slot.slot_id for slot in replaced.slots_between(start, cursor)}
         running = {r.slot_id for r in self._slotbook.runs}
         for slot in schedule.slots_between(start, cursor):
@@ -2161,15 +2185,7 @@ class DoseEngine:
                 continue  # picked up (and settled or running) under the old schedule
             if self._slotbook.is_settled(slot.slot_id):
                 continue
-            # named HIGH ahead while the clock was untrusted and the dispenser empty: said once
-            named = slot.slot_id in self._slotbook.named_ahead
-            self._slotbook.named_ahead.discard(slot.slot_id)
-            run = SlotRun(
-                slot.slot_id,
-                slot.due_utc,
-                self._local_iso(slot.due_utc),
-                held_empty=named and self._dispenser_empty(),
-            )
+            run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:
                 self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
