@@ -25,6 +25,7 @@ from agent.engine.types import (
 )
 from agent.store.ledger import SlotRecord
 from protocol.messages import (
+    AlertPattern,
     ButtonId,
     ButtonPressed,
     CommandResult,
@@ -428,3 +429,37 @@ def test_the_sachet_last_sent_for_an_open_slot_survives_a_restart() -> None:
     assert (slot.dispense_id, slot.sachet_index) == (7, 3)
     [slot] = EngineState().with_open_slots([ledger]).open_slots
     assert slot.sachet_index == 2
+
+
+# --- after a store fault: the daemon's fail-safe locked the dispenser and set FAULT -----------
+
+
+def test_the_fail_safe_lock_of_an_earlier_process_is_lifted_and_doses_are_given_again() -> None:
+    """The store failed, the daemon locked the dispenser and set FAULT, then exited (SAFETY.md
+    H8); the restarted agent took that lock for one it did not set and held every later dose
+    'locked' for good (simulation, strict xfail before). Only the agent locks (SPEC 4.5)."""
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE - timedelta(hours=1))
+    rig.dispenser.locked, rig.dispenser.alert = True, AlertPattern.FAULT  # the fail-safe
+    again = restarted(rig, DUE - timedelta(minutes=59))
+    hello(again)
+    assert [e.kind for e in again.events("failsafe_lock_lifted")] == ["failsafe_lock_lifted"]
+    assert not again.dispenser.locked
+    assert again.dispenser.alert is not AlertPattern.FAULT
+    again.run_until(DUE)
+    again.take()
+    assert outcome(again) == ("taken", None)
+
+
+def test_a_lock_without_the_fail_safes_fault_pattern_is_not_lifted() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE - timedelta(hours=1))
+    rig.dispenser.locked = True  # not the fail-safe's signature: in doubt, left as it is
+    again = restarted(rig, DUE - timedelta(minutes=59))
+    hello(again)
+    again.run_until(DUE + timedelta(minutes=61))
+    assert again.events("failsafe_lock_lifted") == []
+    assert again.dispenser.locked
+    assert again.dispenser.dispensed == []

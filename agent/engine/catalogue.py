@@ -483,6 +483,15 @@ _ENGINE_SPECS = (
         chatty=True,
     ),
     AlertSpec(
+        "failsafe_lock_lifted",
+        _P.INFO,
+        None,
+        "The dispenser was found locked showing FAULT, a lock this agent process did not set: "
+        "the fail-safe of an earlier one after a store fault (only the agent locks, SPEC 4.5). "
+        "With its state read back the agent lifts it (unless it wants the cassette locked) "
+        "and doses are given again; a store that fails again locks it again before any dose.",
+    ),
+    AlertSpec(
         "dispense_id_conflict",
         _P.HIGH,
         "3.4",

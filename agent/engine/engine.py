@@ -986,6 +986,16 @@ class DoseEngine:
             self._unstick(None, now, actions)
         self._mirror.tray_occupied = status.tray_occupied
         self._mirror.lock_actual = status.locked
+        if (
+            status.locked
+            and status.alert is AlertPattern.FAULT
+            and not self._mirror.locked_by_agent
+        ):
+            # the fail-safe of an earlier process of this agent (lock + FAULT after a store
+            # fault; nothing else locks, SPEC 4.5): ours to lift now that the state is read back.
+            # Safe: no Dispense leaves before its BeginDispense is committed
+            self._mirror.locked_by_agent = True
+            self._emit(actions, "failsafe_lock_lifted", {})
         self._mirror.pattern_sent = status.alert
         self._condition(actions, "lid_open", status.lid_open, now)
         self._on_power(status.mains, status.battery_pct, now, actions)
