@@ -995,7 +995,8 @@ class DoseEngine:
             # fault; nothing else locks, SPEC 4.5): ours to lift now that the state is read back.
             # Safe: no Dispense leaves before its BeginDispense is committed
             self._mirror.locked_by_agent = True
-            self._emit(actions, "failsafe_lock_lifted", {})
+            if not (self._desk.roll_foreign(self._binding) or self.locked_down):
+                self._emit(actions, "failsafe_lock_lifted", {})  # else kept: wanted locked
         self._mirror.pattern_sent = status.alert
         self._condition(actions, "lid_open", status.lid_open, now)
         self._on_power(status.mains, status.battery_pct, now, actions)
