@@ -25,7 +25,8 @@ from bench.common import Figure, MeasurementError, format_table, say
 
 
 def sim_year(quick: bool) -> list[Figure]:
-    """bench/sim_year.py's figure: wall time per simulated year, engine vs a no-op engine."""
+    """bench/sim_year.py's figure: wall time per simulated year in the fault mix (the world of
+    `simulate` and of the suite's year test), engine vs a no-op engine."""
     from agent.simulation.harness import DoseEngineFactory, NullEngineFactory
     from bench.sim_year import time_year
 
@@ -54,7 +55,7 @@ def sim_year(quick: bool) -> list[Figure]:
             "s",
             "-",
             None,
-            f"mean over seeds {seeds[0]}-{seeds[-1]}, {days} days scaled to 365; "
+            f"fault mix, mean over seeds {seeds[0]}-{seeds[-1]}, {days} days scaled to 365; "
             "baseline = same loop, no-op engine",
         )
     ]

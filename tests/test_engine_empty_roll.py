@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from test_engine import morning_rig, utc
+from test_engine import Rig, daily, morning_rig, utc
 
-from agent.engine.types import EngineEvent, LinkDown, LinkUp, Outcome
+from agent.clock import TimeTrust
+from agent.engine.types import EngineEvent, LinkDown, LinkUp, Outcome, Tick
 from protocol.messages import ButtonId, ButtonPressed, FaultChanged, FaultCode, RollRemoved
 
 D1_0800 = utc(2026, 3, 2, 7, 0)
@@ -120,3 +121,58 @@ def test_a_link_that_comes_and_goes_while_the_dispenser_is_empty_is_one_alarm() 
     assert all(e.fields["dispenser_empty"] is True for e in events)
     rig.run_until(D1_0800 + timedelta(minutes=61))
     assert rig.events("slot_outcome")[0].vkp_code == "3.7"
+
+
+def test_every_dose_due_while_the_dispenser_is_empty_is_high_not_only_the_first() -> None:
+    """Seed 13 of the mix (doses 30 min apart): the 08:00 dose was held HIGH for the empty roll,
+    the 08:30 dose queued behind it and came due unannounced (nothing until its slot ended)."""
+    times = [utc(2026, 3, 2, 7, 0), utc(2026, 3, 2, 7, 30)]
+    rig = Rig(daily("08:00", "08:30", min_interval=timedelta(minutes=20)), sachet_times=times)
+    rig.dispenser.next_index = 2  # every sachet used
+    rig.install()
+    rig.run_until(D1_0800)
+    assert [s for s, *_ in held_all(rig)] == [SLOT_1]
+    rig.run_until(D1_0800 + timedelta(minutes=30))
+    assert held(rig.events("dose_held"), "2026-03-02T08:30") == [("high", "3.7", "roll_empty")]
+    rig.run_until(D1_0800 + timedelta(minutes=95))
+    ended = rig.events("slot_outcome")  # neither given; each not given for an empty dispenser
+    assert [(e.fields["slot_id"], e.vkp_code) for e in ended] == [
+        (SLOT_1, "3.7"),
+        ("2026-03-02T08:30", "3.7"),
+    ]
+
+
+def held_all(rig: Rig) -> list[tuple[object, str]]:
+    return [(e.fields["slot_id"], e.priority.value) for e in rig.events("dose_held")]
+
+
+def test_a_dose_due_while_the_clock_is_untrusted_and_the_dispenser_empty_is_named_ahead() -> None:
+    """Seed 135 (and 84 of the mix): the Pi rebooted with its clock hours wrong, the roll was
+    empty (rejected at boot, its period past), and the next dose came due before the clock was
+    trusted again: no HIGH named it (clock_untrusted and roll_rejected name no dose). Not
+    knowing the time, the agent cannot say it at the dose time: it names it ahead, once."""
+    rig = morning_rig()
+    rig.dispenser.next_index = 7  # every sachet used
+    rig.install()
+    rig.run_until(utc(2026, 3, 2, 6, 0))
+    rig.clock.set_trust(TimeTrust.UNTRUSTED)  # the Pi booted with a guessed clock
+    rig.feed(Tick())
+    rig.feed(Tick())
+    [ahead] = rig.events("dose_held")
+    assert (ahead.fields["slot_id"], ahead.priority.value, ahead.vkp_code) == (
+        SLOT_1,
+        "high",
+        "3.7",
+    )
+    assert ahead.fields["reason"] == "clock_untrusted"
+    assert ahead.fields["dispenser_empty"] is True
+    assert ahead.fields["due_utc"] == "2026-03-02T07:00:00Z"
+    rig.run_until(D1_0800 + timedelta(minutes=30))
+    rig.clock.set_trust(TimeTrust.SYNCHRONISED)
+    rig.feed(Tick())  # picked up now, still empty: said HIGH already, low now
+    assert held(rig.events("dose_held"), SLOT_1) == [
+        ("high", "3.7", "clock_untrusted"),
+        ("low", None, "roll_empty"),
+    ]
+    rig.run_until(D1_0800 + timedelta(minutes=61))
+    assert [e.vkp_code for e in rig.events("slot_outcome")] == ["3.7"]

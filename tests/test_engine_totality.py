@@ -551,3 +551,17 @@ def test_a_slot_settled_before_two_schedule_updates_is_not_settled_again() -> No
     machine.tick(4 * 3600)  # the 08:00 slot ends (the fake dispenser was never asked)
     machine.schedule(times=(), newer=True)
     machine.schedule(times=TIMES, newer=True)
+
+
+# Found by this machine too: the same, but the slots of A were settled more than two days before
+# the schedule without doses came (their records pruned by then). The sachet at the reader, for
+# the first of them, is held from that moment; A again settled every slot of A from its time on
+# a second time. Only slots that passed while the sachet was held are settled by a schedule update.
+def test_a_slot_settled_days_before_a_plan_hold_is_not_settled_again() -> None:
+    machine = EngineMachine()
+    machine.install()
+    machine.link_down(reason="eof")  # no dose is given: the sachet for 2 March stays at the reader
+    machine.ordinary_hours(steps=16, takes=False)  # slots settle for two days and more
+    machine.ordinary_hours(steps=16, takes=False)
+    machine.schedule(times=(), newer=True)  # the 2 March 08:00 sachet: held, a plan mismatch
+    machine.schedule(times=TIMES, newer=True)

@@ -18,6 +18,7 @@ from agent.simulation.judge import (
     World,
     parse_rules,
     reference_min_interval,
+    reference_min_interval_of_rules,
     reference_slots,
 )
 from agent.simulation.violation import InvariantViolation
@@ -64,7 +65,7 @@ def label(
     index: int = 0,
     roll_ref: str = REF,
     sachet_ref: str = REF,
-    expiry: datetime = datetime(2027, 1, 1, tzinfo=UTC),
+    expiry: datetime | None = datetime(2027, 1, 1, tzinfo=UTC),
 ) -> SachetLabel:
     return SachetLabel("R001", roll_ref, sachet_ref, index, intended, expiry)
 
@@ -77,8 +78,12 @@ def world(
     bin_full: bool = False,
     linked: bool = True,
     reader: SachetLabel | None = None,
+    tray_occupied: bool = False,
+    roll_label_readable: bool = True,
 ) -> World:
-    return World(roll, remaining, jammed, bin_full, linked, reader)
+    return World(
+        roll, remaining, jammed, bin_full, linked, reader, tray_occupied, roll_label_readable
+    )
 
 
 def outcome(j: Judge, slot_id: str, result: str = "taken", priority: str = "info") -> None:
@@ -194,8 +199,17 @@ def test_a_valid_history_passes_every_rule() -> None:
             )
             j.advance(utc(hhmm, day) + timedelta(minutes=5))
             j.taken(10 * day + len(slot))
-            outcome(j, f"2026-06-0{day}T{slot}")
+            j.published(
+                "slot_outcome",
+                "info",
+                {
+                    "slot_id": f"2026-06-0{day}T{slot}",
+                    "outcome": "taken",
+                    "dispense_id": 10 * day + len(slot),
+                },
+            )
     j.discarded(99, label(utc("06:00", 1), index=9))  # a leftover for a settled slot: stale
+    j.published("sachet_discarded", "info", {"sachet_index": 9, "reason": "sachet_stale"})
     j.bin_fill(1, 30)
     j.finish(utc("23:00", 3))
     assert j.findings == []
@@ -500,7 +514,9 @@ def presented_and_taken(j: Judge, dispense_id: int = 5) -> None:
         "dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": dispense_id}
     )
     j.advance(utc("06:04"))
+    j.world(world(linked=False))  # the agent restarts: its DoseTaken is lost
     j.taken(dispense_id)
+    j.world(world())
 
 
 def test_r9_a_missed_alarm_for_a_presented_dose_the_patient_took() -> None:
@@ -557,6 +573,7 @@ def test_r8_a_reported_jam_and_one_cleared_in_time_are_fine() -> None:
     j.published("fault_jam", "high", {})
     j.advance(utc("04:00"))
     j.world(world())
+    j.published("fault_jam_cleared", "info", {})
     j.world(world(jammed=True))  # a new episode
     j.advance(utc("04:09"))
     j.world(world())  # cleared before its bound
@@ -693,6 +710,364 @@ def test_r8_a_dose_presented_early_is_not_kept_back_by_the_empty_roll_after_it()
     assert j.findings == []
 
 
+def test_reference_min_interval_of_rules_counts_the_change_of_rule() -> None:
+    # each rule alone: 6 h (08:00/20:00) and 2 h 45 (02:30 ... 21:00, across midnight 5 h 30)
+    assert reference_min_interval_of_rules([("08:00", "20:00")]) == timedelta(hours=6)
+    assert reference_min_interval_of_rules(
+        [("08:00", "20:00"), ("02:30", "09:00", "15:00", "21:00")]
+    ) == timedelta(hours=2, minutes=45)
+    # the night of the change: 22:00 the day before, 01:00 on the new rule's first day
+    assert reference_min_interval_of_rules([("10:00", "22:00"), ("01:00", "13:00")]) == timedelta(
+        hours=1, minutes=30
+    )
+
+
+# --- R4, R8: rolls and sachets nobody can check -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sachet", "message"),
+    [
+        (label(utc("06:00"), expiry=None), "expiry cannot be read"),
+        (SachetLabel("R001", REF, REF, 0, utc("06:00"), None), "expiry cannot be read"),
+        (
+            SachetLabel("R001", REF, REF, 0, utc("06:00"), utc("06:00", 9), readable=False),
+            "reader cannot read",
+        ),
+        (SachetLabel("R001", REF, REF, 0, None, utc("06:00", 9)), "packed for no time"),
+        (SachetLabel("R001", "", REF, 0, utc("06:00"), utc("06:00", 9)), "another patient's"),
+    ],
+)
+def test_r4_a_sachet_nobody_can_check_is_never_presented(sachet: SachetLabel, message: str) -> None:
+    j = judge(enforce=frozenset({"R4"}))
+    j.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=message):
+        j.presented(1, sachet)
+
+
+def test_r8_a_roll_whose_leader_cannot_be_read_needs_a_high_roll_rejected() -> None:
+    j = judge(enforce=frozenset({"R8.roll_unreadable"}))
+    j.advance(utc("03:00"))
+    j.world(world(roll_label_readable=False))
+    j.published("wrong_roll", "high", {})  # not what it is
+    with pytest.raises(InvariantViolation, match=r"R8\.roll_unreadable"):
+        j.advance(utc("03:11"))
+    ok = judge()
+    ok.advance(utc("03:00"))
+    ok.world(world(roll_label_readable=False))
+    ok.published("roll_rejected", "high", {"roll_id": "R001"})
+    ok.advance(utc("04:00"))
+    blank = judge(enforce=frozenset({"R8.wrong_roll", "R8.roll_unreadable"}))
+    blank.advance(utc("03:00"))
+    blank.world(world(roll="", roll_label_readable=False))  # names nobody: a wrong roll
+    with pytest.raises(InvariantViolation, match=r"R8\.wrong_roll"):
+        blank.advance(utc("03:11"))
+    assert ok.findings == []
+
+
+@pytest.mark.parametrize(
+    "sachet",
+    [
+        SachetLabel("R001", REF, REF, 3, utc("06:00"), utc("06:00", 9), readable=False),
+        SachetLabel("R001", REF, REF, 3, None, utc("06:00", 9)),
+        SachetLabel("R001", REF, "p-judge-l", 3, utc("06:00"), utc("06:00", 9)),
+    ],
+)
+def test_r8_an_unusable_sachet_at_the_reader_needs_a_high_report(sachet: SachetLabel) -> None:
+    j = judge(enforce=frozenset({"R8.sachet_unusable", "R8.plan_mismatch"}))
+    j.advance(utc("03:00"))
+    j.world(world(reader=sachet))
+    j.published("sachet_rejected", "high", {"roll_id": "R001", "index": 2, "reason": "x"})
+    with pytest.raises(InvariantViolation, match=r"R8\.sachet_unusable"):  # named another one
+        j.advance(utc("03:11"))
+    for report in (
+        ("sachet_rejected", {"roll_id": "R001", "index": 3, "reason": "x"}),
+        ("fault_reader", {"detail": "sachet 3 unreadable"}),
+    ):
+        ok = judge()
+        ok.advance(utc("03:00"))
+        ok.world(world(reader=sachet))
+        ok.published(report[0], "high", report[1])
+        ok.advance(utc("05:00"))
+        ok.world(world(reader=label(utc("06:00"), index=4)))  # taken off: the next one is fine
+        ok.advance(utc("06:00"))
+        assert ok.findings == []
+
+
+def test_r8_an_unusable_sachet_on_another_patients_roll_is_the_wrong_roll() -> None:
+    j = judge(enforce=frozenset())
+    j.advance(utc("03:00"))
+    foreign = SachetLabel("X1", "p-other", "p-other", 0, None, utc("06:00", 9))
+    j.world(world(roll="p-other", reader=foreign))
+    j.published("wrong_roll", "high", {})
+    j.advance(utc("05:00"))
+    assert j.findings == []
+
+
+# --- R10: phantom dispenser events ----------------------------------------------------------
+
+
+def test_r10_a_phantom_must_be_reported_unless_one_was_just_reported() -> None:
+    j = judge(enforce=frozenset({"R10"}))
+    j.world(world())
+    j.advance(utc("03:00"))
+    j.phantom(0xFFFF_FFFF)
+    j.published("phantom_dispenser_event", "medium", {"dispense_id": 0xFFFF_FFFF})
+    j.advance(utc("03:05"))
+    j.phantom(2**31)  # within the engine's rate limit of the first report: nothing owed
+    j.advance(utc("04:00"))
+    j.phantom(None)  # the dose in the tray with another sachet index
+    with pytest.raises(InvariantViolation, match=r"R10 .*condition phantom"):
+        j.advance(utc("04:11"))
+
+
+def test_r10_a_phantom_id_never_becomes_a_dose() -> None:
+    j = judge(enforce=frozenset({"R10"}))
+    j.world(world())
+    j.advance(utc("05:50"))
+    j.phantom(4_000_000_000)
+    j.published("phantom_dispenser_event", "medium", {"dispense_id": 4_000_000_000})
+    with pytest.raises(InvariantViolation, match="only a phantom"):
+        j.published(
+            "dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 4_000_000_000}
+        )
+
+
+def test_r10_no_intake_nobody_made_and_no_dose_held_for_an_empty_tray() -> None:
+    j = judge(enforce=frozenset({"R10"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.presented(7, label(utc("06:00")))
+    j.world(world(tray_occupied=True))
+    with pytest.raises(InvariantViolation, match="nobody lifted"):
+        j.published(
+            "slot_outcome",
+            "info",
+            {"slot_id": "2026-06-01T08:00", "outcome": "taken", "dispense_id": 7},
+        )
+    empty = judge(enforce=frozenset({"R10"}))
+    empty.world(world())
+    empty.advance(utc("19:00"))  # the tray empty and the agent linked all day
+    with pytest.raises(InvariantViolation, match=r"tray has been empty since"):
+        empty.published(
+            "slot_outcome",
+            "high",
+            {
+                "slot_id": "2026-06-01T20:00",
+                "outcome": "missed",
+                "reason": "not_dispensed:tray_occupied",
+            },
+        )
+    # a tray really occupied, or emptied (or the link back) only shortly before the due time
+    held = judge()
+    held.world(world(tray_occupied=True))
+    held.advance(utc("17:55"))
+    held.world(world())
+    held.advance(utc("19:00"))
+    held.published(
+        "slot_outcome",
+        "high",
+        {
+            "slot_id": "2026-06-01T20:00",
+            "outcome": "missed",
+            "reason": "not_dispensed:previous_dose_in_tray",
+        },
+    )
+    relinked = judge()
+    relinked.world(world(linked=False))
+    relinked.advance(utc("17:55"))
+    relinked.world(world())
+    relinked.advance(utc("19:00"))
+    relinked.published(
+        "slot_outcome",
+        "high",
+        {"slot_id": "2026-06-01T20:00", "outcome": "refused", "reason": "tray_occupied"},
+    )
+    assert held.findings == relinked.findings == []
+
+
+# --- R11: the centre's commands ------------------------------------------------------------
+
+
+def test_r11_an_acknowledgement_and_a_silence_are_confirmed_at_once() -> None:
+    j = judge(enforce=frozenset({"R11"}))
+    j.advance(utc("03:00"))
+    j.published("wrong_roll", "high", {"roll_id": "X1"}, "a-1")
+    j.centre_command("acknowledge", "a-1")
+    j.published("alert_acknowledged", "info", {"alert_id": "a-1", "by": "op"})
+    j.centre_command("acknowledge", "a-1")  # a second time: nothing owed (idempotent)
+    j.centre_command("acknowledge", "a-9")  # an id it never published: nothing owed
+    j.centre_command("silence")
+    j.published("alert_silenced", "info", {"seconds": 600.0})
+    j.advance(utc("04:00"))
+    j.published("fault_jam", "high", {}, "a-2")
+    j.centre_command("acknowledge", "a-2")
+    j.published("alert_acknowledged", "info", {"alert_id": "a-1"})  # the wrong one
+    with pytest.raises(InvariantViolation, match=r"R11 .*no alert_acknowledged with alert_id a-2"):
+        j.advance(utc("04:01"))
+    quiet = judge(enforce=frozenset({"R11"}))
+    quiet.advance(utc("03:00"))
+    quiet.centre_command("silence")
+    with pytest.raises(InvariantViolation, match=r"R11 .*no alert_silenced"):
+        quiet.advance(utc("03:01"))
+
+
+def test_r11_decisions_schedule_updates_and_pauses_are_confirmed_unless_refused() -> None:
+    j = judge(enforce=frozenset({"R11"}))
+    j.advance(utc("03:00"))
+    j.centre_command("discard", "R001")
+    j.published("plan_mismatch_decided", "info", {"roll_id": "R001", "decision": "discard"})
+    j.centre_command("schedule", 2)
+    j.published("schedule_changed", "info", {"version": 2})
+    j.centre_command("pause", "p-1")
+    j.published("pause_started", "info", {"pause_id": "p-1"})
+    j.centre_command("discard", "R002")
+    j.centre_refused()  # the unit refused it: nothing owed
+    j.advance(utc("04:00"))
+    j.centre_command("resume", "p-1")
+    j.published("pause_ended", "info", {"pause_id": "p-2"})  # another pause
+    with pytest.raises(InvariantViolation, match=r"no pause_ended with pause_id p-1"):
+        j.advance(utc("04:01"))
+
+
+# --- R12: the centre's record of the medicine ---------------------------------------------
+
+
+def test_r12_every_sachet_the_dispenser_moves_is_reported() -> None:
+    j = judge(enforce=frozenset({"R12"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.presented(1, label(utc("06:00")))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 1})
+    j.retained(1)
+    j.published("dose_retained", "info", {"dispense_id": 1, "slot_id": "2026-06-01T08:00"})
+    j.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+    j.discarded(2, label(utc("06:00"), index=1))  # a leftover of the settled 08:00 dose
+    j.published("sachet_discarded", "info", {"sachet_index": 1})
+    j.advance(utc("18:00"))
+    j.presented(3, label(utc("18:00"), index=2))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T20:00", "dispense_id": 3})
+    j.advance(utc("18:05"))
+    j.taken(3)
+    j.advance(utc("18:19"))  # in time
+    j.published(
+        "slot_outcome",
+        "info",
+        {"slot_id": "2026-06-01T20:00", "outcome": "taken", "dispense_id": 3},
+    )
+    j.advance(utc("22:00"))
+    assert j.findings == []
+    for move, report in (
+        (lambda k: k.presented(9, label(utc("06:00"))), "dose 9 presented"),
+        (lambda k: k.discarded(9, label(utc("06:00"), index=4)), "sachet 4 discarded"),
+        (lambda k: k.retained(9), "dose 9 retained"),
+        (lambda k: k.taken(9), "dose 9 taken"),
+        (lambda k: k.taken_for_travel(9), "dose 9 taken along"),
+    ):
+        silent = judge(enforce=frozenset({"R12"}))
+        silent.world(world())
+        silent.advance(utc("06:00"))
+        move(silent)
+        silent.published("dose_presented", "info", {"dispense_id": 8})  # another dose
+        silent.advance(utc("06:15"))  # the record's bound: 15 min
+        with pytest.raises(InvariantViolation, match=f"report of {report}"):
+            silent.advance(utc("06:16"))
+
+
+def test_r12_the_bound_runs_while_the_agent_is_linked_and_ends_are_reported() -> None:
+    away = judge(enforce=frozenset({"R12"}))
+    away.world(world(linked=False))
+    away.advance(utc("06:00"))
+    away.taken(4)  # the agent cannot hear it: nothing owed (R3 and R9 judge its slot)
+    away.advance(utc("09:00"))
+    assert away.findings == []
+    jam = judge(enforce=frozenset({"R12"}))
+    jam.advance(utc("03:00"))
+    jam.world(world(jammed=True))
+    jam.published("fault_jam", "high", {})
+    jam.advance(utc("03:30"))
+    jam.world(world())
+    with pytest.raises(InvariantViolation, match="report of end of jam"):
+        jam.advance(utc("03:46"))
+    unreported = judge(enforce=frozenset({"R12"}))  # its start was never reported: R8's finding
+    unreported.advance(utc("03:00"))
+    unreported.world(world(jammed=True))
+    unreported.advance(utc("03:05"))
+    unreported.world(world())
+    unreported.advance(utc("04:00"))
+    assert unreported.findings == []
+
+
+def test_r9_and_r12_cover_sachets_packed_for_a_trip() -> None:
+    j = judge(enforce=frozenset({"R9"}))
+    j.world(world())
+    j.pause("trip", utc("05:00"), utc("22:00", 2), take_along=True)
+    j.advance(utc("05:00"))
+    j.presented(6, label(utc("06:00")))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 6})
+    j.advance(utc("05:01"))
+    j.taken_for_travel(6)
+    with pytest.raises(InvariantViolation, match=r"R9 .*2026-06-01T08:00"):
+        j.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+
+
+def test_r13_a_trip_is_reported_complete_only_if_every_slot_was_packed() -> None:
+    def trip(packed: int) -> Judge:
+        j = judge(enforce=frozenset({"R13"}))
+        j.world(world())
+        j.pause("trip", utc("05:00"), utc("22:00", 2), take_along=True)  # 4 slots: 1 and 2 June
+        j.advance(utc("05:00"))
+        for k, due in enumerate((utc("06:00"), utc("18:00"), utc("06:00", 2), utc("18:00", 2))):
+            if k < packed:
+                j.presented(k + 1, label(due, index=k))
+                j.taken_for_travel(k + 1)
+        return j
+
+    complete = trip(4)
+    complete.published(
+        "travel_dispensed", "info", {"pause_id": "trip", "planned": 4, "dispensed": 4}
+    )
+    short = trip(3)
+    short.published(
+        "travel_short", "medium", {"pause_id": "trip", "planned": 4, "dispensed": 3, "reason": "x"}
+    )
+    assert complete.findings == short.findings == []
+    with pytest.raises(InvariantViolation, match=r"R13 .*3 sachets taken along for its 4 slots"):
+        trip(3).published(
+            "travel_dispensed", "info", {"pause_id": "trip", "planned": 3, "dispensed": 3}
+        )
+    with pytest.raises(InvariantViolation, match=r"R13 .*says 2 sachets taken along, 3 were"):
+        trip(3).published(
+            "travel_short", "medium", {"pause_id": "trip", "planned": 4, "dispensed": 2}
+        )
+
+
+def test_r8_a_pause_in_force_longer_than_its_maximum_needs_a_high_pause_overdue() -> None:
+    j = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    j.world(world())
+    j.pause("open", utc("01:00"), None)
+    j.advance(utc("02:59"))
+    j.pause("after", utc("03:30"), utc("04:00"))  # a later one with an end: within its maximum
+    j.advance(utc("03:05"))
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue"):
+        j.advance(utc("03:11"))
+    ok = judge(pause_max=timedelta(hours=2))
+    ok.world(world())
+    ok.pause("open", utc("01:00"), None)
+    ok.advance(utc("03:05"))
+    ok.published("pause_overdue", "high", {"pause_id": "open"})
+    ok.advance(utc("04:00"))
+    ok.pause_ended("open")
+    ok.advance(utc("09:00"))
+    chained = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    chained.world(world())
+    chained.pause("a", utc("01:00"), utc("02:00"))
+    chained.pause("b", utc("02:00"), utc("04:00"))  # end to start: one chain from 01:00
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue"):
+        chained.advance(utc("03:11"))
+    assert ok.findings == []
+
+
 # --- enforcement and reporting ------------------------------------------------------------
 
 
@@ -714,10 +1089,66 @@ def test_rule_lists_parse() -> None:
     assert parse_rules("none") == frozenset()
     assert parse_rules("R2, R8.jam") == {"R2", "R8.jam"}
     with pytest.raises(ValueError, match="unknown judge rules"):
-        parse_rules("R10")
+        parse_rules("R14")
     with pytest.raises(ValueError, match="true time"):
         Judge(JudgeConfig(REF, OSLO, ("08:00",), DAY, INSTALLED, UNTIL, timedelta(0))).taken(1)
     j = judge()
     j.advance(utc("06:00"))
     with pytest.raises(ValueError, match="went back"):
         j.advance(utc("05:00"))
+
+
+def test_r8_r13_a_dose_time_a_schedule_update_dropped_needs_no_report_nor_sachet() -> None:
+    """Seeds 48 and 96 of the mix (dose times moved): the old times still to come stay in the
+    judge's reference as optional (an early TAKE may have picked one up), but no dose is due
+    then: an empty roll at such a time is nothing to report (R8.roll_empty), and a trip needs no
+    sachet for it (R13 counted 9 slots of a day's trip with two doses)."""
+    j = judge(enforce=frozenset({"R8.roll_empty", "R13"}))
+    j.world(world())
+    j.advance(utc("04:00"))  # 06:00 local: the centre moves 08:00/20:00 to 09:00/21:00
+    j.schedule_changed(DAY, ("09:00", "21:00"))
+    j.pause("trip", utc("05:00"), utc("22:00", 2), take_along=True)
+    j.advance(utc("05:00"))
+    for k, due in enumerate((utc("07:00"), utc("19:00"), utc("07:00", 2), utc("19:00", 2))):
+        j.presented(k + 1, label(due, index=k))
+        j.taken_for_travel(k + 1)
+    j.published("travel_dispensed", "info", {"pause_id": "trip", "planned": 4, "dispensed": 4})
+    assert j.findings == []
+    home = judge(enforce=frozenset({"R8.roll_empty"}))
+    home.advance(utc("04:00"))
+    home.schedule_changed(DAY, ("09:00", "21:00"))
+    home.world(world(remaining=0))
+    home.advance(utc("06:30"))  # 08:00 local, no dose time any more: the roll may be empty
+    assert home.findings == []
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T09:00\)"):
+        home.advance(utc("07:11"))  # but 09:00 local is one
+
+
+def test_r8_an_empty_roll_is_reported_by_a_high_hold_naming_the_slot_ahead() -> None:
+    """An agent whose clock is untrusted cannot tell when a dose comes due: with the roll empty
+    it names the dose HIGH ahead. That reports it while the roll stays empty; a refill voids it
+    (the dose may be given after all, and if the roll runs empty again it is news)."""
+    ahead = {"slot_id": "2026-06-01T08:00", "reason": "clock_untrusted"}
+    j = judge(enforce=frozenset({"R8.roll_empty"}))
+    j.world(world(remaining=0))
+    j.advance(utc("04:00"))
+    j.published("dose_held", "high", ahead)
+    j.world(world(roll=None))  # the patient pulls the roll out and puts it back: still empty
+    j.world(world(remaining=0))
+    j.advance(utc("07:00"))
+    assert j.findings == []
+    refilled = judge(enforce=frozenset({"R8.roll_empty"}))
+    refilled.world(world(remaining=0))
+    refilled.advance(utc("04:00"))
+    refilled.published("dose_held", "high", ahead)
+    refilled.world(world(remaining=1))
+    refilled.advance(utc("05:00"))
+    refilled.world(world(remaining=0))
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        refilled.advance(utc("06:11"))
+    low = judge(enforce=frozenset({"R8.roll_empty"}))
+    low.world(world(remaining=0))
+    low.advance(utc("04:00"))
+    low.published("dose_held", "low", ahead)
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        low.advance(utc("06:11"))

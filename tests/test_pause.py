@@ -4,6 +4,7 @@ The safety rules of hazard #5 on the firmware model are in test_pause_safety.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -172,3 +173,36 @@ def test_a_pause_start_is_still_due_when_the_shell_wakes_at_it_without_stepping(
     deadline = rig.engine.next_deadline(now)
     assert deadline is not None
     assert deadline <= now.mono
+
+
+def test_a_chain_whose_first_window_ended_long_ago_is_overdue_at_the_maximum() -> None:
+    """docs/engine.md: a chain of windows (end to start) in force for `pause_max` (30 days) raises
+    pause_overdue. A hospital stay resumed after 20 days and at once followed by 15 days of
+    respite has been a pause for 30 days on day 30, although the first window ended 10 days
+    before (and the slot horizon has long passed its end)."""
+    rig = morning_rig()
+    rig.install()
+    start = utc(2026, 3, 2, 6, 0)
+    rig.feed(StartPause(PauseWindow("hospital", start, None, "hospital")))
+    rig.run_until(start + timedelta(days=20))
+    rig.feed(EndPause("hospital"))
+    respite = PauseWindow("respite", start + timedelta(days=20), start + timedelta(days=35))
+    rig.feed(StartPause(replace(respite, reason="respite")))
+    rig.run_until(start + MAX - timedelta(seconds=1))
+    assert rig.events("pause_overdue") == []
+    rig.run_until(start + MAX)
+    [overdue] = rig.events("pause_overdue")
+    assert overdue.fields["pause_id"] == "respite"
+    assert overdue.fields["paused_since_utc"] == "2026-03-02T06:00:00Z"
+
+
+def test_prune_keeps_an_ended_window_that_a_window_in_force_continues() -> None:
+    day = timedelta(days=1)
+    first = PauseWindow("a", START, START + 20 * day)
+    second = PauseWindow("b", START + 20 * day, START + 35 * day)  # end to start
+    overlapping = PauseWindow("c", START + 18 * day, START + 21 * day)
+    before_a_gap = PauseWindow("d", START - 5 * day, START - day)
+    pauses = (before_a_gap, first, overlapping, second)
+    assert pause.prune(pauses, START + 25 * day) == (first, overlapping, second)
+    assert pause.paused_since(pause.prune(pauses, START + 25 * day), START + 30 * day) == START
+    assert pause.prune(pauses, START + 35 * day) == ()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +39,9 @@ from agent.simulation.harness import (
     SimulationConfig,
 )
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
-from agent.simulation.judge import parse_rules
+from agent.simulation.judge import HOLDING_RULES, parse_rules
+from agent.simulation.mishaps import MishapRates
+from agent.simulation.mix import CLOSE_DOSES, config_for, scenario_for
 from protocol.messages import RollInserted, SachetRead
 
 REF = "p-sim-0001"
@@ -353,22 +357,48 @@ def test_cli_prints_the_replay_command_for_a_failing_seed(
         faults: bool = True,
         engine: str = "dose",
         judge: str = "all",
-        pauses: float = 0.0,
-        plan_changes: float = 0.0,
+        pauses: float | None = None,
+        plan_changes: float | None = None,
+        world: str = "mix",
     ) -> cli.SeedReport:
-        return cli.SeedReport(seed, days, None, "seed 5, step 9, at t+1s: boom", 0.0)
+        return cli.SeedReport(seed, days, None, "seed 5, step 9, at t+1s: boom", 0.0, world)
 
     monkeypatch.setattr(cli, "run_one", failing)
     out = io.StringIO()
     assert cli.main(["--seeds", "5", "--days", "30", "--jobs", "1"], out) == 1
+    # the fault mix is the default and the seed's scenario is its own: seed and days replay it
     assert "replay: python -m agent.simulation.cli --seeds 5 --days 30\n" in out.getvalue()
     paused = io.StringIO()
     argv = ["--seeds", "5", "--days", "30", "--jobs", "1", "--pauses-per-year", "12"]
     assert cli.main(argv, paused) == 1
     assert "--seeds 5 --days 30 --pauses-per-year 12\n" in paused.getvalue()
     out = io.StringIO()
-    assert cli.main(["--seeds", "5", "--days", "30", "--plan-changes", "12"], out) == 1
-    assert "--seeds 5 --days 30 --plan-changes 12" in out.getvalue()
+    assert cli.main(["--seeds", "5", "--days", "30", "--plan-changes", "0"], out) == 1
+    assert "--seeds 5 --days 30 --plan-changes 0\n" in out.getvalue()
+    out = io.StringIO()
+    argv = ["--seeds", "5", "--days", "30", "--world", "classic", "--no-faults", "--judge", "all"]
+    assert cli.main(argv, out) == 1
+    assert "--seeds 5 --days 30 --judge all --world classic --no-faults\n" in out.getvalue()
+
+
+def test_a_failing_mix_seed_replays_from_its_printed_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The printed command, run again, fails the same way: the scenario, the mishaps and the
+    faults are the seed's own. Made to fail (in this process) by a livelock bound of two inputs
+    at one instant, which the first busy instant breaks."""
+    from agent.simulation import harness
+
+    monkeypatch.setattr(harness, "MAX_INPUTS_PER_INSTANT", 2)
+    out = io.StringIO()
+    assert cli.main(["--seeds", "4", "--days", "90", "--jobs", "1"], out) == 1
+    text = out.getvalue()
+    replay = text.split("replay: ")[1].splitlines()[0]
+    assert replay == "python -m agent.simulation.cli --seeds 4 --days 90"
+    again = io.StringIO()
+    assert cli.main([*replay.split()[3:], "--jobs", "1"], again) == 1
+    first = text.split("VIOLATION")[1].split("replay:")[0]
+    assert first == again.getvalue().split("VIOLATION")[1].split("replay:")[0]
 
 
 def test_seed_lists_parse_and_bad_ones_are_refused() -> None:
@@ -389,12 +419,24 @@ JUDGE_PASSING = "holding"
 
 @pytest.mark.timeout(1800)
 def test_invariants_hold_for_many_seeded_years() -> None:
+    """SIM_SEEDS (200) seeds of SIM_DAYS (365) in the fault mix (agent.simulation.mix): each
+    seed's own scenario (close doses, pauses, plan changes, moved dose times) on top of the
+    faults and the mishaps (misprinted rolls and sachets, phantom frames, the centre's
+    acknowledgements and silences), every holding rule of the judge enforced."""
     seeds = list(range(FULL_SEEDS))
     n = len(seeds)
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         reports = list(
             pool.map(
-                cli.run_one, seeds, [FULL_DAYS] * n, [True] * n, ["dose"] * n, [JUDGE_PASSING] * n
+                cli.run_one,
+                seeds,
+                [FULL_DAYS] * n,
+                [True] * n,
+                ["dose"] * n,
+                [JUDGE_PASSING] * n,
+                [None] * n,
+                [None] * n,
+                ["mix"] * n,
             )
         )
     failures = [r for r in reports if r.violation is not None]
@@ -402,12 +444,139 @@ def test_invariants_hold_for_many_seeded_years() -> None:
         f"{len(failures)}/{len(seeds)} seeds broke an invariant; first: {failures[0].violation}"
         f"\nreplay: {cli.replay_command(failures[0].seed, FULL_DAYS, JUDGE_PASSING)}"
     )
-    assert sum(r.result.physical_dispenses for r in reports if r.result) > 0
+    results = [r.result for r in reports if r.result is not None]
+    assert sum(r.physical_dispenses for r in results) > 0
+    if n >= 12 and FULL_DAYS >= 180:  # the mix happened (a short run may miss some of it)
+        happened: Counter[str] = Counter()
+        for r in results:
+            happened.update(r.mishaps)
+            happened.update(r.outcomes)
+            happened["plan_decisions"] += r.plan_decisions
+        wanted = {
+            "times_moved",
+            "acknowledge",
+            "silence",
+            "erased_rtc",
+            "nurse_fixes",
+            "phantom_DosePresented",
+            "phantom_DoseTaken",
+            "phantom_DoseRetained",
+            "phantom_LowSupply",
+            "reply_lost",
+            "jam_again",
+            "roll_leader_blank",
+            "roll_leader_erased",
+            "roll_short",
+            "roll_sachet_unreadable",
+            "roll_sachet_no_time",
+            "roll_sachet_garbled",
+            "dispensed_for_travel",
+            "skipped_paused",
+            "plan_decisions",
+        }
+        assert wanted <= set(happened), sorted(wanted - set(happened))
+
+
+# --- the fault mix (agent.simulation.mix, agent.simulation.mishaps) --------------------------
+
+
+def test_the_mix_gives_consecutive_seeds_every_scenario() -> None:
+    names = [scenario_for(seed) for seed in range(10)]
+    assert sum(s.times == CLOSE_DOSES for s in names) == 2
+    assert sum(s.pauses_per_year == 12 for s in names) >= 3
+    assert sum(s.plan_changes_per_year > 0 for s in names) >= 3
+    assert sum(s.time_moves_per_year > 0 for s in names) >= 3
+    # a prescribed extra time is chosen clear of the times in force: moves never join it
+    assert not any(s.plan_changes_per_year and s.time_moves_per_year for s in names)
+    assert scenario_for(7) == scenario_for(7)
+
+
+def test_the_classic_world_is_the_simulation_without_the_mix() -> None:
+    assert config_for(6, 30, "classic") == SimulationConfig(seed=6, days=30)
+    mixed = config_for(6, 30)
+    assert mixed.mishaps.any
+    assert config_for(6, 30, pauses=0.0, plan_changes=0.0).pauses_per_year == 0.0
+    with pytest.raises(ValueError, match="unknown world"):
+        config_for(6, 30, "chaos")
+
+
+def test_mishaps_are_opt_in_and_leave_a_default_run_as_it_was() -> None:
+    plain = Simulation(SimulationConfig(seed=5, days=60)).run()
+    again = Simulation(SimulationConfig(seed=5, days=60, mishaps=MishapRates())).run()
+    assert plain == again
+    assert plain.mishaps == {}
+
+
+def test_the_harness_reports_an_engine_that_raises_as_a_violation() -> None:
+    """The engine is total (issue 7): an exception on any input it must take is a finding with
+    the seed and the history, never a crashed worker."""
+
+    def make() -> DoctoredEngine:
+        def step(inp: EngineInput, now: Now) -> list[Action]:
+            if isinstance(inp, FromDispenser) and isinstance(inp.message, SachetRead):
+                raise OverflowError("date value out of range")
+            return []
+
+        return DoctoredEngine(step, lambda now: None)
+
+    violation = run_doctored(make)
+    assert "engine raised OverflowError('date value out of range') on FromDispenser" in (
+        violation.message
+    )
+    assert violation.seed == 3
+
+
+def test_a_patient_away_on_a_trip_takes_no_dose_left_in_the_tray() -> None:
+    """Seed 22 of the mix: a dose presented just before its trip was lifted out by the patient
+    83 s after the trip began; the world had the patient away and taking a dose at once, the
+    engine rightly counted it taken along, and R13 failed on the world's own mistake (10
+    reported, 9 packed). Away, nobody takes a dose; the packer is ready as the trip starts."""
+    report = cli.run_one(22, 30)
+    assert report.violation is None, report.violation
+    assert report.result is not None
+    assert report.result.outcomes.get("dispensed_for_travel", 0) >= 9
+
+
+@pytest.mark.parametrize("seed", [3, 15])
+def test_moved_dose_times_hold_the_judge(seed: int) -> None:
+    """The centre moves the dose times ahead of the pharmacy's new rolls (the judge learns each
+    update and the minimum interval of the rules together, from its own reference); seed 3
+    starts with doses 30 min apart, seed 15 moves them four times."""
+    config = config_for(seed, 200)
+    assert config.mishaps.time_moves > 0
+    result = Simulation(config).run()
+    assert result.mishaps.get("times_moved", 0) >= 1
+    assert not set(result.judge_findings) & HOLDING_RULES, result.judge_first
+
+
+@pytest.mark.timeout(600)
+def test_misprints_and_phantom_frames_hold_the_judge() -> None:
+    """Many misprinted rolls and sachets and phantom frames a year: nothing nobody can check is
+    given (R4), each is reported HIGH in time (R8.roll_unreadable, R8.sachet_unusable) and a
+    nurse takes it off; phantom dose events are reported and change nothing (R10)."""
+    happened: Counter[str] = Counter()
+    for seed in (1, 2):
+        rates = replace(MishapRates.mix(), roll_defect=0.6, phantoms=150.0)
+        result = Simulation(SimulationConfig(seed=seed, days=300, mishaps=rates)).run()
+        happened.update(result.mishaps)
+    assert happened["nurse_fixes"] >= 4
+    assert sum(v for k, v in happened.items() if k.startswith("phantom_")) >= 200
+
+
+def test_doses_are_given_again_after_a_store_fault_and_the_restart() -> None:
+    """After a store fault the daemon's fail-safe locks the dispenser and sets FAULT (SAFETY.md
+    H8); the restarted agent took that lock for one it did not set and held every later dose
+    'locked' for good. Now it lifts the fail-safe's lock (only the agent locks, SPEC 4.5)."""
+    rates = MishapRates(store_faults=12.0)
+    sim = Simulation(SimulationConfig(seed=1, days=120, mishaps=rates))
+    result = sim.run()
+    assert result.mishaps.get("store_fault", 0) >= 1
+    assert result.outcomes.get("taken", 0) > 200  # 330 slots: most taken while unlocked
 
 
 # --- the judge's rules that the engine breaks today: each runs seeds where it fires ---------
 
-CLOSE_DOSES = ("08:00", "08:30", "20:00")  # doses 30 min apart: the sachet tolerances overlap
+# CLOSE_DOSES (agent.simulation.mix): doses 30 min apart, the sachet tolerances overlap
 
 
 def judge_rule_holds(rule: str, seed: int, days: int, **scenario: Any) -> None:
@@ -474,14 +643,10 @@ def test_judge_r8_empty_roll_at_a_due_time_reported_in_time() -> None:
     judge_rule_holds("R8.roll_empty", 0, 365)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="open: seed 135, a roll whose period passed while the Pi was down is rejected at boot "
-    "(roll_rejected, HIGH 3.5) and the 20:00 dose behind it is held without a HIGH naming its "
-    "slot within 10 min; so R8.roll_empty is not in HOLDING_RULES yet",
-)
 def test_judge_r8_empty_roll_after_a_pi_reboot_with_a_roll_past_its_period() -> None:
+    """Seed 135: the Pi rebooted with its clock two hours wrong and an empty roll whose period
+    had passed (roll_rejected at boot); the 20:00 dose came due before the clock was trusted
+    again, and no HIGH named it. Now the agent names it HIGH ahead (VKP 3.7)."""
     judge_rule_holds("R8.roll_empty", 135, 365)
 
 

@@ -77,8 +77,10 @@ _ENGINE_SPECS = (
         "(data.dispenser_empty) when the dispenser is empty at the dose time (no roll, or no "
         "sachet left on it): a nurse brings a roll; the dose is still given if it comes before "
         "the slot ends. High once per slot; a later reason while still empty is low with "
-        "data.dispenser_empty. Reason dispense_ids_exhausted: the unit's dispense-id counter "
-        "is at its end (a damaged store): it dispenses nothing more; service the unit.",
+        "data.dispenser_empty. While the clock is untrusted and the dispenser empty, the doses "
+        "of the next day are named high ahead (reason clock_untrusted, data.due_utc): when "
+        "each comes due is unknown. Reason dispense_ids_exhausted: the unit's dispense-id "
+        "counter is at its end (a damaged store): it dispenses nothing more; service the unit.",
     ),
     AlertSpec(
         "dose_retained",
@@ -171,8 +173,8 @@ _ENGINE_SPECS = (
         "sachet_rejected",
         _P.HIGH,
         "3.5",
-        "The sachet at the reader names another patient or roll or is out of order; it is not "
-        "handed over (reason in data).",
+        "The sachet at the reader names another patient or roll, is out of order or carries no "
+        "intended time; it is not handed over (reason in data).",
         deviation=_D.ROLL_FAULT,
     ),
     # roll
@@ -490,6 +492,15 @@ _ENGINE_SPECS = (
         "changed nothing the agent believes is in the tray (message, ids and reason in data; "
         "rate limited).",
         chatty=True,
+    ),
+    AlertSpec(
+        "failsafe_lock_lifted",
+        _P.INFO,
+        None,
+        "The dispenser was found locked showing FAULT, a lock this agent process did not set: "
+        "the fail-safe of an earlier one after a store fault (only the agent locks, SPEC 4.5). "
+        "With its state read back the agent lifts it (unless it wants the cassette locked) "
+        "and doses are given again; a store that fails again locks it again before any dose.",
     ),
     AlertSpec(
         "dispense_id_conflict",

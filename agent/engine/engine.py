@@ -147,6 +147,8 @@ TRAVEL_WAITS_ON = frozenset(
     }
 )
 _EPSILON = timedelta(microseconds=1)
+# while the clock is untrusted and the dispenser empty: the doses named ahead (a day of them)
+_NAME_AHEAD = timedelta(days=1)
 # How long records of settled slots are kept behind the horizon (bounded: a few per day)
 _SETTLED_RECORDS_KEPT = timedelta(days=2)
 
@@ -677,6 +679,9 @@ class DoseEngine:
             roll.roll_id,
             roll.next_index,
         )
+        if verdict.ok and roll_check.wire_time(sachet.intended_utc_s) is None:
+            # no slot can ever be given it: said now, not when the dose behind it is refused
+            verdict = roll_check.Verdict(ok=False, reason=roll_check.SACHET_TIME_UNKNOWN)
         self._review_sachet(now, actions)
         key = (sachet.roll_id, sachet.index)
         reportable = not verdict.ok and verdict.reason != roll_check.NO_BINDING
@@ -1022,6 +1027,17 @@ class DoseEngine:
             self._unstick(None, now, actions)
         self._mirror.tray_occupied = status.tray_occupied
         self._mirror.lock_actual = status.locked
+        if (
+            status.locked
+            and status.alert is AlertPattern.FAULT
+            and not self._mirror.locked_by_agent
+        ):
+            # the fail-safe of an earlier process of this agent (lock + FAULT after a store
+            # fault; nothing else locks, SPEC 4.5): ours to lift now that the state is read back.
+            # Safe: no Dispense leaves before its BeginDispense is committed
+            self._mirror.locked_by_agent = True
+            if not (self._desk.roll_foreign(self._binding) or self.locked_down):
+                self._emit(actions, "failsafe_lock_lifted", {})  # else kept: wanted locked
         self._mirror.pattern_sent = status.alert
         self._condition(actions, "lid_open", status.lid_open, now)
         self._on_power(status.mains, status.battery_pct, now, actions)
@@ -1077,7 +1093,9 @@ class DoseEngine:
                     self._record_presented(run, now, actions)
                 elif run.unseen_done:
                     # cut at some time, never seen presented, not in the tray: perhaps taken,
-                    # perhaps never given. In doubt: not given, and said so (HIGH)
+                    # perhaps never given. In doubt: not given, and said so (HIGH); and in doubt
+                    # an intake, at the latest now, for the minimum interval (SAFETY.md H3)
+                    self._note_intake(now)
                     self._settle(run, Outcome.MISSED, lifecycle.DISPENSE_UNCONFIRMED, now, actions)
 
     # --- command outcomes ---------------------------------------------------------------------
@@ -1296,6 +1314,7 @@ class DoseEngine:
             self._backlog_condition(now, actions)
         else:
             self._was_untrusted = True
+            self._name_ahead_while_untrusted(now, actions)
         self._sync_dispenser(now, actions)
         self._move_horizon()
 
@@ -1649,7 +1668,15 @@ class DoseEngine:
         for slot in self._slotbook.slots(self._schedule).between(cursor, now.utc + _EPSILON):
             if slot.slot_id in known or self._slotbook.is_settled(slot.slot_id):
                 continue
-            run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
+            # named HIGH ahead while the clock was untrusted and the dispenser empty: said once
+            named = slot.slot_id in self._slotbook.named_ahead
+            self._slotbook.named_ahead.discard(slot.slot_id)
+            run = SlotRun(
+                slot.slot_id,
+                slot.due_utc,
+                self._local_iso(slot.due_utc),
+                held_empty=named and self._dispenser_empty(),
+            )
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:
                 self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
@@ -1657,6 +1684,42 @@ class DoseEngine:
             self._slotbook.runs.append(run)
         self._slotbook.runs.sort(key=lambda r: (r.due_utc, r.slot_id))
         self._slotbook.cursor = now.utc + _EPSILON
+
+    def _name_ahead_while_untrusted(self, now: Now, actions: list[Action]) -> None:
+        """The clock is untrusted (no dose is given, no slot picked up) and the dispenser is
+        empty: the doses of the next day after the last trusted instant cannot be given either
+        way, and the agent cannot tell when each comes due. Each is named HIGH (VKP 3.7) ahead,
+        once, so that a nurse brings a roll (SAFETY.md H4); at its time it is held LOW."""
+        book = self._slotbook
+        if (
+            not self._dispenser_empty()
+            or self._schedule is None
+            or self._binding is None
+            or book.cursor is None
+        ):
+            book.named_ahead.clear()  # a roll came: what was said ahead is void
+            return
+        known = {r.slot_id for r in book.runs}
+        for slot in book.slots(self._schedule).between(book.cursor, book.cursor + _NAME_AHEAD):
+            slot_id = slot.slot_id
+            if slot_id in known or slot_id in book.named_ahead or book.is_settled(slot_id):
+                continue
+            if pause.covering(self._pauses, slot.due_utc) is not None:
+                continue  # skipped, not held
+            book.named_ahead.add(slot_id)
+            event: dict[str, object] = {
+                "slot_id": slot_id,
+                "reason": "clock_untrusted",
+                "dispenser_empty": True,
+                "due_utc": utc_text(slot.due_utc),
+            }
+            actions.append(
+                Emit(
+                    catalogue.make_event(
+                        "dose_held", event, priority=Priority.HIGH, vkp_code=catalogue.EMPTY_VKP
+                    )
+                )
+            )
 
     def _settle_overdue(self, now: Now, actions: list[Action]) -> None:
         for run in list(self._slotbook.runs):
@@ -1703,7 +1766,10 @@ class DoseEngine:
             period_tolerance=self._cfg.sachet_time_tolerance,
             expired_margin=self._cfg.roll_expired_margin,
         )
-        if verdict.reason is not None:
+        # A Dispense of this slot may have cut the roll's last sachet unseen: asking again with
+        # its id is safe on an empty roll (nothing is left to cut) and says whether it was cut.
+        empty_probe = verdict.reason == roll_check.ROLL_EMPTY and run.maybe_executed
+        if verdict.reason is not None and not empty_probe:
             return verdict.reason
         blocking = self._mirror.blocking_fault()
         if blocking is not None:
@@ -1721,6 +1787,8 @@ class DoseEngine:
             return "locked"
         if run.dispense_id is None and self._outbound.ids_exhausted():
             return DISPENSE_IDS_EXHAUSTED
+        if empty_probe:
+            return None
         if self._desk.sachet is None:
             return "no_sachet"
         if probe and self._desk.sachet.index != run.sachet_index:
@@ -1769,6 +1837,12 @@ class DoseEngine:
                 fields["stuck_dispense_id"] = stuck.dispense_id
                 fields["stuck_reason"] = stuck.reason
             self._hold(run.slot_id, reason, now, actions, fields)
+            if self._dispenser_empty():
+                # the doses due behind it cannot be given either: each is named HIGH at its
+                # own time (VKP 3.7), not only when its slot ends
+                for later in self._slotbook.runs:
+                    if later is not run and not later.travel and now.utc >= later.due_utc:
+                        self._hold(later.slot_id, reason, now, actions)
             return
         if self._can_send(now):
             self._dispense(run, actions)
@@ -1783,9 +1857,9 @@ class DoseEngine:
     def _dispense(self, run: SlotRun, actions: list[Action]) -> None:
         """Send the Dispense for `run` (a dispense id is taken once and persisted first by
         BeginDispense; a retry sends the same id). Only after every check passed."""
-        assert self._desk.sachet is not None
         assert self._desk.roll is not None
         if run.dispense_id is None:
+            assert self._desk.sachet is not None
             dispense_id = self._outbound.take_dispense_id()
             run = lifecycle.begin(
                 run, dispense_id, self._desk.sachet.index, self._desk.roll.roll_id
@@ -1798,12 +1872,14 @@ class DoseEngine:
             actions.append(
                 BeginDispense(run.slot_id, dispense_id, self._desk.sachet.index, run.due_utc)
             )
-        index = self._desk.sachet.index
         if run.maybe_executed and run.sachet_index is not None:
-            index = run.sachet_index  # the sachet it may have cut
-        elif run.sachet_index != index:
-            run = replace(run, sachet_index=index)  # its dose events must name this sachet
-            self._slotbook.replace_run(run)
+            index = run.sachet_index  # the sachet it may have cut (none may be at the reader)
+        else:
+            assert self._desk.sachet is not None
+            index = self._desk.sachet.index
+            if run.sachet_index != index:
+                run = replace(run, sachet_index=index)  # its dose events must name this sachet
+                self._slotbook.replace_run(run)
         assert run.dispense_id is not None
         command = Dispense(req_id=0, dispense_id=run.dispense_id, sachet_index=index)
         self._outbound.send(
@@ -2080,9 +2156,10 @@ class DoseEngine:
             if (sachet.roll_id, sachet.index) != (hold.roll_id, hold.sachet_index):
                 self._end_hold(hold, "roll_changed", now, actions)
             elif self._sachet_matches_a_slot(sachet) is True:
+                since = self._hold_since(hold)
                 self._end_hold(hold, "schedule_updated", now, actions)
                 if replaced is not None:
-                    self._settle_passed_slots(hold, replaced, now, actions)
+                    self._settle_passed_slots(hold, replaced, since, now, actions)
         if unplanned is None or self._desk.unplanned is not None:
             return  # nothing to hold, or still waiting for a decision on the held one
         if self._desk.decision_for(unplanned) is not None:
@@ -2117,19 +2194,42 @@ class DoseEngine:
         }
         self._emit(actions, "plan_mismatch_decided", fields)
 
+    def _hold_since(self, hold: UnplannedHold) -> datetime | None:
+        """When the hold began: its latched alert's time (None if that cannot be told)."""
+        alert = self._alerts.unresolved("plan_mismatch")
+        if alert is None or alert.alert_id != hold.alert_id:
+            return None
+        try:
+            raised = datetime.fromisoformat(alert.raised_at)
+        except ValueError:
+            return None
+        return raised if raised.tzinfo is not None else None
+
     def _settle_passed_slots(
-        self, hold: UnplannedHold, replaced: Schedule, now: Now, actions: list[Action]
+        self,
+        hold: UnplannedHold,
+        replaced: Schedule,
+        since: datetime | None,
+        now: Now,
+        actions: list[Action],
     ) -> None:
         """The new schedule has the held sachet's time. Its slots from that time up to the
         cursor are new (the old schedule lacked them) and passed while undecided: nothing could
         be cut to reach their sachets, which wait behind the held one on the roll, and the
         cursor will not pick them up. Each gets its outcome now, so that every sachet later
-        discarded as a leftover belongs to a settled slot and no slot is left without one."""
+        discarded as a leftover belongs to a settled slot and no slot is left without one.
+        Only from when the hold began (`since`): a slot due before it was handled under the
+        schedule then, and its record may be pruned (settling it again is a second outcome).
+        Not known: no further back than the settled records kept."""
         cursor, schedule = self._slotbook.cursor, self._schedule
         intended = roll_check.wire_time(hold.intended_utc_s)
         if cursor is None or schedule is None or intended is None:
             return
         start = intended - self._cfg.sachet_time_tolerance  # (from the cursor on: picked up)
+        if since is not None:
+            start = max(start, since)
+        elif self._slotbook.horizon is not None:
+            start = max(start, self._slotbook.horizon - _SETTLED_RECORDS_KEPT)
         known = {slot.slot_id for slot in replaced.slots_between(start, cursor)}
         running = {r.slot_id for r in self._slotbook.runs}
         for slot in schedule.slots_between(start, cursor):

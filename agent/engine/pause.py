@@ -194,5 +194,18 @@ BY_HAND = "swap_roll_or_remove_by_hand"
 
 
 def prune(pauses: tuple[PauseWindow, ...], horizon_utc: datetime) -> tuple[PauseWindow, ...]:
-    """Forget windows that ended before the horizon: they can cover no unsettled slot."""
-    return tuple(p for p in pauses if p.end_utc is None or p.end_utc > horizon_utc)
+    """Forget windows that ended before the horizon: they can cover no unsettled slot. A window
+    that a kept one continues (overlapping or end to start) is kept too: the chain's length is
+    how long the unit has been paused (`paused_since`, pause_overdue)."""
+    kept = [p for p in pauses if p.end_utc is None or p.end_utc > horizon_utc]
+    grown = True
+    while grown:
+        grown = False
+        for window in pauses:
+            if window in kept or window.end_utc is None:
+                continue
+            end = window.end_utc
+            if any(window.start_utc < k.start_utc <= end for k in kept):
+                kept.append(window)
+                grown = True
+    return tuple(p for p in pauses if p in kept)

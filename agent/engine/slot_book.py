@@ -28,6 +28,9 @@ class SlotBook:
     last_intake_utc: datetime | None = None
     last_intake_mono: float | None = None
     settle_count: int = 0  # settled slots so far (part of the next_scheduled memo key)
+    # not durable: slots named HIGH ahead (dispenser empty while the clock was untrusted); a
+    # restart names them again at most
+    named_ahead: set[str] = field(default_factory=set)
     # caches of pure functions of the schedule
     window: SlotWindow | None = None  # the schedule's slots near now
     upcoming: tuple[tuple[object, ...], Slot | None] | None = None  # next_scheduled memo

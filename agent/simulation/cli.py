@@ -1,13 +1,15 @@
 """Run seeded simulations from the command line.
 
-    python -m agent.simulation.cli --seeds 0-199 --days 365
+    python -m agent.simulation.cli --seeds 0-199 --days 365     (the fault mix: simulation.mix)
+    python -m agent.simulation.cli --seeds 0-999 --days 365     (the long run, docs/engine.md)
     python -m agent.simulation.cli --seeds 0-39 --judge none --findings   (what the judge sees)
+    python -m agent.simulation.cli --seeds 0-39 --world classic  (faults only, the seed's template)
     python -m agent.simulation.cli --seeds 0-39 --pauses-per-year 12      (hospital, open, travel)
     python -m agent.simulation.cli --seeds 0-39 --plan-changes 12   (pharmacy plan changes)
-    dispenser-agent simulate --seeds 7 --days 30     (once the lead wires it)
+    dispenser-agent simulate --seeds 7 --days 30
 
-Prints one line per seed; a failing seed prints the violation and the exact command that
-replays it. Exit status 1 if any seed broke an invariant.
+Prints one line per seed (with its world); a failing seed prints the violation and the exact
+command that replays it. Exit status 1 if any seed broke an invariant.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from agent.simulation.harness import (
     EngineFactory,
     NullEngineFactory,
     Simulation,
-    SimulationConfig,
     SimulationResult,
 )
 from agent.simulation.invariants import InvariantViolation
 from agent.simulation.judge import parse_rules
+from agent.simulation.mix import WORLDS, config_for, describe
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class SeedReport:
     result: SimulationResult | None
     violation: str | None
     wall_s: float
+    world: str = ""  # what the seed's world held (agent.simulation.mix.describe)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -76,30 +79,34 @@ def run_one(
     faults: bool = True,
     engine: str = "dose",
     judge: str = "holding",
-    pauses: float = 0.0,
-    plan_changes: float = 0.0,
+    pauses: float | None = None,
+    plan_changes: float | None = None,
+    world: str = "mix",
 ) -> SeedReport:
     """Run one seed; never raises for a violation (it is part of the report).
 
     `judge`: the judge's rules that stop the run ("all", "none" or e.g. "R1,R3"); the others
-    are recorded in the result. `pauses`: temporary stops per year (0: none); `plan_changes`:
-    pharmacy plan changes per year (0: none)."""
+    are recorded in the result. `world`: "mix" (the seed's scenario, agent.simulation.mix) or
+    "classic". `pauses`: temporary stops per year, `plan_changes`: pharmacy plan changes per
+    year; None: the world's choice (0: none)."""
     factory: EngineFactory = NullEngineFactory() if engine == "null" else DoseEngineFactory()
-    config = SimulationConfig(
-        seed=seed,
-        days=days,
+    config = config_for(
+        seed,
+        days,
+        world,
+        pauses=pauses,
+        plan_changes=plan_changes,
         faults=FaultRates() if faults else FaultRates.none(),
         require_outcomes=engine != "null",
         judge_enforce=parse_rules(judge),
-        pauses_per_year=pauses,
-        plan_changes_per_year=plan_changes,
     )
+    name = describe(config)
     started = time.perf_counter()
     try:
         result = Simulation(config, factory).run()
     except InvariantViolation as violation:
-        return SeedReport(seed, days, None, str(violation), time.perf_counter() - started)
-    return SeedReport(seed, days, result, None, time.perf_counter() - started)
+        return SeedReport(seed, days, None, str(violation), time.perf_counter() - started, name)
+    return SeedReport(seed, days, result, None, time.perf_counter() - started, name)
 
 
 def run_many(
@@ -110,14 +117,15 @@ def run_many(
     engine: str = "dose",
     judge: str = "holding",
     jobs: int | None = None,
-    pauses: float = 0.0,
-    plan_changes: float = 0.0,
+    pauses: float | None = None,
+    plan_changes: float | None = None,
+    world: str = "mix",
 ) -> Iterator[SeedReport]:
     """Reports in seed order; in parallel worker processes when jobs > 1."""
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1 or len(seeds) <= 1:
         for seed in seeds:
-            yield run_one(seed, days, faults, engine, judge, pauses, plan_changes)
+            yield run_one(seed, days, faults, engine, judge, pauses, plan_changes, world)
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         n = len(seeds)
@@ -130,15 +138,25 @@ def run_many(
             [judge] * n,
             [pauses] * n,
             [plan_changes] * n,
+            [world] * n,
         )
 
 
 def replay_command(
-    seed: int, days: int, judge: str = "holding", pauses: float = 0.0, plan_changes: float = 0.0
+    seed: int,
+    days: int,
+    judge: str = "holding",
+    pauses: float | None = None,
+    plan_changes: float | None = None,
+    world: str = "mix",
+    faults: bool = True,
 ) -> str:
+    """The command that runs this seed again exactly (the mix's scenario is the seed's own)."""
     extra = "" if judge == "holding" else f" --judge {judge}"
-    extra += f" --pauses-per-year {pauses:g}" if pauses else ""
-    extra += f" --plan-changes {plan_changes:g}" if plan_changes else ""
+    extra += "" if world == "mix" else f" --world {world}"
+    extra += "" if faults else " --no-faults"
+    extra += f" --pauses-per-year {pauses:g}" if pauses is not None else ""
+    extra += f" --plan-changes {plan_changes:g}" if plan_changes is not None else ""
     return f"python -m agent.simulation.cli --seeds {seed} --days {days}{extra}"
 
 
@@ -161,6 +179,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     )
     parser.add_argument("--no-faults", action="store_true", help="no hardware/link/clock faults")
     parser.add_argument(
+        "--world",
+        choices=WORLDS,
+        default="mix",
+        help="mix (default): each seed's scenario of the fault mix (close doses, pauses, plan "
+        "changes, moved dose times, misprints, phantom frames, the centre's habits; "
+        "agent/simulation/mix.py); classic: the seed's template and the faults only",
+    )
+    parser.add_argument(
         "--engine",
         choices=("dose", "null"),
         default="dose",
@@ -179,21 +205,22 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument(
         "--pauses-per-year",
         type=float,
-        default=0.0,
+        default=None,
         help="temporary stops ordered by the response centre (hospital with an end, open-ended, "
-        "travel with sachets to take along; default 0: none)",
+        "travel with sachets to take along; default: the world's choice, 0: none)",
     )
     parser.add_argument(
         "--plan-changes",
         type=float,
-        default=0.0,
+        default=None,
         metavar="PER_YEAR",
-        help="pharmacy plan changes a year (a dose time the schedule lacks; default 0: none)",
+        help="pharmacy plan changes a year (a dose time the schedule lacks; default: the "
+        "world's choice, 0: none)",
     )
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
-    if not 0 <= args.pauses_per_year <= 365:
+    if args.pauses_per_year is not None and not 0 <= args.pauses_per_year <= 365:
         parser.error("--pauses-per-year must lie in 0..365")
     try:
         parse_rules(args.judge)
@@ -212,6 +239,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         jobs=args.jobs,
         pauses=args.pauses_per_year,
         plan_changes=args.plan_changes,
+        world=args.world,
     ):
         if report.result is not None:
             r = report.result
@@ -219,9 +247,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             outcomes = " ".join(f"{k}={v}" for k, v in r.outcomes.items())
             judged = " ".join(f"{k}={v}" for k, v in r.judge_findings.items())
             print(
-                f"seed {r.seed}: ok {report.wall_s:.2f}s steps={r.steps} events={r.events} "
-                f"slots={r.slots_expected} {outcomes} hash={r.event_hash[:16]}"
-                + (f" judge(not enforced): {judged}" if judged else ""),
+                f"seed {r.seed}: ok {report.wall_s:.2f}s {report.world} steps={r.steps} "
+                f"events={r.events} slots={r.slots_expected} {outcomes} "
+                f"hash={r.event_hash[:16]}" + (f" judge(not enforced): {judged}" if judged else ""),
                 file=stream,
             )
             if args.findings:
@@ -229,9 +257,17 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                     print(f"  {rule} first: {first}", file=stream)
         else:
             failed.append(report.seed)
-            print(f"seed {report.seed}: VIOLATION\n{report.violation}", file=stream)
+            print(
+                f"seed {report.seed}: VIOLATION ({report.world})\n{report.violation}", file=stream
+            )
             replay = replay_command(
-                report.seed, report.days, args.judge, args.pauses_per_year, args.plan_changes
+                report.seed,
+                report.days,
+                args.judge,
+                args.pauses_per_year,
+                args.plan_changes,
+                args.world,
+                not args.no_faults,
             )
             print(f"replay: {replay}", file=stream)
     elapsed = time.perf_counter() - started

@@ -35,6 +35,7 @@ from agent.engine.schedule import Schedule, ScheduleRule, parse_time
 from agent.engine.types import (
     FROM_RESPONSE_CENTRE,
     ON_SITE,
+    AcknowledgeAlert,
     Action,
     Binding,
     CommandOutcome,
@@ -49,9 +50,11 @@ from agent.engine.types import (
     LinkDown,
     LinkUp,
     PauseWindow,
+    Priority,
     SendCommand,
     SetBinding,
     SetSchedule,
+    Silence,
     StartPause,
     Tick,
 )
@@ -64,6 +67,20 @@ from agent.simulation.judge import (
     SachetLabel,
     World,
     reference_min_interval,
+    reference_min_interval_of_rules,
+)
+from agent.simulation.mishaps import (
+    U16_MAX,
+    U64_MAX,
+    MishapRates,
+    Phantom,
+    PhantomKind,
+    RollDefect,
+    TimeMove,
+    plan_phantoms,
+    plan_roll_defects,
+    plan_store_faults,
+    plan_time_moves,
 )
 from agent.simulation.patient import (
     Decider,
@@ -81,16 +98,22 @@ from agent.simulation.patient import (
 from hw.dispenser import DispenserIdentity, DispenserModel, SimRoll, SimSachet
 from protocol import PROTOCOL_VERSION
 from protocol.messages import (
+    AlertPattern,
     ButtonId,
     Capabilities,
     CommandResult,
     Discard,
+    Dispense,
     DosePresented,
+    DoseRetained,
     DoseTaken,
     FaultCode,
     Hello,
+    LowSupply,
     Message,
     ResultCode,
+    SetAlert,
+    SetLock,
     Status,
     TimeReport,
 )
@@ -110,6 +133,22 @@ SCHEDULE_TEMPLATES: tuple[tuple[str, ...], ...] = (
 PLAN_PERIOD_DAYS = 14  # the nurse's refill period (patient.Nurse)
 PLAN_OPERATOR = "operator-sim"
 PLAN_TECHNICIAN = "tech-sim"
+GARBLED_REF = "p-sim-0O01"  # a misprint of PATIENT_REF: another patient's reference to the agent
+# Latest wire time the world reads as a date (9999-12-31T23:59:59Z); the judge's own bound, not
+# the engine's: a leader time past it, or 0, is a field nobody can read as a date.
+WIRE_DATE_MAX_S = 253_402_300_799
+# What the centre's people (and their inputs) are called in the simulated world
+CENTRE_OPERATOR = "operator-sim"
+# Inputs only the response centre (or a person on site) gives: the engine may refuse them
+_CENTRE_INPUTS = (
+    SetBinding,
+    SetSchedule,
+    StartPause,
+    EndPause,
+    AcknowledgeAlert,
+    Silence,
+    DiscardUnplanned,
+)
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
 TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
@@ -152,6 +191,10 @@ class SimulationConfig:
     pauses_per_year: float = 0.0  # temporary stops ordered by the response centre
     # the pharmacy packs a dose time the schedule lacks (a new prescription, or its error)
     plan_changes_per_year: float = 0.0
+    # the print, phantom frames, the centre's habits, store faults (agent.simulation.mishaps)
+    mishaps: MishapRates = field(default_factory=MishapRates)
+    # with pauses: a trip in the first three weeks (the fault mix: a short run packs one too)
+    early_trip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +216,7 @@ class SimulationResult:
     judge_first: dict[str, str] = field(default_factory=dict)  # rule -> its first violation
     plan_changes: int = 0  # pharmacy plan changes planned (opt-in scenario)
     plan_decisions: int = 0  # people's decisions on plan mismatches the unit accepted
+    mishaps: dict[str, int] = field(default_factory=dict)  # what happened -> how often
 
 
 def default_start(seed: int) -> datetime:
@@ -229,6 +273,7 @@ class Simulation:
         self._rng_checks = random.Random(root.getrandbits(64))
         self._rng_pauses = random.Random(root.getrandbits(64))
         self._rng_plans = random.Random(root.getrandbits(64))
+        self._rng_world = random.Random(root.getrandbits(64))  # agent.simulation.mishaps
 
         self._elapsed = 0.0  # true seconds since start
         self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
@@ -255,7 +300,29 @@ class Simulation:
 
         ec = config.engine
         end_utc = self._start + timedelta(seconds=self._duration_s)
-        self._slots = list(self._schedule.slots_between(self._start, end_utc))
+        rates = config.mishaps
+        self._mishap_counts: Counter[str] = Counter()
+        first_day = self._start.astimezone(OSLO).date()
+        self._moves = plan_time_moves(
+            self._rng_world,
+            rates.time_moves,
+            first_day,
+            config.days,
+            SCHEDULE_TEMPLATES,
+            self._times,
+        )
+        # the schedule as it will be: the pharmacy packs its rolls for the moved times too
+        planned = self._schedule
+        if self._moves:
+            rules = [
+                *self._schedule.rules,
+                *(
+                    ScheduleRule(m.effective_from, tuple(parse_time(t) for t in m.times))
+                    for m in self._moves
+                ),
+            ]
+            planned = Schedule.build(DEFAULT_ZONE, rules, config.min_interval)
+        self._slots = list(planned.slots_between(self._start, end_utc))
         self._slot_dues = [(s.due_utc - self._start).total_seconds() for s in self._slots]
         self._expected = [s.slot_id for s in self._slots if s.due_utc < end_utc - SETTLE_MARGIN]
         self._patient = Patient(
@@ -283,9 +350,22 @@ class Simulation:
         self._plan_decisions = 0
         self._period_of_roll = {p.roll_id: k for k, p in enumerate(self._periods)}
         self._pack_plan_changes()
+        self._defects = plan_roll_defects(self._rng_world, len(self._periods), rates.roll_defect)
+        self._phantoms = plan_phantoms(
+            self._rng_world, self._duration_s, rates.phantoms, self._slot_dues
+        )
+        self._store_faults = plan_store_faults(
+            self._rng_world, self._duration_s, rates.store_faults
+        )
+        self._store_fault_armed = False
+        self._held_frames: list[Message] = []  # not ACKed by an agent that failed to store them
+        self._fixer_on_the_way = False  # a nurse is on the way for an unusable roll or sachet
+        self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
+        self._asked: set[int] = set()  # dispense ids whose first Dispense lost its reply
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
+        self._plan_mishaps()
         self._judge: Judge | None = None
         self._world: World | None = None
         if config.judge:
@@ -299,6 +379,8 @@ class Simulation:
                     expect_until_utc=end_utc - SETTLE_MARGIN,
                     sachet_time_tolerance=ec.sachet_time_tolerance,
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
+                    phantom_report_interval=ec.chatty_min_interval,
+                    pause_max=ec.pause_max,
                     enforce=config.judge_enforce if config.require_outcomes else frozenset(),
                     seed=config.seed,
                 )
@@ -375,10 +457,17 @@ class Simulation:
         """Temporary stops ordered hours ahead, one at a time, none in the last days of the run:
         a hospital stay with an end (hours to three weeks), an open-ended one ended by a resume
         command (up to 40 days: some run past the maximum), or a trip (with an end, its sachets
-        dispensed to take along at its start)."""
+        dispensed to take along at its start). With `early_trip` a trip of one to four days starts
+        in the first three weeks (drawn from the mishaps' stream), and the others follow it."""
         rng, at = self._rng_pauses, 0.0
         if per_year <= 0:
             return
+        if self.config.early_trip:
+            world = self._rng_world
+            start = world.uniform(3 * 86400.0, 20 * 86400.0)
+            ordered = start - world.uniform(3600.0, 6 * 3600.0)
+            at = start + world.uniform(86400.0, 4 * 86400.0)
+            self._add_pause(_PlannedPause("pause-1", "travel", start, at), ordered)
         while True:
             at += rng.expovariate(per_year / (365 * 86400.0))
             lead = rng.uniform(0.0, 6 * 3600.0)
@@ -392,14 +481,18 @@ class Simulation:
             if at + lead + length > self._duration_s - 3 * 86400.0:
                 return
             n = len(self._pauses_planned) + 1
-            planned = _PlannedPause(f"pause-{n}", kind, at + lead, at + lead + length)
-            self._pauses_planned.append(planned)
-            self._at(at, f"pause-{n} ordered ({kind})", partial(self._order_pause, planned))
-            if kind == "open":
-                self._at(planned.end_s, f"pause-{n} resumed", partial(self._resume, planned))
-            if kind == "travel":
-                self._at(planned.start_s, f"pause-{n} packing", partial(self._pack, planned))
+            self._add_pause(_PlannedPause(f"pause-{n}", kind, at + lead, at + lead + length), at)
             at += lead + length
+
+    def _add_pause(self, planned: _PlannedPause, ordered_s: float) -> None:
+        pause_id, kind = planned.pause_id, planned.kind
+        self._pauses_planned.append(planned)
+        self._at(ordered_s, f"{pause_id} ordered ({kind})", partial(self._order_pause, planned))
+        if kind == "open":
+            self._at(planned.end_s, f"{pause_id} resumed", partial(self._resume, planned))
+        if kind == "travel":
+            # ready a moment before the trip starts: its first sachet comes out at once
+            self._at(planned.start_s - 1.0, f"{pause_id} packing", partial(self._pack, planned))
 
     def _order_pause(self, planned: _PlannedPause) -> None:
         """The response centre's command reaches the agent (it waits while the Pi is down)."""
@@ -423,6 +516,7 @@ class Simulation:
         )
         if self._judge is not None:
             self._judge.pause(pause_id, start, window.end_utc, take_along=travel)
+            self._judge.centre_command("pause", pause_id)
         self._pauses_ordered.add(pause_id)
         self._feed([StartPause(window)])
 
@@ -437,12 +531,13 @@ class Simulation:
             return
         if self._judge is not None:
             self._judge.pause_ended(planned.pause_id)
+            self._judge.centre_command("resume", planned.pause_id)
         self._feed([EndPause(planned.pause_id)])
 
     def _pack(self, planned: _PlannedPause) -> None:
-        """A trip begins: for two hours someone lifts out whatever the dispenser presents, to take
-        along (the patient is away from then on)."""
-        self._packing = (self._elapsed, self._elapsed + 2 * 3600.0)
+        """A trip begins: for two hours (or until a shorter trip is over) someone lifts out
+        whatever the dispenser presents, to take along (the patient is away from then on)."""
+        self._packing = (self._elapsed, min(self._elapsed + 2 * 3600.0, planned.end_s))
 
     def _packer_takes(self) -> None:
         messages = self._model.take_dose()
@@ -506,7 +601,9 @@ class Simulation:
     def _nurse_visit(self, visit: NurseVisit) -> None:
         period = self._periods[visit.period]
         ref = self.config.patient_ref
-        good = self._roll(period, ref, ref, self._true_utc() + timedelta(days=60))
+        good = self._misprinted(
+            self._roll(period, ref, ref, self._true_utc() + timedelta(days=60)), visit.period
+        )
         roll = good
         match visit.mistake:
             case RollMistake.FOREIGN:
@@ -544,6 +641,8 @@ class Simulation:
             )
 
     def _take_dose(self) -> None:
+        if self._away():
+            return  # left before getting to it (a trip's sachets are the packer's)
         messages = self._model.take_dose()
         if self._judge is not None:
             for message in messages:
@@ -551,13 +650,17 @@ class Simulation:
                     self._judge.taken(message.dispense_id)
         self._physical(messages)
 
+    def _away(self) -> bool:
+        """The patient is away: a pause is in force now (as planned)."""
+        return any(p.start_s <= self._elapsed < p.end_s for p in self._pauses_planned)
+
     def _on_presented(self) -> None:
         """The dose is in the tray: packed for a trip while one is being packed, else the
         patient's habit for the nearest slot decides."""
         if self._packing is not None and self._packing[0] <= self._elapsed < self._packing[1]:
             self._at(self._elapsed + 30.0, "packed for the trip", self._packer_takes)
             return
-        if any(p.start_s <= self._elapsed < p.end_s for p in self._pauses_planned):
+        if self._away():
             return  # the patient is away: nobody takes it
         if self._elapsed <= self._eager_until:
             habit = Habit.EARLY
@@ -577,11 +680,7 @@ class Simulation:
         match fault.kind:
             case FaultKind.JAM:
                 self._physical(m.set_fault(FaultCode.JAM, True, "sim jam"))
-                self._at(
-                    fault.at_s + fault.duration_s,
-                    "jam cleared",
-                    lambda: self._physical(m.set_fault(FaultCode.JAM, False)),
-                )
+                self._at(fault.at_s + fault.duration_s, "jam cleared", self._jam_cleared)
             case FaultKind.POWER_LOSS:
                 self._physical(m.set_power(False, int(fault.amount)))
                 self._plan_battery(fault)
@@ -610,6 +709,27 @@ class Simulation:
                 self._at(fault.at_s + fault.amount, "Pi boots", lambda: self._pi_boots(fault))
             case FaultKind.AGENT_RESTART:
                 self._restart_engine()
+
+    def _jam_cleared(self) -> None:
+        """A nurse frees the cutter; now and then badly, and it jams again within minutes (a
+        flapping condition: its second raise may fall in the alert's rate-limit interval)."""
+        m = self._model
+        self._physical(m.set_fault(FaultCode.JAM, False))
+        chance = self.config.mishaps.flapping
+        if chance and self._rng_world.random() < chance:
+            again = self._elapsed + self._rng_world.uniform(30.0, 600.0)
+            lasts = self._rng_world.uniform(1200.0, 3 * 3600.0)
+            self._mishap_counts["jam_again"] += 1
+            self._at(
+                again,
+                "jam again",
+                lambda: self._physical(m.set_fault(FaultCode.JAM, True, "sim jam again")),
+            )
+            self._at(
+                again + lasts,
+                "jam cleared again",
+                lambda: self._physical(m.set_fault(FaultCode.JAM, False)),
+            )
 
     def _plan_battery(self, fault: Fault) -> None:
         m = self._model
@@ -740,11 +860,13 @@ class Simulation:
         )
         if self._judge is not None:
             self._judge.discard_decided(roll_id, sachet)
+            self._judge.centre_command("discard", roll_id)
         try:
             self._feed([DiscardUnplanned(roll_id, sachet, by, source)])
         except EngineInputError:
             # refused (the roll or sachet changed meanwhile): the decision never happened
             if self._judge is not None:
+                self._judge.centre_refused()
                 self._judge.decision_refused(roll_id, sachet)
             return
         self._plan_decisions += 1
@@ -782,10 +904,8 @@ class Simulation:
         self._applied.add(k)
         if self._judge is not None:
             hhmm = [f"{t:%H:%M}" for t in times]
-            # the judge's own reference of the default (half the new smallest spacing), as at
-            # installation: never the engine's value
-            interval = self.config.min_interval or reference_min_interval(hhmm)
-            self._judge.schedule_changed(day, hhmm, interval)
+            self._judge.schedule_changed(day, hhmm, self._judge_interval(rules))
+            self._judge.centre_command("schedule", self._schedule_version)
         end_utc = self._start + timedelta(seconds=self._duration_s) - SETTLE_MARGIN
         known = set(self._expected)
         self._expected += [
@@ -795,6 +915,225 @@ class Simulation:
         ]
         self._feed([SetSchedule(schedule, self._schedule_version)])
         self._plan_decisions += 1
+
+    # --- mishaps: the print, phantom frames, the centre's habits, store faults ----------------
+
+    def _plan_mishaps(self) -> None:
+        for phantom in self._phantoms:
+            self._at(phantom.at_s, f"phantom {phantom.kind}", partial(self._phantom, phantom))
+        for move in self._moves:
+            begins = datetime.combine(move.effective_from, time(0), tzinfo=OSLO)
+            at = (begins - self._start).total_seconds() - move.notice.total_seconds()
+            self._at(at, f"schedule update: times {move.times}", partial(self._move_times, move))
+        for at in self._store_faults:
+            self._at(at, "store fault", self._arm_store_fault)
+
+    def _misprinted(self, roll: SimRoll, period: int) -> SimRoll:
+        """The pharmacy's print of roll `period`, with its defect if it has one."""
+        defect, where = self._defects[period]
+        sachets = roll.sachets
+        if defect is RollDefect.NONE or not sachets:
+            return roll
+        self._mishap_counts[f"roll_{defect}"] += 1
+        i = min(int(where * len(sachets)), len(sachets) - 1)
+        sachet = sachets[i]
+        match defect:
+            case RollDefect.LEADER_BLANK:
+                return replace(roll, patient_ref="")
+            case RollDefect.LEADER_ERASED:
+                return replace(roll, expiry_utc_s=U64_MAX)
+            case RollDefect.SHORT:
+                days = 1 + int(where * 3)
+                last = sachets[-1].intended_utc_s - days * 86400
+                return replace(roll, sachets=tuple(s for s in sachets if s.intended_utc_s <= last))
+            case RollDefect.SACHET_UNREADABLE:
+                sachet = replace(sachet, readable=False)
+            case RollDefect.SACHET_NO_TIME:
+                sachet = replace(sachet, intended_utc_s=0)
+            case RollDefect.SACHET_GARBLED:
+                sachet = replace(sachet, patient_ref=GARBLED_REF)
+        return replace(roll, sachets=(*sachets[:i], sachet, *sachets[i + 1 :]))
+
+    def _fix_unusable(self) -> None:
+        """A nurse answers an alert about the roll or the sachet at the reader: a reprinted
+        leader for this patient's misprinted roll, and the unusable sachets at the reader taken
+        off by hand (nothing the dispenser cuts)."""
+        self._fixer_on_the_way = False
+        roll = self._model.roll
+        if roll is None or not roll.sachets:
+            return
+        ref = self.config.patient_ref
+        if roll.sachets[0].patient_ref != ref and roll.sachets[-1].patient_ref != ref:
+            return  # another patient's roll: the nurse's own correction takes it out
+        fixed = roll
+        if roll.patient_ref == "":
+            fixed = replace(fixed, patient_ref=ref)
+        if _wire_date(roll.expiry_utc_s) is None:
+            fixed = replace(fixed, expiry_utc_s=self._rtc_utc_s() + 60 * 86400)
+        position = self._model.position
+        while position < len(fixed.sachets) and not _usable(fixed.sachets[position], fixed):
+            position += 1
+        if fixed is roll and position == self._model.position:
+            return
+        self._mishap_counts["nurse_fixes"] += 1
+        self._physical(
+            self._model.remove_roll() + self._model.insert_roll(replace(fixed, next_index=position))
+        )
+
+    def _phantom(self, phantom: Phantom) -> None:
+        """The dispenser's firmware reports a dose event for nothing the agent commanded."""
+        if self._engine is None or self._link_downs:
+            return  # nobody hears it
+        tray = self._model.tray
+        dispense_id: int | None = phantom.dispense_id
+        message: Message
+        match phantom.kind:
+            case PhantomKind.PRESENTED:
+                message = DosePresented(phantom.dispense_id, phantom.sachet_index)
+            case PhantomKind.RETAINED:
+                message = DoseRetained(phantom.dispense_id, phantom.sachet_index)
+            case PhantomKind.WRONG_INDEX if tray is not None:
+                other = (tray.sachet_index + 1 + phantom.sachet_index) % (U16_MAX + 1)
+                if other == tray.sachet_index:
+                    other = (other + 1) % (U16_MAX + 1)
+                message = DoseTaken(tray.dispense_id, other)
+                dispense_id = None  # a real dose's id, another sachet's index
+            case PhantomKind.LOW_SUPPLY:
+                message = LowSupply("", U16_MAX)
+            case _:
+                message = DoseTaken(phantom.dispense_id, phantom.sachet_index)
+        self._mishap_counts[f"phantom_{type(message).__name__}"] += 1
+        if self._judge is not None and phantom.kind is not PhantomKind.LOW_SUPPLY:
+            self._judge.phantom(dispense_id)
+        self._feed([FromDispenser(message)])
+
+    def _centre_reacts(self, event: EngineEvent) -> None:
+        """The response centre's people: acknowledge latched alerts, silence the unit on a HIGH
+        event, send a nurse to a roll or sachet nobody can use."""
+        rates, rng = self.config.mishaps, self._rng_world
+        high = event.priority is Priority.HIGH
+        if (
+            event.alert_id is not None
+            and event.alert_id not in self._acknowledging
+            and rates.acknowledge
+            and rng.random() < rates.acknowledge
+        ):
+            self._acknowledging.add(event.alert_id)
+            self._at(
+                self._elapsed + rng.uniform(60.0, 4 * 3600.0),
+                f"centre acknowledges {event.alert_id}",
+                partial(self._acknowledge, event.alert_id),
+            )
+        if high and rates.silence and rng.random() < rates.silence:
+            minutes = rng.uniform(5.0, 60.0)
+            self._at(
+                self._elapsed + rng.uniform(30.0, 600.0),
+                "centre silences the unit",
+                partial(self._silence, timedelta(minutes=minutes)),
+            )
+        if (
+            high
+            and rates.roll_defect
+            and event.kind in ("wrong_roll", "roll_rejected", "fault_reader", "sachet_rejected")
+            and not self._fixer_on_the_way
+        ):
+            self._fixer_on_the_way = True
+            self._at(
+                self._elapsed + rng.uniform(3600.0, 8 * 3600.0),
+                "nurse sees to an unusable roll or sachet",
+                self._fix_unusable,
+            )
+
+    def _centre_input(self, inp: EngineInput, what: str, alert_id: str | None = None) -> None:
+        """A response-centre command reaches the agent (it waits while the Pi is down)."""
+        if self._engine is None:
+            self._at(
+                self._elapsed + 600.0,
+                f"{what} again",
+                partial(self._centre_input, inp, what, alert_id),
+            )
+            return
+        if self._judge is not None:
+            self._judge.centre_command(what, alert_id)
+        try:
+            self._feed([inp])
+        except EngineInputError:
+            self._mishap_counts[f"{what}_refused"] += 1  # e.g. an alert resolved meanwhile
+            if self._judge is not None:
+                self._judge.centre_refused()
+            return
+        self._mishap_counts[what] += 1
+
+    def _acknowledge(self, alert_id: str) -> None:
+        self._centre_input(AcknowledgeAlert(alert_id, CENTRE_OPERATOR), "acknowledge", alert_id)
+
+    def _silence(self, duration: timedelta) -> None:
+        self._centre_input(Silence(duration), "silence")
+
+    def _move_times(self, move: TimeMove) -> None:
+        """The centre sends the schedule with the moved dose times ahead of their first day
+        (like `_update_schedule`, while the unit's clock agrees with true time)."""
+        now = self._clock.now()
+        if (
+            self._engine is None
+            or now.trust is TimeTrust.UNTRUSTED
+            or abs((now.utc - self._true_utc()).total_seconds()) > 60
+        ):
+            self._at(
+                self._elapsed + 600.0, "schedule update again", partial(self._move_times, move)
+            )
+            return
+        day = move.effective_from
+        rules = [r for r in self._rules if r.effective_from < day]
+        rules.append(
+            ScheduleRule(effective_from=day, times=tuple(parse_time(t) for t in move.times))
+        )
+        schedule = Schedule.build(DEFAULT_ZONE, rules, self.config.min_interval)
+        self._rules, self._schedule_version = rules, self._schedule_version + 1
+        if self._judge is not None:
+            self._judge.schedule_changed(day, move.times, self._judge_interval(rules))
+            self._judge.centre_command("schedule", self._schedule_version)
+        self._mishap_counts["times_moved"] += 1
+        self._feed([SetSchedule(schedule, self._schedule_version)])
+
+    def _judge_interval(self, rules: Sequence[ScheduleRule]) -> timedelta:
+        """R2's minimum interval for these rules: the config's, or the judge's own reference of
+        the documented default (never the engine's value)."""
+        if self.config.min_interval is not None:
+            return self.config.min_interval
+        return reference_min_interval_of_rules([[f"{t:%H:%M}" for t in r.times] for r in rules])
+
+    def _arm_store_fault(self) -> None:
+        """The store will refuse the commit of the next dispenser event the agent handles."""
+        self._store_fault_armed = True
+
+    def _fail_safe(self, messages: list[Message]) -> None:
+        """The daemon's fail-safe (agent/daemon.py): the step's commit failed, so nothing of it
+        leaves the unit and the frame is not ACKed; the dispenser is locked and shows FAULT; the
+        process exits and systemd starts it again from the durable state (the engine as it was
+        before this step)."""
+        self._store_fault_armed = False
+        self._mishap_counts["store_fault"] += 1
+        for message in messages:
+            if isinstance(message, DosePresented):
+                self._on_presented()  # the dose is in the tray whatever the agent stored
+        self._model.handle(SetLock(self._next_req_id(), True))
+        self._model.handle(SetAlert(self._next_req_id(), AlertPattern.FAULT))
+        self._held_frames = [*self._held_frames, *messages]
+        self._saved, self._engine = self._engine, None
+        self._at(
+            self._elapsed + self._rng_world.uniform(5.0, 30.0),
+            "agent restarts after a store fault",
+            self._after_store_fault,
+        )
+
+    def _after_store_fault(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
+        if self._link_downs == 0:
+            self._link_up()
 
     # --- the shell ----------------------------------------------------------------------------
 
@@ -814,13 +1153,29 @@ class Simulation:
         reply = self._model.handle(Hello(self._next_req_id(), PROTOCOL_VERSION, "sim"))
         caps, announced = reply[0], reply[1:]
         assert isinstance(caps, Capabilities)
+        chance = self.config.mishaps.erased_rtc
+        if chance and self._rng_world.random() < chance:
+            caps = replace(caps, rtc_utc_s=U64_MAX)  # the dispenser's RTC reads as erased flash
+            self._mishap_counts["erased_rtc"] += 1
         self._feed([LinkUp(caps), *(FromDispenser(message) for message in announced)])
+        if self._held_frames:
+            # the dispenser retransmits the frames the agent that failed safe never ACKed
+            held, self._held_frames = self._held_frames, []
+            self._feed([FromDispenser(message) for message in held])
 
     def _next_req_id(self) -> int:
         self._req_id = (self._req_id + 1) & 0xFFFF
         return self._req_id
 
     def _from_dispenser(self, messages: list[Message]) -> None:
+        if (
+            self._store_fault_armed
+            and messages
+            and self._engine is not None
+            and not self._link_downs
+        ):
+            self._fail_safe(messages)
+            return
         inputs: list[EngineInput] = []
         for message in messages:
             if isinstance(message, DosePresented):
@@ -840,6 +1195,7 @@ class Simulation:
         dispensed_before = len(self._model.dispensed)
         discarded_before = len(self._model.discarded)
         bin_before = len(self._model.bin)
+        retained_before = len(self._model.retained_ids)
         replies = self._model.handle(stamped)
         for dispense_id, index in self._model.dispensed[dispensed_before:]:
             roll = self._model.roll
@@ -853,7 +1209,9 @@ class Simulation:
                     index,
                     roll.patient_ref,
                     sachet.patient_ref,
-                    datetime.fromtimestamp(sachet.intended_utc_s, UTC),
+                    datetime.fromtimestamp(
+                        max(0, min(sachet.intended_utc_s, WIRE_DATE_MAX_S)), UTC
+                    ),
                 )
             )
         if self._judge is not None:
@@ -863,6 +1221,10 @@ class Simulation:
             for dispense_id, index in discards:
                 assert roll is not None
                 self._judge.discarded(dispense_id, _label(roll, index))
+            if len(self._model.retained_ids) != retained_before:
+                for entry in self._model.bin[bin_before:]:
+                    if entry.how == "retain":
+                        self._judge.retained(entry.dispense_id)
             if len(self._model.bin) != bin_before:
                 self._judge.bin_fill(
                     len(self._model.bin), self._model.identity.bin_capacity, len(discards)
@@ -871,6 +1233,17 @@ class Simulation:
                 isinstance(r, CommandResult) and r.result is ResultCode.BIN_FULL for r in replies
             ):
                 self._judge.discard_refused_bin_full(stamped.dispense_id)
+        chance = self.config.mishaps.reply_lost
+        if (
+            chance
+            and isinstance(stamped, Dispense)
+            and stamped.dispense_id not in self._asked
+            and self._rng_world.random() < chance
+        ):
+            # a first attempt only: the probe that asks after it gets its answer (a second loss
+            # in a row: docs/engine.md, Simulation)
+            self._asked.add(stamped.dispense_id)
+            return self._reply_lost(command, replies)
         inputs: list[EngineInput] = []
         for message in replies:
             if isinstance(message, CommandResult | Status | Capabilities | TimeReport):
@@ -879,6 +1252,23 @@ class Simulation:
                 if isinstance(message, DosePresented):
                     self._on_presented()
                 inputs.append(FromDispenser(message))
+        return inputs
+
+    def _reply_lost(self, command: SendCommand, replies: list[Message]) -> list[EngineInput]:
+        """The link drops just after the dispenser took a Dispense: it did what it was told (the
+        dose may be in the tray), the agent hears neither its reply nor what followed, and gets
+        the link back within minutes (a reply it must ask after: SPEC 4.4)."""
+        self._mishap_counts["reply_lost"] += 1
+        self._dropped += len(replies)
+        if any(isinstance(message, DosePresented) for message in replies):
+            self._on_presented()  # the patient sees the dose in the tray all the same
+        self._link_downs += 1
+        back = self._elapsed + self._rng_world.uniform(5.0, 600.0)
+        self._at(back, "link back (reply lost)", self._link_back)
+        self._observe_world()
+        inputs: list[EngineInput] = [CommandOutcome(command.correlation, None, "link_down")]
+        if self._link_downs == 1:
+            inputs.append(LinkDown("sim_reply_lost"))
         return inputs
 
     def _publish(self, event: EngineEvent, now: Now) -> None:
@@ -901,7 +1291,9 @@ class Simulation:
         )
         self._hash.update(record.encode())
         if self._judge is not None:
-            self._judge.published(event.kind, event.priority.value, dict(event.fields))
+            self._judge.published(
+                event.kind, event.priority.value, dict(event.fields), event.alert_id
+            )
         if event.kind == "slot_outcome":
             self._outcome_counts[str(event.fields.get("outcome"))] += 1
         if event.kind == "backlog_needs_nurse" and not self._backlog_visit:
@@ -910,6 +1302,8 @@ class Simulation:
             self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
         if event.kind == "plan_mismatch":
             self._on_plan_alert(event.fields)
+        if self.config.mishaps.any:
+            self._centre_reacts(event)
 
     def _feed(self, first: Sequence[EngineInput]) -> None:
         """Step the engine on these inputs and on everything their actions cause, in order."""
@@ -921,7 +1315,7 @@ class Simulation:
             if engine is None:
                 continue
             now = self._clock.now()
-            actions = engine.step(inp, now)
+            actions = _total_step(engine, inp, now)
             self._step += 1
             self._recent.append((self._step, self._elapsed, "step", inp, actions))
             self._checker.on_actions(actions)
@@ -974,6 +1368,7 @@ class Simulation:
             judge_first=self._judge.first_findings() if self._judge else {},
             plan_changes=len(self._plan_changes),
             plan_decisions=self._plan_decisions,
+            mishaps=dict(sorted(self._mishap_counts.items())),
         )
 
     def _install(self) -> None:
@@ -1027,6 +1422,8 @@ class Simulation:
             bin_full=len(m.bin) >= m.identity.bin_capacity,
             agent_linked=self._engine is not None and not self._link_downs,
             reader=self._reader_label(),
+            tray_occupied=m.tray is not None,
+            roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
         )
         if world != self._world:
             self._world = world
@@ -1051,7 +1448,7 @@ class Simulation:
         )
         now = self._clock.now()
         before = engine.next_deadline(now)
-        actions = engine.step(Tick(), now)
+        actions = _total_step(engine, Tick(), now)
         self._step += 1
         self._recent.append((self._step, self._elapsed, "idle tick", None, actions))
         self._checker.on_actions(actions)
@@ -1080,9 +1477,37 @@ def _label(roll: SimRoll, index: int) -> SachetLabel:
         roll_patient_ref=roll.patient_ref,
         patient_ref=sachet.patient_ref,
         index=index,
-        intended_utc=datetime.fromtimestamp(sachet.intended_utc_s, UTC),
-        roll_expiry_utc=datetime.fromtimestamp(roll.expiry_utc_s, UTC),
+        intended_utc=_wire_date(sachet.intended_utc_s),
+        roll_expiry_utc=_wire_date(roll.expiry_utc_s),
+        readable=sachet.readable,
     )
+
+
+def _wire_date(seconds: int) -> datetime | None:
+    """A printed time as a date; None for 0 (nothing printed) or a value no date has."""
+    if not 0 < seconds <= WIRE_DATE_MAX_S:
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _usable(sachet: SimSachet, roll: SimRoll) -> bool:
+    """Could a nurse read this sachet as one of the roll's patient's doses?"""
+    return sachet.readable and sachet.intended_utc_s > 0 and sachet.patient_ref == roll.patient_ref
+
+
+def _total_step(engine: EngineLike, inp: EngineInput, now: Now) -> list[Action]:
+    """One engine step; an exception on input it must take (anything but a centre's input it
+    may refuse) is a violation: the engine is total (issue 7: never a crash, never a crash loop)."""
+    try:
+        return engine.step(inp, now)
+    except EngineInputError:
+        if isinstance(inp, _CENTRE_INPUTS):
+            raise
+        raise InvariantViolation(f"engine refused {inp!r} as a centre's input") from None
+    except InvariantViolation:
+        raise
+    except Exception as exc:  # any crash is the finding
+        raise InvariantViolation(f"engine raised {exc!r} on {inp!r}") from exc
 
 
 # --- engines ---------------------------------------------------------------------------------

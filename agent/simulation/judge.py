@@ -59,15 +59,59 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
    - "bin_full": the bin is full -> `fault_bin_full`;
    - "roll_empty": at a slot's due instant (not paused, not settled or presented early) the
      loaded roll has no sachet left -> a HIGH `slot_outcome` or `dose_held` (the dose waits
-     for a roll) for that slot;
+     for a roll) for that slot; one published ahead of its due instant while the roll was
+     already empty reports it too, unless a refill came since (an agent whose clock is
+     untrusted cannot tell when the dose comes due);
    - "plan_mismatch": the sachet at the reader (this patient's, on a roll with this patient's
      leader) matches no slot of the schedule and no person's decision covers it -> a HIGH
      `plan_mismatch` naming that roll and sachet index.
    Each condition is a sub-rule ("R8.jam" ...) that can be enforced on its own.
+   - "roll_unreadable": a roll whose leader names this patient but whose other fields cannot be
+     read (an erased expiry, all ones on the wire) is loaded -> `roll_rejected` (a blank leader,
+     which names nobody, is a "wrong_roll");
+   - "sachet_unusable": the sachet at the reader of this patient's roll cannot be given whatever
+     the slot: the reader cannot read it, its print carries no time, or it names another patient
+     -> `fault_reader` or `sachet_rejected` (one naming that roll and sachet, when it names one);
+   - "pause_overdue": the unit has been paused without a break (windows overlapping or end to
+     start, the judge's own chain) for `pause_max` (the engine's setting, passed in) ->
+     `pause_overdue`.
 R9 no false missed alarm: no `slot_outcome` "missed", published while the agent runs and is
    linked to the dispenser (so it can ask whether the tray is empty), for a slot whose dose the
-   agent published as presented (`dose_presented`) and the patient lifted out of the tray before
-   that outcome (e.g. while the agent restarted or its link was down, so its `DoseTaken` was lost).
+   agent published as presented (`dose_presented`) and the patient (or someone packing for a
+   trip) lifted out of the tray before that outcome (e.g. while the agent restarted or its link
+   was down, so its `DoseTaken` was lost).
+R10 phantom dispenser events change nothing: a dose event (presented, taken, retained) that matches
+   no dose the agent commanded (an unknown dispense id, or another sachet index than the dose in
+   the tray; the simulation injects them, with values up to their type limits, and tells the
+   judge) is reported by a `phantom_dispenser_event` within the bound, unless one was published
+   less than `phantom_report_interval` before (the engine rate-limits the report), and it changes
+   nothing the patient gets:
+   - no other published event names a phantom dispense id (as presented, taken, retained ...);
+   - no slot is settled "taken" for a dose the patient did not lift out of the tray;
+   - no dose is refused or missed because the tray is occupied (reason `tray_occupied` or
+     `previous_dose_in_tray`) when the tray has been physically empty, with the agent linked to
+     the dispenser, from `high_report_bound` before the slot's due time until the outcome.
+R11 the centre's commands take effect: what the unit accepts is confirmed at once: the first
+   acknowledgement of an alert it published with an alert id by `alert_acknowledged` naming it, a
+   silence by `alert_silenced`, a person's discard decision by `plan_mismatch_decided` naming the
+   roll, a schedule update by `schedule_changed` with its version, a pause by `pause_started` and
+   a resume by `pause_ended` naming the pause (the centre must be able to trust that what it did
+   was done). A command the unit refuses (`centre_refused`) is owed nothing.
+R12 the centre's record of the medicine: every sachet the dispenser moves is reported within
+   `record_bound` (15 min; running, like R8's, while the agent is linked): a presentation by
+   `dose_presented` (its dispense id; or, cut unheard and gone before the agent could look, by
+   the slot outcome naming that id), a sachet cut into the bin by `sachet_discarded` (its
+   index), a dose taken back from the tray by `dose_retained` (its dispense id), a dose lifted
+   out of the tray while the agent hears it by its `slot_outcome` taken (or taken_unconfirmed)
+   or `dose_taken_late` (its dispense id), one packed for a trip by its `slot_outcome`
+   dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
+   bin, wrong roll) by `<event>_cleared`.
+
+R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
+   (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
+   could hear it, at most all of them), and `travel_dispensed` (the trip complete)
+   only when one was taken along for each slot of the trip (the judge's own slots in its window):
+   else the patient leaves without doses and the centre does not know.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -96,8 +140,21 @@ RULES: dict[str, str] = {
     "R7": "no missed-dose alarm while paused",
     "R8": "every HIGH condition reported within the bound",
     "R9": "no missed alarm for a presented dose the patient took",
+    "R10": "phantom dispenser events are reported and change nothing",
+    "R11": "the centre's commands are confirmed",
+    "R12": "every movement of medicine and every end of a HIGH condition is reported",
+    "R13": "a trip's report counts the sachets taken along and is complete only if they all were",
 }
-HIGH_CONDITIONS = ("wrong_roll", "jam", "bin_full", "roll_empty", "plan_mismatch")
+HIGH_CONDITIONS = (
+    "wrong_roll",
+    "jam",
+    "bin_full",
+    "roll_empty",
+    "plan_mismatch",
+    "roll_unreadable",
+    "sachet_unusable",
+    "pause_overdue",
+)
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
 SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
 ALL_RULES = frozenset(RULES)
@@ -116,11 +173,16 @@ HOLDING_RULES = frozenset(
         "R8.wrong_roll",
         "R8.jam",
         "R8.bin_full",
-        # R8.roll_empty holds for seeds 0-134 but not 135: a roll whose period passed while the
-        # Pi was down (roll_rejected at boot) holds the next dose without a HIGH naming its slot
-        # (tests/test_simulation.py, strict xfail)
+        "R8.roll_empty",
         "R8.plan_mismatch",
+        "R8.roll_unreadable",
+        "R8.sachet_unusable",
+        "R8.pause_overdue",
         "R9",
+        "R10",
+        "R11",
+        "R12",
+        "R13",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -204,6 +266,20 @@ def reference_min_interval(times: Sequence[str]) -> timedelta:
     return min(timedelta(minutes=min(gaps)) / 2, DEFAULT_MIN_INTERVAL_MAX)
 
 
+def reference_min_interval_of_rules(rules: Sequence[Sequence[str]]) -> timedelta:
+    """The default minimum interval of a schedule whose rules (dose times, in the order they
+    take effect) follow one another, as agent/engine/schedule.py documents it: half the smallest
+    spacing between two doses of any rule, across midnight too, and across each change of rule
+    (the last dose of the day before to the first of the new rule's first day), at most 12 h."""
+    interval = DEFAULT_MIN_INTERVAL_MAX
+    days = [sorted({_clock_minutes(parse_hhmm(t)) for t in times}) for times in rules]
+    for times in rules:
+        interval = min(interval, reference_min_interval(times))
+    for before, after in pairwise(d for d in days if d):
+        interval = min(interval, timedelta(minutes=24 * 60 - before[-1] + after[0]) / 2)
+    return interval
+
+
 def _clock_minutes(t: time) -> int:
     return t.hour * 60 + t.minute
 
@@ -216,11 +292,17 @@ class SachetLabel:
     """What is printed on a sachet and its roll's leader."""
 
     roll_id: str
-    roll_patient_ref: str  # the roll's leader label
+    roll_patient_ref: str  # the roll's leader label ("": blank, names nobody)
     patient_ref: str  # printed on the sachet
     index: int
-    intended_utc: datetime
-    roll_expiry_utc: datetime
+    intended_utc: datetime | None  # None: the print carries no time
+    roll_expiry_utc: datetime | None  # None: the leader's expiry cannot be read (erased)
+    readable: bool = True  # False: the dispenser's reader cannot read this sachet at all
+
+    @property
+    def usable(self) -> bool:
+        """Readable and printed with a time: a sachet some slot could be given."""
+        return self.readable and self.intended_utc is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +315,8 @@ class World:
     bin_full: bool
     agent_linked: bool  # the agent runs and is connected to the dispenser
     reader: SachetLabel | None = None  # the sachet at the reader of the loaded roll
+    tray_occupied: bool = False  # a presented sachet lies in the tray
+    roll_label_readable: bool = True  # the loaded roll's leader fields can be read (R8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +337,12 @@ class JudgeConfig:
     sachet_time_tolerance: timedelta  # the engine's setting, passed in (not imported)
     min_intake_interval: timedelta = timedelta(minutes=90)
     high_report_bound: timedelta = timedelta(minutes=10)
+    # R12: the centre's record may lag a little more (a sachet cut for a trip while the agent
+    # could not hear it is settled at the travel collect timeout, 10 min after it learns of it)
+    record_bound: timedelta = timedelta(minutes=15)
+    # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
+    phantom_report_interval: timedelta = timedelta(minutes=10)
+    pause_max: timedelta = timedelta(days=30)  # R8.pause_overdue (the engine's setting, passed in)
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -280,17 +370,36 @@ class _Condition:
     deadline: datetime | None  # None while the agent cannot know
     slot_id: str | None = None  # roll_empty: the slot it blocks
     reported: bool = False
-    sachet: tuple[str, int] | None = None  # plan_mismatch: (roll id, index) of the sachet
+    sachet: tuple[str, int] | None = None  # plan_mismatch, sachet_unusable: (roll id, index)
+    rule: str = ""  # the rule a late report breaks; "": R8.<name>
+    bound: timedelta | None = None  # None: high_report_bound
+    # R12: reported by an event of one of these (kind, fields): each field has that value, or
+    # one of the values of a tuple
+    expect: tuple[tuple[str, dict[str, object]], ...] = ()
 
 
 _CONDITION_EVENTS = {
-    "wrong_roll": "wrong_roll",
-    "jam": "fault_jam",
-    "bin_full": "fault_bin_full",
-    "plan_mismatch": "plan_mismatch",
+    "wrong_roll": ("wrong_roll",),
+    "jam": ("fault_jam",),
+    "bin_full": ("fault_bin_full",),
+    "plan_mismatch": ("plan_mismatch",),
+    "roll_unreadable": ("roll_rejected",),
+    "sachet_unusable": ("fault_reader", "sachet_rejected"),
+    "pause_overdue": ("pause_overdue",),
+}
+# R12: the event that reports a HIGH condition's end (the conditions R8 sees in the world)
+_CLEARED_EVENTS = {
+    "wrong_roll": "wrong_roll_cleared",
+    "jam": "fault_jam_cleared",
+    "bin_full": "fault_bin_full_cleared",
 }
 # roll_empty: the HIGH events that name the slot whose dose waits for a roll, or did not get it
 _SLOT_EVENTS = ("slot_outcome", "dose_held")
+PHANTOM = "phantom"  # R10's condition: a phantom dose event not yet reported
+PHANTOM_REPORT = "phantom_dispenser_event"
+INTAKES = ("taken", "taken_unconfirmed")  # outcomes of a slot whose dose was lifted out (R12)
+# R10: reasons of an outcome that say the tray was occupied (docs/engine.md, reason tokens)
+TRAY_REASONS = ("tray_occupied", "previous_dose_in_tray")
 
 
 @dataclass(slots=True)
@@ -313,12 +422,26 @@ class Judge:
     _outcomes: dict[str, str] = field(default_factory=dict)
     _pauses: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
     _trips: set[str] = field(default_factory=set)  # pause ids with sachets to take along
+    _packed: dict[str, int] = field(default_factory=dict)  # trip -> its sachets taken along
+    _packed_heard: dict[str, int] = field(default_factory=dict)  # ... while the agent heard it
     _world: World | None = None
     _conditions: dict[str, _Condition] = field(default_factory=dict)
     _rules: list[tuple[date, tuple[str, ...]]] = field(default_factory=list)
     _optional: set[str] = field(default_factory=set)  # slot ids an outcome is allowed for
+    # roll_empty: slots named HIGH ahead of their due time while the roll was empty
+    _named_ahead: set[str] = field(default_factory=set)
     _decisions: set[tuple[str, int | None]] = field(default_factory=set)  # (roll, index|None)
     _min_interval: timedelta = timedelta(0)  # R2's, as in force now (a schedule update moves it)
+    _phantoms: set[int] = field(default_factory=set)  # dispense ids of injected phantom events
+    _last_phantom_report: datetime | None = None
+    _tray_empty_since: datetime | None = None  # None: occupied (R10)
+    _linked_since: datetime | None = None  # None: the agent is not linked now (R10)
+    _alert_ids: set[str] = field(default_factory=set)  # published with an alert id (R11)
+    _acknowledged: set[str] = field(default_factory=set)  # acknowledged by the centre (R11)
+    _owed: list[tuple[str, str | None, object, datetime]] = field(default_factory=list)  # R11
+    _report_seq: int = 0  # R12: owed reports so far (their keys)
+    _reports_open: int = 0  # R12: owed reports not yet made
+    _overdue: dict[str, datetime] = field(default_factory=dict)  # pause id -> overdue at
 
     def __post_init__(self) -> None:
         c = self.config
@@ -350,9 +473,11 @@ class Judge:
             if c.installed_utc <= s.due_utc < c.expect_until_utc and s.slot_id not in self._optional
         ]
 
-    def slot_for_sachet(self, intended: datetime) -> RefSlot | None:
+    def slot_for_sachet(self, intended: datetime | None) -> RefSlot | None:
         """The slot a sachet is packed for: the nearest by due instant, if within the tolerance
-        (several slots at that one instant: the first by id)."""
+        (several slots at that one instant: the first by id); None for a print without a time."""
+        if intended is None:
+            return None
         nearest = self._nearest(intended)
         if nearest is None or abs(nearest.due_utc - intended) > self.config.sachet_time_tolerance:
             return None
@@ -402,6 +527,18 @@ class Judge:
         """True time moved on to `now` (before whatever happens at `now`)."""
         if self._now is not None and now < self._now:
             raise ValueError(f"true time went back from {self._now} to {now}")
+        owed = [o for o in self._owed if o[3] < now]
+        if owed:
+            self._owed = [o for o in self._owed if o[3] >= now]
+            kind, name, value, at = owed[0]
+            self._violation(
+                "R11",
+                f"the centre's command at {_iso(at)} was not confirmed: no {kind}"
+                + (f" with {name} {value}" if name else ""),
+                at,
+            )
+        if self._overdue:
+            self._review_pauses(now)
         self._now = now
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
@@ -409,16 +546,18 @@ class Judge:
         for cond in list(self._conditions.values()):
             if not cond.reported and cond.deadline is not None and now > cond.deadline:
                 self._violation(
-                    f"R8.{cond.name}",
-                    f"HIGH condition {cond.name}"
+                    cond.rule or f"R8.{cond.name}",
+                    ("" if cond.rule else "HIGH ")
+                    + f"condition {cond.name}"
                     + (f" (slot {cond.slot_id})" if cond.slot_id else "")
                     + f" since {cond.onset.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z not reported "
-                    f"within {self.config.high_report_bound}",
+                    f"within {cond.bound or self.config.high_report_bound}",
                     cond.deadline,
                 )
                 cond.reported = True  # once per episode
-        for key in [k for k, c in self._conditions.items() if c.slot_id and c.reported]:
-            del self._conditions[key]  # a due slot's empty roll: reported (or judged) once
+        for key in [k for k, c in self._conditions.items() if c.reported and (c.slot_id or c.rule)]:
+            # a due slot's empty roll, a phantom, an owed report: reported (or judged) once
+            self._reports_open -= bool(self._conditions.pop(key).expect)
 
     def _at_due(self, slot: RefSlot) -> None:
         world = self._world
@@ -426,8 +565,12 @@ class Judge:
             return
         if self._paused_at(slot.due_utc) is not None or slot.slot_id in self._outcomes:
             return
+        if slot.slot_id in self._optional:
+            return  # a dose time a schedule update dropped: no dose is due then
         if slot.slot_id in self._presented_for:
             return  # its sachet was cut early (TAKE): the empty roll keeps nothing from it
+        if slot.slot_id in self._named_ahead:
+            return  # said HIGH ahead, and the roll has stayed empty since
         key = f"roll_empty {slot.slot_id}"
         self._conditions[key] = _Condition(
             "roll_empty",
@@ -463,6 +606,7 @@ class Judge:
         kept_ids = {s.slot_id for s in kept}
         # only the new rules have it and it was due already; or only the old rules have it and
         # it is still to come (it may have been picked up): an outcome may come, need not
+        self._optional -= {s.slot_id for s in new if s.due_utc >= now}  # a dose time again
         self._optional |= {s.slot_id for s in new if s.due_utc < now and s.slot_id not in old_ids}
         self._optional |= {s.slot_id for s in self._slots if s.due_utc >= now} - new_ids
         extra = [s for s in new if s.slot_id not in kept_ids]
@@ -488,26 +632,34 @@ class Judge:
 
     def _review_reader(self, now: datetime) -> None:
         """R8.plan_mismatch: is the sachet at the reader one of this patient's that matches no
-        slot, with nobody's decision on it?"""
+        slot, with nobody's decision on it? R8.sachet_unusable: is it one of this patient's roll
+        that no slot can be given (unreadable, no time, another patient's name)?"""
         world = self._world
         label = world.reader if world is not None else None
         ref = self.config.patient_ref
-        key: str | None = None
-        if (
-            label is not None
-            and label.roll_patient_ref == ref
-            and label.patient_ref == ref
-            and not self._decided(label)
-            and self.slot_for_sachet(label.intended_utc) is None
-        ):
-            key = f"plan_mismatch {label.roll_id}/{label.index}"
-        for other in [k for k, c in self._conditions.items() if c.name == "plan_mismatch"]:
-            if other != key:
-                del self._conditions[other]
-        if key is not None and key not in self._conditions and label is not None:
+        name: str | None = None
+        if label is not None and world is not None and label.roll_patient_ref == ref:
+            if world.roll_label_readable and (not label.usable or label.patient_ref != ref):
+                name = "sachet_unusable"
+            elif (
+                label.usable
+                and label.patient_ref == ref
+                and not self._decided(label)
+                and self.slot_for_sachet(label.intended_utc) is None
+            ):
+                name = "plan_mismatch"
+        key = f"{name} {label.roll_id}/{label.index}" if name and label else None
+        for other in [
+            k
+            for k, c in self._conditions.items()
+            if c.name in ("plan_mismatch", "sachet_unusable") and k != key
+        ]:
+            del self._conditions[other]
+        if name is not None and key not in self._conditions and label is not None:
             assert world is not None
+            assert key is not None
             self._conditions[key] = _Condition(
-                "plan_mismatch",
+                name,
                 now,
                 self._deadline(now, world.agent_linked),
                 sachet=(label.roll_id, label.index),
@@ -518,11 +670,12 @@ class Judge:
         now = self._now or self.config.installed_utc
         previous = self._world
         self._world = state
+        ref = self.config.patient_ref
         present = {
-            "wrong_roll": state.roll_patient_ref is not None
-            and state.roll_patient_ref != self.config.patient_ref,
+            "wrong_roll": state.roll_patient_ref is not None and state.roll_patient_ref != ref,
             "jam": state.jammed,
             "bin_full": state.bin_full,
+            "roll_unreadable": state.roll_patient_ref == ref and not state.roll_label_readable,
         }
         for name, on in present.items():
             if on and name not in self._conditions:
@@ -530,27 +683,47 @@ class Judge:
                     name, now, self._deadline(now, state.agent_linked)
                 )
             elif not on:
-                self._conditions.pop(name, None)
+                ended = self._conditions.pop(name, None)
+                cleared = _CLEARED_EVENTS.get(name)
+                if ended is not None and ended.reported and cleared is not None:
+                    self._owe_report(f"end of {name}", (cleared, {}), linked=state.agent_linked)
         if state.roll_patient_ref is None or state.remaining > 0:
             # a fuller roll, or the roll was taken out: no longer an empty roll at due time
             for key in [k for k, c in self._conditions.items() if c.name == "roll_empty"]:
                 del self._conditions[key]
+        if state.roll_patient_ref is not None and state.remaining > 0:
+            self._named_ahead.clear()  # a refill: what was said ahead is void
         if previous is not None and state.agent_linked and not previous.agent_linked:
             for c in self._conditions.values():
                 if c.deadline is None:
-                    c.deadline = now + self.config.high_report_bound
+                    c.deadline = now + (c.bound or self.config.high_report_bound)
         if not state.agent_linked:
             for c in self._conditions.values():
                 if not c.reported:
                     c.deadline = None
         if previous is None or state.reader != previous.reader:
             self._review_reader(now)
+        if not state.tray_occupied and (previous is None or previous.tray_occupied):
+            self._tray_empty_since = now
+        elif state.tray_occupied:
+            self._tray_empty_since = None
+        if state.agent_linked and (previous is None or not previous.agent_linked):
+            self._linked_since = now
+        elif not state.agent_linked:
+            self._linked_since = None
 
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
         now = self._require_now()
         slot = self.slot_for_sachet(label.intended_utc)
         self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot)
+        self._owe_report(
+            f"dose {dispense_id} presented",
+            ("dose_presented", {"dispense_id": dispense_id}),
+            # cut while the agent could not hear it and gone before it could look: what became
+            # of that dispense id (e.g. missed, dispense_unconfirmed: in doubt, not given)
+            ("slot_outcome", {"dispense_id": dispense_id}),
+        )
         ref = self.config.patient_ref
         if label.roll_patient_ref != ref or label.patient_ref != ref:
             self._violation(
@@ -559,19 +732,31 @@ class Judge:
                 f"{dispense_id}) is another patient's: leader {label.roll_patient_ref!r}, "
                 f"sachet {label.patient_ref!r}, bound {ref!r}",
             )
-        if label.roll_expiry_utc <= now:
+        if label.roll_expiry_utc is None:
+            self._violation(
+                "R4",
+                f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
+                f"{dispense_id}) from a roll whose expiry cannot be read",
+            )
+        elif label.roll_expiry_utc <= now:
             self._violation(
                 "R4",
                 f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
                 f"{dispense_id}) from a roll that expired "
                 f"{label.roll_expiry_utc.astimezone(UTC):%Y-%m-%d %H:%M}Z",
             )
+        if not label.readable:
+            self._violation(
+                "R4",
+                f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
+                f"{dispense_id}), which the reader cannot read",
+            )
         if slot is None:
             self._violation(
                 "R4",
                 f"presented sachet {label.index} of roll {label.roll_id} (dispense id "
-                f"{dispense_id}) is packed for {_iso(label.intended_utc)}, no slot of the "
-                "schedule within the tolerance",
+                f"{dispense_id}) is packed for {_iso_or_none(label.intended_utc)}, no slot of "
+                "the schedule within the tolerance",
             )
         else:
             self._count_presentation(slot.slot_id, dispense_id, "its label")
@@ -600,10 +785,23 @@ class Judge:
                 )
         self._intakes.append(now)
         self._taken.setdefault(dispense_id, now)
+        if self._world is not None and self._world.agent_linked:
+            self._owe_report(
+                f"dose {dispense_id} taken",
+                ("slot_outcome", {"dispense_id": dispense_id, "outcome": INTAKES}),
+                ("dose_taken_late", {"dispense_id": dispense_id}),
+            )
 
     def taken_for_travel(self, dispense_id: int) -> None:
-        """Someone lifted a presented sachet out to take along on a trip (R4; not an intake)."""
+        """Someone lifted a presented sachet out to take along on a trip (R4, R9, R12; not an
+        intake)."""
         now = self._require_now()
+        self._taken.setdefault(dispense_id, now)
+        if self._world is not None and self._world.agent_linked:
+            self._owe_report(
+                f"dose {dispense_id} taken along",
+                ("slot_outcome", {"dispense_id": dispense_id, "outcome": "dispensed_for_travel"}),
+            )
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge
@@ -623,14 +821,17 @@ class Judge:
             self._violation(
                 "R4",
                 f"{what} taken along on a trip at {_iso(now)} is packed for "
-                f"{_iso(label.intended_utc)}, no slot of a travel pause",
+                f"{_iso_or_none(label.intended_utc)}, no slot of a travel pause",
             )
             return
-        if label.roll_expiry_utc <= slot.due_utc:
+        self._packed[trip] = self._packed.get(trip, 0) + 1
+        if self._world is not None and self._world.agent_linked:
+            self._packed_heard[trip] = self._packed_heard.get(trip, 0) + 1
+        if label.roll_expiry_utc is None or label.roll_expiry_utc <= slot.due_utc:
             self._violation(
                 "R4",
                 f"{what} taken along for slot {slot.slot_id} due {_iso(slot.due_utc)}: its roll "
-                f"expires before, at {_iso(label.roll_expiry_utc)}",
+                f"expires before, at {_iso_or_none(label.roll_expiry_utc)}",
             )
 
     @staticmethod
@@ -639,11 +840,14 @@ class Judge:
         return start <= at and (end is None or at < end)
 
     def discarded(self, dispense_id: int, label: SachetLabel) -> None:
-        """A sachet was cut straight into the bin (R5)."""
+        """A sachet was cut straight into the bin (R5, R12)."""
+        self._owe_report(
+            f"sachet {label.index} discarded", ("sachet_discarded", {"sachet_index": label.index})
+        )
         slot = self.slot_for_sachet(label.intended_utc)
         what = (
             f"sachet {label.index} of roll {label.roll_id} packed for "
-            f"{_iso(label.intended_utc)} (dispense id {dispense_id})"
+            f"{_iso_or_none(label.intended_utc)} (dispense id {dispense_id})"
         )
         decisions = self.config.discard_decisions
         if slot is None:
@@ -659,6 +863,12 @@ class Judge:
         self._violation(
             "R5",
             f"discarded {what}: its slot {slot.slot_id} has no published outcome yet",
+        )
+
+    def retained(self, dispense_id: int) -> None:
+        """The dose `dispense_id` went back from the tray into the bin (R12)."""
+        self._owe_report(
+            f"dose {dispense_id} retained", ("dose_retained", {"dispense_id": dispense_id})
         )
 
     def bin_fill(self, fill: int, capacity: int, discards: int = 0) -> None:
@@ -684,6 +894,9 @@ class Judge:
         self._pauses[pause_id] = (start, end)
         if take_along:
             self._trips.add(pause_id)
+        overdue = self._chain_start(start) + self.config.pause_max
+        if end is None or end > overdue:
+            self._overdue[pause_id] = overdue
 
     def pause_ended(self, pause_id: str) -> None:
         start, end = self._pauses[pause_id]
@@ -692,14 +905,46 @@ class Judge:
 
     # --- the published stream -------------------------------------------------------------------
 
-    def published(self, kind: str, priority: str, fields: dict[str, object]) -> None:
+    def published(
+        self, kind: str, priority: str, fields: dict[str, object], alert_id: str | None = None
+    ) -> None:
+        if alert_id is not None:
+            self._alert_ids.add(alert_id)
+        if self._owed:
+            self._owed = [
+                o
+                for o in self._owed
+                if not (o[0] == kind and (o[1] is None or fields.get(o[1]) == o[2]))
+            ]
+        if kind == PHANTOM_REPORT:
+            self._last_phantom_report = self._require_now()
+            for cond in self._conditions.values():
+                cond.reported = cond.reported or cond.name == PHANTOM
+            return
+        if self._phantoms and fields.get("dispense_id") in self._phantoms:
+            self._violation(
+                "R10",
+                f"{kind} names dispense id {fields.get('dispense_id')}, which only a phantom "
+                "dispenser event ever named",
+            )
+        if priority == HIGH and kind in _SLOT_EVENTS:
+            self._note_named_ahead(fields)
         if kind == "slot_outcome":
             self._on_outcome(priority, fields)
         elif kind == "dose_presented":
             self._on_presented_event(fields)
+        elif kind in ("travel_dispensed", "travel_short"):
+            self._on_trip_report(kind, fields)
+        if self._reports_open:
+            for key in [k for k, c in self._conditions.items() if c.expect and not c.reported]:
+                cond = self._conditions[key]
+                if any(kind == k and _has(fields, want) for k, want in cond.expect):
+                    cond.reported = True
+                    del self._conditions[key]
+                    self._reports_open -= 1
         if priority == HIGH:
             for cond in self._conditions.values():
-                if cond.reported:
+                if cond.reported or cond.name == PHANTOM or cond.expect:
                     continue
                 if cond.name == "roll_empty":
                     cond.reported = kind in _SLOT_EVENTS and fields.get("slot_id") == cond.slot_id
@@ -708,8 +953,107 @@ class Judge:
                         fields.get("roll_id"),
                         fields.get("sachet_index"),
                     )
-                elif _CONDITION_EVENTS[cond.name] == kind:
-                    cond.reported = True
+                elif kind in _CONDITION_EVENTS[cond.name]:
+                    names = (fields.get("roll_id"), fields.get("index"))
+                    # a report naming a sachet must name this one
+                    cond.reported = names[1] is None or cond.sachet in (None, names)
+
+    def _note_named_ahead(self, fields: dict[str, object]) -> None:
+        """roll_empty: a HIGH event naming a slot not yet due, published while the roll is
+        empty (an agent whose clock is untrusted cannot tell when it comes due, SAFETY.md H4)."""
+        world, slot_id = self._world, fields.get("slot_id")
+        if world is None or world.remaining > 0 or not isinstance(slot_id, str):
+            return
+        slot = self._by_id.get(slot_id)
+        if slot is not None and slot.due_utc > self._require_now():
+            self._named_ahead.add(slot_id)
+
+    def centre_command(self, what: str, key: object = None) -> None:
+        """The response centre's (or a technician's) command reaches the unit now (R11):
+        "acknowledge" (key: the alert id), "silence", "discard" (the roll id), "schedule" (the
+        version), "pause" or "resume" (the pause id). Its confirmation is owed before true time
+        moves on, unless `centre_refused` follows."""
+        now = self._require_now()
+        owed: tuple[str, str | None, object] | None = None
+        if what == "acknowledge":
+            if key in self._alert_ids and key not in self._acknowledged:
+                owed = ("alert_acknowledged", "alert_id", key)
+            if isinstance(key, str):
+                self._acknowledged.add(key)
+        elif what == "silence":
+            owed = ("alert_silenced", None, None)
+        else:
+            owed = {
+                "discard": ("plan_mismatch_decided", "roll_id", key),
+                "schedule": ("schedule_changed", "version", key),
+                "pause": ("pause_started", "pause_id", key),
+                "resume": ("pause_ended", "pause_id", key),
+            }[what]
+        if owed is not None:
+            self._owed.append((*owed, now))
+
+    def _owe_report(
+        self, what: str, *expect: tuple[str, dict[str, object]], linked: bool | None = None
+    ) -> None:
+        """R12: one of `expect` is owed within the bound (while the agent is linked)."""
+        now = self._require_now()
+        if linked is None:
+            linked = self._world is not None and self._world.agent_linked
+        self._report_seq += 1
+        self._reports_open += 1
+        self._conditions[f"report {what} #{self._report_seq}"] = _Condition(
+            f"report of {what}",
+            now,
+            now + self.config.record_bound if linked else None,
+            rule="R12",
+            expect=expect,
+            bound=self.config.record_bound,
+        )
+
+    def _review_pauses(self, now: datetime) -> None:
+        """R8.pause_overdue: a chain of pauses in force for `pause_max` now."""
+        for pause_id, at in list(self._overdue.items()):
+            window = self._pauses.get(pause_id)
+            key = f"pause_overdue {pause_id}"
+            if window is None or not self._covers(window, now):
+                if window is None or (window[1] is not None and now >= window[1]):
+                    del self._overdue[pause_id]
+                self._conditions.pop(key, None)
+                continue
+            if now >= at and key not in self._conditions:
+                linked = self._world is not None and self._world.agent_linked
+                self._conditions[key] = _Condition("pause_overdue", at, self._deadline(at, linked))
+
+    def _chain_start(self, start: datetime) -> datetime:
+        """The start of the chain of pauses (overlapping or end to start) reaching `start`."""
+        since, moved = start, True
+        while moved:
+            moved = False
+            for first, end in self._pauses.values():
+                if first < since and (end is None or end >= since):
+                    since, moved = first, True
+        return since
+
+    def centre_refused(self) -> None:
+        """The unit refused the command just given (it did not fit): nothing is owed for it."""
+        if self._owed:
+            self._owed.pop()
+
+    def phantom(self, dispense_id: int | None) -> None:
+        """The dispenser (a firmware fault, a corrupt but valid frame) is about to report a dose
+        event that matches no dose the agent commanded (R10): with `dispense_id`, an id nobody
+        used; None: the dose in the tray, with another sachet index. Call it only when the agent
+        will hear it."""
+        now = self._require_now()
+        if dispense_id is not None:
+            self._phantoms.add(dispense_id)
+        last = self._last_phantom_report
+        if last is not None and now - last <= self.config.phantom_report_interval:
+            return  # the engine reports them at most that often
+        linked = self._world is not None and self._world.agent_linked
+        self._conditions[f"{PHANTOM} {dispense_id} {now.isoformat()}"] = _Condition(
+            PHANTOM, now, self._deadline(now, linked), rule="R10"
+        )
 
     def _on_presented_event(self, fields: dict[str, object]) -> None:
         dispense_id, slot_id = fields.get("dispense_id"), fields.get("slot_id")
@@ -726,6 +1070,8 @@ class Judge:
             self._violation("R4", f"dose_presented names slot {slot_id}, not in the schedule")
             return
         tolerance = self.config.sachet_time_tolerance
+        if label.intended_utc is None:
+            return  # R4 judged it when it was cut: no time, no slot
         gap = abs(label.intended_utc - slot.due_utc)
         what = f"sachet packed for {_iso(label.intended_utc)} (dispense id {dispense_id})"
         if gap > tolerance:
@@ -759,6 +1105,7 @@ class Judge:
         if slot is None or slot.due_utc < self.config.installed_utc:
             self._violation("R3", f"outcome {outcome} for slot {slot_id}, not in the schedule")
             return
+        self._judge_tray_belief(slot, outcome, fields)
         if outcome != "missed":
             return
         linked = self._world is not None and self._world.agent_linked
@@ -779,6 +1126,62 @@ class Judge:
                 f"missed-dose alarm ({priority}) for slot {slot_id} due {_iso(slot.due_utc)} "
                 f"while pause {pause_id} "
                 + ("covers its due time" if due_paused else "is in force"),
+            )
+
+    def _on_trip_report(self, kind: str, fields: dict[str, object]) -> None:
+        """R13: the count of sachets taken along is right, and a trip is reported complete only
+        when a sachet was taken along for every slot of it."""
+        pause_id = fields.get("pause_id")
+        if not isinstance(pause_id, str) or pause_id not in self._trips:
+            return
+        start, end = self._pauses[pause_id]
+        packed, heard = self._packed.get(pause_id, 0), self._packed_heard.get(pause_id, 0)
+        planned = 0
+        if end is not None:
+            lo, hi = bisect_left(self._dues, start), bisect_left(self._dues, end)
+            # a dose time a schedule update dropped (optional) needs no sachet
+            planned = len(
+                {s.slot_id for s in self._slots[lo:hi] if s.slot_id not in self._optional}
+            )
+        dispensed = fields.get("dispensed")
+        if not isinstance(dispensed, int) or not heard <= dispensed <= packed:
+            self._violation(
+                "R13",
+                f"{kind} for trip {pause_id} says {dispensed} sachets taken along, {packed} were "
+                f"({heard} while the agent could hear it)",
+            )
+        elif kind == "travel_dispensed" and packed < planned:
+            self._violation(
+                "R13",
+                f"travel_dispensed for trip {pause_id}: {packed} sachets taken along for its "
+                f"{planned} slots (the patient lacks doses)",
+            )
+
+    def _judge_tray_belief(self, slot: RefSlot, outcome: str, fields: dict[str, object]) -> None:
+        """R10: an intake only when the patient lifted the dose out; no dose held back for a tray
+        that has been empty (and seen by a linked agent) all along."""
+        dispense_id = fields.get("dispense_id")
+        if outcome == "taken" and isinstance(dispense_id, int) and dispense_id not in self._taken:
+            self._violation(
+                "R10",
+                f"slot {slot.slot_id} settled taken, but nobody lifted its dose (dispense id "
+                f"{dispense_id}) out of the tray",
+            )
+        reason = fields.get("reason")
+        if outcome not in ("refused", "missed") or not isinstance(reason, str):
+            return
+        if not any(token in reason for token in TRAY_REASONS):
+            return
+        empty, linked = self._tray_empty_since, self._linked_since
+        if empty is None or linked is None:
+            return
+        since = max(empty, linked)
+        if since + self.config.high_report_bound <= slot.due_utc:
+            self._violation(
+                "R10",
+                f"slot {slot.slot_id} due {_iso(slot.due_utc)} ended {outcome} ({reason}), but the "
+                f"tray has been empty since {_iso(empty)} and the agent linked since "
+                f"{_iso(linked)}",
             )
 
     # --- the end -------------------------------------------------------------------------------
@@ -811,6 +1214,17 @@ class Judge:
 
 def _iso(at: datetime) -> str:
     return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+
+
+def _has(fields: dict[str, object], want: dict[str, object]) -> bool:
+    return all(
+        fields.get(name) in value if isinstance(value, tuple) else fields.get(name) == value
+        for name, value in want.items()
+    )
+
+
+def _iso_or_none(at: datetime | None) -> str:
+    return "no time" if at is None else _iso(at)
 
 
 def _minutes(delta: timedelta) -> str:

@@ -1,0 +1,113 @@
+"""The fault mix: the world each seed runs in by default (`simulate`, the suite's year test, the
+mutation command's `--suite sim`).
+
+Every seed gets the hardware, link and clock faults of faults.py and the mishaps of mishaps.py
+(misprinted rolls and sachets, phantom dispenser frames, a centre that acknowledges and silences).
+On top, the seed picks its scenario deterministically, so that any run of consecutive seeds covers
+each of them:
+
+| seed % 10 | dose times |
+|---|---|
+| 3, 7 | `CLOSE_DOSES` (08:00, 08:30, 20:00: sachet tolerances and minimum interval matter) |
+| others | the seed's template (harness.SCHEDULE_TEMPLATES) |
+
+| seed % 3 | scenario |
+|---|---|
+| 0 | the centre moves the dose times four times a year (schedule updates ahead of new rolls) |
+| 1 | twelve pauses a year (hospital, open-ended, travel with sachets to take along) |
+| 2 | twelve pharmacy plan changes a year (a new prescription, or a pharmacy error) |
+
+Even seeds of the other two kinds have four pauses a year as well; every seed with pauses has a
+trip of one to four days in its first three weeks (so a short run packs sachets to take along).
+Plan changes and moved dose times never share a seed: a prescribed extra time is chosen well clear
+of the dose times in force at planning, which a later move could break. The classic world
+(`--world classic`) is the simulation without any of this: the seed's template, faults.py's
+faults, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agent.simulation.harness import SimulationConfig
+from agent.simulation.mishaps import MishapRates
+
+CLOSE_DOSES = ("08:00", "08:30", "20:00")  # doses 30 min apart (hazards #1 to #3)
+WORLDS = ("mix", "classic")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """What a seed's world holds beyond the classic one."""
+
+    times: tuple[str, ...] | None  # None: the seed's template
+    pauses_per_year: float
+    plan_changes_per_year: float
+    time_moves_per_year: float
+
+    @property
+    def name(self) -> str:
+        parts = ["close"] if self.times == CLOSE_DOSES else []
+        if self.pauses_per_year:
+            parts.append(f"pauses={self.pauses_per_year:g}")
+        if self.plan_changes_per_year:
+            parts.append(f"plans={self.plan_changes_per_year:g}")
+        if self.time_moves_per_year:
+            parts.append(f"moves={self.time_moves_per_year:g}")
+        return ",".join(parts)
+
+
+def scenario_for(seed: int) -> Scenario:
+    close = seed % 10 in (3, 7)
+    kind = seed % 3
+    return Scenario(
+        times=CLOSE_DOSES if close else None,
+        pauses_per_year=12.0 if kind == 1 else 4.0 if seed % 2 == 0 else 0.0,
+        plan_changes_per_year=12.0 if kind == 2 else 0.0,
+        time_moves_per_year=4.0 if kind == 0 else 0.0,
+    )
+
+
+def config_for(
+    seed: int,
+    days: int,
+    world: str = "mix",
+    *,
+    pauses: float | None = None,
+    plan_changes: float | None = None,
+    **extra: Any,
+) -> SimulationConfig:
+    """The seed's configuration in `world` ("mix" or "classic"); `pauses` and `plan_changes`,
+    when given, replace the world's choice (0: none); `extra` goes to SimulationConfig."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}: use one of {', '.join(WORLDS)}")
+    config = SimulationConfig(seed=seed, days=days, **extra)
+    if world == "mix":
+        scenario = scenario_for(seed)
+        config = replace(
+            config,
+            times=scenario.times,
+            pauses_per_year=scenario.pauses_per_year,
+            plan_changes_per_year=scenario.plan_changes_per_year,
+            mishaps=MishapRates.mix(time_moves=scenario.time_moves_per_year),
+            early_trip=scenario.pauses_per_year > 0,
+        )
+    if pauses is not None:
+        config = replace(config, pauses_per_year=pauses)
+    if plan_changes is not None:
+        config = replace(config, plan_changes_per_year=plan_changes)
+    return config
+
+
+def describe(config: SimulationConfig) -> str:
+    """A short name of the world a configuration describes (for the CLI's seed lines)."""
+    if not config.mishaps.any and not config.pauses_per_year and not config.plan_changes_per_year:
+        return "classic" if config.times is None else "classic,times"
+    scenario = Scenario(
+        config.times,
+        config.pauses_per_year,
+        config.plan_changes_per_year,
+        config.mishaps.time_moves,
+    )
+    return "mix" + (f"[{scenario.name}]" if scenario.name else "")
