@@ -565,3 +565,23 @@ def test_a_slot_settled_days_before_a_plan_hold_is_not_settled_again() -> None:
     machine.ordinary_hours(steps=16, takes=False)
     machine.schedule(times=(), newer=True)  # the 2 March 08:00 sachet: held, a plan mismatch
     machine.schedule(times=TIMES, newer=True)
+
+
+def test_a_slot_settled_long_ago_is_not_settled_again_by_a_schedule_update_in_a_plan_hold() -> None:
+    """Found by the machine above: an open pause settles the first days (skipped_paused); their
+    records are pruned two days behind the horizon; an empty schedule then makes the roll's
+    sachets unplanned (a plan hold back to the first sachet's time), and the schedule of before
+    settled the first 08:00 slot a second time (a store fault in the daemon)."""
+    machine = EngineMachine()
+    machine.install()
+    machine.link_down(reason="eof")
+    machine.feed(FromDispenser(RollRemoved("")))
+    machine.pause(start_h=0, length_h=None, pause_id="pz-1", reason="hospital", take_along=False)
+    machine.ordinary_hours(steps=10, takes=False)
+    assert machine.ledger["2026-03-02T08:00"].outcome == "skipped_paused"
+    machine.roll_of_this_patient()
+    machine.until_deadline()
+    machine.schedule(times=(), newer=True)
+    machine.roll_of_this_patient()
+    machine.schedule(times=TIMES, newer=True)  # the ledger check raises on a second outcome
+    assert machine.ledger["2026-03-02T08:00"].outcome == "skipped_paused"
