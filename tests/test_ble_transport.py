@@ -1,0 +1,245 @@
+"""The agent's BLE transport (bleak, BlueZ backend) against the simulator's BLE front.
+
+bleak runs its production BlueZ code path over D-Bus; bluetoothd is replaced by `hw.ble`'s
+stand-in on a private bus, with the firmware model behind the GATT pair. What is checked: finding
+the dispenser (name, address, service UUID), frames cut to ATT MTU - 3 and reassembled, link
+reports identical in shape to the serial transport's, reconnect after a drop through the session's
+one retry loop, and a serial unit never loading bleak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from ble_support import ble_bus, next_address, private_bus
+
+from drivers.ble_transport import BleTarget, BleTransport
+from drivers.retry import RetryPolicy
+from drivers.session import DispenserSession, LinkDown, LinkUp
+from hw.ble import BleDispenser, PrivateBus
+from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
+from protocol.gatt import piece_size, pieces
+from protocol.messages import (
+    CommandResult,
+    Dispense,
+    DosePresented,
+    GetStatus,
+    Message,
+    ResultCode,
+    Status,
+)
+
+__all__ = ["ble_bus", "private_bus"]
+
+T0 = 1_795_000_000
+WAIT_S = 15.0
+FAST = RetryPolicy(initial_delay_s=0.01, max_delay_s=0.2, attempt_timeout_s=5.0)
+NAME = "VKP-Dispenser"
+
+
+@dataclass
+class Received:
+    messages: list[Message] = field(default_factory=list)
+    links: list[LinkUp | LinkDown] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_message(self, message: Message) -> None:
+        self.messages.append(message)
+        self.changed.set()
+
+    def on_link(self, report: LinkUp | LinkDown) -> None:
+        self.links.append(report)
+        self.changed.set()
+
+    async def until(self, predicate: Callable[[Received], bool]) -> None:
+        async with asyncio.timeout(WAIT_S):
+            while not predicate(self):
+                self.changed.clear()
+                await self.changed.wait()
+
+    def ups(self) -> int:
+        return sum(isinstance(x, LinkUp) for x in self.links)
+
+
+@asynccontextmanager
+async def rig(
+    bus: PrivateBus, target: Callable[[str], BleTarget], *, att_mtu: int = 23, in_range: bool = True
+) -> AsyncIterator[tuple[BleDispenser, DispenserSession, Received]]:
+    address = next_address()
+    model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: T0)
+    front = BleDispenser(model, bus.address, address=address, name=NAME, att_mtu=att_mtu)
+    await asyncio.to_thread(front.start)
+    if not in_range:
+        await asyncio.to_thread(front.set_in_range, False)
+    got = Received()
+    chosen = target(address)
+    session = DispenserSession(
+        lambda: BleTransport(chosen), on_message=got.on_message, on_link=got.on_link, backoff=FAST
+    )
+    task = asyncio.create_task(session.run())
+    try:
+        if in_range:
+            await got.until(lambda r: r.ups() == 1)
+        yield front, session, got
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.to_thread(front.stop)
+
+
+def run(scenario: Callable[[], object]) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(60):
+            await scenario()  # type: ignore[misc]
+
+    asyncio.run(bounded())
+
+
+def by_name(_address: str) -> BleTarget:
+    return BleTarget(name=NAME, scan_timeout_s=2.0, connect_timeout_s=2.0)
+
+
+def test_pieces_cut_the_stream_at_att_mtu_minus_3() -> None:
+    assert piece_size(23) == 20
+    assert piece_size(247) == 244
+    with pytest.raises(ValueError, match="below the minimum"):
+        piece_size(22)
+    data = bytes(range(45))
+    assert pieces(data, 20) == [data[:20], data[20:40], data[40:]]
+    assert pieces(b"", 20) == []
+
+
+def test_found_by_name_frames_cut_to_the_minimum_mtu_and_reassembled(ble_bus: PrivateBus) -> None:
+    async def scenario() -> None:
+        async with rig(ble_bus, by_name) as (front, session, got):
+            [up] = got.links
+            assert isinstance(up, LinkUp)
+            # Capabilities is 47 bytes on the wire: it came in three notifications.
+            assert (up.capabilities.model, up.capabilities.serial_number) == ("SIM-100", "SIM0001")
+            assert isinstance(await session.request(GetStatus(0)), Status)
+            stats = front.stats()
+            assert stats.largest_write == 20
+            assert stats.largest_notification == 20
+            assert stats.refused_writes == 0
+            assert stats.lost_bytes == 0
+
+    run(scenario)
+
+
+def test_a_larger_mtu_carries_a_whole_frame_per_write(ble_bus: PrivateBus) -> None:
+    async def scenario() -> None:
+        async with rig(ble_bus, by_name, att_mtu=185) as (front, session, _got):
+            assert isinstance(await session.request(GetStatus(0)), Status)
+            stats = front.stats()
+            assert 20 < stats.largest_write <= 182
+            assert 20 < stats.largest_notification <= 182
+            assert stats.refused_writes == 0
+
+    run(scenario)
+
+
+def test_found_by_fixed_address(ble_bus: PrivateBus) -> None:
+    async def scenario() -> None:
+        def by_address(address: str) -> BleTarget:
+            return BleTarget(address=address.lower(), scan_timeout_s=2.0, connect_timeout_s=2.0)
+
+        async with rig(ble_bus, by_address) as (_front, session, _got):
+            assert isinstance(await session.request(GetStatus(0)), Status)
+
+    run(scenario)
+
+
+def test_found_by_service_uuid_alone_and_a_dispense_round_trip(ble_bus: PrivateBus) -> None:
+    async def scenario() -> None:
+        def by_service(_address: str) -> BleTarget:
+            return BleTarget(scan_timeout_s=2.0, connect_timeout_s=2.0)
+
+        async with rig(ble_bus, by_service) as (front, session, got):
+            front.runner.call(lambda m: m.insert_roll(make_roll("R1", "p-1", T0, count=3)))
+            reply = await session.request(Dispense(0, 7, 0))
+            assert reply == CommandResult(reply.req_id, ResultCode.OK, "")
+            await got.until(lambda r: any(isinstance(m, DosePresented) for m in r.messages))
+            assert front.runner.snapshot().dispensed == ((7, 0),)
+
+    run(scenario)
+
+
+def test_a_drop_is_reported_down_once_and_up_again_as_over_serial(ble_bus: PrivateBus) -> None:
+    """The same reports the serial transport gives for an unplug: LinkUp, LinkDown (transport
+    closed), LinkUp with the capabilities; the firmware ran on (no reboot, same link session)."""
+
+    async def scenario() -> None:
+        async with rig(ble_bus, by_name) as (front, session, got):
+            firmware_session = front.runner.stats().session
+            await asyncio.to_thread(front.drop_link)
+            await got.until(lambda r: r.ups() == 2)
+            assert [type(x) for x in got.links] == [LinkUp, LinkDown, LinkUp]
+            down = got.links[1]
+            assert isinstance(down, LinkDown)
+            assert down.reason.startswith("transport closed:")
+            assert "dispenser disconnected" in down.reason
+            assert isinstance(await session.request(GetStatus(0)), Status)
+            assert front.runner.stats().session == firmware_session
+            assert front.stats().drops == 1
+            assert front.stats().connects == 2
+
+    run(scenario)
+
+
+def test_not_in_range_is_one_outage_until_it_is_found(ble_bus: PrivateBus) -> None:
+    async def scenario() -> None:
+        def quick(_address: str) -> BleTarget:
+            return BleTarget(name=NAME, scan_timeout_s=1.0, connect_timeout_s=1.0)
+
+        async with rig(ble_bus, quick, in_range=False) as (front, session, got):
+            await asyncio.to_thread(front.wait_for_stats, lambda s: s.scans >= 3, WAIT_S)
+            assert session.stats.connect_failures >= 2
+            assert [type(x) for x in got.links] == [LinkDown]  # one outage, not one per attempt
+            down = got.links[0]
+            assert isinstance(down, LinkDown)
+            assert down.reason == "connect failed: no dispenser VKP-Dispenser seen within 1 s"
+            await asyncio.to_thread(front.set_in_range, True)
+            await got.until(lambda r: r.ups() == 1)
+            assert [type(x) for x in got.links] == [LinkDown, LinkUp]
+
+    run(scenario)
+
+
+def test_a_serial_unit_never_imports_bleak() -> None:
+    code = (
+        "import sys\n"
+        "from agent.config import parse_config\n"
+        "from agent.runtime import transport_factory\n"
+        "import drivers.session\n"
+        "config = parse_config({'unit_id': 'abc', 'dispenser': {'device': '/dev/null'}})\n"
+        "transport = transport_factory(config.dispenser)()\n"
+        "print(type(transport).__name__, sorted(m for m in sys.modules\n"
+        "      if m.split('.')[0] in ('bleak', 'dbus_fast')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "SerialTransport []"
+
+
+def test_a_ble_config_builds_a_ble_transport_without_connecting() -> None:
+    from agent.config import parse_config
+    from agent.runtime import transport_factory
+
+    config = parse_config(
+        {
+            "unit_id": "abc",
+            "dispenser": {"transport": "ble", "address": "c0:ff:ee:00:00:09", "adapter": "hci1"},
+        }
+    )
+    transport = transport_factory(config.dispenser)()
+    assert isinstance(transport, BleTransport)
+    assert transport.target.address == "C0:FF:EE:00:00:09"
+    assert transport.target.adapter == "hci1"
+    assert transport.description == "ble:C0:FF:EE:00:00:09"
