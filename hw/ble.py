@@ -11,8 +11,9 @@ runs bleak's production code path, and the dispenser side the production firmwar
 
 What a drop means here (SPEC, "GATT profile"): `drop_link()` is the radio link lost (supervision
 timeout). The firmware keeps running with its link session and its unacknowledged frames; bytes it
-sends while nobody is connected are lost, as on a cut wire, and its link layer retransmits them to
-the next connection. `set_in_range(False)` keeps the agent from finding or connecting to it.
+sent as the link went are lost, and its retransmit timers stand still until a central has enabled
+notifications again (`SimulatorRunner.hold_link`), so an outage of any length gives nothing up.
+`set_in_range(False)` keeps the agent from finding or connecting to it.
 
 Everything D-Bus runs on a thread of its own with its own event loop; other threads use the
 methods below, which are thread-safe and bounded.
@@ -213,6 +214,7 @@ class BleDispenser:
         self._in_path = f"{self._service_path}/char0011"
         self._out_path = f"{self._service_path}/char0014"
         self.runner = SimulatorRunner(model, lambda: _SocketPort(self._set_peer))
+        self.runner.hold_link(True)  # nobody connected yet
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -462,6 +464,9 @@ class BleDispenser:
                 return
             self._connected = connected
             self._notifying = False
+        # The firmware's frames wait for the next connection instead of being retried into
+        # nothing; released once the central listens (StartNotify).
+        self.runner.hold_link(True)
         if connected:
             self._signal_changed(self.device_path, DEVICE, {"Connected": Variant("b", True)})
             for path, interfaces in self._gatt_objects().items():
@@ -599,6 +604,7 @@ class BleDispenser:
             on = msg.member == "StartNotify"
             with self._lock:
                 self._notifying = on
+            self.runner.hold_link(not on)
             self._signal_changed(self._in_path, GATT_CHAR, {"Notifying": Variant("b", on)})
             return Message.new_method_return(msg)
         if msg.path == self._out_path and msg.member == "WriteValue":
