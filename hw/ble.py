@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hw.dispenser import DispenserModel
-from hw.wire import SimulatorRunner
+from hw.wire import SimulatorRunner, TraceEvent
 from protocol.gatt import (
     DEFAULT_ATT_MTU,
     SERVICE_UUID,
@@ -188,6 +188,7 @@ class BleDispenser:
         address: str = "C0:FF:EE:00:00:01",
         name: str = "VKP-Dispenser",
         att_mtu: int = DEFAULT_ATT_MTU,
+        trace: Callable[[TraceEvent], None] | None = None,
     ) -> None:
         piece_size(att_mtu)  # validates
         self.address = address.upper()
@@ -202,6 +203,7 @@ class BleDispenser:
         self._notifying = False
         self._discovering = False
         self._in_range = True
+        self._failing_writes = 0
         self._advert_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bus: Any = None  # dbus_fast.aio.MessageBus, typed loosely: an optional extra
@@ -213,7 +215,7 @@ class BleDispenser:
         self._service_path = f"{self.device_path}/service0010"
         self._in_path = f"{self._service_path}/char0011"
         self._out_path = f"{self._service_path}/char0014"
-        self.runner = SimulatorRunner(model, lambda: _SocketPort(self._set_peer))
+        self.runner = SimulatorRunner(model, lambda: _SocketPort(self._set_peer), trace=trace)
         self.runner.hold_link(True)  # nobody connected yet
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -256,6 +258,12 @@ class BleDispenser:
     def drop_link(self) -> None:
         """The radio link is lost (the central sees a disconnect); the firmware runs on."""
         self._on_loop(self._drop())
+
+    def fail_next_writes(self, count: int) -> None:
+        """Answer the next `count` writes with an ATT error (a firmware fault) without taking the
+        bytes: the agent must treat the connection as gone (SPEC, "GATT profile", item 4)."""
+        with self._lock:
+            self._failing_writes = count
 
     def set_in_range(self, in_range: bool) -> None:
         """Out of range: not seen by a scan, Connect fails."""
@@ -626,7 +634,12 @@ class BleDispenser:
     def _check_write(self, value: bytes, kind: str) -> None:
         limit = piece_size(self.att_mtu)
         why = None
-        if kind != "request":
+        with self._lock:
+            failing = self._failing_writes > 0
+            self._failing_writes = max(0, self._failing_writes - 1)
+        if failing:
+            why = ("org.bluez.Error.Failed", "Unlikely Error (0x0e)")
+        elif kind != "request":
             why = ("org.bluez.Error.NotSupported", f"write type {kind}: only write with response")
         elif len(value) > limit:
             why = ("org.bluez.Error.InvalidValueLength", f"{len(value)} > ATT MTU - 3 = {limit}")

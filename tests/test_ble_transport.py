@@ -10,6 +10,7 @@ one retry loop, and a serial unit never loading bleak.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,8 @@ from ble_support import ble_bus, next_address, private_bus
 
 from drivers.ble_transport import BleTarget, BleTransport
 from drivers.retry import RetryPolicy
-from drivers.session import DispenserSession, LinkDown, LinkUp
+from drivers.session import DispenserSession, LinkDown, LinkLost, LinkUp
+from drivers.transport import TransportClosed
 from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from protocol.gatt import piece_size, pieces
@@ -211,6 +213,39 @@ def test_not_in_range_is_one_outage_until_it_is_found(ble_bus: PrivateBus) -> No
     run(scenario)
 
 
+def test_a_refused_write_ends_the_connection_and_the_session_reconnects(
+    ble_bus: PrivateBus,
+) -> None:
+    async def scenario() -> None:
+        async with rig(ble_bus, by_name) as (front, session, got):
+            front.fail_next_writes(1)
+            with pytest.raises(LinkLost):
+                await session.request(GetStatus(0))
+            await got.until(lambda r: r.ups() == 2)
+            down = got.links[1]
+            assert isinstance(down, LinkDown)
+            assert "write failed" in down.reason
+            assert isinstance(await session.request(GetStatus(0)), Status)
+            assert front.stats().refused_writes == 1
+
+    run(scenario)
+
+
+def test_an_unopened_or_closed_transport_refuses_reads_and_writes() -> None:
+    async def scenario() -> None:
+        transport = BleTransport(BleTarget(name=NAME))
+        with pytest.raises(TransportClosed):
+            await transport.read()
+        with pytest.raises(TransportClosed):
+            transport.write(b"\x00")
+        await transport.close()
+        await transport.close()  # idempotent
+        with pytest.raises(TransportClosed):
+            await transport.read()
+
+    run(scenario)
+
+
 def test_a_serial_unit_never_imports_bleak() -> None:
     code = (
         "import sys\n"
@@ -243,3 +278,48 @@ def test_a_ble_config_builds_a_ble_transport_without_connecting() -> None:
     assert transport.target.address == "C0:FF:EE:00:00:09"
     assert transport.target.adapter == "hci1"
     assert transport.description == "ble:C0:FF:EE:00:00:09"
+
+
+def test_cli_ble_prints_its_bus_and_serves_an_agent_and_exits_0_on_sigterm() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "hw.sim", "ble", "--mtu", "64", "--address", "C0:FF:EE:AA:00:01"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            bus_line, device_line = proc.stdout.readline(), proc.stdout.readline()
+            assert bus_line.startswith("BUS unix:path=")
+            assert device_line == "DEVICE C0:FF:EE:AA:00:01\n"
+
+            async def scenario() -> None:
+                got = Received()
+                target = BleTarget(address="C0:FF:EE:AA:00:01", scan_timeout_s=2.0)
+                session = DispenserSession(
+                    lambda: BleTransport(target),
+                    on_message=got.on_message,
+                    on_link=got.on_link,
+                    backoff=FAST,
+                )
+                task = asyncio.create_task(session.run())
+                try:
+                    await got.until(lambda r: r.ups() == 1)
+                    assert isinstance(await session.request(GetStatus(0)), Status)
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus_line.split(" ", 1)[1].strip())
+                run(scenario)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+            out = proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    assert proc.returncode == 0
+    assert "IN  DATA" in out
+    assert "Hello" in out
