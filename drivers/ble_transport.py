@@ -82,8 +82,11 @@ class BleTransport:
     async def open(self) -> None:
         if self._opened:
             raise TransportError(f"{self.description} is already open")
-        from bleak import BleakClient
-        from bleak.exc import BleakError
+        try:
+            from bleak import BleakClient
+            from bleak.exc import BleakError
+        except ImportError as exc:  # a broken install: say so on every attempt, never crash
+            raise TransportError(f"cannot open {self.description}: no bleak ({exc})") from exc
 
         try:
             device = await self._find()

@@ -23,7 +23,7 @@ from ble_support import ble_bus, next_address, private_bus
 from drivers.ble_transport import BleTarget, BleTransport
 from drivers.retry import RetryPolicy
 from drivers.session import DispenserSession, LinkDown, LinkLost, LinkUp
-from drivers.transport import TransportClosed
+from drivers.transport import TransportClosed, TransportError
 from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from protocol.gatt import piece_size, pieces
@@ -242,6 +242,18 @@ def test_an_unopened_or_closed_transport_refuses_reads_and_writes() -> None:
         await transport.close()  # idempotent
         with pytest.raises(TransportClosed):
             await transport.read()
+
+    run(scenario)
+
+
+def test_without_bleak_open_is_a_transport_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "bleak", None)  # what a broken install looks like
+
+    async def scenario() -> None:
+        with pytest.raises(TransportError, match="no bleak"):
+            await BleTransport(BleTarget(name=NAME)).open()
 
     run(scenario)
 
