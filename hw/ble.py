@@ -206,7 +206,7 @@ class BleDispenser:
         self._failing_writes = 0
         self._advert_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._bus: Any = None  # dbus_fast.aio.MessageBus, typed loosely: an optional extra
+        self._bus: Any = None  # dbus_fast.aio.MessageBus, imported lazily with the rest of it
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopped: asyncio.Future[None] | None = None
@@ -327,6 +327,8 @@ class BleDispenser:
         try:
             await self._stopped
         finally:
+            with self._lock:
+                peer = self._peer
             if peer is not None:
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(peer.fileno())
