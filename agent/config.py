@@ -59,6 +59,18 @@ class SerialLink(_Strict):
     )
     baudrate: int = Field(default=115200, ge=1200, le=4_000_000)
 
+    @property
+    def where(self) -> str:
+        """Where the dispenser is, for a technician's messages."""
+        return self.device
+
+    @property
+    def trouble_hint(self) -> str:
+        return "cable, power, or the device path in the config"
+
+    def describe(self) -> str:
+        return f"serial {self.device} at {self.baudrate}"
+
 
 class BleLink(_Strict):
     """The dispenser over Bluetooth Low Energy (SPEC, "GATT profile"): a fixed address, or the
@@ -71,6 +83,20 @@ class BleLink(_Strict):
     adapter: str | None = Field(default=None, pattern=r"^hci[0-9]{1,2}$")
     scan_timeout_s: float = Field(default=4.0, gt=0, le=30)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=30)
+
+    @property
+    def where(self) -> str:
+        return f"ble:{self.address or self.name or 'service ' + self.service_uuid}"
+
+    @property
+    def trouble_hint(self) -> str:
+        return "range, power, Bluetooth on the Pi, or the address or name in the config"
+
+    def describe(self) -> str:
+        if self.address is not None:
+            return f"BLE {self.address}"
+        named = f" named {self.name}" if self.name is not None else ""
+        return f"BLE, the first dispenser{named} advertising service {self.service_uuid}"
 
     @field_validator("address")
     @classmethod
