@@ -258,6 +258,24 @@ def test_without_bleak_open_is_a_transport_error_not_a_crash(
     run(scenario)
 
 
+def test_a_ble_link_is_described_for_the_technician() -> None:
+    from agent.config import BleLink, SerialLink, parse_config
+
+    def link(section: dict[str, object]) -> SerialLink | BleLink:
+        return parse_config({"unit_id": "abc", "dispenser": section}).dispenser
+
+    fixed = link({"transport": "ble", "address": "c0:ff:ee:00:00:09"})
+    assert fixed.describe() == "BLE C0:FF:EE:00:00:09"
+    assert fixed.where == "ble:C0:FF:EE:00:00:09"
+    named = link({"transport": "ble", "name": "VKP-7"})
+    assert named.describe() == (
+        "BLE, the first dispenser named VKP-7 advertising service "
+        "7d1e0001-4c2a-4b8e-9a51-3f0c6d2e8b10"
+    )
+    serial = link({"device": "/dev/ttyUSB0"})
+    assert serial.describe() == "serial /dev/ttyUSB0 at 115200"
+
+
 def test_a_serial_unit_never_imports_bleak() -> None:
     code = (
         "import sys\n"
