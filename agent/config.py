@@ -11,9 +11,18 @@ import json
 import re
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.clock import DEFAULT_ZONE, load_zone
 from agent.engine.schedule import (
@@ -25,9 +34,13 @@ from agent.engine.schedule import (
     parse_time,
 )
 from agent.engine.types import EngineConfig, EscalationStep
+from drivers.retry import CONNECT_ATTEMPT_TIMEOUT_S
+from protocol.gatt import SERVICE_UUID
 from protocol.messages import KEEPALIVE_MAX_S, KEEPALIVE_MIN_S, AlertPattern
 
 UNIT_ID = re.compile(r"[a-z0-9-]{3,64}")
+BLE_ADDRESS = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
+UUID_128 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -45,6 +58,87 @@ class SerialLink(_Strict):
         description="serial device path, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."
     )
     baudrate: int = Field(default=115200, ge=1200, le=4_000_000)
+
+    @property
+    def where(self) -> str:
+        """Where the dispenser is, for a technician's messages."""
+        return self.device
+
+    @property
+    def trouble_hint(self) -> str:
+        return "cable, power, or the device path in the config"
+
+    def describe(self) -> str:
+        return f"serial {self.device} at {self.baudrate}"
+
+
+class BleLink(_Strict):
+    """The dispenser over Bluetooth Low Energy (SPEC, "GATT profile"): a fixed address, or the
+    first dispenser advertising the service (and `name`, if given)."""
+
+    transport: Literal["ble"]
+    address: str | None = Field(default=None, description="fixed address, e.g. C0:FF:EE:00:00:01")
+    name: str | None = Field(default=None, min_length=1, max_length=29)  # fits one advertisement
+    service_uuid: str = SERVICE_UUID
+    adapter: str | None = Field(default=None, pattern=r"^hci[0-9]{1,2}$")
+    scan_timeout_s: float = Field(default=4.0, gt=0, le=30)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=30)
+
+    @property
+    def where(self) -> str:
+        return f"ble:{self.address or self.name or 'service ' + self.service_uuid}"
+
+    @property
+    def trouble_hint(self) -> str:
+        return "range, power, Bluetooth on the Pi, or the address or name in the config"
+
+    def describe(self) -> str:
+        if self.address is not None:
+            return f"BLE {self.address}"
+        named = f" named {self.name}" if self.name is not None else ""
+        return f"BLE, the first dispenser{named} advertising service {self.service_uuid}"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not BLE_ADDRESS.fullmatch(value):
+            raise ValueError("must be six hex pairs separated by ':', e.g. C0:FF:EE:00:00:01")
+        return value.upper() if value is not None else None
+
+    @field_validator("service_uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        if not UUID_128.fullmatch(value.lower()):
+            raise ValueError("must be a 128-bit UUID, e.g. " + SERVICE_UUID)
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _fits_one_attempt(self) -> BleLink:
+        # One connect attempt (scan + connect + handshake) is bounded by the reconnect loop's
+        # attempt timeout (drivers/retry.py); a longer scan would be cut off every time.
+        if self.scan_timeout_s + self.connect_timeout_s >= CONNECT_ATTEMPT_TIMEOUT_S:
+            raise ValueError(
+                f"scan_timeout_s + connect_timeout_s must stay under the "
+                f"{CONNECT_ATTEMPT_TIMEOUT_S:g} s a connect attempt may take"
+            )
+        return self
+
+
+def _link_kind(value: object) -> str:
+    """`transport` picks the link; a config without one is serial (as before BLE existed)."""
+    kind = value.get("transport") if isinstance(value, dict) else getattr(value, "transport", None)
+    return kind if isinstance(kind, str) else "serial"
+
+
+DispenserLink = Annotated[
+    Annotated[SerialLink, Tag("serial")] | Annotated[BleLink, Tag("ble")],
+    Discriminator(
+        _link_kind,
+        custom_error_type="link_kind",
+        custom_error_message="transport must be 'serial' or 'ble'",
+    ),
+]
+LINK_KINDS = ("serial", "ble")
 
 
 class MqttBroker(_Strict):
@@ -227,7 +321,7 @@ class GpioConfig(_Strict):
 class AgentConfig(_Strict):
     unit_id: str = Field(description="this unit's id on the MQTT topic tree: [a-z0-9-]{3,64}")
     state_dir: Path = Path("/var/lib/dispenser-agent")
-    dispenser: SerialLink
+    dispenser: DispenserLink
     mqtt: MqttBroker = Field(default_factory=MqttBroker)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     gpio: GpioConfig = Field(default_factory=GpioConfig)
@@ -271,12 +365,19 @@ def load_config(path: Path) -> AgentConfig:
     return parse_config(raw, source=str(path))
 
 
+def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The error's path as the file spells it: without the link kind pydantic puts in it."""
+    if len(loc) > 1 and loc[0] == "dispenser" and loc[1] in LINK_KINDS:
+        return (loc[0], *loc[2:])
+    return loc
+
+
 def parse_config(raw: object, source: str = "config") -> AgentConfig:
     try:
         config = AgentConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in _field_path(err['loc'])) or '(top)'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: {problems}") from None

@@ -1,18 +1,20 @@
-"""Builds the real daemon from a config: system clock, SQLite store, serial port, MQTT settings."""
+"""Builds the real daemon from a config: system clock, SQLite store, dispenser link, MQTT."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 
 from agent.clock import Clock, SystemClock
-from agent.config import AgentConfig
+from agent.config import AgentConfig, BleLink, SerialLink
 from agent.daemon import Daemon, PanelFactory
 from agent.mqtt.link import MqttSettings
 from agent.store.audit import Stamp
 from agent.store.db import Store
 from agent.store.errors import StoreError
 from drivers.serial_port import SerialTransport
+from drivers.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,25 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
         tls=config.mqtt.tls,
         protocol=config.mqtt.protocol,
     )
+
+
+def transport_factory(link: SerialLink | BleLink) -> Callable[[], Transport]:
+    """A fresh transport per connect attempt; nothing above this line knows which kind."""
+    if isinstance(link, SerialLink):
+        device, baudrate = link.device, link.baudrate
+        return lambda: SerialTransport(device, baudrate)
+    # Only a BLE unit loads this module's bleak (and D-Bus) on its first connect attempt.
+    from drivers.ble_transport import BleTarget, BleTransport
+
+    target = BleTarget(
+        address=link.address,
+        name=link.name,
+        service_uuid=link.service_uuid,
+        adapter=link.adapter,
+        scan_timeout_s=link.scan_timeout_s,
+        connect_timeout_s=link.connect_timeout_s,
+    )
+    return lambda: BleTransport(target)
 
 
 def build_daemon(
@@ -64,12 +85,11 @@ def build_daemon(
         startup_fault = f"the store cannot be opened: {exc}"
         log.critical("%s", startup_fault)
         store = Store.scratch(config.db_path, stamp=stamp)
-    device, baudrate = config.dispenser.device, config.dispenser.baudrate
     return Daemon(
         config,
         clock=clock,
         store=store,
-        transport_factory=lambda: SerialTransport(device, baudrate),
+        transport_factory=transport_factory(config.dispenser),
         mqtt_settings=mqtt_settings(config),
         time_rate=time_rate,
         startup_fault=startup_fault,

@@ -1,7 +1,7 @@
 """The byte-stream seam between the dispenser session and a physical link.
 
-Serial implements it today; a BLE driver will implement the same four calls. The session only ever
-sees `TransportError` / `TransportClosed`, whatever library sits underneath.
+Serial (`serial_port`) and BLE (`ble_transport`) implement the same four calls. The session only
+ever sees `TransportError` / `TransportClosed`, whatever library sits underneath.
 """
 
 from __future__ import annotations

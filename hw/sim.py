@@ -2,10 +2,13 @@
 
     python -m hw.sim pty  [--link PATH] [--scenario FILE] [roll options]   a pty for an agent
     python -m hw.sim uart --device /dev/ttyUSB0 [--baud 115200] [...]      a real UART (rig)
+    python -m hw.sim ble  [--mtu 23] [--address A] [--name N] [...]        BLE, on a private D-Bus
     python -m hw.sim selftest                                              codec vs vectors.json
 
 `pty`/`uart` print `DEVICE <path>` as the first stdout line, then one line per frame in/out, and
-run until SIGINT/SIGTERM (exit 0).
+run until SIGINT/SIGTERM (exit 0). `ble` first prints `BUS <address>`: an agent started with
+`DBUS_SYSTEM_BUS_ADDRESS=<address>` and a `"transport": "ble"` config finds the dispenser there
+(`DEVICE` is then its BLE address).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from hw.scenario import ScenarioError, ScenarioPlayer, load_scenario, parse_duration, parse_utc_s
 from hw.wire import SimulatorRunner, TraceEvent
@@ -110,6 +114,11 @@ def _build_parser() -> argparse.ArgumentParser:
     uart.add_argument("--device", required=True)
     uart.add_argument("--baud", type=int, default=115200)
     _add_run_options(uart)
+    ble = sub.add_parser("ble", help="simulate behind the GATT profile, on a private D-Bus bus")
+    ble.add_argument("--mtu", type=int, default=23, help="ATT MTU (default 23, the minimum)")
+    ble.add_argument("--address", default="C0:FF:EE:00:00:01")
+    ble.add_argument("--name", default="VKP-Dispenser")
+    _add_run_options(ble)
     sub.add_parser("selftest", help="encode/decode every vector in protocol/vectors.json")
     return parser
 
@@ -129,16 +138,46 @@ def _run(args: argparse.Namespace) -> int:
     model = DispenserModel(DispenserIdentity(serial_number=args.serial), lambda: int(time.time()))
     trace = None if args.quiet else (lambda e: _emit_line(format_trace(e)))
     # Signals go to sigwait() below, not to whichever thread happens to run.
+    bus: PrivateBus | None = None
+    if args.command == "ble":
+        try:
+            bus = PrivateBus()  # before blocking signals: dbus-daemon would inherit the mask
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    front: BleDispenser | None = None
     if args.command == "pty":
         runner = SimulatorRunner.on_pty(model, args.link, trace=trace)
-    else:
+    elif args.command == "uart":
         runner = SimulatorRunner.on_uart(model, args.device, args.baud, trace=trace)
+    else:
+        assert bus is not None
+        try:
+            front = BleDispenser(
+                model,
+                bus.address,
+                address=args.address,
+                name=args.name,
+                att_mtu=args.mtu,
+                trace=trace,
+            )
+        except ValueError as exc:
+            bus.stop()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        runner = front.runner
     player: ScenarioPlayer | None = None
     try:
-        runner.start()
-        _emit_line(f"DEVICE {runner.device_path}")
+        if front is not None and bus is not None:
+            front.start()
+            _emit_line(f"BUS {bus.address}")
+            _emit_line(f"DEVICE {front.address}")
+        else:
+            runner.start()
+            _emit_line(f"DEVICE {runner.device_path}")
         if not args.no_roll:
             roll = make_roll(args.roll_id, args.patient_ref, first, every, args.sachets)
             runner.call(lambda m: m.insert_roll(roll))
@@ -150,7 +189,12 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if player is not None:
             player.stop()
-        runner.stop()
+        if front is not None:
+            front.stop()
+        else:
+            runner.stop()
+        if bus is not None:
+            bus.stop()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     return 0
 

@@ -241,6 +241,7 @@ class SimulatorRunner:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
+        self._link_held = False
         self._thread_error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -361,6 +362,15 @@ class SimulatorRunner:
         """Change wire faults, e.g. `set_faults(drop_incoming_frames=1)`."""
         with self._cond:
             self._faults = dataclasses.replace(self._faults, **changes)  # type: ignore[arg-type]
+        self._wake()
+
+    def hold_link(self, held: bool) -> None:
+        """No connection to send on (BLE, between connections): the link's retransmit timers stand
+        still, so an outage does not use up the retries of the frames waiting in it; released,
+        they are resent at once (SPEC, "GATT profile"). The agent watchdog keeps running.
+
+        Takes no lock (a bool is set atomically): callable from a thread the sim thread waits on."""
+        self._link_held = held
         self._wake()
 
     def clock_changed(self) -> None:
@@ -500,7 +510,8 @@ class SimulatorRunner:
                     now = self._clock()
                     if port is not None and port is self._port and port.fd in readable:
                         self._read(port, now)
-                    self._on_events(self._link.poll(now))
+                    if not self._link_held:
+                        self._on_events(self._link.poll(now))
                     self._flush(now)
                     self._check_silence_locked(now)
                     self._cond.notify_all()
@@ -537,7 +548,7 @@ class SimulatorRunner:
 
     def _timeout_locked(self, now: float) -> float | None:
         deadlines = [when for when, _ in self._delayed]
-        link_deadline = self._link.next_deadline()
+        link_deadline = None if self._link_held else self._link.next_deadline()
         if link_deadline is not None:
             deadlines.append(link_deadline)
         silence_deadline = self.model.agent_silence_deadline()

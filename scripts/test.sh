@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/ensure-mosquitto.sh
 bash scripts/ensure-systemd-analyze.sh
+bash scripts/ensure-dbus.sh
 bash scripts/bootstrap.sh dev,demo,centre
 
 echo "== ruff check";        .venv/bin/ruff check .

@@ -60,8 +60,8 @@ def install_check(
         report.add(
             "dispenser",
             link == "up",
-            f"the running agent's link to {config.dispenser.device} is {link}"
-            + ("" if link == "up" else ": cable, power, or the device path in the config"),
+            f"the running agent's link to {config.dispenser.where} is {link}"
+            + ("" if link == "up" else f": {config.dispenser.trouble_hint}"),
         )
         health = agent_view.get("health")
         if isinstance(health, dict):

@@ -79,9 +79,7 @@ def check_config(path: Path) -> Report:
         f"after {engine.grace_minutes:g} min; a reminder every {engine.reminder_repeat_minutes:g}"
         " min",
     )
-    report.add(
-        "dispenser", True, f"serial {config.dispenser.device} at {config.dispenser.baudrate}"
-    )
+    report.add("dispenser", True, config.dispenser.describe())
     report.add(
         "broker",
         config.mqtt.tls or config.mqtt.host in {"127.0.0.1", "localhost"},

@@ -14,11 +14,10 @@ from agent.contract.topics import UnitTopics
 from agent.envelope import build_envelope
 from agent.mqtt.link import MqttLink, MqttSettings
 from agent.publisher import OutboxPublisher
-from agent.runtime import mqtt_settings
+from agent.runtime import mqtt_settings, transport_factory
 from agent.store.db import Store
 from drivers import session as dsession
 from drivers.retry import RetryPolicy
-from drivers.serial_port import SerialTransport
 from protocol.messages import (
     FACTORY_RESET_CONFIRM,
     Capabilities,
@@ -145,7 +144,7 @@ class DispenserProbe:
 async def _with_dispenser(
     config: AgentConfig, timeout_s: float, factory_reset: bool
 ) -> tuple[DispenserProbe, Outcome | None]:
-    device, baud = config.dispenser.device, config.dispenser.baudrate
+    device, hint = config.dispenser.where, config.dispenser.trouble_hint
     up = asyncio.Event()
 
     def on_link(change: dsession.LinkUp | dsession.LinkDown) -> None:
@@ -156,7 +155,7 @@ async def _with_dispenser(
         log.debug("dispenser event while checking: %s", type(message).__name__)
 
     session = dsession.DispenserSession(
-        lambda: SerialTransport(device, baud),
+        transport_factory(config.dispenser),
         on_message=on_message,
         on_link=on_link,
         backoff=RetryPolicy(initial_delay_s=0.2, max_delay_s=1.0, attempt_timeout_s=5.0),
@@ -169,8 +168,7 @@ async def _with_dispenser(
         except TimeoutError:
             return DispenserProbe(
                 False,
-                f"no dispenser answered on {device} within {timeout_s:g} s (cable, power, "
-                "or the device path in the config)",
+                f"no dispenser answered on {device} within {timeout_s:g} s ({hint})",
             ), None
         caps = session.capabilities
         probe = DispenserProbe(
