@@ -221,7 +221,7 @@ def _build() -> dict[str, Any]:
                 "wire_hex": frame.encode().hex(),
             }
         )
-    control = [
+    control: list[dict[str, Any]] = [
         {"name": "ack", "kind": "ACK", "session": 0x1234, "seq": 7, "code": 0},
         {"name": "nak-unknown-type", "kind": "NAK", "session": 0xBEEF, "seq": 255, "code": 2},
         # v1.1: more ACK/NAK frames, at the edges of their fields and every NAK reason
