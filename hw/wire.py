@@ -79,10 +79,10 @@ DEFECTS: dict[str, str] = {
     "reused_session": "2.1",  # the same link session after a reboot
     "no_resend": "2.7",  # events the agent never acknowledged are dropped, not re-sent on Hello
     "wrong_precedence": "4.4",  # LOCKED checked before ALREADY_DONE
-    "late_reply": "4.2",  # Dispense answered only 3 s later, once the dose is in the tray
+    "late_reply": "4.2",  # Dispense answered only 5 s later, once the dose is in the tray
 }
 LATE_ACK_S = 2.0
-LATE_REPLY_S = 3.0
+LATE_REPLY_S = 5.0
 
 JOB_TIMEOUT_S = 5.0  # bound on waiting for the sim thread to run a job
 JOIN_TIMEOUT_S = 5.0
