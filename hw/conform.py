@@ -718,7 +718,7 @@ class Kit:
             ("2.3", "an unacknowledged frame is resent 4 times, same bytes, >= 200 ms apart"),
             ("2.7", "events never acknowledged are sent again after the next Capabilities"),
             ("4.4", "a dispense_id executed before is ALREADY_DONE, checked before all else"),
-            ("4.3", "refusals: TRAY_OCCUPIED, WRONG_SACHET, LOCKED; nothing moves"),
+            ("4.9", "refusal order: WRONG_SACHET, TRAY_OCCUPIED, LOCKED; nothing moves"),
             ("4.3", "Retain moves the presented dose to the bin (DoseRetained, BinLevel)"),
         ]
         ready = self._ready_to_cut()
@@ -842,7 +842,7 @@ class Kit:
         assert caps is not None
         idem = self._check("4.4", "a dispense_id executed before is ALREADY_DONE, checked first")
         refusals = self._check(
-            "4.3", "refusals: TRAY_OCCUPIED, WRONG_SACHET, LOCKED; nothing moves"
+            "4.9", "refusal order: WRONG_SACHET, TRAY_OCCUPIED, LOCKED; nothing moves"
         )
         self._expect_result(
             idem, self.request(Dispense(0, done_id, index)), {ResultCode.ALREADY_DONE}, "repeat"
