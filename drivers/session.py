@@ -107,6 +107,17 @@ def req_epoch_for(start: int) -> int:
     return (start - 1) % REQ_EPOCHS + 1
 
 
+def link_session_for(epoch: int, previous: int | None, rng: random.Random) -> int:
+    """The link session of a new connection (SPEC 2.1): the req_id epoch in its top 4 bits, so
+    two consecutive agent processes never share one, and never the previous connection's, so the
+    dispenser cannot take our first frame for a retransmit of the last one it accepted."""
+    low = rng.randint(0, REQ_IDS_PER_EPOCH)
+    session = epoch << REQ_EPOCH_SHIFT | low
+    if session == previous:
+        session = epoch << REQ_EPOCH_SHIFT | (low + 1) & REQ_IDS_PER_EPOCH
+    return session
+
+
 def expected_reply(command: Command) -> type[Reply]:
     """The reply type the dispenser sends for `command` (SPEC 4.2)."""
     if isinstance(command, Hello):
@@ -255,6 +266,7 @@ class DispenserSession:
         self._counts: Counter[str] = Counter()
         self._rejected_before = 0  # frames rejected by endpoints of earlier connections
         self._withheld_before = 0  # ACKs withheld by endpoints of earlier connections
+        self._last_session: int | None = None  # link session of the previous connection
 
     # --- public -----------------------------------------------------------------------------
 
@@ -336,9 +348,9 @@ class DispenserSession:
         transport = self._transport_factory()
         await transport.open()
         loop = asyncio.get_running_loop()
-        endpoint = LinkEndpoint(
-            Direction.TO_DISPENSER, self._rng.randint(1, 0xFFFF), self._link_config
-        )
+        session = link_session_for(self._req_epoch, self._last_session, self._rng)
+        self._last_session = session
+        endpoint = LinkEndpoint(Direction.TO_DISPENSER, session, self._link_config)
         conn = _Connection(transport, endpoint, loop.create_future())
         self._conn = conn
         conn.pump = asyncio.create_task(self._pump(conn), name="dispenser-link-pump")

@@ -189,6 +189,7 @@ class BleDispenser:
         name: str = "VKP-Dispenser",
         att_mtu: int = DEFAULT_ATT_MTU,
         trace: Callable[[TraceEvent], None] | None = None,
+        defects: frozenset[str] = frozenset(),
     ) -> None:
         piece_size(att_mtu)  # validates
         self.address = address.upper()
@@ -215,7 +216,9 @@ class BleDispenser:
         self._service_path = f"{self.device_path}/service0010"
         self._in_path = f"{self._service_path}/char0011"
         self._out_path = f"{self._service_path}/char0014"
-        self.runner = SimulatorRunner(model, lambda: _SocketPort(self._set_peer), trace=trace)
+        self.runner = SimulatorRunner(
+            model, lambda: _SocketPort(self._set_peer), trace=trace, defects=defects
+        )
         self.runner.hold_link(True)  # nobody connected yet
 
     # --- lifecycle ----------------------------------------------------------------------------

@@ -240,6 +240,7 @@ class DispenserModel:
         self.discarded: list[tuple[int, int]] = []
         self.silence_alarms = 0  # silence alarms gone off (a test's "never while the agent runs")
         self.boot_count = 1
+        self.defects: frozenset[str] = frozenset()  # deliberately broken firmware (hw.wire)
 
     # --- observation --------------------------------------------------------------------------
 
@@ -436,6 +437,8 @@ class DispenserModel:
 
     def _dispense(self, message: Dispense) -> list[Message]:
         req_id, dispense_id, index = message.req_id, message.dispense_id, message.sachet_index
+        if self.locked and "wrong_precedence" in self.defects:
+            return [_result(req_id, ResultCode.LOCKED, "dispensing locked")]
         if dispense_id in self.executed_ids:
             return [_result(req_id, ResultCode.ALREADY_DONE, f"dispense {dispense_id} done")]
         if self.locked:

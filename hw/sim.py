@@ -5,6 +5,9 @@
     python -m hw.sim ble  [--mtu 23] [--address A] [--name N] [...]        BLE, on a private D-Bus
     python -m hw.sim selftest                                              codec vs vectors.json
 
+`--defect NAME` (repeatable) runs deliberately broken firmware (`hw.wire.DEFECTS`), so a rig
+builder can watch `python -m hw.conform` fail on the clause each defect breaks.
+
 `pty`/`uart` print `DEVICE <path>` as the first stdout line, then one line per frame in/out, and
 run until SIGINT/SIGTERM (exit 0). `ble` first prints `BUS <address>`: an agent started with
 `DBUS_SYSTEM_BUS_ADDRESS=<address>` and a `"transport": "ble"` config finds the dispenser there
@@ -25,7 +28,7 @@ from pathlib import Path
 from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from hw.scenario import ScenarioError, ScenarioPlayer, load_scenario, parse_duration, parse_utc_s
-from hw.wire import SimulatorRunner, TraceEvent
+from hw.wire import DEFECTS, SimulatorRunner, TraceEvent
 from protocol.framing import FrameDecoder, FrameKind
 from protocol.messages import decode_message, encode_message
 from protocol.vectors import load_vectors
@@ -101,6 +104,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--every", default="12h", help="time between sachets (default 12h)")
     parser.add_argument("--serial", default="SIM0001", help="serial number to report")
+    parser.add_argument(
+        "--defect",
+        action="append",
+        default=[],
+        choices=sorted(DEFECTS),
+        help="deliberately broken firmware, for the conformance kit (repeatable)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-frame lines")
 
 
@@ -137,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     model = DispenserModel(DispenserIdentity(serial_number=args.serial), lambda: int(time.time()))
     trace = None if args.quiet else (lambda e: _emit_line(format_trace(e)))
+    defects = frozenset(args.defect)
     # Signals go to sigwait() below, not to whichever thread happens to run.
     bus: PrivateBus | None = None
     if args.command == "ble":
@@ -149,9 +160,11 @@ def _run(args: argparse.Namespace) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     front: BleDispenser | None = None
     if args.command == "pty":
-        runner = SimulatorRunner.on_pty(model, args.link, trace=trace)
+        runner = SimulatorRunner.on_pty(model, args.link, trace=trace, defects=defects)
     elif args.command == "uart":
-        runner = SimulatorRunner.on_uart(model, args.device, args.baud, trace=trace)
+        runner = SimulatorRunner.on_uart(
+            model, args.device, args.baud, trace=trace, defects=defects
+        )
     else:
         assert bus is not None
         try:
@@ -162,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
                 name=args.name,
                 att_mtu=args.mtu,
                 trace=trace,
+                defects=defects,
             )
         except ValueError as exc:
             bus.stop()

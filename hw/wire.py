@@ -13,6 +13,14 @@ The agent watchdog: every DATA frame from the agent that the link ACKs (a duplic
 on the model (`note_agent_frame`) with the runner's `clock`, before its message is handled; the
 model's `agent_silence_deadline()` is one of the deadlines the thread wakes at. While unplugged the
 firmware is off, so its silence timer does not run (a replug boots it, and the timer restarts).
+
+Events the agent never acknowledged (SPEC 2.7): an event the link gave up on (or that was still
+unsent when the firmware rebooted) is kept, like a firmware keeps it in non-volatile memory, and
+sent again right after the `Capabilities` that answers the next `Hello`, so a `DoseTaken` during an
+outage is not lost. Replies are not kept: they answer a request of an agent that has moved on.
+
+Defects (`DEFECTS`, `python -m hw.sim pty --defect NAME`): deliberately broken firmware, so the
+conformance kit (`python -m hw.conform`) can be seen failing on the clause each one breaks.
 """
 
 from __future__ import annotations
@@ -37,12 +45,44 @@ from cobs import cobs
 
 from hw.dispenser import DispenserModel, ModelSnapshot
 from protocol.errors import DecodeError
-from protocol.framing import MAX_STUFFED, Frame, FrameKind, decode_stuffed
+from protocol.framing import MAX_STUFFED, Frame, FrameKind, crc16, decode_stuffed
 from protocol.link import Failed, LinkConfig, LinkEndpoint, LinkEvent, LinkStats, PeerRestarted
 from protocol.link import Received as LinkReceived
-from protocol.messages import Direction, Message, decode_message
+from protocol.messages import (
+    Capabilities,
+    CommandResult,
+    Direction,
+    Dispense,
+    DosePresented,
+    DoseRetained,
+    DoseTaken,
+    Hello,
+    Message,
+    ResultCode,
+    Status,
+    TimeReport,
+    decode_message,
+)
 
 log = logging.getLogger(__name__)
+
+# SPEC 2.7: the events kept for the next Hello; the oldest that is not a dose outcome goes first
+KEPT_EVENTS_MAX = 32
+DOSE_OUTCOMES = (DosePresented, DoseTaken, DoseRetained)
+REPLIES = (Capabilities, CommandResult, Status, TimeReport)
+
+# Deliberately broken firmware, each far beyond the bound it breaks (never a near miss that a
+# loaded machine could blur): the clause of SPEC.md the conformance kit must fail on.
+DEFECTS: dict[str, str] = {
+    "late_ack": "2.3",  # every ACK 2 s late (the bound is 100 ms; the sender retransmits at 250)
+    "oversize_frame": "1.1",  # a 250-byte payload after each Capabilities (the cap is 240)
+    "reused_session": "2.1",  # the same link session after a reboot
+    "no_resend": "2.7",  # events the agent never acknowledged are dropped, not re-sent on Hello
+    "wrong_precedence": "4.4",  # LOCKED checked before ALREADY_DONE
+    "late_reply": "4.2",  # Dispense answered only 5 s later, once the dose is in the tray
+}
+LATE_ACK_S = 2.0
+LATE_REPLY_S = 5.0
 
 JOB_TIMEOUT_S = 5.0  # bound on waiting for the sim thread to run a job
 JOIN_TIMEOUT_S = 5.0
@@ -185,6 +225,13 @@ def _split_frames(data: bytes) -> list[bytes]:
     return [part for part in data.split(b"\x00") if part]
 
 
+def _oversize_frame(session: int) -> bytes:
+    """A DATA frame (ButtonPressed type) whose payload is 250 bytes: above the 240 allowed."""
+    body = bytes((1, 1, session >> 8, session & 0xFF, 0xEE, 0x48, 250)) + b"\x01" * 250
+    stuffed: bytes = cobs.encode(body + crc16(body).to_bytes(2, "big"))
+    return b"\x00" + stuffed + b"\x00"
+
+
 def _corrupt(stuffed: bytes) -> bytes:
     raw = bytearray(cobs.decode(stuffed))
     raw[-1] ^= 0xFF  # the CRC's low byte: the frame is intact COBS with a bad CRC
@@ -218,7 +265,13 @@ class SimulatorRunner:
         link_config: LinkConfig | None = None,
         trace: Callable[[TraceEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        defects: frozenset[str] = frozenset(),
     ) -> None:
+        unknown = defects - DEFECTS.keys()
+        if unknown:
+            raise ValueError(f"unknown defects {sorted(unknown)}: one of {sorted(DEFECTS)}")
+        self.defects = defects
+        model.defects = defects
         self.model = model  # touch only through call()/wait_for() once started
         self._open_port = open_port
         self._link_path = link_path
@@ -227,7 +280,10 @@ class SimulatorRunner:
         self._trace = trace
         self._clock = clock
         self._cond = threading.Condition(threading.RLock())
-        self._faults = WireFaults()
+        self._faults = WireFaults(ack_delay_s=LATE_ACK_S if "late_ack" in defects else 0.0)
+        self._kept: list[Message] = []  # SPEC 2.7: events to send again after the next Hello
+        self._late_replies: list[tuple[float, Message]] = []  # the late_reply defect
+        self._raw_out = bytearray()  # bytes written after the link's frames (oversize_frame)
         self._counters = _WireCounters()
         self._retired = LinkStats()
         self._sessions = 1
@@ -265,6 +321,7 @@ class SimulatorRunner:
         link_config: LinkConfig | None = None,
         trace: Callable[[TraceEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        defects: frozenset[str] = frozenset(),
     ) -> SimulatorRunner:
         """A pty pair; `device_path` is `link_path` (a symlink re-pointed on replug) if given,
         else the slave's own /dev/pts/N (which changes on replug).
@@ -280,6 +337,7 @@ class SimulatorRunner:
             link_config=link_config,
             trace=trace,
             clock=clock,
+            defects=defects,
         )
 
     @classmethod
@@ -292,6 +350,7 @@ class SimulatorRunner:
         link_config: LinkConfig | None = None,
         trace: Callable[[TraceEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        defects: frozenset[str] = frozenset(),
     ) -> SimulatorRunner:
         """A real serial device (a rig: the sim on one USB-UART, the agent on the other)."""
         return cls(
@@ -301,6 +360,7 @@ class SimulatorRunner:
             link_config=link_config,
             trace=trace,
             clock=clock,
+            defects=defects,
         )
 
     @property
@@ -510,6 +570,7 @@ class SimulatorRunner:
                     now = self._clock()
                     if port is not None and port is self._port and port.fd in readable:
                         self._read(port, now)
+                    self._release_late_replies(now)
                     if not self._link_held:
                         self._on_events(self._link.poll(now))
                     self._flush(now)
@@ -548,6 +609,7 @@ class SimulatorRunner:
 
     def _timeout_locked(self, now: float) -> float | None:
         deadlines = [when for when, _ in self._delayed]
+        deadlines += [when for when, _ in self._late_replies]
         link_deadline = None if self._link_held else self._link.next_deadline()
         if link_deadline is not None:
             deadlines.append(link_deadline)
@@ -600,9 +662,12 @@ class SimulatorRunner:
         r.naks_sent += old.naks_sent
         r.failures += old.failures
         r.rejected.update(old.rejected)
-        self._link = LinkEndpoint(
-            Direction.TO_AGENT, _new_session(self._link.session), self._link_config
-        )
+        # SPEC 2.7: what was in flight or queued is kept (non-volatile) for the next Hello
+        self._on_events(self._link.abandon_in_flight(self._clock()))
+        session = _new_session(self._link.session)
+        if "reused_session" in self.defects:
+            session = self._link.session
+        self._link = LinkEndpoint(Direction.TO_AGENT, session, self._link_config)
         self._sessions += 1
 
     def _stats_locked(self) -> RunnerStats:
@@ -688,12 +753,51 @@ class SimulatorRunner:
         for event in events:
             if isinstance(event, LinkReceived):
                 self._counters.commands += 1
-                for reply in self.model.handle(event.message):
-                    self._emit(reply)
+                self._handle(event.message)
             elif isinstance(event, PeerRestarted):
                 log.info("agent session %s -> %s", event.old_session, event.new_session)
             elif isinstance(event, Failed):
                 log.warning("agent did not take %s: %s", event.message, event.reason)
+                self._keep(event)
+
+    def _handle(self, command: Message) -> None:
+        replies = self.model.handle(command)
+        if isinstance(command, Hello):
+            # SPEC 2.7: the kept events right after Capabilities, before the state announcements
+            kept, self._kept = self._kept, []
+            if "no_resend" in self.defects:
+                kept = []
+            replies = replies[:1] + kept + replies[1:]
+            if "oversize_frame" in self.defects:
+                self._raw_out += _oversize_frame(self._link.session)
+        first = replies[0] if replies else None
+        if (
+            "late_reply" in self.defects
+            and isinstance(command, Dispense)
+            and isinstance(first, CommandResult)
+            and first.result is ResultCode.OK
+        ):
+            self._late_replies.append((self._clock() + LATE_REPLY_S, first))
+            replies = replies[1:]
+        for reply in replies:
+            self._emit(reply)
+
+    def _release_late_replies(self, now: float) -> None:
+        due = [m for when, m in self._late_replies if when <= now]
+        self._late_replies = [(w, m) for w, m in self._late_replies if w > now]
+        for message in due:
+            self._emit(message)
+
+    def _keep(self, failed: Failed) -> None:
+        """SPEC 2.7: an event the agent never acknowledged (not a NAK: that is final) waits for
+        the next Hello; a reply does not (it answers a request of an agent that moved on)."""
+        if isinstance(failed.message, REPLIES) or failed.reason not in ("timeout", "link_down"):
+            return
+        self._kept.append(failed.message)
+        while len(self._kept) > KEPT_EVENTS_MAX:
+            drop = next((m for m in self._kept if not isinstance(m, DOSE_OUTCOMES)), self._kept[0])
+            self._kept.remove(drop)
+            log.warning("kept events full: %s dropped", drop)
 
     # --- internals: sending -------------------------------------------------------------------
 
@@ -718,6 +822,10 @@ class SimulatorRunner:
             return
         for chunk in _split_frames(self._link.take_outgoing()):
             self._fault_stage(chunk, now)
+        if self._raw_out:
+            self._tx += self._raw_out
+            self._trace_event("out", None, None, "oversize", bytes(self._raw_out))
+            self._raw_out.clear()
         still_delayed = []
         for when, wire in self._delayed:
             if when <= now:

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 HEADER_SIZE = 7
 CRC_SIZE = 2
-MAX_PAYLOAD = 200
+# v1.1: 240 (v1 said 200, less than a Capabilities with its strings at full width: 210)
+MAX_PAYLOAD = 240
 MAX_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE
 # COBS adds one byte per 254; anything longer than this between delimiters is not a frame.
 MAX_STUFFED = MAX_FRAME + MAX_FRAME // 254 + 1

@@ -129,6 +129,20 @@ class InvalidVector:
 
 
 @dataclass(frozen=True, slots=True)
+class MalformedVector:
+    """An intact DATA frame that `receiver` ("dispenser" or "agent") must answer with exactly
+    `nak_wire` (a NAK of reason `nak`) and never deliver; `reason` is the payload decoder's
+    rejection token (None: refused before the payload is read)."""
+
+    name: str
+    receiver: str
+    wire: bytes
+    nak: int
+    nak_wire: bytes
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ControlVector:
     """ACK and NAK frames."""
 
@@ -159,6 +173,40 @@ def _stuff(raw: bytes) -> str:
     return (DELIMITER + stuffed + DELIMITER).hex()
 
 
+def _header(version: int, kind: int, code: int, length: int, seq: int = 0) -> bytes:
+    return bytes((version, kind, 0x12, 0x34, seq, code, length))
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + crc16(body).to_bytes(2, "big")
+
+
+def _flip(raw: bytes, at: int) -> bytes:
+    return raw[:at] + bytes([raw[at] ^ 0x40]) + raw[at + 1 :]
+
+
+def _malformed(
+    name: str,
+    receiver: str,
+    code: int,
+    payload: bytes,
+    nak: NakReason,
+    reason: str | None,
+    version: int = 1,
+) -> dict[str, Any]:
+    """An intact DATA frame (seq 9) the receiver must refuse with a NAK, never deliver."""
+    frame = Frame(FrameKind.DATA, 0x1234, 9, code, payload, version)
+    answer = Frame(FrameKind.NAK, 0x1234, 9, int(nak))
+    return {
+        "name": name,
+        "receiver": receiver,
+        "wire_hex": frame.encode().hex(),
+        "nak": int(nak),
+        "nak_wire_hex": answer.encode().hex(),
+        "reason": reason,
+    }
+
+
 def _build() -> dict[str, Any]:
     valid = []
     for index, message in enumerate(SAMPLES):
@@ -173,30 +221,157 @@ def _build() -> dict[str, Any]:
                 "wire_hex": frame.encode().hex(),
             }
         )
-    ack = Frame(FrameKind.ACK, session=0x1234, seq=7, code=0)
-    nak = Frame(FrameKind.NAK, session=0xBEEF, seq=255, code=int(NakReason.UNKNOWN_TYPE))
-    control = [
+    control: list[dict[str, Any]] = [
         {"name": "ack", "kind": "ACK", "session": 0x1234, "seq": 7, "code": 0},
         {"name": "nak-unknown-type", "kind": "NAK", "session": 0xBEEF, "seq": 255, "code": 2},
+        # v1.1: more ACK/NAK frames, at the edges of their fields and every NAK reason
+        {"name": "ack-session-1-seq-0", "kind": "ACK", "session": 0x0001, "seq": 0, "code": 0},
+        {
+            "name": "ack-session-ffff-seq-255",
+            "kind": "ACK",
+            "session": 0xFFFF,
+            "seq": 255,
+            "code": 0,
+        },
+        {"name": "nak-unsupported-version", "kind": "NAK", "session": 0x1234, "seq": 0, "code": 1},
+        {"name": "nak-bad-payload", "kind": "NAK", "session": 0x1234, "seq": 1, "code": 3},
+        {"name": "nak-wrong-direction", "kind": "NAK", "session": 0x1234, "seq": 2, "code": 4},
     ]
-    for entry, frame in zip(control, (ack, nak), strict=True):
+    for entry in control:
+        frame = Frame(FrameKind[entry["kind"]], entry["session"], entry["seq"], entry["code"])
         entry["wire_hex"] = frame.encode().hex()
     good = Frame(FrameKind.DATA, 0x1234, 0, 0x07, b"\x00\x07").encode_raw()
     bad_crc = good[:-1] + bytes([good[-1] ^ 0xFF])
-    oversize_len = bytearray(good)
-    oversize_len[6] = 201
-    body = bytes(oversize_len[:-2])
-    oversize_len_valid_crc = body + crc16(body).to_bytes(2, "big")
     invalid = [
         {"name": "bad-crc", "wire_hex": _stuff(bad_crc), "reason": "bad_crc"},
         {"name": "truncated", "wire_hex": _stuff(good[:5]), "reason": "short"},
+        # v1.1: the length field must be at most 240 (v1: 200; this vector said 201 then)
         {
             "name": "oversize-length",
-            "wire_hex": _stuff(oversize_len_valid_crc),
+            "wire_hex": _stuff(_with_crc(_header(1, 1, 0x07, 241) + b"\x00\x07")),
             "reason": "oversize_length",
         },
         {"name": "bad-cobs", "wire_hex": "00ff0100", "reason": "bad_cobs"},
         {"name": "endless", "wire_hex": "01" * 300 + "00", "reason": "oversize"},
+        # v1.1 additions
+        {
+            "name": "bad-length-above-present",
+            "wire_hex": _stuff(_with_crc(_header(1, 1, 0x07, 3) + b"\x00\x07")),
+            "reason": "bad_length",
+        },
+        {
+            "name": "bad-length-below-present",
+            "wire_hex": _stuff(_with_crc(_header(1, 1, 0x07, 1) + b"\x00\x07")),
+            "reason": "bad_length",
+        },
+        {
+            "name": "bad-kind-0",
+            "wire_hex": _stuff(_with_crc(_header(1, 0, 0, 0))),
+            "reason": "bad_kind",
+        },
+        {
+            "name": "bad-kind-4",
+            "wire_hex": _stuff(_with_crc(_header(1, 4, 0, 0))),
+            "reason": "bad_kind",
+        },
+        {
+            "name": "oversize-frame-250-bytes",  # a whole frame longer than 249 bytes
+            "wire_hex": _stuff(_with_crc(_header(1, 1, 0x07, 240) + b"\x05" * 241)),
+            "reason": "oversize",
+        },
+        {
+            "name": "oversize-stuffed-251-bytes",  # more than 250 bytes between delimiters
+            "wire_hex": "00" + "05" * 251 + "00",
+            "reason": "oversize",
+        },
+        {
+            "name": "corrupted-header-byte",
+            "wire_hex": _stuff(_flip(good, 3)),
+            "reason": "bad_crc",
+        },
+        {"name": "bad-cobs-zero-code-run", "wire_hex": "0003010000", "reason": "bad_cobs"},
+    ]
+    malformed = [
+        _malformed(
+            "bool-2", "dispenser", 0x06, b"\x00\x06\x02", NakReason.BAD_PAYLOAD, "bad_field"
+        ),
+        _malformed(
+            "str64-of-65-bytes",
+            "agent",
+            0x41,
+            b"\x00\x02\x00\x41" + b"x" * 65,
+            NakReason.BAD_PAYLOAD,
+            "bad_field",
+        ),
+        _malformed(
+            "leftover-byte",
+            "dispenser",
+            0x07,
+            b"\x00\x07\x00",
+            NakReason.BAD_PAYLOAD,
+            "trailing_bytes",
+        ),
+        _malformed(
+            "unknown-enum-alert-9",
+            "dispenser",
+            0x05,
+            b"\x00\x05\x09",
+            NakReason.BAD_PAYLOAD,
+            "bad_field",
+        ),
+        _malformed(
+            "unknown-enum-result-14",
+            "agent",
+            0x41,
+            b"\x00\x02\x0e\x00",
+            NakReason.BAD_PAYLOAD,
+            "bad_field",
+        ),
+        _malformed(
+            "bad-utf8",
+            "agent",
+            0x4B,
+            b"\x01\x01\x02\xc3\x28",
+            NakReason.BAD_PAYLOAD,
+            "bad_field",
+        ),
+        _malformed(
+            "truncated-payload",
+            "dispenser",
+            0x02,
+            b"\x00\x02\x00\x00\x00",
+            NakReason.BAD_PAYLOAD,
+            "truncated",
+        ),
+        _malformed(
+            "unknown-type-0x3f", "dispenser", 0x3F, b"\x00\x01", NakReason.UNKNOWN_TYPE, None
+        ),
+        _malformed("unknown-type-0x00", "agent", 0x00, b"", NakReason.UNKNOWN_TYPE, None),
+        _malformed(
+            "wrong-direction-result-to-dispenser",
+            "dispenser",
+            0x41,
+            b"\x00\x02\x00\x00",
+            NakReason.WRONG_DIRECTION,
+            None,
+        ),
+        _malformed(
+            "wrong-direction-hello-to-agent",
+            "agent",
+            0x01,
+            b"\x00\x01\x01\x00",
+            NakReason.WRONG_DIRECTION,
+            None,
+        ),
+        _malformed(
+            "unsupported-version-2",
+            "dispenser",
+            0x07,
+            b"\x00\x07",
+            NakReason.UNSUPPORTED_VERSION,
+            None,
+            version=2,
+        ),
     ]
     return {
         "protocol_version": 1,
@@ -204,6 +379,7 @@ def _build() -> dict[str, Any]:
         "valid": valid,
         "control": control,
         "invalid": invalid,
+        "malformed": malformed,
     }
 
 
@@ -234,6 +410,21 @@ def load_vectors(
         for i in data["invalid"]
     ]
     return valid, control, invalid
+
+
+def load_malformed(path: Path = VECTORS_PATH) -> list[MalformedVector]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        MalformedVector(
+            name=v["name"],
+            receiver=v["receiver"],
+            wire=bytes.fromhex(v["wire_hex"]),
+            nak=v["nak"],
+            nak_wire=bytes.fromhex(v["nak_wire_hex"]),
+            reason=v["reason"],
+        )
+        for v in data.get("malformed", [])
+    ]
 
 
 def main() -> None:

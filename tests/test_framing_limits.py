@@ -1,7 +1,8 @@
 """Framing at its limits, with the numbers taken from `protocol/SPEC.md` §1 and §2.4 (written out
-here, not read from `protocol.framing`): payload 0..200, a frame 9..209 bytes, at most 210 stuffed
-bytes between delimiters (209 + one COBS byte per 254), NAK reasons 1..4, header fields within
-their widths."""
+here, not read from `protocol.framing`): payload 0..240 (v1.1; v1 said 200, too small for a
+`Capabilities` with its strings at full width), a frame 9..249 bytes, at most 250 stuffed bytes
+between delimiters (249 + one COBS byte per 254), NAK reasons 1..4, header fields within their
+widths."""
 
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from protocol.framing import (
     decode_raw,
     decode_stuffed,
 )
+from protocol.link import LinkEndpoint, Received
+from protocol.messages import Capabilities, Direction, encode_message
 
-SPEC_MAX_PAYLOAD = 200
-SPEC_MAX_FRAME = 209  # 7 header + 200 payload + 2 CRC
-SPEC_MAX_STUFFED = 210
+SPEC_MAX_PAYLOAD = 240
+SPEC_MAX_FRAME = 249  # 7 header + 240 payload + 2 CRC
+SPEC_MAX_STUFFED = 250
+# SPEC §3.1: the largest message, Capabilities with model, serial and firmware at 64 bytes each
+SPEC_LARGEST_MESSAGE = 2 + 1 + 3 * 65 + 1 + 1 + 8 + 2
 
 
 def raw_frame(length_field: int, payload: bytes, kind: int = 1) -> bytes:
@@ -43,7 +48,7 @@ def test_a_full_payload_encodes_and_one_byte_more_is_refused() -> None:
     full = Frame(FrameKind.DATA, 0x1234, 7, 1, b"\x01" * SPEC_MAX_PAYLOAD)
     assert len(full.encode_raw()) == SPEC_MAX_FRAME
     assert decode_stuffed(full.encode()[1:-1]) == full
-    with pytest.raises(EncodeError, match="exceeds 200"):
+    with pytest.raises(EncodeError, match="exceeds 240"):
         Frame(FrameKind.DATA, 0x1234, 7, 1, b"\x01" * (SPEC_MAX_PAYLOAD + 1)).encode_raw()
 
 
@@ -80,7 +85,7 @@ def test_decode_raw_limits() -> None:
 @pytest.mark.parametrize(
     ("length_field", "payload", "reason"),
     [
-        (201, b"\x05" * 199, "oversize_length"),  # above 200 whatever is present
+        (241, b"\x05" * 199, "oversize_length"),  # above 240 whatever is present
         (4, b"\x05" * 3, "bad_length"),
         (2, b"\x05" * 3, "bad_length"),
     ],
@@ -97,9 +102,9 @@ def test_unknown_kind_is_bad_kind() -> None:
     assert error.value.reason == "bad_kind"
 
 
-def test_stuffed_limit_is_210_bytes() -> None:
-    # 210 stuffed bytes (209 of data) pass the size checks and are decoded (here: a bad CRC);
-    # 211 are oversize before any decoding
+def test_stuffed_limit_is_250_bytes() -> None:
+    # 250 stuffed bytes (249 of data) pass the size checks and are decoded (here: a bad CRC);
+    # 251 are oversize before any decoding
     at_limit = cobs.encode(b"\x05" * (SPEC_MAX_STUFFED - 1))
     assert len(at_limit) == SPEC_MAX_STUFFED
     with pytest.raises(FrameError) as decoded:
@@ -113,7 +118,7 @@ def test_stuffed_limit_is_210_bytes() -> None:
     assert "stuffed" in early.value.detail
 
 
-def test_decoder_buffers_at_most_210_bytes_and_recovers_at_the_next_delimiter() -> None:
+def test_decoder_buffers_at_most_250_bytes_and_recovers_at_the_next_delimiter() -> None:
     good = Frame(FrameKind.DATA, 0x1234, 1, 2, b"hello")
     decoder = FrameDecoder()
     decoder.feed(b"\x00" + b"\x05" * SPEC_MAX_STUFFED)  # exactly the limit: still collecting
@@ -143,3 +148,17 @@ def test_decoder_reset_forgets_a_partial_frame() -> None:
     decoder.feed(b"\x05" * (SPEC_MAX_STUFFED + 1))  # an oversize run: skipping to a delimiter
     decoder.reset()  # the transport was reopened: the skipping ends too
     assert decoder.feed(wire[1:]) == [good]  # no leading delimiter needed after a reset
+
+
+def test_capabilities_at_full_string_width_fits_a_frame_and_crosses_a_link() -> None:
+    """v1 capped payloads at 200 bytes: a dispenser using its three strings' full width (210
+    bytes) could never answer Hello, and the agent reconnected for ever."""
+    caps = Capabilities(1, 1, "m" * 64, "s" * 64, "f" * 64, True, True, 1_790_000_000, 0x00FF)
+    _, payload = encode_message(caps)
+    assert len(payload) == SPEC_LARGEST_MESSAGE <= SPEC_MAX_PAYLOAD
+    dispenser = LinkEndpoint(Direction.TO_AGENT, 0x0101)
+    agent = LinkEndpoint(Direction.TO_DISPENSER, 0x0202)
+    dispenser.send(caps, 0.0)
+    events = agent.receive_bytes(dispenser.take_outgoing(), 0.0)
+    assert [e.message for e in events if isinstance(e, Received)] == [caps]
+    assert dispenser.receive_bytes(agent.take_outgoing(), 0.0)  # ACKed: Delivered

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.framing import Frame, FrameDecoder, FrameKind, decode_stuffed
-from protocol.messages import ALL_MESSAGES, MESSAGE_TABLE, decode_message, encode_message
-from protocol.vectors import SAMPLES, ControlVector, InvalidVector, ValidVector, load_vectors
+from protocol.errors import MessageDecodeError
+from protocol.framing import Frame, FrameDecoder, FrameKind, NakReason, decode_stuffed
+from protocol.link import LinkEndpoint, Received
+from protocol.messages import (
+    ALL_MESSAGES,
+    MESSAGE_TABLE,
+    Direction,
+    decode_message,
+    encode_message,
+)
+from protocol.vectors import (
+    SAMPLES,
+    ControlVector,
+    InvalidVector,
+    MalformedVector,
+    ValidVector,
+    load_malformed,
+    load_vectors,
+)
 
 VALID, CONTROL, INVALID = load_vectors()
 
@@ -71,3 +87,49 @@ def test_truncated_frame_followed_by_good_frame() -> None:
     frames = decoder.feed(good[: len(good) // 2] + good)
     assert [decode_message(f.code, f.payload) for f in frames] == [VALID[1].message]
     assert sum(decoder.rejected.values()) == 1
+
+
+MALFORMED = load_malformed()
+
+
+def test_the_v1_1_rejection_vectors_are_all_there() -> None:
+    """SPEC §5: a vector for every rejection a receiver counts or NAKs."""
+    assert {v.reason for v in INVALID} >= {
+        "bad_crc",
+        "bad_cobs",
+        "short",
+        "oversize",
+        "oversize_length",
+        "bad_length",
+        "bad_kind",
+    }
+    assert {v.nak for v in MALFORMED} == {int(r) for r in NakReason}
+    assert {v.reason for v in MALFORMED} >= {"bad_field", "trailing_bytes", "truncated"}
+    assert {c.frame.kind for c in CONTROL} == {FrameKind.ACK, FrameKind.NAK}
+    assert sum(c.frame.kind is FrameKind.ACK for c in CONTROL) > 1
+    assert sum(c.frame.kind is FrameKind.NAK for c in CONTROL) > 1
+
+
+@pytest.mark.parametrize("vector", MALFORMED, ids=lambda v: v.name)
+def test_malformed_payloads_are_refused_with_the_vector_nak(vector: MalformedVector) -> None:
+    """An intact frame with a bad payload is NAKed with exactly the vector's bytes and never
+    delivered: a receiver that accepts it fails here."""
+    sends = Direction.TO_AGENT if vector.receiver == "dispenser" else Direction.TO_DISPENSER
+    receiver = LinkEndpoint(sends, 0x0777)
+    events = receiver.receive_bytes(vector.wire, 0.0)
+    assert not [e for e in events if isinstance(e, Received)]
+    assert receiver.take_outgoing() == vector.nak_wire
+    frame = decode_stuffed(vector.wire[1:-1])
+    if vector.reason is not None:
+        with pytest.raises(MessageDecodeError) as refused:
+            decode_message(frame.code, frame.payload)
+        assert refused.value.reason == vector.reason
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=lambda v: v.name)
+def test_corrupt_frames_are_never_answered(vector: InvalidVector) -> None:
+    """SPEC §1.3: no ACK, no NAK, nothing delivered, for any corrupt frame."""
+    receiver = LinkEndpoint(Direction.TO_AGENT, 0x0777)
+    assert receiver.receive_bytes(vector.wire, 0.0) == []
+    assert receiver.take_outgoing() == b""
+    assert receiver.stats.rejected == {vector.reason: 1}
