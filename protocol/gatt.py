@@ -16,7 +16,7 @@ TO_DISPENSER_UUID = "7d1e0003-4c2a-4b8e-9a51-3f0c6d2e8b10"
 
 DEFAULT_ATT_MTU = 23  # Bluetooth Core: every link starts here until an MTU exchange
 ATT_HEADER = 3  # opcode + handle in a Write Request / Handle Value Notification
-PREFERRED_ATT_MTU = 247  # what the firmware SHOULD offer: a whole frame in one notification
+PREFERRED_ATT_MTU = 255  # what the firmware SHOULD offer: a whole frame (252 bytes) per piece
 
 
 def piece_size(att_mtu: int) -> int:

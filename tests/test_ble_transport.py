@@ -26,7 +26,8 @@ from drivers.session import DispenserSession, LinkDown, LinkLost, LinkUp
 from drivers.transport import TransportClosed, TransportError
 from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
-from protocol.gatt import piece_size, pieces
+from protocol.framing import MAX_PAYLOAD
+from protocol.gatt import PREFERRED_ATT_MTU, piece_size, pieces
 from protocol.messages import (
     CommandResult,
     Dispense,
@@ -353,3 +354,8 @@ def test_cli_ble_prints_its_bus_and_serves_an_agent_and_exits_0_on_sigterm() -> 
     assert proc.returncode == 0
     assert "IN  DATA" in out
     assert "Hello" in out
+
+
+def test_the_preferred_mtu_carries_the_largest_frame_with_its_delimiters_in_one_piece() -> None:
+    largest_on_the_wire = 7 + MAX_PAYLOAD + 2 + 1 + 2  # header, payload, CRC; COBS; delimiters
+    assert piece_size(PREFERRED_ATT_MTU) >= largest_on_the_wire
