@@ -82,10 +82,10 @@ class LinkFlappedError(Exception):
         self.up_for_s = up_for_s
 
 
-def _quiet(attempt_number: int) -> bool:
-    """Log an ongoing outage at 1, 2, 4, 8, ... failures: a unit offline for a day writes a few
-    dozen lines, not one per attempt."""
-    return attempt_number & (attempt_number - 1) != 0
+def worth_logging(failures: int) -> bool:
+    """Log an ongoing outage at its 1st, 2nd, 4th, 8th, ... failure (the rest at DEBUG): a unit
+    offline for a day writes a few dozen lines, not one per attempt."""
+    return failures > 0 and failures & (failures - 1) == 0
 
 
 def _retrying(
@@ -100,7 +100,7 @@ def _retrying(
 
     def before_sleep(state: RetryCallState) -> None:
         pause = state.next_action.sleep if state.next_action else 0.0
-        level = logging.DEBUG if _quiet(state.attempt_number) else logging.INFO
+        level = logging.INFO if worth_logging(state.attempt_number) else logging.DEBUG
         log.log(level, "%s: retrying in %.2f s (failure %d)", what, pause, state.attempt_number)
 
     return AsyncRetrying(

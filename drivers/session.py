@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from drivers.retry import DEFAULT_RECONNECT, RetryPolicy, stay_connected
+from drivers.retry import DEFAULT_RECONNECT, RetryPolicy, stay_connected, worth_logging
 from drivers.transport import Transport, TransportClosed, TransportError
 from protocol import PROTOCOL_VERSION
 from protocol.framing import DELIMITER
@@ -356,7 +356,8 @@ class DispenserSession:
     def _on_connect_failure(self, attempt: int, error: Exception) -> None:
         self._counts["connect_failures"] += 1
         what = "timed out" if isinstance(error, TimeoutError) else f"{error}"
-        log.warning("dispenser connect attempt %d failed: %s", attempt, what)
+        level = logging.WARNING if worth_logging(attempt) else logging.DEBUG
+        log.log(level, "dispenser connect attempt %d failed: %s", attempt, what)
         self._report_down(f"connect failed: {what}")
 
     def _link_up(self, conn: _Connection, capabilities: Capabilities) -> None:

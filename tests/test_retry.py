@@ -18,6 +18,7 @@ from drivers.retry import (
     RetryPolicy,
     retry_bounded,
     stay_connected,
+    worth_logging,
 )
 
 
@@ -279,3 +280,7 @@ def test_errors_outside_retry_on_propagate_at_once() -> None:
 
     run(main)
     assert calls == 1
+
+
+def test_an_outage_is_logged_at_powers_of_two_failures() -> None:
+    assert [n for n in range(70) if worth_logging(n)] == [1, 2, 4, 8, 16, 32, 64]

@@ -48,6 +48,7 @@ from drivers.retry import (
     STABLE_LINK_S,
     RetryPolicy,
     stay_connected,
+    worth_logging,
 )
 
 logger = logging.getLogger(__name__)
@@ -620,9 +621,7 @@ class MqttLink:
     async def _connect_once(self) -> _Connection:
         """One connect attempt: every step under one deadline (connect_timeout_s) and logged.
         Raises _ConnectFailedError when it failed."""
-        # An outage is logged at its 1st, 2nd, 4th, 8th... failed attempt, the rest at DEBUG.
-        failures = self._consecutive_failures + 1
-        loud = logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG
+        loud = logging.WARNING if worth_logging(self._consecutive_failures + 1) else logging.DEBUG
         settings = self._settings
         where = f"{settings.host}:{settings.port}"
         try:
