@@ -15,7 +15,7 @@ import time as _time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_ZONE = "Europe/Oslo"
@@ -60,6 +60,15 @@ class Clock(Protocol):
     """Anything that can read the time; the agent never calls time/datetime directly."""
 
     def now(self) -> Now: ...
+
+
+@runtime_checkable
+class ReferenceClock(Clock, Protocol):
+    """A clock that can take wall time from a trusted reference (the dispenser's battery-backed
+    RTC) while it has no better source. Only the real clock does: a virtual or scaled clock's
+    time is the test's or the demo's, not to be corrected."""
+
+    def adopt_reference(self, reference_utc: datetime, trust: TimeTrust) -> timedelta: ...
 
 
 class VirtualClock:

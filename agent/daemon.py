@@ -50,7 +50,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from agent import __version__, local_control
-from agent.clock import DEFAULT_ZONE, Clock, Now, SystemClock, TimeTrust
+from agent.clock import DEFAULT_ZONE, Clock, Now, ReferenceClock, TimeTrust
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.commands import RequestStatusResult
@@ -823,7 +823,7 @@ class Daemon:
         if (
             now.trust is TimeTrust.UNTRUSTED
             and rtc is not None
-            and isinstance(self.clock, SystemClock)
+            and isinstance(self.clock, ReferenceClock)
         ):
             correction = self.clock.adopt_reference(rtc, TimeTrust.DISPENSER_RTC)
             log.warning(

@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import drain, idle, latency
+from bench import drain, idle, latency, reconnect
 from bench.common import Figure, MeasurementError, format_table, say
 
 
@@ -65,6 +65,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "latency": latency.run,
     "idle": idle.run,
     "drain": drain.run,
+    "reconnect": reconnect.run,
     "sim_year": sim_year,
 }
 

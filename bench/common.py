@@ -7,6 +7,8 @@ the issue states it. Targets are reported (met or not), never enforced: benchmar
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import json
 import math
@@ -106,6 +108,94 @@ def percentile(samples: Sequence[float], q: float) -> float:
     low = math.floor(position)
     high = math.ceil(position)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+# --- the event loop's stalls ------------------------------------------------------------------
+
+
+class LoopLagProbe:
+    """A loop-lag probe: a task on the loop under test sleeps `interval_s` again and again and
+    records how late each wake-up is. The longest lateness is the longest stall of the loop
+    (a blocking commit, a long callback, GC) plus OS scheduling on a loaded machine.
+
+        async with LoopLagProbe() as probe: ...
+        probe.max_ms, probe.p99_ms
+    """
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopLagProbe:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag-probe")
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.lags_ms.append(max(0.0, loop.time() - due) * 1000)
+
+    @property
+    def max_ms(self) -> float:
+        if not self.lags_ms:
+            raise MeasurementError("loop-lag probe: no samples")
+        return max(self.lags_ms)
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.lags_ms, 99)
+
+    def describe(self) -> str:
+        return (
+            f"loop lag n={len(self.lags_ms)} p50 {percentile(self.lags_ms, 50):.2f} ms, "
+            f"p99 {self.p99_ms:.2f} ms, max {self.max_ms:.2f} ms"
+        )
+
+
+LOOP_STALL_TARGET_MS = 5.0  # the issue's goal: the timing loop is never blocked by I/O
+
+
+def idle_loop_lag(seconds: float) -> LoopLagProbe:
+    """The baseline: the same probe on an event loop with nothing else to do (what the OS and a
+    loaded machine add on their own)."""
+
+    async def idle() -> LoopLagProbe:
+        async with LoopLagProbe() as probe:
+            await asyncio.sleep(seconds)
+        return probe
+
+    return asyncio.run(idle())
+
+
+def loop_stall_figures(run_name: str, probe: LoopLagProbe, idle: LoopLagProbe) -> list[Figure]:
+    """Two rows: the loop-lag p99 (with the goal) and the longest stall; baseline = idle loop."""
+    note = (
+        f"n={len(probe.lags_ms)} wake-ups every {probe.interval_s * 1000:g} ms; "
+        f"baseline = the probe on an idle loop (n={len(idle.lags_ms)})"
+    )
+    return [
+        Figure(
+            f"loop stall p99 ({run_name})",
+            probe.p99_ms,
+            idle.p99_ms,
+            "ms",
+            f"<= {LOOP_STALL_TARGET_MS:g} ms",
+            probe.p99_ms <= LOOP_STALL_TARGET_MS,
+            note,
+        ),
+        Figure(
+            f"longest loop stall ({run_name})", probe.max_ms, idle.max_ms, "ms", "-", None, note
+        ),
+    ]
 
 
 # --- rig: a private mosquitto ----------------------------------------------------------------

@@ -10,7 +10,10 @@ Baseline, same run and same broker: a bare paho QoS 1 publish loop of as many me
 same size (max_inflight 20), timed until every PUBACK is in; the subscriber must get them all.
 
 Both are measured twice: on mosquitto with its defaults, and with `set_tcp_nodelay true` (see
-BROKER_VARIANTS for why).
+BROKER_VARIANTS for why). The second broker also gets a drain from a slow-fsync store: every commit
+blocks for SLOW_FSYNC_S more, as fsync does on a Pi's SD card (the publisher commits on the loop).
+
+A loop-lag probe (bench.common.LoopLagProbe) runs on the drain's event loop: the longest stall.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ from agent.store.outbox import OutboxEvent
 from bench.common import (
     WAIT_S,
     Figure,
+    LoopLagProbe,
     MeasurementError,
     Received,
     Subscriber,
     connect_and_start,
+    idle_loop_lag,
+    loop_stall_figures,
     mosquitto,
     paho_client,
     say,
@@ -59,6 +65,8 @@ BROKER_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (" (broker nodelay)", ("set_tcp_nodelay true",)),
 )
 TRUST = TimeTrust.SYNCHRONISED.value
+# What one fsync costs on a Pi's SD card (milliseconds; a fast SSD takes well under one).
+SLOW_FSYNC_S = 0.010
 
 
 def _fill(store: Store, events: int) -> None:
@@ -89,17 +97,25 @@ class WatchedStore(Store):
     publisher's last mark-delivered transaction commits, without polling)."""
 
     on_commit: Callable[[], None] | None = None
+    commit_delay_s = 0.0  # added to every commit, on the caller's thread: a slow fsync
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with super().transaction():
             yield
+        if self.commit_delay_s:
+            time.sleep(self.commit_delay_s)
         if self.on_commit is not None:
             self.on_commit()
 
 
-async def _drain(store: WatchedStore, port: int) -> float:
+async def _drain(store: WatchedStore, port: int, probe: LoopLagProbe) -> float:
     """Seconds from the publisher's start until the backlog is empty."""
+    async with probe:
+        return await _drain_probed(store, port)
+
+
+async def _drain_probed(store: WatchedStore, port: int) -> float:
     link = MqttLink(
         MqttSettings(
             host="127.0.0.1", port=port, client_id="bench-drain-agent", max_inflight=MAX_INFLIGHT
@@ -134,15 +150,18 @@ async def _drain(store: WatchedStore, port: int) -> float:
     return elapsed
 
 
-def drain_rate(workdir: Path, port: int, events: int) -> tuple[float, int]:
+def drain_rate(
+    workdir: Path, port: int, events: int, probe: LoopLagProbe, commit_delay_s: float = 0.0
+) -> tuple[float, int]:
     """(events/s, average payload bytes) of the real publisher and link."""
-    with WatchedStore.open(workdir / "outbox.sqlite3") as store:
+    with WatchedStore.open(workdir / f"outbox-{commit_delay_s:g}.sqlite3") as store:
         if not isinstance(store, WatchedStore):  # Store.open builds `cls`; this tells mypy
             raise MeasurementError("Store.open did not build the watched store")
         _fill(store, events)
+        store.commit_delay_s = commit_delay_s
         sizes = [len(build_envelope(UNIT_ID, e, True, 1)) for e in store.pending_events(limit=50)]
         with Subscriber(port, TOPIC, client_id="bench-drain-centre") as centre:
-            elapsed = asyncio.run(_drain(store, port))
+            elapsed = asyncio.run(_drain(store, port, probe))
             centre.wait_for(
                 lambda got: len(got) >= events and _distinct_seqs(got) >= events,
                 WAIT_S,
@@ -188,16 +207,27 @@ def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
     if quick:
         events = min(events, 1_000)
     figures = []
+    stalls = []
+    idle = idle_loop_lag(2.0)
     for label, extra in BROKER_VARIANTS:
         say(f"drain{label}: {events} stored events -> OutboxPublisher + MqttLink -> mosquitto")
+        slow: tuple[float, LoopLagProbe] | None = None
         with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
             workdir = Path(tmp)
             with mosquitto(workdir, extra) as broker:
-                agent_rate, size = drain_rate(workdir, broker.port, events)
+                probe = LoopLagProbe()
+                agent_rate, size = drain_rate(workdir, broker.port, events, probe)
                 bare_rate = paho_rate(broker.port, events, size)
+                if extra:
+                    slow_probe = LoopLagProbe()
+                    slow_rate, _ = drain_rate(
+                        workdir, broker.port, events, slow_probe, commit_delay_s=SLOW_FSYNC_S
+                    )
+                    slow = (slow_rate, slow_probe)
         say(
             f"  agent {agent_rate:,.0f} events/s; bare paho {bare_rate:,.0f} msg/s "
-            f"({size} B payloads, max_inflight {MAX_INFLIGHT}): {agent_rate / bare_rate:.0%}"
+            f"({size} B payloads, max_inflight {MAX_INFLIGHT}): {agent_rate / bare_rate:.0%}; "
+            f"{probe.describe()}"
         )
         figures.append(
             Figure(
@@ -211,4 +241,25 @@ def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
                 + ("; broker set_tcp_nodelay true" if extra else "; mosquitto defaults"),
             )
         )
-    return figures
+        if not extra:
+            stalls += loop_stall_figures("drain run", probe, idle)
+        if slow is not None:
+            slow_rate, slow_probe = slow
+            say(
+                f"  slow fsync (+{SLOW_FSYNC_S * 1000:g} ms per commit): agent "
+                f"{slow_rate:,.0f} events/s ({slow_rate / bare_rate:.0%} of bare paho); "
+                f"{slow_probe.describe()}"
+            )
+            figures.append(
+                Figure(
+                    f"outbox drain rate{label}, slow fsync",
+                    slow_rate,
+                    bare_rate,
+                    "ev/s",
+                    "-",
+                    None,
+                    f"every commit +{SLOW_FSYNC_S * 1000:g} ms (an SD card's fsync)",
+                )
+            )
+            stalls += loop_stall_figures("slow-fsync drain", slow_probe, idle)
+    return figures + stalls

@@ -46,10 +46,13 @@ from agent.runtime import build_daemon
 from bench.common import (
     WAIT_S,
     Figure,
+    LoopLagProbe,
     MeasurementError,
     Received,
     Subscriber,
     connect_and_start,
+    idle_loop_lag,
+    loop_stall_figures,
     mosquitto,
     paho_client,
     percentile,
@@ -331,7 +334,14 @@ class NaivePoller:
 # --- the benchmark -----------------------------------------------------------------------------
 
 
-async def _rounds(workdir: Path, port: int, rounds: int, rate: float) -> list[RoundResult]:
+async def _rounds(
+    workdir: Path, port: int, rounds: int, rate: float, probe: LoopLagProbe
+) -> list[RoundResult]:
+    async with probe:  # the daemon runs on this loop: its stalls are the probe's lateness
+        return await _rounds_probed(workdir, port, rounds, rate)
+
+
+async def _rounds_probed(workdir: Path, port: int, rounds: int, rate: float) -> list[RoundResult]:
     results = []
     for index in range(rounds):
         round_dir = workdir / f"round-{index}"
@@ -357,7 +367,8 @@ def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
         with mosquitto(workdir) as broker:
             poller = NaivePoller(POLL_DEADLINES, window_s=3.0 if quick else 8.0)
             poller.start()
-            results = asyncio.run(_rounds(workdir, broker.port, rounds, rate))
+            probe = LoopLagProbe()
+            results = asyncio.run(_rounds(workdir, broker.port, rounds, rate, probe))
             poller.join(WAIT_S)
             taken = [ms for r in results for ms in r.taken_ms]
             missed = [ms for r in results for ms in r.missed_ms]
@@ -382,9 +393,11 @@ def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
         f"{percentile(poller.lateness_ms, 99):.0f} ms"
         + (f"; {others} outcome(s) neither taken nor presented-then-missed" if others else "")
     )
+    say(f"  event loop during the rounds: {probe.describe()}")
     taken_p99 = percentile(taken, 99)
     missed_p99 = percentile(missed, 99)
     return [
+        *loop_stall_figures("taken run", probe, idle_loop_lag(2.0 if quick else 5.0)),
         Figure(
             "taken latency p50",
             percentile(taken, 50),

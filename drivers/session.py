@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from drivers.retry import DEFAULT_RECONNECT, RetryPolicy, retry_bounded
+from drivers.retry import DEFAULT_RECONNECT, RetryPolicy, stay_connected, worth_logging
 from drivers.transport import Transport, TransportClosed, TransportError
 from protocol import PROTOCOL_VERSION
 from protocol.framing import DELIMITER
@@ -88,9 +88,6 @@ REQ_EPOCH_SHIFT = 12
 REQ_EPOCHS = 15  # epochs 1..15, so a req_id is never 0 (what callers pass in)
 REQ_IDS_PER_EPOCH = (1 << REQ_EPOCH_SHIFT) - 1
 
-# A session that ends sooner than this after its handshake counts as flapping: the next reconnect
-# waits (growing), instead of hammering a dispenser that drops us right away.
-STABLE_LINK_S = 10.0
 STOPPED = "session stopped"
 
 
@@ -307,22 +304,17 @@ class DispenserSession:
         if self._running:
             raise RuntimeError("DispenserSession.run is already running")
         self._running = True
-        short_sessions = 0
         try:
-            while True:
-                conn = await retry_bounded(
-                    self._connect_once,
-                    self._backoff,
-                    retry_on=(TransportError, SessionError),
-                    rng=self._rng,
-                    on_failure=self._on_connect_failure,
-                )
-                reason = await self._serve(conn)
-                up_for = self._monotonic() - (conn.up_since or 0.0)
-                await self._teardown(conn, reason)
-                short_sessions = short_sessions + 1 if up_for < STABLE_LINK_S else 0
-                if short_sessions > 1:  # the first drop reconnects at once: catch retransmits
-                    await asyncio.sleep(self._backoff.delay(short_sessions - 1, self._rng))
+            # drivers.retry: one policy for both links (full-jitter backoff, one flap rule).
+            await stay_connected(
+                self._connect_once,
+                self._serve_and_teardown,
+                self._backoff,
+                retry_on=(TransportError, SessionError),
+                on_failure=self._on_connect_failure,
+                monotonic=self._monotonic,
+                what="dispenser link",
+            )
         finally:
             self._running = False
             if self._conn is not None:
@@ -376,7 +368,8 @@ class DispenserSession:
     def _on_connect_failure(self, attempt: int, error: Exception) -> None:
         self._counts["connect_failures"] += 1
         what = "timed out" if isinstance(error, TimeoutError) else f"{error}"
-        log.warning("dispenser connect attempt %d failed: %s", attempt, what)
+        level = logging.WARNING if worth_logging(attempt) else logging.DEBUG
+        log.log(level, "dispenser connect attempt %d failed: %s", attempt, what)
         self._report_down(f"connect failed: {what}")
 
     def _link_up(self, conn: _Connection, capabilities: Capabilities) -> None:
@@ -392,6 +385,9 @@ class DispenserSession:
             conn.transport.description,
         )
         self._report(LinkUp(capabilities))
+
+    async def _serve_and_teardown(self, conn: _Connection) -> None:
+        await self._teardown(conn, await self._serve(conn))
 
     async def _serve(self, conn: _Connection) -> str:
         """Run until the connection ends; returns why. Re-handshakes after a dispenser restart."""

@@ -12,6 +12,8 @@ from agent.clock import (
     DEFAULT_ZONE,
     Clock,
     Now,
+    ReferenceClock,
+    ScaledClock,
     SystemClock,
     TimeTrust,
     UnknownTimeZone,
@@ -259,3 +261,12 @@ def test_scaled_clock_runs_faster_in_both_readings() -> None:
     assert first.trust is TimeTrust.SYNCHRONISED
     with pytest.raises(ValueError, match="rate"):
         ScaledClock(start, rate=0)
+
+
+def test_only_the_real_clock_takes_time_from_a_reference(tmp_path: Path) -> None:
+    """The daemon asks the clock's interface, not its class, whether the dispenser's RTC may be
+    adopted: the real clock can; a test's or the demo's clock keeps its own time."""
+    assert isinstance(SystemClock(synced_flag=tmp_path / "synced"), ReferenceClock)
+    start = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+    assert not isinstance(VirtualClock(start), ReferenceClock)
+    assert not isinstance(ScaledClock(start, rate=60.0), ReferenceClock)

@@ -22,7 +22,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.mqtt.backoff import ReconnectBackoff
 from agent.mqtt.link import (
     InboundMessage,
     MqttLink,
@@ -321,29 +320,52 @@ def test_broker_restart_disconnects_then_link_reconnects_and_reruns_on_connected
     run(scenario)
 
 
-def test_link_notices_dead_network_thread_and_reconnects(
+def test_link_drops_a_silent_broker_by_keepalive_and_reconnects(
     mosquitto: MosquittoBroker,  # noqa: F811
 ) -> None:
     async def scenario() -> None:
         hook = Counter()
-        # keepalive 5 s: the quiet network thread wakes every keepalive/4, so loop_stop() is quick
-        link = MqttLink(
-            settings_for(mosquitto.port, keepalive_s=5),
-            will_factory=None,
-            subscriptions=(),
-            on_connected=hook,
-        )
-        async with running(link):
-            await link.wait_connected(WAIT_S)
-            await until(lambda: hook.calls == 1)  # the first connection's hook has run
-            conn = link._conn
-            assert conn is not None
-            # Stop paho's thread behind the link's back: no on_disconnect fires, the socket stays
-            # open. The thread reports its own end.
-            await asyncio.to_thread(conn.client.loop_stop)
-            await until(lambda: link.stats.connects == 2 and link.connected)
-            await until(lambda: hook.calls == 2)
-            await link.publish("ev/1", b"works again")
+        # keepalive 2 s: the PINGREQ is due after 2 s of silence, its PINGRESP 2 s later.
+        async with MqttTcpProxy(mosquitto.port) as proxy:
+            link = MqttLink(
+                settings_for(proxy.port, keepalive_s=2),
+                will_factory=None,
+                subscriptions=(),
+                on_connected=hook,
+            )
+            async with running(link):
+                await link.wait_connected(WAIT_S)
+                await until(lambda: hook.calls == 1)  # the first connection's hook has run
+                # The broker goes silent (no PINGRESP), the socket stays open: only the
+                # keepalive task on the loop can notice.
+                proxy.hold_downstream()
+                await until(lambda: link.stats.disconnects == 1)
+                proxy.release_downstream()
+                await until(lambda: link.stats.connects == 2 and link.connected)
+                await until(lambda: hook.calls == 2)
+                await link.publish("ev/1", b"works again")
+
+    run(scenario)
+
+
+def test_no_paho_thread_in_a_running_link(mosquitto: MosquittoBroker) -> None:  # noqa: F811
+    """paho is driven from the event loop: once connected, the link runs no thread at all (the
+    short-lived connect thread has ended), while publishing and receiving."""
+
+    async def scenario() -> None:
+        async with probe_on(mosquitto.port, "ev/#") as probe:  # the probe has its own thread
+            before = set(threading.enumerate())
+            link = MqttLink(settings_for(mosquitto.port), will_factory=None, subscriptions=[])
+            async with running(link):
+                await link.wait_connected(WAIT_S)
+                await link.publish("ev/1", b"x")
+                assert (await probe.next()).payload == b"x"
+                # The connect thread ends right after handing over its socket.
+                await until(lambda: set(threading.enumerate()) <= before)
+                await link.publish("ev/2", b"y")  # a round trip with no thread to carry it
+                assert (await probe.next()).payload == b"y"
+                extra = set(threading.enumerate()) - before
+                assert not extra, [t.name for t in extra]
 
     run(scenario)
 
@@ -403,9 +425,9 @@ def test_inbound_qos1_is_redelivered_until_the_application_acks_it(
                 await probe.publish("cmd/unit-1", b"first")
                 first = await _next_payload(first_link, b"first")
                 assert first.ack_token is not None
-                # A QoS 1 round trip through paho's network thread: it has finished with "first"
-                # (an automatic PUBACK would be queued) before it reports this ack, and paho
-                # writes in queue order, so the DISCONNECT below goes after any such PUBACK.
+                # A QoS 1 round trip: paho has finished with "first" (an automatic PUBACK would
+                # be queued) before it reads this ack, and paho writes in queue order, so the
+                # DISCONNECT below goes after any such PUBACK.
                 await first_link.publish("ev/sync", b"sync")
             # first_link stopped without acking "first"
             second_link = MqttLink(
@@ -596,11 +618,12 @@ def test_exception_inside_a_paho_callback_is_contained(
             await link.wait_connected(WAIT_S)
             conn = link._conn
             assert conn is not None
-            # Call the installed (guarded) on_message with garbage as paho's thread would.
+            # Call the installed (guarded) on_message with garbage, on the loop as paho's
+            # loop_read() would.
             on_message = conn.client.on_message
             assert on_message is not None
             garbage: Any = object()
-            await asyncio.to_thread(on_message, conn.client, None, garbage)
+            on_message(conn.client, None, garbage)
             await until(lambda: link.stats.callback_errors == 1)
             assert link.connected
             await link.publish("ev/1", b"x")
@@ -652,23 +675,6 @@ def test_many_concurrent_qos1_publishes_are_all_acknowledged(
     finally:
         subscriber.disconnect()
         subscriber.loop_stop()
-
-
-# --- backoff policy ----------------------------------------------------------------------------
-
-
-def test_backoff_is_full_jitter_exponential_and_bounded() -> None:
-    backoff = ReconnectBackoff(initial_s=0.5, max_s=4.0)
-    delays = [backoff.next_delay() for _ in range(200)]
-    caps = [min(4.0, 0.5 * 2**n) for n in range(200)]
-    assert all(0.0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
-    assert max(delays[10:]) > 2.0  # the window really widens up to max_s
-    assert backoff.failures == 200
-    backoff.reset()
-    assert backoff.failures == 0
-    assert backoff.next_delay() <= 0.5
-    with pytest.raises(ValueError, match="initial_s"):
-        ReconnectBackoff(initial_s=0, max_s=1)
 
 
 def test_reason_code_helper_sanity() -> None:

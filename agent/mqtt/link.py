@@ -1,14 +1,17 @@
 """Asyncio facade around paho-mqtt 2.x: connect, reconnect, publish with ack, receive.
 
-Threading model: every connection gets a fresh paho `Client` whose network thread is started with
-`loop_start()`. paho callbacks run on that thread; each one is wrapped so that no exception can
-escape into paho (an escaping exception kills paho's thread and leaves the client silently
-disconnected) and hands its work to the asyncio loop with `call_soon_threadsafe`. All link state is
-touched only on the asyncio loop.
+Threading model: none of paho's. Every connection gets a fresh paho `Client` driven from the
+asyncio loop the way aiomqtt drives it: paho's socket callbacks register the socket with
+`loop.add_reader` / `loop.add_writer` (paho reads and writes when the loop says the socket is
+ready), and a small task calls `loop_misc()` for keepalive pings. paho's callbacks therefore run on
+the loop, inside `loop_read()` / `loop_write()`; each one is wrapped so that no exception escapes
+into paho. Only the blocking part of a connect (DNS, TCP, TLS handshake, and the CONNECT written on
+the fresh socket) runs off the loop, on a short-lived thread of its own, under the attempt's
+deadline; every step of a connect is logged.
 
-paho's own reconnect logic is switched off (`reconnect_on_failure=False`): `run()` owns the
-reconnect policy (full-jitter exponential backoff, each attempt bounded), calls the will factory
-before every attempt and watches the network thread, not only `on_disconnect`.
+paho's own reconnect logic is not used: `run()` owns the reconnect policy (`drivers.retry`: the
+same full-jitter backoff and flap rule as the dispenser link) and calls the will factory before
+every attempt.
 
 Inbound messages are read with `get_message()` or `async for msg in link.messages()`. QoS 1 ones
 are acknowledged (PUBACK) only when the application calls `ack()` after handling them.
@@ -39,7 +42,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.mqtt.backoff import ReconnectBackoff
+from drivers.retry import (
+    RECONNECT_INITIAL_DELAY_S,
+    RECONNECT_MAX_DELAY_S,
+    STABLE_LINK_S,
+    RetryPolicy,
+    stay_connected,
+    worth_logging,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +60,8 @@ ProtocolName = Literal["5", "3.1.1"]
 _UNSUPPORTED_PROTOCOL_V5 = 0x84
 _UNSUPPORTED_PROTOCOL_V311 = 0x01
 
-# How long to wait for paho's network thread to finish once asked to stop.
-_THREAD_JOIN_TIMEOUT_S = 5.0
+# How long a stop waits for paho to write DISCONNECT and close the socket itself.
+_DISCONNECT_TIMEOUT_S = 2.0
 # How long a clean stop waits for the broker to acknowledge the farewell message.
 FAREWELL_TIMEOUT_S = 3.0
 CONTENT_TYPE = "application/json"
@@ -68,8 +78,9 @@ class MqttSettings:
     password: str | None = None
     tls: bool = False
     connect_timeout_s: float = 10.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 60.0
+    backoff_initial_s: float = RECONNECT_INITIAL_DELAY_S
+    backoff_max_s: float = RECONNECT_MAX_DELAY_S
+    stable_after_s: float = STABLE_LINK_S  # a shorter connection counts as a failure (flap rule)
     max_inflight: int = 20  # QoS 1 publishes on the wire awaiting PUBACK
     # "5" falls back to 3.1.1 by itself when the broker answers "unsupported protocol version";
     # "3.1.1" is for brokers that drop an MQTT 5 CONNECT instead of answering it (amqtt).
@@ -149,6 +160,10 @@ class _ConnectFailedError(Exception):
     """One connect attempt failed; `run()` backs off and tries again."""
 
 
+class _NoConnectSentError(_ConnectFailedError):
+    """paho's connect() raised: no CONNECT (and so no will) reached any broker."""
+
+
 _F = TypeVar("_F", bound=Callable[..., None])
 
 
@@ -156,8 +171,9 @@ _CONNECTION_NUMBERS = itertools.count(1)
 
 
 class _Connection:
-    """State of one paho client / one network connection. Touched only on the asyncio loop,
-    except the `_cb_*` methods, which run on paho's thread and only schedule work."""
+    """State of one paho client / one network connection. Everything here runs on the asyncio
+    loop: paho's callbacks are called from `loop_read()` / `loop_write()` / `loop_misc()`, which
+    the loop calls when the socket is ready or the misc timer is due."""
 
     def __init__(
         self,
@@ -165,21 +181,24 @@ class _Connection:
         client: paho.Client,
         on_message: Callable[[InboundMessage], None],
         on_callback_error: Callable[[str, BaseException], None],
+        misc_interval_s: float,
     ) -> None:
         self.loop = loop
         self.client = client
         self.number = next(_CONNECTION_NUMBERS)  # never reused, unlike id()
-        self.thread: threading.Thread | None = None
         self.connack: asyncio.Future[tuple[ReasonCode, bool]] = loop.create_future()
+        # An attempt that failed before it awaited CONNACK never reads the error set here.
+        self.connack.add_done_callback(_retrieve)
         self.pending_publishes: dict[int, asyncio.Future[ReasonCode]] = {}
         self.pending_subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.lost = asyncio.Event()
+        self.socket_closed = asyncio.Event()
         self.up = False
         self.up_since = 0.0
+        self._fd: int | None = None  # the socket's descriptor while registered with the loop
+        self._misc_task: asyncio.Task[None] | None = None
+        self._misc_interval_s = misc_interval_s
         self._on_message = on_message
-        self._handover_lock = threading.Lock()
-        self._handover: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self._drain_scheduled = False
         self._on_callback_error = on_callback_error
         client.on_connect = self._guard("on_connect", self._cb_connect)
         client.on_disconnect = self._guard("on_disconnect", self._cb_disconnect)
@@ -187,32 +206,99 @@ class _Connection:
         client.on_subscribe = self._guard("on_subscribe", self._cb_subscribe)
         client.on_message = self._guard("on_message", self._cb_message)
 
-    # --- paho thread side -------------------------------------------------------------------
+    # --- the socket on the loop -------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Hand the socket paho opened (off the loop) to the loop. The socket callbacks are set
+        only now, so that paho never calls them from the connect thread."""
+        sock = self.client.socket()
+        if sock is None:
+            raise OSError("paho has no socket after connect()")
+        self._fd = sock.fileno()
+        client = self.client
+        client.on_socket_close = self._cb_socket_close
+        client.on_socket_register_write = self._cb_register_write
+        client.on_socket_unregister_write = self._cb_unregister_write
+        self.loop.add_reader(self._fd, self._readable)
+        if client.want_write():  # CONNECT not fully written yet: paho asked before we listened
+            self.loop.add_writer(self._fd, self._writable)
+        self._misc_task = self.loop.create_task(self._misc(), name=f"mqtt-misc-{self.number}")
+
+    def _readable(self) -> None:
+        try:
+            self.client.loop_read()
+            # An SSL socket may hold decrypted bytes the kernel no longer reports as readable.
+            sock = self.client.socket()
+            if isinstance(sock, ssl.SSLSocket) and self._fd is not None and sock.pending():
+                self.loop.call_soon(self._readable)
+        except Exception as exc:  # paho raises on some socket errors instead of returning a code
+            self._io_failed("read", exc)
+
+    def _writable(self) -> None:
+        try:
+            self.client.loop_write()
+        except Exception as exc:  # as in _readable
+            self._io_failed("write", exc)
+
+    async def _misc(self) -> None:
+        """Keepalive: paho sends PINGREQ when due and drops a connection whose PINGRESP is late.
+        Every keepalive/4 keeps pings on time without waking an idle unit every second."""
+        try:
+            while self.client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (a timer, not a wait for state)
+                await asyncio.sleep(self._misc_interval_s)
+        except Exception as exc:  # as in _readable
+            self._io_failed("keepalive", exc)
+
+    def _io_failed(self, what: str, exc: Exception) -> None:
+        logger.warning("MQTT socket %s failed: %r", what, exc)
+        self.mark_lost(f"socket {what} failed: {exc!r}")
+        self.release()
+
+    def _cb_socket_close(self, _client: paho.Client, _userdata: object, _sock: object) -> None:
+        # paho calls this just before it closes the socket itself.
+        self._detach()
+
+    def _cb_register_write(self, _client: paho.Client, _userdata: object, _sock: object) -> None:
+        if self._fd is not None:
+            self.loop.add_writer(self._fd, self._writable)
+
+    def _cb_unregister_write(self, _client: paho.Client, _userdata: object, _sock: object) -> None:
+        if self._fd is not None:
+            self.loop.remove_writer(self._fd)
+
+    def _detach(self) -> None:
+        """Take the socket off the loop (before anyone closes it: a closed descriptor's number
+        can be reused at once) and stop the keepalive task."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            self.loop.remove_writer(fd)
+        if self._misc_task is not None and self._misc_task is not asyncio.current_task():
+            self._misc_task.cancel()
+        self.socket_closed.set()
+
+    @property
+    def attached(self) -> bool:
+        """The socket is open and registered with the loop."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Take the socket off the loop and close it, without a DISCONNECT (the will stands)."""
+        self._detach()
+        _close_socket(self.client)
+
+    # --- paho callbacks (on the loop) ---------------------------------------------------------
 
     def _guard(self, name: str, callback: _F) -> _F:
         def guarded(*args: Any) -> None:
             try:
                 callback(*args)
             except Exception as exc:
-                # Never let an exception reach paho: it would kill the network thread.
+                # Never let an exception reach paho: it would abort the read in the middle.
                 logger.exception("MQTT callback %s failed", name)
-                self._to_loop(self._on_callback_error, name, exc)
+                self._on_callback_error(name, exc)
 
         return guarded  # type: ignore[return-value]
-
-    def _to_loop(self, func: Callable[..., None], *args: Any) -> None:
-        # Batched hand-over: under load (thousands of PUBACKs) one loop wake-up runs many
-        # handlers instead of one self-pipe write per callback. Order is preserved.
-        with self._handover_lock:
-            self._handover.append((func, args))
-            if self._drain_scheduled:
-                return
-            self._drain_scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._drain_handover)
-        except RuntimeError:
-            # The loop is closed: the link is gone, nobody is waiting for this any more.
-            logger.debug("dropping MQTT callback after the event loop closed")
 
     def _cb_connect(
         self,
@@ -222,7 +308,8 @@ class _Connection:
         reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        self._to_loop(self._connack_received, reason, flags.session_present)
+        if not self.connack.done():
+            self.connack.set_result((reason, flags.session_present))
 
     def _cb_disconnect(
         self,
@@ -232,7 +319,7 @@ class _Connection:
         reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        self._to_loop(self.mark_lost, f"disconnected: {reason}")
+        self.mark_lost(f"disconnected: {reason}")
 
     def _cb_publish(
         self,
@@ -242,7 +329,9 @@ class _Connection:
         reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        self._to_loop(self._publish_done, mid, reason)
+        future = self.pending_publishes.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reason)
 
     def _cb_subscribe(
         self,
@@ -252,44 +341,21 @@ class _Connection:
         reasons: list[ReasonCode],
         _props: Properties | None,
     ) -> None:
-        self._to_loop(self._subscribe_done, mid, list(reasons))
-
-    def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
-        self._to_loop(self._on_message, _inbound_from_paho(msg, self.number))
-
-    # --- asyncio loop side -----------------------------------------------------------------
-
-    def _drain_handover(self) -> None:
-        with self._handover_lock:
-            batch = self._handover
-            self._handover = []
-            self._drain_scheduled = False
-        for func, args in batch:
-            try:
-                func(*args)
-            except Exception as exc:
-                logger.exception("MQTT event handler %s failed", getattr(func, "__name__", func))
-                self._on_callback_error("handler", exc)
-
-    def _connack_received(self, reason: ReasonCode, session_present: bool) -> None:
-        if not self.connack.done():
-            self.connack.set_result((reason, session_present))
-
-    def _publish_done(self, mid: int, reason: ReasonCode) -> None:
-        future = self.pending_publishes.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(reason)
-
-    def _subscribe_done(self, mid: int, reasons: list[ReasonCode]) -> None:
         future = self.pending_subscribes.pop(mid, None)
         if future is not None and not future.done():
-            future.set_result(reasons)
+            future.set_result(list(reasons))
+
+    def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        self._on_message(_inbound_from_paho(msg, self.number))
+
+    # --- state ------------------------------------------------------------------------------
 
     def mark_lost(self, why: str) -> None:
         """The connection is over: fail everything still waiting on it."""
         if self.lost.is_set():
             return
-        logger.info("MQTT connection lost (%s)", why)
+        # A connection that was never up (a failed attempt) is logged by the attempt.
+        logger.log(logging.INFO if self.up else logging.DEBUG, "MQTT connection lost (%s)", why)
         self.up = False
         self.lost.set()
         if not self.connack.done():
@@ -304,8 +370,44 @@ class _Connection:
             if not future.done():
                 future.set_exception(NotConnected(why))
 
-    def thread_alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _off_loop(
+    loop: asyncio.AbstractEventLoop,
+    func: Callable[[], None],
+    name: str,
+    cleanup: Callable[[], None],
+) -> asyncio.Future[None]:
+    """Run a blocking call on a short-lived daemon thread of its own; its outcome arrives on the
+    loop. Not the default executor: a hung DNS lookup would hold `asyncio.run()`'s shutdown, and a
+    daemon thread ends with the process. `cleanup` runs on that thread when the loop is gone."""
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            func()
+        except BaseException as exc:  # handed to the loop, which decides
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop is closed: nobody will use what func() opened
+            cleanup()
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return done
 
 
 def _inbound_from_paho(msg: paho.MQTTMessage, connection: int) -> InboundMessage:
@@ -357,6 +459,7 @@ class MqttLink:
         self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
         self._counts: dict[str, int] = dict.fromkeys(LinkStats.__dataclass_fields__, 0)
         self._last_callback_error: BaseException | None = None
+        self._consecutive_failures = 0  # failed connect attempts since the last success
 
     # --- public state ----------------------------------------------------------------------
 
@@ -430,8 +533,8 @@ class MqttLink:
         info = conn.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise NotConnected(f"paho did not accept the publish: {paho.error_string(info.rc)}")
-        # Registered in the same loop step as client.publish(): the ack callback is delivered
-        # through call_soon_threadsafe, so it always finds this future.
+        # Registered in the same loop step as client.publish(): paho calls on_publish only from
+        # loop_write()/loop_read(), which the loop runs later, so the callback finds this future.
         ack: asyncio.Future[ReasonCode] = conn.loop.create_future()
         conn.pending_publishes[info.mid] = ack
         try:
@@ -467,36 +570,38 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect and stay connected until cancelled; on cancel, disconnect cleanly."""
-        backoff = ReconnectBackoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        settings = self._settings
+        policy = RetryPolicy(
+            initial_delay_s=settings.backoff_initial_s,
+            max_delay_s=settings.backoff_max_s,
+            stable_after_s=settings.stable_after_s,
+            attempt_timeout_s=None,  # each step of _connect_once has its own deadline
+        )
         try:
-            while True:
-                conn = await self._connect_once()
-                if conn is None:
-                    delay = backoff.next_delay()
-                    logger.info("MQTT reconnect in %.2f s (failure %d)", delay, backoff.failures)
-                    await asyncio.sleep(delay)
-                    continue
-                stopping = False
-                try:
-                    await self._serve(conn)
-                except asyncio.CancelledError:
-                    stopping = True  # a clean stop: goodbye, then DISCONNECT
-                    await self._say_farewell(conn)
-                    raise
-                finally:
-                    await self._close(conn, clean=stopping)
-                # A connection that lived longer than the longest delay counts as healthy; a
-                # flapping one keeps growing the delay.
-                if time.monotonic() - conn.up_since >= self._settings.backoff_max_s:
-                    backoff.reset()
-                delay = backoff.next_delay()
-                logger.info("MQTT reconnect in %.2f s", delay)
-                await asyncio.sleep(delay)
+            await stay_connected(
+                self._connect_once,
+                self._serve_until_lost,
+                policy,
+                retry_on=(_ConnectFailedError,),
+                on_failure=lambda _n, _exc: None,  # _connect_once has logged it
+                what="MQTT",
+            )
         finally:
             conn = self._conn
             if conn is not None:
                 await self._say_farewell(conn)
                 await self._close(conn, clean=True)
+
+    async def _serve_until_lost(self, conn: _Connection) -> None:
+        stopping = False
+        try:
+            await self._serve(conn)
+        except asyncio.CancelledError:
+            stopping = True  # a clean stop: goodbye, then DISCONNECT
+            await self._say_farewell(conn)
+            raise
+        finally:
+            await self._close(conn, clean=stopping)
 
     async def _say_farewell(self, conn: _Connection) -> None:
         """A clean stop: publish the farewell (bounded) while the connection is still up. The
@@ -513,37 +618,67 @@ class MqttLink:
         except Exception as exc:  # best effort: the broker may already be gone
             logger.warning("farewell not published (%r); the will may follow instead", exc)
 
-    async def _connect_once(self) -> _Connection | None:
-        """One connect attempt, bounded by connect_timeout_s. None when it failed."""
+    async def _connect_once(self) -> _Connection:
+        """One connect attempt: every step under one deadline (connect_timeout_s) and logged.
+        Raises _ConnectFailedError when it failed."""
+        loud = logging.WARNING if worth_logging(self._consecutive_failures + 1) else logging.DEBUG
         settings = self._settings
-        loop = asyncio.get_running_loop()
+        where = f"{settings.host}:{settings.port}"
         try:
             will = self._will_factory() if self._will_factory is not None else None
         except Exception as exc:
             logger.exception("will_factory failed; not connecting without a will")
             self._record_callback_error("will_factory", exc)
-            return None
+            self._consecutive_failures += 1
+            raise _ConnectFailedError("will_factory failed") from exc
+        loop = asyncio.get_running_loop()
         client = self._new_client(will)
-        conn = _Connection(loop, client, self._inbox.put_nowait, self._record_callback_error)
-        deadline = loop.time() + settings.connect_timeout_s
+        conn = _Connection(
+            loop,
+            client,
+            self._inbox.put_nowait,
+            self._record_callback_error,
+            misc_interval_s=max(1.0, settings.keepalive_s / 4),
+        )
+        started = loop.time()
+        deadline = started + settings.connect_timeout_s
+        step = "DNS/TCP/TLS + CONNECT"
+        logger.debug(
+            "MQTT connect attempt %d to %s (MQTT %s): %s, deadline %.1f s",
+            conn.number,
+            where,
+            self._protocol,
+            step,
+            settings.connect_timeout_s,
+        )
         try:
-            client.on_thread_exit = lambda: _call_soon(loop, conn.mark_lost, "network thread ended")
-            await self._open_socket(conn)
-            conn.thread = client._thread  # joined on close
             async with asyncio.timeout_at(deadline):
+                await self._open_socket(conn)
+                step = "CONNACK"
+                logger.debug(
+                    "MQTT connect attempt %d: socket open after %.3f s, CONNECT sent; awaiting %s",
+                    conn.number,
+                    loop.time() - started,
+                    step,
+                )
                 reason, session_present = await conn.connack
-        except OSError as exc:
-            # The socket (or the CONNECT on it) failed: no broker has this will.
-            logger.warning("MQTT connect to %s:%d failed: %r", settings.host, settings.port, exc)
+        except (TimeoutError, _ConnectFailedError, OSError) as exc:
+            # Only when paho's connect() itself raised did no CONNECT leave this host. After a
+            # deadline the connect thread may still send it, and a CONNECT without an answer
+            # may have reached the broker: it may hold this will.
+            seen = not isinstance(exc, _NoConnectSentError)
+            logger.log(
+                loud,
+                "MQTT connect to %s failed at %s after %.3f s (attempt %d): %r",
+                where,
+                step,
+                loop.time() - started,
+                conn.number,
+                exc.__cause__ if isinstance(exc, _NoConnectSentError) else exc,
+            )
             await self._close(conn, clean=False)
-            self._attempt_failed(will, seen=False)
-            return None
-        except (TimeoutError, _ConnectFailedError) as exc:
-            # CONNECT was sent: the broker may hold this will even though we never heard back.
-            logger.warning("MQTT connect to %s:%d failed: %r", settings.host, settings.port, exc)
-            await self._close(conn, clean=False)
-            self._attempt_failed(will, seen=True)
-            return None
+            self._attempt_failed(will, seen=seen)
+            raise _ConnectFailedError(f"{step}: {exc!r}") from exc
         except asyncio.CancelledError:
             await self._close(conn, clean=False)
             raise
@@ -553,20 +688,26 @@ class MqttLink:
             if should_fall_back_to_v311(self._protocol, reason.value):
                 logger.warning("broker refused MQTT 5 (%s); using MQTT 3.1.1 from now on", reason)
                 self._protocol = "3.1.1"
+                self._consecutive_failures -= 1  # not an outage: the same attempt, in 3.1.1
                 return await self._connect_once()
-            logger.warning("MQTT connect refused: %s", reason)
-            return None
+            logger.log(loud, "MQTT connect to %s refused: %s", where, reason)
+            raise _ConnectFailedError(f"refused: {reason}")
         conn.up = True
         conn.up_since = time.monotonic()
         self._conn = conn
+        self._consecutive_failures = 0
         self._bump(connects=1)
         self._connected_event.set()
         logger.info(
-            "MQTT connected (protocol %s, session present: %s)", self._protocol, session_present
+            "MQTT connected in %.3f s (protocol %s, session present: %s)",
+            loop.time() - started,
+            self._protocol,
+            session_present,
         )
         return conn
 
     def _attempt_failed(self, will: Will | None, *, seen: bool) -> None:
+        self._consecutive_failures += 1
         self._bump(connect_failures=1)
         if seen or will is None or self._will_unseen is None:
             return
@@ -577,36 +718,44 @@ class MqttLink:
             self._record_callback_error("will_unseen", exc)
 
     async def _open_socket(self, conn: _Connection) -> None:
-        """TCP connect and send CONNECT in a worker thread (paho's connect() blocks)."""
+        """DNS, TCP connect (+ TLS handshake) and CONNECT: paho's connect() blocks, so it runs on
+        a thread; then the socket is handed to the loop. Bounded by the caller's deadline; a
+        thread still running then is abandoned and its socket closed once it returns."""
         settings = self._settings
         properties = None
         if self._protocol == "5":
             properties = _new_properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = settings.session_expiry_s
         client = conn.client
+        clean_start = False if self._protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
 
         def connect() -> None:
             client.connect(
                 settings.host,
                 settings.port,
                 keepalive=settings.keepalive_s,
-                clean_start=False if self._protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                clean_start=clean_start,
                 properties=properties,
             )
 
-        call = asyncio.ensure_future(asyncio.to_thread(connect))
-        try:
-            await asyncio.shield(call)
-        except asyncio.CancelledError:
-            # The thread cannot be interrupted; close its socket once it is done.
-            call.add_done_callback(lambda _: _close_socket(client))
-            raise
-        client.loop_start()
+        def close() -> None:
+            _close_socket(client)
 
-    def _new_client(self, will: Will | None) -> _QuietClient:
+        done = _off_loop(conn.loop, connect, f"mqtt-connect-{conn.number}", cleanup=close)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:  # the deadline, or a stop: the thread cannot be stopped
+            done.add_done_callback(lambda _: close())
+            raise
+        except Exception as exc:  # whatever connect() raised (OSError, ssl, a bad host name)
+            close()
+            raise _NoConnectSentError(repr(exc)) from exc
+        conn.attach()
+
+    def _new_client(self, will: Will | None) -> paho.Client:
         settings = self._settings
         v5 = self._protocol == "5"
-        client = _QuietClient(
+        client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             clean_session=None if v5 else False,
@@ -614,9 +763,7 @@ class MqttLink:
             reconnect_on_failure=False,  # run() owns the reconnect policy
             manual_ack=True,  # inbound QoS 1 is acked after it is handled: see ack()
         )
-        client.connect_timeout = settings.connect_timeout_s
-        # keepalive/4 keeps PINGREQs on time while the thread sleeps through an idle unit's day.
-        client.select_timeout_s = max(1.0, settings.keepalive_s / 4)
+        client.connect_timeout = settings.connect_timeout_s  # the TCP connect and TLS handshake
         client.max_inflight_messages_set(settings.max_inflight)
         client.max_queued_messages_set(0)  # unbounded: callers bound it themselves
         if settings.username is not None:
@@ -638,10 +785,11 @@ class MqttLink:
         return client
 
     async def _serve(self, conn: _Connection) -> None:
-        """Subscribe, run on_connected, then watch the connection until it is lost."""
+        """Subscribe, run on_connected, then wait until the connection is lost (on_disconnect,
+        a socket error, or a missed PINGRESP: all arrive as `conn.lost`, nothing polls)."""
         async with asyncio.TaskGroup() as tasks:
             setup = tasks.create_task(self._after_connect(conn), name="mqtt-after-connect")
-            await self._watch(conn)
+            await conn.lost.wait()
             setup.cancel()
 
     async def _after_connect(self, conn: _Connection) -> None:
@@ -679,35 +827,24 @@ class MqttLink:
             if reason.is_failure:
                 logger.error("subscription to %s refused: %s", topic, reason)
 
-    async def _watch(self, conn: _Connection) -> None:
-        """Return when the connection is lost: on_disconnect, or paho's thread ended.
-
-        Both arrive as events (the thread reports its own end), so nothing polls here.
-        """
-        await conn.lost.wait()
-        if not conn.thread_alive():
-            logger.warning("paho network thread ended; reconnecting")
-
     async def _close(self, conn: _Connection, *, clean: bool) -> None:
-        """Stop the connection's network thread and release the socket."""
+        """End the connection. Clean (a stop): DISCONNECT, so the broker drops the will (MQTT
+        semantics), and wait, bounded, for paho to write it and close the socket. Otherwise the
+        socket is closed abruptly and the will stands."""
         if self._conn is conn:  # only connections that completed CONNACK are ever current
             self._conn = None
             self._connected_event.clear()
             self._ready_event.clear()
             self._bump(disconnects=1)
         conn.mark_lost("clean disconnect" if clean else "closing")
-        # disconnect() makes paho's loop send DISCONNECT (when connected) and end its thread.
-        # A clean DISCONNECT means the broker drops the will; that is MQTT semantics.
-        if clean or conn.thread_alive():
-            conn.client.disconnect()
-        thread = conn.thread
-        if thread is not None and thread.is_alive():
-            await asyncio.to_thread(thread.join, _THREAD_JOIN_TIMEOUT_S)
-            if thread.is_alive():
-                logger.error(
-                    "paho network thread did not stop within %.0f s", _THREAD_JOIN_TIMEOUT_S
-                )
-        _close_socket(conn.client)
+        if clean and conn.attached:
+            conn.client.disconnect()  # queued; written when the loop finds the socket writable
+            try:
+                async with asyncio.timeout(_DISCONNECT_TIMEOUT_S):
+                    await conn.socket_closed.wait()
+            except TimeoutError:
+                logger.warning("MQTT DISCONNECT not written within %.0f s", _DISCONNECT_TIMEOUT_S)
+        conn.release()
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -719,28 +856,6 @@ class MqttLink:
         del where  # already logged where it happened
         self._last_callback_error = exc
         self._bump(callback_errors=1)
-
-
-@functools.lru_cache(maxsize=64)
-def _call_soon(loop: asyncio.AbstractEventLoop, func: Callable[[str], None], arg: str) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is already closed at shutdown
-        loop.call_soon_threadsafe(func, arg)
-
-
-class _QuietClient(paho.Client):
-    """paho's client, with a network thread that sleeps until traffic or `select_timeout_s`
-    (paho's own wakes every second: the biggest idle cost on a Pi) and reports its end."""
-
-    select_timeout_s: float = 1.0
-    on_thread_exit: Callable[[], None] | None = None
-
-    def _thread_main(self) -> None:
-        try:
-            self.loop_forever(timeout=self.select_timeout_s, retry_first_connection=True)
-        finally:
-            self._thread = None
-            if self.on_thread_exit is not None:
-                self.on_thread_exit()
 
 
 @functools.lru_cache(maxsize=64)
