@@ -153,6 +153,16 @@ class MqttBroker(_Strict):
     )
     heartbeat_s: int = Field(default=300, ge=10, le=3600)
     health_s: int = Field(default=900, ge=60, le=86_400)
+    response_topic_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "an MQTT 5 response topic a command names is used only when it lies under this "
+            "prefix (or is the unit's own response topic); otherwise the answer goes to "
+            "dispenser/v1/{unit_id}/commands/response"
+        ),
+    )
 
 
 class ScheduleRuleConfig(_Strict):
@@ -328,6 +338,28 @@ class AgentConfig(_Strict):
     # Installation binding: a pseudonymous patient reference, never a name or national id.
     patient_ref: str | None = Field(default=None, min_length=4, max_length=64)
     schedule: ScheduleConfig | None = None
+    centre_keys: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "the response centre's Ed25519 public keys (base64 of 32 bytes, from "
+            "`dispenser-agent centre keygen`); commands that change anything must be signed by "
+            "one of them (or by a key added later through a signed rotate_centre_keys). None: "
+            "every such command is refused"
+        ),
+    )
+
+    @field_validator("centre_keys")
+    @classmethod
+    def _centre_keys(cls, value: list[str]) -> list[str]:
+        from agent.contract.signing import KeyFormatError, load_public_key
+
+        for index, text in enumerate(value):
+            try:
+                load_public_key(text)
+            except KeyFormatError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
 
     @field_validator("unit_id")
     @classmethod

@@ -1,0 +1,274 @@
+"""Signed commands on real parts (issue 10, items 1-2): the daemon in its own process, the
+dispenser simulator on a pty, a private mosquitto on 127.0.0.1, and a response centre that signs
+with its key (tests/e2e_support.py signs with RFC 8785 and cryptography, not with the agent's code).
+
+Every attack an attacker with broker access tried is refused here, answered and reported as a
+`command_unauthenticated` event: unsigned, forged, signed by an unknown key, addressed to another
+unit, issued in the future, expired, replayed after a reset; and the unit answers only on its own
+response topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import MosquittoBroker
+from contract_check import validate
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from e2e_support import (
+    CENTRE_KEY_ID,
+    REPO,
+    AgentProcess,
+    WireRecorder,
+    command,
+    oslo,
+    publish_command,
+    sign_command,
+    write_config,
+)
+
+from hw.dispenser import DispenserIdentity, DispenserModel
+from hw.wire import SimulatorRunner
+
+pytestmark = pytest.mark.e2e
+UNIT = "auth-unit-1"
+OTHER_UNIT = "auth-unit-2"
+WAIT_S = 30.0
+INTRUDER = Ed25519PrivateKey.from_private_bytes(bytes.fromhex("77" * 32))
+
+
+@dataclass
+class Rig:
+    runner: SimulatorRunner
+    wire: WireRecorder
+    agent: AgentProcess
+    broker: MosquittoBroker
+    tmp: Path
+
+    def wait(self, predicate: Callable[[WireRecorder], bool], timeout: float = WAIT_S) -> None:
+        try:
+            self.wire.wait_for(predicate, timeout)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n--- agent log ---\n{self.agent.log_text()[-5000:]}"
+            ) from None
+
+    def send(self, request: dict[str, Any], **options: Any) -> None:
+        publish_command(self.broker.port, UNIT, json.dumps(request).encode(), **options)
+
+    def command(self, name: str, **fields: Any) -> dict[str, Any]:
+        """A command issued now by the unit's (scaled) clock."""
+        return command(name, issued_at=self.agent.sim_now(), **fields)
+
+    def answers(self) -> dict[str, list[dict[str, Any]]]:
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for response in self.wire.on("commands/response"):
+            by_id.setdefault(response["command_id"], []).append(response)
+        return by_id
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.wait(lambda w: request["command_id"] in self.answers())
+        return self.answers()[request["command_id"]][0]
+
+    def unauthenticated(self) -> dict[str, dict[str, Any]]:
+        return {e["data"]["command_id"]: e for e in self.wire.events("command_unauthenticated")}
+
+
+@pytest.fixture
+def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
+    model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
+    runner = SimulatorRunner.on_pty(model, link_path=tmp_path / "tty")
+    runner.start()
+    wire = WireRecorder(mosquitto.port, UNIT)
+    wire.start()
+    config = write_config(
+        tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
+    )
+    agent = AgentProcess(config, oslo(7, 50), tmp_path / "agent.log")
+    agent.start()
+    made = Rig(runner, wire, agent, mosquitto, tmp_path)
+    try:
+        made.wait(lambda w: any(s.get("link") == "up" for s in w.on("state/dispenser")))
+        yield made
+    finally:
+        agent.stop()
+        wire.stop()
+        runner.stop()
+
+
+def refused_with(rig: Rig, request: dict[str, Any], code: str) -> None:
+    """Answered rejected with `code`, reported as command_unauthenticated (medium) with it."""
+    answer = rig.answer(request)
+    assert (answer["status"], answer["error"]["code"]) == ("rejected", code), answer
+    validate("commands/response", answer)
+    rig.wait(lambda w: request["command_id"] in rig.unauthenticated())
+    event = rig.unauthenticated()[request["command_id"]]
+    assert (event["priority"], event["data"]["code"]) == ("medium", code)
+    validate("events", event)
+
+
+def test_forged_misaddressed_future_expired_and_unknown_key_commands_are_refused(
+    rig: Rig,
+) -> None:
+    genuine = rig.command("silence", minutes=5)
+    rig.send(genuine)
+    assert rig.answer(genuine)["status"] == "ok"
+
+    unsigned = rig.command("pause", pause_id="evil-1", start=oslo(9, 0).isoformat())
+    rig.send(unsigned, sign=False)
+    refused_with(rig, unsigned, "unsigned")
+
+    forged = sign_command(rig.command("silence", minutes=5), UNIT)
+    forged["command"]["minutes"] = 120  # changed after signing
+    rig.send(forged)
+    refused_with(rig, forged, "bad_signature")
+
+    stranger = sign_command(rig.command("silence", minutes=5), UNIT, key=INTRUDER)
+    rig.send(stranger)
+    refused_with(rig, stranger, "unknown_key")
+
+    # a genuine command for unit 2, replayed to unit 1 by someone on the broker
+    elsewhere = sign_command(rig.command("silence", minutes=5), OTHER_UNIT)
+    rig.send(elsewhere)
+    refused_with(rig, elsewhere, "wrong_unit")
+
+    ahead = command("silence", issued_at=rig.agent.sim_now() + timedelta(days=365), minutes=5)
+    rig.send(ahead)
+    refused_with(rig, ahead, "issued_in_future")
+
+    stale = command(
+        "silence",
+        issued_at=rig.agent.sim_now() - timedelta(hours=2),
+        expires_in=timedelta(hours=1),
+        minutes=5,
+    )
+    rig.send(stale)
+    assert rig.answer(stale)["status"] == "expired"
+
+    # the genuine command replayed: its first answer again, not executed a second time
+    rig.send(genuine)
+    rig.wait(lambda w: len(rig.answers()[genuine["command_id"]]) == 2)
+    assert rig.answers()[genuine["command_id"]] == [rig.answer(genuine)] * 2
+    assert len({e["event_id"] for e in rig.wire.events("alert_silenced")}) == 1
+    assert rig.wire.events("pause_started") == []
+
+
+def test_dose_stopping_commands_are_accepted_loudly_and_versions_advance_in_bounded_steps(
+    rig: Rig,
+) -> None:
+    rules = [{"effective_from": "2026-11-01", "times": ["08:00", "20:00"]}]
+    huge = rig.command("update_schedule", version=2**40, rules=rules)
+    rig.send(huge)
+    answer = rig.answer(huge)
+    assert (answer["status"], answer["error"]["code"]) == ("rejected", "version_step_too_large")
+    next_real = rig.command("update_schedule", version=2, rules=rules)
+    rig.send(next_real)
+    assert rig.answer(next_real)["status"] == "ok"  # not locked out by the huge one
+
+    empty = rig.command(
+        "update_schedule", version=3, rules=[{"effective_from": "2026-11-01", "times": []}]
+    )
+    rig.send(empty)
+    assert rig.answer(empty)["status"] == "ok"
+    rig.wait(lambda w: bool(w.events("schedule_empty")))
+    [no_doses] = rig.wire.events("schedule_empty")
+    assert (no_doses["priority"], no_doses["vkp_code"], no_doses["data"]["version"]) == (
+        "high",
+        "3.8",
+        3,
+    )
+
+    open_ended = rig.command("pause", pause_id="hosp-1", start=oslo(9, 0).isoformat())
+    rig.send(open_ended)
+    assert rig.answer(open_ended)["status"] == "ok"
+    rig.wait(lambda w: bool(w.events("pause_open_ended")))
+    [paused] = rig.wire.events("pause_open_ended")
+    assert (paused["priority"], paused["vkp_code"], paused["data"]["pause_id"]) == (
+        "medium",
+        "3",
+        "hosp-1",
+    )
+    validate("events", paused)
+    validate("events", no_doses)
+
+
+def test_answers_go_only_to_the_units_own_response_topic(rig: Rig) -> None:
+    other = WireRecorder(rig.broker.port, OTHER_UNIT)
+    other.start()
+    try:
+        status = rig.command("request_status")
+        rig.send(status, response_topic=f"dispenser/v1/{OTHER_UNIT}/state/health")
+        silence = rig.command("silence", minutes=5)
+        rig.send(silence, response_topic="anywhere/at/all")
+        assert rig.answer(status)["status"] == "ok"
+        assert rig.answer(silence)["status"] == "ok"
+        assert [m for m in other.snapshot() if m.payload.get("command_id")] == []
+    finally:
+        other.stop()
+
+
+def test_keys_rotate_through_a_signed_command_and_survive_a_restart(rig: Rig) -> None:
+    successor = Ed25519PrivateKey.from_private_bytes(bytes.fromhex("31" * 32))
+    new_public = base64.b64encode(successor.public_key().public_bytes_raw()).decode()
+    retire_all = rig.command("rotate_centre_keys", retire=[CENTRE_KEY_ID])
+    rig.send(retire_all)
+    answer = rig.answer(retire_all)
+    assert (answer["status"], answer["error"]["code"]) == ("rejected", "no_trusted_key_left")
+
+    rotate = rig.command("rotate_centre_keys", add=[new_public], retire=[CENTRE_KEY_ID])
+    rig.send(rotate)
+    assert rig.answer(rotate)["status"] == "ok"
+    rig.wait(lambda w: bool(w.events("centre_keys_changed")))
+    [changed] = rig.wire.events("centre_keys_changed")
+    assert changed["data"]["retired"] == [CENTRE_KEY_ID]
+
+    rig.agent.stop()
+    rig.agent.start_at = rig.agent.sim_now()
+    rig.agent.start()
+    rig.wait(lambda w: len(w.events("agent_started")) >= 2)
+
+    old_key = rig.command("silence", minutes=5)
+    rig.send(old_key)  # signed with the retired key (the one in the config)
+    refused_with(rig, old_key, "unknown_key")
+    new_key = sign_command(rig.command("silence", minutes=5), UNIT, key=successor)
+    rig.send(new_key)
+    assert rig.answer(new_key)["status"] == "ok"
+
+
+def test_a_command_from_before_a_reset_is_refused_as_a_replay(rig: Rig) -> None:
+    before = rig.command("silence", minutes=5)
+    rig.send(before)
+    assert rig.answer(before)["status"] == "ok"
+    rig.agent.stop()
+    reset = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "reset", "--config", str(rig.agent.config), "--force"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert reset.returncode == 0, reset.stderr
+    # The reset wiped the command ids and set the command floor by the wall clock; the unit's
+    # clock goes on from there (in these tests the scaled clock starts days before today).
+    rig.agent.start_at = datetime.now(UTC)
+    rig.agent.start()
+    rig.wait(lambda w: len(w.events("agent_started")) >= 2)
+    rig.send(before)  # the same signed bytes, recorded from the broker and sent again
+    rig.wait(lambda w: len(rig.answers()[before["command_id"]]) >= 2)
+    again = rig.answers()[before["command_id"]][1]
+    assert (again["status"], again["error"]["code"]) == ("rejected", "replayed")
+    rig.wait(lambda w: before["command_id"] in rig.unauthenticated())
+    fresh = rig.command("silence", minutes=5)  # the centre's new commands are carried out
+    rig.send(fresh)
+    assert rig.answer(fresh)["status"] == "ok"
