@@ -229,11 +229,11 @@ class CommandHandler:
                 f"({now_utc.isoformat()}) by more than {MAX_ISSUE_SKEW}",
             )
         floor = self.daemon.store.command_floor()
-        if floor is not None and request.issued_at < datetime.fromisoformat(floor):
+        if floor is not None and request.issued_at < floor:
             raise Refused(
                 "rejected",
                 REPLAYED,
-                f"issued before {floor}: the unit was reset (or rebound) since",
+                f"issued before {utc_text(floor)}: the unit was reset since",
             )
 
     def _refuse_unauthenticated(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,8 +26,10 @@ from typing import Any
 import pytest
 from broker import MosquittoBroker
 from contract_check import validate
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e_support import (
+    CENTRE_KEY,
     CENTRE_KEY_ID,
     REPO,
     AgentProcess,
@@ -84,19 +88,17 @@ class Rig:
         return {e["data"]["command_id"]: e for e in self.wire.events("command_unauthenticated")}
 
 
-@pytest.fixture
-def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
+@contextmanager
+def running(tmp_path: Path, broker: MosquittoBroker, start_at: datetime) -> Iterator[Rig]:
     model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     runner = SimulatorRunner.on_pty(model, link_path=tmp_path / "tty")
     runner.start()
-    wire = WireRecorder(mosquitto.port, UNIT)
+    wire = WireRecorder(broker.port, UNIT)
     wire.start()
-    config = write_config(
-        tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
-    )
-    agent = AgentProcess(config, oslo(7, 50), tmp_path / "agent.log")
+    config = write_config(tmp_path, unit_id=UNIT, broker_port=broker.port, device=tmp_path / "tty")
+    agent = AgentProcess(config, start_at, tmp_path / "agent.log")
     agent.start()
-    made = Rig(runner, wire, agent, mosquitto, tmp_path)
+    made = Rig(runner, wire, agent, broker, tmp_path)
     try:
         made.wait(lambda w: any(s.get("link") == "up" for s in w.on("state/dispenser")))
         yield made
@@ -104,6 +106,12 @@ def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
         agent.stop()
         wire.stop()
         runner.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
+    with running(tmp_path, mosquitto, oslo(7, 50)) as made:
+        yield made
 
 
 def refused_with(rig: Rig, request: dict[str, Any], code: str) -> None:
@@ -272,3 +280,69 @@ def test_a_command_from_before_a_reset_is_refused_as_a_replay(rig: Rig) -> None:
     fresh = rig.command("silence", minutes=5)  # the centre's new commands are carried out
     rig.send(fresh)
     assert rig.answer(fresh)["status"] == "ok"
+
+
+def centre_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "centre", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_operator_tool_signs_and_sends_a_command_the_unit_carries_out(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    key_file = tmp_path / "centre.key"  # the e2e centre key, as the tool stores keys
+    key_file.write_bytes(
+        CENTRE_KEY.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    signed = centre_tool(
+        "sign", "--key", str(key_file), "--unit", UNIT, "--by", "operator-17",
+        '{"name": "silence", "minutes": 5}',
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    request = json.loads(signed.stdout)
+    assert (request["unit_id"], request["signature"]["key_id"]) == (UNIT, CENTRE_KEY_ID)
+    (tmp_path / "signed.json").write_text(signed.stdout, encoding="utf-8")
+    # the unit's clock is the wall clock here: the tool stamps commands with the wall clock
+    with running(tmp_path, mosquitto, datetime.now(UTC)) as rig:
+        port = str(mosquitto.port)
+        sent = centre_tool(
+            "send", "--port", port, "--unit", UNIT, "--signed", str(tmp_path / "signed.json")
+        )
+        assert sent.returncode == 0, sent.stderr + rig.agent.log_text()[-3000:]
+        assert json.loads(sent.stdout)["command_id"] == request["command_id"]
+        resume = centre_tool(
+            "send", "--port", port, "--unit", UNIT, "--key", str(key_file), "--by", "op-2",
+            '{"name": "resume", "pause_id": "none-such"}',
+        )  # fmt: skip
+        assert resume.returncode == 1, resume.stderr  # refused by the engine, and said so
+        assert json.loads(resume.stdout)["status"] == "rejected"
+        other = centre_tool(
+            "send", "--port", port, "--unit", "auth-unit-9", "--timeout", "2",
+            "--signed", str(tmp_path / "signed.json"),
+        )  # fmt: skip
+        assert other.returncode == 2  # a request for another unit is not sent
+        assert "not a request for unit auth-unit-9" in other.stderr
+
+
+def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
+    made = centre_tool("keygen", "--out", str(tmp_path / "k.pem"))
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+    public = re.search(r"public key:\s+(\S+)", made.stdout)
+    assert public is not None
+    loaded = serialization.load_pem_private_key((tmp_path / "k.pem").read_bytes(), None)
+    assert isinstance(loaded, Ed25519PrivateKey)
+    raw = loaded.public_key().public_bytes_raw()
+    assert public.group(1) == base64.b64encode(raw).decode()
+    again = centre_tool("keygen", "--out", str(tmp_path / "k.pem"))
+    assert again.returncode == 2  # never overwrites a key

@@ -381,9 +381,10 @@ class Store:
             raise StoreUsageError(f"kv key {key!r} is managed by the store")
         self._writer().execute("DELETE FROM kv WHERE key = ?", (key,))
 
-    def command_floor(self) -> str | None:
-        """ISO UTC time: a signed command issued before it is a replay (None: no floor yet)."""
-        return kv.get_kv(self._db(), kv.COMMAND_FLOOR)
+    def command_floor(self) -> datetime | None:
+        """A signed command issued before this time is a replay (None: no floor yet)."""
+        stored = kv.get_kv(self._db(), kv.COMMAND_FLOOR)
+        return None if stored is None else _utc_key(stored)
 
     def raise_command_floor(self, at_iso_utc: str) -> None:
         """Move the floor up to `at_iso_utc` (never down); ISO UTC strings compare as times."""
