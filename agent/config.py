@@ -8,7 +8,9 @@ Errors name the field and say what is expected; nothing starts on a config that 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +27,7 @@ from pydantic import (
 )
 
 from agent.clock import DEFAULT_ZONE, load_zone
+from agent.contract.signing import KeyFormatError, load_public_key
 from agent.engine.schedule import (
     MIN_INTERVAL_FLOOR,
     MIN_INTERVAL_MAX,
@@ -44,12 +47,62 @@ UUID_128 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+# The pseudonymous patient reference printed on the multidose rolls (README, "For technicians"):
+# 4-64 characters of a-z, 0-9 and '-', starting with a letter, with at least one digit (a name
+# has none).
+PSEUDONYM = re.compile(r"[a-z][a-z0-9-]{3,63}")
+_FNR_WEIGHTS_1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
+_FNR_WEIGHTS_2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
+
+
+def is_national_id(digits: str) -> bool:
+    """11 digits that pass the fødselsnummer / D-number checks: a date (day + 40 for a D-number)
+    and both mod-11 check digits."""
+    if len(digits) != 11 or not digits.isdigit():
+        return False
+    day, month = int(digits[0:2]), int(digits[2:4])
+    if day > 40:
+        day -= 40  # D-number
+    if month > 40:
+        month -= 40  # H-number (assigned by health services)
+    if not (1 <= day <= 31 and 1 <= month <= 12):
+        return False
+    numbers = [int(c) for c in digits]
+    for weights, check_at in ((_FNR_WEIGHTS_1, 9), (_FNR_WEIGHTS_2, 10)):
+        check = (11 - sum(w * n for w, n in zip(weights, numbers, strict=False)) % 11) % 11
+        if check == 10 or check != numbers[check_at]:
+            return False
+    return True
+
+
+def check_pseudonym(value: str) -> None:
+    """Refuse a patient reference that is, or hides, a national id, or looks like a name."""
+    digits = "".join(c for c in value if c.isdigit())
+    # any spacing: "010199 12345", "010199-12345", "p-01019912345"
+    if any(is_national_id(digits[i : i + 11]) for i in range(len(digits) - 10)):
+        raise ValueError(
+            "contains a national identity number (fødselsnummer or D-number); use the "
+            "pseudonymous reference printed on the rolls"
+        )
+    if len(digits) >= 9 and not any(c.isalpha() for c in value):
+        raise ValueError(
+            "looks like a national identity number; use the pseudonymous reference printed on "
+            "the rolls"
+        )
+    if not PSEUDONYM.fullmatch(value) or not digits:
+        raise ValueError(
+            "must be the pseudonymous reference printed on the rolls (4-64 characters of a-z, "
+            "0-9 and '-', starting with a letter, with at least one digit), never a name"
+        )
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says which field and why."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "8883" is not a port and "yes" not a boolean (JSON dates and paths are strings)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SerialLink(_Strict):
@@ -145,7 +198,11 @@ class MqttBroker(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
-    password_file: Path | None = None
+    password_file: Path | None = Field(
+        default=None,
+        description="must exist, be owned by the user the agent runs as, and be readable by "
+        "that user only (chmod 600)",
+    )
     tls: bool = False
     keepalive_s: int = Field(default=30, ge=5, le=600)
     protocol: Literal["5", "3.1.1"] = Field(
@@ -163,6 +220,34 @@ class MqttBroker(_Strict):
             "dispenser/v1/{unit_id}/commands/response"
         ),
     )
+
+    @field_validator("password_file")
+    @classmethod
+    def _private_password_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_private_file(value)
+        return value
+
+
+def check_private_file(path: Path) -> None:
+    """A secret file: exists, owned by the user the agent runs as, no access for others."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    if info.st_uid != os.geteuid():
+        raise ValueError(
+            f"{path} is owned by uid {info.st_uid}, not by the user the agent runs as "
+            f"(uid {os.geteuid()}): chown it to the service user"
+        )
+    if info.st_mode & 0o077:
+        raise ValueError(
+            f"{path} has mode {stat.S_IMODE(info.st_mode):o}: others may read it; chmod 600"
+        )
 
 
 class ScheduleRuleConfig(_Strict):
@@ -352,8 +437,6 @@ class AgentConfig(_Strict):
     @field_validator("centre_keys")
     @classmethod
     def _centre_keys(cls, value: list[str]) -> list[str]:
-        from agent.contract.signing import KeyFormatError, load_public_key
-
         for index, text in enumerate(value):
             try:
                 load_public_key(text)
@@ -371,11 +454,8 @@ class AgentConfig(_Strict):
     @field_validator("patient_ref")
     @classmethod
     def _pseudonymous(cls, value: str | None) -> str | None:
-        # A Norwegian national id is 11 digits: refuse anything that looks like one.
-        if value is not None and re.fullmatch(r"\d{11}", value):
-            raise ValueError(
-                "looks like a national identity number; use the pseudonymous reference"
-            )
+        if value is not None:
+            check_pseudonym(value)
         return value
 
     @property
@@ -406,7 +486,12 @@ def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 
 def parse_config(raw: object, source: str = "config") -> AgentConfig:
     try:
-        config = AgentConfig.model_validate(raw)
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: not JSON data: {exc}") from None
+    try:
+        # validated as JSON, strictly: dates and paths are strings there, nothing else coerced
+        config = AgentConfig.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in _field_path(err['loc'])) or '(top)'}: {err['msg']}"
