@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,7 @@ from agent.mqtt.link import InboundMessage
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
+    from agent.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,58 @@ class Refused(Exception):  # noqa: N818 - reads as the outcome it is
         self.status = status
         self.code = code
         self.message = message
+
+
+def _key_changes(store: Store) -> tuple[list[str], set[str]]:
+    stored = store.centre_key_changes()
+    if stored is None:
+        return [], set()
+    changes = json.loads(stored)
+    return list(changes["added"]), set(changes["retired"])
+
+
+def trusted_keys(config_keys: Sequence[str], store: Store) -> dict[str, Ed25519PublicKey]:
+    """The configured centre keys plus those added by signed rotations, less the retired."""
+    added, retired = _key_changes(store)
+    keys = [load_public_key(text) for text in [*config_keys, *added]]
+    return {key_id(key): key for key in keys if key_id(key) not in retired}
+
+
+def authenticate(
+    request: CommandRequest,
+    *,
+    unit_id: str,
+    trusted: Mapping[str, Ed25519PublicKey],
+    now_utc: datetime,
+    trust: TimeTrust,
+    floor: datetime | None,
+) -> None:
+    """Refuse (Refused, a code of agent.contract.signing.AUTH_CODES) a command the unit cannot
+    trust; see agent/contract/signing.py and the guide's "Signed commands". Usable outside the
+    daemon too (e.g. a signed command a technician presents on site, with `trusted_keys`)."""
+    if request.unit_id is not None and request.unit_id != unit_id:
+        raise Refused("rejected", WRONG_UNIT, f"the command is for unit {request.unit_id}")
+    if request.command.name in UNSIGNED_COMMANDS and request.signature is None:
+        return  # read-only; answered only on this unit's own response topic
+    if request.signature is None:
+        raise Refused("rejected", UNSIGNED, "the command is not signed by the response centre")
+    if request.unit_id is None:
+        raise Refused("rejected", WRONG_UNIT, "a signed command must name its unit_id")
+    try:
+        verify_request(request.wire, trusted)
+    except SignatureError as problem:
+        raise Refused("rejected", problem.code, problem.message) from None
+    if trust is not TimeTrust.UNTRUSTED and request.issued_at > now_utc + MAX_ISSUE_SKEW:
+        raise Refused(
+            "rejected",
+            ISSUED_IN_FUTURE,
+            f"issued_at {request.issued_at.isoformat()} is ahead of the unit's clock "
+            f"({now_utc.isoformat()}) by more than {MAX_ISSUE_SKEW}",
+        )
+    if floor is not None and request.issued_at < floor:
+        raise Refused(
+            "rejected", REPLAYED, f"issued before {utc_text(floor)}: the unit was reset since"
+        )
 
 
 class CommandHandler:
@@ -192,49 +245,21 @@ class CommandHandler:
         return response.to_payload(), request
 
     def trusted_keys(self) -> dict[str, Ed25519PublicKey]:
-        """The configured centre keys plus those added by signed rotations, less the retired."""
-        added, retired = self._key_changes()
-        keys = [load_public_key(text) for text in [*self.daemon.config.centre_keys, *added]]
-        return {key_id(key): key for key in keys if key_id(key) not in retired}
+        return trusted_keys(self.daemon.config.centre_keys, self.daemon.store)
 
     def _key_changes(self) -> tuple[list[str], set[str]]:
-        stored = self.daemon.store.centre_key_changes()
-        if stored is None:
-            return [], set()
-        changes = json.loads(stored)
-        return list(changes["added"]), set(changes["retired"])
+        return _key_changes(self.daemon.store)
 
     def _authenticate(self, request: CommandRequest, now_utc: datetime, trust: TimeTrust) -> None:
-        """Refuse (Refused, an AUTH_CODES code) a command the unit cannot trust: see
-        agent/contract/signing.py and the guide's "Signed commands"."""
-        name = request.command.name
-        unit_id = self.daemon.config.unit_id
-        if request.unit_id is not None and request.unit_id != unit_id:
-            raise Refused("rejected", WRONG_UNIT, f"the command is for unit {request.unit_id}")
-        if name in UNSIGNED_COMMANDS and request.signature is None:
-            return  # read-only; answered only on this unit's own response topic
-        if request.signature is None:
-            raise Refused("rejected", UNSIGNED, "the command is not signed by the response centre")
-        if request.unit_id is None:
-            raise Refused("rejected", WRONG_UNIT, "a signed command must name its unit_id")
-        try:
-            verify_request(request.wire, self.trusted_keys())
-        except SignatureError as problem:
-            raise Refused("rejected", problem.code, problem.message) from None
-        if trust is not TimeTrust.UNTRUSTED and request.issued_at > now_utc + MAX_ISSUE_SKEW:
-            raise Refused(
-                "rejected",
-                ISSUED_IN_FUTURE,
-                f"issued_at {request.issued_at.isoformat()} is ahead of the unit's clock "
-                f"({now_utc.isoformat()}) by more than {MAX_ISSUE_SKEW}",
-            )
-        floor = self.daemon.store.command_floor()
-        if floor is not None and request.issued_at < floor:
-            raise Refused(
-                "rejected",
-                REPLAYED,
-                f"issued before {utc_text(floor)}: the unit was reset since",
-            )
+        daemon = self.daemon
+        authenticate(
+            request,
+            unit_id=daemon.config.unit_id,
+            trusted=self.trusted_keys(),
+            now_utc=now_utc,
+            trust=trust,
+            floor=daemon.store.command_floor(),
+        )
 
     def _refuse_unauthenticated(
         self,
