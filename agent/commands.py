@@ -137,7 +137,8 @@ def authenticate(
             f"issued_at {request.issued_at.isoformat()} is ahead of the unit's clock "
             f"({now_utc.isoformat()}) by more than {MAX_ISSUE_SKEW}",
         )
-    if floor is not None and request.issued_at < floor:
+    # an expired one is refused as `expired` further on: it could not run anyway
+    if floor is not None and request.issued_at < floor and not request.is_expired(now_utc):
         raise Refused(
             "rejected", REPLAYED, f"issued before {utc_text(floor)}: the unit was reset since"
         )

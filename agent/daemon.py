@@ -50,7 +50,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from agent import __version__, local_control
-from agent.clock import DEFAULT_ZONE, Clock, Now, SystemClock, TimeTrust
+from agent.clock import DEFAULT_ZONE, Clock, Now, SystemClock, TimeTrust, utc_text
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.commands import RequestStatusResult
@@ -405,9 +405,25 @@ class Daemon:
                 within = functools.partial(self.store.set_kv, UNREADABLE_STATE_KEY, saved)
             self.step(inp, within=within)
         for binding_input, then in binding_steps:
-            self.step(binding_input, within=then)
+            self.step(binding_input, within=self._with_command_floor(then, now))
         if notes:
             self.apply([Emit(note) for note in notes], now)
+
+    def _with_command_floor(
+        self, then: Callable[[], None] | None, now: Now
+    ) -> Callable[[], None] | None:
+        """`then`, and the command floor raised to now: no signed command issued before a
+        binding changed runs after it (SAFETY.md H10). Not on an untrusted clock."""
+        if now.trust is TimeTrust.UNTRUSTED:
+            return then
+        at = utc_text(now.utc)
+
+        def both() -> None:
+            if then is not None:
+                then()
+            self.store.raise_command_floor(at)
+
+        return both
 
     def _binding_at_start(
         self,

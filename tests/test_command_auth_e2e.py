@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e_support import (
     CENTRE_KEY,
     CENTRE_KEY_ID,
+    RATE,
     REPO,
     AgentProcess,
     WireRecorder,
@@ -89,14 +90,16 @@ class Rig:
 
 
 @contextmanager
-def running(tmp_path: Path, broker: MosquittoBroker, start_at: datetime) -> Iterator[Rig]:
+def running(
+    tmp_path: Path, broker: MosquittoBroker, start_at: datetime, rate: float = RATE
+) -> Iterator[Rig]:
     model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     runner = SimulatorRunner.on_pty(model, link_path=tmp_path / "tty")
     runner.start()
     wire = WireRecorder(broker.port, UNIT)
     wire.start()
     config = write_config(tmp_path, unit_id=UNIT, broker_port=broker.port, device=tmp_path / "tty")
-    agent = AgentProcess(config, start_at, tmp_path / "agent.log")
+    agent = AgentProcess(config, start_at, tmp_path / "agent.log", rate=rate)
     agent.start()
     made = Rig(runner, wire, agent, broker, tmp_path)
     try:
@@ -154,14 +157,28 @@ def test_forged_misaddressed_future_expired_and_unknown_key_commands_are_refused
     rig.send(ahead)
     refused_with(rig, ahead, "issued_in_future")
 
+    # issued after the binding (commands from before it are replays), expired a minute later
+    rig.wait(lambda w: bool(w.events("binding_changed")))
+    bound_at = datetime.fromisoformat(rig.wire.events("binding_changed")[0]["occurred_at"])
     stale = command(
         "silence",
-        issued_at=rig.agent.sim_now() - timedelta(hours=2),
-        expires_in=timedelta(hours=1),
+        issued_at=bound_at + timedelta(seconds=1),
+        expires_in=timedelta(minutes=1),
         minutes=5,
     )
+    rig.wait(lambda w: rig.agent.sim_now() > bound_at + timedelta(minutes=2))
     rig.send(stale)
     assert rig.answer(stale)["status"] == "expired"
+
+    # signed before the unit was bound to this patient (waiting at the broker, or recorded)
+    before_binding = command(
+        "silence",
+        issued_at=oslo(7, 50) - timedelta(hours=1),
+        expires_in=timedelta(hours=3),
+        minutes=5,
+    )
+    rig.send(before_binding)
+    refused_with(rig, before_binding, "replayed")
 
     # the genuine command replayed: its first answer again, not executed a second time
     rig.send(genuine)
@@ -253,33 +270,37 @@ def test_keys_rotate_through_a_signed_command_and_survive_a_restart(rig: Rig) ->
     assert rig.answer(new_key)["status"] == "ok"
 
 
-def test_a_command_from_before_a_reset_is_refused_as_a_replay(rig: Rig) -> None:
-    before = rig.command("silence", minutes=5)
-    rig.send(before)
-    assert rig.answer(before)["status"] == "ok"
-    rig.agent.stop()
-    reset = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "reset", "--config", str(rig.agent.config), "--force"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert reset.returncode == 0, reset.stderr
-    # The reset wiped the command ids and set the command floor by the wall clock; the unit's
-    # clock goes on from there (in these tests the scaled clock starts days before today).
-    rig.agent.start_at = datetime.now(UTC)
-    rig.agent.start()
-    rig.wait(lambda w: len(w.events("agent_started")) >= 2)
-    rig.send(before)  # the same signed bytes, recorded from the broker and sent again
-    rig.wait(lambda w: len(rig.answers()[before["command_id"]]) >= 2)
-    again = rig.answers()[before["command_id"]][1]
-    assert (again["status"], again["error"]["code"]) == ("rejected", "replayed")
-    rig.wait(lambda w: before["command_id"] in rig.unauthenticated())
-    fresh = rig.command("silence", minutes=5)  # the centre's new commands are carried out
-    rig.send(fresh)
-    assert rig.answer(fresh)["status"] == "ok"
+def test_a_command_from_before_a_reset_is_refused_as_a_replay(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    # The unit's clock is the wall clock here (rate 1), as the reset command's is.
+    with running(tmp_path, mosquitto, datetime.now(UTC), rate=1.0) as rig:
+        now, week = datetime.now(UTC), timedelta(days=7)
+        before = command("silence", issued_at=now, expires_in=week, minutes=5)
+        rig.send(before)
+        assert rig.answer(before)["status"] == "ok"
+        rig.agent.stop()
+        reset = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "reset", "--force", "--config", rig.agent.config],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert reset.returncode == 0, reset.stderr
+        rig.agent.start_at = datetime.now(UTC)
+        rig.agent.start()
+        rig.wait(lambda w: len(w.events("agent_started")) >= 2)
+        rig.send(before)  # the same signed bytes, recorded from the broker and sent again
+        rig.wait(lambda w: len(rig.answers()[before["command_id"]]) >= 2)
+        again = rig.answers()[before["command_id"]][1]
+        assert (again["status"], again["error"]["code"]) == ("rejected", "replayed")
+        rig.wait(lambda w: before["command_id"] in rig.unauthenticated())
+        fresh = rig.command("silence", minutes=5)  # the centre's new commands are carried out
+        rig.send(fresh)
+        assert rig.answer(fresh)["status"] == "ok"
+        rig.wait(lambda w: len({e["event_id"] for e in w.events("alert_silenced")}) == 2)
 
 
 def centre_tool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -304,17 +325,18 @@ def test_the_operator_tool_signs_and_sends_a_command_the_unit_carries_out(
             serialization.NoEncryption(),
         )
     )
-    signed = centre_tool(
-        "sign", "--key", str(key_file), "--unit", UNIT, "--by", "operator-17",
-        '{"name": "silence", "minutes": 5}',
-    )  # fmt: skip
-    assert signed.returncode == 0, signed.stderr
-    request = json.loads(signed.stdout)
-    assert (request["unit_id"], request["signature"]["key_id"]) == (UNIT, CENTRE_KEY_ID)
-    (tmp_path / "signed.json").write_text(signed.stdout, encoding="utf-8")
-    # the unit's clock is the wall clock here: the tool stamps commands with the wall clock
-    with running(tmp_path, mosquitto, datetime.now(UTC)) as rig:
+    # The tool stamps commands with the wall clock: the unit's runs a minute behind it here
+    # (within the 5-minute skew), so its binding, at start, comes before the commands.
+    with running(tmp_path, mosquitto, datetime.now(UTC) - timedelta(minutes=1)) as rig:
         port = str(mosquitto.port)
+        signed = centre_tool(
+            "sign", "--key", str(key_file), "--unit", UNIT, "--by", "operator-17",
+            '{"name": "silence", "minutes": 5}',
+        )  # fmt: skip
+        assert signed.returncode == 0, signed.stderr
+        request = json.loads(signed.stdout)
+        assert (request["unit_id"], request["signature"]["key_id"]) == (UNIT, CENTRE_KEY_ID)
+        (tmp_path / "signed.json").write_text(signed.stdout, encoding="utf-8")
         sent = centre_tool(
             "send", "--port", port, "--unit", UNIT, "--signed", str(tmp_path / "signed.json")
         )
