@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ from e2e_support import (
     write_config,
 )
 
+from agent.daemon import _under_prefix
 from hw.dispenser import DispenserIdentity, DispenserModel
 from hw.wire import SimulatorRunner
 
@@ -186,6 +188,39 @@ def test_forged_misaddressed_future_expired_and_unknown_key_commands_are_refused
     assert rig.answers()[genuine["command_id"]] == [rig.answer(genuine)] * 2
     assert len({e["event_id"] for e in rig.wire.events("alert_silenced")}) == 1
     assert rig.wire.events("pause_started") == []
+    # every refusal is in the unit's audit log too, with its code
+    with sqlite3.connect(f"file:{rig.tmp / 'state' / 'agent.sqlite3'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT body FROM audit WHERE kind = 'command_rejected'").fetchall()
+    audited = {json.loads(body)["command_id"]: json.loads(body)["code"] for (body,) in rows}
+    for request, code in [
+        (unsigned, "unsigned"),
+        (forged, "bad_signature"),
+        (stranger, "unknown_key"),
+        (elsewhere, "wrong_unit"),
+        (ahead, "issued_in_future"),
+        (stale, "expired"),
+        (before_binding, "replayed"),
+    ]:
+        assert audited[request["command_id"]] == code
+
+
+@pytest.mark.parametrize(
+    ("topic", "allowed"),
+    [
+        ("centre/answers/unit-1", True),
+        ("centre/answers/", False),
+        ("centre/answers", False),
+        ("centre/answersX/a", False),
+        ("centre/answers/+", False),
+        ("centre/answers/#", False),
+        ("dispenser/v1/other-unit/state/health", False),
+    ],
+)
+def test_a_named_response_topic_must_lie_under_the_configured_prefix(
+    topic: str, allowed: bool
+) -> None:
+    assert _under_prefix(topic, "centre/answers/") is allowed
+    assert _under_prefix(topic, "centre/answers") is allowed
 
 
 def test_dose_stopping_commands_are_accepted_loudly_and_versions_advance_in_bounded_steps(
