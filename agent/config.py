@@ -48,9 +48,9 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 # The pseudonymous patient reference printed on the multidose rolls (README, "For technicians"):
-# 4-64 characters of a-z, 0-9 and '-', starting with a letter, with at least one digit (a name
-# has none).
-PSEUDONYM = re.compile(r"[a-z][a-z0-9-]{3,63}")
+# 4-64 characters of letters a-z (either case), digits and '-', starting with a letter, with at
+# least one digit (a name has none, nor does it fit without its space).
+PSEUDONYM = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,63}")
 _FNR_WEIGHTS_1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
 _FNR_WEIGHTS_2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
 
@@ -92,7 +92,7 @@ def check_pseudonym(value: str) -> None:
     if not PSEUDONYM.fullmatch(value) or not digits:
         raise ValueError(
             "must be the pseudonymous reference printed on the rolls (4-64 characters of a-z, "
-            "0-9 and '-', starting with a letter, with at least one digit), never a name"
+            "A-Z, 0-9 and '-', starting with a letter, with at least one digit), never a name"
         )
 
 
@@ -221,33 +221,35 @@ class MqttBroker(_Strict):
         ),
     )
 
-    @field_validator("password_file")
-    @classmethod
-    def _private_password_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            check_private_file(value)
-        return value
+
+def service_uid(state_dir: Path) -> int:
+    """The user the agent runs as: the owner of its state folder once installed, else us."""
+    try:
+        return state_dir.stat().st_uid
+    except OSError:
+        return os.geteuid()
 
 
-def check_private_file(path: Path) -> None:
-    """A secret file: exists, owned by the user the agent runs as, no access for others."""
+def private_file_problem(path: Path, owner_uid: int) -> str | None:
+    """Why a secret file is not fit (missing, not a file, another owner, readable by others),
+    or None. Group access is left to the installer (the service's group)."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
+        return f"{path} does not exist"
     except OSError as exc:
-        raise ValueError(f"{path} cannot be read: {exc.strerror}") from None
+        return f"{path} cannot be inspected: {exc.strerror}"
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path} is not a regular file")
-    if info.st_uid != os.geteuid():
-        raise ValueError(
-            f"{path} is owned by uid {info.st_uid}, not by the user the agent runs as "
-            f"(uid {os.geteuid()}): chown it to the service user"
+        return f"{path} is not a regular file"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o007:
+        return f"{path} is readable by everyone (mode {mode:04o}): chmod 600 {path}"
+    if info.st_uid != owner_uid:
+        return (
+            f"{path} is owned by uid {info.st_uid}, not by the agent's user (uid {owner_uid}): "
+            f"chown it to that user"
         )
-    if info.st_mode & 0o077:
-        raise ValueError(
-            f"{path} has mode {stat.S_IMODE(info.st_mode):o}: others may read it; chmod 600"
-        )
+    return None
 
 
 class ScheduleRuleConfig(_Strict):
