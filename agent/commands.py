@@ -49,6 +49,7 @@ from agent.contract.commands import (
     RequestStatusResult,
     ResendFromCommand,
     ResendFromResult,
+    ResetUnitCommand,
     RotateCentreKeysCommand,
     UpdateScheduleCommand,
     parse_command,
@@ -371,6 +372,13 @@ class CommandHandler:
         )
         record = self._recorder(request, response, source)
         engine_input = request.to_engine_input(source)
+        if isinstance(command, ResetUnitCommand):
+            raise Refused(
+                "rejected",
+                "on_site_only",
+                "reset_unit is presented on site (dispenser-agent reset --termination "
+                "--signed-reset FILE), never carried out from a distance",
+            )
         if isinstance(command, RotateCentreKeysCommand):
             store_keys, changed = self._rotate_keys(command)
 

@@ -43,7 +43,10 @@ from e2e_support import (
     write_config,
 )
 
+from agent.config import load_config
 from agent.daemon import _under_prefix
+from agent.technician.presence import SignedReset
+from agent.technician.reset import terminate
 from hw.dispenser import DispenserIdentity, DispenserModel
 from hw.wire import SimulatorRunner
 
@@ -305,25 +308,47 @@ def test_keys_rotate_through_a_signed_command_and_survive_a_restart(rig: Rig) ->
     assert rig.answer(new_key)["status"] == "ok"
 
 
-def test_a_command_from_before_a_reset_is_refused_as_a_replay(
+def test_a_signed_reset_on_site_and_no_command_from_before_it_runs_again(
     tmp_path: Path, mosquitto: MosquittoBroker
 ) -> None:
-    # The unit's clock is the wall clock here (rate 1), as the reset command's is.
+    # The unit's clock is the wall clock here (rate 1), as the reset tool's is.
     with running(tmp_path, mosquitto, datetime.now(UTC), rate=1.0) as rig:
         now, week = datetime.now(UTC), timedelta(days=7)
         before = command("silence", issued_at=now, expires_in=week, minutes=5)
         rig.send(before)
         assert rig.answer(before)["status"] == "ok"
+        reset_order = sign_command(command("reset_unit", issued_at=now), UNIT)
+        rig.send(reset_order)  # over MQTT: refused, the unit is not wiped from a distance
+        refused = rig.answer(reset_order)
+        assert (refused["status"], refused["error"]["code"]) == ("rejected", "on_site_only")
         rig.agent.stop()
-        reset = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "reset", "--force", "--config", rig.agent.config],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert reset.returncode == 0, reset.stderr
+
+        def reset_with(order: dict[str, Any], name: str) -> tuple[Any, int]:
+            signed_file = tmp_path / name
+            signed_file.write_text(json.dumps(order), encoding="utf-8")
+            config = load_config(rig.agent.config)
+            return terminate(
+                config,
+                rig.agent.config,
+                export_to=tmp_path / f"export-{name}",
+                presence=SignedReset(str(signed_file), config),
+                by="tech-7",
+                unit_key=None,
+            )
+
+        for order, code_word in [
+            (sign_command(command("reset_unit", issued_at=now), UNIT, key=INTRUDER), "unknown_key"),
+            (sign_command(command("reset_unit", issued_at=now), OTHER_UNIT), "wrong_unit"),
+        ]:
+            report, code = reset_with(order, f"{code_word}.json")
+            assert code != 0
+            assert f"signed reset refused ({code_word})" in json.dumps(report.to_json())
+        report, code = reset_with(reset_order, "reset.json")
+        assert code == 0, report.to_json()
+        report, code = reset_with(reset_order, "reset.json")  # the same order again
+        assert code != 0
+        assert "signed reset refused (replayed)" in json.dumps(report.to_json())
+
         rig.agent.start_at = datetime.now(UTC)
         rig.agent.start()
         rig.wait(lambda w: len(w.events("agent_started")) >= 2)

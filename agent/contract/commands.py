@@ -246,6 +246,17 @@ class RotateCentreKeysCommand(ContractModel):
         return self
 
 
+class ResetUnitCommand(ContractModel):
+    """End of service: every trace of the patient is removed from the unit.
+
+    Only on site: a technician presents the signed command instead of holding the technician
+    button (`dispenser-agent reset --termination --signed-reset FILE`), as proof that the
+    response centre ordered it. Sent over MQTT it is refused (`on_site_only`): the unit must not
+    erase its data at a distance."""
+
+    name: Literal["reset_unit"]
+
+
 AnyCommand = (
     UpdateScheduleCommand
     | PauseCommand
@@ -256,6 +267,7 @@ AnyCommand = (
     | RequestStatusCommand
     | ResendFromCommand
     | RotateCentreKeysCommand
+    | ResetUnitCommand
 )
 Command = Annotated[AnyCommand, Field(discriminator="name")]
 COMMAND_NAMES: tuple[str, ...] = tuple(
