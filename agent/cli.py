@@ -17,6 +17,7 @@ dispenser-agent plan discard --config FILE --by ID --roll ROLL (--sachet N | --a
 dispenser-agent sim ...                   the dispenser simulator (same as python -m hw.sim)
 dispenser-agent simulate ...              seeded year-long simulation of the dose engine
 dispenser-agent fhir --mapping FILE       response centre: events (JSON lines) -> FHIR bundles
+dispenser-agent centre keygen|sign|send   response centre: signing keys, signed commands
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from agent.fhir.__main__ import main as fhir_main
 
         return fhir_main(args_list[1:])
+    if args_list[:1] == ["centre"]:
+        from agent.centre.tool import main as centre_main
+
+        return centre_main(args_list[1:])
 
     parser = argparse.ArgumentParser(prog="dispenser-agent", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sim", help="dispenser simulator (see: dispenser-agent sim --help)")
     sub.add_parser("simulate", help="year-long engine simulation (dispenser-agent simulate --help)")
     sub.add_parser("fhir", help="events -> FHIR R4 bundles (dispenser-agent fhir --help)")
+    sub.add_parser("centre", help="response centre: keys, signed commands (centre --help)")
 
     args = parser.parse_args(args_list)
     quiet = args.command == "demo"  # the live view is the demo's output

@@ -4,6 +4,11 @@ Path of one command (docs/response-centre-guide.md):
 1. parse and validate (pydantic, `agent.contract.commands`); a bad payload is answered `rejected`
    with the reason (no answer if even its command id is unreadable: then only the event and audit
    record say it happened);
+1b. authenticate (`agent.contract.signing`): every command but request_status and resend_from must
+   be signed by a trusted response-centre key and name this unit; one issued more than
+   MAX_ISSUE_SKEW ahead of the unit's clock, or before the last reset (the command floor kept in
+   the store), is refused. Such a refusal is answered, audited and reported
+   (`command_unauthenticated`) but not recorded as the command id's answer;
 2. a command id seen before gets its first answer again, byte for byte, and is not executed
    again: exactly one answer per command id for ever, whether the broker redelivered it (after a
    crash between the answer and the PUBACK) or the centre sent it again;
@@ -11,8 +16,9 @@ Path of one command (docs/response-centre-guide.md):
    that command id like every answer: send it again under a new id once the clock is trusted);
    past its `expires_at`: `expired` — a stale "pause" must never run days later;
 4. executed through the engine: the engine step, the command record and its audit record are
-   committed in one transaction; then the answer is published (MQTT 5 response topic and
-   correlation data when given, else the unit's response topic; the id is in the payload).
+   committed in one transaction; then the answer is published on the unit's response topic (an
+   MQTT 5 response topic the command names only if it is that topic or lies under the configured
+   `mqtt.response_topic_prefix`; correlation data echoed; the id is in the payload).
 Every command, accepted or not, leaves an audit record; every refusal also an event.
 
 The same path serves a technician on site: `dispenser-agent plan discard` hands a command to the
@@ -25,29 +31,48 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from agent.clock import TimeTrust
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.clock import TimeTrust, utc_text
 from agent.contract.commands import (
+    AnyCommand,
     CommandError,
     CommandInvalid,
     CommandRequest,
     CommandResponse,
+    PauseCommand,
     RequestStatusCommand,
     RequestStatusResult,
     ResendFromCommand,
     ResendFromResult,
+    ResetUnitCommand,
+    RotateCentreKeysCommand,
+    UpdateScheduleCommand,
     parse_command,
+)
+from agent.contract.signing import (
+    ISSUED_IN_FUTURE,
+    REPLAYED,
+    UNSIGNED,
+    UNSIGNED_COMMANDS,
+    WRONG_UNIT,
+    SignatureError,
+    key_id,
+    load_public_key,
+    verify_request,
 )
 from agent.engine.catalogue import make_event
 from agent.engine.engine import EngineInputError
-from agent.engine.types import FROM_RESPONSE_CENTRE, ON_SITE, Emit
+from agent.engine.types import FROM_RESPONSE_CENTRE, ON_SITE, Action, Emit
 from agent.mqtt.link import InboundMessage
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
+    from agent.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +80,8 @@ log = logging.getLogger(__name__)
 # pause and resume (`dispenser-agent pause`/`resume`, same rules as the centre's), and see the
 # unit's status. Schedules and the like stay with the response centre.
 LOCAL_COMMANDS = frozenset({"discard_unplanned", "pause", "request_status", "resume"})
+# how far ahead of the unit's clock a signed command may say it was issued (clocks drift)
+MAX_ISSUE_SKEW = timedelta(minutes=5)
 
 
 class Refused(Exception):  # noqa: N818 - reads as the outcome it is
@@ -63,6 +90,59 @@ class Refused(Exception):  # noqa: N818 - reads as the outcome it is
         self.status = status
         self.code = code
         self.message = message
+
+
+def _key_changes(store: Store) -> tuple[list[str], set[str]]:
+    stored = store.centre_key_changes()
+    if stored is None:
+        return [], set()
+    changes = json.loads(stored)
+    return list(changes["added"]), set(changes["retired"])
+
+
+def trusted_keys(config_keys: Sequence[str], store: Store) -> dict[str, Ed25519PublicKey]:
+    """The configured centre keys plus those added by signed rotations, less the retired."""
+    added, retired = _key_changes(store)
+    keys = [load_public_key(text) for text in [*config_keys, *added]]
+    return {key_id(key): key for key in keys if key_id(key) not in retired}
+
+
+def authenticate(
+    request: CommandRequest,
+    *,
+    unit_id: str,
+    trusted: Mapping[str, Ed25519PublicKey],
+    now_utc: datetime,
+    trust: TimeTrust,
+    floor: datetime | None,
+) -> None:
+    """Refuse (Refused, a code of agent.contract.signing.AUTH_CODES) a command the unit cannot
+    trust; see agent/contract/signing.py and the guide's "Signed commands". Usable outside the
+    daemon too (e.g. a signed command a technician presents on site, with `trusted_keys`)."""
+    if request.unit_id is not None and request.unit_id != unit_id:
+        raise Refused("rejected", WRONG_UNIT, f"the command is for unit {request.unit_id}")
+    if request.command.name in UNSIGNED_COMMANDS and request.signature is None:
+        return  # read-only; answered only on this unit's own response topic
+    if request.signature is None:
+        raise Refused("rejected", UNSIGNED, "the command is not signed by the response centre")
+    if request.unit_id is None:
+        raise Refused("rejected", WRONG_UNIT, "a signed command must name its unit_id")
+    try:
+        verify_request(request.wire, trusted)
+    except SignatureError as problem:
+        raise Refused("rejected", problem.code, problem.message) from None
+    if trust is not TimeTrust.UNTRUSTED and request.issued_at > now_utc + MAX_ISSUE_SKEW:
+        raise Refused(
+            "rejected",
+            ISSUED_IN_FUTURE,
+            f"issued_at {request.issued_at.isoformat()} is ahead of the unit's clock "
+            f"({now_utc.isoformat()}) by more than {MAX_ISSUE_SKEW}",
+        )
+    # an expired one is refused as `expired` further on: it could not run anyway
+    if floor is not None and request.issued_at < floor and not request.is_expired(now_utc):
+        raise Refused(
+            "rejected", REPLAYED, f"issued before {utc_text(floor)}: the unit was reset since"
+        )
 
 
 class CommandHandler:
@@ -128,6 +208,11 @@ class CommandHandler:
 
         command_id = str(request.command_id)
         name = request.command.name
+        if source != ON_SITE:  # on site: the local socket's permissions stand for the signature
+            try:
+                self._authenticate(request, now.utc, now.trust)
+            except Refused as refusal:
+                return self._refuse_unauthenticated(request, refusal, origin, len(payload), source)
         seen = daemon.store.command_seen(command_id)
         if seen is not None:
             return seen.response_json.encode(), None  # the first answer, byte for byte
@@ -161,6 +246,103 @@ class CommandHandler:
             )
         return response.to_payload(), request
 
+    def trusted_keys(self) -> dict[str, Ed25519PublicKey]:
+        return trusted_keys(self.daemon.config.centre_keys, self.daemon.store)
+
+    def _key_changes(self) -> tuple[list[str], set[str]]:
+        return _key_changes(self.daemon.store)
+
+    def _authenticate(self, request: CommandRequest, now_utc: datetime, trust: TimeTrust) -> None:
+        daemon = self.daemon
+        authenticate(
+            request,
+            unit_id=daemon.config.unit_id,
+            trusted=self.trusted_keys(),
+            now_utc=now_utc,
+            trust=trust,
+            floor=daemon.store.command_floor(),
+        )
+
+    def _refuse_unauthenticated(
+        self,
+        request: CommandRequest,
+        refusal: Refused,
+        origin: str,
+        payload_bytes: int,
+        source: str,
+    ) -> tuple[bytes | None, CommandRequest | None]:
+        """Audit, report and answer a command that failed authentication. Its answer is not
+        recorded for the command id: an untrusted sender does not own that id (the centre's
+        real command with the same id is still carried out); a command id answered before gets
+        that answer again."""
+        daemon = self.daemon
+        command_id = str(request.command_id)
+        signature = request.signature
+        fields: dict[str, object] = {
+            "command_id": command_id,
+            "name": request.command.name,
+            "code": refusal.code,
+            "key_id": None if signature is None else signature.key_id[:16],
+            "message": refusal.message,
+        }
+        event = make_event("command_unauthenticated", fields)
+
+        def record() -> None:
+            daemon.store.audit_append(
+                "command_rejected",
+                {
+                    "command_id": command_id,
+                    "topic": origin,
+                    "source": source,
+                    "status": refusal.status,
+                    "code": refusal.code,
+                    "key_id": fields["key_id"],
+                    "payload_bytes": payload_bytes,
+                },
+                *daemon.stamp(),
+            )
+
+        daemon.apply([Emit(event)], daemon.clock.now(), within=record)
+        log.warning("command %s refused: %s (%s)", command_id, refusal.code, refusal.message)
+        seen = daemon.store.command_seen(command_id)
+        if seen is not None:
+            return seen.response_json.encode(), None
+        response = CommandResponse(
+            command_id=command_id,
+            status="rejected",
+            error=CommandError(code=refusal.code, message=refusal.message),
+            responded_at=daemon.clock.now().utc,
+        )
+        return response.to_payload(), request
+
+    def _rotate_keys(self, command: RotateCentreKeysCommand) -> tuple[Callable[[], None], Emit]:
+        """Check a key rotation; return what stores it (in the command's transaction) and its
+        event. Refused when it would leave no trusted key."""
+        added, retired = self._key_changes()
+        new_added = [text for text in command.add if text not in added]
+        new_retired = retired | set(command.retire)
+        keys = [load_public_key(t) for t in [*self.daemon.config.centre_keys, *added, *new_added]]
+        trusted_after = sorted({key_id(k) for k in keys} - new_retired)
+        if not trusted_after:
+            raise Refused(
+                "rejected",
+                "no_trusted_key_left",
+                "after this rotation the unit would trust no key: add one before retiring the last",
+            )
+        changes = json.dumps({"added": [*added, *new_added], "retired": sorted(new_retired)})
+        event = Emit(
+            make_event(
+                "centre_keys_changed",
+                {
+                    "added": [key_id(load_public_key(t)) for t in command.add],
+                    "retired": list(command.retire),
+                    "trusted": trusted_after,
+                },
+            )
+        )
+        store = self.daemon.store
+        return (lambda: store.set_centre_key_changes(changes)), event
+
     def _execute(
         self, request: CommandRequest, now_utc: datetime, trust: TimeTrust, source: str
     ) -> CommandResponse:
@@ -190,11 +372,27 @@ class CommandHandler:
         )
         record = self._recorder(request, response, source)
         engine_input = request.to_engine_input(source)
+        if isinstance(command, ResetUnitCommand):
+            raise Refused(
+                "rejected",
+                "on_site_only",
+                "reset_unit is presented on site (dispenser-agent reset --termination "
+                "--signed-reset FILE), never carried out from a distance",
+            )
+        if isinstance(command, RotateCentreKeysCommand):
+            store_keys, changed = self._rotate_keys(command)
+
+            def record_rotation() -> None:
+                store_keys()
+                record()
+
+            daemon.apply([changed], daemon.clock.now(), within=record_rotation)
+            return response
         if engine_input is None:
             daemon.apply([], daemon.clock.now(), within=record)
             return response
         try:
-            daemon.step(engine_input, within=record)
+            daemon.step(engine_input, within=record, also=_warnings(command))
         except EngineInputError as exc:
             raise Refused("rejected", exc.code, str(exc)) from None
         return response
@@ -213,6 +411,7 @@ class CommandHandler:
                     "command_id": command_id,
                     "name": request.command.name,
                     "issued_by": request.issued_by,
+                    "signed_by": None if request.signature is None else request.signature.key_id,
                     "source": source,
                     "command": json.loads(request.command.model_dump_json()),
                     "status": response.status,
@@ -270,3 +469,19 @@ class CommandHandler:
             )
 
         daemon.apply([Emit(event)], daemon.clock.now(), within=record)
+
+
+def _warnings(command: AnyCommand) -> list[Action]:
+    """Events for accepted commands that stop every dose: a pause without an end, or a schedule
+    without a single dose time (VKP 3.8). Legitimate at times, so accepted, but never quietly."""
+    if isinstance(command, PauseCommand) and command.end is None:
+        fields: dict[str, object] = {
+            "pause_id": command.pause_id,
+            "start_utc": utc_text(command.start),
+        }
+        return [Emit(make_event("pause_open_ended", fields))]
+    if isinstance(command, UpdateScheduleCommand) and not any(
+        rule.times or any(rule.weekday_times.values()) for rule in command.rules
+    ):
+        return [Emit(make_event("schedule_empty", {"version": command.version}))]
+    return []

@@ -8,7 +8,9 @@ Errors name the field and say what is expected; nothing starts on a config that 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +27,7 @@ from pydantic import (
 )
 
 from agent.clock import DEFAULT_ZONE, load_zone
+from agent.contract.signing import KeyFormatError, load_public_key
 from agent.engine.schedule import (
     MIN_INTERVAL_FLOOR,
     MIN_INTERVAL_MAX,
@@ -44,12 +47,62 @@ UUID_128 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+# The pseudonymous patient reference printed on the multidose rolls (README, "For technicians"):
+# 4-64 characters of letters a-z (either case), digits and '-', starting with a letter, with at
+# least one digit (a name has none, nor does it fit without its space).
+PSEUDONYM = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,63}")
+_FNR_WEIGHTS_1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
+_FNR_WEIGHTS_2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
+
+
+def is_national_id(digits: str) -> bool:
+    """11 digits that pass the fødselsnummer / D-number checks: a date (day + 40 for a D-number)
+    and both mod-11 check digits."""
+    if len(digits) != 11 or not digits.isdigit():
+        return False
+    day, month = int(digits[0:2]), int(digits[2:4])
+    if day > 40:
+        day -= 40  # D-number
+    if month > 40:
+        month -= 40  # H-number (assigned by health services)
+    if not (1 <= day <= 31 and 1 <= month <= 12):
+        return False
+    numbers = [int(c) for c in digits]
+    for weights, check_at in ((_FNR_WEIGHTS_1, 9), (_FNR_WEIGHTS_2, 10)):
+        check = (11 - sum(w * n for w, n in zip(weights, numbers, strict=False)) % 11) % 11
+        if check == 10 or check != numbers[check_at]:
+            return False
+    return True
+
+
+def check_pseudonym(value: str) -> None:
+    """Refuse a patient reference that is, or hides, a national id, or looks like a name."""
+    digits = "".join(c for c in value if c.isdigit())
+    # any spacing: "010199 12345", "010199-12345", "p-01019912345"
+    if any(is_national_id(digits[i : i + 11]) for i in range(len(digits) - 10)):
+        raise ValueError(
+            "contains a national identity number (fødselsnummer or D-number); use the "
+            "pseudonymous reference printed on the rolls"
+        )
+    if len(digits) >= 9 and not any(c.isalpha() for c in value):
+        raise ValueError(
+            "looks like a national identity number; use the pseudonymous reference printed on "
+            "the rolls"
+        )
+    if not PSEUDONYM.fullmatch(value) or not digits:
+        raise ValueError(
+            "must be the pseudonymous reference printed on the rolls (4-64 characters of a-z, "
+            "A-Z, 0-9 and '-', starting with a letter, with at least one digit), never a name"
+        )
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says which field and why."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "8883" is not a port and "yes" not a boolean (JSON dates and paths are strings)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SerialLink(_Strict):
@@ -145,7 +198,11 @@ class MqttBroker(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
-    password_file: Path | None = None
+    password_file: Path | None = Field(
+        default=None,
+        description="must exist, be owned by the user the agent runs as, and be readable by "
+        "that user only (chmod 600)",
+    )
     tls: bool = False
     keepalive_s: int = Field(default=30, ge=5, le=600)
     protocol: Literal["5", "3.1.1"] = Field(
@@ -153,6 +210,46 @@ class MqttBroker(_Strict):
     )
     heartbeat_s: int = Field(default=300, ge=10, le=3600)
     health_s: int = Field(default=900, ge=60, le=86_400)
+    response_topic_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "an MQTT 5 response topic a command names is used only when it lies under this "
+            "prefix (or is the unit's own response topic); otherwise the answer goes to "
+            "dispenser/v1/{unit_id}/commands/response"
+        ),
+    )
+
+
+def service_uid(state_dir: Path) -> int:
+    """The user the agent runs as: the owner of its state folder once installed, else us."""
+    try:
+        return state_dir.stat().st_uid
+    except OSError:
+        return os.geteuid()
+
+
+def private_file_problem(path: Path, owner_uid: int) -> str | None:
+    """Why a secret file is not fit (missing, not a file, another owner, readable by others),
+    or None. Group access is left to the installer (the service's group)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as exc:
+        return f"{path} cannot be inspected: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o007:
+        return f"{path} is readable by everyone (mode {mode:04o}): chmod 600 {path}"
+    if info.st_uid != owner_uid:
+        return (
+            f"{path} is owned by uid {info.st_uid}, not by the agent's user (uid {owner_uid}): "
+            f"chown it to that user"
+        )
+    return None
 
 
 class ScheduleRuleConfig(_Strict):
@@ -328,6 +425,26 @@ class AgentConfig(_Strict):
     # Installation binding: a pseudonymous patient reference, never a name or national id.
     patient_ref: str | None = Field(default=None, min_length=4, max_length=64)
     schedule: ScheduleConfig | None = None
+    centre_keys: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "the response centre's Ed25519 public keys (base64 of 32 bytes, from "
+            "`dispenser-agent centre keygen`); commands that change anything must be signed by "
+            "one of them (or by a key added later through a signed rotate_centre_keys). None: "
+            "every such command is refused"
+        ),
+    )
+
+    @field_validator("centre_keys")
+    @classmethod
+    def _centre_keys(cls, value: list[str]) -> list[str]:
+        for index, text in enumerate(value):
+            try:
+                load_public_key(text)
+            except KeyFormatError as exc:
+                raise ValueError(f"[{index}]: {exc}") from None
+        return value
 
     @field_validator("unit_id")
     @classmethod
@@ -339,11 +456,8 @@ class AgentConfig(_Strict):
     @field_validator("patient_ref")
     @classmethod
     def _pseudonymous(cls, value: str | None) -> str | None:
-        # A Norwegian national id is 11 digits: refuse anything that looks like one.
-        if value is not None and re.fullmatch(r"\d{11}", value):
-            raise ValueError(
-                "looks like a national identity number; use the pseudonymous reference"
-            )
+        if value is not None:
+            check_pseudonym(value)
         return value
 
     @property
@@ -374,7 +488,12 @@ def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 
 def parse_config(raw: object, source: str = "config") -> AgentConfig:
     try:
-        config = AgentConfig.model_validate(raw)
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: not JSON data: {exc}") from None
+    try:
+        # validated as JSON, strictly: dates and paths are strings there, nothing else coerced
+        config = AgentConfig.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in _field_path(err['loc'])) or '(top)'}: {err['msg']}"

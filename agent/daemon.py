@@ -44,13 +44,13 @@ import shutil
 import sqlite3
 import time
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 from agent import __version__, local_control
-from agent.clock import DEFAULT_ZONE, Clock, Now, ReferenceClock, TimeTrust
+from agent.clock import DEFAULT_ZONE, Clock, Now, ReferenceClock, TimeTrust, utc_text
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.commands import RequestStatusResult
@@ -405,9 +405,25 @@ class Daemon:
                 within = functools.partial(self.store.set_kv, UNREADABLE_STATE_KEY, saved)
             self.step(inp, within=within)
         for binding_input, then in binding_steps:
-            self.step(binding_input, within=then)
+            self.step(binding_input, within=self._with_command_floor(then, now))
         if notes:
             self.apply([Emit(note) for note in notes], now)
+
+    def _with_command_floor(
+        self, then: Callable[[], None] | None, now: Now
+    ) -> Callable[[], None] | None:
+        """`then`, and the command floor raised to now: no signed command issued before a
+        binding changed runs after it (SAFETY.md H10). Not on an untrusted clock."""
+        if now.trust is TimeTrust.UNTRUSTED:
+            return then
+        at = utc_text(now.utc)
+
+        def both() -> None:
+            if then is not None:
+                then()
+            self.store.raise_command_floor(at)
+
+        return both
 
     def _binding_at_start(
         self,
@@ -460,14 +476,20 @@ class Daemon:
 
     # --- the engine step --------------------------------------------------------------------
 
-    def step(self, inp: EngineInput, within: Callable[[], None] | None = None) -> list[Action]:
-        """Feed one input; commit its actions (and `within`, in the same transaction); send.
+    def step(
+        self,
+        inp: EngineInput,
+        within: Callable[[], None] | None = None,
+        also: Sequence[Action] = (),
+    ) -> list[Action]:
+        """Feed one input; commit its actions, then `also` (and `within`, in the same
+        transaction); send.
 
         Raises DaemonFaultError if the commit fails, and from then on without stepping."""
         if self._fault is not None:
             raise self._fault
         now = self.clock.now()
-        actions = self.engine.step(inp, now)
+        actions = [*self.engine.step(inp, now), *also]
         self.apply(actions, now, within, cause=_describe_input(inp))
         return actions
 
@@ -1070,11 +1092,29 @@ class Daemon:
     async def publish_response(
         self, payload: bytes, response_topic: str | None, correlation: bytes | None
     ) -> None:
-        topic = response_topic or self.topics.command_response
+        topic = self.topics.command_response
+        prefix = self.config.mqtt.response_topic_prefix
+        # Only the unit's own response topic, or one under the configured prefix: a command must
+        # not make the unit publish its status wherever it names (another unit's topics).
+        if response_topic is not None and (
+            response_topic == topic
+            or (prefix is not None and _under_prefix(response_topic, prefix))
+        ):
+            topic = response_topic
+        elif response_topic is not None:
+            log.warning(
+                "a command named response topic %.120r; answered on %s", response_topic, topic
+            )
         try:
             await self.mqtt.publish(topic, payload, qos=1, correlation_data=correlation)
         except Exception as exc:  # the command is recorded: a resent command id gets the answer
             log.warning("command response not delivered (%s); a retry of the command gets it", exc)
+
+
+def _under_prefix(topic: str, prefix: str) -> bool:
+    """`topic` is a plain topic (no wildcards) strictly below `prefix`."""
+    stem = prefix.rstrip("/") + "/"
+    return topic.startswith(stem) and len(topic) > len(stem) and not set(topic) & {"+", "#", "\0"}
 
 
 def _failure_token(exc: dsession.SessionError) -> str:

@@ -7,7 +7,14 @@ import sqlite3
 from collections.abc import Callable
 
 from agent.clock import Clock, SystemClock
-from agent.config import AgentConfig, BleLink, SerialLink
+from agent.config import (
+    AgentConfig,
+    BleLink,
+    ConfigError,
+    SerialLink,
+    private_file_problem,
+    service_uid,
+)
 from agent.daemon import Daemon, PanelFactory
 from agent.mqtt.link import MqttSettings
 from agent.store.audit import Stamp
@@ -27,8 +34,16 @@ DROPPABLE_WHEN_FULL = frozenset(
 
 def mqtt_settings(config: AgentConfig) -> MqttSettings:
     password = None
-    if config.mqtt.password_file is not None:
-        password = config.mqtt.password_file.read_text(encoding="utf-8").strip()
+    secret = config.mqtt.password_file
+    if secret is not None:
+        problem = private_file_problem(secret, service_uid(config.state_dir))
+        if problem is not None:
+            # said at every start, but no reason to stop dispensing (check-config refuses it)
+            log.warning("mqtt.password_file: %s", problem)
+        try:
+            password = secret.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"mqtt.password_file: {secret} cannot be read: {exc}") from None
     return MqttSettings(
         host=config.mqtt.host,
         port=config.mqtt.port,

@@ -48,7 +48,7 @@ from hw.wire import SimulatorRunner
 
 OSLO = ZoneInfo("Europe/Oslo")
 UNIT_ID = "bench-idle"
-PATIENT = "p-bench-idle"
+PATIENT = "p-bench-idle-1"
 KEEPALIVE_S = 30  # the agent's default; the bare paho baseline uses the same
 TARGET_WAKEUPS = 1.0
 TARGET_CPU_PERCENT = 0.1

@@ -7,6 +7,8 @@ agent (tests/agent_process.py, its own process, scaled clock) <-> a private mosq
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -23,6 +25,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -34,6 +38,24 @@ OTHER_PATIENT = "p-e2e-9999"
 RATE = 60.0  # one simulated minute per real second
 WAIT_S = 20.0
 REPO = Path(__file__).resolve().parents[1]
+
+# The response centre's signing key in the e2e tests (a fixed seed; never a real key). The
+# signature is made here from RFC 8785 and cryptography, not with the agent's own code.
+CENTRE_KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex("5a" * 32))
+CENTRE_PUBLIC = base64.b64encode(CENTRE_KEY.public_key().public_bytes_raw()).decode()
+CENTRE_KEY_ID = hashlib.sha256(CENTRE_KEY.public_key().public_bytes_raw()).hexdigest()[:16]
+
+
+def sign_command(
+    request: dict[str, Any], unit_id: str, key: Ed25519PrivateKey = CENTRE_KEY
+) -> dict[str, Any]:
+    """The request addressed to `unit_id` (unless it names a unit) and signed by `key`."""
+    body = {k: v for k, v in request.items() if k != "signature"}
+    body.setdefault("unit_id", unit_id)
+    signature = key.sign(b"dispenser-command/1\n" + rfc8785.dumps(body))
+    kid = hashlib.sha256(key.public_key().public_bytes_raw()).hexdigest()[:16]
+    value = base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+    return {**body, "signature": {"alg": "ed25519", "key_id": kid, "value": value}}
 
 
 def oslo(hour: int, minute: int, second: int = 0) -> datetime:
@@ -69,6 +91,7 @@ def write_config(
             "version": 1,
             "rules": [{"effective_from": "2026-11-01", "times": list(times)}],
         },
+        "centre_keys": [CENTRE_PUBLIC],
     }
     path = directory / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
@@ -226,8 +249,25 @@ def command(
     }
 
 
-def publish_command(port: int, unit_id: str, payload: bytes, correlation: bytes = b"") -> None:
-    """Publish one command as the response centre does (MQTT 5, response topic, correlation)."""
+def publish_command(
+    port: int,
+    unit_id: str,
+    payload: bytes,
+    correlation: bytes = b"",
+    *,
+    sign: bool = True,
+    response_topic: str | None = None,
+) -> None:
+    """Publish one command as the response centre does (MQTT 5, response topic, correlation):
+    a JSON object not yet signed is addressed to `unit_id` and signed with CENTRE_KEY unless
+    `sign` is false (bytes that are not a JSON object go out as they are)."""
+    if sign:
+        try:
+            request = json.loads(payload)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and "signature" not in request:
+            payload = json.dumps(sign_command(request, unit_id)).encode()
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=f"operator-{uuid.uuid4().hex[:8]}",
@@ -237,7 +277,7 @@ def publish_command(port: int, unit_id: str, payload: bytes, correlation: bytes 
     client.loop_start()
     try:
         properties = Properties(PacketTypes.PUBLISH)
-        properties.ResponseTopic = f"dispenser/v1/{unit_id}/commands/response"
+        properties.ResponseTopic = response_topic or f"dispenser/v1/{unit_id}/commands/response"
         if correlation:
             properties.CorrelationData = correlation
         info = client.publish(

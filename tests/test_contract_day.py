@@ -168,7 +168,7 @@ def run_the_day(day: Day) -> None:
     day.runner.call(lambda model: model.insert_roll(foreign))
     day.wait(lambda w: bool(w.events("wrong_roll")), "wrong roll")
     [alert] = day.wire.events("wrong_roll")
-    day.send(command("ack_alert", alert_id=alert["alert_id"]))
+    day.send(command("ack_alert", issued_at=day.agent.sim_now(), alert_id=alert["alert_id"]))
     day.wait(lambda w: bool(w.events("alert_acknowledged")), "acknowledged")
     day.runner.call(lambda model: model.remove_roll())
     # the right roll; the 08:00 dose is taken
@@ -176,12 +176,19 @@ def run_the_day(day: Day) -> None:
     roll = make_roll("R-1", PATIENT, epoch(oslo(8, 0)), 1800, 2)
     day.runner.call(lambda model: model.insert_roll(roll))
     # commands: status, silence, a pause cancelled before it begins, resend_from, broken ones
-    day.send(command("request_status"))
-    day.send(command("silence", minutes=5))
-    day.send(command("pause", pause_id="p-later", start="2026-11-25T09:00:00+01:00"))
-    day.send(command("resume", pause_id="p-later"))
-    day.send(command("resend_from", seq=1))
-    day.send(command("silence", minutes=9999))
+    day.send(command("request_status", issued_at=day.agent.sim_now()))
+    day.send(command("silence", issued_at=day.agent.sim_now(), minutes=5))
+    day.send(
+        command(
+            "pause",
+            issued_at=day.agent.sim_now(),
+            pause_id="p-later",
+            start="2026-11-25T09:00:00+01:00",
+        )
+    )
+    day.send(command("resume", issued_at=day.agent.sim_now(), pause_id="p-later"))
+    day.send(command("resend_from", issued_at=day.agent.sim_now(), seq=1))
+    day.send(command("silence", issued_at=day.agent.sim_now(), minutes=9999))
     day.send(b"{not json")
     day.wait(lambda w: len(w.on("commands/response")) >= 6, "six answers")
     day.wait(lambda w: "taken" in outcomes(w), "taken")

@@ -207,8 +207,8 @@ def test_a_clean_stop_publishes_offline_itself(rig: Rig) -> None:
 
 def test_a_command_id_gets_its_first_answer_again_even_after_a_kill_9(rig: Rig) -> None:
     rig.link_up()
-    silence = command("silence", minutes=5)
-    status = command("request_status")
+    silence = command("silence", issued_at=rig.agent.sim_now(), minutes=5)
+    status = command("request_status", issued_at=rig.agent.sim_now())
     rig.send(silence)
     rig.send(status)
     rig.wait(lambda w: len(w.on("commands/response")) >= 2)
@@ -267,7 +267,7 @@ def test_a_wrong_roll_alert_is_named_by_its_id_everywhere(rig: Rig) -> None:
     rig.wait(lambda w: any(alert_id in h.get("active_alerts", []) for h in w.on("state/health")))
     health = [h for h in rig.wire.on("state/health") if alert_id in h["active_alerts"]][-1]
     assert health["active_alerts"] == [alert_id]  # the bare id, as ack_alert takes it
-    rig.send(command("ack_alert", alert_id=alert_id))
+    rig.send(command("ack_alert", issued_at=rig.agent.sim_now(), alert_id=alert_id))
     rig.runner.call(lambda model: model.remove_roll())
     rig.wait(
         lambda w: bool(w.events("alert_acknowledged")) and bool(w.events("wrong_roll_cleared"))
@@ -276,7 +276,7 @@ def test_a_wrong_roll_alert_is_named_by_its_id_everywhere(rig: Rig) -> None:
     [cleared] = rig.wire.events("wrong_roll_cleared")
     assert acked["alert_id"] == cleared["alert_id"] == alert_id
     assert cleared["vkp_code"] is None  # not a second wrong-roll alert
-    rig.send(command("request_status"))
+    rig.send(command("request_status", issued_at=rig.agent.sim_now()))
     rig.wait(lambda w: bool(w.on("commands/response")) and len(w.on("commands/response")) >= 2)
     [status] = [r for r in rig.wire.on("commands/response") if r["result"] is not None]
     assert status["result"]["health"]["active_alerts"] == []  # acknowledged and removed

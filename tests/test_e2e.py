@@ -186,7 +186,7 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     smuggled = command("silence", minutes=5)
     smuggled["as_unit"] = "another-unit"
     publish_command(port, UNIT, json.dumps(smuggled).encode())
-    status = command("request_status")
+    status = command("request_status", issued_at=rig.agent.sim_now())
     publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-1")
     publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-2")
     rig.wait(lambda s: len(s.responses) >= 6)
@@ -247,9 +247,10 @@ def hold_an_unplanned_sachet(rig: Rig) -> dict[str, object]:
 
 def test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard(rig: Rig) -> None:
     alert = hold_an_unplanned_sachet(rig)
-    refused = command("discard_unplanned", roll_id="R-plan", sachet_index=2)
+    now = rig.agent.sim_now()
+    refused = command("discard_unplanned", issued_at=now, roll_id="R-plan", sachet_index=2)
     publish_command(rig.broker.port, UNIT, json.dumps(refused).encode())
-    decide = command("discard_unplanned", roll_id="R-plan", sachet_index=1)
+    decide = command("discard_unplanned", issued_at=now, roll_id="R-plan", sachet_index=1)
     publish_command(rig.broker.port, UNIT, json.dumps(decide).encode())
     rig.wait(lambda s: len(s.responses) >= 2)
     by_id = {r["command_id"]: r for r in rig.stream.responses}

@@ -520,6 +520,7 @@ def test_wipe_for_new_patient_leaves_no_patient_data(db_path: Path) -> None:
         assert s.verify_audit().ok
         assert sorted(str(k) for (k,) in raw(db_path, "SELECT key FROM kv")) == [
             "audit_anchor",
+            "command_floor",  # commands signed before the reset are refused after it
             "next_dispense_id",
             "next_event_seq",
             "session_counter",

@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Literal, get_args
 from uuid import UUID
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from agent.contract.events import SEQ_MAX, ContractModel, LinkState, UtcDateTime, schema_version
 from agent.contract.state import Health
@@ -217,6 +217,46 @@ class ResendFromCommand(ContractModel):
     seq: int = Field(ge=1, le=SEQ_MAX)
 
 
+PublicKeyText = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9+/]{43}=$",
+        description="An Ed25519 public key: standard base64 of its 32 raw bytes.",
+    ),
+]
+KeyId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$", description="As signature.key_id.")]
+
+
+class RotateCentreKeysCommand(ContractModel):
+    """Change the response-centre keys the unit trusts (signed by a key it trusts now).
+
+    The keys from the unit's configuration and every key added here are trusted until retired
+    here; a retired key is never trusted again, even if the configuration still lists it. Refused
+    (`rejected`, `no_trusted_key_left`) when no trusted key would remain. The change survives a
+    restart and a reset (keys belong to the centre, not to a patient)."""
+
+    name: Literal["rotate_centre_keys"]
+    add: list[PublicKeyText] = Field(default_factory=list, max_length=8)
+    retire: list[KeyId] = Field(default_factory=list, max_length=8)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> RotateCentreKeysCommand:
+        if not self.add and not self.retire:
+            raise ValueError("add or retire at least one key")
+        return self
+
+
+class ResetUnitCommand(ContractModel):
+    """End of service: every trace of the patient is removed from the unit.
+
+    Only on site: a technician presents the signed command instead of holding the technician
+    button (`dispenser-agent reset --termination --signed-reset FILE`), as proof that the
+    response centre ordered it. Sent over MQTT it is refused (`on_site_only`): the unit must not
+    erase its data at a distance."""
+
+    name: Literal["reset_unit"]
+
+
 AnyCommand = (
     UpdateScheduleCommand
     | PauseCommand
@@ -226,6 +266,8 @@ AnyCommand = (
     | DiscardUnplannedCommand
     | RequestStatusCommand
     | ResendFromCommand
+    | RotateCentreKeysCommand
+    | ResetUnitCommand
 )
 Command = Annotated[AnyCommand, Field(discriminator="name")]
 COMMAND_NAMES: tuple[str, ...] = tuple(
@@ -233,19 +275,44 @@ COMMAND_NAMES: tuple[str, ...] = tuple(
 )
 
 
+class CommandSignature(ContractModel):
+    """An Ed25519 signature by a response-centre key (agent/contract/signing.py: what it covers)."""
+
+    alg: Literal["ed25519"]
+    key_id: str = Field(min_length=1, max_length=64, description="SHA-256 of the key, 16 hex.")
+    value: str = Field(min_length=1, max_length=200, description="base64url, no padding.")
+
+
 class CommandRequest(ContractModel):
-    """A command addressed to one unit (the topic names the unit).
+    """A command addressed to one unit, named by the topic and, when signed, by `unit_id`.
+
+    Every command but request_status and resend_from must be signed (`signature`) and name its
+    target unit; the unit refuses it otherwise (docs/response-centre-guide.md, "Signed commands").
 
     Rules JSON Schema cannot express, checked by the unit (`invalid_command` otherwise):
     `expires_at` must be after issued_at and at most 7 days after it."""
 
     command_id: UUID = Field(description="Chosen by the sender; echoed in the response.")
+    unit_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]{3,64}$",
+        description="The unit the command is for; required in a signed command.",
+    )
     issued_at: UtcDateTime
     expires_at: UtcDateTime = Field(
         description="After issued_at, at most 7 days later; an expired command is not executed."
     )
     issued_by: OperatorId = Field(description="Operator id at the response centre (no names).")
     command: Command
+    signature: CommandSignature | None = Field(
+        default=None, description="Required for every command but request_status, resend_from."
+    )
+    # the request as received (parsed JSON): the signature covers these values, not a re-encoding
+    _wire: dict[str, object] = PrivateAttr(default_factory=dict)
+
+    @property
+    def wire(self) -> dict[str, object]:
+        return self._wire
 
     @model_validator(mode="after")
     def _expiry_window(self) -> CommandRequest:
@@ -529,7 +596,9 @@ def parse_command(payload: bytes) -> CommandRequest:
             )
     try:
         # validated from the parsed value, so that 5.0 is read as 5 as JSON Schema reads it
-        return CommandRequest.model_validate_json(json.dumps(raw))
+        request = CommandRequest.model_validate_json(json.dumps(raw))
     except (ValidationError, ValueError) as exc:
         message = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
         raise CommandInvalid(INVALID_COMMAND, message, command_id, name) from None
+    request._wire = raw
+    return request

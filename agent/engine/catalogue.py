@@ -585,6 +585,36 @@ _SHELL_SPECS = (
         "trace of the patient is being removed; no event about this patient follows "
         "(data.reason end_of_service, data.by the technician's id).",
     ),
+    AlertSpec(
+        "command_unauthenticated",
+        _P.MEDIUM,
+        None,  # a security event, not a dosing deviation
+        "A command was refused because it could not be trusted (data.code: unsigned, "
+        "bad_signature, unknown_key, wrong_unit, issued_in_future or replayed; data: "
+        "command_id, name, key_id, message). Someone may be sending commands in the centre's "
+        "name: check the broker. Nothing was executed.",
+    ),
+    AlertSpec(
+        "centre_keys_changed",
+        _P.INFO,
+        None,
+        "A signed rotate_centre_keys command changed the response-centre keys the unit trusts "
+        "(data: added and retired key ids, and the key ids trusted now).",
+    ),
+    AlertSpec(
+        "pause_open_ended",
+        _P.MEDIUM,
+        "3",
+        "A temporary stop without an end was accepted (data.pause_id, start_utc): no dose is "
+        "given until a resume command. Check it is meant (pause_reminder follows while it lasts).",
+    ),
+    AlertSpec(
+        "schedule_empty",
+        _P.HIGH,
+        "3.8",
+        "An accepted schedule has no dose time at all (data.version): the unit gives no dose "
+        "until a schedule with doses comes. Check it is meant.",
+    ),
 )
 SHELL_KINDS = frozenset(s.kind for s in _SHELL_SPECS)
 

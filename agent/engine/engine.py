@@ -41,7 +41,7 @@ from agent.engine.dispenser_mirror import (
 from agent.engine.lifecycle import Phase, SlotRun
 from agent.engine.outbound import RETAIN_BIN_FULL_TRIES, Outbound, PendingCommand
 from agent.engine.roll_desk import Discarding, RollDesk
-from agent.engine.schedule import Schedule, Slot
+from agent.engine.schedule import MAX_SCHEDULE_VERSION_STEP, Schedule, Slot
 from agent.engine.slot_book import SlotBook
 from agent.engine.state import (
     DiscardDecision,
@@ -407,6 +407,13 @@ class DoseEngine:
                 if version < self._schedule_version:
                     raise EngineInputError(
                         f"schedule version {version} is older than {self._schedule_version}"
+                    )
+                # a bounded step: one huge version must not lock out every later real update
+                if version > self._schedule_version + MAX_SCHEDULE_VERSION_STEP:
+                    raise EngineInputError(
+                        f"schedule version {version} jumps more than {MAX_SCHEDULE_VERSION_STEP} "
+                        f"past {self._schedule_version}",
+                        "version_step_too_large",
                     )
             case DiscardUnplanned():
                 self._check_discard_decision(inp)

@@ -55,6 +55,9 @@ MIN_SPACING = timedelta(minutes=30)
 MIN_INTERVAL_FLOOR = timedelta(minutes=15)  # a shorter "minimum interval" would not protect
 MIN_INTERVAL_MAX = timedelta(hours=24)
 DEFAULT_MIN_INTERVAL_MAX = timedelta(hours=12)  # the default for a schedule without two doses
+# a schedule version may advance at most this much past the one in force (issue: a version of
+# 2^63-1 once made every later update "older")
+MAX_SCHEDULE_VERSION_STEP = 1000
 MAX_DOSES_PER_DAY = 12
 SEARCH_HORIZON_DAYS = 400  # next_slot_after gives up after this many days without a dose
 

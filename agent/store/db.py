@@ -26,6 +26,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -73,6 +74,11 @@ def _private_files(path: Path, create: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_IMODE(candidate.stat().st_mode) != STORE_FILE_MODE:
                 candidate.chmod(STORE_FILE_MODE)
+
+
+def _utc_key(iso: str) -> datetime:
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
@@ -375,6 +381,25 @@ class Store:
             raise StoreUsageError(f"kv key {key!r} is managed by the store")
         self._writer().execute("DELETE FROM kv WHERE key = ?", (key,))
 
+    def command_floor(self) -> datetime | None:
+        """A signed command issued before this time is a replay (None: no floor yet)."""
+        stored = kv.get_kv(self._db(), kv.COMMAND_FLOOR)
+        return None if stored is None else _utc_key(stored)
+
+    def raise_command_floor(self, at_iso_utc: str) -> None:
+        """Move the floor up to `at_iso_utc` (never down); ISO UTC strings compare as times."""
+        conn = self._writer()
+        current = kv.get_kv(conn, kv.COMMAND_FLOOR)
+        if current is None or _utc_key(at_iso_utc) > _utc_key(current):
+            kv.set_kv(conn, kv.COMMAND_FLOOR, at_iso_utc)
+
+    def centre_key_changes(self) -> str | None:
+        """JSON {"added": [...], "retired": [...]} of signed key rotations (None: none yet)."""
+        return kv.get_kv(self._db(), kv.CENTRE_KEYS)
+
+    def set_centre_key_changes(self, changes_json: str) -> None:
+        kv.set_kv(self._writer(), kv.CENTRE_KEYS, changes_json)
+
     def next_session_counter(self) -> int:
         """Increment and return the MQTT session number (1, 2, 3, ...), persisted."""
         return kv.take_counter(self._writer(), kv.SESSION_COUNTER, kv.I64_MAX)
@@ -427,6 +452,8 @@ class Store:
             }
             keep = sorted(kv.UNIT_KEYS)
             conn.execute(f"DELETE FROM kv WHERE key NOT IN ({','.join('?' * len(keep))})", keep)
+            # no command signed before the reset (for the previous patient) may run after it
+            self.raise_command_floor(stamp.at_utc)
             record = audit.audit_append(
                 conn,
                 "reset",

@@ -13,7 +13,14 @@ NEXT_DISPENSE_ID = "next_dispense_id"
 SESSION_COUNTER = "session_counter"
 BOOT_COUNTER = "boot_counter"
 AUDIT_ANCHOR = "audit_anchor"
-UNIT_KEYS = frozenset({NEXT_EVENT_SEQ, NEXT_DISPENSE_ID, SESSION_COUNTER, BOOT_COUNTER})
+# Signed commands (agent/commands.py): commands issued before this UTC time are refused as replays
+# (raised by every reset, so nothing from a previous binding runs again), and the response-centre
+# keys added or retired by signed commands. Both belong to the unit, not the patient.
+COMMAND_FLOOR = "command_floor"
+CENTRE_KEYS = "centre_keys"
+UNIT_KEYS = frozenset(
+    {NEXT_EVENT_SEQ, NEXT_DISPENSE_ID, SESSION_COUNTER, BOOT_COUNTER, COMMAND_FLOOR, CENTRE_KEYS}
+)
 
 U32_MAX = (1 << 32) - 1
 I64_MAX = (1 << 63) - 1

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, load_config, service_uid
 from agent.daemon import schedule_edited
 from agent.technician.report import Report
 from agent.technician.snapshot import SnapshotError, read_store
@@ -43,9 +43,10 @@ def describe_broker(config: AgentConfig) -> str:
     )
 
 
-def check_password_file(path: Path) -> tuple[bool, str]:
+def check_password_file(path: Path, owner_uid: int | None = None) -> tuple[bool, str]:
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        info = path.stat()
+        mode = stat.S_IMODE(info.st_mode)
     except FileNotFoundError:
         return False, f"password file {path} does not exist"
     except OSError as exc:
@@ -54,6 +55,11 @@ def check_password_file(path: Path) -> tuple[bool, str]:
         return False, (
             f"password file {path} is readable by everyone (mode {mode:04o}): "
             f"chmod 600 {path} (owned by the agent's user)"
+        )
+    if owner_uid is not None and info.st_uid != owner_uid:
+        return False, (
+            f"password file {path} is owned by uid {info.st_uid}, not by the agent's user "
+            f"(uid {owner_uid}, the owner of its state folder): chown it to that user"
         )
     if not os.access(path, os.R_OK):
         return False, f"password file {path} is not readable by this user (the agent's user?)"
@@ -86,7 +92,7 @@ def check_config(path: Path) -> Report:
         describe_broker(config) + ("" if config.mqtt.tls else ": turn tls on for a remote broker"),
     )
     if config.mqtt.password_file is not None:
-        ok, why = check_password_file(config.mqtt.password_file)
+        ok, why = check_password_file(config.mqtt.password_file, service_uid(config.state_dir))
         report.add("password file", ok, why)
     _against_the_unit(config, report)
     report.extra["config"] = config.model_dump(mode="json")

@@ -187,7 +187,7 @@ def run_reset(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config = load_config(args.config)
     presence: Presence = (
-        SignedReset(str(args.signed_reset))
+        SignedReset(str(args.signed_reset), config)
         if args.signed_reset
         else LongPress(config.gpio.technician_button, config.gpio.technician_hold_s)
     )

@@ -4,16 +4,20 @@ The button is wired to GPIO 27 (BCM) to ground with the internal pull-up (the ag
 wiring; the GPIO pin map may name another pin). A long press is the button held 5 s: a remote
 user cannot do it, nor a patient by brushing against it. Tests use gpiozero's MockFactory.
 
-A reset command signed by the response centre is the other way to show presence; its signature
-check lives with the signed commands (agent/commands.py). `SignedReset` is the hook it plugs into.
+A `reset_unit` command signed by the response centre is the other way to show presence; its
+signature is checked as every signed command's (agent/commands.py), in `SignedReset`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers import gpio_panel
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 TECHNICIAN_BUTTON_PIN = 27
 LONG_PRESS_S = 5.0
@@ -68,15 +72,60 @@ class LongPress:
 
 
 class SignedReset:
-    """Hook: presence shown by a reset command signed by the response centre. The signature
-    check belongs to the signed-command path; until it is wired here this refuses."""
+    """Presence shown by a `reset_unit` command signed by the response centre for this unit: the
+    same checks as every signed command (agent/commands.py `authenticate`: a trusted key, this
+    unit, not issued ahead of the clock nor before the binding or the last reset) and not
+    expired. The reset then raises the command floor, so the same file never resets again."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, config: AgentConfig | None = None) -> None:
         self.path = path
+        self.config = config
 
     def describe(self) -> str:
         return f"a reset command signed by the response centre ({self.path})"
 
     def confirm(self, timeout_s: float) -> tuple[bool, str]:
         del timeout_s
-        return False, "signed reset commands are not verified by this build: use the button"
+        from agent.clock import SystemClock
+        from agent.commands import Refused, authenticate, trusted_keys
+        from agent.contract.commands import CommandInvalid, ResetUnitCommand, parse_command
+        from agent.store.db import Store
+        from agent.store.errors import StoreError
+
+        if self.config is None:
+            return False, "no config to check the signed reset against"
+        config = self.config
+        try:
+            payload = Path(self.path).read_bytes()
+            request = parse_command(payload)
+        except OSError as exc:
+            return False, f"signed reset {self.path} cannot be read: {exc.strerror}"
+        except CommandInvalid as exc:
+            return False, f"signed reset {self.path} is not a command: {exc.message}"
+        if not isinstance(request.command, ResetUnitCommand):
+            return False, f"{self.path} is a {request.command.name} command, not reset_unit"
+        now = SystemClock().now()
+        try:
+            with Store.open(config.db_path, create=False) as store:
+                trusted = trusted_keys(config.centre_keys, store)
+                floor = store.command_floor()
+        except (StoreError, OSError) as exc:
+            return False, f"the unit's store cannot be read to check the signature: {exc}"
+        try:
+            authenticate(
+                request,
+                unit_id=config.unit_id,
+                trusted=trusted,
+                now_utc=now.utc,
+                trust=now.trust,
+                floor=floor,
+            )
+        except Refused as refusal:
+            return False, f"signed reset refused ({refusal.code}): {refusal.message}"
+        if request.is_expired(now.utc):
+            return False, f"signed reset expired at {request.expires_at.isoformat()}"
+        assert request.signature is not None  # authenticate refuses an unsigned reset_unit
+        return True, (
+            f"reset_unit {request.command_id} for {config.unit_id}, signed by centre key "
+            f"{request.signature.key_id} (issued by {request.issued_by})"
+        )
