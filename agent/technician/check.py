@@ -66,6 +66,13 @@ def install_check(
         health = agent_view.get("health")
         if isinstance(health, dict):
             trust = _trust(health.get("clock_trust"))
+    elif running:
+        # never open the dispenser's port beside a running agent: two readers break its link
+        report.add(
+            "dispenser",
+            False,
+            "not checked: the agent holds the unit but did not answer (starting up?); try again",
+        )
     else:
         probe = links.probe_dispenser(config, timeout_s)
         report.add("dispenser", probe.ok, probe.detail)
