@@ -47,10 +47,12 @@ from agent.contract.commands import (
     PauseCommand,
     RequestStatusCommand,
     RequestStatusResult,
+    RequestSummaryCommand,
     ResendFromCommand,
     ResendFromResult,
     ResetUnitCommand,
     RotateCentreKeysCommand,
+    SummaryResult,
     UpdateScheduleCommand,
     parse_command,
 )
@@ -79,7 +81,9 @@ log = logging.getLogger(__name__)
 # What a technician on site may do through the local control socket: decide a plan mismatch,
 # pause and resume (`dispenser-agent pause`/`resume`, same rules as the centre's), and see the
 # unit's status. Schedules and the like stay with the response centre.
-LOCAL_COMMANDS = frozenset({"discard_unplanned", "pause", "request_status", "resume"})
+LOCAL_COMMANDS = frozenset(
+    {"discard_unplanned", "pause", "request_status", "request_summary", "resume"}
+)
 # how far ahead of the unit's clock a signed command may say it was issued (clocks drift)
 MAX_ISSUE_SKEW = timedelta(minutes=5)
 
@@ -358,9 +362,18 @@ class CommandHandler:
                 "expired", "expired", f"command expired at {request.expires_at.isoformat()}"
             )
         command = request.command
-        result: RequestStatusResult | ResendFromResult | None = None
+        result: RequestStatusResult | ResendFromResult | SummaryResult | None = None
         if isinstance(command, RequestStatusCommand):
             result = daemon.status()
+        elif isinstance(command, RequestSummaryCommand):
+            summary = daemon.summary_on_request(command.period, command.label, now_utc)
+            if summary is None:
+                raise Refused(
+                    "rejected",
+                    "invalid_command",
+                    f"the {command.period} {command.label} has not begun on the unit's clock",
+                )
+            result = SummaryResult.model_validate(summary, strict=False)  # times as text
         elif isinstance(command, ResendFromCommand):
             until = daemon.publisher.resend_from(command.seq)
             result = ResendFromResult(from_seq=command.seq, until_seq=until)

@@ -46,8 +46,9 @@ import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from agent import __version__, local_control
 from agent.clock import DEFAULT_ZONE, Clock, Now, ReferenceClock, TimeTrust, utc_text
@@ -64,7 +65,7 @@ from agent.contract.state import (
     Heartbeat,
 )
 from agent.contract.topics import UnitTopics
-from agent.deviation_summary import summary_from_store
+from agent.deviation_summary import day_period, month_period, summary_from_store
 from agent.engine import roll_check
 from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine
@@ -1039,6 +1040,25 @@ class Daemon:
         if owed.days_skipped:
             log.warning("%d days too far back get no daily summary", owed.days_skipped)
         return list(owed.periods)
+
+    def summary_on_request(
+        self, period: str, label: str, now_utc: datetime
+    ) -> dict[str, Any] | None:
+        """The `adherence_summary` data of a local day (label YYYY-MM-DD) or month (YYYY-MM), up
+        to now if it is still running; None when it has not begun."""
+        zone = self._summary_zone()
+        if period == "day":
+            day = date.fromisoformat(label)
+            start, end = day_period(day, zone)
+            last_day = day
+        else:
+            first = date.fromisoformat(f"{label}-01")
+            start, end = month_period(first.year, first.month, zone)
+            last_day = (end.astimezone(ZoneInfo(zone)) - timedelta(days=1)).date()
+        if start > now_utc:
+            return None
+        summary = summary_from_store(self.store, start, end, now_utc)
+        return summary_event_data(Period(period, label, start, end, last_day), summary.as_dict())
 
     def _record_owed_summaries(self, now: Now) -> None:
         for period in self._summaries_owed_now():

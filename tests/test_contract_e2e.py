@@ -281,3 +281,38 @@ def test_a_wrong_roll_alert_is_named_by_its_id_everywhere(rig: Rig) -> None:
     [status] = [r for r in rig.wire.on("commands/response") if r["result"] is not None]
     assert status["result"]["health"]["active_alerts"] == []  # acknowledged and removed
     check_every_message(rig.wire.snapshot())
+
+
+# --- the adherence-and-deviation summary on request (item 2) ----------------------------------
+
+
+def test_a_summary_on_request_is_answered_for_a_running_day_and_month_and_refused_ahead(
+    rig: Rig,
+) -> None:
+    rig.link_up()
+    rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")  # a deviation: roll_fault
+    rig.wait(lambda w: bool(w.events("wrong_roll")))
+    today = command("request_summary", period="day", label="2026-11-23")
+    month = command("request_summary", period="month", label="2026-11")
+    ahead = command("request_summary", period="day", label="2026-11-24")
+    no_day = command("request_summary", period="day", label="2026-11-31")
+    for request in (today, month, ahead, no_day):
+        publish_command(rig.broker.port, UNIT, json.dumps(request).encode(), sign=False)
+    rig.wait(lambda w: len(w.on("commands/response")) >= 4)
+    answers = {r["command_id"]: r for r in rig.wire.on("commands/response")}
+    day_result = answers[today["command_id"]]["result"]
+    assert answers[today["command_id"]]["status"] == "ok"  # read-only: no signature needed
+    # the local day 2026-11-23 in Oslo (CET) is 23:00Z the day before to 23:00Z
+    assert (day_result["period_start"], day_result["period_end"]) == (
+        "2026-11-22T23:00:00Z",
+        "2026-11-23T23:00:00Z",
+    )
+    assert day_result["deviations_by_category"] == {"roll_fault": 1}
+    assert [d["kind"] for d in day_result["deviations"]] == ["wrong_roll"]
+    month_result = answers[month["command_id"]]["result"]
+    assert month_result["period_start"] == "2026-10-31T23:00:00Z"
+    assert month_result["deviations_by_category"] == {"roll_fault": 1}
+    for refused in (ahead, no_day):
+        answer = answers[refused["command_id"]]
+        assert (answer["status"], answer["error"]["code"]) == ("rejected", "invalid_command")
+    check_every_message(rig.wire.snapshot())

@@ -210,6 +210,31 @@ class RequestStatusCommand(ContractModel):
     name: Literal["request_status"]
 
 
+class RequestSummaryCommand(ContractModel):
+    """Answer with the adherence-and-deviation summary of one local day or month (the same data
+    as the `adherence_summary` event), up to now if the period is still running."""
+
+    name: Literal["request_summary"]
+    period: Literal["day", "month"]
+    label: str = Field(
+        pattern=r"^\d{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?$",
+        description="The local day (YYYY-MM-DD) for period day, the month (YYYY-MM) for month.",
+    )
+
+    @model_validator(mode="after")
+    def _label_fits_period(self) -> RequestSummaryCommand:
+        try:
+            if self.period == "day":
+                date.fromisoformat(self.label)
+            else:
+                date.fromisoformat(f"{self.label}-01")
+        except ValueError:
+            raise ValueError(f"label {self.label!r} is no {self.period}") from None
+        if (self.period == "day") != (len(self.label) == 10):
+            raise ValueError(f"label {self.label!r} is no {self.period}")
+        return self
+
+
 class ResendFromCommand(ContractModel):
     """Publish again, with replayed=true, every event still kept from `seq` on."""
 
@@ -265,6 +290,7 @@ AnyCommand = (
     | AckAlertCommand
     | DiscardUnplannedCommand
     | RequestStatusCommand
+    | RequestSummaryCommand
     | ResendFromCommand
     | RotateCentreKeysCommand
     | ResetUnitCommand
@@ -334,7 +360,8 @@ class CommandRequest(ContractModel):
 
     def to_engine_input(self, source: str = FROM_RESPONSE_CENTRE) -> EngineInput | None:
         """The engine input this command becomes; None for commands the shell answers itself
-        (request_status, resend_from). `source` says who decides (on site or the centre)."""
+        (request_status, request_summary, resend_from). `source` says who decides (on site or
+        the centre)."""
         command = self.command
         if isinstance(command, UpdateScheduleCommand):
             return SetSchedule(schedule=command.to_schedule(), version=command.version)
@@ -434,6 +461,52 @@ class ResendFromResult(ContractModel):
     until_seq: int = Field(ge=0, le=SEQ_MAX, description="The last event recorded when asked.")
 
 
+class SummaryDoses(ContractModel):
+    planned: int = Field(ge=0)
+    given: int = Field(ge=0)
+    taken: int = Field(ge=0)
+    taken_unconfirmed: int = Field(ge=0)
+    late: int = Field(ge=0)
+    missed: int = Field(ge=0)
+    refused: int = Field(ge=0)
+    skipped_paused: int = Field(ge=0)
+    dispensed_for_travel: int = Field(ge=0)
+    open: int = Field(ge=0)
+
+
+class SummaryDeviation(ContractModel):
+    category: str
+    kind: str
+    seq: int = Field(ge=1, le=SEQ_MAX)
+    event_id: str
+    at: UtcDateTime
+    priority: str
+    vkp_code: str | None
+    alert_id: str | None
+    slot_id: str | None
+    outcome: str
+    acknowledged_by: str | None
+    acknowledged_at: UtcDateTime | None
+    resolved_at: UtcDateTime | None
+    resolved_by: str | None
+
+
+class SummaryResult(ContractModel):
+    """The result of request_summary: as the data of an `adherence_summary` event."""
+
+    period: Literal["day", "month"]
+    label: str
+    period_start: UtcDateTime
+    period_end: UtcDateTime
+    made_at: UtcDateTime
+    ack_limit_s: int = Field(ge=0)
+    doses: SummaryDoses
+    adherence: float | None = Field(ge=0, le=1)
+    deviations_by_category: dict[str, int]
+    deviations: list[SummaryDeviation]
+    deviations_not_listed: int = Field(ge=0)
+
+
 class CommandResponse(ContractModel):
     """Exactly one answer per command id, for ever: a command id seen before (a broker
     redelivery, or the same id sent again) gets its first answer again, byte for byte, and is
@@ -446,9 +519,10 @@ class CommandResponse(ContractModel):
     error: CommandError | None = Field(
         default=None, description="Required for rejected, expired and error; null for ok."
     )
-    result: RequestStatusResult | ResendFromResult | None = Field(
+    result: RequestStatusResult | ResendFromResult | SummaryResult | None = Field(
         default=None,
-        description="request_status and resend_from: their result; every other command: null.",
+        description="request_status, request_summary and resend_from: their result; every other "
+        "command: null.",
     )
     responded_at: UtcDateTime
 

@@ -33,7 +33,7 @@ SIGNATURE_ALG = "ed25519"
 
 # Read-only commands (they change nothing the unit does, and answer only on the unit's own
 # response topic): everything else must be signed.
-UNSIGNED_COMMANDS = frozenset({"request_status", "resend_from"})
+UNSIGNED_COMMANDS = frozenset({"request_status", "request_summary", "resend_from"})
 
 # Refusal codes (CommandResponse.error.code and the command_unauthenticated event's data.code)
 UNSIGNED = "unsigned"
