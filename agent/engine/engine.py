@@ -151,6 +151,8 @@ _EPSILON = timedelta(microseconds=1)
 _NAME_AHEAD = timedelta(days=1)
 # How long records of settled slots are kept behind the horizon (bounded: a few per day)
 _SETTLED_RECORDS_KEPT = timedelta(days=2)
+# ... and at most this long for the loaded roll's sachets (a 30-day pause and a 14-day roll)
+_SETTLED_RECORDS_MAX = timedelta(days=45)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -183,6 +185,7 @@ class DoseEngine:
             horizon=state.horizon_utc,
             settled=list(state.settled),
             cursor=state.horizon_utc,
+            settled_known_from=state.settled_known_from_utc,
             last_intake_utc=state.last_intake_utc,
         )
         self._outbound = Outbound(starts=state.starts + 1, next_dispense_id=state.next_dispense_id)
@@ -223,6 +226,7 @@ class DoseEngine:
                 if r.dispense_id is not None
             ),
             settled=tuple(self._slotbook.settled),
+            settled_known_from_utc=self._slotbook.settled_known_from,
             last_intake_utc=self._slotbook.last_intake_utc,
             roll=self._desk.roll,
             raised_conditions=self._alerts.book.raised,
@@ -2163,10 +2167,9 @@ class DoseEngine:
             if (sachet.roll_id, sachet.index) != (hold.roll_id, hold.sachet_index):
                 self._end_hold(hold, "roll_changed", now, actions)
             elif self._sachet_matches_a_slot(sachet) is True:
-                since = self._hold_since(hold)
                 self._end_hold(hold, "schedule_updated", now, actions)
                 if replaced is not None:
-                    self._settle_passed_slots(hold, replaced, since, now, actions)
+                    self._settle_passed_slots(hold, replaced, now, actions)
         if unplanned is None or self._desk.unplanned is not None:
             return  # nothing to hold, or still waiting for a decision on the held one
         if self._desk.decision_for(unplanned) is not None:
@@ -2201,42 +2204,25 @@ class DoseEngine:
         }
         self._emit(actions, "plan_mismatch_decided", fields)
 
-    def _hold_since(self, hold: UnplannedHold) -> datetime | None:
-        """When the hold began: its latched alert's time (None if that cannot be told)."""
-        alert = self._alerts.unresolved("plan_mismatch")
-        if alert is None or alert.alert_id != hold.alert_id:
-            return None
-        try:
-            raised = datetime.fromisoformat(alert.raised_at)
-        except ValueError:
-            return None
-        return raised if raised.tzinfo is not None else None
-
     def _settle_passed_slots(
-        self,
-        hold: UnplannedHold,
-        replaced: Schedule,
-        since: datetime | None,
-        now: Now,
-        actions: list[Action],
+        self, hold: UnplannedHold, replaced: Schedule, now: Now, actions: list[Action]
     ) -> None:
         """The new schedule has the held sachet's time. Its slots from that time up to the
         cursor are new (the old schedule lacked them) and passed while undecided: nothing could
         be cut to reach their sachets, which wait behind the held one on the roll, and the
         cursor will not pick them up. Each gets its outcome now, so that every sachet later
         discarded as a leftover belongs to a settled slot and no slot is left without one.
-        Only from when the hold began (`since`): a slot due before it was handled under the
-        schedule then, and its record may be pruned (settling it again is a second outcome).
-        Not known: no further back than the settled records kept."""
+        A slot due before the settled records are complete (`settled_known_from`: older ones
+        were pruned) is left alone: it may have been settled under an older schedule, and a
+        second outcome is refused by the ledger."""
         cursor, schedule = self._slotbook.cursor, self._schedule
         intended = roll_check.wire_time(hold.intended_utc_s)
         if cursor is None or schedule is None or intended is None:
             return
         start = intended - self._cfg.sachet_time_tolerance  # (from the cursor on: picked up)
-        if since is not None:
-            start = max(start, since)
-        elif self._slotbook.horizon is not None:
-            start = max(start, self._slotbook.horizon - _SETTLED_RECORDS_KEPT)
+        known_from = self._slotbook.settled_known_from
+        if known_from is not None:
+            start = max(start, known_from)
         known = {slot.slot_id for slot in replaced.slots_between(start, cursor)}
         running = {r.slot_id for r in self._slotbook.runs}
         for slot in schedule.slots_between(start, cursor):
@@ -2244,7 +2230,15 @@ class DoseEngine:
                 continue  # picked up (and settled or running) under the old schedule
             if self._slotbook.is_settled(slot.slot_id):
                 continue
-            run = SlotRun(slot.slot_id, slot.due_utc, self._local_iso(slot.due_utc))
+            # named HIGH ahead while the clock was untrusted and the dispenser empty: said once
+            named = slot.slot_id in self._slotbook.named_ahead
+            self._slotbook.named_ahead.discard(slot.slot_id)
+            run = SlotRun(
+                slot.slot_id,
+                slot.due_utc,
+                self._local_iso(slot.due_utc),
+                held_empty=named and self._dispenser_empty(),
+            )
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:
                 self._settle(run, Outcome.SKIPPED_PAUSED, window.pause_id, now, actions)
@@ -2429,7 +2423,20 @@ class DoseEngine:
             intended = None if hold is None else roll_check.wire_time(hold.intended_utc_s)
             if intended is not None:
                 keep_from = min(keep_from, intended - self._cfg.sachet_time_tolerance)
-            self._slotbook.settled = [s for s in self._slotbook.settled if s.due_utc >= keep_from]
+            # and back to the loaded roll's first sachet: any of its sachets can still come to
+            # the reader (after a pause, say) and be held for a plan decision (bounded)
+            roll = self._desk.roll
+            first = None if roll is None else roll_check.wire_time(roll.first_dose_utc_s)
+            if first is not None:
+                first = max(first, floor - _SETTLED_RECORDS_MAX)
+                keep_from = min(keep_from, first - self._cfg.sachet_time_tolerance)
+            kept = [s for s in self._slotbook.settled if s.due_utc >= keep_from]
+            if len(kept) != len(self._slotbook.settled):
+                known = self._slotbook.settled_known_from
+                self._slotbook.settled_known_from = (
+                    keep_from if known is None else max(known, keep_from)
+                )
+            self._slotbook.settled = kept
             self._pauses = pause.prune(self._pauses, floor)
 
     # --- helpers ------------------------------------------------------------------------------

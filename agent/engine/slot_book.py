@@ -22,6 +22,8 @@ class SlotBook:
     horizon: datetime | None  # durable: slots due before this are settled (or predate install)
     settled: list[SettledSlot]  # durable: settled slots due at/after the horizon (early TAKE)
     cursor: datetime | None  # slots due up to here have been picked up
+    # durable: `settled` is complete from here on (older records were pruned); None: all kept
+    settled_known_from: datetime | None = None
     runs: list[SlotRun] = field(default_factory=list)  # not durable: open slots, due order
     # the last intake (DoseTaken), where the minimum interval runs from: wall time is durable,
     # the monotonic instant is known only in the process that saw it (and is then the measure)

@@ -158,6 +158,9 @@ class EngineState:
     latched_alerts: tuple[LatchedAlert, ...] = ()
     open_slots: tuple[OpenSlot, ...] = ()
     settled: tuple[SettledSlot, ...] = ()  # settled slots due at/after the horizon (early TAKE)
+    # `settled` lists every settled slot due from here on (older records were pruned); None:
+    # none was ever pruned
+    settled_known_from_utc: datetime | None = None
     last_intake_utc: datetime | None = None  # the last DoseTaken: the minimum interval runs from it
     roll: RollInfo | None = None
     raised_conditions: tuple[str, ...] = ()  # told to the centre, not yet cleared
@@ -473,6 +476,7 @@ class EngineStateModel(_Model):
     latched_alerts: tuple[LatchedAlertModel, ...] = ()
     open_slots: tuple[OpenSlotModel, ...] = ()
     settled: tuple[SettledSlotModel, ...] = ()
+    settled_known_from_utc: UtcTime | None = None
     last_intake_utc: UtcTime | None = None
     roll: RollModel | None = None
     raised_conditions: tuple[ConditionKind, ...] = ()
@@ -521,6 +525,7 @@ class EngineStateModel(_Model):
             ),
             open_slots=tuple(OpenSlotModel.model_construct(**_fields(o)) for o in state.open_slots),
             settled=tuple(SettledSlotModel.model_construct(**_fields(s)) for s in state.settled),
+            settled_known_from_utc=state.settled_known_from_utc,
             last_intake_utc=state.last_intake_utc,
             roll=None if state.roll is None else RollModel.model_construct(**_fields(state.roll)),
             raised_conditions=state.raised_conditions,
@@ -547,6 +552,7 @@ class EngineStateModel(_Model):
             latched_alerts=tuple(a.to_alert() for a in self.latched_alerts),
             open_slots=tuple(o.to_slot() for o in self.open_slots),
             settled=tuple(s.to_settled() for s in self.settled),
+            settled_known_from_utc=self.settled_known_from_utc,
             last_intake_utc=self.last_intake_utc,
             roll=None if self.roll is None else self.roll.to_roll(),
             raised_conditions=self.raised_conditions,
@@ -582,10 +588,17 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+_ADDED_SINCE_THE_HAND_WRITTEN_ENCODER = ("settled_known_from_utc",)
+
+
 def _dump(state: EngineState) -> str:
     # sorted keys, no spaces: the exact text the hand-written encoder wrote, so a stored state is
     # rewritten only when it changed
     data = EngineStateModel.of(state).model_dump(mode="json")
+    # fields added since, at their default, are left out: an older unit's text stays the same
+    for added in _ADDED_SINCE_THE_HAND_WRITTEN_ENCODER:
+        if data.get(added) is None:
+            data.pop(added, None)
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
