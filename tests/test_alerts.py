@@ -95,6 +95,10 @@ def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
         "binding_mismatch",
         "schedule_edit_ignored",
         "unit_unbound",
+        "command_unauthenticated",
+        "centre_keys_changed",
+        "pause_open_ended",
+        "schedule_empty",
     } == catalogue.SHELL_KINDS
     assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 
