@@ -39,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from hw.dispenser import DispenserIdentity, DispenserModel
 from hw.scenario import (
     Expectation,
+    LinkedTarget,
     Scenario,
     ScenarioError,
     ScenarioPlayer,
@@ -284,31 +285,6 @@ class Options:
     grace_minutes: float = 5.0
 
 
-class _UartCut:
-    """A rig's stand-in for a pulled wire: the simulator neither sends nor hears."""
-
-    def __init__(self, runner: SimulatorRunner) -> None:
-        self.runner = runner
-
-    def __call__(self, up: bool) -> None:
-        self.runner.hold_link(not up)
-        self.runner.set_faults(drop_incoming_frames=0 if up else 1 << 30)
-
-
-class _Target:
-    """A `ScenarioTarget` for the player: the runner, with the transport's own `link` action."""
-
-    def __init__(self, runner: SimulatorRunner, set_link: Callable[[bool], None]) -> None:
-        self._runner = runner
-        self.set_link = set_link
-        self.call = runner.call
-        self.reboot = runner.reboot
-        self.unplug = runner.unplug
-        self.replug = runner.replug
-        self.set_faults = runner.set_faults
-        self.add_listener = runner.add_listener
-
-
 @dataclass
 class Side:
     dispenser: dict[str, Any]  # the agent config's `dispenser` section
@@ -355,7 +331,7 @@ def _start_side(opts: Options, workdir: Path) -> Side:
             "scan_timeout_s": 2,
             "connect_timeout_s": 3,
         }
-        target = _Target(front.runner, lambda up: front.set_in_range(up))
+        target = LinkedTarget(front.runner, front.set_in_range)
         return Side(config, target, {"DBUS_SYSTEM_BUS_ADDRESS": bus.address}, stop)
     if opts.device is None:
         raise ValueError("--transport uart needs --device (the agent's serial port)")
@@ -364,7 +340,7 @@ def _start_side(opts: Options, workdir: Path) -> Side:
         return Side(config, None)  # real firmware or a simulator on another board
     runner = SimulatorRunner.on_uart(model, opts.sim_device, opts.baud, defects=opts.defects)
     runner.start()
-    return Side(config, _Target(runner, _UartCut(runner)), stop=runner.stop)
+    return Side(config, runner, stop=runner.stop)  # `link down`: the sim goes silent
 
 
 # --- one scenario --------------------------------------------------------------------------------
@@ -395,7 +371,9 @@ def _slot_and_t0(opts: Options, lead_s: float) -> tuple[datetime, datetime]:
     return slot, slot - timedelta(seconds=lead_s)
 
 
-def _agent_config(opts: Options, workdir: Path, unit: str, side: Side, slot: datetime) -> Path:
+def _agent_config(
+    opts: Options, workdir: Path, unit: str, side: Side, slot: datetime, scenario: Scenario
+) -> Path:
     local = slot.astimezone(ZoneInfo(ZONE))
     second = local + timedelta(hours=12)
     config = {
@@ -403,7 +381,12 @@ def _agent_config(opts: Options, workdir: Path, unit: str, side: Side, slot: dat
         "state_dir": str(workdir / "state"),
         "dispenser": side.dispenser,
         "mqtt": {"host": opts.broker[0], "port": opts.broker[1], "keepalive_s": 10},
-        "engine": {"grace_minutes": opts.grace_minutes, "undispensed_deadline_minutes": 10},
+        "engine": {
+            "grace_minutes": (
+                scenario.grace_s / 60 if scenario.grace_s is not None else opts.grace_minutes
+            ),
+            "undispensed_deadline_minutes": 10,
+        },
         "patient_ref": PATIENT,
         "schedule": {
             "version": 1,
@@ -423,6 +406,21 @@ def _agent_config(opts: Options, workdir: Path, unit: str, side: Side, slot: dat
 
 def _prompt(text: str) -> None:
     print(text, flush=True)
+
+
+def _instructions(
+    name: str, path: Path, text: str, scenario: Scenario, t0: datetime, slot: datetime
+) -> str:
+    """What a person (real firmware) or a second board must do, as the file says it."""
+    lines = text.splitlines()
+    out = [
+        f"[{name}] t=0 at {t0.isoformat()}, first dose (slot) {slot.isoformat()}, "
+        f"patient {PATIENT}. On the dispenser side:"
+    ]
+    out += [f"  t={fmt_s(s.at_s):>9}  {lines[s.line - 1].strip()}" for s in scenario.steps]
+    out += [f"  {'always':>11}  {lines[t.line - 1].strip()}" for t in scenario.triggers]
+    out.append(f"  simulator on another board: ... --scenario {path} --t0 {t0.isoformat()}")
+    return "\n".join(out)
 
 
 def run_scenario(path: Path, opts: Options) -> Result:
@@ -453,25 +451,14 @@ def run_scenario(path: Path, opts: Options) -> Result:
             centre = Centre(opts.broker[0], opts.broker[1], unit)
             centre.start()
             stack.callback(centre.stop)
-            config = _agent_config(opts, workdir, unit, side, slot)
+            config = _agent_config(opts, workdir, unit, side, slot, scenario)
             agent = _start_agent(config, t0, anchor, rate, side.env, log_path)
             stack.callback(_stop_process, agent)
             if side.target is None:
-                _prompt(
-                    f"[{name}] t=0 at {t0.isoformat()}; first dose (slot) {slot.isoformat()}; "
-                    f"patient {PATIENT}. On the dispenser side:\n"
-                    + "".join(
-                        f"  at t={fmt_s(s.at_s)}  {type(s.action).__name__}  (line {s.line})\n"
-                        for s in scenario.steps
-                    )
-                    + "".join(
-                        f"  on {t.event}: {type(t.action).__name__} after {fmt_s(t.after_s)}"
-                        f"  (line {t.line})\n"
-                        for t in scenario.triggers
-                    )
-                    + f"  (a simulator on another board: --scenario {path} --t0 {t0.isoformat()})"
-                )
-            give_up = time.monotonic() + LINK_WAIT_S
+                _prompt(_instructions(name, path, text, scenario, t0, slot))
+            # With another board or real firmware, someone starts the dispenser side after
+            # reading the prompt: wait for it up to t=0.
+            give_up = max(time.monotonic() + LINK_WAIT_S, anchor if side.target is None else 0)
             while not centre.link_is("up", 0.2):
                 if agent.poll() is not None:
                     result.error = f"the agent exited ({agent.returncode}); see its log"

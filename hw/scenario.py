@@ -104,7 +104,7 @@ class SetWireFaults:
 @dataclass(frozen=True, slots=True)
 class SetLink:
     """The link is lost / restored, whatever carries it: a pty is unplugged, a BLE dispenser goes
-    out of range, a UART goes silent. On a plain runner: unplug / replug."""
+    out of range, a UART goes silent (`ScenarioTarget.set_link`)."""
 
     up: bool
 
@@ -170,6 +170,7 @@ class Scenario:
     expectations: tuple[Expectation, ...] = ()
     slot_s: float = DEFAULT_SLOT_S  # the first scheduled dose, this long after t=0 (`slot` line)
     end_s: float | None = None  # `end` line: how long the scenario lasts at least
+    grace_s: float | None = None  # `grace` line: the agent's grace window (its config's default)
 
     @property
     def length_s(self) -> float:
@@ -485,6 +486,7 @@ def parse_scenario(text: str, t0_utc_s: int | None = None) -> Scenario:
     slot_s = read_slot(text)
     slot_utc_s = None if t0_utc_s is None else t0_utc_s + int(slot_s)
     end_s: float | None = None
+    grace_s: float | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         try:
             tokens = shlex.split(line, comments=True)
@@ -502,6 +504,13 @@ def parse_scenario(text: str, t0_utc_s: int | None = None) -> Scenario:
                 if len(tokens) != 2 or end_s is not None:
                     raise ValueError("expected one line: end <T>")
                 end_s = parse_duration(tokens[1])
+                continue
+            if tokens[0] == "grace":
+                if len(tokens) != 2 or grace_s is not None:
+                    raise ValueError("expected one line: grace <T> (the agent's grace window)")
+                grace_s = parse_duration(tokens[1])
+                if not 60 <= grace_s <= 240 * 60:
+                    raise ValueError("grace must be 1m..4h")
                 continue
             if tokens[0] == "on":
                 if len(tokens) < 3:
@@ -525,7 +534,7 @@ def parse_scenario(text: str, t0_utc_s: int | None = None) -> Scenario:
         except ValueError as exc:
             raise ScenarioError(number, str(exc)) from None
     steps.sort(key=lambda s: s.at_s)  # stable: equal times keep file order
-    return Scenario(tuple(steps), tuple(triggers), tuple(expectations), slot_s, end_s)
+    return Scenario(tuple(steps), tuple(triggers), tuple(expectations), slot_s, end_s, grace_s)
 
 
 def load_scenario(path: Path, t0_utc_s: int | None = None) -> Scenario:
@@ -549,6 +558,37 @@ class ScenarioTarget(Protocol):
     def set_faults(self, **changes: int | float | bytes) -> None: ...
 
     def add_listener(self, listener: Callable[[Message], None]) -> Callable[[], None]: ...
+
+    def set_link(self, up: bool) -> None: ...
+
+
+class LinkedTarget:
+    """A runner whose link is cut another way (a BLE dispenser goes out of range)."""
+
+    def __init__(self, runner: ScenarioTarget, set_link: Callable[[bool], None]) -> None:
+        self._runner = runner
+        self._set_link = set_link
+
+    def call(self, fn: Callable[[DispenserModel], list[Message]]) -> None:
+        self._runner.call(fn)
+
+    def reboot(self) -> None:
+        self._runner.reboot()
+
+    def unplug(self) -> None:
+        self._runner.unplug()
+
+    def replug(self) -> None:
+        self._runner.replug()
+
+    def set_faults(self, **changes: int | float | bytes) -> None:
+        self._runner.set_faults(**changes)
+
+    def add_listener(self, listener: Callable[[Message], None]) -> Callable[[], None]:
+        return self._runner.add_listener(listener)
+
+    def set_link(self, up: bool) -> None:
+        self._set_link(up)
 
 
 WaitUntil: TypeAlias = Callable[[float | None, threading.Event], None]
@@ -615,13 +655,7 @@ def apply_action(target: ScenarioTarget, action: Action) -> None:
         case SetWireFaults(changes=changes):
             target.set_faults(**dict(changes))
         case SetLink(up=up):
-            set_link = getattr(target, "set_link", None)  # a rig's own way to cut the link
-            if set_link is not None:
-                set_link(up)
-            elif up:
-                target.replug()
-            else:
-                target.unplug()
+            target.set_link(up)
 
 
 class ScenarioPlayer:

@@ -27,7 +27,15 @@ from pathlib import Path
 
 from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
-from hw.scenario import ScenarioError, ScenarioPlayer, load_scenario, parse_duration, parse_utc_s
+from hw.scenario import (
+    LinkedTarget,
+    ScenarioError,
+    ScenarioPlayer,
+    ScenarioTarget,
+    load_scenario,
+    parse_duration,
+    parse_utc_s,
+)
 from hw.wire import DEFECTS, SimulatorRunner, TraceEvent
 from protocol.framing import FrameDecoder, FrameKind
 from protocol.messages import decode_message, encode_message
@@ -206,7 +214,10 @@ def _run(args: argparse.Namespace) -> int:
             info = signal.sigtimedwait(stop_signals, t0_utc_s - time.time())
             received_early = info.si_signo if info is not None else None
         if scenario is not None and received_early is None:
-            player = ScenarioPlayer(runner, scenario)
+            target: ScenarioTarget = runner
+            if front is not None:
+                target = LinkedTarget(runner, front.set_in_range)  # `link down`: out of range
+            player = ScenarioPlayer(target, scenario)
             player.start()
         received = received_early or signal.sigwait(stop_signals)
         _emit_line(f"STOP {signal.Signals(received).name} {datetime.now(UTC).isoformat()}")

@@ -3,19 +3,31 @@ end to end over a pty and over BLE (bleak's BlueZ backend against the simulator'
 private D-Bus bus), with the production agent on a clock 60x real time and the suite's mosquitto.
 
 Timings are reported, not asserted: the runs use `slack` 3 so a loaded machine stretches the
-`within` deadlines of "at least one" expectations; counts are judged on their own windows.
+`within` deadlines of "at least one" expectations; counts are judged on their own windows. The
+link drop also runs over a "real UART" (two ptys joined like a crossed cable, the simulator on
+one through pyserial), where the line goes silent instead of hanging up: a known gap, strict
+xfail.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import select
+import threading
+import tty
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker import MosquittoBroker
 
-from hw.rig import Options, Seen, judge, main, run_scenario, scenario_files
+from hw.rig import Options, Result, Seen, judge, main, run_scenario, scenario_files
 from hw.scenario import InsertRoll, ScenarioError, SetLink, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "hw" / "scenarios"
@@ -123,55 +135,139 @@ def test_judging_windows_fields_counts_and_slack() -> None:
 # --- end to end --------------------------------------------------------------------------------
 
 
-@pytest.mark.e2e
-def test_the_scenario_set_passes_over_pty_and_ble_and_a_broken_expectation_fails(
-    tmp_path: Path, mosquitto: MosquittoBroker, capsys: pytest.CaptureFixture[str]
-) -> None:
-    paths = scenario_files(SCENARIOS)
-    assert [p.stem for p in paths] == list(SET)
-    broken = tmp_path / "broken.scenario"
+def _null_modem() -> tuple[str, str, Callable[[], None]]:
+    """Two ptys joined like a crossed serial cable (TX to RX both ways): the agent opens one,
+    the simulator the other as a real UART (pyserial). No hangup ever reaches the agent: a `link
+    down` on it is a silent line, like a cut wire."""
+    m1, s1 = os.openpty()
+    m2, s2 = os.openpty()
+    for fd in (s1, s2):
+        tty.setraw(fd)
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([m1, m2], [], [], 0.1)
+            for src in ready:
+                with contextlib.suppress(OSError):
+                    os.write(m2 if src == m1 else m1, os.read(src, 4096))
+
+    thread = threading.Thread(target=pump, name="null-modem", daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(5)
+        for fd in (m1, s1, m2, s2):
+            os.close(fd)
+
+    return os.ttyname(s1), os.ttyname(s2), close
+
+
+@dataclass
+class Runs:
+    results: dict[tuple[str, str], Result]
+    broken_exit: int
+    broken_report: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    """Everything at once (each scenario has its own agent, simulator and unit id), so the set
+    over two transports takes about as long as its longest scenario. The runs expected to fail
+    get less slack: a failing "at least one" expectation waits out its stretched deadline."""
+    tmp = tmp_path_factory.mktemp("rig")
+    broker = MosquittoBroker(tmp / "broker")
+    broker.start()
+    agent_port, sim_port, close_modem = _null_modem()
+    broken = tmp / "broken.scenario"
     taken = (SCENARIOS / "taken.scenario").read_text(encoding="utf-8")
     broken.write_text(
         taken.replace("outcome=taken after=4m", "outcome=missed after=4m"), encoding="utf-8"
     )
-    broker = ("127.0.0.1", mosquitto.port)
+    where = ("127.0.0.1", broker.port)
+    jobs: list[tuple[Path, Options]] = [
+        (p, Options(t, where, slack=3.0, workdir=tmp / "runs"))
+        for t in ("pty", "ble")
+        for p in scenario_files(SCENARIOS)
+    ]
+    jobs.append(
+        (
+            SCENARIOS / "link_drop.scenario",
+            Options(
+                "uart",
+                where,
+                device=agent_port,
+                sim_device=sim_port,
+                slack=1.0,
+                workdir=tmp / "runs",
+            ),
+        )
+    )
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), ThreadPoolExecutor(len(jobs) + 1) as pool:
+            futures = [pool.submit(run_scenario, path, opts) for path, opts in jobs]
+            broken_exit = pool.submit(
+                main,
+                [
+                    *("--scenario", str(broken), "--transport", "pty"),
+                    *("--slack", "2", "--json", "--broker", f"127.0.0.1:{broker.port}"),
+                ],
+            )
+            results = [f.result(timeout=240) for f in futures]
+            code = broken_exit.result(timeout=240)
+        yield Runs(
+            {(r.scenario, r.transport): r for r in results}, code, json.loads(out.getvalue())
+        )
+    finally:
+        close_modem()
+        broker.stop()
 
-    def options(transport: str) -> Options:
-        return Options(transport, broker, slack=3.0, workdir=tmp_path / "runs")
 
-    with ThreadPoolExecutor(max_workers=2 * len(paths) + 1) as pool:
-        runs = [pool.submit(run_scenario, p, options(t)) for t in ("pty", "ble") for p in paths]
-        broken_exit = pool.submit(
-            main,
-            [
-                "--scenario",
-                str(broken),
-                "--transport",
-                "pty",
-                "--broker",
-                f"127.0.0.1:{mosquitto.port}",
-                "--slack",
-                "3",
-                "--json",
-            ],
-        )
-        results = [run.result(timeout=180) for run in runs]
-        assert broken_exit.result(timeout=180) == 1
-    for result in results:
-        verdicts = "\n".join(
-            f"  {v.passed} line {v.line}: {v.text} at {v.at_s} {v.note}"
-            for v in result.expectations
-        )
-        assert result.passed, (
-            f"{result.scenario} over {result.transport}: {result.error}\n{verdicts}\n"
-            f"seen: {result.seen}\n{result.log_tail}"
-        )
-        assert result.expectations
-        assert all(v.passed for v in result.expectations)
-    [report] = json.loads(capsys.readouterr().out)
+def _explain(result: Result) -> str:
+    verdicts = "\n".join(
+        f"  {v.passed} line {v.line}: {v.text} at {v.at_s} {v.note}" for v in result.expectations
+    )
+    return (
+        f"{result.scenario} over {result.transport}: {result.error}\n{verdicts}\n"
+        f"seen: {result.seen}\n{result.log_tail}"
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("transport", ["pty", "ble"])
+@pytest.mark.parametrize("scenario", SET)
+def test_each_scenario_passes_over_pty_and_ble(runs: Runs, scenario: str, transport: str) -> None:
+    result = runs.results[(scenario, transport)]
+    assert result.passed, _explain(result)
+    assert result.expectations
+    assert all(v.passed for v in result.expectations)
+
+
+@pytest.mark.e2e
+def test_a_broken_expectation_makes_the_runner_report_fail(runs: Runs) -> None:
+    assert runs.broken_exit == 1
+    [report] = runs.broken_report
     assert report["passed"] is False
     failed = [v for v in report["expectations"] if not v["passed"]]
     assert [v["text"] for v in failed] == [
         "expect slot_outcome outcome=missed after=4m within=8m"
     ], failed
     assert "saw slot_outcome outcome=taken" in failed[0]["note"]
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "gap: on a serial line that goes silent without a hangup (a cut wire, a dispenser that "
+        "hangs), the agent gives up on its KeepAlive (4 retransmits) but never declares the link "
+        "down: no link=down, no no_contact, no re-Hello when the line comes back, so the dose "
+        "taken after it is never seen and the slot is reported missed. A pty or a USB adapter "
+        "pulled out gives a hangup and is handled (the pty and BLE runs pass)."
+    ),
+)
+def test_link_drop_over_a_real_uart_line(runs: Runs) -> None:
+    result = runs.results[("link_drop", "uart")]
+    assert result.passed, _explain(result)
