@@ -101,6 +101,14 @@ class SetWireFaults:
     changes: tuple[tuple[str, int | float | bytes], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SetLink:
+    """The link is lost / restored, whatever carries it: a pty is unplugged, a BLE dispenser goes
+    out of range, a UART goes silent (`ScenarioTarget.set_link`)."""
+
+    up: bool
+
+
 Action: TypeAlias = (
     InsertRoll
     | RemoveRoll
@@ -114,6 +122,7 @@ Action: TypeAlias = (
     | Unplug
     | Replug
     | SetWireFaults
+    | SetLink
 )
 
 
@@ -132,10 +141,44 @@ class Trigger:
     line: int
 
 
+DEFAULT_SLOT_S = 240.0  # 4 minutes: room for the agent to connect before the first dose
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What the response centre must see (`expect` lines; hw/README.md, "Expectations").
+
+    `subject` is an event kind on the events topic (`slot_outcome`, `wrong_roll`, ...) or `link`
+    (the retained `state/dispenser` link state, then `fields` is `(("link", "up"),)`). Matching
+    events arrive in the window [after_s, within_s] of scenario time. Without `count`, one
+    matching event passes; with `count`, exactly that many distinct events (by seq) by `within_s`
+    (default: the scenario's end)."""
+
+    subject: str
+    fields: tuple[tuple[str, str], ...]
+    after_s: float
+    within_s: float | None
+    count: int | None
+    line: int
+    text: str  # the line as written, for reports
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     steps: tuple[Step, ...]  # in playing order (by time; file order for equal times)
     triggers: tuple[Trigger, ...]
+    expectations: tuple[Expectation, ...] = ()
+    slot_s: float = DEFAULT_SLOT_S  # the first scheduled dose, this long after t=0 (`slot` line)
+    end_s: float | None = None  # `end` line: how long the scenario lasts at least
+    grace_s: float | None = None  # `grace` line: the agent's grace window (its config's default)
+
+    @property
+    def length_s(self) -> float:
+        """When every expectation can be judged: the `end` line, else the last deadline/step."""
+        times = [s.at_s for s in self.steps] + [
+            e.within_s if e.within_s is not None else e.after_s for e in self.expectations
+        ]
+        return self.end_s if self.end_s is not None else max(times, default=0.0)
 
 
 class ScenarioError(ValueError):
@@ -163,8 +206,9 @@ _OFF = {"off": False, "false": False, "no": False, "0": False}
 class _Args:
     """Positional and key=value arguments of one action; complains about leftovers."""
 
-    def __init__(self, action: str, tokens: list[str]) -> None:
+    def __init__(self, action: str, tokens: list[str], slot_utc_s: int | None = None) -> None:
         self.action = action
+        self.slot_utc_s = slot_utc_s
         self.positional = [t for t in tokens if "=" not in t]
         self.keywords: dict[str, str] = {}
         for token in tokens:
@@ -257,7 +301,7 @@ def _insert_roll(a: _Args) -> Action:
     roll = make_roll(
         roll_id=a.key("roll_id"),
         patient_ref=a.key("patient_ref"),
-        first_dose_utc_s=parse_utc_s(a.key("first")),
+        first_dose_utc_s=_first(a),
         interval_s=int(parse_duration(a.key("every", "12h"))),
         count=count,
         expiry_utc_s=parse_utc_s(expiry_text) if expiry_text else None,
@@ -266,6 +310,24 @@ def _insert_roll(a: _Args) -> Action:
     )
     a.done(0)
     return InsertRoll(roll)
+
+
+def _first(a: _Args) -> int:
+    """`first=ISO`, or `first=slot`: the first scheduled dose of the run (see `slot` lines)."""
+    text = a.key("first")
+    if text != "slot":
+        return parse_utc_s(text)
+    if a.slot_utc_s is None:
+        raise ValueError("insert_roll: first=slot needs the run's slot time (hw.rig, or --slot)")
+    return a.slot_utc_s
+
+
+def _link(a: _Args) -> Action:
+    state = a.pos(0, "up or down").lower()
+    if state not in ("up", "down"):
+        raise ValueError(f"link: expected up or down, got {state!r}")
+    a.done(1)
+    return SetLink(state == "up")
 
 
 def _press_button(a: _Args) -> Action:
@@ -343,20 +405,88 @@ ACTIONS: dict[str, Callable[[_Args], Action]] = {
     "unplug": _bare(Unplug()),
     "replug": _bare(Replug()),
     "wire": _wire,
+    "link": _link,
 }
 
 
-def _parse_action(tokens: list[str]) -> Action:
+def _parse_action(tokens: list[str], slot_utc_s: int | None = None) -> Action:
     name, rest = tokens[0], tokens[1:]
     parser = ACTIONS.get(name)
     if parser is None:
         raise ValueError(f"unknown action {name!r} (one of {', '.join(ACTIONS)})")
-    return parser(_Args(name, rest))
+    return parser(_Args(name, rest, slot_utc_s))
 
 
-def parse_scenario(text: str) -> Scenario:
+_FIELD = re.compile(r"^[a-z_][a-z0-9_.]*$")
+
+
+def _parse_expectation(tokens: list[str], number: int, text: str) -> Expectation:
+    """`expect <kind>|link <up|down> [field=value]... [after=T] [within=T] [count=N]`."""
+    if len(tokens) < 2:
+        raise ValueError("expected: expect <event kind>|link [field=value]... [within=T]")
+    subject, rest = tokens[1], tokens[2:]
+    fields: list[tuple[str, str]] = []
+    after_s, within_s, count = 0.0, None, None
+    if subject == "link":
+        if not rest or rest[0] not in ("up", "down"):
+            raise ValueError("expect link: expected up or down")
+        fields.append(("link", rest[0]))
+        rest = rest[1:]
+    elif not _FIELD.match(subject) or "." in subject:
+        raise ValueError(f"expect: bad event kind {subject!r}")
+    seen: set[str] = set()
+    for token in rest:
+        key, eq, value = token.partition("=")
+        if not eq or not key:
+            raise ValueError(f"expect: expected field=value, got {token!r}")
+        if key in seen:
+            raise ValueError(f"expect: {key} given twice")
+        seen.add(key)
+        if key == "after":
+            after_s = parse_duration(value)
+        elif key == "within":
+            within_s = parse_duration(value)
+        elif key == "count":
+            count = _int(value, "count")
+            if count < 0:
+                raise ValueError(f"count must be >= 0, got {count}")
+        elif not _FIELD.match(key):
+            raise ValueError(f"expect: bad field name {key!r}")
+        else:
+            fields.append((key, value))
+    if within_s is not None and within_s < after_s:
+        raise ValueError(f"expect: within={within_s:g}s is before after={after_s:g}s")
+    return Expectation(subject, tuple(fields), after_s, within_s, count, number, text)
+
+
+def read_slot(text: str) -> float:
+    """The `slot` line, read first: `first=slot` anywhere in the file depends on it."""
+    slot_s = DEFAULT_SLOT_S
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:
+            continue  # reported by the main pass
+        if tokens and tokens[0] == "slot":
+            try:
+                if len(tokens) != 2:
+                    raise ValueError("expected: slot <T> (the first dose, T after the start)")
+                slot_s = parse_duration(tokens[1])
+            except ValueError as exc:
+                raise ScenarioError(number, str(exc)) from None
+    return slot_s
+
+
+def parse_scenario(text: str, t0_utc_s: int | None = None) -> Scenario:
+    """Parse a scenario. `t0_utc_s` is the wall time of t=0 on the agent's clock, which gives
+    `first=slot` its meaning (t0 + the `slot` line's lead); without it `first=slot` is refused."""
     steps: list[Step] = []
     triggers: list[Trigger] = []
+    expectations: list[Expectation] = []
+    slot_s = read_slot(text)
+    slot_utc_s = None if t0_utc_s is None else t0_utc_s + int(slot_s)
+    end_s: float | None = None
+    grace_s: float | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         try:
             tokens = shlex.split(line, comments=True)
@@ -365,6 +495,23 @@ def parse_scenario(text: str) -> Scenario:
         if not tokens:
             continue
         try:
+            if tokens[0] == "slot":
+                continue  # read by read_slot
+            if tokens[0] == "expect":
+                expectations.append(_parse_expectation(tokens, number, shlex.join(tokens)))
+                continue
+            if tokens[0] == "end":
+                if len(tokens) != 2 or end_s is not None:
+                    raise ValueError("expected one line: end <T>")
+                end_s = parse_duration(tokens[1])
+                continue
+            if tokens[0] == "grace":
+                if len(tokens) != 2 or grace_s is not None:
+                    raise ValueError("expected one line: grace <T> (the agent's grace window)")
+                grace_s = parse_duration(tokens[1])
+                if not 60 <= grace_s <= 240 * 60:
+                    raise ValueError("grace must be 1m..4h")
+                continue
             if tokens[0] == "on":
                 if len(tokens) < 3:
                     raise ValueError("expected: on <event> <action> [args] [after=T]")
@@ -378,20 +525,20 @@ def parse_scenario(text: str) -> Scenario:
                 after_s = parse_duration(after[0].removeprefix("after=")) if after else 0.0
                 if not rest:
                     raise ValueError("expected an action after the event")
-                triggers.append(Trigger(event, _parse_action(rest), after_s, number))
+                triggers.append(Trigger(event, _parse_action(rest, slot_utc_s), after_s, number))
             else:
                 at_s = parse_duration(tokens[0])
                 if len(tokens) < 2:
                     raise ValueError("expected an action after the time")
-                steps.append(Step(at_s, _parse_action(tokens[1:]), number))
+                steps.append(Step(at_s, _parse_action(tokens[1:], slot_utc_s), number))
         except ValueError as exc:
             raise ScenarioError(number, str(exc)) from None
     steps.sort(key=lambda s: s.at_s)  # stable: equal times keep file order
-    return Scenario(tuple(steps), tuple(triggers))
+    return Scenario(tuple(steps), tuple(triggers), tuple(expectations), slot_s, end_s, grace_s)
 
 
-def load_scenario(path: Path) -> Scenario:
-    return parse_scenario(path.read_text(encoding="utf-8"))
+def load_scenario(path: Path, t0_utc_s: int | None = None) -> Scenario:
+    return parse_scenario(path.read_text(encoding="utf-8"), t0_utc_s)
 
 
 # --- playing -----------------------------------------------------------------------------------
@@ -411,6 +558,37 @@ class ScenarioTarget(Protocol):
     def set_faults(self, **changes: int | float | bytes) -> None: ...
 
     def add_listener(self, listener: Callable[[Message], None]) -> Callable[[], None]: ...
+
+    def set_link(self, up: bool) -> None: ...
+
+
+class LinkedTarget:
+    """A runner whose link is cut another way (a BLE dispenser goes out of range)."""
+
+    def __init__(self, runner: ScenarioTarget, set_link: Callable[[bool], None]) -> None:
+        self._runner = runner
+        self._set_link = set_link
+
+    def call(self, fn: Callable[[DispenserModel], list[Message]]) -> None:
+        self._runner.call(fn)
+
+    def reboot(self) -> None:
+        self._runner.reboot()
+
+    def unplug(self) -> None:
+        self._runner.unplug()
+
+    def replug(self) -> None:
+        self._runner.replug()
+
+    def set_faults(self, **changes: int | float | bytes) -> None:
+        self._runner.set_faults(**changes)
+
+    def add_listener(self, listener: Callable[[Message], None]) -> Callable[[], None]:
+        return self._runner.add_listener(listener)
+
+    def set_link(self, up: bool) -> None:
+        self._set_link(up)
 
 
 WaitUntil: TypeAlias = Callable[[float | None, threading.Event], None]
@@ -476,6 +654,8 @@ def apply_action(target: ScenarioTarget, action: Action) -> None:
             target.replug()
         case SetWireFaults(changes=changes):
             target.set_faults(**dict(changes))
+        case SetLink(up=up):
+            target.set_link(up)
 
 
 class ScenarioPlayer:

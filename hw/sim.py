@@ -27,7 +27,15 @@ from pathlib import Path
 
 from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
-from hw.scenario import ScenarioError, ScenarioPlayer, load_scenario, parse_duration, parse_utc_s
+from hw.scenario import (
+    LinkedTarget,
+    ScenarioError,
+    ScenarioPlayer,
+    ScenarioTarget,
+    load_scenario,
+    parse_duration,
+    parse_utc_s,
+)
 from hw.wire import DEFECTS, SimulatorRunner, TraceEvent
 from protocol.framing import FrameDecoder, FrameKind
 from protocol.messages import decode_message, encode_message
@@ -95,6 +103,11 @@ def _next_hour_utc_s() -> int:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", type=Path, help="scenario file to play (see hw/README.md)")
+    parser.add_argument(
+        "--t0",
+        help="wall time (ISO 8601 with offset) of the scenario's t=0, as `python -m hw.rig` "
+        "prints it: playing waits for it, and gives `first=slot` its meaning",
+    )
     parser.add_argument("--no-roll", action="store_true", help="start without a roll loaded")
     parser.add_argument("--roll-id", default="R-SIM-0001")
     parser.add_argument("--patient-ref", default="p-sim")
@@ -139,7 +152,8 @@ def _emit_line(text: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        scenario = load_scenario(args.scenario) if args.scenario else None
+        t0_utc_s = parse_utc_s(args.t0) if args.t0 else None
+        scenario = load_scenario(args.scenario, t0_utc_s) if args.scenario else None
         first = parse_utc_s(args.first) if args.first else _next_hour_utc_s()
         every = int(parse_duration(args.every))
     except (OSError, ScenarioError, ValueError) as exc:
@@ -195,10 +209,17 @@ def _run(args: argparse.Namespace) -> int:
         if not args.no_roll:
             roll = make_roll(args.roll_id, args.patient_ref, first, every, args.sachets)
             runner.call(lambda m: m.insert_roll(roll))
-        if scenario is not None:
-            player = ScenarioPlayer(runner, scenario)
+        received_early = None
+        if t0_utc_s is not None and t0_utc_s > time.time():  # both machines keep NTP time
+            info = signal.sigtimedwait(stop_signals, t0_utc_s - time.time())
+            received_early = info.si_signo if info is not None else None
+        if scenario is not None and received_early is None:
+            target: ScenarioTarget = runner
+            if front is not None:
+                target = LinkedTarget(runner, front.set_in_range)  # `link down`: out of range
+            player = ScenarioPlayer(target, scenario)
             player.start()
-        received = signal.sigwait(stop_signals)
+        received = received_early or signal.sigwait(stop_signals)
         _emit_line(f"STOP {signal.Signals(received).name} {datetime.now(UTC).isoformat()}")
     finally:
         if player is not None:

@@ -424,6 +424,19 @@ class SimulatorRunner:
             self._faults = dataclasses.replace(self._faults, **changes)  # type: ignore[arg-type]
         self._wake()
 
+    def set_link(self, up: bool) -> None:
+        """The scenario action `link down|up`: on a pty the cable is pulled / plugged back
+        (`unplug`/`replug`); on a UART, where the runner cannot pull a wire, the firmware stops
+        sending and hearing (the agent sees silence, as with a cut wire) and resumes."""
+        if self._replug_supported:
+            if up:
+                self.replug()
+            else:
+                self.unplug()
+            return
+        self.hold_link(not up)
+        self.set_faults(drop_incoming_frames=0 if up else 1 << 30)
+
     def hold_link(self, held: bool) -> None:
         """No connection to send on (BLE, between connections): the link's retransmit timers stand
         still, so an outage does not use up the retries of the frames waiting in it; released,

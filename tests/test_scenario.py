@@ -153,6 +153,9 @@ class FakeTarget:
     def set_faults(self, **changes: int | float | bytes) -> None:
         self.log.append(f"wire {sorted(changes.items())}")
 
+    def set_link(self, up: bool) -> None:
+        self.log.append(f"link {'up' if up else 'down'}")
+
     def add_listener(self, listener: Callable[[Message], None]) -> Callable[[], None]:
         self.listeners.append(listener)
         self.listening.set()
