@@ -89,6 +89,11 @@ REQ_EPOCHS = 15  # epochs 1..15, so a req_id is never 0 (what callers pass in)
 REQ_IDS_PER_EPOCH = (1 << REQ_EPOCH_SHIFT) - 1
 
 STOPPED = "session stopped"
+# A line that swallows frames without a hangup (a cut wire, hung firmware) gives no EOF: once a
+# message is given up unacknowledged after every retransmit (SPEC 2.3: five sends over 1.25 s,
+# while the dispenser must ACK within 100 ms), the link is taken as down and opened again with a
+# new Hello. The KeepAlive (engine, every watchdog timeout / 3) bounds how long that can go unseen.
+SILENT_AFTER_UNACKED = 1
 
 
 def _agent_version() -> str:
@@ -218,6 +223,9 @@ class _Connection:
     peer_restarted: asyncio.Future[None]
     pump: asyncio.Task[None] | None = None
     up_since: float | None = None
+    # messages in a row the dispenser never acknowledged (reset by anything it sends)
+    unacked_in_a_row: int = 0
+    silent: asyncio.Future[None] | None = None  # set when the line is taken as dead
 
 
 class _HandlerError(Exception):
@@ -392,10 +400,19 @@ class DispenserSession:
     async def _serve(self, conn: _Connection) -> str:
         """Run until the connection ends; returns why. Re-handshakes after a dispenser restart."""
         assert conn.pump is not None
+        if conn.silent is None:
+            conn.silent = asyncio.get_running_loop().create_future()
         while True:
-            await asyncio.wait({conn.pump, conn.peer_restarted}, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {conn.pump, conn.peer_restarted, conn.silent}, return_when="FIRST_COMPLETED"
+            )
             if conn.pump.done():
                 return self._pump_end_reason(conn.pump)
+            if conn.silent.done():
+                return (
+                    "the dispenser acknowledged nothing after every retransmit "
+                    "(line silent: cable cut or firmware hung)"
+                )
             conn.peer_restarted = asyncio.get_running_loop().create_future()
             self._connected = False
             self._report_down("dispenser restarted")
@@ -565,10 +582,20 @@ class DispenserSession:
 
     def _handle_events(self, conn: _Connection, events: list[LinkEvent]) -> None:
         for event in events:
+            if isinstance(event, Received | Delivered | PeerRestarted):
+                conn.unacked_in_a_row = 0  # the dispenser is there
             if isinstance(event, Received):
                 self._on_received(event.message)
             elif isinstance(event, Failed):
                 self._on_send_failed(event)
+                if event.reason == "timeout":
+                    conn.unacked_in_a_row += 1
+                    if (
+                        conn.unacked_in_a_row >= SILENT_AFTER_UNACKED
+                        and conn.silent is not None
+                        and not conn.silent.done()
+                    ):
+                        conn.silent.set_result(None)
             elif isinstance(event, PeerRestarted):
                 if event.old_session is not None:
                     self._counts["peer_restarts"] += 1

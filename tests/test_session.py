@@ -374,7 +374,13 @@ def test_request_without_reply_times_out_and_the_late_reply_reaches_on_message(
     run(main)
 
 
-def test_command_never_acknowledged_fails_with_link_send_failed_timeout(tmp_path: Path) -> None:
+def test_command_never_acknowledged_fails_and_the_silent_line_is_opened_again(
+    tmp_path: Path,
+) -> None:
+    """A line that swallows frames without a hangup (a cut wire, hung firmware): the command
+    fails when the link gives up (not at the request timeout), the link is reported down as
+    silent, and a new Hello brings it back once the dispenser hears again."""
+
     async def main() -> None:
         async with rig(tmp_path) as r:
             await r.changes.until(lambda: r.session.connected)
@@ -383,10 +389,14 @@ def test_command_never_acknowledged_fails_with_link_send_failed_timeout(tmp_path
                 await r.session.request(Dispense(0, 9, 2))
             assert failure.value.reason == "timeout"
             # the link gave up (LinkSendFailed), not the 2 s request timeout (RequestTimeout)
-            stats = r.session.stats
-            assert stats.send_failures == 1
-            assert stats.link is not None
-            assert stats.link.retransmits == AGENT_LINK.max_retransmits
+            assert r.session.stats.send_failures == 1
+            await r.changes.until(lambda: r.recorder.downs() == 1)
+            down = r.recorder.links[1]
+            assert isinstance(down, LinkDown)
+            assert "line silent" in down.reason
+            r.peer.deaf = False
+            await r.changes.until(lambda: r.recorder.ups() == 2)
+            assert [type(x) for x in r.recorder.links] == [LinkUp, LinkDown, LinkUp]
 
     run(main)
 
