@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from agent.store import audit, binding, commands, kv, ledger, outbox, schema
+from agent.store import audit, binding, ceiling, commands, kv, ledger, outbox, schema
 from agent.store.audit import AuditRecord, AuditReport, ChainAnchor, Stamp, system_stamp
 from agent.store.binding import Binding
 from agent.store.commands import CommandRecord
@@ -156,6 +156,7 @@ class Store:
         stamp: Callable[[], Stamp],
         new_event_id: Callable[[], str],
         audit_retention: int = audit.AUDIT_RETENTION,
+        max_bytes: int | None = None,
     ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._path = path
@@ -164,6 +165,7 @@ class Store:
         self._new_event_id = new_event_id
         self._in_tx = False
         self._audit_retention = audit_retention
+        self._max_bytes = max_bytes
         self._commands_checked: datetime | None = None
 
     @classmethod
@@ -178,6 +180,7 @@ class Store:
         stamp: Callable[[], Stamp] = system_stamp,
         new_event_id: Callable[[], str] | None = None,
         audit_retention: int = audit.AUDIT_RETENTION,
+        max_bytes: int | None = ceiling.STORE_MAX_BYTES,
     ) -> Store:
         """Open (and on first use create) the store at `path`.
 
@@ -201,7 +204,9 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, policy, stamp, new_event_id or Uuid7Factory(), audit_retention)
+        return cls(
+            conn, path, policy, stamp, new_event_id or Uuid7Factory(), audit_retention, max_bytes
+        )
 
     @classmethod
     def scratch(cls, stand_in_for: Path, *, stamp: Callable[[], Stamp] = system_stamp) -> Store:
@@ -279,6 +284,10 @@ class Store:
             stamp.trust,
             batch=min(audit.AUDIT_PRUNE_BATCH, 1 + self._audit_retention // 10),
         )
+        if self._max_bytes is not None:
+            ceiling.keep_under_ceiling(
+                conn, self._max_bytes, self._policy, self._new_event_id, stamp
+            )
         now = _utc_key(stamp.at_utc)
         if self._commands_checked is None or now - self._commands_checked > _COMMANDS_CHECK:
             self._commands_checked = now
