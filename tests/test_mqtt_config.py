@@ -79,3 +79,35 @@ def test_the_tls_identity_reaches_the_link_settings(tmp_path: Path) -> None:
 def test_an_incomplete_identity_is_refused(tmp_path: Path, mqtt: dict[str, Any], says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         parse_config(config(tmp_path, **mqtt))
+
+
+def test_check_config_names_an_unreadable_certificate_and_a_key_others_can_read(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from agent.technician.check_config import check_config
+
+    cert = tmp_path / "unit.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    key = tmp_path / "unit.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    path = tmp_path / "config.json"
+    raw = config(
+        tmp_path,
+        host="broker.example.org",
+        port=8883,
+        tls=True,
+        ca_file=str(tmp_path / "missing-ca.crt"),
+        client_cert=str(cert),
+        client_key=str(key),
+    )
+    path.write_text(json.dumps(raw))
+    report = check_config(path)
+    lines = {item.name: (item.ok, item.detail) for item in report.items}
+    assert lines["mqtt.ca_file"][0] is False
+    assert "missing-ca.crt cannot be read" in lines["mqtt.ca_file"][1]
+    assert lines["mqtt.client_cert"][0] is True
+    assert lines["mqtt.client_key"][0] is False
+    assert "readable by everyone" in lines["mqtt.client_key"][1]
