@@ -137,11 +137,14 @@ def test_a_flood_past_the_inbox_is_dropped_counted_and_logged_once(
     that reads none, into an inbox of 50."""
     caplog.set_level(logging.WARNING, logger="agent.mqtt.link")
 
+    told: list[tuple[int, str]] = []
+
     async def scenario() -> None:
         link = MqttLink(
-            settings(mosquitto.port, inbox_limit=50),
+            settings(mosquitto.port, inbox_limit=50, drop_report_s=0.5),
             will_factory=None,
             subscriptions=[(TOPIC, 0)],
+            on_inbound_dropped=lambda count, topic: told.append((count, topic)),
         )
         async with running(link):
             await link.wait_ready(WAIT_S)
@@ -162,13 +165,19 @@ def test_a_flood_past_the_inbox_is_dropped_counted_and_logged_once(
                 sender.disconnect()
                 await asyncio.to_thread(sender.loop_stop)
             assert link.stats.inbound_dropped == 250
+            # The application is told: the first drop at once, the rest a window later.
+            async with asyncio.timeout(WAIT_S):
+                while sum(count for count, _topic in told) < 250:  # noqa: ASYNC110 (bounded)
+                    await asyncio.sleep(0.05)
+            assert sum(count for count, _topic in told) == 250
+            assert told[0][1] == TOPIC
             # The first 50 wait, in order; nothing past them.
             first = await next_message(link)
             assert first.payload == b"junk 0"
 
     run(scenario)
     lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert len(lines) == 1, lines  # one line a minute, not 250
+    assert 1 <= len(lines) <= 3, lines  # one line a window (0.5 s here), not 250
     assert "inbound MQTT message on " + TOPIC in lines[0]
 
 
@@ -220,3 +229,26 @@ def test_the_example_broker_refuses_an_oversized_publish_for_mqtt_311_units(
             link.ack(message)
 
     run(scenario)
+
+
+def test_the_daemon_tells_the_centre_of_dropped_messages_as_an_event(tmp_path: Path) -> None:
+    from agent.config import parse_config
+    from agent.inbound_drops import inbound_drop_reporter
+    from agent.runtime import build_daemon
+
+    config = parse_config(
+        {
+            "unit_id": "unit-a-0001",
+            "state_dir": str(tmp_path / "state"),
+            "dispenser": {"device": "/dev/null"},
+        }
+    )
+    daemon = build_daemon(config)
+    try:
+        inbound_drop_reporter(daemon)(250, TOPIC)
+        events = [e for e in daemon.store.pending_events(limit=100) if e.kind != "agent_started"]
+        assert [e.kind for e in events] == ["mqtt_inbound_dropped"]
+        assert events[0].payload["data"] == {"count": 250, "topic": TOPIC}
+        assert events[0].payload["priority"] == "low"
+    finally:
+        daemon.store.close()

@@ -609,6 +609,14 @@ _SHELL_SPECS = (
         "given until a resume command. Check it is meant (pause_reminder follows while it lasts).",
     ),
     AlertSpec(
+        "mqtt_inbound_dropped",
+        _P.LOW,
+        None,
+        "The unit received more MQTT messages than it could handle and dropped some (data.count "
+        "since the last such event, data.topic of the last one; at most one a minute): a flood on "
+        "its topics. A dropped command is not acknowledged, so the broker delivers it again.",
+    ),
+    AlertSpec(
         "store_ceiling",
         _P.MEDIUM,
         None,  # the unit's own storage, not a dosing deviation

@@ -88,6 +88,7 @@ class MqttSettings:
     # Inbound messages waiting for the application; past this they are dropped (and counted),
     # unacknowledged, so the broker redelivers QoS 1 ones on the next connection.
     inbox_limit: int = 1000
+    drop_report_s: float = 60.0  # drops are logged and told at most once in this long
     connect_timeout_s: float = 10.0
     backoff_initial_s: float = RECONNECT_INITIAL_DELAY_S
     backoff_max_s: float = RECONNECT_MAX_DELAY_S
@@ -507,11 +508,14 @@ class MqttLink:
         on_connected: Callable[[], Awaitable[None]] | None = None,
         will_unseen: Callable[[Will], None] | None = None,
         farewell_factory: Callable[[], Will] | None = None,
+        on_inbound_dropped: Callable[[int, str], None] | None = None,
     ) -> None:
         """`will_factory` gives the will of each connect attempt; `will_unseen` is told when an
         attempt failed before any broker could have accepted that will (the socket was refused,
         or CONNACK refused the connection), so its session number may be used again.
-        `farewell_factory` gives the message a clean stop publishes before DISCONNECT."""
+        `farewell_factory` gives the message a clean stop publishes before DISCONNECT.
+        `on_inbound_dropped(count, topic)` is told, at most once a minute, how many inbound
+        messages were dropped (inbox full) since it was last told; it runs on the loop."""
         self._settings = settings
         self._will_factory = will_factory
         self._will_unseen = will_unseen
@@ -525,7 +529,11 @@ class MqttLink:
         # Bounded: a flood (QoS 0, or a broker that ignores its inflight window) is dropped and
         # counted, never queued without end. QoS 1 ones are left unacknowledged: redelivered.
         self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=settings.inbox_limit)
-        self._drop_log = RateLimitedLog(logger)
+        self._drop_log = RateLimitedLog(logger, window_s=settings.drop_report_s)
+        self._on_inbound_dropped = on_inbound_dropped
+        self._dropped_told = 0  # drops already passed to on_inbound_dropped
+        self._drop_flush: asyncio.TimerHandle | None = None
+        self._last_dropped_topic = ""
         self._tls_log = RateLimitedLog(logger, window_s=600.0)
         self._last_connect_error: str | None = None
         self._counts: dict[str, int] = dict.fromkeys(LinkStats.__dataclass_fields__, 0)
@@ -663,6 +671,9 @@ class MqttLink:
                 what="MQTT",
             )
         finally:
+            if self._drop_flush is not None:
+                self._drop_flush.cancel()
+                self._drop_flush = None
             conn = self._conn
             if conn is not None:
                 await self._say_farewell(conn)
@@ -966,7 +977,7 @@ class MqttLink:
             self._inbox.put_nowait(message)
         except asyncio.QueueFull:
             self._bump(inbound_dropped=1)
-            self._drop_log.warning(
+            logged = self._drop_log.warning(
                 "inbox-full",
                 "inbound MQTT message on %s dropped: %d already wait to be handled "
                 "(%d dropped so far)%s",
@@ -975,6 +986,29 @@ class MqttLink:
                 self._counts["inbound_dropped"],
                 "; the broker will redeliver it" if message.qos > 0 else "",
             )
+            self._last_dropped_topic = message.topic
+            if logged and self._drop_flush is None:
+                # Not from inside paho's read (the application may write to its store): the
+                # first drop now, then what was dropped since, once a window, until none is.
+                loop = asyncio.get_running_loop()
+                self._drop_flush = loop.call_later(0, self._tell_dropped)
+
+    def _tell_dropped(self) -> None:
+        dropped = self._counts["inbound_dropped"]
+        count, self._dropped_told = dropped - self._dropped_told, dropped
+        if count == 0:
+            self._drop_flush = None
+            return
+        self._drop_flush = asyncio.get_running_loop().call_later(
+            self._settings.drop_report_s, self._tell_dropped
+        )
+        if self._on_inbound_dropped is None:
+            return
+        try:
+            self._on_inbound_dropped(count, self._last_dropped_topic)
+        except Exception as exc:
+            logger.exception("on_inbound_dropped failed")
+            self._record_callback_error("on_inbound_dropped", exc)
 
     def _bump(self, **deltas: int) -> None:
         for name, delta in deltas.items():
