@@ -223,7 +223,8 @@ class _Connection:
         client.on_publish = self._guard("on_publish", self._cb_publish)
         client.on_subscribe = self._guard("on_subscribe", self._cb_subscribe)
         client.on_message = self._guard("on_message", self._cb_message)
-        client.on_log = self._cb_log
+        if client._ssl_context is not None:  # TLS only: a refusal's text (paho has no getter)
+            client.on_log = self._cb_log
         # paho's last error-level log line: a TLS refusal by the broker (a certificate it does
         # not accept) reaches paho as a read error that it logs and turns into a bare "lost".
         self.last_error: str | None = None
@@ -388,7 +389,10 @@ class _Connection:
         self.lost.set()
         if not self.connack.done():
             error = _ConnectFailedError(why)
-            error.__cause__ = cause  # e.g. the broker refused this unit's certificate
+            # e.g. the broker refused this unit's certificate; without its traceback, whose
+            # frames would keep this connection (and its socket) alive with the error
+            if is_tls_failure(cause):
+                error.__cause__ = None if cause is None else cause.with_traceback(None)
             self.connack.set_exception(error)
         waiting: list[asyncio.Future[Any]] = [
             *self.pending_publishes.values(),
