@@ -194,6 +194,13 @@ DispenserLink = Annotated[
 LINK_KINDS = ("serial", "ble")
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# The largest MQTT packet the unit accepts (MQTT 5 Maximum Packet Size, announced on CONNECT): a
+# command is at most 64 KiB of JSON, plus topic and properties. The broker drops a larger message
+# for this client instead of sending it, so it is never read whole (docs/broker/).
+MAX_PACKET_BYTES = 128 * 1024
+
+
 class MqttBroker(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -204,6 +211,15 @@ class MqttBroker(_Strict):
         "that user only (chmod 600)",
     )
     tls: bool = False
+    # The unit's TLS identity (flash.sh writes these): the CA the broker's certificate is checked
+    # against (None: the system's CAs) and the unit's client certificate and key (CN = unit id).
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    # Plaintext to a broker that is not on this machine exposes commands and health data: refused
+    # unless this is set, and then warned about at every start.
+    allow_plaintext: bool = False
+    max_packet_bytes: int = Field(default=MAX_PACKET_BYTES, ge=4096, le=16 * 1024 * 1024)
     keepalive_s: int = Field(default=30, ge=5, le=600)
     protocol: Literal["5", "3.1.1"] = Field(
         default="5", description="MQTT 5, falling back to 3.1.1 if the broker refuses it"
@@ -220,6 +236,28 @@ class MqttBroker(_Strict):
             "dispenser/v1/{unit_id}/commands/response"
         ),
     )
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    @property
+    def plaintext_remote(self) -> bool:
+        """Plaintext to a broker on another machine (only with allow_plaintext)."""
+        return not self.tls and not self.loopback
+
+    @model_validator(mode="after")
+    def _tls_identity(self) -> MqttBroker:
+        if self.plaintext_remote and not self.allow_plaintext:
+            raise ValueError(
+                f"tls is off for the remote broker {self.host}: turn tls on (with ca_file, "
+                "client_cert, client_key), or set allow_plaintext: true to accept plaintext"
+            )
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: set both or neither")
+        if not self.tls and (self.ca_file or self.client_cert):
+            raise ValueError("ca_file, client_cert and client_key need tls: true")
+        return self
 
 
 def service_uid(state_dir: Path) -> int:

@@ -93,6 +93,7 @@ from agent.engine.types import (
 )
 from agent.engine.types import Binding as EngineBinding
 from agent.envelope import build_envelope
+from agent.inbound_drops import inbound_drop_reporter
 from agent.mqtt.link import MqttLink, MqttSettings, Will
 from agent.publisher import OutboxPublisher
 from agent.sdnotify import SystemdNotifier
@@ -236,6 +237,7 @@ class Daemon:
             on_connected=self._on_mqtt_connected,
             will_unseen=self._will_unseen,
             farewell_factory=self._farewell,
+            on_inbound_dropped=inbound_drop_reporter(self),
         )
         self.publisher = OutboxPublisher(
             store,

@@ -52,8 +52,27 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
         username=config.mqtt.username,
         password=password,
         tls=config.mqtt.tls,
+        ca_file=_path(config.mqtt.ca_file),
+        client_cert=_path(config.mqtt.client_cert),
+        client_key=_path(config.mqtt.client_key),
+        max_packet_bytes=config.mqtt.max_packet_bytes,
         protocol=config.mqtt.protocol,
     )
+
+
+def _path(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def warn_if_plaintext(config: AgentConfig) -> None:
+    """Every start says it again: plaintext to a remote broker was allowed, not chosen safely."""
+    if config.mqtt.plaintext_remote:
+        log.warning(
+            "MQTT to %s:%d WITHOUT TLS (allow_plaintext is set): commands and health cross the "
+            "network readable and forgeable; turn tls on",
+            config.mqtt.host,
+            config.mqtt.port,
+        )
 
 
 def transport_factory(link: SerialLink | BleLink) -> Callable[[], Transport]:
@@ -85,6 +104,7 @@ def build_daemon(
     """The production daemon; `clock`/`time_rate` are replaced only by the demo and e2e tests,
     `panel_factory` (the GPIO panel on the real pins) by tests on gpiozero's MockFactory."""
     clock = clock or SystemClock()
+    warn_if_plaintext(config)
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def stamp() -> Stamp:

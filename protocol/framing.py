@@ -21,6 +21,7 @@ from cobs import cobs
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import DecodeError, EncodeError, FrameError
+from protocol.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,17 @@ def decode_stuffed(stuffed: bytes) -> Frame:
 class FrameDecoder:
     """Turns a byte stream into frames; never raises, never grows without bound.
 
-    Bad input is dropped, counted in `rejected` by reason, and logged; decoding carries on from the
-    next delimiter.
+    Bad input is dropped, counted in `rejected` by reason, and logged (at most one line a minute
+    per reason, with the count); decoding carries on from the next delimiter.
     """
 
     rejected: Counter[str] = field(default_factory=Counter)
     frames_ok: int = 0
     _buffer: bytearray = field(default_factory=bytearray)
     _discarding: bool = False  # inside an oversize run: skip to the next delimiter
+    _reject_log: RateLimitedLog = field(
+        default_factory=lambda: RateLimitedLog(log), repr=False, compare=False
+    )
 
     def feed(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
@@ -196,4 +200,5 @@ class FrameDecoder:
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
-        log.warning("frame rejected (%s): %s", reason, detail)
+        # A noisy line rejects frames without end: one line a minute per reason, with counts.
+        self._reject_log.warning(reason, "frame rejected (%s): %s", reason, detail)

@@ -26,6 +26,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.errors import DecodeError
 from protocol.framing import Frame, FrameDecoder, FrameKind, NakReason
 from protocol.messages import MESSAGE_TABLE, Direction, Message, decode_message, encode_message
+from protocol.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class LinkEndpoint:
         self.config = config or LinkConfig()
         self.stats = LinkStats()
         self._decoder = FrameDecoder(rejected=self.stats.rejected)
+        self._fault_log = RateLimitedLog(log)  # a peer that keeps sending junk: counted lines
         self._outgoing = bytearray()
         self._queue: deque[tuple[int, Message]] = deque()
         self._in_flight: _InFlight | None = None
@@ -249,7 +251,7 @@ class LinkEndpoint:
             message = decode_message(frame.code, frame.payload)
         except DecodeError as exc:
             self.stats.rejected[exc.reason] += 1
-            log.warning("refusing payload: %s", exc)
+            self._fault_log.warning(f"payload-{exc.reason}", "refusing payload: %s", exc)
             self._nak(frame, NakReason.BAD_PAYLOAD)
             return events
         if self._last_rx_seq is not None and frame.seq != (self._last_rx_seq + 1) & 0xFF:
@@ -288,5 +290,7 @@ class LinkEndpoint:
 
     def _nak(self, frame: Frame, reason: NakReason) -> None:
         self.stats.naks_sent += 1
-        log.warning("NAK seq %d type 0x%02x: %s", frame.seq, frame.code, reason.name)
+        self._fault_log.warning(
+            f"nak-{reason.name}", "NAK seq %d type 0x%02x: %s", frame.seq, frame.code, reason.name
+        )
         self._write(Frame(FrameKind.NAK, frame.session, frame.seq, int(reason)).encode())

@@ -618,16 +618,14 @@ def test_an_image_is_flashed_through_loop_mounts(
 def test_the_written_config_is_one_the_agent_accepts(
     root: Path, bundle: Path, wheelhouse: Path
 ) -> None:
-    from agent.config import MqttBroker, parse_config
+    from agent.config import parse_config
 
     assert flash(root, bundle, wheelhouse).returncode == 0
     raw = json.loads((root / "etc/dispenser-agent/config.json").read_text())
-    tls_identity = ("ca_file", "client_cert", "client_key")
-    if not set(tls_identity) <= set(MqttBroker.model_fields):
-        # The agent does not read a TLS identity yet (it is being added): all the rest must
-        # already be valid as it stands.
-        for key in tls_identity:
-            del raw["mqtt"][key]
-    config = parse_config(raw)  # as the agent reads its file (JSON types, strict)
+    # as the agent reads its file (JSON types, strict), TLS identity included
+    config = parse_config(raw)
     assert config.unit_id == "oslo-unit-0042"
     assert config.mqtt.tls is True
+    assert str(config.mqtt.ca_file) == "/etc/dispenser-agent/tls/broker-ca.crt"
+    assert str(config.mqtt.client_cert) == "/etc/dispenser-agent/tls/unit.crt"
+    assert str(config.mqtt.client_key) == "/etc/dispenser-agent/tls/unit.key"

@@ -609,6 +609,24 @@ _SHELL_SPECS = (
         "given until a resume command. Check it is meant (pause_reminder follows while it lasts).",
     ),
     AlertSpec(
+        "mqtt_inbound_dropped",
+        _P.LOW,
+        None,
+        "The unit received more MQTT messages than it could handle and dropped some (data.count "
+        "since the last such event, data.topic of the last one; at most one a minute): a flood on "
+        "its topics. A dropped command is not acknowledged, so the broker delivers it again.",
+    ),
+    AlertSpec(
+        "store_ceiling",
+        _P.MEDIUM,
+        None,  # the unit's own storage, not a dosing deviation
+        "The unit's store reached its disk ceiling (a long time offline, or a flood): it made "
+        "room by removing delivered events, then undelivered events of droppable kinds (button "
+        "presses, lid open/close; data.undelivered_dropped counts them by kind: their seqs are a "
+        "gap), then the oldest audit records behind a checkpoint. Dose outcomes and alarms are "
+        "never removed. Once per crossing (data: used_bytes, ceiling_bytes, what was removed).",
+    ),
+    AlertSpec(
         "schedule_empty",
         _P.HIGH,
         "3.8",

@@ -50,6 +50,7 @@ from drivers.retry import (
     stay_connected,
     worth_logging,
 )
+from protocol.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,17 @@ class MqttSettings:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    ca_file: str | None = None  # None: the system's CAs
+    client_cert: str | None = None  # the unit's identity (CN = unit id), with client_key
+    client_key: str | None = None
+    # MQTT 5 Maximum Packet Size announced on CONNECT: the broker never sends a larger packet (it
+    # drops that message for this client), so an oversized message is never read. On MQTT 3.1.1
+    # only the broker's own max_packet_size bounds it (docs/broker/mosquitto.conf).
+    max_packet_bytes: int = 128 * 1024
+    # Inbound messages waiting for the application; past this they are dropped (and counted),
+    # unacknowledged, so the broker redelivers QoS 1 ones on the next connection.
+    inbox_limit: int = 1000
+    drop_report_s: float = 60.0  # drops are logged and told at most once in this long
     connect_timeout_s: float = 10.0
     backoff_initial_s: float = RECONNECT_INITIAL_DELAY_S
     backoff_max_s: float = RECONNECT_MAX_DELAY_S
@@ -96,6 +108,10 @@ class MqttSettings:
             raise ValueError("timeouts must be positive")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if self.inbox_limit < 1:
+            raise ValueError("inbox_limit must be at least 1")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,8 @@ class LinkStats:
     publishes_acked: int = 0
     publishes_rejected: int = 0
     callback_errors: int = 0  # exceptions caught in paho callbacks and in on_connected
+    inbound_dropped: int = 0  # messages dropped because the inbox was full
+    tls_failures: int = 0  # connect attempts that failed in the TLS handshake
 
 
 class MqttLinkError(Exception):
@@ -205,6 +223,11 @@ class _Connection:
         client.on_publish = self._guard("on_publish", self._cb_publish)
         client.on_subscribe = self._guard("on_subscribe", self._cb_subscribe)
         client.on_message = self._guard("on_message", self._cb_message)
+        if client._ssl_context is not None:  # TLS only: a refusal's text (paho has no getter)
+            client.on_log = self._cb_log
+        # paho's last error-level log line: a TLS refusal by the broker (a certificate it does
+        # not accept) reaches paho as a read error that it logs and turns into a bare "lost".
+        self.last_error: str | None = None
 
     # --- the socket on the loop -------------------------------------------------------------
 
@@ -213,7 +236,7 @@ class _Connection:
         only now, so that paho never calls them from the connect thread."""
         sock = self.client.socket()
         if sock is None:
-            raise OSError("paho has no socket after connect()")
+            raise OSError(f"paho has no socket after connect() ({self.last_error or 'closed'})")
         self._fd = sock.fileno()
         client = self.client
         client.on_socket_close = self._cb_socket_close
@@ -251,7 +274,7 @@ class _Connection:
 
     def _io_failed(self, what: str, exc: Exception) -> None:
         logger.warning("MQTT socket %s failed: %r", what, exc)
-        self.mark_lost(f"socket {what} failed: {exc!r}")
+        self.mark_lost(f"socket {what} failed: {exc!r}", cause=exc)
         self.release()
 
     def _cb_socket_close(self, _client: paho.Client, _userdata: object, _sock: object) -> None:
@@ -345,21 +368,32 @@ class _Connection:
         if future is not None and not future.done():
             future.set_result(list(reasons))
 
+    def _cb_log(self, _client: paho.Client, _userdata: object, level: int, text: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self.last_error = text
+
     def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
         self._on_message(_inbound_from_paho(msg, self.number))
 
     # --- state ------------------------------------------------------------------------------
 
-    def mark_lost(self, why: str) -> None:
+    def mark_lost(self, why: str, cause: BaseException | None = None) -> None:
         """The connection is over: fail everything still waiting on it."""
         if self.lost.is_set():
             return
+        if cause is None and self.last_error is not None:
+            why = f"{why} ({self.last_error})"
         # A connection that was never up (a failed attempt) is logged by the attempt.
         logger.log(logging.INFO if self.up else logging.DEBUG, "MQTT connection lost (%s)", why)
         self.up = False
         self.lost.set()
         if not self.connack.done():
-            self.connack.set_exception(_ConnectFailedError(why))
+            error = _ConnectFailedError(why)
+            # e.g. the broker refused this unit's certificate; without its traceback, whose
+            # frames would keep this connection (and its socket) alive with the error
+            if is_tls_failure(cause):
+                error.__cause__ = None if cause is None else cause.with_traceback(None)
+            self.connack.set_exception(error)
         waiting: list[asyncio.Future[Any]] = [
             *self.pending_publishes.values(),
             *self.pending_subscribes.values(),
@@ -410,6 +444,43 @@ def _off_loop(
     return done
 
 
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The TLS context of a connection: the broker's certificate checked against `ca_file` (or
+    the system's CAs) and its host name; the unit's client certificate when one is configured.
+    Raises OSError / ssl.SSLError when a file is missing or unusable."""
+    context = ssl.create_default_context(cafile=settings.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.client_cert is not None:
+        context.load_cert_chain(settings.client_cert, settings.client_key)
+    return context
+
+
+def _closing_on_failure(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Remember the sockets paho wraps with this (one client's) context, so that a failed
+    connect can close one whose TLS handshake failed: paho drops it without closing it."""
+    wrapped: list[ssl.SSLSocket] = []
+    wrap = context.wrap_socket
+
+    def wrap_socket(*args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = wrap(*args, **kwargs)
+        wrapped.append(sock)
+        return sock
+
+    context.wrap_socket = wrap_socket  # type: ignore[method-assign]
+    context.wrapped_sockets = wrapped  # type: ignore[attr-defined]
+    return context
+
+
+def is_tls_failure(exc: BaseException | None) -> bool:
+    """A failure of the TLS layer (certificate refused either way, bad key, handshake). paho
+    reports a refusal that arrives after the handshake only as text: "[SSL: ...] ..."."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError) or "[SSL" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _inbound_from_paho(msg: paho.MQTTMessage, connection: int) -> InboundMessage:
     props = msg.properties
     response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
@@ -441,11 +512,14 @@ class MqttLink:
         on_connected: Callable[[], Awaitable[None]] | None = None,
         will_unseen: Callable[[Will], None] | None = None,
         farewell_factory: Callable[[], Will] | None = None,
+        on_inbound_dropped: Callable[[int, str], None] | None = None,
     ) -> None:
         """`will_factory` gives the will of each connect attempt; `will_unseen` is told when an
         attempt failed before any broker could have accepted that will (the socket was refused,
         or CONNACK refused the connection), so its session number may be used again.
-        `farewell_factory` gives the message a clean stop publishes before DISCONNECT."""
+        `farewell_factory` gives the message a clean stop publishes before DISCONNECT.
+        `on_inbound_dropped(count, topic)` is told, at most once a minute, how many inbound
+        messages were dropped (inbox full) since it was last told; it runs on the loop."""
         self._settings = settings
         self._will_factory = will_factory
         self._will_unseen = will_unseen
@@ -456,7 +530,16 @@ class MqttLink:
         self._conn: _Connection | None = None
         self._connected_event = asyncio.Event()
         self._ready_event = asyncio.Event()
-        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
+        # Bounded: a flood (QoS 0, or a broker that ignores its inflight window) is dropped and
+        # counted, never queued without end. QoS 1 ones are left unacknowledged: redelivered.
+        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=settings.inbox_limit)
+        self._drop_log = RateLimitedLog(logger, window_s=settings.drop_report_s)
+        self._on_inbound_dropped = on_inbound_dropped
+        self._dropped_told = 0  # drops already passed to on_inbound_dropped
+        self._drop_flush: asyncio.TimerHandle | None = None
+        self._last_dropped_topic = ""
+        self._tls_log = RateLimitedLog(logger, window_s=600.0)
+        self._last_connect_error: str | None = None
         self._counts: dict[str, int] = dict.fromkeys(LinkStats.__dataclass_fields__, 0)
         self._last_callback_error: BaseException | None = None
         self._consecutive_failures = 0  # failed connect attempts since the last success
@@ -481,6 +564,11 @@ class MqttLink:
     def stats(self) -> LinkStats:
         """A snapshot of the counters."""
         return LinkStats(**self._counts)
+
+    @property
+    def last_connect_error(self) -> str | None:
+        """Why the last connect attempt failed (None once connected): e.g. a TLS refusal."""
+        return self._last_connect_error
 
     @property
     def last_callback_error(self) -> BaseException | None:
@@ -587,6 +675,9 @@ class MqttLink:
                 what="MQTT",
             )
         finally:
+            if self._drop_flush is not None:
+                self._drop_flush.cancel()
+                self._drop_flush = None
             conn = self._conn
             if conn is not None:
                 await self._say_farewell(conn)
@@ -632,11 +723,18 @@ class MqttLink:
             self._consecutive_failures += 1
             raise _ConnectFailedError("will_factory failed") from exc
         loop = asyncio.get_running_loop()
-        client = self._new_client(will)
+        try:
+            client = self._new_client(will)
+        except (OSError, ssl.SSLError, ValueError) as exc:  # an unreadable CA, certificate or key
+            self._bump(tls_failures=1)
+            self._attempt_failed(will, seen=False)  # no CONNECT left: its will is unseen
+            self._last_connect_error = f"TLS identity unusable: {exc}"
+            logger.error("MQTT %s (ca_file, client_cert, client_key in the config)", exc)
+            raise _ConnectFailedError(self._last_connect_error) from exc
         conn = _Connection(
             loop,
             client,
-            self._inbox.put_nowait,
+            self._enqueue,
             self._record_callback_error,
             misc_interval_s=max(1.0, settings.keepalive_s / 4),
         )
@@ -667,6 +765,7 @@ class MqttLink:
             # deadline the connect thread may still send it, and a CONNECT without an answer
             # may have reached the broker: it may hold this will.
             seen = not isinstance(exc, _NoConnectSentError)
+            self._note_connect_error(exc.__cause__ if isinstance(exc, _NoConnectSentError) else exc)
             logger.log(
                 loud,
                 "MQTT connect to %s failed at %s after %.3f s (attempt %d): %r",
@@ -690,12 +789,14 @@ class MqttLink:
                 self._protocol = "3.1.1"
                 self._consecutive_failures -= 1  # not an outage: the same attempt, in 3.1.1
                 return await self._connect_once()
+            self._last_connect_error = f"refused by the broker: {reason}"
             logger.log(loud, "MQTT connect to %s refused: %s", where, reason)
             raise _ConnectFailedError(f"refused: {reason}")
         conn.up = True
         conn.up_since = time.monotonic()
         self._conn = conn
         self._consecutive_failures = 0
+        self._last_connect_error = None
         self._bump(connects=1)
         self._connected_event.set()
         logger.info(
@@ -705,6 +806,27 @@ class MqttLink:
             session_present,
         )
         return conn
+
+    def _note_connect_error(self, exc: BaseException | None) -> None:
+        self._last_connect_error = repr(exc)
+        if is_tls_failure(exc):
+            self._bump(tls_failures=1)
+            settings = self._settings
+            self._last_connect_error = f"TLS: {exc}"
+            # An ERROR, not a retry's warning: a refused identity needs a person. Once per
+            # window (with the count), as a unit retries for as long as it is refused.
+            self._tls_log.log(
+                logging.ERROR,
+                "tls",
+                "MQTT TLS with %s:%d failed: %s (check ca_file %s, client_cert %s, client_key"
+                " %s, the clock, and that the broker knows this unit's certificate)",
+                settings.host,
+                settings.port,
+                exc,
+                settings.ca_file or "(system CAs)",
+                settings.client_cert or "(none)",
+                settings.client_key or "(none)",
+            )
 
     def _attempt_failed(self, will: Will | None, *, seen: bool) -> None:
         self._consecutive_failures += 1
@@ -726,6 +848,7 @@ class MqttLink:
         if self._protocol == "5":
             properties = _new_properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = settings.session_expiry_s
+            properties.MaximumPacketSize = settings.max_packet_bytes
         client = conn.client
         clean_start = False if self._protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
 
@@ -740,6 +863,11 @@ class MqttLink:
 
         def close() -> None:
             _close_socket(client)
+            # paho leaves a TLS socket open when its handshake fails: close what it wrapped.
+            context = client._ssl_context  # paho has no public getter
+            for sock in getattr(context, "wrapped_sockets", ()):
+                with contextlib.suppress(OSError):
+                    sock.close()
 
         done = _off_loop(conn.loop, connect, f"mqtt-connect-{conn.number}", cleanup=close)
         try:
@@ -769,7 +897,7 @@ class MqttLink:
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)
         if settings.tls:
-            client.tls_set_context(ssl.create_default_context())
+            client.tls_set_context(_closing_on_failure(tls_context(settings)))
         if will is not None:
             will_properties = None
             if v5:
@@ -847,6 +975,44 @@ class MqttLink:
         conn.release()
 
     # --- bookkeeping -----------------------------------------------------------------------
+
+    def _enqueue(self, message: InboundMessage) -> None:
+        try:
+            self._inbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self._bump(inbound_dropped=1)
+            logged = self._drop_log.warning(
+                "inbox-full",
+                "inbound MQTT message on %s dropped: %d already wait to be handled "
+                "(%d dropped so far)%s",
+                message.topic,
+                self._inbox.qsize(),
+                self._counts["inbound_dropped"],
+                "; the broker will redeliver it" if message.qos > 0 else "",
+            )
+            self._last_dropped_topic = message.topic
+            if logged and self._drop_flush is None:
+                # Not from inside paho's read (the application may write to its store): the
+                # first drop now, then what was dropped since, once a window, until none is.
+                loop = asyncio.get_running_loop()
+                self._drop_flush = loop.call_later(0, self._tell_dropped)
+
+    def _tell_dropped(self) -> None:
+        dropped = self._counts["inbound_dropped"]
+        count, self._dropped_told = dropped - self._dropped_told, dropped
+        if count == 0:
+            self._drop_flush = None
+            return
+        self._drop_flush = asyncio.get_running_loop().call_later(
+            self._settings.drop_report_s, self._tell_dropped
+        )
+        if self._on_inbound_dropped is None:
+            return
+        try:
+            self._on_inbound_dropped(count, self._last_dropped_topic)
+        except Exception as exc:
+            logger.exception("on_inbound_dropped failed")
+            self._record_callback_error("on_inbound_dropped", exc)
 
     def _bump(self, **deltas: int) -> None:
         for name, delta in deltas.items():

@@ -9,6 +9,13 @@ Truncating the *tail* leaves a valid shorter chain, so the last ``(seq, hash)`` 
 from the anchor, not from the table's last row, so a truncated tail stays detectable after further
 appends (it shows up as a gap).
 
+Retention (``prune_audit``): only the newest records are kept. A prune first appends a
+*checkpoint* record (kind ``audit.pruned``) carrying the seq and hash of the last record it
+removes, then deletes every record up to that one. The chain that remains starts right after the
+checkpoint's ``through_seq`` and its first ``prev_hash`` must be the checkpoint's
+``through_hash``; the checkpoint itself is inside the chain, so it cannot be edited unseen, and
+removing more of the head than it states (or the checkpoint with it) is detected.
+
 Limits (be honest about them): this makes accidental damage and naive edits evident. Someone
 who can rewrite the whole file can also recompute every hash and the anchor; to defend against that
 the chain head has to leave the device (e.g. the daemon publishes the anchor hash).
@@ -21,10 +28,15 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from agent.store.kv import AUDIT_ANCHOR, get_kv, set_kv
 
 ZERO_HASH = "0" * 64
+AUDIT_KIND_PRUNED = "audit.pruned"
+# Records kept (about 0.3-1 KB each): months of a unit's life. Pruned in batches, not per record.
+AUDIT_RETENTION = 100_000
+AUDIT_PRUNE_BATCH = 1_000
 
 
 @dataclass(frozen=True)
@@ -122,12 +134,70 @@ def audit_records(
     return [AuditRecord(int(r[0]), r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
 
 
+def prune_audit(
+    conn: sqlite3.Connection, keep: int, at_utc: str, trust: str, *, batch: int = 1
+) -> AuditRecord | None:
+    """Keep the newest `keep` records (once more than `keep + batch` - 1 exist): append the
+    checkpoint, then delete the head it covers. Returns the checkpoint, or None when nothing was
+    pruned. The caller holds the write transaction."""
+    if keep < 1:
+        raise ValueError("keep at least one record")
+    anchor = read_anchor(conn)
+    first = conn.execute("SELECT min(seq) FROM audit").fetchone()[0]
+    if anchor is None or first is None or anchor.seq - int(first) + 1 < keep + batch:
+        return None
+    # The checkpoint is one more record: the newest `keep` after it include it.
+    through = anchor.seq + 1 - keep
+    row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (through,)).fetchone()
+    if row is None:  # a damaged chain is for verify to report, not to paper over
+        return None
+    checkpoint = audit_append(
+        conn,
+        AUDIT_KIND_PRUNED,
+        {
+            "first_seq": int(first),
+            "through_seq": through,
+            "through_hash": str(row[0]),
+            "records": through - int(first) + 1,
+        },
+        at_utc,
+        trust,
+    )
+    conn.execute("DELETE FROM audit WHERE seq <= ?", (through,))
+    return checkpoint
+
+
+def _chain_start(conn: sqlite3.Connection) -> tuple[int, str, int | None] | AuditReport:
+    """Where the walk starts: (seq 1, zero hash) for a whole chain, or right after the latest
+    checkpoint's `through_seq` with its `through_hash`; an AuditReport when the head is missing
+    and no checkpoint accounts for it."""
+    head = conn.execute("SELECT seq, prev_hash FROM audit ORDER BY seq LIMIT 1").fetchone()
+    if head is None or int(head[0]) == 1:
+        return 1, ZERO_HASH, None
+    row = conn.execute(
+        "SELECT body FROM audit WHERE kind = ? ORDER BY seq DESC LIMIT 1", (AUDIT_KIND_PRUNED,)
+    ).fetchone()
+    try:
+        body: Any = json.loads(row[0]) if row is not None else {}
+        through, through_hash = int(body["through_seq"]), str(body["through_hash"])
+    except (TypeError, ValueError, KeyError):
+        return AuditReport(False, 0, 1, "gap in sequence: records before the first are missing")
+    if int(head[0]) != through + 1:
+        return AuditReport(
+            False, 0, through + 1, f"gap in sequence: the checkpoint pruned through {through}"
+        )
+    if head[1] != through_hash:
+        return AuditReport(False, 0, int(head[0]), "broken link: differs from the checkpoint")
+    return through + 1, through_hash, through
+
+
 @dataclass(frozen=True)
 class AuditReport:
     ok: bool
     records_checked: int
     first_bad_seq: int | None = None
     reason: str | None = None  # "hash mismatch", "broken link", "gap in sequence", "truncated: ..."
+    pruned_through: int | None = None  # records up to this seq were pruned behind a checkpoint
 
 
 def verify_chain(conn: sqlite3.Connection) -> AuditReport:
@@ -135,8 +205,10 @@ def verify_chain(conn: sqlite3.Connection) -> AuditReport:
 
     The caller provides a consistent snapshot (a read or write transaction).
     """
-    expected_seq = 1
-    prev_hash = ZERO_HASH
+    start = _chain_start(conn)
+    if isinstance(start, AuditReport):
+        return start
+    expected_seq, prev_hash, pruned_through = start
     checked = 0
     cursor = conn.execute(
         "SELECT seq, at_utc, trust, kind, body, prev_hash, hash FROM audit ORDER BY seq"
@@ -168,4 +240,4 @@ def verify_chain(conn: sqlite3.Connection) -> AuditReport:
         return AuditReport(False, checked, anchor.seq + 1, "anchor mismatch: records after anchor")
     if anchor.hash != prev_hash:
         return AuditReport(False, checked, anchor.seq, "anchor mismatch: hash differs")
-    return AuditReport(True, checked)
+    return AuditReport(True, checked, pruned_through=pruned_through)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from agent.store.audit import Stamp
 from agent.store.errors import CommandAlreadyRecordedError
@@ -44,3 +45,34 @@ def record_command(
         (command_id, name, response_json, stamp.at_utc),
     )
     return CommandRecord(command_id, name, response_json, stamp.at_utc)
+
+
+# Kept this long, then pruned: a command expires at most 7 days after it was issued, so a copy of
+# a pruned one is refused as expired anyway; the command floor is raised past it as well, so
+# it stays refused (as a replay) even on a unit whose clock was set back.
+COMMAND_RETENTION = timedelta(days=30)
+
+
+def prune_commands(conn: sqlite3.Connection, before: datetime, batch: int = 500) -> str | None:
+    """Delete executed-command records recorded before `before`, oldest first (insertion
+    order); return the newest pruned recorded_utc (None: nothing pruned). The caller holds the
+    write transaction and raises the command floor to the returned time."""
+    newest: str | None = None
+    while True:
+        rows = conn.execute(
+            "SELECT rowid, recorded_utc FROM commands ORDER BY rowid LIMIT ?", (batch,)
+        ).fetchall()
+        old = [(rowid, at) for rowid, at in rows if _utc(at) < before]
+        if old:
+            conn.execute(
+                f"DELETE FROM commands WHERE rowid IN ({','.join('?' * len(old))})",
+                [rowid for rowid, _at in old],
+            )
+            newest = old[-1][1]
+        if len(old) < len(rows) or len(rows) < batch:
+            return newest
+
+
+def _utc(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

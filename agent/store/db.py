@@ -26,12 +26,12 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from agent.store import audit, binding, commands, kv, ledger, outbox, schema
+from agent.store import audit, binding, ceiling, commands, kv, ledger, outbox, schema
 from agent.store.audit import AuditRecord, AuditReport, ChainAnchor, Stamp, system_stamp
 from agent.store.binding import Binding
 from agent.store.commands import CommandRecord
@@ -47,6 +47,7 @@ from agent.store.outbox import (
 )
 from agent.store.uuid7 import Uuid7Factory
 
+_COMMANDS_CHECK = timedelta(hours=1)  # how often a transaction looks for old command records
 _INTERNAL_KEYS = frozenset({*kv.UNIT_KEYS, kv.AUDIT_ANCHOR})
 _PATIENT_TABLES = ("ledger", "outbox", "commands", "binding", "audit")
 
@@ -154,6 +155,8 @@ class Store:
         policy: OutboxPolicy,
         stamp: Callable[[], Stamp],
         new_event_id: Callable[[], str],
+        audit_retention: int = audit.AUDIT_RETENTION,
+        max_bytes: int | None = None,
     ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._path = path
@@ -161,6 +164,9 @@ class Store:
         self._stamp = stamp
         self._new_event_id = new_event_id
         self._in_tx = False
+        self._audit_retention = audit_retention
+        self._max_bytes = max_bytes
+        self._commands_checked: datetime | None = None
 
     @classmethod
     def open(
@@ -173,6 +179,8 @@ class Store:
         droppable_kinds: frozenset[str] = DEFAULT_DROPPABLE_KINDS,
         stamp: Callable[[], Stamp] = system_stamp,
         new_event_id: Callable[[], str] | None = None,
+        audit_retention: int = audit.AUDIT_RETENTION,
+        max_bytes: int | None = ceiling.STORE_MAX_BYTES,
     ) -> Store:
         """Open (and on first use create) the store at `path`.
 
@@ -196,7 +204,9 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, policy, stamp, new_event_id or Uuid7Factory())
+        return cls(
+            conn, path, policy, stamp, new_event_id or Uuid7Factory(), audit_retention, max_bytes
+        )
 
     @classmethod
     def scratch(cls, stand_in_for: Path, *, stamp: Callable[[], Stamp] = system_stamp) -> Store:
@@ -253,6 +263,7 @@ class Store:
         self._in_tx = True
         try:
             yield
+            self._keep_bounded(conn)
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back by itself (disk full, I/O error).
@@ -261,6 +272,28 @@ class Store:
             raise
         finally:
             self._in_tx = False
+
+    def _keep_bounded(self, conn: sqlite3.Connection) -> None:
+        """Retention, in the transaction that grew the store (no commit of its own): the audit
+        log behind a checkpoint, executed-command records past their retention."""
+        stamp = self._stamp()
+        audit.prune_audit(
+            conn,
+            self._audit_retention,
+            stamp.at_utc,
+            stamp.trust,
+            batch=min(audit.AUDIT_PRUNE_BATCH, 1 + self._audit_retention // 10),
+        )
+        if self._max_bytes is not None:
+            ceiling.keep_under_ceiling(
+                conn, self._max_bytes, self._policy, self._new_event_id, stamp
+            )
+        now = _utc_key(stamp.at_utc)
+        if self._commands_checked is None or now - self._commands_checked > _COMMANDS_CHECK:
+            self._commands_checked = now
+            newest = commands.prune_commands(conn, now - commands.COMMAND_RETENTION)
+            if newest is not None:
+                self.raise_command_floor(newest)
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:

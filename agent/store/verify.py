@@ -27,7 +27,14 @@ def audit_verify_main(db_path: Path) -> int:
         print(f"audit verify: cannot open {db_path}: {exc}")
         return EXIT_CANNOT_OPEN
     if report.ok:
-        print(f"audit verify: OK, {report.records_checked} records, chain intact ({db_path})")
+        pruned = (
+            f", records up to seq {report.pruned_through} pruned behind a checkpoint"
+            if report.pruned_through is not None
+            else ""
+        )
+        print(
+            f"audit verify: OK, {report.records_checked} records, chain intact{pruned} ({db_path})"
+        )
         return EXIT_OK
     print(
         f"audit verify: TAMPERED at seq {report.first_bad_seq}: {report.reason} "

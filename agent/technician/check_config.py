@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from agent.config import AgentConfig, load_config, service_uid
+from agent.config import AgentConfig, load_config, private_file_problem, service_uid
 from agent.daemon import schedule_edited
 from agent.technician.report import Report
 from agent.technician.snapshot import SnapshotError, read_store
@@ -71,6 +71,27 @@ def check_password_file(path: Path, owner_uid: int | None = None) -> tuple[bool,
     return True, f"password file {path} readable by the agent only (mode {mode:04o})"
 
 
+def check_tls_files(config: AgentConfig) -> list[tuple[str, bool, str]]:
+    """The TLS identity's files: certificates readable by the agent, the key private to it."""
+    mqtt = config.mqtt
+    results: list[tuple[str, bool, str]] = []
+    for name, path in (("mqtt.ca_file", mqtt.ca_file), ("mqtt.client_cert", mqtt.client_cert)):
+        if path is None:
+            continue
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            results.append((name, False, f"{path} cannot be read: {exc.strerror}"))
+        else:
+            results.append((name, True, f"{path} readable"))
+    if mqtt.client_key is not None:
+        problem = private_file_problem(mqtt.client_key, service_uid(config.state_dir))
+        results.append(
+            ("mqtt.client_key", problem is None, problem or f"{mqtt.client_key} private")
+        )
+    return results
+
+
 def check_config(path: Path) -> Report:
     """Raises ConfigError if the file is not a valid config (the CLI prints it, exit 2)."""
     config = load_config(path)
@@ -88,9 +109,12 @@ def check_config(path: Path) -> Report:
     report.add("dispenser", True, config.dispenser.describe())
     report.add(
         "broker",
-        config.mqtt.tls or config.mqtt.host in {"127.0.0.1", "localhost"},
-        describe_broker(config) + ("" if config.mqtt.tls else ": turn tls on for a remote broker"),
+        True,  # plaintext to a remote broker is refused at load unless allow_plaintext
+        describe_broker(config)
+        + (": allow_plaintext is set, turn tls on" if config.mqtt.plaintext_remote else ""),
     )
+    for name, ok, why in check_tls_files(config):
+        report.add(name, ok, why)
     if config.mqtt.password_file is not None:
         ok, why = check_password_file(config.mqtt.password_file, service_uid(config.state_dir))
         report.add("password file", ok, why)

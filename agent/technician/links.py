@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -38,15 +39,9 @@ class Outcome:
 
 def _settings(config: AgentConfig, connect_timeout_s: float, suffix: str = "") -> MqttSettings:
     base = mqtt_settings(config)
-    return MqttSettings(
-        host=base.host,
-        port=base.port,
+    return dataclasses.replace(  # every broker setting (TLS identity too), probe timings
+        base,
         client_id=base.client_id + suffix,
-        keepalive_s=base.keepalive_s,
-        username=base.username,
-        password=base.password,
-        tls=base.tls,
-        protocol=base.protocol,
         connect_timeout_s=connect_timeout_s,
         backoff_initial_s=0.2,
         backoff_max_s=2.0,
@@ -68,7 +63,8 @@ async def _probe_broker(config: AgentConfig, timeout_s: float, suffix: str) -> O
         return Outcome(
             False,
             f"broker {_broker_name(config)} not reached within {timeout_s:g} s as "
-            f"{settings.client_id} (network, address, certificate or password)",
+            f"{settings.client_id}: {link.last_connect_error or 'no answer'} "
+            "(network, address, certificate or password)",
         )
     finally:
         runner.cancel()

@@ -1,0 +1,98 @@
+"""The store's disk ceiling on a real SQLite file: a unit offline under a flood of low-value
+events stays at its ceiling by dropping those (counted, told to the centre once), never a dose
+outcome or an alarm; past that, dose outcomes are still kept."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from agent.runtime import DROPPABLE_WHEN_FULL
+from agent.store.audit import Stamp
+from agent.store.ceiling import CEILING_EVENT
+from agent.store.db import Store
+
+CEILING = 2 * 1024 * 1024
+AT = "2026-03-01T08:00:00.000Z"
+PAD = "p" * 400  # a realistic event is a few hundred bytes
+
+
+def open_store(db: Path) -> Store:
+    return Store.open(
+        db,
+        stamp=lambda: Stamp(AT, "synchronised"),
+        droppable_kinds=DROPPABLE_WHEN_FULL,
+        max_bytes=CEILING,
+    )
+
+
+def kinds_pending(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT kind, count(*) FROM outbox WHERE delivered = 0 GROUP BY kind")
+        return {str(kind): int(n) for kind, n in rows}
+    finally:
+        conn.close()
+
+
+def used(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        pages, free, size = (
+            int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+            for name in ("page_count", "freelist_count", "page_size")
+        )
+        return (pages - free) * size
+    finally:
+        conn.close()
+
+
+def flood(store: Store, rounds: int, presses_per_round: int) -> None:
+    for n in range(rounds):
+        with store.transaction():
+            store.append_event("slot_outcome", {"data": {"n": n, "outcome": "taken"}}, AT, "x")
+            for m in range(presses_per_round):
+                store.append_event("button_pressed", {"data": {"m": m, "pad": PAD}}, AT, "x")
+
+
+def test_the_store_stays_at_its_ceiling_dropping_only_droppable_kinds(tmp_path: Path) -> None:
+    db = tmp_path / "agent.sqlite3"
+    with open_store(db) as store:
+        # offline: nothing is ever delivered. 300 dose outcomes among 6,000 button presses
+        # (about 6 MB of events and audit records without a ceiling).
+        flood(store, rounds=300, presses_per_round=20)
+        assert store.verify_audit().ok
+    pending = kinds_pending(db)
+    assert pending["slot_outcome"] == 300  # every dose outcome kept
+    assert 0 < pending["button_pressed"] < 6000  # the oldest presses made room
+    assert pending[CEILING_EVENT] == 1  # the centre is told (at most once a day)
+    assert used(db) <= CEILING * 1.05  # at the ceiling, give or take a transaction
+    assert db.stat().st_size <= CEILING * 1.25  # freed pages are reused: the file stops growing
+
+    with open_store(db) as store:
+        ceiling_event = next(
+            e for e in store.pending_events(limit=10_000) if e.kind == CEILING_EVENT
+        )
+        data = ceiling_event.payload["data"]
+        assert isinstance(data, dict)
+        assert data["ceiling_bytes"] == CEILING
+        assert data["undelivered_dropped"]["button_pressed"] > 0
+        assert ceiling_event.payload["priority"] == "medium"
+
+
+def test_past_the_ceiling_with_nothing_droppable_dose_outcomes_are_still_kept(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "agent.sqlite3"
+    big = "d" * 2000
+    with open_store(db) as store:
+        for n in range(150):  # about 2 x 2,000 bytes each (outbox + audit): past 2 MiB
+            with store.transaction():
+                for k in range(5):
+                    store.append_event(
+                        "slot_outcome", {"data": {"n": n, "k": k, "note": big}}, AT, "x"
+                    )
+        assert store.verify_audit().ok
+    pending = kinds_pending(db)
+    assert pending["slot_outcome"] == 750  # none dropped, none refused
+    assert pending[CEILING_EVENT] == 1
