@@ -99,6 +99,8 @@ def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
         "centre_keys_changed",
         "pause_open_ended",
         "schedule_empty",
+        "store_ceiling",
+        "mqtt_inbound_dropped",
     } == catalogue.SHELL_KINDS
     assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 
