@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +192,16 @@ def mark_delivered(conn: sqlite3.Connection, seq: int) -> None:
     cursor = conn.execute("UPDATE outbox SET delivered = 1 WHERE seq = ?", (seq,))
     if cursor.rowcount == 0:
         raise UnknownEventError(seq)
+
+
+def mark_delivered_many(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
+    """`mark_delivered` for a batch in one statement execution per row, no Python loop around
+    cursors; UnknownEventError names the first seq that is not in the outbox."""
+    cursor = conn.executemany("UPDATE outbox SET delivered = 1 WHERE seq = ?", [(s,) for s in seqs])
+    if cursor.rowcount != len(seqs):
+        for seq in seqs:
+            if conn.execute("SELECT 1 FROM outbox WHERE seq = ?", (seq,)).fetchone() is None:
+                raise UnknownEventError(seq)
 
 
 def backlog(conn: sqlite3.Connection) -> BacklogInfo:
