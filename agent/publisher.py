@@ -166,7 +166,11 @@ class OutboxPublisher:
                 self._wake.clear()  # before reading: a commit or an ack after this wakes us
                 if len(self._acked) >= ACK_BATCH:
                     self._mark_delivered()
-                batch = self._next_batch(self._window - serving.in_flight)
+                room = self._window - serving.in_flight
+                # While publishes are in flight, refill only a quarter window at a time: one read
+                # of the store per slice, not per acknowledgement.
+                refill = room >= max(1, self._window // 4) or serving.in_flight == 0
+                batch = self._next_batch(room) if refill else []
                 if not batch:
                     if serving.in_flight == 0:
                         self._mark_delivered()  # idle: nothing more is coming for a while

@@ -1104,6 +1104,20 @@ class MqttLink:
         self._bump(callback_errors=1)
 
 
+class _PackedOnce(Properties):
+    """Publish properties built once and shared: paho packs them for every PUBLISH it writes
+    (and again for a retry), always to the same bytes, so the bytes are kept."""
+
+    _packed: bytes | None = None
+
+    def pack(self) -> bytes:
+        if self._packed is None:
+            # paho's __setattr__ admits only MQTT property names
+            object.__setattr__(self, "_packed", bytes(super().pack()))  # type: ignore[no-untyped-call]
+        assert self._packed is not None
+        return self._packed
+
+
 @functools.lru_cache(maxsize=64)
 def _publish_properties(
     message_expiry_s: int | None,
@@ -1112,8 +1126,9 @@ def _publish_properties(
     content_type: str | None,
 ) -> Properties | None:
     # Cached: building paho Properties costs ~100 µs and most publishes share the same ones
-    # (content type only). paho only reads them when packing, so sharing is safe.
-    props = _new_properties(PacketTypes.PUBLISH)
+    # (content type only). paho only reads them when packing, so sharing is safe; the packed
+    # bytes are kept too (_PackedOnce).
+    props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     used = False
     if message_expiry_s is not None:
         props.MessageExpiryInterval = message_expiry_s
