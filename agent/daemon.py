@@ -14,7 +14,8 @@ Ordering rules that keep the promises of the product:
   (a Dispense is sent only after its BeginDispense is durable: a restart never dispenses a slot
   twice);
 - dispenser events are handled synchronously inside the driver's receive path, so the event is
-  committed before the driver writes the ACK (protocol SPEC 2.6);
+  committed before the driver writes the ACK (protocol SPEC 2.6); the events the step emitted are
+  handed to the MQTT link right after that commit (`OutboxPublisher.offer`), never before it;
 - if the store refuses a write (a bug, a full or corrupted file) the daemon fails safe, then exits
   with EXIT_STATE_FAULT so systemd restarts it from the durable state (crash-only):
   1. the engine is no longer stepped: nothing is dispensed, no command from the engine goes out;

@@ -14,6 +14,11 @@ slice. The response centre orders by
 A third lane serves "re-send from sequence N" commands: already-delivered events are published
 again with `replayed: true` and do not change the outbox.
 
+The taken path: the daemon offers the events of an engine step right after their commit
+(`offer`); when they are next in the live lane and the window has room they go to the link at
+once, without a read back from the store, a task or a future (each publish settles through a
+callback), before the dispenser's ACK is written. Anything else waits for the next pass.
+
 Nothing is lost on failure: an event whose publish was not acknowledged stays pending and is sent
 again after the next connect (the receiver dedups on event_id / (unit_id, seq)).
 """

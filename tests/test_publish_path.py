@@ -6,18 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Generator
+import sqlite3
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import write_config
 from paho.mqtt.enums import MQTTErrorCode
+from test_engine import RIG_START
 
+from agent.clock import VirtualClock
+from agent.config import load_config
+from agent.daemon import Daemon
+from agent.engine.catalogue import make_event
+from agent.engine.types import Emit
 from agent.mqtt import link as mqtt_link
 from agent.mqtt.link import LinkStats
 from agent.publisher import OutboxPublisher
+from agent.runtime import mqtt_settings
 from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
+from drivers.serial_port import SerialTransport
 
 TOPIC = "dispenser/v1/unit-1/events"
 BOUND_S = 10.0  # bound on every wait for a condition (never a speed goal)
@@ -98,6 +108,49 @@ def test_a_committed_event_is_handed_to_the_link_before_offer_returns(tmp_path: 
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+class OfferRecorder:
+    """Stands in for the daemon's publisher: what was offered, and whether another connection
+    to the store file could already read it at that moment (committed, not merely written)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offered: list[tuple[int, bool]] = []
+
+    def offer(self, events: Sequence[OutboxEvent]) -> None:
+        with sqlite3.connect(self.path) as other:
+            for event in events:
+                row = other.execute("SELECT 1 FROM outbox WHERE seq = ?", (event.seq,)).fetchone()
+                self.offered.append((event.seq, row is not None))
+
+    def notify(self) -> None:
+        pass
+
+
+def test_the_daemon_offers_an_emitted_event_right_after_its_commit(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    path = tmp_path / "state" / "agent.sqlite3"
+    config = load_config(
+        write_config(tmp_path, unit_id="u-1", broker_port=1, device=tmp_path / "tty")
+    )
+
+    async def scenario() -> None:
+        with Store.open(path) as store:
+            daemon = Daemon(
+                config,
+                clock=VirtualClock(RIG_START),
+                store=store,
+                transport_factory=lambda: SerialTransport(str(tmp_path / "tty")),
+                mqtt_settings=mqtt_settings(config),
+            )
+            recorder = OfferRecorder(path)
+            daemon.publisher = recorder  # type: ignore[assignment]
+            last = store.last_event_seq()
+            daemon.apply([Emit(make_event("clock_jumped", {}))], daemon.clock.now())
+            assert recorder.offered == [(last + 1, True)]  # offered, and already durable
 
     asyncio.run(scenario())
 
