@@ -218,6 +218,8 @@ class ScriptedClock:
 class QuietPahoClient:
     """What _Connection calls on a paho client, counting keepalive checks."""
 
+    _ssl_context = None  # a plain connection (the link looks at it for TLS logging)
+
     def __init__(self, clock: ScriptedClock) -> None:
         self.clock = clock
         self.misc_at: list[float] = []
