@@ -14,7 +14,8 @@ Ordering rules that keep the promises of the product:
   (a Dispense is sent only after its BeginDispense is durable: a restart never dispenses a slot
   twice);
 - dispenser events are handled synchronously inside the driver's receive path, so the event is
-  committed before the driver writes the ACK (protocol SPEC 2.6);
+  committed before the driver writes the ACK (protocol SPEC 2.6); the events the step emitted are
+  handed to the MQTT link right after that commit (`OutboxPublisher.offer`), never before it;
 - if the store refuses a write (a bug, a full or corrupted file) the daemon fails safe, then exits
   with EXIT_STATE_FAULT so systemd restarts it from the durable state (crash-only):
   1. the engine is no longer stepped: nothing is dispensed, no command from the engine goes out;
@@ -507,7 +508,7 @@ class Daemon:
         if self._fault is not None:
             raise self._fault
         commands: list[SendCommand] = []
-        emitted = False
+        emitted: list[OutboxEvent] = []
         try:
             with self.store.transaction():
                 for action in actions:
@@ -526,8 +527,7 @@ class Daemon:
                                 action.slot_id, action.outcome.value, action.reason
                             )
                         case Emit():
-                            self._append_event(action.event, now)
-                            emitted = True
+                            emitted.append(self._append_event(action.event, now))
                         case SendCommand():
                             commands.append(action)
                 state = self.engine.state
@@ -544,14 +544,16 @@ class Daemon:
         self._last_state_json = state_json
         self._stored_dispense_id = state.next_dispense_id
         if emitted:
-            self.publisher.notify()
+            # Committed: straight to the link (before the dispenser's ACK is written), or, if
+            # they are not next in line, to the publisher's next pass.
+            self.publisher.offer(emitted)
             self._health_on_alert_change()
         for command in commands:
             self._spawn(self._send_command(command), f"dispenser-command:{command.correlation}")
         self._timer_changed.set()
         self._show_panel(now)
 
-    def _append_event(self, event: EngineEvent, now: Now) -> None:
+    def _append_event(self, event: EngineEvent, now: Now) -> OutboxEvent:
         payload: dict[str, object] = {
             "priority": event.priority.value,
             "vkp_code": event.vkp_code,
@@ -559,7 +561,7 @@ class Daemon:
             "boot": self.boot,
             "data": event.fields,
         }
-        self.store.append_event(event.kind, payload, _iso_z(now.utc), now.trust.value)
+        return self.store.append_event(event.kind, payload, _iso_z(now.utc), now.trust.value)
 
     def _health_on_alert_change(self) -> None:
         """The retained health follows the active alerts and conditions at once (a centre

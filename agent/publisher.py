@@ -14,6 +14,11 @@ slice. The response centre orders by
 A third lane serves "re-send from sequence N" commands: already-delivered events are published
 again with `replayed: true` and do not change the outbox.
 
+The taken path: the daemon offers the events of an engine step right after their commit
+(`offer`); when they are next in the live lane and the window has room they go to the link at
+once, without a read back from the store, a task or a future (each publish settles through a
+callback), before the dispenser's ACK is written. Anything else waits for the next pass.
+
 Nothing is lost on failure: an event whose publish was not acknowledged stays pending and is sent
 again after the next connect (the receiver dedups on event_id / (unit_id, seq)).
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent.mqtt.link import MqttLink, NotConnected, PublishRejected
@@ -43,6 +48,20 @@ class PublisherStats:
     rejected: int = 0
     failures: int = 0
     rounds: int = 0
+
+
+class _Serving:
+    """One pass over one connection: publishes in flight and the first failure."""
+
+    __slots__ = ("failure", "in_flight")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.failure: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
 
 
 class OutboxPublisher:
@@ -69,11 +88,37 @@ class OutboxPublisher:
         self._first_seq_of_process = first_seq_of_process
         self._resend_next: int | None = None
         self._resend_until = 0
+        self._live_cursor = 0  # the last live seq handed to the link on this connection
+        self._backlog_cursor = 0  # the last backlog seq handed to the link on this connection
+        self._serving: _Serving | None = None  # the pass serving the current connection
+        self._acked: list[int] = []  # acknowledged, not yet marked delivered
         self.stats = PublisherStats()
 
     def notify(self) -> None:
         """New events were committed (called by the daemon after every store transaction)."""
         self._wake.set()
+
+    def offer(self, events: Sequence[OutboxEvent]) -> None:
+        """Events the caller has just committed: handed to the link at once when they are the
+        next of the live lane and the window has room (no task, no read back from the store),
+        else picked up by the next pass like `notify()`. Call it only after the commit."""
+        self._wake.set()
+        serving = self._serving
+        if serving is None or serving.failure is not None or not events:
+            return
+        if events[0].seq != self._live_cursor + 1 or serving.in_flight + len(events) > self._window:
+            return  # not next in line (or no room): the pass reads them in order
+        try:
+            for event in events:
+                self._send(serving, event, replayed=False, counts=True)
+                self._live_cursor = event.seq
+        except Exception:
+            # Never into the caller's engine step: what was not handed over stays pending, and
+            # the pass takes it from the store and says what went wrong (a lost connection, or
+            # an event that does not fit the contract).
+            log.debug("offered event left to the publisher's pass", exc_info=True)
+        finally:
+            self._mqtt.flush()
 
     def resend_from(self, seq: int) -> int:
         """Queue delivered and pending events from `seq` on for re-sending; returns the end seq."""
@@ -106,8 +151,9 @@ class OutboxPublisher:
         """Stream events while this connection lasts, up to `window` publishes in flight.
 
         Publishes are handed to paho in seq order within each lane, so the broker forwards them
-        in that order; acknowledged seqs are marked delivered in batches (one commit per batch:
-        few SD-card writes). Returns only by raising the first publish failure.
+        in that order; each settles through a callback (no task or future per message), and
+        acknowledged seqs are marked delivered in batches (one commit per batch: few SD-card
+        writes). Returns only by raising the first publish failure.
         """
         self._live_after = self._store.last_event_seq()  # stored before this connection: backlog
         link = self._mqtt.stats
@@ -117,88 +163,113 @@ class OutboxPublisher:
             and link.connect_failures == 0
         ):
             self._live_after = min(self._live_after, self._first_seq_of_process - 1)
-        live_cursor, backlog_cursor = self._live_after, 0
-        slots = asyncio.Semaphore(self._window)
-        in_flight: set[asyncio.Task[None]] = set()
-        acked: list[int] = []
-        failures: list[BaseException] = []
-
-        def settled(seq: int, counts: bool, task: asyncio.Task[None]) -> None:
-            in_flight.discard(task)
-            slots.release()
-            if task.cancelled():
-                failures.append(NotConnected("publish cancelled"))
-            elif (error := task.exception()) is not None:
-                failures.append(error)
-            elif counts:
-                acked.append(seq)
-            else:
-                self.stats.replayed += 1
-
+        self._live_cursor, self._backlog_cursor = self._live_after, 0
+        serving = _Serving()
+        self._serving = serving
         try:
-            while not failures:
-                self._wake.clear()  # before reading: a commit after this wakes us again
-                live = self._store.pending_events(after_seq=live_cursor, limit=self._window)
-                backlog = [
-                    e
-                    for e in self._store.pending_events(
-                        after_seq=backlog_cursor, limit=self._window
-                    )
-                    if e.seq <= self._live_after
-                ]
-                batch = (
-                    [(e, False, True) for e in live]
-                    + [(e, True, True) for e in backlog]
-                    + [(e, True, False) for e in self._resend_slice()]
-                )
+            while serving.failure is None:
+                self._wake.clear()  # before reading: a commit or an ack after this wakes us
+                if len(self._acked) >= ACK_BATCH:
+                    self._mark_delivered()
+                room = self._window - serving.in_flight
+                # While publishes are in flight, refill only a quarter window at a time: one read
+                # of the store per slice, not per acknowledgement.
+                refill = room >= max(1, self._window // 4) or serving.in_flight == 0
+                batch = self._next_batch(room) if refill else []
                 if not batch:
-                    self._mark_delivered(acked)
-                    if in_flight:
-                        await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    else:
-                        await self._wake.wait()
+                    if serving.in_flight == 0:
+                        self._mark_delivered()  # idle: nothing more is coming for a while
+                    await self._wake.wait()
                     continue
                 self.stats.rounds += 1
-                for event, replayed, counts in batch:
-                    await slots.acquire()
-                    if failures:
-                        slots.release()
-                        break
-                    task = asyncio.create_task(
-                        self._publish(event, replayed), name=f"publish-seq-{event.seq}"
-                    )
-                    in_flight.add(task)
-                    task.add_done_callback(functools.partial(settled, event.seq, counts))
-                    if not counts:
-                        continue
-                    if replayed:
-                        backlog_cursor = event.seq
-                    else:
-                        live_cursor = event.seq
-                if len(acked) >= ACK_BATCH:
-                    self._mark_delivered(acked)
+                try:
+                    for event, replayed, counts in batch:
+                        self._send(serving, event, replayed, counts)
+                        if not counts:
+                            continue
+                        if replayed:
+                            self._backlog_cursor = event.seq
+                        else:
+                            self._live_cursor = event.seq
+                finally:
+                    self._mqtt.flush()
+                await asyncio.sleep(0)  # let the loop read PUBACKs (and others run) between batches
+        except asyncio.CancelledError:
+            self._mark_delivered()  # stopping: what is acked is marked, the rest stays pending
+            raise
+        except Exception as exc:  # raised below, once what was handed over has settled
+            serving.fail(exc)
         finally:
-            if in_flight:
-                await asyncio.wait(set(in_flight))  # each ends quickly: acked or connection lost
-            self._mark_delivered(acked)
-        raise failures[0]
+            self._serving = None
+        try:
+            # Wait for what is still in flight: each ends quickly, acked or connection lost.
+            while serving.in_flight:
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            self._mark_delivered()
+        raise serving.failure or NotConnected("publishing stopped")  # the loop ends on a failure
 
-    def _mark_delivered(self, acked: list[int]) -> None:
+    def _next_batch(self, room: int) -> list[tuple[OutboxEvent, bool, bool]]:
+        """Up to `room` events: the live lane first, then the backlog, then a re-send slice;
+        each entry is (event, replayed, counts toward delivery)."""
+        if room <= 0:
+            return []
+        batch = [(e, False, True) for e in self._store.pending_events(self._live_cursor, room)]
+        if len(batch) < room and self._backlog_cursor < self._live_after:
+            batch += [
+                (e, True, True)
+                for e in self._store.pending_events(self._backlog_cursor, room - len(batch))
+                if e.seq <= self._live_after
+            ]
+        if len(batch) < room:
+            batch += [(e, True, False) for e in self._resend_slice(room - len(batch))]
+        return batch
+
+    def _send(self, serving: _Serving, event: OutboxEvent, replayed: bool, counts: bool) -> None:
+        """Hand one event to the link; a failure to hand it over ends the pass."""
+        try:
+            self._mqtt.publish_nowait(
+                self._topic,
+                self._envelope(event, replayed),
+                functools.partial(self._settled, serving, event.seq, counts),
+                qos=1,
+            )
+        except NotConnected as exc:
+            serving.fail(exc)
+            self._wake.set()
+            raise
+        serving.in_flight += 1
+
+    def _settled(
+        self, serving: _Serving, seq: int, counts: bool, error: BaseException | None
+    ) -> None:
+        """A publish's outcome (on the loop, from inside paho's read): record it, wake the pass."""
+        serving.in_flight -= 1
+        if error is not None:
+            serving.fail(error)
+        elif counts:
+            self._acked.append(seq)
+        else:
+            self.stats.replayed += 1
+        self._wake.set()
+
+    def _mark_delivered(self) -> None:
+        acked = self._acked
         if not acked:
             return
         with self._store.transaction():
-            for seq in acked:
-                self._store.mark_delivered(seq)
+            self._store.mark_delivered_many(acked)
         self.stats.published += len(acked)
         acked.clear()
 
-    def _resend_slice(self) -> list[OutboxEvent]:
+    def _resend_slice(self, limit: int) -> list[OutboxEvent]:
         """The next slice of a "re-send from seq N" request (best effort on one connection)."""
         if self._resend_next is None:
             return []
         events = [
             e
-            for e in self._store.events_from(self._resend_next, limit=self._window)
+            for e in self._store.events_from(self._resend_next, limit=limit)
             if e.seq <= self._resend_until
         ]
         if events:
@@ -206,6 +277,3 @@ class OutboxPublisher:
         if not events or self._resend_next > self._resend_until:
             self._resend_next = None
         return events
-
-    async def _publish(self, event: OutboxEvent, replayed: bool) -> None:
-        await self._mqtt.publish(self._topic, self._envelope(event, replayed), qos=1)

@@ -245,7 +245,14 @@ def test_unreadable_commands_are_events_only_and_readable_names_are_kept(rig: Ri
     rig.send(b"{not json")
     bad = command("silence", minutes=9999)
     rig.send(bad)
-    rig.wait(lambda w: len(w.events("command_rejected")) >= 2)
+    # Events go out right after their commit, so the answer may follow them: wait for both.
+    # Commands are handled in order, so an answer to the first would come before this one.
+    rig.wait(
+        lambda w: (
+            len(w.events("command_rejected")) >= 2
+            and any(r["command_id"] == bad["command_id"] for r in w.on("commands/response"))
+        )
+    )
     rejected = {e["data"]["code"]: e["data"] for e in rig.wire.events("command_rejected")}
     assert rejected["malformed_json"]["command_id"] is None  # nothing to answer
     assert rejected["invalid_command"]["name"] == "silence"

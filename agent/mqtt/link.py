@@ -3,7 +3,7 @@
 Threading model: none of paho's. Every connection gets a fresh paho `Client` driven from the
 asyncio loop the way aiomqtt drives it: paho's socket callbacks register the socket with
 `loop.add_reader` / `loop.add_writer` (paho reads and writes when the loop says the socket is
-ready), and a small task calls `loop_misc()` for keepalive pings. paho's callbacks therefore run on
+ready), and a small task calls `loop_misc()` when a keepalive ping is due. paho's callbacks run on
 the loop, inside `loop_read()` / `loop_write()`; each one is wrapped so that no exception escapes
 into paho. Only the blocking part of a connect (DNS, TCP, TLS handshake, and the CONNECT written on
 the fresh socket) runs off the loop, on a short-lived thread of its own, under the attempt's
@@ -55,6 +55,8 @@ from protocol.ratelog import RateLimitedLog
 logger = logging.getLogger(__name__)
 
 ProtocolName = Literal["5", "3.1.1"]
+# called with the PUBACK's reason code, or with NotConnected when the connection is lost first
+PublishDone = Callable[[ReasonCode | BaseException], None]
 
 # CONNACK codes meaning "I do not speak this protocol version": 0x84 in MQTT 5, 1 in MQTT 3.1.1
 # (a 3.1.1-only broker answers a v5 CONNECT in its own format).
@@ -199,7 +201,7 @@ class _Connection:
         client: paho.Client,
         on_message: Callable[[InboundMessage], None],
         on_callback_error: Callable[[str, BaseException], None],
-        misc_interval_s: float,
+        keepalive_s: float,
     ) -> None:
         self.loop = loop
         self.client = client
@@ -207,7 +209,8 @@ class _Connection:
         self.connack: asyncio.Future[tuple[ReasonCode, bool]] = loop.create_future()
         # An attempt that failed before it awaited CONNACK never reads the error set here.
         self.connack.add_done_callback(_retrieve)
-        self.pending_publishes: dict[int, asyncio.Future[ReasonCode]] = {}
+        # mid -> what to call with the PUBACK's reason code, or with NotConnected if it is lost
+        self.pending_publishes: dict[int, PublishDone] = {}
         self.pending_subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.lost = asyncio.Event()
         self.socket_closed = asyncio.Event()
@@ -215,7 +218,9 @@ class _Connection:
         self.up_since = 0.0
         self._fd: int | None = None  # the socket's descriptor while registered with the loop
         self._misc_task: asyncio.Task[None] | None = None
-        self._misc_interval_s = misc_interval_s
+        self._keepalive_s = keepalive_s
+        # when the socket was last read from / written to (time.monotonic, paho's clock)
+        self._last_read = self._last_write = time.monotonic()
         self._on_message = on_message
         self._on_callback_error = on_callback_error
         client.on_connect = self._guard("on_connect", self._cb_connect)
@@ -250,6 +255,7 @@ class _Connection:
     def _readable(self) -> None:
         try:
             self.client.loop_read()
+            self._last_read = time.monotonic()
             # An SSL socket may hold decrypted bytes the kernel no longer reports as readable.
             sock = self.client.socket()
             if isinstance(sock, ssl.SSLSocket) and self._fd is not None and sock.pending():
@@ -260,15 +266,38 @@ class _Connection:
     def _writable(self) -> None:
         try:
             self.client.loop_write()
+            self._last_write = time.monotonic()
         except Exception as exc:  # as in _readable
             self._io_failed("write", exc)
 
+    def flush(self) -> None:
+        """Write what paho has queued now, instead of on the loop's next turn."""
+        if self._fd is not None and self.client.want_write():
+            self._writable()
+
+    def next_misc_due(self) -> float:
+        """When paho's keepalive check next has something to do (time.monotonic): a PINGREQ is
+        due `keepalive` after the last read or write, whichever is older; after a PINGREQ, the
+        PINGRESP is late `keepalive` after it. Our stamps are taken right after paho's own, so
+        at this moment paho's check always acts."""
+        return min(self._last_read, self._last_write) + self._keepalive_s
+
     async def _misc(self) -> None:
         """Keepalive: paho sends PINGREQ when due and drops a connection whose PINGRESP is late.
-        Every keepalive/4 keeps pings on time without waking an idle unit every second."""
+        Sleeps until the next check is actually due, so an idle unit wakes once per keepalive
+        (not every keepalive/4); traffic in between pushes the check further out."""
+        if self._keepalive_s <= 0:
+            return  # keepalive off: paho's check never acts
         try:
-            while self.client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (a timer, not a wait for state)
-                await asyncio.sleep(self._misc_interval_s)
+            while True:
+                delay = self.next_misc_due() - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue  # traffic meanwhile may have moved the due time
+                if self.client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return
+                # paho pinged (or found the PINGRESP late and closed): like paho, count from now
+                self._last_read = self._last_write = time.monotonic()
         except Exception as exc:  # as in _readable
             self._io_failed("keepalive", exc)
 
@@ -352,9 +381,9 @@ class _Connection:
         reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        future = self.pending_publishes.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(reason)
+        done = self.pending_publishes.pop(mid, None)
+        if done is not None:
+            done(reason)
 
     def _cb_subscribe(
         self,
@@ -394,13 +423,13 @@ class _Connection:
             if is_tls_failure(cause):
                 error.__cause__ = None if cause is None else cause.with_traceback(None)
             self.connack.set_exception(error)
-        waiting: list[asyncio.Future[Any]] = [
-            *self.pending_publishes.values(),
-            *self.pending_subscribes.values(),
-        ]
+        publishes = list(self.pending_publishes.values())
+        subscribes = list(self.pending_subscribes.values())
         self.pending_publishes.clear()
         self.pending_subscribes.clear()
-        for future in waiting:
+        for done in publishes:
+            done(NotConnected(why))
+        for future in subscribes:
             if not future.done():
                 future.set_exception(NotConnected(why))
 
@@ -606,6 +635,48 @@ class MqttLink:
         PublishRejected when an MQTT 5 PUBACK carries a failure reason code. MQTT 5 properties are
         left out on MQTT 3.1.1.
         """
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if ack.done():
+                return
+            if error is None:
+                ack.set_result(None)
+            else:
+                ack.set_exception(error)
+
+        self.publish_nowait(
+            topic,
+            payload,
+            settle,
+            qos=qos,
+            retain=retain,
+            message_expiry_s=message_expiry_s,
+            response_topic=response_topic,
+            correlation_data=correlation_data,
+            content_type=content_type,
+        )
+        self.flush()
+        await ack
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        on_done: Callable[[BaseException | None], None],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        message_expiry_s: int | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        content_type: str | None = CONTENT_TYPE,
+    ) -> None:
+        """Hand a publish to paho without a task or future: `on_done(None)` once the broker
+        acknowledged it (QoS 0: once written), `on_done(PublishRejected)` on a failure reason
+        code, `on_done(NotConnected)` when the connection drops first; called on the loop, at
+        most once. Raises NotConnected at once when there is no connection. paho writes it on
+        the loop's next turn, or at `flush()` (a batch: one flush after the last)."""
         if qos not in (0, 1):
             raise ValueError(
                 "only QoS 0 and 1 are supported (QoS 2 state does not survive restarts)"
@@ -621,18 +692,27 @@ class MqttLink:
         info = conn.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise NotConnected(f"paho did not accept the publish: {paho.error_string(info.rc)}")
-        # Registered in the same loop step as client.publish(): paho calls on_publish only from
-        # loop_write()/loop_read(), which the loop runs later, so the callback finds this future.
-        ack: asyncio.Future[ReasonCode] = conn.loop.create_future()
-        conn.pending_publishes[info.mid] = ack
-        try:
-            reason = await ack
-        finally:
-            conn.pending_publishes.pop(info.mid, None)
-        if reason.is_failure:
+        # Registered before anything is written: paho calls on_publish only from loop_write() /
+        # loop_read() (the loop's next turn, or flush()), so the callback finds this entry.
+        conn.pending_publishes[info.mid] = functools.partial(self._publish_settled, on_done)
+
+    def flush(self) -> None:
+        """Write the publishes paho holds now rather than on the loop's next turn."""
+        conn = self._conn
+        if conn is not None and conn.up:
+            conn.flush()
+
+    def _publish_settled(
+        self, on_done: Callable[[BaseException | None], None], outcome: ReasonCode | BaseException
+    ) -> None:
+        if isinstance(outcome, BaseException):
+            on_done(outcome)
+        elif outcome.is_failure:
             self._bump(publishes_rejected=1)
-            raise PublishRejected(reason.value, reason.getName())
-        self._bump(publishes_acked=1)
+            on_done(PublishRejected(outcome.value, outcome.getName()))
+        else:
+            self._bump(publishes_acked=1)
+            on_done(None)
 
     def ack(self, message: InboundMessage) -> None:
         """Acknowledge a QoS 1 message once it is handled (PUBACK). A message that arrived on an
@@ -736,7 +816,7 @@ class MqttLink:
             client,
             self._enqueue,
             self._record_callback_error,
-            misc_interval_s=max(1.0, settings.keepalive_s / 4),
+            keepalive_s=settings.keepalive_s,
         )
         started = loop.time()
         deadline = started + settings.connect_timeout_s
@@ -1024,6 +1104,20 @@ class MqttLink:
         self._bump(callback_errors=1)
 
 
+class _PackedOnce(Properties):
+    """Publish properties built once and shared: paho packs them for every PUBLISH it writes
+    (and again for a retry), always to the same bytes, so the bytes are kept."""
+
+    _packed: bytes | None = None
+
+    def pack(self) -> bytes:
+        if self._packed is None:
+            # paho's __setattr__ admits only MQTT property names
+            object.__setattr__(self, "_packed", bytes(super().pack()))  # type: ignore[no-untyped-call]
+        assert self._packed is not None
+        return self._packed
+
+
 @functools.lru_cache(maxsize=64)
 def _publish_properties(
     message_expiry_s: int | None,
@@ -1032,8 +1126,9 @@ def _publish_properties(
     content_type: str | None,
 ) -> Properties | None:
     # Cached: building paho Properties costs ~100 µs and most publishes share the same ones
-    # (content type only). paho only reads them when packing, so sharing is safe.
-    props = _new_properties(PacketTypes.PUBLISH)
+    # (content type only). paho only reads them when packing, so sharing is safe; the packed
+    # bytes are kept too (_PackedOnce).
+    props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     used = False
     if message_expiry_s is not None:
         props.MessageExpiryInterval = message_expiry_s

@@ -24,7 +24,7 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -332,6 +332,10 @@ class Store:
     def mark_delivered(self, seq: int) -> None:
         """Call only once the broker acknowledged the event. UnknownEventError for a missing seq."""
         outbox.mark_delivered(self._writer(), seq)
+
+    def mark_delivered_many(self, seqs: Sequence[int]) -> None:
+        """`mark_delivered` for a batch (one executemany)."""
+        outbox.mark_delivered_many(self._writer(), seqs)
 
     def backlog(self) -> BacklogInfo:
         with self._snapshot() as conn:

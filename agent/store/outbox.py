@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,10 +92,22 @@ def _undelivered_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox WHERE delivered = 0").fetchone()[0])
 
 
+def _may_be_full(conn: sqlite3.Connection, limit: int) -> bool:
+    """False when the undelivered events cannot reach `limit`: they all lie between the oldest
+    undelivered seq and the last seq taken. Two index lookups instead of counting every pending
+    row on each append (a count that grows with the backlog: 50,000 rows at the limit)."""
+    row = conn.execute("SELECT min(seq) FROM outbox WHERE delivered = 0").fetchone()
+    if row is None or row[0] is None:
+        return limit <= 0
+    return last_event_seq(conn) - int(row[0]) + 1 >= limit
+
+
 def _drop_for_room(
     conn: sqlite3.Connection, policy: OutboxPolicy, occurred_utc: str, trust: str
 ) -> None:
     if not policy.droppable_kinds:
+        return
+    if not _may_be_full(conn, policy.limit):
         return
     kinds = sorted(policy.droppable_kinds)
     marks = ",".join("?" * len(kinds))
@@ -192,6 +204,16 @@ def mark_delivered(conn: sqlite3.Connection, seq: int) -> None:
     cursor = conn.execute("UPDATE outbox SET delivered = 1 WHERE seq = ?", (seq,))
     if cursor.rowcount == 0:
         raise UnknownEventError(seq)
+
+
+def mark_delivered_many(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
+    """`mark_delivered` for a batch in one statement execution per row, no Python loop around
+    cursors; UnknownEventError names the first seq that is not in the outbox."""
+    cursor = conn.executemany("UPDATE outbox SET delivered = 1 WHERE seq = ?", [(s,) for s in seqs])
+    if cursor.rowcount != len(seqs):
+        for seq in seqs:
+            if conn.execute("SELECT 1 FROM outbox WHERE seq = ?", (seq,)).fetchone() is None:
+                raise UnknownEventError(seq)
 
 
 def backlog(conn: sqlite3.Connection) -> BacklogInfo:
