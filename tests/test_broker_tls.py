@@ -242,3 +242,36 @@ def test_the_broker_refuses_a_unit_that_does_not_trust_it(
         assert "certificate verify failed" in link.last_connect_error
 
     run(scenario)
+
+
+def test_the_technician_check_names_a_wrong_certificate(
+    broker: TlsBroker, ca: TestCa, tmp_path: Path
+) -> None:
+    """`dispenser-agent check`'s broker item, as a technician meets it: the unit's certificate is
+    from another CA (a mixed-up bundle) and the broker refuses it; the right one passes."""
+    from agent.technician.links import probe_broker
+
+    def config_with(identity: Identity) -> Any:
+        return parse_config(
+            {
+                "unit_id": UNIT_A,
+                "state_dir": str(tmp_path / "state"),
+                "dispenser": {"device": "/dev/null"},
+                "mqtt": {
+                    "host": "127.0.0.1",
+                    "port": broker.port,
+                    "tls": True,
+                    "ca_file": str(ca.cert_path),
+                    "client_cert": str(identity.cert),
+                    "client_key": str(identity.key),
+                },
+            }
+        )
+
+    rogue = TestCa(tmp_path / "rogue", name="Rogue CA").issue(UNIT_A)
+    refused = probe_broker(config_with(rogue), timeout_s=8.0, client_suffix="-check")
+    assert not refused.ok
+    assert "not reached" in refused.detail
+    assert "TLS" in refused.detail  # the cause, not only "no answer"
+    right = probe_broker(config_with(ca.issue(UNIT_A)), timeout_s=20.0, client_suffix="-check")
+    assert right.ok, right.detail
