@@ -2,6 +2,7 @@
 `protocol/SPEC.md` (v1.1), whether the firmware does what the spec says, with timing.
 
     python -m hw.conform --device /dev/ttyUSB0 [--baud 115200] [--json] [--slack 1.0]
+    python -m hw.conform --ble-address C0:FF:EE:12:34:56 (or --ble-name NAME) [...]
                          [--interactive]
 
 For a bench unit only: it dispenses (and retains or asks for) test doses from the loaded roll and
@@ -20,13 +21,17 @@ here, another transport only needs those three calls.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import json
 import os
+import queue
 import random
 import select
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +133,83 @@ class SerialByteLink:
 
     def close(self) -> None:
         self._serial.close()
+
+
+class BleByteLink:
+    """A dispenser over Bluetooth Low Energy, through the agent's own BLE transport
+    (drivers/ble_transport.py: bleak, the SPEC's GATT profile). bleak runs on its own event
+    loop in a thread; what arrives is handed over through a queue, so the kit stays synchronous."""
+
+    OPEN_TIMEOUT_S = 30.0
+    CALL_TIMEOUT_S = 10.0
+
+    def __init__(
+        self,
+        address: str | None = None,
+        name: str | None = None,
+        *,
+        scan_timeout_s: float = 4.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        from drivers.ble_transport import BleTarget, BleTransport
+
+        target = BleTarget(
+            address=address,
+            name=name,
+            scan_timeout_s=scan_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="conform-ble", daemon=True
+        )
+        self._thread.start()
+        self._inbox: queue.Queue[bytes] = queue.Queue()
+        self._transport = BleTransport(target)
+        self._pump: concurrent.futures.Future[None] | None = None
+        try:
+            self._call(self._transport.open(), self.OPEN_TIMEOUT_S)
+        except BaseException:
+            self._stop_loop()
+            raise
+        self._pump = asyncio.run_coroutine_threadsafe(self._read_forever(), self._loop)
+
+    def _call(self, coro: object, timeout: float) -> object:
+        assert asyncio.iscoroutine(coro)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _read_forever(self) -> None:
+        while True:
+            self._inbox.put(await self._transport.read())
+
+    async def _write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        self._call(self._write(data), self.CALL_TIMEOUT_S)
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            chunks = [self._inbox.get(timeout=max(0.0, timeout))]
+        except queue.Empty:
+            return b""
+        while True:
+            try:
+                chunks.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return b"".join(chunks)
+
+    def close(self) -> None:
+        try:
+            self._call(self._transport.close(), self.CALL_TIMEOUT_S)
+        finally:
+            if self._pump is not None:
+                self._pump.cancel()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(self.CALL_TIMEOUT_S)
 
 
 class Actuator(Protocol):
@@ -1041,7 +1123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hw.conform", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--device", required=True, help="serial device of the dispenser")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--device", help="serial device of the dispenser")
+    where.add_argument("--ble-address", help="a BLE dispenser by its address (BlueZ: MAC)")
+    where.add_argument("--ble-name", help="a BLE dispenser by its advertised name")
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--slack", type=float, default=1.0, help="widen timing bounds (>= 1)")
@@ -1051,7 +1136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", default="", help="comma-separated steps to run after the handshake"
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    link = SerialByteLink(args.device, args.baud)
+    link: ByteLink = (
+        SerialByteLink(args.device, args.baud)
+        if args.device
+        else BleByteLink(address=args.ble_address, name=args.ble_name)
+    )
     actuator: Actuator = PromptActuator() if args.interactive else NoActuator()
     log = (lambda text: print(text, file=sys.stderr)) if args.verbose else None
     try:

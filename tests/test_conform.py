@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+from ble_support import ble_bus, next_address, private_bus
 
-from hw.conform import Kit, SerialByteLink, SimActuator, format_report, main
+from hw.ble import BleDispenser, PrivateBus
+from hw.conform import BleByteLink, Kit, SerialByteLink, SimActuator, format_report, main
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from hw.wire import DEFECTS, LATE_ACK_S, LATE_REPLY_S, SimulatorRunner
+
+__all__ = ["ble_bus", "private_bus"]  # fixtures
 
 SLACK = 5.0
 # the roll: 5 sachets, so the first cut leaves 4 (LowSupply, SPEC 4.3)
@@ -90,3 +94,30 @@ def test_the_command_line_prints_json_and_exits_0_on_a_conforming_unit(
     assert code == 0
     assert {row["clause"] for row in rows if row["status"] == "pass"} >= {"2.4", "4.1", "1.1"}
     assert {row["status"] for row in rows} == {"pass"}
+
+
+# --- over Bluetooth Low Energy: the same kit through the agent's BLE transport ------------------
+
+
+def test_the_simulator_conforms_over_ble(ble_bus: PrivateBus) -> None:
+    """bleak's real BlueZ backend against the simulator's BLE front on a private D-Bus bus: the
+    kit's clauses hold over GATT too, the frames cut to the minimum MTU's pieces."""
+    model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
+    front = BleDispenser(model, ble_bus.address, address=next_address())
+    front.start()
+    try:
+        front.runner.call(
+            lambda m: m.insert_roll(make_roll("R-KIT", "p-kit", 1_795_000_000, 3600, SACHETS))
+        )
+        link = BleByteLink(address=front.address, scan_timeout_s=3.0, connect_timeout_s=5.0)
+        try:
+            results = Kit(link, SimActuator(front.runner), slack=SLACK).run(("dispense",))
+        finally:
+            link.close()
+    finally:
+        front.stop()
+    report = list(format_report(results))
+    print("\n".join(report))
+    assert report[-1].startswith("CONFORMS"), "\n".join(report)
+    for clause in ("3.4", "4.1", "4.3", "4.4"):
+        assert any(f"§{clause} " in line for line in report if line.startswith("PASS"))
