@@ -154,7 +154,7 @@ def test_wrong_roll_is_refused_and_never_dispensed(rig: Rig) -> None:
     rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")
     rig.wait(lambda s: bool(s.of_kind("wrong_roll")))
     rig.runner.wait_for(lambda model: model.locked)
-    rig.wait(lambda s: bool(s.outcomes()), timeout=30)
+    rig.wait(lambda s: bool(s.outcomes()), timeout=90)
     assert rig.stream.outcomes()[0]["outcome"] in ("refused", "missed")
     assert rig.runner.snapshot().dispensed == ()
 
@@ -177,7 +177,7 @@ def test_link_drop_mid_dose_neither_loses_nor_duplicates_the_outcome(rig: Rig) -
     rig.restore()
     rig.link_is("up")
     rig.runner.call(lambda model: model.take_dose())
-    rig.wait(lambda s: bool(s.outcomes()), timeout=30)
+    rig.wait(lambda s: bool(s.outcomes()), timeout=90)
     [outcome] = rig.stream.outcomes()
     assert (outcome["slot_id"], outcome["outcome"]) == ("2026-11-23T08:00", "taken")
     assert len(rig.runner.snapshot().dispensed) == 1
@@ -203,10 +203,10 @@ def test_a_dose_taken_during_a_long_ble_outage_is_reported_taken_once(rig: Rig) 
     rig.runner.call(lambda model: model.take_dose())
     assert rig.front is not None
     # Two full scans that found nothing: the outage outlasts the retransmit budget.
-    rig.front.wait_for_stats(lambda s: s.scans >= 3, timeout=20)
+    rig.front.wait_for_stats(lambda s: s.scans >= 3, timeout=90)
     rig.restore()
     rig.link_is("up")
-    rig.wait(lambda s: bool(s.outcomes()), timeout=30)
+    rig.wait(lambda s: bool(s.outcomes()), timeout=90)
     [outcome] = rig.stream.outcomes()
     assert (outcome["slot_id"], outcome["outcome"]) == ("2026-11-23T08:00", "taken")
     assert len(rig.runner.snapshot().dispensed) == 1
@@ -241,6 +241,6 @@ def test_a_dose_taken_while_the_serial_cable_is_out_is_not_reported_missed(rig: 
     rig.runner.call(lambda model: model.take_dose())
     rig.restore()
     rig.link_is("up")
-    rig.wait(lambda s: bool(s.outcomes()), timeout=30)
+    rig.wait(lambda s: bool(s.outcomes()), timeout=90)
     [outcome] = rig.stream.outcomes()
     assert outcome["outcome"] != "missed"
