@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.clock import Now, TimeTrust
+from agent.clock import Clock, Now, TimeTrust
 from agent.config import load_config
 from agent.runtime import build_daemon
 
@@ -55,13 +55,18 @@ def main() -> int:
     parser.add_argument("--anchor", type=float, required=True, help="time.monotonic() at t0")
     parser.add_argument("--rate", type=float, default=1.0)
     args = parser.parse_args()
+    return run_agent(args.config, AnchoredClock(args.t0, args.anchor, args.rate), args.rate)
+
+
+def run_agent(config: Path, clock: Clock, rate: float) -> int:
+    """The production daemon on `clock` until SIGTERM (exit 0) or a state fault; says AGENT
+    READY once built. Log lines carry the milliseconds since the process started."""
     logging.basicConfig(
         level=logging.INFO, format="%(relativeCreated)7d %(name)s %(levelname)s %(message)s"
     )
-    clock = AnchoredClock(args.t0, args.anchor, args.rate)
 
     async def serve() -> int:
-        daemon = build_daemon(load_config(args.config), clock=clock, time_rate=args.rate)
+        daemon = build_daemon(load_config(config), clock=clock, time_rate=rate)
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
