@@ -66,7 +66,13 @@ from agent.contract.state import (
     Heartbeat,
 )
 from agent.contract.topics import UnitTopics
-from agent.deviation_summary import day_period, month_period, summary_from_store
+from agent.deviation_summary import (
+    day_period,
+    month_period,
+    recorded_events,
+    summarise,
+    summary_from_store,
+)
 from agent.engine import roll_check
 from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine
@@ -1065,8 +1071,16 @@ class Daemon:
         return summary_event_data(Period(period, label, start, end, last_day), summary.as_dict())
 
     def _record_owed_summaries(self, now: Now) -> None:
-        for period in self._summaries_owed_now():
-            summary = summary_from_store(self.store, period.start_utc, period.end_utc, now.utc)
+        owed = self._summaries_owed_now()
+        if not owed:
+            return
+        # the audit log is read once for every period owed (a catch-up owes up to 31 days); the
+        # summaries recorded meanwhile are no deviations and change no count
+        events, open_slots = recorded_events(self.store), self.store.open_slots()
+        for period in owed:
+            summary = summarise(
+                events, period.start_utc, period.end_utc, now.utc, open_slots=open_slots
+            )
             data = summary_event_data(period, summary.as_dict())
             done = functools.partial(
                 self.store.set_kv, SUMMARY_DAY_KEY, period.last_day.isoformat()
