@@ -275,3 +275,31 @@ def test_the_technician_check_names_a_wrong_certificate(
     assert "TLS" in refused.detail  # the cause, not only "no answer"
     right = probe_broker(config_with(ca.issue(UNIT_A)), timeout_s=20.0, client_suffix="-check")
     assert right.ok, right.detail
+
+
+@pytest.mark.parametrize(
+    ("error", "tls"),
+    [
+        # texts paho and the link produced on this machine when a broker refused a certificate
+        (OSError("failed to receive on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert"), True),
+        (
+            OSError(
+                "paho has no socket after connect() (failed to receive on socket: EOF occurred"
+                " in violation of protocol (_ssl.c:2427))"
+            ),
+            True,
+        ),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), True),
+        (ConnectionRefusedError(111, "Connection refused"), False),
+        (TimeoutError("timed out"), False),
+        (None, False),
+    ],
+)
+def test_a_refusal_is_told_as_tls_whichever_way_the_broker_closed(
+    error: BaseException | None, tls: bool
+) -> None:
+    """The broker's refusal arrives either as its TLS alert or as the socket closed mid-handshake;
+    both are the certificate's fault, not the network's (the check once said neither)."""
+    from agent.mqtt.link import is_tls_failure
+
+    assert is_tls_failure(error) is tls

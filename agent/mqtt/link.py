@@ -502,9 +502,13 @@ def _closing_on_failure(context: ssl.SSLContext) -> ssl.SSLContext:
 
 def is_tls_failure(exc: BaseException | None) -> bool:
     """A failure of the TLS layer (certificate refused either way, bad key, handshake). paho
-    reports a refusal that arrives after the handshake only as text: "[SSL: ...] ..."."""
+    reports a refusal that arrives after the handshake only as text: "[SSL: ...] ..." when the
+    broker's alert arrived, "... (_ssl.c:NNNN)" when the broker closed the socket first."""
     while exc is not None:
-        if isinstance(exc, ssl.SSLError | ssl.CertificateError) or "[SSL" in str(exc):
+        text = str(exc)
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return True
+        if "[SSL" in text or "(_ssl.c:" in text:
             return True
         exc = exc.__cause__
     return False
