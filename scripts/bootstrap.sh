@@ -8,22 +8,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 
-python_bin="${PYTHON:-}"
-if [ -z "$python_bin" ]; then
-  for candidate in python3.13 python3.12 python3.11 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 &&
-       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-      python_bin="$candidate"
-      break
-    fi
-  done
-fi
-if [ -z "$python_bin" ]; then
-  echo "error: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
-  exit 1
-fi
-
+# An existing .venv is kept (looking for interpreters costs seconds at every test run).
 if [ ! -x .venv/bin/python ]; then
+  python_bin="${PYTHON:-}"
+  if [ -z "$python_bin" ]; then
+    for candidate in python3.13 python3.12 python3.11 python3; do
+      if command -v "$candidate" >/dev/null 2>&1 &&
+         "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        python_bin="$candidate"
+        break
+      fi
+    done
+  fi
+  if [ -z "$python_bin" ]; then
+    echo "error: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+  fi
+
   if ! "$python_bin" -m venv .venv 2>/dev/null; then
     # Debian splits venv out of python3; install it when we may.
     rm -rf .venv
