@@ -17,6 +17,7 @@ mkdir -p "$out"
 
 bash scripts/bootstrap.sh demo # the smallest lock with pip and the build backend
 python_bin=.venv/bin/python
+quiet() { "$@" 2> >(grep -v "^WARNING: Location" >&2); } # pip.conf's missing find-links folders
 
 platform_args=()
 while IFS= read -r p; do platform_args+=(--platform "$p"); done < <(bash flash.sh --print-wheel-platforms)
@@ -24,16 +25,16 @@ target_args=(--only-binary=:all: "${platform_args[@]}" --python-version "$pyver"
     --abi "cp${pyver/./}")
 
 # The agent itself is pure Python: one py3-none-any wheel.
-"$python_bin" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+quiet "$python_bin" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
     --no-index --wheel-dir "$out" .
 # Its dependencies: the unit lock, every file checked against its hash (--no-deps: the lock is
 # the whole set; the trial install below proves nothing is missing).
-"$python_bin" -m pip download --quiet --disable-pip-version-check --dest "$out" --no-deps \
+quiet "$python_bin" -m pip download --quiet --disable-pip-version-check --dest "$out" --no-deps \
     --require-hashes "${target_args[@]}" -r requirements/unit.lock
 # What flash.sh will do, offline: the agent with its dependencies from this folder alone.
 trial="$(mktemp -d)"
 trap 'rm -rf "$trial"' EXIT
-"$python_bin" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$out" \
+quiet "$python_bin" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$out" \
     "${target_args[@]}" --no-compile --target "$trial" dispenser-agent
 wheels=("$out"/*.whl)
 echo "wheelhouse: ${#wheels[@]} wheels in $out"
