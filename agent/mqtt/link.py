@@ -140,7 +140,7 @@ class InboundMessage:
 
 
 @dataclass(frozen=True)
-class LinkStats:
+class MqttLinkStats:
     connects: int = 0
     connect_failures: int = 0  # attempts that did not end in an accepted CONNACK
     disconnects: int = 0
@@ -573,7 +573,7 @@ class MqttLink:
         self._last_dropped_topic = ""
         self._tls_log = RateLimitedLog(logger, window_s=600.0)
         self._last_connect_error: str | None = None
-        self._counts: dict[str, int] = dict.fromkeys(LinkStats.__dataclass_fields__, 0)
+        self._counts: dict[str, int] = dict.fromkeys(MqttLinkStats.__dataclass_fields__, 0)
         self._last_callback_error: BaseException | None = None
         self._consecutive_failures = 0  # failed connect attempts since the last success
 
@@ -594,9 +594,9 @@ class MqttLink:
         return self._protocol
 
     @property
-    def stats(self) -> LinkStats:
+    def stats(self) -> MqttLinkStats:
         """A snapshot of the counters."""
-        return LinkStats(**self._counts)
+        return MqttLinkStats(**self._counts)
 
     @property
     def last_connect_error(self) -> str | None:
