@@ -57,10 +57,10 @@ from protocol.framing import DELIMITER
 from protocol.link import (
     Delivered,
     Failed,
+    FrameLinkStats,
     LinkConfig,
     LinkEndpoint,
     LinkEvent,
-    LinkStats,
     PeerRestarted,
     Received,
 )
@@ -200,7 +200,7 @@ class SessionStats:
     handler_errors: int  # on_message raised (not NotStored): frame unacknowledged, link dropped
     peer_restarts: int
     frames_rejected: int  # corrupt/invalid frames over all connections so far
-    link: LinkStats | None  # a copy of the current endpoint's counters
+    link: FrameLinkStats | None  # a copy of the current endpoint's counters
     not_stored: int = 0  # on_message raised NotStored: frame unacknowledged, link kept
     acks_withheld: int = 0  # ACKs not written for retransmits of a frame that was not stored
     stale_replies: int = 0  # replies to a previous agent process (another req_id epoch): dropped

@@ -46,7 +46,7 @@ from cobs import cobs
 from hw.dispenser import DispenserModel, ModelSnapshot
 from protocol.errors import DecodeError
 from protocol.framing import MAX_STUFFED, Frame, FrameKind, crc16, decode_stuffed
-from protocol.link import Failed, LinkConfig, LinkEndpoint, LinkEvent, LinkStats, PeerRestarted
+from protocol.link import Failed, FrameLinkStats, LinkConfig, LinkEndpoint, LinkEvent, PeerRestarted
 from protocol.link import Received as LinkReceived
 from protocol.messages import (
     Capabilities,
@@ -285,7 +285,7 @@ class SimulatorRunner:
         self._late_replies: list[tuple[float, Message]] = []  # the late_reply defect
         self._raw_out = bytearray()  # bytes written after the link's frames (oversize_frame)
         self._counters = _WireCounters()
-        self._retired = LinkStats()
+        self._retired = FrameLinkStats()
         self._sessions = 1
         self._link = LinkEndpoint(Direction.TO_AGENT, _new_session(None), self._link_config)
         self._listeners: list[Callable[[Message], None]] = []
