@@ -55,7 +55,7 @@ from protocol.ratelog import RateLimitedLog
 logger = logging.getLogger(__name__)
 
 ProtocolName = Literal["5", "3.1.1"]
-# called with the PUBACK's reason code, or with NotConnected when the connection is lost first
+# called with the PUBACK's reason code, or with MqttNotConnected when the connection is lost first
 PublishDone = Callable[[ReasonCode | BaseException], None]
 
 # CONNACK codes meaning "I do not speak this protocol version": 0x84 in MQTT 5, 1 in MQTT 3.1.1
@@ -155,7 +155,7 @@ class MqttLinkError(Exception):
     """Root of the link's errors."""
 
 
-class NotConnected(MqttLinkError, ConnectionError):  # noqa: N818 (name fixed by the API)
+class MqttNotConnected(MqttLinkError, ConnectionError):  # noqa: N818 (name fixed by the API)
     """No connection, or it dropped before the broker acknowledged. Keep the event and retry."""
 
 
@@ -209,7 +209,7 @@ class _Connection:
         self.connack: asyncio.Future[tuple[ReasonCode, bool]] = loop.create_future()
         # An attempt that failed before it awaited CONNACK never reads the error set here.
         self.connack.add_done_callback(_retrieve)
-        # mid -> what to call with the PUBACK's reason code, or with NotConnected if it is lost
+        # mid -> what to call with the PUBACK's reason code, or with MqttNotConnected if it is lost
         self.pending_publishes: dict[int, PublishDone] = {}
         self.pending_subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.lost = asyncio.Event()
@@ -428,10 +428,10 @@ class _Connection:
         self.pending_publishes.clear()
         self.pending_subscribes.clear()
         for done in publishes:
-            done(NotConnected(why))
+            done(MqttNotConnected(why))
         for future in subscribes:
             if not future.done():
-                future.set_exception(NotConnected(why))
+                future.set_exception(MqttNotConnected(why))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -635,7 +635,7 @@ class MqttLink:
     ) -> None:
         """Publish and return once the broker acknowledged it (QoS 0: once written).
 
-        Raises NotConnected when there is no connection or it drops before the ack, and
+        Raises MqttNotConnected when there is no connection or it drops before the ack, and
         PublishRejected when an MQTT 5 PUBACK carries a failure reason code. MQTT 5 properties are
         left out on MQTT 3.1.1.
         """
@@ -678,8 +678,8 @@ class MqttLink:
     ) -> None:
         """Hand a publish to paho without a task or future: `on_done(None)` once the broker
         acknowledged it (QoS 0: once written), `on_done(PublishRejected)` on a failure reason
-        code, `on_done(NotConnected)` when the connection drops first; called on the loop, at
-        most once. Raises NotConnected at once when there is no connection. paho writes it on
+        code, `on_done(MqttNotConnected)` when the connection drops first; called on the loop, at
+        most once. Raises MqttNotConnected at once when there is no connection. paho writes it on
         the loop's next turn, or at `flush()` (a batch: one flush after the last)."""
         if qos not in (0, 1):
             raise ValueError(
@@ -687,7 +687,7 @@ class MqttLink:
             )
         conn = self._conn
         if conn is None or not conn.up:
-            raise NotConnected("not connected")
+            raise MqttNotConnected("not connected")
         properties = None
         if self._protocol == "5":
             properties = _publish_properties(
@@ -695,7 +695,7 @@ class MqttLink:
             )
         info = conn.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise NotConnected(f"paho did not accept the publish: {paho.error_string(info.rc)}")
+            raise MqttNotConnected(f"paho did not accept the publish: {paho.error_string(info.rc)}")
         # Registered before anything is written: paho calls on_publish only from loop_write() /
         # loop_read() (the loop's next turn, or flush()), so the callback finds this entry.
         conn.pending_publishes[info.mid] = functools.partial(self._publish_settled, on_done)
@@ -1010,7 +1010,7 @@ class MqttLink:
                 await self._subscribe(conn)
             if self._on_connected is not None:
                 await self._on_connected()
-        except NotConnected as exc:
+        except MqttNotConnected as exc:
             logger.warning("connection lost during connect hooks: %s", exc)
         except Exception as exc:
             logger.exception("MQTT on-connect hook failed")
@@ -1025,7 +1025,7 @@ class MqttLink:
         # repairs a session the broker lost.
         result, mid = conn.client.subscribe(list(self._subscriptions))
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise NotConnected(f"subscribe not sent: {paho.error_string(result)}")
+            raise MqttNotConnected(f"subscribe not sent: {paho.error_string(result)}")
         suback: asyncio.Future[list[ReasonCode]] = conn.loop.create_future()
         conn.pending_subscribes[mid] = suback
         try:
@@ -1034,7 +1034,7 @@ class MqttLink:
         except TimeoutError:
             # Without our subscriptions the link is useless: start over with a new connection.
             conn.mark_lost("no SUBACK in time")
-            raise NotConnected("no SUBACK in time") from None
+            raise MqttNotConnected("no SUBACK in time") from None
         for (topic, _qos), reason in zip(self._subscriptions, reasons, strict=False):
             if reason.is_failure:
                 logger.error("subscription to %s refused: %s", topic, reason)
