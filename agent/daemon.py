@@ -822,8 +822,8 @@ class Daemon:
             # Not committed, so not acknowledged: the dispenser still holds the event.
             raise dsession.NotStored(str(exc)) from exc
 
-    def _on_link(self, change: dsession.LinkUp | dsession.LinkDown) -> None:
-        if isinstance(change, dsession.LinkUp):
+    def _on_link(self, change: dsession.SessionUp | dsession.SessionDown) -> None:
+        if isinstance(change, dsession.SessionUp):
             self.dispenser = DispenserView("up", change.capabilities)
         else:
             self.dispenser = DispenserView("down", self.dispenser.capabilities)
@@ -832,7 +832,7 @@ class Daemon:
             return  # failing safe: the engine is not stepped any more
         self._show_panel(self.clock.now())
         try:
-            if isinstance(change, dsession.LinkUp):
+            if isinstance(change, dsession.SessionUp):
                 self._reconcile_time(change.capabilities)
                 self.step(LinkUp(change.capabilities))
             else:

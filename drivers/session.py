@@ -31,10 +31,10 @@ Guarantees the agent relies on:
   previous agent process (killed with it in flight; the dispenser retransmits the reply to the
   successor): it is dropped quietly (debug log, counted), never matched to a request of ours and
   never passed to `on_message`.
-- `LinkDown` is reported once per outage (not per reconnect attempt), `LinkUp` once per successful
-  handshake. A dispenser that restarts mid-session (new link session seen) is reported as
-  `LinkDown("dispenser restarted")`, re-handshaken on the same port (closing a serial port drops
-  DTR, which resets many boards) and reported `LinkUp` with its new capabilities.
+- `SessionDown` is reported once per outage (not per reconnect attempt), `SessionUp` once per
+  successful handshake. A dispenser that restarts mid-session (new link session seen) is reported as
+  `SessionDown("dispenser restarted")`, re-handshaken on the same port (closing a serial port drops
+  DTR, which resets many boards) and reported `SessionUp` with its new capabilities.
 """
 
 from __future__ import annotations
@@ -175,16 +175,16 @@ class NotStored(Exception):  # noqa: N818 (reads as the answer it is)
 
 
 @dataclass(frozen=True, slots=True)
-class LinkUp:
+class SessionUp:
     capabilities: Capabilities
 
 
 @dataclass(frozen=True, slots=True)
-class LinkDown:
+class SessionDown:
     reason: str
 
 
-LinkReport: TypeAlias = LinkUp | LinkDown
+SessionReport: TypeAlias = SessionUp | SessionDown
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,7 @@ class SessionStats:
     connects: int  # successful handshakes, the first one included
     reconnects: int  # successful handshakes after the first
     connect_failures: int  # failed open/handshake attempts
-    outages: int  # LinkDown reports
+    outages: int  # SessionDown reports
     requests: int
     timeouts: int
     send_failures: int
@@ -238,7 +238,7 @@ class DispenserSession:
         transport_factory: Callable[[], Transport],
         *,
         on_message: Callable[[Message], None],
-        on_link: Callable[[LinkReport], None],
+        on_link: Callable[[SessionReport], None],
         link_config: LinkConfig = LinkConfig(),  # noqa: B008 (frozen, shared safely)
         request_timeout_s: float = 2.0,
         backoff: RetryPolicy = DEFAULT_RECONNECT,
@@ -267,7 +267,7 @@ class DispenserSession:
         self._req_by_token: dict[int, int] = {}
         self._next_req_id = 1
         self._timer: asyncio.TimerHandle | None = None
-        self._last_report: LinkReport | None = None
+        self._last_report: SessionReport | None = None
         self._counts: Counter[str] = Counter()
         self._rejected_before = 0  # frames rejected by endpoints of earlier connections
         self._withheld_before = 0  # ACKs withheld by endpoints of earlier connections
@@ -392,7 +392,7 @@ class DispenserSession:
             capabilities.firmware_version,
             conn.transport.description,
         )
-        self._report(LinkUp(capabilities))
+        self._report(SessionUp(capabilities))
 
     async def _serve_and_teardown(self, conn: _Connection) -> None:
         await self._teardown(conn, await self._serve(conn))
@@ -466,9 +466,9 @@ class DispenserSession:
 
     # --- link reports -----------------------------------------------------------------------
 
-    def _report(self, report: LinkReport) -> None:
+    def _report(self, report: SessionReport) -> None:
         self._last_report = report
-        if isinstance(report, LinkDown):
+        if isinstance(report, SessionDown):
             self._counts["outages"] += 1
         try:
             self._on_link(report)
@@ -476,8 +476,8 @@ class DispenserSession:
             log.exception("on_link handler raised on %s", report)
 
     def _report_down(self, reason: str) -> None:
-        if not isinstance(self._last_report, LinkDown):
-            self._report(LinkDown(reason))
+        if not isinstance(self._last_report, SessionDown):
+            self._report(SessionDown(reason))
 
     # --- requests ---------------------------------------------------------------------------
 

@@ -143,8 +143,8 @@ async def _with_dispenser(
     device, hint = config.dispenser.where, config.dispenser.trouble_hint
     up = asyncio.Event()
 
-    def on_link(change: dsession.LinkUp | dsession.LinkDown) -> None:
-        if isinstance(change, dsession.LinkUp):
+    def on_link(change: dsession.SessionUp | dsession.SessionDown) -> None:
+        if isinstance(change, dsession.SessionUp):
             up.set()
 
     def on_message(message: Message) -> None:
