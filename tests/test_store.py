@@ -172,7 +172,6 @@ MUTATORS: dict[str, Callable[[Store], object]] = {
     "set_kv": lambda s: s.set_kv("k", "v"),
     "next_session_counter": lambda s: s.next_session_counter(),
     "audit_append": lambda s: s.audit_append("note", {}, AT, TRUST),
-    "set_binding": lambda s: s.set_binding("p", "{}"),
 }
 
 
@@ -474,26 +473,21 @@ def test_store_managed_keys_cannot_be_overwritten(store: Store, key: str) -> Non
         store.set_kv(key, "1")
 
 
-def test_binding_is_stored_and_audited(store: Store) -> None:
-    assert store.binding() is None
-    with store.transaction():
-        store.set_binding("patient-123", '{"times":["08:00"]}')
-        store.set_binding("patient-123", '{"times":["08:00","20:00"]}')
-    current = store.binding()
-    assert current is not None
-    assert current.schedule_json == '{"times":["08:00","20:00"]}'
-    changes = [r.body["schedule"] for r in store.audit_records() if r.kind == "config.binding"]
-    assert changes == [{"times": ["08:00"]}, {"times": ["08:00", "20:00"]}]
-
-
 # -- factory reset -------------------------------------------------------------------------------
 
 MARKER = "PATIENT-MARKER-4711"  # ASCII: found in raw bytes even inside escaped JSON
 
 
-def _fill_with_patient_data(s: Store) -> None:
+def _fill_with_patient_data(s: Store, db_path: Path) -> None:
+    # Nothing in the agent writes the binding table (the engine state keeps the binding); the
+    # reset empties it all the same, so a row is put there by hand.
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(
+            "INSERT INTO binding VALUES (1, ?, ?, ?)", (MARKER, '{"patient": "' + MARKER + '"}', AT)
+        )
+    conn.close()
     with s.transaction():
-        s.set_binding(MARKER, '{"patient": "' + MARKER + '"}')
         s.set_kv("note", MARKER)
         s.next_session_counter()
         for i in range(200):
@@ -508,7 +502,7 @@ def _fill_with_patient_data(s: Store) -> None:
 def test_wipe_for_new_patient_leaves_no_patient_data(db_path: Path) -> None:
     wal = db_path.with_name(db_path.name + "-wal")
     with open_store(db_path) as s:
-        _fill_with_patient_data(s)
+        _fill_with_patient_data(s, db_path)
         # A unit that ran for weeks has its data checkpointed into the main file: show it is there.
         raw(db_path, "PRAGMA wal_checkpoint(TRUNCATE)")
         assert MARKER.encode() in db_path.read_bytes()

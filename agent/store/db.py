@@ -31,9 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from agent.store import audit, binding, ceiling, commands, kv, ledger, outbox, schema
+from agent.store import audit, ceiling, commands, kv, ledger, outbox, schema
 from agent.store.audit import AuditRecord, AuditReport, ChainAnchor, Stamp, system_stamp
-from agent.store.binding import Binding
 from agent.store.commands import CommandRecord
 from agent.store.errors import BacklogNotEmptyError, StoreCorrupt, StoreError, StoreUsageError
 from agent.store.ledger import SlotRecord
@@ -186,7 +185,7 @@ class Store:
 
         `create=False` refuses to create a missing file (for read-mostly tools such as
         `audit verify`). `stamp` gives the wall time and its trust for records the store writes by
-        itself (ledger, commands, binding, reset); inject the daemon's clock here.
+        itself (ledger, commands, reset); inject the daemon's clock here.
         """
         schema.check_sqlite_version()
         policy = OutboxPolicy(outbox_limit, delivered_retention, frozenset(droppable_kinds))
@@ -394,14 +393,6 @@ class Store:
         return commands.record_command(
             self._writer(), self._stamp(), command_id, name, response_json
         )
-
-    # -- binding -------------------------------------------------------------------------------
-
-    def binding(self) -> Binding | None:
-        return binding.get_binding(self._db())
-
-    def set_binding(self, patient_ref: str, schedule_json: str) -> Binding:
-        return binding.set_binding(self._writer(), self._stamp(), patient_ref, schedule_json)
 
     # -- key/value -----------------------------------------------------------------------------
 
