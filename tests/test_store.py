@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.store import ledger
 from agent.store.audit import Stamp
 from agent.store.db import Store
 from agent.store.errors import (
@@ -24,6 +25,7 @@ from agent.store.errors import (
     UnknownEventError,
     UnknownSlotError,
 )
+from agent.store.ledger import SlotRecord
 from agent.store.uuid7 import Uuid7Factory
 
 AT = "2026-03-01T08:00:00.000+00:00"
@@ -74,15 +76,28 @@ def raw(db_path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[
         conn.close()
 
 
+def slot_row(db_path: Path, slot_id: str) -> SlotRecord | None:
+    conn = sqlite3.connect(db_path)
+    try:
+        return ledger.slot_state(conn, slot_id)
+    finally:
+        conn.close()
+
+
 # -- opening -------------------------------------------------------------------------------------
 
 
 def test_open_sets_durability_pragmas_and_schema_version(store: Store, db_path: Path) -> None:
-    assert store.durability_settings() == {
+    conn = store._db()  # the pragmas but journal_mode hold per connection: ask the store's own
+    settings = {
+        name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "foreign_keys", "secure_delete")
+    }
+    assert settings == {
         "journal_mode": "wal",
-        "synchronous": "2",  # FULL
-        "foreign_keys": "1",
-        "secure_delete": "1",
+        "synchronous": 2,  # FULL
+        "foreign_keys": 1,
+        "secure_delete": 1,
     }
     assert raw(db_path, "PRAGMA user_version") == [(1,)]
 
@@ -136,7 +151,7 @@ def test_closed_store_refuses_use(db_path: Path) -> None:
 # -- transactions --------------------------------------------------------------------------------
 
 
-def test_failed_transaction_leaves_no_event_audit_or_sequence(store: Store) -> None:
+def test_failed_transaction_leaves_no_event_audit_or_sequence(store: Store, db_path: Path) -> None:
     audit_before = len(store.audit_records(limit=1000))
 
     def failing_engine_step() -> None:
@@ -150,7 +165,7 @@ def test_failed_transaction_leaves_no_event_audit_or_sequence(store: Store) -> N
         failing_engine_step()
     assert store.events_from(0) == []
     assert len(store.audit_records(limit=1000)) == audit_before
-    assert store.slot_state("slot-a") is None
+    assert raw(db_path, "SELECT count(*) FROM ledger") == [(0,)]
     assert store.command_seen("cmd-1") is None
     assert append(store) == 1  # the rolled-back number was not consumed
 
@@ -368,7 +383,7 @@ def test_begin_dispense_twice_raises_even_after_reopen(db_path: Path) -> None:
         s.begin_dispense("2026-03-01T08:00", 99, 7, AT)
 
 
-def test_one_outcome_per_slot(store: Store) -> None:
+def test_one_outcome_per_slot(store: Store, db_path: Path) -> None:
     with store.transaction():
         store.begin_dispense("s1", 1, 0, AT)
         store.record_presented("s1")
@@ -376,7 +391,7 @@ def test_one_outcome_per_slot(store: Store) -> None:
     assert (record.outcome, record.presented_utc, record.dispense_id) == ("taken", AT, 1)
     with pytest.raises(OutcomeAlreadyRecorded), store.transaction():
         store.record_outcome("s1", "missed", "timeout")
-    assert store.slot_state("s1") == record
+    assert slot_row(db_path, "s1") == record
     with pytest.raises(OutcomeAlreadyRecorded), store.transaction():
         store.record_presented("s1")
 
@@ -389,8 +404,8 @@ def test_a_slot_resolved_without_dispensing_can_never_be_begun(store: Store) -> 
     assert store.open_slots() == []
 
 
-def test_unknown_slot_is_reported(store: Store) -> None:
-    assert store.slot_state("nope") is None
+def test_unknown_slot_is_reported(store: Store, db_path: Path) -> None:
+    assert slot_row(db_path, "nope") is None
     with pytest.raises(UnknownSlotError), store.transaction():
         store.record_presented("nope")
 

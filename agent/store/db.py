@@ -307,14 +307,6 @@ class Store:
         finally:
             conn.execute("COMMIT")
 
-    def durability_settings(self) -> dict[str, str]:
-        """Durability pragmas of the connection as SQLite reports them (health reports, tests)."""
-        conn = self._db()
-        return {
-            name: str(conn.execute(f"PRAGMA {name}").fetchone()[0])
-            for name in ("journal_mode", "synchronous", "foreign_keys", "secure_delete")
-        }
-
     # -- outbox --------------------------------------------------------------------------------
 
     def append_event(
@@ -348,9 +340,6 @@ class Store:
         return outbox.events_from(self._db(), seq, limit)
 
     # -- dose ledger ---------------------------------------------------------------------------
-
-    def slot_state(self, slot_id: str) -> SlotRecord | None:
-        return ledger.slot_state(self._db(), slot_id)
 
     def begin_dispense(
         self, slot_id: str, dispense_id: int, sachet_index: int, due_utc: str
