@@ -177,7 +177,6 @@ class DoseEngine:
             book=ConditionBook(present=raised, raised=raised),
             next_alert_seq=state.next_alert_seq,
         )
-        self._extra = dict(state.extra)
         self._desk = RollDesk(
             roll=state.roll, unplanned=state.unplanned, decisions=state.discard_decisions
         )
@@ -235,7 +234,6 @@ class DoseEngine:
             starts=self._outbound.starts,
             unplanned=self._desk.unplanned,
             discard_decisions=self._desk.decisions,
-            extra=dict(self._extra),
         )
 
     @property
@@ -480,7 +478,7 @@ class DoseEngine:
                 self._mirror.keepalive_refused = False
                 self._outbound.retry_at = None
                 self._condition(actions, "no_contact", False, now)
-            case LinkDown(reason=reason):
+            case LinkDown():
                 if self._mirror.link_up:
                     self._mirror.link_down_since = now.mono
                 self._mirror.link_up = False
@@ -497,7 +495,6 @@ class DoseEngine:
                 ]
                 self._mirror.keepalive_due = None
                 self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
-                self._extra["last_link_down_reason"] = reason
             case SetBinding(binding=binding):
                 self._on_binding(binding, now, actions)
             case SetSchedule(schedule=schedule, version=version):
