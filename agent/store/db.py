@@ -37,7 +37,6 @@ from agent.store.commands import CommandRecord
 from agent.store.errors import BacklogNotEmptyError, StoreCorrupt, StoreError, StoreUsageError
 from agent.store.ledger import SlotRecord
 from agent.store.outbox import (
-    DEFAULT_DROPPABLE_KINDS,
     DELIVERED_RETENTION,
     OUTBOX_LIMIT,
     BacklogInfo,
@@ -175,7 +174,7 @@ class Store:
         create: bool = True,
         outbox_limit: int = OUTBOX_LIMIT,
         delivered_retention: int = DELIVERED_RETENTION,
-        droppable_kinds: frozenset[str] = DEFAULT_DROPPABLE_KINDS,
+        droppable_kinds: frozenset[str] = frozenset(),
         stamp: Callable[[], Stamp] = system_stamp,
         new_event_id: Callable[[], str] | None = None,
         audit_retention: int = audit.AUDIT_RETENTION,
@@ -214,7 +213,7 @@ class Store:
         conn = sqlite3.connect(":memory:", isolation_level=None)
         conn.execute("PRAGMA foreign_keys = ON")
         _ensure_schema(conn, stand_in_for, stamp())
-        policy = OutboxPolicy(OUTBOX_LIMIT, DELIVERED_RETENTION, DEFAULT_DROPPABLE_KINDS)
+        policy = OutboxPolicy(OUTBOX_LIMIT, DELIVERED_RETENTION)
         return cls(conn, stand_in_for, policy, stamp, Uuid7Factory())
 
     @property
