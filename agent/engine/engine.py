@@ -63,7 +63,6 @@ from agent.engine.types import (
     Emit,
     EndPause,
     EngineConfig,
-    EngineEvent,
     EngineInput,
     EngineInputError,
     FromDispenser,
@@ -2519,6 +2518,3 @@ def _travel_collect_by(run: SlotRun, config: EngineConfig) -> float | None:
 
 def _wire_iso(seconds: int) -> str | None:
     return utc_text_or_none(roll_check.wire_time(seconds))
-
-
-_ = EngineEvent  # re-exported names used by type checkers of callers
