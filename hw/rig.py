@@ -281,7 +281,6 @@ class Options:
     slot: datetime | None = None  # the first dose; default: CI_SLOT on a fast clock, else soon
     defects: frozenset[str] = frozenset()
     workdir: Path | None = None
-    keep_logs: bool = False
     grace_minutes: float = 5.0
 
 

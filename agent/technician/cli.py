@@ -15,8 +15,6 @@ from pathlib import Path
 from agent.config import ConfigError, load_config
 from agent.technician.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Report
 
-COMMANDS = ("reset", "audit-export")
-
 
 def add_reset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reset = sub.add_parser(
