@@ -356,7 +356,7 @@ class DispenserSession:
         conn.pump = asyncio.create_task(self._pump(conn), name="dispenser-link-pump")
         try:
             capabilities = await self._handshake(conn)
-        except BaseException:
+        except BaseException:  # whatever stopped the handshake (a cancel too): torn down, re-raised
             await self._teardown(conn, None)
             raise
         self._link_up(conn, capabilities)
@@ -472,7 +472,7 @@ class DispenserSession:
             self._counts["outages"] += 1
         try:
             self._on_link(report)
-        except Exception:
+        except Exception:  # the daemon's callback: its bug must not stop the session
             log.exception("on_link handler raised on %s", report)
 
     def _report_down(self, reason: str) -> None:
@@ -532,7 +532,7 @@ class DispenserSession:
                         self._counts["not_stored"] += 1
                         conn.endpoint.withdraw_ack()
                         log.warning("dispenser message not stored (%s): left unacknowledged", exc)
-                    except Exception as exc:
+                    except Exception as exc:  # any other failure of on_message: see below
                         # Not acknowledged: the dispenser must resend what the agent could not
                         # take. What earlier frames of this read were answered with goes out.
                         conn.endpoint.take_outgoing()
@@ -543,7 +543,7 @@ class DispenserSession:
                     out += conn.endpoint.take_outgoing()
                 self._write(conn, bytes(out))  # the ACKs go out only now, after on_message
                 self._arm_timer(conn)
-        except BaseException as exc:
+        except BaseException as exc:  # however the pump ends, no request waits for ever; re-raised
             self._fail_pending(f"link pump ended: {exc!r}")
             raise
 

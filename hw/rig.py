@@ -316,7 +316,7 @@ def _start_side(opts: Options, workdir: Path) -> Side:
                 defects=opts.defects,
             )
             front.start()
-        except BaseException:
+        except BaseException:  # whatever stopped it: the bus is not left running; re-raised
             bus.stop()
             raise
 

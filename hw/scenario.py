@@ -742,7 +742,7 @@ class ScenarioPlayer:
         def run() -> None:
             try:
                 self.play(duration_s)
-            except BaseException as exc:
+            except BaseException as exc:  # the thread's end: kept for the test that waits on it
                 log.exception("scenario failed")
                 with self._cond:
                     self.error = exc

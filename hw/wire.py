@@ -306,7 +306,7 @@ class SimulatorRunner:
         self._device_name = ""
         try:
             self._plug()
-        except BaseException:
+        except BaseException:  # whatever stopped it: no descriptor is leaked; re-raised
             self._close_fds()
             raise
 
@@ -607,7 +607,7 @@ class SimulatorRunner:
             job = self._jobs.popleft()
             try:
                 job.fn()
-            except Exception as exc:
+            except Exception as exc:  # a test's action: kept for call(), which raises it
                 log.exception("simulator action failed")
                 job.error = exc
             finally:
@@ -900,5 +900,5 @@ class SimulatorRunner:
             return
         try:
             self._trace(TraceEvent(direction, frame, message, note, raw))
-        except Exception:
+        except Exception:  # a test's trace callback must not take the dispenser down
             log.exception("trace callback failed")

@@ -260,7 +260,8 @@ class _Connection:
             sock = self.client.socket()
             if isinstance(sock, ssl.SSLSocket) and self._fd is not None and sock.pending():
                 self.loop.call_soon(self._readable)
-        except Exception as exc:  # paho raises on some socket errors instead of returning a code
+        except Exception as exc:  # paho raises on some socket errors instead of returning a code;
+            # a loop callback must not leak anything (the socket would stay registered)
             self._io_failed("read", exc)
 
     def _writable(self) -> None:
@@ -302,7 +303,10 @@ class _Connection:
             self._io_failed("keepalive", exc)
 
     def _io_failed(self, what: str, exc: Exception) -> None:
-        logger.warning("MQTT socket %s failed: %r", what, exc)
+        # a socket error is routine; anything else is a bug and gets its traceback
+        logger.warning(
+            "MQTT socket %s failed: %r", what, exc, exc_info=not isinstance(exc, OSError)
+        )
         self.mark_lost(f"socket {what} failed: {exc!r}", cause=exc)
         self.release()
 
@@ -345,7 +349,7 @@ class _Connection:
         def guarded(*args: Any) -> None:
             try:
                 callback(*args)
-            except Exception as exc:
+            except Exception as exc:  # the caller's callback, inside paho's read: see below
                 # Never let an exception reach paho: it would abort the read in the middle.
                 logger.exception("MQTT callback %s failed", name)
                 self._on_callback_error(name, exc)
@@ -790,8 +794,11 @@ class MqttLink:
                 await self.publish(
                     farewell.topic, farewell.payload, qos=farewell.qos, retain=farewell.retain
                 )
-        except Exception as exc:  # best effort: the broker may already be gone
+        except (MqttLinkError, TimeoutError) as exc:  # the broker may already be gone
             logger.warning("farewell not published (%r); the will may follow instead", exc)
+        except Exception as exc:  # the caller's factory: its bug must not stop the stop
+            logger.exception("farewell not published; the will may follow instead")
+            self._record_callback_error("farewell_factory", exc)
 
     async def _connect_once(self) -> _Connection:
         """One connect attempt: every step under one deadline (connect_timeout_s) and logged.
@@ -801,7 +808,7 @@ class MqttLink:
         where = f"{settings.host}:{settings.port}"
         try:
             will = self._will_factory() if self._will_factory is not None else None
-        except Exception as exc:
+        except Exception as exc:  # the caller's factory: its bug is logged, recorded, retried
             logger.exception("will_factory failed; not connecting without a will")
             self._record_callback_error("will_factory", exc)
             self._consecutive_failures += 1
@@ -919,7 +926,7 @@ class MqttLink:
             return
         try:
             self._will_unseen(will)
-        except Exception as exc:
+        except Exception as exc:  # the caller's callback: its bug must not stop reconnecting
             logger.exception("will_unseen failed")
             self._record_callback_error("will_unseen", exc)
 
@@ -1012,7 +1019,7 @@ class MqttLink:
                 await self._on_connected()
         except MqttNotConnected as exc:
             logger.warning("connection lost during connect hooks: %s", exc)
-        except Exception as exc:
+        except Exception as exc:  # the caller's hook: its bug must not hold the link back
             logger.exception("MQTT on-connect hook failed")
             self._record_callback_error("on_connected", exc)
         finally:
@@ -1094,7 +1101,7 @@ class MqttLink:
             return
         try:
             self._on_inbound_dropped(count, self._last_dropped_topic)
-        except Exception as exc:
+        except Exception as exc:  # the caller's callback, on a loop timer: logged and recorded
             logger.exception("on_inbound_dropped failed")
             self._record_callback_error("on_inbound_dropped", exc)
 

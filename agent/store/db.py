@@ -137,7 +137,7 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path, stamp: Stamp) -> None:
                 stamp.trust,
             )
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException:  # whatever stopped it: no half-made schema is committed; re-raised
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
@@ -199,7 +199,7 @@ class Store:
                     raise StoreError(f"{path} is a SQLite file but not an agent store")
             _configure(conn, path)
             _ensure_schema(conn, path, stamp())
-        except BaseException:
+        except BaseException:  # whatever stopped it: the connection is not leaked; re-raised
             conn.close()
             raise
         return cls(
@@ -263,7 +263,7 @@ class Store:
             yield
             self._keep_bounded(conn)
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException:  # whatever ended the block (cancel too): roll back, re-raise
             # SQLite may already have rolled back by itself (disk full, I/O error).
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
