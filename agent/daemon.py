@@ -101,7 +101,7 @@ from agent.engine.types import (
 from agent.engine.types import Binding as EngineBinding
 from agent.envelope import build_envelope
 from agent.inbound_drops import inbound_drop_reporter
-from agent.mqtt.link import MqttLink, MqttSettings, Will
+from agent.mqtt.link import MqttLink, MqttLinkError, MqttSettings, Will
 from agent.publisher import OutboxPublisher
 from agent.sdnotify import SystemdNotifier
 from agent.store.db import Store
@@ -688,8 +688,11 @@ class Daemon:
                 await self.mqtt.publish(
                     offline.topic, offline.payload, qos=offline.qos, retain=offline.retain
                 )
-        except Exception as exc:
+        except (TimeoutError, MqttLinkError) as exc:
             log.error("fail-safe: could not tell the response centre: %r", exc)
+            return False
+        except Exception:  # a bug here must not keep the fail-safe from locking the dispenser
+            log.exception("fail-safe: could not tell the response centre")
             return False
         return True
 
@@ -822,8 +825,8 @@ class Daemon:
             # Not committed, so not acknowledged: the dispenser still holds the event.
             raise dsession.NotStored(str(exc)) from exc
 
-    def _on_link(self, change: dsession.LinkUp | dsession.LinkDown) -> None:
-        if isinstance(change, dsession.LinkUp):
+    def _on_link(self, change: dsession.SessionUp | dsession.SessionDown) -> None:
+        if isinstance(change, dsession.SessionUp):
             self.dispenser = DispenserView("up", change.capabilities)
         else:
             self.dispenser = DispenserView("down", self.dispenser.capabilities)
@@ -832,7 +835,7 @@ class Daemon:
             return  # failing safe: the engine is not stepped any more
         self._show_panel(self.clock.now())
         try:
-            if isinstance(change, dsession.LinkUp):
+            if isinstance(change, dsession.SessionUp):
                 self._reconcile_time(change.capabilities)
                 self.step(LinkUp(change.capabilities))
             else:
@@ -1145,7 +1148,7 @@ class Daemon:
             )
         try:
             await self.mqtt.publish(topic, payload, qos=1, correlation_data=correlation)
-        except Exception as exc:  # the command is recorded: a resent command id gets the answer
+        except MqttLinkError as exc:  # the command is recorded: a resent command id gets the answer
             log.warning("command response not delivered (%s); a retry of the command gets it", exc)
 
 

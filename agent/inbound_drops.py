@@ -21,7 +21,7 @@ def inbound_drop_reporter(daemon: Daemon) -> Callable[[int, str], None]:
         event = make_event("mqtt_inbound_dropped", {"count": count, "topic": topic[:200]})
         try:
             daemon.apply([Emit(event)], daemon.clock.now(), cause="a flood report")
-        except Exception:  # the store's own fault handling has spoken; a report is not worth more
+        except Exception:  # a store fault has started the fail-safe already; a bug is logged
             log.exception("inbound drops not reported")
 
     return report

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agent.mqtt.link import MqttLink, NotConnected, PublishRejected
+from agent.mqtt.link import MqttLink, MqttNotConnected, PublishRejected
 from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
 
@@ -132,7 +132,7 @@ class OutboxPublisher:
             await self._mqtt.wait_ready()
             try:
                 await self._serve_connection()
-            except NotConnected:
+            except MqttNotConnected:
                 log.info("publisher: connection lost, unacknowledged events stay in the outbox")
             except PublishRejected as exc:
                 self.stats.rejected += 1
@@ -208,7 +208,9 @@ class OutboxPublisher:
                 await self._wake.wait()
         finally:
             self._mark_delivered()
-        raise serving.failure or NotConnected("publishing stopped")  # the loop ends on a failure
+        raise serving.failure or MqttNotConnected(
+            "publishing stopped"
+        )  # the loop ends on a failure
 
     def _next_batch(self, room: int) -> list[tuple[OutboxEvent, bool, bool]]:
         """Up to `room` events: the live lane first, then the backlog, then a re-send slice;
@@ -235,7 +237,7 @@ class OutboxPublisher:
                 functools.partial(self._settled, serving, event.seq, counts),
                 qos=1,
             )
-        except NotConnected as exc:
+        except MqttNotConnected as exc:
             serving.fail(exc)
             self._wake.set()
             raise

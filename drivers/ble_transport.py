@@ -113,7 +113,7 @@ class BleTransport:
             await self._abandon()
             what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             raise TransportError(f"cannot open {self.description}: {what}") from exc
-        except BaseException:
+        except BaseException:  # anything else (a cancel too): the client is let go; re-raised
             await self._abandon()
             raise
         self._writer = asyncio.create_task(self._write_loop(), name="ble-writer")

@@ -142,7 +142,7 @@ class LocalPanel:
                     if contact is not None:
                         contact.when_pressed = self._handler(ContactChanged(name, True))
                         contact.when_released = self._handler(ContactChanged(name, False))
-        except BaseException:
+        except BaseException:  # whatever stopped it: no pin stays claimed; re-raised
             self.close()
             raise
 
@@ -177,7 +177,7 @@ class LocalPanel:
             self.chirp()
         try:
             self._on_event(event)
-        except Exception:  # a panel input must never stop the loop
+        except Exception:  # the daemon's callback: a bug there must not stop the buttons
             log.exception("panel input %s not handled", event)
 
     # --- output (on the loop) ----------------------------------------------------------------
@@ -294,8 +294,11 @@ def open_panel(
             reminder_every_s=reminder_every_s,
             monotonic=monotonic,
         )
-    except Exception as exc:  # ImportError, gpiozero's BadPinFactory / GPIOPinInUse / ...
-        log.warning("no local buttons, lights or buzzer: GPIO not available (%s)", exc)
+    except Exception as exc:  # ImportError, gpiozero's BadPinFactory / GPIOPinInUse, a pin
+        # library's own errors: none of them must stop a unit that can run without the panel
+        log.warning(
+            "no local buttons, lights or buzzer: GPIO not available (%s)", exc, exc_info=True
+        )
         return None
 
 

@@ -51,7 +51,7 @@ class SerialTransport:
             raise TransportError(f"cannot open {self.description}: {exc}") from exc
         try:
             fd = port.fileno()
-        except Exception as exc:  # loop://, socket:// and friends have no pollable fd
+        except OSError as exc:  # loop://, rfc2217:// and friends have no pollable fd
             port.close()
             raise TransportError(f"{self.description} has no file descriptor: {exc}") from exc
         os.set_blocking(fd, False)

@@ -31,10 +31,10 @@ Guarantees the agent relies on:
   previous agent process (killed with it in flight; the dispenser retransmits the reply to the
   successor): it is dropped quietly (debug log, counted), never matched to a request of ours and
   never passed to `on_message`.
-- `LinkDown` is reported once per outage (not per reconnect attempt), `LinkUp` once per successful
-  handshake. A dispenser that restarts mid-session (new link session seen) is reported as
-  `LinkDown("dispenser restarted")`, re-handshaken on the same port (closing a serial port drops
-  DTR, which resets many boards) and reported `LinkUp` with its new capabilities.
+- `SessionDown` is reported once per outage (not per reconnect attempt), `SessionUp` once per
+  successful handshake. A dispenser that restarts mid-session (new link session seen) is reported as
+  `SessionDown("dispenser restarted")`, re-handshaken on the same port (closing a serial port drops
+  DTR, which resets many boards) and reported `SessionUp` with its new capabilities.
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ from protocol.framing import DELIMITER
 from protocol.link import (
     Delivered,
     Failed,
+    FrameLinkStats,
     LinkConfig,
     LinkEndpoint,
     LinkEvent,
-    LinkStats,
     PeerRestarted,
     Received,
 )
@@ -175,16 +175,16 @@ class NotStored(Exception):  # noqa: N818 (reads as the answer it is)
 
 
 @dataclass(frozen=True, slots=True)
-class LinkUp:
+class SessionUp:
     capabilities: Capabilities
 
 
 @dataclass(frozen=True, slots=True)
-class LinkDown:
+class SessionDown:
     reason: str
 
 
-LinkReport: TypeAlias = LinkUp | LinkDown
+SessionReport: TypeAlias = SessionUp | SessionDown
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,7 @@ class SessionStats:
     connects: int  # successful handshakes, the first one included
     reconnects: int  # successful handshakes after the first
     connect_failures: int  # failed open/handshake attempts
-    outages: int  # LinkDown reports
+    outages: int  # SessionDown reports
     requests: int
     timeouts: int
     send_failures: int
@@ -200,7 +200,7 @@ class SessionStats:
     handler_errors: int  # on_message raised (not NotStored): frame unacknowledged, link dropped
     peer_restarts: int
     frames_rejected: int  # corrupt/invalid frames over all connections so far
-    link: LinkStats | None  # a copy of the current endpoint's counters
+    link: FrameLinkStats | None  # a copy of the current endpoint's counters
     not_stored: int = 0  # on_message raised NotStored: frame unacknowledged, link kept
     acks_withheld: int = 0  # ACKs not written for retransmits of a frame that was not stored
     stale_replies: int = 0  # replies to a previous agent process (another req_id epoch): dropped
@@ -238,7 +238,7 @@ class DispenserSession:
         transport_factory: Callable[[], Transport],
         *,
         on_message: Callable[[Message], None],
-        on_link: Callable[[LinkReport], None],
+        on_link: Callable[[SessionReport], None],
         link_config: LinkConfig = LinkConfig(),  # noqa: B008 (frozen, shared safely)
         request_timeout_s: float = 2.0,
         backoff: RetryPolicy = DEFAULT_RECONNECT,
@@ -267,7 +267,7 @@ class DispenserSession:
         self._req_by_token: dict[int, int] = {}
         self._next_req_id = 1
         self._timer: asyncio.TimerHandle | None = None
-        self._last_report: LinkReport | None = None
+        self._last_report: SessionReport | None = None
         self._counts: Counter[str] = Counter()
         self._rejected_before = 0  # frames rejected by endpoints of earlier connections
         self._withheld_before = 0  # ACKs withheld by endpoints of earlier connections
@@ -356,7 +356,7 @@ class DispenserSession:
         conn.pump = asyncio.create_task(self._pump(conn), name="dispenser-link-pump")
         try:
             capabilities = await self._handshake(conn)
-        except BaseException:
+        except BaseException:  # whatever stopped the handshake (a cancel too): torn down, re-raised
             await self._teardown(conn, None)
             raise
         self._link_up(conn, capabilities)
@@ -392,7 +392,7 @@ class DispenserSession:
             capabilities.firmware_version,
             conn.transport.description,
         )
-        self._report(LinkUp(capabilities))
+        self._report(SessionUp(capabilities))
 
     async def _serve_and_teardown(self, conn: _Connection) -> None:
         await self._teardown(conn, await self._serve(conn))
@@ -466,18 +466,18 @@ class DispenserSession:
 
     # --- link reports -----------------------------------------------------------------------
 
-    def _report(self, report: LinkReport) -> None:
+    def _report(self, report: SessionReport) -> None:
         self._last_report = report
-        if isinstance(report, LinkDown):
+        if isinstance(report, SessionDown):
             self._counts["outages"] += 1
         try:
             self._on_link(report)
-        except Exception:
+        except Exception:  # the daemon's callback: its bug must not stop the session
             log.exception("on_link handler raised on %s", report)
 
     def _report_down(self, reason: str) -> None:
-        if not isinstance(self._last_report, LinkDown):
-            self._report(LinkDown(reason))
+        if not isinstance(self._last_report, SessionDown):
+            self._report(SessionDown(reason))
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -532,7 +532,7 @@ class DispenserSession:
                         self._counts["not_stored"] += 1
                         conn.endpoint.withdraw_ack()
                         log.warning("dispenser message not stored (%s): left unacknowledged", exc)
-                    except Exception as exc:
+                    except Exception as exc:  # any other failure of on_message: see below
                         # Not acknowledged: the dispenser must resend what the agent could not
                         # take. What earlier frames of this read were answered with goes out.
                         conn.endpoint.take_outgoing()
@@ -543,7 +543,7 @@ class DispenserSession:
                     out += conn.endpoint.take_outgoing()
                 self._write(conn, bytes(out))  # the ACKs go out only now, after on_message
                 self._arm_timer(conn)
-        except BaseException as exc:
+        except BaseException as exc:  # however the pump ends, no request waits for ever; re-raised
             self._fail_pending(f"link pump ended: {exc!r}")
             raise
 

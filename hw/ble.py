@@ -306,7 +306,7 @@ class BleDispenser:
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:
+        except BaseException as exc:  # the thread's end: kept for the caller, who re-raises it
             log.exception("BLE front failed")
             self._thread_error = exc
             self._ready.set()

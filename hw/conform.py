@@ -169,7 +169,7 @@ class BleByteLink:
         self._pump: concurrent.futures.Future[None] | None = None
         try:
             self._call(self._transport.open(), self.OPEN_TIMEOUT_S)
-        except BaseException:
+        except BaseException:  # whatever stopped it: the loop thread is not left running; re-raised
             self._stop_loop()
             raise
         self._pump = asyncio.run_coroutine_threadsafe(self._read_forever(), self._loop)

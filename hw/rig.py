@@ -176,7 +176,7 @@ def matches(expectation: Expectation, seen: Seen) -> bool:
 
 
 @dataclass
-class Verdict:
+class RigVerdict:
     line: int
     text: str
     passed: bool | None  # None: not decided yet
@@ -201,12 +201,12 @@ def judge(
     rate: float,
     length_s: float,
     slack: float,
-) -> Verdict:
+) -> RigVerdict:
     """One expectation against what arrived so far, at scenario time `now_s`. Arrivals before
     t=0 count as at 0 (the link came up while the agent started). `slack` stretches the
     `within` deadline of "at least one" expectations (a loaded machine), never a count window."""
     exp = expectation
-    verdict = Verdict(exp.line, exp.text, None)
+    verdict = RigVerdict(exp.line, exp.text, None)
     hits = [(max(0.0, scenario_time(s.mono)), s) for s in seen if matches(exp, s)]
     if exp.count is None:
         deadline = (exp.within_s if exp.within_s is not None else length_s) * slack
@@ -281,7 +281,6 @@ class Options:
     slot: datetime | None = None  # the first dose; default: CI_SLOT on a fast clock, else soon
     defects: frozenset[str] = frozenset()
     workdir: Path | None = None
-    keep_logs: bool = False
     grace_minutes: float = 5.0
 
 
@@ -317,7 +316,7 @@ def _start_side(opts: Options, workdir: Path) -> Side:
                 defects=opts.defects,
             )
             front.start()
-        except BaseException:
+        except BaseException:  # whatever stopped it: the bus is not left running; re-raised
             bus.stop()
             raise
 
@@ -351,7 +350,7 @@ class Result:
     scenario: str
     transport: str
     passed: bool
-    expectations: list[Verdict]
+    expectations: list[RigVerdict]
     played: list[dict[str, Any]]
     real_s: float
     link_up_real_s: float | None
@@ -561,7 +560,7 @@ def _watch(
     scenario_time: Callable[[float], float],
     rate: float,
     slack: float,
-) -> list[Verdict]:
+) -> list[RigVerdict]:
     """Judge every expectation as events arrive, until all are decided (or a bounded wait)."""
     length = scenario.length_s
     latest = max(

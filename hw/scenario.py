@@ -10,7 +10,7 @@ Actions: see `ACTIONS` and hw/README.md. Errors name the line: `line 3: unknown 
 
 `ScenarioPlayer` plays a parsed scenario against a runner. Time comes from an injectable clock and
 an injectable `wait_until(deadline, wake)`: the default waits on a threading.Event with a timeout
-(woken early by reactions and by `stop()`), `VirtualClock` jumps straight to the deadline so a test
+(woken early by reactions and by `stop()`), `ScenarioClock` jumps straight to the deadline so a test
 plays a day in milliseconds.
 """
 
@@ -594,7 +594,7 @@ class LinkedTarget:
 WaitUntil: TypeAlias = Callable[[float | None, threading.Event], None]
 
 
-class VirtualClock:
+class ScenarioClock:
     """A clock for tests: waiting for a deadline moves time straight to it."""
 
     def __init__(self, start: float = 0.0) -> None:
@@ -742,7 +742,7 @@ class ScenarioPlayer:
         def run() -> None:
             try:
                 self.play(duration_s)
-            except BaseException as exc:
+            except BaseException as exc:  # the thread's end: kept for the test that waits on it
                 log.exception("scenario failed")
                 with self._cond:
                     self.error = exc

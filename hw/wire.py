@@ -46,7 +46,7 @@ from cobs import cobs
 from hw.dispenser import DispenserModel, ModelSnapshot
 from protocol.errors import DecodeError
 from protocol.framing import MAX_STUFFED, Frame, FrameKind, crc16, decode_stuffed
-from protocol.link import Failed, LinkConfig, LinkEndpoint, LinkEvent, LinkStats, PeerRestarted
+from protocol.link import Failed, FrameLinkStats, LinkConfig, LinkEndpoint, LinkEvent, PeerRestarted
 from protocol.link import Received as LinkReceived
 from protocol.messages import (
     Capabilities,
@@ -285,7 +285,7 @@ class SimulatorRunner:
         self._late_replies: list[tuple[float, Message]] = []  # the late_reply defect
         self._raw_out = bytearray()  # bytes written after the link's frames (oversize_frame)
         self._counters = _WireCounters()
-        self._retired = LinkStats()
+        self._retired = FrameLinkStats()
         self._sessions = 1
         self._link = LinkEndpoint(Direction.TO_AGENT, _new_session(None), self._link_config)
         self._listeners: list[Callable[[Message], None]] = []
@@ -306,7 +306,7 @@ class SimulatorRunner:
         self._device_name = ""
         try:
             self._plug()
-        except BaseException:
+        except BaseException:  # whatever stopped it: no descriptor is leaked; re-raised
             self._close_fds()
             raise
 
@@ -607,7 +607,7 @@ class SimulatorRunner:
             job = self._jobs.popleft()
             try:
                 job.fn()
-            except Exception as exc:
+            except Exception as exc:  # a test's action: kept for call(), which raises it
                 log.exception("simulator action failed")
                 job.error = exc
             finally:
@@ -900,5 +900,5 @@ class SimulatorRunner:
             return
         try:
             self._trace(TraceEvent(direction, frame, message, note, raw))
-        except Exception:
+        except Exception:  # a test's trace callback must not take the dispenser down
             log.exception("trace callback failed")

@@ -77,7 +77,7 @@ LinkEvent = Received | Delivered | Failed | PeerRestarted
 
 
 @dataclass
-class LinkStats:
+class FrameLinkStats:
     frames_in: int = 0
     frames_out: int = 0
     retransmits: int = 0
@@ -107,7 +107,7 @@ class LinkEndpoint:
         self.sends = sends
         self.session = session
         self.config = config or LinkConfig()
-        self.stats = LinkStats()
+        self.stats = FrameLinkStats()
         self._decoder = FrameDecoder(rejected=self.stats.rejected)
         self._fault_log = RateLimitedLog(log)  # a peer that keeps sending junk: counted lines
         self._outgoing = bytearray()

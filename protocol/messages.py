@@ -387,7 +387,7 @@ Command: TypeAlias = (
 )
 """Every agent -> dispenser message (each carries a req_id and gets exactly one reply)."""
 
-FromDispenser: TypeAlias = (
+DispenserMessage: TypeAlias = (
     Capabilities
     | CommandResult
     | RollInserted
@@ -406,9 +406,11 @@ FromDispenser: TypeAlias = (
     | BinLevel
 )
 
-Message: TypeAlias = Command | FromDispenser
+Message: TypeAlias = Command | DispenserMessage
 
-ALL_MESSAGES: tuple[type[Message], ...] = typing.get_args(Command) + typing.get_args(FromDispenser)
+ALL_MESSAGES: tuple[type[Message], ...] = typing.get_args(Command) + typing.get_args(
+    DispenserMessage
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from ble_support import ble_bus, next_address, private_bus
 
 from drivers.ble_transport import BleTarget, BleTransport
 from drivers.retry import RetryPolicy
-from drivers.session import DispenserSession, LinkDown, LinkLost, LinkUp
+from drivers.session import DispenserSession, LinkLost, SessionDown, SessionUp
 from drivers.transport import TransportClosed, TransportError
 from hw.ble import BleDispenser, PrivateBus
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
@@ -49,14 +49,14 @@ NAME = "VKP-Dispenser"
 @dataclass
 class Received:
     messages: list[Message] = field(default_factory=list)
-    links: list[LinkUp | LinkDown] = field(default_factory=list)
+    links: list[SessionUp | SessionDown] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_message(self, message: Message) -> None:
         self.messages.append(message)
         self.changed.set()
 
-    def on_link(self, report: LinkUp | LinkDown) -> None:
+    def on_link(self, report: SessionUp | SessionDown) -> None:
         self.links.append(report)
         self.changed.set()
 
@@ -67,7 +67,7 @@ class Received:
                 await self.changed.wait()
 
     def ups(self) -> int:
-        return sum(isinstance(x, LinkUp) for x in self.links)
+        return sum(isinstance(x, SessionUp) for x in self.links)
 
 
 @asynccontextmanager
@@ -122,7 +122,7 @@ def test_found_by_name_frames_cut_to_the_minimum_mtu_and_reassembled(ble_bus: Pr
     async def scenario() -> None:
         async with rig(ble_bus, by_name) as (front, session, got):
             [up] = got.links
-            assert isinstance(up, LinkUp)
+            assert isinstance(up, SessionUp)
             # Capabilities is 47 bytes on the wire: it came in three notifications.
             assert (up.capabilities.model, up.capabilities.serial_number) == ("SIM-100", "SIM0001")
             assert isinstance(await session.request(GetStatus(0)), Status)
@@ -174,17 +174,17 @@ def test_found_by_service_uuid_alone_and_a_dispense_round_trip(ble_bus: PrivateB
 
 
 def test_a_drop_is_reported_down_once_and_up_again_as_over_serial(ble_bus: PrivateBus) -> None:
-    """The same reports the serial transport gives for an unplug: LinkUp, LinkDown (transport
-    closed), LinkUp with the capabilities; the firmware ran on (no reboot, same link session)."""
+    """The same reports the serial transport gives for an unplug: SessionUp, SessionDown (transport
+    closed), SessionUp with the capabilities; the firmware ran on (no reboot, same link session)."""
 
     async def scenario() -> None:
         async with rig(ble_bus, by_name) as (front, session, got):
             firmware_session = front.runner.stats().session
             await asyncio.to_thread(front.drop_link)
             await got.until(lambda r: r.ups() == 2)
-            assert [type(x) for x in got.links] == [LinkUp, LinkDown, LinkUp]
+            assert [type(x) for x in got.links] == [SessionUp, SessionDown, SessionUp]
             down = got.links[1]
-            assert isinstance(down, LinkDown)
+            assert isinstance(down, SessionDown)
             assert down.reason.startswith("transport closed:")
             assert "dispenser disconnected" in down.reason
             assert isinstance(await session.request(GetStatus(0)), Status)
@@ -203,13 +203,13 @@ def test_not_in_range_is_one_outage_until_it_is_found(ble_bus: PrivateBus) -> No
         async with rig(ble_bus, quick, in_range=False) as (front, session, got):
             await asyncio.to_thread(front.wait_for_stats, lambda s: s.scans >= 3, WAIT_S)
             assert session.stats.connect_failures >= 2
-            assert [type(x) for x in got.links] == [LinkDown]  # one outage, not one per attempt
+            assert [type(x) for x in got.links] == [SessionDown]  # one outage, not one per attempt
             down = got.links[0]
-            assert isinstance(down, LinkDown)
+            assert isinstance(down, SessionDown)
             assert down.reason == "connect failed: no dispenser VKP-Dispenser seen within 1 s"
             await asyncio.to_thread(front.set_in_range, True)
             await got.until(lambda r: r.ups() == 1)
-            assert [type(x) for x in got.links] == [LinkDown, LinkUp]
+            assert [type(x) for x in got.links] == [SessionDown, SessionUp]
 
     run(scenario)
 
@@ -224,7 +224,7 @@ def test_a_refused_write_ends_the_connection_and_the_session_reconnects(
                 await session.request(GetStatus(0))
             await got.until(lambda r: r.ups() == 2)
             down = got.links[1]
-            assert isinstance(down, LinkDown)
+            assert isinstance(down, SessionDown)
             assert "write failed" in down.reason
             assert isinstance(await session.request(GetStatus(0)), Status)
             assert front.stats().refused_writes == 1

@@ -192,7 +192,6 @@ def test_a_state_stored_by_the_old_encoder_loads_with_every_field() -> None:
         DiscardDecision("R-1", 12, "operator-0042", "centre"),
         DiscardDecision("R-1", None, "tech-7", "on_site"),
     )
-    assert state.extra == {"last_link_down_reason": "eof"}
     assert state.horizon_utc is not None
     assert state.horizon_utc.tzinfo is UTC  # the engine compares and formats UTC datetimes
 
@@ -226,7 +225,11 @@ def test_the_initial_and_an_unverified_roll_state_load() -> None:
 
 @pytest.mark.parametrize("stored", STORED_BEFORE_PYDANTIC)
 def test_a_stored_state_is_written_back_byte_for_byte(stored: str) -> None:
-    assert EngineState.from_json(stored).to_json() == stored
+    # but for what `extra` held (nothing reads it any more): dropped once, then the text stays
+    expected = stored.replace('"extra":{"last_link_down_reason":"eof"}', '"extra":{}')
+    written = EngineState.from_json(stored).to_json()
+    assert written == expected
+    assert EngineState.from_json(written).to_json() == written
 
 
 # --- validated load: what cannot be read is refused with a reason, never an exception elsewhere --

@@ -74,6 +74,7 @@ from protocol.messages import (
     Capabilities,
     CommandResult,
     Dispense,
+    DispenserMessage,
     DosePresented,
     DoseRetained,
     DoseTaken,
@@ -90,9 +91,6 @@ from protocol.messages import (
     Status,
     TimeReport,
     encode_message,
-)
-from protocol.messages import (
-    FromDispenser as DispenserMessage,
 )
 
 U8, U16, U32, U64 = 0xFF, 0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF

@@ -25,8 +25,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.mqtt.link import (
     InboundMessage,
     MqttLink,
+    MqttNotConnected,
     MqttSettings,
-    NotConnected,
     PublishRejected,
     Will,
     should_fall_back_to_v311,
@@ -193,7 +193,7 @@ def test_publish_raises_not_connected_when_link_drops_before_the_ack(
                 pending = asyncio.create_task(link.publish("ev/x", b"unacked"))
                 await probe.next()  # the broker got it; its PUBACK is held back
                 proxy.sever()
-                with pytest.raises(NotConnected):
+                with pytest.raises(MqttNotConnected):
                     await asyncio.wait_for(pending, WAIT_S)
                 assert link.stats.publishes_acked == 0
 
@@ -206,7 +206,7 @@ def test_publish_without_connection_raises_not_connected(
     async def scenario() -> None:
         link = MqttLink(settings_for(mosquitto.port), will_factory=None, subscriptions=())
         assert not link.connected
-        with pytest.raises(NotConnected):
+        with pytest.raises(MqttNotConnected):
             await link.publish("ev/1", b"x")
         with pytest.raises(TimeoutError):
             await link.wait_connected(0.05)
@@ -306,7 +306,7 @@ def test_broker_restart_disconnects_then_link_reconnects_and_reruns_on_connected
 
             await asyncio.to_thread(mosquitto.stop)
             await until(lambda: not link.connected)
-            with pytest.raises(NotConnected):
+            with pytest.raises(MqttNotConnected):
                 await link.publish("ev/1", b"x")
 
             await asyncio.to_thread(mosquitto.start)

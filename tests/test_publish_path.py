@@ -22,7 +22,7 @@ from agent.daemon import Daemon
 from agent.engine.catalogue import make_event
 from agent.engine.types import Emit
 from agent.mqtt import link as mqtt_link
-from agent.mqtt.link import LinkStats
+from agent.mqtt.link import MqttLinkStats
 from agent.publisher import OutboxPublisher
 from agent.runtime import mqtt_settings
 from agent.store.db import Store
@@ -37,7 +37,7 @@ class RecordingLink:
     """What the publisher uses of MqttLink; acknowledges only when the test says so."""
 
     def __init__(self) -> None:
-        self.stats = LinkStats(connects=1)
+        self.stats = MqttLinkStats(connects=1)
         self.sent: list[int] = []  # seqs, in the order handed over
         self.waiting: list[Callable[[BaseException | None], None]] = []
         self.flushes = 0

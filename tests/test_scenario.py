@@ -16,6 +16,7 @@ from hw.scenario import (
     PressButton,
     Reboot,
     Replug,
+    ScenarioClock,
     ScenarioError,
     ScenarioPlayer,
     SetFault,
@@ -24,7 +25,6 @@ from hw.scenario import (
     SetWireFaults,
     TakeDose,
     Unplug,
-    VirtualClock,
     parse_scenario,
 )
 from hw.wire import SimulatorRunner
@@ -167,7 +167,7 @@ def test_timed_steps_play_in_time_order_on_a_virtual_clock() -> None:
         "20 reboot\n5 press_button HELP\n5 lid open\n0 unplug\n3600 replug\n"
         "100 wire drop_next_frames=1\n"
     )
-    clock = VirtualClock(1000.0)
+    clock = ScenarioClock(1000.0)
     target = FakeTarget()
     player = ScenarioPlayer(target, scenario, clock, clock.wait_until)
     player.play()
@@ -186,7 +186,7 @@ def test_timed_steps_play_in_time_order_on_a_virtual_clock() -> None:
 
 def test_duration_stops_playback_early() -> None:
     scenario = parse_scenario("1 reboot\n10 unplug\n")
-    clock = VirtualClock()
+    clock = ScenarioClock()
     target = FakeTarget()
     ScenarioPlayer(target, scenario, clock, clock.wait_until).play(duration_s=5)
     assert target.log == ["reboot"]
@@ -194,7 +194,7 @@ def test_duration_stops_playback_early() -> None:
 
 def test_trigger_reacts_after_delay() -> None:
     scenario = parse_scenario("on dose_presented take_dose after=3\n")
-    clock = VirtualClock()
+    clock = ScenarioClock()
     target = FakeTarget()
     player = ScenarioPlayer(target, scenario, clock, clock.wait_until)
     player.start()

@@ -23,13 +23,13 @@ from drivers.retry import RetryPolicy
 from drivers.serial_port import SerialTransport
 from drivers.session import (
     DispenserSession,
-    LinkDown,
     LinkLost,
-    LinkReport,
     LinkSendFailed,
-    LinkUp,
     NotConnected,
     RequestTimeout,
+    SessionDown,
+    SessionReport,
+    SessionUp,
 )
 from drivers.transport import Transport
 from protocol import PROTOCOL_VERSION
@@ -188,21 +188,21 @@ class FakeDispenser:
 class Recorder:
     changes: Changes
     messages: list[Message] = field(default_factory=list)
-    links: list[LinkReport] = field(default_factory=list)
+    links: list[SessionReport] = field(default_factory=list)
 
     def on_message(self, message: Message) -> None:
         self.messages.append(message)
         self.changes.notify()
 
-    def on_link(self, report: LinkReport) -> None:
+    def on_link(self, report: SessionReport) -> None:
         self.links.append(report)
         self.changes.notify()
 
     def ups(self) -> int:
-        return sum(isinstance(r, LinkUp) for r in self.links)
+        return sum(isinstance(r, SessionUp) for r in self.links)
 
     def downs(self) -> int:
-        return sum(isinstance(r, LinkDown) for r in self.links)
+        return sum(isinstance(r, SessionDown) for r in self.links)
 
 
 @dataclass
@@ -268,7 +268,7 @@ def test_handshake_reports_link_up_with_the_dispenser_capabilities(tmp_path: Pat
             assert hello.protocol_version == PROTOCOL_VERSION
             assert hello.req_id != 0
             caps = dataclasses.replace(CAPS, req_id=hello.req_id)
-            assert r.recorder.links == [LinkUp(caps)]
+            assert r.recorder.links == [SessionUp(caps)]
             assert r.session.connected
             assert r.session.capabilities == caps
 
@@ -282,7 +282,7 @@ def test_request_before_link_up_is_not_connected(tmp_path: Path) -> None:
                 await r.session.request(GetStatus(0))
             await r.changes.until(lambda: len(r.opens) >= 3)
             assert r.session.stats.connect_failures >= 2
-            assert r.recorder.links == [LinkDown(r.recorder.links[0].reason)]  # type: ignore[union-attr]
+            assert r.recorder.links == [SessionDown(r.recorder.links[0].reason)]  # type: ignore[union-attr]
 
     run(main)
 
@@ -392,11 +392,11 @@ def test_command_never_acknowledged_fails_and_the_silent_line_is_opened_again(
             assert r.session.stats.send_failures == 1
             await r.changes.until(lambda: r.recorder.downs() == 1)
             down = r.recorder.links[1]
-            assert isinstance(down, LinkDown)
+            assert isinstance(down, SessionDown)
             assert "line silent" in down.reason
             r.peer.deaf = False
             await r.changes.until(lambda: r.recorder.ups() == 2)
-            assert [type(x) for x in r.recorder.links] == [LinkUp, LinkDown, LinkUp]
+            assert [type(x) for x in r.recorder.links] == [SessionUp, SessionDown, SessionUp]
 
     run(main)
 
@@ -523,7 +523,7 @@ def test_failing_handler_leaves_the_event_unacked_and_gets_it_again_after_reconn
             assert r.session.stats.handler_errors == 1
             assert r.peer.endpoint.stats.retransmits >= 1  # the first delivery was never ACKed
             await r.changes.until(lambda: r.recorder.ups() == 2)
-            assert [type(x) for x in r.recorder.links] == [LinkUp, LinkDown, LinkUp]
+            assert [type(x) for x in r.recorder.links] == [SessionUp, SessionDown, SessionUp]
 
     run(main)
 
@@ -570,7 +570,7 @@ def test_unplug_reports_link_down_once_and_replug_behind_the_same_path_reconnect
                 await r.session.request(GetStatus(0))
             r.peer.plug()
             await r.changes.until(lambda: r.recorder.ups() == 2)
-            assert [type(x) for x in r.recorder.links] == [LinkUp, LinkDown, LinkUp]
+            assert [type(x) for x in r.recorder.links] == [SessionUp, SessionDown, SessionUp]
             assert r.session.stats.reconnects == 1
             result = await r.session.request(Dispense(0, 11, 4))
             assert isinstance(result, CommandResult)
@@ -588,10 +588,10 @@ def test_dispenser_that_never_answers_hello_is_retried_until_it_does(tmp_path: P
     async def main() -> None:
         async with rig(tmp_path, answer=hello_when_awake, request_timeout_s=0.1) as r:
             await r.changes.until(lambda: r.session.stats.connect_failures >= 2)
-            assert [type(x) for x in r.recorder.links] == [LinkDown]
+            assert [type(x) for x in r.recorder.links] == [SessionDown]
             mute[0] = False
             await r.changes.until(lambda: r.session.connected)
-            assert [type(x) for x in r.recorder.links] == [LinkDown, LinkUp]
+            assert [type(x) for x in r.recorder.links] == [SessionDown, SessionUp]
 
     run(main)
 
@@ -604,8 +604,8 @@ def test_dispenser_restart_mid_session_is_reported_and_handshaken_again(tmp_path
             r.peer.endpoint = LinkEndpoint(Direction.TO_AGENT, 0x3333, DISPENSER_LINK)
             r.peer.send(LidChanged(open=False))
             await r.changes.until(lambda: r.recorder.ups() == 2)
-            assert [type(x) for x in r.recorder.links] == [LinkUp, LinkDown, LinkUp]
-            assert r.recorder.links[1] == LinkDown("dispenser restarted")
+            assert [type(x) for x in r.recorder.links] == [SessionUp, SessionDown, SessionUp]
+            assert r.recorder.links[1] == SessionDown("dispenser restarted")
             assert r.recorder.messages == [LidChanged(open=False)]
             assert r.session.stats.peer_restarts == 1
             status = await r.session.request(GetStatus(0))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from drivers.retry import RetryPolicy
 from drivers.serial_port import SerialTransport
-from drivers.session import DispenserSession, LinkDown, LinkUp
+from drivers.session import DispenserSession, SessionDown, SessionUp
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from hw.wire import SimulatorRunner
 from protocol.messages import (
@@ -61,14 +61,14 @@ class Received:
     """Dispenser events reaching the agent, in order, awaitable from the test's loop."""
 
     messages: list[Message] = field(default_factory=list)
-    links: list[LinkUp | LinkDown] = field(default_factory=list)
+    links: list[SessionUp | SessionDown] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_message(self, message: Message) -> None:
         self.messages.append(message)
         self.changed.set()
 
-    def on_link(self, report: LinkUp | LinkDown) -> None:
+    def on_link(self, report: SessionUp | SessionDown) -> None:
         self.links.append(report)
         self.changed.set()
 
@@ -96,7 +96,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[SimulatorRunner, DispenserS
     )
     task = asyncio.create_task(session.run())
     try:
-        await got.until(lambda r: any(isinstance(x, LinkUp) for x in r.links))
+        await got.until(lambda r: any(isinstance(x, SessionUp) for x in r.links))
         yield runner, session, got
     finally:
         task.cancel()
@@ -115,7 +115,7 @@ def run(scenario: Callable[[], object]) -> None:
 def test_handshake_reports_the_simulators_capabilities(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with rig(tmp_path) as (_runner, session, got):
-            [up] = [x for x in got.links if isinstance(x, LinkUp)]
+            [up] = [x for x in got.links if isinstance(x, SessionUp)]
             assert isinstance(up.capabilities, Capabilities)
             assert (up.capabilities.model, up.capabilities.serial_number) == ("SIM-100", "SIM0001")
             assert session.capabilities == up.capabilities
@@ -220,10 +220,10 @@ def test_recovers_when_the_pty_is_closed_and_reopened(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with rig(tmp_path) as (runner, session, got):
             runner.unplug()
-            await got.until(lambda r: any(isinstance(x, LinkDown) for x in r.links))
+            await got.until(lambda r: any(isinstance(x, SessionDown) for x in r.links))
             assert not session.connected
             runner.replug()
-            await got.until(lambda r: sum(isinstance(x, LinkUp) for x in r.links) == 2)
+            await got.until(lambda r: sum(isinstance(x, SessionUp) for x in r.links) == 2)
             reply = await session.request(GetStatus(0))
             assert isinstance(reply, Status)
 

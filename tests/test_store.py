@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.store import ledger
 from agent.store.audit import Stamp
 from agent.store.db import Store
 from agent.store.errors import (
@@ -24,6 +25,7 @@ from agent.store.errors import (
     UnknownEventError,
     UnknownSlotError,
 )
+from agent.store.ledger import SlotRecord
 from agent.store.uuid7 import Uuid7Factory
 
 AT = "2026-03-01T08:00:00.000+00:00"
@@ -74,15 +76,28 @@ def raw(db_path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[
         conn.close()
 
 
+def slot_row(db_path: Path, slot_id: str) -> SlotRecord | None:
+    conn = sqlite3.connect(db_path)
+    try:
+        return ledger.slot_state(conn, slot_id)
+    finally:
+        conn.close()
+
+
 # -- opening -------------------------------------------------------------------------------------
 
 
 def test_open_sets_durability_pragmas_and_schema_version(store: Store, db_path: Path) -> None:
-    assert store.durability_settings() == {
+    conn = store._db()  # the pragmas but journal_mode hold per connection: ask the store's own
+    settings = {
+        name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "foreign_keys", "secure_delete")
+    }
+    assert settings == {
         "journal_mode": "wal",
-        "synchronous": "2",  # FULL
-        "foreign_keys": "1",
-        "secure_delete": "1",
+        "synchronous": 2,  # FULL
+        "foreign_keys": 1,
+        "secure_delete": 1,
     }
     assert raw(db_path, "PRAGMA user_version") == [(1,)]
 
@@ -136,7 +151,7 @@ def test_closed_store_refuses_use(db_path: Path) -> None:
 # -- transactions --------------------------------------------------------------------------------
 
 
-def test_failed_transaction_leaves_no_event_audit_or_sequence(store: Store) -> None:
+def test_failed_transaction_leaves_no_event_audit_or_sequence(store: Store, db_path: Path) -> None:
     audit_before = len(store.audit_records(limit=1000))
 
     def failing_engine_step() -> None:
@@ -150,7 +165,7 @@ def test_failed_transaction_leaves_no_event_audit_or_sequence(store: Store) -> N
         failing_engine_step()
     assert store.events_from(0) == []
     assert len(store.audit_records(limit=1000)) == audit_before
-    assert store.slot_state("slot-a") is None
+    assert raw(db_path, "SELECT count(*) FROM ledger") == [(0,)]
     assert store.command_seen("cmd-1") is None
     assert append(store) == 1  # the rolled-back number was not consumed
 
@@ -172,7 +187,6 @@ MUTATORS: dict[str, Callable[[Store], object]] = {
     "set_kv": lambda s: s.set_kv("k", "v"),
     "next_session_counter": lambda s: s.next_session_counter(),
     "audit_append": lambda s: s.audit_append("note", {}, AT, TRUST),
-    "set_binding": lambda s: s.set_binding("p", "{}"),
 }
 
 
@@ -369,7 +383,7 @@ def test_begin_dispense_twice_raises_even_after_reopen(db_path: Path) -> None:
         s.begin_dispense("2026-03-01T08:00", 99, 7, AT)
 
 
-def test_one_outcome_per_slot(store: Store) -> None:
+def test_one_outcome_per_slot(store: Store, db_path: Path) -> None:
     with store.transaction():
         store.begin_dispense("s1", 1, 0, AT)
         store.record_presented("s1")
@@ -377,7 +391,7 @@ def test_one_outcome_per_slot(store: Store) -> None:
     assert (record.outcome, record.presented_utc, record.dispense_id) == ("taken", AT, 1)
     with pytest.raises(OutcomeAlreadyRecorded), store.transaction():
         store.record_outcome("s1", "missed", "timeout")
-    assert store.slot_state("s1") == record
+    assert slot_row(db_path, "s1") == record
     with pytest.raises(OutcomeAlreadyRecorded), store.transaction():
         store.record_presented("s1")
 
@@ -390,8 +404,8 @@ def test_a_slot_resolved_without_dispensing_can_never_be_begun(store: Store) -> 
     assert store.open_slots() == []
 
 
-def test_unknown_slot_is_reported(store: Store) -> None:
-    assert store.slot_state("nope") is None
+def test_unknown_slot_is_reported(store: Store, db_path: Path) -> None:
+    assert slot_row(db_path, "nope") is None
     with pytest.raises(UnknownSlotError), store.transaction():
         store.record_presented("nope")
 
@@ -474,26 +488,21 @@ def test_store_managed_keys_cannot_be_overwritten(store: Store, key: str) -> Non
         store.set_kv(key, "1")
 
 
-def test_binding_is_stored_and_audited(store: Store) -> None:
-    assert store.binding() is None
-    with store.transaction():
-        store.set_binding("patient-123", '{"times":["08:00"]}')
-        store.set_binding("patient-123", '{"times":["08:00","20:00"]}')
-    current = store.binding()
-    assert current is not None
-    assert current.schedule_json == '{"times":["08:00","20:00"]}'
-    changes = [r.body["schedule"] for r in store.audit_records() if r.kind == "config.binding"]
-    assert changes == [{"times": ["08:00"]}, {"times": ["08:00", "20:00"]}]
-
-
 # -- factory reset -------------------------------------------------------------------------------
 
 MARKER = "PATIENT-MARKER-4711"  # ASCII: found in raw bytes even inside escaped JSON
 
 
-def _fill_with_patient_data(s: Store) -> None:
+def _fill_with_patient_data(s: Store, db_path: Path) -> None:
+    # Nothing in the agent writes the binding table (the engine state keeps the binding); the
+    # reset empties it all the same, so a row is put there by hand.
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(
+            "INSERT INTO binding VALUES (1, ?, ?, ?)", (MARKER, '{"patient": "' + MARKER + '"}', AT)
+        )
+    conn.close()
     with s.transaction():
-        s.set_binding(MARKER, '{"patient": "' + MARKER + '"}')
         s.set_kv("note", MARKER)
         s.next_session_counter()
         for i in range(200):
@@ -508,7 +517,7 @@ def _fill_with_patient_data(s: Store) -> None:
 def test_wipe_for_new_patient_leaves_no_patient_data(db_path: Path) -> None:
     wal = db_path.with_name(db_path.name + "-wal")
     with open_store(db_path) as s:
-        _fill_with_patient_data(s)
+        _fill_with_patient_data(s, db_path)
         # A unit that ran for weeks has its data checkpointed into the main file: show it is there.
         raw(db_path, "PRAGMA wal_checkpoint(TRUNCATE)")
         assert MARKER.encode() in db_path.read_bytes()

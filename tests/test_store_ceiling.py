@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from agent.engine.catalogue import documented_kinds, raises_latched_alert
 from agent.runtime import DROPPABLE_WHEN_FULL
 from agent.store.audit import Stamp
 from agent.store.ceiling import CEILING_EVENT
@@ -96,3 +97,9 @@ def test_past_the_ceiling_with_nothing_droppable_dose_outcomes_are_still_kept(
     pending = kinds_pending(db)
     assert pending["slot_outcome"] == 750  # none dropped, none refused
     assert pending[CEILING_EVENT] == 1
+
+
+def test_every_kind_dropped_when_full_is_a_catalogued_event_that_latches_no_alert() -> None:
+    # a misspelt kind would silently drop nothing; an alarm must never be dropped
+    assert sorted(DROPPABLE_WHEN_FULL - set(documented_kinds())) == []
+    assert not [kind for kind in DROPPABLE_WHEN_FULL if raises_latched_alert(kind)]

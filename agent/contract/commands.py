@@ -295,7 +295,7 @@ AnyCommand = (
     | RotateCentreKeysCommand
     | ResetUnitCommand
 )
-Command = Annotated[AnyCommand, Field(discriminator="name")]
+CentreCommand = Annotated[AnyCommand, Field(discriminator="name")]
 COMMAND_NAMES: tuple[str, ...] = tuple(
     get_args(model.model_fields["name"].annotation)[0] for model in get_args(AnyCommand)
 )
@@ -329,7 +329,7 @@ class CommandRequest(ContractModel):
         description="After issued_at, at most 7 days later; an expired command is not executed."
     )
     issued_by: OperatorId = Field(description="Operator id at the response centre (no names).")
-    command: Command
+    command: CentreCommand
     signature: CommandSignature | None = Field(
         default=None, description="Required for every command but request_status, resend_from."
     )

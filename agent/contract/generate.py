@@ -23,7 +23,7 @@ from typing import Any, Literal
 from agent.contract.commands import CommandRequest, CommandResponse
 from agent.contract.events import EVENT_KINDS, VKP_CODES, ContractModel, EventEnvelope
 from agent.contract.state import Availability, DispenserState, Health, Heartbeat
-from agent.contract.topics import CHANNELS, TOPIC_ROOT, UNIT_ID_PATTERN, ChannelSpec, Direction
+from agent.contract.topics import CHANNELS, TOPIC_ROOT, UNIT_ID_PATTERN, ChannelSpec, TopicDirection
 from agent.engine.catalogue import documented_deviations
 from agent.engine.deviation import DEVIATIONS
 
@@ -139,7 +139,7 @@ def _first_line(model: type[ContractModel]) -> str:
 
 
 def _operation_id(channel: ChannelSpec) -> str:
-    verb = "send" if channel.direction is Direction.UNIT_TO_CENTRE else "receive"
+    verb = "send" if channel.direction is TopicDirection.UNIT_TO_CENTRE else "receive"
     return f"{verb}{channel.message}"
 
 
@@ -211,7 +211,7 @@ def asyncapi_document() -> Json:
             "parameters": {"unit_id": {"$ref": "#/components/parameters/unit_id"}},
         }
         operation: Json = {
-            "action": "send" if channel.direction is Direction.UNIT_TO_CENTRE else "receive",
+            "action": "send" if channel.direction is TopicDirection.UNIT_TO_CENTRE else "receive",
             "bindings": _operation_bindings(channel),
             "channel": {"$ref": f"#/channels/{channel.key}"},
             "messages": [{"$ref": f"#/channels/{channel.key}/messages/{channel.message}"}],
@@ -266,7 +266,9 @@ def _topics_table() -> str:
     ]
     for channel in CHANNELS:
         direction = (
-            "unit → centre" if channel.direction is Direction.UNIT_TO_CENTRE else "centre → unit"
+            "unit → centre"
+            if channel.direction is TopicDirection.UNIT_TO_CENTRE
+            else "centre → unit"
         )
         retained = "yes" if channel.retain else "no"
         schema = f"[{channel.message}](contract/schemas/{channel.message}.json)"

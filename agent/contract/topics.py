@@ -33,7 +33,7 @@ def validate_unit_id(unit_id: str) -> str:
     return unit_id
 
 
-class Direction(enum.StrEnum):
+class TopicDirection(enum.StrEnum):
     UNIT_TO_CENTRE = "unit_to_centre"
     CENTRE_TO_UNIT = "centre_to_unit"
 
@@ -44,7 +44,7 @@ class ChannelSpec:
 
     key: str  # stable identifier (AsyncAPI channel id, UnitTopics attribute)
     suffix: str  # topic levels after dispenser/v1/{unit_id}/
-    direction: Direction
+    direction: TopicDirection
     qos: int
     retain: bool
     message: str  # name of the payload model (a class in agent.contract)
@@ -55,7 +55,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         key="events",
         suffix="events",
-        direction=Direction.UNIT_TO_CENTRE,
+        direction=TopicDirection.UNIT_TO_CENTRE,
         qos=1,
         retain=False,
         message="EventEnvelope",
@@ -64,7 +64,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         key="availability",
         suffix="state/availability",
-        direction=Direction.UNIT_TO_CENTRE,
+        direction=TopicDirection.UNIT_TO_CENTRE,
         qos=1,
         retain=True,
         message="Availability",
@@ -73,7 +73,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         key="health",
         suffix="state/health",
-        direction=Direction.UNIT_TO_CENTRE,
+        direction=TopicDirection.UNIT_TO_CENTRE,
         qos=1,
         retain=True,
         message="Health",
@@ -82,7 +82,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         key="dispenser",
         suffix="state/dispenser",
-        direction=Direction.UNIT_TO_CENTRE,
+        direction=TopicDirection.UNIT_TO_CENTRE,
         qos=1,
         retain=True,
         message="DispenserState",
@@ -91,7 +91,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         key="heartbeat",
         suffix="heartbeat",
-        direction=Direction.UNIT_TO_CENTRE,
+        direction=TopicDirection.UNIT_TO_CENTRE,
         qos=0,
         retain=False,
         message="Heartbeat",
@@ -100,7 +100,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         key="command_request",
         suffix="commands/request",
-        direction=Direction.CENTRE_TO_UNIT,
+        direction=TopicDirection.CENTRE_TO_UNIT,
         qos=1,
         retain=False,
         message="CommandRequest",
@@ -109,7 +109,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         key="command_response",
         suffix="commands/response",
-        direction=Direction.UNIT_TO_CENTRE,
+        direction=TopicDirection.UNIT_TO_CENTRE,
         qos=1,
         retain=False,
         message="CommandResponse",

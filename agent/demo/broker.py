@@ -154,13 +154,13 @@ class EmbeddedBroker:
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 await broker.start()
-        except Exception as exc:
+        except Exception as exc:  # amqtt raises many kinds: one error, the cause chained
             raise EmbeddedBrokerError(f"amqtt broker did not start: {exc}") from exc
         self._broker = broker
         try:
             self._port = self._bound_port(broker)
             await self._probe()
-        except BaseException:
+        except BaseException:  # whatever stopped it: the broker is not left running; re-raised
             await self.stop()
             raise
 

@@ -63,7 +63,6 @@ from agent.engine.types import (
     Emit,
     EndPause,
     EngineConfig,
-    EngineEvent,
     EngineInput,
     EngineInputError,
     FromDispenser,
@@ -177,7 +176,6 @@ class DoseEngine:
             book=ConditionBook(present=raised, raised=raised),
             next_alert_seq=state.next_alert_seq,
         )
-        self._extra = dict(state.extra)
         self._desk = RollDesk(
             roll=state.roll, unplanned=state.unplanned, decisions=state.discard_decisions
         )
@@ -235,7 +233,6 @@ class DoseEngine:
             starts=self._outbound.starts,
             unplanned=self._desk.unplanned,
             discard_decisions=self._desk.decisions,
-            extra=dict(self._extra),
         )
 
     @property
@@ -480,7 +477,7 @@ class DoseEngine:
                 self._mirror.keepalive_refused = False
                 self._outbound.retry_at = None
                 self._condition(actions, "no_contact", False, now)
-            case LinkDown(reason=reason):
+            case LinkDown():
                 if self._mirror.link_up:
                     self._mirror.link_down_since = now.mono
                 self._mirror.link_up = False
@@ -497,7 +494,6 @@ class DoseEngine:
                 ]
                 self._mirror.keepalive_due = None
                 self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
-                self._extra["last_link_down_reason"] = reason
             case SetBinding(binding=binding):
                 self._on_binding(binding, now, actions)
             case SetSchedule(schedule=schedule, version=version):
@@ -2522,6 +2518,3 @@ def _travel_collect_by(run: SlotRun, config: EngineConfig) -> float | None:
 
 def _wire_iso(seconds: int) -> str | None:
     return utc_text_or_none(roll_check.wire_time(seconds))
-
-
-_ = EngineEvent  # re-exported names used by type checkers of callers

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
@@ -169,7 +169,6 @@ class EngineState:
     starts: int = 0  # engine starts, to keep command correlations unique across restarts
     unplanned: UnplannedHold | None = None  # the sachet held for a plan decision
     discard_decisions: tuple[DiscardDecision, ...] = ()  # for the loaded roll only
-    extra: dict[str, str] = field(default_factory=dict)  # forward-compatible, unused
 
     @classmethod
     def initial(cls) -> EngineState:
@@ -485,6 +484,8 @@ class EngineStateModel(_Model):
     starts: Annotated[int, Field(ge=0, le=I64_MAX)] = 0
     unplanned: UnplannedModel | None = None
     discard_decisions: tuple[DiscardDecisionModel, ...] = ()
+    # unused: kept so that states saved by earlier versions (last_link_down_reason, which
+    # nothing read) still load under extra="forbid"; written as {} for them to read ours
     extra: dict[Text, Text] = Field(default_factory=dict)
 
     @field_validator("pauses")
@@ -538,7 +539,6 @@ class EngineStateModel(_Model):
             discard_decisions=tuple(
                 DiscardDecisionModel.model_construct(**_fields(d)) for d in state.discard_decisions
             ),
-            extra=dict(state.extra),
         )
 
     def to_state(self) -> EngineState:
@@ -561,7 +561,6 @@ class EngineStateModel(_Model):
             starts=self.starts,
             unplanned=None if self.unplanned is None else self.unplanned.to_hold(),
             discard_decisions=tuple(d.to_decision() for d in self.discard_decisions),
-            extra=dict(self.extra),
         )
 
 

@@ -313,5 +313,3 @@ class RecordOutcome:
 
 
 Action = Emit | SendCommand | BeginDispense | RecordPresented | RecordOutcome
-
-STORE_ACTIONS = (BeginDispense, RecordPresented, RecordOutcome, Emit)

@@ -55,7 +55,7 @@ from protocol.ratelog import RateLimitedLog
 logger = logging.getLogger(__name__)
 
 ProtocolName = Literal["5", "3.1.1"]
-# called with the PUBACK's reason code, or with NotConnected when the connection is lost first
+# called with the PUBACK's reason code, or with MqttNotConnected when the connection is lost first
 PublishDone = Callable[[ReasonCode | BaseException], None]
 
 # CONNACK codes meaning "I do not speak this protocol version": 0x84 in MQTT 5, 1 in MQTT 3.1.1
@@ -140,7 +140,7 @@ class InboundMessage:
 
 
 @dataclass(frozen=True)
-class LinkStats:
+class MqttLinkStats:
     connects: int = 0
     connect_failures: int = 0  # attempts that did not end in an accepted CONNACK
     disconnects: int = 0
@@ -155,7 +155,7 @@ class MqttLinkError(Exception):
     """Root of the link's errors."""
 
 
-class NotConnected(MqttLinkError, ConnectionError):  # noqa: N818 (name fixed by the API)
+class MqttNotConnected(MqttLinkError, ConnectionError):  # noqa: N818 (name fixed by the API)
     """No connection, or it dropped before the broker acknowledged. Keep the event and retry."""
 
 
@@ -209,7 +209,7 @@ class _Connection:
         self.connack: asyncio.Future[tuple[ReasonCode, bool]] = loop.create_future()
         # An attempt that failed before it awaited CONNACK never reads the error set here.
         self.connack.add_done_callback(_retrieve)
-        # mid -> what to call with the PUBACK's reason code, or with NotConnected if it is lost
+        # mid -> what to call with the PUBACK's reason code, or with MqttNotConnected if it is lost
         self.pending_publishes: dict[int, PublishDone] = {}
         self.pending_subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self.lost = asyncio.Event()
@@ -260,7 +260,8 @@ class _Connection:
             sock = self.client.socket()
             if isinstance(sock, ssl.SSLSocket) and self._fd is not None and sock.pending():
                 self.loop.call_soon(self._readable)
-        except Exception as exc:  # paho raises on some socket errors instead of returning a code
+        except Exception as exc:  # paho raises on some socket errors instead of returning a code;
+            # a loop callback must not leak anything (the socket would stay registered)
             self._io_failed("read", exc)
 
     def _writable(self) -> None:
@@ -302,7 +303,10 @@ class _Connection:
             self._io_failed("keepalive", exc)
 
     def _io_failed(self, what: str, exc: Exception) -> None:
-        logger.warning("MQTT socket %s failed: %r", what, exc)
+        # a socket error is routine; anything else is a bug and gets its traceback
+        logger.warning(
+            "MQTT socket %s failed: %r", what, exc, exc_info=not isinstance(exc, OSError)
+        )
         self.mark_lost(f"socket {what} failed: {exc!r}", cause=exc)
         self.release()
 
@@ -345,7 +349,7 @@ class _Connection:
         def guarded(*args: Any) -> None:
             try:
                 callback(*args)
-            except Exception as exc:
+            except Exception as exc:  # the caller's callback, inside paho's read: see below
                 # Never let an exception reach paho: it would abort the read in the middle.
                 logger.exception("MQTT callback %s failed", name)
                 self._on_callback_error(name, exc)
@@ -428,10 +432,10 @@ class _Connection:
         self.pending_publishes.clear()
         self.pending_subscribes.clear()
         for done in publishes:
-            done(NotConnected(why))
+            done(MqttNotConnected(why))
         for future in subscribes:
             if not future.done():
-                future.set_exception(NotConnected(why))
+                future.set_exception(MqttNotConnected(why))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -573,7 +577,7 @@ class MqttLink:
         self._last_dropped_topic = ""
         self._tls_log = RateLimitedLog(logger, window_s=600.0)
         self._last_connect_error: str | None = None
-        self._counts: dict[str, int] = dict.fromkeys(LinkStats.__dataclass_fields__, 0)
+        self._counts: dict[str, int] = dict.fromkeys(MqttLinkStats.__dataclass_fields__, 0)
         self._last_callback_error: BaseException | None = None
         self._consecutive_failures = 0  # failed connect attempts since the last success
 
@@ -594,9 +598,9 @@ class MqttLink:
         return self._protocol
 
     @property
-    def stats(self) -> LinkStats:
+    def stats(self) -> MqttLinkStats:
         """A snapshot of the counters."""
-        return LinkStats(**self._counts)
+        return MqttLinkStats(**self._counts)
 
     @property
     def last_connect_error(self) -> str | None:
@@ -635,7 +639,7 @@ class MqttLink:
     ) -> None:
         """Publish and return once the broker acknowledged it (QoS 0: once written).
 
-        Raises NotConnected when there is no connection or it drops before the ack, and
+        Raises MqttNotConnected when there is no connection or it drops before the ack, and
         PublishRejected when an MQTT 5 PUBACK carries a failure reason code. MQTT 5 properties are
         left out on MQTT 3.1.1.
         """
@@ -678,8 +682,8 @@ class MqttLink:
     ) -> None:
         """Hand a publish to paho without a task or future: `on_done(None)` once the broker
         acknowledged it (QoS 0: once written), `on_done(PublishRejected)` on a failure reason
-        code, `on_done(NotConnected)` when the connection drops first; called on the loop, at
-        most once. Raises NotConnected at once when there is no connection. paho writes it on
+        code, `on_done(MqttNotConnected)` when the connection drops first; called on the loop, at
+        most once. Raises MqttNotConnected at once when there is no connection. paho writes it on
         the loop's next turn, or at `flush()` (a batch: one flush after the last)."""
         if qos not in (0, 1):
             raise ValueError(
@@ -687,7 +691,7 @@ class MqttLink:
             )
         conn = self._conn
         if conn is None or not conn.up:
-            raise NotConnected("not connected")
+            raise MqttNotConnected("not connected")
         properties = None
         if self._protocol == "5":
             properties = _publish_properties(
@@ -695,7 +699,7 @@ class MqttLink:
             )
         info = conn.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise NotConnected(f"paho did not accept the publish: {paho.error_string(info.rc)}")
+            raise MqttNotConnected(f"paho did not accept the publish: {paho.error_string(info.rc)}")
         # Registered before anything is written: paho calls on_publish only from loop_write() /
         # loop_read() (the loop's next turn, or flush()), so the callback finds this entry.
         conn.pending_publishes[info.mid] = functools.partial(self._publish_settled, on_done)
@@ -790,8 +794,11 @@ class MqttLink:
                 await self.publish(
                     farewell.topic, farewell.payload, qos=farewell.qos, retain=farewell.retain
                 )
-        except Exception as exc:  # best effort: the broker may already be gone
+        except (MqttLinkError, TimeoutError) as exc:  # the broker may already be gone
             logger.warning("farewell not published (%r); the will may follow instead", exc)
+        except Exception as exc:  # the caller's factory: its bug must not stop the stop
+            logger.exception("farewell not published; the will may follow instead")
+            self._record_callback_error("farewell_factory", exc)
 
     async def _connect_once(self) -> _Connection:
         """One connect attempt: every step under one deadline (connect_timeout_s) and logged.
@@ -801,7 +808,7 @@ class MqttLink:
         where = f"{settings.host}:{settings.port}"
         try:
             will = self._will_factory() if self._will_factory is not None else None
-        except Exception as exc:
+        except Exception as exc:  # the caller's factory: its bug is logged, recorded, retried
             logger.exception("will_factory failed; not connecting without a will")
             self._record_callback_error("will_factory", exc)
             self._consecutive_failures += 1
@@ -919,7 +926,7 @@ class MqttLink:
             return
         try:
             self._will_unseen(will)
-        except Exception as exc:
+        except Exception as exc:  # the caller's callback: its bug must not stop reconnecting
             logger.exception("will_unseen failed")
             self._record_callback_error("will_unseen", exc)
 
@@ -1010,9 +1017,9 @@ class MqttLink:
                 await self._subscribe(conn)
             if self._on_connected is not None:
                 await self._on_connected()
-        except NotConnected as exc:
+        except MqttNotConnected as exc:
             logger.warning("connection lost during connect hooks: %s", exc)
-        except Exception as exc:
+        except Exception as exc:  # the caller's hook: its bug must not hold the link back
             logger.exception("MQTT on-connect hook failed")
             self._record_callback_error("on_connected", exc)
         finally:
@@ -1025,7 +1032,7 @@ class MqttLink:
         # repairs a session the broker lost.
         result, mid = conn.client.subscribe(list(self._subscriptions))
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise NotConnected(f"subscribe not sent: {paho.error_string(result)}")
+            raise MqttNotConnected(f"subscribe not sent: {paho.error_string(result)}")
         suback: asyncio.Future[list[ReasonCode]] = conn.loop.create_future()
         conn.pending_subscribes[mid] = suback
         try:
@@ -1034,7 +1041,7 @@ class MqttLink:
         except TimeoutError:
             # Without our subscriptions the link is useless: start over with a new connection.
             conn.mark_lost("no SUBACK in time")
-            raise NotConnected("no SUBACK in time") from None
+            raise MqttNotConnected("no SUBACK in time") from None
         for (topic, _qos), reason in zip(self._subscriptions, reasons, strict=False):
             if reason.is_failure:
                 logger.error("subscription to %s refused: %s", topic, reason)
@@ -1094,7 +1101,7 @@ class MqttLink:
             return
         try:
             self._on_inbound_dropped(count, self._last_dropped_topic)
-        except Exception as exc:
+        except Exception as exc:  # the caller's callback, on a loop timer: logged and recorded
             logger.exception("on_inbound_dropped failed")
             self._record_callback_error("on_inbound_dropped", exc)
 

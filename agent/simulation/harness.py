@@ -1531,18 +1531,6 @@ class NullEngineFactory:
         return NullEngine()
 
 
-def run_seed(
-    seed: int,
-    days: int = 365,
-    *,
-    faults: FaultRates | None = None,
-    factory: EngineFactory | None = None,
-) -> SimulationResult:
-    """Run one seed with the default configuration (a picklable entry point for process pools)."""
-    config = SimulationConfig(seed=seed, days=days, faults=faults or FaultRates())
-    return Simulation(config, factory).run()
-
-
 class DoseEngineFactory:
     """The real engine. A restart goes through the JSON the shell would persist, so anything the
     state forgets on the way shows up as a violation here, not in a patient's home."""

@@ -38,7 +38,7 @@ WORLDS = ("mix", "classic")
 
 
 @dataclass(frozen=True, slots=True)
-class Scenario:
+class SeedWorld:
     """What a seed's world holds beyond the classic one."""
 
     times: tuple[str, ...] | None  # None: the seed's template
@@ -58,10 +58,10 @@ class Scenario:
         return ",".join(parts)
 
 
-def scenario_for(seed: int) -> Scenario:
+def scenario_for(seed: int) -> SeedWorld:
     close = seed % 10 in (3, 7)
     kind = seed % 3
-    return Scenario(
+    return SeedWorld(
         times=CLOSE_DOSES if close else None,
         pauses_per_year=12.0 if kind == 1 else 4.0 if seed % 2 == 0 else 0.0,
         plan_changes_per_year=12.0 if kind == 2 else 0.0,
@@ -104,7 +104,7 @@ def describe(config: SimulationConfig) -> str:
     """A short name of the world a configuration describes (for the CLI's seed lines)."""
     if not config.mishaps.any and not config.pauses_per_year and not config.plan_changes_per_year:
         return "classic" if config.times is None else "classic,times"
-    scenario = Scenario(
+    scenario = SeedWorld(
         config.times,
         config.pauses_per_year,
         config.plan_changes_per_year,

@@ -31,14 +31,12 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from agent.store import audit, binding, ceiling, commands, kv, ledger, outbox, schema
+from agent.store import audit, ceiling, commands, kv, ledger, outbox, schema
 from agent.store.audit import AuditRecord, AuditReport, ChainAnchor, Stamp, system_stamp
-from agent.store.binding import Binding
 from agent.store.commands import CommandRecord
 from agent.store.errors import BacklogNotEmptyError, StoreCorrupt, StoreError, StoreUsageError
 from agent.store.ledger import SlotRecord
 from agent.store.outbox import (
-    DEFAULT_DROPPABLE_KINDS,
     DELIVERED_RETENTION,
     OUTBOX_LIMIT,
     BacklogInfo,
@@ -139,7 +137,7 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path, stamp: Stamp) -> None:
                 stamp.trust,
             )
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException:  # whatever stopped it: no half-made schema is committed; re-raised
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
@@ -176,7 +174,7 @@ class Store:
         create: bool = True,
         outbox_limit: int = OUTBOX_LIMIT,
         delivered_retention: int = DELIVERED_RETENTION,
-        droppable_kinds: frozenset[str] = DEFAULT_DROPPABLE_KINDS,
+        droppable_kinds: frozenset[str] = frozenset(),
         stamp: Callable[[], Stamp] = system_stamp,
         new_event_id: Callable[[], str] | None = None,
         audit_retention: int = audit.AUDIT_RETENTION,
@@ -186,7 +184,7 @@ class Store:
 
         `create=False` refuses to create a missing file (for read-mostly tools such as
         `audit verify`). `stamp` gives the wall time and its trust for records the store writes by
-        itself (ledger, commands, binding, reset); inject the daemon's clock here.
+        itself (ledger, commands, reset); inject the daemon's clock here.
         """
         schema.check_sqlite_version()
         policy = OutboxPolicy(outbox_limit, delivered_retention, frozenset(droppable_kinds))
@@ -201,7 +199,7 @@ class Store:
                     raise StoreError(f"{path} is a SQLite file but not an agent store")
             _configure(conn, path)
             _ensure_schema(conn, path, stamp())
-        except BaseException:
+        except BaseException:  # whatever stopped it: the connection is not leaked; re-raised
             conn.close()
             raise
         return cls(
@@ -215,7 +213,7 @@ class Store:
         conn = sqlite3.connect(":memory:", isolation_level=None)
         conn.execute("PRAGMA foreign_keys = ON")
         _ensure_schema(conn, stand_in_for, stamp())
-        policy = OutboxPolicy(OUTBOX_LIMIT, DELIVERED_RETENTION, DEFAULT_DROPPABLE_KINDS)
+        policy = OutboxPolicy(OUTBOX_LIMIT, DELIVERED_RETENTION)
         return cls(conn, stand_in_for, policy, stamp, Uuid7Factory())
 
     @property
@@ -265,7 +263,7 @@ class Store:
             yield
             self._keep_bounded(conn)
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException:  # whatever ended the block (cancel too): roll back, re-raise
             # SQLite may already have rolled back by itself (disk full, I/O error).
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -308,14 +306,6 @@ class Store:
         finally:
             conn.execute("COMMIT")
 
-    def durability_settings(self) -> dict[str, str]:
-        """Durability pragmas of the connection as SQLite reports them (health reports, tests)."""
-        conn = self._db()
-        return {
-            name: str(conn.execute(f"PRAGMA {name}").fetchone()[0])
-            for name in ("journal_mode", "synchronous", "foreign_keys", "secure_delete")
-        }
-
     # -- outbox --------------------------------------------------------------------------------
 
     def append_event(
@@ -349,9 +339,6 @@ class Store:
         return outbox.events_from(self._db(), seq, limit)
 
     # -- dose ledger ---------------------------------------------------------------------------
-
-    def slot_state(self, slot_id: str) -> SlotRecord | None:
-        return ledger.slot_state(self._db(), slot_id)
 
     def begin_dispense(
         self, slot_id: str, dispense_id: int, sachet_index: int, due_utc: str
@@ -394,14 +381,6 @@ class Store:
         return commands.record_command(
             self._writer(), self._stamp(), command_id, name, response_json
         )
-
-    # -- binding -------------------------------------------------------------------------------
-
-    def binding(self) -> Binding | None:
-        return binding.get_binding(self._db())
-
-    def set_binding(self, patient_ref: str, schedule_json: str) -> Binding:
-        return binding.set_binding(self._writer(), self._stamp(), patient_ref, schedule_json)
 
     # -- key/value -----------------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from agent.store.kv import I64_MAX, NEXT_EVENT_SEQ, peek_counter, take_counter
 
 OUTBOX_LIMIT = 50_000
 DELIVERED_RETENTION = 10_000
-DEFAULT_DROPPABLE_KINDS = frozenset({"heartbeat", "status", "link_state"})
 
 AUDIT_KIND_EVENT = "event"
 AUDIT_KIND_DROPPED = "outbox.dropped"
@@ -63,7 +62,9 @@ class BacklogInfo:
 class OutboxPolicy:
     limit: int = OUTBOX_LIMIT
     delivered_retention: int = DELIVERED_RETENTION
-    droppable_kinds: frozenset[str] = DEFAULT_DROPPABLE_KINDS
+    # kinds that may go when the outbox is full; none unless the opener names them (the daemon
+    # passes agent.runtime.DROPPABLE_WHEN_FULL)
+    droppable_kinds: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.limit < 1:

@@ -8,14 +8,14 @@ because the agent runs, 4 done with a step that failed.
 from __future__ import annotations
 
 import argparse
+import sqlite3
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.config import ConfigError, load_config
 from agent.technician.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Report
-
-COMMANDS = ("reset", "audit-export")
 
 
 def add_reset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -218,6 +218,7 @@ def _print_reset(report: Report, as_json: bool) -> None:
 
 def run_audit_export(args: argparse.Namespace) -> int:
     from agent.store.db import Store
+    from agent.store.errors import StoreError
     from agent.technician.audit_export import DEFAULT_UNIT_KEY, export_audit
 
     config = load_config(args.config)
@@ -225,7 +226,7 @@ def run_audit_export(args: argparse.Namespace) -> int:
     try:
         with Store.open(config.db_path, create=False) as store:
             exported = export_audit(store, config.unit_id, args.to, args.key or DEFAULT_UNIT_KEY)
-    except Exception as exc:
+    except (StoreError, sqlite3.Error, OSError, ValueError, subprocess.SubprocessError) as exc:
         report.add("export", False, f"cannot export: {exc}")
         report.print(sys.stdout, as_json=args.json)
         return 1

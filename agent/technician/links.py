@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ProbeOutcome:
     ok: bool
     detail: str
 
@@ -53,14 +53,14 @@ def _broker_name(config: AgentConfig) -> str:
     return f"{scheme}://{config.mqtt.host}:{config.mqtt.port}"
 
 
-async def _probe_broker(config: AgentConfig, timeout_s: float, suffix: str) -> Outcome:
+async def _probe_broker(config: AgentConfig, timeout_s: float, suffix: str) -> ProbeOutcome:
     settings = _settings(config, min(timeout_s, 10.0), suffix)
     link = MqttLink(settings, will_factory=None, subscriptions=[])
     runner = asyncio.create_task(link.run(), name="probe-broker")
     try:
         await link.wait_connected(timeout_s)
     except TimeoutError:
-        return Outcome(
+        return ProbeOutcome(
             False,
             f"broker {_broker_name(config)} not reached within {timeout_s:g} s as "
             f"{settings.client_id}: {link.last_connect_error or 'no answer'} "
@@ -70,16 +70,18 @@ async def _probe_broker(config: AgentConfig, timeout_s: float, suffix: str) -> O
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-    return Outcome(True, f"connected to {_broker_name(config)} as {settings.client_id}")
+    return ProbeOutcome(True, f"connected to {_broker_name(config)} as {settings.client_id}")
 
 
-def probe_broker(config: AgentConfig, timeout_s: float = 10.0, client_suffix: str = "") -> Outcome:
+def probe_broker(
+    config: AgentConfig, timeout_s: float = 10.0, client_suffix: str = ""
+) -> ProbeOutcome:
     """Connect with the unit's settings (user, password, TLS); `client_suffix` keeps a running
     agent's session (same client id) from being taken over."""
     try:
         return asyncio.run(_probe_broker(config, timeout_s, client_suffix))
     except OSError as exc:  # the password file
-        return Outcome(False, f"broker settings unusable: {exc}")
+        return ProbeOutcome(False, f"broker settings unusable: {exc}")
 
 
 async def _deliver(config: AgentConfig, store: Store, timeout_s: float) -> int:
@@ -112,22 +114,22 @@ async def _deliver(config: AgentConfig, store: Store, timeout_s: float) -> int:
     return store.backlog().count
 
 
-def deliver_outbox(config: AgentConfig, store: Store, timeout_s: float = 30.0) -> Outcome:
+def deliver_outbox(config: AgentConfig, store: Store, timeout_s: float = 30.0) -> ProbeOutcome:
     """Send every undelivered event to the response centre; says how many are left."""
     before = store.backlog().count
     if not before:
-        return Outcome(True, "nothing undelivered")
+        return ProbeOutcome(True, "nothing undelivered")
     try:
         left = asyncio.run(_deliver(config, store, timeout_s))
     except OSError as exc:
-        return Outcome(False, f"{before} events undelivered: broker settings unusable: {exc}")
+        return ProbeOutcome(False, f"{before} events undelivered: broker settings unusable: {exc}")
     if left:
-        return Outcome(
+        return ProbeOutcome(
             False,
             f"{left} of {before} events undelivered after {timeout_s:g} s: broker "
             f"{_broker_name(config)} not reachable",
         )
-    return Outcome(True, f"{before} events delivered to the response centre")
+    return ProbeOutcome(True, f"{before} events delivered to the response centre")
 
 
 @dataclass(frozen=True)
@@ -139,12 +141,12 @@ class DispenserProbe:
 
 async def _with_dispenser(
     config: AgentConfig, timeout_s: float, factory_reset: bool
-) -> tuple[DispenserProbe, Outcome | None]:
+) -> tuple[DispenserProbe, ProbeOutcome | None]:
     device, hint = config.dispenser.where, config.dispenser.trouble_hint
     up = asyncio.Event()
 
-    def on_link(change: dsession.LinkUp | dsession.LinkDown) -> None:
-        if isinstance(change, dsession.LinkUp):
+    def on_link(change: dsession.SessionUp | dsession.SessionDown) -> None:
+        if isinstance(change, dsession.SessionUp):
             up.set()
 
     def on_message(message: Message) -> None:
@@ -178,10 +180,12 @@ async def _with_dispenser(
         try:
             reply = await session.request(FactoryReset(req_id=0, confirm=FACTORY_RESET_CONFIRM))
         except dsession.SessionError as exc:
-            return probe, Outcome(False, f"FactoryReset not confirmed: {exc or type(exc).__name__}")
+            return probe, ProbeOutcome(
+                False, f"FactoryReset not confirmed: {exc or type(exc).__name__}"
+            )
         if isinstance(reply, CommandResult) and reply.result is ResultCode.OK:
-            return probe, Outcome(True, "dispenser factory-reset (confirmed)")
-        return probe, Outcome(False, f"dispenser refused FactoryReset: {reply}")
+            return probe, ProbeOutcome(True, "dispenser factory-reset (confirmed)")
+        return probe, ProbeOutcome(False, f"dispenser refused FactoryReset: {reply}")
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +196,6 @@ def probe_dispenser(config: AgentConfig, timeout_s: float = 10.0) -> DispenserPr
     return asyncio.run(_with_dispenser(config, timeout_s, factory_reset=False))[0]
 
 
-def factory_reset_dispenser(config: AgentConfig, timeout_s: float = 10.0) -> Outcome:
+def factory_reset_dispenser(config: AgentConfig, timeout_s: float = 10.0) -> ProbeOutcome:
     probe, outcome = asyncio.run(_with_dispenser(config, timeout_s, factory_reset=True))
-    return outcome if outcome is not None else Outcome(False, probe.detail)
+    return outcome if outcome is not None else ProbeOutcome(False, probe.detail)

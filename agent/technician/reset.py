@@ -76,7 +76,7 @@ def rewrite_config(path: Path, **changes: object) -> None:
         if os.geteuid() == 0:  # sudo: keep root:dispenser 0640, or the agent cannot read it
             os.chown(tmp, before.st_uid, before.st_gid)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # whatever stopped it (even ^C): no half-written file is left; re-raised
         Path(tmp).unlink(missing_ok=True)
         raise
 
