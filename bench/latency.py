@@ -45,6 +45,7 @@ from agent.config import parse_config
 from agent.runtime import build_daemon
 from bench.common import (
     WAIT_S,
+    CommitTimes,
     Figure,
     LoopLagProbe,
     MeasurementError,
@@ -368,7 +369,8 @@ def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
             poller = NaivePoller(POLL_DEADLINES, window_s=3.0 if quick else 8.0)
             poller.start()
             probe = LoopLagProbe()
-            results = asyncio.run(_rounds(workdir, broker.port, rounds, rate, probe))
+            with CommitTimes().recording() as commits:
+                results = asyncio.run(_rounds(workdir, broker.port, rounds, rate, probe))
             poller.join(WAIT_S)
             taken = [ms for r in results for ms in r.taken_ms]
             missed = [ms for r in results for ms in r.missed_ms]
@@ -394,10 +396,12 @@ def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
         + (f"; {others} outcome(s) neither taken nor presented-then-missed" if others else "")
     )
     say(f"  event loop during the rounds: {probe.describe()}")
+    say(f"  {commits.describe()}")
     taken_p99 = percentile(taken, 99)
     missed_p99 = percentile(missed, 99)
     return [
         *loop_stall_figures("taken run", probe, idle_loop_lag(2.0 if quick else 5.0)),
+        commits.figure("taken run"),
         Figure(
             "taken latency p50",
             percentile(taken, 50),
