@@ -35,8 +35,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent.clock import TimeTrust, utc_text
 from agent.contract.commands import (
     AnyCommand,
@@ -73,6 +71,8 @@ from agent.engine.types import FROM_RESPONSE_CENTRE, ON_SITE, Action, Emit
 from agent.mqtt.link import InboundMessage
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from agent.daemon import Daemon
     from agent.store.db import Store
 

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from agent.clock import DEFAULT_ZONE, load_zone
-from agent.contract.signing import KeyFormatError, load_public_key
+from agent.contract.signing import KeyFormatError, public_key_bytes
 from agent.engine.schedule import (
     MIN_INTERVAL_FLOOR,
     MIN_INTERVAL_MAX,
@@ -479,7 +479,7 @@ class AgentConfig(_Strict):
     def _centre_keys(cls, value: list[str]) -> list[str]:
         for index, text in enumerate(value):
             try:
-                load_public_key(text)
+                public_key_bytes(text)
             except KeyFormatError as exc:
                 raise ValueError(f"[{index}]: {exc}") from None
         return value

@@ -125,6 +125,10 @@ class LoopLagProbe:
     def __init__(self, interval_s: float = 0.002) -> None:
         self.interval_s = interval_s
         self.lags_ms: list[float] = []
+        # A wake-up whose sleep began while `measuring` was off lands here instead (a rig's
+        # set-up and a daemon's start-up, reported apart from the steady state).
+        self.measuring = True
+        self.setup_lags_ms: list[float] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LoopLagProbe:
@@ -141,8 +145,10 @@ class LoopLagProbe:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + self.interval_s
+            measuring = self.measuring
             await asyncio.sleep(self.interval_s)
-            self.lags_ms.append(max(0.0, loop.time() - due) * 1000)
+            lag_ms = max(0.0, loop.time() - due) * 1000
+            (self.lags_ms if measuring and self.measuring else self.setup_lags_ms).append(lag_ms)
 
     @property
     def max_ms(self) -> float:
@@ -155,9 +161,15 @@ class LoopLagProbe:
         return percentile(self.lags_ms, 99)
 
     def describe(self) -> str:
+        setup = (
+            f"; set-up/start-up (not counted) n={len(self.setup_lags_ms)} max "
+            f"{max(self.setup_lags_ms):.2f} ms"
+            if self.setup_lags_ms
+            else ""
+        )
         return (
             f"loop lag n={len(self.lags_ms)} p50 {percentile(self.lags_ms, 50):.2f} ms, "
-            f"p99 {self.p99_ms:.2f} ms, max {self.max_ms:.2f} ms"
+            f"p99 {self.p99_ms:.2f} ms, max {self.max_ms:.2f} ms{setup}"
         )
 
 
@@ -196,6 +208,83 @@ def loop_stall_figures(run_name: str, probe: LoopLagProbe, idle: LoopLagProbe) -
             f"longest loop stall ({run_name})", probe.max_ms, idle.max_ms, "ms", "-", None, note
         ),
     ]
+
+
+# --- the store's commits ---------------------------------------------------------------------
+
+
+class CommitTimes:
+    """How long each store commit takes (from the end of the transaction's body until COMMIT
+    returned: retention, the COMMIT and its fsync) and whether it ran on the event loop's thread,
+    where it blocks the loop for all of that time. `with times.recording():` wraps
+    Store.transaction for this process only.
+    """
+
+    def __init__(self) -> None:
+        self.on_loop_ms: list[float] = []
+        self.off_loop_ms: list[float] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[CommitTimes]:
+        from agent.store.db import Store
+
+        original = Store.transaction
+        times = self
+
+        @contextmanager
+        def timed(store: Store) -> Iterator[None]:
+            with original(store):
+                yield
+                started = time.perf_counter()
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            (times.on_loop_ms if _on_loop() else times.off_loop_ms).append(elapsed_ms)
+
+        Store.transaction = timed  # type: ignore[method-assign,assignment]
+        try:
+            yield self
+        finally:
+            Store.transaction = original  # type: ignore[method-assign]
+
+    def describe(self) -> str:
+        parts = []
+        for where, values in (("on the loop", self.on_loop_ms), ("off it", self.off_loop_ms)):
+            if values:
+                parts.append(
+                    f"{len(values)} {where} p50 {percentile(values, 50):.2f} ms, "
+                    f"p99 {percentile(values, 99):.2f} ms, max {max(values):.2f} ms"
+                )
+        if not parts:
+            return "commits: none"
+        verdict = (
+            "the store commits ON THE EVENT LOOP: each commit stalls it for its whole duration"
+            if self.on_loop_ms
+            else "the store commits off the event loop"
+        )
+        return f"commits: {'; '.join(parts)} ({verdict})"
+
+    def figure(self, run_name: str) -> Figure:
+        """The longest commit on the loop (0 when none ran there); no target of its own: it is
+        the part of the loop stall the store causes."""
+        value = max(self.on_loop_ms, default=0.0)
+        share = f"{len(self.on_loop_ms)} of {len(self.on_loop_ms) + len(self.off_loop_ms)}"
+        return Figure(
+            f"longest commit on the loop ({run_name})",
+            value,
+            None,
+            "ms",
+            "-",
+            None,
+            f"{share} commits ran on the event loop's thread and blocked it (body end -> COMMIT "
+            "returned, fsync included)",
+        )
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 # --- rig: a private mosquitto ----------------------------------------------------------------

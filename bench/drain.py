@@ -11,15 +11,18 @@ same size (max_inflight 20), timed until every PUBACK is in; the subscriber must
 
 Both are measured twice: on mosquitto with its defaults, and with `set_tcp_nodelay true` (see
 BROKER_VARIANTS for why). The second broker also gets a drain from a slow-fsync store: every commit
-blocks for SLOW_FSYNC_S more, as fsync does on a Pi's SD card (the publisher commits on the loop).
+blocks for SLOW_FSYNC_S more, as fsync does on a Pi's SD card.
 
 A loop-lag probe (bench.common.LoopLagProbe) runs on the drain's event loop: the longest stall.
+Every commit is timed (bench.common.CommitTimes), and the output says whether it ran on the
+event loop (then it stalls the loop for its whole duration) or off it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import tempfile
 import threading
 import time
@@ -36,6 +39,7 @@ from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
 from bench.common import (
     WAIT_S,
+    CommitTimes,
     Figure,
     LoopLagProbe,
     MeasurementError,
@@ -103,10 +107,13 @@ class WatchedStore(Store):
     def transaction(self) -> Iterator[None]:
         with super().transaction():
             yield
-        if self.commit_delay_s:
-            time.sleep(self.commit_delay_s)
         if self.on_commit is not None:
             self.on_commit()
+
+    def _keep_bounded(self, conn: sqlite3.Connection) -> None:
+        super()._keep_bounded(conn)
+        if self.commit_delay_s:
+            time.sleep(self.commit_delay_s)  # right before the COMMIT, as a slow fsync of it
 
 
 async def _drain(store: WatchedStore, port: int, probe: LoopLagProbe) -> float:
@@ -151,9 +158,15 @@ async def _drain_probed(store: WatchedStore, port: int) -> float:
 
 
 def drain_rate(
-    workdir: Path, port: int, events: int, probe: LoopLagProbe, commit_delay_s: float = 0.0
+    workdir: Path,
+    port: int,
+    events: int,
+    probe: LoopLagProbe,
+    commit_delay_s: float = 0.0,
+    commits: CommitTimes | None = None,
 ) -> tuple[float, int]:
-    """(events/s, average payload bytes) of the real publisher and link."""
+    """(events/s, average payload bytes) of the real publisher and link; the drain's commits
+    are timed into `commits`."""
     with WatchedStore.open(workdir / f"outbox-{commit_delay_s:g}.sqlite3") as store:
         if not isinstance(store, WatchedStore):  # Store.open builds `cls`; this tells mypy
             raise MeasurementError("Store.open did not build the watched store")
@@ -161,7 +174,8 @@ def drain_rate(
         store.commit_delay_s = commit_delay_s
         sizes = [len(build_envelope(UNIT_ID, e, True, 1)) for e in store.pending_events(limit=50)]
         with Subscriber(port, TOPIC, client_id="bench-drain-centre") as centre:
-            elapsed = asyncio.run(_drain(store, port, probe))
+            with (commits or CommitTimes()).recording():
+                elapsed = asyncio.run(_drain(store, port, probe))
             centre.wait_for(
                 lambda got: len(got) >= events and _distinct_seqs(got) >= events,
                 WAIT_S,
@@ -211,24 +225,27 @@ def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
     idle = idle_loop_lag(2.0)
     for label, extra in BROKER_VARIANTS:
         say(f"drain{label}: {events} stored events -> OutboxPublisher + MqttLink -> mosquitto")
-        slow: tuple[float, LoopLagProbe] | None = None
+        slow: tuple[float, LoopLagProbe, CommitTimes] | None = None
         with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
             workdir = Path(tmp)
             with mosquitto(workdir, extra) as broker:
                 probe = LoopLagProbe()
-                agent_rate, size = drain_rate(workdir, broker.port, events, probe)
+                commits = CommitTimes()
+                agent_rate, size = drain_rate(workdir, broker.port, events, probe, 0.0, commits)
                 bare_rate = paho_rate(broker.port, events, size)
                 if extra:
                     slow_probe = LoopLagProbe()
+                    slow_commits = CommitTimes()
                     slow_rate, _ = drain_rate(
-                        workdir, broker.port, events, slow_probe, commit_delay_s=SLOW_FSYNC_S
+                        workdir, broker.port, events, slow_probe, SLOW_FSYNC_S, slow_commits
                     )
-                    slow = (slow_rate, slow_probe)
+                    slow = (slow_rate, slow_probe, slow_commits)
         say(
             f"  agent {agent_rate:,.0f} events/s; bare paho {bare_rate:,.0f} msg/s "
             f"({size} B payloads, max_inflight {MAX_INFLIGHT}): {agent_rate / bare_rate:.0%}; "
             f"{probe.describe()}"
         )
+        say(f"  {commits.describe()}")
         figures.append(
             Figure(
                 f"outbox drain rate{label}",
@@ -242,14 +259,15 @@ def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
             )
         )
         if not extra:
-            stalls += loop_stall_figures("drain run", probe, idle)
+            stalls += [*loop_stall_figures("drain run", probe, idle), commits.figure("drain run")]
         if slow is not None:
-            slow_rate, slow_probe = slow
+            slow_rate, slow_probe, slow_commits = slow
             say(
                 f"  slow fsync (+{SLOW_FSYNC_S * 1000:g} ms per commit): agent "
                 f"{slow_rate:,.0f} events/s ({slow_rate / bare_rate:.0%} of bare paho); "
                 f"{slow_probe.describe()}"
             )
+            say(f"  {slow_commits.describe()}")
             figures.append(
                 Figure(
                     f"outbox drain rate{label}, slow fsync",
@@ -261,5 +279,8 @@ def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
                     f"every commit +{SLOW_FSYNC_S * 1000:g} ms (an SD card's fsync)",
                 )
             )
-            stalls += loop_stall_figures("slow-fsync drain", slow_probe, idle)
+            stalls += [
+                *loop_stall_figures("slow-fsync drain", slow_probe, idle),
+                slow_commits.figure("slow-fsync drain"),
+            ]
     return figures + stalls

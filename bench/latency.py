@@ -45,6 +45,7 @@ from agent.config import parse_config
 from agent.runtime import build_daemon
 from bench.common import (
     WAIT_S,
+    CommitTimes,
     Figure,
     LoopLagProbe,
     MeasurementError,
@@ -98,8 +99,16 @@ class RoundResult:
 class DoseDay:
     """One round: a fresh daemon, store, simulated dispenser and unit id for one dosing day."""
 
-    def __init__(self, workdir: Path, broker_port: int, index: int, rate: float) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        broker_port: int,
+        index: int,
+        rate: float,
+        probe: LoopLagProbe | None = None,
+    ) -> None:
         self.rate = rate
+        self.probe = probe
         self.unit_id = f"bench-latency-{index}"
         self.start = _local(DAY, START_LOCAL)
         self.clock = ScaledClock(self.start, rate=rate)
@@ -166,6 +175,8 @@ class DoseDay:
             try:
                 return await self._script()
             finally:
+                if self.probe is not None:
+                    self.probe.measuring = False  # the daemon's shutdown is not steady state
                 daemon_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await daemon_task
@@ -184,6 +195,11 @@ class DoseDay:
             WAIT_S,
             "agent up (dispenser link and MQTT)",
         )
+        # The loop-stall figure is the steady state: building a round's daemon in this loop
+        # (production opens the store before its loop runs) and its start-up (first GPIO probe,
+        # start-up records) are reported apart (LoopLagProbe.setup_lags_ms).
+        if self.probe is not None:
+            self.probe.measuring = True
         doses = self.roll_doses()
         roll = roll_from_dose_times("R-BENCH-1", PATIENT, doses, doses[-1] + 30 * 86400)
         await asyncio.to_thread(self.runner.call, lambda model: model.insert_roll(roll))
@@ -338,15 +354,18 @@ async def _rounds(
     workdir: Path, port: int, rounds: int, rate: float, probe: LoopLagProbe
 ) -> list[RoundResult]:
     async with probe:  # the daemon runs on this loop: its stalls are the probe's lateness
-        return await _rounds_probed(workdir, port, rounds, rate)
+        return await _rounds_probed(workdir, port, rounds, rate, probe)
 
 
-async def _rounds_probed(workdir: Path, port: int, rounds: int, rate: float) -> list[RoundResult]:
+async def _rounds_probed(
+    workdir: Path, port: int, rounds: int, rate: float, probe: LoopLagProbe
+) -> list[RoundResult]:
     results = []
     for index in range(rounds):
         round_dir = workdir / f"round-{index}"
         round_dir.mkdir()
-        result = await DoseDay(round_dir, port, index, rate).run()
+        probe.measuring = False  # until the daemon is up (see DoseDay._script)
+        result = await DoseDay(round_dir, port, index, rate, probe).run()
         say(
             f"  round {index + 1}/{rounds}: {len(result.taken_ms)} taken, "
             f"{len(result.missed_ms)} missed samples"
@@ -368,7 +387,8 @@ def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
             poller = NaivePoller(POLL_DEADLINES, window_s=3.0 if quick else 8.0)
             poller.start()
             probe = LoopLagProbe()
-            results = asyncio.run(_rounds(workdir, broker.port, rounds, rate, probe))
+            with CommitTimes().recording() as commits:
+                results = asyncio.run(_rounds(workdir, broker.port, rounds, rate, probe))
             poller.join(WAIT_S)
             taken = [ms for r in results for ms in r.taken_ms]
             missed = [ms for r in results for ms in r.missed_ms]
@@ -394,10 +414,12 @@ def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
         + (f"; {others} outcome(s) neither taken nor presented-then-missed" if others else "")
     )
     say(f"  event loop during the rounds: {probe.describe()}")
+    say(f"  {commits.describe()}")
     taken_p99 = percentile(taken, 99)
     missed_p99 = percentile(missed, 99)
     return [
         *loop_stall_figures("taken run", probe, idle_loop_lag(2.0 if quick else 5.0)),
+        commits.figure("taken run"),
         Figure(
             "taken latency p50",
             percentile(taken, 50),

@@ -23,10 +23,15 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import rfc8785
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography (about 8 MB resident with its OpenSSL binding) and rfc8785 are imported only when a
+# key is parsed or a command canonicalised: an idle unit never needs them (tests/test_lazy_imports).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 SIGNING_CONTEXT = b"dispenser-command/1\n"
 SIGNATURE_ALG = "ed25519"
@@ -75,14 +80,22 @@ def public_key_text(key: Ed25519PublicKey) -> str:
     return base64.b64encode(key.public_bytes_raw()).decode("ascii")
 
 
-def load_public_key(text: str) -> Ed25519PublicKey:
+def public_key_bytes(text: str) -> bytes:
+    """The raw 32 bytes of a public key's text, checked without loading cryptography (config
+    validation): Ed25519PublicKey.from_public_bytes refuses nothing else."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise KeyFormatError("a public key is standard base64 of 32 bytes") from None
     if len(raw) != 32:
         raise KeyFormatError(f"a public key is 32 bytes, got {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return raw
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(public_key_bytes(text))
 
 
 def key_id(key: Ed25519PublicKey) -> str:
@@ -94,6 +107,8 @@ def signed_bytes(request: Mapping[str, object]) -> bytes:
 
     Raises SignatureError(bad_signature) for a value RFC 8785 cannot represent (e.g. an integer
     beyond ±2^53)."""
+    import rfc8785
+
     body = {key: value for key, value in request.items() if key != "signature"}
     try:
         return SIGNING_CONTEXT + rfc8785.dumps(body)  # type: ignore[arg-type]  # JSON values
@@ -139,6 +154,8 @@ def verify_request(request: Mapping[str, object], trusted: Mapping[str, Ed25519P
         raise SignatureError(BAD_SIGNATURE, "signature value is not base64url") from None
     if len(raw) != 64:
         raise SignatureError(BAD_SIGNATURE, "an Ed25519 signature is 64 bytes")
+    from cryptography.exceptions import InvalidSignature
+
     try:
         public.verify(raw, signed_bytes(request))
     except InvalidSignature:
