@@ -194,3 +194,91 @@ def test_resend_from_publishes_delivered_events_again(
     finally:
         centre.close()
         store.close()
+
+
+def test_a_stored_event_that_cannot_be_rendered_does_not_block_the_ones_behind_it(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    """An SD card's bit rot (or a bug) leaves an event the contract cannot carry: its payload is
+    no JSON any more, or it lacks its priority. It goes out in its place as `event_unreadable`,
+    with what was stored, and the missed-dose alarm behind it is delivered (it once waited for
+    ever, the pass failing on the first bad event every 5 s)."""
+    import sqlite3
+
+    from agent.envelope import build_envelope
+
+    path = tmp_path / "s.sqlite3"
+    store = Store.open(path)
+    with store.transaction():
+        store.append_event(
+            "button_pressed",
+            {"priority": "info", "data": {}},
+            "2026-11-23T07:00:00Z",
+            "synchronised",
+        )
+        store.append_event(
+            "button_pressed",
+            {"priority": "info", "data": {}},
+            "2026-11-23T07:00:01Z",
+            "synchronised",
+        )
+        store.append_event("button_pressed", {"data": {}}, "2026-11-23T07:00:02Z", "synchronised")
+        store.append_event(
+            "dose_missed",
+            {"priority": "high", "vkp_code": "3.3", "data": {"slot": "x"}},
+            "2026-11-23T08:00:00Z",
+            "synchronised",
+        )
+    rot = sqlite3.connect(path)
+    with rot:
+        rot.execute("UPDATE outbox SET payload = ? WHERE seq = 2", ('{"priority": "inf\x00',))
+    rot.close()
+    centre = Received(mosquitto.port)
+
+    def envelope(event: OutboxEvent, replayed: bool) -> bytes:
+        return build_envelope("pub-unit", event, replayed, 1)
+
+    async def scenario() -> None:
+        link = MqttLink(
+            MqttSettings("127.0.0.1", mosquitto.port, "pub-unit", backoff_initial_s=0.05),
+            will_factory=None,
+            subscriptions=(),
+        )
+        publisher = OutboxPublisher(store, link, TOPIC, envelope, window=20)
+        tasks = [asyncio.create_task(link.run()), asyncio.create_task(publisher.run())]
+        try:
+            await asyncio.to_thread(centre.wait, lambda ev: len(ev) >= 4)
+            await until(lambda: store.backlog().count == 0)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        run(scenario)
+        by_seq = {int(str(e["seq"])): e for e in centre.events}
+        assert sorted(by_seq) == [1, 2, 3, 4]
+        assert [by_seq[s]["kind"] for s in (1, 2, 3, 4)] == [
+            "button_pressed",
+            "event_unreadable",
+            "event_unreadable",
+            "dose_missed",
+        ]
+        assert by_seq[4]["priority"] == "high"
+        rotten, incomplete = by_seq[2], by_seq[3]
+        assert rotten["priority"] == "medium"
+        data = rotten["data"]
+        assert isinstance(data, dict)
+        assert data["stored_kind"] == "button_pressed"
+        assert data["stored"] == '{"priority": "inf\x00'
+        incomplete_data = incomplete["data"]
+        assert isinstance(incomplete_data, dict)
+        assert "priority" in str(incomplete_data["error"])
+        # the same event id as stored: a re-send of it is still deduplicated by the centre
+        with sqlite3.connect(path) as check:
+            stored_ids = dict(check.execute("SELECT seq, event_id FROM outbox").fetchall())
+        assert rotten["event_id"] == stored_ids[2]
+        assert incomplete["event_id"] == stored_ids[3]
+    finally:
+        centre.close()
+        store.close()

@@ -617,6 +617,17 @@ _SHELL_SPECS = (
         "its topics. A dropped command is not acknowledged, so the broker delivers it again.",
     ),
     AlertSpec(
+        "event_unreadable",
+        _P.MEDIUM,
+        None,  # the unit's own storage, not a dosing deviation
+        "An event the unit stored can no longer be read or does not fit this contract (storage "
+        "corruption, or a bug): it is sent in its place, with its seq, so the events behind it "
+        "are not held back. data.stored_kind, data.stored (its stored text, cut at 1,000 "
+        "characters), data.stored_occurred_at and data.error say what was found. Ask the "
+        "technician to check the unit's storage; if stored_kind is a dose outcome, confirm the "
+        "dose with the patient.",
+    ),
+    AlertSpec(
         "store_ceiling",
         _P.MEDIUM,
         None,  # the unit's own storage, not a dosing deviation

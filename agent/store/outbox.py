@@ -76,13 +76,26 @@ class OutboxPolicy:
 _COLUMNS = "seq, event_id, kind, payload, occurred_utc, trust, delivered"
 
 
+UNREADABLE_PAYLOAD = "unreadable_payload"  # payload key: the stored text that is no JSON object
+
+
+def _payload(text: str) -> dict[str, object]:
+    """The stored payload; text that is no JSON object any more (bit rot on the SD card) is kept
+    as it is under UNREADABLE_PAYLOAD, so one bad row never stops a read of the outbox."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return {UNREADABLE_PAYLOAD: text}
+    return payload if isinstance(payload, dict) else {UNREADABLE_PAYLOAD: text}
+
+
 def _row_to_event(row: tuple[Any, ...]) -> OutboxEvent:
     seq, event_id, kind, payload, occurred_utc, trust, delivered = row
     return OutboxEvent(
         seq=int(seq),
         event_id=str(event_id),
         kind=str(kind),
-        payload=json.loads(str(payload)),
+        payload=_payload(str(payload)),
         occurred_utc=str(occurred_utc),
         trust=str(trust),
         delivered=bool(delivered),
