@@ -101,6 +101,7 @@ def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
         "schedule_empty",
         "store_ceiling",
         "mqtt_inbound_dropped",
+        "commands_refused_in_bulk",
     } == catalogue.SHELL_KINDS
     assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 

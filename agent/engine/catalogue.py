@@ -617,6 +617,18 @@ _SHELL_SPECS = (
         "its topics. A dropped command is not acknowledged, so the broker delivers it again.",
     ),
     AlertSpec(
+        "commands_refused_in_bulk",
+        _P.MEDIUM,
+        None,  # a security event, not a dosing deviation
+        "Many commands were refused in one window (a flood, or a broken sender): the first few "
+        "of the window were answered and reported one by one as command_rejected or "
+        "command_unauthenticated; the rest got no answer, were not executed, and are counted "
+        "here (data.counts by reason: rate_limited, malformed_json, invalid_command, "
+        "unknown_command, unsigned, unknown_key, bad_signature; data.total, window_s, "
+        "individually_reported, first_at, last_at, example_command_id). At most one per window. "
+        "A genuine command counted as rate_limited was not carried out: send it again.",
+    ),
+    AlertSpec(
         "store_ceiling",
         _P.MEDIUM,
         None,  # the unit's own storage, not a dosing deviation
