@@ -96,9 +96,10 @@ LOCAL_COMMANDS = frozenset(
 )
 # how far ahead of the unit's clock a signed command may say it was issued (clocks drift)
 MAX_ISSUE_SKEW = timedelta(minutes=5)
-# Authentication refusals that say only "not from the centre": folded in a flood. wrong_unit,
-# issued_in_future and replayed are checked on a readable command and stay answered one by one
-# (within the rate limit), as do expired and every refusal of a command that was authenticated.
+# Authentication refusals that say only "not from the centre": folded in a flood, and so is
+# wrong_unit when the signature does not verify either. A command signed by a trusted key (wrong
+# unit, issued in the future, replayed, expired, refused by the engine) is always answered on its
+# own, within the rate limit.
 FOLDED_AUTH_CODES = frozenset({UNSIGNED, UNKNOWN_KEY, BAD_SIGNATURE})
 BULK_KIND = "commands_refused_in_bulk"
 
@@ -247,7 +248,7 @@ class CommandHandler:
             try:
                 self._authenticate(request, now.utc, now.trust)
             except Refused as refusal:
-                if refusal.code in FOLDED_AUTH_CODES and self._folded(refusal.code, command_id):
+                if self._junk(request, refusal) and self._folded(refusal.code, command_id):
                     return None, None
                 return self._refuse_unauthenticated(request, refusal, origin, len(payload), source)
         seen = daemon.store.command_seen(command_id)
@@ -287,6 +288,18 @@ class CommandHandler:
         return trusted_keys(self.daemon.config.centre_keys, self.daemon.store)
 
     # --- flood control ----------------------------------------------------------------------
+
+    def _junk(self, request: CommandRequest, refusal: Refused) -> bool:
+        """An authentication refusal of a command no trusted key signed (foldable in a flood)."""
+        if refusal.code in FOLDED_AUTH_CODES:
+            return True
+        if refusal.code != WRONG_UNIT:
+            return False
+        try:  # checked before the signature: is it the centre's command for another unit?
+            verify_request(request.wire, self.trusted_keys())
+        except SignatureError:
+            return True
+        return False
 
     def _folded(self, reason: str, command_id: str | None, *, may_answer: bool = True) -> bool:
         """Note a junk refusal (or one over the rate limit): True when it is folded into the

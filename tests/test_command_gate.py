@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from e2e_support import CENTRE_PUBLIC, command, sign_command
 
 from agent.command_gate import RATE_LIMITED, RefusalFold, TokenBucket
 from agent.commands import BULK_KIND as BULK
@@ -262,3 +265,34 @@ def test_over_the_limit_nothing_is_written_and_a_stop_tells_the_count(tmp_path: 
         assert data["counts"] == {"rate_limited": 500}  # type: ignore[index]
         assert data["individually_reported"] == 0  # type: ignore[index]
         assert audit_kinds(daemon)[audit_before:] == [BULK]
+
+
+def test_a_command_for_another_unit_is_junk_unless_the_centre_signed_it(tmp_path: Path) -> None:
+    values = {**base_config(tmp_path), "centre_keys": [CENTRE_PUBLIC]}
+    daemon = build_daemon(parse_config(values))
+    try:
+        handler = CommandHandler(daemon, monotonic=Clock())
+        now = datetime.now(UTC)
+
+        def send(request: dict[str, object]) -> bytes | None:
+            return handler.answer(json.dumps(request).encode(), "t", FROM_RESPONSE_CENTRE)[0]
+
+        # forged for another unit: told one by one five times, then counted
+        forged = [
+            {**command("silence", issued_at=now, minutes=5), "unit_id": "unit-b-0002"}
+            for _ in range(7)
+        ]
+        answers = [send(request) for request in forged]
+        assert [a is not None for a in answers] == [True] * 5 + [False] * 2
+        # the centre's own command for another unit (misrouted): always answered and told
+        signed = [
+            sign_command(command("silence", issued_at=now, minutes=5), "unit-b-0002")
+            for _ in range(2)
+        ]
+        assert all(send(request) is not None for request in signed)
+        handler.flush_refusals()
+        assert kinds(daemon) == ["command_unauthenticated"] * 7 + [BULK]
+        [bulk] = [e for e in daemon.store.pending_events(limit=100) if e.kind == BULK]
+        assert bulk.payload["data"]["counts"] == {"wrong_unit": 2}  # type: ignore[index]
+    finally:
+        daemon.store.close()

@@ -624,7 +624,8 @@ _SHELL_SPECS = (
         "of the window were answered and reported one by one as command_rejected or "
         "command_unauthenticated; the rest got no answer, were not executed, and are counted "
         "here (data.counts by reason: rate_limited, malformed_json, invalid_command, "
-        "unknown_command, unsigned, unknown_key, bad_signature; data.total, window_s, "
+        "unknown_command, unsigned, unknown_key, bad_signature, wrong_unit (unsigned or not "
+        "verified); data.total, window_s, "
         "individually_reported, first_at, last_at, example_command_id). At most one per window. "
         "A genuine command counted as rate_limited was not carried out: send it again.",
     ),
