@@ -630,6 +630,18 @@ _SHELL_SPECS = (
         "A genuine command counted as rate_limited was not carried out: send it again.",
     ),
     AlertSpec(
+        "audit_checkpoint",
+        _P.INFO,
+        None,  # the unit's own records, not a dosing deviation
+        "The unit pruned the oldest records of its hash-chained audit log (retention, or the "
+        "disk ceiling) behind a checkpoint record. Keep this event: it is the anchor that makes "
+        "the unit's remaining log verifiable from outside the unit (data: first_seq, "
+        "through_seq and through_hash of the last pruned record, records pruned, "
+        "checkpoint_seq and checkpoint_hash of the checkpoint record). An auditor holding these "
+        "can tell a log rewritten whole on the unit: its checkpoint record must have that hash "
+        "(`dispenser-agent audit verify` checks the rest of the chain from it).",
+    ),
+    AlertSpec(
         "store_ceiling",
         _P.MEDIUM,
         None,  # the unit's own storage, not a dosing deviation
