@@ -22,7 +22,8 @@ Path of one command (docs/response-centre-guide.md):
 Every command, accepted or not, leaves an audit record; every refusal also an event — except in
 a flood (`agent/command_gate.py`): before step 1 every command over MQTT takes a token of the rate
 limit (`command_limits` in the config) or is dropped unanswered; and junk (unreadable,
-schema-invalid, unsigned, unknown key, bad signature) beyond the first few of a window is not
+schema-invalid, unsigned, unknown key, bad signature, another unit's without a signature that
+verifies) beyond the first few of a window is not
 answered but counted, with the dropped ones, in one `commands_refused_in_bulk` event and one audit
 record per window, told when the window ends or the daemon stops.
 
