@@ -6,10 +6,11 @@ folded into one counted report per window.
   `per_s`. A command without a token is not executed and gets no answer and no event of its own:
   it is counted (reason `rate_limited`).
 - `RefusalFold`: a refusal that says nothing but "junk" (unreadable or schema-invalid, unsigned,
-  unknown key, bad signature, addressed to another unit and not verified) is answered, audited and reported on its own only for the first
-  `individual` of a window, so one operator's mistake is still told as before; the rest of the
-  window is counted per reason and told once, when the window ends, as one
-  `commands_refused_in_bulk` event with one audit record (`agent/commands.py`).
+  unknown key, bad signature, addressed to another unit and not verified) is answered, audited
+  and reported on its own only for the first `individual` of a window, so one operator's mistake
+  is still told as before; the rest of the window is counted per reason and told once, when the
+  window ends, as one `commands_refused_in_bulk` event with one audit record
+  (`agent/commands.py`).
 
 Both run on a monotonic clock passed in (seconds), not the unit's wall clock: a flood is measured in
 real time, and tests drive time by hand.
