@@ -19,7 +19,13 @@ Path of one command (docs/response-centre-guide.md):
    committed in one transaction; then the answer is published on the unit's response topic (an
    MQTT 5 response topic the command names only if it is that topic or lies under the configured
    `mqtt.response_topic_prefix`; correlation data echoed; the id is in the payload).
-Every command, accepted or not, leaves an audit record; every refusal also an event.
+Every command, accepted or not, leaves an audit record; every refusal also an event — except in
+a flood (`agent/command_gate.py`): before step 1 every command over MQTT takes a token of the rate
+limit (`command_limits` in the config) or is dropped unanswered; and junk (unreadable,
+schema-invalid, unsigned, unknown key, bad signature, another unit's without a signature that
+verifies) beyond the first few of a window is not
+answered but counted, with the dropped ones, in one `commands_refused_in_bulk` event and one audit
+record per window, told when the window ends or the daemon stops.
 
 The same path serves a technician on site: `dispenser-agent plan discard` hands a command to the
 running daemon over its local control socket (`agent/local_control.py`); it is answered there,
@@ -29,13 +35,16 @@ in `LOCAL_COMMANDS` are accepted that way (anything else is `not_allowed_locally
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from agent.clock import TimeTrust, utc_text
+from agent.command_gate import RATE_LIMITED, RefusalFold, TokenBucket
 from agent.contract.commands import (
     AnyCommand,
     CommandError,
@@ -55,8 +64,10 @@ from agent.contract.commands import (
     parse_command,
 )
 from agent.contract.signing import (
+    BAD_SIGNATURE,
     ISSUED_IN_FUTURE,
     REPLAYED,
+    UNKNOWN_KEY,
     UNSIGNED,
     UNSIGNED_COMMANDS,
     WRONG_UNIT,
@@ -86,6 +97,12 @@ LOCAL_COMMANDS = frozenset(
 )
 # how far ahead of the unit's clock a signed command may say it was issued (clocks drift)
 MAX_ISSUE_SKEW = timedelta(minutes=5)
+# Authentication refusals that say only "not from the centre": folded in a flood, and so is
+# wrong_unit when the signature does not verify either. A command signed by a trusted key (wrong
+# unit, issued in the future, replayed, expired, refused by the engine) is always answered on its
+# own, within the rate limit.
+FOLDED_AUTH_CODES = frozenset({UNSIGNED, UNKNOWN_KEY, BAD_SIGNATURE})
+BULK_KIND = "commands_refused_in_bulk"
 
 
 class Refused(Exception):  # noqa: N818 - reads as the outcome it is
@@ -150,26 +167,40 @@ def authenticate(
 
 
 class CommandHandler:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.daemon = daemon
+        limits = daemon.config.command_limits
+        self._monotonic = monotonic
+        self._bucket = TokenBucket.full(limits.burst, limits.per_s, monotonic())
+        self._fold = RefusalFold(limits.individual_refusals, float(limits.window_s))
+        self._fold_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         request_topic = self.daemon.topics.command_request
-        async for message in self.daemon.mqtt.messages():
-            if message.topic != request_topic:
-                # Some brokers (amqtt) push retained messages a client never subscribed to.
-                log.debug("ignoring a message on %s", message.topic)
+        try:
+            async for message in self.daemon.mqtt.messages():
+                if message.topic != request_topic:
+                    # Some brokers (amqtt) push retained messages a client never subscribed to.
+                    log.debug("ignoring a message on %s", message.topic)
+                    self.daemon.mqtt.ack(message)
+                    continue
+                try:
+                    await self.handle(message)
+                except Exception:  # one bad command must not stop command handling
+                    log.exception("command handling failed for a message on %s", message.topic)
+                # Acked only now: a crash before this point makes the broker redeliver the
+                # command, and the stored command id makes sure it is not executed twice.
                 self.daemon.mqtt.ack(message)
-                continue
-            try:
-                await self.handle(message)
-            except Exception:  # one bad command must not stop command handling
-                log.exception("command handling failed for a message on %s", message.topic)
-            # Acked only now: a crash before this point makes the broker redeliver the command,
-            # and the stored command id makes sure it is not executed twice.
-            self.daemon.mqtt.ack(message)
+        finally:
+            # A stop tells what the open window counted (a kill -9 loses it: see the guide).
+            self.flush_refusals()
 
     async def handle(self, message: InboundMessage) -> bytes | None:
+        # Before anything else (parsing, signature, store): a command over the rate limit is
+        # only counted. Not executed, no answer, no event of its own.
+        if not self._bucket.take(self._monotonic()):
+            self._folded(RATE_LIMITED, None, may_answer=False)
+            return None
         # after the connection's birth: no answer of a session arrives before its online message
         await self.daemon.mqtt.wait_ready()
         answer, request = self.answer(message.payload, message.topic, FROM_RESPONSE_CENTRE)
@@ -192,6 +223,8 @@ class CommandHandler:
         try:
             request = parse_command(payload)
         except CommandInvalid as problem:
+            if source != ON_SITE and self._folded(problem.code, problem.command_id):
+                return None, None
             if problem.command_id is not None:
                 seen = daemon.store.command_seen(problem.command_id)
                 if seen is not None:
@@ -216,6 +249,8 @@ class CommandHandler:
             try:
                 self._authenticate(request, now.utc, now.trust)
             except Refused as refusal:
+                if self._junk(request, refusal) and self._folded(refusal.code, command_id):
+                    return None, None
                 return self._refuse_unauthenticated(request, refusal, origin, len(payload), source)
         seen = daemon.store.command_seen(command_id)
         if seen is not None:
@@ -252,6 +287,67 @@ class CommandHandler:
 
     def trusted_keys(self) -> dict[str, Ed25519PublicKey]:
         return trusted_keys(self.daemon.config.centre_keys, self.daemon.store)
+
+    # --- flood control ----------------------------------------------------------------------
+
+    def _junk(self, request: CommandRequest, refusal: Refused) -> bool:
+        """An authentication refusal of a command no trusted key signed (foldable in a flood)."""
+        if refusal.code in FOLDED_AUTH_CODES:
+            return True
+        if refusal.code != WRONG_UNIT:
+            return False
+        try:  # checked before the signature: is it the centre's command for another unit?
+            verify_request(request.wire, self.trusted_keys())
+        except SignatureError:
+            return True
+        return False
+
+    def _folded(self, reason: str, command_id: str | None, *, may_answer: bool = True) -> bool:
+        """Note a junk refusal (or one over the rate limit): True when it is folded into the
+        window's count (nothing else is done with it), False when it is to be answered and
+        reported on its own as before. Writes nothing to the store."""
+        now = self._monotonic()
+        if self._fold.expired(now):
+            self.flush_refusals()
+        at_utc = utc_text(self.daemon.clock.now().utc)
+        if self._fold.admit(reason, now, at_utc, command_id, may_answer=may_answer):
+            return False
+        if self._fold_timer is None:
+            closes = self._fold.closes_at()
+            assert closes is not None  # admit() opened the window
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a test calling answer() directly): told at stop
+                return True
+            self._fold_timer = loop.call_later(max(0.0, closes - now), self.flush_refusals)
+        return True
+
+    def flush_refusals(self) -> None:
+        """Close the fold window: one `commands_refused_in_bulk` event and one audit record for
+        what it counted (nothing when it counted nothing)."""
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        report = self._fold.report()
+        if report is None:
+            return
+        daemon = self.daemon
+        fields = report.fields()
+
+        def record() -> None:
+            daemon.store.audit_append(BULK_KIND, fields, *daemon.stamp())
+
+        try:
+            daemon.apply([Emit(make_event(BULK_KIND, fields))], daemon.clock.now(), within=record)
+        except Exception:  # a store fault has started the fail-safe; the counts go to the log
+            log.exception("refused commands not reported: %s", fields["counts"])
+            return
+        log.warning(
+            "%d commands refused in bulk in %d s (not answered): %s",
+            fields["total"],
+            report.window_s,
+            fields["counts"],
+        )
 
     def _key_changes(self) -> tuple[list[str], set[str]]:
         return _key_changes(self.daemon.store)

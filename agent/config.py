@@ -453,6 +453,20 @@ class GpioConfig(_Strict):
         }
 
 
+class CommandLimits(_Strict):
+    """Flood control for the centre's commands (agent/command_gate.py). The defaults leave room
+    for any real response centre: 30 commands at once, then one a second for as long as it
+    likes; a refused command is told on its own 5 times a window, the rest counted in one
+    `commands_refused_in_bulk` event when the window ends."""
+
+    burst: int = Field(default=30, ge=5, le=1000, description="commands accepted at once")
+    per_s: float = Field(default=1.0, ge=0.05, le=100, description="sustained commands a second")
+    individual_refusals: int = Field(
+        default=5, ge=1, le=100, description="junk refusals a window answered and told one by one"
+    )
+    window_s: int = Field(default=60, ge=10, le=3600, description="one bulk report per window")
+
+
 class AgentConfig(_Strict):
     unit_id: str = Field(description="this unit's id on the MQTT topic tree: [a-z0-9-]{3,64}")
     state_dir: Path = Path("/var/lib/dispenser-agent")
@@ -460,6 +474,7 @@ class AgentConfig(_Strict):
     mqtt: MqttBroker = Field(default_factory=MqttBroker)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     gpio: GpioConfig = Field(default_factory=GpioConfig)
+    command_limits: CommandLimits = Field(default_factory=CommandLimits)
     # Installation binding: a pseudonymous patient reference, never a name or national id.
     patient_ref: str | None = Field(default=None, min_length=4, max_length=64)
     schedule: ScheduleConfig | None = None

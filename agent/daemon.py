@@ -52,6 +52,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent import __version__, local_control
+from agent.broker_watch import watch_broker
 from agent.clock import DEFAULT_ZONE, Clock, Now, ReferenceClock, TimeTrust, utc_text
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
@@ -307,6 +308,7 @@ class Daemon:
                         (self.commands.run(), "centre-commands"),
                         (self._periodic_state(), "heartbeat-and-health"),
                         (self._summaries(), "adherence-summaries"),
+                        (watch_broker(self), "broker-watch"),
                         (
                             local_control.serve(
                                 local_control.socket_path(self.config.state_dir),
@@ -996,6 +998,7 @@ class Daemon:
             agent_version=__version__,
             active_alerts=list(status.active_alerts),
             active_conditions=list(status.conditions),
+            mqtt_tls_failures=self.mqtt.stats.tls_failures,
         )
 
     async def _publish_health(self) -> None:

@@ -102,6 +102,8 @@ def test_contract_kinds_are_exactly_what_make_event_accepts() -> None:
         "store_ceiling",
         "mqtt_inbound_dropped",
         "event_unreadable",
+        "commands_refused_in_bulk",
+        "audit_checkpoint",
     } == catalogue.SHELL_KINDS
     assert set(EVENT_KINDS) >= catalogue.SHELL_KINDS
 

@@ -8,7 +8,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +18,10 @@ from broker import find_mosquitto
 from e2e_support import AgentProcess
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from tls_support import CENTRE_IDENTITY, Identity, TestCa, TlsBroker
+
+from agent.config import load_config
+from agent.technician.snapshot import SnapshotError
+from agent.technician.status import unit_status
 
 UNIT = "unit-tls-0001"
 WAIT_S = 30.0
@@ -121,5 +125,53 @@ def test_the_daemon_with_a_foreign_certificate_stays_out_and_says_why(
         assert "ERROR" in line
         assert "client_cert" in line
         assert "MQTT connected" not in agent.log_text()
+    finally:
+        agent.stop()
+
+
+def broker_item(config: Path, until: Callable[[str], bool]) -> str:
+    """`dispenser-agent status`'s broker line, once `until` holds for it (bounded poll)."""
+    deadline = time.monotonic() + WAIT_S
+    detail = ""
+    while time.monotonic() < deadline:
+        try:
+            report = unit_status(load_config(config))
+        except SnapshotError:  # no store yet: the agent is starting
+            time.sleep(0.2)
+            continue
+        found = {i.name: ("PASS " if i.ok else "FAIL ") + i.detail for i in report.items}
+        detail = found.get("broker", "")
+        if until(detail):
+            return detail
+        time.sleep(0.2)
+    raise AssertionError(f"status never showed it: {detail!r}")
+
+
+def test_status_tells_the_technician_tls_was_refused(
+    broker: TlsBroker, ca: TestCa, tmp_path: Path
+) -> None:
+    rogue = TestCa(tmp_path / "rogue", name="Rogue CA").issue(UNIT)
+    config = write_config(tmp_path, broker.port, ca.cert_path, rogue)
+    agent = AgentProcess(config, START, tmp_path / "agent.log", rate=1.0)
+    agent.start()
+    try:
+        line = broker_item(config, lambda d: "TLS" in d)
+        print(line)
+        assert line.startswith("FAIL not connected: TLS refused"), line
+        assert "TLS failures since start" in line
+    finally:
+        agent.stop()
+    # the agent stopped: the line says it is what the agent last saw
+    line = broker_item(config, lambda d: bool(d))
+    assert "as last seen by the agent" in line, line
+
+
+def test_status_shows_the_broker_connected(broker: TlsBroker, ca: TestCa, tmp_path: Path) -> None:
+    config = write_config(tmp_path, broker.port, ca.cert_path, ca.issue(UNIT))
+    agent = AgentProcess(config, START, tmp_path / "agent.log", rate=1.0)
+    agent.start()
+    try:
+        line = broker_item(config, lambda d: "connected to" in d)
+        assert line == f"PASS connected to 127.0.0.1:{broker.port}", line
     finally:
         agent.stop()

@@ -4,6 +4,7 @@ outcome or an alarm; past that, dose outcomes are still kept."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -103,3 +104,34 @@ def test_every_kind_dropped_when_full_is_a_catalogued_event_that_latches_no_aler
     # a misspelt kind would silently drop nothing; an alarm must never be dropped
     assert sorted(DROPPABLE_WHEN_FULL - set(documented_kinds())) == []
     assert not [kind for kind in DROPPABLE_WHEN_FULL if raises_latched_alert(kind)]
+
+
+def test_audit_records_pruned_at_the_ceiling_leave_their_checkpoint_with_the_centre(
+    tmp_path: Path,
+) -> None:
+    """Audit records only (refused commands, say): at the ceiling the older half goes behind a
+    checkpoint, and an `audit_checkpoint` event carries the hash the checkpoint record has."""
+    db = tmp_path / "agent.sqlite3"
+    with open_store(db) as store:
+        for n in range(300):
+            with store.transaction():
+                for k in range(10):
+                    body: dict[str, object] = {"n": n, "k": k, "pad": PAD * 2}
+                    store.audit_append("command_rejected", body, AT, "x")
+        assert store.verify_audit().ok
+        told = {
+            e.payload["data"]["checkpoint_seq"]: e.payload["data"]  # type: ignore[index]
+            for e in store.pending_events(limit=10_000)
+            if e.kind == "audit_checkpoint"
+        }
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT seq, hash, body FROM audit WHERE kind = 'audit.pruned'"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert rows  # the ceiling pruned the audit log
+    for seq, digest, body in rows:
+        assert told[seq]["through_hash"] == json.loads(body)["through_hash"]
+        assert told[seq]["checkpoint_hash"] == digest

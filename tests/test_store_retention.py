@@ -120,3 +120,32 @@ def test_executed_commands_are_pruned_after_retention_and_stay_refused(tmp_path:
         floor = store.command_floor()
         assert floor is not None
         assert floor >= datetime.fromisoformat(recorded)
+
+
+def test_every_prune_tells_the_centre_the_checkpoint_the_chain_has(tmp_path: Path) -> None:
+    """The anchor leaves the unit: an `audit_checkpoint` event per prune, carrying the seq and
+    hash of the last pruned record and of the checkpoint record, as the chain itself has them
+    (read here from the audit table before each prune removes them)."""
+    db = tmp_path / "agent.sqlite3"
+    clock = Clock()
+    hashes: dict[int, str] = {}
+    checkpoints: list[int] = []  # seqs of audit.pruned records
+    with Store.open(db, stamp=clock.stamp, audit_retention=KEEP) as store:
+        for i in range(400):
+            with store.transaction():
+                store.append_event("dose_taken", {"i": i}, clock.stamp().at_utc, "synchronised")
+            for record in store.audit_records(after_seq=max(hashes, default=0), limit=1000):
+                hashes[record.seq] = record.hash
+                if record.kind == "audit.pruned":
+                    checkpoints.append(record.seq)
+        told = [e for e in store.pending_events(limit=10_000) if e.kind == "audit_checkpoint"]
+        assert store.verify_audit().ok
+    assert len(checkpoints) >= 3
+    assert [e.payload["data"]["checkpoint_seq"] for e in told] == checkpoints  # type: ignore[index]
+    for event in told:
+        data = event.payload["data"]
+        assert isinstance(data, dict)
+        assert data["through_hash"] == hashes[data["through_seq"]]
+        assert data["checkpoint_hash"] == hashes[data["checkpoint_seq"]]
+        assert data["records"] == data["through_seq"] - data["first_seq"] + 1
+        assert (event.payload["priority"], event.payload["vkp_code"]) == ("info", None)

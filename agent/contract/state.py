@@ -119,6 +119,16 @@ class Health(ContractModel):
         ),
     )
 
+    mqtt_tls_failures: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Connect attempts since the agent started that failed in the TLS handshake (a "
+            "certificate of another CA, an expired one): a unit that had to retry is seen here "
+            "once it is through. On site, `dispenser-agent status` shows the refusal itself."
+        ),
+    )
+
     @model_validator(mode="after")
     def _backlog_consistent(self) -> Health:
         if self.backlog_events == 0 and self.oldest_unsent_seq is not None:

@@ -628,6 +628,31 @@ _SHELL_SPECS = (
         "dose with the patient.",
     ),
     AlertSpec(
+        "commands_refused_in_bulk",
+        _P.MEDIUM,
+        None,  # a security event, not a dosing deviation
+        "Many commands were refused in one window (a flood, or a broken sender): the first few "
+        "of the window were answered and reported one by one as command_rejected or "
+        "command_unauthenticated; the rest got no answer, were not executed, and are counted "
+        "here (data.counts by reason: rate_limited, malformed_json, invalid_command, "
+        "unknown_command, unsigned, unknown_key, bad_signature, wrong_unit (unsigned or not "
+        "verified); data.total, window_s, "
+        "individually_reported, first_at, last_at, example_command_id). At most one per window. "
+        "A genuine command counted as rate_limited was not carried out: send it again.",
+    ),
+    AlertSpec(
+        "audit_checkpoint",
+        _P.INFO,
+        None,  # the unit's own records, not a dosing deviation
+        "The unit pruned the oldest records of its hash-chained audit log (retention, or the "
+        "disk ceiling) behind a checkpoint record. Keep this event: it is the anchor that makes "
+        "the unit's remaining log verifiable from outside the unit (data: first_seq, "
+        "through_seq and through_hash of the last pruned record, records pruned, "
+        "checkpoint_seq and checkpoint_hash of the checkpoint record). An auditor holding these "
+        "can tell a log rewritten whole on the unit: its checkpoint record must have that hash "
+        "(`dispenser-agent audit verify` checks the rest of the chain from it).",
+    ),
+    AlertSpec(
         "store_ceiling",
         _P.MEDIUM,
         None,  # the unit's own storage, not a dosing deviation

@@ -18,7 +18,9 @@ removing more of the head than it states (or the checkpoint with it) is detected
 
 Limits (be honest about them): this makes accidental damage and naive edits evident. Someone
 who can rewrite the whole file can also recompute every hash and the anchor; to defend against that
-the chain head has to leave the device (e.g. the daemon publishes the anchor hash).
+the chain has to leave the device. Each checkpoint does: the store reports it to the centre as an
+``audit_checkpoint`` event (``outbox.append_checkpoint_event``) in the prune's transaction. The
+newest records after the last checkpoint are still held only on the unit.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ def keep_under_ceiling(
         keep = max(_AUDIT_KEEP_MIN, count // 2)
         checkpoint = audit.prune_audit(conn, keep, stamp.at_utc, stamp.trust)
         if checkpoint is not None:
+            outbox.append_checkpoint_event(conn, policy, new_event_id, checkpoint, stamp)
             records = checkpoint.body.get("records")
             audit_pruned = records if isinstance(records, int) else 0
     removed: dict[str, object] = {

@@ -275,13 +275,17 @@ class Store:
         """Retention, in the transaction that grew the store (no commit of its own): the audit
         log behind a checkpoint, executed-command records past their retention."""
         stamp = self._stamp()
-        audit.prune_audit(
+        checkpoint = audit.prune_audit(
             conn,
             self._audit_retention,
             stamp.at_utc,
             stamp.trust,
             batch=min(audit.AUDIT_PRUNE_BATCH, 1 + self._audit_retention // 10),
         )
+        if checkpoint is not None:
+            outbox.append_checkpoint_event(
+                conn, self._policy, self._new_event_id, checkpoint, stamp
+            )
         if self._max_bytes is not None:
             ceiling.keep_under_ceiling(
                 conn, self._max_bytes, self._policy, self._new_event_id, stamp

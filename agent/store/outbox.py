@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.store.audit import audit_append
+from agent.store.audit import AuditRecord, Stamp, audit_append
 from agent.store.errors import UnknownEventError
-from agent.store.kv import I64_MAX, NEXT_EVENT_SEQ, peek_counter, take_counter
+from agent.store.kv import BOOT_COUNTER, I64_MAX, NEXT_EVENT_SEQ, peek_counter, take_counter
 
 OUTBOX_LIMIT = 50_000
 DELIVERED_RETENTION = 10_000
@@ -247,3 +247,32 @@ def events_from(conn: sqlite3.Connection, seq: int, limit: int | None = None) ->
         (seq, -1 if limit is None else limit),
     ).fetchall()
     return [_row_to_event(r) for r in rows]
+
+
+CHECKPOINT_EVENT = "audit_checkpoint"
+
+
+def append_checkpoint_event(
+    conn: sqlite3.Connection,
+    policy: OutboxPolicy,
+    new_event_id: Callable[[], str],
+    checkpoint: AuditRecord,
+    stamp: Stamp,
+) -> OutboxEvent:
+    """Tell the centre an audit prune's checkpoint (the chain's new start), so the anchor is held
+    off the unit too: the pruned head (first_seq, through_seq, through_hash, records) and the
+    checkpoint record's own seq and hash. The caller holds the write transaction."""
+    payload: dict[str, object] = {
+        "priority": "info",
+        "vkp_code": None,
+        "alert_id": None,
+        "boot": peek_counter(conn, BOOT_COUNTER) - 1,  # the boot that is running
+        "data": {
+            **checkpoint.body,
+            "checkpoint_seq": checkpoint.seq,
+            "checkpoint_hash": checkpoint.hash,
+        },
+    }
+    return append_event(
+        conn, policy, new_event_id, CHECKPOINT_EVENT, payload, stamp.at_utc, stamp.trust
+    )

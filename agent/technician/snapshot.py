@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from agent.broker_watch import MQTT_LINK_KEY, BrokerLinkView
 from agent.daemon import BINDING_MISMATCH_KEY, ENGINE_STATE_KEY, TECHNICIAN_BINDING_KEY
 from agent.engine.state import EngineState, restore
 from agent.store import kv, ledger, outbox
@@ -27,6 +28,7 @@ class StoreView:
     binding_mismatch: bool = False
     technician_binding_pending: bool = False
     dispense_id_high_water: int = 1
+    broker_link: BrokerLinkView | None = None  # as the agent last recorded it
 
 
 def read_store(db_path: Path, last: int = 5) -> StoreView:
@@ -52,6 +54,9 @@ def read_store(db_path: Path, last: int = 5) -> StoreView:
             technician_binding_pending=kv.get_kv(conn, TECHNICIAN_BINDING_KEY) is not None,
             dispense_id_high_water=ledger.first_unused_dispense_id(conn),
         )
+        link_text = kv.get_kv(conn, MQTT_LINK_KEY)
+        if link_text is not None:
+            view.broker_link = BrokerLinkView.from_json(link_text)
         conn.execute("COMMIT")
         return view
     except sqlite3.Error as exc:

@@ -75,6 +75,11 @@ def unit_status(config: AgentConfig) -> Report:
         not alerts and not status.conditions,
         ", ".join([*alerts, *status.conditions]) or "none active",
     )
+    if view.broker_link is None:
+        report.add("broker", True, "not known yet: the agent has not tried to connect")
+    else:
+        fine, text = view.broker_link.describe(config.mqtt.host, config.mqtt.port, running)
+        report.add("broker", fine, text)
     backlog = view.backlog
     report.add(
         "outbox",
