@@ -480,6 +480,20 @@ def test_units_and_watch_over_tls_with_the_centres_certificate(tmp_path: Path) -
             ["units", "--tls", "--ca-file", "/nonexistent/ca.pem"],
             "error: TLS files (/nonexistent/ca.pem) not usable",
         ),
+        (["keygen", "--out", "/nonexistent/dir/k.pem"], "error: cannot write the key: "),
+        (
+            ["sign", "--key", "/", "--unit", "unit-a", "--by", "op-1", '{"name": "resume"}'],
+            "error: cannot read the key: ",
+        ),
+        (
+            ["sign", "--key", "k", "--unit", "unit-a", "--by", "op-1", "@/nonexistent.json"],
+            "error: cannot read the command: ",
+        ),
+        (["sign", "--key", "k", "--unit", "unit-a", "--by", "o", "--lifetime", "nan", "{}"], "nan"),
+        (
+            ["send", "--unit", "unit-a", "--signed", "/nonexistent.json"],
+            "error: /nonexistent.json: [Errno 2]",
+        ),
     ],
 )
 def test_bad_arguments_get_one_line_and_exit_2(

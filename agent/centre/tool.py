@@ -70,9 +70,12 @@ def generate_key(out: Path) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
+    try:
+        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(pem)
+    except OSError as exc:
+        raise ToolError(f"cannot write the key: {exc}") from None
     return key
 
 
@@ -81,6 +84,8 @@ def load_key(path: Path) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
         raise ToolError(f"{path}: no such key file") from None
+    except OSError as exc:
+        raise ToolError(f"cannot read the key: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise ToolError(f"{path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -92,7 +97,10 @@ def read_command(text: str) -> dict[str, Any]:
     if text == "-":
         text = sys.stdin.read()
     elif text.startswith("@"):
-        text = Path(text[1:]).read_text(encoding="utf-8")
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ToolError(f"cannot read the command: {exc}") from None
     try:
         command = json.loads(text)
     except ValueError as exc:
@@ -234,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--key", type=Path, required=required, help="the private key (PEM)")
         p.add_argument("--unit", required=True, help="the target unit's id")
         p.add_argument("--by", required=required, help="your operator id (never a name)")
-        p.add_argument("--lifetime", type=float, default=60, help="minutes until it expires")
+        p.add_argument("--lifetime", type=_positive, default=60, help="minutes until it expires")
         p.add_argument("--id", help="the command id (default: a new UUID)")
         p.add_argument("command", nargs="?", help='JSON, @FILE or -, e.g. {"name": "resume"}')
 
@@ -281,6 +289,9 @@ def main(argv: list[str]) -> int:
         return _dispatch(args)
     except ToolError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C while connecting or collecting: no traceback
+        print("interrupted", file=sys.stderr)
         return EXIT_USAGE
 
 
