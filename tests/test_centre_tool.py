@@ -352,7 +352,7 @@ def test_units_one_line_each_and_the_exit_code_says_whether_all_are_online(
     assert online.returncode == 0, online.stderr
     assert online.stdout.startswith("unit-a  online   since 2026-11-23 08:00:00 (session 4)  |")
     # without --unit: every unit with retained state, after --wait
-    everyone = centre("units", "--port", port, "--wait", "1")
+    everyone = centre("units", "--port", port, "--wait", "3")  # retained: sent on subscribing
     assert everyone.returncode == 1
     assert [line.split()[0] for line in everyone.stdout.splitlines()] == [
         "unit-a",
@@ -436,23 +436,30 @@ def test_units_and_watch_over_tls_with_the_centres_certificate(tmp_path: Path) -
             certfile=str(unit_id.cert),
             keyfile=str(unit_id.key),
         ) as unit:
-            payload = availability("online", 1, at.isoformat().replace("+00:00", "Z"))
+            stamp = at.isoformat().replace("+00:00", "Z")
+            payload = availability("online", 1, stamp)
             publish(unit, "dispenser/v1/tls-unit-1/state/availability", payload, retain=True)
+            publish(unit, "dispenser/v1/tls-unit-1/state/health", health(stamp), retain=True)
         tls = ["--host", "127.0.0.1", "--port", str(broker.port), "--tls"]
         tls += ["--ca-file", str(ca.cert_path)]
         identity = ["--client-cert", str(centre_id.cert), "--client-key", str(centre_id.key)]
-        shown = centre("units", *tls, *identity, "--unit", "tls-unit-1", "--wait", "1")
+        shown = centre("units", *tls, *identity, "--unit", "tls-unit-1", "--wait", "30")
         assert shown.returncode == 0, shown.stderr
         since = at.astimezone(OSLO).strftime("%Y-%m-%d %H:%M:%S")
         assert shown.stdout == (
-            f"tls-unit-1  online   since {since} (session 1)  |  no health message\n"
+            f"tls-unit-1  online   since {since} (session 1)  |  backlog 0, alerts 0, conditions"
+            f" none, clock synchronised, dispenser up, health at {since}\n"
         )
-        watched = centre("watch", *tls, *identity, "--count", "1", "--for", "30")
+        watched = centre(
+            "watch", *tls, *identity, "--unit", "tls-unit-1", "--count", "2", "--for", "30"
+        )
         assert watched.returncode == 0, watched.stderr
-        assert watched.stdout == (
-            f"{at.astimezone(OSLO):%H:%M:%S}  tls-unit-1  availability online (session 1)"
-            "  (retained)\n"
-        )
+        clock = f"{at.astimezone(OSLO):%H:%M:%S}"
+        assert sorted(watched.stdout.splitlines()) == [  # the broker's order of retained topics
+            f"{clock}  tls-unit-1  availability online (session 1)  (retained)",
+            f"{clock}  tls-unit-1  health backlog 0, clock synchronised, dispenser up,"
+            " disk 1.0 GB free  (retained)",
+        ]
         # without the centre's certificate the broker refuses the handshake: one line, exit 2
         for action in ("units", "watch"):
             refused = centre(action, *tls, "--timeout", "20")
