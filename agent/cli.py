@@ -17,7 +17,9 @@ dispenser-agent plan discard --config FILE --by ID --roll ROLL (--sachet N | --a
 dispenser-agent sim ...                   the dispenser simulator (same as python -m hw.sim)
 dispenser-agent simulate ...              seeded year-long simulation of the dose engine
 dispenser-agent fhir --mapping FILE       response centre: events (JSON lines) -> FHIR bundles
-dispenser-agent centre keygen|sign|send   response centre: signing keys, signed commands
+dispenser-agent centre keygen|sign|send|watch|units
+                                          response centre: keys, signed commands, live view,
+                                          unit availability
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sim", help="dispenser simulator (see: dispenser-agent sim --help)")
     sub.add_parser("simulate", help="year-long engine simulation (dispenser-agent simulate --help)")
     sub.add_parser("fhir", help="events -> FHIR R4 bundles (dispenser-agent fhir --help)")
-    sub.add_parser("centre", help="response centre: keys, signed commands (centre --help)")
+    sub.add_parser(
+        "centre", help="response centre: keys, commands, live view, availability (centre --help)"
+    )
 
     args = parser.parse_args(args_list)
     quiet = args.command == "demo"  # the live view is the demo's output

@@ -18,7 +18,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from test_demo_broker import WAIT_S, BrokerThread
 
-from agent.demo.live_view import LiveView, SequenceTracker, format_message
+from agent.centre.connect import BrokerOptions
+from agent.centre.live_view import LiveView, SequenceTracker, contract_problem, format_message
 
 UNIT = "demo-unit"
 EVENTS = f"dispenser/v1/{UNIT}/events"
@@ -365,7 +366,7 @@ def publisher(broker: BrokerThread) -> Iterator[paho.Client]:
 @pytest.fixture
 def view(broker: BrokerThread) -> Iterator[tuple[LiveView, io.StringIO]]:
     out = io.StringIO()
-    live = LiveView("127.0.0.1", broker.port, out, color=False)
+    live = LiveView(BrokerOptions(port=broker.port), out, color=False)
     live.start()
     try:
         assert live.wait_subscribed(WAIT_S), live.snapshot()
@@ -418,16 +419,17 @@ def test_gap_and_duplicate_are_printed_after_the_event(
 
 def test_retained_state_is_shown_and_marked(broker: BrokerThread, publisher: paho.Client) -> None:
     topic = f"dispenser/v1/{UNIT}/state/availability"
-    publish(publisher, topic, {"state": "online", "session": 2}, retain=True)
+    online = {"state": "online", "session": 2, "at": "2026-11-23T06:59:00Z", "reason": None}
+    publish(publisher, topic, online, retain=True)
 
-    live = LiveView("127.0.0.1", broker.port, io.StringIO(), color=False)
+    live = LiveView(BrokerOptions(port=broker.port), io.StringIO(), color=False)
     live.start()
     try:
         assert live.wait_for(lambda lines: len(shown(lines)) >= 1, WAIT_S), live.snapshot()
     finally:
         live.stop()
     assert shown(live.snapshot())[0] == (
-        " " * 8 + f"  {UNIT}  availability online (session 2)  (retained)"
+        f"07:59:00  {UNIT}  availability online (session 2)  (retained)"
     )
     assert live.snapshot()[-1] == "-- view stopped"
 
@@ -436,7 +438,7 @@ def test_view_started_before_the_broker_connects_when_it_comes_up() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    live = LiveView("127.0.0.1", port, io.StringIO(), color=False)
+    live = LiveView(BrokerOptions(port=port), io.StringIO(), color=False)
     live.start()
     try:
         assert live.wait_for(lambda lines: any("cannot reach" in x for x in lines), WAIT_S)
@@ -450,3 +452,37 @@ def test_view_started_before_the_broker_connects_when_it_comes_up() -> None:
     lines = live.snapshot()
     assert lines[0] == f"-- cannot reach the broker at 127.0.0.1:{port} yet; retrying"
     assert lines[1] == f"-- connected to 127.0.0.1:{port}, watching dispenser/v1/+/#"
+
+
+# --- checked against the contract -------------------------------------------------------------
+
+
+def test_a_valid_event_and_a_cleared_retained_message_have_no_problem() -> None:
+    assert contract_problem(EVENTS, payload(event(1))) is None
+    assert contract_problem(f"dispenser/v1/{UNIT}/state/health", b"") is None
+    assert contract_problem("other/topic", b"anything") is None
+
+
+def test_contract_problems_name_the_field() -> None:
+    assert contract_problem(EVENTS, payload(event(1, time_trust="maybe"))) == (
+        "time_trust: Input should be 'synchronised', 'dispenser_rtc' or 'untrusted'"
+    )
+    assert contract_problem(EVENTS, b"\xff") == "not UTF-8 JSON"
+    assert contract_problem(f"dispenser/v1/{UNIT}/commands/request", b"{}") == (
+        "command_id: Field required; issued_at: Field required; expires_at: Field required;"
+        " issued_by: Field required; command: Field required"
+    )
+
+
+def test_a_wrong_heartbeat_is_shown_and_marked() -> None:
+    out = io.StringIO()
+    live = LiveView(BrokerOptions(port=1), out, color=False)
+    live._show(f"dispenser/v1/{UNIT}/heartbeat", b'{"session": 0}', retained=False)
+    live._show(EVENTS, payload(event(0)), retained=True)
+    assert out.getvalue().splitlines() == [
+        " " * 8 + f"  {UNIT}  heartbeat  INVALID: at: Field required; session: Input should be"
+        " greater than or equal to 1; uptime_s: Field required; interval_s: Field required",
+        f"08:03:12  {UNIT}  #0  HIGH  3.3  slot_outcome  slot 2026-11-23T08:00 missed"
+        " (not taken in 60 min)  (retained)  INVALID: seq: Input should be greater than or"
+        " equal to 1",
+    ]

@@ -22,11 +22,12 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from agent.centre.connect import BrokerOptions
+from agent.centre.live_view import LiveView
 from agent.clock import ScaledClock
 from agent.config import parse_config
 from agent.daemon import Daemon
 from agent.demo.broker import EmbeddedBroker
-from agent.demo.live_view import LiveView
 from agent.runtime import mqtt_settings
 from agent.store.db import Store
 from agent.store.verify import verify_audit
@@ -171,7 +172,7 @@ async def _main(speed: float, color: bool) -> int:
                 f"{broker.port}, clock {speed:g}x from {day.start:%H:%M} (Europe/Oslo)\n",
                 flush=True,
             )
-            view = LiveView("127.0.0.1", broker.port, sys.stdout, color)
+            view = LiveView(BrokerOptions(port=broker.port), sys.stdout, color)
             view.start()
             await asyncio.to_thread(view.wait_subscribed, 10)
             try:

@@ -1,8 +1,10 @@
 """A terminal view of the units' MQTT stream, read the way the response centre must read it.
 
-One human line per message, times in Europe/Oslo, and a note whenever the per-unit `seq` shows a
-gap, a late arrival or a duplicate. It is a viewer for newcomers and the demo, not a receiver:
-it never acknowledges anything and keeps no state beyond what the notes need.
+One human line per message, times in Europe/Oslo, every payload checked against the contract
+(one that is not valid is marked INVALID with the reason), and a note whenever the per-unit `seq`
+shows a gap, a late arrival or a duplicate. `dispenser-agent centre watch` and the demo show it.
+It is a viewer for operators and newcomers, not a receiver: it never acknowledges anything and
+keeps no state beyond what the notes need.
 
 Everything shown comes from the network, so nothing in a payload may crash the view or drive the
 terminal: unknown kinds, bad JSON and control characters are all printed as (escaped) text.
@@ -12,19 +14,28 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
 
-TOPIC_ROOT = "dispenser/v1"
+from agent.centre.connect import BrokerOptions, FirstConnect, ToolError, make_client
+from agent.contract.commands import (
+    CommandInvalid,
+    CommandResponse,
+    describe_validation_error,
+    parse_command,
+)
+from agent.contract.events import ContractModel, EventEnvelope
+from agent.contract.state import Availability, DispenserState, Health, Heartbeat
+from agent.contract.topics import TOPIC_ROOT
+
 SUBSCRIPTION = f"{TOPIC_ROOT}/+/#"
 LOCAL_ZONE = ZoneInfo("Europe/Oslo")
 
@@ -43,7 +54,7 @@ _OFFLINE_COLOUR = "\x1b[1;31m"
 _NOTE_COLOUR = "\x1b[1;35m"  # gaps and duplicates: what the response centre must notice
 
 _RECONNECT_MIN_S = 1
-_RECONNECT_MAX_S = 2  # a local viewer: come back quickly when the demo broker is up
+_RECONNECT_MAX_S = 2  # come back quickly when the broker is up again
 _KEEPALIVE_S = 30
 
 
@@ -341,47 +352,111 @@ def _sequence_facts(topic: str, payload: bytes) -> tuple[str, int, str | None, b
     )
 
 
+# --- checking against the contract ------------------------------------------------------------
+
+_MODELS: dict[str, type[ContractModel]] = {
+    "events": EventEnvelope,
+    "state/availability": Availability,
+    "state/health": Health,
+    "state/dispenser": DispenserState,
+    "heartbeat": Heartbeat,
+    "commands/response": CommandResponse,
+}
+_PROBLEM_LIMIT = 160  # characters of a validation message worth a line
+
+
+def contract_problem(topic: str, payload: bytes) -> str | None:
+    """Why `payload` is not what contract v1 says for `topic`, or None when it is (or when the
+    topic is none the contract knows, or the payload is empty: a retained message cleared)."""
+    place = _split_topic(topic)
+    if place is None or not payload:
+        return None
+    suffix = place[1]
+    if suffix == "commands/request":
+        try:
+            parse_command(payload)
+        except CommandInvalid as problem:
+            return _printable(problem.message)[:_PROBLEM_LIMIT]
+        return None
+    model = _MODELS.get(suffix)
+    if model is None:
+        return None
+    try:
+        json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return "not UTF-8 JSON"
+    try:
+        model.model_validate_json(payload)
+    except ValidationError as error:
+        text = _printable(describe_validation_error(error))
+        return text if len(text) <= _PROBLEM_LIMIT else text[:_PROBLEM_LIMIT] + "…"
+    return None
+
+
 # --- the view --------------------------------------------------------------------------------
 
 
-class LiveView:
-    """Subscribes to every unit's topics and prints one line per message to `out`.
+def subscriptions(units: Sequence[str]) -> list[str]:
+    """Every unit (a wildcard on the unit level), or the named units' topics."""
+    return [f"{TOPIC_ROOT}/{u}/#" for u in units] if units else [SUBSCRIPTION]
 
-    paho runs the network loop on its own thread; `lines` (everything printed) is appended there
-    under a lock, so read it with `snapshot()` or `wait_for()`.
+
+class LiveView:
+    """Subscribes to the units' topics and prints one line per message to `out`.
+
+    Each payload is checked against the contract: one that is not valid is shown as well as it
+    can be, marked INVALID with the reason. The view's own status lines ("-- ...") go to
+    `notices` (default: `out`). paho runs the network loop on its own thread; `lines`
+    (everything printed) is appended there under a lock, so read it with `snapshot()` or
+    `wait_for()`.
     """
 
-    def __init__(self, host: str, port: int, out: TextIO, color: bool) -> None:
-        self._host = host
-        self._port = port
+    def __init__(
+        self,
+        broker: BrokerOptions,
+        out: TextIO,
+        color: bool,
+        *,
+        units: Sequence[str] = (),
+        notices: TextIO | None = None,
+    ) -> None:
+        self._broker = broker
         self._out = out
+        self._notices = notices if notices is not None else out
         self._color = color
+        self._topics = subscriptions(units)
         self.lines: list[str] = []
+        self.shown = 0  # lines about messages (not notes, not status lines)
         self._changed = threading.Condition()
         self._subscribed = threading.Event()
+        self._suback = threading.Event()  # any answer to the subscription, yes or no
+        self.refused: str | None = None  # why the broker refused the subscription
         self._stopping = False
+        self._was_connected = False
         self._said_unreachable = False  # say "cannot reach" once, not on every retry
         self._tracker = SequenceTracker()
-        self._client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"live-view-{uuid.uuid4().hex[:12]}",
-            clean_session=True,  # a viewer needs no stored session
-            # 3.1.1 works with every broker, including the demo's amqtt (which has no MQTT 5).
-            protocol=MQTTProtocolVersion.MQTTv311,
-        )
+        self._first = FirstConnect(broker)
+        # 3.1.1 works with every broker, including the demo's amqtt (which has no MQTT 5).
+        self._client = make_client(broker, "live-view")
         self._client.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_log = self._first.log
 
     # public ------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background (paho retries until it reaches the broker)."""
-        self._client.connect_async(self._host, self._port, keepalive=_KEEPALIVE_S)
+        self._client.connect_async(self._broker.host, self._broker.port, keepalive=_KEEPALIVE_S)
         self._client.loop_start()
+
+    def open(self, timeout: float) -> None:
+        """Connect now; `ToolError` (one line) if the broker cannot be reached or refuses within
+        `timeout` seconds. Once connected, paho reconnects by itself."""
+        self._first.open(self._client, timeout)
 
     def stop(self) -> None:
         self._stopping = True
@@ -392,24 +467,39 @@ class LiveView:
         with self._changed:
             return list(self.lines)
 
-    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float) -> bool:
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float | None) -> bool:
         """Wait until `predicate(lines)` holds; False after `timeout` seconds."""
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self.lines), timeout)
+
+    def wait_shown(self, count: int, timeout: float | None) -> bool:
+        """Wait until `count` messages were shown; False after `timeout` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.shown >= count, timeout)
 
     def wait_subscribed(self, timeout: float) -> bool:
         """True once the broker confirmed the subscription (messages from now on are seen)."""
         return self._subscribed.wait(timeout)
 
+    def subscribe_or_fail(self, timeout: float) -> None:
+        """After `open`: `ToolError` unless the broker confirms the subscription in time."""
+        if not self._suback.wait(timeout):
+            raise ToolError(f"the broker at {self._broker.address} did not answer the subscription")
+        if self.refused is not None:
+            raise ToolError(self.refused)
+
     # paho callbacks (paho's thread): an exception escaping here would kill the network loop ----
 
-    def _emit(self, line: str) -> None:
+    def _emit(self, line: str, *, message: bool = False) -> None:
         with self._changed:  # one lock: `lines` and the output stay in the same order
             self.lines.append(line)
+            if message:
+                self.shown += 1
             self._changed.notify_all()
+            out = self._notices if line.startswith("-- ") else self._out
             try:
-                self._out.write(line + "\n")
-                self._out.flush()
+                out.write(line + "\n")
+                out.flush()
             except (OSError, ValueError):
                 pass  # a closed terminal or pipe must not stop the view (lines still records it)
 
@@ -422,16 +512,19 @@ class LiveView:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            self._emit(f"-- broker {self._host}:{self._port} refused the view: {reason}")
+            self._emit(f"-- broker {self._broker.address} refused the view: {reason}")
+            self._first.refused(reason)
             return
         self._said_unreachable = False
-        self._emit(f"-- connected to {self._host}:{self._port}, watching {SUBSCRIPTION}")
-        client.subscribe(SUBSCRIPTION, qos=1)
+        self._was_connected = True
+        self._emit(f"-- connected to {self._broker.address}, watching {', '.join(self._topics)}")
+        client.subscribe([(topic, 1) for topic in self._topics])
+        self._first.connected()
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         if not self._said_unreachable:
             self._said_unreachable = True
-            self._emit(f"-- cannot reach the broker at {self._host}:{self._port} yet; retrying")
+            self._emit(f"-- cannot reach the broker at {self._broker.address} yet; retrying")
 
     def _on_subscribe(
         self,
@@ -442,9 +535,13 @@ class LiveView:
         properties: Properties | None,
     ) -> None:
         if any(r.is_failure for r in reasons):
-            self._emit(f"-- subscription to {SUBSCRIPTION} refused: {reasons}")
-            return
-        self._subscribed.set()
+            refused = [t for t, r in zip(self._topics, reasons, strict=False) if r.is_failure]
+            self.refused = f"the broker refused the subscription to {', '.join(refused)}"
+            self._emit(f"-- {self.refused}")
+        else:
+            self._emit("-- subscribed: messages from now on are shown")
+            self._subscribed.set()
+        self._suback.set()
 
     def _on_disconnect(
         self,
@@ -455,6 +552,9 @@ class LiveView:
         properties: Properties | None,
     ) -> None:
         self._subscribed.clear()
+        self._first.lost()
+        if not self._was_connected:
+            return  # a first connect that failed: `open` or the retry notice says so, once
         if self._stopping:
             self._emit("-- view stopped")
         else:
@@ -473,9 +573,18 @@ class LiveView:
 
     def _show(self, topic: str, payload: bytes, *, retained: bool) -> None:
         line = format_message(topic, payload, color=self._color)
+        problem = contract_problem(topic, payload)
+        if line is None and problem is not None:  # a heartbeat is shown only when it is wrong
+            place = _split_topic(topic)
+            line = f"{_NO_TIME}  {_printable(place[0] if place else topic)}  heartbeat"
         if line is not None:
-            self._emit(line + ("  (retained)" if retained else ""))
-        facts = _sequence_facts(topic, payload)
+            if retained:
+                line += "  (retained)"
+            if problem is not None:
+                line += "  " + _colour(f"INVALID: {problem}", _NOTE_COLOUR, self._color)
+            self._emit(line, message=True)
+        # An invalid event's seq is not believed: it would only make false gaps.
+        facts = _sequence_facts(topic, payload) if problem is None else None
         if facts is not None:
             for note in self._tracker.observe(*facts):
                 self._emit(f"{_NO_TIME}  " + _colour(f"!! {note}", _NOTE_COLOUR, self._color))
