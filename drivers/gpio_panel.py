@@ -296,9 +296,9 @@ def open_panel(
         )
     except Exception as exc:  # ImportError, gpiozero's BadPinFactory / GPIOPinInUse, a pin
         # library's own errors: none of them must stop a unit that can run without the panel
-        log.warning(
-            "no local buttons, lights or buzzer: GPIO not available (%s)", exc, exc_info=True
-        )
+        # (its traceback at debug level only: on a unit without a panel this is every start)
+        log.warning("no local buttons, lights or buzzer: GPIO not available (%s)", exc)
+        log.debug("GPIO probe failed", exc_info=True)
         return None
 
 

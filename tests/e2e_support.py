@@ -120,6 +120,8 @@ class AgentProcess:
                 str(self.config),
                 "--start",
                 self.start_at.isoformat(),
+                "--anchor",
+                repr(self.started_mono),
                 "--rate",
                 str(self.rate),
             ],
@@ -131,7 +133,7 @@ class AgentProcess:
         log.close()
 
     def sim_now(self) -> datetime:
-        """Where the agent's scaled clock is now (to restart it without time going back)."""
+        """The agent's clock now: it reads start_at at started_mono (passed as its --anchor)."""
         return self.start_at + timedelta(seconds=(time.monotonic() - self.started_mono) * self.rate)
 
     def kill(self) -> None:

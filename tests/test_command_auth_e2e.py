@@ -385,9 +385,11 @@ def test_the_operator_tool_signs_and_sends_a_command_the_unit_carries_out(
             serialization.NoEncryption(),
         )
     )
-    # The tool stamps commands with the wall clock: the unit's runs a minute behind it here
-    # (within the 5-minute skew), so its binding, at start, comes before the commands.
-    with running(tmp_path, mosquitto, datetime.now(UTC) - timedelta(minutes=1)) as rig:
+    # The tool stamps commands with the wall clock: the unit's runs a minute behind it here, at
+    # real speed (within the 5-minute skew), so its binding, at start, comes before the commands
+    # and they are not expired when they arrive.
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    with running(tmp_path, mosquitto, start, rate=1.0) as rig:
         port = str(mosquitto.port)
         signed = centre_tool(
             "sign", "--key", str(key_file), "--unit", UNIT, "--by", "operator-17",
