@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from agent.clock import utc_text
 
 if TYPE_CHECKING:
-    from agent.daemon import Daemon
+    from agent.host import WatchedBroker
 
 MQTT_LINK_KEY = "mqtt_link"
 WATCH_S = 1.0
@@ -67,7 +67,7 @@ class BrokerLinkView:
         return fine, text
 
 
-def _view(daemon: Daemon) -> BrokerLinkView:
+def _view(daemon: WatchedBroker) -> BrokerLinkView:
     stats = daemon.mqtt.stats
     return BrokerLinkView(
         connected=daemon.mqtt.connected,
@@ -78,7 +78,7 @@ def _view(daemon: Daemon) -> BrokerLinkView:
     )
 
 
-def _record(daemon: Daemon, view: BrokerLinkView) -> None:
+def _record(daemon: WatchedBroker, view: BrokerLinkView) -> None:
     text = view.to_json()
     daemon.apply(
         [],
@@ -88,7 +88,7 @@ def _record(daemon: Daemon, view: BrokerLinkView) -> None:
     )
 
 
-async def watch_broker(daemon: Daemon) -> None:
+async def watch_broker(daemon: WatchedBroker) -> None:
     """Keep the kv record current while the daemon runs (a store fault ends it, as any task)."""
     written: BrokerLinkView | None = None
     written_mono = 0.0

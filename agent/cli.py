@@ -30,15 +30,12 @@ import json
 import logging
 import signal
 import sys
-import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.technician import cli as technician_cli
 
 log = logging.getLogger("dispenser-agent")
-LOCAL_COMMAND_LIFETIME = timedelta(minutes=10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,22 +175,13 @@ def _run(config: AgentConfig) -> int:
     return asyncio.run(serve())
 
 
-def local_request(name: str, by: str, **fields: object) -> bytes:
-    """A command for the local control socket, issued now and valid for ten minutes."""
-    issued = datetime.now(UTC)
-    return json.dumps(
-        {
-            "command_id": str(uuid.uuid4()),
-            "issued_at": issued.isoformat(),
-            "expires_at": (issued + LOCAL_COMMAND_LIFETIME).isoformat(),
-            "issued_by": by,
-            "command": {"name": name, **fields},
-        }
-    ).encode()
-
-
 def _plan(args: argparse.Namespace) -> int:
-    from agent.local_control import LocalCommandError, send_local_command, socket_path
+    from agent.local_control import (
+        LocalCommandError,
+        local_request,
+        send_local_command,
+        socket_path,
+    )
 
     config = load_config(args.config)
     if args.plan_command == "show":

@@ -84,7 +84,7 @@ from agent.mqtt.link import InboundMessage
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from agent.daemon import Daemon
+    from agent.host import CommandHost
     from agent.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,9 @@ def authenticate(
 
 
 class CommandHandler:
-    def __init__(self, daemon: Daemon, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, daemon: CommandHost, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.daemon = daemon
         limits = daemon.config.command_limits
         self._monotonic = monotonic

@@ -11,12 +11,12 @@ from agent.engine.catalogue import make_event
 from agent.engine.types import Emit
 
 if TYPE_CHECKING:
-    from agent.daemon import Daemon
+    from agent.host import Recorder
 
 log = logging.getLogger(__name__)
 
 
-def inbound_drop_reporter(daemon: Daemon) -> Callable[[int, str], None]:
+def inbound_drop_reporter(daemon: Recorder) -> Callable[[int, str], None]:
     def report(count: int, topic: str) -> None:
         event = make_event("mqtt_inbound_dropped", {"count": count, "topic": topic[:200]})
         try:

@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -118,3 +120,20 @@ def send_local_command(
     if not isinstance(reply, dict):
         raise LocalCommandError(f"unexpected answer from the agent: {reply!r:.200}")
     return reply
+
+
+LOCAL_COMMAND_LIFETIME = timedelta(minutes=10)
+
+
+def local_request(name: str, by: str, **fields: object) -> bytes:
+    """A command for the local control socket, issued now and valid for ten minutes."""
+    issued = datetime.now(UTC)
+    return json.dumps(
+        {
+            "command_id": str(uuid.uuid4()),
+            "issued_at": issued.isoformat(),
+            "expires_at": (issued + LOCAL_COMMAND_LIFETIME).isoformat(),
+            "issued_by": by,
+            "command": {"name": name, **fields},
+        }
+    ).encode()

@@ -17,10 +17,9 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from agent.cli import local_request
 from agent.clock import Clock, SystemClock, TimeTrust
 from agent.config import AgentConfig, ConfigError
-from agent.local_control import LocalCommandError, send_local_command, socket_path
+from agent.local_control import LocalCommandError, local_request, send_local_command, socket_path
 from agent.store import audit, schema
 from agent.technician import links
 from agent.technician.check_config import check_config

@@ -148,7 +148,7 @@ def run_bind(args: argparse.Namespace) -> int:
 
 
 def run_pause(args: argparse.Namespace) -> int:
-    from agent.cli import local_request
+    from agent.local_control import local_request
     from agent.technician.onsite import default_pause_id, send
 
     config = load_config(args.config)
