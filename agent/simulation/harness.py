@@ -363,6 +363,7 @@ class Simulation:
         self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
         self._asked: set[int] = set()  # dispense ids whose first Dispense lost its reply
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
+        self._deadline_memo: tuple[EngineLike, int, Now, float | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
         self._plan_mishaps()
@@ -1383,7 +1384,9 @@ class Simulation:
         inf = float("inf")
         while True:
             engine = self._engine
-            deadline = engine.next_deadline(self._clock.now()) if engine is not None else None
+            deadline = (
+                self._next_deadline(engine, self._clock.now()) if engine is not None else None
+            )
             deadline_s = deadline - self._mono_base if deadline is not None else inf
             item_s = self._agenda[0].at_s if self._agenda else inf
             target = min(deadline_s, item_s)
@@ -1402,7 +1405,9 @@ class Simulation:
                 self._feed([Tick()])
                 if engine is not None and self._engine is engine:
                     now = self._clock.now()
-                    self._checker.check_deadline_after_tick(now.mono, engine.next_deadline(now))
+                    self._checker.check_deadline_after_tick(
+                        now.mono, self._next_deadline(engine, now)
+                    )
             else:
                 item = heapq.heappop(self._agenda)
                 self._advance_to(item.at_s)
@@ -1447,12 +1452,22 @@ class Simulation:
             self._elapsed + (target_s - self._elapsed) * self._rng_checks.uniform(0.1, 0.9)
         )
         now = self._clock.now()
-        before = engine.next_deadline(now)
+        before = self._next_deadline(engine, now)
         actions = _total_step(engine, Tick(), now)
         self._step += 1
         self._recent.append((self._step, self._elapsed, "idle tick", None, actions))
         self._checker.on_actions(actions)
-        self._checker.check_idle_tick(actions, before, engine.next_deadline(now))
+        self._checker.check_idle_tick(actions, before, self._next_deadline(engine, now))
+
+    def _next_deadline(self, engine: EngineLike, now: Now) -> float | None:
+        """The engine's deadline, asked once per engine, step and clock reading: the loop asks
+        again at the instant the tick check asked, with no step in between (a pure answer)."""
+        memo = self._deadline_memo
+        if memo is not None and memo[0] is engine and memo[1] == self._step and memo[2] is now:
+            return memo[3]
+        deadline = engine.next_deadline(now)
+        self._deadline_memo = (engine, self._step, now, deadline)
+        return deadline
 
     def _sim_time(self) -> str:
         now = self._clock.now()
