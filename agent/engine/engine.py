@@ -2373,6 +2373,19 @@ class DoseEngine:
         """Send what the dispenser should have and (as far as we know) has not."""
         if not self._can_send(now):
             return
+        mirror = self._mirror
+        locked = self._desk.roll_foreign(self._binding) or self.locked_down
+        pattern = self._desired_pattern(now)
+        if dispenser_mirror.in_sync(
+            mirror.status_known,
+            mirror.lock_actual,
+            mirror.locked_by_agent,
+            mirror.pattern_sent,
+            locked,
+            pattern,
+            self._outbound.retain_queue,
+        ):
+            return  # the common case: nothing to send (plan_sync would plan nothing)
         known = KnownDispenser(
             status_known=self._mirror.status_known,
             lock_actual=self._mirror.lock_actual,
@@ -2388,9 +2401,7 @@ class DoseEngine:
             ),
         )
         wanted = WantedDispenser(
-            locked=self._desk.roll_foreign(self._binding) or self.locked_down,
-            pattern=self._desired_pattern(now),
-            retains=tuple(self._outbound.retain_queue),
+            locked=locked, pattern=pattern, retains=tuple(self._outbound.retain_queue)
         )
         plan = dispenser_mirror.plan_sync(known, wanted)
         for planned in plan.commands:
