@@ -35,6 +35,9 @@ class AlertDesk:
 
     def release_due(self, now_mono: float) -> tuple[EngineEvent, ...]:
         """Chatty conditions held back by the rate limit whose interval has now passed."""
+        book = self.book
+        if not book.present or all(kind in book.raised for kind in book.present):
+            return ()  # asked on every step: nothing held back, nothing to change
         change = alerts.release_due(self.book, now_mono, self.chatty_s)
         self.book = change.book
         return change.events

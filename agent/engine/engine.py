@@ -1290,7 +1290,9 @@ class DoseEngine:
     # --- the level-triggered part: runs after every input ---------------------------------------
 
     def _advance(self, now: Now, actions: list[Action]) -> None:
-        actions.extend(Emit(e) for e in self._alerts.release_due(now.mono))
+        released = self._alerts.release_due(now.mono)
+        if released:
+            actions.extend(Emit(e) for e in released)
         if (
             not self._mirror.link_up
             and self._mirror.link_down_since is not None
@@ -2462,7 +2464,9 @@ class DoseEngine:
         now: Now,
         fields: dict[str, object] | None = None,
     ) -> None:
-        actions.extend(Emit(e) for e in self._alerts.condition(kind, present, now.mono, fields))
+        events = self._alerts.condition(kind, present, now.mono, fields)
+        if events:  # asked several times on every step, nearly always without news
+            actions.extend(Emit(e) for e in events)
 
     def _emit(self, actions: list[Action], kind: str, fields: dict[str, object]) -> None:
         actions.append(Emit(catalogue.make_event(kind, fields)))
