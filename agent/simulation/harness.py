@@ -369,6 +369,7 @@ class Simulation:
         self._plan_mishaps()
         self._judge: Judge | None = None
         self._world: World | None = None
+        self._world_key: tuple[object, ...] = ()
         if config.judge:
             self._judge = Judge(
                 JudgeConfig(
@@ -1420,12 +1421,27 @@ class Simulation:
         if self._judge is None:
             return
         m = self._model
+        linked = self._engine is not None and not self._link_downs
+        # everything World is made of (roll and identity are frozen): asked after every loop
+        # step and command, and the world seldom changes
+        key = (
+            m.roll,
+            m.position,
+            m.identity,
+            FaultCode.JAM in m.faults,
+            len(m.bin),
+            linked,
+            m.tray is not None,
+        )
+        if key == self._world_key:
+            return
+        self._world_key = key
         world = World(
             roll_patient_ref=m.roll.patient_ref if m.roll is not None else None,
             remaining=m.remaining,
             jammed=FaultCode.JAM in m.faults,
             bin_full=len(m.bin) >= m.identity.bin_capacity,
-            agent_linked=self._engine is not None and not self._link_downs,
+            agent_linked=linked,
             reader=self._reader_label(),
             tray_occupied=m.tray is not None,
             roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
