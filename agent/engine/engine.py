@@ -1580,7 +1580,7 @@ class DoseEngine:
             if result.missed is not None:
                 self._miss(run, result.missed, now, actions)
                 continue
-            if result.run != run:
+            if result.run is not run:  # on_time returns the run itself when nothing changed
                 self._slotbook.replace_run(result.run)
             for step in result.escalated:
                 if step.notify:
