@@ -43,7 +43,10 @@ class AlertDesk:
         return change.events
 
     def next_release(self) -> float | None:
-        return alerts.next_release(self.book, self.chatty_s)
+        book = self.book
+        if not book.present or all(kind in book.raised for kind in book.present):
+            return None  # nothing held back (asked with every deadline)
+        return alerts.next_release(book, self.chatty_s)
 
     def is_raised(self, kind: str) -> bool:
         return kind in self.book.raised
