@@ -195,6 +195,7 @@ class DoseEngine:
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
         self._sachet_memo: tuple[object, object, list[Slot] | None] | None = None
         self._lockdown_memo: tuple[object, bool] | None = None
+        self._tolerance_memo: tuple[object, datetime, timedelta] | None = None
         self._last_now: Now | None = now
         self._was_untrusted = False
         self._restore_open_slots(state.open_slots, now)
@@ -2082,13 +2083,23 @@ class DoseEngine:
         configured = self._cfg.sachet_time_tolerance
         if self._schedule is None:
             return configured
-        spacing = self._schedule.smallest_spacing
+        # a pure function of the schedule (and its slots) and the due time: memoised, as the
+        # idle checks ask it for the same next slot on every step
+        memo = self._tolerance_memo
+        if memo is not None and memo[0] is self._schedule and memo[1] == due_utc:
+            return memo[2]
+        tolerance = self._capped_tolerance(self._schedule, configured, due_utc)
+        self._tolerance_memo = (self._schedule, due_utc, tolerance)
+        return tolerance
+
+    def _capped_tolerance(
+        self, schedule: Schedule, configured: timedelta, due_utc: datetime
+    ) -> timedelta:
+        spacing = schedule.smallest_spacing
         tolerance = roll_check.capped_tolerance(configured, [] if spacing is None else [spacing])
         # only a neighbour nearer than twice the tolerance can lower it further
         reach = 2 * tolerance
-        near = self._slotbook.slots(self._schedule).between(
-            due_utc - reach, due_utc + reach + _EPSILON
-        )
+        near = self._slotbook.slots(schedule).between(due_utc - reach, due_utc + reach + _EPSILON)
         return roll_check.capped_tolerance(tolerance, [abs(s.due_utc - due_utc) for s in near])
 
     def _slots_for_sachet(self, sachet: SachetRead) -> list[Slot] | None:
