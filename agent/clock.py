@@ -87,9 +87,15 @@ class VirtualClock:
         self._utc = start_utc.astimezone(UTC)
         self._mono = float(start_mono)
         self._trust = trust
+        # the reading until the clock is moved (Now is immutable): the simulation reads the
+        # clock several times per instant, and building one costs its validation each time
+        self._reading: Now | None = None
 
     def now(self) -> Now:
-        return Now(mono=self._mono, utc=self._utc, trust=self._trust)
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = Now(mono=self._mono, utc=self._utc, trust=self._trust)
+        return reading
 
     def advance(self, seconds: float) -> None:
         """Let time pass: monotonic and wall time both move forward by ``seconds``."""
@@ -97,13 +103,16 @@ class VirtualClock:
             raise ValueError(f"advance() needs a finite number of seconds >= 0, got {seconds!r}")
         self._mono += seconds
         self._utc += timedelta(seconds=seconds)
+        self._reading = None
 
     def jump_wall(self, delta: timedelta) -> None:
         """Step the wall clock (NTP correction, manual change); monotonic time does not move."""
         self._utc += delta
+        self._reading = None
 
     def set_trust(self, trust: TimeTrust) -> None:
         self._trust = trust
+        self._reading = None
 
 
 class SystemClock:
@@ -183,7 +192,10 @@ def detect_wall_jump(previous: Now, current: Now, tolerance_s: float = 2.0) -> t
             "current reading is older than previous (monotonic time went back "
             f"{-mono_elapsed:.3f} s): readings are out of order or from different boots"
         )
-    step = (current.utc - previous.utc) - timedelta(seconds=mono_elapsed)
+    wall_elapsed = current.utc - previous.utc
+    if abs(wall_elapsed.total_seconds() - mono_elapsed) < tolerance_s - 0.001:
+        return None  # the engine asks on every step: plain floats, far from the bound
+    step = wall_elapsed - timedelta(seconds=mono_elapsed)
     if abs(step.total_seconds()) <= tolerance_s:
         return None
     return step

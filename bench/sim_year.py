@@ -30,6 +30,10 @@ def time_year(
     seed: int, days: int, factory: EngineFactory, world: str = "mix"
 ) -> tuple[float, int, bool]:
     """(wall seconds, engine steps, invariants held) for one seed."""
+    # the engine's import (its state models are built once per process, ~0.2 s) is not a year's
+    # cost: without this the first seed of a run paid it
+    import agent.engine.engine  # noqa: F401
+
     started = time.perf_counter()
     baseline = isinstance(factory, NullEngineFactory)
     sim = Simulation(config_for(seed, days, world, require_outcomes=not baseline), factory)

@@ -35,6 +35,21 @@ def test_virtual_clock_does_not_move_by_itself() -> None:
     assert clock.now() == clock.now()
 
 
+def test_virtual_clock_reading_follows_every_move_after_it_was_read() -> None:
+    """The clock keeps its reading between moves: each move is seen by the next reading."""
+    clock = VirtualClock(START, start_mono=10.0)
+    assert clock.now() == Now(10.0, START, TimeTrust.SYNCHRONISED)
+    clock.advance(1.5)
+    assert clock.now() == Now(11.5, START + timedelta(seconds=1.5), TimeTrust.SYNCHRONISED)
+    clock.jump_wall(timedelta(hours=-1))
+    assert clock.now() == Now(
+        11.5, START + timedelta(seconds=1.5, hours=-1), TimeTrust.SYNCHRONISED
+    )
+    clock.set_trust(TimeTrust.UNTRUSTED)
+    assert clock.now().trust is TimeTrust.UNTRUSTED
+    assert clock.now().mono == 11.5
+
+
 def test_virtual_clock_normalises_start_to_utc() -> None:
     oslo_summer = timezone(timedelta(hours=2))
     clock = VirtualClock(datetime(2026, 6, 1, 10, 0, tzinfo=oslo_summer))

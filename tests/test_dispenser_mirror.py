@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
-from itertools import pairwise
+from itertools import pairwise, product
 
 import pytest
 from test_engine import OTHER, Rig, morning_rig
@@ -22,6 +22,7 @@ from agent.engine.dispenser_mirror import (
     PlannedCommand,
     WantedDispenser,
     has_feature,
+    in_sync,
     plan_sync,
 )
 from agent.engine.types import LinkUp, SendCommand, Tick
@@ -67,6 +68,65 @@ def test_in_sync_nothing_is_sent() -> None:
     plan = plan_sync(KNOWN, WANTED)
     assert plan.commands == ()
     assert plan.retains_left == ()
+
+
+def test_in_sync_is_asked_first_and_never_skips_a_command_plan_sync_would_send() -> None:
+    """The engine skips plan_sync when in_sync says so: over every combination of what it reads,
+    whenever in_sync is True plan_sync plans nothing and leaves nothing for later; and it is
+    True for the plain in-sync picture (or the shortcut would never be taken)."""
+    patterns: list[AlertPattern | None] = [None, *AlertPattern]
+    agreed = 0
+    for (
+        status_known,
+        lock_actual,
+        locked_by_agent,
+        pattern_sent,
+        features,
+        bin_full,
+        in_flight,
+        bin_room,
+        locked,
+        pattern,
+        retains,
+    ) in product(
+        (False, True),
+        (None, True, False),
+        (False, True),
+        patterns,
+        (None, 0, RETAIN_BIN, LOCK, RETAIN_BIN | LOCK),
+        (False, True),
+        ((), ("set_lock",), ("set_alert",), ("get_status",)),
+        (None, 0, 2),
+        (False, True),
+        list(AlertPattern),
+        ((), (7,)),
+    ):
+        known = KnownDispenser(
+            status_known,
+            lock_actual,
+            locked_by_agent,
+            pattern_sent,
+            None if features is None else caps(features),
+            bin_full,
+            in_flight,
+            bin_room,
+        )
+        wanted = WantedDispenser(locked, pattern, retains)
+        if in_sync(
+            status_known, lock_actual, locked_by_agent, pattern_sent, locked, pattern, retains
+        ):
+            plan = plan_sync(known, wanted)
+            assert (plan.commands, plan.retains_left) == ((), ()), (known, wanted)
+            agreed += 1
+    assert agreed > 0
+    assert in_sync(True, False, False, AlertPattern.OFF, False, AlertPattern.OFF, ())
+    # each difference that needs a command is not in sync
+    assert not in_sync(False, False, False, AlertPattern.OFF, False, AlertPattern.OFF, ())
+    assert not in_sync(True, False, False, AlertPattern.OFF, True, AlertPattern.OFF, ())
+    assert not in_sync(True, True, True, AlertPattern.OFF, False, AlertPattern.OFF, ())
+    assert not in_sync(True, False, False, None, False, AlertPattern.OFF, ())
+    assert not in_sync(True, False, False, AlertPattern.OFF, False, AlertPattern.URGENT, ())
+    assert not in_sync(True, False, False, AlertPattern.OFF, False, AlertPattern.OFF, (7,))
 
 
 def test_without_a_status_only_a_status_is_asked_and_the_retains_wait() -> None:

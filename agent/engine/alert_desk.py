@@ -35,12 +35,18 @@ class AlertDesk:
 
     def release_due(self, now_mono: float) -> tuple[EngineEvent, ...]:
         """Chatty conditions held back by the rate limit whose interval has now passed."""
+        book = self.book
+        if not book.present or all(kind in book.raised for kind in book.present):
+            return ()  # asked on every step: nothing held back, nothing to change
         change = alerts.release_due(self.book, now_mono, self.chatty_s)
         self.book = change.book
         return change.events
 
     def next_release(self) -> float | None:
-        return alerts.next_release(self.book, self.chatty_s)
+        book = self.book
+        if not book.present or all(kind in book.raised for kind in book.present):
+            return None  # nothing held back (asked with every deadline)
+        return alerts.next_release(book, self.chatty_s)
 
     def is_raised(self, kind: str) -> bool:
         return kind in self.book.raised

@@ -10,7 +10,7 @@ is fixed (status first, then lock, alert pattern, retains).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agent.engine.lifecycle import Phase, SlotRun
@@ -143,8 +143,9 @@ class SyncPlan:
 
 
 def has_feature(capabilities: Capabilities | None, feature: Feature) -> bool:
-    # `.value`: a plain int test (Flag's own `&` costs microseconds on every engine step)
-    return capabilities is not None and bool(capabilities.features & feature.value)
+    # `int()`: a plain int test (Flag's own `&` costs microseconds, `.value` a descriptor call,
+    # several times on every engine step)
+    return capabilities is not None and bool(capabilities.features & int(feature))
 
 
 def desired_pattern(
@@ -177,6 +178,27 @@ def desired_pattern(
     if pattern is AlertPattern.HELD and not held_supported:
         return AlertPattern.FAULT
     return pattern
+
+
+def in_sync(
+    status_known: bool,
+    lock_actual: bool | None,
+    locked_by_agent: bool,
+    pattern_sent: AlertPattern | None,
+    locked: bool,
+    pattern: AlertPattern,
+    retains: Sequence[int],
+) -> bool:
+    """True when `plan_sync` has nothing to send and nothing left to send later, whatever the
+    capabilities, commands in flight and bin: the status is known, the lock is as wanted (or
+    ours to leave), the pattern was sent, no dose is owed to the bin. The engine asks this on
+    every step before it builds the full picture (tests/test_dispenser_mirror.py checks the two
+    agree)."""
+    if not status_known or retains or pattern != pattern_sent:
+        return False
+    if locked:
+        return lock_actual is True
+    return not locked_by_agent or lock_actual is False
 
 
 def plan_sync(known: KnownDispenser, wanted: WantedDispenser) -> SyncPlan:

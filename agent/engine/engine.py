@@ -195,6 +195,7 @@ class DoseEngine:
         self._wall_memo: tuple[object, object, list[datetime]] | None = None
         self._sachet_memo: tuple[object, object, list[Slot] | None] | None = None
         self._lockdown_memo: tuple[object, bool] | None = None
+        self._tolerance_memo: tuple[object, datetime, timedelta] | None = None
         self._last_now: Now | None = now
         self._was_untrusted = False
         self._restore_open_slots(state.open_slots, now)
@@ -1290,7 +1291,9 @@ class DoseEngine:
     # --- the level-triggered part: runs after every input ---------------------------------------
 
     def _advance(self, now: Now, actions: list[Action]) -> None:
-        actions.extend(Emit(e) for e in self._alerts.release_due(now.mono))
+        released = self._alerts.release_due(now.mono)
+        if released:
+            actions.extend(Emit(e) for e in released)
         if (
             not self._mirror.link_up
             and self._mirror.link_down_since is not None
@@ -1578,7 +1581,7 @@ class DoseEngine:
             if result.missed is not None:
                 self._miss(run, result.missed, now, actions)
                 continue
-            if result.run != run:
+            if result.run is not run:  # on_time returns the run itself when nothing changed
                 self._slotbook.replace_run(result.run)
             for step in result.escalated:
                 if step.notify:
@@ -2080,13 +2083,23 @@ class DoseEngine:
         configured = self._cfg.sachet_time_tolerance
         if self._schedule is None:
             return configured
-        spacing = self._schedule.smallest_spacing
+        # a pure function of the schedule (and its slots) and the due time: memoised, as the
+        # idle checks ask it for the same next slot on every step
+        memo = self._tolerance_memo
+        if memo is not None and memo[0] is self._schedule and memo[1] == due_utc:
+            return memo[2]
+        tolerance = self._capped_tolerance(self._schedule, configured, due_utc)
+        self._tolerance_memo = (self._schedule, due_utc, tolerance)
+        return tolerance
+
+    def _capped_tolerance(
+        self, schedule: Schedule, configured: timedelta, due_utc: datetime
+    ) -> timedelta:
+        spacing = schedule.smallest_spacing
         tolerance = roll_check.capped_tolerance(configured, [] if spacing is None else [spacing])
         # only a neighbour nearer than twice the tolerance can lower it further
         reach = 2 * tolerance
-        near = self._slotbook.slots(self._schedule).between(
-            due_utc - reach, due_utc + reach + _EPSILON
-        )
+        near = self._slotbook.slots(schedule).between(due_utc - reach, due_utc + reach + _EPSILON)
         return roll_check.capped_tolerance(tolerance, [abs(s.due_utc - due_utc) for s in near])
 
     def _slots_for_sachet(self, sachet: SachetRead) -> list[Slot] | None:
@@ -2373,6 +2386,19 @@ class DoseEngine:
         """Send what the dispenser should have and (as far as we know) has not."""
         if not self._can_send(now):
             return
+        mirror = self._mirror
+        locked = self._desk.roll_foreign(self._binding) or self.locked_down
+        pattern = self._desired_pattern(now)
+        if dispenser_mirror.in_sync(
+            mirror.status_known,
+            mirror.lock_actual,
+            mirror.locked_by_agent,
+            mirror.pattern_sent,
+            locked,
+            pattern,
+            self._outbound.retain_queue,
+        ):
+            return  # the common case: nothing to send (plan_sync would plan nothing)
         known = KnownDispenser(
             status_known=self._mirror.status_known,
             lock_actual=self._mirror.lock_actual,
@@ -2388,9 +2414,7 @@ class DoseEngine:
             ),
         )
         wanted = WantedDispenser(
-            locked=self._desk.roll_foreign(self._binding) or self.locked_down,
-            pattern=self._desired_pattern(now),
-            retains=tuple(self._outbound.retain_queue),
+            locked=locked, pattern=pattern, retains=tuple(self._outbound.retain_queue)
         )
         plan = dispenser_mirror.plan_sync(known, wanted)
         for planned in plan.commands:
@@ -2451,7 +2475,9 @@ class DoseEngine:
         now: Now,
         fields: dict[str, object] | None = None,
     ) -> None:
-        actions.extend(Emit(e) for e in self._alerts.condition(kind, present, now.mono, fields))
+        events = self._alerts.condition(kind, present, now.mono, fields)
+        if events:  # asked several times on every step, nearly always without news
+            actions.extend(Emit(e) for e in events)
 
     def _emit(self, actions: list[Action], kind: str, fields: dict[str, object]) -> None:
         actions.append(Emit(catalogue.make_event(kind, fields)))

@@ -168,8 +168,17 @@ def restored(run: SlotRun, now_mono: float, presented_at: datetime | None) -> Sl
     return replace(presented(run, now_mono, presented_at), restored=True, unreconciled=True)
 
 
+_steps_memo: tuple[EngineConfig, tuple[EscalationStep, ...]] | None = None
+
+
 def _steps(config: EngineConfig) -> tuple[EscalationStep, ...]:
-    return tuple(sorted(config.escalation, key=lambda s: s.after))
+    # sorted once per configuration (an engine has one; asked for every dose in the tray on
+    # every step); the memo holds the config, so `is` cannot match a new one at an old address
+    global _steps_memo
+    memo = _steps_memo
+    if memo is None or memo[0] is not config:
+        memo = _steps_memo = (config, tuple(sorted(config.escalation, key=lambda s: s.after)))
+    return memo[1]
 
 
 def _seconds(delta: timedelta) -> float:

@@ -12,6 +12,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from agent.clock import utc_text
 from protocol.messages import RollInserted, SachetRead
@@ -58,6 +59,7 @@ def same_patient(expected_ref: str, claimed_ref: str) -> bool:
 WIRE_TIME_MAX_S = 32_503_680_000
 
 
+@lru_cache(maxsize=256)  # a roll's few label times, asked on every step (datetime is immutable)
 def wire_time(seconds: int) -> datetime | None:
     """A protocol time (whole seconds since the epoch, UTC) as an aware datetime; None when it is
     0 (unknown) or not a time at all (see `wire_time_invalid`). Never raises."""

@@ -183,11 +183,17 @@ class Slot:
     local_time: (
         time  # the nominal local time from the schedule (e.g. 02:30 even if it didn't exist)
     )
+    # slot_id, formatted once: the engine asks it on every step, a slot is built once per window
+    _slot_id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slot_id = f"{self.local_date.isoformat()}T{self.local_time:%H:%M}"
+        object.__setattr__(self, "_slot_id", slot_id)
 
     @property
     def slot_id(self) -> str:
         """Stable and unique per unit: local date + nominal local time, e.g. "2026-03-29T02:30"."""
-        return f"{self.local_date.isoformat()}T{self.local_time:%H:%M}"
+        return self._slot_id
 
 
 def _effective_from(rule: ScheduleRule) -> date:

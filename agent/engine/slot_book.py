@@ -71,10 +71,11 @@ class SlotBook:
         """
         if schedule is None or self.cursor is None:
             return None
-        running = tuple(r.slot_id for r in self.runs)
+        running = tuple([r.slot_id for r in self.runs])  # (a list is quicker to build)
         key = (self.cursor, schedule, running, self.settle_count)
-        if self.upcoming is not None and self.upcoming[0] == key:
-            return self.upcoming[1]
+        memo = self.upcoming
+        if memo is not None and memo[0] == key:
+            return memo[1]
         found: Slot | None = None
         for slot in self.slots(schedule).iter_from(self.cursor):
             slot_id = slot.slot_id

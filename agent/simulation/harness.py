@@ -24,7 +24,7 @@ import random
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from typing import Any, Protocol, cast
@@ -363,11 +363,13 @@ class Simulation:
         self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
         self._asked: set[int] = set()  # dispense ids whose first Dispense lost its reply
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
+        self._deadline_memo: tuple[EngineLike, int, Now, float | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
         self._plan_mishaps()
         self._judge: Judge | None = None
         self._world: World | None = None
+        self._world_key: tuple[object, ...] = ()
         if config.judge:
             self._judge = Judge(
                 JudgeConfig(
@@ -1191,7 +1193,7 @@ class Simulation:
         if self._engine is None or self._link_downs:
             return [CommandOutcome(command.correlation, None, "link_down")]
         # every command carries req_id; the driver stamps it, so does the harness
-        stamped = cast(Message, replace(cast(Any, command.command), req_id=self._next_req_id()))
+        stamped = _stamped(command.command, self._next_req_id())
         dispensed_before = len(self._model.dispensed)
         discarded_before = len(self._model.discarded)
         bin_before = len(self._model.bin)
@@ -1383,7 +1385,9 @@ class Simulation:
         inf = float("inf")
         while True:
             engine = self._engine
-            deadline = engine.next_deadline(self._clock.now()) if engine is not None else None
+            deadline = (
+                self._next_deadline(engine, self._clock.now()) if engine is not None else None
+            )
             deadline_s = deadline - self._mono_base if deadline is not None else inf
             item_s = self._agenda[0].at_s if self._agenda else inf
             target = min(deadline_s, item_s)
@@ -1402,7 +1406,9 @@ class Simulation:
                 self._feed([Tick()])
                 if engine is not None and self._engine is engine:
                     now = self._clock.now()
-                    self._checker.check_deadline_after_tick(now.mono, engine.next_deadline(now))
+                    self._checker.check_deadline_after_tick(
+                        now.mono, self._next_deadline(engine, now)
+                    )
             else:
                 item = heapq.heappop(self._agenda)
                 self._advance_to(item.at_s)
@@ -1415,12 +1421,27 @@ class Simulation:
         if self._judge is None:
             return
         m = self._model
+        linked = self._engine is not None and not self._link_downs
+        # everything World is made of (roll and identity are frozen): asked after every loop
+        # step and command, and the world seldom changes
+        key = (
+            m.roll,
+            m.position,
+            m.identity,
+            FaultCode.JAM in m.faults,
+            len(m.bin),
+            linked,
+            m.tray is not None,
+        )
+        if key == self._world_key:
+            return
+        self._world_key = key
         world = World(
             roll_patient_ref=m.roll.patient_ref if m.roll is not None else None,
             remaining=m.remaining,
             jammed=FaultCode.JAM in m.faults,
             bin_full=len(m.bin) >= m.identity.bin_capacity,
-            agent_linked=self._engine is not None and not self._link_downs,
+            agent_linked=linked,
             reader=self._reader_label(),
             tray_occupied=m.tray is not None,
             roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
@@ -1447,12 +1468,22 @@ class Simulation:
             self._elapsed + (target_s - self._elapsed) * self._rng_checks.uniform(0.1, 0.9)
         )
         now = self._clock.now()
-        before = engine.next_deadline(now)
+        before = self._next_deadline(engine, now)
         actions = _total_step(engine, Tick(), now)
         self._step += 1
         self._recent.append((self._step, self._elapsed, "idle tick", None, actions))
         self._checker.on_actions(actions)
-        self._checker.check_idle_tick(actions, before, engine.next_deadline(now))
+        self._checker.check_idle_tick(actions, before, self._next_deadline(engine, now))
+
+    def _next_deadline(self, engine: EngineLike, now: Now) -> float | None:
+        """The engine's deadline, asked once per engine, step and clock reading: the loop asks
+        again at the instant the tick check asked, with no step in between (a pure answer)."""
+        memo = self._deadline_memo
+        if memo is not None and memo[0] is engine and memo[1] == self._step and memo[2] is now:
+            return memo[3]
+        deadline = engine.next_deadline(now)
+        self._deadline_memo = (engine, self._step, now, deadline)
+        return deadline
 
     def _sim_time(self) -> str:
         now = self._clock.now()
@@ -1467,6 +1498,21 @@ class Simulation:
             + (f" -> {actions!r}" if actions is not None else "")
             for step, elapsed, kind, what, actions in self._recent
         ]
+
+
+_INIT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _stamped(command: Message, req_id: int) -> Message:
+    """`replace(command, req_id=req_id)` with the message type's field names looked up once
+    (dataclasses.replace walks them on every call; a command goes out ~5,000 times a year)."""
+    cls: Any = type(command)  # every command type has req_id (not every Message type)
+    names = _INIT_FIELDS.get(cls)
+    if names is None:
+        names = _INIT_FIELDS[cls] = tuple(
+            f.name for f in fields(cast(Any, command)) if f.init and f.name != "req_id"
+        )
+    return cast(Message, cls(req_id=req_id, **{name: getattr(command, name) for name in names}))
 
 
 def _label(roll: SimRoll, index: int) -> SachetLabel:
