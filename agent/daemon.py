@@ -296,6 +296,13 @@ class Daemon:
                     if self._startup_fault is not None:
                         raise self._state_fault(self._startup_fault)
                     self._record_startup()
+                    # Before the links run (this block has not awaited yet): the summaries owed
+                    # at start read the whole audit log and commit, which would stall the loop
+                    # just as the dispenser sends its first frames (ACK within 250 ms, SPEC).
+                    try:
+                        self._record_owed_summaries(self.clock.now())
+                    except STORE_FAULTS as exc:
+                        raise self._state_fault(f"store failed in summaries: {exc!r}") from exc
                 except DaemonFaultError as fault:
                     self._tasks = tasks
                     self._start_panel(tasks)  # the fail-safe shows FAULT on it too

@@ -52,8 +52,9 @@ from hw.wire import DEFECTS, SimulatorRunner
 PATIENT = "p-rig-0001"  # the patient the runner's agent is set up for (scenario files use it)
 ZONE = "Europe/Oslo"
 CI_SLOT = datetime(2026, 11, 23, 8, 0, tzinfo=ZoneInfo(ZONE))  # the first dose on a fast clock
-BOOT_S = 4.0  # real seconds between starting the agent and t=0: it connects meanwhile
-LINK_WAIT_S = 30.0  # real seconds for the first link up, at most
+BOOT_S = 4.0  # real seconds between starting the agent and t=0 when t=0 is fixed in advance
+RELEASE_S = 1.0  # fast clock, simulator in the runner: t=0 this long after the link is up
+LINK_WAIT_S = 60.0  # real seconds for the first link up, at most (a loaded machine starts slowly)
 TRANSPORTS = ("pty", "ble", "uart")
 
 
@@ -434,9 +435,9 @@ def run_scenario(path: Path, opts: Options) -> Result:
     workdir.mkdir(parents=True, exist_ok=True)
     unit = f"rig-{name}-{opts.transport}-{uuid.uuid4().hex[:6]}".lower().replace("_", "-")
     rate = opts.rate
-    anchor = time.monotonic() + (
-        BOOT_S if rate != 1.0 else max(BOOT_S, t0.timestamp() - time.time())
-    )
+    launched = time.monotonic()
+    # t=0 (the anchor) fixed now; moved to just after the link is up when the clock is released
+    anchor = launched + (BOOT_S if rate != 1.0 else max(BOOT_S, t0.timestamp() - time.time()))
 
     def scenario_time(mono: float) -> float:
         return (mono - anchor) * rate
@@ -451,7 +452,11 @@ def run_scenario(path: Path, opts: Options) -> Result:
             centre.start()
             stack.callback(centre.stop)
             config = _agent_config(opts, workdir, unit, side, slot, scenario)
-            agent = _start_agent(config, t0, anchor, rate, side.env, log_path)
+            # On a fast clock with the dispenser side in the runner, scenario time starts once the
+            # agent is up and linked, not at a guess of how long it takes to start (a loaded
+            # machine or a slow board would eat the scenario's margins).
+            release = rate != 1.0 and side.target is not None
+            agent = _start_agent(config, t0, None if release else anchor, rate, side.env, log_path)
             stack.callback(_stop_process, agent)
             if side.target is None:
                 _prompt(_instructions(name, path, text, scenario, t0, slot))
@@ -466,7 +471,12 @@ def run_scenario(path: Path, opts: Options) -> Result:
                     result.error = f"no link up within {LINK_WAIT_S:g} s of starting the agent"
                     break
             else:
-                result.link_up_real_s = time.monotonic() - (anchor - BOOT_S)
+                result.link_up_real_s = time.monotonic() - launched
+                if release:
+                    anchor = time.monotonic() + RELEASE_S
+                    assert agent.stdin is not None
+                    agent.stdin.write(f"{anchor!r}\n".encode())
+                    agent.stdin.flush()
             delay = anchor - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -501,8 +511,14 @@ def run_scenario(path: Path, opts: Options) -> Result:
 
 
 def _start_agent(
-    config: Path, t0: datetime, anchor: float, rate: float, env: dict[str, str], log_path: Path
+    config: Path,
+    t0: datetime,
+    anchor: float | None,
+    rate: float,
+    env: dict[str, str],
+    log_path: Path,
 ) -> subprocess.Popen[bytes]:
+    """The agent; `anchor` None: sent on its stdin later (hw.rig_agent --anchor stdin)."""
     repo = Path(__file__).resolve().parents[1]
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -515,10 +531,13 @@ def _start_agent(
                 "--t0",
                 t0.isoformat(),
                 "--anchor",
-                repr(anchor),
+                "stdin" if anchor is None else repr(anchor),
                 "--rate",
                 repr(rate),
+                "--boot",
+                repr(BOOT_S),
             ],
+            stdin=subprocess.PIPE if anchor is None else subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=repo,
@@ -527,6 +546,9 @@ def _start_agent(
 
 
 def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
     if process.poll() is None:
         process.terminate()
         try:

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -236,12 +236,14 @@ class EventStream:
 def command(
     name: str,
     *,
+    issued_at: datetime,
     expires_in: timedelta = timedelta(hours=1),
-    issued_at: datetime | None = None,
     command_id: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
-    issued = issued_at or datetime.now(UTC)
+    # stamped with the agent's clock, never the host's: the agents under test run on a clock of
+    # their own (2026-11-23 on a fast clock), and a command from another day is refused
+    issued = issued_at
     return {
         "command_id": command_id or str(uuid.uuid4()),
         "issued_at": issued.isoformat(),

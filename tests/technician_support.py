@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -20,12 +21,19 @@ def pressed_button() -> tuple[LongPress, threading.Thread]:
 
     def press() -> None:
         pin = factory.pin(TECHNICIAN_BUTTON_PIN)
-        deadline = time.monotonic() + 30.0
-        # wait until the reset watches the button (the pin is set to input with a pull-up)
-        while pin.pull != "up" and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60.0  # generous: the reset may start slowly under load
+        # wait until the reset watches the button (gpiozero's Button handles the pin's changes)
+        while pin.when_changed is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        pin.drive_low()
-        time.sleep(HOLD_S * 4)
-        pin.drive_high()
+        # Press and hold until the reset lets go of the button (it has its answer). Pressing
+        # again covers a press that lands while the Button is still being built (its hold
+        # thread or `when_held` not yet there): a person would press again too.
+        while pin.when_changed is not None and time.monotonic() < deadline:
+            with contextlib.suppress(AttributeError):  # gpiozero: no hold thread yet
+                pin.drive_low()
+            time.sleep(HOLD_S * 4)
+            with contextlib.suppress(AttributeError):
+                pin.drive_high()
+            time.sleep(HOLD_S)
 
     return presence, threading.Thread(target=press, daemon=True)

@@ -217,7 +217,7 @@ def test_a_command_id_gets_its_first_answer_again_even_after_a_kill_9(rig: Rig) 
     # A command is acked after its answer is out: a kill -9 right after the answer may leave it
     # unacked (the broker redelivers it). Commands are handled in order and paho writes in
     # order, so a third one's answer means the first two's PUBACKs were written before it.
-    rig.send(command("request_status"))
+    rig.send(command("request_status", issued_at=rig.agent.sim_now()))
     rig.wait(lambda w: len(w.on("commands/response")) >= 3)
     rig.agent.kill()
     rig.restart()
@@ -243,7 +243,7 @@ def test_a_command_id_gets_its_first_answer_again_even_after_a_kill_9(rig: Rig) 
 def test_unreadable_commands_are_events_only_and_readable_names_are_kept(rig: Rig) -> None:
     rig.link_up()
     rig.send(b"{not json")
-    bad = command("silence", minutes=9999)
+    bad = command("silence", issued_at=rig.agent.sim_now(), minutes=9999)
     rig.send(bad)
     # Events go out right after their commit, so the answer may follow them: wait for both.
     # Commands are handled in order, so an answer to the first would come before this one.
@@ -299,10 +299,18 @@ def test_a_summary_on_request_is_answered_for_a_running_day_and_month_and_refuse
     rig.link_up()
     rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")  # a deviation: roll_fault
     rig.wait(lambda w: bool(w.events("wrong_roll")))
-    today = command("request_summary", period="day", label="2026-11-23")
-    month = command("request_summary", period="month", label="2026-11")
-    ahead = command("request_summary", period="day", label="2026-11-24")
-    no_day = command("request_summary", period="day", label="2026-11-31")
+    today = command(
+        "request_summary", issued_at=rig.agent.sim_now(), period="day", label="2026-11-23"
+    )
+    month = command(
+        "request_summary", issued_at=rig.agent.sim_now(), period="month", label="2026-11"
+    )
+    ahead = command(
+        "request_summary", issued_at=rig.agent.sim_now(), period="day", label="2026-11-24"
+    )
+    no_day = command(
+        "request_summary", issued_at=rig.agent.sim_now(), period="day", label="2026-11-31"
+    )
     for request in (today, month, ahead, no_day):
         publish_command(rig.broker.port, UNIT, json.dumps(request).encode(), sign=False)
     rig.wait(lambda w: len(w.on("commands/response")) >= 4)

@@ -175,16 +175,16 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     rig.link_up()
     port = rig.broker.port
     publish_command(port, UNIT, b"{not json")
-    bad = command("silence", minutes=9999)
+    bad = command("silence", issued_at=rig.agent.sim_now(), minutes=9999)
     publish_command(port, UNIT, json.dumps(bad).encode())
-    expired = command("silence", minutes=5)
+    expired = command("silence", issued_at=rig.agent.sim_now(), minutes=5)
     expired["issued_at"] = "2020-01-01T00:00:00Z"
     expired["expires_at"] = "2020-01-01T01:00:00Z"
     publish_command(port, UNIT, json.dumps(expired).encode())
     # unauthorised-looking: a command the unit does not have, and one smuggling extra fields
-    dispense_now = command("dispense_now")
+    dispense_now = command("dispense_now", issued_at=rig.agent.sim_now())
     publish_command(port, UNIT, json.dumps(dispense_now).encode())
-    smuggled = command("silence", minutes=5)
+    smuggled = command("silence", issued_at=rig.agent.sim_now(), minutes=5)
     smuggled["as_unit"] = "another-unit"
     publish_command(port, UNIT, json.dumps(smuggled).encode())
     status = command("request_status", issued_at=rig.agent.sim_now())
@@ -283,7 +283,7 @@ def test_a_technician_on_site_decides_through_the_local_control_socket(rig: Rig)
     # on site: a plan decision, pause/resume and status; schedules and the like stay with the
     # response centre
     socket = local_control.socket_path(rig.tmp / "state")
-    silence = command("silence", minutes=5)
+    silence = command("silence", issued_at=rig.agent.sim_now(), minutes=5)
     answer = local_control.send_local_command(socket, json.dumps(silence).encode())
     assert answer["status"] == "rejected"
     assert '"code": "not_allowed_locally"' in json.dumps(answer["error"])

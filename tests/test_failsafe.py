@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def test_store_fault_while_the_link_is_down_locks_the_dispenser_once_it_is_back(
             await linked(r)
             await unplugged(r)
             refuse_inserts(r.db, "commands")
-            payload = json.dumps(command("request_status")).encode()
+            payload = json.dumps(command("request_status", issued_at=datetime.now(UTC))).encode()
             await asyncio.to_thread(publish_command, mosquitto.port, UNIT, payload)
 
             availability = await r.centre_told()  # the fault happened, with no dispenser link
@@ -254,7 +255,7 @@ def test_store_fault_with_no_dispenser_link_exits_after_the_bounded_wait(
             await linked(r)
             await unplugged(r)
             refuse_inserts(r.db, "commands")
-            payload = json.dumps(command("request_status")).encode()
+            payload = json.dumps(command("request_status", issued_at=datetime.now(UTC))).encode()
             await asyncio.to_thread(publish_command, mosquitto.port, UNIT, payload)
 
             assert await r.exit_code() == EXIT_STATE_FAULT

@@ -262,10 +262,9 @@ def test_toy_mutants_are_reported_killed_survived_and_timed_out(toy: Path) -> No
         "tests/test_toy.py",
         "--markers",
         "",
-        "--timeout",
-        # the hanging mutant costs this long; the others finish far sooner even on a loaded
-        # machine (a pytest start there took 3 s, so a 3 s timeout called them hangs)
-        "30",
+        # no --timeout: the tool's own (4 x the unmutated run + 10 s) scales with the machine's
+        # load, which a fixed one does not (3 s called a loaded pytest start a hang; 30 s made
+        # the hanging mutant cost 30 s on every run)
         "--jobs",
         "2",
         "--only",

@@ -21,6 +21,7 @@ import tty
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pytest
 from broker import MosquittoBroker
 
 from hw.rig import Options, Result, Seen, judge, main, run_scenario, scenario_files
+from hw.rig_agent import ReleasedClock
 from hw.scenario import InsertRoll, ScenarioError, SetLink, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "hw" / "scenarios"
@@ -130,6 +132,28 @@ def test_judging_windows_fields_counts_and_slack() -> None:
     assert _judge("expect dose_presented count=0 within=6m", [taken], 361)[0] is True
     link = Seen(-5, "link", None, {"link": "up"})  # before t=0: counts as at 0
     assert _judge("expect link up within=1m", [link], 1)[0] is True
+
+
+def test_the_released_clock_holds_before_t0_and_starts_t0_at_the_anchor() -> None:
+    mono = [100.0]
+    t0 = datetime(2026, 11, 23, 7, 56, tzinfo=UTC)
+    clock = ReleasedClock(t0, rate=60.0, hold_s=240.0, mono=lambda: mono[0])
+    assert clock.now().utc == t0 - timedelta(seconds=240)
+    mono[0] = 130.0  # a slow start: 30 s real, held at real speed
+    assert clock.scenario_s() == -210.0
+    mono[0] = 1000.0  # however slow, it never reaches t0 on its own
+    assert clock.scenario_s() == -120.0
+    clock.release(1003.0)
+    mono[0] = 1000.0  # released: the held time until the fast clock to the anchor passes it
+    assert clock.scenario_s() == -120.0
+    mono[0] = 1002.0
+    assert clock.scenario_s() == -60.0
+    mono[0] = 1003.0
+    assert clock.now().utc == t0
+    mono[0] = 1004.0
+    assert clock.now().utc == t0 + timedelta(minutes=1)
+    clock.release(5000.0)  # only the first anchor counts
+    assert clock.scenario_s() == 60.0
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -243,6 +267,9 @@ def test_each_scenario_passes_over_pty_and_ble(runs: Runs, scenario: str, transp
     assert result.passed, _explain(result)
     assert result.expectations
     assert all(v.passed for v in result.expectations)
+    # scenario time starts once the agent is up and linked, however slowly it started
+    first_link = next(s for s in result.seen if s.endswith(" link up"))
+    assert first_link.startswith("-"), result.seen
 
 
 @pytest.mark.e2e
