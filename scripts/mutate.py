@@ -92,11 +92,13 @@ class Selection:
 SELECTIONS: tuple[tuple[str, Selection], ...] = (
     ("agent/engine/*.py", Selection(ENGINE_TESTS, sim=True, own_test_first=True)),
     (
-        # Only the end-to-end tests drive the command path (agent -> MQTT or the local control
-        # socket -> answer); selected by name, so these e2e tests run (a private mosquitto each).
+        # The authentication and warning rules are tested without a broker first; the rest of
+        # the command path (agent -> MQTT or the local control socket -> answer) only end to end,
+        # selected by name, so these e2e tests run (a private mosquitto each).
         "agent/commands.py",
         Selection(
             (
+                "tests/test_commands_auth.py",
                 "tests/test_e2e.py::"
                 "test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed",
                 "tests/test_e2e.py::test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard",
