@@ -147,7 +147,10 @@ def test_a_pause_with_an_end_raises_no_warning() -> None:
     [
         ([{"effective_from": "2026-12-01", "times": []}], True),
         ([{"effective_from": "2026-12-01", "times": ["08:00"]}], False),
-        ([{"effective_from": "2026-12-01", "times": [], "weekday_times": {"mon": ["08:00"]}}], False),
+        (
+            [{"effective_from": "2026-12-01", "times": [], "weekday_times": {"mon": ["08:00"]}}],
+            False,
+        ),
     ],
 )
 def test_a_schedule_without_a_single_dose_time_is_accepted_with_a_warning(

@@ -676,3 +676,22 @@ def test_slot_window_recomputes_rarely_as_time_moves_on() -> None:
         window.between(now - timedelta(hours=1), now)
         now += timedelta(hours=1)
     assert window.refills <= 30  # a 16-day window: about 23 a year
+
+
+def test_slot_window_between_fills_a_window_ahead_of_and_behind_its_query() -> None:
+    schedule = daily("08:00", "20:00")
+    window = SlotWindow(schedule, ahead=timedelta(days=5), behind=timedelta(days=1))
+    start = utc(2026, 3, 2)
+    assert [s.slot_id for s in window.between(start, start + timedelta(hours=8))] == [
+        "2026-03-02T08:00"
+    ]
+    assert window.refills == 1
+    # the window is [start - 1 day, start + 5 days): answered without recomputing inside it
+    assert window.covers(start - timedelta(days=1), start + timedelta(days=5))
+    assert not window.covers(start - timedelta(days=1, seconds=1), start)
+    assert not window.covers(start, start + timedelta(days=5, seconds=1))
+    assert len(window.between(start + timedelta(days=4), start + timedelta(days=5))) == 2
+    assert len(window.between(start - timedelta(days=1), start)) == 2
+    assert window.refills == 1
+    window.between(start + timedelta(days=4), start + timedelta(days=6))  # past its end
+    assert window.refills == 2
