@@ -882,6 +882,9 @@ def _main(args: argparse.Namespace, workers: Workers, stream: TextIO) -> int:
     reports = {path: ModuleReport(path) for path in targets}
     selections: dict[str, Selection] = {}
     population: list[Mutant] = []
+    # each file is enumerated once (the slow part of a start: every mutant is checked to parse
+    # and to change the program); the equivalents are checked against all of them
+    every = {path: enumerate_mutants(path, sources[path]) for path in targets}
     for path in targets:
         selection = selection_for(path, tree)
         if selection is None and config.tests_override is None:
@@ -890,9 +893,9 @@ def _main(args: argparse.Namespace, workers: Workers, stream: TextIO) -> int:
         if config.suite == "sim" and not selections[path].sim and not args.only:
             reports[path].note = "not exercised by the simulation: skipped"
             continue
-        population.extend(enumerate_mutants(path, sources[path]))
+        population.extend(every[path])
 
-    known = {m.id for m in enumerate_all(sources)}
+    known = {m.id for mutants in every.values() for m in mutants}
     for stale in sorted(set(equivalents) - known):
         if stale.split(":", 1)[0] in sources:
             print(f"warning: equivalent entry {stale} matches no mutant (stale?)", file=stream)
@@ -983,10 +986,6 @@ def _main(args: argparse.Namespace, workers: Workers, stream: TextIO) -> int:
         print(f"score under --min-score {args.min_score:g}%", file=stream)
         return 1
     return 0
-
-
-def enumerate_all(sources: dict[str, str]) -> list[Mutant]:
-    return [m for path, source in sources.items() for m in enumerate_mutants(path, source)]
 
 
 def baselines(

@@ -522,3 +522,22 @@ def test_with_the_binding_unreadable_the_unit_stays_unbound_locked_and_says_so()
     rig.feed(LinkUp(rig.caps))
     assert rig.dispenser.locked
     assert rig.sounding() is AlertPattern.FAULT
+
+
+@pytest.mark.parametrize(
+    ("when", "readable"),
+    [
+        ("1969-12-31T23:59:59+00:00", False),
+        ("1970-01-01T00:00:00+00:00", True),
+        ("1970-01-01T00:30:00+01:00", False),  # 1969-12-31T23:30Z
+        ("2999-12-31T23:59:59+00:00", True),
+        ("3000-01-01T00:00:00+00:00", False),
+    ],
+)
+def test_state_times_lie_in_1970_to_3000(when: str, readable: bool) -> None:
+    text = edited(put("last_intake_utc", when))
+    if readable:
+        assert EngineState.from_json(text).last_intake_utc == datetime.fromisoformat(when)
+    else:
+        with pytest.raises(StateUnreadableError, match="last_intake_utc"):
+            EngineState.from_json(text)
