@@ -74,8 +74,8 @@ def refusal(
             floor=floor,
         )
     except Refused as refused:
-        assert refused.status == "rejected"
-        return refused.code
+        # every refusal here is final: `rejected`, never `expired` or anything softer
+        return refused.code if refused.status == "rejected" else f"{refused.status}:{refused.code}"
     return None
 
 
