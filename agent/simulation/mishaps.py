@@ -89,9 +89,9 @@ class MishapRates:
         """The rates of the suite's fault mix (agent.simulation.mix). Store faults are not in it:
         the fail-safe's lock is never lifted after the restart (tests/test_simulation.py)."""
         return cls(
-            roll_defect=0.3,
-            phantoms=48.0,
-            erased_rtc=0.1,
+            roll_defect=0.12,
+            phantoms=24.0,
+            erased_rtc=0.05,
             acknowledge=0.7,
             silence=0.2,
             time_moves=time_moves,
