@@ -1209,3 +1209,48 @@ def test_r3_a_dose_not_given_is_a_latched_high_alarm(
     )
     found = [f for f in j.findings if "latched HIGH alarm" in f.message]
     assert (found == []) is alarm_ok
+
+
+# --- R12: a report of a cut sachet names that sachet ------------------------------------------
+
+
+def test_r12_dose_presented_and_the_outcome_name_the_sachet_that_was_cut() -> None:
+    j = judge()
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.presented(7, label(utc("06:00"), index=4))
+    slot = "2026-06-01T08:00"
+    j.published("dose_presented", "info", {"slot_id": slot, "dispense_id": 7, "sachet_index": 4})
+    j.advance(utc("06:05"))
+    j.taken(7)
+    j.published(
+        "slot_outcome",
+        "info",
+        {
+            "slot_id": slot,
+            "outcome": "taken",
+            "dispense_id": 7,
+            "sachet_index": 4,
+            "roll_id": "R001",
+        },
+    )
+    assert j.findings == []
+    for fields in (
+        {"sachet_index": 5},
+        {"sachet_index": None},
+        {"sachet_index": 4, "roll_id": "R002"},
+    ):
+        k = judge(enforce=frozenset())
+        k.world(world())
+        k.advance(utc("06:00"))
+        k.presented(7, label(utc("06:00"), index=4))
+        k.published("dose_presented", "info", {"slot_id": slot, "dispense_id": 7} | fields)
+        k.advance(utc("06:05"))
+        k.taken(7)
+        k.published(
+            "slot_outcome", "info", {"slot_id": slot, "outcome": "taken", "dispense_id": 7} | fields
+        )
+        named = [
+            f for f in k.findings if f.rule == "R12" and "the dispenser cut sachet 4" in f.message
+        ]
+        assert len(named) == 2, k.findings

@@ -108,7 +108,9 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    out of the tray while the agent hears it by its `slot_outcome` taken (or taken_unconfirmed)
    or `dose_taken_late` (its dispense id), one packed for a trip by its `slot_outcome`
    dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
-   bin, wrong roll) by `<event>_cleared`.
+   bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
+   id the dispenser cut names the sachet that moved: its index (when the event has the field), and
+   its roll when it names one.
 
 R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
    (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
@@ -963,6 +965,16 @@ class Judge:
                     # a report naming a sachet must name this one
                     cond.reported = names[1] is None or cond.sachet in (None, names)
 
+    def _judge_named_sachet(self, what: str, fields: dict[str, object], label: SachetLabel) -> None:
+        """R12: a report of a dispense id the dispenser cut names the sachet it cut."""
+        index, roll_id = fields.get("sachet_index", label.index), fields.get("roll_id")
+        if index != label.index or (roll_id is not None and roll_id != label.roll_id):
+            self._violation(
+                "R12",
+                f"{what} for dispense id {fields.get('dispense_id')} names sachet {index} of roll "
+                f"{roll_id}; the dispenser cut sachet {label.index} of roll {label.roll_id}",
+            )
+
     def _judge_outcome_report(
         self,
         slot: RefSlot,
@@ -1099,6 +1111,7 @@ class Judge:
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge (the model never cut it)
+        self._judge_named_sachet("dose_presented", fields, shown.label)
         self._count_presentation(slot_id, dispense_id, "the published dose_presented")
         slot = self._by_id.get(slot_id)
         label = shown.label
@@ -1145,6 +1158,10 @@ class Judge:
             return
         self._judge_outcome_report(slot, outcome, priority, fields, alert_id)
         self._judge_tray_belief(slot, outcome, fields)
+        dispense_id = fields.get("dispense_id")
+        shown = self._presented.get(dispense_id) if isinstance(dispense_id, int) else None
+        if shown is not None:
+            self._judge_named_sachet(f"outcome {outcome}", fields, shown.label)
         if outcome != "missed":
             return
         linked = self._world is not None and self._world.agent_linked
