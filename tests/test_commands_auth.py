@@ -7,13 +7,14 @@ code, time and field is written out."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.clock import TimeTrust
-from agent.commands import Refused, _warnings, authenticate
+from agent.clock import TimeTrust, VirtualClock
+from agent.commands import CommandHandler, Refused, _warnings, authenticate
 from agent.contract.commands import CommandRequest, parse_command
 from agent.contract.signing import load_public_key, sign_request
 from agent.engine.types import Emit
@@ -161,3 +162,76 @@ def test_a_schedule_without_a_single_dose_time_is_accepted_with_a_warning(
     ).command
     kinds = [a.event.kind for a in _warnings(command) if isinstance(a, Emit)]
     assert kinds == (["schedule_empty"] if warned else [])
+
+
+# --- a refused command: audited and reported, naming the key that signed it -------------------
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.audit: list[tuple[str, dict[str, object]]] = []
+
+    def audit_append(self, kind: str, fields: dict[str, object], *stamp: str) -> None:
+        self.audit.append((kind, fields))
+
+    def command_seen(self, command_id: str) -> None:
+        return None  # never answered before
+
+
+class FakeDaemon:
+    """What CommandHandler's refusal path uses of the daemon: its store, clock and apply()."""
+
+    def __init__(self) -> None:
+        self.store = FakeStore()
+        self.clock = VirtualClock(ISSUED)
+        self.applied: list[object] = []
+
+    def stamp(self) -> tuple[str, str]:
+        return ("2026-11-28T09:00:00Z", "synchronised")
+
+    def apply(self, actions: list[object], now: object, within: Callable[[], None]) -> None:
+        within()  # the audit record is written in the same transaction as the event
+        self.applied.extend(actions)
+
+
+@pytest.mark.parametrize(
+    ("request_", "key_id"),
+    [
+        (signed(unit_id="oslo-unit-0043"), VECTOR_KEY_ID),  # a signed command, wrong unit
+        (unsigned(), None),  # nobody signed it
+    ],
+)
+def test_a_refused_command_is_reported_and_audited_with_the_key_that_signed_it(
+    request_: CommandRequest, key_id: str | None
+) -> None:
+    daemon = FakeDaemon()
+    handler = CommandHandler(daemon)  # type: ignore[arg-type]
+    refusal = Refused("rejected", "wrong_unit", "not for this unit")
+    answer, _ = handler._refuse_unauthenticated(request_, refusal, "cmd/topic", 321, "centre")
+    [emit] = daemon.applied
+    assert isinstance(emit, Emit)
+    assert emit.event.kind == "command_unauthenticated"
+    assert emit.event.fields == {
+        "command_id": "0b9d7c1e-3f4a-4c2b-9e8d-7a6b5c4d3e2f",
+        "name": "pause",
+        "code": "wrong_unit",
+        "key_id": key_id,
+        "message": "not for this unit",
+    }
+    assert daemon.store.audit == [
+        (
+            "command_rejected",
+            {
+                "command_id": "0b9d7c1e-3f4a-4c2b-9e8d-7a6b5c4d3e2f",
+                "topic": "cmd/topic",
+                "source": "centre",
+                "status": "rejected",
+                "code": "wrong_unit",
+                "key_id": key_id,
+                "payload_bytes": 321,
+            },
+        )
+    ]
+    assert answer is not None
+    response = json.loads(answer)
+    assert (response["status"], response["error"]["code"]) == ("rejected", "wrong_unit")
