@@ -249,6 +249,13 @@ def test_weekday_override_replaces_default_times() -> None:
     assert [s.slot_id for s in week if s.local_date.weekday() == 6] == ["2026-06-14T10:00"]
 
 
+def test_weekday_keys_run_from_0_monday_to_6_sunday() -> None:
+    schedule = daily("08:00", weekday_times={0: ["09:00"], 6: ["10:00"]})
+    assert schedule.times_on(date(2026, 6, 8)) == (time(9),)  # Monday
+    assert schedule.times_on(date(2026, 6, 9)) == (time(8),)  # Tuesday
+    assert schedule.times_on(date(2026, 6, 14)) == (time(10),)  # Sunday
+
+
 def test_times_are_stored_sorted_and_overrides_read_only() -> None:
     overrides: dict[int, tuple[time, ...]] = {2: (time(21), time(7))}
     rule = ScheduleRule(date(2026, 1, 1), (time(20), time(8)), overrides)
