@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.clock import TimeTrust, VirtualClock
 from agent.commands import CommandHandler, Refused, _warnings, authenticate
+from agent.config import CommandLimits
 from agent.contract.commands import CommandRequest, parse_command
 from agent.contract.signing import load_public_key, sign_request
 from agent.engine.types import Emit
@@ -184,6 +186,7 @@ class FakeDaemon:
     def __init__(self) -> None:
         self.store = FakeStore()
         self.clock = VirtualClock(ISSUED)
+        self.config = SimpleNamespace(command_limits=CommandLimits())  # read when built
         self.applied: list[object] = []
 
     def stamp(self) -> tuple[str, str]:
