@@ -856,3 +856,13 @@ def test_a_settled_slots_sachet_is_discarded_at_info_without_plan_mismatch() -> 
     assert rig.dispenser.discarded == [0]
     assert [e.fields["reason"] for e in rig.events("sachet_discarded")] == ["settled_slot"]
     assert rig.events("plan_mismatch") == []
+
+
+def test_a_binding_set_or_cleared_is_reported() -> None:
+    rig = morning_rig()
+    rig.feed(SetBinding(Binding(PATIENT)))
+    rig.feed(SetBinding(None))
+    assert [(e.priority, e.fields) for e in rig.events("binding_changed")] == [
+        (Priority.INFO, {"bound": True}),
+        (Priority.INFO, {"bound": False}),
+    ]
