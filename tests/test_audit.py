@@ -260,9 +260,12 @@ def test_verify_main_cannot_open(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_an_audit_record_without_a_kind_is_refused(db_path: Path) -> None:
-    with open_store(db_path) as s, s.transaction():
-        with pytest.raises(ValueError, match="audit kind must not be empty"):
-            s.audit_append("", {"command_id": "cmd-2"}, AT, TRUST)
+    with (
+        open_store(db_path) as s,
+        s.transaction(),
+        pytest.raises(ValueError, match="audit kind must not be empty"),
+    ):
+        s.audit_append("", {"command_id": "cmd-2"}, AT, TRUST)
 
 
 def test_a_head_deleted_without_a_checkpoint_is_a_gap_from_seq_1(filled: Path) -> None:
