@@ -92,11 +92,13 @@ class Selection:
 SELECTIONS: tuple[tuple[str, Selection], ...] = (
     ("agent/engine/*.py", Selection(ENGINE_TESTS, sim=True, own_test_first=True)),
     (
-        # Only the end-to-end tests drive the command path (agent -> MQTT or the local control
-        # socket -> answer); selected by name, so these e2e tests run (a private mosquitto each).
+        # The authentication and warning rules are tested without a broker first; the rest of
+        # the command path (agent -> MQTT or the local control socket -> answer) only end to end,
+        # selected by name, so these e2e tests run (a private mosquitto each).
         "agent/commands.py",
         Selection(
             (
+                "tests/test_commands_auth.py",
                 "tests/test_e2e.py::"
                 "test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed",
                 "tests/test_e2e.py::test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard",
@@ -880,6 +882,9 @@ def _main(args: argparse.Namespace, workers: Workers, stream: TextIO) -> int:
     reports = {path: ModuleReport(path) for path in targets}
     selections: dict[str, Selection] = {}
     population: list[Mutant] = []
+    # each file is enumerated once (the slow part of a start: every mutant is checked to parse
+    # and to change the program); the equivalents are checked against all of them
+    every = {path: enumerate_mutants(path, sources[path]) for path in targets}
     for path in targets:
         selection = selection_for(path, tree)
         if selection is None and config.tests_override is None:
@@ -888,9 +893,9 @@ def _main(args: argparse.Namespace, workers: Workers, stream: TextIO) -> int:
         if config.suite == "sim" and not selections[path].sim and not args.only:
             reports[path].note = "not exercised by the simulation: skipped"
             continue
-        population.extend(enumerate_mutants(path, sources[path]))
+        population.extend(every[path])
 
-    known = {m.id for m in enumerate_all(sources)}
+    known = {m.id for mutants in every.values() for m in mutants}
     for stale in sorted(set(equivalents) - known):
         if stale.split(":", 1)[0] in sources:
             print(f"warning: equivalent entry {stale} matches no mutant (stale?)", file=stream)
@@ -981,10 +986,6 @@ def _main(args: argparse.Namespace, workers: Workers, stream: TextIO) -> int:
         print(f"score under --min-score {args.min_score:g}%", file=stream)
         return 1
     return 0
-
-
-def enumerate_all(sources: dict[str, str]) -> list[Mutant]:
-    return [m for path, source in sources.items() for m in enumerate_mutants(path, source)]
 
 
 def baselines(

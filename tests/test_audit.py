@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store.audit import ZERO_HASH, Stamp
+from agent.store.audit import ZERO_HASH, Stamp, prune_audit
 from agent.store.db import Store
 from agent.store.verify import audit_verify_main, verify_audit
 
@@ -257,3 +257,45 @@ def test_verify_main_cannot_open(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert audit_verify_main(empty) == 2
     assert "no agent store schema" in capsys.readouterr().out
     assert empty.stat().st_size == 0  # verifying never initialises a store
+
+
+def test_an_audit_record_without_a_kind_is_refused(db_path: Path) -> None:
+    with (
+        open_store(db_path) as s,
+        s.transaction(),
+        pytest.raises(ValueError, match="audit kind must not be empty"),
+    ):
+        s.audit_append("", {"command_id": "cmd-2"}, AT, TRUST)
+
+
+def test_a_head_deleted_without_a_checkpoint_is_a_gap_from_seq_1(filled: Path) -> None:
+    tamper(filled, "DELETE FROM audit WHERE seq <= 2")
+    assert report_of(filled) == (
+        False,
+        0,
+        1,
+        "gap in sequence: records before the first are missing",
+    )
+
+
+def test_the_log_is_pruned_once_keep_plus_batch_records_exist(filled: Path) -> None:
+    conn = sqlite3.connect(filled)
+    try:
+        through_hash = conn.execute("SELECT hash FROM audit WHERE seq = 4").fetchone()[0]
+        with conn:
+            assert prune_audit(conn, 8, AT, TRUST, batch=4) is None  # 11 records, one short of 12
+        with conn:
+            checkpoint = prune_audit(conn, 8, AT, TRUST, batch=3)  # 11 = 8 + 3: pruned
+        assert checkpoint is not None
+        assert (checkpoint.seq, checkpoint.kind) == (12, "audit.pruned")
+        assert checkpoint.body == {
+            "first_seq": 1,
+            "through_seq": 4,
+            "through_hash": through_hash,
+            "records": 4,
+        }
+        seqs = [row[0] for row in conn.execute("SELECT seq FROM audit ORDER BY seq")]
+        assert seqs == list(range(5, 13))  # the newest 8, the checkpoint among them
+    finally:
+        conn.close()
+    assert report_of(filled)[0] is True

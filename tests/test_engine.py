@@ -28,6 +28,7 @@ from agent.engine.types import (
     LinkDown,
     LinkUp,
     Outcome,
+    Priority,
     RecordOutcome,
     SendCommand,
     SetBinding,
@@ -547,6 +548,22 @@ def test_slot_due_while_link_down_is_missed_with_reason_after_deadline() -> None
     assert rig.begins() == []
 
 
+def test_a_dispenser_never_heard_from_is_not_reported_empty() -> None:
+    """Before the first Status nothing is known of the roll: a dose held for want of a link is
+    held LOW (no link), not the HIGH "dispenser empty" (VKP 3.7) a nurse would drive out for,
+    and its missed outcome is the plain missed-dose alarm (VKP 3.3)."""
+    rig = morning_rig()
+    rig.install(roll=False, link=False)
+    rig.run_until(utc(2026, 3, 2, 7, 5))
+    [held] = rig.events("dose_held")
+    assert (held.priority, held.vkp_code) == (Priority.LOW, None)
+    assert held.fields == {"slot_id": "2026-03-02T08:00", "reason": "no_link"}
+    rig.run_until(utc(2026, 3, 2, 8, 5))
+    [missed] = rig.events("slot_outcome")
+    assert (missed.priority, missed.vkp_code) == (Priority.HIGH, "3.3")
+    assert missed.fields["reason"] == "not_dispensed:no_link"
+
+
 def test_slot_held_by_link_down_is_dispensed_when_link_returns_in_time() -> None:
     rig = morning_rig()
     rig.install()
@@ -839,3 +856,13 @@ def test_a_settled_slots_sachet_is_discarded_at_info_without_plan_mismatch() -> 
     assert rig.dispenser.discarded == [0]
     assert [e.fields["reason"] for e in rig.events("sachet_discarded")] == ["settled_slot"]
     assert rig.events("plan_mismatch") == []
+
+
+def test_a_binding_set_or_cleared_is_reported() -> None:
+    rig = morning_rig()
+    rig.feed(SetBinding(Binding(PATIENT)))
+    rig.feed(SetBinding(None))
+    assert [(e.priority, e.fields) for e in rig.events("binding_changed")] == [
+        (Priority.INFO, {"bound": True}),
+        (Priority.INFO, {"bound": False}),
+    ]

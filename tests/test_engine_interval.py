@@ -411,3 +411,25 @@ def test_a_trip_starting_right_after_an_intake_is_dispensed_without_waiting() ->
     rig.run_until(model_utc(2026, 3, 2, 21, 45), take=True)
     assert [index for _, index in rig.model.dispensed[4:]] == [4, 5, 6, 7]
     assert len(rig.events("travel_dispensed")) == 1
+
+
+# --- a press is either a dose started early or reported as a press -----------------------------
+
+
+def test_an_early_take_that_starts_a_dose_is_not_also_reported_as_a_press() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.run_until(D1_0800 - timedelta(minutes=30))  # inside the 60 min early window
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    assert begun_at(rig, "2026-03-02T08:00") == ["2026-03-02T08:00"]
+    assert rig.events("button_pressed") == []  # the dose's own events say what happened
+
+
+def test_a_take_early_for_a_paused_slot_starts_nothing_and_is_reported_as_a_press() -> None:
+    rig = hourly_rig()
+    rig.install()
+    rig.feed(StartPause(PauseWindow("p-1", D1_0800 - timedelta(minutes=5), D1_0830)))
+    rig.run_until(D1_0800 - timedelta(minutes=30))
+    rig.msg(ButtonPressed(ButtonId.TAKE))
+    assert rig.begins() == []
+    assert [e.fields for e in rig.events("button_pressed")] == [{"button": "take"}]

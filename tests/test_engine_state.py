@@ -522,3 +522,41 @@ def test_with_the_binding_unreadable_the_unit_stays_unbound_locked_and_says_so()
     rig.feed(LinkUp(rig.caps))
     assert rig.dispenser.locked
     assert rig.sounding() is AlertPattern.FAULT
+
+
+@pytest.mark.parametrize(
+    ("when", "readable"),
+    [
+        ("1969-12-31T23:59:59+00:00", False),
+        ("1970-01-01T00:00:00+00:00", True),
+        ("1970-01-01T00:30:00+01:00", False),  # 1969-12-31T23:30Z
+        ("2999-12-31T23:59:59+00:00", True),
+        ("3000-01-01T00:00:00+00:00", False),
+    ],
+)
+def test_state_times_lie_in_1970_to_3000(when: str, readable: bool) -> None:
+    text = edited(put("last_intake_utc", when))
+    if readable:
+        assert EngineState.from_json(text).last_intake_utc == datetime.fromisoformat(when)
+    else:
+        with pytest.raises(StateUnreadableError, match="last_intake_utc"):
+            EngineState.from_json(text)
+
+
+def test_restore_takes_the_ledgers_sachet_when_the_state_has_another_dispense_id_or_none() -> None:
+    # the state knows 20:00 as dispense id 40, sachet 11; the ledger names a later attempt (43,
+    # sachet 13) and a slot the state never saw (44, sachet 14): the sachets of those attempts
+    rows = [
+        LedgerRow("2026-03-05T08:00", 41, 12, "2026-03-05T07:00:00+00:00"),
+        LedgerRow("2026-03-05T20:00", 43, 13, "2026-03-05T19:00:00+00:00"),
+        LedgerRow("2026-03-06T08:00", 44, 14, "2026-03-06T07:00:00+00:00"),
+        LedgerRow("2026-03-06T20:00", 45, None, "2026-03-06T19:00:00+00:00"),
+    ]
+    restored = restore(STORED_FULL, rows)
+    assert restored.unreadable is None
+    assert [(o.slot_id, o.dispense_id, o.sachet_index) for o in restored.state.open_slots] == [
+        ("2026-03-05T08:00", 41, 12),
+        ("2026-03-05T20:00", 43, 13),
+        ("2026-03-06T08:00", 44, 14),
+        ("2026-03-06T20:00", 45, 0),  # none in the ledger either: 0
+    ]

@@ -4,6 +4,7 @@ follows docs/time-policy.md on the DST days of Europe/Oslo."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -87,7 +88,9 @@ def world(
 
 
 def outcome(j: Judge, slot_id: str, result: str = "taken", priority: str = "info") -> None:
-    j.published("slot_outcome", priority, {"slot_id": slot_id, "outcome": result})
+    # a dose not given is a latched alarm: it carries an alert id (R3)
+    alert_id = f"alert-{slot_id}" if priority == "high" else None
+    j.published("slot_outcome", priority, {"slot_id": slot_id, "outcome": result}, alert_id)
 
 
 def settle_all(j: Judge, *, but: tuple[str, ...] = ()) -> None:
@@ -872,6 +875,7 @@ def test_r10_no_intake_nobody_made_and_no_dose_held_for_an_empty_tray() -> None:
             "outcome": "missed",
             "reason": "not_dispensed:previous_dose_in_tray",
         },
+        "alert-000001",
     )
     relinked = judge()
     relinked.world(world(linked=False))
@@ -882,6 +886,7 @@ def test_r10_no_intake_nobody_made_and_no_dose_held_for_an_empty_tray() -> None:
         "slot_outcome",
         "high",
         {"slot_id": "2026-06-01T20:00", "outcome": "refused", "reason": "tray_occupied"},
+        "alert-000001",
     )
     assert held.findings == relinked.findings == []
 
@@ -941,7 +946,9 @@ def test_r12_every_sachet_the_dispenser_moves_is_reported() -> None:
     j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 1})
     j.retained(1)
     j.published("dose_retained", "info", {"dispense_id": 1, "slot_id": "2026-06-01T08:00"})
-    j.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+    j.published(
+        "slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"}, "alert-1"
+    )
     j.discarded(2, label(utc("06:00"), index=1))  # a leftover of the settled 08:00 dose
     j.published("sachet_discarded", "info", {"sachet_index": 1})
     j.advance(utc("18:00"))
@@ -1008,7 +1015,9 @@ def test_r9_and_r12_cover_sachets_packed_for_a_trip() -> None:
     j.advance(utc("05:01"))
     j.taken_for_travel(6)
     with pytest.raises(InvariantViolation, match=r"R9 .*2026-06-01T08:00"):
-        j.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+        j.published(
+            "slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"}, "alert-1"
+        )
 
 
 def test_r13_a_trip_is_reported_complete_only_if_every_slot_was_packed() -> None:
@@ -1152,3 +1161,96 @@ def test_r8_an_empty_roll_is_reported_by_a_high_hold_naming_the_slot_ahead() -> 
     low.published("dose_held", "low", ahead)
     with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
         low.advance(utc("06:11"))
+
+
+# --- R3: an outcome tells the truth about its slot -------------------------------------------
+
+
+def test_r3_an_outcome_must_name_its_slots_due_instant() -> None:
+    j = judge()
+    j.advance(utc("07:00"))
+    # 08:00 in Oslo on 1 June (CEST) is 06:00 UTC
+    right = {"due_utc": "2026-06-01T06:00:00Z", "due_local": "2026-06-01T08:00:00+02:00"}
+    j.published("slot_outcome", "info", {"slot_id": "2026-06-01T08:00", "outcome": "taken"} | right)
+    assert j.findings == []
+    for name, wrong in (
+        ("due_utc", "2026-06-01T08:00:00Z"),  # the local time read as UTC
+        ("due_local", "2026-06-01T08:00:00+01:00"),  # the winter offset in summer
+        ("due_utc", "not a time"),
+    ):
+        k = judge()
+        k.advance(utc("07:00"))
+        fields = {"slot_id": "2026-06-01T08:00", "outcome": "taken"} | right | {name: wrong}
+        with pytest.raises(InvariantViolation, match=rf"R3 .*says {name} {re.escape(wrong)}"):
+            k.published("slot_outcome", "info", fields)
+
+
+@pytest.mark.parametrize(
+    ("result", "priority", "alert_id", "alarm_ok"),
+    [
+        ("missed", "high", "alert-000007", True),
+        ("refused", "high", "alert-000007", True),
+        ("missed", "high", None, False),  # not latched: nobody has to acknowledge it
+        ("missed", "medium", "alert-000007", False),
+        ("refused", "info", None, False),
+        ("taken", "info", None, True),
+        ("skipped_paused", "info", None, True),
+        ("dispensed_for_travel", "info", None, True),
+        ("taken_unconfirmed", "medium", "alert-000007", True),
+    ],
+)
+def test_r3_a_dose_not_given_is_a_latched_high_alarm(
+    result: str, priority: str, alert_id: str | None, alarm_ok: bool
+) -> None:
+    j = judge(enforce=frozenset())  # recorded, not raised
+    j.advance(utc("07:00"))
+    j.published(
+        "slot_outcome", priority, {"slot_id": "2026-06-01T08:00", "outcome": result}, alert_id
+    )
+    found = [f for f in j.findings if "latched HIGH alarm" in f.message]
+    assert (found == []) is alarm_ok
+
+
+# --- R12: a report of a cut sachet names that sachet ------------------------------------------
+
+
+def test_r12_dose_presented_and_the_outcome_name_the_sachet_that_was_cut() -> None:
+    j = judge()
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.presented(7, label(utc("06:00"), index=4))
+    slot = "2026-06-01T08:00"
+    j.published("dose_presented", "info", {"slot_id": slot, "dispense_id": 7, "sachet_index": 4})
+    j.advance(utc("06:05"))
+    j.taken(7)
+    j.published(
+        "slot_outcome",
+        "info",
+        {
+            "slot_id": slot,
+            "outcome": "taken",
+            "dispense_id": 7,
+            "sachet_index": 4,
+            "roll_id": "R001",
+        },
+    )
+    assert j.findings == []
+    for fields in (
+        {"sachet_index": 5},
+        {"sachet_index": None},
+        {"sachet_index": 4, "roll_id": "R002"},
+    ):
+        k = judge(enforce=frozenset())
+        k.world(world())
+        k.advance(utc("06:00"))
+        k.presented(7, label(utc("06:00"), index=4))
+        k.published("dose_presented", "info", {"slot_id": slot, "dispense_id": 7} | fields)
+        k.advance(utc("06:05"))
+        k.taken(7)
+        k.published(
+            "slot_outcome", "info", {"slot_id": slot, "outcome": "taken", "dispense_id": 7} | fields
+        )
+        named = [
+            f for f in k.findings if f.rule == "R12" and "the dispenser cut sachet 4" in f.message
+        ]
+        assert len(named) == 2, k.findings

@@ -40,3 +40,20 @@ def test_the_sixteen_most_recently_settled_ids_are_remembered() -> None:
     assert list(out.recent) == list(range(2, 18))
     assert out.recent[17] == "slot-17"
     assert 1 not in out.recent
+
+
+def test_the_alert_of_a_settled_id_is_forgotten_with_the_id() -> None:
+    # dose_taken_late names the alert of a recent missed slot; an id pushed out of the sixteen
+    # takes its alert along (the persisted state stays bounded, no late event names it)
+    out = Outbound(starts=1, next_dispense_id=1)
+    out.remember_settled(1, "slot-1", "alert-000001")
+    out.remember_settled(2, "slot-2")
+    out.remember_settled(3, "slot-3", "alert-000003")
+    assert out.recent_alerts == {1: "alert-000001", 3: "alert-000003"}
+    for n in range(4, 18):
+        out.remember_settled(n, f"slot-{n}")
+    assert 1 not in out.recent
+    assert out.recent_alerts == {3: "alert-000003"}
+    out.remember_settled(18, "slot-18")
+    out.remember_settled(19, "slot-19")
+    assert out.recent_alerts == {}

@@ -17,6 +17,7 @@ import pytest
 from model_rig import ModelRig, dose_instants, make_roll, utc
 from pydantic import ValidationError
 
+from agent.clock import TimeTrust
 from agent.config import EngineSettings
 from agent.engine.types import EngineInputError, LinkDown, Outcome, PauseWindow, StartPause
 from hw.dispenser import DEFAULT_FEATURES, BinEntry
@@ -94,6 +95,19 @@ def test_an_open_ended_pause_is_reminded_weekly_and_alarms_when_it_exceeds_the_m
     assert overdue[0][1].fields["pause_id"] == "hospital"
     # nothing else high while the patient is away
     assert [e.kind for e in rig.high()] == ["pause_overdue"]
+
+
+def test_an_untrusted_clock_neither_reminds_nor_alarms_about_a_pause() -> None:
+    """How long the unit has been paused is wall time: a clock that cannot be believed (here it
+    jumped 40 days ahead) must not raise pause_overdue nor send reminders."""
+    rig = four_a_day_rig()
+    rig.feed(StartPause(PauseWindow("hospital", AWAY, None)))
+    rig.run_until(AWAY + timedelta(days=6))
+    rig.clock.set_trust(TimeTrust.UNTRUSTED)
+    rig.clock.jump_wall(timedelta(days=40))
+    rig.run_until(AWAY + timedelta(days=46, hours=2))
+    assert rig.events("pause_reminder") == []
+    assert rig.events("pause_overdue") == []
 
 
 def test_a_pause_longer_than_the_maximum_is_refused_with_the_reason() -> None:

@@ -254,3 +254,26 @@ def test_capped_tolerance(
     configured: timedelta, spacings: list[timedelta], expected: timedelta
 ) -> None:
     assert roll_check.capped_tolerance(configured, spacings) == expected
+
+
+# The latest label time read as a time is 3000-01-01T00:00:00Z = 32503680000 s (written out here:
+# 1030 years of 365 days plus 250 leap days, times 86400); one second later is a broken label.
+YEAR_3000_S = 32_503_680_000
+
+
+def test_wire_time_is_a_date_from_one_second_after_the_epoch_to_the_year_3000() -> None:
+    assert roll_check.wire_time(YEAR_3000_S) == datetime(3000, 1, 1, tzinfo=UTC)
+    assert roll_check.wire_time(YEAR_3000_S + 1) is None
+    assert roll_check.wire_time(1) == datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert roll_check.wire_time(0) is None  # 0 is "unknown", never the epoch
+    assert roll_check.wire_time(-1) is None
+
+
+def test_a_label_time_past_the_year_3000_or_negative_is_not_a_time_but_0_is_unknown() -> None:
+    assert not roll_check.wire_time_invalid(YEAR_3000_S)
+    assert roll_check.wire_time_invalid(YEAR_3000_S + 1)
+    assert not roll_check.wire_time_invalid(0)
+    assert roll_check.wire_time_invalid(-1)
+    assert check(roll(expiry_utc_s=YEAR_3000_S)) is None
+    assert check(roll(expiry_utc_s=YEAR_3000_S + 1)) == "roll_label_invalid"
+    assert check(roll(first_dose_utc_s=YEAR_3000_S + 1)) == "roll_label_invalid"

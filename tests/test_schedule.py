@@ -249,6 +249,13 @@ def test_weekday_override_replaces_default_times() -> None:
     assert [s.slot_id for s in week if s.local_date.weekday() == 6] == ["2026-06-14T10:00"]
 
 
+def test_weekday_keys_run_from_0_monday_to_6_sunday() -> None:
+    schedule = daily("08:00", weekday_times={0: ["09:00"], 6: ["10:00"]})
+    assert schedule.times_on(date(2026, 6, 8)) == (time(9),)  # Monday
+    assert schedule.times_on(date(2026, 6, 9)) == (time(8),)  # Tuesday
+    assert schedule.times_on(date(2026, 6, 14)) == (time(10),)  # Sunday
+
+
 def test_times_are_stored_sorted_and_overrides_read_only() -> None:
     overrides: dict[int, tuple[time, ...]] = {2: (time(21), time(7))}
     rule = ScheduleRule(date(2026, 1, 1), (time(20), time(8)), overrides)
@@ -676,3 +683,22 @@ def test_slot_window_recomputes_rarely_as_time_moves_on() -> None:
         window.between(now - timedelta(hours=1), now)
         now += timedelta(hours=1)
     assert window.refills <= 30  # a 16-day window: about 23 a year
+
+
+def test_slot_window_between_fills_a_window_ahead_of_and_behind_its_query() -> None:
+    schedule = daily("08:00", "20:00")
+    window = SlotWindow(schedule, ahead=timedelta(days=5), behind=timedelta(days=1))
+    start = utc(2026, 3, 2)
+    assert [s.slot_id for s in window.between(start, start + timedelta(hours=8))] == [
+        "2026-03-02T08:00"
+    ]
+    assert window.refills == 1
+    # the window is [start - 1 day, start + 5 days): answered without recomputing inside it
+    assert window.covers(start - timedelta(days=1), start + timedelta(days=5))
+    assert not window.covers(start - timedelta(days=1, seconds=1), start)
+    assert not window.covers(start, start + timedelta(days=5, seconds=1))
+    assert len(window.between(start + timedelta(days=4), start + timedelta(days=5))) == 2
+    assert len(window.between(start - timedelta(days=1), start)) == 2
+    assert window.refills == 1
+    window.between(start + timedelta(days=4), start + timedelta(days=6))  # past its end
+    assert window.refills == 2

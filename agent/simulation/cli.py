@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         default="mix",
         help="mix (default): each seed's scenario of the fault mix (close doses, pauses, plan "
         "changes, moved dose times, misprints, phantom frames, the centre's habits; "
-        "agent/simulation/mix.py); classic: the seed's template and the faults only",
+        "agent/simulation/mix.py); classic: the seed's template and the faults only; wide: "
+        "the mix with its rare events made common (fails R12 today, see mix.py)",
     )
     parser.add_argument(
         "--engine",

@@ -24,7 +24,10 @@ R2 minimum interval: no two intakes (the patient lifted a dose out of the tray) 
    after another, and R4 judges them instead.
 R3 one outcome per slot: every slot of the reference schedule due between installation and
    `expect_until` ends in exactly one published `slot_outcome` event; no slot gets two, and no
-   outcome names a slot the schedule does not have.
+   outcome names a slot the schedule does not have. The outcome tells the truth about its slot:
+   its `due_utc` and `due_local` are the slot's due instant, and a dose not given (any outcome
+   but taken, skipped while paused, taken along on a trip, or taken unconfirmed) is a HIGH alarm
+   latched for a person to acknowledge (it carries an alert id).
 R4 right sachet: every presented sachet carries the bound patient's reference (on the roll's
    leader and on the sachet), its roll has not expired at presentation (true time), and its
    intended time is within `sachet_time_tolerance` of the slot it was presented for and closer to
@@ -105,7 +108,9 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    out of the tray while the agent hears it by its `slot_outcome` taken (or taken_unconfirmed)
    or `dose_taken_late` (its dispense id), one packed for a trip by its `slot_outcome`
    dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
-   bin, wrong roll) by `<event>_cleared`.
+   bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
+   id the dispenser cut names the sachet that moved: its index (when the event has the field), and
+   its roll when it names one.
 
 R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
    (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
@@ -398,6 +403,8 @@ _SLOT_EVENTS = ("slot_outcome", "dose_held")
 PHANTOM = "phantom"  # R10's condition: a phantom dose event not yet reported
 PHANTOM_REPORT = "phantom_dispenser_event"
 INTAKES = ("taken", "taken_unconfirmed")  # outcomes of a slot whose dose was lifted out (R12)
+# outcomes of a dose given, or not given for a reason a person already knows (R3: no alarm)
+QUIET_OUTCOMES = ("taken", "skipped_paused", "dispensed_for_travel", "taken_unconfirmed")
 # R10: reasons of an outcome that say the tray was occupied (docs/engine.md, reason tokens)
 TRAY_REASONS = ("tray_occupied", "previous_dose_in_tray")
 
@@ -930,7 +937,7 @@ class Judge:
         if priority == HIGH and kind in _SLOT_EVENTS:
             self._note_named_ahead(fields)
         if kind == "slot_outcome":
-            self._on_outcome(priority, fields)
+            self._on_outcome(priority, fields, alert_id)
         elif kind == "dose_presented":
             self._on_presented_event(fields)
         elif kind in ("travel_dispensed", "travel_short"):
@@ -957,6 +964,47 @@ class Judge:
                     names = (fields.get("roll_id"), fields.get("index"))
                     # a report naming a sachet must name this one
                     cond.reported = names[1] is None or cond.sachet in (None, names)
+
+    def _judge_named_sachet(self, what: str, fields: dict[str, object], label: SachetLabel) -> None:
+        """R12: a report of a dispense id the dispenser cut names the sachet it cut."""
+        index, roll_id = fields.get("sachet_index", label.index), fields.get("roll_id")
+        if index != label.index or (roll_id is not None and roll_id != label.roll_id):
+            self._violation(
+                "R12",
+                f"{what} for dispense id {fields.get('dispense_id')} names sachet {index} of roll "
+                f"{roll_id}; the dispenser cut sachet {label.index} of roll {label.roll_id}",
+            )
+
+    def _judge_outcome_report(
+        self,
+        slot: RefSlot,
+        outcome: str,
+        priority: str,
+        fields: dict[str, object],
+        alert_id: str | None,
+    ) -> None:
+        """R3: the outcome names its slot's due instant, and a dose not given is an alarm."""
+        for name in ("due_utc", "due_local"):
+            text = fields.get(name)
+            if text is None:
+                continue
+            try:
+                said = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+            except ValueError:
+                said = None
+            if said is None or said.tzinfo is None or said != slot.due_utc:
+                self._violation(
+                    "R3",
+                    f"outcome {outcome} for slot {slot.slot_id} says {name} {text}, "
+                    f"the slot is due {_iso(slot.due_utc)}",
+                )
+        if outcome not in QUIET_OUTCOMES and (priority != HIGH or alert_id is None):
+            self._violation(
+                "R3",
+                f"outcome {outcome} for slot {slot.slot_id} is {priority} "
+                f"{'without' if alert_id is None else 'with'} an alert id: a dose not given is a "
+                "latched HIGH alarm",
+            )
 
     def _note_named_ahead(self, fields: dict[str, object]) -> None:
         """roll_empty: a HIGH event naming a slot not yet due, published while the roll is
@@ -1063,6 +1111,7 @@ class Judge:
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge (the model never cut it)
+        self._judge_named_sachet("dose_presented", fields, shown.label)
         self._count_presentation(slot_id, dispense_id, "the published dose_presented")
         slot = self._by_id.get(slot_id)
         label = shown.label
@@ -1089,7 +1138,9 @@ class Judge:
                 f"packed for slot {closer.slot_id} due {_iso(closer.due_utc)}",
             )
 
-    def _on_outcome(self, priority: str, fields: dict[str, object]) -> None:
+    def _on_outcome(
+        self, priority: str, fields: dict[str, object], alert_id: str | None = None
+    ) -> None:
         slot_id, outcome = fields.get("slot_id"), fields.get("outcome")
         if not isinstance(slot_id, str) or not isinstance(outcome, str):
             self._violation("R3", f"slot_outcome without slot_id/outcome: {fields}")
@@ -1105,7 +1156,12 @@ class Judge:
         if slot is None or slot.due_utc < self.config.installed_utc:
             self._violation("R3", f"outcome {outcome} for slot {slot_id}, not in the schedule")
             return
+        self._judge_outcome_report(slot, outcome, priority, fields, alert_id)
         self._judge_tray_belief(slot, outcome, fields)
+        dispense_id = fields.get("dispense_id")
+        shown = self._presented.get(dispense_id) if isinstance(dispense_id, int) else None
+        if shown is not None:
+            self._judge_named_sachet(f"outcome {outcome}", fields, shown.label)
         if outcome != "missed":
             return
         linked = self._world is not None and self._world.agent_linked
