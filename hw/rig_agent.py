@@ -103,7 +103,7 @@ class ReleasedClock:
         )
 
 
-def _release_from_stdin(clock: ReleasedClock) -> None:
+def release_from_stdin(clock: ReleasedClock) -> None:
     """The runner writes the anchor (time.monotonic() at t0) as one line on stdin."""
 
     def read() -> None:
@@ -129,7 +129,7 @@ def main() -> int:
     clock: Clock
     if args.anchor == "stdin":
         released = ReleasedClock(args.t0, args.rate, args.boot * args.rate)
-        _release_from_stdin(released)
+        release_from_stdin(released)
         clock = released
     else:
         clock = AnchoredClock(args.t0, float(args.anchor), args.rate)

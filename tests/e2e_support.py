@@ -98,20 +98,32 @@ def write_config(
     return path
 
 
+# The agent's clock is held at start_at until both of its links are up (these lines in its log),
+# then runs: a start slowed by a loaded machine never eats the minutes before the first dose.
+LINKED_LINES = ("drivers.session INFO dispenser link up", "agent.mqtt.link INFO MQTT connected")
+HOLD_AT_MOST_S = 30.0  # a test that keeps a link down on purpose: the clock runs after this
+
+
 @dataclass
 class AgentProcess:
-    """The daemon in its own process; ended only by its PID."""
+    """The daemon in its own process; ended only by its PID.
+
+    Its first start holds its clock at `start_at` until it has linked (LINKED_LINES), then the
+    clock runs at `rate` from `start_at`; `sim_now()` reads the same clock. A restart (`start()`
+    again, with `start_at` moved on) runs at once: the unit's time goes on from where it was."""
 
     config: Path
     start_at: datetime
     log_path: Path
     rate: float = RATE
     process: subprocess.Popen[bytes] | None = None
-    started_mono: float = 0.0
+    started_mono: float | None = None  # the monotonic reading at which the clock read start_at
+    hold: bool = True
 
     def start(self) -> None:
+        held = self.hold and self.process is None
         log = self.log_path.open("ab")
-        self.started_mono = time.monotonic()
+        self.started_mono = None if held else time.monotonic()
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -121,19 +133,42 @@ class AgentProcess:
                 "--start",
                 self.start_at.isoformat(),
                 "--anchor",
-                repr(self.started_mono),
+                "stdin" if held else repr(self.started_mono),
                 "--rate",
                 str(self.rate),
             ],
+            stdin=subprocess.PIPE if held else subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
+        if held:
+            threading.Thread(target=self._release_once_linked, daemon=True).start()
+
+    def _release_once_linked(self) -> None:
+        process = self.process
+        assert process is not None
+        assert process.stdin is not None
+        deadline = time.monotonic() + HOLD_AT_MOST_S
+        while time.monotonic() < deadline and process.poll() is None:
+            text = self.log_text()
+            if all(line in text for line in LINKED_LINES):
+                break
+            time.sleep(0.05)  # a bounded poll of the agent's log file
+        anchor = time.monotonic()
+        self.started_mono = anchor
+        try:
+            process.stdin.write(f"{anchor!r}\n".encode())
+            process.stdin.close()
+        except OSError:  # the agent is gone already: nothing to release
+            pass
 
     def sim_now(self) -> datetime:
-        """The agent's clock now: it reads start_at at started_mono (passed as its --anchor)."""
+        """The agent's clock now (start_at while it is held)."""
+        if self.started_mono is None:
+            return self.start_at
         return self.start_at + timedelta(seconds=(time.monotonic() - self.started_mono) * self.rate)
 
     def kill(self) -> None:
