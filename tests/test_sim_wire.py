@@ -30,12 +30,13 @@ from protocol.messages import (
     Hello,
     Message,
     ResultCode,
+    RollInserted,
     SachetRead,
     Status,
 )
 
 T0 = 1_795_000_000
-TIMEOUT = 5.0
+TIMEOUT = 30.0  # generous: a bound on waiting for a condition, not a timing claim
 
 
 class AgentSide:
@@ -365,6 +366,9 @@ def test_cli_pty_prints_device_and_frames_and_exits_0_on_sigterm(tmp_path: Path)
             try:
                 caps = side.request(Hello(side.req_id(), 1, "cli"), Capabilities)
                 assert isinstance(caps, Capabilities)
+                # the loaded roll is told after the Hello: wait for it before stopping (under
+                # load the SIGTERM once came first, and the log had no RollInserted to show)
+                side.pump_until(lambda: bool(side.of_type(RollInserted)))
             finally:
                 side.close()
             proc.send_signal(signal.SIGTERM)
