@@ -34,26 +34,34 @@ from agent.config import load_config
 from agent.runtime import build_daemon
 
 
+def _checked_t0(t0_utc: datetime, rate: float) -> datetime:
+    """t0 in UTC, once it and the rate are known to be usable."""
+    if t0_utc.utcoffset() is None:
+        raise ValueError(f"t0 must be timezone-aware, got {t0_utc!r}")
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"rate must be a positive number, got {rate!r}")
+    return t0_utc.astimezone(UTC)
+
+
+def _scenario_now(t0: datetime, elapsed: float) -> Now:
+    """The reading `elapsed` scenario seconds after t0; mono only has to move forward at the
+    scaled rate, offset so it stays positive."""
+    return Now(
+        mono=1e6 + elapsed, utc=t0 + timedelta(seconds=elapsed), trust=TimeTrust.SYNCHRONISED
+    )
+
+
 class AnchoredClock:
     """`t0_utc` at monotonic `anchor`, `rate` times real time (before and after the anchor)."""
 
     def __init__(self, t0_utc: datetime, anchor_mono: float, rate: float) -> None:
-        if t0_utc.utcoffset() is None:
-            raise ValueError(f"t0 must be timezone-aware, got {t0_utc!r}")
-        if not math.isfinite(rate) or rate <= 0:
-            raise ValueError(f"rate must be a positive number, got {rate!r}")
+        self._t0 = _checked_t0(t0_utc, rate)
         self.rate = rate
-        self._t0 = t0_utc.astimezone(UTC)
         self._anchor = anchor_mono
 
     def now(self) -> Now:
         elapsed = (time.monotonic() - self._anchor) * self.rate
-        # mono only has to move forward at the scaled rate; offset it so it stays positive.
-        return Now(
-            mono=1e6 + elapsed,
-            utc=self._t0 + timedelta(seconds=elapsed),
-            trust=TimeTrust.SYNCHRONISED,
-        )
+        return _scenario_now(self._t0, elapsed)
 
 
 class ReleasedClock:
@@ -71,12 +79,8 @@ class ReleasedClock:
         hold_s: float,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
-        if t0_utc.utcoffset() is None:
-            raise ValueError(f"t0 must be timezone-aware, got {t0_utc!r}")
-        if not math.isfinite(rate) or rate <= 0:
-            raise ValueError(f"rate must be a positive number, got {rate!r}")
+        self._t0 = _checked_t0(t0_utc, rate)
         self.rate = rate
-        self._t0 = t0_utc.astimezone(UTC)
         self._hold_s = hold_s
         self._mono = mono
         self._started = mono()
@@ -96,11 +100,7 @@ class ReleasedClock:
 
     def now(self) -> Now:
         elapsed = self.scenario_s()
-        return Now(
-            mono=1e6 + elapsed,
-            utc=self._t0 + timedelta(seconds=elapsed),
-            trust=TimeTrust.SYNCHRONISED,
-        )
+        return _scenario_now(self._t0, elapsed)
 
 
 def release_from_stdin(clock: ReleasedClock) -> None:
