@@ -666,6 +666,9 @@ class SimulatorRunner:
         self._unplug_locked()
 
     def _new_link(self) -> None:
+        # SPEC 2.7: what was in flight or queued is kept (non-volatile) for the next Hello.
+        # Abandoned first, so its failures are in the figures the retired session hands over.
+        self._on_events(self._link.abandon_in_flight(self._clock()))
         old = self._link.stats
         r = self._retired
         r.frames_in += old.frames_in
@@ -675,8 +678,6 @@ class SimulatorRunner:
         r.naks_sent += old.naks_sent
         r.failures += old.failures
         r.rejected.update(old.rejected)
-        # SPEC 2.7: what was in flight or queued is kept (non-volatile) for the next Hello
-        self._on_events(self._link.abandon_in_flight(self._clock()))
         session = _new_session(self._link.session)
         if "reused_session" in self.defects:
             session = self._link.session

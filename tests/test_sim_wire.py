@@ -295,6 +295,33 @@ def test_reboot_starts_a_new_session_and_keeps_idempotency(
     assert runner.snapshot().dispensed == ((21, 0),)
 
 
+def test_a_frame_abandoned_by_a_reboot_counts_as_a_failure(
+    model: DispenserModel, tmp_path: Path
+) -> None:
+    """`failures` counts sim messages the agent never acknowledged, also those a reboot cuts off
+    (the retired session's figures are kept only after its in-flight frames are abandoned)."""
+    # an ACK timeout no loaded machine reaches: the frame is still in flight at the reboot
+    sim = SimulatorRunner.on_pty(
+        model, tmp_path / "dispenser", link_config=LinkConfig(ack_timeout_s=600.0)
+    )
+    sim.start()
+    side = AgentSide(sim.device_path)
+    try:
+        dispense(side, 41, 0)  # a session up
+        side.pump_until(lambda: bool(side.of_type(SachetRead)))  # the dispense's events taken
+        sim.wait_for_stats(lambda s: s.idle, TIMEOUT)
+        before = sim.stats()  # from here on the agent reads nothing
+        sim.call(lambda m: m.insert_roll(make_roll("R2", "p-abc", T0, count=5)))
+        sim.wait_for_stats(lambda s: s.frames_out > before.frames_out, TIMEOUT)
+        sim.reboot()
+        sim.wait_for_stats(lambda s: s.sessions == 2, TIMEOUT)
+        # the roll swap: RollRemoved in flight, RollInserted and SachetRead queued behind it
+        assert sim.stats().failures == before.failures + 3
+    finally:
+        side.close()
+        sim.stop()
+
+
 def test_unplug_hangs_up_and_replug_gives_a_new_pty_at_the_same_path(
     agent: AgentSide, runner: SimulatorRunner, tmp_path: Path
 ) -> None:
