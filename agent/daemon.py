@@ -54,7 +54,15 @@ from zoneinfo import ZoneInfo
 
 from agent import __version__, local_control
 from agent.broker_watch import watch_broker
-from agent.clock import DEFAULT_ZONE, Clock, Now, ReferenceClock, TimeTrust, utc_text
+from agent.clock import (
+    DEFAULT_ZONE,
+    Clock,
+    Now,
+    ReferenceClock,
+    TimeTrust,
+    time_rate,
+    utc_text,
+)
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.commands import RequestStatusResult
@@ -203,7 +211,6 @@ class Daemon:
         clock: Clock,
         store: Store,
         edges: EdgeFactory,
-        time_rate: float = 1.0,
         notifier: SystemdNotifier | None = None,
         failsafe_link_wait_s: float = FAILSAFE_LINK_WAIT_S,
         startup_fault: str | None = None,
@@ -218,7 +225,7 @@ class Daemon:
         self.clock = clock
         self.store = store
         self.topics = UnitTopics(config.unit_id)
-        self.time_rate = time_rate  # simulated seconds per real second (the demo speeds time up)
+        self.time_rate = time_rate(clock)  # clock seconds per real second (the demo's are fast)
         self.notifier = notifier or SystemdNotifier()
         self.failsafe_link_wait_s = failsafe_link_wait_s
         self.dispenser = DispenserView()

@@ -150,13 +150,12 @@ def build_daemon(
     config: AgentConfig,
     clock: Clock | None = None,
     *,
-    time_rate: float = 1.0,
     panel_factory: PanelFactory | None = None,
     broker_link: Callable[[EdgeHooks], BrokerLink] | None = None,
 ) -> Daemon:
-    """The production daemon; `clock`/`time_rate` are replaced only by the demo and e2e tests,
-    `panel_factory` (the GPIO panel on the real pins) by tests on gpiozero's MockFactory and
-    `broker_link` by tests with a fake MQTT link."""
+    """The production daemon; `clock` is replaced only by the demo and e2e tests (a clock that
+    runs fast says its rate: agent.clock.FastClock), `panel_factory` (the GPIO panel on the real
+    pins) by tests on gpiozero's MockFactory and `broker_link` by tests with a fake MQTT link."""
     clock = clock or SystemClock()
     warn_if_plaintext(config)
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -179,7 +178,6 @@ def build_daemon(
         clock=clock,
         store=store,
         edges=unit_edges(config, broker_link=broker_link),
-        time_rate=time_rate,
         startup_fault=startup_fault,
         panel_factory=panel_factory,
     )

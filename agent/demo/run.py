@@ -88,7 +88,6 @@ class DemoDay:
             clock=self.clock,
             store=self.store,
             edges=unit_edges(config),
-            time_rate=speed,
         )
         self._presented = 0
 
