@@ -71,6 +71,20 @@ class ReferenceClock(Clock, Protocol):
     def adopt_reference(self, reference_utc: datetime, trust: TimeTrust) -> timedelta: ...
 
 
+@runtime_checkable
+class FastClock(Clock, Protocol):
+    """A clock whose time runs `rate` times faster than real time (the demo, the e2e rig): the
+    daemon divides its real sleeps by `rate`, so the clock is the one place that knows it."""
+
+    @property
+    def rate(self) -> float: ...
+
+
+def time_rate(clock: Clock) -> float:
+    """Seconds of `clock` per real second: 1 unless the clock runs faster (a FastClock)."""
+    return clock.rate if isinstance(clock, FastClock) else 1.0
+
+
 class VirtualClock:
     """Clock for tests and the simulation: nothing moves unless told."""
 

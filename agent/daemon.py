@@ -1,6 +1,7 @@
 """The daemon: the imperative shell around the pure dose engine.
 
-It owns the edges — the dispenser session (serial), the MQTT link, the SQLite store and the
+It is handed its edges — the dispenser session (serial), the MQTT link and its outbox publisher
+(made by agent/runtime.py with the daemon's handlers, agent/edges.py), the SQLite store and the
 clock — and moves data between them and the engine:
 
     dispenser message ─┐                         ┌─> store (one transaction per engine step)
@@ -53,7 +54,15 @@ from zoneinfo import ZoneInfo
 
 from agent import __version__, local_control
 from agent.broker_watch import watch_broker
-from agent.clock import DEFAULT_ZONE, Clock, Now, ReferenceClock, TimeTrust, utc_text
+from agent.clock import (
+    DEFAULT_ZONE,
+    Clock,
+    Now,
+    ReferenceClock,
+    TimeTrust,
+    time_rate,
+    utc_text,
+)
 from agent.commands import CommandHandler
 from agent.config import AgentConfig
 from agent.contract.commands import RequestStatusResult
@@ -74,6 +83,7 @@ from agent.deviation_summary import (
     summarise,
     summary_from_store,
 )
+from agent.edges import EdgeFactory, EdgeHooks
 from agent.engine import roll_check
 from agent.engine.catalogue import make_event
 from agent.engine.engine import DoseEngine
@@ -102,8 +112,7 @@ from agent.engine.types import (
 from agent.engine.types import Binding as EngineBinding
 from agent.envelope import build_envelope
 from agent.inbound_drops import inbound_drop_reporter
-from agent.mqtt.link import MqttLink, MqttLinkError, MqttSettings, Will
-from agent.publisher import OutboxPublisher
+from agent.mqtt.link import MqttLinkError, Will
 from agent.sdnotify import SystemdNotifier
 from agent.store.db import Store
 from agent.store.errors import StoreError
@@ -112,7 +121,6 @@ from agent.summary_schedule import Period, due_periods, next_run_utc, summary_ev
 from agent.technician.lock import StateLock, StateLocked
 from drivers import gpio_panel
 from drivers import session as dsession
-from drivers.transport import Transport
 from protocol.messages import (
     AlertPattern,
     Capabilities,
@@ -202,22 +210,22 @@ class Daemon:
         *,
         clock: Clock,
         store: Store,
-        transport_factory: Callable[[], Transport],
-        mqtt_settings: MqttSettings,
-        time_rate: float = 1.0,
+        edges: EdgeFactory,
         notifier: SystemdNotifier | None = None,
         failsafe_link_wait_s: float = FAILSAFE_LINK_WAIT_S,
         startup_fault: str | None = None,
         panel_factory: PanelFactory | None = None,
     ) -> None:
-        """`startup_fault`: the daemon cannot work (its store could not be opened; `store` is a
+        """`edges` makes the dispenser session, the MQTT link and the outbox publisher with the
+        daemon's handlers (agent/runtime.py's `unit_edges`; a test's fakes).
+        `startup_fault`: the daemon cannot work (its store could not be opened; `store` is a
         scratch stand-in): it only fails safe and returns EXIT_STATE_FAULT."""
         self.config = config
         self._startup_fault = startup_fault
         self.clock = clock
         self.store = store
         self.topics = UnitTopics(config.unit_id)
-        self.time_rate = time_rate  # simulated seconds per real second (the demo speeds time up)
+        self.time_rate = time_rate(clock)  # clock seconds per real second (the demo's are fast)
         self.notifier = notifier or SystemdNotifier()
         self.failsafe_link_wait_s = failsafe_link_wait_s
         self.dispenser = DispenserView()
@@ -231,30 +239,25 @@ class Daemon:
         self._unreadable_text: str | None = None
         self._invalid_rtc_reported: int | None = None  # the dispenser RTC value last reported
         self.engine = self._restore_engine()
-        self.session = dsession.DispenserSession(
-            transport_factory,
-            on_message=self._on_dispenser_message,
-            on_link=self._on_link,
-            # a reply meant for the previous agent process is told by its req_id (SPEC 4.2)
-            req_epoch=dsession.req_epoch_for(self.boot),
+        made = edges(
+            EdgeHooks(
+                store=store,
+                topics=self.topics,
+                boot=self.boot,
+                first_seq_of_process=first_seq_of_process,
+                on_dispenser_message=self._on_dispenser_message,
+                on_dispenser_link=self._on_link,
+                will=self._will,
+                will_unseen=self._will_unseen,
+                farewell=self._farewell,
+                on_broker_connected=self._on_mqtt_connected,
+                on_inbound_dropped=inbound_drop_reporter(self),
+                envelope=self._envelope,
+            )
         )
-        self.mqtt = MqttLink(
-            mqtt_settings,
-            will_factory=self._will,
-            subscriptions=[(self.topics.command_request, 1)],
-            on_connected=self._on_mqtt_connected,
-            will_unseen=self._will_unseen,
-            farewell_factory=self._farewell,
-            on_inbound_dropped=inbound_drop_reporter(self),
-        )
-        self.publisher = OutboxPublisher(
-            store,
-            self.mqtt,
-            self.topics.events,
-            self._envelope,
-            window=50,
-            first_seq_of_process=first_seq_of_process,
-        )
+        self.session = made.session
+        self.mqtt = made.mqtt
+        self.publisher = made.publisher
         self.commands = CommandHandler(self)
         self._timer_changed = asyncio.Event()
         self._dispenser_changed = asyncio.Event()  # link up/down: wakes the fail-safe

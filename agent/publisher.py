@@ -30,8 +30,9 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from agent.mqtt.link import MqttLink, MqttNotConnected, PublishRejected
+from agent.mqtt.link import MqttLinkStats, MqttNotConnected, PublishRejected
 from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
 
@@ -39,6 +40,26 @@ log = logging.getLogger(__name__)
 
 EnvelopeBuilder = Callable[[OutboxEvent, bool], bytes]
 ACK_BATCH = 200  # acknowledged events marked delivered per commit while draining
+
+
+class OutboxLink(Protocol):
+    """The MQTT link as the publisher uses it (agent/mqtt/link.py's MqttLink)."""
+
+    @property
+    def stats(self) -> MqttLinkStats: ...
+
+    async def wait_ready(self, timeout: float | None = None) -> None: ...  # noqa: ASYNC109
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        on_done: Callable[[BaseException | None], None],
+        *,
+        qos: int = 1,
+    ) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass
@@ -68,7 +89,7 @@ class OutboxPublisher:
     def __init__(
         self,
         store: Store,
-        mqtt: MqttLink,
+        mqtt: OutboxLink,
         topic: str,
         envelope: EnvelopeBuilder,
         *,

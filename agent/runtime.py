@@ -1,4 +1,5 @@
-"""Builds the real daemon from a config: system clock, SQLite store, dispenser link, MQTT."""
+"""Builds the real daemon from a config: system clock, SQLite store, and its edges (the dispenser
+session, the MQTT link and the outbox publisher, handed to the daemon through agent/edges.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from agent.config import (
     service_uid,
 )
 from agent.daemon import Daemon, PanelFactory
-from agent.mqtt.link import MqttSettings
+from agent.edges import BrokerLink, EdgeFactory, EdgeHooks, Edges
+from agent.mqtt.link import MqttLink, MqttSettings
+from agent.publisher import OutboxPublisher
 from agent.store.audit import Stamp
 from agent.store.db import Store
 from agent.store.errors import StoreError
 from drivers.serial_port import SerialTransport
+from drivers.session import DispenserSession, req_epoch_for
 from drivers.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 DROPPABLE_WHEN_FULL = frozenset(
     {"button_pressed", "lid_open", "lid_open_cleared", "dose_held", "unexpected_dispenser_event"}
 )
+PUBLISH_WINDOW = 50  # outbox publishes in flight at once
 
 
 def mqtt_settings(config: AgentConfig) -> MqttSettings:
@@ -94,15 +99,63 @@ def transport_factory(link: SerialLink | BleLink) -> Callable[[], Transport]:
     return lambda: BleTransport(target)
 
 
+def unit_edges(
+    config: AgentConfig,
+    *,
+    transports: Callable[[], Transport] | None = None,
+    broker_link: Callable[[EdgeHooks], BrokerLink] | None = None,
+) -> EdgeFactory:
+    """The daemon's edges: the dispenser session on the configured transport, the MQTT link to the
+    configured broker, and the outbox publisher on that link. A test may replace the transport or
+    the whole link (the publisher then publishes through the test's link)."""
+    transports = transports or transport_factory(config.dispenser)
+    settings = mqtt_settings(config)  # read now: an unreadable password file stops the start
+
+    def mqtt_link(hooks: EdgeHooks) -> BrokerLink:
+        return MqttLink(
+            settings,
+            will_factory=hooks.will,
+            subscriptions=[(hooks.topics.command_request, 1)],
+            on_connected=hooks.on_broker_connected,
+            will_unseen=hooks.will_unseen,
+            farewell_factory=hooks.farewell,
+            on_inbound_dropped=hooks.on_inbound_dropped,
+        )
+
+    make_link = broker_link or mqtt_link
+
+    def edges(hooks: EdgeHooks) -> Edges:
+        session = DispenserSession(
+            transports,
+            on_message=hooks.on_dispenser_message,
+            on_link=hooks.on_dispenser_link,
+            # a reply meant for the previous agent process is told by its req_id (SPEC 4.2)
+            req_epoch=req_epoch_for(hooks.boot),
+        )
+        link = make_link(hooks)
+        publisher = OutboxPublisher(
+            hooks.store,
+            link,
+            hooks.topics.events,
+            hooks.envelope,
+            window=PUBLISH_WINDOW,
+            first_seq_of_process=hooks.first_seq_of_process,
+        )
+        return Edges(session, link, publisher)
+
+    return edges
+
+
 def build_daemon(
     config: AgentConfig,
     clock: Clock | None = None,
     *,
-    time_rate: float = 1.0,
     panel_factory: PanelFactory | None = None,
+    broker_link: Callable[[EdgeHooks], BrokerLink] | None = None,
 ) -> Daemon:
-    """The production daemon; `clock`/`time_rate` are replaced only by the demo and e2e tests,
-    `panel_factory` (the GPIO panel on the real pins) by tests on gpiozero's MockFactory."""
+    """The production daemon; `clock` is replaced only by the demo and e2e tests (a clock that
+    runs fast says its rate: agent.clock.FastClock), `panel_factory` (the GPIO panel on the real
+    pins) by tests on gpiozero's MockFactory and `broker_link` by tests with a fake MQTT link."""
     clock = clock or SystemClock()
     warn_if_plaintext(config)
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -124,9 +177,7 @@ def build_daemon(
         config,
         clock=clock,
         store=store,
-        transport_factory=transport_factory(config.dispenser),
-        mqtt_settings=mqtt_settings(config),
-        time_rate=time_rate,
+        edges=unit_edges(config, broker_link=broker_link),
         startup_fault=startup_fault,
         panel_factory=panel_factory,
     )

@@ -138,7 +138,7 @@ class DoseDay:
             },
             source="bench",
         )
-        self.daemon = build_daemon(config, self.clock, time_rate=rate)
+        self.daemon = build_daemon(config, self.clock)
         try:
             self.runner = SimulatorRunner.on_pty(
                 self.model, link_path=self.device, trace=self._trace

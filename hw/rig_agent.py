@@ -133,10 +133,10 @@ def main() -> int:
         clock = released
     else:
         clock = AnchoredClock(args.t0, float(args.anchor), args.rate)
-    return run_agent(args.config, clock, args.rate)
+    return run_agent(args.config, clock)
 
 
-def run_agent(config: Path, clock: Clock, rate: float) -> int:
+def run_agent(config: Path, clock: Clock) -> int:
     """The production daemon on `clock` until SIGTERM (exit 0) or a state fault; says AGENT
     READY once built. Log lines carry the milliseconds since the process started."""
     logging.basicConfig(
@@ -144,7 +144,7 @@ def run_agent(config: Path, clock: Clock, rate: float) -> int:
     )
 
     async def serve() -> int:
-        daemon = build_daemon(load_config(config), clock=clock, time_rate=rate)
+        daemon = build_daemon(load_config(config), clock=clock)
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)

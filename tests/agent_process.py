@@ -40,7 +40,7 @@ def main() -> int:
         clock = held
     else:
         clock = AnchoredClock(args.start, float(args.anchor), args.rate)
-    return run_agent(args.config, clock, args.rate)
+    return run_agent(args.config, clock)
 
 
 if __name__ == "__main__":

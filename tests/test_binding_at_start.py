@@ -13,9 +13,8 @@ from test_engine import RIG_START
 from agent.clock import VirtualClock
 from agent.config import load_config
 from agent.daemon import BINDING_MISMATCH_KEY, TECHNICIAN_BINDING_KEY, Daemon
-from agent.runtime import mqtt_settings
+from agent.runtime import unit_edges
 from agent.store.db import Store
-from drivers.serial_port import SerialTransport
 
 TYPO = "p-e2e-0O01"
 
@@ -40,8 +39,7 @@ def start(
         config,
         clock=VirtualClock(RIG_START),
         store=store,
-        transport_factory=lambda: SerialTransport(str(tmp_path / "tty")),
-        mqtt_settings=mqtt_settings(config),
+        edges=unit_edges(config),
     )
     daemon._record_startup()
     events = [{"kind": e.kind, **e.payload} for e in store.events_from(before + 1)]

@@ -20,7 +20,9 @@ from agent.clock import (
     VirtualClock,
     detect_wall_jump,
     load_zone,
+    time_rate,
 )
+from hw.rig_agent import AnchoredClock, ReleasedClock
 
 START = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
 
@@ -285,3 +287,13 @@ def test_only_the_real_clock_takes_time_from_a_reference(tmp_path: Path) -> None
     start = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
     assert not isinstance(VirtualClock(start), ReferenceClock)
     assert not isinstance(ScaledClock(start, rate=60.0), ReferenceClock)
+
+
+def test_a_clock_says_how_fast_it_runs(tmp_path: Path) -> None:
+    """Only the clock knows its speed (the daemon divides its real sleeps by it)."""
+    start = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+    assert time_rate(ScaledClock(start, rate=60.0)) == 60.0
+    assert time_rate(AnchoredClock(start, 0.0, 30.0)) == 30.0  # the e2e rig's
+    assert time_rate(ReleasedClock(start, 45.0, 600.0)) == 45.0
+    assert time_rate(VirtualClock(start)) == 1.0  # moved by hand: its sleeps are real ones
+    assert time_rate(SystemClock(synced_flag=tmp_path / "synced")) == 1.0

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,9 +18,11 @@ from agent.command_gate import RATE_LIMITED, RefusalFold, TokenBucket
 from agent.commands import BULK_KIND as BULK
 from agent.commands import CommandHandler
 from agent.config import ConfigError, parse_config
+from agent.contract.topics import UnitTopics
 from agent.daemon import Daemon
+from agent.edges import BrokerLink
 from agent.engine.types import FROM_RESPONSE_CENTRE, ON_SITE
-from agent.mqtt.link import InboundMessage
+from agent.mqtt.link import InboundMessage, MqttLinkStats, MqttNotConnected
 from agent.runtime import build_daemon
 
 
@@ -174,8 +176,12 @@ class Clock:
 
 
 @contextlib.contextmanager
-def daemon_at(tmp_path: Path) -> Iterator[Daemon]:
-    daemon = build_daemon(parse_config(base_config(tmp_path)))
+def daemon_at(tmp_path: Path, link: BrokerLink | None = None) -> Iterator[Daemon]:
+    """The production daemon; with `link`, on that MQTT link instead of a real one."""
+    daemon = build_daemon(
+        parse_config(base_config(tmp_path)),
+        broker_link=None if link is None else (lambda _hooks: link),
+    )
     try:
         yield daemon
     finally:
@@ -221,13 +227,19 @@ def test_junk_on_site_is_always_answered(tmp_path: Path) -> None:
 
 
 class FakeLink:
-    """Delivers the given messages, then waits like a quiet broker; records the acks."""
+    """An MQTT link that never connects: delivers the given messages, then waits like a quiet
+    broker; records the acks."""
+
+    connected = False
+    ready = False
+    last_connect_error: str | None = None
 
     def __init__(self, messages: list[InboundMessage]) -> None:
         self.queued = messages
         self.acked: list[InboundMessage] = []
+        self.stats = MqttLinkStats()
 
-    async def messages(self) -> AsyncIterator[InboundMessage]:
+    async def messages(self) -> AsyncGenerator[InboundMessage, None]:
         for message in self.queued:
             yield message
         await asyncio.Event().wait()
@@ -235,16 +247,33 @@ class FakeLink:
     def ack(self, message: InboundMessage) -> None:
         self.acked.append(message)
 
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        async with asyncio.timeout(timeout):
+            await asyncio.Event().wait()
+
+    wait_ready = wait_connected
+
+    async def publish(self, topic: str, payload: bytes, **_options: object) -> None:
+        raise MqttNotConnected("fake link")
+
+    def publish_nowait(self, topic: str, payload: bytes, *_args: object, **_kw: object) -> None:
+        raise MqttNotConnected("fake link")
+
+    def flush(self) -> None:
+        pass
+
 
 def test_over_the_limit_nothing_is_written_and_a_stop_tells_the_count(tmp_path: Path) -> None:
-    with daemon_at(tmp_path) as daemon:
-        topic = daemon.topics.command_request
+    topic = UnitTopics(parse_config(base_config(tmp_path)).unit_id).command_request
+    flood = [InboundMessage(topic, b"x", 1, False, None, None, None, ()) for _ in range(500)]
+    link = FakeLink(flood)
+    with daemon_at(tmp_path, link) as daemon:
         clock = Clock()
         handler = CommandHandler(daemon, monotonic=clock)
         handler._bucket.tokens = 0.0  # the burst is spent; time stands still
-        flood = [InboundMessage(topic, b"x", 1, False, None, None, None, ()) for _ in range(500)]
-        link = FakeLink(flood)
-        daemon.mqtt = link  # type: ignore[assignment]
         audit_before = len(audit_kinds(daemon))
 
         async def scenario() -> None:

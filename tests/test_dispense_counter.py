@@ -17,10 +17,9 @@ from agent.daemon import ENGINE_STATE_KEY, Daemon
 from agent.engine.catalogue import make_event
 from agent.engine.engine import EngineState
 from agent.engine.types import Emit
-from agent.runtime import mqtt_settings
+from agent.runtime import unit_edges
 from agent.store.db import Store
 from agent.store.errors import StoreError
-from drivers.serial_port import SerialTransport
 
 AT = "2026-03-01T08:00:00.000+00:00"
 
@@ -57,8 +56,7 @@ def make_daemon(tmp_path: Path, store: Store) -> Daemon:
         config,
         clock=VirtualClock(RIG_START),
         store=store,
-        transport_factory=lambda: SerialTransport(str(tmp_path / "tty")),
-        mqtt_settings=mqtt_settings(config),
+        edges=unit_edges(config),
     )
 
 

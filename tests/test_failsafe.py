@@ -31,10 +31,9 @@ from e2e_support import EventStream, command, publish_command, write_config
 from agent.clock import SystemClock
 from agent.config import load_config
 from agent.daemon import EXIT_STATE_FAULT, Daemon, DaemonFaultError
-from agent.runtime import DROPPABLE_WHEN_FULL, mqtt_settings
+from agent.runtime import DROPPABLE_WHEN_FULL, unit_edges
 from agent.store.audit import Stamp
 from agent.store.db import Store
-from drivers.serial_port import SerialTransport
 from hw.dispenser import DispenserIdentity, DispenserModel
 from hw.wire import SimulatorRunner, TraceEvent
 from protocol.framing import FrameKind
@@ -118,13 +117,11 @@ async def rig(
     store = Store.open(config.db_path, stamp=stamp, droppable_kinds=DROPPABLE_WHEN_FULL)
     if before_start is not None:
         before_start(config.db_path)
-    device, baudrate = config.dispenser.device, config.dispenser.baudrate
     daemon = Daemon(
         config,
         clock=clock,
         store=store,
-        transport_factory=lambda: SerialTransport(device, baudrate),
-        mqtt_settings=mqtt_settings(config),
+        edges=unit_edges(config),
         failsafe_link_wait_s=failsafe_link_wait_s,
     )
     task = asyncio.create_task(daemon.run(), name="daemon-under-test")

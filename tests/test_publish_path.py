@@ -8,6 +8,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,9 @@ from agent.engine.types import Emit
 from agent.mqtt import link as mqtt_link
 from agent.mqtt.link import MqttLinkStats
 from agent.publisher import OutboxPublisher
-from agent.runtime import mqtt_settings
+from agent.runtime import unit_edges
 from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
-from drivers.serial_port import SerialTransport
 
 TOPIC = "dispenser/v1/unit-1/events"
 BOUND_S = 10.0  # bound on every wait for a condition (never a speed goal)
@@ -126,8 +126,11 @@ class OfferRecorder:
                 row = other.execute("SELECT 1 FROM outbox WHERE seq = ?", (event.seq,)).fetchone()
                 self.offered.append((event.seq, row is not None))
 
-    def notify(self) -> None:
-        pass
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def resend_from(self, seq: int) -> int:
+        raise AssertionError("not in this test")
 
 
 def test_the_daemon_offers_an_emitted_event_right_after_its_commit(tmp_path: Path) -> None:
@@ -138,16 +141,15 @@ def test_the_daemon_offers_an_emitted_event_right_after_its_commit(tmp_path: Pat
     )
 
     async def scenario() -> None:
+        recorder = OfferRecorder(path)
+        real = unit_edges(config)
         with Store.open(path) as store:
             daemon = Daemon(
                 config,
                 clock=VirtualClock(RIG_START),
                 store=store,
-                transport_factory=lambda: SerialTransport(str(tmp_path / "tty")),
-                mqtt_settings=mqtt_settings(config),
+                edges=lambda hooks: replace(real(hooks), publisher=recorder),
             )
-            recorder = OfferRecorder(path)
-            daemon.publisher = recorder  # type: ignore[assignment]
             last = store.last_event_seq()
             daemon.apply([Emit(make_event("clock_jumped", {}))], daemon.clock.now())
             assert recorder.offered == [(last + 1, True)]  # offered, and already durable

@@ -18,7 +18,7 @@ from test_engine import RIG_START
 from agent.clock import VirtualClock
 from agent.config import load_config
 from agent.daemon import Daemon
-from agent.runtime import mqtt_settings
+from agent.runtime import unit_edges
 from agent.store.db import Store
 from drivers.serial_port import SerialTransport
 from drivers.transport import Transport
@@ -43,8 +43,7 @@ def test_the_summaries_owed_at_start_are_recorded_before_the_dispenser_link_open
         config,
         clock=VirtualClock(RIG_START),
         store=store,
-        transport_factory=transport,
-        mqtt_settings=mqtt_settings(config),
+        edges=unit_edges(config, transports=transport),
     )
 
     async def run() -> None:

@@ -14,7 +14,7 @@ from agent.config import load_config
 from agent.daemon import SUMMARY_DAY_KEY, Daemon
 from agent.engine.catalogue import make_event
 from agent.engine.types import Emit
-from agent.runtime import mqtt_settings
+from agent.runtime import unit_edges
 from agent.store.db import Store
 from agent.summary_schedule import (
     MAX_LISTED_DEVIATIONS,
@@ -23,7 +23,6 @@ from agent.summary_schedule import (
     next_run_utc,
     summary_event_data,
 )
-from drivers.serial_port import SerialTransport
 
 OSLO = "Europe/Oslo"
 
@@ -120,8 +119,7 @@ def make_daemon(tmp_path: Path, store: Store, clock: VirtualClock) -> Daemon:
         config,
         clock=clock,
         store=store,
-        transport_factory=lambda: SerialTransport(str(tmp_path / "tty")),
-        mqtt_settings=mqtt_settings(config),
+        edges=unit_edges(config),
     )
 
 

@@ -28,10 +28,9 @@ from agent.clock import ScaledClock
 from agent.config import parse_config
 from agent.daemon import Daemon
 from agent.demo.broker import EmbeddedBroker
-from agent.runtime import mqtt_settings
+from agent.runtime import unit_edges
 from agent.store.db import Store
 from agent.store.verify import verify_audit
-from drivers.serial_port import SerialTransport
 from hw.dispenser import DispenserIdentity, DispenserModel, SimRoll, roll_from_dose_times
 from hw.wire import SimulatorRunner
 from protocol.messages import DosePresented, Message
@@ -84,14 +83,11 @@ class DemoDay:
         )
         config.state_dir.mkdir(parents=True)
         self.store = Store.open(config.db_path)
-        device = str(workdir / "dispenser-tty")
         self.daemon = Daemon(
             config,
             clock=self.clock,
             store=self.store,
-            transport_factory=lambda: SerialTransport(device),
-            mqtt_settings=mqtt_settings(config),
-            time_rate=speed,
+            edges=unit_edges(config),
         )
         self._presented = 0
 
