@@ -264,7 +264,8 @@ class Daemon:
         self._tasks: asyncio.TaskGroup | None = None
         self._workers: list[asyncio.Task[None]] = []  # stopped by a fault
         self._last_state_json = ""
-        self._alerts_in_health: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        # what the retained health last said of the alerts, the conditions and the pause
+        self._told_in_health: tuple[tuple[str, ...], tuple[str, ...], str | None] = ((), (), None)
         self._fault: DaemonFaultError | None = None
         self._panel_factory = panel_factory or self._open_panel
         self.panel: gpio_panel.LocalPanel | None = None
@@ -565,7 +566,7 @@ class Daemon:
             # Committed: straight to the link (before the dispenser's ACK is written), or, if
             # they are not next in line, to the publisher's next pass.
             self.publisher.offer(emitted)
-            self._health_on_alert_change()
+            self._health_on_change()
         for command in commands:
             self._spawn(self._send_command(command), f"dispenser-command:{command.correlation}")
         self._timer_changed.set()
@@ -581,13 +582,13 @@ class Daemon:
         }
         return self.store.append_event(event.kind, payload, _iso_z(now.utc), now.trust.value)
 
-    def _health_on_alert_change(self) -> None:
-        """The retained health follows the active alerts and conditions at once (a centre
-        reads them there), not only at the periodic health."""
+    def _health_on_change(self) -> None:
+        """The retained health follows the active alerts, the conditions and the pause at once
+        (a centre reads them there), not only at the periodic health."""
         status = self.engine.status()
-        alerts = (status.active_alerts, status.conditions)
-        if alerts != self._alerts_in_health:
-            self._alerts_in_health = alerts
+        told = (status.active_alerts, status.conditions, status.pause_id)
+        if told != self._told_in_health:
+            self._told_in_health = told
             self._spawn(self._publish_health(), "publish-health")
 
     def _envelope(self, event: OutboxEvent, replayed: bool) -> bytes:
@@ -1008,6 +1009,7 @@ class Daemon:
             agent_version=__version__,
             active_alerts=list(status.active_alerts),
             active_conditions=list(status.conditions),
+            pause_id=status.pause_id,
             mqtt_tls_failures=self.mqtt.stats.tls_failures,
         )
 

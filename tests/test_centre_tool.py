@@ -298,7 +298,7 @@ def test_units_one_line_each_and_the_exit_code_says_whether_all_are_online(
     with publisher(mosquitto.port) as client:
         for unit, suffix, payload in [
             ("unit-a", "availability", availability("online", 4, "2026-11-23T07:00:00Z")),
-            ("unit-a", "health", health("2026-11-23T07:05:00Z")),
+            ("unit-a", "health", health("2026-11-23T07:05:00Z", pause_id="hospital-1")),
             # unit-b's will: the session began 06:30, its last health came 07:04
             ("unit-b", "availability", availability("online", 2, "2026-11-23T06:30:00Z")),
             (
@@ -336,7 +336,8 @@ def test_units_one_line_each_and_the_exit_code_says_whether_all_are_online(
     assert listed.returncode == 1, listed.stderr
     assert listed.stdout.splitlines() == [
         "unit-a  online   since 2026-11-23 08:00:00 (session 4)  |  backlog 0, alerts 0,"
-        " conditions none, clock synchronised, dispenser up, health at 2026-11-23 08:05:00",
+        " conditions none, paused hospital-1, clock synchronised, dispenser up,"
+        " health at 2026-11-23 08:05:00",
         "unit-b  OFFLINE  connection lost (session 2 from 2026-11-23 07:30:00, last health"
         " 2026-11-23 08:04:00)  |  backlog 3 (oldest #12), alerts 1 (slot-2026-11-23T08:00),"
         " conditions clock_untrusted, clock untrusted, dispenser down,"

@@ -78,6 +78,8 @@ def test_travel_pause_over_mqtt_dispenses_the_trip_and_a_too_long_pause_is_refus
     )
     publish_command(port, UNIT, json.dumps(trip).encode())
     rig.wait(lambda s: bool(s.of_kind("travel_dispensed")), timeout=60.0)
+    # the retained health says the patient is away: a quiet unit told apart from a stuck one
+    rig.wait(lambda s: s.retained.get("state/health", {}).get("pause_id") == "trip-1")
     answers = {r["command_id"]: r for r in rig.stream.responses}
     assert answers[too_long["command_id"]]["status"] == "rejected"
     assert "maximum is 30 days" in answers[too_long["command_id"]]["error"]["message"]

@@ -225,6 +225,7 @@ def describe_health(state: UnitState) -> str:
             backlog,
             alerts,
             conditions,
+            *([f"paused {_printable(health.pause_id)}"] if health.pause_id is not None else []),
             f"clock {health.clock_trust}",
             f"dispenser {health.dispenser_link}",
             f"health at {_local(health.at)}",

@@ -118,6 +118,14 @@ class Health(ContractModel):
             "alert_id and need no acknowledgement."
         ),
     )
+    pause_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "The pause in force now (as in pause_started), null when doses are given: a unit "
+            "that is quiet because its patient is away is told apart from one that is stuck."
+        ),
+    )
 
     mqtt_tls_failures: int = Field(
         default=0,
