@@ -1312,7 +1312,12 @@ class DoseEngine:
         if trusted and (self._pauses or self._alerts.is_raised("pause_overdue")):
             self._pause_duties(now, actions)  # before the timers: no missed alarm while away
         self._run_timers(now, actions)
-        self._condition(actions, "clock_untrusted", not trusted, now, {"trust": now.trust.value})
+        book = self._alerts.book
+        if not trusted or "clock_untrusted" in book.present or "clock_untrusted" in book.raised:
+            # (else a clear that says nothing: its fields are not built on every step)
+            self._condition(
+                actions, "clock_untrusted", not trusted, now, {"trust": now.trust.value}
+            )
         if trusted:
             self._pick_up(now, actions)
             self._settle_overdue(now, actions)

@@ -187,7 +187,9 @@ class Slot:
     _slot_id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        slot_id = f"{self.local_date.isoformat()}T{self.local_time:%H:%M}"
+        # (strftime's %H:%M is three times slower; dose times have whole minutes)
+        t = self.local_time
+        slot_id = f"{self.local_date.isoformat()}T{t.hour:02d}:{t.minute:02d}"
         object.__setattr__(self, "_slot_id", slot_id)
 
     @property
@@ -263,6 +265,9 @@ class Schedule:
     min_interval: timedelta | None = None
     _tz: ZoneInfo = field(init=False, repr=False, compare=False)
     _spacing: _Spacing | None = field(init=False, repr=False, compare=False)
+    # the two answers below, computed once: the engine asks them on nearly every step
+    _spacing_td: timedelta | None = field(init=False, repr=False, compare=False)
+    _min_interval_td: timedelta = field(init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -286,17 +291,12 @@ class Schedule:
     def smallest_spacing(self) -> timedelta | None:
         """The smallest time between two consecutive nominal dose times (within a day, across
         midnight, across a rule change); None when the schedule never has two doses in a row."""
-        return None if self._spacing is None else timedelta(minutes=self._spacing.minutes)
+        return self._spacing_td
 
     @property
     def effective_min_interval(self) -> timedelta:
         """`min_interval`, or the default: half the smallest spacing, at most 12 h."""
-        if self.min_interval is not None:
-            return self.min_interval
-        spacing = self.smallest_spacing
-        if spacing is None:
-            return DEFAULT_MIN_INTERVAL_MAX
-        return min(spacing / 2, DEFAULT_MIN_INTERVAL_MAX)
+        return self._min_interval_td
 
     def __post_init__(self) -> None:
         try:
@@ -325,6 +325,15 @@ class Schedule:
                 )
         spacing = _smallest(_spacing_within_days(self.rules), self._check_spacing_across_midnight())
         object.__setattr__(self, "_spacing", spacing)
+        spacing_td = None if spacing is None else timedelta(minutes=spacing.minutes)
+        object.__setattr__(self, "_spacing_td", spacing_td)
+        if self.min_interval is not None:
+            effective = self.min_interval
+        elif spacing_td is None:
+            effective = DEFAULT_MIN_INTERVAL_MAX
+        else:
+            effective = min(spacing_td / 2, DEFAULT_MIN_INTERVAL_MAX)
+        object.__setattr__(self, "_min_interval_td", effective)
         self._check_min_interval(spacing)
 
     def _check_min_interval(self, spacing: _Spacing | None) -> None:

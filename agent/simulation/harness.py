@@ -152,6 +152,9 @@ _CENTRE_INPUTS = (
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
 TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
+# the published stream's record form (what the event hash is over): one encoder for the run, as
+# json.dumps builds a new one on every call with these options
+_RECORD_JSON = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
 
 
 class EngineLike(Protocol):
@@ -246,12 +249,17 @@ class _PlannedPause:
     end_s: float  # for "open": when the resume command is sent
 
 
-@dataclass(order=True)
+@dataclass(frozen=True, slots=True)
 class _Item:
     at_s: float
     order: int
-    run: Callable[[], None] = field(compare=False)
-    label: str = field(compare=False)
+    run: Callable[[], None]
+    label: str
+
+
+# the agenda's heap entries: (at_s, order, item), compared as plain tuples (order is unique, so
+# the item itself is never compared); a dataclass's generated `<` ran ~20,000 times a year
+_Entry = tuple[float, int, _Item]
 
 
 class Simulation:
@@ -286,7 +294,7 @@ class Simulation:
         self._step = 0
         self._checker = InvariantChecker(config.patient_ref, config.engine.sachet_time_tolerance)
         self._recent: deque[tuple[int, float, str, object, object]] = deque(maxlen=config.recent)
-        self._agenda: list[_Item] = []
+        self._agenda: list[_Entry] = []
         self._order = 0
         self._seq = 0
         self._hash = hashlib.sha256()
@@ -426,7 +434,7 @@ class Simulation:
 
     def _at(self, at_s: float, label: str, run: Callable[[], None]) -> None:
         self._order += 1
-        heapq.heappush(self._agenda, _Item(at_s, self._order, run, label))
+        heapq.heappush(self._agenda, (at_s, self._order, _Item(at_s, self._order, run, label)))
 
     def _plan(self, visits: Sequence[NurseVisit]) -> None:
         p = self._patient
@@ -1276,26 +1284,22 @@ class Simulation:
     def _publish(self, event: EngineEvent, now: Now) -> None:
         self._seq += 1
         self._checker.on_published(self._seq)
-        record = json.dumps(
+        priority = event.priority.value  # (an enum's .value is a descriptor call)
+        record = _RECORD_JSON.encode(
             [
                 self._seq,
                 round(self._elapsed, 3),
                 now.utc.isoformat(),
                 event.kind,
-                event.priority.value,
+                priority,
                 event.vkp_code,
                 event.fields,
                 event.alert_id,
-            ],
-            sort_keys=True,
-            default=str,
-            separators=(",", ":"),
+            ]
         )
         self._hash.update(record.encode())
         if self._judge is not None:
-            self._judge.published(
-                event.kind, event.priority.value, dict(event.fields), event.alert_id
-            )
+            self._judge.published(event.kind, priority, dict(event.fields), event.alert_id)
         if event.kind == "slot_outcome":
             self._outcome_counts[str(event.fields.get("outcome"))] += 1
         if event.kind == "backlog_needs_nurse" and not self._backlog_visit:
@@ -1389,7 +1393,7 @@ class Simulation:
                 self._next_deadline(engine, self._clock.now()) if engine is not None else None
             )
             deadline_s = deadline - self._mono_base if deadline is not None else inf
-            item_s = self._agenda[0].at_s if self._agenda else inf
+            item_s = self._agenda[0][0] if self._agenda else inf
             target = min(deadline_s, item_s)
             if target >= end:
                 self._advance_to(end)
@@ -1410,7 +1414,7 @@ class Simulation:
                         now.mono, self._next_deadline(engine, now)
                     )
             else:
-                item = heapq.heappop(self._agenda)
+                item = heapq.heappop(self._agenda)[2]
                 self._advance_to(item.at_s)
                 self._recent.append((self._step, self._elapsed, "world", item.label, None))
                 item.run()
