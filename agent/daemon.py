@@ -338,9 +338,11 @@ class Daemon:
                             "local-control",
                         ),
                     ):
-                        self._workers.append(
-                            tasks.create_task(self._guarded(work, name), name=name)
-                        )
+                        task = tasks.create_task(self._guarded(work, name), name=name)
+                        # a fault from a start-up commit may cancel it before its first step:
+                        # `work` is then closed, not reported as never awaited (see _spawn)
+                        task.add_done_callback(functools.partial(_close, work))
+                        self._workers.append(task)
                     self._start_panel(tasks)
                     self.notifier.notify(ready="1", status="running")
         except* DaemonFaultError as group:
@@ -1271,6 +1273,10 @@ def _observed(future: asyncio.Future[None]) -> None:
     """Mark a step's failure as seen (the fault itself is handled by `_state_fault`)."""
     if not future.cancelled():
         future.exception()
+
+
+def _close(work: Coroutine[Any, Any, None], _: object) -> None:
+    work.close()  # a no-op once it ran
 
 
 def _take_boot_counter(store: Store) -> int:

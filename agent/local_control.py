@@ -73,8 +73,10 @@ async def serve(path: Path, answer: Answer) -> None:
                 await writer.wait_closed()
 
     try:
+        # not serving yet: no await between making the socket and `async with server` below,
+        # so a cancel (a fault stops the daemon's workers at once) cannot leave it open
         server = await asyncio.start_unix_server(
-            on_client, path=str(path), limit=MAX_REQUEST_BYTES + 2
+            on_client, path=str(path), limit=MAX_REQUEST_BYTES + 2, start_serving=False
         )
         os.chmod(path, 0o600)
     except OSError as exc:
