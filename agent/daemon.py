@@ -232,6 +232,7 @@ class Daemon:
         self.clock = clock
         self.store = store
         self.writer = StoreWriter(store)  # every write of the running daemon, off the loop
+        self._last_commit: asyncio.Future[None] | None = None  # the last step's, once on the loop
         self.topics = UnitTopics(config.unit_id)
         self.time_rate = time_rate(clock)  # clock seconds per real second (the demo's are fast)
         self.notifier = notifier or SystemdNotifier()
@@ -578,6 +579,7 @@ class Daemon:
             return None
         committed: asyncio.Future[None] = loop.create_future()
         committed.add_done_callback(_observed)  # a step nobody awaits (a Tick) may fail too
+        self._last_commit = committed  # settles after every step before it (`committed()`)
 
         def settle(job: concurrent.futures.Future[list[OutboxEvent]]) -> None:
             if job.cancelled():
@@ -647,14 +649,12 @@ class Daemon:
         self._show_panel(now)
 
     async def committed(self) -> None:
-        """Wait until every write submitted so far has committed and been released; raises
-        DaemonFaultError if one of them failed."""
-        if not self.writer.started:
-            return  # nothing was submitted: every write so far committed in place
-        try:
-            await asyncio.wrap_future(self.writer.submit(_no_write))
-        except STORE_FAULTS as exc:
-            raise self._state_fault(f"store failed: {exc!r}") from exc
+        """Wait until every step taken so far has committed and been released (steps settle in
+        order: the last one's future is enough); raises DaemonFaultError if one failed. No wait
+        at all when nothing is in flight."""
+        last = self._last_commit
+        if last is not None:
+            await asyncio.shield(last)  # a cancelled waiter leaves the step's future alone
 
     def _append_event(self, store: Store, event: EngineEvent, now: Now) -> OutboxEvent:
         payload: dict[str, object] = {
@@ -1212,6 +1212,8 @@ class Daemon:
                 try:
                     self.store.backlog()  # a store that hangs must starve the watchdog,
                     await self.committed()  # and so must a writer thread that hangs
+                except DaemonFaultError:
+                    pass  # a step was lost: the fail-safe is under way and stops the daemon
                 except STORE_FAULTS as exc:
                     self._state_fault(f"store check failed: {exc!r}")
             # While failing safe (bounded) the watchdog is still fed: systemd must not kill the
@@ -1264,7 +1266,7 @@ class Daemon:
 async def _stored(committed: asyncio.Future[None]) -> None:
     """A dispenser event's step committed; else NotStored: its frame is not acknowledged."""
     try:
-        await committed
+        await asyncio.shield(committed)  # a stopping pump leaves the step's future alone
     except DaemonFaultError as exc:
         raise dsession.NotStored(str(exc)) from exc
 
@@ -1287,11 +1289,6 @@ def _take_boot_counter(store: Store) -> int:
 def _take_session_counter(store: Store) -> int:
     with store.transaction():
         return store.next_session_counter()
-
-
-def _no_write(store: Store) -> None:
-    """The writer's barrier: a job that writes nothing."""
-    del store
 
 
 def _call_on(
