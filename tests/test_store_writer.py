@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,12 +31,11 @@ from agent.daemon import Daemon, DaemonFaultError
 from agent.engine.catalogue import make_event
 from agent.engine.types import Emit
 from agent.mqtt.link import InboundMessage
-from agent.runtime import mqtt_settings
+from agent.runtime import unit_edges
 from agent.store.db import Store
 from agent.store.errors import StoreUsageError
 from agent.store.outbox import OutboxEvent
 from agent.store.writer import StoreWriter, WriterPoisonedError
-from drivers.serial_port import SerialTransport
 from protocol.framing import FrameKind
 from protocol.messages import ButtonId, ButtonPressed
 
@@ -110,21 +109,22 @@ def test_other_threads_read_committed_data_only_and_never_write(tmp_path: Path) 
         writer.close()
 
 
-def _offline_daemon(tmp_path: Path, store: Store) -> Daemon:
+def _offline_daemon(tmp_path: Path, store: Store, offers: OfferLog) -> Daemon:
+    """The real daemon with its real edges, its publisher replaced by `offers` (not run)."""
     config = load_config(
         write_config(tmp_path, unit_id="u-1", broker_port=1, device=tmp_path / "tty")
     )
+    real = unit_edges(config)
     return Daemon(
         config,
         clock=VirtualClock(RIG_START),
         store=store,
-        transport_factory=lambda: SerialTransport(str(tmp_path / "tty")),
-        mqtt_settings=mqtt_settings(config),
+        edges=lambda hooks: replace(real(hooks), publisher=offers),
     )
 
 
 class OfferLog:
-    """Stands in for the publisher: the seqs offered, and whether each was durable then."""
+    """Stands in for the publisher: the kinds offered, and whether each was durable then."""
 
     def __init__(self, db: Path) -> None:
         self.db = db
@@ -134,8 +134,11 @@ class OfferLog:
         durable = set(_kinds(self.db))
         self.offered += [(event.kind, event.kind in durable) for event in events]
 
-    def notify(self) -> None:
-        pass
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def resend_from(self, seq: int) -> int:
+        raise AssertionError("not in this test")
 
 
 def test_steps_commit_and_release_in_order_and_none_after_a_lost_commit(tmp_path: Path) -> None:
@@ -147,9 +150,8 @@ def test_steps_commit_and_release_in_order_and_none_after_a_lost_commit(tmp_path
 
     async def scenario() -> None:
         with Store.open(db) as store:
-            daemon = _offline_daemon(tmp_path, store)
             offers = OfferLog(db)
-            daemon.publisher = offers  # type: ignore[assignment]
+            daemon = _offline_daemon(tmp_path, store, offers)
             now = daemon.clock.now()
             steps = [
                 daemon.apply([Emit(make_event(kind, {}))], now)
