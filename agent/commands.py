@@ -190,8 +190,10 @@ class CommandHandler:
                     await self.handle(message)
                 except Exception:  # one bad command must not stop command handling
                     log.exception("command handling failed for a message on %s", message.topic)
-                # Acked only now: a crash before this point makes the broker redeliver the
-                # command, and the stored command id makes sure it is not executed twice.
+                # Acked only once what it did is committed: a crash (or a store fault, raised
+                # here) before this point makes the broker redeliver the command, and the stored
+                # command id makes sure it is not executed twice.
+                await self.daemon.committed()
                 self.daemon.mqtt.ack(message)
         finally:
             # A stop tells what the open window counted (a kill -9 loses it: see the guide).
@@ -206,6 +208,7 @@ class CommandHandler:
         # after the connection's birth: no answer of a session arrives before its online message
         await self.daemon.mqtt.wait_ready()
         answer, request = self.answer(message.payload, message.topic, FROM_RESPONSE_CENTRE)
+        await self.daemon.committed()  # no answer goes out before what it says is stored
         if answer is not None:
             await self.daemon.publish_response(
                 answer, message.response_topic, message.correlation_data

@@ -14,9 +14,13 @@ Ordering rules that keep the promises of the product:
 - every action of one engine step is committed in ONE transaction before anything leaves the unit
   (a Dispense is sent only after its BeginDispense is durable: a restart never dispenses a slot
   twice);
-- dispenser events are handled synchronously inside the driver's receive path, so the event is
-  committed before the driver writes the ACK (protocol SPEC 2.6); the events the step emitted are
-  handed to the MQTT link right after that commit (`OutboxPublisher.offer`), never before it;
+- the commit runs on the store's writer thread (agent/store/writer.py), never on the event loop:
+  an fsync must not stall the links' timers. `_commit_step` is the one place where a step is
+  committed: steps commit in the order they were taken (one thread, FIFO), and what a step releases
+  (its events to the MQTT link via `OutboxPublisher.offer`, its dispenser commands, the step's
+  future) follows its commit, on the loop, in that order. The driver awaits the future of a
+  dispenser event's step before it writes that frame's ACK (protocol SPEC 2.6); a centre command
+  is answered and acked once its step committed (`committed()`);
 - if the store refuses a write (a bug, a full or corrupted file) the daemon fails safe, then exits
   with EXIT_STATE_FAULT so systemd restarts it from the durable state (crash-only):
   1. the engine is no longer stepped: nothing is dispensed, no command from the engine goes out;
@@ -38,6 +42,7 @@ next deadline (event-driven, no polling).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -46,7 +51,7 @@ import shutil
 import sqlite3
 import time
 import typing
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -111,12 +116,14 @@ from agent.engine.types import (
 )
 from agent.engine.types import Binding as EngineBinding
 from agent.envelope import build_envelope
+from agent.host import StepCommit
 from agent.inbound_drops import inbound_drop_reporter
 from agent.mqtt.link import MqttLinkError, Will
 from agent.sdnotify import SystemdNotifier
 from agent.store.db import Store
 from agent.store.errors import StoreError
 from agent.store.outbox import OutboxEvent
+from agent.store.writer import StoreWriter
 from agent.summary_schedule import Period, due_periods, next_run_utc, summary_event_data
 from agent.technician.lock import StateLock, StateLocked
 from drivers import gpio_panel
@@ -224,6 +231,8 @@ class Daemon:
         self._startup_fault = startup_fault
         self.clock = clock
         self.store = store
+        self.writer = StoreWriter(store)  # every write of the running daemon, off the loop
+        self._last_commit: asyncio.Future[None] | None = None  # the last step's, once on the loop
         self.topics = UnitTopics(config.unit_id)
         self.time_rate = time_rate(clock)  # clock seconds per real second (the demo's are fast)
         self.notifier = notifier or SystemdNotifier()
@@ -242,6 +251,7 @@ class Daemon:
         made = edges(
             EdgeHooks(
                 store=store,
+                writer=self.writer,
                 topics=self.topics,
                 boot=self.boot,
                 first_seq_of_process=first_seq_of_process,
@@ -285,6 +295,7 @@ class Daemon:
         try:
             return await self._run_locked()
         finally:
+            self.writer.close()  # the commits already promised finish first
             state_lock.release()
 
     async def _run_locked(self) -> int:
@@ -328,9 +339,11 @@ class Daemon:
                             "local-control",
                         ),
                     ):
-                        self._workers.append(
-                            tasks.create_task(self._guarded(work, name), name=name)
-                        )
+                        task = tasks.create_task(self._guarded(work, name), name=name)
+                        # a fault from a start-up commit may cancel it before its first step:
+                        # `work` is then closed, not reported as never awaited (see _spawn)
+                        task.add_done_callback(functools.partial(_close, work))
+                        self._workers.append(task)
                     self._start_panel(tasks)
                     self.notifier.notify(ready="1", status="running")
         except* DaemonFaultError as group:
@@ -351,8 +364,7 @@ class Daemon:
             self._state_fault(f"store failed in {name}: {exc!r}")
 
     def _next_boot(self) -> int:
-        with self.store.transaction():
-            return self.store.next_boot_counter()
+        return self.writer.call(_take_boot_counter)
 
     def _restore_engine(self) -> DoseEngine:
         """The engine from the stored state. Total: a state that cannot be read (or a ledger row
@@ -504,17 +516,17 @@ class Daemon:
         inp: EngineInput,
         within: Callable[[], None] | None = None,
         also: Sequence[Action] = (),
-    ) -> list[Action]:
+    ) -> StepCommit:
         """Feed one input; commit its actions, then `also` (and `within`, in the same
-        transaction); send.
+        transaction); send once committed.
 
-        Raises DaemonFaultError if the commit fails, and from then on without stepping."""
+        Raises DaemonFaultError if the daemon is failing safe (then without stepping); a commit
+        that fails later fails the returned StepCommit with it."""
         if self._fault is not None:
             raise self._fault
         now = self.clock.now()
         actions = [*self.engine.step(inp, now), *also]
-        self.apply(actions, now, within, cause=_describe_input(inp))
-        return actions
+        return self.apply(actions, now, within, cause=_describe_input(inp))
 
     def apply(
         self,
@@ -523,56 +535,128 @@ class Daemon:
         within: Callable[[], None] | None = None,
         *,
         cause: str = "a write",
-    ) -> None:
+    ) -> StepCommit:
         if self._fault is not None:
             raise self._fault
-        commands: list[SendCommand] = []
-        emitted: list[OutboxEvent] = []
-        try:
-            with self.store.transaction():
-                for action in actions:
-                    match action:
-                        case BeginDispense():
-                            self.store.begin_dispense(
-                                action.slot_id,
-                                action.dispense_id,
-                                action.sachet_index,
-                                action.due_utc.isoformat(),
-                            )
-                        case RecordPresented():
-                            self.store.record_presented(action.slot_id)
-                        case RecordOutcome():
-                            self.store.record_outcome(
-                                action.slot_id, action.outcome.value, action.reason
-                            )
-                        case Emit():
-                            emitted.append(self._append_event(action.event, now))
-                        case SendCommand():
-                            commands.append(action)
-                state = self.engine.state
-                state_json = state.to_json()
-                if state_json != self._last_state_json:
-                    self.store.set_kv(ENGINE_STATE_KEY, state_json)
-                if state.next_dispense_id != self._stored_dispense_id:
-                    self.store.advance_dispense_ids(state.next_dispense_id)
-                if within is not None:
-                    within()
-        except STORE_FAULTS as exc:
-            # Raising also keeps the driver from ACKing a dispenser event we could not store.
-            raise self._state_fault(f"store refused {cause}: {exc!r}") from exc
+        state = self.engine.state
+        state_json = state.to_json()
+        write = functools.partial(
+            self._write_step,
+            actions,
+            now,
+            None if state_json == self._last_state_json else state_json,
+            None if state.next_dispense_id == self._stored_dispense_id else state.next_dispense_id,
+            within,
+        )
+        # The next step compares with what this one writes: it commits after this one, and if
+        # this one fails nothing commits after it (the writer is poisoned, the daemon fails safe).
         self._last_state_json = state_json
         self._stored_dispense_id = state.next_dispense_id
+        sends = [action for action in actions if isinstance(action, SendCommand)]
+        return self._commit_step(write, sends, now, cause)
+
+    def _commit_step(
+        self,
+        write: Callable[[Store], list[OutboxEvent]],
+        sends: list[SendCommand],
+        now: Now,
+        cause: str,
+    ) -> StepCommit:
+        """The one place where a step is committed: `write` runs on the writer thread, behind
+        every step before it; once it committed, `_release` sends what the step released (on
+        the loop, in commit order) and the returned future resolves. The loop runs on meanwhile
+        (timers, both links); nothing the step released leaves the unit before its commit."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:  # start-up before run(), a tool, a test: committed here and now
+            try:
+                emitted = self.writer.call(write)
+            except STORE_FAULTS as exc:
+                raise self._state_fault(f"store refused {cause}: {exc!r}") from exc
+            self._release(emitted, sends, now)
+            return None
+        committed: asyncio.Future[None] = loop.create_future()
+        committed.add_done_callback(_observed)  # a step nobody awaits (a Tick) may fail too
+        self._last_commit = committed  # settles after every step before it (`committed()`)
+
+        def settle(job: concurrent.futures.Future[list[OutboxEvent]]) -> None:
+            if job.cancelled():
+                # never started (the writer closed at a stop): not committed
+                error: BaseException | None = StoreError("commit abandoned at a stop")
+            else:
+                error = job.exception()
+            if error is not None:
+                fault = self._state_fault(f"store refused {cause}: {error!r}")
+                if not committed.done():
+                    committed.set_exception(fault)
+                return
+            self._release(job.result(), sends, now)
+            if not committed.done():  # cancelled: its waiter stopped; the commit stands
+                committed.set_result(None)
+
+        job = self.writer.submit(write)
+        # On the loop, in commit order (one writer thread, call_soon_threadsafe is FIFO).
+        job.add_done_callback(lambda done: _call_on(loop, settle, done))
+        return committed
+
+    def _write_step(
+        self,
+        actions: list[Action],
+        now: Now,
+        state_json: str | None,
+        next_dispense_id: int | None,
+        within: Callable[[], None] | None,
+        store: Store,
+    ) -> list[OutboxEvent]:
+        """One step's transaction (on the writer thread); returns the events it stored."""
+        emitted: list[OutboxEvent] = []
+        with store.transaction():
+            for action in actions:
+                match action:
+                    case BeginDispense():
+                        store.begin_dispense(
+                            action.slot_id,
+                            action.dispense_id,
+                            action.sachet_index,
+                            action.due_utc.isoformat(),
+                        )
+                    case RecordPresented():
+                        store.record_presented(action.slot_id)
+                    case RecordOutcome():
+                        store.record_outcome(action.slot_id, action.outcome.value, action.reason)
+                    case Emit():
+                        emitted.append(self._append_event(store, action.event, now))
+            if state_json is not None:
+                store.set_kv(ENGINE_STATE_KEY, state_json)
+            if next_dispense_id is not None:
+                store.advance_dispense_ids(next_dispense_id)
+            if within is not None:
+                within()
+        return emitted
+
+    def _release(self, emitted: list[OutboxEvent], sends: list[SendCommand], now: Now) -> None:
+        """What a committed step lets out of the unit."""
         if emitted:
             # Committed: straight to the link (before the dispenser's ACK is written), or, if
             # they are not next in line, to the publisher's next pass.
             self.publisher.offer(emitted)
             self._health_on_change()
-        for command in commands:
+        for command in sends:
             self._spawn(self._send_command(command), f"dispenser-command:{command.correlation}")
         self._timer_changed.set()
         self._show_panel(now)
 
-    def _append_event(self, event: EngineEvent, now: Now) -> OutboxEvent:
+    async def committed(self) -> None:
+        """Wait until every step taken so far has committed and been released (steps settle in
+        order: the last one's future is enough); raises DaemonFaultError if one failed. No wait
+        at all when nothing is in flight."""
+        last = self._last_commit
+        if last is not None:
+            await asyncio.shield(last)  # a cancelled waiter leaves the step's future alone
+
+    def _append_event(self, store: Store, event: EngineEvent, now: Now) -> OutboxEvent:
         payload: dict[str, object] = {
             "priority": event.priority.value,
             "vkp_code": event.vkp_code,
@@ -580,7 +664,7 @@ class Daemon:
             "boot": self.boot,
             "data": event.fields,
         }
-        return self.store.append_event(event.kind, payload, _iso_z(now.utc), now.trust.value)
+        return store.append_event(event.kind, payload, _iso_z(now.utc), now.trust.value)
 
     def _health_on_change(self) -> None:
         """The retained health follows the active alerts, the conditions and the pause at once
@@ -818,25 +902,30 @@ class Daemon:
             return  # bounce: no change since the last record
         self._contacts[event.contact] = event.closed
         body: dict[str, object] = {"contact": event.contact, "closed": event.closed}
-        try:
-            with self.store.transaction():
-                self.store.audit_append("panel_contact", body, *self.stamp())
-        except STORE_FAULTS as exc:
-            self._state_fault(f"store refused a panel contact record: {exc!r}")
+        at_utc, trust = self.stamp()
+
+        def record() -> None:
+            self.store.audit_append("panel_contact", body, at_utc, trust)
+
+        with contextlib.suppress(DaemonFaultError):  # the fail-safe task takes over
+            self.apply([], self.clock.now(), within=record, cause="a panel contact record")
 
     # --- dispenser side ----------------------------------------------------------------------
 
-    def _on_dispenser_message(self, message: Message) -> None:
+    def _on_dispenser_message(self, message: Message) -> Awaitable[None] | None:
+        """Step the engine; the driver writes the frame's ACK once the returned awaitable is done
+        (the step committed), and never if it raises NotStored."""
         if self._fault is not None and isinstance(message, dsession.REPLY_TYPES):
             # A late reply is not an event the dispenser keeps for the next agent: holding back
             # its ACK would only hold up the replies the fail-safe is waiting for.
             log.warning("failing safe: late reply not handled: %s", message)
-            return
+            return None
         try:
-            self.step(FromDispenser(message))
+            committed = self.step(FromDispenser(message))
         except DaemonFaultError as exc:
             # Not committed, so not acknowledged: the dispenser still holds the event.
             raise dsession.NotStored(str(exc)) from exc
+        return None if committed is None else _stored(committed)
 
     def _on_link(self, change: dsession.SessionUp | dsession.SessionDown) -> None:
         if isinstance(change, dsession.SessionUp):
@@ -909,8 +998,9 @@ class Daemon:
         if self._spare_session is not None:
             self.mqtt_session, self._spare_session = self._spare_session, None
         else:
-            with self.store.transaction():
-                self.mqtt_session = self.store.next_session_counter()
+            # rare (once per connect attempt): waited for on the loop, behind the steps before it
+            # (independent of the steps: taken while failing safe too, if the store lets it)
+            self.mqtt_session = self.writer.call(_take_session_counter, independent=True)
         return self._availability_message("offline", CONNECTION_LOST)
 
     def _will_unseen(self, will: Will) -> None:
@@ -1050,6 +1140,7 @@ class Daemon:
         while True:
             now = self.clock.now()
             self._record_owed_summaries(now)
+            await self.committed()  # the next look reads the day recorded now
             wait_s = (next_run_utc(now.utc, self._summary_zone()) - now.utc).total_seconds()
             # capped: a wall clock that jumps or becomes trusted is noticed within the cap
             await asyncio.sleep(min(max(wait_s, 1.0), SUMMARY_RECHECK_S) / self.time_rate)
@@ -1119,17 +1210,22 @@ class Daemon:
             await asyncio.sleep(interval)
             if self._fault is None:
                 try:
-                    self.store.backlog()  # a store that hangs must starve the watchdog
+                    self.store.backlog()  # a store that hangs must starve the watchdog,
+                    await self.committed()  # and so must a writer thread that hangs
+                except DaemonFaultError:
+                    pass  # a step was lost: the fail-safe is under way and stops the daemon
                 except STORE_FAULTS as exc:
                     self._state_fault(f"store check failed: {exc!r}")
             # While failing safe (bounded) the watchdog is still fed: systemd must not kill the
             # process before the dispenser is locked.
             self.notifier.notify(watchdog="1")
 
-    def _answer_local(self, payload: bytes) -> str:
-        """A command from the local control socket (a technician on site), answered there."""
+    async def _answer_local(self, payload: bytes) -> str:
+        """A command from the local control socket (a technician on site), answered there once
+        what it did is committed."""
         try:
             response, _ = self.commands.answer(payload, local_control.ORIGIN, ON_SITE)
+            await self.committed()
         except DaemonFaultError as fault:
             return local_control.refusal(
                 "unit_fault", f"the agent is failing safe: {fault}", "error"
@@ -1165,6 +1261,44 @@ class Daemon:
             await self.mqtt.publish(topic, payload, qos=1, correlation_data=correlation)
         except MqttLinkError as exc:  # the command is recorded: a resent command id gets the answer
             log.warning("command response not delivered (%s); a retry of the command gets it", exc)
+
+
+async def _stored(committed: asyncio.Future[None]) -> None:
+    """A dispenser event's step committed; else NotStored: its frame is not acknowledged."""
+    try:
+        await asyncio.shield(committed)  # a stopping pump leaves the step's future alone
+    except DaemonFaultError as exc:
+        raise dsession.NotStored(str(exc)) from exc
+
+
+def _observed(future: asyncio.Future[None]) -> None:
+    """Mark a step's failure as seen (the fault itself is handled by `_state_fault`)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _close(work: Coroutine[Any, Any, None], _: object) -> None:
+    work.close()  # a no-op once it ran
+
+
+def _take_boot_counter(store: Store) -> int:
+    with store.transaction():
+        return store.next_boot_counter()
+
+
+def _take_session_counter(store: Store) -> int:
+    with store.transaction():
+        return store.next_session_counter()
+
+
+def _call_on(
+    loop: asyncio.AbstractEventLoop,
+    callback: Callable[[concurrent.futures.Future[list[OutboxEvent]]], None],
+    job: concurrent.futures.Future[list[OutboxEvent]],
+) -> None:
+    """From the writer thread: run `callback(job)` on the loop (not when it has closed)."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the daemon has stopped
+        loop.call_soon_threadsafe(callback, job)
 
 
 def _under_prefix(topic: str, prefix: str) -> bool:

@@ -21,6 +21,7 @@ from agent.mqtt.link import Will
 from agent.publisher import EnvelopeBuilder, OutboxLink
 from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
+from agent.store.writer import StoreWriter
 from drivers.session import Reply, SessionReport
 from protocol.messages import Command, Message
 
@@ -72,11 +73,13 @@ class EdgeHooks:
     """What the daemon gives the factory of its edges: its handlers and what they need."""
 
     store: Store
+    writer: StoreWriter  # the store's writer thread: the publisher's delivered-marks go there
     topics: UnitTopics
     boot: int  # this process's boot number (the session's req_id epoch comes from it)
     first_seq_of_process: int  # the first outbox seq this process records
     # the dispenser session's
-    on_dispenser_message: Callable[[Message], None]
+    # returns what the frame's ACK waits for (its step's commit; drivers/session.py)
+    on_dispenser_message: Callable[[Message], Awaitable[None] | None]
     on_dispenser_link: Callable[[SessionReport], None]
     # the MQTT link's
     will: Callable[[], Will]

@@ -5,6 +5,7 @@ import circle), and a test can hand them a small stand-in instead of a whole dae
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,6 +17,11 @@ from agent.contract.topics import UnitTopics
 from agent.engine.types import Action, EngineInput
 from agent.mqtt.link import InboundMessage, MqttLinkStats
 from agent.store.db import Store
+
+# A step's commit, on the loop: resolved once the step's transaction committed and what it
+# released went out, failed with the daemon's fault otherwise. None: committed already (no event
+# loop was running: start-up before the daemon runs, tools, tests).
+StepCommit = asyncio.Future[None] | None
 
 
 class Recorder(Protocol):
@@ -34,7 +40,7 @@ class Recorder(Protocol):
         within: Callable[[], None] | None = None,
         *,
         cause: str = "a write",
-    ) -> None: ...
+    ) -> StepCommit: ...
 
 
 class BrokerLinkState(Protocol):
@@ -92,7 +98,10 @@ class CommandHost(Recorder, Protocol):
         inp: EngineInput,
         within: Callable[[], None] | None = None,
         also: Sequence[Action] = (),
-    ) -> list[Action]: ...
+    ) -> StepCommit: ...
+
+    async def committed(self) -> None:
+        """Every write so far committed (raises the daemon's fault if one failed)."""
 
     def status(self) -> RequestStatusResult: ...
 

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,8 +33,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 READ_TIMEOUT_S = 10.0  # a client that connects and sends nothing is dropped
 CLIENT_TIMEOUT_S = 30.0  # the client gives up waiting for the daemon's answer
 
-# answer(request line) -> the response JSON; runs on the event loop, never raises
-Answer = Callable[[bytes], str]
+# answer(request line) -> the response JSON, once what the command did is committed; runs on the
+# event loop, never raises
+Answer = Callable[[bytes], Awaitable[str]]
 
 
 class LocalCommandError(Exception):
@@ -61,7 +62,7 @@ async def serve(path: Path, answer: Answer) -> None:
             if len(line) > MAX_REQUEST_BYTES:
                 reply = refusal("invalid_command", f"request over {MAX_REQUEST_BYTES} bytes")
             else:
-                reply = answer(line.strip())
+                reply = await answer(line.strip())
             writer.write(reply.encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError) as exc:
@@ -72,8 +73,10 @@ async def serve(path: Path, answer: Answer) -> None:
                 await writer.wait_closed()
 
     try:
+        # not serving yet: no await between making the socket and `async with server` below,
+        # so a cancel (a fault stops the daemon's workers at once) cannot leave it open
         server = await asyncio.start_unix_server(
-            on_client, path=str(path), limit=MAX_REQUEST_BYTES + 2
+            on_client, path=str(path), limit=MAX_REQUEST_BYTES + 2, start_serving=False
         )
         os.chmod(path, 0o600)
     except OSError as exc:

@@ -35,6 +35,7 @@ from typing import Protocol
 from agent.mqtt.link import MqttLinkStats, MqttNotConnected, PublishRejected
 from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
+from agent.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,12 @@ class OutboxPublisher:
         window: int = 50,
         rejected_backoff_s: float = 5.0,
         first_seq_of_process: int | None = None,
+        writer: StoreWriter | None = None,
     ) -> None:
+        """`writer`: marks delivered go to the store's writer thread, not committed on the
+        loop (without one, each batch commits in place)."""
         self._store = store
+        self._writer = writer
         self._mqtt = mqtt
         self._topic = topic
         self._envelope = envelope
@@ -281,10 +286,16 @@ class OutboxPublisher:
         acked = self._acked
         if not acked:
             return
-        with self._store.transaction():
-            self._store.mark_delivered_many(acked)
+        if self._writer is None:
+            _mark_delivered(acked, self._store)
+            self.stats.published += len(acked)
+            acked.clear()
+            return
+        self._acked = []
         self.stats.published += len(acked)
-        acked.clear()
+        # Not waited for: each seq was acknowledged by the broker already; if the process dies
+        # before this commits, the events are only sent again (the centre dedups).
+        self._writer.submit(functools.partial(_mark_delivered, acked), independent=True)
 
     def _resend_slice(self, limit: int) -> list[OutboxEvent]:
         """The next slice of a "re-send from seq N" request (best effort on one connection)."""
@@ -300,3 +311,8 @@ class OutboxPublisher:
         if not events or self._resend_next > self._resend_until:
             self._resend_next = None
         return events
+
+
+def _mark_delivered(seqs: list[int], store: Store) -> None:
+    with store.transaction():
+        store.mark_delivered_many(seqs)

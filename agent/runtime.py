@@ -140,6 +140,7 @@ def unit_edges(
             hooks.envelope,
             window=PUBLISH_WINDOW,
             first_seq_of_process=hooks.first_seq_of_process,
+            writer=hooks.writer,
         )
         return Edges(session, link, publisher)
 

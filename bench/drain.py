@@ -37,6 +37,7 @@ from agent.mqtt.link import MqttLink, MqttSettings
 from agent.publisher import OutboxPublisher
 from agent.store.db import Store
 from agent.store.outbox import OutboxEvent
+from agent.store.writer import StoreWriter
 from bench.common import (
     WAIT_S,
     CommitTimes,
@@ -131,17 +132,32 @@ async def _drain_probed(store: WatchedStore, port: int) -> float:
         subscriptions=[],
     )
 
+    # as the daemon runs it: delivered-marks commit on the store's writer thread
+    writer = StoreWriter(store)
+    try:
+        return await _timed_drain(store, link, writer)
+    finally:
+        writer.close()
+
+
+async def _timed_drain(store: WatchedStore, link: MqttLink, writer: StoreWriter) -> float:
     def envelope(event: OutboxEvent, replayed: bool) -> bytes:
         return build_envelope(UNIT_ID, event, replayed, session=1)
 
-    publisher = OutboxPublisher(store, link, TOPIC, envelope, window=50)
+    publisher = OutboxPublisher(store, link, TOPIC, envelope, window=50, writer=writer)
+    loop = asyncio.get_running_loop()
     async with asyncio.TaskGroup() as tasks:
         link_task = tasks.create_task(link.run(), name="bench-mqtt-link")
         await link.wait_connected(WAIT_S)
         started = time.perf_counter()
         publisher_task = tasks.create_task(publisher.run(), name="bench-outbox-publisher")
         drained = asyncio.Event()
-        store.on_commit = lambda: drained.set() if store.backlog().count == 0 else None
+
+        def on_commit() -> None:  # on the thread that committed (the writer's)
+            if store.backlog().count == 0:
+                loop.call_soon_threadsafe(drained.set)
+
+        store.on_commit = on_commit
         try:
             async with asyncio.timeout(WAIT_S * 4):
                 await drained.wait()

@@ -9,9 +9,12 @@ through, and prints each stage's p50/p99/max in ms over the taken samples:
   pty       the simulator's write of the frame -> the serial transport's read returned it
   wake      that read -> the engine step starts (the session pump's task wakes, decodes, routes)
   engine    the engine step (pure)
-  tx body   the step's store transaction up to its COMMIT statement (rows, state, retention)
+  tx body   the step handed to the store's writer thread (any wait behind earlier jobs
+            included) -> its transaction up to its COMMIT statement (rows, state, retention)
   COMMIT    the COMMIT itself: with synchronous=FULL in WAL mode, the write and fsync of the WAL
-  offer     commit done -> the events handed to paho (envelope + publish), paho write included
+            (on the writer thread: the loop runs meanwhile)
+  offer     commit done -> back on the loop -> the events handed to paho (envelope + publish),
+            paho write included
   broker    the paho write -> a subscriber on the same broker has the event
 
 Then the floor the store sets on this machine: a bare SQLite commit of one small row in the same
@@ -84,11 +87,23 @@ def _step(original: Any) -> Any:
         STAMPS.current = record
         STAMPS.traced.append(record)
         try:
-            return original(self, inp, *args, **kwargs)
-        finally:
+            result = original(self, inp, *args, **kwargs)
+        except BaseException:
             STAMPS.current = None
+            raise
+        if isinstance(result, asyncio.Future):
+            # committed on the writer thread: traced until the step's future settles
+            result.add_done_callback(lambda _: _untrace(record))
+        else:
+            STAMPS.current = None
+        return result
 
     return wrapper
+
+
+def _untrace(record: dict[str, float]) -> None:
+    if STAMPS.current is record:
+        STAMPS.current = None
 
 
 def _engine_step(original: Any) -> Any:

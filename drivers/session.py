@@ -6,9 +6,13 @@ events: bytes arriving wake the pump, link retransmits run from a loop timer arm
 next deadline, requests wake on their reply future. No polling loop.
 
 Guarantees the agent relies on:
-- Acknowledge after commit (SPEC 2.6): `on_message` runs synchronously *before* the ACK bytes for
-  that frame are written (received bytes are taken one frame at a time, so each ACK belongs to a
-  known frame).
+- Acknowledge after commit (SPEC 2.6): `on_message` runs *before* the ACK bytes for that frame are
+  written (received bytes are taken one frame at a time, so each ACK belongs to a known frame).
+  When it returns an awaitable (the agent's commit, running off the loop), the pump awaits it
+  before the ACK goes out and before the next frame is taken; meanwhile the loop runs on and
+  nothing is taken from the link's output (the ACK stays where it can still be withdrawn; our own
+  frames and retransmits queued meanwhile go out with it). The awaitable raising `NotStored`
+  counts as `on_message` raising it.
 - `on_message` raising `NotStored` means "not stored, do not acknowledge": that frame's ACK is not
   written, neither are ACKs of its retransmits on this connection, and the link stays up, so the
   agent can still command the dispenser (lock it, sound the fault alert). The dispenser keeps
@@ -46,7 +50,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -226,6 +230,7 @@ class _Connection:
     # messages in a row the dispenser never acknowledged (reset by anything it sends)
     unacked_in_a_row: int = 0
     silent: asyncio.Future[None] | None = None  # set when the line is taken as dead
+    holding: bool = False  # the pump awaits a frame's commit: its ACK is not taken out yet
 
 
 class _HandlerError(Exception):
@@ -237,7 +242,7 @@ class DispenserSession:
         self,
         transport_factory: Callable[[], Transport],
         *,
-        on_message: Callable[[Message], None],
+        on_message: Callable[[Message], Awaitable[None] | None],
         on_link: Callable[[SessionReport], None],
         link_config: LinkConfig = LinkConfig(),  # noqa: B008 (frozen, shared safely)
         request_timeout_s: float = 2.0,
@@ -527,7 +532,13 @@ class DispenserSession:
                     # At most one frame per piece: each ACK in the output belongs to this frame.
                     events = conn.endpoint.receive_bytes(piece, self._monotonic())
                     try:
-                        self._handle_events(conn, events)
+                        stored = self._handle_events(conn, events)
+                        if stored is not None:
+                            conn.holding = True
+                            try:
+                                await stored
+                            finally:
+                                conn.holding = False
                     except NotStored as exc:
                         self._counts["not_stored"] += 1
                         conn.endpoint.withdraw_ack()
@@ -569,6 +580,8 @@ class DispenserSession:
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline, conn)
 
     def _flush(self, conn: _Connection) -> None:
+        if conn.holding:
+            return  # the pump takes the output once the frame it holds is stored
         self._write(conn, conn.endpoint.take_outgoing())
 
     def _write(self, conn: _Connection, data: bytes) -> None:
@@ -580,12 +593,15 @@ class DispenserSession:
             # The transport contract makes the pump's read fail too; it ends the connection.
             log.warning("write to %s failed: %s", conn.transport.description, exc)
 
-    def _handle_events(self, conn: _Connection, events: list[LinkEvent]) -> None:
+    def _handle_events(self, conn: _Connection, events: list[LinkEvent]) -> Awaitable[None] | None:
+        """Handle the link's events; returns what the received frame's ACK waits for (the pump
+        feeds one frame at a time: at most one `Received`)."""
+        stored: Awaitable[None] | None = None
         for event in events:
             if isinstance(event, Received | Delivered | PeerRestarted):
                 conn.unacked_in_a_row = 0  # the dispenser is there
             if isinstance(event, Received):
-                self._on_received(event.message)
+                stored = self._on_received(event.message)
             elif isinstance(event, Failed):
                 self._on_send_failed(event)
                 if event.reason == "timeout":
@@ -608,26 +624,27 @@ class DispenserSession:
                         conn.peer_restarted.set_result(None)
             elif isinstance(event, Delivered):
                 log.debug("delivered %s", event.message)
+        return stored
 
-    def _on_received(self, message: Message) -> None:
+    def _on_received(self, message: Message) -> Awaitable[None] | None:
         if isinstance(message, REPLY_TYPES):
             if message.req_id >> REQ_EPOCH_SHIFT != self._req_epoch:
                 self._counts["stale_replies"] += 1
                 log.debug("reply to a previous agent process dropped: %s", message)
-                return
+                return None
             pending = self._pending.get(message.req_id)
             if pending is None or pending.future.done():
                 self._counts["orphan_replies"] += 1
                 log.warning("reply nobody waits for (late or unknown req_id): %s", message)
-                self._on_message(message)
-            elif not isinstance(message, pending.expects):
+                return self._on_message(message)
+            if not isinstance(message, pending.expects):
                 pending.future.set_exception(
                     UnexpectedReply(f"expected {pending.expects.__name__}, got {message}")
                 )
             else:
                 pending.future.set_result(message)
-            return
-        self._on_message(message)
+            return None
+        return self._on_message(message)
 
     def _on_send_failed(self, event: Failed) -> None:
         self._counts["send_failures"] += 1

@@ -151,7 +151,10 @@ def test_the_daemon_offers_an_emitted_event_right_after_its_commit(tmp_path: Pat
                 edges=lambda hooks: replace(real(hooks), publisher=recorder),
             )
             last = store.last_event_seq()
-            daemon.apply([Emit(make_event("clock_jumped", {}))], daemon.clock.now())
+            committed = daemon.apply([Emit(make_event("clock_jumped", {}))], daemon.clock.now())
+            assert committed is not None  # on the loop: committed by the writer thread
+            await committed
+            daemon.writer.close()
             assert recorder.offered == [(last + 1, True)]  # offered, and already durable
 
     asyncio.run(scenario())

@@ -4,7 +4,8 @@ Once the link is open the dispenser expects an ACK within 250 ms (protocol/SPEC.
 frame up after 4 retransmits; the summaries owed at start read the whole audit log and commit, on
 the loop. Done after the link opened, that stalled the loop long enough on a loaded machine for
 the dispenser to give up on the start-up frames (set-rtc's reply, the bin level, a roll inserted);
-a Pi is 3-5x slower still. So: the summaries owed at start are recorded before the link opens."""
+a Pi is 3-5x slower still. So: the summaries owed at start are recorded before the link opens
+(read on the loop, committed on the store's writer thread ahead of every step of the link)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def test_the_summaries_owed_at_start_are_recorded_before_the_dispenser_link_open
     at_link_open: list[list[str]] = []
 
     def transport() -> Transport:
-        # what the store holds when the session first opens the dispenser link
-        at_link_open.append([e.kind for e in store.events_from(1)])
+        # what the store holds when the session first opens the dispenser link, once the writes
+        # handed to the writer thread before that moment have landed (they commit in order)
+        at_link_open.append(daemon.writer.call(lambda s: [e.kind for e in s.events_from(1)]))
         return SerialTransport(str(tmp_path / "no-dispenser-here"))
 
     daemon = Daemon(

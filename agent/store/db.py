@@ -6,8 +6,11 @@ Durability settings: WAL journal, ``synchronous=FULL`` (a commit survives a powe
 commits live.
 
 Every mutating method must run inside ``transaction()`` (``StoreUsageError`` otherwise), so the
-daemon groups one engine step into one commit: few, small writes for the SD card. Use a store from
-one thread only (sqlite3's default check), and never across ``fork``.
+daemon groups one engine step into one commit: few, small writes for the SD card. Writes come from
+one thread only, the store's owner: the one that opened it, or the daemon's writer thread once it
+has claimed the store (``claim_for_this_thread``, agent/store/writer.py). Reads from any other
+thread go through a read-only connection of their own and see committed data only. Never use a
+store across ``fork``.
 
 Factory reset (``wipe_for_new_patient``): the response centre should have received everything before
 a reset, so the daemon checks ``backlog()`` first; the store also refuses while undelivered events
@@ -24,6 +27,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -91,8 +95,11 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
         raise StoreError(f"cannot create store {path}: {exc}") from exc
     uri = f"file:{quote(str(path.absolute()))}?mode={'rwc' if create else 'rw'}"
     try:
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves. Not sqlite3's
+        # same-thread check: the store checks its owner thread itself (it may be handed over).
+        return sqlite3.connect(
+            uri, uri=True, isolation_level=None, timeout=5.0, check_same_thread=False
+        )
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open store {path}: {exc}") from exc
 
@@ -165,6 +172,11 @@ class Store:
         self._audit_retention = audit_retention
         self._max_bytes = max_bytes
         self._commands_checked: datetime | None = None
+        self._owner = threading.get_ident()  # the one thread that may write
+        # other threads read through this one (opened on first use); None: an in-memory store,
+        # which has no second connection (its readers share the one, see `_db`)
+        self._read_uri: str | None = None
+        self._reader: sqlite3.Connection | None = None
 
     @classmethod
     def open(
@@ -202,15 +214,17 @@ class Store:
         except BaseException:  # whatever stopped it: the connection is not leaked; re-raised
             conn.close()
             raise
-        return cls(
+        store = cls(
             conn, path, policy, stamp, new_event_id or Uuid7Factory(), audit_retention, max_bytes
         )
+        store._read_uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+        return store
 
     @classmethod
     def scratch(cls, stand_in_for: Path, *, stamp: Callable[[], Stamp] = system_stamp) -> Store:
         """An empty store in memory, standing in for the one at `stand_in_for` that could not be
         opened: it carries only the fail-safe's bookkeeping (nothing in it is kept)."""
-        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA foreign_keys = ON")
         _ensure_schema(conn, stand_in_for, stamp())
         policy = OutboxPolicy(OUTBOX_LIMIT, DELIVERED_RETENTION)
@@ -225,9 +239,32 @@ class Store:
     def close(self) -> None:
         if self._in_tx:
             raise StoreUsageError("close() inside a transaction")
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def claim_for_this_thread(self) -> None:
+        """Make the calling thread the store's owner, the only one that may write (the daemon's
+        writer thread calls this first). Other threads keep reading, committed data only."""
+        if self._in_tx:
+            raise StoreUsageError("claim_for_this_thread() inside a transaction")
+        self._owner = threading.get_ident()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_tx
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def owned_here(self) -> bool:
+        """The calling thread is the store's owner (it may write)."""
+        return threading.get_ident() == self._owner
 
     def __enter__(self) -> Store:
         return self
@@ -241,12 +278,36 @@ class Store:
         self.close()
 
     def _db(self) -> sqlite3.Connection:
+        """The connection for this thread: the owner's, or the read-only one of the others."""
         if self._conn is None:
             raise StoreUsageError("store is closed")
-        return self._conn
+        if self.owned_here or self._read_uri is None:
+            return self._conn
+        if self._reader is None:
+            try:
+                # query_only: this connection never writes, whatever a caller attempts
+                reader = sqlite3.connect(
+                    self._read_uri,
+                    uri=True,
+                    isolation_level=None,
+                    timeout=5.0,
+                    check_same_thread=False,
+                )
+                reader.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open store {self._path} for reading: {exc}") from exc
+            self._reader = reader
+        return self._reader
+
+    def _owned(self) -> sqlite3.Connection:
+        if not self.owned_here:
+            raise StoreUsageError(
+                "only the store's owner thread writes (see agent/store/writer.py)"
+            )
+        return self._db()
 
     def _writer(self) -> sqlite3.Connection:
-        conn = self._db()
+        conn = self._owned()
         if not self._in_tx:
             raise StoreUsageError("mutating the store needs an open transaction()")
         return conn
@@ -254,7 +315,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything inside commits atomically (BEGIN IMMEDIATE … COMMIT), or nothing on error."""
-        conn = self._db()
+        conn = self._owned()
         if self._in_tx:
             raise StoreUsageError("transactions do not nest; group the work in one transaction()")
         conn.execute("BEGIN IMMEDIATE")
@@ -301,7 +362,7 @@ class Store:
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """A consistent read across several statements (inside a write transaction: that one)."""
         conn = self._db()
-        if self._in_tx:
+        if self._in_tx and conn is self._conn:
             yield conn
             return
         conn.execute("BEGIN")
@@ -453,7 +514,7 @@ class Store:
         Refuses (BacklogNotEmptyError) while undelivered events remain, unless `force`. Must be
         called outside a transaction (VACUUM cannot run inside one).
         """
-        conn = self._db()
+        conn = self._owned()
         if self._in_tx:
             raise StoreUsageError("wipe_for_new_patient() runs its own transactions")
         stamp = self._stamp()
