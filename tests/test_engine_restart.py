@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 from test_engine import Rig, daily, morning_rig, utc
 
+from agent.clock import TimeTrust
 from agent.engine.engine import EngineState, OpenSlot
 from agent.engine.types import (
     CommandOutcome,
@@ -22,6 +23,7 @@ from agent.engine.types import (
     Priority,
     RecordPresented,
     SendCommand,
+    Tick,
 )
 from agent.store.ledger import SlotRecord
 from protocol.messages import (
@@ -165,6 +167,42 @@ def test_a_dose_taken_report_that_reaches_the_restarted_agent_is_taken() -> None
     again.msg(DoseTaken(did, index))  # retransmitted by the dispenser, before the handshake
     hello(again)
     assert outcome(again) == ("taken", None)
+
+
+def test_a_restart_with_the_link_down_decides_at_once_not_at_the_next_input() -> None:
+    """The wide world's seed 131: the agent restarted while the link was down, with a slot begun
+    (its Dispense's reply lost). The new engine would say `dose_held no_link` on whatever step came
+    first, but its next deadline was minutes away: what it decides after a restart is due at once
+    (a Tick before the next deadline must change nothing)."""
+    rig = morning_rig()
+    time_out_first_dispense(rig)  # begun, outcome unknown, link down
+    again = restarted(rig, DUE + timedelta(seconds=5))
+    now = again.clock.now()
+    deadline = again.engine.next_deadline(now)
+    assert deadline is not None
+    assert deadline <= now.mono
+    again.feed(Tick())
+    assert [e.fields["reason"] for e in again.events("dose_held")] == ["no_link"]
+    assert again.engine.next_deadline(again.clock.now()) != deadline  # decided: not due again
+
+
+def test_a_pi_boot_with_an_untrusted_clock_and_no_link_says_so_at_once() -> None:
+    """The wide world's seeds 169 and 180: the Pi booted with its clock a guess and the dispenser
+    link down; `clock_untrusted` (HIGH: no dose is given) waited for the next deadline or input,
+    11 min and more. A new engine's first decisions are due at its start."""
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE - timedelta(hours=1))
+    rig.feed(LinkDown("cable"))
+    state = EngineState.from_json(rig.engine.state.to_json())
+    booted = Rig(rig.schedule, start=DUE, state=state, config=rig.config, trust=TimeTrust.UNTRUSTED)
+    now = booted.clock.now()
+    deadline = booted.engine.next_deadline(now)
+    assert deadline is not None
+    assert deadline <= now.mono
+    booted.feed(Tick())
+    [untrusted] = booted.events("clock_untrusted")
+    assert untrusted.priority is Priority.HIGH
 
 
 # --- a dose begun but not seen presented (ledger: begun, no presentation) ----------------------

@@ -199,6 +199,9 @@ class DoseEngine:
         self._last_now: Now | None = now
         self._was_untrusted = False
         self._restore_open_slots(state.open_slots, now)
+        # what a new engine decides on its first step (a restored slot held for no link, an
+        # untrusted clock after a boot) is due at its start, not at whatever input comes next
+        self._first_step_due: float | None = now.mono
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -249,6 +252,7 @@ class DoseEngine:
 
     def step(self, inp: EngineInput, now: Now) -> list[Action]:
         self._validate(inp, now)  # raises before anything changes
+        self._first_step_due = None
         actions: list[Action] = []
         self._note_time(now, actions)
         self._dispatch(inp, now, actions)
@@ -257,6 +261,8 @@ class DoseEngine:
 
     def next_deadline(self, now: Now) -> float | None:
         instants: list[float] = []
+        if self._first_step_due is not None:
+            instants.append(self._first_step_due)
         trusted = now.trust is not TimeTrust.UNTRUSTED
         if trusted and self._schedule is not None and self._slotbook.cursor is not None:
             upcoming = self._slotbook.next_scheduled(self._schedule)
