@@ -337,8 +337,9 @@ class DoseEngine:
             changes.append(window.start_utc)
             if window.end_utc is not None:
                 changes.append(window.end_utc)
-                if not window.end_notice_sent:
-                    changes.append(max(window.start_utc, window.end_utc - cfg.pause_end_notice))
+                # the end notice, and backlog_needs_nurse from then on: also once the notice is
+                # sent, for a clock stepped back before it clears the backlog until it comes again
+                changes.append(max(window.start_utc, window.end_utc - cfg.pause_end_notice))
             else:
                 changes.append(
                     window.start_utc + (window.reminders_sent + 1) * cfg.pause_reminder_every
