@@ -107,6 +107,7 @@ class FakeDispenser:
     locked: bool = False
     alert: AlertPattern = AlertPattern.OFF
     loaded: bool = True
+    faults: set[FaultCode] = field(default_factory=set)  # active faults (SPEC 4.3, 4.9)
 
     def sachet(self) -> SachetRead | None:
         if not self.loaded or self.next_index >= len(self.sachet_times):
@@ -143,7 +144,7 @@ class FakeDispenser:
             True,
             100,
             self.alert,
-            0,
+            sum(1 << fault for fault in self.faults),
         )
 
     def handle(self, command: Message) -> tuple[Message, list[Message]]:
@@ -161,12 +162,16 @@ class FakeDispenser:
             case Dispense(dispense_id=did, sachet_index=index):
                 if did in self.executed:
                     return CommandResult(0, ResultCode.ALREADY_DONE, ""), []
+                if self.faults & {FaultCode.JAM, FaultCode.CUTTER}:
+                    return CommandResult(0, ResultCode.JAMMED, ""), []
                 if self.tray is not None:
                     return CommandResult(0, ResultCode.TRAY_OCCUPIED, ""), []
                 if self.locked:
                     return CommandResult(0, ResultCode.LOCKED, ""), []
                 if index != self.next_index:
                     return CommandResult(0, ResultCode.WRONG_SACHET, ""), []
+                if FaultCode.READER in self.faults:  # the sachet at the reader cannot be read
+                    return CommandResult(0, ResultCode.REJECTED, ""), []
                 self.executed.append(did)
                 self.dispensed.append(index)
                 self.tray, self.tray_index = did, index

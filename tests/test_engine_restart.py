@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pytest
 from test_engine import Rig, daily, morning_rig, utc
 
+from agent.clock import TimeTrust
 from agent.engine.engine import EngineState, OpenSlot
 from agent.engine.types import (
     CommandOutcome,
@@ -22,6 +23,7 @@ from agent.engine.types import (
     Priority,
     RecordPresented,
     SendCommand,
+    Tick,
 )
 from agent.store.ledger import SlotRecord
 from protocol.messages import (
@@ -32,6 +34,8 @@ from protocol.messages import (
     Dispense,
     DosePresented,
     DoseTaken,
+    FaultChanged,
+    FaultCode,
     GetStatus,
     Message,
     ResultCode,
@@ -163,6 +167,42 @@ def test_a_dose_taken_report_that_reaches_the_restarted_agent_is_taken() -> None
     again.msg(DoseTaken(did, index))  # retransmitted by the dispenser, before the handshake
     hello(again)
     assert outcome(again) == ("taken", None)
+
+
+def test_a_restart_with_the_link_down_decides_at_once_not_at_the_next_input() -> None:
+    """The wide world's seed 131: the agent restarted while the link was down, with a slot begun
+    (its Dispense's reply lost). The new engine would say `dose_held no_link` on whatever step came
+    first, but its next deadline was minutes away: what it decides after a restart is due at once
+    (a Tick before the next deadline must change nothing)."""
+    rig = morning_rig()
+    time_out_first_dispense(rig)  # begun, outcome unknown, link down
+    again = restarted(rig, DUE + timedelta(seconds=5))
+    now = again.clock.now()
+    deadline = again.engine.next_deadline(now)
+    assert deadline is not None
+    assert deadline <= now.mono
+    again.feed(Tick())
+    assert [e.fields["reason"] for e in again.events("dose_held")] == ["no_link"]
+    assert again.engine.next_deadline(again.clock.now()) != deadline  # decided: not due again
+
+
+def test_a_pi_boot_with_an_untrusted_clock_and_no_link_says_so_at_once() -> None:
+    """The wide world's seeds 169 and 180: the Pi booted with its clock a guess and the dispenser
+    link down; `clock_untrusted` (HIGH: no dose is given) waited for the next deadline or input,
+    11 min and more. A new engine's first decisions are due at its start."""
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE - timedelta(hours=1))
+    rig.feed(LinkDown("cable"))
+    state = EngineState.from_json(rig.engine.state.to_json())
+    booted = Rig(rig.schedule, start=DUE, state=state, config=rig.config, trust=TimeTrust.UNTRUSTED)
+    now = booted.clock.now()
+    deadline = booted.engine.next_deadline(now)
+    assert deadline is not None
+    assert deadline <= now.mono
+    booted.feed(Tick())
+    [untrusted] = booted.events("clock_untrusted")
+    assert untrusted.priority is Priority.HIGH
 
 
 # --- a dose begun but not seen presented (ledger: begun, no presentation) ----------------------
@@ -331,6 +371,93 @@ def test_a_lost_reply_that_cut_the_rolls_last_sachet_is_asked_after_all_the_same
     ]
     rig.take()
     assert outcome(rig) == ("taken", None)
+
+
+def back_with(rig: Rig, fault: FaultCode) -> None:
+    """The link comes back with `fault` active: the roll announced again, and its sachet too
+    unless the reader is what failed (then FaultChanged READER stands for it, SPEC 4.3)."""
+    rig.dispenser.faults = {fault}
+    rig.feed(LinkUp(rig.caps))
+    rig.msg(rig.dispenser.roll_message())
+    sachet = rig.dispenser.sachet()
+    if fault is not FaultCode.READER and sachet is not None:
+        rig.msg(sachet)
+
+
+@pytest.mark.parametrize("lifted", [True, False])
+@pytest.mark.parametrize("fault", [FaultCode.READER, FaultCode.JAM])
+def test_a_lost_reply_is_asked_after_all_under_a_fault(fault: FaultCode, lifted: bool) -> None:
+    """The wide world's seeds 33 (READER) and 51 (JAM) found it (R12): the link dropped right
+    after the dispenser took the Dispense and came back with a fault in the Status. The fault held
+    the slot before the probe, so the dose cut unseen was told only at the slot's deadline. A
+    Dispense with the same id is no new dispense: the dispenser answers ALREADY_DONE before
+    looking at its faults, and under a jam or with the reader failed it cuts nothing (JAMMED,
+    REJECTED, SPEC 4.9)."""
+    rig = morning_rig()
+    send = time_out_first_dispense(rig)  # cut, the dose in the tray; reply lost, link down
+    if lifted:
+        rig.dispenser.tray = None  # the patient lifts it out: its DoseTaken is lost
+    rig.run_for(timedelta(minutes=5))
+    back_with(rig, fault)
+    rig.run_until(DUE + timedelta(minutes=15))  # R12: a movement of medicine told in 15 min
+    assert rig.commands(Dispense) == [send.command, send.command]
+    if lifted:
+        assert outcome(rig) == ("missed", "dispense_unconfirmed")
+    else:
+        assert RecordPresented(SLOT) in rig.actions
+        rig.take()
+        assert outcome(rig) == ("taken", None)
+    assert rig.dispenser.dispensed == [0]
+
+
+@pytest.mark.parametrize("fault", [FaultCode.READER, FaultCode.JAM, FaultCode.CUTTER])
+def test_a_probe_under_a_fault_that_refuses_dispensing_cuts_nothing(fault: FaultCode) -> None:
+    """The same probe when the lost Dispense never reached the dispenser: under a fault that
+    makes the dispenser refuse every new Dispense (JAMMED, REJECTED) nothing is cut; the slot is
+    held for the fault, and given once it clears and the sachet is checked again."""
+    rig = morning_rig()
+    rig.install()
+    rig.auto = False
+    rig.run_until(DUE)
+    [send] = [s for s in rig.outbox if isinstance(s.command, Dispense)]
+    rig.outbox.clear()  # lost on the way: never executed
+    rig.feed(CommandOutcome(send.correlation, None, failure="reply_timeout"))
+    rig.feed(LinkDown("blip"))
+    rig.auto = True
+    back_with(rig, fault)
+    rig.run_for(rig.config.command_retry * 2)
+    assert rig.commands(Dispense) == [send.command, send.command]  # asked: refused, not cut
+    assert rig.dispenser.dispensed == []
+    held = [e.fields["reason"] for e in rig.events("dose_held")]
+    assert held[-1] == f"fault_{fault.name.lower()}"  # held for the fault that refused it
+    rig.run_for(timedelta(minutes=5))
+    assert rig.commands(Dispense) == [send.command, send.command]  # no new dispense under it
+    rig.dispenser.faults = set()
+    rig.msg(FaultChanged(fault, False, ""))
+    if fault is FaultCode.READER:
+        sachet = rig.dispenser.sachet()
+        assert sachet is not None
+        rig.msg(sachet)
+    rig.run_for(rig.config.command_retry)
+    assert rig.dispenser.dispensed == [0]
+    rig.take()
+    assert outcome(rig) == ("taken", None)
+
+
+@pytest.mark.parametrize("fault", [FaultCode.SENSOR, FaultCode.TAMPER])
+def test_no_probe_under_a_fault_the_dispenser_would_cut_through(fault: FaultCode) -> None:
+    """A sensor or tamper fault does not make the dispenser refuse a Dispense (SPEC 4.9): a
+    probe of an id it never cut would cut a sachet while the unit is faulted. In doubt, no
+    Dispense at all; the slot ends dispense_unconfirmed at its deadline."""
+    rig = morning_rig()
+    send = time_out_first_dispense(rig)
+    rig.dispenser.tray = None
+    rig.run_for(timedelta(minutes=5))
+    back_with(rig, fault)
+    rig.run_until(DUE + timedelta(hours=3))
+    assert rig.commands(Dispense) == [send.command]
+    assert outcome(rig) == ("missed", "dispense_unconfirmed")
+    assert rig.dispenser.dispensed == [0]
 
 
 @pytest.mark.xfail(

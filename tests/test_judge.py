@@ -81,9 +81,18 @@ def world(
     reader: SachetLabel | None = None,
     tray_occupied: bool = False,
     roll_label_readable: bool = True,
+    clock_behind: timedelta = timedelta(0),
 ) -> World:
     return World(
-        roll, remaining, jammed, bin_full, linked, reader, tray_occupied, roll_label_readable
+        roll,
+        remaining,
+        jammed,
+        bin_full,
+        linked,
+        reader,
+        tray_occupied,
+        roll_label_readable,
+        clock_behind,
     )
 
 
@@ -702,6 +711,30 @@ def test_r8_an_empty_roll_is_reported_by_a_high_hold_of_that_slot() -> None:
     ok.published("dose_held", "high", held)
     ok.advance(utc("07:00"))
     assert ok.findings == []
+
+
+def test_r8_an_empty_roll_is_due_when_the_agents_clock_stepped_back_shows_the_due_time() -> None:
+    """Seeds 32 and 41 of the wide world: the synchronised wall clock stepped back an hour
+    before the 08:00 dose on an empty roll. A slot is due when the agent's clock shows it
+    (docs/time-policy.md): the agent cannot know it an hour earlier, so the bound runs from then."""
+    held = {"slot_id": "2026-06-01T08:00", "reason": "roll_empty"}
+    j = judge(enforce=frozenset({"R8.roll_empty"}))
+    j.world(world(remaining=0, clock_behind=timedelta(hours=1)))
+    j.advance(utc("07:05"))  # true 06:00 passed an hour ago; the agent's clock shows 06:05
+    j.published("dose_held", "high", held)
+    j.advance(utc("08:00"))
+    assert j.findings == []
+    late = judge(enforce=frozenset({"R8.roll_empty"}))
+    late.world(world(remaining=0, clock_behind=timedelta(hours=1)))
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        late.advance(utc("07:11"))
+    # NTP corrects the clock at 06:30: the slot is due for the agent at once, reported by 06:40
+    corrected = judge(enforce=frozenset({"R8.roll_empty"}))
+    corrected.world(world(remaining=0, clock_behind=timedelta(hours=1)))
+    corrected.advance(utc("06:30"))
+    corrected.world(world(remaining=0))
+    with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
+        corrected.advance(utc("06:41"))
 
 
 def test_r8_a_dose_presented_early_is_not_kept_back_by_the_empty_roll_after_it() -> None:

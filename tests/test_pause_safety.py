@@ -309,3 +309,22 @@ def test_backlog_needs_nurse_does_not_flap_when_the_link_comes_back() -> None:
     rig.run_until(HOME + timedelta(hours=3), take=True)
     assert len(rig.events("backlog_needs_nurse")) == 1
     assert rig.events("backlog_needs_nurse_cleared") == []
+
+
+def test_backlog_needs_nurse_comes_back_on_time_after_the_clock_stepped_back() -> None:
+    """The wide world's seed 272: the wall clock stepped forward past a pause's end notice (the
+    backlog raised, the notice sent) and back again (the backlog cleared: not yet its time). It
+    was raised again only at the next input, not when the clock showed the notice instant again:
+    that instant was a deadline only while the notice was unsent."""
+    rig = four_a_day_rig()
+    rig.feed(StartPause(PauseWindow("hospital", AWAY, HOME)))
+    notice = HOME - rig.config.pause_end_notice  # 16 March 06:00Z; the next dose 07:00Z
+    rig.run_until(notice - timedelta(minutes=30))
+    rig.clock.jump_wall(timedelta(hours=1))  # 06:30Z: past the notice
+    rig.run_until(notice + timedelta(minutes=40))
+    assert len(rig.events("backlog_needs_nurse")) == 1
+    rig.clock.jump_wall(timedelta(hours=-1))  # NTP: back to 05:40Z
+    rig.run_until(notice - timedelta(minutes=10))
+    assert len(rig.events("backlog_needs_nurse_cleared")) == 1
+    rig.run_until(notice + timedelta(minutes=30))
+    assert [at for at, _ in rig.events_at("backlog_needs_nurse")][1] == notice

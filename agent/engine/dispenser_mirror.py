@@ -49,6 +49,10 @@ BLOCKING_FAULTS = (
     FaultCode.READER,
     FaultCode.TAMPER,
 )
+# Blocking faults under which the dispenser refuses every Dispense it has not executed: JAMMED
+# for a jam or cutter fault, REJECTED while the reader cannot read the sachet (SPEC 4.3, 4.9).
+# A sensor or tamper fault refuses nothing: a Dispense would cut through it.
+REFUSING_FAULTS = frozenset({FaultCode.JAM, FaultCode.CUTTER, FaultCode.READER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,13 @@ class DispenserMirror:
             if fault in self.faults:
                 return fault
         return None
+
+    def cuts_nothing_new(self) -> bool:
+        """Every blocking fault active makes the dispenser refuse a Dispense it never executed
+        (and at least one is active): a repeated Dispense id is answered ALREADY_DONE or refused,
+        never cut (SPEC 4.4: the executed id is checked before the faults)."""
+        blocking = {f for f in self.faults if f in BLOCKING_FAULTS}
+        return bool(blocking) and blocking <= REFUSING_FAULTS
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,6 +199,9 @@ class DoseEngine:
         self._last_now: Now | None = now
         self._was_untrusted = False
         self._restore_open_slots(state.open_slots, now)
+        # what a new engine decides on its first step (a restored slot held for no link, an
+        # untrusted clock after a boot) is due at its start, not at whatever input comes next
+        self._first_step_due: float | None = now.mono
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -249,6 +252,7 @@ class DoseEngine:
 
     def step(self, inp: EngineInput, now: Now) -> list[Action]:
         self._validate(inp, now)  # raises before anything changes
+        self._first_step_due = None
         actions: list[Action] = []
         self._note_time(now, actions)
         self._dispatch(inp, now, actions)
@@ -257,6 +261,8 @@ class DoseEngine:
 
     def next_deadline(self, now: Now) -> float | None:
         instants: list[float] = []
+        if self._first_step_due is not None:
+            instants.append(self._first_step_due)
         trusted = now.trust is not TimeTrust.UNTRUSTED
         if trusted and self._schedule is not None and self._slotbook.cursor is not None:
             upcoming = self._slotbook.next_scheduled(self._schedule)
@@ -331,8 +337,9 @@ class DoseEngine:
             changes.append(window.start_utc)
             if window.end_utc is not None:
                 changes.append(window.end_utc)
-                if not window.end_notice_sent:
-                    changes.append(max(window.start_utc, window.end_utc - cfg.pause_end_notice))
+                # the end notice, and backlog_needs_nurse from then on: also once the notice is
+                # sent, for a clock stepped back before it clears the backlog until it comes again
+                changes.append(max(window.start_utc, window.end_utc - cfg.pause_end_notice))
             else:
                 changes.append(
                     window.start_utc + (window.reminders_sent + 1) * cfg.pause_reminder_every
@@ -1213,13 +1220,20 @@ class DoseEngine:
             ResultCode.LOCKED: "locked",
             ResultCode.WRONG_SACHET: "wrong_sachet",
         }.get(result, f"dispenser_{result.name.lower()}")
+        if result is ResultCode.REJECTED and FaultCode.READER in self._mirror.faults:
+            reason = "fault_reader"  # a probe under the reader fault: refused for that fault
         if result is ResultCode.NO_ROLL:
             self._forget_roll(now, actions, "")
         elif result is ResultCode.EMPTY and self._desk.roll is not None:
             self._desk.roll = replace(self._desk.roll, next_index=self._desk.roll.sachet_count)
             self._supply_conditions(now, actions)
         elif result is ResultCode.JAMMED:
-            self._on_fault(FaultCode.JAM, True, "dispense refused", now, actions)
+            if FaultCode.CUTTER in self._mirror.faults:
+                # JAMMED means a jam or a cutter fault (SPEC 4.9): the known cutter fault (a
+                # probe may be sent under it) explains it; no jam to report that never clears
+                reason = "fault_cutter"
+            else:
+                self._on_fault(FaultCode.JAM, True, "dispense refused", now, actions)
         elif result is ResultCode.TRAY_OCCUPIED:
             self._mirror.tray_occupied = True
         elif result is ResultCode.LOCKED:
@@ -1786,16 +1800,20 @@ class DoseEngine:
         empty_probe = verdict.reason == roll_check.ROLL_EMPTY and run.maybe_executed
         if verdict.reason is not None and not empty_probe:
             return verdict.reason
-        blocking = self._mirror.blocking_fault()
-        if blocking is not None:
-            return f"fault_{blocking.name.lower()}"
-        if not self._mirror.status_known:
-            return "awaiting_status"
         # A Dispense of this id may have been cut unseen: it is asked again with the same id and
         # sachet index. The dispenser answers ALREADY_DONE if it was cut, and cuts nothing into
         # an occupied tray or from another sachet (SPEC 4.3, 4.4), so only a cut that never
         # happened can happen now, and only of the sachet checked for this slot.
         probe = run.maybe_executed
+        # Asking is no new dispense: the executed id is checked before the faults (SPEC 4.4),
+        # and under a jam, cutter or reader fault an id never cut is refused. Under any other
+        # fault the ask could cut a sachet: not sent (in doubt, no dispense).
+        fault_probe = probe and self._mirror.cuts_nothing_new()
+        blocking = self._mirror.blocking_fault()
+        if blocking is not None and not fault_probe:
+            return f"fault_{blocking.name.lower()}"
+        if not self._mirror.status_known:
+            return "awaiting_status"
         if self._mirror.tray_occupied and not probe:
             return "tray_occupied" if self._mirror.stuck is None else DOSE_STUCK_IN_TRAY
         if self._mirror.lock_actual and not self._mirror.locked_by_agent:
@@ -1805,6 +1823,14 @@ class DoseEngine:
         if empty_probe:
             return None
         if self._desk.sachet is None:
+            if (
+                fault_probe
+                and FaultCode.READER in self._mirror.faults
+                and run.roll_id == roll.roll_id
+            ):
+                # no SachetRead comes while the reader fails (SPEC 4.3); were it to mend before
+                # the ask arrives, only this roll's sachet checked for this slot could be cut
+                return None
             return "no_sachet"
         if probe and self._desk.sachet.index != run.sachet_index:
             return None

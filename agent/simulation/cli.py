@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         help="mix (default): each seed's scenario of the fault mix (close doses, pauses, plan "
         "changes, moved dose times, misprints, phantom frames, the centre's habits; "
         "agent/simulation/mix.py); classic: the seed's template and the faults only; wide: "
-        "the mix with its rare events made common (fails R12 today, see mix.py)",
+        "the mix with its rare events made common (see mix.py)",
     )
     parser.add_argument(
         "--engine",

@@ -1426,6 +1426,11 @@ class Simulation:
             return
         m = self._model
         linked = self._engine is not None and not self._link_downs
+        clock = self._clock.now()
+        behind = timedelta(0)
+        if clock.trust is not TimeTrust.UNTRUSTED:
+            lag = round((self._true_utc() - clock.utc).total_seconds())
+            behind = timedelta(seconds=max(0, lag))  # a wall jump back not yet corrected
         # everything World is made of (roll and identity are frozen): asked after every loop
         # step and command, and the world seldom changes
         key = (
@@ -1436,6 +1441,7 @@ class Simulation:
             len(m.bin),
             linked,
             m.tray is not None,
+            behind,
         )
         if key == self._world_key:
             return
@@ -1449,6 +1455,7 @@ class Simulation:
             reader=self._reader_label(),
             tray_occupied=m.tray is not None,
             roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
+            clock_behind=behind,
         )
         if world != self._world:
             self._world = world

@@ -62,9 +62,10 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
    - "bin_full": the bin is full -> `fault_bin_full`;
    - "roll_empty": at a slot's due instant (not paused, not settled or presented early) the
      loaded roll has no sachet left -> a HIGH `slot_outcome` or `dose_held` (the dose waits
-     for a roll) for that slot; one published ahead of its due instant while the roll was
-     already empty reports it too, unless a refill came since (an agent whose clock is
-     untrusted cannot tell when the dose comes due);
+     for a roll) for that slot; the bound runs from when the agent's trusted clock shows the due
+     instant (a wall clock stepped back shows it late: the agent cannot know it sooner); one
+     published ahead of its due instant while the roll was already empty reports it too, unless
+     a refill came since (an agent whose clock is untrusted cannot tell when the dose comes due);
    - "plan_mismatch": the sachet at the reader (this patient's, on a roll with this patient's
      leader) matches no slot of the schedule and no person's decision covers it -> a HIGH
      `plan_mismatch` naming that roll and sachet index.
@@ -322,6 +323,9 @@ class World:
     reader: SachetLabel | None = None  # the sachet at the reader of the loaded roll
     tray_occupied: bool = False  # a presented sachet lies in the tray
     roll_label_readable: bool = True  # the loaded roll's leader fields can be read (R8)
+    # how far the agent's clock, while it has reason to trust it, shows less than true time (its
+    # wall clock stepped back and not corrected yet): a slot falls due for it that much later
+    clock_behind: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +378,8 @@ class _Condition:
     onset: datetime
     deadline: datetime | None  # None while the agent cannot know
     slot_id: str | None = None  # roll_empty: the slot it blocks
+    # roll_empty: the true instant the agent's clock shows the slot's due instant
+    agent_due: datetime | None = None
     reported: bool = False
     sachet: tuple[str, int] | None = None  # plan_mismatch, sachet_unusable: (roll id, index)
     rule: str = ""  # the rule a late report breaks; "": R8.<name>
@@ -579,11 +585,17 @@ class Judge:
         if slot.slot_id in self._named_ahead:
             return  # said HIGH ahead, and the roll has stayed empty since
         key = f"roll_empty {slot.slot_id}"
+        # Read "at a slot's due instant" as true time, R8 asked for the report while the agent
+        # could not know: a slot is due when the agent's wall clock shows its instant
+        # (docs/time-policy.md), and a synchronised clock stepped back an hour shows it an hour
+        # late (seed 32 and 41 of the wide world). The bound runs from then.
+        agent_due = slot.due_utc + world.clock_behind
         self._conditions[key] = _Condition(
             "roll_empty",
             slot.due_utc,
-            self._deadline(slot.due_utc, world.agent_linked),
+            self._deadline(agent_due, world.agent_linked),
             slot.slot_id,
+            agent_due=agent_due,
         )
 
     def _deadline(self, at: datetime, linked: bool) -> datetime | None:
@@ -700,10 +712,18 @@ class Judge:
                 del self._conditions[key]
         if state.roll_patient_ref is not None and state.remaining > 0:
             self._named_ahead.clear()  # a refill: what was said ahead is void
+        if previous is not None and state.clock_behind != previous.clock_behind:
+            for c in self._conditions.values():
+                if c.agent_due is not None and not c.reported and c.agent_due > now:
+                    # not yet due by the agent's clock: due when the clock, as it is now, shows it
+                    c.agent_due = max(now, c.onset + state.clock_behind)
+                    c.deadline = self._deadline(c.agent_due, state.agent_linked)
         if previous is not None and state.agent_linked and not previous.agent_linked:
             for c in self._conditions.values():
                 if c.deadline is None:
-                    c.deadline = now + (c.bound or self.config.high_report_bound)
+                    c.deadline = max(now, c.agent_due or now) + (
+                        c.bound or self.config.high_report_bound
+                    )
         if not state.agent_linked:
             for c in self._conditions.values():
                 if not c.reported:

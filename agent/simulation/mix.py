@@ -28,10 +28,13 @@ The wide world (`--world wide`) is the mix with its rare events made common: mis
 2.5 times as often, twice the phantom frames and erased RTCs, three times the lost replies, and
 three times the agent restarts, Pi reboots, dispenser reboots and wall-clock jumps. It reaches
 more of the engine's rules in a short run (more refusal paths, more restarts through the stored
-state), and today it finds an engine gap the mix seldom reaches: a Dispense whose reply was lost
-while the reader reports a fault is neither probed nor reported until its slot's deadline (R12;
-tests/test_simulation.py holds it as a strict xfail). It becomes the suite's world once that is
-fixed.
+state). It found engine gaps the mix seldom reaches, fixed since: a Dispense whose reply was lost
+under a reader or jam fault was not asked again until its slot's deadline (R12, seeds 33 and 51;
+tests/test_sim_wide.py), and a new engine started with the link down decided only at its next
+deadline (seeds 131, 169, 180); and a judge reading (R8.roll_empty after a wall clock stepped
+back, seeds 32 and 41). It holds the judge's holding rules for seeds 0-199 of a year each; of
+seeds 200-399, 316, 318, 338 and 361 still break R4, R7 or R8.pause_overdue while the wall clock
+is wrong (stepped back, or untrusted): a pause's window read in true time, not yet judged.
 """
 
 from __future__ import annotations
