@@ -185,6 +185,7 @@ def daemon_at(tmp_path: Path, link: BrokerLink | None = None) -> Iterator[Daemon
     try:
         yield daemon
     finally:
+        daemon.writer.close()
         daemon.store.close()
 
 
@@ -288,6 +289,7 @@ def test_over_the_limit_nothing_is_written_and_a_stop_tells_the_count(tmp_path: 
                 await task
 
         asyncio.run(scenario())
+        daemon.writer.close()  # as the daemon's stop does: the commits it promised finish first
         assert kinds(daemon) == [BULK]
         [bulk] = [e for e in daemon.store.pending_events(limit=10) if e.kind == BULK]
         data = bulk.payload["data"]
