@@ -130,7 +130,7 @@ class MosquittoBroker:
         try:
             self._start()
         except BrokerError:
-            # Tests run in parallel (pytest -n): another test may have taken the port between
+            # Another process (a second test run on this machine) may have taken the port between
             # free_port() and now. Before the first start nobody knows the port: take another.
             # A restart keeps its port (clients reconnect to it), so it never moves.
             if self._started or "Address already in use" not in self.log_tail():
