@@ -88,6 +88,7 @@ class MosquittoBroker:
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = False  # once started, the port is known to clients and never moves
         self._write_config()
 
     def _write_config(self) -> None:
@@ -126,6 +127,19 @@ class MosquittoBroker:
     def start(self) -> None:
         if self.running:
             return
+        try:
+            self._start()
+        except BrokerError:
+            # Another process (a second test run on this machine) may have taken the port between
+            # free_port() and now. Before the first start nobody knows the port: take another.
+            # A restart keeps its port (clients reconnect to it), so it never moves.
+            if self._started or "Address already in use" not in self.log_tail():
+                raise
+            self.port = free_port()
+            self._write_config()
+            self._start()
+
+    def _start(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         self._process = subprocess.Popen(
             [str(self.binary), "-c", str(self.config_path)],
@@ -137,6 +151,7 @@ class MosquittoBroker:
             if self._process.poll() is not None:
                 raise BrokerError(f"mosquitto exited at start; log:\n{self.log_tail()}")
             if _port_accepts(self.host, self.port):
+                self._started = True
                 return
             time.sleep(0.02)  # polling for readiness, bounded by the deadline
         self.stop()
