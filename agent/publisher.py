@@ -160,6 +160,8 @@ class OutboxPublisher:
                 await self._serve_connection()
             except MqttNotConnected:
                 log.info("publisher: connection lost, unacknowledged events stay in the outbox")
+                # never retry without yielding: the loop must get to the link (and the timers)
+                await asyncio.sleep(0)
             except PublishRejected as exc:
                 self.stats.rejected += 1
                 log.error(

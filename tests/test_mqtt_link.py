@@ -200,6 +200,56 @@ def test_publish_raises_not_connected_when_link_drops_before_the_ack(
     run(scenario)
 
 
+def test_a_caller_retrying_on_not_connected_waits_for_the_next_connection(
+    mosquitto: MosquittoBroker,  # noqa: F811
+) -> None:
+    """A caller that streams publishes and, on MqttNotConnected, goes back to `wait_ready()`
+    (the publisher draining a backlog) must wait there for the next connection. It was told
+    "ready" at once for a connection already lost, until the link's task had closed it; a
+    caller scheduled before that task retried without ever yielding, so the task never ran (the
+    publisher spun for good with the broker down, and the dispenser's timers starved)."""
+    retries_without_a_connection = 0
+    delivered = 0
+
+    def settled(error: BaseException | None) -> None:
+        nonlocal delivered
+        delivered += error is None
+
+    async def drain() -> None:
+        nonlocal retries_without_a_connection
+        while True:
+            await link.wait_ready()
+            try:
+                while True:
+                    # no flush(): the loop writes it, so the loss is seen in the link's socket
+                    # callbacks, which run after this task's turn (never inside its own write)
+                    link.publish_nowait("ev/x", b"backlog", settled)
+                    await asyncio.sleep(0)  # between batches, as the publisher does
+            except MqttNotConnected:
+                retries_without_a_connection += 1
+                if retries_without_a_connection > 100:
+                    raise AssertionError("retried 100 times without a connection") from None
+
+    async def scenario() -> None:
+        nonlocal link
+        async with MqttTcpProxy(mosquitto.port) as proxy:
+            link = MqttLink(settings_for(proxy.port), will_factory=None, subscriptions=())
+            async with running(link):
+                await link.wait_ready(WAIT_S)
+                drainer = asyncio.create_task(drain())
+                await until(lambda: delivered >= 50)
+                proxy.sever()  # the drainer is always scheduled: it sees the loss first
+                await until(lambda: link.stats.connects >= 2 or drainer.done())
+                assert not drainer.done(), drainer.exception()
+                assert retries_without_a_connection == 1
+                drainer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drainer
+
+    link: MqttLink
+    run(scenario)
+
+
 def test_publish_without_connection_raises_not_connected(
     mosquitto: MosquittoBroker,  # noqa: F811
 ) -> None:

@@ -215,6 +215,7 @@ class _Connection:
         self.lost = asyncio.Event()
         self.socket_closed = asyncio.Event()
         self.up = False
+        self.on_lost: Callable[[], None] | None = None  # the link's hook, once this one is current
         self.up_since = 0.0
         self._fd: int | None = None  # the socket's descriptor while registered with the loop
         self._misc_task: asyncio.Task[None] | None = None
@@ -420,6 +421,8 @@ class _Connection:
         logger.log(logging.INFO if self.up else logging.DEBUG, "MQTT connection lost (%s)", why)
         self.up = False
         self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost()
         if not self.connack.done():
             error = _ConnectFailedError(why)
             # e.g. the broker refused this unit's certificate; without its traceback, whose
@@ -886,6 +889,7 @@ class MqttLink:
         conn.up = True
         conn.up_since = time.monotonic()
         self._conn = conn
+        conn.on_lost = functools.partial(self._current_lost, conn)
         self._consecutive_failures = 0
         self._last_connect_error = None
         self._bump(connects=1)
@@ -1045,6 +1049,15 @@ class MqttLink:
         for (topic, _qos), reason in zip(self._subscriptions, reasons, strict=False):
             if reason.is_failure:
                 logger.error("subscription to %s refused: %s", topic, reason)
+
+    def _current_lost(self, conn: _Connection) -> None:
+        """Said at once, not when the run task gets round to closing the connection: until
+        then `wait_ready()` would return at once for a connection that is gone, and a caller
+        that retries on MqttNotConnected would spin without ever yielding to the loop (the
+        publisher did, with the broker down, and starved the dispenser's timers)."""
+        if self._conn is conn:
+            self._connected_event.clear()
+            self._ready_event.clear()
 
     async def _close(self, conn: _Connection, *, clean: bool) -> None:
         """End the connection. Clean (a stop): DISCONNECT, so the broker drops the will (MQTT
