@@ -87,9 +87,14 @@ class MqttSettings:
     # drops that message for this client), so an oversized message is never read. On MQTT 3.1.1
     # only the broker's own max_packet_size bounds it (docs/broker/mosquitto.conf).
     max_packet_bytes: int = 128 * 1024
-    # Inbound messages waiting for the application; past this they are dropped (and counted),
-    # unacknowledged, so the broker redelivers QoS 1 ones on the next connection.
+    # Inbound messages waiting for the application; past this QoS 0 ones are dropped (and
+    # counted); QoS 1 ones are kept up to inbox_bytes_limit, and dropped (counted, redelivered by
+    # the broker on the next connection) only past that.
     inbox_limit: int = 1000
+    inbox_bytes_limit: int = 16 * 1024 * 1024
+    # MQTT 5 Receive Maximum announced on CONNECT: at most this many QoS 1 messages unacknowledged
+    # by the application at once (a broker that did not bound it filled the inbox with a flood)
+    receive_maximum: int = 100
     drop_report_s: float = 60.0  # drops are logged and told at most once in this long
     connect_timeout_s: float = 10.0
     backoff_initial_s: float = RECONNECT_INITIAL_DELAY_S
@@ -112,6 +117,10 @@ class MqttSettings:
             raise ValueError("max_inflight must be at least 1")
         if self.inbox_limit < 1:
             raise ValueError("inbox_limit must be at least 1")
+        if self.inbox_bytes_limit < 1:
+            raise ValueError("inbox_bytes_limit must be at least 1")
+        if not 0 < self.receive_maximum < 65536:
+            raise ValueError(f"receive_maximum out of range (1-65535): {self.receive_maximum}")
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("client_cert and client_key go together")
 
@@ -148,6 +157,7 @@ class MqttLinkStats:
     publishes_rejected: int = 0
     callback_errors: int = 0  # exceptions caught in paho callbacks and in on_connected
     inbound_dropped: int = 0  # messages dropped because the inbox was full
+    inbound_over_limit: int = 0  # QoS 1 messages kept past inbox_limit (within its bytes)
     tls_failures: int = 0  # connect attempts that failed in the TLS handshake
 
 
@@ -572,7 +582,9 @@ class MqttLink:
         self._ready_event = asyncio.Event()
         # Bounded: a flood (QoS 0, or a broker that ignores its inflight window) is dropped and
         # counted, never queued without end. QoS 1 ones are left unacknowledged: redelivered.
-        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=settings.inbox_limit)
+        # Bounded by _enqueue (a count, and bytes for QoS 1), not by the queue itself.
+        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
+        self._inbox_bytes = 0
         self._drop_log = RateLimitedLog(logger, window_s=settings.drop_report_s)
         self._on_inbound_dropped = on_inbound_dropped
         self._dropped_told = 0  # drops already passed to on_inbound_dropped
@@ -738,12 +750,14 @@ class MqttLink:
 
     async def get_message(self) -> InboundMessage:
         """Next inbound message (messages received on every connection, in arrival order)."""
-        return await self._inbox.get()
+        message = await self._inbox.get()
+        self._inbox_bytes -= len(message.payload)
+        return message
 
     async def messages(self) -> AsyncGenerator[InboundMessage, None]:
         """Iterate over inbound messages forever."""
         while True:
-            yield await self._inbox.get()
+            yield await self.get_message()
 
     # --- connection lifecycle --------------------------------------------------------------
 
@@ -944,6 +958,7 @@ class MqttLink:
             properties = _new_properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = settings.session_expiry_s
             properties.MaximumPacketSize = settings.max_packet_bytes
+            properties.ReceiveMaximum = settings.receive_maximum
         client = conn.client
         clean_start = False if self._protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY
 
@@ -1081,9 +1096,19 @@ class MqttLink:
     # --- bookkeeping -----------------------------------------------------------------------
 
     def _enqueue(self, message: InboundMessage) -> None:
-        try:
+        size = len(message.payload)
+        if self._inbox.qsize() < self._settings.inbox_limit or (
+            # QoS 1 past the count: kept while the bytes allow. A dropped one is redelivered only
+            # on the next connection and holds one of the broker's in-flight slots meanwhile (a
+            # flood of drops stalled every later command; mosquitto 2.0 does not keep to the
+            # Receive Maximum we announce once we ack). The bytes still bound a hostile broker.
+            message.qos > 0 and self._inbox_bytes + size <= self._settings.inbox_bytes_limit
+        ):
             self._inbox.put_nowait(message)
-        except asyncio.QueueFull:
+            self._inbox_bytes += size
+            if self._inbox.qsize() > self._settings.inbox_limit:
+                self._bump(inbound_over_limit=1)
+        else:
             self._bump(inbound_dropped=1)
             logged = self._drop_log.warning(
                 "inbox-full",
@@ -1092,7 +1117,7 @@ class MqttLink:
                 message.topic,
                 self._inbox.qsize(),
                 self._counts["inbound_dropped"],
-                "; the broker will redeliver it" if message.qos > 0 else "",
+                "; the broker redelivers it on the next connection" if message.qos > 0 else "",
             )
             self._last_dropped_topic = message.topic
             if logged and self._drop_flush is None:
