@@ -108,6 +108,7 @@ from protocol.messages import (
     DoseRetained,
     DoseTaken,
     FaultCode,
+    Feature,
     Hello,
     LowSupply,
     Message,
@@ -253,7 +254,7 @@ class _PlannedPause:
 class _Item:
     at_s: float
     order: int
-    run: Callable[[], None]
+    run: Callable[[], object]
     label: str
 
 
@@ -432,7 +433,7 @@ class Simulation:
 
     # --- the agenda ---------------------------------------------------------------------------
 
-    def _at(self, at_s: float, label: str, run: Callable[[], None]) -> None:
+    def _at(self, at_s: float, label: str, run: Callable[[], object]) -> None:
         self._order += 1
         heapq.heappush(self._agenda, (at_s, self._order, _Item(at_s, self._order, run, label)))
 
@@ -1054,15 +1055,16 @@ class Simulation:
                 self._fix_unusable,
             )
 
-    def _centre_input(self, inp: EngineInput, what: str, alert_id: str | None = None) -> None:
-        """A response-centre command reaches the agent (it waits while the Pi is down)."""
+    def _centre_input(self, inp: EngineInput, what: str, alert_id: str | None = None) -> bool:
+        """A response-centre command reaches the agent (it waits while the Pi is down); True
+        when the agent took it now."""
         if self._engine is None:
             self._at(
                 self._elapsed + 600.0,
                 f"{what} again",
                 partial(self._centre_input, inp, what, alert_id),
             )
-            return
+            return False
         if self._judge is not None:
             self._judge.centre_command(what, alert_id)
         try:
@@ -1071,14 +1073,19 @@ class Simulation:
             self._mishap_counts[f"{what}_refused"] += 1  # e.g. an alert resolved meanwhile
             if self._judge is not None:
                 self._judge.centre_refused()
-            return
+            return False
         self._mishap_counts[what] += 1
+        return True
 
     def _acknowledge(self, alert_id: str) -> None:
         self._centre_input(AcknowledgeAlert(alert_id, CENTRE_OPERATOR), "acknowledge", alert_id)
 
     def _silence(self, duration: timedelta) -> None:
-        self._centre_input(Silence(duration), "silence")
+        if self._engine is None:  # as _centre_input waits, so that the judge hears when it lands
+            self._at(self._elapsed + 600.0, "silence again", partial(self._silence, duration))
+            return
+        if self._centre_input(Silence(duration), "silence") and self._judge is not None:
+            self._judge.silenced(duration)  # R14: no pattern owed meanwhile
 
     def _move_times(self, move: TimeMove) -> None:
         """The centre sends the schedule with the moved dose times ahead of their first day
@@ -1442,6 +1449,8 @@ class Simulation:
             linked,
             m.tray is not None,
             behind,
+            m.shown,
+            m.locked,
         )
         if key == self._world_key:
             return
@@ -1456,6 +1465,9 @@ class Simulation:
             tray_occupied=m.tray is not None,
             roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
             clock_behind=behind,
+            pattern=m.shown.name,
+            locked=m.locked,
+            lock_supported=m.has(Feature.LOCK),
         )
         if world != self._world:
             self._world = world

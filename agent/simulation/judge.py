@@ -27,7 +27,10 @@ R3 one outcome per slot: every slot of the reference schedule due between instal
    outcome names a slot the schedule does not have. The outcome tells the truth about its slot:
    its `due_utc` and `due_local` are the slot's due instant, and a dose not given (any outcome
    but taken, skipped while paused, taken along on a trip, or taken unconfirmed) is a HIGH alarm
-   latched for a person to acknowledge (it carries an alert id).
+   latched for a person to acknowledge (it carries an alert id). Its `deviation` is the category
+   the municipality records: refused -> dose_refused, taken unconfirmed -> dose_unconfirmed,
+   missed -> dose_missed or dose_not_presented (dose_missed when the agent had said the dose
+   was in the tray), none for a dose given, skipped or taken along.
 R4 right sachet: every presented sachet carries the bound patient's reference (on the roll's
    leader and on the sachet), its roll has not expired at presentation (true time), and its
    intended time is within `sachet_time_tolerance` of the slot it was presented for and closer to
@@ -100,7 +103,9 @@ R11 the centre's commands take effect: what the unit accepts is confirmed at onc
    silence by `alert_silenced`, a person's discard decision by `plan_mismatch_decided` naming the
    roll, a schedule update by `schedule_changed` with its version, a pause by `pause_started` and
    a resume by `pause_ended` naming the pause (the centre must be able to trust that what it did
-   was done). A command the unit refuses (`centre_refused`) is owed nothing.
+   was done). A command the unit refuses (`centre_refused`) is owed nothing. A `pause_reminder`
+   is only for an open-ended pause, and tells how long it has lasted (`days_in_force`, within
+   0.05 day) and the longest it may (`max_days`: `pause_max`), so a person can end it in time.
 R12 the centre's record of the medicine: every sachet the dispenser moves is reported within
    `record_bound` (15 min; running, like R8's, while the agent is linked): a presentation by
    `dose_presented` (its dispense id; or, cut unheard and gone before the agent could look, by
@@ -109,7 +114,8 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    out of the tray while the agent hears it by its `slot_outcome` taken (or taken_unconfirmed)
    or `dose_taken_late` (its dispense id), one packed for a trip by its `slot_outcome`
    dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
-   bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
+   bin, wrong roll) by `<event>_cleared`. A `dose_left_in_tray` gives the reason a dose is left
+   for a nurse (no retain bin, or the bin full), never none. A `dose_presented` or `slot_outcome` naming a dispense
    id the dispenser cut names the sachet that moved: its index (when the event has the field), and
    its roll when it names one.
 
@@ -117,7 +123,16 @@ R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a trav
    (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
    could hear it, at most all of them), and `travel_dispensed` (the trip complete)
    only when one was taken along for each slot of the trip (the judge's own slots in its window):
-   else the patient leaves without doses and the centre does not know.
+   else the patient leaves without doses and the centre does not know. A trip is reported once.
+
+R14 the dispenser tells and guards at home: what the patient meets at the unit follows the rules
+   within `high_report_bound` (running, like R8's, while the agent is linked):
+   - "signal": while a dose the agent announced (`dose_presented`) lies in the tray and its slot
+     has no outcome yet, the dispenser shows a pattern that calls the patient (REMINDER, URGENT
+     or FAULT), unless the centre silenced the unit;
+   - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
+     the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
+     patient's doses come).
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -150,6 +165,7 @@ RULES: dict[str, str] = {
     "R11": "the centre's commands are confirmed",
     "R12": "every movement of medicine and every end of a HIGH condition is reported",
     "R13": "a trip's report counts the sachets taken along and is complete only if they all were",
+    "R14": "the dispenser calls the patient to a dose in the tray and locks out another's roll",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -189,6 +205,7 @@ HOLDING_RULES = frozenset(
         "R11",
         "R12",
         "R13",
+        "R14",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -326,6 +343,11 @@ class World:
     # how far the agent's clock, while it has reason to trust it, shows less than true time (its
     # wall clock stepped back and not corrected yet): a slot falls due for it that much later
     clock_behind: timedelta = timedelta(0)
+    # R14: the pattern the dispenser shows (AlertPattern's name) and its cassette lock; None:
+    # not observed (the rule is not judged)
+    pattern: str | None = None
+    locked: bool | None = None
+    lock_supported: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +409,7 @@ class _Condition:
     # R12: reported by an event of one of these (kind, fields): each field has that value, or
     # one of the values of a tuple
     expect: tuple[tuple[str, dict[str, object]], ...] = ()
+    what: str = ""  # the violation's text when set (R14)
 
 
 _CONDITION_EVENTS = {
@@ -411,6 +434,18 @@ PHANTOM_REPORT = "phantom_dispenser_event"
 INTAKES = ("taken", "taken_unconfirmed")  # outcomes of a slot whose dose was lifted out (R12)
 # outcomes of a dose given, or not given for a reason a person already knows (R3: no alarm)
 QUIET_OUTCOMES = ("taken", "skipped_paused", "dispensed_for_travel", "taken_unconfirmed")
+# R3: the deviation category the municipality records for an outcome (docs: "Deviations");
+# quiet outcomes are none. A missed dose that was in the tray is "dose_missed".
+MISSED_IN_TRAY = "dose_missed"
+_OUTCOME_DEVIATIONS: dict[str, tuple[str | None, ...]] = {
+    "missed": (MISSED_IN_TRAY, "dose_not_presented"),
+    "refused": ("dose_refused",),
+    "taken_unconfirmed": ("dose_unconfirmed",),
+}
+# why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
+LEFT_IN_TRAY_REASONS = ("no_retain_bin", "bin_full")
+# R11: a pause reminder's days in force, rounded to 0.01 day on the agent's clock
+REMINDER_DAYS_SLACK = 0.05
 # R10: reasons of an outcome that say the tray was occupied (docs/engine.md, reason tokens)
 TRAY_REASONS = ("tray_occupied", "previous_dose_in_tray")
 
@@ -455,6 +490,10 @@ class Judge:
     _report_seq: int = 0  # R12: owed reports so far (their keys)
     _reports_open: int = 0  # R12: owed reports not yet made
     _overdue: dict[str, datetime] = field(default_factory=dict)  # pause id -> overdue at
+    _in_tray: int | None = None  # R14: dispense id of the sachet lying in the tray
+    _announced_slot: dict[int, str] = field(default_factory=dict)  # dispense id -> its slot
+    _silenced_until: datetime | None = None  # R14: the centre silenced the unit until then
+    _trip_reports: set[str] = field(default_factory=set)  # R13: trips already reported
 
     def __post_init__(self) -> None:
         c = self.config
@@ -556,8 +595,20 @@ class Judge:
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
             self._next_due += 1
+        if self._silenced_until is not None and now >= self._silenced_until:
+            self._silenced_until = None
+            self._review_local(now)
         for cond in list(self._conditions.values()):
             if not cond.reported and cond.deadline is not None and now > cond.deadline:
+                if cond.what:
+                    self._violation(
+                        cond.rule,
+                        f"{cond.what} since {_iso(cond.onset)}, longer than "
+                        f"{cond.bound or self.config.high_report_bound}",
+                        cond.deadline,
+                    )
+                    cond.reported = True
+                    continue
                 self._violation(
                     cond.rule or f"R8.{cond.name}",
                     ("" if cond.rule else "HIGH ")
@@ -738,12 +789,63 @@ class Judge:
             self._linked_since = now
         elif not state.agent_linked:
             self._linked_since = None
+        if not state.tray_occupied:
+            self._in_tray = None
+        self._review_local(now)
+
+    def silenced(self, duration: timedelta) -> None:
+        """The unit accepted the centre's silence now, for `duration` (R14)."""
+        now = self._require_now()
+        until = now + duration
+        if self._silenced_until is None or until > self._silenced_until:
+            self._silenced_until = until
+        self._review_local(now)
+
+    def _review_local(self, now: datetime) -> None:
+        """R14: does the dispenser call the patient to the announced dose in the tray, and is its
+        cassette locked exactly while another patient's roll is loaded?"""
+        world = self._world
+        if world is None:
+            return
+        slot_id = self._announced_slot.get(self._in_tray) if self._in_tray is not None else None
+        calling = world.pattern in (None, "REMINDER", "URGENT", "FAULT")
+        self._local_condition(
+            "signal",
+            slot_id is not None
+            and slot_id not in self._outcomes
+            and self._silenced_until is None
+            and not calling,
+            f"the dose of slot {slot_id} (dispense id {self._in_tray}) lies in the tray and "
+            f"the dispenser shows {world.pattern}",
+            now,
+        )
+        # a blank leader names nobody: not this patient's roll either (R8.wrong_roll)
+        foreign = world.roll_patient_ref not in (None, self.config.patient_ref)
+        self._local_condition(
+            "lock",
+            world.lock_supported and world.locked is not None and world.locked != foreign,
+            f"the cassette is {'unlocked' if foreign else 'locked'} with "
+            + (f"a roll of {world.roll_patient_ref!r}" if foreign else "no roll of another")
+            + " loaded",
+            now,
+        )
+
+    def _local_condition(self, name: str, bad: bool, what: str, now: datetime) -> None:
+        key = f"R14 {name}"
+        if not bad:
+            self._conditions.pop(key, None)
+        elif key not in self._conditions:
+            linked = self._world is not None and self._world.agent_linked
+            self._conditions[key] = _Condition(
+                name, now, self._deadline(now, linked), rule="R14", what=what
+            )
 
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
         now = self._require_now()
         slot = self.slot_for_sachet(label.intended_utc)
         self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot)
+        self._in_tray = dispense_id
         self._owe_report(
             f"dose {dispense_id} presented",
             ("dose_presented", {"dispense_id": dispense_id}),
@@ -958,10 +1060,20 @@ class Judge:
             self._note_named_ahead(fields)
         if kind == "slot_outcome":
             self._on_outcome(priority, fields, alert_id)
+            self._review_local(self._require_now())
         elif kind == "dose_presented":
             self._on_presented_event(fields)
+            self._review_local(self._require_now())
         elif kind in ("travel_dispensed", "travel_short"):
             self._on_trip_report(kind, fields)
+        elif kind == "dose_left_in_tray" and fields.get("reason") not in LEFT_IN_TRAY_REASONS:
+            self._violation(
+                "R12",
+                f"dose_left_in_tray (dispense id {fields.get('dispense_id')}) gives reason "
+                f"{fields.get('reason')!r}: a dose is left only for want of a bin or room in it",
+            )
+        elif kind == "pause_reminder":
+            self._on_pause_reminder(fields)
         if self._reports_open:
             for key in [k for k, c in self._conditions.items() if c.expect and not c.reported]:
                 cond = self._conditions[key]
@@ -971,7 +1083,7 @@ class Judge:
                     self._reports_open -= 1
         if priority == HIGH:
             for cond in self._conditions.values():
-                if cond.reported or cond.name == PHANTOM or cond.expect:
+                if cond.reported or cond.rule:  # R10's phantoms, R12's reports, R14's
                     continue
                 if cond.name == "roll_empty":
                     cond.reported = kind in _SLOT_EVENTS and fields.get("slot_id") == cond.slot_id
@@ -1018,6 +1130,16 @@ class Judge:
                     f"outcome {outcome} for slot {slot.slot_id} says {name} {text}, "
                     f"the slot is due {_iso(slot.due_utc)}",
                 )
+        deviation = fields.get("deviation")
+        wanted = _OUTCOME_DEVIATIONS.get(outcome, (None,))
+        if outcome == "missed" and slot.slot_id in self._announced:
+            wanted = (MISSED_IN_TRAY,)  # the agent said its dose was in the tray
+        if deviation not in wanted:
+            self._violation(
+                "R3",
+                f"outcome {outcome} for slot {slot.slot_id} is recorded as deviation "
+                f"{deviation!r}, not {' or '.join(map(repr, wanted))}",
+            )
         if outcome not in QUIET_OUTCOMES and (priority != HIGH or alert_id is None):
             self._violation(
                 "R3",
@@ -1128,6 +1250,7 @@ class Judge:
         if not isinstance(dispense_id, int) or not isinstance(slot_id, str):
             return
         self._announced.setdefault(slot_id, set()).add(dispense_id)
+        self._announced_slot[dispense_id] = slot_id
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge (the model never cut it)
@@ -1213,6 +1336,9 @@ class Judge:
         pause_id = fields.get("pause_id")
         if not isinstance(pause_id, str) or pause_id not in self._trips:
             return
+        if pause_id in self._trip_reports:
+            self._violation("R13", f"{kind} for trip {pause_id}, which was reported already")
+        self._trip_reports.add(pause_id)
         start, end = self._pauses[pause_id]
         packed, heard = self._packed.get(pause_id, 0), self._packed_heard.get(pause_id, 0)
         planned = 0
@@ -1234,6 +1360,33 @@ class Judge:
                 "R13",
                 f"travel_dispensed for trip {pause_id}: {packed} sachets taken along for its "
                 f"{planned} slots (the patient lacks doses)",
+            )
+
+    def _on_pause_reminder(self, fields: dict[str, object]) -> None:
+        """R11: a reminder of a pause in force tells the centre how long it has lasted and the
+        longest it may (`pause_max`), so a person can end it in time."""
+        pause_id, now = fields.get("pause_id"), self._require_now()
+        window = self._pauses.get(pause_id) if isinstance(pause_id, str) else None
+        if window is None:
+            return
+        days, max_days = fields.get("days_in_force"), fields.get("max_days")
+        lasted = (now - window[0]) / timedelta(days=1)
+        wanted_max = self.config.pause_max / timedelta(days=1)
+        if window[1] is not None or fields.get("end_utc") is not None:
+            self._violation(
+                "R11",
+                f"pause_reminder for {pause_id}, which has an end (only an open-ended pause is "
+                "reminded; one with an end is announced before it ends)",
+            )
+        elif (
+            not isinstance(days, int | float)
+            or abs(days - lasted) > REMINDER_DAYS_SLACK
+            or max_days != wanted_max
+        ):
+            self._violation(
+                "R11",
+                f"pause_reminder for {pause_id} says {days} days in force of at most {max_days}; "
+                f"it has lasted {lasted:.2f} days of at most {wanted_max:g}",
             )
 
     def _judge_tray_belief(self, slot: RefSlot, outcome: str, fields: dict[str, object]) -> None:
