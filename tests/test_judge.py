@@ -1479,3 +1479,59 @@ def test_r14_the_cassette_is_locked_exactly_while_another_patients_roll_is_loade
     unlinked.world(home(roll="p-other"))
     with pytest.raises(InvariantViolation, match=r"R14 .*unlocked"):
         unlinked.advance(utc("12:11"))
+
+
+def test_r14_the_reminder_escalates_at_its_time_unless_the_agent_restarted_since() -> None:
+    def shown(j: Judge) -> None:
+        j.world(home())
+        j.advance(utc("06:00"))
+        j.presented(5, label(utc("06:00")))
+        j.world(home(tray_occupied=True, pattern="REMINDER"))
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+
+    def escalating(**kw: object) -> Judge:
+        return judge(enforce=frozenset({"R14"}), escalate_after=timedelta(minutes=30), **kw)
+
+    ok = escalating()
+    shown(ok)
+    ok.advance(utc("06:30"))
+    ok.world(home(tray_occupied=True, pattern="URGENT"))
+    ok.advance(utc("06:59"))
+    assert r14(ok) == []
+    late = escalating()
+    shown(late)
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows REMINDER, not URGENT or FAULT"):
+        late.advance(utc("06:41"))
+    early = escalating()
+    shown(early)
+    early.advance(utc("06:05"))
+    early.world(home(tray_occupied=True, pattern="URGENT"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows URGENT, not REMINDER or FAULT"):
+        early.advance(utc("06:16"))
+    restarted = escalating()
+    shown(restarted)
+    restarted.advance(utc("06:20"))
+    restarted.agent_restarted()  # its clock of the presentation is gone: late escalation is fair
+    restarted.advance(utc("07:00"))
+    assert r14(restarted) == []
+
+
+def test_r14_a_due_dose_the_agent_holds_shows_held() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("05:00"))
+    j.published("dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "min_interval"})
+    j.advance(utc("05:59"))  # not due yet: no pattern owed
+    j.world(home(pattern="HELD"))
+    j.advance(utc("06:20"))
+    j.presented(5, label(utc("06:00")))
+    j.world(home(tray_occupied=True, pattern="REMINDER"))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    j.advance(utc("06:30"))
+    assert r14(j) == []
+    dark = judge(enforce=frozenset({"R14"}))
+    dark.world(home())
+    dark.advance(utc("06:00"))
+    dark.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+    with pytest.raises(InvariantViolation, match=r"R14 .*slot 2026-06-01T08:00 is held .*OFF"):
+        dark.advance(utc("06:11"))

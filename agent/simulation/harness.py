@@ -392,6 +392,11 @@ class Simulation:
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
                     phantom_report_interval=ec.chatty_min_interval,
                     pause_max=ec.pause_max,
+                    escalate_after=(
+                        ec.escalation[0].after
+                        if ec.escalation and ec.escalation[0].pattern is AlertPattern.URGENT
+                        else None
+                    ),
                     enforce=config.judge_enforce if config.require_outcomes else frozenset(),
                     seed=config.seed,
                 )
@@ -783,6 +788,8 @@ class Simulation:
         if saved is None:
             return
         self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
+        if self._judge is not None:
+            self._judge.agent_restarted()
         if self._link_downs == 0:
             self._link_up()
         self._at(self._elapsed + fault.duration_s, "NTP sync after boot", self._ntp_sync)
@@ -1149,6 +1156,8 @@ class Simulation:
         if saved is None:
             return
         self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
+        if self._judge is not None:
+            self._judge.agent_restarted()
         if self._link_downs == 0:
             self._link_up()
 
@@ -1158,6 +1167,8 @@ class Simulation:
         if self._engine is None:
             return
         self._engine = self._factory.restart(self._engine, self.config.engine, self._clock.now())
+        if self._judge is not None:
+            self._judge.agent_restarted()
         if self._link_downs == 0:
             self._link_up()
 

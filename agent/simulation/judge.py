@@ -114,10 +114,10 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    out of the tray while the agent hears it by its `slot_outcome` taken (or taken_unconfirmed)
    or `dose_taken_late` (its dispense id), one packed for a trip by its `slot_outcome`
    dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
-   bin, wrong roll) by `<event>_cleared`. A `dose_left_in_tray` gives the reason a dose is left
-   for a nurse (no retain bin, or the bin full), never none. A `dose_presented` or `slot_outcome` naming a dispense
+   bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
    id the dispenser cut names the sachet that moved: its index (when the event has the field), and
-   its roll when it names one.
+   its roll when it names one. A `dose_left_in_tray` gives the reason a dose is left for a nurse
+   (no retain bin, or the bin full), never none.
 
 R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
    (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
@@ -129,7 +129,12 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
    within `high_report_bound` (running, like R8's, while the agent is linked):
    - "signal": while a dose the agent announced (`dose_presented`) lies in the tray and its slot
      has no outcome yet, the dispenser shows a pattern that calls the patient (REMINDER, URGENT
-     or FAULT), unless the centre silenced the unit;
+     or FAULT), unless the centre silenced the unit; with `escalate_after` (the engine's first
+     escalation step, passed in), REMINDER until that long after the announcement and URGENT
+     from then on (either, once the agent restarted or lost the link since: its memory of the
+     presentation's time is gone);
+   - "held": while a due dose the agent said is held (`dose_held`) has no outcome and is not
+     presented, and the tray is empty, the dispenser shows HELD (or FAULT), unless silenced;
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
      the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
      patient's doses come).
@@ -165,7 +170,7 @@ RULES: dict[str, str] = {
     "R11": "the centre's commands are confirmed",
     "R12": "every movement of medicine and every end of a HIGH condition is reported",
     "R13": "a trip's report counts the sachets taken along and is complete only if they all were",
-    "R14": "the dispenser calls the patient to a dose in the tray and locks out another's roll",
+    "R14": "the dispenser shows the patient a dose in the tray or held, and locks another's roll",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -374,6 +379,9 @@ class JudgeConfig:
     # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
     phantom_report_interval: timedelta = timedelta(minutes=10)
     pause_max: timedelta = timedelta(days=30)  # R8.pause_overdue (the engine's setting, passed in)
+    # R14: a dose in the tray calls REMINDER, then URGENT this long after it was announced (the
+    # engine's escalation step, passed in); None: any calling pattern will do
+    escalate_after: timedelta | None = None
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -494,6 +502,10 @@ class Judge:
     _announced_slot: dict[int, str] = field(default_factory=dict)  # dispense id -> its slot
     _silenced_until: datetime | None = None  # R14: the centre silenced the unit until then
     _trip_reports: set[str] = field(default_factory=set)  # R13: trips already reported
+    _announced_at: datetime | None = None  # R14: when the dose in the tray was announced
+    _escalate_at: datetime | None = None  # R14: when its pattern turns URGENT (a review then)
+    _heard_all_along: bool = False  # R14: the agent linked since the tray's dose was announced
+    _held: set[str] = field(default_factory=set)  # R14: slots the agent said are held
 
     def __post_init__(self) -> None:
         c = self.config
@@ -595,9 +607,13 @@ class Judge:
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
             self._next_due += 1
+        # R14: what the dispenser should show changes at these instants (the bound runs from them)
         if self._silenced_until is not None and now >= self._silenced_until:
-            self._silenced_until = None
-            self._review_local(now)
+            since, self._silenced_until = self._silenced_until, None
+            self._review_local(since)
+        if self._escalate_at is not None and now >= self._escalate_at:
+            since, self._escalate_at = self._escalate_at, None
+            self._review_local(since)
         for cond in list(self._conditions.values()):
             if not cond.reported and cond.deadline is not None and now > cond.deadline:
                 if cond.what:
@@ -624,6 +640,8 @@ class Judge:
             self._reports_open -= bool(self._conditions.pop(key).expect)
 
     def _at_due(self, slot: RefSlot) -> None:
+        if slot.slot_id in self._held:
+            self._review_local(slot.due_utc)
         world = self._world
         if world is None or world.roll_patient_ref is None or world.remaining > 0:
             return
@@ -791,7 +809,13 @@ class Judge:
             self._linked_since = None
         if not state.tray_occupied:
             self._in_tray = None
+        if not state.agent_linked:
+            self._heard_all_along = False
         self._review_local(now)
+
+    def agent_restarted(self) -> None:
+        """The agent process started again now (its memory of what it did is what it stored)."""
+        self._heard_all_along = False
 
     def silenced(self, duration: timedelta) -> None:
         """The unit accepted the centre's silence now, for `duration` (R14)."""
@@ -808,15 +832,34 @@ class Judge:
         if world is None:
             return
         slot_id = self._announced_slot.get(self._in_tray) if self._in_tray is not None else None
-        calling = world.pattern in (None, "REMINDER", "URGENT", "FAULT")
+        calling: tuple[str | None, ...] = (None, "REMINDER", "URGENT", "FAULT")
+        after, at = self.config.escalate_after, self._announced_at
+        if after is not None and at is not None:
+            # first the reminder; the escalation at its time (a restart or a link drop since
+            # may delay it: then either)
+            if now < at + after:
+                calling = (None, "REMINDER", "FAULT")
+            elif self._heard_all_along:
+                calling = (None, "URGENT", "FAULT")
+        open_dose = (
+            slot_id is not None and slot_id not in self._outcomes and self._silenced_until is None
+        )
         self._local_condition(
             "signal",
-            slot_id is not None
-            and slot_id not in self._outcomes
-            and self._silenced_until is None
-            and not calling,
+            open_dose and world.pattern not in calling,
             f"the dose of slot {slot_id} (dispense id {self._in_tray}) lies in the tray and "
-            f"the dispenser shows {world.pattern}",
+            f"the dispenser shows {world.pattern}, not {' or '.join(map(str, calling[1:]))}",
+            now,
+        )
+        held = [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= now]
+        self._local_condition(
+            "held",
+            bool(held)
+            and not world.tray_occupied
+            and self._silenced_until is None
+            and world.pattern not in (None, "HELD", "FAULT"),
+            f"the due dose of slot {min(held, default=None)} is held and the dispenser shows "
+            f"{world.pattern}, not HELD",
             now,
         )
         # a blank leader names nobody: not this patient's roll either (R8.wrong_roll)
@@ -829,6 +872,10 @@ class Judge:
             + " loaded",
             now,
         )
+
+    def _by_id_due(self, slot_id: str) -> datetime:
+        slot = self._by_id.get(slot_id)
+        return slot.due_utc if slot is not None else datetime.max.replace(tzinfo=UTC)
 
     def _local_condition(self, name: str, bad: bool, what: str, now: datetime) -> None:
         key = f"R14 {name}"
@@ -1060,9 +1107,14 @@ class Judge:
             self._note_named_ahead(fields)
         if kind == "slot_outcome":
             self._on_outcome(priority, fields, alert_id)
+            self._held.discard(str(fields.get("slot_id")))
             self._review_local(self._require_now())
         elif kind == "dose_presented":
             self._on_presented_event(fields)
+            self._held.discard(str(fields.get("slot_id")))
+            self._review_local(self._require_now())
+        elif kind == "dose_held" and isinstance(fields.get("slot_id"), str):
+            self._held.add(str(fields["slot_id"]))
             self._review_local(self._require_now())
         elif kind in ("travel_dispensed", "travel_short"):
             self._on_trip_report(kind, fields)
@@ -1251,6 +1303,12 @@ class Judge:
             return
         self._announced.setdefault(slot_id, set()).add(dispense_id)
         self._announced_slot[dispense_id] = slot_id
+        if dispense_id == self._in_tray:
+            now = self._require_now()
+            self._announced_at = now
+            self._heard_all_along = self._world is not None and self._world.agent_linked
+            after = self.config.escalate_after
+            self._escalate_at = now + after if after is not None else None
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge (the model never cut it)
