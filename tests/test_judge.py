@@ -1439,7 +1439,7 @@ def test_r14_a_dose_in_the_tray_calls_the_patient_unless_silenced() -> None:
     ok.world(home(pattern="URGENT", tray_occupied=True))
     ok.advance(utc("06:50"))
     ok.taken(5)
-    ok.world(home(pattern="URGENT"))  # the tray is empty: no pattern owed
+    ok.world(home(pattern="OFF"))  # the tray is empty: the call ends
     ok.advance(utc("09:00"))
     assert r14(ok) == []
     quiet = judge(enforce=frozenset({"R14"}))
@@ -1535,3 +1535,42 @@ def test_r14_a_due_dose_the_agent_holds_shows_held() -> None:
     dark.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
     with pytest.raises(InvariantViolation, match=r"R14 .*slot 2026-06-01T08:00 is held .*OFF"):
         dark.advance(utc("06:11"))
+
+
+def test_r14_the_dispenser_stops_calling_once_the_dose_is_gone_or_settled() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("06:00"))
+    j.presented(5, label(utc("06:00")))
+    j.world(home(tray_occupied=True, pattern="REMINDER"))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    j.advance(utc("06:05"))
+    j.taken(5)
+    j.world(home(pattern="REMINDER"))  # taken, and the unit keeps calling
+    j.advance(utc("06:14"))
+    assert r14(j) == []  # within the bound
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows REMINDER with no dose of an open"):
+        j.advance(utc("06:16"))
+
+
+def test_r12_the_centre_hears_a_dose_not_taken_at_its_escalation_and_not_before() -> None:
+    def shown() -> Judge:
+        j = judge(enforce=frozenset({"R12"}), escalate_after=timedelta(minutes=30))
+        j.world(world())
+        j.advance(utc("06:00"))
+        j.presented(5, label(utc("06:00")))
+        j.world(world(tray_occupied=True))
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+        return j
+
+    ok = shown()
+    ok.advance(utc("06:30"))
+    ok.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})
+    ok.advance(utc("06:59"))
+    assert [f for f in ok.findings if f.rule == "R12"] == []
+    with pytest.raises(InvariantViolation, match=r"R12 .*dose of slot 2026-06-01T08:00 not taken"):
+        shown().advance(utc("06:46"))  # never said
+    early = shown()
+    early.advance(utc("06:10"))
+    with pytest.raises(InvariantViolation, match=r"R12 .*dose_not_taken for slot 2026-06-01T08:00"):
+        early.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})

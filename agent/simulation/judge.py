@@ -117,7 +117,9 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
    id the dispenser cut names the sachet that moved: its index (when the event has the field), and
    its roll when it names one. A `dose_left_in_tray` gives the reason a dose is left for a nurse
-   (no retain bin, or the bin full), never none.
+   (no retain bin, or the bin full), never none. A dose announced and still in the tray when
+   R14's escalation comes (the agent linked all along) is reported by `dose_not_taken` naming
+   its slot, and no `dose_not_taken` comes before that time.
 
 R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
    (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
@@ -133,6 +135,8 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      escalation step, passed in), REMINDER until that long after the announcement and URGENT
      from then on (either, once the agent restarted or lost the link since: its memory of the
      presentation's time is gone);
+   - "quiet": the dispenser does not call (REMINDER, URGENT) with no such dose in the tray (a
+     unit that keeps calling after the dose was taken teaches the patient to ignore it);
    - "held": while a due dose the agent said is held (`dose_held`) has no outcome and is not
      presented, and the tray is empty, the dispenser shows HELD (or FAULT), unless silenced;
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
@@ -506,6 +510,7 @@ class Judge:
     _escalate_at: datetime | None = None  # R14: when its pattern turns URGENT (a review then)
     _heard_all_along: bool = False  # R14: the agent linked since the tray's dose was announced
     _held: set[str] = field(default_factory=set)  # R14: slots the agent said are held
+    _last_announced: tuple[str, datetime] | None = None  # R12: the last dose_presented's slot
 
     def __post_init__(self) -> None:
         c = self.config
@@ -614,6 +619,14 @@ class Judge:
         if self._escalate_at is not None and now >= self._escalate_at:
             since, self._escalate_at = self._escalate_at, None
             self._review_local(since)
+            slot_id = self._announced_slot.get(self._in_tray) if self._in_tray else None
+            if slot_id is not None and slot_id not in self._outcomes and self._heard_all_along:
+                # R12: the centre hears that the dose has not been taken by then
+                self._owe_report(
+                    f"dose of slot {slot_id} not taken",
+                    ("dose_not_taken", {"slot_id": slot_id}),
+                    at=since,
+                )
         for cond in list(self._conditions.values()):
             if not cond.reported and cond.deadline is not None and now > cond.deadline:
                 if cond.what:
@@ -849,6 +862,12 @@ class Judge:
             open_dose and world.pattern not in calling,
             f"the dose of slot {slot_id} (dispense id {self._in_tray}) lies in the tray and "
             f"the dispenser shows {world.pattern}, not {' or '.join(map(str, calling[1:]))}",
+            now,
+        )
+        self._local_condition(
+            "quiet",
+            world.pattern in ("REMINDER", "URGENT") and not open_dose,
+            f"the dispenser shows {world.pattern} with no dose of an open slot in the tray",
             now,
         )
         held = [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= now]
@@ -1113,6 +1132,8 @@ class Judge:
             self._on_presented_event(fields)
             self._held.discard(str(fields.get("slot_id")))
             self._review_local(self._require_now())
+        elif kind == "dose_not_taken":
+            self._on_not_taken(fields)
         elif kind == "dose_held" and isinstance(fields.get("slot_id"), str):
             self._held.add(str(fields["slot_id"]))
             self._review_local(self._require_now())
@@ -1235,10 +1256,15 @@ class Judge:
             self._owed.append((*owed, now))
 
     def _owe_report(
-        self, what: str, *expect: tuple[str, dict[str, object]], linked: bool | None = None
+        self,
+        what: str,
+        *expect: tuple[str, dict[str, object]],
+        linked: bool | None = None,
+        at: datetime | None = None,
     ) -> None:
-        """R12: one of `expect` is owed within the bound (while the agent is linked)."""
-        now = self._require_now()
+        """R12: one of `expect` is owed within the bound (while the agent is linked) from `at`
+        (None: now)."""
+        now = at or self._require_now()
         if linked is None:
             linked = self._world is not None and self._world.agent_linked
         self._report_seq += 1
@@ -1303,6 +1329,7 @@ class Judge:
             return
         self._announced.setdefault(slot_id, set()).add(dispense_id)
         self._announced_slot[dispense_id] = slot_id
+        self._last_announced = (slot_id, self._require_now())
         if dispense_id == self._in_tray:
             now = self._require_now()
             self._announced_at = now
@@ -1418,6 +1445,18 @@ class Judge:
                 "R13",
                 f"travel_dispensed for trip {pause_id}: {packed} sachets taken along for its "
                 f"{planned} slots (the patient lacks doses)",
+            )
+
+    def _on_not_taken(self, fields: dict[str, object]) -> None:
+        """R12: no `dose_not_taken` for a dose before its escalation."""
+        now, after, last = self._require_now(), self.config.escalate_after, self._last_announced
+        if after is None or last is None or fields.get("slot_id") != last[0]:
+            return
+        if now < last[1] + after:
+            self._violation(
+                "R12",
+                f"dose_not_taken for slot {last[0]} at {_iso(now)}: its dose was announced "
+                f"{_iso(last[1])}, not taken is {after} after",
             )
 
     def _on_pause_reminder(self, fields: dict[str, object]) -> None:
