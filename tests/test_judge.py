@@ -1574,3 +1574,18 @@ def test_r12_the_centre_hears_a_dose_not_taken_at_its_escalation_and_not_before(
     early.advance(utc("06:10"))
     with pytest.raises(InvariantViolation, match=r"R12 .*dose_not_taken for slot 2026-06-01T08:00"):
         early.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})
+
+
+def test_r11_a_command_the_rules_refuse_is_not_taken() -> None:
+    j = judge(enforce=frozenset({"R11"}))
+    j.advance(utc("06:00"))
+    j.forbid("schedule_13_doses", "schedule_changed", "version", 3)
+    j.published("schedule_changed", "info", {"version": 2})  # another update: fine
+    with pytest.raises(InvariantViolation, match=r"R11 .*schedule_changed after a command the"):
+        j.published("schedule_changed", "info", {"version": 3})
+    k = judge(enforce=frozenset({"R11"}))
+    k.advance(utc("06:00"))
+    k.forbid("silence_zero", "alert_silenced")
+    k.advance(utc("06:01"))  # forbidden only at the instant it was refused
+    k.published("alert_silenced", "info", {})
+    assert k.findings == []

@@ -31,7 +31,7 @@ from typing import Any, Protocol, cast
 from zoneinfo import ZoneInfo
 
 from agent.clock import DEFAULT_ZONE, Now, TimeTrust, VirtualClock
-from agent.engine.schedule import Schedule, ScheduleRule, parse_time
+from agent.engine.schedule import Schedule, ScheduleError, ScheduleRule, parse_time
 from agent.engine.types import (
     FROM_RESPONSE_CENTRE,
     ON_SITE,
@@ -149,6 +149,19 @@ _CENTRE_INPUTS = (
     AcknowledgeAlert,
     Silence,
     DiscardUnplanned,
+)
+# Commands the documented rules refuse, each sent once a run (`Simulation._bad_command`)
+BAD_COMMANDS = (
+    "silence_zero",
+    "pause_backwards",
+    "pause_year_3000",
+    "pause_too_long",
+    "schedule_time_twice",
+    "schedule_13_doses",
+    "schedule_time_24_00",
+    "schedule_old_version",
+    "discard_unknown_roll",
+    "acknowledge_unknown_alert",
 )
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
@@ -376,6 +389,9 @@ class Simulation:
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
         self._plan_mishaps()
+        self._bad_commands: list[tuple[float, str]] = []  # (true time s, kind), in time order
+        if config.mishaps.any:
+            self._plan_bad_commands()
         self._judge: Judge | None = None
         self._world: World | None = None
         self._world_key: tuple[object, ...] = ()
@@ -1127,6 +1143,66 @@ class Simulation:
             return self.config.min_interval
         return reference_min_interval_of_rules([[f"{t:%H:%M}" for t in r.times] for r in rules])
 
+    def _plan_bad_commands(self) -> None:
+        """Now and then the centre (or a faulty integration) sends a command the rules refuse:
+        each kind once, at a random time. Its own random stream, and a refusal publishes
+        nothing: the rest of the world is what it was without them."""
+        rng = random.Random(f"bad commands {self.config.seed}")
+        # sent at the first step of the loop from their time on, not as agenda items of their
+        # own: the virtual clock takes no extra step (its float sum, in every event's time,
+        # stays what it was)
+        self._bad_commands = sorted((rng.uniform(0.0, self._duration_s), k) for k in BAD_COMMANDS)
+
+    def _bad_command(self, kind: str) -> None:
+        """Send a command the documented rules refuse; the judge forbids what accepting it
+        would publish (R11). The unit's own refusal (EngineInputError, or the schedule's
+        ScheduleError while it is built, as agent/commands.py builds it) is the right answer."""
+        if self._engine is None or self._judge is None:
+            return  # the Pi is down: the centre's integration gets no answer, nothing to judge
+        now = self._true_utc()
+        forbid = self._judge.forbid
+        try:
+            inp: EngineInput
+            if kind == "silence_zero":
+                forbid(kind, "alert_silenced")
+                inp = Silence(timedelta(0))
+            elif kind.startswith("pause_"):
+                pause_id = f"bad-{kind}"
+                start, end = now + timedelta(days=1), now + timedelta(days=1, hours=8)
+                if kind == "pause_backwards":
+                    start, end = end, start
+                elif kind == "pause_year_3000":
+                    start, end = datetime(3000, 1, 1, tzinfo=UTC), datetime(3000, 1, 2, tzinfo=UTC)
+                else:
+                    end = start + self.config.engine.pause_max + timedelta(days=1)
+                forbid(kind, "pause_started", "pause_id", pause_id)
+                inp = StartPause(PauseWindow(pause_id, start, end, reason="hospital"))
+            elif kind.startswith("schedule_"):
+                version = 0 if kind == "schedule_old_version" else self._schedule_version + 1
+                forbid(kind, "schedule_changed", "version", version)
+                day = (now + timedelta(days=2)).astimezone(OSLO).date()
+                times: tuple[str, ...] = self._times  # schedule_old_version: as it is
+                if kind == "schedule_time_twice":
+                    times = (*self._times, self._times[0])
+                elif kind == "schedule_13_doses":
+                    times = tuple(f"{6 + h:02d}:00" for h in range(13))
+                elif kind == "schedule_time_24_00":
+                    times = ("08:00", "24:00")
+                rules = [r for r in self._rules if r.effective_from < day]
+                rules.append(ScheduleRule(day, tuple(parse_time(t) for t in times)))
+                inp = SetSchedule(
+                    Schedule.build(DEFAULT_ZONE, rules, self.config.min_interval), version
+                )
+            elif kind == "discard_unknown_roll":
+                forbid(kind, "plan_mismatch_decided", "roll_id", "no-such-roll")
+                inp = DiscardUnplanned("no-such-roll", None, PLAN_OPERATOR, FROM_RESPONSE_CENTRE)
+            else:
+                forbid(kind, "alert_acknowledged", "alert_id", "alert-999999")
+                inp = AcknowledgeAlert("alert-999999", CENTRE_OPERATOR)
+            self._feed([inp])
+        except (EngineInputError, ScheduleError):
+            self._mishap_counts["bad_command_refused"] += 1
+
     def _arm_store_fault(self) -> None:
         """The store will refuse the commit of the next dispenser event the agent handles."""
         self._store_fault_armed = True
@@ -1436,6 +1512,8 @@ class Simulation:
                 self._advance_to(item.at_s)
                 self._recent.append((self._step, self._elapsed, "world", item.label, None))
                 item.run()
+            if self._bad_commands and self._bad_commands[0][0] <= self._elapsed:
+                self._bad_command(self._bad_commands.pop(0)[1])
             self._observe_world()
 
     def _observe_world(self) -> None:

@@ -106,6 +106,10 @@ R11 the centre's commands take effect: what the unit accepts is confirmed at onc
    was done). A command the unit refuses (`centre_refused`) is owed nothing. A `pause_reminder`
    is only for an open-ended pause, and tells how long it has lasted (`days_in_force`, within
    0.05 day) and the longest it may (`max_days`: `pause_max`), so a person can end it in time.
+   A command the rules refuse (`forbid`: a silence of no duration, a pause ending before it
+   starts, in year 3000 or longer than `pause_max`, a schedule with a time twice, 13 doses a
+   day, 24:00 or an older version, a decision on a roll never loaded, an acknowledgement of an
+   alert never raised) is not taken: no event says it was.
 R12 the centre's record of the medicine: every sachet the dispenser moves is reported within
    `record_bound` (15 min; running, like R8's, while the agent is linked): a presentation by
    `dose_presented` (its dispense id; or, cut unheard and gone before the agent could look, by
@@ -511,6 +515,8 @@ class Judge:
     _heard_all_along: bool = False  # R14: the agent linked since the tray's dose was announced
     _held: set[str] = field(default_factory=set)  # R14: slots the agent said are held
     _last_announced: tuple[str, datetime] | None = None  # R12: the last dose_presented's slot
+    # R11: what accepting a refused command would publish (this instant only)
+    _forbidden: list[tuple[str, str, str | None, object, datetime]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -608,6 +614,8 @@ class Judge:
             )
         if self._overdue:
             self._review_pauses(now)
+        if self._forbidden and self._forbidden[-1][4] < now:
+            self._forbidden = []
         self._now = now
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
@@ -1111,6 +1119,12 @@ class Judge:
                 for o in self._owed
                 if not (o[0] == kind and (o[1] is None or fields.get(o[1]) == o[2]))
             ]
+        for what, forbidden, name, value, _ in self._forbidden:
+            if kind == forbidden and (name is None or fields.get(name) == value):
+                self._violation(
+                    "R11",
+                    f"{kind} after a command the rules refuse ({what}): the unit took it",
+                )
         if kind == PHANTOM_REPORT:
             self._last_phantom_report = self._require_now()
             for cond in self._conditions.values():
@@ -1301,6 +1315,11 @@ class Judge:
                 if first < since and (end is None or end >= since):
                     since, moved = first, True
         return since
+
+    def forbid(self, what: str, kind: str, name: str | None = None, value: object = None) -> None:
+        """R11: a command the rules refuse (`what`) reaches the unit now: no `kind` event (with
+        `name` = `value`) may say it was taken."""
+        self._forbidden.append((what, kind, name, value, self._require_now()))
 
     def centre_refused(self) -> None:
         """The unit refused the command just given (it did not fit): nothing is owed for it."""
