@@ -458,6 +458,7 @@ _OUTCOME_DEVIATIONS: dict[str, tuple[str | None, ...]] = {
     "refused": ("dose_refused",),
     "taken_unconfirmed": ("dose_unconfirmed",),
 }
+_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock")}
 # why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
 LEFT_IN_TRAY_REASONS = ("no_retain_bin", "bin_full")
 # R11: a pause reminder's days in force, rounded to 0.01 day on the agent's clock
@@ -865,38 +866,54 @@ class Judge:
         open_dose = (
             slot_id is not None and slot_id not in self._outcomes and self._silenced_until is None
         )
+        # each message is formatted only when its condition holds (asked on every dose event
+        # and world change)
+        bad = open_dose and world.pattern not in calling
         self._local_condition(
             "signal",
-            open_dose and world.pattern not in calling,
             f"the dose of slot {slot_id} (dispense id {self._in_tray}) lies in the tray and "
-            f"the dispenser shows {world.pattern}, not {' or '.join(map(str, calling[1:]))}",
+            f"the dispenser shows {world.pattern}, not {' or '.join(map(str, calling[1:]))}"
+            if bad
+            else None,
             now,
         )
+        bad = world.pattern in ("REMINDER", "URGENT") and not open_dose
         self._local_condition(
             "quiet",
-            world.pattern in ("REMINDER", "URGENT") and not open_dose,
-            f"the dispenser shows {world.pattern} with no dose of an open slot in the tray",
+            f"the dispenser shows {world.pattern} with no dose of an open slot in the tray"
+            if bad
+            else None,
             now,
         )
-        held = [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= now]
-        self._local_condition(
-            "held",
+        held = (
+            [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= now]
+            if self._held
+            else []
+        )
+        bad = (
             bool(held)
             and not world.tray_occupied
             and self._silenced_until is None
-            and world.pattern not in (None, "HELD", "FAULT"),
-            f"the due dose of slot {min(held, default=None)} is held and the dispenser shows "
-            f"{world.pattern}, not HELD",
+            and world.pattern not in (None, "HELD", "FAULT")
+        )
+        self._local_condition(
+            "held",
+            f"the due dose of slot {min(held)} is held and the dispenser shows "
+            f"{world.pattern}, not HELD"
+            if bad
+            else None,
             now,
         )
         # a blank leader names nobody: not this patient's roll either (R8.wrong_roll)
         foreign = world.roll_patient_ref not in (None, self.config.patient_ref)
+        bad = world.lock_supported and world.locked is not None and world.locked != foreign
         self._local_condition(
             "lock",
-            world.lock_supported and world.locked is not None and world.locked != foreign,
             f"the cassette is {'unlocked' if foreign else 'locked'} with "
             + (f"a roll of {world.roll_patient_ref!r}" if foreign else "no roll of another")
-            + " loaded",
+            + " loaded"
+            if bad
+            else None,
             now,
         )
 
@@ -904,9 +921,10 @@ class Judge:
         slot = self._by_id.get(slot_id)
         return slot.due_utc if slot is not None else datetime.max.replace(tzinfo=UTC)
 
-    def _local_condition(self, name: str, bad: bool, what: str, now: datetime) -> None:
-        key = f"R14 {name}"
-        if not bad:
+    def _local_condition(self, name: str, what: str | None, now: datetime) -> None:
+        """R14's condition `name` holds now (`what` says how) or not (None)."""
+        key = _LOCAL_KEYS[name]
+        if what is None:
             self._conditions.pop(key, None)
         elif key not in self._conditions:
             linked = self._world is not None and self._world.agent_linked
