@@ -1589,3 +1589,22 @@ def test_r11_a_command_the_rules_refuse_is_not_taken() -> None:
     k.advance(utc("06:01"))  # forbidden only at the instant it was refused
     k.published("alert_silenced", "info", {})
     assert k.findings == []
+
+
+def test_r15_a_roll_is_past_its_period_only_when_its_leader_says_so() -> None:
+    def held(last_dose: datetime) -> Judge:
+        j = judge(enforce=frozenset({"R15"}))
+        j.advance(utc("06:00"))
+        sachet = replace(label(utc("06:00")), roll_last_dose_utc=last_dose)
+        j.world(world(reader=sachet))
+        return j
+
+    ok = held(utc("05:20"))  # 40 min ago: past the 30 min tolerance and the clock slack
+    ok.published(
+        "dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "roll_period_passed"}
+    )
+    assert ok.findings == []
+    with pytest.raises(InvariantViolation, match=r"R15 .*leader of roll R001 gives its last"):
+        held(utc("06:00")).published(  # this very slot is the roll's last dose
+            "dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "roll_period_passed"}
+        )

@@ -1638,6 +1638,7 @@ def _label(roll: SimRoll, index: int) -> SachetLabel:
         intended_utc=_wire_date(sachet.intended_utc_s),
         roll_expiry_utc=_wire_date(roll.expiry_utc_s),
         readable=sachet.readable,
+        roll_last_dose_utc=_wire_date(roll.last_dose_utc_s),
     )
 
 

@@ -147,6 +147,10 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
      patient's doses come).
 
+R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
+   only when the leader of the roll at the reader says its last dose was more than
+   `sachet_time_tolerance` ago (`HELD_CLOCK_SLACK` more allowed, for the agent's clock).
+
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
 have that were due before it, and slots only the old ones have that are due after it, may get an
@@ -179,6 +183,7 @@ RULES: dict[str, str] = {
     "R12": "every movement of medicine and every end of a HIGH condition is reported",
     "R13": "a trip's report counts the sachets taken along and is complete only if they all were",
     "R14": "the dispenser shows the patient a dose in the tray or held, and locks another's roll",
+    "R15": "a dose is held back only for a reason that is true",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -219,6 +224,7 @@ HOLDING_RULES = frozenset(
         "R12",
         "R13",
         "R14",
+        "R15",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -334,6 +340,7 @@ class SachetLabel:
     intended_utc: datetime | None  # None: the print carries no time
     roll_expiry_utc: datetime | None  # None: the leader's expiry cannot be read (erased)
     readable: bool = True  # False: the dispenser's reader cannot read this sachet at all
+    roll_last_dose_utc: datetime | None = None  # the leader's last dose time; None: not read
 
     @property
     def usable(self) -> bool:
@@ -458,6 +465,8 @@ _OUTCOME_DEVIATIONS: dict[str, tuple[str | None, ...]] = {
     "refused": ("dose_refused",),
     "taken_unconfirmed": ("dose_unconfirmed",),
 }
+# R15: how far ahead of true time the agent's clock may be (a wall-clock step not yet corrected)
+HELD_CLOCK_SLACK = timedelta(minutes=10)
 _LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock")}
 # why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
 LEFT_IN_TRAY_REASONS = ("no_retain_bin", "bin_full")
@@ -1169,6 +1178,8 @@ class Judge:
         elif kind == "dose_held" and isinstance(fields.get("slot_id"), str):
             self._held.add(str(fields["slot_id"]))
             self._review_local(self._require_now())
+            if fields.get("reason") == "roll_period_passed":
+                self._judge_period_passed(str(fields["slot_id"]))
         elif kind in ("travel_dispensed", "travel_short"):
             self._on_trip_report(kind, fields)
         elif kind == "dose_left_in_tray" and fields.get("reason") not in LEFT_IN_TRAY_REASONS:
@@ -1482,6 +1493,21 @@ class Judge:
                 "R13",
                 f"travel_dispensed for trip {pause_id}: {packed} sachets taken along for its "
                 f"{planned} slots (the patient lacks doses)",
+            )
+
+    def _judge_period_passed(self, slot_id: str) -> None:
+        """R15: the roll's period has passed only when its leader's last dose is past (by more
+        than the tolerance); a roll still holding this slot's sachet has not."""
+        now, world = self._require_now(), self._world
+        label = world.reader if world is not None else None
+        last = label.roll_last_dose_utc if label is not None else None
+        if label is None or last is None:
+            return
+        if last >= now - self.config.sachet_time_tolerance + HELD_CLOCK_SLACK:
+            self._violation(
+                "R15",
+                f"slot {slot_id} held for roll_period_passed, but the leader of roll "
+                f"{label.roll_id} gives its last dose at {_iso(last)}",
             )
 
     def _on_not_taken(self, fields: dict[str, object]) -> None:
