@@ -1597,14 +1597,18 @@ def test_r15_a_roll_is_past_its_period_only_when_its_leader_says_so() -> None:
         j.advance(utc("06:00"))
         sachet = replace(label(utc("06:00")), roll_last_dose_utc=last_dose)
         j.world(world(reader=sachet))
+        j.published(
+            "dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "roll_period_passed"}
+        )
         return j
 
     ok = held(utc("05:20"))  # 40 min ago: past the 30 min tolerance and the clock slack
-    ok.published(
-        "dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "roll_period_passed"}
-    )
+    ok.advance(utc("07:00"))
     assert ok.findings == []
+    moment = held(utc("06:00"))  # a claim about the roll the agent knew, corrected at once
+    moment.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 4})
+    moment.advance(utc("07:00"))
+    assert [f for f in moment.findings if f.rule == "R15"] == []
+    wrong = held(utc("06:00"))  # this very slot is the roll's last dose
     with pytest.raises(InvariantViolation, match=r"R15 .*leader of roll R001 gives its last"):
-        held(utc("06:00")).published(  # this very slot is the roll's last dose
-            "dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "roll_period_passed"}
-        )
+        wrong.advance(utc("06:11"))

@@ -149,7 +149,9 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than
-   `sachet_time_tolerance` ago (`HELD_CLOCK_SLACK` more allowed, for the agent's clock).
+   `sachet_time_tolerance` ago (`HELD_CLOCK_SLACK` more allowed, for the agent's clock); a claim
+   that stands for `high_report_bound` (the slot neither presented nor held for another reason)
+   is the violation: at a link's return the agent may speak of the roll it knew for a moment.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -1169,15 +1171,19 @@ class Judge:
             self._on_outcome(priority, fields, alert_id)
             self._held.discard(str(fields.get("slot_id")))
             self._review_local(self._require_now())
+            if fields.get("reason") != "roll_period_passed":
+                self._conditions.pop(f"R15 {fields.get('slot_id')}", None)
         elif kind == "dose_presented":
             self._on_presented_event(fields)
             self._held.discard(str(fields.get("slot_id")))
             self._review_local(self._require_now())
+            self._conditions.pop(f"R15 {fields.get('slot_id')}", None)  # given after all
         elif kind == "dose_not_taken":
             self._on_not_taken(fields)
         elif kind == "dose_held" and isinstance(fields.get("slot_id"), str):
             self._held.add(str(fields["slot_id"]))
             self._review_local(self._require_now())
+            self._conditions.pop(f"R15 {fields['slot_id']}", None)  # another reason now
             if fields.get("reason") == "roll_period_passed":
                 self._judge_period_passed(str(fields["slot_id"]))
         elif kind in ("travel_dispensed", "travel_short"):
@@ -1504,9 +1510,15 @@ class Judge:
         if label is None or last is None:
             return
         if last >= now - self.config.sachet_time_tolerance + HELD_CLOCK_SLACK:
-            self._violation(
-                "R15",
-                f"slot {slot_id} held for roll_period_passed, but the leader of roll "
+            # a claim about a roll the agent has not yet seen taken out may stand for a moment
+            # (its RollInserted comes at once): a violation if it stands for the bound
+            linked = world is not None and world.agent_linked
+            self._conditions[f"R15 {slot_id}"] = _Condition(
+                "held_for_no_reason",
+                now,
+                self._deadline(now, linked),
+                rule="R15",
+                what=f"slot {slot_id} held for roll_period_passed, but the leader of roll "
                 f"{label.roll_id} gives its last dose at {_iso(last)}",
             )
 
