@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -96,10 +97,28 @@ def world(
     )
 
 
-def outcome(j: Judge, slot_id: str, result: str = "taken", priority: str = "info") -> None:
+# the deviation category an outcome is recorded as (R3); a missed dose that was in the tray is
+# "dose_missed" (pass it)
+DEVIATIONS = {
+    "missed": "dose_not_presented",
+    "refused": "dose_refused",
+    "taken_unconfirmed": "dose_unconfirmed",
+}
+
+
+def outcome(
+    j: Judge,
+    slot_id: str,
+    result: str = "taken",
+    priority: str = "info",
+    deviation: str | None = None,
+) -> None:
     # a dose not given is a latched alarm: it carries an alert id (R3)
     alert_id = f"alert-{slot_id}" if priority == "high" else None
-    j.published("slot_outcome", priority, {"slot_id": slot_id, "outcome": result}, alert_id)
+    fields: dict[str, object] = {"slot_id": slot_id, "outcome": result}
+    if deviation or result in DEVIATIONS:
+        fields["deviation"] = deviation or DEVIATIONS[result]
+    j.published("slot_outcome", priority, fields, alert_id)
 
 
 def settle_all(j: Judge, *, but: tuple[str, ...] = ()) -> None:
@@ -539,7 +558,7 @@ def test_r9_a_missed_alarm_for_a_presented_dose_the_patient_took() -> None:
     with pytest.raises(
         InvariantViolation, match=r"R9 .*2026-06-01T08:00.*took at 2026-06-01 06:04"
     ):
-        outcome(j, "2026-06-01T08:00", "missed", "high")
+        outcome(j, "2026-06-01T08:00", "missed", "high", "dose_missed")
     ok = judge()
     presented_and_taken(ok)
     outcome(ok, "2026-06-01T08:00", "taken_unconfirmed", "medium")
@@ -548,7 +567,7 @@ def test_r9_a_missed_alarm_for_a_presented_dose_the_patient_took() -> None:
     presented_and_taken(blind)
     blind.world(world(linked=False))  # the agent cannot see the tray: it cannot know
     blind.advance(utc("07:05"))
-    outcome(blind, "2026-06-01T08:00", "missed", "high")
+    outcome(blind, "2026-06-01T08:00", "missed", "high", "dose_missed")
     assert blind.findings == []
 
 
@@ -558,7 +577,7 @@ def test_r9_a_dose_taken_after_its_missed_outcome_is_no_false_alarm() -> None:
     j.presented(5, label(utc("06:00")))
     j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
     j.advance(utc("07:00"))
-    outcome(j, "2026-06-01T08:00", "missed", "high")  # grace over, no retain bin
+    outcome(j, "2026-06-01T08:00", "missed", "high", "dose_missed")  # grace over, no bin
     j.advance(utc("07:30"))
     j.taken(5)  # taken late: the alarm was right when it was raised
     assert j.findings == []
@@ -907,6 +926,7 @@ def test_r10_no_intake_nobody_made_and_no_dose_held_for_an_empty_tray() -> None:
             "slot_id": "2026-06-01T20:00",
             "outcome": "missed",
             "reason": "not_dispensed:previous_dose_in_tray",
+            "deviation": "dose_not_presented",
         },
         "alert-000001",
     )
@@ -918,7 +938,12 @@ def test_r10_no_intake_nobody_made_and_no_dose_held_for_an_empty_tray() -> None:
     relinked.published(
         "slot_outcome",
         "high",
-        {"slot_id": "2026-06-01T20:00", "outcome": "refused", "reason": "tray_occupied"},
+        {
+            "slot_id": "2026-06-01T20:00",
+            "outcome": "refused",
+            "reason": "tray_occupied",
+            "deviation": "dose_refused",
+        },
         "alert-000001",
     )
     assert held.findings == relinked.findings == []
@@ -980,7 +1005,10 @@ def test_r12_every_sachet_the_dispenser_moves_is_reported() -> None:
     j.retained(1)
     j.published("dose_retained", "info", {"dispense_id": 1, "slot_id": "2026-06-01T08:00"})
     j.published(
-        "slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"}, "alert-1"
+        "slot_outcome",
+        "high",
+        {"slot_id": "2026-06-01T08:00", "outcome": "missed", "deviation": "dose_missed"},
+        "alert-1",
     )
     j.discarded(2, label(utc("06:00"), index=1))  # a leftover of the settled 08:00 dose
     j.published("sachet_discarded", "info", {"sachet_index": 1})
@@ -1131,7 +1159,7 @@ def test_rule_lists_parse() -> None:
     assert parse_rules("none") == frozenset()
     assert parse_rules("R2, R8.jam") == {"R2", "R8.jam"}
     with pytest.raises(ValueError, match="unknown judge rules"):
-        parse_rules("R14")
+        parse_rules("R99")
     with pytest.raises(ValueError, match="true time"):
         Judge(JudgeConfig(REF, OSLO, ("08:00",), DAY, INSTALLED, UNTIL, timedelta(0))).taken(1)
     j = judge()
@@ -1287,3 +1315,300 @@ def test_r12_dose_presented_and_the_outcome_name_the_sachet_that_was_cut() -> No
             f for f in k.findings if f.rule == "R12" and "the dispenser cut sachet 4" in f.message
         ]
         assert len(named) == 2, k.findings
+
+
+# --- what the centre records, told truthfully ---------------------------------------------------
+
+
+def test_r3_an_outcome_is_recorded_as_the_deviation_of_what_happened() -> None:
+    """The municipality records a dose not given by category: refused, not presented, missed
+    in the tray, unconfirmed; a dose given is no deviation."""
+    for result, wrong in (
+        ("refused", None),
+        ("refused", "dose_not_presented"),
+        ("missed", None),
+        ("taken_unconfirmed", "dose_refused"),
+        ("taken", "dose_missed"),
+    ):
+        j = judge(enforce=frozenset({"R3"}))
+        j.advance(utc("07:00"))
+        alert_id = None if result == "taken" else "alert-1"
+        fields: dict[str, object] = {"slot_id": "2026-06-01T08:00", "outcome": result}
+        if wrong is not None:
+            fields["deviation"] = wrong
+        with pytest.raises(InvariantViolation, match=r"R3 .*recorded as deviation"):
+            j.published("slot_outcome", "high", fields, alert_id)
+    # the agent said the dose was in the tray: missed in the tray, not "not presented"
+    shown = judge(enforce=frozenset({"R3"}))
+    shown.world(world())
+    shown.advance(utc("06:00"))
+    shown.presented(5, label(utc("06:00")))
+    shown.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    shown.advance(utc("07:00"))
+    with pytest.raises(InvariantViolation, match=r"not 'dose_missed'"):
+        outcome(shown, "2026-06-01T08:00", "missed", "high", "dose_not_presented")
+    ok = judge()
+    ok.advance(utc("07:00"))
+    outcome(ok, "2026-06-01T08:00", "refused", "high")
+    outcome(ok, "2026-06-01T20:00", "missed", "high")
+    assert ok.findings == []
+
+
+def test_r12_a_dose_is_said_left_in_the_tray_only_for_want_of_a_bin() -> None:
+    j = judge(enforce=frozenset({"R12"}))
+    j.advance(utc("06:00"))
+    for reason in ("no_retain_bin", "bin_full"):
+        j.published("dose_left_in_tray", "low", {"dispense_id": 5, "reason": reason})
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R12 .*dose_left_in_tray .*gives reason None"):
+        j.published("dose_left_in_tray", "low", {"dispense_id": 5, "reason": None})
+
+
+def test_r11_a_pause_reminder_says_how_long_and_only_for_an_open_ended_pause() -> None:
+    def paused(end: datetime | None = None) -> Judge:
+        j = judge(enforce=frozenset({"R11"}), pause_max=timedelta(days=30))
+        j.pause("p1", utc("06:00"), end)
+        j.advance(utc("06:00", 8))
+        return j
+
+    ok = paused()
+    ok.published(
+        "pause_reminder",
+        "low",
+        {"pause_id": "p1", "end_utc": None, "days_in_force": 7.0, "max_days": 30.0},
+    )
+    assert ok.findings == []
+    for fields in (
+        {"days_in_force": 7.0, "max_days": 15.0},  # the maximum misstated
+        {"days_in_force": 3.5, "max_days": 30.0},  # how long misstated
+    ):
+        with pytest.raises(InvariantViolation, match=r"R11 .*pause_reminder for p1 says"):
+            paused().published("pause_reminder", "low", {"pause_id": "p1", **fields})
+    with pytest.raises(InvariantViolation, match=r"R11 .*which has an end"):
+        paused(utc("06:00", 20)).published(
+            "pause_reminder",
+            "low",
+            {"pause_id": "p1", "end_utc": "2026-06-20T06:00:00Z", "days_in_force": 7.0},
+        )
+
+
+def test_r13_a_trip_is_reported_once() -> None:
+    j = judge(enforce=frozenset({"R13"}))
+    j.world(world())
+    j.pause("trip", utc("05:00"), utc("07:00"), take_along=True)  # one slot: 08:00 local
+    j.advance(utc("05:00"))
+    j.presented(1, label(utc("06:00")))
+    j.taken_for_travel(1)
+    j.published("travel_dispensed", "info", {"pause_id": "trip", "planned": 1, "dispensed": 1})
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R13 .*travel_short for trip trip, which was"):
+        j.published("travel_short", "medium", {"pause_id": "trip", "planned": 1, "dispensed": 1})
+
+
+# --- R14: the dispenser at home -----------------------------------------------------------------
+
+
+def home(
+    *, pattern: str = "OFF", locked: bool = False, roll: str | None = REF, **kw: object
+) -> World:
+    return replace(world(roll, **kw), pattern=pattern, locked=locked)  # type: ignore[arg-type]
+
+
+def r14(j: Judge) -> list[str]:
+    return [f.message for f in j.findings if f.rule == "R14"]  # other rules are not fed here
+
+
+def test_r14_a_dose_in_the_tray_calls_the_patient_unless_silenced() -> None:
+    def shown(j: Judge) -> None:
+        j.world(home())
+        j.advance(utc("06:00"))
+        j.presented(5, label(utc("06:00")))
+        j.world(home(tray_occupied=True))  # the dispenser still shows OFF
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+
+    j = judge(enforce=frozenset({"R14"}))
+    shown(j)
+    j.advance(utc("06:10"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*lies in the tray and the dispenser shows"):
+        j.advance(utc("06:11"))
+    ok = judge(enforce=frozenset({"R14"}))
+    shown(ok)
+    ok.advance(utc("06:01"))
+    ok.world(home(pattern="REMINDER", tray_occupied=True))
+    ok.advance(utc("06:40"))
+    ok.world(home(pattern="URGENT", tray_occupied=True))
+    ok.advance(utc("06:50"))
+    ok.taken(5)
+    ok.world(home(pattern="OFF"))  # the tray is empty: the call ends
+    ok.advance(utc("09:00"))
+    assert r14(ok) == []
+    quiet = judge(enforce=frozenset({"R14"}))
+    quiet.advance(utc("05:59"))
+    quiet.silenced(timedelta(minutes=30))
+    shown(quiet)
+    quiet.advance(utc("06:29"))  # silenced: OFF is what the centre asked for
+    assert r14(quiet) == []
+    with pytest.raises(InvariantViolation, match=r"R14 "):
+        quiet.advance(utc("06:41"))  # the silence ended 06:29 and still nothing shows
+
+
+def test_r14_the_cassette_is_locked_exactly_while_another_patients_roll_is_loaded() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("06:00"))
+    j.world(home(roll="p-other"))  # not locked yet: the agent has the bound to do it
+    j.advance(utc("06:09"))
+    j.world(home(roll="p-other", locked=True))
+    j.advance(utc("07:00"))
+    j.world(home(locked=True))  # the patient's roll again, still locked
+    j.advance(utc("07:09"))
+    j.world(home())
+    j.advance(utc("08:00"))
+    assert r14(j) == []
+    for roll, locked in (("p-other", False), ("", False), (REF, True), (None, True)):
+        k = judge(enforce=frozenset({"R14"}))
+        k.world(home())
+        k.advance(utc("06:00"))
+        k.world(home(roll=roll, locked=locked))
+        with pytest.raises(InvariantViolation, match=r"R14 .*the cassette is"):
+            k.advance(utc("06:11"))
+    unlinked = judge(enforce=frozenset({"R14"}))
+    unlinked.world(home(roll="p-other", linked=False))  # the agent cannot act: no bound yet
+    unlinked.advance(utc("12:00"))
+    assert r14(unlinked) == []
+    unlinked.world(home(roll="p-other"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*unlocked"):
+        unlinked.advance(utc("12:11"))
+
+
+def test_r14_the_reminder_escalates_at_its_time_unless_the_agent_restarted_since() -> None:
+    def shown(j: Judge) -> None:
+        j.world(home())
+        j.advance(utc("06:00"))
+        j.presented(5, label(utc("06:00")))
+        j.world(home(tray_occupied=True, pattern="REMINDER"))
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+
+    def escalating(**kw: object) -> Judge:
+        return judge(enforce=frozenset({"R14"}), escalate_after=timedelta(minutes=30), **kw)
+
+    ok = escalating()
+    shown(ok)
+    ok.advance(utc("06:30"))
+    ok.world(home(tray_occupied=True, pattern="URGENT"))
+    ok.advance(utc("06:59"))
+    assert r14(ok) == []
+    late = escalating()
+    shown(late)
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows REMINDER, not URGENT or FAULT"):
+        late.advance(utc("06:41"))
+    early = escalating()
+    shown(early)
+    early.advance(utc("06:05"))
+    early.world(home(tray_occupied=True, pattern="URGENT"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows URGENT, not REMINDER or FAULT"):
+        early.advance(utc("06:16"))
+    restarted = escalating()
+    shown(restarted)
+    restarted.advance(utc("06:20"))
+    restarted.agent_restarted()  # its clock of the presentation is gone: late escalation is fair
+    restarted.advance(utc("07:00"))
+    assert r14(restarted) == []
+
+
+def test_r14_a_due_dose_the_agent_holds_shows_held() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("05:00"))
+    j.published("dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "min_interval"})
+    j.advance(utc("05:59"))  # not due yet: no pattern owed
+    j.world(home(pattern="HELD"))
+    j.advance(utc("06:20"))
+    j.presented(5, label(utc("06:00")))
+    j.world(home(tray_occupied=True, pattern="REMINDER"))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    j.advance(utc("06:30"))
+    assert r14(j) == []
+    dark = judge(enforce=frozenset({"R14"}))
+    dark.world(home())
+    dark.advance(utc("06:00"))
+    dark.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+    with pytest.raises(InvariantViolation, match=r"R14 .*slot 2026-06-01T08:00 is held .*OFF"):
+        dark.advance(utc("06:11"))
+
+
+def test_r14_the_dispenser_stops_calling_once_the_dose_is_gone_or_settled() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("06:00"))
+    j.presented(5, label(utc("06:00")))
+    j.world(home(tray_occupied=True, pattern="REMINDER"))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    j.advance(utc("06:05"))
+    j.taken(5)
+    j.world(home(pattern="REMINDER"))  # taken, and the unit keeps calling
+    j.advance(utc("06:14"))
+    assert r14(j) == []  # within the bound
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows REMINDER with no dose of an open"):
+        j.advance(utc("06:16"))
+
+
+def test_r12_the_centre_hears_a_dose_not_taken_at_its_escalation_and_not_before() -> None:
+    def shown() -> Judge:
+        j = judge(enforce=frozenset({"R12"}), escalate_after=timedelta(minutes=30))
+        j.world(world())
+        j.advance(utc("06:00"))
+        j.presented(5, label(utc("06:00")))
+        j.world(world(tray_occupied=True))
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+        return j
+
+    ok = shown()
+    ok.advance(utc("06:30"))
+    ok.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})
+    ok.advance(utc("06:59"))
+    assert [f for f in ok.findings if f.rule == "R12"] == []
+    with pytest.raises(InvariantViolation, match=r"R12 .*dose of slot 2026-06-01T08:00 not taken"):
+        shown().advance(utc("06:46"))  # never said
+    early = shown()
+    early.advance(utc("06:10"))
+    with pytest.raises(InvariantViolation, match=r"R12 .*dose_not_taken for slot 2026-06-01T08:00"):
+        early.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})
+
+
+def test_r11_a_command_the_rules_refuse_is_not_taken() -> None:
+    j = judge(enforce=frozenset({"R11"}))
+    j.advance(utc("06:00"))
+    j.forbid("schedule_13_doses", "schedule_changed", "version", 3)
+    j.published("schedule_changed", "info", {"version": 2})  # another update: fine
+    with pytest.raises(InvariantViolation, match=r"R11 .*schedule_changed after a command the"):
+        j.published("schedule_changed", "info", {"version": 3})
+    k = judge(enforce=frozenset({"R11"}))
+    k.advance(utc("06:00"))
+    k.forbid("silence_zero", "alert_silenced")
+    k.advance(utc("06:01"))  # forbidden only at the instant it was refused
+    k.published("alert_silenced", "info", {})
+    assert k.findings == []
+
+
+def test_r15_a_roll_is_past_its_period_only_when_its_leader_says_so() -> None:
+    def held(last_dose: datetime) -> Judge:
+        j = judge(enforce=frozenset({"R15"}))
+        j.advance(utc("06:00"))
+        sachet = replace(label(utc("06:00")), roll_last_dose_utc=last_dose)
+        j.world(world(reader=sachet))
+        j.published(
+            "dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "roll_period_passed"}
+        )
+        return j
+
+    ok = held(utc("05:20"))  # 40 min ago: past the 30 min tolerance and the clock slack
+    ok.advance(utc("07:00"))
+    assert ok.findings == []
+    moment = held(utc("06:00"))  # a claim about the roll the agent knew, corrected at once
+    moment.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 4})
+    moment.advance(utc("07:00"))
+    assert [f for f in moment.findings if f.rule == "R15"] == []
+    wrong = held(utc("06:00"))  # this very slot is the roll's last dose
+    with pytest.raises(InvariantViolation, match=r"R15 .*leader of roll R001 gives its last"):
+        wrong.advance(utc("06:11"))

@@ -31,7 +31,7 @@ from typing import Any, Protocol, cast
 from zoneinfo import ZoneInfo
 
 from agent.clock import DEFAULT_ZONE, Now, TimeTrust, VirtualClock
-from agent.engine.schedule import Schedule, ScheduleRule, parse_time
+from agent.engine.schedule import Schedule, ScheduleError, ScheduleRule, parse_time
 from agent.engine.types import (
     FROM_RESPONSE_CENTRE,
     ON_SITE,
@@ -108,6 +108,7 @@ from protocol.messages import (
     DoseRetained,
     DoseTaken,
     FaultCode,
+    Feature,
     Hello,
     LowSupply,
     Message,
@@ -148,6 +149,19 @@ _CENTRE_INPUTS = (
     AcknowledgeAlert,
     Silence,
     DiscardUnplanned,
+)
+# Commands the documented rules refuse, each sent once a run (`Simulation._bad_command`)
+BAD_COMMANDS = (
+    "silence_zero",
+    "pause_backwards",
+    "pause_year_3000",
+    "pause_too_long",
+    "schedule_time_twice",
+    "schedule_13_doses",
+    "schedule_time_24_00",
+    "schedule_old_version",
+    "discard_unknown_roll",
+    "acknowledge_unknown_alert",
 )
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
@@ -253,7 +267,7 @@ class _PlannedPause:
 class _Item:
     at_s: float
     order: int
-    run: Callable[[], None]
+    run: Callable[[], object]
     label: str
 
 
@@ -375,6 +389,9 @@ class Simulation:
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
         self._plan_mishaps()
+        self._bad_commands: list[tuple[float, str]] = []  # (true time s, kind), in time order
+        if config.mishaps.any:
+            self._plan_bad_commands()
         self._judge: Judge | None = None
         self._world: World | None = None
         self._world_key: tuple[object, ...] = ()
@@ -391,6 +408,11 @@ class Simulation:
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
                     phantom_report_interval=ec.chatty_min_interval,
                     pause_max=ec.pause_max,
+                    escalate_after=(
+                        ec.escalation[0].after
+                        if ec.escalation and ec.escalation[0].pattern is AlertPattern.URGENT
+                        else None
+                    ),
                     enforce=config.judge_enforce if config.require_outcomes else frozenset(),
                     seed=config.seed,
                 )
@@ -432,7 +454,7 @@ class Simulation:
 
     # --- the agenda ---------------------------------------------------------------------------
 
-    def _at(self, at_s: float, label: str, run: Callable[[], None]) -> None:
+    def _at(self, at_s: float, label: str, run: Callable[[], object]) -> None:
         self._order += 1
         heapq.heappush(self._agenda, (at_s, self._order, _Item(at_s, self._order, run, label)))
 
@@ -782,6 +804,8 @@ class Simulation:
         if saved is None:
             return
         self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
+        if self._judge is not None:
+            self._judge.agent_restarted()
         if self._link_downs == 0:
             self._link_up()
         self._at(self._elapsed + fault.duration_s, "NTP sync after boot", self._ntp_sync)
@@ -1054,15 +1078,16 @@ class Simulation:
                 self._fix_unusable,
             )
 
-    def _centre_input(self, inp: EngineInput, what: str, alert_id: str | None = None) -> None:
-        """A response-centre command reaches the agent (it waits while the Pi is down)."""
+    def _centre_input(self, inp: EngineInput, what: str, alert_id: str | None = None) -> bool:
+        """A response-centre command reaches the agent (it waits while the Pi is down); True
+        when the agent took it now."""
         if self._engine is None:
             self._at(
                 self._elapsed + 600.0,
                 f"{what} again",
                 partial(self._centre_input, inp, what, alert_id),
             )
-            return
+            return False
         if self._judge is not None:
             self._judge.centre_command(what, alert_id)
         try:
@@ -1071,14 +1096,19 @@ class Simulation:
             self._mishap_counts[f"{what}_refused"] += 1  # e.g. an alert resolved meanwhile
             if self._judge is not None:
                 self._judge.centre_refused()
-            return
+            return False
         self._mishap_counts[what] += 1
+        return True
 
     def _acknowledge(self, alert_id: str) -> None:
         self._centre_input(AcknowledgeAlert(alert_id, CENTRE_OPERATOR), "acknowledge", alert_id)
 
     def _silence(self, duration: timedelta) -> None:
-        self._centre_input(Silence(duration), "silence")
+        if self._engine is None:  # as _centre_input waits, so that the judge hears when it lands
+            self._at(self._elapsed + 600.0, "silence again", partial(self._silence, duration))
+            return
+        if self._centre_input(Silence(duration), "silence") and self._judge is not None:
+            self._judge.silenced(duration)  # R14: no pattern owed meanwhile
 
     def _move_times(self, move: TimeMove) -> None:
         """The centre sends the schedule with the moved dose times ahead of their first day
@@ -1113,6 +1143,66 @@ class Simulation:
             return self.config.min_interval
         return reference_min_interval_of_rules([[f"{t:%H:%M}" for t in r.times] for r in rules])
 
+    def _plan_bad_commands(self) -> None:
+        """Now and then the centre (or a faulty integration) sends a command the rules refuse:
+        each kind once, at a random time. Its own random stream, and a refusal publishes
+        nothing: the rest of the world is what it was without them."""
+        rng = random.Random(f"bad commands {self.config.seed}")
+        # sent at the first step of the loop from their time on, not as agenda items of their
+        # own: the virtual clock takes no extra step (its float sum, in every event's time,
+        # stays what it was)
+        self._bad_commands = sorted((rng.uniform(0.0, self._duration_s), k) for k in BAD_COMMANDS)
+
+    def _bad_command(self, kind: str) -> None:
+        """Send a command the documented rules refuse; the judge forbids what accepting it
+        would publish (R11). The unit's own refusal (EngineInputError, or the schedule's
+        ScheduleError while it is built, as agent/commands.py builds it) is the right answer."""
+        if self._engine is None or self._judge is None:
+            return  # the Pi is down: the centre's integration gets no answer, nothing to judge
+        now = self._true_utc()
+        forbid = self._judge.forbid
+        try:
+            inp: EngineInput
+            if kind == "silence_zero":
+                forbid(kind, "alert_silenced")
+                inp = Silence(timedelta(0))
+            elif kind.startswith("pause_"):
+                pause_id = f"bad-{kind}"
+                start, end = now + timedelta(days=1), now + timedelta(days=1, hours=8)
+                if kind == "pause_backwards":
+                    start, end = end, start
+                elif kind == "pause_year_3000":
+                    start, end = datetime(3000, 1, 1, tzinfo=UTC), datetime(3000, 1, 2, tzinfo=UTC)
+                else:
+                    end = start + self.config.engine.pause_max + timedelta(days=1)
+                forbid(kind, "pause_started", "pause_id", pause_id)
+                inp = StartPause(PauseWindow(pause_id, start, end, reason="hospital"))
+            elif kind.startswith("schedule_"):
+                version = 0 if kind == "schedule_old_version" else self._schedule_version + 1
+                forbid(kind, "schedule_changed", "version", version)
+                day = (now + timedelta(days=2)).astimezone(OSLO).date()
+                times: tuple[str, ...] = self._times  # schedule_old_version: as it is
+                if kind == "schedule_time_twice":
+                    times = (*self._times, self._times[0])
+                elif kind == "schedule_13_doses":
+                    times = tuple(f"{6 + h:02d}:00" for h in range(13))
+                elif kind == "schedule_time_24_00":
+                    times = ("08:00", "24:00")
+                rules = [r for r in self._rules if r.effective_from < day]
+                rules.append(ScheduleRule(day, tuple(parse_time(t) for t in times)))
+                inp = SetSchedule(
+                    Schedule.build(DEFAULT_ZONE, rules, self.config.min_interval), version
+                )
+            elif kind == "discard_unknown_roll":
+                forbid(kind, "plan_mismatch_decided", "roll_id", "no-such-roll")
+                inp = DiscardUnplanned("no-such-roll", None, PLAN_OPERATOR, FROM_RESPONSE_CENTRE)
+            else:
+                forbid(kind, "alert_acknowledged", "alert_id", "alert-999999")
+                inp = AcknowledgeAlert("alert-999999", CENTRE_OPERATOR)
+            self._feed([inp])
+        except (EngineInputError, ScheduleError):
+            self._mishap_counts["bad_command_refused"] += 1
+
     def _arm_store_fault(self) -> None:
         """The store will refuse the commit of the next dispenser event the agent handles."""
         self._store_fault_armed = True
@@ -1142,6 +1232,8 @@ class Simulation:
         if saved is None:
             return
         self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
+        if self._judge is not None:
+            self._judge.agent_restarted()
         if self._link_downs == 0:
             self._link_up()
 
@@ -1151,6 +1243,8 @@ class Simulation:
         if self._engine is None:
             return
         self._engine = self._factory.restart(self._engine, self.config.engine, self._clock.now())
+        if self._judge is not None:
+            self._judge.agent_restarted()
         if self._link_downs == 0:
             self._link_up()
 
@@ -1418,6 +1512,8 @@ class Simulation:
                 self._advance_to(item.at_s)
                 self._recent.append((self._step, self._elapsed, "world", item.label, None))
                 item.run()
+            if self._bad_commands and self._bad_commands[0][0] <= self._elapsed:
+                self._bad_command(self._bad_commands.pop(0)[1])
             self._observe_world()
 
     def _observe_world(self) -> None:
@@ -1442,6 +1538,8 @@ class Simulation:
             linked,
             m.tray is not None,
             behind,
+            m.shown,
+            m.locked,
         )
         if key == self._world_key:
             return
@@ -1456,6 +1554,9 @@ class Simulation:
             tray_occupied=m.tray is not None,
             roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
             clock_behind=behind,
+            pattern=m.shown.name,
+            locked=m.locked,
+            lock_supported=m.has(Feature.LOCK),
         )
         if world != self._world:
             self._world = world
@@ -1537,6 +1638,7 @@ def _label(roll: SimRoll, index: int) -> SachetLabel:
         intended_utc=_wire_date(sachet.intended_utc_s),
         roll_expiry_utc=_wire_date(roll.expiry_utc_s),
         readable=sachet.readable,
+        roll_last_dose_utc=_wire_date(roll.last_dose_utc_s),
     )
 
 

@@ -27,7 +27,10 @@ R3 one outcome per slot: every slot of the reference schedule due between instal
    outcome names a slot the schedule does not have. The outcome tells the truth about its slot:
    its `due_utc` and `due_local` are the slot's due instant, and a dose not given (any outcome
    but taken, skipped while paused, taken along on a trip, or taken unconfirmed) is a HIGH alarm
-   latched for a person to acknowledge (it carries an alert id).
+   latched for a person to acknowledge (it carries an alert id). Its `deviation` is the category
+   the municipality records: refused -> dose_refused, taken unconfirmed -> dose_unconfirmed,
+   missed -> dose_missed or dose_not_presented (dose_missed when the agent had said the dose
+   was in the tray), none for a dose given, skipped or taken along.
 R4 right sachet: every presented sachet carries the bound patient's reference (on the roll's
    leader and on the sachet), its roll has not expired at presentation (true time), and its
    intended time is within `sachet_time_tolerance` of the slot it was presented for and closer to
@@ -100,7 +103,13 @@ R11 the centre's commands take effect: what the unit accepts is confirmed at onc
    silence by `alert_silenced`, a person's discard decision by `plan_mismatch_decided` naming the
    roll, a schedule update by `schedule_changed` with its version, a pause by `pause_started` and
    a resume by `pause_ended` naming the pause (the centre must be able to trust that what it did
-   was done). A command the unit refuses (`centre_refused`) is owed nothing.
+   was done). A command the unit refuses (`centre_refused`) is owed nothing. A `pause_reminder`
+   is only for an open-ended pause, and tells how long it has lasted (`days_in_force`, within
+   0.05 day) and the longest it may (`max_days`: `pause_max`), so a person can end it in time.
+   A command the rules refuse (`forbid`: a silence of no duration, a pause ending before it
+   starts, in year 3000 or longer than `pause_max`, a schedule with a time twice, 13 doses a
+   day, 24:00 or an older version, a decision on a roll never loaded, an acknowledgement of an
+   alert never raised) is not taken: no event says it was.
 R12 the centre's record of the medicine: every sachet the dispenser moves is reported within
    `record_bound` (15 min; running, like R8's, while the agent is linked): a presentation by
    `dose_presented` (its dispense id; or, cut unheard and gone before the agent could look, by
@@ -111,13 +120,38 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    dispensed_for_travel; and the end of a HIGH condition reported in its episode (jam, full
    bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
    id the dispenser cut names the sachet that moved: its index (when the event has the field), and
-   its roll when it names one.
+   its roll when it names one. A `dose_left_in_tray` gives the reason a dose is left for a nurse
+   (no retain bin, or the bin full), never none. A dose announced and still in the tray when
+   R14's escalation comes (the agent linked all along) is reported by `dose_not_taken` naming
+   its slot, and no `dose_not_taken` comes before that time.
 
 R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
    (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
    could hear it, at most all of them), and `travel_dispensed` (the trip complete)
    only when one was taken along for each slot of the trip (the judge's own slots in its window):
-   else the patient leaves without doses and the centre does not know.
+   else the patient leaves without doses and the centre does not know. A trip is reported once.
+
+R14 the dispenser tells and guards at home: what the patient meets at the unit follows the rules
+   within `high_report_bound` (running, like R8's, while the agent is linked):
+   - "signal": while a dose the agent announced (`dose_presented`) lies in the tray and its slot
+     has no outcome yet, the dispenser shows a pattern that calls the patient (REMINDER, URGENT
+     or FAULT), unless the centre silenced the unit; with `escalate_after` (the engine's first
+     escalation step, passed in), REMINDER until that long after the announcement and URGENT
+     from then on (either, once the agent restarted or lost the link since: its memory of the
+     presentation's time is gone);
+   - "quiet": the dispenser does not call (REMINDER, URGENT) with no such dose in the tray (a
+     unit that keeps calling after the dose was taken teaches the patient to ignore it);
+   - "held": while a due dose the agent said is held (`dose_held`) has no outcome and is not
+     presented, and the tray is empty, the dispenser shows HELD (or FAULT), unless silenced;
+   - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
+     the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
+     patient's doses come).
+
+R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
+   only when the leader of the roll at the reader says its last dose was more than
+   `sachet_time_tolerance` ago (`HELD_CLOCK_SLACK` more allowed, for the agent's clock); a claim
+   that stands for `high_report_bound` (the slot neither presented nor held for another reason)
+   is the violation: at a link's return the agent may speak of the roll it knew for a moment.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -150,6 +184,8 @@ RULES: dict[str, str] = {
     "R11": "the centre's commands are confirmed",
     "R12": "every movement of medicine and every end of a HIGH condition is reported",
     "R13": "a trip's report counts the sachets taken along and is complete only if they all were",
+    "R14": "the dispenser shows the patient a dose in the tray or held, and locks another's roll",
+    "R15": "a dose is held back only for a reason that is true",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -189,6 +225,8 @@ HOLDING_RULES = frozenset(
         "R11",
         "R12",
         "R13",
+        "R14",
+        "R15",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -304,6 +342,7 @@ class SachetLabel:
     intended_utc: datetime | None  # None: the print carries no time
     roll_expiry_utc: datetime | None  # None: the leader's expiry cannot be read (erased)
     readable: bool = True  # False: the dispenser's reader cannot read this sachet at all
+    roll_last_dose_utc: datetime | None = None  # the leader's last dose time; None: not read
 
     @property
     def usable(self) -> bool:
@@ -326,6 +365,11 @@ class World:
     # how far the agent's clock, while it has reason to trust it, shows less than true time (its
     # wall clock stepped back and not corrected yet): a slot falls due for it that much later
     clock_behind: timedelta = timedelta(0)
+    # R14: the pattern the dispenser shows (AlertPattern's name) and its cassette lock; None:
+    # not observed (the rule is not judged)
+    pattern: str | None = None
+    locked: bool | None = None
+    lock_supported: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +396,9 @@ class JudgeConfig:
     # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
     phantom_report_interval: timedelta = timedelta(minutes=10)
     pause_max: timedelta = timedelta(days=30)  # R8.pause_overdue (the engine's setting, passed in)
+    # R14: a dose in the tray calls REMINDER, then URGENT this long after it was announced (the
+    # engine's escalation step, passed in); None: any calling pattern will do
+    escalate_after: timedelta | None = None
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -387,6 +434,7 @@ class _Condition:
     # R12: reported by an event of one of these (kind, fields): each field has that value, or
     # one of the values of a tuple
     expect: tuple[tuple[str, dict[str, object]], ...] = ()
+    what: str = ""  # the violation's text when set (R14)
 
 
 _CONDITION_EVENTS = {
@@ -411,6 +459,21 @@ PHANTOM_REPORT = "phantom_dispenser_event"
 INTAKES = ("taken", "taken_unconfirmed")  # outcomes of a slot whose dose was lifted out (R12)
 # outcomes of a dose given, or not given for a reason a person already knows (R3: no alarm)
 QUIET_OUTCOMES = ("taken", "skipped_paused", "dispensed_for_travel", "taken_unconfirmed")
+# R3: the deviation category the municipality records for an outcome (docs: "Deviations");
+# quiet outcomes are none. A missed dose that was in the tray is "dose_missed".
+MISSED_IN_TRAY = "dose_missed"
+_OUTCOME_DEVIATIONS: dict[str, tuple[str | None, ...]] = {
+    "missed": (MISSED_IN_TRAY, "dose_not_presented"),
+    "refused": ("dose_refused",),
+    "taken_unconfirmed": ("dose_unconfirmed",),
+}
+# R15: how far ahead of true time the agent's clock may be (a wall-clock step not yet corrected)
+HELD_CLOCK_SLACK = timedelta(minutes=10)
+_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock")}
+# why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
+LEFT_IN_TRAY_REASONS = ("no_retain_bin", "bin_full")
+# R11: a pause reminder's days in force, rounded to 0.01 day on the agent's clock
+REMINDER_DAYS_SLACK = 0.05
 # R10: reasons of an outcome that say the tray was occupied (docs/engine.md, reason tokens)
 TRAY_REASONS = ("tray_occupied", "previous_dose_in_tray")
 
@@ -455,6 +518,17 @@ class Judge:
     _report_seq: int = 0  # R12: owed reports so far (their keys)
     _reports_open: int = 0  # R12: owed reports not yet made
     _overdue: dict[str, datetime] = field(default_factory=dict)  # pause id -> overdue at
+    _in_tray: int | None = None  # R14: dispense id of the sachet lying in the tray
+    _announced_slot: dict[int, str] = field(default_factory=dict)  # dispense id -> its slot
+    _silenced_until: datetime | None = None  # R14: the centre silenced the unit until then
+    _trip_reports: set[str] = field(default_factory=set)  # R13: trips already reported
+    _announced_at: datetime | None = None  # R14: when the dose in the tray was announced
+    _escalate_at: datetime | None = None  # R14: when its pattern turns URGENT (a review then)
+    _heard_all_along: bool = False  # R14: the agent linked since the tray's dose was announced
+    _held: set[str] = field(default_factory=set)  # R14: slots the agent said are held
+    _last_announced: tuple[str, datetime] | None = None  # R12: the last dose_presented's slot
+    # R11: what accepting a refused command would publish (this instant only)
+    _forbidden: list[tuple[str, str, str | None, object, datetime]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -552,12 +626,38 @@ class Judge:
             )
         if self._overdue:
             self._review_pauses(now)
+        if self._forbidden and self._forbidden[-1][4] < now:
+            self._forbidden = []
         self._now = now
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
             self._next_due += 1
+        # R14: what the dispenser should show changes at these instants (the bound runs from them)
+        if self._silenced_until is not None and now >= self._silenced_until:
+            since, self._silenced_until = self._silenced_until, None
+            self._review_local(since)
+        if self._escalate_at is not None and now >= self._escalate_at:
+            since, self._escalate_at = self._escalate_at, None
+            self._review_local(since)
+            slot_id = self._announced_slot.get(self._in_tray) if self._in_tray else None
+            if slot_id is not None and slot_id not in self._outcomes and self._heard_all_along:
+                # R12: the centre hears that the dose has not been taken by then
+                self._owe_report(
+                    f"dose of slot {slot_id} not taken",
+                    ("dose_not_taken", {"slot_id": slot_id}),
+                    at=since,
+                )
         for cond in list(self._conditions.values()):
             if not cond.reported and cond.deadline is not None and now > cond.deadline:
+                if cond.what:
+                    self._violation(
+                        cond.rule,
+                        f"{cond.what} since {_iso(cond.onset)}, longer than "
+                        f"{cond.bound or self.config.high_report_bound}",
+                        cond.deadline,
+                    )
+                    cond.reported = True
+                    continue
                 self._violation(
                     cond.rule or f"R8.{cond.name}",
                     ("" if cond.rule else "HIGH ")
@@ -573,6 +673,8 @@ class Judge:
             self._reports_open -= bool(self._conditions.pop(key).expect)
 
     def _at_due(self, slot: RefSlot) -> None:
+        if slot.slot_id in self._held:
+            self._review_local(slot.due_utc)
         world = self._world
         if world is None or world.roll_patient_ref is None or world.remaining > 0:
             return
@@ -738,12 +840,115 @@ class Judge:
             self._linked_since = now
         elif not state.agent_linked:
             self._linked_since = None
+        if not state.tray_occupied:
+            self._in_tray = None
+        if not state.agent_linked:
+            self._heard_all_along = False
+        self._review_local(now)
+
+    def agent_restarted(self) -> None:
+        """The agent process started again now (its memory of what it did is what it stored)."""
+        self._heard_all_along = False
+
+    def silenced(self, duration: timedelta) -> None:
+        """The unit accepted the centre's silence now, for `duration` (R14)."""
+        now = self._require_now()
+        until = now + duration
+        if self._silenced_until is None or until > self._silenced_until:
+            self._silenced_until = until
+        self._review_local(now)
+
+    def _review_local(self, now: datetime) -> None:
+        """R14: does the dispenser call the patient to the announced dose in the tray, and is its
+        cassette locked exactly while another patient's roll is loaded?"""
+        world = self._world
+        if world is None:
+            return
+        slot_id = self._announced_slot.get(self._in_tray) if self._in_tray is not None else None
+        calling: tuple[str | None, ...] = (None, "REMINDER", "URGENT", "FAULT")
+        after, at = self.config.escalate_after, self._announced_at
+        if after is not None and at is not None:
+            # first the reminder; the escalation at its time (a restart or a link drop since
+            # may delay it: then either)
+            if now < at + after:
+                calling = (None, "REMINDER", "FAULT")
+            elif self._heard_all_along:
+                calling = (None, "URGENT", "FAULT")
+        open_dose = (
+            slot_id is not None and slot_id not in self._outcomes and self._silenced_until is None
+        )
+        # each message is formatted only when its condition holds (asked on every dose event
+        # and world change)
+        bad = open_dose and world.pattern not in calling
+        self._local_condition(
+            "signal",
+            f"the dose of slot {slot_id} (dispense id {self._in_tray}) lies in the tray and "
+            f"the dispenser shows {world.pattern}, not {' or '.join(map(str, calling[1:]))}"
+            if bad
+            else None,
+            now,
+        )
+        bad = world.pattern in ("REMINDER", "URGENT") and not open_dose
+        self._local_condition(
+            "quiet",
+            f"the dispenser shows {world.pattern} with no dose of an open slot in the tray"
+            if bad
+            else None,
+            now,
+        )
+        held = (
+            [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= now]
+            if self._held
+            else []
+        )
+        bad = (
+            bool(held)
+            and not world.tray_occupied
+            and self._silenced_until is None
+            and world.pattern not in (None, "HELD", "FAULT")
+        )
+        self._local_condition(
+            "held",
+            f"the due dose of slot {min(held)} is held and the dispenser shows "
+            f"{world.pattern}, not HELD"
+            if bad
+            else None,
+            now,
+        )
+        # a blank leader names nobody: not this patient's roll either (R8.wrong_roll)
+        foreign = world.roll_patient_ref not in (None, self.config.patient_ref)
+        bad = world.lock_supported and world.locked is not None and world.locked != foreign
+        self._local_condition(
+            "lock",
+            f"the cassette is {'unlocked' if foreign else 'locked'} with "
+            + (f"a roll of {world.roll_patient_ref!r}" if foreign else "no roll of another")
+            + " loaded"
+            if bad
+            else None,
+            now,
+        )
+
+    def _by_id_due(self, slot_id: str) -> datetime:
+        slot = self._by_id.get(slot_id)
+        return slot.due_utc if slot is not None else datetime.max.replace(tzinfo=UTC)
+
+    def _local_condition(self, name: str, what: str | None, now: datetime) -> None:
+        """R14's condition `name` holds now (`what` says how) or not (None)."""
+        key = _LOCAL_KEYS[name]
+        if what is None:
+            self._conditions.pop(key, None)
+        elif key not in self._conditions:
+            linked = self._world is not None and self._world.agent_linked
+            self._conditions[key] = _Condition(
+                name, now, self._deadline(now, linked), rule="R14", what=what
+            )
 
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
         now = self._require_now()
         slot = self.slot_for_sachet(label.intended_utc)
         self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot)
+        self._in_tray = dispense_id
         self._owe_report(
             f"dose {dispense_id} presented",
             ("dose_presented", {"dispense_id": dispense_id}),
@@ -943,6 +1148,12 @@ class Judge:
                 for o in self._owed
                 if not (o[0] == kind and (o[1] is None or fields.get(o[1]) == o[2]))
             ]
+        for what, forbidden, name, value, _ in self._forbidden:
+            if kind == forbidden and (name is None or fields.get(name) == value):
+                self._violation(
+                    "R11",
+                    f"{kind} after a command the rules refuse ({what}): the unit took it",
+                )
         if kind == PHANTOM_REPORT:
             self._last_phantom_report = self._require_now()
             for cond in self._conditions.values():
@@ -958,10 +1169,33 @@ class Judge:
             self._note_named_ahead(fields)
         if kind == "slot_outcome":
             self._on_outcome(priority, fields, alert_id)
+            self._held.discard(str(fields.get("slot_id")))
+            self._review_local(self._require_now())
+            if fields.get("reason") != "roll_period_passed":
+                self._conditions.pop(f"R15 {fields.get('slot_id')}", None)
         elif kind == "dose_presented":
             self._on_presented_event(fields)
+            self._held.discard(str(fields.get("slot_id")))
+            self._review_local(self._require_now())
+            self._conditions.pop(f"R15 {fields.get('slot_id')}", None)  # given after all
+        elif kind == "dose_not_taken":
+            self._on_not_taken(fields)
+        elif kind == "dose_held" and isinstance(fields.get("slot_id"), str):
+            self._held.add(str(fields["slot_id"]))
+            self._review_local(self._require_now())
+            self._conditions.pop(f"R15 {fields['slot_id']}", None)  # another reason now
+            if fields.get("reason") == "roll_period_passed":
+                self._judge_period_passed(str(fields["slot_id"]))
         elif kind in ("travel_dispensed", "travel_short"):
             self._on_trip_report(kind, fields)
+        elif kind == "dose_left_in_tray" and fields.get("reason") not in LEFT_IN_TRAY_REASONS:
+            self._violation(
+                "R12",
+                f"dose_left_in_tray (dispense id {fields.get('dispense_id')}) gives reason "
+                f"{fields.get('reason')!r}: a dose is left only for want of a bin or room in it",
+            )
+        elif kind == "pause_reminder":
+            self._on_pause_reminder(fields)
         if self._reports_open:
             for key in [k for k, c in self._conditions.items() if c.expect and not c.reported]:
                 cond = self._conditions[key]
@@ -971,7 +1205,7 @@ class Judge:
                     self._reports_open -= 1
         if priority == HIGH:
             for cond in self._conditions.values():
-                if cond.reported or cond.name == PHANTOM or cond.expect:
+                if cond.reported or cond.rule:  # R10's phantoms, R12's reports, R14's
                     continue
                 if cond.name == "roll_empty":
                     cond.reported = kind in _SLOT_EVENTS and fields.get("slot_id") == cond.slot_id
@@ -1018,6 +1252,16 @@ class Judge:
                     f"outcome {outcome} for slot {slot.slot_id} says {name} {text}, "
                     f"the slot is due {_iso(slot.due_utc)}",
                 )
+        deviation = fields.get("deviation")
+        wanted = _OUTCOME_DEVIATIONS.get(outcome, (None,))
+        if outcome == "missed" and slot.slot_id in self._announced:
+            wanted = (MISSED_IN_TRAY,)  # the agent said its dose was in the tray
+        if deviation not in wanted:
+            self._violation(
+                "R3",
+                f"outcome {outcome} for slot {slot.slot_id} is recorded as deviation "
+                f"{deviation!r}, not {' or '.join(map(repr, wanted))}",
+            )
         if outcome not in QUIET_OUTCOMES and (priority != HIGH or alert_id is None):
             self._violation(
                 "R3",
@@ -1061,10 +1305,15 @@ class Judge:
             self._owed.append((*owed, now))
 
     def _owe_report(
-        self, what: str, *expect: tuple[str, dict[str, object]], linked: bool | None = None
+        self,
+        what: str,
+        *expect: tuple[str, dict[str, object]],
+        linked: bool | None = None,
+        at: datetime | None = None,
     ) -> None:
-        """R12: one of `expect` is owed within the bound (while the agent is linked)."""
-        now = self._require_now()
+        """R12: one of `expect` is owed within the bound (while the agent is linked) from `at`
+        (None: now)."""
+        now = at or self._require_now()
         if linked is None:
             linked = self._world is not None and self._world.agent_linked
         self._report_seq += 1
@@ -1102,6 +1351,11 @@ class Judge:
                     since, moved = first, True
         return since
 
+    def forbid(self, what: str, kind: str, name: str | None = None, value: object = None) -> None:
+        """R11: a command the rules refuse (`what`) reaches the unit now: no `kind` event (with
+        `name` = `value`) may say it was taken."""
+        self._forbidden.append((what, kind, name, value, self._require_now()))
+
     def centre_refused(self) -> None:
         """The unit refused the command just given (it did not fit): nothing is owed for it."""
         if self._owed:
@@ -1128,6 +1382,14 @@ class Judge:
         if not isinstance(dispense_id, int) or not isinstance(slot_id, str):
             return
         self._announced.setdefault(slot_id, set()).add(dispense_id)
+        self._announced_slot[dispense_id] = slot_id
+        self._last_announced = (slot_id, self._require_now())
+        if dispense_id == self._in_tray:
+            now = self._require_now()
+            self._announced_at = now
+            self._heard_all_along = self._world is not None and self._world.agent_linked
+            after = self.config.escalate_after
+            self._escalate_at = now + after if after is not None else None
         shown = self._presented.get(dispense_id)
         if shown is None:
             return  # nothing physical to judge (the model never cut it)
@@ -1213,6 +1475,9 @@ class Judge:
         pause_id = fields.get("pause_id")
         if not isinstance(pause_id, str) or pause_id not in self._trips:
             return
+        if pause_id in self._trip_reports:
+            self._violation("R13", f"{kind} for trip {pause_id}, which was reported already")
+        self._trip_reports.add(pause_id)
         start, end = self._pauses[pause_id]
         packed, heard = self._packed.get(pause_id, 0), self._packed_heard.get(pause_id, 0)
         planned = 0
@@ -1234,6 +1499,66 @@ class Judge:
                 "R13",
                 f"travel_dispensed for trip {pause_id}: {packed} sachets taken along for its "
                 f"{planned} slots (the patient lacks doses)",
+            )
+
+    def _judge_period_passed(self, slot_id: str) -> None:
+        """R15: the roll's period has passed only when its leader's last dose is past (by more
+        than the tolerance); a roll still holding this slot's sachet has not."""
+        now, world = self._require_now(), self._world
+        label = world.reader if world is not None else None
+        last = label.roll_last_dose_utc if label is not None else None
+        if label is None or last is None:
+            return
+        if last >= now - self.config.sachet_time_tolerance + HELD_CLOCK_SLACK:
+            # a claim about a roll the agent has not yet seen taken out may stand for a moment
+            # (its RollInserted comes at once): a violation if it stands for the bound
+            linked = world is not None and world.agent_linked
+            self._conditions[f"R15 {slot_id}"] = _Condition(
+                "held_for_no_reason",
+                now,
+                self._deadline(now, linked),
+                rule="R15",
+                what=f"slot {slot_id} held for roll_period_passed, but the leader of roll "
+                f"{label.roll_id} gives its last dose at {_iso(last)}",
+            )
+
+    def _on_not_taken(self, fields: dict[str, object]) -> None:
+        """R12: no `dose_not_taken` for a dose before its escalation."""
+        now, after, last = self._require_now(), self.config.escalate_after, self._last_announced
+        if after is None or last is None or fields.get("slot_id") != last[0]:
+            return
+        if now < last[1] + after:
+            self._violation(
+                "R12",
+                f"dose_not_taken for slot {last[0]} at {_iso(now)}: its dose was announced "
+                f"{_iso(last[1])}, not taken is {after} after",
+            )
+
+    def _on_pause_reminder(self, fields: dict[str, object]) -> None:
+        """R11: a reminder of a pause in force tells the centre how long it has lasted and the
+        longest it may (`pause_max`), so a person can end it in time."""
+        pause_id, now = fields.get("pause_id"), self._require_now()
+        window = self._pauses.get(pause_id) if isinstance(pause_id, str) else None
+        if window is None:
+            return
+        days, max_days = fields.get("days_in_force"), fields.get("max_days")
+        lasted = (now - window[0]) / timedelta(days=1)
+        wanted_max = self.config.pause_max / timedelta(days=1)
+        if window[1] is not None or fields.get("end_utc") is not None:
+            self._violation(
+                "R11",
+                f"pause_reminder for {pause_id}, which has an end (only an open-ended pause is "
+                "reminded; one with an end is announced before it ends)",
+            )
+        elif (
+            not isinstance(days, int | float)
+            or abs(days - lasted) > REMINDER_DAYS_SLACK
+            or max_days != wanted_max
+        ):
+            self._violation(
+                "R11",
+                f"pause_reminder for {pause_id} says {days} days in force of at most {max_days}; "
+                f"it has lasted {lasted:.2f} days of at most {wanted_max:g}",
             )
 
     def _judge_tray_belief(self, slot: RefSlot, outcome: str, fields: dict[str, object]) -> None:
