@@ -590,3 +590,94 @@ def test_a_lock_without_the_fail_safes_fault_pattern_is_not_lifted() -> None:
     assert again.events("failsafe_lock_lifted") == []
     assert again.dispenser.locked
     assert again.dispenser.dispensed == []
+
+
+# --- the escalation survives a restart (year simulation, seed 3, 2027-01-29) -----------------
+
+
+def test_a_dose_called_urgently_before_a_restart_is_still_called_urgently_after() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=40))  # presented at DUE; URGENT from DUE + 30 min
+    assert rig.sounding() is AlertPattern.URGENT
+    assert len(rig.events("dose_not_taken")) == 1
+    again = restarted(rig, DUE + timedelta(minutes=42))
+    hello(again)
+    again.run_for(timedelta(minutes=5))
+    assert again.sounding() is AlertPattern.URGENT  # not back to REMINDER
+    assert AlertPattern.REMINDER not in again.patterns_sent()
+    assert again.events("dose_not_taken") == []  # the centre was told once, before
+
+
+def test_an_escalation_due_after_a_restart_keeps_its_time_from_the_presentation() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=10))
+    assert rig.sounding() is AlertPattern.REMINDER
+    again = restarted(rig, DUE + timedelta(minutes=12))
+    hello(again)
+    again.run_until(DUE + timedelta(minutes=29))
+    assert again.sounding() is AlertPattern.REMINDER
+    again.run_until(DUE + timedelta(minutes=30, seconds=1))  # not 30 min after the restart
+    assert again.sounding() is AlertPattern.URGENT
+    [event] = again.events("dose_not_taken")
+    assert event.fields["minutes_since_presented"] == 30
+
+
+def test_an_escalation_due_while_the_agent_was_away_comes_at_once_and_is_told() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=20))
+    again = restarted(rig, DUE + timedelta(minutes=35))
+    hello(again)
+    again.run_for(timedelta(seconds=1))
+    assert again.sounding() is AlertPattern.URGENT
+    assert len(again.events("dose_not_taken")) == 1  # never told before the restart
+
+
+def test_the_urgent_step_survives_a_restart_whose_wall_clock_went_back() -> None:
+    """The stored step is a floor: a clock that shows less time since the presentation after
+    the restart does not call the patient less urgently."""
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=40))
+    again = restarted(rig, DUE + timedelta(minutes=5))  # the wall clock stepped back
+    hello(again)
+    again.run_for(timedelta(minutes=1))
+    assert again.sounding() is AlertPattern.URGENT
+    assert again.events("dose_not_taken") == []
+
+
+def untrusted_boot(rig: Rig, at: datetime) -> Rig:
+    """The Pi boots at `at` by its own guess of the time (neither NTP nor the dispenser's RTC)."""
+    state = EngineState.from_json(rig.engine.state.to_json())
+    again = Rig(rig.schedule, start=at, state=state, config=rig.config, trust=TimeTrust.UNTRUSTED)
+    again.dispenser = rig.dispenser
+    again.caps = rig.caps
+    return again
+
+
+def test_after_a_boot_with_an_untrusted_clock_a_step_comes_late_never_early() -> None:
+    """The wide world's seed 2: a boot clock 15 min ahead made the step (and `dose_not_taken`)
+    come 15 min early. Not knowing how long the dose waited, the step counts from the boot."""
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=10))
+    again = untrusted_boot(rig, DUE + timedelta(minutes=40))  # a guess 25 min ahead
+    hello(again)
+    again.run_for(timedelta(minutes=29))
+    assert again.sounding() is AlertPattern.REMINDER
+    assert again.events("dose_not_taken") == []
+    again.run_for(timedelta(minutes=1, seconds=1))
+    assert again.sounding() is AlertPattern.URGENT
+
+
+def test_after_a_boot_with_an_untrusted_clock_an_urgent_dose_stays_urgent() -> None:
+    rig = morning_rig()
+    rig.install()
+    rig.run_until(DUE + timedelta(minutes=40))
+    again = untrusted_boot(rig, DUE + timedelta(minutes=42))
+    hello(again)
+    again.run_for(timedelta(minutes=5))
+    assert again.sounding() is AlertPattern.URGENT
+    assert again.events("dose_not_taken") == []

@@ -348,6 +348,10 @@ UNREADABLE = {
         edited(put("discard_decisions.0.all", True)),
         "discard_decisions.0.all",
     ),
+    "negative escalation step": (
+        edited(put("open_slots.0.escalations_done", -1)),
+        "escalations_done",
+    ),
     "last intake past year 3000": (
         edited(put("last_intake_utc", "3001-01-01T00:00:00+00:00")),
         "last_intake_utc",
@@ -560,3 +564,17 @@ def test_restore_takes_the_ledgers_sachet_when_the_state_has_another_dispense_id
         ("2026-03-06T08:00", 44, 14),
         ("2026-03-06T20:00", 45, 0),  # none in the ledger either: 0
     ]
+
+
+def test_the_escalation_step_of_a_dose_in_the_tray_is_stored_and_kept_by_restore() -> None:
+    """A restart never calls the patient less urgently: the step taken is stored (a state
+    stored before it was, like STORED_FULL, loads with none taken)."""
+    assert EngineState.from_json(STORED_FULL).open_slots[0].escalations_done == 0
+    text = edited(put("open_slots.0.escalations_done", 1))
+    [first, _] = EngineState.from_json(text).open_slots
+    assert first == OpenSlot("2026-03-05T08:00", 41, 12, at(5, 7), at(5, 7, 0, 5), "R-1", 1)
+    assert '"escalations_done":1' in EngineState.from_json(text).to_json()
+    row = LedgerRow("2026-03-05T08:00", 41, 12, "2026-03-05T07:00:00Z", "2026-03-05T07:00:05Z")
+    assert restore(text, [row]).state.open_slots[0].escalations_done == 1
+    other_id = LedgerRow("2026-03-05T08:00", 43, 12, "2026-03-05T07:00:00Z", None)
+    assert restore(text, [other_id]).state.open_slots[0].escalations_done == 0

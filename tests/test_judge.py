@@ -1481,7 +1481,7 @@ def test_r14_the_cassette_is_locked_exactly_while_another_patients_roll_is_loade
         unlinked.advance(utc("12:11"))
 
 
-def test_r14_the_reminder_escalates_at_its_time_unless_the_agent_restarted_since() -> None:
+def test_r14_the_reminder_escalates_at_its_time_even_across_a_restart() -> None:
     def shown(j: Judge) -> None:
         j.world(home())
         j.advance(utc("06:00"))
@@ -1508,12 +1508,45 @@ def test_r14_the_reminder_escalates_at_its_time_unless_the_agent_restarted_since
     early.world(home(tray_occupied=True, pattern="URGENT"))
     with pytest.raises(InvariantViolation, match=r"R14 .*shows URGENT, not REMINDER or FAULT"):
         early.advance(utc("06:16"))
+    # the agent stores the step and keeps its time: a restart is no excuse (year simulation,
+    # seed 3, 2027-01-29: URGENT fell back to REMINDER after a restart)
     restarted = escalating()
     shown(restarted)
     restarted.advance(utc("06:20"))
-    restarted.agent_restarted()  # its clock of the presentation is gone: late escalation is fair
-    restarted.advance(utc("07:00"))
-    assert r14(restarted) == []
+    restarted.agent_restarted()  # before the escalation: it still comes at 06:30
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows REMINDER, not URGENT or FAULT"):
+        restarted.advance(utc("06:41"))
+    dropped = escalating()
+    shown(dropped)
+    dropped.advance(utc("06:35"))
+    dropped.world(home(tray_occupied=True, pattern="URGENT"))
+    dropped.advance(utc("06:40"))
+    dropped.agent_restarted()  # after it: never back to REMINDER
+    dropped.world(home(tray_occupied=True, pattern="REMINDER"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows REMINDER, not URGENT or FAULT"):
+        dropped.advance(utc("06:51"))
+    # a restart with a clock the agent does not trust cannot tell how long the dose waited: a
+    # step not yet shown may come late; one shown is never undone
+    untrusted = escalating()
+    shown(untrusted)
+    untrusted.advance(utc("06:20"))
+    untrusted.agent_restarted(clock_trusted=False)
+    untrusted.advance(utc("06:50"))
+    assert r14(untrusted) == []
+    untrusted.world(home(tray_occupied=True, pattern="URGENT"))
+    untrusted.advance(utc("06:52"))
+    untrusted.agent_restarted(clock_trusted=False)
+    untrusted.world(home(tray_occupied=True, pattern="REMINDER"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows REMINDER, not URGENT or FAULT"):
+        untrusted.advance(utc("07:03"))
+    kept = escalating()
+    shown(kept)
+    kept.advance(utc("06:30"))
+    kept.world(home(tray_occupied=True, pattern="URGENT"))
+    kept.advance(utc("06:40"))
+    kept.agent_restarted()
+    kept.advance(utc("06:59"))
+    assert r14(kept) == []
 
 
 def test_r14_a_due_dose_the_agent_holds_shows_held() -> None:

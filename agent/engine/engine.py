@@ -223,6 +223,7 @@ class DoseEngine:
                     r.due_utc,
                     r.presented_at,
                     r.roll_id,
+                    r.escalations_done,
                 )
                 for r in self._slotbook.runs
                 if r.dispense_id is not None
@@ -394,7 +395,18 @@ class DoseEngine:
                 sachet_index=slot.sachet_index,
                 roll_id=slot.roll_id,
             )
-            self._slotbook.runs.append(lifecycle.restored(run, now.mono, slot.presented_utc))
+            self._slotbook.runs.append(
+                lifecycle.restored(
+                    run,
+                    now.mono,
+                    slot.presented_utc,
+                    config=self._cfg,
+                    since_presented=None
+                    if slot.presented_utc is None or now.trust is TimeTrust.UNTRUSTED
+                    else now.utc - slot.presented_utc,
+                    escalations_done=slot.escalations_done,
+                )
+            )
         if self._slotbook.horizon is not None:
             # restored runs are in the book; never picked up a second time
             self._slotbook.cursor = self._slotbook.horizon

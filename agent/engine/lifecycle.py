@@ -92,6 +92,10 @@ class SlotRun:
     pattern: AlertPattern = AlertPattern.REMINDER
     reminders_sent: int = 0
     escalations_done: int = 0
+    # escalation steps count from here (None: `presented_mono`); after a restart, the
+    # presentation's wall time on the new monotonic clock, so a step keeps its time (grace does
+    # not: it starts again at the restart)
+    escalate_from_mono: float | None = None
     restored: bool = False  # open at a restart: fresh grace window from the restart
     # pre-dispensed for a trip (travel pause): no reminders, escalation or missed alarm; the
     # engine gives it `travel_collect_timeout` to be lifted out (docs/engine.md, "Travel")
@@ -153,19 +157,44 @@ def presented(run: SlotRun, now_mono: float, presented_at: datetime | None) -> S
         pattern=AlertPattern.REMINDER,
         reminders_sent=0,
         escalations_done=0,
+        escalate_from_mono=None,
         maybe_executed=False,
         unseen_done=False,
         unreconciled=False,
     )
 
 
-def restored(run: SlotRun, now_mono: float, presented_at: datetime | None) -> SlotRun:
+def restored(
+    run: SlotRun,
+    now_mono: float,
+    presented_at: datetime | None,
+    *,
+    config: EngineConfig,
+    since_presented: timedelta | None,
+    escalations_done: int = 0,
+) -> SlotRun:
     """An open slot found at restart. Presented before: it may still be in the tray (grace
     starts now; the first Status reconciles it). Never seen presented: its Dispense may or may
-    not have been cut, so it is sent again with the same id (`maybe_executed`)."""
+    not have been cut, so it is sent again with the same id (`maybe_executed`).
+
+    A presented dose keeps its escalation: the steps already taken (stored) stay taken, so a
+    patient called urgently is never called less urgently because the agent restarted; the
+    next steps keep their time from the presentation (`since_presented`, by the wall clock; one
+    stepped back only delays them, never undoes a stored step). None (the clock is not trusted):
+    they count from the restart, late rather than early (an early step would tell the centre
+    the dose was not taken before its time)."""
     if presented_at is None:
         return replace(run, phase=Phase.DISPENSING, restored=True, maybe_executed=True)
-    return replace(presented(run, now_mono, presented_at), restored=True, unreconciled=True)
+    fresh = replace(presented(run, now_mono, presented_at), restored=True, unreconciled=True)
+    steps = _steps(config)
+    done = min(max(escalations_done, 0), len(steps))
+    since = 0.0 if since_presented is None else max(_seconds(since_presented), 0.0)
+    return replace(
+        fresh,
+        escalations_done=done,
+        pattern=steps[done - 1].pattern if done else fresh.pattern,
+        escalate_from_mono=now_mono - since,
+    )
 
 
 _steps_memo: tuple[EngineConfig, tuple[EscalationStep, ...]] | None = None
@@ -193,7 +222,8 @@ def next_timer(run: SlotRun, config: EngineConfig) -> float | None:
         instants = [start + grace]
         steps = _steps(config)
         if run.escalations_done < len(steps):
-            instants.append(start + _seconds(steps[run.escalations_done].after))
+            escalate_from = start if run.escalate_from_mono is None else run.escalate_from_mono
+            instants.append(escalate_from + _seconds(steps[run.escalations_done].after))
         repeat = _seconds(config.reminder_repeat)
         if repeat > 0:
             instants.append(start + repeat * (run.reminders_sent + 1))
@@ -235,7 +265,8 @@ def on_time(run: SlotRun, config: EngineConfig, now_mono: float) -> TimerResult:
     escalated: list[EscalationStep] = []
     pattern = run.pattern
     done = run.escalations_done
-    while done < len(steps) and now_mono >= start + _seconds(steps[done].after):
+    escalate_from = start if run.escalate_from_mono is None else run.escalate_from_mono
+    while done < len(steps) and now_mono >= escalate_from + _seconds(steps[done].after):
         escalated.append(steps[done])
         pattern = steps[done].pattern
         done += 1

@@ -97,6 +97,9 @@ class OpenSlot:
     due_utc: datetime
     presented_utc: datetime | None = None
     roll_id: str | None = None
+    # escalation steps taken while it lay in the tray: a restart never calls the patient less
+    # urgently (absent in a state stored before: 0)
+    escalations_done: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +400,7 @@ class OpenSlotModel(_Model):
     due_utc: UtcTime
     presented_utc: UtcTime | None = None
     roll_id: Text | None = None
+    escalations_done: Annotated[int, Field(ge=0, le=U16_MAX)] = 0
 
     def to_slot(self) -> OpenSlot:
         return OpenSlot(
@@ -406,6 +410,7 @@ class OpenSlotModel(_Model):
             self.due_utc,
             self.presented_utc,
             self.roll_id,
+            self.escalations_done,
         )
 
 
@@ -598,6 +603,9 @@ def _dump(state: EngineState) -> str:
     for added in _ADDED_SINCE_THE_HAND_WRITTEN_ENCODER:
         if data.get(added) is None:
             data.pop(added, None)
+    for slot in data.get("open_slots", ()):
+        if slot.get("escalations_done") == 0:
+            del slot["escalations_done"]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -634,6 +642,9 @@ def _ledger_slots(
             "due_utc": record.due_utc,
             "presented_utc": record.presented_utc or None,
             "roll_id": previous.roll_id if previous else None,
+            "escalations_done": previous.escalations_done
+            if previous is not None and previous.dispense_id == record.dispense_id
+            else 0,
         }
         try:
             # through JSON: the ledger's text times are checked exactly as the stored state's

@@ -805,7 +805,9 @@ class Simulation:
             return
         self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
         if self._judge is not None:
-            self._judge.agent_restarted()
+            self._judge.agent_restarted(
+                clock_trusted=self._clock.now().trust is not TimeTrust.UNTRUSTED
+            )
         if self._link_downs == 0:
             self._link_up()
         self._at(self._elapsed + fault.duration_s, "NTP sync after boot", self._ntp_sync)
@@ -1233,7 +1235,9 @@ class Simulation:
             return
         self._engine = self._factory.restart(saved, self.config.engine, self._clock.now())
         if self._judge is not None:
-            self._judge.agent_restarted()
+            self._judge.agent_restarted(
+                clock_trusted=self._clock.now().trust is not TimeTrust.UNTRUSTED
+            )
         if self._link_downs == 0:
             self._link_up()
 
@@ -1244,7 +1248,9 @@ class Simulation:
             return
         self._engine = self._factory.restart(self._engine, self.config.engine, self._clock.now())
         if self._judge is not None:
-            self._judge.agent_restarted()
+            self._judge.agent_restarted(
+                clock_trusted=self._clock.now().trust is not TimeTrust.UNTRUSTED
+            )
         if self._link_downs == 0:
             self._link_up()
 

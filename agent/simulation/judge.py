@@ -137,8 +137,10 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      has no outcome yet, the dispenser shows a pattern that calls the patient (REMINDER, URGENT
      or FAULT), unless the centre silenced the unit; with `escalate_after` (the engine's first
      escalation step, passed in), REMINDER until that long after the announcement and URGENT
-     from then on (either, once the agent restarted or lost the link since: its memory of the
-     presentation's time is gone);
+     from then on, even once the agent restarted or lost the link since (it stores the step and
+     keeps its time: a restart never calls the patient less urgently); only a restart with a
+     clock the agent does not trust may delay a step not yet shown (then either until URGENT is
+     shown, never less urgent after);
    - "quiet": the dispenser does not call (REMINDER, URGENT) with no such dose in the tray (a
      unit that keeps calling after the dose was taken teaches the patient to ignore it);
    - "held": while a due dose the agent said is held (`dose_held`) has no outcome and is not
@@ -524,7 +526,10 @@ class Judge:
     _trip_reports: set[str] = field(default_factory=set)  # R13: trips already reported
     _announced_at: datetime | None = None  # R14: when the dose in the tray was announced
     _escalate_at: datetime | None = None  # R14: when its pattern turns URGENT (a review then)
-    _heard_all_along: bool = False  # R14: the agent linked since the tray's dose was announced
+    _heard_all_along: bool = False  # R12: the agent linked since the tray's dose was announced
+    _urgent_shown: bool = False  # R14: the dispenser called the tray's dose URGENT
+    # R14: the agent restarted with a clock it did not trust since the tray's dose was announced
+    _late_escalation_excused: bool = False
     _held: set[str] = field(default_factory=set)  # R14: slots the agent said are held
     _last_announced: tuple[str, datetime] | None = None  # R12: the last dose_presented's slot
     # R11: what accepting a refused command would publish (this instant only)
@@ -846,9 +851,13 @@ class Judge:
             self._heard_all_along = False
         self._review_local(now)
 
-    def agent_restarted(self) -> None:
-        """The agent process started again now (its memory of what it did is what it stored)."""
+    def agent_restarted(self, *, clock_trusted: bool = True) -> None:
+        """The agent process started again now (its memory of what it did is what it stored),
+        with a wall clock it trusts or not (R14: without one it cannot tell how long the dose in
+        the tray has waited, and its escalation may come late, never undone)."""
         self._heard_all_along = False
+        if not clock_trusted and self._announced_at is not None:
+            self._late_escalation_excused = True
 
     def silenced(self, duration: timedelta) -> None:
         """The unit accepted the centre's silence now, for `duration` (R14)."""
@@ -868,15 +877,18 @@ class Judge:
         calling: tuple[str | None, ...] = (None, "REMINDER", "URGENT", "FAULT")
         after, at = self.config.escalate_after, self._announced_at
         if after is not None and at is not None:
-            # first the reminder; the escalation at its time (a restart or a link drop since
-            # may delay it: then either)
+            # first the reminder; the escalation at its time, even across a restart or a link
+            # drop (the agent stores the step and keeps its time: a patient called urgently is
+            # never called less urgently because the agent restarted)
             if now < at + after:
                 calling = (None, "REMINDER", "FAULT")
-            elif self._heard_all_along:
+            elif self._urgent_shown or not self._late_escalation_excused:
                 calling = (None, "URGENT", "FAULT")
         open_dose = (
             slot_id is not None and slot_id not in self._outcomes and self._silenced_until is None
         )
+        if open_dose and world.pattern == "URGENT":
+            self._urgent_shown = True  # from now on never less urgent, restart or not
         # each message is formatted only when its condition holds (asked on every dose event
         # and world change)
         bad = open_dose and world.pattern not in calling
@@ -1387,6 +1399,7 @@ class Judge:
         if dispense_id == self._in_tray:
             now = self._require_now()
             self._announced_at = now
+            self._urgent_shown = self._late_escalation_excused = False
             self._heard_all_along = self._world is not None and self._world.agent_linked
             after = self.config.escalate_after
             self._escalate_at = now + after if after is not None else None
