@@ -1621,6 +1621,24 @@ def test_r14_a_due_dose_the_agent_holds_shows_held() -> None:
         dark.advance(utc("06:11"))
 
 
+def test_r14_a_held_dose_is_due_when_the_agents_clock_shows_it() -> None:
+    """Wide world seed 251: the synchronised clock stepped back an hour before the 20:00 dose,
+    said held ahead. At true 19:00 UTC the agent's clock shows 18:00: nothing is due for it, the
+    dispenser rightly shows OFF; the judge read the due instant in true time."""
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home(clock_behind=timedelta(hours=1)))
+    j.advance(utc("05:00"))
+    j.published("dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+    j.advance(utc("06:00"))
+    j.world(home(clock_behind=timedelta(hours=1), bin_full=True))  # any later look at the unit
+    j.advance(utc("06:30"))
+    assert r14(j) == []
+    j.advance(utc("07:00"))
+    j.world(home(clock_behind=timedelta(hours=1)))  # due by the agent's clock: HELD owed
+    with pytest.raises(InvariantViolation, match=r"R14 .*slot 2026-06-01T08:00 is held .*OFF"):
+        j.advance(utc("07:11"))
+
+
 def test_r14_the_dispenser_stops_calling_once_the_dose_is_gone_or_settled() -> None:
     j = judge(enforce=frozenset({"R14"}))
     j.world(home())

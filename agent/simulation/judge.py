@@ -144,8 +144,9 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      presentation's time is gone);
    - "quiet": the dispenser does not call (REMINDER, URGENT) with no such dose in the tray (a
      unit that keeps calling after the dose was taken teaches the patient to ignore it);
-   - "held": while a due dose the agent said is held (`dose_held`) has no outcome and is not
-     presented, and the tray is empty, the dispenser shows HELD (or FAULT), unless silenced;
+   - "held": while a due dose (by the agent's trusted clock) the agent said is held
+     (`dose_held`) has no outcome and is not presented, and the tray is empty, the dispenser
+     shows HELD (or FAULT), unless silenced;
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
      the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
      patient's doses come).
@@ -911,8 +912,11 @@ class Judge:
             else None,
             now,
         )
+        # Read "a due dose" in true time, R14 asked for HELD while the agent's clock, stepped
+        # back an hour, did not show the slot due (wide world seed 251): due by that clock.
+        shown_now = now - world.clock_behind
         held = (
-            [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= now]
+            [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= shown_now]
             if self._held
             else []
         )
