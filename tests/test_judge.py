@@ -83,6 +83,7 @@ def world(
     tray_occupied: bool = False,
     roll_label_readable: bool = True,
     clock_behind: timedelta = timedelta(0),
+    clock_trusted: bool = True,
 ) -> World:
     return World(
         roll,
@@ -94,6 +95,7 @@ def world(
         tray_occupied,
         roll_label_readable,
         clock_behind,
+        clock_trusted,
     )
 
 
@@ -318,6 +320,40 @@ def test_r2_r4_sachets_taken_along_on_a_trip_are_not_intakes_but_must_be_for_it(
         stale.taken_for_travel(1)
 
 
+def test_r4_the_slots_own_dose_presented_before_a_trip_by_the_agents_clock_is_no_trip_sachet() -> (
+    None
+):
+    """Wide world seed 338: the synchronised clock stepped back an hour; the agent presents the
+    08:00 dose when its clock shows it, at true 07:00, after the trip began at 06:30 in true
+    time but before it began by the agent's clock. Someone packing lifts it out: the agent
+    packed nothing for the trip, and may settle the slot as taken (R12)."""
+    j = judge(enforce=frozenset({"R4", "R12"}))
+    j.world(world(clock_behind=timedelta(hours=1)))
+    j.advance(utc("06:00"))
+    j.pause("trip", utc("06:30"), utc("22:00", day=2), take_along=True)
+    j.advance(utc("07:00"))
+    j.presented(1, label(utc("06:00")))
+    j.published("dose_presented", "info", {"dispense_id": 1})
+    j.advance(utc("07:01"))
+    j.taken_for_travel(1)
+    j.published(
+        "slot_outcome",
+        "info",
+        {"slot_id": "2026-06-01T08:00", "outcome": "taken", "dispense_id": 1},
+    )
+    j.advance(utc("08:00"))
+    assert j.findings == []
+    synced = judge(enforce=frozenset({"R4"}))  # the agent's clock showed the trip in force
+    synced.world(world())
+    synced.advance(utc("06:00"))
+    synced.pause("trip", utc("06:30"), utc("22:00", day=2), take_along=True)
+    synced.advance(utc("07:00"))
+    synced.presented(1, label(utc("06:00")))
+    synced.advance(utc("07:01"))
+    with pytest.raises(InvariantViolation, match=r"R4 .*no slot of a travel pause"):
+        synced.taken_for_travel(1)
+
+
 @pytest.mark.parametrize(
     ("times", "interval"),
     [
@@ -532,6 +568,25 @@ def test_r7_a_missed_alarm_while_a_pause_is_in_force() -> None:
     after.advance(utc("07:00"))
     outcome(after, "2026-06-01T08:00", "missed", "high")  # the pause was over: a real alarm
     assert after.findings == []
+
+
+def test_r7_a_pause_is_in_force_when_the_agents_clock_shows_its_start() -> None:
+    """Wide world seed 318: the dose was in the tray before a pause; the synchronised clock
+    stepped back an hour, so the grace ended before the pause's start by the agent's clock (it
+    follows the clock, docs/time-policy.md), though after it in true time."""
+    j = judge(enforce=frozenset({"R7"}))
+    j.world(world(clock_behind=timedelta(hours=1)))
+    j.advance(utc("06:30"))
+    j.pause("p1", utc("06:50"), None)
+    j.advance(utc("07:00"))  # the agent's clock shows 06:00: no pause yet
+    outcome(j, "2026-06-01T08:00", "missed", "high")
+    assert j.findings == []
+    late = judge(enforce=frozenset({"R7"}))
+    late.world(world(clock_behind=timedelta(hours=1)))
+    late.pause("p1", utc("06:50"), None)
+    late.advance(utc("07:55"))  # the agent's clock shows 06:55: in force
+    with pytest.raises(InvariantViolation, match="while pause p1 is in force"):
+        outcome(late, "2026-06-01T08:00", "missed", "high")
 
 
 # --- R9 ----------------------------------------------------------------------------------------
@@ -1138,6 +1193,35 @@ def test_r8_a_pause_in_force_longer_than_its_maximum_needs_a_high_pause_overdue(
     assert ok.findings == []
 
 
+def test_r8_pause_overdue_runs_from_when_the_agents_clock_shows_the_maximum() -> None:
+    """Wide world seed 361: the synchronised clock stepped back an hour during a long pause.
+    The agent reaches the pause's maximum when its clock shows it, an hour late in true time;
+    the judge read the maximum in true time. An untrusted clock (seed 316: the Pi booted in the
+    pause with a guessed time) cannot tell how long the pause has lasted: the bound runs from
+    when the clock is trusted again."""
+    behind = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    behind.world(world(clock_behind=timedelta(hours=1)))
+    behind.pause("open", utc("01:00"), None)
+    behind.advance(utc("04:05"))  # the agent's clock shows 03:05: overdue for it at 03:00
+    behind.published("pause_overdue", "high", {"pause_id": "open"})
+    behind.advance(utc("05:00"))
+    assert behind.findings == []
+    late = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    late.world(world(clock_behind=timedelta(hours=1)))
+    late.pause("open", utc("01:00"), None)
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue"):
+        late.advance(utc("04:11"))
+    untrusted = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    untrusted.world(world(clock_trusted=False))
+    untrusted.pause("open", utc("01:00"), None)
+    untrusted.advance(utc("05:00"))  # no trusted clock: it cannot know
+    assert untrusted.findings == []
+    untrusted.world(world())  # NTP: it knows now, and has the bound to say it
+    untrusted.advance(utc("05:09"))
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue"):
+        untrusted.advance(utc("05:11"))
+
+
 # --- enforcement and reporting ------------------------------------------------------------
 
 
@@ -1568,6 +1652,24 @@ def test_r14_a_due_dose_the_agent_holds_shows_held() -> None:
     dark.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
     with pytest.raises(InvariantViolation, match=r"R14 .*slot 2026-06-01T08:00 is held .*OFF"):
         dark.advance(utc("06:11"))
+
+
+def test_r14_a_held_dose_is_due_when_the_agents_clock_shows_it() -> None:
+    """Wide world seed 251: the synchronised clock stepped back an hour before the 20:00 dose,
+    said held ahead. At true 19:00 UTC the agent's clock shows 18:00: nothing is due for it, the
+    dispenser rightly shows OFF; the judge read the due instant in true time."""
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home(clock_behind=timedelta(hours=1)))
+    j.advance(utc("05:00"))
+    j.published("dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+    j.advance(utc("06:00"))
+    j.world(home(clock_behind=timedelta(hours=1), bin_full=True))  # any later look at the unit
+    j.advance(utc("06:30"))
+    assert r14(j) == []
+    j.advance(utc("07:00"))
+    j.world(home(clock_behind=timedelta(hours=1)))  # due by the agent's clock: HELD owed
+    with pytest.raises(InvariantViolation, match=r"R14 .*slot 2026-06-01T08:00 is held .*OFF"):
+        j.advance(utc("07:11"))
 
 
 def test_r14_the_dispenser_stops_calling_once_the_dose_is_gone_or_settled() -> None:

@@ -1544,6 +1544,7 @@ class Simulation:
             linked,
             m.tray is not None,
             behind,
+            clock.trust is TimeTrust.UNTRUSTED,
             m.shown,
             m.locked,
         )
@@ -1560,6 +1561,7 @@ class Simulation:
             tray_occupied=m.tray is not None,
             roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
             clock_behind=behind,
+            clock_trusted=clock.trust is not TimeTrust.UNTRUSTED,
             pattern=m.shown.name,
             locked=m.locked,
             lock_supported=m.has(Feature.LOCK),

@@ -37,7 +37,8 @@ R4 right sachet: every presented sachet carries the bound patient's reference (o
    that slot's due instant than to any other slot's (slots sharing one instant, which a DST gap can
    cause, cannot be told apart by time and count as one). A sachet packed for a trip must be
    packed for a slot inside a travel pause that asks for it, and its roll must not have expired
-   by that slot's due time (when the patient will take it).
+   by that slot's due time (when the patient will take it); the slot's own dose, presented when
+   the agent's trusted clock showed no pause in force yet, is not packed for a trip.
 R5 no discard without a decision: a sachet is cut into the bin only when a decision covers it.
    `discard_decisions` says which decisions count:
    - "stale": the slot the sachet is packed for (the reference slot within the tolerance of its
@@ -53,7 +54,8 @@ R6 bin: the bin's fill never exceeds its capacity; no sachet is cut into it whil
    after a long pause, leaves every later missed dose in the tray and every later stale sachet
    stuck at the reader).
 R7 no missed alarm while paused: no `slot_outcome` with outcome "missed" for a slot due inside a
-   pause window, nor published while a pause is in force.
+   pause window, nor published while a pause is in force (by the agent's trusted clock: one
+   stepped back shows the pause's start late).
 R8 HIGH conditions reported: every HIGH condition of the physical world is followed by a
    published HIGH event that reports it within `high_report_bound` of true time. The bound runs
    while the agent can know: from onset, or from when the agent is running and linked to the
@@ -81,7 +83,8 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
      -> `fault_reader` or `sachet_rejected` (one naming that roll and sachet, when it names one);
    - "pause_overdue": the unit has been paused without a break (windows overlapping or end to
      start, the judge's own chain) for `pause_max` (the engine's setting, passed in) ->
-     `pause_overdue`.
+     `pause_overdue`; the bound runs from when the agent's trusted clock shows the maximum
+     reached, not while its clock is untrusted (it cannot tell how long the pause has lasted).
 R9 no false missed alarm: no `slot_outcome` "missed", published while the agent runs and is
    linked to the dispenser (so it can ask whether the tray is empty), for a slot whose dose the
    agent published as presented (`dose_presented`) and the patient (or someone packing for a
@@ -143,8 +146,9 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      shown, never less urgent after);
    - "quiet": the dispenser does not call (REMINDER, URGENT) with no such dose in the tray (a
      unit that keeps calling after the dose was taken teaches the patient to ignore it);
-   - "held": while a due dose the agent said is held (`dose_held`) has no outcome and is not
-     presented, and the tray is empty, the dispenser shows HELD (or FAULT), unless silenced;
+   - "held": while a due dose (by the agent's trusted clock) the agent said is held
+     (`dose_held`) has no outcome and is not presented, and the tray is empty, the dispenser
+     shows HELD (or FAULT), unless silenced;
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
      the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
      patient's doses come).
@@ -326,6 +330,12 @@ def reference_min_interval_of_rules(rules: Sequence[Sequence[str]]) -> timedelta
     return interval
 
 
+def _knowable(c: _Condition, world: World) -> bool:
+    """The agent can know of condition `c` now: it runs, linked to the dispenser, and for a
+    pause's maximum its wall clock is trusted."""
+    return world.agent_linked and (c.name != "pause_overdue" or world.clock_trusted)
+
+
 def _clock_minutes(t: time) -> int:
     return t.hour * 60 + t.minute
 
@@ -367,6 +377,9 @@ class World:
     # how far the agent's clock, while it has reason to trust it, shows less than true time (its
     # wall clock stepped back and not corrected yet): a slot falls due for it that much later
     clock_behind: timedelta = timedelta(0)
+    # the agent has reason to trust its wall clock (synchronised, or set from the dispenser's
+    # RTC); an untrusted one cannot tell how long a pause has lasted (R8.pause_overdue)
+    clock_trusted: bool = True
     # R14: the pattern the dispenser shows (AlertPattern's name) and its cassette lock; None:
     # not observed (the rule is not judged)
     pattern: str | None = None
@@ -419,6 +432,7 @@ class _Presentation:
     at: datetime
     label: SachetLabel
     label_slot: RefSlot | None
+    agent_at: datetime | None = None  # what the agent's trusted clock showed (None: as `at`)
 
 
 @dataclass(slots=True)
@@ -824,17 +838,19 @@ class Judge:
                 if c.agent_due is not None and not c.reported and c.agent_due > now:
                     # not yet due by the agent's clock: due when the clock, as it is now, shows it
                     c.agent_due = max(now, c.onset + state.clock_behind)
-                    c.deadline = self._deadline(c.agent_due, state.agent_linked)
-        if previous is not None and state.agent_linked and not previous.agent_linked:
+                    c.deadline = self._deadline(c.agent_due, _knowable(c, state))
+        if previous is not None and (
+            (state.agent_linked and not previous.agent_linked)
+            or (state.clock_trusted and not previous.clock_trusted)
+        ):
             for c in self._conditions.values():
-                if c.deadline is None:
+                if c.deadline is None and not c.reported and _knowable(c, state):
                     c.deadline = max(now, c.agent_due or now) + (
                         c.bound or self.config.high_report_bound
                     )
-        if not state.agent_linked:
-            for c in self._conditions.values():
-                if not c.reported:
-                    c.deadline = None
+        for c in self._conditions.values():
+            if not c.reported and not _knowable(c, state):
+                c.deadline = None
         if previous is None or state.reader != previous.reader:
             self._review_reader(now)
         if not state.tray_occupied and (previous is None or previous.tray_occupied):
@@ -908,8 +924,11 @@ class Judge:
             else None,
             now,
         )
+        # Read "a due dose" in true time, R14 asked for HELD while the agent's clock, stepped
+        # back an hour, did not show the slot due (wide world seed 251): due by that clock.
+        shown_now = now - world.clock_behind
         held = (
-            [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= now]
+            [s for s in self._held if s not in self._outcomes and self._by_id_due(s) <= shown_now]
             if self._held
             else []
         )
@@ -959,7 +978,8 @@ class Judge:
         """A sachet was cut into the tray (R1, R4)."""
         now = self._require_now()
         slot = self.slot_for_sachet(label.intended_utc)
-        self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot)
+        behind = self._world.clock_behind if self._world is not None else timedelta(0)
+        self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot, now - behind)
         self._in_tray = dispense_id
         self._owe_report(
             f"dose {dispense_id} presented",
@@ -1041,15 +1061,8 @@ class Judge:
         intake)."""
         now = self._require_now()
         self._taken.setdefault(dispense_id, now)
-        if self._world is not None and self._world.agent_linked:
-            self._owe_report(
-                f"dose {dispense_id} taken along",
-                ("slot_outcome", {"dispense_id": dispense_id, "outcome": "dispensed_for_travel"}),
-            )
         shown = self._presented.get(dispense_id)
-        if shown is None:
-            return  # nothing physical to judge
-        label, slot = shown.label, shown.label_slot
+        label, slot = (shown.label, shown.label_slot) if shown is not None else (None, None)
         trip = None
         if slot is not None:
             trip = next(
@@ -1060,6 +1073,26 @@ class Judge:
                 ),
                 None,
             )
+        # Read "packed for a trip" as whatever someone packing lifts out, R4 failed the slot's
+        # own dose, presented when the agent's clock showed no pause in force yet (wide world
+        # seed 338: the clock stepped back an hour, the 12:00 dose presented at true 13:00, the
+        # trip from 12:27 being packed). The agent, its clock showing no pause in force,
+        # presented it for its slot, as R4 judged at presentation, and packed nothing for the
+        # trip: its outcome may be an intake.
+        own_dose = (
+            shown is not None
+            and slot is not None
+            and trip is None
+            and self._paused_at(shown.agent_at or shown.at) is None
+        )
+        if self._world is not None and self._world.agent_linked:
+            outcomes = ("dispensed_for_travel", *INTAKES) if own_dose else "dispensed_for_travel"
+            self._owe_report(
+                f"dose {dispense_id} taken along",
+                ("slot_outcome", {"dispense_id": dispense_id, "outcome": outcomes}),
+            )
+        if shown is None or label is None or own_dose:
+            return  # nothing physical to judge, or the slot's own dose
         what = f"sachet {label.index} of roll {label.roll_id} (dispense id {dispense_id})"
         if slot is None or trip is None:
             self._violation(
@@ -1350,8 +1383,18 @@ class Judge:
                 self._conditions.pop(key, None)
                 continue
             if now >= at and key not in self._conditions:
-                linked = self._world is not None and self._world.agent_linked
-                self._conditions[key] = _Condition("pause_overdue", at, self._deadline(at, linked))
+                # Read "in force for pause_max" in true time, R8.pause_overdue asked for the
+                # report while the agent could not know: its synchronised clock stepped back an
+                # hour shows the pause's maximum an hour late (wide world seed 361), and an
+                # untrusted clock cannot tell how long it has lasted (seed 316: a Pi boot in the
+                # pause, its clock a guess). The bound runs from when the agent's trusted clock
+                # shows the maximum reached.
+                w = self._world
+                linked = w is not None and w.agent_linked and w.clock_trusted
+                agent_due = at + (w.clock_behind if w is not None else timedelta(0))
+                self._conditions[key] = _Condition(
+                    "pause_overdue", at, self._deadline(agent_due, linked), agent_due=agent_due
+                )
 
     def _chain_start(self, start: datetime) -> datetime:
         """The start of the chain of pauses (overlapping or end to start) reaching `start`."""
@@ -1472,7 +1515,13 @@ class Judge:
                     f"{dispense_id}) the patient took at {_iso(taken_at)}",
                 )
         due_paused = self._paused_at(slot.due_utc)
-        now_paused = self._paused_at(self._require_now())
+        # Read "published while a pause is in force" in true time, R7 failed an agent whose
+        # synchronised clock, stepped back an hour, did not yet show the pause's start (wide
+        # world seed 318: a dose in the tray before a hospital stay missed at true 19:00, the
+        # pause from 18:46, the agent's clock at 18:00). A pause is in force for the agent when
+        # its trusted clock shows its start (docs/time-policy.md: the engine follows the clock).
+        behind = self._world.clock_behind if self._world is not None else timedelta(0)
+        now_paused = self._paused_at(self._require_now() - behind)
         if due_paused is not None or now_paused is not None:
             pause_id = due_paused or now_paused
             self._violation(

@@ -31,10 +31,13 @@ more of the engine's rules in a short run (more refusal paths, more restarts thr
 state). It found engine gaps the mix seldom reaches, fixed since: a Dispense whose reply was lost
 under a reader or jam fault was not asked again until its slot's deadline (R12, seeds 33 and 51;
 tests/test_sim_wide.py), and a new engine started with the link down decided only at its next
-deadline (seeds 131, 169, 180); and a judge reading (R8.roll_empty after a wall clock stepped
-back, seeds 32 and 41). It holds the judge's holding rules for seeds 0-199 of a year each; of
-seeds 200-399, 316, 318, 338 and 361 still break R4, R7 or R8.pause_overdue while the wall clock
-is wrong (stepped back, or untrusted): a pause's window read in true time, not yet judged.
+deadline (seeds 131, 169, 180); and judge readings (R8.roll_empty after a wall clock stepped
+back, seeds 32 and 41; a pause read in true time while the wall clock was wrong: R7 and a trip
+sachet (R4) after a step back, seeds 318 and 338, and R8.pause_overdue after a step back or with
+the clock untrusted, seeds 361 and 316; R14's held dose after a step back, seed 251). Of seeds
+0-399 of a year each, all hold the judge's holding rules but 23 and 131 (R15: a
+roll_period_passed hold; at 131 the clock ahead an hour) and 273 (R14: the unit calls with no
+dose of an open slot in the tray), not yet read.
 """
 
 from __future__ import annotations
