@@ -129,6 +129,24 @@ def test_the_maximum_packet_size_is_announced_and_smaller_messages_pass(
     run(scenario)
 
 
+@contextlib.asynccontextmanager
+async def flood_sender(port: int) -> AsyncIterator[paho.Client]:
+    """An MQTT 5 publisher on its own thread, with no cap on what paho queues."""
+    sender = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="flood",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    sender.max_queued_messages_set(0)
+    await asyncio.to_thread(sender.connect, "127.0.0.1", port)
+    sender.loop_start()
+    try:
+        yield sender
+    finally:
+        sender.disconnect()
+        await asyncio.to_thread(sender.loop_stop)
+
+
 def test_a_flood_past_the_inbox_is_dropped_counted_and_logged_once(
     mosquitto: MosquittoBroker,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
@@ -148,22 +166,12 @@ def test_a_flood_past_the_inbox_is_dropped_counted_and_logged_once(
         )
         async with running(link):
             await link.wait_ready(WAIT_S)
-            sender = paho.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id="flood",
-                protocol=MQTTProtocolVersion.MQTTv5,
-            )
-            await asyncio.to_thread(sender.connect, "127.0.0.1", mosquitto.port)
-            sender.loop_start()
-            try:
+            async with flood_sender(mosquitto.port) as sender:
                 for n in range(300):
                     sender.publish(TOPIC, f"junk {n}".encode(), qos=0)
                 async with asyncio.timeout(WAIT_S):
                     while link.stats.inbound_dropped < 250:  # noqa: ASYNC110 (bounded poll)
                         await asyncio.sleep(0.02)
-            finally:
-                sender.disconnect()
-                await asyncio.to_thread(sender.loop_stop)
             assert link.stats.inbound_dropped == 250
             # The application is told: the first drop at once, the rest a window later.
             async with asyncio.timeout(WAIT_S):
@@ -196,15 +204,7 @@ def test_a_qos1_flood_past_the_inbox_is_held_back_not_dropped(
         )
         async with running(link):
             await link.wait_ready(WAIT_S)
-            sender = paho.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id="flood",
-                protocol=MQTTProtocolVersion.MQTTv5,
-            )
-            sender.max_queued_messages_set(0)
-            await asyncio.to_thread(sender.connect, "127.0.0.1", mosquitto.port)
-            sender.loop_start()
-            try:
+            async with flood_sender(mosquitto.port) as sender:
                 infos = [sender.publish(TOPIC, f"cmd {n}".encode(), qos=1) for n in range(count)]
                 async with asyncio.timeout(WAIT_S * 3):
                     while not all(i.is_published() for i in infos):  # noqa: ASYNC110 (bounded)
@@ -217,9 +217,6 @@ def test_a_qos1_flood_past_the_inbox_is_held_back_not_dropped(
                         received.append(message.payload.decode())
                         link.ack(message)
                         await asyncio.sleep(0)
-            finally:
-                sender.disconnect()
-                await asyncio.to_thread(sender.loop_stop)
             assert received == [f"cmd {n}" for n in range(count)]
             assert link.stats.inbound_dropped == 0
             assert link.stats.inbound_over_limit >= 1  # the flood did go past the count
@@ -241,22 +238,12 @@ def test_qos1_past_the_inbox_bytes_is_dropped_and_counted(
         )
         async with running(link):
             await link.wait_ready(WAIT_S)
-            sender = paho.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id="flood",
-                protocol=MQTTProtocolVersion.MQTTv5,
-            )
-            await asyncio.to_thread(sender.connect, "127.0.0.1", mosquitto.port)
-            sender.loop_start()
-            try:
+            async with flood_sender(mosquitto.port) as sender:
                 for n in range(40):
                     sender.publish(TOPIC, f"{n:03d}".encode().ljust(200, b"."), qos=1)
                 async with asyncio.timeout(WAIT_S * 3):
                     while link.stats.inbound_dropped < 35:  # noqa: ASYNC110 (bounded poll)
                         await asyncio.sleep(0.02)
-            finally:
-                sender.disconnect()
-                await asyncio.to_thread(sender.loop_stop)
             assert link.stats.inbound_dropped == 35
             assert link.stats.inbound_over_limit == 0
             assert (await next_message(link)).payload.startswith(b"000")
