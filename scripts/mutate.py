@@ -145,6 +145,8 @@ DEFAULT_EQUIVALENTS = "scripts/mutation-equivalent.txt"
 LOGGER_NAMES = frozenset({"log", "logger", "_log", "LOG", "logging"})
 
 Suite = Literal["tests", "sim"]
+TIMEOUT_MARGIN_S = 10.0  # the default timeout: 4 x the unmutated run's time + this
+
 Status = Literal["killed", "timeout", "survived", "error"]
 
 # --- mutants ---------------------------------------------------------------------------------
@@ -795,7 +797,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout",
         type=float,
-        help="seconds per mutant (default: 4 x the unmutated run's time + 10)",
+        help="seconds per mutant (default: 4 x the unmutated run's time + --timeout-margin)",
+    )
+    parser.add_argument(
+        "--timeout-margin",
+        type=float,
+        default=TIMEOUT_MARGIN_S,
+        help=f"seconds added to 4 x the unmutated run's time when there is no --timeout "
+        f"(default {TIMEOUT_MARGIN_S:g}: a pytest start slowed by load is not a hang)",
     )
     parser.add_argument("--min-score", type=float, help="exit 1 if the score (%%) is lower")
     parser.add_argument(
@@ -829,6 +838,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1 or (args.sim_seeds is not None and args.sim_seeds < 1):
         parser.error("--jobs and --sim-seeds must be at least 1")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout must be more than 0 seconds")
+    if args.timeout_margin < 0:
+        parser.error("--timeout-margin must be 0 seconds or more")
     return args
 
 
@@ -1011,7 +1024,7 @@ def baselines(
         for path in paths:
             if outcome.status != "passed":
                 failed[path] = outcome.detail or outcome.status
-            timeouts[path] = args.timeout or 4 * outcome.seconds + 10
+            timeouts[path] = args.timeout or 4 * outcome.seconds + args.timeout_margin
     return timeouts, failed
 
 

@@ -14,6 +14,14 @@ from agent.technician.presence import TECHNICIAN_BUTTON_PIN, LongPress
 HOLD_S = 0.3  # the real long press is 5 s; the tests hold the mock button a little longer than this
 
 
+def watched_for(pin: Any, seconds: float) -> None:
+    """Sleep `seconds`, or less once the reset has let go of the button: a join on the presser
+    then ends when the reset has its answer, not at the end of a hold."""
+    end = time.monotonic() + seconds
+    while pin.when_changed is not None and time.monotonic() < end:
+        time.sleep(0.02)
+
+
 def pressed_button() -> tuple[LongPress, threading.Thread]:
     """A LongPress on a mock pin, and a thread that presses and holds it once it is watched."""
     factory: Any = MockFactory()
@@ -31,9 +39,9 @@ def pressed_button() -> tuple[LongPress, threading.Thread]:
         while pin.when_changed is not None and time.monotonic() < deadline:
             with contextlib.suppress(AttributeError):  # gpiozero: no hold thread yet
                 pin.drive_low()
-            time.sleep(HOLD_S * 4)
+            watched_for(pin, HOLD_S * 4)
             with contextlib.suppress(AttributeError):
                 pin.drive_high()
-            time.sleep(HOLD_S)
+            watched_for(pin, HOLD_S)
 
     return presence, threading.Thread(target=press, daemon=True)

@@ -235,6 +235,9 @@ def toy(tmp_path: Path) -> Path:
     return root
 
 
+TOY_TIMEOUT_MARGIN_S = 3.0
+
+
 def run_tool(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--root", str(root), *args],
@@ -262,9 +265,12 @@ def test_toy_mutants_are_reported_killed_survived_and_timed_out(toy: Path) -> No
         "tests/test_toy.py",
         "--markers",
         "",
-        # no --timeout: the tool's own (4 x the unmutated run + 10 s) scales with the machine's
-        # load, which a fixed one does not (3 s called a loaded pytest start a hang; 30 s made
-        # the hanging mutant cost 30 s on every run)
+        # no --timeout: the tool's own (4 x the unmutated run + margin) scales with the
+        # machine's load, which a fixed one does not (3 s called a loaded pytest start a hang;
+        # 30 s made the hanging mutant cost 30 s on every run). The margin: the default 10 s
+        # made the hanging mutant cost 13 s idle; a toy run's factor 4 leaves room under load.
+        "--timeout-margin",
+        str(TOY_TIMEOUT_MARGIN_S),
         "--jobs",
         "2",
         "--only",
@@ -312,3 +318,12 @@ def test_the_simulation_enforces_the_judge_rules_the_suite_enforces(tmp_path: Pa
         'FULL = 1\nJUDGE_PASSING = "R1,R3"\n', encoding="utf-8"
     )
     assert mutate.judge_args(tmp_path) == ("--judge", "R1,R3")
+
+
+def test_the_timeout_options_are_checked() -> None:
+    assert mutate.parse_args([]).timeout_margin == 10.0  # the default the docs give
+    assert mutate.parse_args(["--timeout-margin", "0"]).timeout_margin == 0.0
+    for bad in (["--timeout-margin", "-1"], ["--timeout", "0"], ["--timeout", "-5"]):
+        with pytest.raises(SystemExit) as caught:
+            mutate.parse_args(bad)
+        assert caught.value.code == 2, bad

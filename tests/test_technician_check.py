@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from hw.wire import SimulatorRunner
 
 pytestmark = pytest.mark.e2e
 UNIT = "e2e-check-1"
+ABSENT_TIMEOUT_S = 1.0  # per link probed when neither dispenser nor broker is there
 
 
 def items(report: Report) -> dict[str, str]:
@@ -58,13 +60,13 @@ def installed(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[tuple[Path
         runner.stop()
 
 
-def check(config: Path, tmp_path: Path, **kwargs: object) -> Report:
+def check(config: Path, tmp_path: Path, timeout_s: float = 5.0, **kwargs: object) -> Report:
     watchdog = tmp_path / "watchdog"
     watchdog.touch()  # stands for /dev/watchdog
     return install_check(
         load_config(config),
         config,
-        timeout_s=5.0,
+        timeout_s=timeout_s,
         watchdog=watchdog,
         pin_factory=MockFactory(),
         clock=ScaledClock(oslo(7, 30), rate=1.0),
@@ -92,13 +94,14 @@ def test_no_dispenser_and_no_broker_are_named(
     config, runner = installed
     runner.stop()  # unplugged
     mosquitto.stop()  # the network is down
-    report = check(config, tmp_path)
+    # nothing can answer: a short probe (`check --timeout`) fails as surely as a long one
+    report = check(config, tmp_path, timeout_s=ABSENT_TIMEOUT_S)
     seen = items(report)
     assert not report.ok
     assert seen["dispenser"].startswith(f"FAIL no dispenser answered on {tmp_path / 'tty'}")
     assert "cable, power, or the device path" in seen["dispenser"]
     assert seen["broker"].startswith("FAIL broker mqtt://127.0.0.1:")
-    assert "not reached within 5 s" in seen["broker"]
+    assert f"not reached within {ABSENT_TIMEOUT_S:g} s" in seen["broker"]
     assert seen["store"].startswith("PASS ")  # the rest is still checked
 
 
@@ -137,3 +140,23 @@ def test_check_beside_the_running_agent_over_the_cli(
         assert agent.process.poll() is None  # the agent was not disturbed
     finally:
         agent.stop()
+
+
+def test_the_broker_probe_can_stop_at_the_first_failed_attempts(tmp_path: Path) -> None:
+    from agent.technician.links import probe_broker
+
+    # port 1 on this host: nothing listens, every attempt is refused at once
+    config = load_config(
+        write_config(tmp_path, unit_id=UNIT, broker_port=1, device=tmp_path / "tty")
+    )
+    with pytest.raises(ValueError, match="attempts must be 1 or more"):
+        probe_broker(config, attempts=0)
+    probe = probe_broker(config, timeout_s=60.0, attempts=2)  # answers long before 60 s
+    assert not probe.ok
+    # two at least: a third may have failed before the probe looked
+    found = re.match(
+        r"broker mqtt://127\.0\.0\.1:1 not reached in (\d+) attempts as ", probe.detail
+    )
+    assert found is not None, probe.detail
+    assert int(found.group(1)) >= 2, probe.detail
+    assert "Connection refused" in probe.detail, probe.detail

@@ -53,33 +53,65 @@ def _broker_name(config: AgentConfig) -> str:
     return f"{scheme}://{config.mqtt.host}:{config.mqtt.port}"
 
 
-async def _probe_broker(config: AgentConfig, timeout_s: float, suffix: str) -> ProbeOutcome:
+async def _connected_or_given_up(link: MqttLink, attempts: int | None) -> None:
+    """Until connected, or until `attempts` connect attempts have failed with a reason."""
+    if attempts is None:
+        await link.wait_connected()
+        return
+    while not link.connected:
+        # with a reason: the attempt is over (a refused MQTT 5 retried in 3.1.1 is not yet)
+        if link.stats.connect_failures >= attempts and link.last_connect_error is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await link.wait_connected(0.05)  # a short, bounded poll of the attempt counter
+
+
+async def _probe_broker(
+    config: AgentConfig, timeout_s: float, suffix: str, attempts: int | None
+) -> ProbeOutcome:
     settings = _settings(config, min(timeout_s, 10.0), suffix)
     link = MqttLink(settings, will_factory=None, subscriptions=[])
     runner = asyncio.create_task(link.run(), name="probe-broker")
+    hint = "(network, address, certificate or password)"
     try:
-        await link.wait_connected(timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await _connected_or_given_up(link, attempts)
+        connected = link.connected  # read before the link is cancelled below
     except TimeoutError:
         return ProbeOutcome(
             False,
             f"broker {_broker_name(config)} not reached within {timeout_s:g} s as "
-            f"{settings.client_id}: {link.last_connect_error or 'no answer'} "
-            "(network, address, certificate or password)",
+            f"{settings.client_id}: {link.last_connect_error or 'no answer'} {hint}",
         )
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+    if not connected:
+        failed = link.stats.connect_failures
+        return ProbeOutcome(
+            False,
+            f"broker {_broker_name(config)} not reached in {failed} attempt"
+            f"{'s' if failed != 1 else ''} as {settings.client_id}: "
+            f"{link.last_connect_error} {hint}",
+        )
     return ProbeOutcome(True, f"connected to {_broker_name(config)} as {settings.client_id}")
 
 
 def probe_broker(
-    config: AgentConfig, timeout_s: float = 10.0, client_suffix: str = ""
+    config: AgentConfig,
+    timeout_s: float = 10.0,
+    client_suffix: str = "",
+    attempts: int | None = None,
 ) -> ProbeOutcome:
     """Connect with the unit's settings (user, password, TLS); `client_suffix` keeps a running
-    agent's session (same client id) from being taken over."""
+    agent's session (same client id) from being taken over. `attempts`: give up once that many
+    connect attempts have failed, before `timeout_s` if they fail fast (None: retry until then);
+    a refusal that will not change (a wrong certificate) need not be retried for seconds."""
+    if attempts is not None and attempts < 1:
+        raise ValueError(f"attempts must be 1 or more, got {attempts}")
     try:
-        return asyncio.run(_probe_broker(config, timeout_s, client_suffix))
+        return asyncio.run(_probe_broker(config, timeout_s, client_suffix, attempts))
     except OSError as exc:  # the password file
         return ProbeOutcome(False, f"broker settings unusable: {exc}")
 
