@@ -19,13 +19,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0  # bound on every wait for a condition in the rigs
+
+# How long a run is: "full" (the documented figures), "quick" (fewer samples, shorter windows),
+# "smoke" (the least that still takes every figure on the real parts: the suite's check that no
+# benchmark rotted; its numbers are too thin to compare with anything).
+Size = Literal["full", "quick", "smoke"]
 
 
 class MeasurementError(RuntimeError):
@@ -88,9 +93,19 @@ def format_table(figures: Sequence[Figure]) -> str:
     return "\n".join(lines + notes)
 
 
+_says = threading.local()
+
+
 def say(text: str) -> None:
-    """Progress and detail lines (the table comes last)."""
-    print(text, flush=True)
+    """Progress and detail lines (the table comes last); a benchmark running beside others
+    (`say_as`) marks its lines with its name."""
+    prefix = getattr(_says, "prefix", "")
+    print("\n".join(prefix + line for line in text.split("\n")), flush=True)
+
+
+def say_as(name: str) -> None:
+    """From now on this thread's `say` lines start with `[name] `."""
+    _says.prefix = f"[{name}] "
 
 
 # --- statistics ------------------------------------------------------------------------------

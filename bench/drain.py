@@ -45,6 +45,7 @@ from bench.common import (
     LoopLagProbe,
     MeasurementError,
     Received,
+    Size,
     Subscriber,
     connect_and_start,
     idle_loop_lag,
@@ -233,12 +234,20 @@ def paho_rate(port: int, events: int, size: int) -> float:
     return events / elapsed
 
 
-def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
-    if quick:
-        events = min(events, 1_000)
+# size -> (most events drained, idle loop's baseline window in seconds)
+SIZES: dict[Size, tuple[int, float]] = {
+    "full": (EVENTS, 2.0),
+    "quick": (1_000, 2.0),
+    "smoke": (200, 0.25),
+}
+
+
+def run(size: Size = "full", events: int = EVENTS) -> list[Figure]:
+    most, idle_s = SIZES[size]
+    events = min(events, most)
     figures = []
     stalls = []
-    idle = idle_loop_lag(2.0)
+    idle = idle_loop_lag(idle_s)
     for label, extra in BROKER_VARIANTS:
         say(f"drain{label}: {events} stored events -> OutboxPublisher + MqttLink -> mosquitto")
         slow: tuple[float, LoopLagProbe, CommitTimes] | None = None
@@ -247,8 +256,8 @@ def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
             with mosquitto(workdir, extra) as broker:
                 probe = LoopLagProbe()
                 commits = CommitTimes()
-                agent_rate, size = drain_rate(workdir, broker.port, events, probe, 0.0, commits)
-                bare_rate = paho_rate(broker.port, events, size)
+                agent_rate, payload = drain_rate(workdir, broker.port, events, probe, 0.0, commits)
+                bare_rate = paho_rate(broker.port, events, payload)
                 if extra:
                     slow_probe = LoopLagProbe()
                     slow_commits = CommitTimes()
@@ -258,7 +267,7 @@ def run(quick: bool = False, events: int = EVENTS) -> list[Figure]:
                     slow = (slow_rate, slow_probe, slow_commits)
         say(
             f"  agent {agent_rate:,.0f} events/s; bare paho {bare_rate:,.0f} msg/s "
-            f"({size} B payloads, max_inflight {MAX_INFLIGHT}): {agent_rate / bare_rate:.0%}; "
+            f"({payload} B payloads, max_inflight {MAX_INFLIGHT}): {agent_rate / bare_rate:.0%}; "
             f"{probe.describe()}"
         )
         say(f"  {commits.describe()}")

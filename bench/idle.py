@@ -4,7 +4,7 @@ The production entry point (`python -m agent.cli run --config`, real SystemClock
 process with the simulated dispenser connected (a pty; the simulator runs in this process, so its
 cost is not counted) and a private mosquitto up. Its schedule has one dose a day, 12 hours from
 now, and a matching roll is loaded: a normal unit between doses. Once it is up and has settled,
-over a window (60 s; `--quick`: 10 s) we read /proc before and after:
+over a window (60 s; `--quick`: 10 s; `--smoke`: 1 s) we read /proc before and after:
 
 - wakeups/s: voluntary + nonvoluntary context switches summed over /proc/PID/task/*/status;
 - CPU share: utime + stime from /proc/PID/stat over wall time (clock ticks: 10 ms resolution, so
@@ -37,6 +37,7 @@ from bench.common import (
     Figure,
     IdleCost,
     MeasurementError,
+    Size,
     Subscriber,
     idle_cost,
     mosquitto,
@@ -147,9 +148,16 @@ def _describe(name: str, cost: IdleCost) -> str:
     )
 
 
-def run(quick: bool = False) -> list[Figure]:
-    window_s = 10.0 if quick else 60.0
-    settle_s = 3.0 if quick else 5.0
+# size -> (settle, window) in seconds
+SIZES: dict[Size, tuple[float, float]] = {
+    "full": (5.0, 60.0),
+    "quick": (3.0, 10.0),
+    "smoke": (0.5, 1.0),
+}
+
+
+def run(size: Size = "full") -> list[Figure]:
+    settle_s, window_s = SIZES[size]
     say(
         f"idle: daemon subprocess, real clock, next dose in 12 h; settle {settle_s:g} s, "
         f"measure {window_s:g} s"

@@ -6,7 +6,8 @@ The rig: a ScaledClock at RATE (1800: 30 simulated minutes per real second); the
 maximum, 12 doses a day 30 minutes apart (08:00..13:30); a roll whose sachets match the slots;
 grace 5 minutes; a simulated patient who takes every other dose the moment it is presented (a
 taken sample) and leaves the others (a missed sample). One *round* is one such day on a fresh
-store, dispenser and unit id; rounds repeat for more samples.
+store, dispenser and unit id; rounds repeat for more samples. (`--smoke`: one round of the first
+two doses, one sample of each.)
 
 1. Taken latency: from the DoseTaken frame written on the pty (the simulator's trace callback, in
    the sim thread, right before the write) to the `slot_outcome` (outcome taken) event arriving
@@ -50,6 +51,7 @@ from bench.common import (
     LoopLagProbe,
     MeasurementError,
     Received,
+    Size,
     Subscriber,
     connect_and_start,
     idle_loop_lag,
@@ -69,6 +71,7 @@ RATE = 1800.0
 GRACE_MINUTES = 5.0
 DAY = date(2026, 11, 23)  # a Monday in winter time: no DST change inside a round
 DOSE_TIMES = tuple(f"{8 + i // 2:02d}:{30 * (i % 2):02d}" for i in range(12))  # 08:00..13:30
+SMOKE_DOSE_TIMES = DOSE_TIMES[:2]  # one taken, one missed: a round ends at 08:35, not 13:35
 START_LOCAL = "07:00"  # two real seconds at RATE for the daemon to connect before 08:00
 PATIENT = "p-bench-0001"
 TAKEN_TARGET_RATIO = 3.0
@@ -106,8 +109,10 @@ class DoseDay:
         index: int,
         rate: float,
         probe: LoopLagProbe | None = None,
+        dose_times: tuple[str, ...] = DOSE_TIMES,
     ) -> None:
         self.rate = rate
+        self.dose_times = dose_times
         self.probe = probe
         self.unit_id = f"bench-latency-{index}"
         self.start = _local(DAY, START_LOCAL)
@@ -133,7 +138,7 @@ class DoseDay:
                 "patient_ref": PATIENT,
                 "schedule": {
                     "version": 1,
-                    "rules": [{"effective_from": DAY.isoformat(), "times": list(DOSE_TIMES)}],
+                    "rules": [{"effective_from": DAY.isoformat(), "times": list(dose_times)}],
                 },
             },
             source="bench",
@@ -165,7 +170,7 @@ class DoseDay:
     # --- the round ----------------------------------------------------------------------------
 
     def roll_doses(self) -> list[int]:
-        return [int(_local(DAY, hhmm).timestamp()) for hhmm in DOSE_TIMES]
+        return [int(_local(DAY, hhmm).timestamp()) for hhmm in self.dose_times]
 
     async def run(self) -> RoundResult:
         self.runner.start()
@@ -203,19 +208,19 @@ class DoseDay:
         doses = self.roll_doses()
         roll = roll_from_dose_times("R-BENCH-1", PATIENT, doses, doses[-1] + 30 * 86400)
         await asyncio.to_thread(self.runner.call, lambda model: model.insert_roll(roll))
-        first_due = _local(DAY, DOSE_TIMES[0])
+        first_due = _local(DAY, self.dose_times[0])
         if self.clock.now().utc >= first_due - timedelta(minutes=10):
             raise MeasurementError(
                 f"rig too slow: the agent was up only at {self.clock.now().utc.astimezone(OSLO)}"
                 f" (simulated), too close to the first dose at {first_due:%H:%M}"
             )
-        last_end = _local(DAY, DOSE_TIMES[-1]) + timedelta(minutes=GRACE_MINUTES)
+        last_end = _local(DAY, self.dose_times[-1]) + timedelta(minutes=GRACE_MINUTES)
         remaining_real = (last_end - self.clock.now().utc).total_seconds() / self.rate
         await asyncio.to_thread(
             self.subscriber.wait_for,
-            lambda got: len(_outcomes(got)) >= len(DOSE_TIMES),
+            lambda got: len(_outcomes(got)) >= len(self.dose_times),
             remaining_real + WAIT_S,
-            f"{len(DOSE_TIMES)} slot outcomes from {self.unit_id}",
+            f"{len(self.dose_times)} slot outcomes from {self.unit_id}",
         )
         return self._result()
 
@@ -351,21 +356,31 @@ class NaivePoller:
 
 
 async def _rounds(
-    workdir: Path, port: int, rounds: int, rate: float, probe: LoopLagProbe
+    workdir: Path,
+    port: int,
+    rounds: int,
+    rate: float,
+    probe: LoopLagProbe,
+    dose_times: tuple[str, ...] = DOSE_TIMES,
 ) -> list[RoundResult]:
     async with probe:  # the daemon runs on this loop: its stalls are the probe's lateness
-        return await _rounds_probed(workdir, port, rounds, rate, probe)
+        return await _rounds_probed(workdir, port, rounds, rate, probe, dose_times)
 
 
 async def _rounds_probed(
-    workdir: Path, port: int, rounds: int, rate: float, probe: LoopLagProbe
+    workdir: Path,
+    port: int,
+    rounds: int,
+    rate: float,
+    probe: LoopLagProbe,
+    dose_times: tuple[str, ...],
 ) -> list[RoundResult]:
     results = []
     for index in range(rounds):
         round_dir = workdir / f"round-{index}"
         round_dir.mkdir()
         probe.measuring = False  # until the daemon is up (see DoseDay._script)
-        result = await DoseDay(round_dir, port, index, rate, probe).run()
+        result = await DoseDay(round_dir, port, index, rate, probe, dose_times).run()
         say(
             f"  round {index + 1}/{rounds}: {len(result.taken_ms)} taken, "
             f"{len(result.missed_ms)} missed samples"
@@ -374,21 +389,30 @@ async def _rounds_probed(
     return results
 
 
-def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
-    rounds = 1 if quick else 8
-    baseline_samples = 50 if quick else BASELINE_SAMPLES
+# size -> rounds, doses a round, baseline samples, naive poller's window (s), idle loop (s)
+SIZES: dict[Size, tuple[int, tuple[str, ...], int, float, float]] = {
+    "full": (8, DOSE_TIMES, BASELINE_SAMPLES, 8.0, 5.0),
+    "quick": (1, DOSE_TIMES, 50, 3.0, 2.0),
+    "smoke": (1, SMOKE_DOSE_TIMES, 20, 1.0, 0.25),
+}
+
+
+def run(size: Size = "full", rate: float = RATE) -> list[Figure]:
+    rounds, dose_times, baseline_samples, poll_window_s, idle_s = SIZES[size]
     say(
-        f"latency: {rounds} dosing day(s) of {len(DOSE_TIMES)} doses at {rate:g}x, "
+        f"latency: {rounds} dosing day(s) of {len(dose_times)} doses at {rate:g}x, "
         f"grace {GRACE_MINUTES:g} min; patient takes every other dose at once"
     )
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         workdir = Path(tmp)
         with mosquitto(workdir) as broker:
-            poller = NaivePoller(POLL_DEADLINES, window_s=3.0 if quick else 8.0)
+            poller = NaivePoller(POLL_DEADLINES, window_s=poll_window_s)
             poller.start()
             probe = LoopLagProbe()
             with CommitTimes().recording() as commits:
-                results = asyncio.run(_rounds(workdir, broker.port, rounds, rate, probe))
+                results = asyncio.run(
+                    _rounds(workdir, broker.port, rounds, rate, probe, dose_times)
+                )
             poller.join(WAIT_S)
             taken = [ms for r in results for ms in r.taken_ms]
             missed = [ms for r in results for ms in r.missed_ms]
@@ -418,7 +442,7 @@ def run(quick: bool = False, rate: float = RATE) -> list[Figure]:
     taken_p99 = percentile(taken, 99)
     missed_p99 = percentile(missed, 99)
     return [
-        *loop_stall_figures("taken run", probe, idle_loop_lag(2.0 if quick else 5.0)),
+        *loop_stall_figures("taken run", probe, idle_loop_lag(idle_s)),
         commits.figure("taken run"),
         Figure(
             "taken latency p50",

@@ -21,6 +21,7 @@ from bench.common import (
     Broker,
     Figure,
     MeasurementError,
+    Size,
     connect_and_start,
     mosquitto,
     paho_client,
@@ -30,6 +31,7 @@ from bench.common import (
 
 OUTAGES_S = (0.5, 2.0, 5.0, 9.0, 14.0, 20.0)
 QUICK_OUTAGES_S = (0.5, 3.0)
+SMOKE_OUTAGES_S = (0.2,)
 TARGET_S = 5.0
 
 
@@ -82,8 +84,8 @@ async def _campaign(broker: Broker, outages: tuple[float, ...]) -> tuple[list[fl
     return backs, bares
 
 
-def run(quick: bool = False) -> list[Figure]:
-    outages = QUICK_OUTAGES_S if quick else OUTAGES_S
+def run(size: Size = "full") -> list[Figure]:
+    outages = {"full": OUTAGES_S, "quick": QUICK_OUTAGES_S, "smoke": SMOKE_OUTAGES_S}[size]
     say(f"reconnect: MqttLink, default policy, broker outages of {', '.join(map(str, outages))} s")
     with tempfile.TemporaryDirectory(prefix="bench-reconnect-") as tmp, mosquitto(Path(tmp)) as b:
         backs, bares = asyncio.run(_campaign(b, outages))

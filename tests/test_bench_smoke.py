@@ -1,6 +1,8 @@
-"""The benchmarks cannot silently rot: `python -m bench --quick` runs every benchmark on the real
+"""The benchmarks cannot silently rot: `python -m bench --smoke` runs every benchmark on the real
 parts (pty, mosquitto, SQLite, the daemon in- and out-of-process) and prints every figure of the
-final table with a number. Speed targets are not checked here (benchmarks report, not gate)."""
+final table with a number. `--smoke` takes the same figures on the same rigs as `--quick` and the
+full run, from fewer samples and shorter windows. Speed targets are not checked here (benchmarks
+report, not gate)."""
 
 from __future__ import annotations
 
@@ -49,11 +51,11 @@ def _rows(table: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.timeout(140)
-def test_quick_run_prints_every_figure_with_a_number() -> None:
+def test_smoke_run_prints_every_figure_with_a_number() -> None:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: run scripts/ensure-mosquitto.sh")
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"],
+        [sys.executable, "-m", "bench", "--smoke"],
         cwd=REPO,
         capture_output=True,
         text=True,
