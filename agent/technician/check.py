@@ -29,6 +29,7 @@ from agent.technician.snapshot import SnapshotError, read_store
 
 WATCHDOG_DEVICE = Path("/dev/watchdog")
 MIN_FREE_BYTES = 200 * 1024 * 1024  # a year of events and the audit log, with room to spare
+BROKER_CHECK_ATTEMPTS = 3
 
 
 def install_check(
@@ -85,7 +86,11 @@ def install_check(
             TimeTrust.DISPENSER_RTC: "from the dispenser's clock until NTP syncs",
         }.get(trust, "NOT trusted: no NTP sync yet and no dispenser clock (network? RTC?)"),
     )
-    broker = links.probe_broker(config, timeout_s, client_suffix="-check")
+    # A refusal that will not change (a wrong certificate, a bad password) is told after a few
+    # attempts instead of being retried until the timeout while the technician waits.
+    broker = links.probe_broker(
+        config, timeout_s, client_suffix="-check", attempts=BROKER_CHECK_ATTEMPTS
+    )
     report.add("broker", broker.ok, broker.detail)
     report.add(*_store_health(config))
     free = shutil.disk_usage(config.state_dir if config.state_dir.exists() else "/").free
