@@ -38,3 +38,11 @@ def test_wide_world_a_dose_cut_unheard_under_a_reader_fault_is_reported_in_time(
     # Dispense is asked again with its id under the fault (ALREADY_DONE), so R12 holds
     config = config_for(33, 365, "wide", judge_enforce=parse_rules("R12"))
     Simulation(config).run()
+
+
+def test_wide_world_a_slot_behind_the_tray_is_not_held_for_a_roll_since_replaced() -> None:
+    # seed 23: the link is down while a nurse replaces an empty roll whose period has passed;
+    # at its return the agent holds 08:00 and 08:30 for the old roll (the one it knew), then
+    # hears of the new one and presents 08:00. 08:30 waits behind the tray: its hold must say so,
+    # not keep claiming the old roll's period passed until the tray empties
+    Simulation(config_for(23, 365, "wide", judge_enforce=parse_rules("R15"))).run()
