@@ -46,3 +46,10 @@ def test_wide_world_a_slot_behind_the_tray_is_not_held_for_a_roll_since_replaced
     # hears of the new one and presents 08:00. 08:30 waits behind the tray: its hold must say so,
     # not keep claiming the old roll's period passed until the tray empties
     Simulation(config_for(23, 365, "wide", judge_enforce=parse_rules("R15"))).run()
+
+
+def test_wide_world_a_roll_period_held_by_a_clock_an_hour_ahead_is_judged_on_that_clock() -> None:
+    # seed 131: the synchronised wall clock steps an hour ahead at true 17:37; the roll's last
+    # dose is 18:00Z (slot 20:00 local), 37 min past by the agent's clock: held for
+    # roll_period_passed, true on the only clock the agent has
+    Simulation(config_for(131, 365, "wide", judge_enforce=parse_rules("R15"))).run()

@@ -155,9 +155,10 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than
-   `sachet_time_tolerance` ago (`HELD_CLOCK_SLACK` more allowed, for the agent's clock); a claim
-   that stands for `high_report_bound` (the slot neither presented nor held for another reason)
-   is the violation: at a link's return the agent may speak of the roll it knew for a moment.
+   `sachet_time_tolerance` ago by the agent's trusted clock (ahead of true time while a wall
+   step is not corrected; `HELD_CLOCK_SLACK` more allowed); a claim that stands for
+   `high_report_bound` (the slot neither presented nor held for another reason) is the
+   violation: at a link's return the agent may speak of the roll it knew for a moment.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -385,6 +386,9 @@ class World:
     pattern: str | None = None
     locked: bool | None = None
     lock_supported: bool = True
+    # R15: how far the agent's clock, while it has reason to trust it, shows more than true time
+    # (its wall clock stepped ahead and not corrected yet): a roll's period passes that much sooner
+    clock_ahead: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1571,7 +1575,12 @@ class Judge:
         last = label.roll_last_dose_utc if label is not None else None
         if label is None or last is None:
             return
-        if last >= now - self.config.sachet_time_tolerance + HELD_CLOCK_SLACK:
+        # Read "passed" on the agent's clock, R15 failed an agent whose synchronised clock,
+        # stepped an hour ahead, showed the roll's last dose 37 min past (wide world seed 131):
+        # it cannot know true time (docs/time-policy.md: the engine follows the clock)
+        ahead = world.clock_ahead if world is not None else timedelta(0)
+        agent_now = now + ahead
+        if last >= agent_now - self.config.sachet_time_tolerance + HELD_CLOCK_SLACK:
             # a claim about a roll the agent has not yet seen taken out may stand for a moment
             # (its RollInserted comes at once): a violation if it stands for the bound
             linked = world is not None and world.agent_linked
