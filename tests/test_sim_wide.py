@@ -53,3 +53,10 @@ def test_wide_world_a_roll_period_held_by_a_clock_an_hour_ahead_is_judged_on_tha
     # dose is 18:00Z (slot 20:00 local), 37 min past by the agent's clock: held for
     # roll_period_passed, true on the only clock the agent has
     Simulation(config_for(131, 365, "wide", judge_enforce=parse_rules("R15"))).run()
+
+
+def test_wide_world_a_restart_ends_the_centres_silence() -> None:
+    # seed 273: the centre silences the unit while the 20:00 dose lies in the tray; the agent
+    # restarts 30 min after the presentation and calls the patient URGENT again (a silence is
+    # kept in memory only: a restart calls the patient to the dose, the safe side)
+    Simulation(config_for(273, 365, "wide", judge_enforce=parse_rules("R14"))).run()

@@ -138,12 +138,13 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
    within `high_report_bound` (running, like R8's, while the agent is linked):
    - "signal": while a dose the agent announced (`dose_presented`) lies in the tray and its slot
      has no outcome yet, the dispenser shows a pattern that calls the patient (REMINDER, URGENT
-     or FAULT), unless the centre silenced the unit; with `escalate_after` (the engine's first
-     escalation step, passed in), REMINDER until that long after the announcement and URGENT
-     from then on, even once the agent restarted or lost the link since (it stores the step and
-     keeps its time: a restart never calls the patient less urgently); only a restart with a
-     clock the agent does not trust may delay a step not yet shown (then either until URGENT is
-     shown, never less urgent after);
+     or FAULT), unless the centre silenced the unit (since the agent last started: it keeps a
+     silence in memory only); with `escalate_after` (the engine's first escalation step, passed
+     in), REMINDER until that long after the announcement and URGENT from then on, even once
+     the agent restarted or lost the link since (it stores the step and keeps its time: a
+     restart never calls the patient less urgently); only a restart with a clock the agent does
+     not trust may delay a step not yet shown (then either until URGENT is shown, never less
+     urgent after);
    - "quiet": the dispenser does not call (REMINDER, URGENT) with no such dose in the tray (a
      unit that keeps calling after the dose was taken teaches the patient to ignore it);
    - "held": while a due dose (by the agent's trusted clock) the agent said is held
@@ -878,6 +879,12 @@ class Judge:
         self._heard_all_along = False
         if not clock_trusted and self._announced_at is not None:
             self._late_escalation_excused = True
+        # the agent keeps a silence in memory only: restarted, it calls the patient to the dose
+        # in the tray again (the safe side; the centre may silence again). Read as lasting,
+        # R14 failed an agent calling URGENT after a restart (wide world seed 273)
+        if self._silenced_until is not None:
+            self._silenced_until = None
+            self._review_local(self._require_now())
 
     def silenced(self, duration: timedelta) -> None:
         """The unit accepted the centre's silence now, for `duration` (R14)."""
@@ -923,7 +930,12 @@ class Judge:
         bad = world.pattern in ("REMINDER", "URGENT") and not open_dose
         self._local_condition(
             "quiet",
-            f"the dispenser shows {world.pattern} with no dose of an open slot in the tray"
+            f"the dispenser shows {world.pattern} "
+            + (
+                "while the centre silenced it"
+                if self._silenced_until is not None
+                else "with no dose of an open slot in the tray"
+            )
             if bad
             else None,
             now,
