@@ -176,3 +176,26 @@ def test_a_dose_due_while_the_clock_is_untrusted_and_the_dispenser_empty_is_name
     ]
     rig.run_until(D1_0800 + timedelta(minutes=61))
     assert [e.vkp_code for e in rig.events("slot_outcome")] == ["3.7"]
+
+
+def test_a_slot_waiting_behind_the_tray_no_longer_claims_the_replaced_rolls_reason() -> None:
+    # 08:00 and 08:30 are both held for a roll whose period has passed; a nurse loads a new roll
+    # and 08:00 is presented. 08:30 now waits for the tray, not for a roll: the centre is told,
+    # or it reads "roll period passed" until the tray empties and sends a nurse for nothing
+    # (year simulation, wide world seed 23)
+    rig = Rig(daily("08:00", "08:30"), sachet_times=[utc(2026, 3, 1, 7, 0), utc(2026, 3, 1, 7, 30)])
+    rig.dispenser.next_index = 2
+    rig.install()
+    rig.run_until(utc(2026, 3, 2, 7, 31))
+    assert held(rig.events("dose_held"), "2026-03-02T08:30") == [
+        ("high", "3.7", "roll_period_passed")
+    ]
+    rig.dispenser.roll_id, rig.dispenser.next_index = "R2", 0
+    rig.dispenser.sachet_times = [utc(2026, 3, 2, 7, 0), utc(2026, 3, 2, 7, 30)]
+    rig.insert_roll()
+    assert rig.dispenser.dispensed == [0]  # 08:00 is in the tray
+    assert held(rig.events("dose_held"), "2026-03-02T08:30")[-1] == (
+        "low",
+        None,
+        "previous_dose_in_tray",
+    )

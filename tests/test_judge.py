@@ -1747,3 +1747,45 @@ def test_r15_a_roll_is_past_its_period_only_when_its_leader_says_so() -> None:
     wrong = held(utc("06:00"))  # this very slot is the roll's last dose
     with pytest.raises(InvariantViolation, match=r"R15 .*leader of roll R001 gives its last"):
         wrong.advance(utc("06:11"))
+
+
+def test_r15_the_roll_period_is_judged_on_the_agents_clock_when_it_runs_ahead() -> None:
+    # the synchronised wall clock stepped an hour ahead (not corrected yet): at true 06:00 the
+    # agent reads 07:00, and the roll whose last dose is 06:00 is past its period by the only
+    # clock it has (wide world seed 131)
+    def held(ahead: timedelta) -> Judge:
+        j = judge(enforce=frozenset({"R15"}))
+        j.advance(utc("06:00"))
+        sachet = replace(label(utc("06:00")), roll_last_dose_utc=utc("06:00"))
+        j.world(replace(world(reader=sachet), clock_ahead=ahead))
+        j.published(
+            "dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "roll_period_passed"}
+        )
+        return j
+
+    ahead = held(timedelta(hours=1))
+    ahead.advance(utc("07:00"))
+    assert ahead.findings == []
+    with pytest.raises(InvariantViolation, match=r"R15 .*leader of roll R001 gives its last"):
+        held(timedelta(minutes=20)).advance(utc("06:11"))  # 06:20 by it: not past yet
+
+
+def test_r14_a_restart_ends_the_centres_silence() -> None:
+    # the agent keeps a silence in memory only: restarted, it calls the patient to the dose in
+    # the tray again, URGENT past the escalation (wide world seed 273)
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("05:59"))
+    j.silenced(timedelta(minutes=60))
+    j.advance(utc("06:00"))
+    j.presented(5, label(utc("06:00")))
+    j.world(home(tray_occupied=True))
+    j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    j.advance(utc("06:35"))
+    j.agent_restarted()
+    j.world(home(pattern="URGENT", tray_occupied=True))
+    j.advance(utc("06:50"))
+    assert r14(j) == []
+    j.world(home(pattern="OFF", tray_occupied=True))  # silent after the restart: not asked
+    with pytest.raises(InvariantViolation, match=r"R14 .*lies in the tray and the dispenser shows"):
+        j.advance(utc("07:01"))

@@ -38,3 +38,25 @@ def test_wide_world_a_dose_cut_unheard_under_a_reader_fault_is_reported_in_time(
     # Dispense is asked again with its id under the fault (ALREADY_DONE), so R12 holds
     config = config_for(33, 365, "wide", judge_enforce=parse_rules("R12"))
     Simulation(config).run()
+
+
+def test_wide_world_a_slot_behind_the_tray_is_not_held_for_a_roll_since_replaced() -> None:
+    # seed 23: the link is down while a nurse replaces an empty roll whose period has passed;
+    # at its return the agent holds 08:00 and 08:30 for the old roll (the one it knew), then
+    # hears of the new one and presents 08:00. 08:30 waits behind the tray: its hold must say so,
+    # not keep claiming the old roll's period passed until the tray empties
+    Simulation(config_for(23, 365, "wide", judge_enforce=parse_rules("R15"))).run()
+
+
+def test_wide_world_a_roll_period_held_by_a_clock_an_hour_ahead_is_judged_on_that_clock() -> None:
+    # seed 131: the synchronised wall clock steps an hour ahead at true 17:37; the roll's last
+    # dose is 18:00Z (slot 20:00 local), 37 min past by the agent's clock: held for
+    # roll_period_passed, true on the only clock the agent has
+    Simulation(config_for(131, 365, "wide", judge_enforce=parse_rules("R15"))).run()
+
+
+def test_wide_world_a_restart_ends_the_centres_silence() -> None:
+    # seed 273: the centre silences the unit while the 20:00 dose lies in the tray; the agent
+    # restarts 30 min after the presentation and calls the patient URGENT again (a silence is
+    # kept in memory only: a restart calls the patient to the dose, the safe side)
+    Simulation(config_for(273, 365, "wide", judge_enforce=parse_rules("R14"))).run()

@@ -1866,7 +1866,10 @@ class DoseEngine:
 
     def _attempt(self, now: Now, actions: list[Action]) -> None:
         run = self._slotbook.head()
-        if run is None or run.travel:
+        if run is None:
+            self._hold_behind_tray(now, actions)
+            return
+        if run.travel:
             return  # a travel sachet is `_travel`'s
         if self._dispenser_busy():
             return
@@ -1899,6 +1902,17 @@ class DoseEngine:
             return
         if self._can_send(now):
             self._dispense(run, actions)
+
+    def _hold_behind_tray(self, now: Now, actions: list[Action]) -> None:
+        """A dose is in the tray: a slot held before for a reason of its own (a roll since
+        replaced, the link since back) now waits for the tray. Its hold says so, else the centre
+        reads the old reason until the tray empties (a nurse sent for a roll already loaded)."""
+        for later in self._slotbook.runs:
+            if later.in_tray or later.travel or later.held_reason is None:
+                continue
+            reason = self._blocker(later, now)
+            if reason is not None and reason != later.held_reason:
+                self._hold(later.slot_id, reason, now, actions)
 
     def _dispenser_busy(self) -> bool:
         """A cut is under way: a Dispense or Discard awaits its result, or a discarded sachet is

@@ -728,6 +728,7 @@ class Simulation:
                 self._at(fault.at_s + fault.duration_s, "link back", self._link_back)
             case FaultKind.WALL_JUMP:
                 self._clock.jump_wall(timedelta(seconds=fault.amount))
+                self._observe_world()  # the judge reads the agent's clock as the Tick finds it
                 self._feed([Tick()])  # like timerfd's cancel-on-set: the shell wakes at once
                 self._at(
                     fault.at_s + fault.duration_s, "NTP corrects the wall clock", self._ntp_sync
@@ -1529,10 +1530,11 @@ class Simulation:
         m = self._model
         linked = self._engine is not None and not self._link_downs
         clock = self._clock.now()
-        behind = timedelta(0)
+        behind = ahead = timedelta(0)
         if clock.trust is not TimeTrust.UNTRUSTED:
             lag = round((self._true_utc() - clock.utc).total_seconds())
             behind = timedelta(seconds=max(0, lag))  # a wall jump back not yet corrected
+            ahead = timedelta(seconds=max(0, -lag))  # or one ahead
         # everything World is made of (roll and identity are frozen): asked after every loop
         # step and command, and the world seldom changes
         key = (
@@ -1544,6 +1546,7 @@ class Simulation:
             linked,
             m.tray is not None,
             behind,
+            ahead,
             clock.trust is TimeTrust.UNTRUSTED,
             m.shown,
             m.locked,
@@ -1565,6 +1568,7 @@ class Simulation:
             pattern=m.shown.name,
             locked=m.locked,
             lock_supported=m.has(Feature.LOCK),
+            clock_ahead=ahead,
         )
         if world != self._world:
             self._world = world

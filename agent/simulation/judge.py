@@ -138,12 +138,13 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
    within `high_report_bound` (running, like R8's, while the agent is linked):
    - "signal": while a dose the agent announced (`dose_presented`) lies in the tray and its slot
      has no outcome yet, the dispenser shows a pattern that calls the patient (REMINDER, URGENT
-     or FAULT), unless the centre silenced the unit; with `escalate_after` (the engine's first
-     escalation step, passed in), REMINDER until that long after the announcement and URGENT
-     from then on, even once the agent restarted or lost the link since (it stores the step and
-     keeps its time: a restart never calls the patient less urgently); only a restart with a
-     clock the agent does not trust may delay a step not yet shown (then either until URGENT is
-     shown, never less urgent after);
+     or FAULT), unless the centre silenced the unit (since the agent last started: it keeps a
+     silence in memory only); with `escalate_after` (the engine's first escalation step, passed
+     in), REMINDER until that long after the announcement and URGENT from then on, even once
+     the agent restarted or lost the link since (it stores the step and keeps its time: a
+     restart never calls the patient less urgently); only a restart with a clock the agent does
+     not trust may delay a step not yet shown (then either until URGENT is shown, never less
+     urgent after);
    - "quiet": the dispenser does not call (REMINDER, URGENT) with no such dose in the tray (a
      unit that keeps calling after the dose was taken teaches the patient to ignore it);
    - "held": while a due dose (by the agent's trusted clock) the agent said is held
@@ -155,9 +156,10 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than
-   `sachet_time_tolerance` ago (`HELD_CLOCK_SLACK` more allowed, for the agent's clock); a claim
-   that stands for `high_report_bound` (the slot neither presented nor held for another reason)
-   is the violation: at a link's return the agent may speak of the roll it knew for a moment.
+   `sachet_time_tolerance` ago by the agent's trusted clock (ahead of true time while a wall
+   step is not corrected; `HELD_CLOCK_SLACK` more allowed); a claim that stands for
+   `high_report_bound` (the slot neither presented nor held for another reason) is the
+   violation: at a link's return the agent may speak of the roll it knew for a moment.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -385,6 +387,9 @@ class World:
     pattern: str | None = None
     locked: bool | None = None
     lock_supported: bool = True
+    # R15: how far the agent's clock, while it has reason to trust it, shows more than true time
+    # (its wall clock stepped ahead and not corrected yet): a roll's period passes that much sooner
+    clock_ahead: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -874,6 +879,12 @@ class Judge:
         self._heard_all_along = False
         if not clock_trusted and self._announced_at is not None:
             self._late_escalation_excused = True
+        # the agent keeps a silence in memory only: restarted, it calls the patient to the dose
+        # in the tray again (the safe side; the centre may silence again). Read as lasting,
+        # R14 failed an agent calling URGENT after a restart (wide world seed 273)
+        if self._silenced_until is not None:
+            self._silenced_until = None
+            self._review_local(self._require_now())
 
     def silenced(self, duration: timedelta) -> None:
         """The unit accepted the centre's silence now, for `duration` (R14)."""
@@ -919,7 +930,12 @@ class Judge:
         bad = world.pattern in ("REMINDER", "URGENT") and not open_dose
         self._local_condition(
             "quiet",
-            f"the dispenser shows {world.pattern} with no dose of an open slot in the tray"
+            f"the dispenser shows {world.pattern} "
+            + (
+                "while the centre silenced it"
+                if self._silenced_until is not None
+                else "with no dose of an open slot in the tray"
+            )
             if bad
             else None,
             now,
@@ -1571,7 +1587,12 @@ class Judge:
         last = label.roll_last_dose_utc if label is not None else None
         if label is None or last is None:
             return
-        if last >= now - self.config.sachet_time_tolerance + HELD_CLOCK_SLACK:
+        # Read "passed" on the agent's clock, R15 failed an agent whose synchronised clock,
+        # stepped an hour ahead, showed the roll's last dose 37 min past (wide world seed 131):
+        # it cannot know true time (docs/time-policy.md: the engine follows the clock)
+        ahead = world.clock_ahead if world is not None else timedelta(0)
+        agent_now = now + ahead
+        if last >= agent_now - self.config.sachet_time_tolerance + HELD_CLOCK_SLACK:
             # a claim about a roll the agent has not yet seen taken out may stand for a moment
             # (its RollInserted comes at once): a violation if it stands for the bound
             linked = world is not None and world.agent_linked
