@@ -19,6 +19,7 @@ from broker import MosquittoBroker
 from e2e_support import (
     OTHER_PATIENT,
     PATIENT,
+    AgentOptions,
     AgentProcess,
     EventStream,
     command,
@@ -70,16 +71,25 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
+def rig(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: MosquittoBroker
+) -> Iterator[Rig]:
+    options = AgentOptions.of(request, oslo(7, 56))
     model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     runner = SimulatorRunner.on_pty(model, link_path=tmp_path / "tty")
     runner.start()
     stream = EventStream(mosquitto.port, UNIT)
     stream.start()
     config = write_config(
-        tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
+        tmp_path,
+        unit_id=UNIT,
+        broker_port=mosquitto.port,
+        device=tmp_path / "tty",
+        extra_engine=options.engine,
     )
-    agent = AgentProcess(config, oslo(7, 56), tmp_path / "agent.log")
+    agent = AgentProcess(
+        config, options.start_at, tmp_path / "agent.log", release_on_link=not options.held
+    )
     agent.start()
     try:
         yield Rig(runner, stream, agent, mosquitto, tmp_path)
@@ -108,9 +118,14 @@ def test_dose_taken(rig: Rig) -> None:
     assert_gapless(rig)
 
 
+# The clock stands at 07:59:30 until the roll is in (the dose is due 30 s after), and the dose is
+# missed one minute after it was presented: no simulated minutes spent waiting.
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"grace_minutes": 1}, held=True)
 def test_dose_missed_is_retained_and_reported_high_with_vkp_3_3(rig: Rig) -> None:
     rig.link_up()
     rig.insert_roll()
+    rig.wait(lambda s: bool(s.of_kind("roll_inserted")))
+    rig.agent.release()
     rig.wait(lambda s: any(o["outcome"] == "missed" for o in s.outcomes()))
     [event] = rig.stream.of_kind("slot_outcome")
     assert event["priority"] == "high"
@@ -121,6 +136,9 @@ def test_dose_missed_is_retained_and_reported_high_with_vkp_3_3(rig: Rig) -> Non
     assert_gapless(rig)
 
 
+# The clock stands at 07:59:30 until the foreign roll is refused and locked; the dose ends one
+# minute after its time (the undispensed deadline) instead of ten.
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"undispensed_deadline_minutes": 1}, held=True)
 def test_wrong_roll_is_refused_locked_and_never_dispensed(rig: Rig) -> None:
     rig.link_up()
     rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")
@@ -130,6 +148,7 @@ def test_wrong_roll_is_refused_locked_and_never_dispensed(rig: Rig) -> None:
     assert alert["priority"] == "high"
     assert OTHER_PATIENT not in json.dumps(alert)  # never a patient reference on the wire
     rig.runner.wait_for(lambda model: model.locked)
+    rig.agent.release()
     # The 08:00 dose is due while the foreign roll is in: it must end without any dispense.
     rig.wait(lambda s: bool(s.outcomes()), timeout=90)
     assert rig.stream.outcomes()[0]["outcome"] in ("refused", "missed")

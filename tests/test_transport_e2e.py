@@ -22,6 +22,7 @@ from broker import MosquittoBroker
 from e2e_support import (
     OTHER_PATIENT,
     PATIENT,
+    AgentOptions,
     AgentProcess,
     EventStream,
     epoch,
@@ -85,9 +86,14 @@ def rig(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Rig]:
     transport: str = request.param
+    options = AgentOptions.of(request, oslo(7, 56))
     model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     config = write_config(
-        tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
+        tmp_path,
+        unit_id=UNIT,
+        broker_port=mosquitto.port,
+        device=tmp_path / "tty",
+        extra_engine=options.engine,
     )
     front: BleDispenser | None = None
     if transport == "serial":
@@ -114,7 +120,9 @@ def rig(
         runner.start()
     stream = EventStream(mosquitto.port, UNIT)
     stream.start()
-    agent = AgentProcess(config, oslo(7, 56), tmp_path / "agent.log")
+    agent = AgentProcess(
+        config, options.start_at, tmp_path / "agent.log", release_on_link=not options.held
+    )
     agent.start()
     try:
         yield Rig(transport, runner, stream, agent, drop, restore, front)
@@ -138,22 +146,30 @@ def test_dose_taken(rig: Rig) -> None:
     assert len(rig.runner.snapshot().dispensed) == 1
 
 
+# As in tests/test_e2e.py: the clock stands at 07:59:30 until the roll is in, grace is a minute.
 @BLE_ONLY
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"grace_minutes": 1}, held=True)
 def test_dose_missed(rig: Rig) -> None:
     rig.link_is("up")
     rig.insert_roll()
+    rig.wait(lambda s: bool(s.of_kind("roll_inserted")))
+    rig.agent.release()
     rig.wait(lambda s: bool(s.outcomes()))
     [outcome] = rig.stream.outcomes()
     assert (outcome["slot_id"], outcome["outcome"]) == ("2026-11-23T08:00", "missed")
     rig.runner.wait_for(lambda model: len(model.bin) == 1)
 
 
+# As in tests/test_e2e.py: the clock stands at 07:59:30 until the roll is refused and locked;
+# the undispensed deadline is a minute.
 @BLE_ONLY
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"undispensed_deadline_minutes": 1}, held=True)
 def test_wrong_roll_is_refused_and_never_dispensed(rig: Rig) -> None:
     rig.link_is("up")
     rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")
     rig.wait(lambda s: bool(s.of_kind("wrong_roll")))
     rig.runner.wait_for(lambda model: model.locked)
+    rig.agent.release()
     rig.wait(lambda s: bool(s.outcomes()), timeout=90)
     assert rig.stream.outcomes()[0]["outcome"] in ("refused", "missed")
     assert rig.runner.snapshot().dispensed == ()
