@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,18 @@ def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
         link_config=LinkConfig(ack_timeout_s=LinkConfig().ack_timeout_s * FIRMWARE_RATE),
     )
     runner.start()
+    # The simulator sleeps until its next deadline as if firmware seconds were real ones (its
+    # clock is meant to be stepped, then `clock_changed()`): with nothing on the wire, as when
+    # the agent hangs, it would notice the silence up to 30 real seconds late instead of 3. So
+    # it looks at its running clock every 50 ms (half a firmware second).
+    ticking = threading.Event()
+
+    def tick() -> None:
+        while not ticking.wait(0.05):
+            runner.clock_changed()
+
+    ticker = threading.Thread(target=tick, name="firmware-clock", daemon=True)
+    ticker.start()
     stream = EventStream(mosquitto.port, UNIT)
     stream.start()
     config = write_config(
@@ -100,6 +113,8 @@ def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
             rig.signal_agent(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         agent.stop()
         stream.stop()
+        ticking.set()
+        ticker.join(5)
         runner.stop()
 
 
