@@ -37,6 +37,9 @@ from protocol.messages import DosePresented, Message
 
 pytestmark = pytest.mark.e2e
 UNIT = "e2e-unit-1"
+# The clock stands at 07:59:30 until the test has the roll in and announced (Rig.release): the
+# 08:00 dose is due half a simulated minute later, whatever the machine's load.
+HELD_AT_0759 = pytest.mark.agent(start_at=oslo(7, 59, 30), held=True)
 
 
 @dataclass
@@ -61,6 +64,11 @@ class Rig:
     def insert_roll(self, patient_ref: str = PATIENT, roll_id: str = "R-1") -> None:
         roll = make_roll(roll_id, patient_ref, epoch(oslo(8, 0)), 12 * 3600, 28)
         self.runner.call(lambda model: model.insert_roll(roll))
+
+    def release(self) -> None:
+        """The roll is announced (checked and accepted): the held clock runs."""
+        self.wait(lambda s: bool(s.of_kind("roll_inserted")))
+        self.agent.release()
 
     def patient_takes_doses(self) -> None:
         def on_message(message: Message) -> None:
@@ -105,10 +113,12 @@ def assert_gapless(rig: Rig) -> dict[int, dict[str, object]]:
     return by_seq
 
 
+@HELD_AT_0759
 def test_dose_taken(rig: Rig) -> None:
     rig.link_up()
     rig.patient_takes_doses()
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()))
     [outcome] = rig.stream.outcomes()
     assert outcome["slot_id"] == "2026-11-23T08:00"
@@ -124,8 +134,7 @@ def test_dose_taken(rig: Rig) -> None:
 def test_dose_missed_is_retained_and_reported_high_with_vkp_3_3(rig: Rig) -> None:
     rig.link_up()
     rig.insert_roll()
-    rig.wait(lambda s: bool(s.of_kind("roll_inserted")))
-    rig.agent.release()
+    rig.release()
     rig.wait(lambda s: any(o["outcome"] == "missed" for o in s.outcomes()))
     [event] = rig.stream.of_kind("slot_outcome")
     assert event["priority"] == "high"
@@ -173,9 +182,11 @@ def test_broker_restart_mid_day_loses_nothing_and_keeps_order(rig: Rig) -> None:
     assert outcome["replayed"] is True  # it waited in the backlog while the broker was down
 
 
+@HELD_AT_0759
 def test_agent_killed_and_restarted_never_dispenses_twice(rig: Rig) -> None:
     rig.link_up()
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: bool(s.of_kind("dose_presented")))
     resume_at = rig.agent.sim_now()
     rig.agent.kill()  # the dose is in the tray, the agent dies
@@ -255,6 +266,7 @@ def hold_an_unplanned_sachet(rig: Rig) -> dict[str, object]:
     rig.patient_takes_doses()
     roll = make_roll("R-plan", PATIENT, epoch(oslo(8, 0)), 6 * 3600, 3)
     rig.runner.call(lambda model: model.insert_roll(roll))
+    rig.release()
     rig.wait(lambda s: bool(s.of_kind("plan_mismatch")) and bool(s.outcomes()), timeout=90)
     [alert] = rig.stream.of_kind("plan_mismatch")
     assert (alert["priority"], alert["vkp_code"]) == ("high", "3.22")
@@ -265,6 +277,7 @@ def hold_an_unplanned_sachet(rig: Rig) -> dict[str, object]:
     return alert
 
 
+@HELD_AT_0759
 def test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard(rig: Rig) -> None:
     alert = hold_an_unplanned_sachet(rig)
     now = rig.agent.sim_now()
@@ -288,6 +301,7 @@ def test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard(rig: Rig) -
     assert_gapless(rig)
 
 
+@HELD_AT_0759
 def test_a_technician_on_site_decides_through_the_local_control_socket(rig: Rig) -> None:
     alert = hold_an_unplanned_sachet(rig)
     config = str(rig.tmp / "config.json")

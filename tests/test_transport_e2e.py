@@ -43,6 +43,9 @@ TRANSPORTS = ("serial", "ble")
 # The serial runs of these scenarios are tests/test_e2e.py's (same steps, same assertions): run
 # here over BLE only, to keep the suite short.
 BLE_ONLY = pytest.mark.parametrize("rig", ["ble"], indirect=True)
+# The clock stands at 07:59:30 until the test has the roll in and announced (Rig.release): the
+# 08:00 dose is due half a simulated minute later, whatever the machine's load.
+HELD_AT_0759 = pytest.mark.agent(start_at=oslo(7, 59, 30), held=True)
 
 
 @dataclass
@@ -69,6 +72,11 @@ class Rig:
     def insert_roll(self, patient_ref: str = PATIENT, roll_id: str = "R-1") -> None:
         roll = make_roll(roll_id, patient_ref, epoch(oslo(8, 0)), 12 * 3600, 28)
         self.runner.call(lambda model: model.insert_roll(roll))
+
+    def release(self) -> None:
+        """The roll is announced (checked and accepted): the held clock runs."""
+        self.wait(lambda s: bool(s.of_kind("roll_inserted")))
+        self.agent.release()
 
     def on_presented(self, react: Callable[[], None]) -> None:
         def listener(message: Message) -> None:
@@ -136,10 +144,12 @@ def rig(
 
 
 @BLE_ONLY
+@HELD_AT_0759
 def test_dose_taken(rig: Rig) -> None:
     rig.link_is("up")
     rig.on_presented(lambda: rig.runner.call(lambda model: model.take_dose()))
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: bool(s.outcomes()))
     [outcome] = rig.stream.outcomes()
     assert (outcome["slot_id"], outcome["outcome"]) == ("2026-11-23T08:00", "taken")
@@ -152,8 +162,7 @@ def test_dose_taken(rig: Rig) -> None:
 def test_dose_missed(rig: Rig) -> None:
     rig.link_is("up")
     rig.insert_roll()
-    rig.wait(lambda s: bool(s.of_kind("roll_inserted")))
-    rig.agent.release()
+    rig.release()
     rig.wait(lambda s: bool(s.outcomes()))
     [outcome] = rig.stream.outcomes()
     assert (outcome["slot_id"], outcome["outcome"]) == ("2026-11-23T08:00", "missed")
@@ -175,6 +184,7 @@ def test_wrong_roll_is_refused_and_never_dispensed(rig: Rig) -> None:
     assert rig.runner.snapshot().dispensed == ()
 
 
+@HELD_AT_0759
 def test_link_drop_mid_dose_neither_loses_nor_duplicates_the_outcome(rig: Rig) -> None:
     """The link goes the moment the dose is presented (the DosePresented frame in flight) and
     comes back; the patient takes the dose. One dispense, one outcome: taken."""
@@ -188,6 +198,7 @@ def test_link_drop_mid_dose_neither_loses_nor_duplicates_the_outcome(rig: Rig) -
 
     rig.on_presented(lose_the_link)
     rig.insert_roll()
+    rig.release()
     assert presented.wait(30), "no dose presented"
     rig.link_is("down")
     rig.restore()
@@ -200,6 +211,7 @@ def test_link_drop_mid_dose_neither_loses_nor_duplicates_the_outcome(rig: Rig) -
 
 
 @BLE_ONLY
+@HELD_AT_0759
 def test_a_dose_taken_during_a_long_ble_outage_is_reported_taken_once(rig: Rig) -> None:
     """Over BLE the firmware runs on while out of range: the patient takes the dose during an
     outage longer than the link's whole retransmit budget (5 x 250 ms). The DoseTaken waits in the
@@ -214,6 +226,7 @@ def test_a_dose_taken_during_a_long_ble_outage_is_reported_taken_once(rig: Rig) 
 
     rig.on_presented(lose_the_link)
     rig.insert_roll()
+    rig.release()
     assert presented.wait(30), "no dose presented"
     rig.link_is("down")
     rig.runner.call(lambda model: model.take_dose())
@@ -230,6 +243,7 @@ def test_a_dose_taken_during_a_long_ble_outage_is_reported_taken_once(rig: Rig) 
 
 
 @pytest.mark.parametrize("rig", ["serial"], indirect=True)
+@HELD_AT_0759
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -252,6 +266,7 @@ def test_a_dose_taken_while_the_serial_cable_is_out_is_not_reported_missed(rig: 
 
     rig.on_presented(lose_the_link)
     rig.insert_roll()
+    rig.release()
     assert presented.wait(30), "no dose presented"
     rig.link_is("down")
     rig.runner.call(lambda model: model.take_dose())
