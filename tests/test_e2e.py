@@ -241,16 +241,18 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     assert rig.runner.snapshot().dispensed == ()  # nothing a command said made it dispense
 
 
+@HELD_AT_0759
 def test_roll_loaded_while_the_agent_was_down_is_verified_on_reconnect(rig: Rig) -> None:
     rig.link_up()
-    resume_at = rig.agent.sim_now()
+    resume_at = rig.agent.sim_now()  # 07:59:30: the clock still stands
     rig.agent.kill()
     rig.insert_roll()  # nobody listens: the dispenser gives up on RollInserted after its retries
     rig.runner.wait_for_stats(lambda stats: stats.failures >= 2, timeout=90)
     rig.patient_takes_doses()
     rig.agent.start_at = resume_at
-    rig.agent.start()
+    rig.agent.start(held=True)
     # SPEC 4.1: the dispenser re-announces the loaded roll after Hello; the agent verifies it.
+    rig.release()
     rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()), timeout=90)
     assert len(rig.runner.snapshot().dispensed) == 1
     assert_gapless(rig)
