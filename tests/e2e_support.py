@@ -127,10 +127,10 @@ class AgentProcess:
     Its first start holds its clock at `start_at` until it has linked (LINKED_LINES), then the
     clock runs at `rate` from `start_at`; `sim_now()` reads the same clock. A restart (`start()`
     again, with `start_at` moved on) runs at once: the unit's time goes on from where it was;
-    `start(held=True)` holds a restart's clock too. With `release_on_link` false a held clock
-    runs only once the test calls `release()`: a test sets its scene (a roll in, checked) with
-    the clock standing just before the moment under test, instead of giving it simulated
-    minutes that a loaded machine could eat."""
+    `start(held=True)` holds a restart's clock too (until this start's link lines). With
+    `release_on_link` false a held clock runs only once the test calls `release()`: a test sets
+    its scene (a roll in, checked) with the clock standing just before the moment under test,
+    instead of giving it simulated minutes that a loaded machine could eat."""
 
     config: Path
     start_at: datetime
@@ -145,6 +145,7 @@ class AgentProcess:
         if held is None:
             held = self.hold and self.process is None
         log = self.log_path.open("ab")
+        log_start = log.tell()  # this start's lines come after it
         self.started_mono = None if held else time.monotonic()
         self.process = subprocess.Popen(
             [
@@ -167,14 +168,18 @@ class AgentProcess:
         )
         log.close()
         if held and self.release_on_link:
-            threading.Thread(target=self._release_once_linked, daemon=True).start()
+            threading.Thread(
+                target=self._release_once_linked, args=(log_start,), daemon=True
+            ).start()
 
-    def _release_once_linked(self) -> None:
+    def _release_once_linked(self, log_start: int) -> None:
         process = self.process
         assert process is not None
         deadline = time.monotonic() + HOLD_AT_MOST_S
         while time.monotonic() < deadline and process.poll() is None:
-            text = self.log_text()
+            with self.log_path.open("rb") as log:  # this start's lines, not an earlier one's
+                log.seek(log_start)
+                text = log.read().decode("utf-8", errors="replace")
             if all(line in text for line in LINKED_LINES):
                 break
             time.sleep(0.05)  # a bounded poll of the agent's log file
