@@ -8,6 +8,7 @@ agent (tests/agent_process.py, its own process, scaled clock) <-> a private mosq
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
+import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -98,6 +100,20 @@ def write_config(
     return path
 
 
+@dataclass(frozen=True)
+class AgentOptions:
+    """How a rig fixture starts its agent; a test changes it with `@pytest.mark.agent(...)`."""
+
+    start_at: datetime
+    engine: dict[str, Any] | None = None  # engine settings over write_config's
+    held: bool = False  # the clock stands at start_at until the test calls agent.release()
+
+    @classmethod
+    def of(cls, request: pytest.FixtureRequest, start_at: datetime) -> AgentOptions:
+        marker = request.node.get_closest_marker("agent")
+        return cls(**{"start_at": start_at, **(marker.kwargs if marker else {})})
+
+
 # The agent's clock is held at start_at until both of its links are up (these lines in its log),
 # then runs: a start slowed by a loaded machine never eats the minutes before the first dose.
 LINKED_LINES = ("drivers.session INFO dispenser link up", "agent.mqtt.link INFO MQTT connected")
@@ -110,7 +126,11 @@ class AgentProcess:
 
     Its first start holds its clock at `start_at` until it has linked (LINKED_LINES), then the
     clock runs at `rate` from `start_at`; `sim_now()` reads the same clock. A restart (`start()`
-    again, with `start_at` moved on) runs at once: the unit's time goes on from where it was."""
+    again, with `start_at` moved on) runs at once: the unit's time goes on from where it was;
+    `start(held=True)` holds a restart's clock too (until this start's link lines). With
+    `release_on_link` false a held clock runs only once the test calls `release()`: a test sets
+    its scene (a roll in, checked) with the clock standing just before the moment under test,
+    instead of giving it simulated minutes that a loaded machine could eat."""
 
     config: Path
     start_at: datetime
@@ -119,10 +139,13 @@ class AgentProcess:
     process: subprocess.Popen[bytes] | None = None
     started_mono: float | None = None  # the monotonic reading at which the clock read start_at
     hold: bool = True
+    release_on_link: bool = True
 
-    def start(self) -> None:
-        held = self.hold and self.process is None
+    def start(self, *, held: bool | None = None) -> None:
+        if held is None:
+            held = self.hold and self.process is None
         log = self.log_path.open("ab")
+        log_start = log.tell()  # this start's lines come after it
         self.started_mono = None if held else time.monotonic()
         self.process = subprocess.Popen(
             [
@@ -144,19 +167,30 @@ class AgentProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
-        if held:
-            threading.Thread(target=self._release_once_linked, daemon=True).start()
+        if held and self.release_on_link:
+            threading.Thread(
+                target=self._release_once_linked, args=(log_start,), daemon=True
+            ).start()
 
-    def _release_once_linked(self) -> None:
+    def _release_once_linked(self, log_start: int) -> None:
         process = self.process
         assert process is not None
-        assert process.stdin is not None
         deadline = time.monotonic() + HOLD_AT_MOST_S
         while time.monotonic() < deadline and process.poll() is None:
-            text = self.log_text()
+            with self.log_path.open("rb") as log:  # this start's lines, not an earlier one's
+                log.seek(log_start)
+                text = log.read().decode("utf-8", errors="replace")
             if all(line in text for line in LINKED_LINES):
                 break
             time.sleep(0.05)  # a bounded poll of the agent's log file
+        self.release()
+
+    def release(self) -> None:
+        """Let the held clock run: it reads `start_at` now."""
+        process = self.process
+        assert process is not None
+        if process.stdin is None or process.stdin.closed:  # not held, or released already
+            return
         anchor = time.monotonic()
         self.started_mono = anchor
         try:
@@ -164,6 +198,15 @@ class AgentProcess:
             process.stdin.close()
         except OSError:  # the agent is gone already: nothing to release
             pass
+
+    def wait_until(self, moment: datetime, timeout: float = WAIT_S) -> None:
+        """Until the agent's clock reads `moment` (it runs: released, or never held). The clock
+        is computed here from the shared monotonic anchor, so this wait is exact, not a guess."""
+        assert self.started_mono is not None, "the clock is held: release() it first"
+        deadline = time.monotonic() + timeout
+        while (left := (moment - self.sim_now()).total_seconds() / self.rate) > 0:
+            assert time.monotonic() < deadline, f"the agent's clock did not reach {moment}"
+            time.sleep(min(left, 0.5))
 
     def sim_now(self) -> datetime:
         """The agent's clock now (start_at while it is held)."""
@@ -176,9 +219,11 @@ class AgentProcess:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        self._close_stdin()
 
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
+            self._close_stdin()
             return self.process.returncode if self.process else None
         os.kill(self.process.pid, signal.SIGTERM)
         try:
@@ -186,6 +231,14 @@ class AgentProcess:
         except subprocess.TimeoutExpired:
             os.kill(self.process.pid, signal.SIGKILL)
             return self.process.wait(timeout=10)
+        finally:
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        """A clock never released leaves its pipe open: closed once the process is gone."""
+        if self.process is not None and self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

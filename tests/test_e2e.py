@@ -19,6 +19,7 @@ from broker import MosquittoBroker
 from e2e_support import (
     OTHER_PATIENT,
     PATIENT,
+    AgentOptions,
     AgentProcess,
     EventStream,
     command,
@@ -36,6 +37,9 @@ from protocol.messages import DosePresented, Message
 
 pytestmark = pytest.mark.e2e
 UNIT = "e2e-unit-1"
+# The clock stands at 07:59:30 until the test has the roll in and announced (Rig.release): the
+# 08:00 dose is due half a simulated minute later, whatever the machine's load.
+HELD_AT_0759 = pytest.mark.agent(start_at=oslo(7, 59, 30), held=True)
 
 
 @dataclass
@@ -61,6 +65,11 @@ class Rig:
         roll = make_roll(roll_id, patient_ref, epoch(oslo(8, 0)), 12 * 3600, 28)
         self.runner.call(lambda model: model.insert_roll(roll))
 
+    def release(self) -> None:
+        """The roll is announced (checked and accepted): the held clock runs."""
+        self.wait(lambda s: bool(s.of_kind("roll_inserted")))
+        self.agent.release()
+
     def patient_takes_doses(self) -> None:
         def on_message(message: Message) -> None:
             if isinstance(message, DosePresented):
@@ -70,16 +79,25 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
+def rig(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: MosquittoBroker
+) -> Iterator[Rig]:
+    options = AgentOptions.of(request, oslo(7, 56))
     model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     runner = SimulatorRunner.on_pty(model, link_path=tmp_path / "tty")
     runner.start()
     stream = EventStream(mosquitto.port, UNIT)
     stream.start()
     config = write_config(
-        tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
+        tmp_path,
+        unit_id=UNIT,
+        broker_port=mosquitto.port,
+        device=tmp_path / "tty",
+        extra_engine=options.engine,
     )
-    agent = AgentProcess(config, oslo(7, 56), tmp_path / "agent.log")
+    agent = AgentProcess(
+        config, options.start_at, tmp_path / "agent.log", release_on_link=not options.held
+    )
     agent.start()
     try:
         yield Rig(runner, stream, agent, mosquitto, tmp_path)
@@ -95,10 +113,12 @@ def assert_gapless(rig: Rig) -> dict[int, dict[str, object]]:
     return by_seq
 
 
+@HELD_AT_0759
 def test_dose_taken(rig: Rig) -> None:
     rig.link_up()
     rig.patient_takes_doses()
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()))
     [outcome] = rig.stream.outcomes()
     assert outcome["slot_id"] == "2026-11-23T08:00"
@@ -108,9 +128,13 @@ def test_dose_taken(rig: Rig) -> None:
     assert_gapless(rig)
 
 
+# The clock stands at 07:59:30 until the roll is in (the dose is due 30 s after), and the dose is
+# missed one minute after it was presented: no simulated minutes spent waiting.
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"grace_minutes": 1}, held=True)
 def test_dose_missed_is_retained_and_reported_high_with_vkp_3_3(rig: Rig) -> None:
     rig.link_up()
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: any(o["outcome"] == "missed" for o in s.outcomes()))
     [event] = rig.stream.of_kind("slot_outcome")
     assert event["priority"] == "high"
@@ -121,6 +145,9 @@ def test_dose_missed_is_retained_and_reported_high_with_vkp_3_3(rig: Rig) -> Non
     assert_gapless(rig)
 
 
+# The clock stands at 07:59:30 until the foreign roll is refused and locked; the dose ends one
+# minute after its time (the undispensed deadline) instead of ten.
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"undispensed_deadline_minutes": 1}, held=True)
 def test_wrong_roll_is_refused_locked_and_never_dispensed(rig: Rig) -> None:
     rig.link_up()
     rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")
@@ -130,9 +157,12 @@ def test_wrong_roll_is_refused_locked_and_never_dispensed(rig: Rig) -> None:
     assert alert["priority"] == "high"
     assert OTHER_PATIENT not in json.dumps(alert)  # never a patient reference on the wire
     rig.runner.wait_for(lambda model: model.locked)
+    rig.agent.release()
     # The 08:00 dose is due while the foreign roll is in: it must end without any dispense.
     rig.wait(lambda s: bool(s.outcomes()), timeout=90)
-    assert rig.stream.outcomes()[0]["outcome"] in ("refused", "missed")
+    # the roll was refused before the dose's time (the clock stood until then): so is the dose
+    [outcome] = rig.stream.outcomes()
+    assert (outcome["outcome"], outcome["reason"]) == ("refused", "foreign_roll"), outcome
     assert rig.runner.snapshot().dispensed == ()
 
 
@@ -154,9 +184,11 @@ def test_broker_restart_mid_day_loses_nothing_and_keeps_order(rig: Rig) -> None:
     assert outcome["replayed"] is True  # it waited in the backlog while the broker was down
 
 
+@HELD_AT_0759
 def test_agent_killed_and_restarted_never_dispenses_twice(rig: Rig) -> None:
     rig.link_up()
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: bool(s.of_kind("dose_presented")))
     resume_at = rig.agent.sim_now()
     rig.agent.kill()  # the dose is in the tray, the agent dies
@@ -211,16 +243,18 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     assert rig.runner.snapshot().dispensed == ()  # nothing a command said made it dispense
 
 
+@HELD_AT_0759
 def test_roll_loaded_while_the_agent_was_down_is_verified_on_reconnect(rig: Rig) -> None:
     rig.link_up()
-    resume_at = rig.agent.sim_now()
+    resume_at = rig.agent.sim_now()  # 07:59:30: the clock still stands
     rig.agent.kill()
     rig.insert_roll()  # nobody listens: the dispenser gives up on RollInserted after its retries
     rig.runner.wait_for_stats(lambda stats: stats.failures >= 2, timeout=90)
     rig.patient_takes_doses()
     rig.agent.start_at = resume_at
-    rig.agent.start()
+    rig.agent.start(held=True)
     # SPEC 4.1: the dispenser re-announces the loaded roll after Hello; the agent verifies it.
+    rig.release()
     rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()), timeout=90)
     assert len(rig.runner.snapshot().dispensed) == 1
     assert_gapless(rig)
@@ -236,6 +270,7 @@ def hold_an_unplanned_sachet(rig: Rig) -> dict[str, object]:
     rig.patient_takes_doses()
     roll = make_roll("R-plan", PATIENT, epoch(oslo(8, 0)), 6 * 3600, 3)
     rig.runner.call(lambda model: model.insert_roll(roll))
+    rig.release()
     rig.wait(lambda s: bool(s.of_kind("plan_mismatch")) and bool(s.outcomes()), timeout=90)
     [alert] = rig.stream.of_kind("plan_mismatch")
     assert (alert["priority"], alert["vkp_code"]) == ("high", "3.22")
@@ -246,6 +281,7 @@ def hold_an_unplanned_sachet(rig: Rig) -> dict[str, object]:
     return alert
 
 
+@HELD_AT_0759
 def test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard(rig: Rig) -> None:
     alert = hold_an_unplanned_sachet(rig)
     now = rig.agent.sim_now()
@@ -269,6 +305,7 @@ def test_a_plan_mismatch_is_held_until_the_centre_decides_to_discard(rig: Rig) -
     assert_gapless(rig)
 
 
+@HELD_AT_0759
 def test_a_technician_on_site_decides_through_the_local_control_socket(rig: Rig) -> None:
     alert = hold_an_unplanned_sachet(rig)
     config = str(rig.tmp / "config.json")

@@ -40,7 +40,9 @@ def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
     config = write_config(
         tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
     )
-    agent = AgentProcess(config, oslo(8, 5), tmp_path / "agent.log")
+    # held at 08:09:30 until the test has the roll in and the trip accepted: the trip starts at
+    # 08:10, half a simulated minute after the clock runs
+    agent = AgentProcess(config, oslo(8, 9, 30), tmp_path / "agent.log", release_on_link=False)
     agent.start()
     try:
         yield Rig(runner, stream, agent, mosquitto, tmp_path)
@@ -77,6 +79,8 @@ def test_travel_pause_over_mqtt_dispenses_the_trip_and_a_too_long_pause_is_refus
         take_along=True,
     )
     publish_command(port, UNIT, json.dumps(trip).encode())
+    rig.wait(lambda s: len(s.responses) >= 2)
+    rig.release()
     rig.wait(lambda s: bool(s.of_kind("travel_dispensed")), timeout=60.0)
     # the retained health says the patient is away: a quiet unit told apart from a stuck one
     rig.wait(lambda s: s.retained.get("state/health", {}).get("pause_id") == "trip-1")

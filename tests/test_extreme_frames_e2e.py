@@ -98,11 +98,17 @@ def make_rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[object]:
         rig.runner.stop()
 
 
-def start_agent(rig: Rig) -> AgentProcess:
+def start_agent(rig: Rig, extra_engine: dict[str, object] | None = None) -> AgentProcess:
+    """The agent, its clock standing at 07:59:30 until the test releases it (the roll is loaded
+    before the agent starts: the test releases the clock once the agent has judged it)."""
     config = write_config(
-        rig.tmp, unit_id=UNIT, broker_port=rig.broker.port, device=rig.tmp / "tty"
+        rig.tmp,
+        unit_id=UNIT,
+        broker_port=rig.broker.port,
+        device=rig.tmp / "tty",
+        extra_engine=extra_engine,
     )
-    agent = AgentProcess(config, oslo(7, 56), rig.tmp / "agent.log")
+    agent = AgentProcess(config, oslo(7, 59, 30), rig.tmp / "agent.log", release_on_link=False)
     agent.start()
     rig.agent = agent
     return agent
@@ -121,10 +127,12 @@ def test_dispenser_rtc_of_u64_max_is_refused_and_the_link_comes_fully_up(
             rig.runner.call(lambda m: m.take_dose())
 
     rig.runner.add_listener(take)
-    start_agent(rig)
+    agent = start_agent(rig)
     rig.wait(lambda s: bool(s.of_kind("dispenser_clock_invalid")))
     [invalid] = rig.stream.of_kind("dispenser_clock_invalid")
     assert invalid["data"]["rtc_utc_s"] == U64_MAX
+    rig.wait(lambda s: bool(s.of_kind("roll_inserted")))
+    agent.release()
     # the link is up for the engine too: it asks for the status, and the 08:00 dose is given
     rig.runner.wait_for(lambda m: rig.asked_status(), timeout=WAIT_S)
     rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()))
@@ -180,21 +188,23 @@ def test_roll_with_u64_max_label_times_is_refused_and_a_restart_on_its_state_sta
     model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     model.insert_roll(roll_from_dose_times("R-9", PATIENT, [U64_MAX] * 4, U64_MAX))
     rig: Rig = make_rig(model)  # type: ignore[operator]
-    agent = start_agent(rig)
+    # the 08:00 slot ends a minute after its time (the undispensed deadline), not ten
+    agent = start_agent(rig, extra_engine={"undispensed_deadline_minutes": 1})
     rig.wait(lambda s: bool(s.of_kind("roll_rejected")))
     [rejected] = rig.stream.of_kind("roll_rejected")
     assert rejected["priority"] == "high"
     assert rejected["data"]["reason"] == "roll_label_invalid"
-    resume_at = agent.sim_now()
+    resume_at = agent.sim_now()  # the clock still stands at 07:59:30
     agent.kill()
     with rig.lock:
         rig.received.clear()
     agent.start_at = resume_at
-    agent.start()
+    agent.start(held=True)  # the clock stands until the restarted agent has linked
     # by seq, as the centre counts: the first start's events may come again (acknowledged,
     # not yet marked delivered at the kill), right behind the new start's own
     rig.wait(lambda s: len({e["seq"] for e in s.of_kind("agent_started")}) == 2)
     rig.runner.wait_for(lambda m: rig.asked_status(), timeout=WAIT_S)
+    agent.release()
     # the 08:00 slot ends without a dispense, with the agent up throughout
     rig.wait(lambda s: bool(s.outcomes()))
     assert rig.stream.outcomes()[0]["slot_id"] == "2026-11-23T08:00"

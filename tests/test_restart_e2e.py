@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -68,12 +69,21 @@ class Rig:
         roll = make_roll(roll_id, patient_ref, epoch(oslo(hour, 0)), 12 * 3600, 28)
         self.runner.call(lambda model: model.insert_roll(roll))
 
-    def restart(self) -> None:
-        """Start the agent again where its clock was (the unit restarts it)."""
-        self.agent.start_at = self.agent.sim_now()
-        self.agent.start()
+    def restart(self, held_at: datetime | None = None) -> None:
+        """Start the agent again where its clock was (the unit restarts it); with `held_at`, at
+        that time if it is later (the unit was off longer), the clock held until release()."""
+        now = self.agent.sim_now()
+        self.agent.start_at = now if held_at is None else max(now, held_at)
+        self.agent.start(held=held_at is not None)
         boots = len(self.stream.of_kind("agent_started")) + 1
         self.wait(lambda s: len(s.of_kind("agent_started")) >= boots)
+
+    def insert_roll_and_release(self) -> None:
+        """The 08:00 roll in and announced while the clock stands at 07:59:30, then the clock
+        runs: the dose is due half a simulated minute later, whatever the machine's load."""
+        self.insert_roll()
+        self.wait(lambda s: bool(s.of_kind("roll_inserted")))
+        self.agent.release()
 
     def ledger(self, slot_id: str) -> dict[str, object]:
         db = self.tmp / "state" / "agent.sqlite3"
@@ -102,7 +112,8 @@ def make_rig(
     stream = EventStream(broker.port, UNIT)
     stream.start()
     config = write_config(tmp_path, unit_id=UNIT, broker_port=broker.port, device=tmp_path / "tty")
-    agent = AgentProcess(config, oslo(7, 56), tmp_path / "agent.log")
+    # held until the test releases it (Rig.insert_roll_and_release)
+    agent = AgentProcess(config, oslo(7, 59, 30), tmp_path / "agent.log", release_on_link=False)
     agent.start()
     return Rig(runner, stream, agent, tmp_path, config)
 
@@ -135,7 +146,7 @@ def test_after_a_reset_the_next_patient_gets_fresh_dispense_ids_and_the_dose(
     rigs.append(rig)
     taken_by_patient(rig)
     rig.link_up()
-    rig.insert_roll()
+    rig.insert_roll_and_release()
     rig.wait(lambda s: any(o["outcome"] == "taken" for o in s.outcomes()))
     first_ids = set(rig.runner.snapshot().executed_ids)
     assert len(first_ids) == 1
@@ -162,9 +173,13 @@ def test_after_a_reset_the_next_patient_gets_fresh_dispense_ids_and_the_dose(
     }
     rig.config.write_text(json.dumps(settings))
     rig.runner.call(lambda model: model.remove_roll())
-    rig.restart()
+    # back at 08:09:30 at the earliest (set up a few minutes later), the clock standing until the
+    # new roll is in and announced
+    rig.restart(held_at=oslo(8, 9, 30))
     roll = make_roll("R-2", OTHER_PATIENT, epoch(oslo(8, 10)), 12 * 3600, 28)
     rig.runner.call(lambda model: model.insert_roll(roll))
+    rig.wait(lambda s: any(e["data"]["roll_id"] == "R-2" for e in s.of_kind("roll_inserted")))
+    rig.agent.release()
     rig.wait(lambda s: any(o["slot_id"] == "2026-11-23T08:10" for o in s.outcomes()), 60)
     [outcome] = [o for o in rig.stream.outcomes() if o["slot_id"] == "2026-11-23T08:10"]
     assert outcome["outcome"] == "taken", outcome
@@ -198,7 +213,7 @@ def test_a_dose_taken_while_the_agent_is_down_is_not_reported_missed(
     rig = make_rig(tmp_path, mosquitto, defects=defects)
     rigs.append(rig)
     rig.link_up()
-    rig.insert_roll()
+    rig.insert_roll_and_release()
     rig.wait(lambda s: bool(s.of_kind("dose_presented")))
     rig.agent.kill()
     # What the dispenser sends now reaches nobody: on a UART, bytes sent to a closed port are
@@ -241,7 +256,7 @@ def test_a_presentation_that_reaches_the_restarted_agent_is_stored_and_old_repli
     box.append(rig)
     rigs.append(rig)
     rig.link_up()
-    rig.insert_roll()
+    rig.insert_roll_and_release()
     rig.runner.wait_for(lambda model: model.tray is not None, timeout=WAIT_S)
     assert killed
     assert rig.ledger(SLOT)["presented_utc"] is None  # the dead agent never stored it

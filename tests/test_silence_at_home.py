@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,18 @@ def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
         link_config=LinkConfig(ack_timeout_s=LinkConfig().ack_timeout_s * FIRMWARE_RATE),
     )
     runner.start()
+    # The simulator sleeps until its next deadline as if firmware seconds were real ones (its
+    # clock is meant to be stepped, then `clock_changed()`): with nothing on the wire, as when
+    # the agent hangs, it would notice the silence up to 30 real seconds late instead of 3. So
+    # it looks at its running clock every 50 ms (half a firmware second).
+    ticking = threading.Event()
+
+    def tick() -> None:
+        while not ticking.wait(0.05):
+            runner.clock_changed()
+
+    ticker = threading.Thread(target=tick, name="firmware-clock", daemon=True)
+    ticker.start()
     stream = EventStream(mosquitto.port, UNIT)
     stream.start()
     config = write_config(
@@ -100,11 +113,14 @@ def rig(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Rig]:
             rig.signal_agent(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         agent.stop()
         stream.stop()
+        ticking.set()
+        ticker.join(5)
         runner.stop()
 
 
 def test_a_held_dose_shows_held_and_a_hung_agent_trips_the_silence_alarm(rig: Rig) -> None:
     rig.wait_model("the agent arms the watchdog", lambda m: m.watchdog_s == KEEPALIVE_MIN_S)
+    armed = rig.clock()
 
     # 08:00 and no roll: the dose is held, shown at home and told to the centre
     rig.wait_model("HELD shown", lambda m: m.shown is AlertPattern.HELD)
@@ -112,8 +128,8 @@ def test_a_held_dose_shows_held_and_a_hung_agent_trips_the_silence_alarm(rig: Ri
     assert rig.stream.of_kind("dose_held")[0]["data"]["reason"] == "no_roll"
 
     # while the agent runs, three watchdog timeouts of firmware time pass without an alarm
-    start = rig.clock()
-    rig.wait_model("three timeouts pass", lambda m: rig.clock() >= start + 3 * KEEPALIVE_MIN_S)
+    # (counted from the arming: the hold at 08:00 falls inside them, not before them)
+    rig.wait_model("three timeouts pass", lambda m: rig.clock() >= armed + 3 * KEEPALIVE_MIN_S)
     running = rig.runner.snapshot()
     assert running.silence_alarms == 0
     assert running.shown is AlertPattern.HELD

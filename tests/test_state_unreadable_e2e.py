@@ -112,13 +112,21 @@ def start(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[object]:
         runner.start()
         stream = EventStream(mosquitto.port, UNIT)
         stream.start()
+        # the 08:00 dose ends a minute after its time (the undispensed deadline), and the clock
+        # stands at 07:59:30 until the lock-down has been seen (assert_safe_and_said)
         config_path = write_config(
-            tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
+            tmp_path,
+            unit_id=UNIT,
+            broker_port=mosquitto.port,
+            device=tmp_path / "tty",
+            extra_engine={"undispensed_deadline_minutes": 1},
         )
         config = load_config(config_path)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store_state(config.db_path, stored)
-        agent = AgentProcess(config_path, oslo(7, 56), tmp_path / "agent.log")
+        agent = AgentProcess(
+            config_path, oslo(7, 59, 30), tmp_path / "agent.log", release_on_link=False
+        )
         agent.start()
         rig = Rig(runner, stream, agent, mosquitto, config.db_path)
         started.append(rig)
@@ -142,6 +150,7 @@ def assert_safe_and_said(rig: Rig, reason_names: str, binding: str) -> dict[str,
     assert PATIENT not in json.dumps(alert)  # the reason never carries a stored value
     rig.runner.wait_for(lambda model: model.locked, timeout=WAIT_S)
     rig.runner.wait_for(lambda model: model.alert is AlertPattern.FAULT, timeout=WAIT_S)
+    rig.agent.release()
     # The 08:00 dose falls due while locked down: it ends without a dispense, and the agent is
     # still the same process (no crash, no restart loop).
     rig.wait(lambda s: bool(s.outcomes()))

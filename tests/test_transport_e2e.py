@@ -22,6 +22,7 @@ from broker import MosquittoBroker
 from e2e_support import (
     OTHER_PATIENT,
     PATIENT,
+    AgentOptions,
     AgentProcess,
     EventStream,
     epoch,
@@ -42,6 +43,9 @@ TRANSPORTS = ("serial", "ble")
 # The serial runs of these scenarios are tests/test_e2e.py's (same steps, same assertions): run
 # here over BLE only, to keep the suite short.
 BLE_ONLY = pytest.mark.parametrize("rig", ["ble"], indirect=True)
+# The clock stands at 07:59:30 until the test has the roll in and announced (Rig.release): the
+# 08:00 dose is due half a simulated minute later, whatever the machine's load.
+HELD_AT_0759 = pytest.mark.agent(start_at=oslo(7, 59, 30), held=True)
 
 
 @dataclass
@@ -69,6 +73,11 @@ class Rig:
         roll = make_roll(roll_id, patient_ref, epoch(oslo(8, 0)), 12 * 3600, 28)
         self.runner.call(lambda model: model.insert_roll(roll))
 
+    def release(self) -> None:
+        """The roll is announced (checked and accepted): the held clock runs."""
+        self.wait(lambda s: bool(s.of_kind("roll_inserted")))
+        self.agent.release()
+
     def on_presented(self, react: Callable[[], None]) -> None:
         def listener(message: Message) -> None:
             if isinstance(message, DosePresented):
@@ -85,9 +94,14 @@ def rig(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Rig]:
     transport: str = request.param
+    options = AgentOptions.of(request, oslo(7, 56))
     model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     config = write_config(
-        tmp_path, unit_id=UNIT, broker_port=mosquitto.port, device=tmp_path / "tty"
+        tmp_path,
+        unit_id=UNIT,
+        broker_port=mosquitto.port,
+        device=tmp_path / "tty",
+        extra_engine=options.engine,
     )
     front: BleDispenser | None = None
     if transport == "serial":
@@ -114,7 +128,9 @@ def rig(
         runner.start()
     stream = EventStream(mosquitto.port, UNIT)
     stream.start()
-    agent = AgentProcess(config, oslo(7, 56), tmp_path / "agent.log")
+    agent = AgentProcess(
+        config, options.start_at, tmp_path / "agent.log", release_on_link=not options.held
+    )
     agent.start()
     try:
         yield Rig(transport, runner, stream, agent, drop, restore, front)
@@ -128,37 +144,49 @@ def rig(
 
 
 @BLE_ONLY
+@HELD_AT_0759
 def test_dose_taken(rig: Rig) -> None:
     rig.link_is("up")
     rig.on_presented(lambda: rig.runner.call(lambda model: model.take_dose()))
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: bool(s.outcomes()))
     [outcome] = rig.stream.outcomes()
     assert (outcome["slot_id"], outcome["outcome"]) == ("2026-11-23T08:00", "taken")
     assert len(rig.runner.snapshot().dispensed) == 1
 
 
+# As in tests/test_e2e.py: the clock stands at 07:59:30 until the roll is in, grace is a minute.
 @BLE_ONLY
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"grace_minutes": 1}, held=True)
 def test_dose_missed(rig: Rig) -> None:
     rig.link_is("up")
     rig.insert_roll()
+    rig.release()
     rig.wait(lambda s: bool(s.outcomes()))
     [outcome] = rig.stream.outcomes()
     assert (outcome["slot_id"], outcome["outcome"]) == ("2026-11-23T08:00", "missed")
     rig.runner.wait_for(lambda model: len(model.bin) == 1)
 
 
+# As in tests/test_e2e.py: the clock stands at 07:59:30 until the roll is refused and locked;
+# the undispensed deadline is a minute.
 @BLE_ONLY
+@pytest.mark.agent(start_at=oslo(7, 59, 30), engine={"undispensed_deadline_minutes": 1}, held=True)
 def test_wrong_roll_is_refused_and_never_dispensed(rig: Rig) -> None:
     rig.link_is("up")
     rig.insert_roll(patient_ref=OTHER_PATIENT, roll_id="R-foreign")
     rig.wait(lambda s: bool(s.of_kind("wrong_roll")))
     rig.runner.wait_for(lambda model: model.locked)
+    rig.agent.release()
     rig.wait(lambda s: bool(s.outcomes()), timeout=90)
-    assert rig.stream.outcomes()[0]["outcome"] in ("refused", "missed")
+    # the roll was refused before the dose's time (the clock stood until then): so is the dose
+    [outcome] = rig.stream.outcomes()
+    assert (outcome["outcome"], outcome["reason"]) == ("refused", "foreign_roll"), outcome
     assert rig.runner.snapshot().dispensed == ()
 
 
+@HELD_AT_0759
 def test_link_drop_mid_dose_neither_loses_nor_duplicates_the_outcome(rig: Rig) -> None:
     """The link goes the moment the dose is presented (the DosePresented frame in flight) and
     comes back; the patient takes the dose. One dispense, one outcome: taken."""
@@ -172,6 +200,7 @@ def test_link_drop_mid_dose_neither_loses_nor_duplicates_the_outcome(rig: Rig) -
 
     rig.on_presented(lose_the_link)
     rig.insert_roll()
+    rig.release()
     assert presented.wait(30), "no dose presented"
     rig.link_is("down")
     rig.restore()
@@ -184,6 +213,7 @@ def test_link_drop_mid_dose_neither_loses_nor_duplicates_the_outcome(rig: Rig) -
 
 
 @BLE_ONLY
+@HELD_AT_0759
 def test_a_dose_taken_during_a_long_ble_outage_is_reported_taken_once(rig: Rig) -> None:
     """Over BLE the firmware runs on while out of range: the patient takes the dose during an
     outage longer than the link's whole retransmit budget (5 x 250 ms). The DoseTaken waits in the
@@ -198,6 +228,7 @@ def test_a_dose_taken_during_a_long_ble_outage_is_reported_taken_once(rig: Rig) 
 
     rig.on_presented(lose_the_link)
     rig.insert_roll()
+    rig.release()
     assert presented.wait(30), "no dose presented"
     rig.link_is("down")
     rig.runner.call(lambda model: model.take_dose())
@@ -214,6 +245,7 @@ def test_a_dose_taken_during_a_long_ble_outage_is_reported_taken_once(rig: Rig) 
 
 
 @pytest.mark.parametrize("rig", ["serial"], indirect=True)
+@HELD_AT_0759
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -236,6 +268,7 @@ def test_a_dose_taken_while_the_serial_cable_is_out_is_not_reported_missed(rig: 
 
     rig.on_presented(lose_the_link)
     rig.insert_roll()
+    rig.release()
     assert presented.wait(30), "no dose presented"
     rig.link_is("down")
     rig.runner.call(lambda model: model.take_dose())
