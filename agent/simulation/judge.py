@@ -168,9 +168,9 @@ R16 a dose is given when nothing stops it: from a slot's due instant (by the age
    (`Judge.dose_stop`, each a fact of the world, never the engine's reason): the agent not
    running or not linked to the dispenser; its clock untrusted or not yet showing the due
    instant; a pause covering the due instant or in force; no roll, a roll not naming the
-   patient (or whose leader cannot be read), expired (`roll_expired_margin` before its expiry,
-   `HELD_CLOCK_SLACK` allowed), or whose period has passed; no sachet at the reader, or one not
-   for this slot (unreadable, without a time, another patient's, packed for an earlier or a
+   patient (or whose leader cannot be read), expired (`roll_expired_margin` before its expiry)
+   or past its period by the agent's clock (`HELD_CLOCK_SLACK` allowed); no sachet at the
+   reader, or one not for this slot (unreadable, without a time, another patient's, packed for an earlier or a
    later slot or for none); a dispenser fault (a jam ...), a full bin, its lid open or a locked
    cassette; a dose in the tray; an earlier slot still open whose dose is not given (doses are
    given in order); the minimum interval since the last intake not passed (counted from when
@@ -819,11 +819,13 @@ class Judge:
             return "no sachet at the reader", None
         if not label.usable or label.patient_ref != ref:
             return "the sachet at the reader cannot be given", None
+        # by the agent's clock (ahead of true time while a wall step is not corrected)
+        shown_late = now + w.clock_ahead + HELD_CLOCK_SLACK
         expiry = label.roll_expiry_utc
-        if expiry is None or expiry - self.config.roll_expired_margin <= now + HELD_CLOCK_SLACK:
+        if expiry is None or expiry - self.config.roll_expired_margin <= shown_late:
             return "the roll has expired", None
         last = label.roll_last_dose_utc
-        if last is not None and last < now + HELD_CLOCK_SLACK - self.config.sachet_time_tolerance:
+        if last is not None and last < shown_late - self.config.sachet_time_tolerance:
             return "the roll's period has passed", None
         packed = self.slot_for_sachet(label.intended_utc)
         if packed is None or packed.due_utc != slot.due_utc:
@@ -833,7 +835,8 @@ class Judge:
     def _review_doses(self, now: datetime) -> None:
         """R16: is a due dose that nothing stops cut within the bound?"""
         w = self._world
-        behind = w.clock_behind if w is not None else timedelta(0)
+        # the slot ends when the agent's clock shows its window over
+        shift = w.clock_behind - w.clock_ahead if w is not None else timedelta(0)
         bound, window = self.config.dose_bound, self.config.dose_window
         for slot_id, owed in list(self._owed_doses.items()):
             slot = owed.slot
@@ -846,7 +849,7 @@ class Judge:
             ):
                 del self._owed_doses[slot_id]
                 continue
-            end = slot.due_utc + behind + window
+            end = slot.due_utc + shift + window
             for _ in range(2):
                 # the world has not changed since the last review (every change is reviewed):
                 # free since then, unless a stop came by time alone (a pause's start, expiry)
