@@ -170,12 +170,12 @@ R16 a dose is given when nothing stops it: from a slot's due instant (by the age
    instant; a pause covering the due instant or in force; no roll, a roll not naming the
    patient (or whose leader cannot be read), expired (`roll_expired_margin` before its expiry)
    or past its period by the agent's clock (`HELD_CLOCK_SLACK` allowed); no sachet at the
-   reader, or one not for this slot (unreadable, without a time, another patient's, packed for an earlier or a
-   later slot or for none); a dispenser fault (a jam ...), a full bin, its lid open or a locked
-   cassette; a dose in the tray; an earlier slot still open whose dose is not given (doses are
-   given in order); the minimum interval since the last intake not passed (counted from when
-   the agent could hear of it, on its clock). A slot presented early (TAKE), given an outcome,
-   or dropped by a schedule update is owed nothing more.
+   reader, or one not for this slot (unreadable, without a time, another patient's, packed for
+   an earlier or a later slot or for none); a dispenser fault (a jam ...), a full bin, its lid
+   open or a locked cassette; a dose in the tray; an earlier slot still open whose dose is not
+   given (doses are given in order); the minimum interval since the last intake not passed
+   (counted from when the agent could hear of it, on its clock). A slot presented early
+   (TAKE), given an outcome, or dropped by a schedule update is owed nothing more.
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
