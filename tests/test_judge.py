@@ -1789,3 +1789,164 @@ def test_r14_a_restart_ends_the_centres_silence() -> None:
     j.world(home(pattern="OFF", tray_occupied=True))  # silent after the restart: not asked
     with pytest.raises(InvariantViolation, match=r"R14 .*lies in the tray and the dispenser shows"):
         j.advance(utc("07:01"))
+
+
+# --- R16: a dose is given when nothing stops it --------------------------------------------------
+
+R16 = frozenset({"R16"})
+DUE = utc("06:00")  # 08:00 local, the first slot of DAY
+
+
+def ready(**kw: object) -> World:
+    """Nothing stops the 08:00 dose: the patient's roll, its sachet for 08:00 at the reader, the
+    agent linked with a trusted clock, the tray empty, no fault."""
+    sachet = replace(label(DUE, index=3), roll_last_dose_utc=utc("18:00", day=14))
+    return replace(home(reader=sachet), **kw)  # type: ignore[arg-type]
+
+
+def r16(j: Judge) -> list[str]:
+    return [f.message for f in j.findings if f.rule == "R16"]
+
+
+def test_r16_a_dose_nothing_stops_must_be_given_within_the_bound() -> None:
+    withheld = judge(enforce=R16)
+    withheld.world(ready())
+    withheld.advance(DUE)
+    withheld.advance(utc("06:02"))  # the bound: 2 min
+    with pytest.raises(InvariantViolation, match=r"R16 .*slot 2026-06-01T08:00 .*not given: "):
+        withheld.advance(utc("06:03"))
+    given = judge(enforce=R16)
+    given.world(ready())
+    given.advance(DUE)
+    given.presented(5, label(DUE, index=3))
+    given.world(ready(tray_occupied=True))
+    given.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+    given.advance(utc("07:30"))
+    assert r16(given) == []
+    early = judge(enforce=R16)  # TAKE at 05:40: given before its due instant, owed nothing more
+    early.world(ready())
+    early.advance(utc("05:40"))
+    early.presented(5, label(DUE, index=3))
+    early.world(ready(tray_occupied=True))
+    early.advance(utc("05:50"))
+    early.taken(5)
+    early.world(ready(reader=None, remaining=0))
+    early.advance(utc("07:30"))
+    assert r16(early) == []
+
+
+def test_r16_a_dose_withheld_for_a_reason_the_judge_does_not_know_is_a_violation() -> None:
+    """An engine that holds a dose for no true reason (an untrue dose_held, a refusal) and lets
+    its slot end: the hold itself excuses nothing."""
+    j = judge(enforce=R16)
+    j.world(ready())
+    j.advance(DUE)
+    j.published("dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "no_link"})
+    with pytest.raises(InvariantViolation, match=r"R16 .*nothing has stopped it since 2026-06-01 "):
+        j.advance(utc("07:00"))
+
+
+STOPS: dict[str, World] = {
+    "no roll": ready(roll_patient_ref=None, reader=None, remaining=0),
+    "another patient's roll": ready(roll_patient_ref="p-other"),
+    "a leader that cannot be read": ready(roll_label_readable=False),
+    "an expired roll": ready(reader=replace(label(DUE, index=3), roll_expiry_utc=utc("05:00"))),
+    "a roll past its period": ready(
+        reader=replace(label(DUE, index=3), roll_last_dose_utc=utc("05:00"))
+    ),
+    "no sachet at the reader": ready(reader=None, remaining=0),
+    "the next slot's sachet at the reader": ready(reader=label(utc("18:00"), index=4)),
+    "a sachet for no slot": ready(reader=label(utc("11:00"), index=4)),
+    "an unreadable sachet": ready(reader=replace(label(DUE, index=3), readable=False)),
+    "a sachet without a time": ready(reader=replace(label(DUE, index=3), intended_utc=None)),
+    "another patient's sachet": ready(reader=label(DUE, index=3, sachet_ref="p-other")),
+    "a jam": ready(jammed=True, faults=frozenset({"JAM"})),
+    "a cutter fault": ready(faults=frozenset({"CUTTER"})),
+    "a full bin": ready(bin_full=True),
+    "the lid open": ready(lid_open=True),
+    "a locked cassette": ready(locked=True),
+    "a dose in the tray": ready(tray_occupied=True),
+    "the agent not linked": ready(agent_linked=False),
+    "an untrusted clock": ready(clock_trusted=False),
+    "a clock an hour behind": ready(clock_behind=timedelta(hours=1)),
+}
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_r16_a_dose_stopped_by_the_world_is_owed_nothing(stop: str) -> None:
+    j = judge(enforce=R16)
+    j.world(STOPS[stop])
+    j.advance(DUE)
+    j.advance(utc("06:30"))
+    assert j.dose_stop(j._by_id["2026-06-01T08:00"], utc("06:30"))[0] is not None
+    assert r16(j) == []
+
+
+def test_r16_the_bound_runs_from_when_the_stop_ends_until_the_slot_ends() -> None:
+    j = judge(enforce=R16)
+    j.world(ready(agent_linked=False))
+    j.advance(DUE)
+    j.advance(utc("06:20"))
+    j.world(ready())  # the link is back: the dose is owed from now
+    j.advance(utc("06:22"))
+    with pytest.raises(
+        InvariantViolation, match=r"R16 .*nothing has stopped it since 2026-06-01 06:20"
+    ):
+        j.advance(utc("06:23"))
+    late = judge(enforce=R16)  # back only as the slot ends (due + the window): owed nothing
+    late.world(ready(agent_linked=False))
+    late.advance(DUE)
+    late.advance(utc("06:59"))
+    late.world(ready())
+    late.advance(utc("07:30"))
+    assert r16(late) == []
+
+
+def test_r16_a_pause_and_the_minimum_interval_stop_a_dose_until_they_end() -> None:
+    paused = judge(enforce=R16)
+    paused.world(ready())
+    paused.advance(utc("05:00"))
+    paused.pause("P1", utc("05:30"), utc("12:00"))
+    paused.advance(utc("07:30"))
+    assert r16(paused) == []
+    interval = judge(("08:00", "20:00"), enforce=R16, min_intake_interval=timedelta(hours=1))
+    interval.world(ready(tray_occupied=True))
+    interval.advance(utc("05:30"))
+    interval.taken(9)  # an intake at 05:30 (the dose before): not before 06:30
+    interval.world(ready())
+    interval.advance(DUE)
+    interval.advance(utc("06:31"))
+    assert r16(interval) == []
+    # released by time alone at 06:30, with nothing between: the bound runs from then
+    with pytest.raises(InvariantViolation, match=r"R16 .*stopped it since 2026-06-01 06:30"):
+        interval.advance(utc("06:40"))
+
+
+def test_r16_an_intake_out_of_the_agents_hearing_counts_from_when_it_can_hear_of_it() -> None:
+    j = judge(enforce=R16, min_intake_interval=timedelta(hours=1))
+    j.world(ready(tray_occupied=True, agent_linked=False))
+    j.advance(utc("05:00"))
+    j.taken(9)
+    j.world(ready(agent_linked=False))
+    j.advance(utc("05:40"))
+    j.world(ready())  # linked again at 05:40: it may count the intake from here, to 06:40
+    j.advance(DUE)
+    j.advance(utc("06:40"))
+    assert r16(j) == []
+    with pytest.raises(InvariantViolation, match=r"R16 .*stopped it since 2026-06-01 06:40"):
+        j.advance(utc("06:43"))
+
+
+def test_r16_doses_are_given_in_order() -> None:
+    """Two doses 30 min apart, the 08:00 sachet missing (the 08:30 one at the reader): the 08:30
+    dose waits while the 08:00 slot is open (seeds 13 and 23 of the suite's world)."""
+    j = judge(("08:00", "08:30"), enforce=R16, min_intake_interval=timedelta(minutes=15))
+    j.world(ready(reader=label(utc("06:30"), index=4)))
+    j.advance(DUE)
+    j.advance(utc("06:45"))
+    assert r16(j) == []  # 08:00: no sachet for it; 08:30: behind the open 08:00 slot
+    j.advance(utc("07:00"))  # the 08:00 slot ends: the 08:30 dose is owed from now
+    with pytest.raises(
+        InvariantViolation, match=r"R16 .*slot 2026-06-01T08:30 .*since 2026-06-01 07:00"
+    ):
+        j.advance(utc("07:03"))

@@ -408,6 +408,8 @@ class Simulation:
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
                     phantom_report_interval=ec.chatty_min_interval,
                     pause_max=ec.pause_max,
+                    dose_window=ec.undispensed_deadline,
+                    roll_expired_margin=ec.roll_expired_margin,
                     escalate_after=(
                         ec.escalation[0].after
                         if ec.escalation and ec.escalation[0].pattern is AlertPattern.URGENT
@@ -1550,6 +1552,8 @@ class Simulation:
             clock.trust is TimeTrust.UNTRUSTED,
             m.shown,
             m.locked,
+            tuple(m.faults),
+            m.lid_open,
         )
         if key == self._world_key:
             return
@@ -1569,6 +1573,8 @@ class Simulation:
             locked=m.locked,
             lock_supported=m.has(Feature.LOCK),
             clock_ahead=ahead,
+            faults=frozenset(f.name for f in m.faults),
+            lid_open=m.lid_open,
         )
         if world != self._world:
             self._world = world

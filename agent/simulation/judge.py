@@ -161,6 +161,22 @@ R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_
    `high_report_bound` (the slot neither presented nor held for another reason) is the
    violation: at a link's return the agent may speak of the roll it knew for a moment.
 
+R16 a dose is given when nothing stops it: from a slot's due instant (by the agent's trusted
+   clock) until `dose_window` after it (the engine's undispensed deadline, passed in), once
+   nothing in the world stops its dose for `dose_bound`, a sachet is cut into the tray for it
+   (or the agent says one was: `dose_presented`). The judge's own reference of what stops a dose
+   (`Judge.dose_stop`, each a fact of the world, never the engine's reason): the agent not
+   running or not linked to the dispenser; its clock untrusted or not yet showing the due
+   instant; a pause covering the due instant or in force; no roll, a roll not naming the
+   patient (or whose leader cannot be read), expired (`roll_expired_margin` before its expiry)
+   or past its period by the agent's clock (`HELD_CLOCK_SLACK` allowed); no sachet at the
+   reader, or one not for this slot (unreadable, without a time, another patient's, packed for
+   an earlier or a later slot or for none); a dispenser fault (a jam ...), a full bin, its lid
+   open or a locked cassette; a dose in the tray; an earlier slot still open whose dose is not
+   given (doses are given in order); the minimum interval since the last intake not passed
+   (counted from when the agent could hear of it, on its clock). A slot presented early
+   (TAKE), given an outcome, or dropped by a schedule update is owed nothing more.
+
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
 have that were due before it, and slots only the old ones have that are due after it, may get an
@@ -194,6 +210,7 @@ RULES: dict[str, str] = {
     "R13": "a trip's report counts the sachets taken along and is complete only if they all were",
     "R14": "the dispenser shows the patient a dose in the tray or held, and locks another's roll",
     "R15": "a dose is held back only for a reason that is true",
+    "R16": "a dose is given when nothing stops it",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -235,6 +252,7 @@ HOLDING_RULES = frozenset(
         "R13",
         "R14",
         "R15",
+        "R16",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -390,6 +408,9 @@ class World:
     # R15: how far the agent's clock, while it has reason to trust it, shows more than true time
     # (its wall clock stepped ahead and not corrected yet): a roll's period passes that much sooner
     clock_ahead: timedelta = timedelta(0)
+    # R16: the dispenser's active faults (FaultCode names: JAM, CUTTER, READER, BIN_FULL ...)
+    faults: frozenset[str] = frozenset()
+    lid_open: bool = False  # R16: the dispenser cuts nothing while its lid is open
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +440,11 @@ class JudgeConfig:
     # R14: a dose in the tray calls REMINDER, then URGENT this long after it was announced (the
     # engine's escalation step, passed in); None: any calling pattern will do
     escalate_after: timedelta | None = None
+    # R16: a dose nothing stops is cut within `dose_bound`, while its slot is open: until
+    # `dose_window` after its due instant (the engine's undispensed deadline, passed in)
+    dose_bound: timedelta = timedelta(minutes=2)
+    dose_window: timedelta = timedelta(minutes=60)
+    roll_expired_margin: timedelta = timedelta(0)  # R16: the engine's setting, passed in
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -438,6 +464,15 @@ class _Presentation:
     label: SachetLabel
     label_slot: RefSlot | None
     agent_at: datetime | None = None  # what the agent's trusted clock showed (None: as `at`)
+
+
+@dataclass(slots=True)
+class _OwedDose:
+    """R16: a due slot whose dose has not been cut yet."""
+
+    slot: RefSlot
+    free_since: datetime | None = None  # nothing has stopped it since then
+    release: datetime | None = None  # the last stop found ends by itself then (a time)
 
 
 @dataclass(slots=True)
@@ -553,6 +588,11 @@ class Judge:
     _last_announced: tuple[str, datetime] | None = None  # R12: the last dose_presented's slot
     # R11: what accepting a refused command would publish (this instant only)
     _forbidden: list[tuple[str, str, str | None, object, datetime]] = field(default_factory=list)
+    _owed_doses: dict[str, _OwedDose] = field(default_factory=dict)  # R16, by slot id
+    # R16: the last intake as the agent could know it (when it happened, or when the agent was
+    # next linked if it happened out of its hearing); None: none yet, or not heard yet
+    _intake_known: datetime | None = None
+    _intake_unheard: bool = False
 
     def __post_init__(self) -> None:
         c = self.config
@@ -656,6 +696,8 @@ class Judge:
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
             self._next_due += 1
+        if self._owed_doses:
+            self._review_doses(now)
         # R14: what the dispenser should show changes at these instants (the bound runs from them)
         if self._silenced_until is not None and now >= self._silenced_until:
             since, self._silenced_until = self._silenced_until, None
@@ -697,6 +739,15 @@ class Judge:
             self._reports_open -= bool(self._conditions.pop(key).expect)
 
     def _at_due(self, slot: RefSlot) -> None:
+        if (
+            slot.slot_id not in self._outcomes
+            and slot.slot_id not in self._optional
+            and slot.slot_id not in self._presented_for
+            and slot.slot_id not in self._announced
+            and slot.due_utc >= self.config.installed_utc
+            and self._paused_at(slot.due_utc) is None
+        ):
+            self._owed_doses[slot.slot_id] = _OwedDose(slot)  # R16: reviewed as time goes on
         if slot.slot_id in self._held:
             self._review_local(slot.due_utc)
         world = self._world
@@ -723,6 +774,109 @@ class Judge:
             slot.slot_id,
             agent_due=agent_due,
         )
+
+    def dose_stop(self, slot: RefSlot, now: datetime) -> tuple[str | None, datetime | None]:
+        """R16, the judge's own reference: what in the world stops the dose of `slot` at `now`
+        (a reason; None: nothing does), and when that stop ends by itself (None: only when the
+        world changes)."""
+        w = self._world
+        if w is None:
+            return "nothing observed yet", None
+        if not w.agent_linked:
+            return "the agent is not running or not linked", None
+        if not w.clock_trusted:
+            return "the agent's clock is not trusted", None
+        shown = now - w.clock_behind
+        if shown < slot.due_utc:
+            return "not due yet by the agent's clock", slot.due_utc + w.clock_behind
+        if self._paused_at(slot.due_utc) is not None or self._paused_at(shown) is not None:
+            return "paused", None
+        ref = self.config.patient_ref
+        if w.roll_patient_ref is None:
+            return "no roll", None
+        if w.roll_patient_ref != ref or not w.roll_label_readable:
+            return "a roll not naming the patient, or its leader unreadable", None
+        if w.faults or w.jammed or w.bin_full:
+            return "a dispenser fault", None
+        if w.lid_open:
+            return "the lid is open", None
+        if w.locked:
+            return "the cassette is locked", None
+        if w.tray_occupied:
+            return "a dose in the tray", None
+        if any(o.slot.due_utc < slot.due_utc for o in self._owed_doses.values()):
+            # doses are given in order: a later one waits while an earlier slot is open (its
+            # sachet may still come; both given would be two doses close together)
+            return "an earlier dose not given yet, its slot open", None
+        if self._intake_unheard:
+            return "an intake the agent has not heard of yet", None
+        if self._intake_known is not None:
+            release = self._intake_known + self._min_interval + w.clock_behind
+            if now < release:
+                return "the minimum interval since the last intake", release
+        label = w.reader
+        if label is None or w.remaining <= 0:
+            return "no sachet at the reader", None
+        if not label.usable or label.patient_ref != ref:
+            return "the sachet at the reader cannot be given", None
+        # by the agent's clock (ahead of true time while a wall step is not corrected)
+        shown_late = now + w.clock_ahead + HELD_CLOCK_SLACK
+        expiry = label.roll_expiry_utc
+        if expiry is None or expiry - self.config.roll_expired_margin <= shown_late:
+            return "the roll has expired", None
+        last = label.roll_last_dose_utc
+        if last is not None and last < shown_late - self.config.sachet_time_tolerance:
+            return "the roll's period has passed", None
+        packed = self.slot_for_sachet(label.intended_utc)
+        if packed is None or packed.due_utc != slot.due_utc:
+            return "the sachet at the reader is not this slot's", None
+        return None, None
+
+    def _review_doses(self, now: datetime) -> None:
+        """R16: is a due dose that nothing stops cut within the bound?"""
+        w = self._world
+        # the slot ends when the agent's clock shows its window over
+        shift = w.clock_behind - w.clock_ahead if w is not None else timedelta(0)
+        bound, window = self.config.dose_bound, self.config.dose_window
+        for slot_id, owed in list(self._owed_doses.items()):
+            slot = owed.slot
+            if (
+                slot_id in self._outcomes
+                or slot_id in self._presented_for
+                or slot_id in self._announced
+                or slot_id in self._optional
+                or slot_id not in self._by_id
+            ):
+                del self._owed_doses[slot_id]
+                continue
+            end = slot.due_utc + shift + window
+            for _ in range(2):
+                # the world has not changed since the last review (every change is reviewed):
+                # free since then, unless a stop came by time alone (a pause's start, expiry)
+                due_at = owed.free_since + bound if owed.free_since is not None else None
+                if due_at is not None and due_at < min(now, end):
+                    if self.dose_stop(slot, due_at)[0] is None:
+                        del self._owed_doses[slot_id]
+                        self._violation(
+                            "R16",
+                            f"the dose of slot {slot_id} due {_iso(slot.due_utc)} is not given: "
+                            f"nothing has stopped it since {_iso(owed.free_since or now)} "
+                            f"(bound {bound})",
+                            due_at,
+                        )
+                        break
+                    owed.free_since = None
+                if now >= end:
+                    del self._owed_doses[slot_id]  # its slot has ended: R3 judges the outcome
+                    break
+                reason, release = self.dose_stop(slot, now)
+                if reason is not None:
+                    owed.free_since, owed.release = None, release
+                    break
+                if owed.free_since is not None:
+                    break
+                owed.free_since = owed.release if owed.release and owed.release <= now else now
+                owed.release = None  # and judged again at once: freed by time, long ago
 
     def _deadline(self, at: datetime, linked: bool) -> datetime | None:
         return at + self.config.high_report_bound if linked else None
@@ -759,6 +913,8 @@ class Judge:
         self._set_slots(sorted({*kept, *extra}))
         self._next_due = bisect_right(self._dues, now)
         self._review_reader(now)
+        if self._owed_doses:
+            self._review_doses(now)
 
     def discard_decided(self, roll_id: str, index: int | None) -> None:
         """A person decided that sachet `index` of roll `roll_id` (None: each of its sachets
@@ -870,7 +1026,11 @@ class Judge:
             self._in_tray = None
         if not state.agent_linked:
             self._heard_all_along = False
+        elif self._intake_unheard:
+            self._intake_known, self._intake_unheard = now, False  # R16: it may hear of it now
         self._review_local(now)
+        if self._owed_doses:
+            self._review_doses(now)
 
     def agent_restarted(self, *, clock_trusted: bool = True) -> None:
         """The agent process started again now (its memory of what it did is what it stored),
@@ -1066,6 +1226,10 @@ class Judge:
         self._intakes.append(now)
         self._taken.setdefault(dispense_id, now)
         if self._world is not None and self._world.agent_linked:
+            self._intake_known = now
+        else:
+            self._intake_unheard = True
+        if self._world is not None and self._world.agent_linked:
             self._owe_report(
                 f"dose {dispense_id} taken",
                 ("slot_outcome", {"dispense_id": dispense_id, "outcome": INTAKES}),
@@ -1190,11 +1354,15 @@ class Judge:
         overdue = self._chain_start(start) + self.config.pause_max
         if end is None or end > overdue:
             self._overdue[pause_id] = overdue
+        if self._owed_doses and self._now is not None:
+            self._review_doses(self._now)  # R16: a pause in force stops a dose from now
 
     def pause_ended(self, pause_id: str) -> None:
         start, end = self._pauses[pause_id]
         now = self._require_now()
         self._pauses[pause_id] = (start, min(end, now) if end is not None else now)
+        if self._owed_doses:
+            self._review_doses(now)
 
     # --- the published stream -------------------------------------------------------------------
 
