@@ -187,6 +187,36 @@ def test_a_discard_whose_movement_jammed_is_not_waited_for_after_the_jam() -> No
     next_dose_given(rig)
 
 
+def test_a_discard_accepted_then_lost_with_a_dispenser_power_cut_is_not_waited_for() -> None:
+    """OK, then the dispenser loses power before the cut: no DoseRetained will come."""
+    rig = morning_rig()
+    stale_sachet(rig)
+    send = discard_unanswered(rig)
+    rig.auto = True
+    rig.feed(CommandOutcome(send.correlation, CommandResult(0, ResultCode.OK, "")))
+    rig.feed(LinkDown("dispenser rebooted"))
+    rig.run_for(timedelta(minutes=3))
+    hello(rig)
+    rig.run_for(timedelta(minutes=2))
+    assert rig.dispenser.discarded == [0]
+    next_dose_given(rig)
+
+
+def test_a_discard_answered_jammed_raises_the_jam_and_waits_for_it_to_clear() -> None:
+    rig = morning_rig()
+    stale_sachet(rig)
+    rig.dispenser.forced[Discard] = ResultCode.JAMMED
+    rig.feed(LinkUp(rig.caps))
+    assert [e.fields["detail"] for e in rig.events("fault_jam")] == ["discard refused"]
+    rig.run_for(timedelta(hours=2))
+    assert len(rig.commands(Discard)) == 1  # not again every command retry while jammed
+    rig.dispenser.forced.pop(Discard)
+    rig.msg(FaultChanged(FaultCode.JAM, False, "cleared"))
+    rig.run_for(timedelta(minutes=1))
+    assert rig.dispenser.discarded == [0]
+    next_dose_given(rig)
+
+
 def test_a_discard_refused_before_a_restart_does_not_block_after_it() -> None:
     rig = morning_rig()
     refused_busy(rig)

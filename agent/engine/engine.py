@@ -513,8 +513,6 @@ class DoseEngine:
                 for pending in self._outbound.pending.values():
                     if pending.kind == "dispense" and pending.slot_id is not None:
                         self._mark_maybe_executed(pending.slot_id, True)  # outcome unknown
-                    if pending.kind == "discard" and pending.dispense_id is not None:
-                        self._desk.give_up(pending.dispense_id)  # its outcome is not coming
                 # a DoseTaken the dispenser gives up on meanwhile is lost: the next Status says
                 self._slotbook.runs = [
                     replace(r, unreconciled=True)
@@ -524,6 +522,10 @@ class DoseEngine:
                 ]
                 self._mirror.keepalive_due = None
                 self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
+                # a Discard sent or under way may never be answered now (a dispenser that lost
+                # power mid-cut): not waited for; a late DoseRetained of it is still ours
+                for dispense_id in list(self._desk.discarding):
+                    self._desk.give_up(dispense_id)
             case SetBinding(binding=binding):
                 self._on_binding(binding, now, actions)
             case SetSchedule(schedule=schedule, version=version):
@@ -1340,6 +1342,10 @@ class DoseEngine:
             self._desk.discarding.pop(pending.dispense_id, None)
         if result is ResultCode.BIN_FULL:
             self._on_fault(FaultCode.BIN_FULL, True, "discard refused", now, actions)
+        elif result is ResultCode.JAMMED and FaultCode.CUTTER not in self._mirror.faults:
+            # as for a Dispense: a jam the engine missed; it blocks every cut until it clears
+            # (not a Discard every command retry, each told to the centre)
+            self._on_fault(FaultCode.JAM, True, "discard refused", now, actions)
         elif result is ResultCode.WRONG_SACHET:
             self._desk.sachet = None
             self._mirror.status_known = False
