@@ -39,7 +39,12 @@ from agent.engine.dispenser_mirror import (
     WantedDispenser,
 )
 from agent.engine.lifecycle import Phase, SlotRun
-from agent.engine.outbound import RETAIN_BIN_FULL_TRIES, Outbound, PendingCommand
+from agent.engine.outbound import (
+    DISCARD_BUSY_TRIES,
+    RETAIN_BIN_FULL_TRIES,
+    Outbound,
+    PendingCommand,
+)
 from agent.engine.roll_desk import Discarding, RollDesk
 from agent.engine.schedule import MAX_SCHEDULE_VERSION_STEP, Schedule, Slot
 from agent.engine.slot_book import SlotBook
@@ -128,6 +133,9 @@ STATE_UNREADABLE = "state_unreadable"
 # dose_held reason: the sachets at the reader are for past dose times and more of them than the
 # bin can take beside its reserve (or its level is unknown): a nurse must act (backlog_needs_nurse)
 BACKLOG_EXCEEDS_BIN = "backlog_exceeds_bin"
+# the sachet at the reader must go to the bin and the dispenser kept refusing its Discard (BUSY,
+# DISCARD_BUSY_TRIES times): the dose behind it waits, and says so
+DISCARD_REFUSED = "discard_refused"
 # condition, and dose_held reason of the doses it blocks: a dose whose slot has ended is still in
 # the tray and the dispenser will not (or cannot) take it back into the bin (StuckDose)
 DOSE_STUCK_IN_TRAY = "dose_stuck_in_tray"
@@ -514,6 +522,10 @@ class DoseEngine:
                 ]
                 self._mirror.keepalive_due = None
                 self._outbound.pending.clear()  # their outcomes (if any) are ignored from now on
+                # a Discard sent or under way may never be answered now (a dispenser that lost
+                # power mid-cut): not waited for; a late DoseRetained of it is still ours
+                for dispense_id in list(self._desk.discarding):
+                    self._desk.give_up(dispense_id)
             case SetBinding(binding=binding):
                 self._on_binding(binding, now, actions)
             case SetSchedule(schedule=schedule, version=version):
@@ -615,6 +627,8 @@ class DoseEngine:
                 self._on_button(message, now, actions)
             case LidChanged(open=is_open):
                 self._condition(actions, "lid_open", is_open, now)
+                if not is_open:
+                    self._desk.busy_refusals = None  # a Discard refused BUSY may go again
             case PowerChanged():
                 self._on_power(message.mains, message.battery_pct, now, actions)
             case FaultChanged():
@@ -815,7 +829,7 @@ class DoseEngine:
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
         self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
-        discard = self._desk.discarding.pop(msg.dispense_id, None)
+        discard = self._desk.settled_discard(msg.dispense_id)
         if discard is not None:
             if self._desk.roll is not None and not self._desk.roll.unverified:
                 self._desk.roll = replace(
@@ -1030,6 +1044,11 @@ class DoseEngine:
     def _on_fault(
         self, fault: FaultCode, active: bool, detail: str, now: Now, actions: list[Action]
     ) -> None:
+        if active and fault in (FaultCode.JAM, FaultCode.CUTTER):
+            # a cut that failed sends no DoseRetained (SPEC 4.2): not waited for
+            sent = {p.dispense_id for p in self._outbound.pending.values() if p.kind == "discard"}
+            for dispense_id in [d for d in self._desk.discarding if d not in sent]:
+                self._desk.give_up(dispense_id)
         if active and fault not in self._mirror.faults:
             self._mirror.faults.append(fault)
         elif not active:
@@ -1067,6 +1086,8 @@ class DoseEngine:
                 self._emit(actions, "failsafe_lock_lifted", {})  # else kept: wanted locked
         self._mirror.pattern_sent = status.alert
         self._condition(actions, "lid_open", status.lid_open, now)
+        if not status.lid_open:
+            self._desk.busy_refusals = None  # a Discard refused BUSY may go again
         self._on_power(status.mains, status.battery_pct, now, actions)
         for fault in FaultCode:
             active = bool(status.active_faults & (1 << fault))
@@ -1141,6 +1162,8 @@ class DoseEngine:
                 self._mirror.pattern_sent = None
             if pending.kind == "retain" and pending.dispense_id is not None:
                 self._outbound.retain_queue.append(pending.dispense_id)
+            if pending.kind == "discard" and pending.dispense_id is not None:
+                self._discard_unanswered(pending.dispense_id, reply, now, actions)
             if pending.kind == "dispense" and pending.slot_id is not None:
                 # no reply: it may have been cut; BUSY: refused before anything moved
                 self._mark_maybe_executed(pending.slot_id, reply is None)
@@ -1288,6 +1311,27 @@ class DoseEngine:
         )
         self._settle(run, Outcome.MISSED, lifecycle.DISPENSE_ID_CONFLICT, now, actions)
 
+    def _discard_unanswered(
+        self, dispense_id: int, reply: Message | None, now: Now, actions: list[Action]
+    ) -> None:
+        """A Discard answered BUSY or not at all: no cut is waited for (else no dose is given
+        again); the sachet goes again when the dispenser can take it (`_can_discard`)."""
+        if reply is None:
+            # it may have been cut (a late DoseRetained is still ours): a Status says where the
+            # reader is before anything else is cut
+            self._desk.give_up(dispense_id)
+            self._mirror.status_known = False
+            return
+        self._desk.discarding.pop(dispense_id, None)  # BUSY: nothing moved (SPEC 4.9)
+        tries = self._desk.refused_busy()
+        if tries == DISCARD_BUSY_TRIES:
+            detail = reply.detail if isinstance(reply, CommandResult) else ""
+            self._emit(
+                actions,
+                "dispenser_command_failed",
+                {"command": "discard", "result": "busy", "detail": detail},
+            )
+
     def _discard_result(
         self, pending: PendingCommand, result: ResultCode, now: Now, actions: list[Action]
     ) -> None:
@@ -1298,6 +1342,10 @@ class DoseEngine:
             self._desk.discarding.pop(pending.dispense_id, None)
         if result is ResultCode.BIN_FULL:
             self._on_fault(FaultCode.BIN_FULL, True, "discard refused", now, actions)
+        elif result is ResultCode.JAMMED and FaultCode.CUTTER not in self._mirror.faults:
+            # as for a Dispense: a jam the engine missed; it blocks every cut until it clears
+            # (not a Discard every command retry, each told to the centre)
+            self._on_fault(FaultCode.JAM, True, "discard refused", now, actions)
         elif result is ResultCode.WRONG_SACHET:
             self._desk.sachet = None
             self._mirror.status_known = False
@@ -1880,9 +1928,14 @@ class DoseEngine:
             elif self._can_discard(now):
                 self._send_discard(roll_check.SACHET_STALE, now, actions)
                 return
-        elif reason == roll_check.DISCARD_DECIDED and self._can_discard(now):
-            self._send_discard(reason, now, actions)  # a person decided: this one sachet
-            return
+            elif self._discard_refused():
+                reason = DISCARD_REFUSED
+        elif reason == roll_check.DISCARD_DECIDED:
+            if self._can_discard(now):
+                self._send_discard(reason, now, actions)  # a person decided: this one sachet
+                return
+            if self._discard_refused():
+                reason = DISCARD_REFUSED
         if reason is not None:
             fields: dict[str, object] = {}
             if reason == lifecycle.MIN_INTERVAL:
@@ -2010,10 +2063,17 @@ class DoseEngine:
             and self._mirror.blocking_fault() is None
             and pause.active(self._pauses, now.utc) is None
             and not self._desk.discarding
+            and not self._discard_refused()
             and not self._outbound.retains_owed()  # the tray first: its dose blocks every dose
             and self._bin_takes_discard()
             and not self.locked_down
         )
+
+    def _discard_refused(self) -> bool:
+        """The dispenser refused the sachet at the reader's Discard BUSY as often as it may be
+        asked (until it reports its lid closed, or another sachet is at the reader)."""
+        sachet = self._desk.sachet
+        return sachet is not None and self._desk.busy_tries(sachet) >= DISCARD_BUSY_TRIES
 
     # --- the bin (SPEC 4.8) and the backlog of sachets for past dose times ------------------
 

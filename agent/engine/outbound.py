@@ -18,6 +18,11 @@ RECENT_DISPENSES = 16  # settled dispense ids remembered for late DoseTaken/Dose
 # many times in all for one dose: a dispenser that says "room" and refuses again is not believed
 # for ever (the dose stays reported stuck in the tray, for a person to remove).
 RETAIN_BIN_FULL_TRIES = 3
+# A Discard answered BUSY (the lid open, a movement under way; nothing moved) is sent again after
+# the command retry, at most this many times for one sachet; the dispenser reporting its lid
+# closed allows as many again. Then the slot it blocks is held (`discard_refused`), never waited
+# for in silence.
+DISCARD_BUSY_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from agent.engine.state import DiscardDecision, RollInfo, UnplannedHold
 from agent.engine.types import Binding
 from protocol.messages import RollInserted, SachetRead
 
+UNANSWERED_KEPT = 4  # discards given up on whose late DoseRetained is still recognised
+
 
 @dataclass(frozen=True, slots=True)
 class Discarding:
@@ -32,6 +34,11 @@ class RollDesk:
     sachet: SachetRead | None = None  # the sachet at the reader, as last read
     rejected_sachet: tuple[str, int] | None = None  # (roll id, index) already reported rejected
     discarding: dict[int, Discarding] = field(default_factory=dict)  # by dispense id
+    # Discards no longer waited for (no reply, lost with the link, the cut failed): not a cut
+    # under way, but a late DoseRetained of one is still ours (a few kept, the newest)
+    unanswered: dict[int, Discarding] = field(default_factory=dict)
+    # (roll id, sachet index, BUSY answers) for the sachet whose Discard the dispenser refused
+    busy_refusals: tuple[str, int, int] | None = None
     unplanned: UnplannedHold | None = None  # durable: the sachet held for a plan decision
     decisions: tuple[DiscardDecision, ...] = ()  # durable: discards people decided
     # memo of roll_foreign(): (roll, binding, verdict), keyed on identity of both
@@ -52,6 +59,37 @@ class RollDesk:
             and roll.expiry_utc_s == message.expiry_utc_s
             and message.next_index >= roll.next_index
         )
+
+    def give_up(self, dispense_id: int) -> None:
+        """Stop waiting for a Discard whose outcome will not come (no cut is under way)."""
+        discard = self.discarding.pop(dispense_id, None)
+        if discard is None:
+            return
+        self.unanswered[dispense_id] = discard
+        while len(self.unanswered) > UNANSWERED_KEPT:
+            del self.unanswered[next(iter(self.unanswered))]
+
+    def settled_discard(self, dispense_id: int) -> Discarding | None:
+        """The Discard a DoseRetained confirms, waited for or given up on."""
+        discard = self.discarding.pop(dispense_id, None)
+        if discard is None:
+            discard = self.unanswered.pop(dispense_id, None)
+        return discard
+
+    def refused_busy(self) -> int:
+        """A Discard of the sachet at the reader was answered BUSY: how many times so far."""
+        sachet = self.sachet
+        if sachet is None:
+            return 0
+        tries = self.busy_tries(sachet) + 1
+        self.busy_refusals = (sachet.roll_id, sachet.index, tries)
+        return tries
+
+    def busy_tries(self, sachet: SachetRead) -> int:
+        refusals = self.busy_refusals
+        if refusals is None or refusals[:2] != (sachet.roll_id, sachet.index):
+            return 0  # another sachet: its own tries
+        return refusals[2]
 
     def decision_for(self, sachet: SachetRead) -> DiscardDecision | None:
         """A person's decision that this sachet goes to the bin (if it matches no dose time)."""
