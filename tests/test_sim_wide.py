@@ -1,17 +1,13 @@
 """The wide world (agent.simulation.mix, `--world wide`): the fault mix with its rare events made
 common. Kept apart from tests/test_simulation.py, which the mutation command runs for every engine
-mutant: the years below are engine gaps the wide world found (fixed, kept as a regression; or
-open, a strict xfail)."""
+mutant: the years below are engine gaps the wide world found, fixed and kept as regressions."""
 
 from __future__ import annotations
-
-import pytest
 
 from agent.simulation.faults import FaultRates
 from agent.simulation.harness import Simulation
 from agent.simulation.judge import parse_rules
 from agent.simulation.mix import config_for
-from agent.simulation.violation import InvariantViolation
 
 
 def test_the_wide_world_is_the_mix_with_its_rare_events_made_common() -> None:
@@ -66,11 +62,11 @@ def test_wide_world_a_restart_ends_the_centres_silence() -> None:
     Simulation(config_for(273, 365, "wide", judge_enforce=parse_rules("R14"))).run()
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantViolation, reason="engine gap, open (R16)")
 def test_wide_world_a_discard_refused_busy_does_not_stop_every_later_dose() -> None:
     # seed 13: on 2027-04-18 ~18:03Z a Discard of a stale sachet is answered BUSY (lid open). The
-    # engine drops the pending command but keeps the sachet in `RollDesk.discarding`, so
-    # `_dispenser_busy()` stays true: on 2027-04-19 the 08:00 dose, its sachet at the reader of a
-    # new roll and nothing in the world against it, is not given (R16 at 06:02Z)
+    # engine dropped the pending command but kept the sachet in `RollDesk.discarding`, so
+    # `_dispenser_busy()` stayed true: on 2027-04-19 the 08:00 dose, its sachet at the reader of a
+    # new roll and nothing in the world against it, was not given (R16 at 06:02Z). Fixed: a
+    # Discard that did not go through is no longer waited for (tests/test_engine_discard_refused.py)
     config = config_for(13, 365, "wide", judge_enforce=parse_rules("R16"))
     Simulation(config).run()
