@@ -1711,6 +1711,33 @@ def test_r12_the_centre_hears_a_dose_not_taken_at_its_escalation_and_not_before(
         early.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})
 
 
+def test_r12_a_dose_not_taken_is_judged_to_the_accuracy_of_a_trusted_clock() -> None:
+    # wide world seed 192: the dose is presented at true 20:00:00.001011 while the agent's
+    # synchronised wall clock reads 20:00:00.001000 (it is right to a second, not to a
+    # microsecond); the Pi reboots, its clock now exact, and re-times the escalation from the
+    # stored wall time: dose_not_taken at true 20:30:00.001001, 10 us "early". A nurse reading
+    # it is told the truth; a step a second or more early is not excused
+    presented_at = datetime(2026, 6, 1, 6, 0, 0, 11, tzinfo=UTC)
+
+    def shown() -> Judge:
+        j = judge(enforce=frozenset({"R12"}), escalate_after=timedelta(minutes=30))
+        j.world(world())
+        j.advance(presented_at)
+        j.presented(5, label(utc("06:00")))
+        j.world(world(tray_occupied=True))
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+        return j
+
+    hair = shown()
+    hair.advance(datetime(2026, 6, 1, 6, 30, 0, 1, tzinfo=UTC))
+    hair.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})
+    assert [f for f in hair.findings if f.rule == "R12"] == []
+    second = shown()
+    second.advance(datetime(2026, 6, 1, 6, 29, 59, 0, tzinfo=UTC))
+    with pytest.raises(InvariantViolation, match=r"R12 .*dose_not_taken for slot 2026-06-01T08:00"):
+        second.published("dose_not_taken", "medium", {"slot_id": "2026-06-01T08:00"})
+
+
 def test_r11_a_command_the_rules_refuse_is_not_taken() -> None:
     j = judge(enforce=frozenset({"R11"}))
     j.advance(utc("06:00"))

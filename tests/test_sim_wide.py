@@ -70,3 +70,12 @@ def test_wide_world_a_discard_refused_busy_does_not_stop_every_later_dose() -> N
     # Discard that did not go through is no longer waited for (tests/test_engine_discard_refused.py)
     config = config_for(13, 365, "wide", judge_enforce=parse_rules("R16"))
     Simulation(config).run()
+
+
+def test_wide_world_a_rebooted_pi_tells_dose_not_taken_at_its_time_on_a_trusted_clock() -> None:
+    # seed 192: the 21:00 (local) dose is presented at 20:00Z; the Pi reboots ten minutes later
+    # and re-times the escalation from the stored presentation time (wall clock, trusted):
+    # dose_not_taken at 20:30Z. The synchronised clock the presentation was stamped with ran
+    # 11 us behind true time, so the step came 10 us before 30 min of true time; the judge now
+    # allows a trusted clock's accuracy (a second), not a microsecond
+    Simulation(config_for(192, 365, "wide", judge_enforce=parse_rules("R12"))).run()

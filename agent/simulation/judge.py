@@ -126,7 +126,8 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    its roll when it names one. A `dose_left_in_tray` gives the reason a dose is left for a nurse
    (no retain bin, or the bin full), never none. A dose announced and still in the tray when
    R14's escalation comes (the agent linked all along) is reported by `dose_not_taken` naming
-   its slot, and no `dose_not_taken` comes before that time.
+   its slot, and no `dose_not_taken` comes before that time (by more than a trusted clock's
+   accuracy, `NOT_TAKEN_CLOCK_SLACK`: a restart re-times the step by the wall clock).
 
 R13 a trip is told truthfully: a `travel_dispensed` or `travel_short` for a travel pause counts
    (`dispensed`) the sachets taken along for its slots (at least those taken while the agent
@@ -525,6 +526,11 @@ _OUTCOME_DEVIATIONS: dict[str, tuple[str | None, ...]] = {
 }
 # R15: how far ahead of true time the agent's clock may be (a wall-clock step not yet corrected)
 HELD_CLOCK_SLACK = timedelta(minutes=10)
+# R12: how far a trusted wall clock (synchronised, or set from the dispenser's RTC in whole
+# seconds) may be from true time: a restart re-times a dose's escalation from the presentation's
+# stored wall time, so its `dose_not_taken` may come that much before true time says (the World
+# too compares the agent's clock with true time in whole seconds)
+NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
 _LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock")}
 # why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
 LEFT_IN_TRAY_REASONS = ("no_retain_bin", "bin_full")
@@ -1774,15 +1780,16 @@ class Judge:
             )
 
     def _on_not_taken(self, fields: dict[str, object]) -> None:
-        """R12: no `dose_not_taken` for a dose before its escalation."""
+        """R12: no `dose_not_taken` for a dose before its escalation (to the accuracy of a
+        trusted clock, `NOT_TAKEN_CLOCK_SLACK`)."""
         now, after, last = self._require_now(), self.config.escalate_after, self._last_announced
         if after is None or last is None or fields.get("slot_id") != last[0]:
             return
-        if now < last[1] + after:
+        if now + NOT_TAKEN_CLOCK_SLACK < last[1] + after:
             self._violation(
                 "R12",
                 f"dose_not_taken for slot {last[0]} at {_iso(now)}: its dose was announced "
-                f"{_iso(last[1])}, not taken is {after} after",
+                f"{_iso(last[1])}, not taken is {after} after ({last[1] + after - now} early)",
             )
 
     def _on_pause_reminder(self, fields: dict[str, object]) -> None:
