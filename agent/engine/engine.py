@@ -626,9 +626,7 @@ class DoseEngine:
             case ButtonPressed():
                 self._on_button(message, now, actions)
             case LidChanged(open=is_open):
-                self._condition(actions, "lid_open", is_open, now)
-                if not is_open:
-                    self._desk.busy_refusals = None  # a Discard refused BUSY may go again
+                self._on_lid(is_open, now, actions)
             case PowerChanged():
                 self._on_power(message.mains, message.battery_pct, now, actions)
             case FaultChanged():
@@ -1024,6 +1022,11 @@ class DoseEngine:
         release = self._interval_release_utc()
         return release is not None and now.utc + _EPSILON < release
 
+    def _on_lid(self, is_open: bool, now: Now, actions: list[Action]) -> None:
+        self._condition(actions, "lid_open", is_open, now)
+        if not is_open:
+            self._desk.lid_closed()
+
     def _on_power(self, mains: bool, pct: int, now: Now, actions: list[Action]) -> None:
         self._condition(actions, "mains_lost", not mains, now, {"battery_pct": pct})
         if (
@@ -1085,9 +1088,7 @@ class DoseEngine:
             if not (self._desk.roll_foreign(self._binding) or self.locked_down):
                 self._emit(actions, "failsafe_lock_lifted", {})  # else kept: wanted locked
         self._mirror.pattern_sent = status.alert
-        self._condition(actions, "lid_open", status.lid_open, now)
-        if not status.lid_open:
-            self._desk.busy_refusals = None  # a Discard refused BUSY may go again
+        self._on_lid(status.lid_open, now, actions)
         self._on_power(status.mains, status.battery_pct, now, actions)
         for fault in FaultCode:
             active = bool(status.active_faults & (1 << fault))
@@ -1922,17 +1923,13 @@ class DoseEngine:
         if self._dispenser_busy():
             return
         reason = self._blocker(run, now)
-        if reason == roll_check.SACHET_STALE and not run.maybe_executed:
-            if not self._backlog_fits(run.due_utc):
-                reason = BACKLOG_EXCEEDS_BIN  # never fill the bin with it: a nurse decides
-            elif self._can_discard(now):
-                self._send_discard(roll_check.SACHET_STALE, now, actions)
-                return
-            elif self._discard_refused():
-                reason = DISCARD_REFUSED
-        elif reason == roll_check.DISCARD_DECIDED:
+        stale = reason == roll_check.SACHET_STALE and not run.maybe_executed
+        if stale and not self._backlog_fits(run.due_utc):
+            reason = BACKLOG_EXCEEDS_BIN  # never fill the bin with it: a nurse decides
+        elif reason is not None and (stale or reason == roll_check.DISCARD_DECIDED):
+            # a stale sachet, or one a person decided on: this one sachet to the bin
             if self._can_discard(now):
-                self._send_discard(reason, now, actions)  # a person decided: this one sachet
+                self._send_discard(reason, now, actions)
                 return
             if self._discard_refused():
                 reason = DISCARD_REFUSED

@@ -85,6 +85,10 @@ class RollDesk:
         self.busy_refusals = (sachet.roll_id, sachet.index, tries)
         return tries
 
+    def lid_closed(self) -> None:
+        """A person closed the lid: a Discard the dispenser refused BUSY may go again."""
+        self.busy_refusals = None
+
     def busy_tries(self, sachet: SachetRead) -> int:
         refusals = self.busy_refusals
         if refusals is None or refusals[:2] != (sachet.roll_id, sachet.index):

@@ -580,6 +580,7 @@ class MqttLink:
         self._conn: _Connection | None = None
         self._connected_event = asyncio.Event()
         self._ready_event = asyncio.Event()
+        self._attempt_ended = asyncio.Condition()  # notified after every connect attempt
         # Bounded: a flood (QoS 0, or a broker that ignores its inflight window) is dropped and
         # counted, never queued without end. QoS 1 ones are left unacknowledged: redelivered.
         # Bounded by _enqueue (a count, and bytes for QoS 1), not by the queue itself.
@@ -631,6 +632,21 @@ class MqttLink:
         """Return once connected; raise TimeoutError after `timeout` seconds."""
         async with asyncio.timeout(timeout):
             await self._connected_event.wait()
+
+    async def wait_connected_or_failed(self, attempts: int) -> None:
+        """Return once connected, or once `attempts` connect attempts have failed and the last
+        one's reason is known (`last_connect_error`). A refused MQTT 5 retried in 3.1.1 is one
+        attempt, not over until the 3.1.1 one is."""
+        async with self._attempt_ended:
+            await self._attempt_ended.wait_for(
+                lambda: (
+                    self.connected
+                    or (
+                        self._counts["connect_failures"] >= attempts
+                        and self._last_connect_error is not None
+                    )
+                )
+            )
 
     async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once a connection is ready (its birth published); TimeoutError after
@@ -772,7 +788,7 @@ class MqttLink:
         )
         try:
             await stay_connected(
-                self._connect_once,
+                self._connect_and_tell,
                 self._serve_until_lost,
                 policy,
                 retry_on=(_ConnectFailedError,),
@@ -816,6 +832,14 @@ class MqttLink:
         except Exception as exc:  # the caller's factory: its bug must not stop the stop
             logger.exception("farewell not published; the will may follow instead")
             self._record_callback_error("farewell_factory", exc)
+
+    async def _connect_and_tell(self) -> _Connection:
+        """One connect attempt; whoever waits on attempts hears how it ended."""
+        try:
+            return await self._connect_once()
+        finally:
+            async with self._attempt_ended:  # an uncontended lock: taken without suspending
+                self._attempt_ended.notify_all()
 
     async def _connect_once(self) -> _Connection:
         """One connect attempt: every step under one deadline (connect_timeout_s) and logged.

@@ -58,12 +58,7 @@ async def _connected_or_given_up(link: MqttLink, attempts: int | None) -> None:
     if attempts is None:
         await link.wait_connected()
         return
-    while not link.connected:
-        # with a reason: the attempt is over (a refused MQTT 5 retried in 3.1.1 is not yet)
-        if link.stats.connect_failures >= attempts and link.last_connect_error is not None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await link.wait_connected(0.05)  # a short, bounded poll of the attempt counter
+    await link.wait_connected_or_failed(attempts)
 
 
 async def _probe_broker(
