@@ -31,6 +31,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bench import rss_stages
 from bench.common import (
     REPO,
     WAIT_S,
@@ -156,7 +157,7 @@ SIZES: dict[Size, tuple[float, float]] = {
 }
 
 
-def run(size: Size = "full") -> list[Figure]:
+def run(size: Size = "full", *, stage_table: bool = True) -> list[Figure]:
     settle_s, window_s = SIZES[size]
     say(
         f"idle: daemon subprocess, real clock, next dose in 12 h; settle {settle_s:g} s, "
@@ -223,6 +224,15 @@ def run(size: Size = "full") -> list[Figure]:
     say("  " + _describe("daemon:", agent_cost))
     say("  " + _describe("bare paho client:", paho_cost))
     say("  " + _describe("idle python:", python_cost))
+    rss_note = f"idle python {python_cost.rss_mb:.1f} MB"
+    if stage_table:  # where the daemon's RSS goes, measured now (bench/rss_stages.py)
+        stages, apart = rss_stages.measure()
+        cached, _ = rss_stages.measure(cached=True)
+        daemon_rss = round(agent_cost.rss_mb * 1e6)
+        say("  resident memory by stage (cumulative, in the daemon's import order):")
+        for line in rss_stages.table(stages, apart, daemon_rss, cached):
+            say("  " + line)
+        rss_note += "; " + rss_stages.summary(stages, daemon_rss, cached)
     return [
         Figure(
             "idle wakeups",
@@ -250,6 +260,6 @@ def run(size: Size = "full") -> list[Figure]:
             "MB",
             f"<= {TARGET_RSS_MB:g} MB",
             agent_cost.rss_mb <= TARGET_RSS_MB,
-            f"VmRSS (MB = 10^6 bytes); idle python {python_cost.rss_mb:.1f} MB",
+            f"VmRSS (MB = 10^6 bytes); {rss_note}",
         ),
     ]

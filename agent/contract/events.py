@@ -55,6 +55,7 @@ class ContractModel(BaseModel):
         # The unit always sends every field (null when it has no value): in the schema of what it
         # sends, every field is required.
         json_schema_serialization_defaults_required=True,
+        defer_build=True,
     )
 
     def to_payload(self) -> bytes:
