@@ -3,17 +3,22 @@
     python -m bench.rss_stages            # the import stages, then the daemon between doses
     python -m bench.rss_stages --imports  # the import stages only (a few seconds)
 
-A fresh interpreter (the same python, the same environment: compiled or not, as the daemon is)
-imports what `python -m agent.cli run` imports, group by group in the daemon's order, and
-reads /proc/self/status after each group: VmRSS, and how much of each step is anonymous memory
-(Python objects, the C libraries' heaps) and how much file pages (shared libraries' code and
-data touched: libpython, libcrypto for ssl, pydantic_core's Rust library, libsqlite3). Each
-group is cumulative: its cost is what it adds to the groups before it, so a module two groups
-share is counted where it is first imported. "dependencies floor" is the sum before the first
-line of the agent's own code: what any Python daemon built on asyncio, pydantic v2, paho-mqtt
-and these drivers pays before it does anything. The last line is the real daemon started and
-settled between doses (bench/idle.py), so its step over the imports is what starting adds:
-models built on first use, the store's connections, the links and their buffers.
+A fresh interpreter imports what `python -m agent.cli run` imports, group by group in the
+daemon's order, with every module's bytecode compiled beforehand (a private pycache: a unit has
+its site compiled by flash.sh), and reads /proc/self/status after each group: VmRSS, and how much
+of each step is anonymous memory (Python objects, the C libraries' heaps) and how much file pages
+(shared libraries' code and data touched: libpython, libcrypto for ssl, pydantic_core's Rust
+library, libsqlite3). Groups are cumulative: a group costs what it adds to the groups before it,
+so a module two groups share is counted where it is first imported. "dependencies floor" is the
+sum before the agent's own code: what any Python daemon built on asyncio, pydantic v2, paho-mqtt
+and these drivers pays before it does anything. The daemon's line is the real daemon started and
+settled between doses (bench/idle.py, also run with its bytecode compiled): its step over the
+imports is what starting adds (models built on first use, the store's connections, the links).
+
+The "no .pyc" columns repeat the stages with nothing compiled beforehand and nothing written:
+every module compiled from source at import, as a unit whose site has no bytecode does at every
+start. The compiler's peak is freed to the allocator but mostly stays resident, charged to the
+stage that compiled (agent/engine/engine.py is the longest file).
 
 gpiozero is measured after the daemon's groups and reported apart: a unit without GPIO device
 nodes (this bench's host, usually) does not import it, a unit with its panel does.
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.common import REPO, MeasurementError, Size, say
 
@@ -71,6 +77,9 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 FIRST_AGENT_STAGE = "protocol/ (messages, framing)"
 APART = ("gpiozero (with the panel; not here)", ("gpiozero",))
 WIDTH = 46  # the label column
+# Imported by the daemon after it started (the first connect, the executor thread): compiled too
+# before the measured daemon starts.
+RUNTIME_IMPORTS = ("concurrent.futures.thread", "encodings.idna", "queue", "stringprep")
 
 CHILD = """
 def status():
@@ -125,21 +134,33 @@ def _run_child(plan: list[tuple[str, tuple[str, ...]]], env: dict[str, str]) -> 
     return [Stage(x["label"], x["VmRSS"], x["RssAnon"], x["RssFile"], x["modules"]) for x in lines]
 
 
-def measure(*, cached: bool = False) -> tuple[list[Stage], Stage]:
+def bytecode_env(pycache: Path) -> dict[str, str]:
+    """This environment with bytecode read from and written to `pycache` (a private prefix)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
+def compile_daemon(env: dict[str, str]) -> None:
+    """Writes the bytecode of every module the daemon imports (its stages, gpiozero, what it
+    imports once started) into env's pycache: a daemon started with env then compiles nothing."""
+    _run_child([*STAGES, APART, ("runtime imports", RUNTIME_IMPORTS)], env)
+
+
+def measure(*, compiled: bool = True) -> tuple[list[Stage], Stage]:
     """The daemon's import stages in a fresh interpreter, and gpiozero's cost after them.
 
-    `cached`: with every module's bytecode already compiled (a private pycache, filled by a first
-    run), so a stage costs what its objects cost. Otherwise as this environment runs the daemon:
-    a module without a usable .pyc is compiled from source at import, and the compiler's peak
-    stays in VmRSS (freed to the allocator, rarely back to the system), charged to its stage."""
+    `compiled`: every module's bytecode compiled beforehand, so a stage costs what its objects
+    cost. Otherwise nothing is (an empty pycache, nothing written): every module is compiled
+    from source at import, and the compiler's peak, freed to the allocator but rarely back to
+    the system, stays in VmRSS, charged to its stage."""
     plan = [*STAGES, APART]
-    env = dict(os.environ)
-    if not cached:
-        return _split(_run_child(plan, env))
     with tempfile.TemporaryDirectory(prefix="rss-stages-pyc-") as pycache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = pycache
-        _run_child(plan, env)  # compiles and writes the bytecode
+        env = bytecode_env(Path(pycache))
+        if compiled:
+            compile_daemon(env)
+        else:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         return _split(_run_child(plan, env))
 
 
@@ -161,11 +182,11 @@ def table(
     stages: list[Stage],
     apart: Stage,
     daemon_rss: int | None = None,
-    cached: list[Stage] | None = None,
+    from_source: list[Stage] | None = None,
 ) -> list[str]:
-    """The stage table as lines (MB = 10^6 bytes); `cached`: the same stages, bytecode cached."""
+    """The stage table as lines (MB = 10^6 bytes); `from_source`: the same stages, no .pyc."""
     head = f"  {'stage':<{WIDTH}} {'VmRSS':>6} {'+MB':>5} {'anon':>5} {'file':>5} {'mods':>4}"
-    rows = [head + ("  cached  +MB" if cached else "")]
+    rows = [head + ("  no .pyc  +MB" if from_source else "")]
     previous: Stage | None = None
     for i, stage in enumerate(stages):
         if stage.label == FIRST_AGENT_STAGE and previous is not None:
@@ -178,16 +199,18 @@ def table(
                 f"{mb(stage.anon - previous.anon):>5} {mb(stage.file - previous.file):>5} "
                 f"{stage.modules:>4}"
             )
-        if cached:
-            step = cached[i].rss - cached[i - 1].rss if i else 0
-            row += f"  {mb(cached[i].rss):>6} {mb(step) if i else '':>4}"
+        if from_source:
+            step = mb(from_source[i].rss - from_source[i - 1].rss) if i else ""
+            row += f"  {mb(from_source[i].rss):>8} {step:>4}"
         rows.append(row)
         previous = stage
     assert previous is not None
     floor, code = floor_and_code(stages)
-    rows.append(
-        f"  {'= agent code imported':<{WIDTH}} {mb(code.rss):>6} {mb(code.rss - floor.rss):>5}"
-    )
+    row = f"  {'= agent code imported':<{WIDTH}} {mb(code.rss):>6} {mb(code.rss - floor.rss):>5}"
+    if from_source:
+        source_floor, source_code = floor_and_code(from_source)
+        row += f"{'':>17}  {mb(source_code.rss):>8} {mb(source_code.rss - source_floor.rss):>4}"
+    rows.append(row)
     if daemon_rss is not None:
         rows.append(
             f"  {'daemon started, between doses (idle.py)':<{WIDTH}} {mb(daemon_rss):>6} "
@@ -201,7 +224,7 @@ def table(
     return rows
 
 
-def summary(stages: list[Stage], daemon_rss: int, cached: list[Stage] | None = None) -> str:
+def summary(stages: list[Stage], daemon_rss: int, from_source: list[Stage] | None = None) -> str:
     """One line for the idle RSS figure: the floor and what the agent adds to it."""
     interpreter = stages[0]
     floor, code = floor_and_code(stages)
@@ -209,11 +232,11 @@ def summary(stages: list[Stage], daemon_rss: int, cached: list[Stage] | None = N
         f"interpreter {mb(interpreter.rss)}, dependencies floor {mb(floor.rss)}, "
         f"+ agent code {mb(code.rss - floor.rss)}, + start {mb(daemon_rss - code.rss)} MB"
     )
-    if cached:
-        cached_floor, cached_code = floor_and_code(cached)
+    if from_source:
+        source_floor, source_code = floor_and_code(from_source)
         line += (
-            f"; bytecode cached: floor {mb(cached_floor.rss)}, + agent code "
-            f"{mb(cached_code.rss - cached_floor.rss)} MB"
+            f"; with no .pyc: floor {mb(source_floor.rss)}, agent code imported "
+            f"{mb(source_code.rss)} MB"
         )
     return line + " (python -m bench.rss_stages)"
 
@@ -233,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         figures = idle.run(size, stage_table=False)
         daemon_rss = round(next(f for f in figures if f.name == "idle RSS").value * 1e6)
     stages, apart = measure()
-    cached, _ = measure(cached=True)
+    from_source, _ = measure(compiled=False)
     say("resident memory by stage (MB = 10^6 bytes; cumulative, in the daemon's import order):")
-    for line in table(stages, apart, daemon_rss, cached):
+    for line in table(stages, apart, daemon_rss, from_source):
         say(line)
     return 0
 
