@@ -31,6 +31,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bench import rss_stages
 from bench.common import (
     REPO,
     WAIT_S,
@@ -106,7 +107,9 @@ def _write_config(workdir: Path, port: int, device: Path, hhmm: str) -> Path:
 
 
 @contextmanager
-def _process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """A child process, ended by its own PID (SIGTERM, then SIGKILL if it hangs)."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -115,7 +118,7 @@ def _process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
         )
     try:
         yield process
@@ -156,7 +159,7 @@ SIZES: dict[Size, tuple[float, float]] = {
 }
 
 
-def run(size: Size = "full") -> list[Figure]:
+def run(size: Size = "full", *, stage_table: bool = True) -> list[Figure]:
     settle_s, window_s = SIZES[size]
     say(
         f"idle: daemon subprocess, real clock, next dose in 12 h; settle {settle_s:g} s, "
@@ -167,6 +170,10 @@ def run(size: Size = "full") -> list[Figure]:
         model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
         device = workdir / "dispenser-tty"
         hhmm = _dose_time()
+        # The daemon runs with its bytecode compiled, as on a unit (flash.sh compiles the site):
+        # a module compiled from source at start leaves the compiler's peak resident.
+        daemon_env = rss_stages.bytecode_env(workdir / "pycache")
+        rss_stages.compile_daemon(daemon_env)
         with (
             mosquitto(workdir) as broker,
             SimulatorRunner.on_pty(model, link_path=device) as runner,
@@ -189,6 +196,7 @@ def run(size: Size = "full") -> list[Figure]:
                     str(_write_config(workdir, broker.port, device, hhmm)),
                 ],
                 workdir / "agent.log",
+                daemon_env,
             ) as agent,
         ):
             centre.wait_for(
@@ -223,6 +231,15 @@ def run(size: Size = "full") -> list[Figure]:
     say("  " + _describe("daemon:", agent_cost))
     say("  " + _describe("bare paho client:", paho_cost))
     say("  " + _describe("idle python:", python_cost))
+    rss_note = f"idle python {python_cost.rss_mb:.1f} MB"
+    if stage_table:  # where the daemon's RSS goes, measured now (bench/rss_stages.py)
+        stages, apart = rss_stages.measure()
+        from_source, _ = rss_stages.measure(compiled=False)
+        daemon_rss = round(agent_cost.rss_mb * 1e6)
+        say("  resident memory by stage (cumulative, in the daemon's import order):")
+        for line in rss_stages.table(stages, apart, daemon_rss, from_source):
+            say("  " + line)
+        rss_note += "; " + rss_stages.summary(stages, daemon_rss, from_source)
     return [
         Figure(
             "idle wakeups",
@@ -250,6 +267,6 @@ def run(size: Size = "full") -> list[Figure]:
             "MB",
             f"<= {TARGET_RSS_MB:g} MB",
             agent_cost.rss_mb <= TARGET_RSS_MB,
-            f"VmRSS (MB = 10^6 bytes); idle python {python_cost.rss_mb:.1f} MB",
+            f"VmRSS (MB = 10^6 bytes); {rss_note}",
         ),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import os
 import shutil
 import stat
@@ -310,6 +311,15 @@ def test_prepares_a_unit(root: Path, bundle: Path, wheelhouse: Path) -> None:
     site = root / "opt/dispenser-agent/site"
     assert (site / "agent/cli.py").is_file()
     assert (site / "tinydep.py").is_file()  # the dependency came from the wheelhouse
+    if sys.version_info[:2] == (3, 11):  # this python writes bytecode the root's python3.11 reads
+        tag = sys.implementation.cache_tag
+        for pyc, source in [
+            (site / f"agent/__pycache__/cli.{tag}.pyc", "/opt/dispenser-agent/site/agent/cli.py"),
+            (site / f"__pycache__/tinydep.{tag}.pyc", "/opt/dispenser-agent/site/tinydep.py"),
+        ]:
+            data = pyc.read_bytes()
+            assert int.from_bytes(data[4:8], "little") == 0b01, pyc  # hash-based, unchecked
+            assert marshal.loads(data[16:]).co_filename == source  # tracebacks name the unit's file
     launcher = (root / "opt/dispenser-agent/bin/dispenser-agent").read_text()
     assert launcher.startswith("#!/usr/bin/python3 -I\n")
     assert 'sys.path.insert(0, "/opt/dispenser-agent/site")' in launcher
@@ -328,6 +338,16 @@ def test_prepares_a_unit(root: Path, bundle: Path, wheelhouse: Path) -> None:
     assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Oslo"
     assert (root / "etc/timezone").read_text() == "Europe/Oslo\n"
     assert (root / "etc/fstab").read_text() == FSTAB  # read-only root only when asked
+
+
+def test_a_python_of_another_version_compiles_no_bytecode_and_says_so(
+    root: Path, bundle: Path, wheelhouse: Path
+) -> None:
+    (root / "usr/bin/python3.11").rename(root / "usr/bin/python3.99")
+    done = flash(root, bundle, wheelhouse)
+    assert done.returncode == 0, done.stderr
+    assert "is not CPython 3.99: no bytecode compiled" in done.stderr
+    assert not list((root / "opt/dispenser-agent/site").rglob("*.pyc"))
 
 
 def test_a_second_run_changes_nothing(root: Path, bundle: Path, wheelhouse: Path) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from gpio_support import FakeMonotonic, VirtualSleep, states, until
 from gpiozero.pins.mock import MockFactory
 
+import drivers.gpio_panel
 from agent.config import ConfigError, parse_config
 from drivers.gpio_panel import (
     ContactChanged,
@@ -19,6 +21,7 @@ from drivers.gpio_panel import (
     PanelPins,
     Signals,
     TakePressed,
+    gpio_devices_missing,
     open_panel,
     wait_for_hold,
 )
@@ -194,6 +197,54 @@ def test_no_gpio_on_this_machine_warns_and_gives_no_panel(
         assert asyncio.run(main()) is None
     [record] = [r for r in caplog.records if r.name == "drivers.gpio_panel"]
     assert "GPIO not available" in record.getMessage()
+
+
+def test_gpio_is_missing_only_when_no_pin_library_could_find_a_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(drivers.gpio_panel, "DEV_DIR", str(tmp_path))
+    for name in drivers.gpio_panel.PIN_FACTORY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "ttyAMA0").touch()
+    assert (
+        gpio_devices_missing() == f"no {tmp_path}/gpiochip* or {tmp_path}/gpiomem* on this machine"
+    )
+    # a factory chosen in the environment may need no device here (mock pins, remote pigpio)
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    assert gpio_devices_missing() is None
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY")
+    (tmp_path / "gpiochip0").touch()  # what lgpio opens on every Raspberry Pi
+    assert gpio_devices_missing() is None
+
+
+def test_without_gpio_devices_the_panel_is_refused_before_gpiozero_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(drivers.gpio_panel, "DEV_DIR", str(tmp_path))
+    for name in drivers.gpio_panel.PIN_FACTORY_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+    async def main() -> object:
+        return open_panel(PanelPins(), lambda _: None)
+
+    with caplog.at_level(logging.WARNING):
+        assert asyncio.run(main()) is None
+    [record] = [r for r in caplog.records if r.name == "drivers.gpio_panel"]
+    assert record.getMessage() == (
+        "no local buttons, lights or buzzer: GPIO not available "
+        f"(no {tmp_path}/gpiochip* or {tmp_path}/gpiomem* on this machine)"
+    )
+    # mock pins handed in are used whatever this machine has
+    factory = MockFactory()
+
+    async def mocked() -> bool:
+        panel = open_panel(PanelPins(), lambda _: None, pin_factory=factory)
+        if panel is None:
+            return False
+        panel.close()
+        return True
+
+    assert asyncio.run(mocked())
 
 
 def test_a_technician_hold_is_reported_only_after_the_hold_time() -> None:

@@ -1,5 +1,8 @@
 """What a unit does not use is not loaded: bleak and gpiozero only where used (a serial unit
-without GPIO never imports them), cryptography and rfc8785 only when a signed command is checked.
+without GPIO never imports them), cryptography and rfc8785 only when a signed command is checked,
+the response-centre, simulation, demo and contract-generation code never; and the contract's
+pydantic models are built on first use (an idle unit that got no command has built none of the
+command models).
 
 A fresh interpreter builds the production daemon (agent.runtime.build_daemon) and its transport
 for a serial dispenser with the panel off, and imports the CLI and the technician commands; what
@@ -50,8 +53,27 @@ def test_a_serial_unit_without_gpio_loads_neither_bleak_nor_gpiozero(tmp_path: P
     assert loaded == "", f"loaded by a serial unit without GPIO: {loaded}"
 
 
-# cryptography and rfc8785 are needed only to check a signed command (agent/contract/signing.py).
-LAZY = ("cryptography", "rfc8785")
+# cryptography and rfc8785 are needed only to check a signed command (agent/contract/signing.py);
+# bleak (and its D-Bus) only by a BLE unit; gpiozero only where there is GPIO (this test's machine
+# is given none: drivers.gpio_panel.DEV_DIR is an empty directory). The rest is never the unit's:
+# the response centre's tools and FHIR converter, the simulator and the year-long simulation, the
+# demo and its broker, the contract's document generator.
+LAZY = (
+    "cryptography",
+    "rfc8785",
+    "bleak",
+    "dbus_fast",
+    "gpiozero",
+    "colorzero",
+    "amqtt",
+    "fhir",
+    "agent.fhir",
+    "agent.centre",
+    "agent.simulation",
+    "agent.demo",
+    "agent.contract.generate",
+    "hw",
+)
 
 CENTRE_KEY = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="  # RFC 8032 test 1's public key
 
@@ -60,7 +82,9 @@ import asyncio, json, sys
 from agent.cli import main  # the entry point's imports, as `dispenser-agent run` has them
 from agent.config import parse_config
 from agent.runtime import build_daemon
+import drivers.gpio_panel
 
+drivers.gpio_panel.DEV_DIR = sys.argv[2]  # a machine without GPIO device nodes
 config = parse_config(json.loads(sys.argv[1]), source="test")
 daemon = build_daemon(config)
 
@@ -74,7 +98,14 @@ async def idle() -> None:
 
 asyncio.run(idle())
 daemon.store.close()
-print(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2:])))
+lazy = sys.argv[3:]
+print(sorted(n for n in lazy if any(m == n or m.startswith(n + ".") for m in sys.modules)))
+import agent.contract.commands as commands
+from pydantic import BaseModel
+models = [m for m in vars(commands).values() if isinstance(m, type) and issubclass(m, BaseModel)]
+mine = [m for m in models if m.__module__ == commands.__name__]
+built = [m.__name__ for m in mine if m.__pydantic_complete__]
+print(sorted(built))
 """
 
 
@@ -86,8 +117,10 @@ def test_an_idle_daemon_has_not_imported_the_lazy_modules(tmp_path: Path) -> Non
         "mqtt": {"host": "127.0.0.1", "port": 9},  # discard port: refused at once
         "centre_keys": [CENTRE_KEY],
     }
+    no_gpio = tmp_path / "dev"
+    no_gpio.mkdir()
     done = subprocess.run(
-        [sys.executable, "-c", IDLE_DAEMON, json.dumps(config), *LAZY],
+        [sys.executable, "-c", IDLE_DAEMON, json.dumps(config), str(no_gpio), *LAZY],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -95,4 +128,7 @@ def test_an_idle_daemon_has_not_imported_the_lazy_modules(tmp_path: Path) -> Non
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    loaded, built = done.stdout.strip().splitlines()[-2:]
+    assert loaded == "[]", f"an idle serial unit without GPIO loaded: {loaded}"
+    assert built == "[]", f"command models built before any command arrived: {built}"
+    assert "GPIO not available (no " in done.stderr  # said once, as before
