@@ -1,7 +1,7 @@
 """Where the idle daemon's resident memory goes, stage by stage (bench/idle.py's RSS figure).
 
-    python -m bench.rss_stages            # the import stages, then the daemon between doses
-    python -m bench.rss_stages --imports  # the import stages only (a few seconds)
+    python -m bench.rss_stages      # the import stages (a few seconds)
+    python -m bench --only idle     # the same table, with the daemon started between doses
 
 A fresh interpreter imports what `python -m agent.cli run` imports, group by group in the
 daemon's order, with every module's bytecode compiled beforehand (a private pycache: a unit has
@@ -12,8 +12,9 @@ library, libsqlite3). Groups are cumulative: a group costs what it adds to the g
 so a module two groups share is counted where it is first imported. "dependencies floor" is the
 sum before the agent's own code: what any Python daemon built on asyncio, pydantic v2, paho-mqtt
 and these drivers pays before it does anything. The daemon's line is the real daemon started and
-settled between doses (bench/idle.py, also run with its bytecode compiled): its step over the
-imports is what starting adds (models built on first use, the store's connections, the links).
+settled between doses (bench/idle.py, which prints this table with its figure; also run with its
+bytecode compiled): its step over the imports is what starting adds (models built on first use,
+the store's connections, the links). bench/idle.py imports this module, not the other way round.
 
 The "no .pyc" columns repeat the stages with nothing compiled beforehand and nothing written:
 every module compiled from source at import, as a unit whose site has no bytecode does at every
@@ -35,7 +36,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import REPO, MeasurementError, Size, say
+from bench.common import REPO, MeasurementError, say
 
 # (label, modules imported at that stage), in the order the daemon's import graph reaches them.
 # A module imported by an earlier stage costs nothing again; "pydantic: first model class" makes
@@ -243,22 +244,11 @@ def summary(stages: list[Stage], daemon_rss: int, from_source: list[Stage] | Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rss_stages", description=__doc__)
-    parser.add_argument("--imports", action="store_true", help="the import stages only")
-    parser.add_argument(
-        "--smoke", action="store_true", help="the daemon's window as brief as can be"
-    )
-    args = parser.parse_args(argv)
-    daemon_rss = None
-    if not args.imports:
-        from bench import idle
-
-        size: Size = "smoke" if args.smoke else "quick"
-        figures = idle.run(size, stage_table=False)
-        daemon_rss = round(next(f for f in figures if f.name == "idle RSS").value * 1e6)
+    parser.parse_args(argv)
     stages, apart = measure()
     from_source, _ = measure(compiled=False)
     say("resident memory by stage (MB = 10^6 bytes; cumulative, in the daemon's import order):")
-    for line in table(stages, apart, daemon_rss, from_source):
+    for line in table(stages, apart, None, from_source):
         say(line)
     return 0
 
