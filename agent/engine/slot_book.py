@@ -48,11 +48,10 @@ class SlotBook:
 
     def head(self) -> SlotRun | None:
         """The slot to work on now: the earliest not yet in the tray, if no dose is in the tray."""
-        if any(r.in_tray for r in self.runs):
+        runs = self.runs
+        if not runs or any(r.in_tray for r in runs):  # (asked on every step, mostly empty)
             return None
-        for run in self.runs:
-            return run
-        return None
+        return runs[0]
 
     def is_settled(self, slot_id: str) -> bool:
         return any(s.slot_id == slot_id for s in self.settled)

@@ -298,6 +298,7 @@ class Simulation:
         self._rng_world = random.Random(root.getrandbits(64))  # agent.simulation.mishaps
 
         self._elapsed = 0.0  # true seconds since start
+        self._true_memo: tuple[float, datetime] = (0.0, self._start)
         self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
         self._mono_base = 1000.0  # clock.mono - elapsed
         self._model = DispenserModel(DispenserIdentity(), self._rtc_utc_s)
@@ -385,6 +386,7 @@ class Simulation:
         self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
         self._asked: set[int] = set()  # dispense ids whose first Dispense lost its reply
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
+        self._lag_memo: tuple[Now, float, timedelta, timedelta] | None = None
         self._deadline_memo: tuple[EngineLike, int, Now, float | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
@@ -429,7 +431,12 @@ class Simulation:
     # --- time ---------------------------------------------------------------------------------
 
     def _true_utc(self) -> datetime:
-        return self._start + timedelta(seconds=self._elapsed)
+        # memoised on the elapsed seconds (asked several times per instant: the world, the
+        # judge, the RTC)
+        memo = self._true_memo
+        if memo[0] != self._elapsed:
+            memo = self._true_memo = (self._elapsed, self._start + timedelta(seconds=self._elapsed))
+        return memo[1]
 
     def _rtc_utc_s(self) -> int:
         return int(self._true_utc().timestamp())
@@ -1532,11 +1539,18 @@ class Simulation:
         m = self._model
         linked = self._engine is not None and not self._link_downs
         clock = self._clock.now()
-        behind = ahead = timedelta(0)
-        if clock.trust is not TimeTrust.UNTRUSTED:
-            lag = round((self._true_utc() - clock.utc).total_seconds())
-            behind = timedelta(seconds=max(0, lag))  # a wall jump back not yet corrected
-            ahead = timedelta(seconds=max(0, -lag))  # or one ahead
+        # the clock's lag, memoised on the reading and the true time it lags (asked again after
+        # every command at the same instant)
+        lag_memo = self._lag_memo
+        if lag_memo is not None and lag_memo[0] is clock and lag_memo[1] == self._elapsed:
+            behind, ahead = lag_memo[2], lag_memo[3]
+        else:
+            behind = ahead = timedelta(0)
+            if clock.trust is not TimeTrust.UNTRUSTED:
+                lag = round((self._true_utc() - clock.utc).total_seconds())
+                behind = timedelta(seconds=max(0, lag))  # a wall jump back not yet corrected
+                ahead = timedelta(seconds=max(0, -lag))  # or one ahead
+            self._lag_memo = (clock, self._elapsed, behind, ahead)
         # everything World is made of (roll and identity are frozen): asked after every loop
         # step and command, and the world seldom changes
         key = (
