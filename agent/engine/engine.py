@@ -2167,6 +2167,23 @@ class DoseEngine:
         runs = self._slotbook.runs
         if runs and any(r.dispense_id is not None or r.in_tray for r in runs):
             return
+        # Which slot the sachet is for comes first (pure questions, all memoised): on nearly
+        # every step it is the next dose's sachet, and then nothing else needs asking.
+        unplanned = self._sachet_matches_a_slot(sachet) is False
+        next_due: datetime | None = None
+        if not unplanned:
+            if runs:
+                next_due = min(r.due_utc for r in runs)
+            else:
+                upcoming = self._slotbook.next_scheduled(self._schedule)
+                next_due = upcoming.due_utc if upcoming else None
+            if next_due is None:
+                return
+            timing = roll_check.sachet_timing(
+                sachet.intended_utc_s, next_due, self._sachet_tolerance(next_due)
+            )
+            if timing is not roll_check.SachetTiming.STALE:
+                return
         if self._desk.roll_foreign(self._binding) or not self._can_discard(now):
             return
         identity = roll_check.check_sachet_identity(
@@ -2174,20 +2191,13 @@ class DoseEngine:
         )
         if not identity.ok:
             return
-        if self._sachet_matches_a_slot(sachet) is False:
+        if unplanned:
             # a sachet the schedule lacks goes to the bin, whenever it comes, on a person's
             # decision only: _send_discard refuses it without one (hazard H6)
             self._send_discard(roll_check.DISCARD_DECIDED, now, actions)
             return
-        waiting = [r.due_utc for r in self._slotbook.runs]
-        upcoming = self._slotbook.next_scheduled(self._schedule)
-        next_due = min(waiting) if waiting else (upcoming.due_utc if upcoming else None)
-        if next_due is None:
-            return
-        timing = roll_check.sachet_timing(
-            sachet.intended_utc_s, next_due, self._sachet_tolerance(next_due)
-        )
-        if timing is roll_check.SachetTiming.STALE and self._backlog_fits(next_due):
+        assert next_due is not None  # (stale for it)
+        if self._backlog_fits(next_due):
             self._send_discard("settled_slot", now, actions)
 
     def _sachet_tolerance(self, due_utc: datetime) -> timedelta:
@@ -2589,7 +2599,8 @@ class DoseEngine:
     # --- helpers ------------------------------------------------------------------------------
 
     def _has(self, feature: Feature) -> bool:
-        return self._mirror.has(feature)
+        # (the mirror's `has`, one call less: asked several times on every step)
+        return dispenser_mirror.has_feature(self._mirror.capabilities, feature)
 
     def _can_send(self, now: Now) -> bool:
         return self._mirror.link_up and self._outbound.retry_at is None

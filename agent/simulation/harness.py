@@ -1553,11 +1553,11 @@ class Simulation:
             self._lag_memo = (clock, self._elapsed, behind, ahead)
         # everything World is made of (roll and identity are frozen): asked after every loop
         # step and command, and the world seldom changes
+        faults = tuple(m.faults)
         key = (
             m.roll,
             m.position,
             m.identity,
-            FaultCode.JAM in m.faults,
             len(m.bin),
             linked,
             m.tray is not None,
@@ -1566,28 +1566,40 @@ class Simulation:
             clock.trust is TimeTrust.UNTRUSTED,
             m.shown,
             m.locked,
-            tuple(m.faults),
+            faults,
             m.lid_open,
         )
         if key == self._world_key:
             return
-        self._world_key = key
+        previous_key, self._world_key = self._world_key, key
+        roll = m.roll
+        if previous_key and previous_key[0] is roll and previous_key[11] == faults:
+            # the same roll and faults (most changes are a pattern or the tray): their part of
+            # the world as it was
+            assert self._world is not None
+            patient_ref, readable = self._world.roll_patient_ref, self._world.roll_label_readable
+            jammed, fault_names = self._world.jammed, self._world.faults
+        else:
+            patient_ref = roll.patient_ref if roll is not None else None
+            readable = roll is None or _wire_date(roll.expiry_utc_s) is not None
+            jammed = FaultCode.JAM in m.faults
+            fault_names = frozenset(f.name for f in m.faults)
         world = World(
-            roll_patient_ref=m.roll.patient_ref if m.roll is not None else None,
+            roll_patient_ref=patient_ref,
             remaining=m.remaining,
-            jammed=FaultCode.JAM in m.faults,
+            jammed=jammed,
             bin_full=len(m.bin) >= m.identity.bin_capacity,
             agent_linked=linked,
             reader=self._reader_label(),
             tray_occupied=m.tray is not None,
-            roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
+            roll_label_readable=readable,
             clock_behind=behind,
             clock_trusted=clock.trust is not TimeTrust.UNTRUSTED,
             pattern=m.shown.name,
             locked=m.locked,
             lock_supported=m.has(Feature.LOCK),
             clock_ahead=ahead,
-            faults=frozenset(f.name for f in m.faults),
+            faults=fault_names,
             lid_open=m.lid_open,
         )
         if world != self._world:
