@@ -392,7 +392,8 @@ class Simulation:
         self._plan_pauses(config.pauses_per_year)
         self._plan_mishaps()
         self._bad_commands: list[tuple[float, str]] = []  # (true time s, kind), in time order
-        if config.mishaps.any:
+        self._centre_habits = config.mishaps.any  # (a property of the frozen config: once)
+        if self._centre_habits:
             self._plan_bad_commands()
         self._judge: Judge | None = None
         self._world: World | None = None
@@ -1418,7 +1419,7 @@ class Simulation:
             self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
         if event.kind == "plan_mismatch":
             self._on_plan_alert(event.fields)
-        if self.config.mishaps.any:
+        if self._centre_habits:
             self._centre_reacts(event)
 
     def _feed(self, first: Sequence[EngineInput]) -> None:
