@@ -2167,8 +2167,8 @@ class DoseEngine:
         runs = self._slotbook.runs
         if runs and any(r.dispense_id is not None or r.in_tray for r in runs):
             return
-        # Which slot the sachet is for comes first (pure questions, all memoised): on nearly
-        # every step it is the next dose's sachet, and then nothing else needs asking.
+        # Which slot the sachet is for comes first (pure questions, cheap or memoised): on
+        # nearly every step it is the next dose's sachet, and then nothing else needs asking.
         unplanned = self._sachet_matches_a_slot(sachet) is False
         next_due: datetime | None = None
         if not unplanned:

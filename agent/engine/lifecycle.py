@@ -117,8 +117,8 @@ class SlotRun:
         return not self.in_tray
 
 
-# SlotRun's field names, looked up once: `dataclasses.replace` walks the fields on every call,
-# and a run is copied ~8,000 times in a simulated year (half the cost of the copy)
+# SlotRun's field names, looked up once: `dataclasses.replace` walks the fields on every call
+# (about half of what a copy costs), and a run is copied ~8,000 times in a simulated year
 _RUN_FIELDS = tuple(f.name for f in fields(SlotRun))
 
 
