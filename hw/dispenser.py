@@ -249,7 +249,8 @@ class DispenserModel:
         return len(self.roll.sachets) - self.position if self.roll else 0
 
     def has(self, feature: Feature) -> bool:
-        return bool(self.identity.features & feature)
+        # `int()`: a plain int test (IntFlag's own `&` builds a flag through the enum machinery)
+        return bool(self.identity.features & int(feature))
 
     def now_utc_s(self) -> int:
         """What the RTC reads; 0 (unknown) without a valid RTC."""

@@ -453,7 +453,9 @@ class DoseEngine:
 
     def _note_time(self, now: Now, actions: list[Action]) -> None:
         previous, self._last_now = self._last_now, now
-        if previous is None or now.mono < previous.mono:
+        # `previous is now`: the same reading (the shell steps each input an action caused at
+        # the instant that caused it), so the wall clock cannot have jumped in between
+        if previous is None or previous is now or now.mono < previous.mono:
             return
         jump = detect_wall_jump(previous, now)
         if jump is not None:
@@ -1237,9 +1239,7 @@ class DoseEngine:
         if run is None or run.phase is not Phase.DISPENSING:
             return
         if result is ResultCode.OK:
-            self._slotbook.replace_run(
-                replace(lifecycle.confirmed(run, now.mono), maybe_executed=False)
-            )
+            self._slotbook.replace_run(lifecycle.confirmed(run, now.mono, maybe_executed=False))
             self._condition(actions, "dispense_id_conflict", False, now)
             return
         if result is ResultCode.ALREADY_DONE:
@@ -1297,7 +1297,7 @@ class DoseEngine:
             # one of our own Dispenses of it was cut unseen (a lost reply, a restart): a Status
             # says whether the dose is in the tray (presented) or gone (not given, in doubt)
             self._slotbook.replace_run(
-                replace(lifecycle.confirmed(run, now.mono), maybe_executed=False, unseen_done=True)
+                lifecycle.confirmed(run, now.mono, maybe_executed=False, unseen_done=True)
             )
             self._mirror.status_known = False
             return
@@ -2162,10 +2162,28 @@ class DoseEngine:
         sachet, roll = self._desk.sachet, self._desk.roll
         if sachet is None or roll is None or roll.unverified or self._binding is None:
             return
-        if any(r.dispense_id is not None or r.in_tray for r in self._slotbook.runs):
-            return
         if self._outbound.pending or self._schedule is None or self._slotbook.cursor is None:
             return
+        runs = self._slotbook.runs
+        if runs and any(r.dispense_id is not None or r.in_tray for r in runs):
+            return
+        # Which slot the sachet is for comes first (pure questions, cheap or memoised): on
+        # nearly every step it is the next dose's sachet, and then nothing else needs asking.
+        unplanned = self._sachet_matches_a_slot(sachet) is False
+        next_due: datetime | None = None
+        if not unplanned:
+            if runs:
+                next_due = min(r.due_utc for r in runs)
+            else:
+                upcoming = self._slotbook.next_scheduled(self._schedule)
+                next_due = upcoming.due_utc if upcoming else None
+            if next_due is None:
+                return
+            timing = roll_check.sachet_timing(
+                sachet.intended_utc_s, next_due, self._sachet_tolerance(next_due)
+            )
+            if timing is not roll_check.SachetTiming.STALE:
+                return
         if self._desk.roll_foreign(self._binding) or not self._can_discard(now):
             return
         identity = roll_check.check_sachet_identity(
@@ -2173,20 +2191,13 @@ class DoseEngine:
         )
         if not identity.ok:
             return
-        if self._sachet_matches_a_slot(sachet) is False:
+        if unplanned:
             # a sachet the schedule lacks goes to the bin, whenever it comes, on a person's
             # decision only: _send_discard refuses it without one (hazard H6)
             self._send_discard(roll_check.DISCARD_DECIDED, now, actions)
             return
-        waiting = [r.due_utc for r in self._slotbook.runs]
-        upcoming = self._slotbook.next_scheduled(self._schedule)
-        next_due = min(waiting) if waiting else (upcoming.due_utc if upcoming else None)
-        if next_due is None:
-            return
-        timing = roll_check.sachet_timing(
-            sachet.intended_utc_s, next_due, self._sachet_tolerance(next_due)
-        )
-        if timing is roll_check.SachetTiming.STALE and self._backlog_fits(next_due):
+        assert next_due is not None  # (stale for it)
+        if self._backlog_fits(next_due):
             self._send_discard("settled_slot", now, actions)
 
     def _sachet_tolerance(self, due_utc: datetime) -> timedelta:
@@ -2449,19 +2460,24 @@ class DoseEngine:
         """A due dose is held (not given, the engine knows why): the panel's held light."""
         return any(r.held_reason is not None and not r.in_tray for r in self._slotbook.runs)
 
-    def _desired_pattern(self, now: Now) -> AlertPattern:
-        return self._pattern(now, held_supported=self._has(Feature.HELD_PATTERN))
+    def _desired_pattern(self, now: Now, fault: bool | None = None) -> AlertPattern:
+        return self._pattern(now, held_supported=self._has(Feature.HELD_PATTERN), fault=fault)
 
-    def _pattern(self, now: Now, *, held_supported: bool) -> AlertPattern:
+    def _pattern(
+        self, now: Now, *, held_supported: bool, fault: bool | None = None
+    ) -> AlertPattern:
+        """`fault`: a foreign roll or the unit locked down, when the caller knows it already."""
         # an untrusted clock holds every dose and hides which are due: in doubt, one is held
         holding_all = (
             now.trust is TimeTrust.UNTRUSTED
             and self._binding is not None
             and self._schedule is not None
         )
+        if fault is None:
+            fault = self._desk.roll_foreign(self._binding) or self.locked_down
         return dispenser_mirror.desired_pattern(
             self._mirror.silenced_until is not None,
-            self._desk.roll_foreign(self._binding) or self.locked_down,
+            fault,
             self._slotbook.runs,
             holding_all,
             held_supported,
@@ -2502,7 +2518,7 @@ class DoseEngine:
             return
         mirror = self._mirror
         locked = self._desk.roll_foreign(self._binding) or self.locked_down
-        pattern = self._desired_pattern(now)
+        pattern = self._desired_pattern(now, fault=locked)  # FAULT exactly while locked
         if dispenser_mirror.in_sync(
             mirror.status_known,
             mirror.lock_actual,
@@ -2544,8 +2560,15 @@ class DoseEngine:
     def _move_horizon(self) -> None:
         if self._slotbook.cursor is None:
             return
-        candidates = [r.due_utc for r in self._slotbook.runs]
-        floor = min([*candidates, self._slotbook.cursor])
+        # min(the open slots' due times, then the cursor): the first earliest, as min() picks
+        # it, without building a list on every step
+        floor: datetime | None = None
+        for run in self._slotbook.runs:
+            if floor is None or run.due_utc < floor:
+                floor = run.due_utc
+        cursor = self._slotbook.cursor
+        if floor is None or cursor < floor:
+            floor = cursor
         if self._slotbook.horizon is None or floor > self._slotbook.horizon:
             self._slotbook.horizon = floor
             # a schedule update during a plan hold settles the slots that passed behind it
@@ -2576,7 +2599,8 @@ class DoseEngine:
     # --- helpers ------------------------------------------------------------------------------
 
     def _has(self, feature: Feature) -> bool:
-        return self._mirror.has(feature)
+        # (the mirror's `has`, one call less: asked several times on every step)
+        return dispenser_mirror.has_feature(self._mirror.capabilities, feature)
 
     def _can_send(self, now: Now) -> bool:
         return self._mirror.link_up and self._outbound.retry_at is None

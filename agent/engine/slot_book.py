@@ -36,6 +36,7 @@ class SlotBook:
     # caches of pure functions of the schedule
     window: SlotWindow | None = None  # the schedule's slots near now
     upcoming: tuple[tuple[object, ...], Slot | None] | None = None  # next_scheduled memo
+    settled_ids: tuple[list[SettledSlot], int, set[str]] | None = None  # is_settled memo
 
     def run_by_dispense(self, dispense_id: int) -> SlotRun | None:
         for run in self.runs:
@@ -48,14 +49,18 @@ class SlotBook:
 
     def head(self) -> SlotRun | None:
         """The slot to work on now: the earliest not yet in the tray, if no dose is in the tray."""
-        if any(r.in_tray for r in self.runs):
+        runs = self.runs
+        if not runs or any(r.in_tray for r in runs):  # (asked on every step, mostly empty)
             return None
-        for run in self.runs:
-            return run
-        return None
+        return runs[0]
 
     def is_settled(self, slot_id: str) -> bool:
-        return any(s.slot_id == slot_id for s in self.settled)
+        # the ids as a set, memoised on the list and its length: the engine only appends to
+        # `settled` (one per settled slot) or replaces it (pruning), never edits it in place
+        settled, memo = self.settled, self.settled_ids
+        if memo is None or memo[0] is not settled or memo[1] != len(settled):
+            memo = self.settled_ids = (settled, len(settled), {s.slot_id for s in settled})
+        return slot_id in memo[2]
 
     def slots(self, schedule: Schedule) -> SlotWindow:
         """The slot cache of `schedule` (a new schedule starts a new one)."""
@@ -71,7 +76,8 @@ class SlotBook:
         """
         if schedule is None or self.cursor is None:
             return None
-        running = tuple([r.slot_id for r in self.runs])  # (a list is quicker to build)
+        runs = self.runs
+        running = tuple([r.slot_id for r in runs]) if runs else ()  # (a list: quicker to build)
         key = (self.cursor, schedule, running, self.settle_count)
         memo = self.upcoming
         if memo is not None and memo[0] == key:

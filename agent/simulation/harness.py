@@ -298,6 +298,7 @@ class Simulation:
         self._rng_world = random.Random(root.getrandbits(64))  # agent.simulation.mishaps
 
         self._elapsed = 0.0  # true seconds since start
+        self._true_memo: tuple[float, datetime] = (0.0, self._start)
         self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
         self._mono_base = 1000.0  # clock.mono - elapsed
         self._model = DispenserModel(DispenserIdentity(), self._rtc_utc_s)
@@ -385,12 +386,14 @@ class Simulation:
         self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
         self._asked: set[int] = set()  # dispense ids whose first Dispense lost its reply
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
+        self._lag_memo: tuple[Now, float, timedelta, timedelta] | None = None
         self._deadline_memo: tuple[EngineLike, int, Now, float | None] | None = None
         self._plan(visits)
         self._plan_pauses(config.pauses_per_year)
         self._plan_mishaps()
         self._bad_commands: list[tuple[float, str]] = []  # (true time s, kind), in time order
-        if config.mishaps.any:
+        self._centre_habits = config.mishaps.any  # (a property of the frozen config: once)
+        if self._centre_habits:
             self._plan_bad_commands()
         self._judge: Judge | None = None
         self._world: World | None = None
@@ -429,7 +432,12 @@ class Simulation:
     # --- time ---------------------------------------------------------------------------------
 
     def _true_utc(self) -> datetime:
-        return self._start + timedelta(seconds=self._elapsed)
+        # memoised on the elapsed seconds (asked several times per instant: the world, the
+        # judge, the RTC)
+        memo = self._true_memo
+        if memo[0] != self._elapsed:
+            memo = self._true_memo = (self._elapsed, self._start + timedelta(seconds=self._elapsed))
+        return memo[1]
 
     def _rtc_utc_s(self) -> int:
         return int(self._true_utc().timestamp())
@@ -1411,7 +1419,7 @@ class Simulation:
             self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
         if event.kind == "plan_mismatch":
             self._on_plan_alert(event.fields)
-        if self.config.mishaps.any:
+        if self._centre_habits:
             self._centre_reacts(event)
 
     def _feed(self, first: Sequence[EngineInput]) -> None:
@@ -1532,18 +1540,25 @@ class Simulation:
         m = self._model
         linked = self._engine is not None and not self._link_downs
         clock = self._clock.now()
-        behind = ahead = timedelta(0)
-        if clock.trust is not TimeTrust.UNTRUSTED:
-            lag = round((self._true_utc() - clock.utc).total_seconds())
-            behind = timedelta(seconds=max(0, lag))  # a wall jump back not yet corrected
-            ahead = timedelta(seconds=max(0, -lag))  # or one ahead
+        # the clock's lag, memoised on the reading and the true time it lags (asked again after
+        # every command at the same instant)
+        lag_memo = self._lag_memo
+        if lag_memo is not None and lag_memo[0] is clock and lag_memo[1] == self._elapsed:
+            behind, ahead = lag_memo[2], lag_memo[3]
+        else:
+            behind = ahead = timedelta(0)
+            if clock.trust is not TimeTrust.UNTRUSTED:
+                lag = round((self._true_utc() - clock.utc).total_seconds())
+                behind = timedelta(seconds=max(0, lag))  # a wall jump back not yet corrected
+                ahead = timedelta(seconds=max(0, -lag))  # or one ahead
+            self._lag_memo = (clock, self._elapsed, behind, ahead)
         # everything World is made of (roll and identity are frozen): asked after every loop
         # step and command, and the world seldom changes
+        faults = tuple(m.faults)
         key = (
             m.roll,
             m.position,
             m.identity,
-            FaultCode.JAM in m.faults,
             len(m.bin),
             linked,
             m.tray is not None,
@@ -1552,28 +1567,40 @@ class Simulation:
             clock.trust is TimeTrust.UNTRUSTED,
             m.shown,
             m.locked,
-            tuple(m.faults),
+            faults,
             m.lid_open,
         )
         if key == self._world_key:
             return
-        self._world_key = key
+        previous_key, self._world_key = self._world_key, key
+        roll = m.roll
+        if previous_key and previous_key[0] is roll and previous_key[11] == faults:
+            # the same roll and faults (most changes are a pattern or the tray): their part of
+            # the world as it was
+            assert self._world is not None
+            patient_ref, readable = self._world.roll_patient_ref, self._world.roll_label_readable
+            jammed, fault_names = self._world.jammed, self._world.faults
+        else:
+            patient_ref = roll.patient_ref if roll is not None else None
+            readable = roll is None or _wire_date(roll.expiry_utc_s) is not None
+            jammed = FaultCode.JAM in m.faults
+            fault_names = frozenset(f.name for f in m.faults)
         world = World(
-            roll_patient_ref=m.roll.patient_ref if m.roll is not None else None,
+            roll_patient_ref=patient_ref,
             remaining=m.remaining,
-            jammed=FaultCode.JAM in m.faults,
+            jammed=jammed,
             bin_full=len(m.bin) >= m.identity.bin_capacity,
             agent_linked=linked,
             reader=self._reader_label(),
             tray_occupied=m.tray is not None,
-            roll_label_readable=m.roll is None or _wire_date(m.roll.expiry_utc_s) is not None,
+            roll_label_readable=readable,
             clock_behind=behind,
             clock_trusted=clock.trust is not TimeTrust.UNTRUSTED,
             pattern=m.shown.name,
             locked=m.locked,
             lock_supported=m.has(Feature.LOCK),
             clock_ahead=ahead,
-            faults=frozenset(f.name for f in m.faults),
+            faults=fault_names,
             lid_open=m.lid_open,
         )
         if world != self._world:
