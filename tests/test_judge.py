@@ -1542,7 +1542,7 @@ def test_r14_the_cassette_is_locked_exactly_while_another_patients_roll_is_loade
     j.advance(utc("06:00"))
     j.world(home(roll="p-other"))  # not locked yet: the agent has the bound to do it
     j.advance(utc("06:09"))
-    j.world(home(roll="p-other", locked=True))
+    j.world(home(roll="p-other", locked=True, pattern="FAULT"))
     j.advance(utc("07:00"))
     j.world(home(locked=True))  # the patient's roll again, still locked
     j.advance(utc("07:09"))
@@ -1560,9 +1560,123 @@ def test_r14_the_cassette_is_locked_exactly_while_another_patients_roll_is_loade
     unlinked.world(home(roll="p-other", linked=False))  # the agent cannot act: no bound yet
     unlinked.advance(utc("12:00"))
     assert r14(unlinked) == []
-    unlinked.world(home(roll="p-other"))
+    unlinked.world(home(roll="p-other", pattern="FAULT"))
     with pytest.raises(InvariantViolation, match=r"R14 .*unlocked"):
         unlinked.advance(utc("12:11"))
+
+
+def test_r14_another_patients_roll_shows_fault_unless_silenced() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("06:00"))
+    j.world(home(roll="p-other", locked=True))  # locked, but the dispenser stays dark
+    j.advance(utc("06:09"))
+    assert r14(j) == []  # within the bound
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows OFF, not FAULT, with another's"):
+        j.advance(utc("06:11"))
+    ok = judge(enforce=frozenset({"R14"}))
+    ok.world(home())
+    ok.advance(utc("06:00"))
+    ok.world(home(roll="", locked=True))  # a blank leader names nobody: not the patient's
+    ok.advance(utc("06:05"))
+    ok.world(home(roll="", locked=True, pattern="FAULT"))
+    ok.advance(utc("06:30"))
+    ok.silenced(timedelta(minutes=30))
+    ok.world(home(roll="", locked=True, pattern="OFF"))  # the centre silenced the unit
+    ok.advance(utc("06:59"))
+    assert r14(ok) == []
+    with pytest.raises(InvariantViolation, match=r"R14 .*not FAULT"):
+        ok.advance(utc("07:11"))  # the silence ended at 07:00
+
+
+# --- R17: a damaged stored state ------------------------------------------------------------------
+
+
+def r17(j: Judge) -> list[str]:
+    return [f.message for f in j.findings if f.rule == "R17"]
+
+
+def damaged(*, enforce: frozenset[str] = frozenset({"R17"}), binding: str = "kept") -> Judge:
+    """The agent restarted at 05:00 and found its stored state damaged."""
+    j = judge(enforce=enforce)
+    j.world(home(pattern="OFF"))
+    j.advance(utc("05:00"))
+    j.agent_restarted()
+    j.state_damaged(binding)
+    return j
+
+
+def test_r17_a_damaged_state_is_reported_high_and_latched_with_the_binding() -> None:
+    j = damaged()
+    j.advance(utc("05:09"))
+    with pytest.raises(InvariantViolation, match=r"R17 .*no HIGH state_unreadable"):
+        j.advance(utc("05:11"))
+    for priority, alert_id, binding in (
+        ("medium", "alert-000009", "kept"),
+        ("high", None, "kept"),
+        ("high", "alert-000009", "unreadable"),  # the binding read: it is kept
+    ):
+        k = damaged()
+        with pytest.raises(InvariantViolation, match=r"R17 .*a latched HIGH alarm"):
+            k.published("state_unreadable", priority, {"binding": binding}, alert_id)
+    ok = damaged(binding="unreadable")
+    ok.published("state_unreadable", "high", {"binding": "unreadable"}, "alert-000009")
+    ok.advance(utc("05:30"))
+    assert r17(ok) == []
+    sound = judge(enforce=frozenset({"R17"}))
+    with pytest.raises(InvariantViolation, match=r"R17 .*no damaged state"):
+        sound.published("state_unreadable", "high", {"binding": "kept"}, "alert-000001")
+
+
+def locked_down() -> Judge:
+    j = damaged(enforce=frozenset({"R14", "R16", "R17"}))
+    j.world(home(pattern="FAULT", locked=True))
+    j.published("state_unreadable", "high", {"binding": "kept"}, "alert-000009")
+    return j
+
+
+def test_r17_nothing_is_cut_until_a_person_acknowledges() -> None:
+    j = locked_down()
+    j.advance(utc("06:00"))  # the 08:00 dose is due (06:00 UTC): the lockdown stops it
+    j.world(home(pattern="FAULT", locked=True, reader=label(utc("06:00"))))
+    j.advance(utc("06:30"))
+    assert r17(j) == [] and [f for f in j.findings if f.rule == "R16"] == []
+    with pytest.raises(InvariantViolation, match=r"R17 .*presented while the unit is locked down"):
+        j.presented(5, label(utc("06:00")))
+    k = locked_down()
+    k.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=r"R17 .*discarded while the unit is locked down"):
+        k.discarded(5, label(utc("02:00")))
+    ok = locked_down()
+    ok.advance(utc("05:50"))
+    ok.centre_command("acknowledge", "alert-000009")
+    ok.published("alert_acknowledged", "info", {"alert_id": "alert-000009"})
+    ok.world(home(reader=label(utc("06:00"))))  # unlocked, dark again
+    ok.advance(utc("06:00"))
+    ok.presented(5, label(utc("06:00")))
+    ok.advance(utc("06:01"))
+    assert r17(ok) == []
+    refused = locked_down()
+    refused.advance(utc("05:50"))
+    refused.centre_command("acknowledge", "alert-000009")
+    refused.centre_refused()  # the unit did not take it: still locked down
+    with pytest.raises(InvariantViolation, match=r"R17 "):
+        refused.presented(5, label(utc("06:00")))
+
+
+def test_r17_a_locked_down_unit_locks_its_cassette_and_shows_fault() -> None:
+    for shown in (home(pattern="FAULT"), home(pattern="OFF", locked=True)):
+        j = damaged(enforce=frozenset({"R14"}))
+        j.published("state_unreadable", "high", {"binding": "kept"}, "alert-000009")
+        j.world(shown)
+        with pytest.raises(InvariantViolation, match=r"R14 .*locked down"):
+            j.advance(utc("05:11"))
+    ok = locked_down()
+    ok.advance(utc("05:40"))
+    ok.centre_command("acknowledge", "alert-000009")
+    ok.world(home())  # unlocked and dark once a person decided
+    ok.advance(utc("06:00"))
+    assert r14(ok) == []
 
 
 def test_r14_the_reminder_escalates_at_its_time_even_across_a_restart() -> None:

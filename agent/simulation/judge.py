@@ -212,6 +212,7 @@ RULES: dict[str, str] = {
     "R14": "the dispenser shows the patient a dose in the tray or held, and locks another's roll",
     "R15": "a dose is held back only for a reason that is true",
     "R16": "a dose is given when nothing stops it",
+    "R17": "a damaged stored state is reported and locks the unit down until a person decides",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -254,6 +255,7 @@ HOLDING_RULES = frozenset(
         "R14",
         "R15",
         "R16",
+        "R17",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -531,7 +533,9 @@ HELD_CLOCK_SLACK = timedelta(minutes=10)
 # stored wall time, so its `dose_not_taken` may come that much before true time says (the World
 # too compares the agent's clock with true time in whole seconds)
 NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
-_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock")}
+_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault")}
+# R17: the key of the owed state_unreadable report
+_DAMAGE_KEY = "R17 state_unreadable"
 # why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
 LEFT_IN_TRAY_REASONS = ("no_retain_bin", "bin_full")
 # R11: a pause reminder's days in force, rounded to 0.01 day on the agent's clock
@@ -599,6 +603,11 @@ class Judge:
     # next linked if it happened out of its hearing); None: none yet, or not heard yet
     _intake_known: datetime | None = None
     _intake_unheard: bool = False
+    # R17: the agent found its stored state damaged and no person has acknowledged its alert
+    # yet: None (not locked down), "" (its state_unreadable not heard yet) or that alert's id
+    _lockdown: str | None = None
+    _lockdown_binding: str = "kept"  # R17: what the report must say of the binding
+    _lockdown_lifting: str | None = None  # R17: the acknowledgement being given now
 
     def __post_init__(self) -> None:
         c = self.config
@@ -698,6 +707,8 @@ class Judge:
             self._review_pauses(now)
         if self._forbidden and self._forbidden[-1][4] < now:
             self._forbidden = []
+        if self._lockdown_lifting is not None and self._now is not None and now > self._now:
+            self._lockdown_lifting = None  # R17: that acknowledgement stood
         self._now = now
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
@@ -792,6 +803,8 @@ class Judge:
             return "the agent is not running or not linked", None
         if not w.clock_trusted:
             return "the agent's clock is not trusted", None
+        if self._lockdown is not None:
+            return "its stored state was damaged and no person has acknowledged it", None
         shown = now - w.clock_behind
         if shown < slot.due_utc:
             return "not due yet by the agent's clock", slot.due_utc + w.clock_behind
@@ -1130,12 +1143,30 @@ class Judge:
         )
         # a blank leader names nobody: not this patient's roll either (R8.wrong_roll)
         foreign = world.roll_patient_ref not in (None, self.config.patient_ref)
-        bad = world.lock_supported and world.locked is not None and world.locked != foreign
+        # R17: a unit locked down after a damaged state keeps its cassette locked too
+        lock = foreign or self._lockdown is not None
+        bad = world.lock_supported and world.locked is not None and world.locked != lock
         self._local_condition(
             "lock",
-            f"the cassette is {'unlocked' if foreign else 'locked'} with "
+            f"the cassette is {'unlocked' if lock else 'locked'} with "
             + (f"a roll of {world.roll_patient_ref!r}" if foreign else "no roll of another")
             + " loaded"
+            + (" and the unit locked down (state unreadable)" if self._lockdown is not None else "")
+            if bad
+            else None,
+            now,
+        )
+        # another's roll, or the unit locked down: the dispenser shows FAULT (a person must come)
+        bad = (
+            lock
+            and world.pattern is not None
+            and world.pattern != "FAULT"
+            and self._silenced_until is None
+        )
+        self._local_condition(
+            "fault",
+            f"the dispenser shows {world.pattern}, not FAULT, with "
+            + ("another's roll loaded" if foreign else "the unit locked down (state unreadable)")
             if bad
             else None,
             now,
@@ -1159,6 +1190,7 @@ class Judge:
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
         now = self._require_now()
+        self._judge_lockdown(f"sachet {label.index} of roll {label.roll_id} presented")
         slot = self.slot_for_sachet(label.intended_utc)
         behind = self._world.clock_behind if self._world is not None else timedelta(0)
         self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot, now - behind)
@@ -1304,6 +1336,7 @@ class Judge:
 
     def discarded(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut straight into the bin (R5, R12)."""
+        self._judge_lockdown(f"sachet {label.index} of roll {label.roll_id} discarded")
         self._owe_report(
             f"sachet {label.index} discarded", ("sachet_discarded", {"sachet_index": label.index})
         )
@@ -1431,6 +1464,8 @@ class Judge:
             )
         elif kind == "pause_reminder":
             self._on_pause_reminder(fields)
+        elif kind == "state_unreadable":
+            self._on_state_unreadable(priority, fields, alert_id)
         if self._reports_open:
             for key in [k for k, c in self._conditions.items() if c.expect and not c.reported]:
                 cond = self._conditions[key]
@@ -1525,6 +1560,10 @@ class Judge:
         if what == "acknowledge":
             if key in self._alert_ids and key not in self._acknowledged:
                 owed = ("alert_acknowledged", "alert_id", key)
+            if self._lockdown and key == self._lockdown:
+                # R17: a person decided; the unit may give doses again (unless it refuses)
+                self._lockdown, self._lockdown_lifting = None, self._lockdown
+                self._review_local(now)
             if isinstance(key, str):
                 self._acknowledged.add(key)
         elif what == "silence":
@@ -1605,6 +1644,52 @@ class Judge:
         """The unit refused the command just given (it did not fit): nothing is owed for it."""
         if self._owed:
             self._owed.pop()
+        if self._lockdown_lifting is not None:  # that acknowledgement did not happen
+            self._lockdown, self._lockdown_lifting = self._lockdown_lifting, None
+            self._review_local(self._require_now())
+
+    def state_damaged(self, binding: str) -> None:
+        """R17: the agent restarted now and found its stored state damaged (the world says
+        whether the patient binding in it can still be read: `binding` "kept", else
+        "unreadable"). Until a person acknowledges the HIGH `state_unreadable` it owes (within
+        the bound, latched, saying that of the binding) it gives no dose, cuts nothing, keeps
+        the cassette locked and shows FAULT."""
+        now = self._require_now()
+        self._lockdown, self._lockdown_binding = "", binding
+        self._conditions[_DAMAGE_KEY] = _Condition(
+            "state_unreadable",
+            now,
+            now + self.config.high_report_bound,
+            rule="R17",
+            what=f"no HIGH state_unreadable (binding {binding}) for the damaged state",
+        )
+        self._review_local(now)
+        if self._owed_doses:
+            self._review_doses(now)
+
+    def _judge_lockdown(self, what: str) -> None:
+        if self._lockdown is not None:
+            self._violation(
+                "R17",
+                f"{what} while the unit is locked down: its stored state was damaged and no "
+                "person has acknowledged its state_unreadable",
+            )
+
+    def _on_state_unreadable(
+        self, priority: str, fields: dict[str, object], alert_id: str | None
+    ) -> None:
+        if self._lockdown != "":
+            self._violation("R17", "state_unreadable published with no damaged state to report")
+            return
+        binding = fields.get("binding")
+        if priority != HIGH or alert_id is None or binding != self._lockdown_binding:
+            self._violation(
+                "R17",
+                f"state_unreadable is {priority} with alert id {alert_id} and binding "
+                f"{binding!r}: a latched HIGH alarm saying binding {self._lockdown_binding!r}",
+            )
+        self._conditions.pop(_DAMAGE_KEY, None)
+        self._lockdown = alert_id or "?"
 
     def phantom(self, dispense_id: int | None) -> None:
         """The dispenser (a firmware fault, a corrupt but valid frame) is about to report a dose
