@@ -1640,7 +1640,8 @@ def test_r17_nothing_is_cut_until_a_person_acknowledges() -> None:
     j.advance(utc("06:00"))  # the 08:00 dose is due (06:00 UTC): the lockdown stops it
     j.world(home(pattern="FAULT", locked=True, reader=label(utc("06:00"))))
     j.advance(utc("06:30"))
-    assert r17(j) == [] and [f for f in j.findings if f.rule == "R16"] == []
+    assert r17(j) == []
+    assert [f for f in j.findings if f.rule == "R16"] == []
     with pytest.raises(InvariantViolation, match=r"R17 .*presented while the unit is locked down"):
         j.presented(5, label(utc("06:00")))
     k = locked_down()

@@ -1249,10 +1249,11 @@ class Simulation:
         """A pause command the rules refuse (`_bad_command`); the judge forbids its start.
         `pause_id_twice` names a pause the unit has now (None: there is none)."""
         pause_id, reason = f"bad-{kind}", "hospital"
-        start, end = now + timedelta(days=1), now + timedelta(days=1, hours=8)
+        start = now + timedelta(days=1)
+        end: datetime | None = now + timedelta(days=1, hours=8)
         take_along, bookkeeping = False, 0
         if kind == "pause_backwards":
-            start, end = end, start
+            start, end = start + timedelta(hours=8), start
         elif kind == "pause_year_3000":
             start, end = datetime(3000, 1, 1, tzinfo=UTC), datetime(3000, 1, 2, tzinfo=UTC)
         elif kind == "pause_too_long":
