@@ -2092,3 +2092,65 @@ def test_r16_doses_are_given_in_order() -> None:
         InvariantViolation, match=r"R16 .*slot 2026-06-01T08:30 .*since 2026-06-01 07:00"
     ):
         j.advance(utc("07:03"))
+
+
+# --- R18: a sachet a person decided to discard goes to the bin -----------------------------------
+
+
+def r18(j: Judge) -> list[str]:
+    return [f.message for f in j.findings if f.rule == "R18"]
+
+
+def decided_at_reader(**kw: object) -> tuple[Judge, SachetLabel]:
+    """At 05:00 the sachet at the reader is packed for 12:00 (no dose time): a plan mismatch a
+    person decides at 05:00."""
+    j = judge(enforce=frozenset({"R18"}))
+    unplanned = label(utc("10:00"), index=1)  # 12:00 local
+    j.advance(utc("05:00"))
+    j.world(replace(world(reader=unplanned), **{"bin_room": 10, **kw}))  # type: ignore[arg-type]
+    j.discard_decided("R001", 1)
+    return j, unplanned
+
+
+def test_r18_a_decided_sachet_is_cut_into_the_bin_within_the_bound() -> None:
+    j, _ = decided_at_reader()
+    j.advance(utc("05:09"))
+    assert r18(j) == []
+    with pytest.raises(InvariantViolation, match=r"R18 .*sachet 1 of roll R001.*still at the"):
+        j.advance(utc("05:11"))
+    ok, unplanned = decided_at_reader()
+    ok.advance(utc("05:02"))
+    ok.discarded(7, unplanned)
+    ok.world(replace(world(reader=label(utc("18:00"), index=2)), bin_room=9))  # the next one
+    ok.advance(utc("06:00"))
+    assert r18(ok) == []
+    undecided = judge(enforce=frozenset({"R18"}))
+    undecided.advance(utc("05:00"))
+    undecided.world(replace(world(reader=label(utc("10:00"), index=1)), bin_room=10))
+    undecided.advance(utc("06:00"))  # nobody decided: it waits (R8.plan_mismatch's business)
+    assert r18(undecided) == []
+
+
+def test_r18_what_stops_a_discard_gives_it_time() -> None:
+    for stop in (
+        {"bin_room": 1},  # the last place is kept for a dose from the tray (R6)
+        {"bin_room": None},
+        {"lid_open": True},
+        {"tray_occupied": True},
+        {"linked": False},
+        {"faults": frozenset({"CUTTER"})},
+        {"retain_bin": False},
+    ):
+        j, _ = decided_at_reader(**{k: v for k, v in stop.items() if k != "linked"})
+        if "linked" in stop:
+            j.world(replace(world(reader=label(utc("10:00"), index=1), linked=False), bin_room=10))
+        j.advance(utc("07:00"))
+        assert r18(j) == [], stop
+        j.world(replace(world(reader=label(utc("10:00"), index=1)), bin_room=10))  # it ends
+        j.advance(utc("07:09"))
+        with pytest.raises(InvariantViolation, match=r"R18 "):
+            j.advance(utc("07:11"))
+    paused, _ = decided_at_reader()
+    paused.pause("trip", utc("05:05"), utc("09:00"))  # the pause begins within the bound
+    paused.advance(utc("08:59"))
+    assert r18(paused) == []

@@ -1676,6 +1676,8 @@ class Simulation:
             clock_ahead=ahead,
             faults=frozenset(f.name for f in m.faults),
             lid_open=m.lid_open,
+            bin_room=m.identity.bin_capacity - len(m.bin),
+            retain_bin=m.has(Feature.RETAIN_BIN),
         )
         if world != self._world:
             self._world = world

@@ -213,6 +213,7 @@ RULES: dict[str, str] = {
     "R15": "a dose is held back only for a reason that is true",
     "R16": "a dose is given when nothing stops it",
     "R17": "a damaged stored state is reported and locks the unit down until a person decides",
+    "R18": "a sachet a person decided to discard goes to the bin when nothing stops it",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -256,6 +257,7 @@ HOLDING_RULES = frozenset(
         "R15",
         "R16",
         "R17",
+        "R18",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -414,6 +416,9 @@ class World:
     # R16: the dispenser's active faults (FaultCode names: JAM, CUTTER, READER, BIN_FULL ...)
     faults: frozenset[str] = frozenset()
     lid_open: bool = False  # R16: the dispenser cuts nothing while its lid is open
+    # R18: free places in the bin (None: not known) and whether the dispenser has one at all
+    bin_room: int | None = None
+    retain_bin: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,6 +613,8 @@ class Judge:
     _lockdown: str | None = None
     _lockdown_binding: str = "kept"  # R17: what the report must say of the binding
     _lockdown_lifting: str | None = None  # R17: the acknowledgement being given now
+    # R18: since when nothing has stopped the discard of the decided sachet at the reader
+    _discard_free_since: datetime | None = None
 
     def __post_init__(self) -> None:
         c = self.config
@@ -715,6 +722,8 @@ class Judge:
             self._next_due += 1
         if self._owed_doses:
             self._review_doses(now)
+        if self._discard_free_since is not None:
+            self._review_discard(now)
         # R14: what the dispenser should show changes at these instants (the bound runs from them)
         if self._silenced_until is not None and now >= self._silenced_until:
             since, self._silenced_until = self._silenced_until, None
@@ -937,9 +946,55 @@ class Judge:
 
     def discard_decided(self, roll_id: str, index: int | None) -> None:
         """A person decided that sachet `index` of roll `roll_id` (None: each of its sachets
-        that matches no slot) goes to the bin (R5, R8.plan_mismatch)."""
+        that matches no slot) goes to the bin (R5, R8.plan_mismatch, R18)."""
         self._decisions.add((roll_id, index))
         self._review_reader(self._require_now())
+        self._review_discard(self._require_now())
+
+    def discard_stop(self, now: datetime) -> str | None:
+        """R18, the judge's own reference: what stops the discard of the sachet at the reader
+        now (None: it is one a person decided to discard and nothing stops it)."""
+        w = self._world
+        ref = self.config.patient_ref
+        label = w.reader if w is not None else None
+        if w is None or label is None:
+            return "no sachet at the reader"
+        if label.roll_patient_ref != ref or label.patient_ref != ref or not label.usable:
+            return "not a sachet of the patient's"
+        if self.slot_for_sachet(label.intended_utc) is not None or not self._decided(label):
+            return "not a sachet a person decided to discard"
+        if not w.agent_linked or not w.clock_trusted or self._lockdown is not None:
+            return "the agent cannot act (not linked, its clock untrusted, locked down)"
+        if self._paused_at(now - w.clock_behind) or self._paused_at(now + w.clock_ahead):
+            return "paused"
+        if not w.roll_label_readable or w.faults or w.jammed or w.bin_full or w.lid_open:
+            return "the roll's leader unreadable, or a dispenser fault, or its lid open"
+        if w.locked or w.tray_occupied or not w.retain_bin:
+            return "locked, a dose in the tray, or no bin"
+        if w.bin_room is None or w.bin_room < 2:  # a discard never takes the last place (R6)
+            return "no room in the bin beside the place kept for a dose from the tray"
+        return None
+
+    def _review_discard(self, now: datetime) -> None:
+        """R18: is a decided sachet that nothing stops cut into the bin within the bound?"""
+        since = self._discard_free_since
+        if since is not None and now > since + self.config.high_report_bound:
+            due_at = since + self.config.high_report_bound
+            if self.discard_stop(due_at) is None:  # not stopped by time alone (a pause)
+                self._discard_free_since = None
+                label = self._world.reader if self._world is not None else None
+                self._violation(
+                    "R18",
+                    f"sachet {label.index if label else '?'} of roll "
+                    f"{label.roll_id if label else '?'}, which a person decided to discard, "
+                    f"is still at the reader: nothing has stopped its discard since "
+                    f"{_iso(since)}",
+                    due_at,
+                )
+                return
+            since = None
+        stopped = self.discard_stop(now) is not None
+        self._discard_free_since = None if stopped else (since or now)
 
     def decision_refused(self, roll_id: str, index: int | None) -> None:
         """The unit refused that decision (it did not fit what was loaded): it never happened."""
@@ -1050,6 +1105,7 @@ class Judge:
         self._review_local(now)
         if self._owed_doses:
             self._review_doses(now)
+        self._review_discard(now)
 
     def agent_restarted(self, *, clock_trusted: bool = True) -> None:
         """The agent process started again now (its memory of what it did is what it stored),
