@@ -2154,3 +2154,46 @@ def test_r18_what_stops_a_discard_gives_it_time() -> None:
     paused.pause("trip", utc("05:05"), utc("09:00"))  # the pause begins within the bound
     paused.advance(utc("08:59"))
     assert r18(paused) == []
+
+
+# --- R19: the national code of a dose not given; R20: no alarm flood ----------------------------
+
+
+def test_r19_a_dose_not_handed_over_carries_vkp_3_3_or_3_7() -> None:
+    def published(j: Judge, result: str, code: str | None, kind: str = "slot_outcome") -> None:
+        fields: dict[str, object] = {"slot_id": "2026-06-01T08:00", "outcome": result}
+        priority = "info" if result in ("taken", "skipped_paused") else "high"
+        j.published(kind, priority, fields, "alert-000001", code)
+
+    for result, code in (("missed", "3.3"), ("refused", "3.7"), ("taken", None)):
+        ok = judge(enforce=frozenset({"R19"}))
+        published(ok, result, code)
+        assert [f for f in ok.findings if f.rule == "R19"] == []
+    for result, code in (("missed", None), ("refused", "3.22"), ("taken", "3.3")):
+        j = judge(enforce=frozenset({"R19"}))
+        with pytest.raises(InvariantViolation, match=r"R19 .*carries VKP code"):
+            published(j, result, code)
+    held = judge(enforce=frozenset({"R19"}))
+    held.published("dose_held", "high", {"slot_id": "2026-06-01T08:00"}, None, "3.7")
+    held.published("dose_held", "low", {"slot_id": "2026-06-01T08:00"}, None, None)
+    assert [f for f in held.findings if f.rule == "R19"] == []
+    with pytest.raises(InvariantViolation, match=r"R19 "):
+        held.published("dose_held", "high", {"slot_id": "2026-06-01T08:00"}, None, None)
+    unseen = judge(enforce=frozenset({"R19"}))  # published without its code: not judged
+    unseen.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+    assert [f for f in unseen.findings if f.rule == "R19"] == []
+
+
+def test_r20_a_chatty_event_at_most_once_per_interval_unless_the_agent_restarted() -> None:
+    j = judge(enforce=frozenset({"R20"}))
+    j.advance(utc("05:00"))
+    j.published("button_pressed", "low", {"button": "take"})
+    j.advance(utc("05:15"))
+    j.published("button_pressed", "low", {"button": "take"})  # a full interval later
+    j.published("lid_open", "low", {})  # another kind
+    j.advance(utc("05:20"))
+    j.agent_restarted()  # it does not remember the last one
+    j.published("lid_open", "low", {})
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R20 .*lid_open at .*at most one per 0:15:00"):
+        j.published("lid_open", "low", {})

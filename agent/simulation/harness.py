@@ -427,6 +427,7 @@ class Simulation:
                     sachet_time_tolerance=ec.sachet_time_tolerance,
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
                     phantom_report_interval=ec.chatty_min_interval,
+                    chatty_interval=ec.chatty_min_interval,
                     pause_max=ec.pause_max,
                     dose_window=ec.undispensed_deadline,
                     roll_expired_margin=ec.roll_expired_margin,
@@ -1495,7 +1496,9 @@ class Simulation:
         if event.alert_id is not None:
             self._last_alert_id = event.alert_id
         if self._judge is not None:
-            self._judge.published(event.kind, priority, dict(event.fields), event.alert_id)
+            self._judge.published(
+                event.kind, priority, dict(event.fields), event.alert_id, event.vkp_code
+            )
         if event.kind == "slot_outcome":
             self._outcome_counts[str(event.fields.get("outcome"))] += 1
         if event.kind == "backlog_needs_nurse" and not self._backlog_visit:

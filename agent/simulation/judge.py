@@ -214,6 +214,8 @@ RULES: dict[str, str] = {
     "R16": "a dose is given when nothing stops it",
     "R17": "a damaged stored state is reported and locks the unit down until a person decides",
     "R18": "a sachet a person decided to discard goes to the bin when nothing stops it",
+    "R19": "a dose not given carries the national code of why (VKP 3.3, or 3.7: empty)",
+    "R20": "no alarm flood: a chatty event at most once per interval",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -258,6 +260,8 @@ HOLDING_RULES = frozenset(
         "R16",
         "R17",
         "R18",
+        "R19",
+        "R20",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -444,6 +448,8 @@ class JudgeConfig:
     record_bound: timedelta = timedelta(minutes=15)
     # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
     phantom_report_interval: timedelta = timedelta(minutes=10)
+    # R20: a chatty event at most once per this interval (the engine's setting, passed in)
+    chatty_interval: timedelta = timedelta(minutes=15)
     pause_max: timedelta = timedelta(days=30)  # R8.pause_overdue (the engine's setting, passed in)
     # R14: a dose in the tray calls REMINDER, then URGENT this long after it was announced (the
     # engine's escalation step, passed in); None: any calling pattern will do
@@ -539,6 +545,16 @@ HELD_CLOCK_SLACK = timedelta(minutes=10)
 # too compares the agent's clock with true time in whole seconds)
 NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
 _LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault")}
+# R19: the national alert codes (VKP, /work/shared's table) of a dose not handed over: 3.3 "no
+# confirmation that the dose was handed over at the planned time", 3.7 "not handed over at the
+# planned time because the dispenser was empty"; a dose given, skipped or taken along is no alert
+VKP_NOT_HANDED_OVER = ("3.3", "3.7")
+VKP_EMPTY = "3.7"
+VKP_NOT_SHOWN = "not shown"  # published() was not shown the event's code: R19 is not judged
+# R20: what people do at the unit (the lid, the buttons), reported at most once per interval
+# (docs/engine.md: chatty inputs); a restart forgets when it last reported one (not stored)
+CHATTY_EVENTS = frozenset({"lid_open", "help_requested", "panel_help_requested", "button_pressed"})
+CHATTY_SLACK = timedelta(seconds=1)
 # R17: the key of the owed state_unreadable report
 _DAMAGE_KEY = "R17 state_unreadable"
 # why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
@@ -615,6 +631,7 @@ class Judge:
     _lockdown_lifting: str | None = None  # R17: the acknowledgement being given now
     # R18: since when nothing has stopped the discard of the decided sachet at the reader
     _discard_free_since: datetime | None = None
+    _chatty_last: dict[str, datetime] = field(default_factory=dict)  # R20: kind -> last one
 
     def __post_init__(self) -> None:
         c = self.config
@@ -1112,6 +1129,7 @@ class Judge:
         with a wall clock it trusts or not (R14: without one it cannot tell how long the dose in
         the tray has waited, and its escalation may come late, never undone)."""
         self._heard_all_along = False
+        self._chatty_last.clear()  # R20: the agent keeps when it last told one in memory only
         if not clock_trusted and self._announced_at is not None:
             self._late_escalation_excused = True
         # the agent keeps a silence in memory only: restarted, it calls the patient to the dose
@@ -1462,10 +1480,19 @@ class Judge:
     # --- the published stream -------------------------------------------------------------------
 
     def published(
-        self, kind: str, priority: str, fields: dict[str, object], alert_id: str | None = None
+        self,
+        kind: str,
+        priority: str,
+        fields: dict[str, object],
+        alert_id: str | None = None,
+        vkp_code: str | None = VKP_NOT_SHOWN,
     ) -> None:
         if alert_id is not None:
             self._alert_ids.add(alert_id)
+        if vkp_code != VKP_NOT_SHOWN and kind in ("slot_outcome", "dose_held"):
+            self._judge_vkp(kind, priority, fields, vkp_code)
+        if kind in CHATTY_EVENTS:
+            self._judge_chatty(kind)
         if self._owed:
             self._owed = [
                 o
@@ -1703,6 +1730,39 @@ class Judge:
         if self._lockdown_lifting is not None:  # that acknowledgement did not happen
             self._lockdown, self._lockdown_lifting = self._lockdown_lifting, None
             self._review_local(self._require_now())
+
+    def _judge_vkp(
+        self, kind: str, priority: str, fields: dict[str, object], code: str | None
+    ) -> None:
+        """R19: a dose not handed over is recorded under its national code (VKP 3.3, or 3.7
+        when the dispenser was empty; a HIGH dose_held is that: no roll to give it from); a dose
+        given, skipped while paused or taken along is no alert and carries none."""
+        if kind == "dose_held":
+            want: tuple[str | None, ...] = (VKP_EMPTY,) if priority == HIGH else (None,)
+        elif fields.get("outcome") in QUIET_OUTCOMES:
+            want = (None, "3.3") if fields.get("outcome") == "taken_unconfirmed" else (None,)
+        else:
+            want = VKP_NOT_HANDED_OVER
+        if code not in want:
+            self._violation(
+                "R19",
+                f"{priority} {kind} for slot {fields.get('slot_id')} "
+                f"({fields.get('outcome') or fields.get('reason')}) carries VKP code {code}, "
+                f"not {' or '.join(map(str, want))}",
+            )
+
+    def _judge_chatty(self, kind: str) -> None:
+        """R20: lid openings and button presses are told at most once per interval (a patient
+        pressing again and again, or a lid left open, is no alarm flood at the centre)."""
+        now = self._require_now()
+        last = self._chatty_last.get(kind)
+        self._chatty_last[kind] = now
+        if last is not None and now - last < self.config.chatty_interval - CHATTY_SLACK:
+            self._violation(
+                "R20",
+                f"{kind} at {_iso(now)}, {_minutes(now - last)} after the last one: at most one "
+                f"per {self.config.chatty_interval}",
+            )
 
     def state_damaged(self, binding: str) -> None:
         """R17: the agent restarted now and found its stored state damaged (the world says
