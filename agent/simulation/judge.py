@@ -151,9 +151,11 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
    - "held": while a due dose (by the agent's trusted clock) the agent said is held
      (`dose_held`) has no outcome and is not presented, and the tray is empty, the dispenser
      shows HELD (or FAULT), unless silenced;
-   - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
-     the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
-     patient's doses come).
+   - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded, or
+     the unit is locked down (R17) -> the cassette is locked (on a dispenser with a lock); else
+     it is not locked (the patient's doses come);
+   - "fault": while such a roll is loaded or the unit is locked down, the dispenser shows FAULT
+     (unless the centre silenced it): a person must come.
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than
@@ -177,6 +179,33 @@ R16 a dose is given when nothing stops it: from a slot's due instant (by the age
    given (doses are given in order); the minimum interval since the last intake not passed
    (counted from when the agent could hear of it, on its clock). A slot presented early
    (TAKE), given an outcome, or dropped by a schedule update is owed nothing more.
+
+R17 a damaged stored state: a restart that finds its stored state damaged (`state_damaged`: the
+   world damaged a field; the binding reads or not) is reported by a HIGH `state_unreadable`
+   with an alert id (latched) saying the binding as it is, within `high_report_bound`; until a
+   person acknowledges that alert (an acknowledgement the unit refuses does not count) nothing
+   is cut (no dose presented, no sachet discarded), the cassette is locked and the dispenser
+   shows FAULT (R14), and R16 owes no dose. A `state_unreadable` with nothing damaged is a
+   violation too.
+
+R18 a decided sachet goes to the bin: while the sachet at the reader is this patient's (leader
+   and print), readable with a time, for no slot of the schedule, and a person's decision covers
+   it (`discard_decided`), it is cut into the bin within `high_report_bound` once nothing stops a
+   discard (`Judge.discard_stop`, the judge's own reference of the world's facts: the agent not
+   linked, its clock untrusted or the unit locked down; a pause in force; a roll leader that
+   cannot be read; a dispenser fault, a full bin, its lid open, the cassette locked, a dose in the
+   tray, no bin, or fewer than two free places in it: R6 keeps the last for a dose from the
+   tray). Else every dose behind it is refused for a sachet nobody will be given.
+
+R19 the national code of a dose not handed over: published with its VKP code (`vkp_code`), a
+   `slot_outcome` missed or refused carries 3.3 ("no confirmation that the dose was handed over
+   at the planned time") or 3.7 ("not handed over because the dispenser was empty"), a HIGH
+   `dose_held` 3.7, and a dose given, skipped while paused or taken along none (the judge's own
+   table, from /work/shared/vkp-dispenser-alert-codes.md, not the engine's catalogue).
+
+R20 no alarm flood: `lid_open`, `button_pressed`, `help_requested` and `panel_help_requested`
+   at most once per `chatty_interval` each (the engine's setting, passed in), counted since the
+   agent last started (it keeps when it last told one in memory only).
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
