@@ -1024,6 +1024,8 @@ class Judge:
     def _review_discard(self, now: datetime) -> None:
         """R18: is a decided sachet that nothing stops cut into the bin within the bound?"""
         since = self._discard_free_since
+        if since is None and not self._decisions:
+            return  # nobody decided anything (asked on every change of the world)
         if since is not None and now > since + self.config.high_report_bound:
             due_at = since + self.config.high_report_bound
             if self.discard_stop(due_at) is None:  # not stopped by time alone (a pause)
