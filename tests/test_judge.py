@@ -1542,7 +1542,7 @@ def test_r14_the_cassette_is_locked_exactly_while_another_patients_roll_is_loade
     j.advance(utc("06:00"))
     j.world(home(roll="p-other"))  # not locked yet: the agent has the bound to do it
     j.advance(utc("06:09"))
-    j.world(home(roll="p-other", locked=True))
+    j.world(home(roll="p-other", locked=True, pattern="FAULT"))
     j.advance(utc("07:00"))
     j.world(home(locked=True))  # the patient's roll again, still locked
     j.advance(utc("07:09"))
@@ -1560,9 +1560,124 @@ def test_r14_the_cassette_is_locked_exactly_while_another_patients_roll_is_loade
     unlinked.world(home(roll="p-other", linked=False))  # the agent cannot act: no bound yet
     unlinked.advance(utc("12:00"))
     assert r14(unlinked) == []
-    unlinked.world(home(roll="p-other"))
+    unlinked.world(home(roll="p-other", pattern="FAULT"))
     with pytest.raises(InvariantViolation, match=r"R14 .*unlocked"):
         unlinked.advance(utc("12:11"))
+
+
+def test_r14_another_patients_roll_shows_fault_unless_silenced() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(home())
+    j.advance(utc("06:00"))
+    j.world(home(roll="p-other", locked=True))  # locked, but the dispenser stays dark
+    j.advance(utc("06:09"))
+    assert r14(j) == []  # within the bound
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows OFF, not FAULT, with another's"):
+        j.advance(utc("06:11"))
+    ok = judge(enforce=frozenset({"R14"}))
+    ok.world(home())
+    ok.advance(utc("06:00"))
+    ok.world(home(roll="", locked=True))  # a blank leader names nobody: not the patient's
+    ok.advance(utc("06:05"))
+    ok.world(home(roll="", locked=True, pattern="FAULT"))
+    ok.advance(utc("06:30"))
+    ok.silenced(timedelta(minutes=30))
+    ok.world(home(roll="", locked=True, pattern="OFF"))  # the centre silenced the unit
+    ok.advance(utc("06:59"))
+    assert r14(ok) == []
+    with pytest.raises(InvariantViolation, match=r"R14 .*not FAULT"):
+        ok.advance(utc("07:11"))  # the silence ended at 07:00
+
+
+# --- R17: a damaged stored state ------------------------------------------------------------------
+
+
+def r17(j: Judge) -> list[str]:
+    return [f.message for f in j.findings if f.rule == "R17"]
+
+
+def damaged(*, enforce: frozenset[str] = frozenset({"R17"}), binding: str = "kept") -> Judge:
+    """The agent restarted at 05:00 and found its stored state damaged."""
+    j = judge(enforce=enforce)
+    j.world(home(pattern="OFF"))
+    j.advance(utc("05:00"))
+    j.agent_restarted()
+    j.state_damaged(binding)
+    return j
+
+
+def test_r17_a_damaged_state_is_reported_high_and_latched_with_the_binding() -> None:
+    j = damaged()
+    j.advance(utc("05:09"))
+    with pytest.raises(InvariantViolation, match=r"R17 .*no HIGH state_unreadable"):
+        j.advance(utc("05:11"))
+    for priority, alert_id, binding in (
+        ("medium", "alert-000009", "kept"),
+        ("high", None, "kept"),
+        ("high", "alert-000009", "unreadable"),  # the binding read: it is kept
+    ):
+        k = damaged()
+        with pytest.raises(InvariantViolation, match=r"R17 .*a latched HIGH alarm"):
+            k.published("state_unreadable", priority, {"binding": binding}, alert_id)
+    ok = damaged(binding="unreadable")
+    ok.published("state_unreadable", "high", {"binding": "unreadable"}, "alert-000009")
+    ok.advance(utc("05:30"))
+    assert r17(ok) == []
+    sound = judge(enforce=frozenset({"R17"}))
+    with pytest.raises(InvariantViolation, match=r"R17 .*no damaged state"):
+        sound.published("state_unreadable", "high", {"binding": "kept"}, "alert-000001")
+
+
+def locked_down() -> Judge:
+    j = damaged(enforce=frozenset({"R14", "R16", "R17"}))
+    j.world(home(pattern="FAULT", locked=True))
+    j.published("state_unreadable", "high", {"binding": "kept"}, "alert-000009")
+    return j
+
+
+def test_r17_nothing_is_cut_until_a_person_acknowledges() -> None:
+    j = locked_down()
+    j.advance(utc("06:00"))  # the 08:00 dose is due (06:00 UTC): the lockdown stops it
+    j.world(home(pattern="FAULT", locked=True, reader=label(utc("06:00"))))
+    j.advance(utc("06:30"))
+    assert r17(j) == []
+    assert [f for f in j.findings if f.rule == "R16"] == []
+    with pytest.raises(InvariantViolation, match=r"R17 .*presented while the unit is locked down"):
+        j.presented(5, label(utc("06:00")))
+    k = locked_down()
+    k.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=r"R17 .*discarded while the unit is locked down"):
+        k.discarded(5, label(utc("02:00")))
+    ok = locked_down()
+    ok.advance(utc("05:50"))
+    ok.centre_command("acknowledge", "alert-000009")
+    ok.published("alert_acknowledged", "info", {"alert_id": "alert-000009"})
+    ok.world(home(reader=label(utc("06:00"))))  # unlocked, dark again
+    ok.advance(utc("06:00"))
+    ok.presented(5, label(utc("06:00")))
+    ok.advance(utc("06:01"))
+    assert r17(ok) == []
+    refused = locked_down()
+    refused.advance(utc("05:50"))
+    refused.centre_command("acknowledge", "alert-000009")
+    refused.centre_refused()  # the unit did not take it: still locked down
+    with pytest.raises(InvariantViolation, match=r"R17 "):
+        refused.presented(5, label(utc("06:00")))
+
+
+def test_r17_a_locked_down_unit_locks_its_cassette_and_shows_fault() -> None:
+    for shown in (home(pattern="FAULT"), home(pattern="OFF", locked=True)):
+        j = damaged(enforce=frozenset({"R14"}))
+        j.published("state_unreadable", "high", {"binding": "kept"}, "alert-000009")
+        j.world(shown)
+        with pytest.raises(InvariantViolation, match=r"R14 .*locked down"):
+            j.advance(utc("05:11"))
+    ok = locked_down()
+    ok.advance(utc("05:40"))
+    ok.centre_command("acknowledge", "alert-000009")
+    ok.world(home())  # unlocked and dark once a person decided
+    ok.advance(utc("06:00"))
+    assert r14(ok) == []
 
 
 def test_r14_the_reminder_escalates_at_its_time_even_across_a_restart() -> None:
@@ -1977,3 +2092,108 @@ def test_r16_doses_are_given_in_order() -> None:
         InvariantViolation, match=r"R16 .*slot 2026-06-01T08:30 .*since 2026-06-01 07:00"
     ):
         j.advance(utc("07:03"))
+
+
+# --- R18: a sachet a person decided to discard goes to the bin -----------------------------------
+
+
+def r18(j: Judge) -> list[str]:
+    return [f.message for f in j.findings if f.rule == "R18"]
+
+
+def decided_at_reader(**kw: object) -> tuple[Judge, SachetLabel]:
+    """At 05:00 the sachet at the reader is packed for 12:00 (no dose time): a plan mismatch a
+    person decides at 05:00."""
+    j = judge(enforce=frozenset({"R18"}))
+    unplanned = label(utc("10:00"), index=1)  # 12:00 local
+    j.advance(utc("05:00"))
+    j.world(replace(world(reader=unplanned), **{"bin_room": 10, **kw}))  # type: ignore[arg-type]
+    j.discard_decided("R001", 1)
+    return j, unplanned
+
+
+def test_r18_a_decided_sachet_is_cut_into_the_bin_within_the_bound() -> None:
+    j, _ = decided_at_reader()
+    j.advance(utc("05:09"))
+    assert r18(j) == []
+    with pytest.raises(InvariantViolation, match=r"R18 .*sachet 1 of roll R001.*still at the"):
+        j.advance(utc("05:11"))
+    ok, unplanned = decided_at_reader()
+    ok.advance(utc("05:02"))
+    ok.discarded(7, unplanned)
+    ok.world(replace(world(reader=label(utc("18:00"), index=2)), bin_room=9))  # the next one
+    ok.advance(utc("06:00"))
+    assert r18(ok) == []
+    undecided = judge(enforce=frozenset({"R18"}))
+    undecided.advance(utc("05:00"))
+    undecided.world(replace(world(reader=label(utc("10:00"), index=1)), bin_room=10))
+    undecided.advance(utc("06:00"))  # nobody decided: it waits (R8.plan_mismatch's business)
+    assert r18(undecided) == []
+
+
+def test_r18_what_stops_a_discard_gives_it_time() -> None:
+    for stop in (
+        {"bin_room": 1},  # the last place is kept for a dose from the tray (R6)
+        {"bin_room": None},
+        {"lid_open": True},
+        {"tray_occupied": True},
+        {"linked": False},
+        {"faults": frozenset({"CUTTER"})},
+        {"retain_bin": False},
+    ):
+        j, _ = decided_at_reader(**{k: v for k, v in stop.items() if k != "linked"})
+        if "linked" in stop:
+            j.world(replace(world(reader=label(utc("10:00"), index=1), linked=False), bin_room=10))
+        j.advance(utc("07:00"))
+        assert r18(j) == [], stop
+        j.world(replace(world(reader=label(utc("10:00"), index=1)), bin_room=10))  # it ends
+        j.advance(utc("07:09"))
+        with pytest.raises(InvariantViolation, match=r"R18 "):
+            j.advance(utc("07:11"))
+    paused, _ = decided_at_reader()
+    paused.pause("trip", utc("05:05"), utc("09:00"))  # the pause begins within the bound
+    paused.advance(utc("08:59"))
+    assert r18(paused) == []
+
+
+# --- R19: the national code of a dose not given; R20: no alarm flood ----------------------------
+
+
+def test_r19_a_dose_not_handed_over_carries_vkp_3_3_or_3_7() -> None:
+    def published(j: Judge, result: str, code: str | None, kind: str = "slot_outcome") -> None:
+        fields: dict[str, object] = {"slot_id": "2026-06-01T08:00", "outcome": result}
+        priority = "info" if result in ("taken", "skipped_paused") else "high"
+        j.published(kind, priority, fields, "alert-000001", code)
+
+    for result, code in (("missed", "3.3"), ("refused", "3.7"), ("taken", None)):
+        ok = judge(enforce=frozenset({"R19"}))
+        published(ok, result, code)
+        assert [f for f in ok.findings if f.rule == "R19"] == []
+    for result, code in (("missed", None), ("refused", "3.22"), ("taken", "3.3")):
+        j = judge(enforce=frozenset({"R19"}))
+        with pytest.raises(InvariantViolation, match=r"R19 .*carries VKP code"):
+            published(j, result, code)
+    held = judge(enforce=frozenset({"R19"}))
+    held.published("dose_held", "high", {"slot_id": "2026-06-01T08:00"}, None, "3.7")
+    held.published("dose_held", "low", {"slot_id": "2026-06-01T08:00"}, None, None)
+    assert [f for f in held.findings if f.rule == "R19"] == []
+    with pytest.raises(InvariantViolation, match=r"R19 "):
+        held.published("dose_held", "high", {"slot_id": "2026-06-01T08:00"}, None, None)
+    unseen = judge(enforce=frozenset({"R19"}))  # published without its code: not judged
+    unseen.published("slot_outcome", "high", {"slot_id": "2026-06-01T08:00", "outcome": "missed"})
+    assert [f for f in unseen.findings if f.rule == "R19"] == []
+
+
+def test_r20_a_chatty_event_at_most_once_per_interval_unless_the_agent_restarted() -> None:
+    j = judge(enforce=frozenset({"R20"}))
+    j.advance(utc("05:00"))
+    j.published("button_pressed", "low", {"button": "take"})
+    j.advance(utc("05:15"))
+    j.published("button_pressed", "low", {"button": "take"})  # a full interval later
+    j.published("lid_open", "low", {})  # another kind
+    j.advance(utc("05:20"))
+    j.agent_restarted()  # it does not remember the last one
+    j.published("lid_open", "low", {})
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R20 .*lid_open at .*at most one per 0:15:00"):
+        j.published("lid_open", "low", {})

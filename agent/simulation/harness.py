@@ -56,6 +56,7 @@ from agent.engine.types import (
     SetSchedule,
     Silence,
     StartPause,
+    StateUnreadable,
     Tick,
 )
 from agent.simulation.faults import Fault, FaultKind, FaultRates, plan_faults
@@ -79,6 +80,7 @@ from agent.simulation.mishaps import (
     TimeMove,
     plan_phantoms,
     plan_roll_defects,
+    plan_state_damage,
     plan_store_faults,
     plan_time_moves,
 )
@@ -162,6 +164,20 @@ BAD_COMMANDS = (
     "schedule_old_version",
     "discard_unknown_roll",
     "acknowledge_unknown_alert",
+    # appended, so the draws of the ones above stay what they were
+    "pause_no_id",
+    "pause_unknown_reason",
+    "pause_take_along_hospital",
+    "pause_take_along_open",
+    "pause_with_bookkeeping",
+    "pause_id_twice",
+    "schedule_doses_too_close",
+    "schedule_interval_too_short",
+    "schedule_interval_too_long",
+    "schedule_version_jump",
+    "discard_nobody",
+    "discard_sachet_not_at_reader",
+    "acknowledge_nobody",
 )
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
@@ -381,9 +397,13 @@ class Simulation:
             self._rng_world, self._duration_s, rates.store_faults
         )
         self._store_fault_armed = False
+        self._state_damages = plan_state_damage(
+            config.seed, self._duration_s, rates.state_damage, rates.early_state_damage
+        )
         self._held_frames: list[Message] = []  # not ACKed by an agent that failed to store them
         self._fixer_on_the_way = False  # a nurse is on the way for an unusable roll or sachet
         self._acknowledging: set[str] = set()  # alert ids the centre acknowledges (once each)
+        self._last_alert_id: str | None = None  # the last alert id published
         self._asked: set[int] = set()  # dispense ids whose first Dispense lost its reply
         self._reader_memo: tuple[object, int, SachetLabel | None] | None = None
         self._lag_memo: tuple[Now, float, timedelta, timedelta] | None = None
@@ -410,6 +430,7 @@ class Simulation:
                     sachet_time_tolerance=ec.sachet_time_tolerance,
                     min_intake_interval=config.min_interval or reference_min_interval(self._times),
                     phantom_report_interval=ec.chatty_min_interval,
+                    chatty_interval=ec.chatty_min_interval,
                     pause_max=ec.pause_max,
                     dose_window=ec.undispensed_deadline,
                     roll_expired_margin=ec.roll_expired_margin,
@@ -974,6 +995,8 @@ class Simulation:
             self._at(at, f"schedule update: times {move.times}", partial(self._move_times, move))
         for at in self._store_faults:
             self._at(at, "store fault", self._arm_store_fault)
+        for at in self._state_damages:
+            self._at(at, "agent restarts: stored state damaged", self._damaged_restart)
 
     def _misprinted(self, roll: SimRoll, period: int) -> SimRoll:
         """The pharmacy's print of roll `period`, with its defect if it has one."""
@@ -1180,41 +1203,93 @@ class Simulation:
                 forbid(kind, "alert_silenced")
                 inp = Silence(timedelta(0))
             elif kind.startswith("pause_"):
-                pause_id = f"bad-{kind}"
-                start, end = now + timedelta(days=1), now + timedelta(days=1, hours=8)
-                if kind == "pause_backwards":
-                    start, end = end, start
-                elif kind == "pause_year_3000":
-                    start, end = datetime(3000, 1, 1, tzinfo=UTC), datetime(3000, 1, 2, tzinfo=UTC)
-                else:
-                    end = start + self.config.engine.pause_max + timedelta(days=1)
-                forbid(kind, "pause_started", "pause_id", pause_id)
-                inp = StartPause(PauseWindow(pause_id, start, end, reason="hospital"))
+                bad = self._bad_pause(kind, now)
+                if bad is None:
+                    return  # no pause in force to name twice
+                inp = bad
             elif kind.startswith("schedule_"):
                 version = 0 if kind == "schedule_old_version" else self._schedule_version + 1
+                if kind == "schedule_version_jump":  # far past the bounded step (1000)
+                    version = self._schedule_version + 1_000_000
                 forbid(kind, "schedule_changed", "version", version)
                 day = (now + timedelta(days=2)).astimezone(OSLO).date()
                 times: tuple[str, ...] = self._times  # schedule_old_version: as it is
+                interval = self.config.min_interval
                 if kind == "schedule_time_twice":
                     times = (*self._times, self._times[0])
                 elif kind == "schedule_13_doses":
                     times = tuple(f"{6 + h:02d}:00" for h in range(13))
                 elif kind == "schedule_time_24_00":
                     times = ("08:00", "24:00")
+                elif kind == "schedule_doses_too_close":
+                    times = ("08:00", "08:20")  # doses are at least 30 min apart
+                elif kind == "schedule_interval_too_short":
+                    interval = timedelta(minutes=5)  # under the 15 min floor
+                elif kind == "schedule_interval_too_long":
+                    times, interval = ("08:00", "09:00"), timedelta(hours=2)  # > the spacing
                 rules = [r for r in self._rules if r.effective_from < day]
                 rules.append(ScheduleRule(day, tuple(parse_time(t) for t in times)))
-                inp = SetSchedule(
-                    Schedule.build(DEFAULT_ZONE, rules, self.config.min_interval), version
-                )
-            elif kind == "discard_unknown_roll":
-                forbid(kind, "plan_mismatch_decided", "roll_id", "no-such-roll")
-                inp = DiscardUnplanned("no-such-roll", None, PLAN_OPERATOR, FROM_RESPONSE_CENTRE)
+                inp = SetSchedule(Schedule.build(DEFAULT_ZONE, rules, interval), version)
+            elif kind.startswith("discard_"):
+                roll = self._model.roll
+                roll_id = "no-such-roll" if roll is None else roll.roll_id
+                by, index = PLAN_OPERATOR, None
+                if kind == "discard_unknown_roll":
+                    roll_id = "no-such-roll"
+                elif kind == "discard_nobody":
+                    by = ""  # a decision names who decided
+                else:  # discard_sachet_not_at_reader: an index the roll does not reach
+                    index = U16_MAX
+                forbid(kind, "plan_mismatch_decided", "roll_id", roll_id)
+                inp = DiscardUnplanned(roll_id, index, by, FROM_RESPONSE_CENTRE)
+            elif kind == "acknowledge_nobody":
+                # the last alert the unit raised, acknowledged by nobody named
+                alert_id = self._last_alert_id or "alert-000001"
+                forbid(kind, "alert_acknowledged", "alert_id", alert_id)
+                inp = AcknowledgeAlert(alert_id, "")
             else:
                 forbid(kind, "alert_acknowledged", "alert_id", "alert-999999")
                 inp = AcknowledgeAlert("alert-999999", CENTRE_OPERATOR)
             self._feed([inp])
         except (EngineInputError, ScheduleError):
             self._mishap_counts["bad_command_refused"] += 1
+
+    def _bad_pause(self, kind: str, now: datetime) -> StartPause | None:
+        """A pause command the rules refuse (`_bad_command`); the judge forbids its start.
+        `pause_id_twice` names a pause the unit has now (None: there is none)."""
+        pause_id, reason = f"bad-{kind}", "hospital"
+        start = now + timedelta(days=1)
+        end: datetime | None = now + timedelta(days=1, hours=8)
+        take_along, bookkeeping = False, 0
+        if kind == "pause_backwards":
+            start, end = start + timedelta(hours=8), start
+        elif kind == "pause_year_3000":
+            start, end = datetime(3000, 1, 1, tzinfo=UTC), datetime(3000, 1, 2, tzinfo=UTC)
+        elif kind == "pause_too_long":
+            end = start + self.config.engine.pause_max + timedelta(days=1)
+        elif kind == "pause_no_id":
+            pause_id = ""
+        elif kind == "pause_unknown_reason":
+            reason = "holiday"
+        elif kind == "pause_take_along_hospital":
+            take_along = True  # sachets to take along are for a trip only
+        elif kind == "pause_take_along_open":
+            reason, end, take_along = "travel", None, True  # and a trip with an end
+        elif kind == "pause_with_bookkeeping":
+            bookkeeping = 3  # a new pause has taken nothing along yet
+        elif kind == "pause_id_twice":
+            known = [
+                p.pause_id
+                for p in self._pauses_planned
+                if p.pause_id in self._pauses_ordered and p.end_s > self._elapsed + 60.0
+            ]
+            if not known:
+                return None
+            pause_id = known[0]
+        if self._judge is not None:
+            self._judge.forbid(kind, "pause_started", "pause_id", pause_id)
+        window = PauseWindow(pause_id, start, end, reason, take_along, travel_dispensed=bookkeeping)
+        return StartPause(window)
 
     def _arm_store_fault(self) -> None:
         """The store will refuse the commit of the next dispenser event the agent handles."""
@@ -1262,6 +1337,23 @@ class Simulation:
             self._judge.agent_restarted(
                 clock_trusted=self._clock.now().trust is not TimeTrust.UNTRUSTED
             )
+        if self._link_downs == 0:
+            self._link_up()
+
+    def _damaged_restart(self) -> None:
+        """The agent restarts and finds a field of its stored state damaged (the binding reads):
+        it starts from what it can read and is told so (`StateUnreadable`), as the daemon does;
+        the response centre acknowledges its alert (`_publish`)."""
+        factory = self._factory
+        if self._engine is None or not isinstance(factory, DoseEngineFactory):
+            return  # the Pi is down (its next boot reads the state as it was), or no real engine
+        now = self._clock.now()
+        self._engine, told = factory.restart_damaged(self._engine, self.config.engine, now)
+        self._mishap_counts["state_damaged"] += 1
+        if self._judge is not None:
+            self._judge.agent_restarted(clock_trusted=now.trust is not TimeTrust.UNTRUSTED)
+            self._judge.state_damaged(told.binding)
+        self._feed([told])
         if self._link_downs == 0:
             self._link_up()
 
@@ -1409,8 +1501,12 @@ class Simulation:
             ]
         )
         self._hash.update(record.encode())
+        if event.alert_id is not None:
+            self._last_alert_id = event.alert_id
         if self._judge is not None:
-            self._judge.published(event.kind, priority, dict(event.fields), event.alert_id)
+            self._judge.published(
+                event.kind, priority, dict(event.fields), event.alert_id, event.vkp_code
+            )
         if event.kind == "slot_outcome":
             self._outcome_counts[str(event.fields.get("outcome"))] += 1
         if event.kind == "backlog_needs_nurse" and not self._backlog_visit:
@@ -1419,6 +1515,14 @@ class Simulation:
             self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
         if event.kind == "plan_mismatch":
             self._on_plan_alert(event.fields)
+        if event.kind == "state_unreadable" and event.alert_id is not None:
+            # a person looks into it and lets the unit go on (the binding read: nothing to redo)
+            self._acknowledging.add(event.alert_id)
+            self._at(
+                self._elapsed + self._rng_pauses.uniform(600.0, 3 * 3600.0),
+                f"centre acknowledges {event.alert_id}",
+                partial(self._acknowledge, event.alert_id),
+            )
         if self._centre_habits:
             self._centre_reacts(event)
 
@@ -1602,6 +1706,8 @@ class Simulation:
             clock_ahead=ahead,
             faults=fault_names,
             lid_open=m.lid_open,
+            bin_room=m.identity.bin_capacity - len(m.bin),
+            retain_bin=m.has(Feature.RETAIN_BIN),
         )
         if world != self._world:
             self._world = world
@@ -1745,18 +1851,71 @@ class DoseEngineFactory:
         return DoseEngine(config, EngineState.initial(), now)
 
     def restart(self, engine: EngineLike, config: EngineConfig, now: Now) -> EngineLike:
-        from agent.engine.engine import DoseEngine, EngineState
+        """As the daemon restarts: the stored JSON and the ledger's open slots (`restore`)."""
+        from agent.engine.engine import DoseEngine
+        from agent.engine.state import restore
 
         if not isinstance(engine, DoseEngine):
             raise TypeError(f"cannot restart {type(engine).__name__} as a DoseEngine")
         state = engine.state
-        restored = EngineState.from_json(state.to_json())
-        if restored != state:
+        restored = restore(state.to_json(), _ledger(state))
+        # the ledger lists its open slots by due time: the state as the daemon's restart has it
+        expected = replace(state, open_slots=tuple(sorted(state.open_slots, key=_ledger_order)))
+        if restored.unreadable is not None or restored.state != expected:
             raise InvariantViolation(
-                "engine state does not survive its own JSON round trip: "
-                f"{state!r} became {restored!r}"
+                "engine state does not survive its own restart (JSON and ledger): "
+                f"{state!r} became {restored.state!r} ({restored.unreadable})"
             )
-        return DoseEngine(config, restored, now)
+        return DoseEngine(config, restored.state, now)
+
+    def restart_damaged(
+        self, engine: EngineLike, config: EngineConfig, now: Now
+    ) -> tuple[EngineLike, StateUnreadable]:
+        """A restart whose stored state has one field damaged (the loaded roll's record, or
+        with no roll an unused one): the engine from what `restore` can read, and the input
+        that tells it so (the daemon's `_record_startup`)."""
+        from agent.engine.engine import DoseEngine
+        from agent.engine.state import restore
+
+        if not isinstance(engine, DoseEngine):
+            raise TypeError(f"cannot restart {type(engine).__name__} as a DoseEngine")
+        document = json.loads(engine.state.to_json())
+        document["roll" if document.get("roll") is not None else "extra"] = {"damaged": 1}
+        restored = restore(json.dumps(document), _ledger(engine.state))
+        if restored.unreadable is None:
+            raise InvariantViolation("a damaged stored state was read as sound")
+        told = StateUnreadable(restored.unreadable, restored.binding)
+        return DoseEngine(config, restored.state, now), told
+
+
+@dataclass(frozen=True, slots=True)
+class _LedgerRow:
+    """An open slot as the store's ledger gives it (agent.store.ledger.SlotRecord): written in
+    the step's transaction, beside the state."""
+
+    slot_id: str
+    dispense_id: int | None
+    sachet_index: int | None
+    due_utc: str | None
+    presented_utc: str | None
+
+
+def _ledger_order(slot: Any) -> tuple[str, str]:
+    return (slot.due_utc.isoformat(), slot.slot_id)
+
+
+def _ledger(state: Any) -> list[_LedgerRow]:
+    """The ledger's open slots for a state (`ORDER BY due_utc, slot_id`)."""
+    return [
+        _LedgerRow(
+            o.slot_id,
+            o.dispense_id,
+            o.sachet_index,
+            o.due_utc.isoformat(),
+            None if o.presented_utc is None else o.presented_utc.isoformat(),
+        )
+        for o in sorted(state.open_slots, key=_ledger_order)
+    ]
 
 
 def _default_factory() -> EngineFactory:

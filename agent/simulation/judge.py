@@ -151,9 +151,11 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
    - "held": while a due dose (by the agent's trusted clock) the agent said is held
      (`dose_held`) has no outcome and is not presented, and the tray is empty, the dispenser
      shows HELD (or FAULT), unless silenced;
-   - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded ->
-     the cassette is locked (on a dispenser with a lock); no such roll -> it is not locked (the
-     patient's doses come).
+   - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded, or
+     the unit is locked down (R17) -> the cassette is locked (on a dispenser with a lock); else
+     it is not locked (the patient's doses come);
+   - "fault": while such a roll is loaded or the unit is locked down, the dispenser shows FAULT
+     (unless the centre silenced it): a person must come.
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than
@@ -177,6 +179,33 @@ R16 a dose is given when nothing stops it: from a slot's due instant (by the age
    given (doses are given in order); the minimum interval since the last intake not passed
    (counted from when the agent could hear of it, on its clock). A slot presented early
    (TAKE), given an outcome, or dropped by a schedule update is owed nothing more.
+
+R17 a damaged stored state: a restart that finds its stored state damaged (`state_damaged`: the
+   world damaged a field; the binding reads or not) is reported by a HIGH `state_unreadable`
+   with an alert id (latched) saying the binding as it is, within `high_report_bound`; until a
+   person acknowledges that alert (an acknowledgement the unit refuses does not count) nothing
+   is cut (no dose presented, no sachet discarded), the cassette is locked and the dispenser
+   shows FAULT (R14), and R16 owes no dose. A `state_unreadable` with nothing damaged is a
+   violation too.
+
+R18 a decided sachet goes to the bin: while the sachet at the reader is this patient's (leader
+   and print), readable with a time, for no slot of the schedule, and a person's decision covers
+   it (`discard_decided`), it is cut into the bin within `high_report_bound` once nothing stops a
+   discard (`Judge.discard_stop`, the judge's own reference of the world's facts: the agent not
+   linked, its clock untrusted or the unit locked down; a pause in force; a roll leader that
+   cannot be read; a dispenser fault, a full bin, its lid open, the cassette locked, a dose in the
+   tray, no bin, or fewer than two free places in it: R6 keeps the last for a dose from the
+   tray). Else every dose behind it is refused for a sachet nobody will be given.
+
+R19 the national code of a dose not handed over: published with its VKP code (`vkp_code`), a
+   `slot_outcome` missed or refused carries 3.3 ("no confirmation that the dose was handed over
+   at the planned time") or 3.7 ("not handed over because the dispenser was empty"), a HIGH
+   `dose_held` 3.7, and a dose given, skipped while paused or taken along none (the judge's own
+   table, from /work/shared/vkp-dispenser-alert-codes.md, not the engine's catalogue).
+
+R20 no alarm flood: `lid_open`, `button_pressed`, `help_requested` and `panel_help_requested`
+   at most once per `chatty_interval` each (the engine's setting, passed in), counted since the
+   agent last started (it keeps when it last told one in memory only).
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -212,6 +241,10 @@ RULES: dict[str, str] = {
     "R14": "the dispenser shows the patient a dose in the tray or held, and locks another's roll",
     "R15": "a dose is held back only for a reason that is true",
     "R16": "a dose is given when nothing stops it",
+    "R17": "a damaged stored state is reported and locks the unit down until a person decides",
+    "R18": "a sachet a person decided to discard goes to the bin when nothing stops it",
+    "R19": "a dose not given carries the national code of why (VKP 3.3, or 3.7: empty)",
+    "R20": "no alarm flood: a chatty event at most once per interval",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -254,6 +287,10 @@ HOLDING_RULES = frozenset(
         "R14",
         "R15",
         "R16",
+        "R17",
+        "R18",
+        "R19",
+        "R20",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -412,6 +449,9 @@ class World:
     # R16: the dispenser's active faults (FaultCode names: JAM, CUTTER, READER, BIN_FULL ...)
     faults: frozenset[str] = frozenset()
     lid_open: bool = False  # R16: the dispenser cuts nothing while its lid is open
+    # R18: free places in the bin (None: not known) and whether the dispenser has one at all
+    bin_room: int | None = None
+    retain_bin: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +477,8 @@ class JudgeConfig:
     record_bound: timedelta = timedelta(minutes=15)
     # R10: the engine reports phantom dispenser events at most this often (its setting, passed in)
     phantom_report_interval: timedelta = timedelta(minutes=10)
+    # R20: a chatty event at most once per this interval (the engine's setting, passed in)
+    chatty_interval: timedelta = timedelta(minutes=15)
     pause_max: timedelta = timedelta(days=30)  # R8.pause_overdue (the engine's setting, passed in)
     # R14: a dose in the tray calls REMINDER, then URGENT this long after it was announced (the
     # engine's escalation step, passed in); None: any calling pattern will do
@@ -531,7 +573,19 @@ HELD_CLOCK_SLACK = timedelta(minutes=10)
 # stored wall time, so its `dose_not_taken` may come that much before true time says (the World
 # too compares the agent's clock with true time in whole seconds)
 NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
-_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock")}
+_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault")}
+# R19: the national alert codes (VKP, /work/shared's table) of a dose not handed over: 3.3 "no
+# confirmation that the dose was handed over at the planned time", 3.7 "not handed over at the
+# planned time because the dispenser was empty"; a dose given, skipped or taken along is no alert
+VKP_NOT_HANDED_OVER = ("3.3", "3.7")
+VKP_EMPTY = "3.7"
+VKP_NOT_SHOWN = "not shown"  # published() was not shown the event's code: R19 is not judged
+# R20: what people do at the unit (the lid, the buttons), reported at most once per interval
+# (docs/engine.md: chatty inputs); a restart forgets when it last reported one (not stored)
+CHATTY_EVENTS = frozenset({"lid_open", "help_requested", "panel_help_requested", "button_pressed"})
+CHATTY_SLACK = timedelta(seconds=1)
+# R17: the key of the owed state_unreadable report
+_DAMAGE_KEY = "R17 state_unreadable"
 # why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
 LEFT_IN_TRAY_REASONS = ("no_retain_bin", "bin_full")
 # R11: a pause reminder's days in force, rounded to 0.01 day on the agent's clock
@@ -599,6 +653,14 @@ class Judge:
     # next linked if it happened out of its hearing); None: none yet, or not heard yet
     _intake_known: datetime | None = None
     _intake_unheard: bool = False
+    # R17: the agent found its stored state damaged and no person has acknowledged its alert
+    # yet: None (not locked down), "" (its state_unreadable not heard yet) or that alert's id
+    _lockdown: str | None = None
+    _lockdown_binding: str = "kept"  # R17: what the report must say of the binding
+    _lockdown_lifting: str | None = None  # R17: the acknowledgement being given now
+    # R18: since when nothing has stopped the discard of the decided sachet at the reader
+    _discard_free_since: datetime | None = None
+    _chatty_last: dict[str, datetime] = field(default_factory=dict)  # R20: kind -> last one
 
     def __post_init__(self) -> None:
         c = self.config
@@ -698,12 +760,16 @@ class Judge:
             self._review_pauses(now)
         if self._forbidden and self._forbidden[-1][4] < now:
             self._forbidden = []
+        if self._lockdown_lifting is not None and self._now is not None and now > self._now:
+            self._lockdown_lifting = None  # R17: that acknowledgement stood
         self._now = now
         while self._next_due < len(self._slots) and self._dues[self._next_due] <= now:
             self._at_due(self._slots[self._next_due])
             self._next_due += 1
         if self._owed_doses:
             self._review_doses(now)
+        if self._discard_free_since is not None:
+            self._review_discard(now)
         # R14: what the dispenser should show changes at these instants (the bound runs from them)
         if self._silenced_until is not None and now >= self._silenced_until:
             since, self._silenced_until = self._silenced_until, None
@@ -792,6 +858,8 @@ class Judge:
             return "the agent is not running or not linked", None
         if not w.clock_trusted:
             return "the agent's clock is not trusted", None
+        if self._lockdown is not None:
+            return "its stored state was damaged and no person has acknowledged it", None
         shown = now - w.clock_behind
         if shown < slot.due_utc:
             return "not due yet by the agent's clock", slot.due_utc + w.clock_behind
@@ -924,9 +992,57 @@ class Judge:
 
     def discard_decided(self, roll_id: str, index: int | None) -> None:
         """A person decided that sachet `index` of roll `roll_id` (None: each of its sachets
-        that matches no slot) goes to the bin (R5, R8.plan_mismatch)."""
+        that matches no slot) goes to the bin (R5, R8.plan_mismatch, R18)."""
         self._decisions.add((roll_id, index))
         self._review_reader(self._require_now())
+        self._review_discard(self._require_now())
+
+    def discard_stop(self, now: datetime) -> str | None:
+        """R18, the judge's own reference: what stops the discard of the sachet at the reader
+        now (None: it is one a person decided to discard and nothing stops it)."""
+        w = self._world
+        ref = self.config.patient_ref
+        label = w.reader if w is not None else None
+        if w is None or label is None:
+            return "no sachet at the reader"
+        if label.roll_patient_ref != ref or label.patient_ref != ref or not label.usable:
+            return "not a sachet of the patient's"
+        if self.slot_for_sachet(label.intended_utc) is not None or not self._decided(label):
+            return "not a sachet a person decided to discard"
+        if not w.agent_linked or not w.clock_trusted or self._lockdown is not None:
+            return "the agent cannot act (not linked, its clock untrusted, locked down)"
+        if self._paused_at(now - w.clock_behind) or self._paused_at(now + w.clock_ahead):
+            return "paused"
+        if not w.roll_label_readable or w.faults or w.jammed or w.bin_full or w.lid_open:
+            return "the roll's leader unreadable, or a dispenser fault, or its lid open"
+        if w.locked or w.tray_occupied or not w.retain_bin:
+            return "locked, a dose in the tray, or no bin"
+        if w.bin_room is None or w.bin_room < 2:  # a discard never takes the last place (R6)
+            return "no room in the bin beside the place kept for a dose from the tray"
+        return None
+
+    def _review_discard(self, now: datetime) -> None:
+        """R18: is a decided sachet that nothing stops cut into the bin within the bound?"""
+        since = self._discard_free_since
+        if since is None and not self._decisions:
+            return  # nobody decided anything (asked on every change of the world)
+        if since is not None and now > since + self.config.high_report_bound:
+            due_at = since + self.config.high_report_bound
+            if self.discard_stop(due_at) is None:  # not stopped by time alone (a pause)
+                self._discard_free_since = None
+                label = self._world.reader if self._world is not None else None
+                self._violation(
+                    "R18",
+                    f"sachet {label.index if label else '?'} of roll "
+                    f"{label.roll_id if label else '?'}, which a person decided to discard, "
+                    f"is still at the reader: nothing has stopped its discard since "
+                    f"{_iso(since)}",
+                    due_at,
+                )
+                return
+            since = None
+        stopped = self.discard_stop(now) is not None
+        self._discard_free_since = None if stopped else (since or now)
 
     def decision_refused(self, roll_id: str, index: int | None) -> None:
         """The unit refused that decision (it did not fit what was loaded): it never happened."""
@@ -1037,12 +1153,14 @@ class Judge:
         self._review_local(now)
         if self._owed_doses:
             self._review_doses(now)
+        self._review_discard(now)
 
     def agent_restarted(self, *, clock_trusted: bool = True) -> None:
         """The agent process started again now (its memory of what it did is what it stored),
         with a wall clock it trusts or not (R14: without one it cannot tell how long the dose in
         the tray has waited, and its escalation may come late, never undone)."""
         self._heard_all_along = False
+        self._chatty_last.clear()  # R20: the agent keeps when it last told one in memory only
         if not clock_trusted and self._announced_at is not None:
             self._late_escalation_excused = True
         # the agent keeps a silence in memory only: restarted, it calls the patient to the dose
@@ -1130,12 +1248,30 @@ class Judge:
         )
         # a blank leader names nobody: not this patient's roll either (R8.wrong_roll)
         foreign = world.roll_patient_ref not in (None, self.config.patient_ref)
-        bad = world.lock_supported and world.locked is not None and world.locked != foreign
+        # R17: a unit locked down after a damaged state keeps its cassette locked too
+        lock = foreign or self._lockdown is not None
+        bad = world.lock_supported and world.locked is not None and world.locked != lock
         self._local_condition(
             "lock",
-            f"the cassette is {'unlocked' if foreign else 'locked'} with "
+            f"the cassette is {'unlocked' if lock else 'locked'} with "
             + (f"a roll of {world.roll_patient_ref!r}" if foreign else "no roll of another")
             + " loaded"
+            + (" and the unit locked down (state unreadable)" if self._lockdown is not None else "")
+            if bad
+            else None,
+            now,
+        )
+        # another's roll, or the unit locked down: the dispenser shows FAULT (a person must come)
+        bad = (
+            lock
+            and world.pattern is not None
+            and world.pattern != "FAULT"
+            and self._silenced_until is None
+        )
+        self._local_condition(
+            "fault",
+            f"the dispenser shows {world.pattern}, not FAULT, with "
+            + ("another's roll loaded" if foreign else "the unit locked down (state unreadable)")
             if bad
             else None,
             now,
@@ -1159,6 +1295,7 @@ class Judge:
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
         now = self._require_now()
+        self._judge_lockdown(f"sachet {label.index} of roll {label.roll_id} presented")
         slot = self.slot_for_sachet(label.intended_utc)
         behind = self._world.clock_behind if self._world is not None else timedelta(0)
         self._presented[dispense_id] = _Presentation(dispense_id, now, label, slot, now - behind)
@@ -1304,6 +1441,7 @@ class Judge:
 
     def discarded(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut straight into the bin (R5, R12)."""
+        self._judge_lockdown(f"sachet {label.index} of roll {label.roll_id} discarded")
         self._owe_report(
             f"sachet {label.index} discarded", ("sachet_discarded", {"sachet_index": label.index})
         )
@@ -1373,10 +1511,19 @@ class Judge:
     # --- the published stream -------------------------------------------------------------------
 
     def published(
-        self, kind: str, priority: str, fields: dict[str, object], alert_id: str | None = None
+        self,
+        kind: str,
+        priority: str,
+        fields: dict[str, object],
+        alert_id: str | None = None,
+        vkp_code: str | None = VKP_NOT_SHOWN,
     ) -> None:
         if alert_id is not None:
             self._alert_ids.add(alert_id)
+        if vkp_code != VKP_NOT_SHOWN and kind in ("slot_outcome", "dose_held"):
+            self._judge_vkp(kind, priority, fields, vkp_code)
+        if kind in CHATTY_EVENTS:
+            self._judge_chatty(kind)
         if self._owed:
             self._owed = [
                 o
@@ -1431,6 +1578,8 @@ class Judge:
             )
         elif kind == "pause_reminder":
             self._on_pause_reminder(fields)
+        elif kind == "state_unreadable":
+            self._on_state_unreadable(priority, fields, alert_id)
         if self._reports_open:
             for key in [k for k, c in self._conditions.items() if c.expect and not c.reported]:
                 cond = self._conditions[key]
@@ -1525,6 +1674,10 @@ class Judge:
         if what == "acknowledge":
             if key in self._alert_ids and key not in self._acknowledged:
                 owed = ("alert_acknowledged", "alert_id", key)
+            if self._lockdown and key == self._lockdown:
+                # R17: a person decided; the unit may give doses again (unless it refuses)
+                self._lockdown, self._lockdown_lifting = None, self._lockdown
+                self._review_local(now)
             if isinstance(key, str):
                 self._acknowledged.add(key)
         elif what == "silence":
@@ -1605,6 +1758,85 @@ class Judge:
         """The unit refused the command just given (it did not fit): nothing is owed for it."""
         if self._owed:
             self._owed.pop()
+        if self._lockdown_lifting is not None:  # that acknowledgement did not happen
+            self._lockdown, self._lockdown_lifting = self._lockdown_lifting, None
+            self._review_local(self._require_now())
+
+    def _judge_vkp(
+        self, kind: str, priority: str, fields: dict[str, object], code: str | None
+    ) -> None:
+        """R19: a dose not handed over is recorded under its national code (VKP 3.3, or 3.7
+        when the dispenser was empty; a HIGH dose_held is that: no roll to give it from); a dose
+        given, skipped while paused or taken along is no alert and carries none."""
+        if kind == "dose_held":
+            want: tuple[str | None, ...] = (VKP_EMPTY,) if priority == HIGH else (None,)
+        elif fields.get("outcome") in QUIET_OUTCOMES:
+            want = (None, "3.3") if fields.get("outcome") == "taken_unconfirmed" else (None,)
+        else:
+            want = VKP_NOT_HANDED_OVER
+        if code not in want:
+            self._violation(
+                "R19",
+                f"{priority} {kind} for slot {fields.get('slot_id')} "
+                f"({fields.get('outcome') or fields.get('reason')}) carries VKP code {code}, "
+                f"not {' or '.join(map(str, want))}",
+            )
+
+    def _judge_chatty(self, kind: str) -> None:
+        """R20: lid openings and button presses are told at most once per interval (a patient
+        pressing again and again, or a lid left open, is no alarm flood at the centre)."""
+        now = self._require_now()
+        last = self._chatty_last.get(kind)
+        self._chatty_last[kind] = now
+        if last is not None and now - last < self.config.chatty_interval - CHATTY_SLACK:
+            self._violation(
+                "R20",
+                f"{kind} at {_iso(now)}, {_minutes(now - last)} after the last one: at most one "
+                f"per {self.config.chatty_interval}",
+            )
+
+    def state_damaged(self, binding: str) -> None:
+        """R17: the agent restarted now and found its stored state damaged (the world says
+        whether the patient binding in it can still be read: `binding` "kept", else
+        "unreadable"). Until a person acknowledges the HIGH `state_unreadable` it owes (within
+        the bound, latched, saying that of the binding) it gives no dose, cuts nothing, keeps
+        the cassette locked and shows FAULT."""
+        now = self._require_now()
+        self._lockdown, self._lockdown_binding = "", binding
+        self._conditions[_DAMAGE_KEY] = _Condition(
+            "state_unreadable",
+            now,
+            now + self.config.high_report_bound,
+            rule="R17",
+            what=f"no HIGH state_unreadable (binding {binding}) for the damaged state",
+        )
+        self._review_local(now)
+        if self._owed_doses:
+            self._review_doses(now)
+
+    def _judge_lockdown(self, what: str) -> None:
+        if self._lockdown is not None:
+            self._violation(
+                "R17",
+                f"{what} while the unit is locked down: its stored state was damaged and no "
+                "person has acknowledged its state_unreadable",
+            )
+
+    def _on_state_unreadable(
+        self, priority: str, fields: dict[str, object], alert_id: str | None
+    ) -> None:
+        if self._lockdown != "":
+            self._violation("R17", "state_unreadable published with no damaged state to report")
+            return
+        binding = fields.get("binding")
+        if priority != HIGH or alert_id is None or binding != self._lockdown_binding:
+            self._violation(
+                "R17",
+                f"state_unreadable is {priority} with alert id {alert_id} and binding "
+                f"{binding!r}: a latched HIGH alarm saying binding {self._lockdown_binding!r}",
+            )
+        self._conditions.pop(_DAMAGE_KEY, None)
+        self._lockdown = alert_id or "?"
 
     def phantom(self, dispense_id: int | None) -> None:
         """The dispenser (a firmware fault, a corrupt but valid frame) is about to report a dose

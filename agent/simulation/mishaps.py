@@ -13,7 +13,9 @@
 - the link dropping just after the dispenser took a `Dispense` (its reply and the dose's events
   lost: the agent must find out whether it was cut);
 - store faults of the agent (the daemon fails safe: the dispenser is locked, FAULT shown, the
-  process restarts from its durable state and the dispenser hands it the frame it could not store).
+  process restarts from its durable state and the dispenser hands it the frame it could not store);
+- a stored state found damaged at a restart (a field that no longer reads: the agent starts from
+  what it can read, locks the unit down and alerts until a person acknowledges; the centre does).
 
 Everything is drawn from one `random.Random` passed in, so a seed replays exactly; with the default
 rates (all zero) nothing is drawn and a run is what it was without this module.
@@ -83,6 +85,8 @@ class MishapRates:
     store_faults: float = 0.0  # store faults of the agent a year
     flapping: float = 0.0  # chance a freed jam comes back within minutes
     reply_lost: float = 0.0  # chance the link drops just after the dispenser took a Dispense
+    state_damage: float = 0.0  # restarts a year that find the stored state damaged
+    early_state_damage: bool = False  # and one in the run's first three weeks
 
     @classmethod
     def mix(cls, *, time_moves: float = 0.0) -> MishapRates:
@@ -112,6 +116,8 @@ class MishapRates:
                 self.store_faults,
                 self.flapping,
                 self.reply_lost,
+                self.state_damage,
+                self.early_state_damage,
             )
         )
 
@@ -201,3 +207,22 @@ def plan_store_faults(
         out.append(t)
         t += rng.expovariate(rate)
     return out
+
+
+def plan_state_damage(
+    seed: int, duration_s: float, per_year: float, early: bool, quiet_tail_s: float = 2 * 86400.0
+) -> list[float]:
+    """When the agent restarts and finds its stored state damaged: `per_year` at random, and
+    with `early` one in days 2-20 (so a short run meets it). A stream of its own, so that the
+    rest of a seed's world stays what it was without them."""
+    rng = random.Random(f"state damage {seed}")
+    out: list[float] = []
+    if early:
+        out.append(rng.uniform(2 * 86400.0, 20 * 86400.0))
+    if per_year > 0:
+        rate = per_year / _YEAR_S
+        t = 86400.0 + rng.expovariate(rate)
+        while t < duration_s - quiet_tail_s:
+            out.append(t)
+            t += rng.expovariate(rate)
+    return sorted(t for t in out if t < duration_s - quiet_tail_s)

@@ -17,6 +17,9 @@ each of them:
 | 1 | twelve pauses a year (hospital, open-ended, travel with sachets to take along) |
 | 2 | twelve pharmacy plan changes a year (a new prescription, or a pharmacy error) |
 
+Seeds 2 and 7 (mod 10) meet, in their first three weeks, a restart that finds a field of the
+stored state damaged (the unit locks down until the centre acknowledges: judge R17); not in the
+wide world, whose seeds stay the regressions tests/test_sim_wide.py replays.
 Even seeds of the other two kinds have four pauses a year as well; every seed with pauses has a
 trip of one to four days in its first three weeks (so a short run packs sachets to take along).
 Plan changes and moved dose times never share a seed: a prescribed extra time is chosen well clear
@@ -123,6 +126,8 @@ def config_for(
             mishaps=MishapRates.mix(time_moves=moves) if world == "mix" else wide_mishaps(moves),
             early_trip=scenario.pauses_per_year > 0,
         )
+        if world == "mix" and seed % 5 == 2:  # a restart that finds its state damaged, early
+            config = replace(config, mishaps=replace(config.mishaps, early_state_damage=True))
     if world == "wide" and config.faults == FaultRates():  # not --no-faults: the wide ones
         config = replace(config, faults=WIDE_FAULTS)
     if pauses is not None:
