@@ -201,7 +201,7 @@ R19 the national code of a dose not handed over: published with its VKP code (`v
    `slot_outcome` missed or refused carries 3.3 ("no confirmation that the dose was handed over
    at the planned time") or 3.7 ("not handed over because the dispenser was empty"), a HIGH
    `dose_held` 3.7, and a dose given, skipped while paused or taken along none (the judge's own
-   table, from /work/shared/vkp-dispenser-alert-codes.md, not the engine's catalogue).
+   table, from the national one in shared/vkp-dispenser-alert-codes.md, not the engine's catalogue).
 
 R20 no alarm flood: `lid_open`, `button_pressed`, `help_requested` and `panel_help_requested`
    at most once per `chatty_interval` each (the engine's setting, passed in), counted since the
@@ -574,9 +574,10 @@ HELD_CLOCK_SLACK = timedelta(minutes=10)
 # too compares the agent's clock with true time in whole seconds)
 NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
 _LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault")}
-# R19: the national alert codes (VKP, /work/shared's table) of a dose not handed over: 3.3 "no
-# confirmation that the dose was handed over at the planned time", 3.7 "not handed over at the
-# planned time because the dispenser was empty"; a dose given, skipped or taken along is no alert
+# R19: the national alert codes (VKP, shared/vkp-dispenser-alert-codes.md) of a dose not handed
+# over: 3.3 "no confirmation that the dose was handed over at the planned time", 3.7 "not handed
+# over at the planned time because the dispenser was empty"; a dose given, skipped or taken
+# along is no alert
 VKP_NOT_HANDED_OVER = ("3.3", "3.7")
 VKP_EMPTY = "3.7"
 VKP_NOT_SHOWN = "not shown"  # published() was not shown the event's code: R19 is not judged
