@@ -1239,7 +1239,9 @@ class DoseEngine:
         if run is None or run.phase is not Phase.DISPENSING:
             return
         if result is ResultCode.OK:
-            self._slotbook.replace_run(lifecycle.confirmed(run, now.mono, maybe_executed=False))
+            self._slotbook.replace_run(
+                replace(lifecycle.confirmed(run, now.mono), maybe_executed=False)
+            )
             self._condition(actions, "dispense_id_conflict", False, now)
             return
         if result is ResultCode.ALREADY_DONE:
@@ -1297,7 +1299,7 @@ class DoseEngine:
             # one of our own Dispenses of it was cut unseen (a lost reply, a restart): a Status
             # says whether the dose is in the tray (presented) or gone (not given, in doubt)
             self._slotbook.replace_run(
-                lifecycle.confirmed(run, now.mono, maybe_executed=False, unseen_done=True)
+                replace(lifecycle.confirmed(run, now.mono), maybe_executed=False, unseen_done=True)
             )
             self._mirror.status_known = False
             return
