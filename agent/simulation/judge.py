@@ -452,6 +452,10 @@ class World:
     # R18: free places in the bin (None: not known) and whether the dispenser has one at all
     bin_room: int | None = None
     retain_bin: bool = True
+    # R14: the dispenser shows AlertPattern.HELD (feature HELD_PATTERN; without it the agent
+    # shows FAULT instead, SPEC 3), and its own silence alarm is on (it shows FAULT, SPEC 4.7)
+    held_pattern: bool = True
+    silence_alarm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,7 +577,9 @@ HELD_CLOCK_SLACK = timedelta(minutes=10)
 # stored wall time, so its `dose_not_taken` may come that much before true time says (the World
 # too compares the agent's clock with true time in whole seconds)
 NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
-_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault")}
+_LOCAL_KEYS = {
+    name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault", "alarm")
+}
 # R19: the national alert codes (VKP, shared/vkp-dispenser-alert-codes.md) of a dose not handed
 # over: 3.3 "no confirmation that the dose was handed over at the planned time", 3.7 "not handed
 # over at the planned time because the dispenser was empty"; a dose given, skipped or taken
@@ -1233,16 +1239,19 @@ class Judge:
             if self._held
             else []
         )
+        # a dispenser without HELD_PATTERN refuses HELD: the agent shows FAULT instead (SPEC 3)
+        held_shown = ("HELD", "FAULT") if world.held_pattern else ("FAULT",)
         bad = (
             bool(held)
             and not world.tray_occupied
             and self._silenced_until is None
-            and world.pattern not in (None, "HELD", "FAULT")
+            and world.pattern is not None
+            and world.pattern not in held_shown
         )
         self._local_condition(
             "held",
             f"the due dose of slot {min(held)} is held and the dispenser shows "
-            f"{world.pattern}, not HELD"
+            f"{world.pattern}, not {' or '.join(held_shown)}"
             if bad
             else None,
             now,
@@ -1277,6 +1286,27 @@ class Judge:
             else None,
             now,
         )
+        self._review_alarm(world, lock, now)
+
+    def _review_alarm(self, world: World, lock: bool, now: datetime) -> None:
+        """R14 "alarm": the dispenser shows FAULT only for a reason (a person must come): another's
+        roll or the unit locked down, its own silence alarm (SPEC 4.7), or, on a dispenser
+        without HELD_PATTERN, a dose held (SPEC 3: FAULT instead of HELD) or every dose held
+        while the agent's clock is untrusted. A unit that alarms for nothing teaches the
+        patient and the carers to ignore its alarm."""
+        bad = world.pattern == "FAULT" and not (lock or world.silence_alarm)
+        if bad and not world.held_pattern:
+            held = any(s not in self._outcomes for s in self._held)
+            bad = not held and world.clock_trusted
+        self._local_condition(
+            "alarm",
+            "the dispenser shows FAULT with no roll of another loaded, the unit not locked "
+            "down, no silence alarm"
+            + ("" if world.held_pattern else ", no dose held and its clock trusted")
+            if bad
+            else None,
+            now,
+        )
 
     def _by_id_due(self, slot_id: str) -> datetime:
         slot = self._by_id.get(slot_id)
@@ -1292,6 +1322,17 @@ class Judge:
             self._conditions[key] = _Condition(
                 name, now, self._deadline(now, linked), rule="R14", what=what
             )
+
+    def unsupported(self, command: str) -> None:
+        """The dispenser answered `command` UNSUPPORTED (R14): the agent asked its model for
+        something it does not have. SPEC 3: a gated message goes only to a dispenser whose
+        Capabilities carry the bit (no HELD without HELD_PATTERN, no SetLock without LOCK, no
+        Discard or Retain without RETAIN_BIN, no KeepAlive without AGENT_WATCHDOG)."""
+        self._violation(
+            "R14",
+            f"the agent sent {command} to a dispenser that lacks the feature (UNSUPPORTED): "
+            "a gated message goes only to a dispenser that announces it",
+        )
 
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
@@ -1552,6 +1593,7 @@ class Judge:
             self._note_named_ahead(fields)
         if kind == "slot_outcome":
             self._on_outcome(priority, fields, alert_id)
+            self._owe_left_in_tray(fields)
             self._held.discard(str(fields.get("slot_id")))
             self._review_local(self._require_now())
             if fields.get("reason") != "roll_period_passed":
@@ -1692,6 +1734,23 @@ class Judge:
             }[what]
         if owed is not None:
             self._owed.append((*owed, now))
+
+    def _owe_left_in_tray(self, fields: dict[str, object]) -> None:
+        """R12: a dose whose slot has ended while it lies in the tray of a dispenser without a
+        retain bin stays there (SPEC 3: RETAIN_BIN) until a person lifts it out: the centre hears
+        which dose is left and why (`dose_stuck_in_tray`, or `dose_left_in_tray` for a pause,
+        naming its dispense id with reason `no_retain_bin`)."""
+        w, dispense_id = self._world, fields.get("dispense_id")
+        if w is None or w.retain_bin or not w.tray_occupied or dispense_id is None:
+            return
+        if dispense_id != self._in_tray:
+            return
+        want: dict[str, object] = {"dispense_id": dispense_id, "reason": "no_retain_bin"}
+        self._owe_report(
+            f"dose {dispense_id} left in a tray without a bin",
+            ("dose_stuck_in_tray", want),
+            ("dose_left_in_tray", want),
+        )
 
     def _owe_report(
         self,

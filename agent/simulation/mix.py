@@ -51,8 +51,25 @@ from typing import Any
 from agent.simulation.faults import FaultRates
 from agent.simulation.harness import SimulationConfig
 from agent.simulation.mishaps import MishapRates
+from hw.dispenser import DEFAULT_FEATURES
+from protocol.messages import Feature
 
 CLOSE_DOSES = ("08:00", "08:30", "20:00")  # doses 30 min apart (hazards #1 to #3)
+# seed % 10 -> the feature bits the seed's dispenser lacks (SPEC 3, "What each bit obliges"); the
+# other seeds' dispensers have every bit. A bin-less model reports no bin level either.
+REDUCED_MODELS: dict[int, Feature] = {
+    4: Feature.RETAIN_BIN | Feature.BIN_LEVEL,
+    6: Feature.HELD_PATTERN,
+    9: Feature.LOCK,
+}
+
+
+def features_for(seed: int) -> int | None:
+    """The feature bits of the seed's dispenser in the mix; None: the full model."""
+    lacks = REDUCED_MODELS.get(seed % 10)
+    return None if lacks is None else DEFAULT_FEATURES & ~int(lacks)
+
+
 WORLDS = ("mix", "classic", "wide")
 # the wide world's faults, in place of faults.py's defaults (see the module's docstring)
 WIDE_FAULTS = FaultRates(agent_restart=36.0, pi_reboot=18.0, wall_jump=12.0, dispenser_reboot=18.0)
@@ -128,6 +145,8 @@ def config_for(
         )
         if world == "mix" and seed % 5 == 2:  # a restart that finds its state damaged, early
             config = replace(config, mishaps=replace(config.mishaps, early_state_damage=True))
+        if world == "mix":  # a dispenser model without some feature bits (REDUCED_MODELS)
+            config = replace(config, features=features_for(seed))
     if world == "wide" and config.faults == FaultRates():  # not --no-faults: the wide ones
         config = replace(config, faults=WIDE_FAULTS)
     if pauses is not None:
@@ -148,4 +167,8 @@ def describe(config: SimulationConfig) -> str:
         config.mishaps.time_moves,
     )
     world = "wide" if config.faults == WIDE_FAULTS else "mix"
-    return world + (f"[{scenario.name}]" if scenario.name else "")
+    name = scenario.name
+    if config.features is not None and config.features != DEFAULT_FEATURES:
+        lacks = Feature(DEFAULT_FEATURES & ~config.features)
+        name = ",".join(filter(None, [name, "no " + "+".join(f.name or "?" for f in lacks)]))
+    return world + (f"[{name}]" if name else "")
