@@ -42,7 +42,8 @@ from agent.simulation.invariants import InvariantChecker, InvariantViolation, Ph
 from agent.simulation.judge import HOLDING_RULES, parse_rules
 from agent.simulation.mishaps import MishapRates
 from agent.simulation.mix import CLOSE_DOSES, config_for, scenario_for
-from protocol.messages import RollInserted, SachetRead
+from hw.dispenser import DEFAULT_FEATURES
+from protocol.messages import Feature, RollInserted, SachetRead
 
 REF = "p-sim-0001"
 DUE = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
@@ -498,6 +499,34 @@ def test_the_classic_world_is_the_simulation_without_the_mix() -> None:
     assert config_for(6, 30, pauses=0.0, plan_changes=0.0).pauses_per_year == 0.0
     with pytest.raises(ValueError, match="unknown world"):
         config_for(6, 30, "chaos")
+
+
+def test_the_mix_gives_some_seeds_a_dispenser_without_feature_bits() -> None:
+    """SPEC 3: real dispensers differ. Seeds 4, 6 and 9 (mod 10) of the mix get one without a
+    retain bin (nor bin level), without HELD, without a lock; the others, and the classic and
+    wide worlds, the full model. A bin-less one leaves a dose not taken in the tray: the centre
+    hears it (judge R12), a carer lifts it out, and the doses after it come again."""
+    lacks = {
+        seed: DEFAULT_FEATURES & ~(config_for(seed, 30).features or DEFAULT_FEATURES)
+        for seed in range(10)
+    }
+    assert lacks == {
+        0: 0,
+        1: 0,
+        2: 0,
+        3: 0,
+        4: Feature.RETAIN_BIN | Feature.BIN_LEVEL,
+        5: 0,
+        6: Feature.HELD_PATTERN,
+        7: 0,
+        8: 0,
+        9: Feature.LOCK,
+    }
+    assert config_for(4, 30, "classic").features is None
+    assert config_for(4, 30, "wide").features is None
+    result = Simulation(config_for(4, 30)).run()  # the judge's holding rules enforced
+    assert result.mishaps["carer_empties_tray"] >= 2
+    assert result.outcomes["taken"] >= 15
 
 
 def test_mishaps_are_opt_in_and_leave_a_default_run_as_it_was() -> None:

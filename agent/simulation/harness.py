@@ -724,6 +724,7 @@ class Simulation:
         tray = self._model.tray
         if tray is None or tray.dispense_id != dispense_id:
             return  # taken already (or back in a bin)
+        self._mishap_counts["carer_empties_tray"] += 1
         messages = self._model.take_dose()
         if self._judge is not None:
             for message in messages:
