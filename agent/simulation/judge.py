@@ -124,7 +124,10 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
    id the dispenser cut names the sachet that moved: its index (when the event has the field), and
    its roll when it names one. A `dose_left_in_tray` gives the reason a dose is left for a nurse
-   (no retain bin, or the bin full), never none. A dose announced and still in the tray when
+   (no retain bin, or the bin full), never none; a dose whose slot ends while it lies in the tray
+   of a dispenser without RETAIN_BIN (SPEC 3: it stays there) is reported by `dose_stuck_in_tray`
+   (or `dose_left_in_tray`, a pause) naming its dispense id with reason `no_retain_bin`, so a
+   person comes to lift it out. A dose announced and still in the tray when
    R14's escalation comes (the agent linked all along) is reported by `dose_not_taken` naming
    its slot, and no `dose_not_taken` comes before that time (by more than a trusted clock's
    accuracy, `NOT_TAKEN_CLOCK_SLACK`: a restart re-times the step by the wall clock).
@@ -150,12 +153,22 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      unit that keeps calling after the dose was taken teaches the patient to ignore it);
    - "held": while a due dose (by the agent's trusted clock) the agent said is held
      (`dose_held`) has no outcome and is not presented, and the tray is empty, the dispenser
-     shows HELD (or FAULT), unless silenced;
+     shows HELD (or FAULT), unless silenced; a dispenser without HELD_PATTERN refuses HELD, so
+     FAULT (SPEC 3: the agent shows FAULT instead);
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded, or
      the unit is locked down (R17) -> the cassette is locked (on a dispenser with a lock); else
      it is not locked (the patient's doses come);
    - "fault": while such a roll is loaded or the unit is locked down, the dispenser shows FAULT
-     (unless the centre silenced it): a person must come.
+     (unless the centre silenced it): a person must come;
+   - "alarm": and FAULT only for a reason: such a roll or a lockdown, the dispenser's own silence
+     alarm (SPEC 4.7), or on a dispenser without HELD_PATTERN a dose held (no outcome yet) or
+     every dose held while the agent's clock is untrusted (a unit that alarms for nothing is
+     soon ignored);
+   - "gated": the agent sends a gated message only to a dispenser that announces its bit
+     (SPEC 3, "What each bit obliges"): a command the dispenser answers UNSUPPORTED (HELD,
+     SetLock, Discard, Retain, KeepAlive) is a violation at once.
+   The mix gives some seeds such dispensers (agent.simulation.mix.REDUCED_MODELS: without
+   HELD_PATTERN, without a lock; a bin-less one, mix.BINLESS, waits for an engine fix).
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than
