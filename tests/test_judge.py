@@ -2197,3 +2197,138 @@ def test_r20_a_chatty_event_at_most_once_per_interval_unless_the_agent_restarted
     assert j.findings == []
     with pytest.raises(InvariantViolation, match=r"R20 .*lid_open at .*at most one per 0:15:00"):
         j.published("lid_open", "low", {})
+
+
+# --- a dispenser without some feature bits (SPEC 3, "What each bit obliges") --------------------
+
+
+def unit(
+    *,
+    held_pattern: bool = True,
+    retain_bin: bool = True,
+    lock_supported: bool = True,
+    silence_alarm: bool = False,
+    **kw: object,
+) -> World:
+    """What `home` shows, on a dispenser model with or without these features."""
+    return replace(
+        home(**kw),  # type: ignore[arg-type]
+        held_pattern=held_pattern,
+        retain_bin=retain_bin,
+        lock_supported=lock_supported,
+        silence_alarm=silence_alarm,
+    )
+
+
+def test_r14_a_dispenser_without_held_pattern_shows_fault_for_a_held_dose() -> None:
+    """SPEC 3: a dispenser without HELD_PATTERN refuses HELD; the agent shows FAULT instead."""
+    for shown in ("OFF", "HELD"):
+        j = judge(enforce=frozenset({"R14"}))
+        j.world(unit(held_pattern=False, pattern=shown))
+        j.advance(utc("06:00"))
+        j.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+        with pytest.raises(
+            InvariantViolation, match=rf"R14 .*is held .*shows {shown}, not FAULT since"
+        ):
+            j.advance(utc("06:11"))
+    ok = judge(enforce=frozenset({"R14"}))
+    ok.world(unit(held_pattern=False))
+    ok.advance(utc("06:00"))
+    ok.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+    ok.world(unit(held_pattern=False, pattern="FAULT"))
+    ok.advance(utc("06:59"))
+    assert r14(ok) == []
+    # the slot ends: no dose is held any more, and FAULT has no reason left
+    outcome(ok, "2026-06-01T08:00", "missed", "high")
+    ok.advance(utc("07:09"))
+    assert r14(ok) == []
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows FAULT with no roll of another"):
+        ok.advance(utc("07:11"))
+
+
+def test_r14_the_dispenser_shows_fault_only_for_a_reason() -> None:
+    """No alarm for nothing: FAULT only for another's roll, a lockdown, the dispenser's own
+    silence alarm, or (without HELD_PATTERN) a held dose or an untrusted clock."""
+    bare = judge(enforce=frozenset({"R14"}))
+    bare.world(unit())
+    bare.advance(utc("03:00"))
+    bare.world(unit(pattern="FAULT"))
+    bare.advance(utc("03:09"))
+    assert r14(bare) == []  # within the bound
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows FAULT with no roll of another"):
+        bare.advance(utc("03:11"))
+    # a dispenser with HELD_PATTERN shows HELD for a held dose: FAULT is no stand-in for it
+    held = judge(enforce=frozenset({"R14"}))
+    held.world(unit())
+    held.advance(utc("06:00"))
+    held.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+    held.world(unit(pattern="FAULT"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*shows FAULT with no roll of another"):
+        held.advance(utc("06:11"))
+    reasons: tuple[World, ...] = (
+        unit(roll="p-other", locked=True, pattern="FAULT"),
+        unit(pattern="FAULT", silence_alarm=True),
+        unit(pattern="FAULT", held_pattern=False, clock_trusted=False),
+    )
+    for reason in reasons:
+        ok = judge(enforce=frozenset({"R14"}))
+        ok.world(unit())
+        ok.advance(utc("03:00"))
+        ok.world(reason)
+        ok.advance(utc("04:00"))
+        assert r14(ok) == [], reason
+    unlinked = judge(enforce=frozenset({"R14"}))
+    unlinked.world(unit(pattern="FAULT", linked=False))  # the agent cannot act: no bound
+    unlinked.advance(utc("04:00"))
+    assert r14(unlinked) == []
+
+
+def test_r14_no_gated_command_goes_to_a_dispenser_without_its_bit() -> None:
+    j = judge(enforce=frozenset({"R14"}))
+    j.world(unit(roll="p-other", lock_supported=False, pattern="FAULT"))
+    j.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*sent SetLock to a dispenser that lacks"):
+        j.unsupported("SetLock")
+
+
+def test_r12_a_dose_left_in_a_tray_without_a_bin_is_reported_with_its_reason() -> None:
+    """SPEC 3: without RETAIN_BIN a dose not taken stays in the tray; the centre hears which one
+    and why (a person must lift it out)."""
+
+    def missed(
+        reported: tuple[str, dict[str, object]] | None, *, retain_bin: bool = False
+    ) -> Judge:
+        j = judge(enforce=frozenset({"R12"}))
+        j.world(unit(retain_bin=retain_bin))
+        j.advance(utc("06:00"))
+        j.presented(5, label(utc("06:00")))
+        j.world(unit(retain_bin=retain_bin, tray_occupied=True, pattern="REMINDER"))
+        j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
+        j.advance(utc("07:00"))
+        j.published(
+            "slot_outcome",
+            "high",
+            {"slot_id": "2026-06-01T08:00", "outcome": "missed", "dispense_id": 5},
+            "alert-1",
+        )
+        if reported is not None:
+            j.published(reported[0], "medium", reported[1])
+        j.advance(utc("07:14"))
+        return j
+
+    for kind in ("dose_stuck_in_tray", "dose_left_in_tray"):
+        ok = missed((kind, {"dispense_id": 5, "reason": "no_retain_bin"}))
+        ok.advance(utc("07:30"))
+        assert [f for f in ok.findings if f.rule == "R12"] == []
+    wrong: tuple[tuple[str, dict[str, object]] | None, ...] = (
+        None,
+        ("dose_stuck_in_tray", {"dispense_id": 5, "reason": "bin_full"}),
+        ("dose_stuck_in_tray", {"dispense_id": 6, "reason": "no_retain_bin"}),
+    )
+    for report in wrong:
+        j = missed(report)
+        with pytest.raises(InvariantViolation, match=r"R12 .*dose 5 left in a tray without a bin"):
+            j.advance(utc("07:16"))
+    binned = missed(None, retain_bin=True)  # a dispenser with a bin takes it back instead
+    binned.advance(utc("07:30"))
+    assert [f for f in binned.findings if f.rule == "R12"] == []

@@ -41,8 +41,9 @@ from agent.simulation.harness import (
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
 from agent.simulation.judge import HOLDING_RULES, parse_rules
 from agent.simulation.mishaps import MishapRates
-from agent.simulation.mix import CLOSE_DOSES, config_for, scenario_for
-from protocol.messages import RollInserted, SachetRead
+from agent.simulation.mix import BINLESS, CLOSE_DOSES, config_for, scenario_for
+from hw.dispenser import DEFAULT_FEATURES
+from protocol.messages import Feature, RollInserted, SachetRead
 
 REF = "p-sim-0001"
 DUE = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
@@ -500,6 +501,35 @@ def test_the_classic_world_is_the_simulation_without_the_mix() -> None:
         config_for(6, 30, "chaos")
 
 
+def test_the_mix_gives_some_seeds_a_dispenser_without_feature_bits() -> None:
+    """SPEC 3: real dispensers differ. Seeds 6 and 9 (mod 10) of the mix get one without HELD,
+    without a lock; the others, and the classic and wide worlds, the full model. A bin-less one
+    (meant for seeds 4: see the xfail tests below) leaves a dose not taken in the tray: the
+    centre hears it (judge R12), a carer lifts it out, and the doses after it come again."""
+    lacks = {
+        seed: DEFAULT_FEATURES & ~(config_for(seed, 30).features or DEFAULT_FEATURES)
+        for seed in range(10)
+    }
+    assert lacks == {
+        0: 0,
+        1: 0,
+        2: 0,
+        3: 0,
+        4: 0,
+        5: 0,
+        6: Feature.HELD_PATTERN,
+        7: 0,
+        8: 0,
+        9: Feature.LOCK,
+    }
+    assert config_for(6, 30, "classic").features is None
+    assert config_for(6, 30, "wide").features is None
+    binless = DEFAULT_FEATURES & ~BINLESS
+    result = Simulation(config_for(4, 30, features=binless)).run()  # holding rules enforced
+    assert result.mishaps["carer_empties_tray"] >= 2
+    assert result.outcomes["taken"] >= 15
+
+
 def test_mishaps_are_opt_in_and_leave_a_default_run_as_it_was() -> None:
     plain = Simulation(SimulationConfig(seed=5, days=60)).run()
     again = Simulation(SimulationConfig(seed=5, days=60, mishaps=MishapRates())).run()
@@ -590,6 +620,43 @@ def judge_rule_holds(rule: str, seed: int, days: int, **scenario: Any) -> None:
             pytest.fail(f"another violation than judge {rule}: {violation}")
         raise
     assert rule not in result.judge_findings
+
+
+def binless_rule_holds(rule: str, seed: int, days: int) -> None:
+    """`judge_rule_holds` for the mix's seed on a dispenser without a retain bin (mix.BINLESS)."""
+    config = config_for(
+        seed, days, features=DEFAULT_FEATURES & ~BINLESS, judge_enforce=parse_rules(rule)
+    )
+    try:
+        result = Simulation(config).run()
+    except InvariantViolation as violation:
+        if not violation.message.startswith(f"judge {rule} "):
+            pytest.fail(f"another violation than judge {rule}: {violation}")
+        raise
+    assert rule not in result.judge_findings
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="a dose missed and left in the tray of a bin-less dispenser, then an agent restart "
+    "(or a Pi boot): the engine no longer knows that dispense id, so the carer lifting the dose "
+    "out is a phantom_dispenser_event; no dose_taken_late, no intake (the next dose does not "
+    "wait the minimum interval, SAFETY.md H3)",
+)
+def test_a_dose_left_in_a_binless_tray_and_lifted_out_after_a_restart_is_an_intake() -> None:
+    binless_rule_holds("R12", 4, 150)  # 2026-12-23, an agent restart between miss and removal
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="a phantom DoseTaken naming the dispense id of a dose left in a bin-less tray but "
+    "another sachet index is taken as that dose's removal: dose_taken_late, an intake and the "
+    "stuck condition cleared while the dose is still in the tray",
+)
+def test_a_phantom_with_another_sachet_index_does_not_take_a_dose_left_in_the_tray() -> None:
+    binless_rule_holds("R10", 24, 100)  # 2026-10-19 21:12, phantom wrong_index
 
 
 def test_judge_r9_no_false_missed_alarm_for_a_dose_taken_unseen() -> None:

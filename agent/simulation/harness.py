@@ -228,6 +228,8 @@ class SimulationConfig:
     mishaps: MishapRates = field(default_factory=MishapRates)
     # with pauses: a trip in the first three weeks (the fault mix: a short run packs one too)
     early_trip: bool = False
+    # the dispenser model's feature bits (SPEC 3, protocol.messages.Feature); None: every one
+    features: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +319,12 @@ class Simulation:
         self._true_memo: tuple[float, datetime] = (0.0, self._start)
         self._clock = VirtualClock(self._start, TimeTrust.SYNCHRONISED, start_mono=1000.0)
         self._mono_base = 1000.0  # clock.mono - elapsed
-        self._model = DispenserModel(DispenserIdentity(), self._rtc_utc_s)
+        identity = (
+            DispenserIdentity()
+            if config.features is None
+            else DispenserIdentity(features=config.features)
+        )
+        self._model = DispenserModel(identity, self._rtc_utc_s)
         self._engine: EngineLike | None = None
         self._saved: EngineLike | None = None  # the engine of a Pi that is down
         self._link_downs = 0  # overlapping link-down periods
@@ -706,6 +713,18 @@ class Simulation:
     def _take_dose(self) -> None:
         if self._away():
             return  # left before getting to it (a trip's sachets are the packer's)
+        messages = self._model.take_dose()
+        if self._judge is not None:
+            for message in messages:
+                if isinstance(message, DoseTaken):
+                    self._judge.taken(message.dispense_id)
+        self._physical(messages)
+
+    def _carer_empties_tray(self, dispense_id: object) -> None:
+        tray = self._model.tray
+        if tray is None or tray.dispense_id != dispense_id:
+            return  # taken already (or back in a bin)
+        self._mishap_counts["carer_empties_tray"] += 1
         messages = self._model.take_dose()
         if self._judge is not None:
             for message in messages:
@@ -1446,6 +1465,10 @@ class Simulation:
                 isinstance(r, CommandResult) and r.result is ResultCode.BIN_FULL for r in replies
             ):
                 self._judge.discard_refused_bin_full(stamped.dispense_id)
+            if any(
+                isinstance(r, CommandResult) and r.result is ResultCode.UNSUPPORTED for r in replies
+            ):
+                self._judge.unsupported(type(stamped).__name__)
         chance = self.config.mishaps.reply_lost
         if (
             chance
@@ -1513,6 +1536,20 @@ class Simulation:
             self._backlog_visit = True  # the response centre sends a nurse
             delay = self._rng_pauses.uniform(3600.0, 6 * 3600.0)
             self._at(self._elapsed + delay, "nurse clears a backlog", self._nurse_clears_backlog)
+        if (
+            event.kind in ("dose_stuck_in_tray", "dose_left_in_tray")
+            and event.priority is not Priority.INFO
+            and not self._model.has(Feature.RETAIN_BIN)
+        ):
+            # a dispenser without a bin cannot take a dose back (SPEC 3): a carer the centre
+            # sends lifts it out of the tray (a removal the agent must count as an intake)
+            dispense_id = event.fields.get("dispense_id")
+            delay = self._rng_pauses.uniform(1800.0, 4 * 3600.0)
+            self._at(
+                self._elapsed + delay,
+                "carer empties the tray",
+                partial(self._carer_empties_tray, dispense_id),
+            )
         if event.kind == "plan_mismatch":
             self._on_plan_alert(event.fields)
         if event.kind == "state_unreadable" and event.alert_id is not None:
@@ -1673,6 +1710,7 @@ class Simulation:
             m.locked,
             faults,
             m.lid_open,
+            m.silence_alarm,
         )
         if key == self._world_key:
             return
@@ -1708,6 +1746,8 @@ class Simulation:
             lid_open=m.lid_open,
             bin_room=m.identity.bin_capacity - len(m.bin),
             retain_bin=m.has(Feature.RETAIN_BIN),
+            held_pattern=m.has(Feature.HELD_PATTERN),
+            silence_alarm=m.silence_alarm,
         )
         if world != self._world:
             self._world = world

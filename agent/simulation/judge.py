@@ -124,7 +124,10 @@ R12 the centre's record of the medicine: every sachet the dispenser moves is rep
    bin, wrong roll) by `<event>_cleared`. A `dose_presented` or `slot_outcome` naming a dispense
    id the dispenser cut names the sachet that moved: its index (when the event has the field), and
    its roll when it names one. A `dose_left_in_tray` gives the reason a dose is left for a nurse
-   (no retain bin, or the bin full), never none. A dose announced and still in the tray when
+   (no retain bin, or the bin full), never none; a dose whose slot ends while it lies in the tray
+   of a dispenser without RETAIN_BIN (SPEC 3: it stays there) is reported by `dose_stuck_in_tray`
+   (or `dose_left_in_tray`, a pause) naming its dispense id with reason `no_retain_bin`, so a
+   person comes to lift it out. A dose announced and still in the tray when
    R14's escalation comes (the agent linked all along) is reported by `dose_not_taken` naming
    its slot, and no `dose_not_taken` comes before that time (by more than a trusted clock's
    accuracy, `NOT_TAKEN_CLOCK_SLACK`: a restart re-times the step by the wall clock).
@@ -150,12 +153,22 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      unit that keeps calling after the dose was taken teaches the patient to ignore it);
    - "held": while a due dose (by the agent's trusted clock) the agent said is held
      (`dose_held`) has no outcome and is not presented, and the tray is empty, the dispenser
-     shows HELD (or FAULT), unless silenced;
+     shows HELD (or FAULT), unless silenced; a dispenser without HELD_PATTERN refuses HELD, so
+     FAULT (SPEC 3: the agent shows FAULT instead);
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded, or
      the unit is locked down (R17) -> the cassette is locked (on a dispenser with a lock); else
      it is not locked (the patient's doses come);
    - "fault": while such a roll is loaded or the unit is locked down, the dispenser shows FAULT
-     (unless the centre silenced it): a person must come.
+     (unless the centre silenced it): a person must come;
+   - "alarm": and FAULT only for a reason: such a roll or a lockdown, the dispenser's own silence
+     alarm (SPEC 4.7), or on a dispenser without HELD_PATTERN a dose held (no outcome yet) or
+     every dose held while the agent's clock is untrusted (a unit that alarms for nothing is
+     soon ignored);
+   - "gated": the agent sends a gated message only to a dispenser that announces its bit
+     (SPEC 3, "What each bit obliges"): a command the dispenser answers UNSUPPORTED (HELD,
+     SetLock, Discard, Retain, KeepAlive) is a violation at once.
+   The mix gives some seeds such dispensers (agent.simulation.mix.REDUCED_MODELS: without
+   HELD_PATTERN, without a lock; a bin-less one, mix.BINLESS, waits for an engine fix).
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than
@@ -452,6 +465,10 @@ class World:
     # R18: free places in the bin (None: not known) and whether the dispenser has one at all
     bin_room: int | None = None
     retain_bin: bool = True
+    # R14: the dispenser shows AlertPattern.HELD (feature HELD_PATTERN; without it the agent
+    # shows FAULT instead, SPEC 3), and its own silence alarm is on (it shows FAULT, SPEC 4.7)
+    held_pattern: bool = True
+    silence_alarm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,7 +590,9 @@ HELD_CLOCK_SLACK = timedelta(minutes=10)
 # stored wall time, so its `dose_not_taken` may come that much before true time says (the World
 # too compares the agent's clock with true time in whole seconds)
 NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
-_LOCAL_KEYS = {name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault")}
+_LOCAL_KEYS = {
+    name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault", "alarm")
+}
 # R19: the national alert codes (VKP, shared/vkp-dispenser-alert-codes.md) of a dose not handed
 # over: 3.3 "no confirmation that the dose was handed over at the planned time", 3.7 "not handed
 # over at the planned time because the dispenser was empty"; a dose given, skipped or taken
@@ -1233,16 +1252,19 @@ class Judge:
             if self._held
             else []
         )
+        # a dispenser without HELD_PATTERN refuses HELD: the agent shows FAULT instead (SPEC 3)
+        held_shown = ("HELD", "FAULT") if world.held_pattern else ("FAULT",)
         bad = (
             bool(held)
             and not world.tray_occupied
             and self._silenced_until is None
-            and world.pattern not in (None, "HELD", "FAULT")
+            and world.pattern is not None
+            and world.pattern not in held_shown
         )
         self._local_condition(
             "held",
             f"the due dose of slot {min(held)} is held and the dispenser shows "
-            f"{world.pattern}, not HELD"
+            f"{world.pattern}, not {' or '.join(held_shown)}"
             if bad
             else None,
             now,
@@ -1277,6 +1299,27 @@ class Judge:
             else None,
             now,
         )
+        self._review_alarm(world, lock, now)
+
+    def _review_alarm(self, world: World, lock: bool, now: datetime) -> None:
+        """R14 "alarm": the dispenser shows FAULT only for a reason (a person must come): another's
+        roll or the unit locked down, its own silence alarm (SPEC 4.7), or, on a dispenser
+        without HELD_PATTERN, a dose held (SPEC 3: FAULT instead of HELD) or every dose held
+        while the agent's clock is untrusted. A unit that alarms for nothing teaches the
+        patient and the carers to ignore its alarm."""
+        bad = world.pattern == "FAULT" and not (lock or world.silence_alarm)
+        if bad and not world.held_pattern:
+            held = any(s not in self._outcomes for s in self._held)
+            bad = not held and world.clock_trusted
+        self._local_condition(
+            "alarm",
+            "the dispenser shows FAULT with no roll of another loaded, the unit not locked "
+            "down, no silence alarm"
+            + ("" if world.held_pattern else ", no dose held and its clock trusted")
+            if bad
+            else None,
+            now,
+        )
 
     def _by_id_due(self, slot_id: str) -> datetime:
         slot = self._by_id.get(slot_id)
@@ -1292,6 +1335,17 @@ class Judge:
             self._conditions[key] = _Condition(
                 name, now, self._deadline(now, linked), rule="R14", what=what
             )
+
+    def unsupported(self, command: str) -> None:
+        """The dispenser answered `command` UNSUPPORTED (R14): the agent asked its model for
+        something it does not have. SPEC 3: a gated message goes only to a dispenser whose
+        Capabilities carry the bit (no HELD without HELD_PATTERN, no SetLock without LOCK, no
+        Discard or Retain without RETAIN_BIN, no KeepAlive without AGENT_WATCHDOG)."""
+        self._violation(
+            "R14",
+            f"the agent sent {command} to a dispenser that lacks the feature (UNSUPPORTED): "
+            "a gated message goes only to a dispenser that announces it",
+        )
 
     def presented(self, dispense_id: int, label: SachetLabel) -> None:
         """A sachet was cut into the tray (R1, R4)."""
@@ -1552,6 +1606,7 @@ class Judge:
             self._note_named_ahead(fields)
         if kind == "slot_outcome":
             self._on_outcome(priority, fields, alert_id)
+            self._owe_left_in_tray(fields)
             self._held.discard(str(fields.get("slot_id")))
             self._review_local(self._require_now())
             if fields.get("reason") != "roll_period_passed":
@@ -1692,6 +1747,23 @@ class Judge:
             }[what]
         if owed is not None:
             self._owed.append((*owed, now))
+
+    def _owe_left_in_tray(self, fields: dict[str, object]) -> None:
+        """R12: a dose whose slot has ended while it lies in the tray of a dispenser without a
+        retain bin stays there (SPEC 3: RETAIN_BIN) until a person lifts it out: the centre hears
+        which dose is left and why (`dose_stuck_in_tray`, or `dose_left_in_tray` for a pause,
+        naming its dispense id with reason `no_retain_bin`)."""
+        w, dispense_id = self._world, fields.get("dispense_id")
+        if w is None or w.retain_bin or not w.tray_occupied or dispense_id is None:
+            return
+        if dispense_id != self._in_tray:
+            return
+        want: dict[str, object] = {"dispense_id": dispense_id, "reason": "no_retain_bin"}
+        self._owe_report(
+            f"dose {dispense_id} left in a tray without a bin",
+            ("dose_stuck_in_tray", want),
+            ("dose_left_in_tray", want),
+        )
 
     def _owe_report(
         self,

@@ -17,6 +17,17 @@ each of them:
 | 1 | twelve pauses a year (hospital, open-ended, travel with sachets to take along) |
 | 2 | twelve pharmacy plan changes a year (a new prescription, or a pharmacy error) |
 
+| seed % 10 | the dispenser model lacks (SPEC 3, "What each bit obliges"; REDUCED_MODELS) |
+|---|---|
+| 6 | `HELD_PATTERN`: a held dose shows FAULT |
+| 9 | `LOCK`: another patient's roll is not locked (FAULT; nothing is cut from it) |
+| others | nothing: the full model |
+
+The classic and wide worlds keep the full model. A bin-less dispenser (`BINLESS`, to come for
+seeds 4 mod 10; `config_for(..., features=...)` runs one) leaves a dose not taken in the tray: a
+carer comes 30 min to 4 h after the centre hears of it and lifts it out, a removal the agent must
+count as an intake (it cannot tell who took it).
+
 Seeds 2 and 7 (mod 10) meet, in their first three weeks, a restart that finds a field of the
 stored state damaged (the unit locks down until the centre acknowledges: judge R17); not in the
 wide world, whose seeds stay the regressions tests/test_sim_wide.py replays.
@@ -51,8 +62,29 @@ from typing import Any
 from agent.simulation.faults import FaultRates
 from agent.simulation.harness import SimulationConfig
 from agent.simulation.mishaps import MishapRates
+from hw.dispenser import DEFAULT_FEATURES
+from protocol.messages import Feature
 
 CLOSE_DOSES = ("08:00", "08:30", "20:00")  # doses 30 min apart (hazards #1 to #3)
+# seed % 10 -> the feature bits the seed's dispenser lacks (SPEC 3, "What each bit obliges"); the
+# other seeds' dispensers have every bit
+REDUCED_MODELS: dict[int, Feature] = {
+    6: Feature.HELD_PATTERN,
+    9: Feature.LOCK,
+}
+# A dispenser without a retain bin (nor a bin level: it has no bin). Meant for seeds 4 (mod 10);
+# not in the mix yet: the engine loses a dose left in its tray across an agent restart (its
+# removal then reads as a phantom: no intake, no record) and takes a DoseTaken naming that dose
+# with another sachet index as its removal (tests/test_simulation.py, strict xfail tests)
+BINLESS = Feature.RETAIN_BIN | Feature.BIN_LEVEL
+
+
+def features_for(seed: int) -> int | None:
+    """The feature bits of the seed's dispenser in the mix; None: the full model."""
+    lacks = REDUCED_MODELS.get(seed % 10)
+    return None if lacks is None else DEFAULT_FEATURES & ~int(lacks)
+
+
 WORLDS = ("mix", "classic", "wide")
 # the wide world's faults, in place of faults.py's defaults (see the module's docstring)
 WIDE_FAULTS = FaultRates(agent_restart=36.0, pi_reboot=18.0, wall_jump=12.0, dispenser_reboot=18.0)
@@ -128,6 +160,8 @@ def config_for(
         )
         if world == "mix" and seed % 5 == 2:  # a restart that finds its state damaged, early
             config = replace(config, mishaps=replace(config.mishaps, early_state_damage=True))
+        if world == "mix" and config.features is None:  # a model without some feature bits
+            config = replace(config, features=features_for(seed))
     if world == "wide" and config.faults == FaultRates():  # not --no-faults: the wide ones
         config = replace(config, faults=WIDE_FAULTS)
     if pauses is not None:
@@ -148,4 +182,8 @@ def describe(config: SimulationConfig) -> str:
         config.mishaps.time_moves,
     )
     world = "wide" if config.faults == WIDE_FAULTS else "mix"
-    return world + (f"[{scenario.name}]" if scenario.name else "")
+    name = scenario.name
+    if config.features is not None and config.features != DEFAULT_FEATURES:
+        lacks = Feature(DEFAULT_FEATURES & ~config.features)
+        name = ",".join(filter(None, [name, "no " + "+".join(f.name or "?" for f in lacks)]))
+    return world + (f"[{name}]" if name else "")
