@@ -2332,3 +2332,88 @@ def test_r12_a_dose_left_in_a_tray_without_a_bin_is_reported_with_its_reason() -
     binned = missed(None, retain_bin=True)  # a dispenser with a bin takes it back instead
     binned.advance(utc("07:30"))
     assert [f for f in binned.findings if f.rule == "R12"] == []
+
+
+# --- the unit's own held light, true rejections, a binding lost ------------------------------
+
+
+def test_r14_the_units_held_light_is_on_exactly_while_a_due_dose_is_held() -> None:
+    def held_at_0600(panel: bool) -> Judge:
+        j = judge(enforce=frozenset({"R14"}))
+        j.world(replace(home(pattern="HELD"), panel_held=False))
+        j.advance(utc("05:00"))
+        j.published("dose_held", "high", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+        j.advance(utc("06:00"))  # due now
+        j.world(replace(home(pattern="HELD"), panel_held=panel))
+        return j
+
+    dark = held_at_0600(False)
+    dark.advance(utc("06:10"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*held and the unit's held light is off"):
+        dark.advance(utc("06:11"))
+    lit = held_at_0600(True)
+    lit.advance(utc("06:30"))
+    assert r14(lit) == []
+    stray = judge(enforce=frozenset({"R14"}))
+    stray.world(home())
+    stray.advance(utc("05:00"))
+    stray.world(replace(home(), panel_held=True))  # nothing held at all
+    stray.advance(utc("05:09"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*held light is on with no due dose held"):
+        stray.advance(utc("05:11"))
+    unseen = judge(enforce=frozenset({"R14"}))
+    unseen.world(replace(home(), panel_held=None))  # the Pi is down: its panel is not judged
+    unseen.advance(utc("05:30"))
+    assert r14(unseen) == []
+
+
+def test_r15_a_sachet_is_rejected_only_when_it_truly_cannot_be_given() -> None:
+    good = label(utc("06:00"), index=3)
+    for shown, truthful in (
+        (good, False),
+        (replace(good, patient_ref="p-other"), True),
+        (replace(good, intended_utc=None), True),
+        (replace(good, readable=False), True),
+    ):
+        j = judge(enforce=frozenset({"R15"}))
+        j.world(home(reader=shown))
+        j.advance(utc("05:00"))
+        rejected = {"roll_id": "R001", "index": 3, "reason": "sachet_foreign"}
+        if truthful:
+            j.published("sachet_rejected", "high", rejected)
+            assert [f for f in j.findings if f.rule == "R15"] == []
+        else:
+            with pytest.raises(InvariantViolation, match=r"R15 .*sachet 3 of roll R001: readable"):
+                j.published("sachet_rejected", "high", rejected)
+    never_seen = judge(enforce=frozenset({"R15"}))
+    never_seen.world(home(reader=good))
+    never_seen.published("sachet_rejected", "high", {"roll_id": "R001", "index": 9})
+    assert [f for f in never_seen.findings if f.rule == "R15"] == []
+
+
+def test_r17_a_lost_binding_owes_no_dose_until_a_person_binds_the_unit_again() -> None:
+    def acknowledged() -> Judge:
+        j = damaged(enforce=R16 | {"R17"}, binding="unreadable")
+        j.world(ready(pattern="FAULT", locked=True))
+        j.published("state_unreadable", "high", {"binding": "unreadable"}, "alert-000009")
+        j.advance(utc("05:30"))
+        j.centre_command("acknowledge", "alert-000009")
+        j.world(ready())
+        return j
+
+    unbound = acknowledged()
+    for at in (DUE, utc("06:03"), utc("07:30")):
+        unbound.advance(at)  # the 08:00 dose (06:00 UTC) is not owed: nobody is bound
+    assert r16(unbound) == []
+    rebound = acknowledged()
+    rebound.advance(utc("05:40"))
+    rebound.centre_command("bind")
+    rebound.bound()
+    rebound.advance(DUE)
+    with pytest.raises(InvariantViolation, match=r"R16 .*slot 2026-06-01T08:00 .*not given"):
+        rebound.advance(utc("06:03"))
+    with pytest.raises(
+        InvariantViolation, match=r"R17 .*a latched HIGH alarm saying binding 'kept'"
+    ):
+        # the roll's record alone was damaged: a report that the binding is lost is untrue
+        damaged().published("state_unreadable", "high", {"binding": "unreadable"}, "alert-1")

@@ -47,3 +47,47 @@ def test_every_command_the_rules_refuse_is_refused() -> None:
     (the Pi down), and a pause id is given twice only while a pause is in force."""
     result = run(1, 90)
     assert result.mishaps.get("bad_command_refused", 0) >= len(BAD_COMMANDS) - 2
+
+
+LOST_BINDING_SEED = 7  # seed % 10 == 7: the damaged state lost the binding too
+
+
+def test_a_lost_binding_is_bound_again_by_a_person_and_doses_come_again() -> None:
+    result = run(LOST_BINDING_SEED, 25)
+    assert result.mishaps.get("state_damaged") == 1
+    assert result.mishaps.get("bind") == 1  # a technician bound the patient again
+    assert result.outcomes.get("taken", 0) > 30
+
+
+def test_a_unit_that_says_a_lost_binding_was_kept_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The judge knows what the world damaged: the restore's own word is not its oracle."""
+    real = engine_state.restore
+
+    def claims_kept(saved: str | None, records: object) -> engine_state.Restored:
+        restored = real(saved, records)  # type: ignore[arg-type]
+        return engine_state.Restored(restored.state, restored.unreadable, "kept")
+
+    monkeypatch.setattr(engine_state, "restore", claims_kept)
+    with pytest.raises(InvariantViolation, match=r"judge R17 .*saying binding 'unreadable'"):
+        run(LOST_BINDING_SEED, 25)
+
+
+def test_the_second_roll_of_an_edge_seed_is_printed_at_the_sachet_tolerance() -> None:
+    """Seed 1 (pauses, no close doses): its second roll's sachets lie exactly the tolerance
+    before and after their dose times, in turn (each still its slot's, at the boundary)."""
+    sim = Simulation(config_for(1, 30))
+    period = sim._periods[1]
+    roll = sim._roll(period, "p", "p", period.sachet_times[-1])
+    offsets = {
+        s.intended_utc_s - int(t.timestamp())
+        for s, t in zip(roll.sachets, period.sachet_times, strict=True)
+    }
+    assert offsets == {-30 * 60, 30 * 60}  # the engine's default tolerance: 30 min
+    plain = Simulation(config_for(2, 30))  # plan changes: not an edge seed
+    other = plain._roll(plain._periods[1], "p", "p", plain._periods[1].sachet_times[-1])
+    assert all(
+        s.intended_utc_s == int(t.timestamp())
+        for s, t in zip(other.sachets, plain._periods[1].sachet_times, strict=False)
+    )

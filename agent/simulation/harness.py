@@ -83,6 +83,7 @@ from agent.simulation.mishaps import (
     plan_state_damage,
     plan_store_faults,
     plan_time_moves,
+    state_damage_parts,
 )
 from agent.simulation.patient import (
     Decider,
@@ -230,6 +231,9 @@ class SimulationConfig:
     early_trip: bool = False
     # the dispenser model's feature bits (SPEC 3, protocol.messages.Feature); None: every one
     features: int | None = None
+    # the second roll printed exactly the sachet tolerance off each slot (early, late, in turn);
+    # only for dose times at least four tolerances apart and no extra sachets (plan changes)
+    edge_prints: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +399,11 @@ class Simulation:
         self._applied: set[int] = set()  # NEW_TIME changes the schedule has taken up
         self._plan_decisions = 0
         self._period_of_roll = {p.roll_id: k for k, p in enumerate(self._periods)}
+        # the pharmacy prints the second roll's times exactly the sachet tolerance off (early,
+        # late, in turn): every sachet still belongs to its slot, at the boundary (R4, R16)
+        self._edge_roll = (
+            self._periods[1].roll_id if config.edge_prints and len(self._periods) > 1 else None
+        )
         self._pack_plan_changes()
         self._defects = plan_roll_defects(self._rng_world, len(self._periods), rates.roll_defect)
         self._phantoms = plan_phantoms(
@@ -666,6 +675,12 @@ class Simulation:
         sachets = tuple(
             SimSachet(i, int(t.timestamp()), sachet_ref) for i, t in enumerate(period.sachet_times)
         )
+        if period.roll_id == self._edge_roll:
+            off = int(self.config.engine.sachet_time_tolerance.total_seconds())
+            sachets = tuple(
+                replace(s, intended_utc_s=s.intended_utc_s + (off if s.index % 2 else -off))
+                for s in sachets
+            )
         return SimRoll(roll_id or period.roll_id, patient_ref, sachets, int(expiry.timestamp()))
 
     def _nurse_visit(self, visit: NurseVisit) -> None:
@@ -1015,7 +1030,11 @@ class Simulation:
         for at in self._store_faults:
             self._at(at, "store fault", self._arm_store_fault)
         for at in self._state_damages:
-            self._at(at, "agent restarts: stored state damaged", self._damaged_restart)
+            self._at(
+                at,
+                "agent restarts: stored state damaged",
+                partial(self._damaged_restart, state_damage_parts(self.config.seed)),
+            )
 
     def _misprinted(self, roll: SimRoll, period: int) -> SimRoll:
         """The pharmacy's print of roll `period`, with its defect if it has one."""
@@ -1154,6 +1173,13 @@ class Simulation:
             return False
         self._mishap_counts[what] += 1
         return True
+
+    def _bind_again(self) -> None:
+        """A technician on site binds the unit to its patient again (a stored binding that
+        could not be read)."""
+        bind = SetBinding(Binding(self.config.patient_ref))
+        if self._centre_input(bind, "bind") and self._judge is not None:
+            self._judge.bound()
 
     def _acknowledge(self, alert_id: str) -> None:
         self._centre_input(AcknowledgeAlert(alert_id, CENTRE_OPERATOR), "acknowledge", alert_id)
@@ -1359,19 +1385,21 @@ class Simulation:
         if self._link_downs == 0:
             self._link_up()
 
-    def _damaged_restart(self) -> None:
-        """The agent restarts and finds a field of its stored state damaged (the binding reads):
-        it starts from what it can read and is told so (`StateUnreadable`), as the daemon does;
-        the response centre acknowledges its alert (`_publish`)."""
+    def _damaged_restart(self, parts: tuple[str, ...]) -> None:
+        """The agent restarts and finds `parts` of its stored state damaged (the loaded roll's
+        record; with "binding" the patient binding too): it starts from what it can read and is
+        told so (`StateUnreadable`), as the daemon does; the response centre binds the patient
+        again when told the binding is lost, then acknowledges the alert (`_publish`)."""
         factory = self._factory
         if self._engine is None or not isinstance(factory, DoseEngineFactory):
             return  # the Pi is down (its next boot reads the state as it was), or no real engine
         now = self._clock.now()
-        self._engine, told = factory.restart_damaged(self._engine, self.config.engine, now)
+        self._engine, told = factory.restart_damaged(self._engine, self.config.engine, now, parts)
         self._mishap_counts["state_damaged"] += 1
         if self._judge is not None:
             self._judge.agent_restarted(clock_trusted=now.trust is not TimeTrust.UNTRUSTED)
-            self._judge.state_damaged(told.binding)
+            # what the world damaged, not what the restore says of it: the judge's own truth
+            self._judge.state_damaged("unreadable" if "binding" in parts else "kept")
         self._feed([told])
         if self._link_downs == 0:
             self._link_up()
@@ -1553,10 +1581,14 @@ class Simulation:
         if event.kind == "plan_mismatch":
             self._on_plan_alert(event.fields)
         if event.kind == "state_unreadable" and event.alert_id is not None:
-            # a person looks into it and lets the unit go on (the binding read: nothing to redo)
+            # a person looks into it and lets the unit go on; told the binding is lost, a
+            # technician binds the patient again first
             self._acknowledging.add(event.alert_id)
+            at = self._elapsed + self._rng_pauses.uniform(600.0, 3 * 3600.0)
+            if event.fields.get("binding") == "unreadable":
+                self._at(at - 300.0, "technician binds the patient again", self._bind_again)
             self._at(
-                self._elapsed + self._rng_pauses.uniform(600.0, 3 * 3600.0),
+                at,
                 f"centre acknowledges {event.alert_id}",
                 partial(self._acknowledge, event.alert_id),
             )
@@ -1589,6 +1621,9 @@ class Simulation:
                 raise InvariantViolation(
                     f"livelock: more than {MAX_INPUTS_PER_INSTANT} inputs at one instant"
                 )
+        world = self._world
+        if handled and world is not None and self._panel_held() != world.panel_held:
+            self._observe_world()  # the unit's held light follows the engine at once
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -1711,6 +1746,7 @@ class Simulation:
             faults,
             m.lid_open,
             m.silence_alarm,
+            self._panel_held(),
         )
         if key == self._world_key:
             return
@@ -1748,10 +1784,17 @@ class Simulation:
             retain_bin=m.has(Feature.RETAIN_BIN),
             held_pattern=m.has(Feature.HELD_PATTERN),
             silence_alarm=m.silence_alarm,
+            panel_held=key[-1],
         )
         if world != self._world:
             self._world = world
             self._judge.world(world)
+
+    def _panel_held(self) -> bool | None:
+        """The unit's own held light (drivers/gpio_panel.py shows what the engine says); None
+        while the Pi is down or for an engine without a panel."""
+        dose_held = getattr(self._engine, "dose_held", None)
+        return bool(dose_held()) if callable(dose_held) else None
 
     def _reader_label(self) -> SachetLabel | None:
         """The label of the sachet at the reader (memoised: asked after every loop step)."""
@@ -1909,18 +1952,21 @@ class DoseEngineFactory:
         return DoseEngine(config, restored.state, now)
 
     def restart_damaged(
-        self, engine: EngineLike, config: EngineConfig, now: Now
+        self, engine: EngineLike, config: EngineConfig, now: Now, parts: tuple[str, ...]
     ) -> tuple[EngineLike, StateUnreadable]:
-        """A restart whose stored state has one field damaged (the loaded roll's record, or
-        with no roll an unused one): the engine from what `restore` can read, and the input
-        that tells it so (the daemon's `_record_startup`)."""
+        """A restart whose stored state has `parts` damaged ("roll": the loaded roll's record,
+        or with no roll an unused field; "binding": the patient binding): the engine from what
+        `restore` can read, and the input that tells it so (the daemon's `_record_startup`)."""
         from agent.engine.engine import DoseEngine
         from agent.engine.state import restore
 
         if not isinstance(engine, DoseEngine):
             raise TypeError(f"cannot restart {type(engine).__name__} as a DoseEngine")
         document = json.loads(engine.state.to_json())
-        document["roll" if document.get("roll") is not None else "extra"] = {"damaged": 1}
+        if "roll" in parts:
+            document["roll" if document.get("roll") is not None else "extra"] = {"damaged": 1}
+        if "binding" in parts:
+            document["binding"] = {"patient": 1}
         restored = restore(json.dumps(document), _ledger(engine.state))
         if restored.unreadable is None:
             raise InvariantViolation("a damaged stored state was read as sound")

@@ -155,6 +155,9 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      (`dose_held`) has no outcome and is not presented, and the tray is empty, the dispenser
      shows HELD (or FAULT), unless silenced; a dispenser without HELD_PATTERN refuses HELD, so
      FAULT (SPEC 3: the agent shows FAULT instead);
+   - "panel": the unit's own held light (its panel, drivers/gpio_panel.py; judged while the
+     agent runs) is on exactly while such a held dose is due, a dose in the tray or not (a
+     light, not a sound: no silence);
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded, or
      the unit is locked down (R17) -> the cassette is locked (on a dispenser with a lock); else
      it is not locked (the patient's doses come);
@@ -175,7 +178,10 @@ R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_
    `sachet_time_tolerance` ago by the agent's trusted clock (ahead of true time while a wall
    step is not corrected; `HELD_CLOCK_SLACK` more allowed); a claim that stands for
    `high_report_bound` (the slot neither presented nor held for another reason) is the
-   violation: at a link's return the agent may speak of the roll it knew for a moment.
+   violation: at a link's return the agent may speak of the roll it knew for a moment. A
+   `sachet_rejected` names a sachet that truly cannot be given: its print unreadable or without
+   a time, or naming another patient (the judge's record of every sachet the reader showed; a
+   sachet it never saw is not judged).
 
 R16 a dose is given when nothing stops it: from a slot's due instant (by the agent's trusted
    clock) until `dose_window` after it (the engine's undispensed deadline, passed in), once
@@ -199,7 +205,9 @@ R17 a damaged stored state: a restart that finds its stored state damaged (`stat
    person acknowledges that alert (an acknowledgement the unit refuses does not count) nothing
    is cut (no dose presented, no sachet discarded), the cassette is locked and the dispenser
    shows FAULT (R14), and R16 owes no dose. A `state_unreadable` with nothing damaged is a
-   violation too.
+   violation too. What the report must say of the binding is the world's truth (which fields
+   it damaged), never what the agent's restore made of them; with the binding lost no dose is
+   owed until a person binds the unit again (`bound`).
 
 R18 a decided sachet goes to the bin: while the sachet at the reader is this patient's (leader
    and print), readable with a time, for no slot of the schedule, and a person's decision covers
@@ -469,6 +477,8 @@ class World:
     # shows FAULT instead, SPEC 3), and its own silence alarm is on (it shows FAULT, SPEC 4.7)
     held_pattern: bool = True
     silence_alarm: bool = False
+    # R14: the unit's own held light (its panel); None: not observed (the Pi is down)
+    panel_held: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,7 +601,7 @@ HELD_CLOCK_SLACK = timedelta(minutes=10)
 # too compares the agent's clock with true time in whole seconds)
 NOT_TAKEN_CLOCK_SLACK = timedelta(seconds=1)
 _LOCAL_KEYS = {
-    name: f"R14 {name}" for name in ("signal", "quiet", "held", "lock", "fault", "alarm")
+    name: f"R14 {name}" for name in ("signal", "quiet", "held", "panel", "lock", "fault", "alarm")
 }
 # R19: the national alert codes (VKP, shared/vkp-dispenser-alert-codes.md) of a dose not handed
 # over: 3.3 "no confirmation that the dose was handed over at the planned time", 3.7 "not handed
@@ -677,6 +687,9 @@ class Judge:
     # yet: None (not locked down), "" (its state_unreadable not heard yet) or that alert's id
     _lockdown: str | None = None
     _lockdown_binding: str = "kept"  # R17: what the report must say of the binding
+    _unbound: bool = False  # R17: the binding was lost and no person has bound the unit again
+    # R15: every sachet the reader has shown, by (roll id, index): is a rejection true?
+    _read_labels: dict[tuple[str, int], SachetLabel] = field(default_factory=dict)
     _lockdown_lifting: str | None = None  # R17: the acknowledgement being given now
     # R18: since when nothing has stopped the discard of the decided sachet at the reader
     _discard_free_since: datetime | None = None
@@ -880,6 +893,8 @@ class Judge:
             return "the agent's clock is not trusted", None
         if self._lockdown is not None:
             return "its stored state was damaged and no person has acknowledged it", None
+        if self._unbound:
+            return "its binding was lost and no person has bound it again", None
         shown = now - w.clock_behind
         if shown < slot.due_utc:
             return "not due yet by the agent's clock", slot.due_utc + w.clock_behind
@@ -1155,6 +1170,8 @@ class Judge:
             if not c.reported and not _knowable(c, state):
                 c.deadline = None
         if previous is None or state.reader != previous.reader:
+            if state.reader is not None:
+                self._read_labels[(state.reader.roll_id, state.reader.index)] = state.reader
             self._review_reader(now)
         if not state.tray_occupied and (previous is None or previous.tray_occupied):
             self._tray_empty_since = now
@@ -1266,6 +1283,21 @@ class Judge:
             f"the due dose of slot {min(held)} is held and the dispenser shows "
             f"{world.pattern}, not {' or '.join(held_shown)}"
             if bad
+            else None,
+            now,
+        )
+        # the unit's own panel lights its held light exactly while a due dose the agent said
+        # is held is neither given nor ended (a dose in the tray may be calling at the same
+        # time; a light, not a sound: no silence)
+        panel_wrong = world.panel_held is not None and world.panel_held != bool(held)
+        self._local_condition(
+            "panel",
+            (
+                "the unit's held light is on with no due dose held"
+                if world.panel_held
+                else f"the due dose of slot {min(held)} is held and the unit's held light is off"
+            )
+            if panel_wrong
             else None,
             now,
         )
@@ -1634,6 +1666,8 @@ class Judge:
             )
         elif kind == "pause_reminder":
             self._on_pause_reminder(fields)
+        elif kind == "sachet_rejected":
+            self._judge_rejection(fields)
         elif kind == "state_unreadable":
             self._on_state_unreadable(priority, fields, alert_id)
         if self._reports_open:
@@ -1658,6 +1692,22 @@ class Judge:
                     names = (fields.get("roll_id"), fields.get("index"))
                     # a report naming a sachet must name this one
                     cond.reported = names[1] is None or cond.sachet in (None, names)
+
+    def _judge_rejection(self, fields: dict[str, object]) -> None:
+        """R15: a sachet is rejected only when it truly cannot be given to this patient."""
+        roll_id, index = fields.get("roll_id"), fields.get("index")
+        if not isinstance(roll_id, str) or not isinstance(index, int):
+            return
+        label = self._read_labels.get((roll_id, index))
+        if label is None:
+            return  # never at the reader while the judge looked: nothing to compare
+        ref = self.config.patient_ref
+        if label.usable and label.patient_ref == ref and label.roll_patient_ref == ref:
+            self._violation(
+                "R15",
+                f"sachet_rejected ({fields.get('reason')}) for sachet {index} of roll {roll_id}: "
+                "readable, printed with a time and for this patient",
+            )
 
     def _judge_named_sachet(self, what: str, fields: dict[str, object], label: SachetLabel) -> None:
         """R12: a report of a dispense id the dispenser cut names the sachet it cut."""
@@ -1723,8 +1773,8 @@ class Judge:
     def centre_command(self, what: str, key: object = None) -> None:
         """The response centre's (or a technician's) command reaches the unit now (R11):
         "acknowledge" (key: the alert id), "silence", "discard" (the roll id), "schedule" (the
-        version), "pause" or "resume" (the pause id). Its confirmation is owed before true time
-        moves on, unless `centre_refused` follows."""
+        version), "pause" or "resume" (the pause id), "bind" (a technician binds the patient).
+        Its confirmation is owed before true time moves on, unless `centre_refused` follows."""
         now = self._require_now()
         owed: tuple[str, str | None, object] | None = None
         if what == "acknowledge":
@@ -1744,6 +1794,7 @@ class Judge:
                 "schedule": ("schedule_changed", "version", key),
                 "pause": ("pause_started", "pause_id", key),
                 "resume": ("pause_ended", "pause_id", key),
+                "bind": ("binding_changed", "bound", True),
             }[what]
         if owed is not None:
             self._owed.append((*owed, now))
@@ -1876,6 +1927,7 @@ class Judge:
         the cassette locked and shows FAULT."""
         now = self._require_now()
         self._lockdown, self._lockdown_binding = "", binding
+        self._unbound = self._unbound or binding == "unreadable"
         self._conditions[_DAMAGE_KEY] = _Condition(
             "state_unreadable",
             now,
@@ -1884,6 +1936,13 @@ class Judge:
             what=f"no HIGH state_unreadable (binding {binding}) for the damaged state",
         )
         self._review_local(now)
+        if self._owed_doses:
+            self._review_doses(now)
+
+    def bound(self) -> None:
+        """A person bound the unit to its patient again (after the binding was lost)."""
+        self._unbound = False
+        now = self._require_now()
         if self._owed_doses:
             self._review_doses(now)
 

@@ -226,3 +226,9 @@ def plan_state_damage(
             out.append(t)
             t += rng.expovariate(rate)
     return sorted(t for t in out if t < duration_s - quiet_tail_s)
+
+
+def state_damage_parts(seed: int) -> tuple[str, ...]:
+    """What a damaged stored state of `seed` has lost: always the loaded roll's record; for
+    seeds ending in 7 the patient binding too (a person must bind the unit again)."""
+    return ("roll", "binding") if seed % 10 == 7 else ("roll",)

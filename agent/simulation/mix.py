@@ -28,6 +28,9 @@ seeds 4 mod 10; `config_for(..., features=...)` runs one) leaves a dose not take
 carer comes 30 min to 4 h after the centre hears of it and lifts it out, a removal the agent must
 count as an intake (it cannot tell who took it).
 
+Seeds of the pause kind without close doses (1, 4, 10, 16, ...) get their second roll printed
+exactly the sachet tolerance off each dose time, early and late in turn (the boundary of R4 and
+R16: each sachet still belongs to its slot).
 Seeds 2 and 7 (mod 10) meet, in their first three weeks, a restart that finds a field of the
 stored state damaged (the unit locks down until the centre acknowledges: judge R17); not in the
 wide world, whose seeds stay the regressions tests/test_sim_wide.py replays.
@@ -158,6 +161,9 @@ def config_for(
             mishaps=MishapRates.mix(time_moves=moves) if world == "mix" else wide_mishaps(moves),
             early_trip=scenario.pauses_per_year > 0,
         )
+        if world == "mix" and scenario.pauses_per_year == 12.0 and scenario.times is None:
+            # seeds with pauses only (no extra sachets, no moved times): the sachet-time edge
+            config = replace(config, edge_prints=True)
         if world == "mix" and seed % 5 == 2:  # a restart that finds its state damaged, early
             config = replace(config, mishaps=replace(config.mishaps, early_state_damage=True))
         if world == "mix" and config.features is None:  # a model without some feature bits
