@@ -2337,7 +2337,7 @@ def test_r12_a_dose_left_in_a_tray_without_a_bin_is_reported_with_its_reason() -
 # --- the unit's own held light, true rejections, a binding lost ------------------------------
 
 
-def test_r14_the_units_held_light_is_on_exactly_while_a_due_dose_is_held() -> None:
+def test_r14_the_units_held_light_is_on_while_a_due_dose_is_held_and_only_for_a_held_one() -> None:
     def held_at_0600(panel: bool) -> Judge:
         j = judge(enforce=frozenset({"R14"}))
         j.world(replace(home(pattern="HELD"), panel_held=False))
@@ -2359,8 +2359,19 @@ def test_r14_the_units_held_light_is_on_exactly_while_a_due_dose_is_held() -> No
     stray.advance(utc("05:00"))
     stray.world(replace(home(), panel_held=True))  # nothing held at all
     stray.advance(utc("05:09"))
-    with pytest.raises(InvariantViolation, match=r"R14 .*held light is on with no due dose held"):
+    with pytest.raises(InvariantViolation, match=r"R14 .*held light is on with no dose held"):
         stray.advance(utc("05:11"))
+    early = judge(enforce=frozenset({"R14"}))  # TAKE at 05:00, answered "held": lit early
+    early.world(home())
+    early.advance(utc("05:00"))
+    early.published("dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "no_roll"})
+    early.world(replace(home(pattern="HELD"), panel_held=True))
+    early.advance(utc("05:40"))
+    assert r14(early) == []
+    outcome(early, "2026-06-01T08:00", "missed", "high")  # the slot ended: nothing held now
+    early.advance(utc("05:49"))
+    with pytest.raises(InvariantViolation, match=r"R14 .*held light is on with no dose held"):
+        early.advance(utc("05:51"))
     unseen = judge(enforce=frozenset({"R14"}))
     unseen.world(replace(home(), panel_held=None))  # the Pi is down: its panel is not judged
     unseen.advance(utc("05:30"))

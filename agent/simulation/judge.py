@@ -156,8 +156,9 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      shows HELD (or FAULT), unless silenced; a dispenser without HELD_PATTERN refuses HELD, so
      FAULT (SPEC 3: the agent shows FAULT instead);
    - "panel": the unit's own held light (its panel, drivers/gpio_panel.py; judged while the
-     agent runs) is on exactly while such a held dose is due, a dose in the tray or not (a
-     light, not a sound: no silence);
+     agent runs) is on while such a held dose is due, a dose in the tray or not (a light, not a
+     sound: no silence), and off while no dose the agent said is held lacks an outcome (an
+     early TAKE may be answered "held" before the slot is due);
    - "lock": a roll whose leader does not name the patient (another's, or blank) is loaded, or
      the unit is locked down (R17) -> the cassette is locked (on a dispenser with a lock); else
      it is not locked (the patient's doses come);
@@ -1286,15 +1287,20 @@ class Judge:
             else None,
             now,
         )
-        # the unit's own panel lights its held light exactly while a due dose the agent said
-        # is held is neither given nor ended (a dose in the tray may be calling at the same
-        # time; a light, not a sound: no silence)
-        panel_wrong = world.panel_held is not None and world.panel_held != bool(held)
+        # the unit's own panel lights its held light while a due dose the agent said is held
+        # is neither given nor ended (a dose in the tray may be calling at the same time; a
+        # light, not a sound: no silence), and only while some dose the agent said is held has
+        # no outcome (a patient's early TAKE may be answered "held" before its slot is due)
+        panel = world.panel_held
+        panel_wrong = panel is not None and (
+            (not panel and bool(held))
+            or (panel and not any(s not in self._outcomes for s in self._held))
+        )
         self._local_condition(
             "panel",
             (
-                "the unit's held light is on with no due dose held"
-                if world.panel_held
+                "the unit's held light is on with no dose held"
+                if panel
                 else f"the due dose of slot {min(held)} is held and the unit's held light is off"
             )
             if panel_wrong
