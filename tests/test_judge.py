@@ -650,6 +650,32 @@ def test_r8_a_jam_not_reported_within_the_bound() -> None:
         j.advance(utc("03:11"))
 
 
+def test_r8_an_untrusted_clock_is_reported_and_its_end_too() -> None:
+    j = judge(enforce=frozenset({"R8.clock_untrusted"}))
+    j.advance(utc("03:00"))
+    j.world(world(clock_trusted=False))  # a boot without time
+    j.advance(utc("03:10"))
+    with pytest.raises(InvariantViolation, match=r"R8.clock_untrusted .*2026-06-01 03:10"):
+        j.advance(utc("03:11"))
+    ok = judge(enforce=frozenset({"R8.clock_untrusted", "R12"}))
+    ok.advance(utc("03:00"))
+    ok.world(world(clock_trusted=False))
+    ok.published("clock_untrusted", "high", {"trust": "untrusted"})
+    ok.advance(utc("04:00"))
+    ok.world(world())  # synchronised
+    ok.advance(utc("04:14"))
+    with pytest.raises(InvariantViolation, match=r"R12 .*end of clock_untrusted"):
+        ok.advance(utc("04:16"))  # its end was never said
+    ended = judge(enforce=frozenset({"R8.clock_untrusted", "R12"}))
+    ended.advance(utc("03:00"))
+    ended.world(world(clock_trusted=False))
+    ended.published("clock_untrusted", "high", {"trust": "untrusted"})
+    ended.world(world())
+    ended.published("clock_untrusted_cleared", "info", {"trust": "synchronised"})
+    ended.advance(utc("05:00"))
+    assert ended.findings == []
+
+
 def test_r8_a_reported_jam_and_one_cleared_in_time_are_fine() -> None:
     j = judge()
     j.advance(utc("03:00"))
@@ -1215,7 +1241,7 @@ def test_r8_pause_overdue_runs_from_when_the_agents_clock_shows_the_maximum() ->
     untrusted.world(world(clock_trusted=False))
     untrusted.pause("open", utc("01:00"), None)
     untrusted.advance(utc("05:00"))  # no trusted clock: it cannot know
-    assert untrusted.findings == []
+    assert [f for f in untrusted.findings if f.rule == "R8.pause_overdue"] == []
     untrusted.world(world())  # NTP: it knows now, and has the bound to say it
     untrusted.advance(utc("05:09"))
     with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue"):

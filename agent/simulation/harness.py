@@ -857,6 +857,7 @@ class Simulation:
         if offset:
             self._clock.jump_wall(-offset)
         self._clock.set_trust(TimeTrust.SYNCHRONISED)
+        self._observe_world()  # the clock is trusted before the agent's next step hears of it
         self._feed([Tick()])
 
     def _pi_boots(self, fault: Fault) -> None:
@@ -874,6 +875,7 @@ class Simulation:
             self._judge.agent_restarted(
                 clock_trusted=self._clock.now().trust is not TimeTrust.UNTRUSTED
             )
+        self._observe_world()  # booted with this clock before the link's first step
         if self._link_downs == 0:
             self._link_up()
         self._at(self._elapsed + fault.duration_s, "NTP sync after boot", self._ntp_sync)

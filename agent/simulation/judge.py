@@ -84,7 +84,10 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
    - "pause_overdue": the unit has been paused without a break (windows overlapping or end to
      start, the judge's own chain) for `pause_max` (the engine's setting, passed in) ->
      `pause_overdue`; the bound runs from when the agent's trusted clock shows the maximum
-     reached, not while its clock is untrusted (it cannot tell how long the pause has lasted).
+     reached, not while its clock is untrusted (it cannot tell how long the pause has lasted);
+   - "clock_untrusted": the agent runs with a wall clock it has no reason to trust (a boot
+     without time sync and without the dispenser's RTC) -> `clock_untrusted`; its end (the
+     clock synchronised) is owed a `clock_untrusted_cleared` (R12).
 R9 no false missed alarm: no `slot_outcome` "missed", published while the agent runs and is
    linked to the dispenser (so it can ask whether the tray is empty), for a slot whose dose the
    agent published as presented (`dose_presented`) and the patient (or someone packing for a
@@ -277,6 +280,7 @@ HIGH_CONDITIONS = (
     "roll_unreadable",
     "sachet_unusable",
     "pause_overdue",
+    "clock_untrusted",
 )
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
 SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
@@ -301,6 +305,7 @@ HOLDING_RULES = frozenset(
         "R8.roll_unreadable",
         "R8.sachet_unusable",
         "R8.pause_overdue",
+        "R8.clock_untrusted",
         "R9",
         "R10",
         "R11",
@@ -572,12 +577,14 @@ _CONDITION_EVENTS = {
     "roll_unreadable": ("roll_rejected",),
     "sachet_unusable": ("fault_reader", "sachet_rejected"),
     "pause_overdue": ("pause_overdue",),
+    "clock_untrusted": ("clock_untrusted",),
 }
 # R12: the event that reports a HIGH condition's end (the conditions R8 sees in the world)
 _CLEARED_EVENTS = {
     "wrong_roll": "wrong_roll_cleared",
     "jam": "fault_jam_cleared",
     "bin_full": "fault_bin_full_cleared",
+    "clock_untrusted": "clock_untrusted_cleared",
 }
 # roll_empty: the HIGH events that name the slot whose dose waits for a roll, or did not get it
 _SLOT_EVENTS = ("slot_outcome", "dose_held")
@@ -1135,6 +1142,7 @@ class Judge:
             "jam": state.jammed,
             "bin_full": state.bin_full,
             "roll_unreadable": state.roll_patient_ref == ref and not state.roll_label_readable,
+            "clock_untrusted": not state.clock_trusted,
         }
         for name, on in present.items():
             if on and name not in self._conditions:
