@@ -580,7 +580,7 @@ def test_r7_a_pause_is_in_force_when_the_agents_clock_shows_its_start() -> None:
     j.pause("p1", utc("06:50"), None)
     j.advance(utc("07:00"))  # the agent's clock shows 06:00: no pause yet
     outcome(j, "2026-06-01T08:00", "missed", "high")
-    assert j.findings == []
+    assert [f for f in j.findings if f.rule == "R7"] == []  # (R16 is not fed a dose here)
     late = judge(enforce=frozenset({"R7"}))
     late.world(world(clock_behind=timedelta(hours=1)))
     late.pause("p1", utc("06:50"), None)
@@ -784,7 +784,7 @@ def test_r8_an_empty_roll_at_a_due_time_needs_a_high_outcome_for_that_slot() -> 
     outcome(j, "2026-06-01T20:00", "missed", "high")  # another slot's alarm does not count
     with pytest.raises(InvariantViolation, match=r"roll_empty \(slot 2026-06-01T08:00\)"):
         j.advance(utc("06:11"))
-    ok = judge()
+    ok = judge(enforce=frozenset({"R8.roll_empty"}))
     ok.world(world(remaining=0))
     ok.advance(utc("06:05"))
     outcome(ok, "2026-06-01T08:00", "missed", "high")
@@ -794,7 +794,8 @@ def test_r8_an_empty_roll_at_a_due_time_needs_a_high_outcome_for_that_slot() -> 
     refilled.advance(utc("06:05"))
     refilled.world(world(remaining=28))  # the nurse came in time
     refilled.advance(utc("07:00"))
-    assert ok.findings == refilled.findings == []
+    r8 = [f for j in (ok, refilled) for f in j.findings if f.rule.startswith("R8")]
+    assert r8 == []  # (ok's outcome at 06:05 gives the dose up early: R16's, not judged here)
 
 
 def test_r8_an_empty_roll_is_reported_by_a_high_hold_of_that_slot() -> None:
@@ -2454,3 +2455,18 @@ def test_r17_a_lost_binding_owes_no_dose_until_a_person_binds_the_unit_again() -
     ):
         # the roll's record alone was damaged: a report that the binding is lost is untrue
         damaged().published("state_unreadable", "high", {"binding": "unreadable"}, "alert-1")
+
+
+def test_r16_a_held_dose_is_not_given_up_before_its_window_ends() -> None:
+    def held(end_at: datetime) -> Judge:
+        j = judge(enforce=R16)
+        j.world(ready(lid_open=True))  # the lid stops the dose
+        j.advance(DUE)
+        j.published("dose_held", "low", {"slot_id": "2026-06-01T08:00", "reason": "lid_open"})
+        j.advance(end_at)
+        outcome(j, "2026-06-01T08:00", "missed", "high")
+        return j
+
+    with pytest.raises(InvariantViolation, match=r"R16 .*given up at 2026-06-01 06:10"):
+        held(utc("06:10"))  # the lid may close within the hour: the dose may still come
+    assert r16(held(utc("07:00"))) == []  # its window (60 min) has passed

@@ -203,6 +203,10 @@ R16 a dose is given when nothing stops it: from a slot's due instant (by the age
    (counted from when the agent could hear of it, on its clock). A slot presented early
    (TAKE), given an outcome, or dropped by a schedule update is owed nothing more.
 
+   A slot whose dose was not given ends (a `slot_outcome` missed or refused) only once its
+   window has passed by the agent's trusted clock: a stop that ends inside the window (a lid
+   closed, a roll put in) still lets the dose come.
+
 R17 a damaged stored state: a restart that finds its stored state damaged (`state_damaged`: the
    world damaged a field; the binding reads or not) is reported by a HIGH `state_unreadable`
    with an alert id (latched) saying the binding as it is, within `high_report_bound`; until a
@@ -603,6 +607,7 @@ _OUTCOME_DEVIATIONS: dict[str, tuple[str | None, ...]] = {
 }
 # R15: how far ahead of true time the agent's clock may be (a wall-clock step not yet corrected)
 HELD_CLOCK_SLACK = timedelta(minutes=10)
+GIVE_UP_SLACK = timedelta(seconds=1)  # R16: a slot ends at its window's end, not before
 # R12: how far a trusted wall clock (synchronised, or set from the dispenser's RTC in whole
 # seconds) may be from true time: a restart re-times a dose's escalation from the presentation's
 # stored wall time, so its `dose_not_taken` may come that much before true time says (the World
@@ -2047,6 +2052,23 @@ class Judge:
                 f"packed for slot {closer.slot_id} due {_iso(closer.due_utc)}",
             )
 
+    def _judge_given_up(self, slot: RefSlot) -> None:
+        """R16: a dose not given is given up only when its window has passed by the agent's
+        trusted clock (a stop that ends inside the window still lets it come)."""
+        w = self._world
+        if w is None or not w.clock_trusted or slot.slot_id in self._announced:
+            return
+        if slot.slot_id in self._presented_for:
+            return
+        agent_now = self._require_now() - w.clock_behind + w.clock_ahead
+        window_end = slot.due_utc + self.config.dose_window
+        if agent_now < window_end - GIVE_UP_SLACK:
+            self._violation(
+                "R16",
+                f"slot {slot.slot_id} given up at {_iso(agent_now)} by the agent's clock, before "
+                f"its window ends at {_iso(window_end)}: the dose may still come",
+            )
+
     def _on_outcome(
         self, priority: str, fields: dict[str, object], alert_id: str | None = None
     ) -> None:
@@ -2067,6 +2089,8 @@ class Judge:
             return
         self._judge_outcome_report(slot, outcome, priority, fields, alert_id)
         self._judge_tray_belief(slot, outcome, fields)
+        if outcome in ("missed", "refused"):
+            self._judge_given_up(slot)
         dispense_id = fields.get("dispense_id")
         shown = self._presented.get(dispense_id) if isinstance(dispense_id, int) else None
         if shown is not None:
