@@ -361,6 +361,7 @@ def test_r4_the_slots_own_dose_presented_before_a_trip_by_the_agents_clock_is_no
         (("08:00", "08:30", "20:00"), timedelta(minutes=15)),
         (("20:00", "08:00", "14:00"), timedelta(hours=3)),
         (("00:15", "23:45"), timedelta(minutes=15)),  # across midnight
+        (("00:05", "08:00", "23:15"), timedelta(minutes=25)),  # the mix's night doses
         (("09:00",), timedelta(hours=12)),  # 24 h apart: half, which is the cap
         (("07:30", "22:00"), timedelta(hours=4, minutes=45)),
     ],
@@ -2470,3 +2471,103 @@ def test_r16_a_held_dose_is_not_given_up_before_its_window_ends() -> None:
     with pytest.raises(InvariantViolation, match=r"R16 .*given up at 2026-06-01 06:10"):
         held(utc("06:10"))  # the lid may close within the hour: the dose may still come
     assert r16(held(utc("07:00"))) == []  # its window (60 min) has passed
+
+
+# --- R21: the battery conditions at their documented levels ------------------------------------
+
+
+def battery_walk(j: Judge, levels: tuple[int, ...], start: str = "01:00") -> None:
+    """The battery at each level 20 min apart from `start`, the agent raising and clearing at
+    once as docs/engine.md's table says (written out here: battery_low at <= 20 %, cleared at
+    >= 25 %; battery_empty at <= 3 %, cleared at >= 5 %; each raised once, cleared once)."""
+    at = utc(start)
+    raised: set[str] = set()
+    for pct in levels:
+        j.advance(at)
+        j.battery(pct)
+        for name, raise_at, clear_at in (("battery_low", 20, 25), ("battery_empty", 3, 5)):
+            if name not in raised and pct <= raise_at:
+                j.published(name, "low", {"battery_pct": pct, "mains": False})
+                raised.add(name)
+            elif name in raised and pct >= clear_at:
+                j.published(f"{name}_cleared", "info", {"battery_pct": pct, "mains": True})
+                raised.discard(name)
+        at += timedelta(minutes=20)
+    j.advance(at)
+
+
+WALK = (26, 25, 21, 20, 19, 6, 5, 4, 3, 2, 3, 4, 5, 6, 24, 25, 26, 100)
+
+
+def test_r21_battery_conditions_raised_and_cleared_at_their_levels_pass() -> None:
+    j = judge(enforce=frozenset({"R21"}))
+    j.world(world())
+    battery_walk(j, WALK)
+    battery_walk(j, (50, 15, 2, 100), start="10:00")  # the plain world's power loss
+    assert j.findings == []
+
+
+def test_r21_a_clear_owed_at_its_level_and_not_published_is_late() -> None:
+    """The engine clearing battery_empty at 6 % instead of 5 %: the clear owed at 5 % is late."""
+    j = judge(enforce=frozenset({"R21"}))
+    j.world(world())
+    battery_walk(j, (26, 25, 21, 20, 19, 6, 5, 4, 3, 2, 3, 4))
+    j.battery(5)
+    j.advance(utc("05:10"))  # within the bound: not late yet
+    late = r"R21 .*battery is at 5 % .*no battery_empty_cleared"
+    with pytest.raises(InvariantViolation, match=late):
+        j.advance(utc("05:21"))
+
+
+def test_r21_the_bound_runs_while_the_agent_is_linked() -> None:
+    j = judge(enforce=frozenset({"R21"}))
+    j.world(world(linked=False))
+    j.advance(utc("01:00"))
+    j.battery(20)
+    j.advance(utc("03:00"))  # the agent cannot hear the dispenser: nothing owed yet
+    j.world(world())
+    j.advance(utc("03:09"))
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R21 .*battery is at 20 % .*no battery_low "):
+        j.advance(utc("03:11"))
+
+
+@pytest.mark.parametrize(
+    ("levels", "kind", "message"),
+    [
+        ((26, 25, 21), "battery_low", r"battery_low with the battery at 21 %: .*raised at <= 20"),
+        ((3, 4), "battery_empty_cleared", r"at 4 %: .*cleared at >= 5 %"),  # no hysteresis
+        ((19, 24), "battery_low_cleared", r"at 24 %: .*cleared at >= 25 %"),
+        ((5,), "battery_empty", r"battery_empty with the battery at 5 %"),
+        ((50,), "battery_low_cleared", r"at 50 %: it was not raised"),
+        ((19,), "battery_low", r"at 19 %: it was raised already"),
+    ],
+)
+def test_r21_a_condition_raised_or_cleared_off_its_level_is_flagged(
+    levels: tuple[int, ...], kind: str, message: str
+) -> None:
+    j = judge(enforce=frozenset({"R21"}))
+    j.world(world())
+    battery_walk(j, levels)
+    with pytest.raises(InvariantViolation, match=r"R21 .*" + message):
+        j.published(kind, "low", {"battery_pct": levels[-1], "mains": False})
+
+
+def test_r20_a_help_pressed_while_linked_is_told_unless_one_was_told_within_the_interval() -> None:
+    j = judge(enforce=frozenset({"R20"}))
+    j.world(world())
+    j.advance(utc("05:00"))
+    j.help_pressed()
+    j.published("help_requested", "medium", {"button": "help"})
+    j.advance(utc("05:00") + timedelta(seconds=30))
+    j.help_pressed()  # again within a minute: the first one told it
+    j.advance(utc("05:01"))
+    j.world(world(linked=False))
+    j.advance(utc("05:30"))
+    j.help_pressed()  # the agent cannot hear it
+    j.advance(utc("05:31"))
+    j.world(world())
+    assert j.findings == []
+    j.help_pressed()  # 31 min after the last one told: owed
+    with pytest.raises(InvariantViolation, match=r"R20 .*HELP pressed at .*no help_requested"):
+        j.advance(utc("05:32"))

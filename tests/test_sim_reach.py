@@ -75,9 +75,9 @@ def test_a_unit_that_says_a_lost_binding_was_kept_is_caught(
 
 
 def test_the_second_roll_of_an_edge_seed_is_printed_at_the_sachet_tolerance() -> None:
-    """Seed 1 (pauses, no close doses): its second roll's sachets lie exactly the tolerance
+    """Seed 4 (pauses, doses far apart): its second roll's sachets lie exactly the tolerance
     before and after their dose times, in turn (each still its slot's, at the boundary)."""
-    sim = Simulation(config_for(1, 30))
+    sim = Simulation(config_for(4, 30))
     period = sim._periods[1]
     roll = sim._roll(period, "p", "p", period.sachet_times[-1])
     offsets = {

@@ -41,7 +41,7 @@ from agent.simulation.harness import (
 from agent.simulation.invariants import InvariantChecker, InvariantViolation, PhysicalDispense
 from agent.simulation.judge import HOLDING_RULES, parse_rules
 from agent.simulation.mishaps import MishapRates
-from agent.simulation.mix import BINLESS, CLOSE_DOSES, config_for, scenario_for
+from agent.simulation.mix import BINLESS, CLOSE_DOSES, NIGHT_DOSES, config_for, scenario_for
 from hw.dispenser import DEFAULT_FEATURES
 from protocol.messages import Feature, RollInserted, SachetRead
 
@@ -474,6 +474,8 @@ def test_invariants_hold_for_many_seeded_years() -> None:
             "dispensed_for_travel",
             "skipped_paused",
             "plan_decisions",
+            "battery_walk",
+            "press_again",
         }
         assert wanted <= set(happened), sorted(wanted - set(happened))
 
@@ -490,6 +492,17 @@ def test_the_mix_gives_consecutive_seeds_every_scenario() -> None:
     # a prescribed extra time is chosen clear of the times in force: moves never join it
     assert not any(s.plan_changes_per_year and s.time_moves_per_year for s in names)
     assert scenario_for(7) == scenario_for(7)
+
+
+def test_night_doses_a_battery_walk_and_presses_again_are_on_a_few_mix_seeds_only() -> None:
+    """Each on a fifth or a tenth of the seeds (the others replay as they did), none in the wide
+    world (its seeds are regressions replayed as they are)."""
+    mix = [config_for(seed, 30) for seed in range(10)]
+    assert [c.seed for c in mix if c.times == NIGHT_DOSES] == [1]
+    assert [c.seed for c in mix if c.battery_walk] == [4, 9]
+    assert [c.seed for c in mix if c.double_press] == [0, 5]
+    wide = [config_for(seed, 30, "wide") for seed in range(10)]
+    assert not any(c.times == NIGHT_DOSES or c.battery_walk or c.double_press for c in wide)
 
 
 def test_the_classic_world_is_the_simulation_without_the_mix() -> None:

@@ -180,6 +180,14 @@ BAD_COMMANDS = (
     "discard_sachet_not_at_reader",
     "acknowledge_nobody",
 )
+# A power loss's battery levels with `battery_walk`: each threshold of docs/engine.md (battery_low
+# at <= 20 %, cleared at >= 25 %; battery_empty at <= 3 %, cleared at >= 5 %) and the levels
+# beside it, going down (the empty ones only on a loss of more than 12 h) and charging back up
+# (from the lowest reached); a step lasts longer than the judge's bound (R21 sees a late report)
+BATTERY_DRAIN_LOW = (26, 25, 21, 20, 19)
+BATTERY_DRAIN_EMPTY = (6, 5, 4, 3, 2)
+BATTERY_CHARGE = (3, 4, 5, 6, 24, 25, 26)
+BATTERY_STEP_S = 20 * 60.0
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
 TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
@@ -234,6 +242,12 @@ class SimulationConfig:
     # the second roll printed exactly the sachet tolerance off each slot (early, late, in turn);
     # only for dose times at least four tolerances apart and no extra sachets (plan changes)
     edge_prints: bool = False
+    # a power loss of more than 4 h walks the battery down through the levels at and beside
+    # the battery thresholds (BATTERY_DRAIN) and, mains back, up through them (BATTERY_CHARGE),
+    # a level every BATTERY_STEP_S (judge R21); off: 15 %, after 12 h 2 %, charged 100 %
+    battery_walk: bool = False
+    # the chance that the patient presses a stray TAKE or HELP again within a minute (R20)
+    double_press: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +524,8 @@ class Simulation:
         for due, habit in zip(self._slot_dues, self._habits, strict=True):
             if habit is Habit.EARLY:
                 self._at(due - p.early_press_lead_s(), "press TAKE (early)", self._early_press)
+        # a stream of its own: the rest of the seed's world stays what it was without it
+        again = random.Random(f"double press {self.config.seed}")
         for at in p.stray_press_times_s(self._duration_s):
             button = ButtonId.TAKE if p.pick_button_is_take() else ButtonId.HELP
             self._at(
@@ -517,6 +533,10 @@ class Simulation:
                 f"press {button.name}",
                 partial(self._press, button),
             )
+            if self.config.double_press and again.random() < self.config.double_press:
+                # nothing seemed to happen: pressed again (R20: told at most once per interval)
+                later = at + again.uniform(5.0, 50.0)
+                self._at(later, f"press {button.name} again", partial(self._press_again, button))
         for at, after in p.lid_open_times_s(self._duration_s):
             self._at(at, "lid open", lambda: self._physical(self._model.set_lid(True)))
             self._at(at + after, "lid closed", lambda: self._physical(self._model.set_lid(False)))
@@ -650,7 +670,13 @@ class Simulation:
         self._from_dispenser(messages)
 
     def _press(self, button: ButtonId) -> None:
+        if self._judge is not None and button is ButtonId.HELP:
+            self._judge.help_pressed()  # R20: a call for help is told
         self._physical(self._model.press_button(button))
+
+    def _press_again(self, button: ButtonId) -> None:
+        self._mishap_counts["press_again"] += 1
+        self._press(button)
 
     def _early_press(self) -> None:
         self._eager_until = self._elapsed + 600.0
@@ -779,7 +805,7 @@ class Simulation:
                 self._physical(m.set_fault(FaultCode.JAM, True, "sim jam"))
                 self._at(fault.at_s + fault.duration_s, "jam cleared", self._jam_cleared)
             case FaultKind.POWER_LOSS:
-                self._physical(m.set_power(False, int(fault.amount)))
+                self._power(False, int(fault.amount))
                 self._plan_battery(fault)
             case FaultKind.DISPENSER_REBOOT:
                 m.reboot()
@@ -832,20 +858,57 @@ class Simulation:
     def _plan_battery(self, fault: Fault) -> None:
         m = self._model
         end = fault.at_s + fault.duration_s
+        if self.config.battery_walk and fault.duration_s > 4 * 3600:
+            self._walk_battery(fault)
+            return
         if fault.duration_s > 4 * 3600:
             self._at(
                 fault.at_s + 3 * 3600,
                 "battery 15 %",
-                lambda: self._physical(m.set_power(False, min(m.battery_pct, 15))),
+                lambda: self._power(False, min(m.battery_pct, 15)),
             )
         if fault.duration_s > 12 * 3600:
             self._at(
                 fault.at_s + 11 * 3600,
                 "battery 2 %",
-                lambda: self._physical(m.set_power(False, min(m.battery_pct, 2))),
+                lambda: self._power(False, min(m.battery_pct, 2)),
             )
         self._at(end, "mains back", lambda: self._physical(m.set_power(True)))
-        self._at(end + 2 * 3600, "battery charged", lambda: self._physical(m.set_power(True, 100)))
+        self._at(end + 2 * 3600, "battery charged", lambda: self._power(True, 100))
+
+    def _walk_battery(self, fault: Fault) -> None:
+        """A long power loss (`battery_walk`): the battery drains through the levels at and
+        beside the low thresholds from 2 h 20 min in (the empty ones from 10 h on a loss of more
+        than 12 h), and once the mains are back charges up through them, then to full."""
+        end = fault.at_s + fault.duration_s
+        empty = fault.duration_s > 12 * 3600
+        self._mishap_counts["battery_walk"] += 1
+        for k, pct in enumerate(BATTERY_DRAIN_LOW):
+            at = fault.at_s + 2 * 3600 + 20 * 60 + k * BATTERY_STEP_S
+            self._at(at, f"battery {pct} %", partial(self._drain, pct))
+        for k, pct in enumerate(BATTERY_DRAIN_EMPTY if empty else ()):
+            at = fault.at_s + 10 * 3600 + k * BATTERY_STEP_S
+            self._at(at, f"battery {pct} %", partial(self._drain, pct))
+        self._at(end, "mains back", lambda: self._physical(self._model.set_power(True)))
+        # from 2 %: 3, 4, 5, 6, 24, 25, 26; from 19 %: 24, 25, 26; then full
+        charge = (*(BATTERY_CHARGE if empty else BATTERY_CHARGE[4:]), 100)
+        for k, pct in enumerate(charge, 1):
+            at = end + k * BATTERY_STEP_S
+            self._at(at, f"battery charging {pct} %", partial(self._charge, pct))
+
+    def _drain(self, pct: int) -> None:
+        if not self._model.mains:  # not when the mains came back meanwhile (overlapping losses)
+            self._power(False, min(self._model.battery_pct, pct))
+
+    def _charge(self, pct: int) -> None:
+        if self._model.mains:  # not while another power loss is on
+            self._power(True, max(self._model.battery_pct, pct))
+
+    def _power(self, mains: bool, pct: int) -> None:
+        """The mains on or off and the battery at `pct` (the judge sees the level first)."""
+        if self._judge is not None:
+            self._judge.battery(pct)
+        self._physical(self._model.set_power(mains, pct))
 
     def _link_back(self) -> None:
         self._link_downs -= 1

@@ -234,7 +234,18 @@ R19 the national code of a dose not handed over: published with its VKP code (`v
 
 R20 no alarm flood: `lid_open`, `button_pressed`, `help_requested` and `panel_help_requested`
    at most once per `chatty_interval` each (the engine's setting, passed in), counted since the
-   agent last started (it keeps when it last told one in memory only).
+   agent last started (it keeps when it last told one in memory only); and a HELP the patient
+   presses while the agent is linked is told (`help_requested`, at once) unless one was told
+   less than the interval before (`help_pressed`: a call for help is never lost).
+
+R21 the battery at its thresholds: `battery_low` is raised once the dispenser's battery is at
+   or below 20 % and cleared (`battery_low_cleared`) once it is back at or above 25 %;
+   `battery_empty` at or below 3 %, cleared at or above 5 % (docs/engine.md's table of
+   technical conditions, the judge's own `BATTERY_LEVELS`). Between the two levels nothing
+   changes (hysteresis). Each is raised once and cleared once: a raise or a clear with the
+   battery (as the world has it now) outside its documented level, a second raise or a clear of
+   a condition not raised is a violation; one owed by the level is published within
+   `high_report_bound` (running, like R8's, while the agent is linked to the dispenser).
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -274,6 +285,7 @@ RULES: dict[str, str] = {
     "R18": "a sachet a person decided to discard goes to the bin when nothing stops it",
     "R19": "a dose not given carries the national code of why (VKP 3.3, or 3.7: empty)",
     "R20": "no alarm flood: a chatty event at most once per interval",
+    "R21": "the battery conditions are raised and cleared at their documented levels",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -322,6 +334,7 @@ HOLDING_RULES = frozenset(
         "R18",
         "R19",
         "R20",
+        "R21",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -627,6 +640,10 @@ VKP_NOT_SHOWN = "not shown"  # published() was not shown the event's code: R19 i
 # (docs/engine.md: chatty inputs); a restart forgets when it last reported one (not stored)
 CHATTY_EVENTS = frozenset({"lid_open", "help_requested", "panel_help_requested", "button_pressed"})
 CHATTY_SLACK = timedelta(seconds=1)
+# R21: the battery conditions (docs/engine.md, technical conditions): raised at or below the
+# first level (per cent), cleared at or above the second
+BATTERY_LEVELS: dict[str, tuple[int, int]] = {"battery_low": (20, 25), "battery_empty": (3, 5)}
+BATTERY_EVENTS = frozenset((*BATTERY_LEVELS, *(f"{name}_cleared" for name in BATTERY_LEVELS)))
 # R17: the key of the owed state_unreadable report
 _DAMAGE_KEY = "R17 state_unreadable"
 # why a dose is left in the tray (docs/engine.md): the dispenser has no bin, or it is full
@@ -707,6 +724,12 @@ class Judge:
     # R18: since when nothing has stopped the discard of the decided sachet at the reader
     _discard_free_since: datetime | None = None
     _chatty_last: dict[str, datetime] = field(default_factory=dict)  # R20: kind -> last one
+    _help_owed: datetime | None = None  # R20: a HELP pressed then is owed its help_requested
+    _battery: int = 100  # R21: the dispenser's battery level now (per cent)
+    _battery_raised: set[str] = field(default_factory=set)  # R21: published, not cleared since
+    # R21: battery conditions whose raise or clear the level owes, and since when
+    _battery_owed: dict[str, datetime] = field(default_factory=dict)
+    _battery_late: set[str] = field(default_factory=set)  # R21: owed and judged late already
 
     def __post_init__(self) -> None:
         c = self.config
@@ -816,6 +839,13 @@ class Judge:
             self._review_doses(now)
         if self._discard_free_since is not None:
             self._review_discard(now)
+        if self._battery_owed:
+            self._judge_battery(now)
+        if self._help_owed is not None and now > self._help_owed + CHATTY_SLACK:
+            pressed, self._help_owed = self._help_owed, None
+            self._violation(
+                "R20", f"HELP pressed at {_iso(pressed)} and no help_requested told", pressed
+            )
         # R14: what the dispenser should show changes at these instants (the bound runs from them)
         if self._silenced_until is not None and now >= self._silenced_until:
             since, self._silenced_until = self._silenced_until, None
@@ -1630,6 +1660,10 @@ class Judge:
             self._judge_vkp(kind, priority, fields, vkp_code)
         if kind in CHATTY_EVENTS:
             self._judge_chatty(kind)
+            if kind == "help_requested":
+                self._help_owed = None
+        elif kind in BATTERY_EVENTS:
+            self._on_battery_event(kind)
         if self._owed:
             self._owed = [
                 o
@@ -1937,6 +1971,72 @@ class Judge:
                 f"{kind} at {_iso(now)}, {_minutes(now - last)} after the last one: at most one "
                 f"per {self.config.chatty_interval}",
             )
+
+    def help_pressed(self) -> None:
+        """R20: the patient presses HELP now (call before the agent hears it)."""
+        now = self._require_now()
+        last = self._chatty_last.get("help_requested")
+        linked = self._world is not None and self._world.agent_linked
+        if linked and (last is None or now - last >= self.config.chatty_interval + CHATTY_SLACK):
+            self._help_owed = now
+
+    def battery(self, pct: int) -> None:
+        """R21: the dispenser's battery is at `pct` per cent now (before the agent hears it)."""
+        self._battery = pct
+        self._review_battery(self._require_now())
+
+    def _review_battery(self, now: datetime) -> None:
+        """R21: which battery condition the level owes a raise or a clear now."""
+        for name, (raise_at, clear_at) in BATTERY_LEVELS.items():
+            raised = name in self._battery_raised
+            if (self._battery >= clear_at) if raised else (self._battery <= raise_at):
+                self._battery_owed.setdefault(name, now)
+            else:
+                self._battery_owed.pop(name, None)
+                self._battery_late.discard(name)
+
+    def _judge_battery(self, now: datetime) -> None:
+        """R21: a raise or clear owed is late (the bound runs while the agent is linked)."""
+        since_linked = self._linked_since
+        if since_linked is None:
+            return
+        bound = self.config.high_report_bound
+        for name, since in self._battery_owed.items():
+            deadline = max(since, since_linked) + bound
+            if now > deadline and name not in self._battery_late:
+                self._battery_late.add(name)
+                raise_at, clear_at = BATTERY_LEVELS[name]
+                owed = f"{name}_cleared" if name in self._battery_raised else name
+                self._violation(
+                    "R21",
+                    f"the battery is at {self._battery} % since {_iso(since)} and no {owed} "
+                    f"within {bound} ({name}: raised at <= {raise_at} %, cleared at >= "
+                    f"{clear_at} %)",
+                    deadline,
+                )
+
+    def _on_battery_event(self, kind: str) -> None:
+        """R21: a battery condition raised or cleared: at its documented level, once."""
+        name = kind.removesuffix("_cleared")
+        clearing = name != kind
+        raise_at, clear_at = BATTERY_LEVELS[name]
+        raised = name in self._battery_raised
+        wrong = (
+            ("it was not raised" if not raised else None)
+            if clearing
+            else ("it was raised already" if raised else None)
+        )
+        if wrong is None and (self._battery < clear_at if clearing else self._battery > raise_at):
+            wrong = f"{name} is raised at <= {raise_at} % and cleared at >= {clear_at} %"
+        if wrong is not None:
+            self._violation("R21", f"{kind} with the battery at {self._battery} %: {wrong}")
+        if clearing:
+            self._battery_raised.discard(name)
+        else:
+            self._battery_raised.add(name)
+        self._battery_owed.pop(name, None)
+        self._battery_late.discard(name)
+        self._review_battery(self._require_now())
 
     def state_damaged(self, binding: str) -> None:
         """R17: the agent restarted now and found its stored state damaged (the world says

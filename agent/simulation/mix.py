@@ -9,6 +9,7 @@ each of them:
 | seed % 10 | dose times |
 |---|---|
 | 3, 7 | `CLOSE_DOSES` (08:00, 08:30, 20:00: sachet tolerances and minimum interval matter) |
+| 1 | `NIGHT_DOSES` (00:05, 08:00, 23:15: the smallest spacing, 50 min, crosses midnight) |
 | others | the seed's template (harness.SCHEDULE_TEMPLATES) |
 
 | seed % 3 | scenario |
@@ -28,9 +29,16 @@ seeds 4 mod 10; `config_for(..., features=...)` runs one) leaves a dose not take
 carer comes 30 min to 4 h after the centre hears of it and lifts it out, a removal the agent must
 count as an intake (it cannot tell who took it).
 
-Seeds of the pause kind without close doses (1, 4, 10, 16, ...) get their second roll printed
-exactly the sachet tolerance off each dose time, early and late in turn (the boundary of R4 and
-R16: each sachet still belongs to its slot).
+Seeds of the pause kind on a template of doses far apart (4, 10, 16, 19, ...: not the close
+doses, nor the night doses of seeds ending in 1) get their second roll printed exactly the
+sachet tolerance off each dose time, early and late in turn (the boundary of R4 and R16: each
+sachet still belongs to its slot).
+
+Seeds 4 and 9 (mod 10) walk the battery through its thresholds on a power loss of more than
+4 h (20, 25 %; 3, 5 % and the levels beside them, going down and charging up: judge R21);
+seeds 0 and 5 (mod 10) have a patient who now and then presses a stray TAKE or HELP again
+within a minute (R20: the second is not told). None of these three (night doses, battery,
+presses) is in the wide world.
 Seeds 2 and 7 (mod 10) meet, in their first three weeks, a restart that finds a field of the
 stored state damaged (the unit locks down until the centre acknowledges: judge R17); not in the
 wide world, whose seeds stay the regressions tests/test_sim_wide.py replays.
@@ -88,6 +96,13 @@ def features_for(seed: int) -> int | None:
     return None if lacks is None else DEFAULT_FEATURES & ~int(lacks)
 
 
+# a late evening dose and one after midnight, closer (50 min) than any two of the day: the
+# minimum interval and the sachet tolerance come from the spacing across midnight
+# (both before the nurse's refill at 00:07 local: a roll that runs out at 23:15 and a late
+# nurse would leave the 00:05 dose behind a dose in the tray with the roll empty, a case the
+# engine does not report HIGH at the due time yet; see docs/mutation-testing.md)
+NIGHT_DOSES = ("00:05", "08:00", "23:15")
+DOUBLE_PRESS = 0.3  # the chance a stray press is pressed again within a minute (seeds 0, 5)
 WORLDS = ("mix", "classic", "wide")
 # the wide world's faults, in place of faults.py's defaults (see the module's docstring)
 WIDE_FAULTS = FaultRates(agent_restart=36.0, pi_reboot=18.0, wall_jump=12.0, dispenser_reboot=18.0)
@@ -116,6 +131,7 @@ class SeedWorld:
     @property
     def name(self) -> str:
         parts = ["close"] if self.times == CLOSE_DOSES else []
+        parts += ["night"] if self.times == NIGHT_DOSES else []
         if self.pauses_per_year:
             parts.append(f"pauses={self.pauses_per_year:g}")
         if self.plan_changes_per_year:
@@ -161,13 +177,20 @@ def config_for(
             mishaps=MishapRates.mix(time_moves=moves) if world == "mix" else wide_mishaps(moves),
             early_trip=scenario.pauses_per_year > 0,
         )
-        if world == "mix" and scenario.pauses_per_year == 12.0 and scenario.times is None:
-            # seeds with pauses only (no extra sachets, no moved times): the sachet-time edge
-            config = replace(config, edge_prints=True)
         if world == "mix" and seed % 5 == 2:  # a restart that finds its state damaged, early
             config = replace(config, mishaps=replace(config.mishaps, early_state_damage=True))
         if world == "mix" and config.features is None:  # a model without some feature bits
             config = replace(config, features=features_for(seed))
+        if world == "mix" and seed % 10 == 1:  # the smallest spacing crosses midnight
+            config = replace(config, times=NIGHT_DOSES)
+        if world == "mix" and scenario.pauses_per_year == 12.0 and config.times is None:
+            # seeds with pauses only (no extra sachets, no moved times) on a template of doses
+            # far apart (not close, not night doses): the sachet-time edge
+            config = replace(config, edge_prints=True)
+        if world == "mix" and seed % 5 == 4:  # the battery through its thresholds (R21)
+            config = replace(config, battery_walk=True)
+        if world == "mix" and seed % 5 == 0:  # a stray press pressed again at once (R20)
+            config = replace(config, double_press=DOUBLE_PRESS)
     if world == "wide" and config.faults == FaultRates():  # not --no-faults: the wide ones
         config = replace(config, faults=WIDE_FAULTS)
     if pauses is not None:
@@ -188,7 +211,11 @@ def describe(config: SimulationConfig) -> str:
         config.mishaps.time_moves,
     )
     world = "wide" if config.faults == WIDE_FAULTS else "mix"
-    name = scenario.name
+    name = ",".join(
+        [scenario.name] * bool(scenario.name)
+        + ["battery"] * config.battery_walk
+        + ["presses"] * bool(config.double_press)
+    )
     if config.features is not None and config.features != DEFAULT_FEATURES:
         lacks = Feature(DEFAULT_FEATURES & ~config.features)
         name = ",".join(filter(None, [name, "no " + "+".join(f.name or "?" for f in lacks)]))
