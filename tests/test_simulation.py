@@ -515,10 +515,10 @@ def test_the_classic_world_is_the_simulation_without_the_mix() -> None:
 
 
 def test_the_mix_gives_some_seeds_a_dispenser_without_feature_bits() -> None:
-    """SPEC 3: real dispensers differ. Seeds 6 and 9 (mod 10) of the mix get one without HELD,
-    without a lock; the others, and the classic and wide worlds, the full model. A bin-less one
-    (meant for seeds 4: see the xfail tests below) leaves a dose not taken in the tray: the
-    centre hears it (judge R12), a carer lifts it out, and the doses after it come again."""
+    """SPEC 3: real dispensers differ. Seeds 4, 6 and 9 (mod 10) of the mix get one without a
+    retain bin, without HELD, without a lock; the others, and the classic and wide worlds, the
+    full model. A bin-less one leaves a dose not taken in the tray: the centre hears it (judge
+    R12), a carer lifts it out, and the doses after it come again."""
     lacks = {
         seed: DEFAULT_FEATURES & ~(config_for(seed, 30).features or DEFAULT_FEATURES)
         for seed in range(10)
@@ -528,7 +528,7 @@ def test_the_mix_gives_some_seeds_a_dispenser_without_feature_bits() -> None:
         1: 0,
         2: 0,
         3: 0,
-        4: 0,
+        4: BINLESS,
         5: 0,
         6: Feature.HELD_PATTERN,
         7: 0,
@@ -537,8 +537,7 @@ def test_the_mix_gives_some_seeds_a_dispenser_without_feature_bits() -> None:
     }
     assert config_for(6, 30, "classic").features is None
     assert config_for(6, 30, "wide").features is None
-    binless = DEFAULT_FEATURES & ~BINLESS
-    result = Simulation(config_for(4, 30, features=binless)).run()  # holding rules enforced
+    result = Simulation(config_for(4, 30)).run()  # bin-less; holding rules enforced
     assert result.mishaps["carer_empties_tray"] >= 2
     assert result.outcomes["taken"] >= 15
 
@@ -649,26 +648,17 @@ def binless_rule_holds(rule: str, seed: int, days: int) -> None:
     assert rule not in result.judge_findings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="a dose missed and left in the tray of a bin-less dispenser, then an agent restart "
-    "(or a Pi boot): the engine no longer knows that dispense id, so the carer lifting the dose "
-    "out is a phantom_dispenser_event; no dose_taken_late, no intake (the next dose does not "
-    "wait the minimum interval, SAFETY.md H3)",
-)
 def test_a_dose_left_in_a_binless_tray_and_lifted_out_after_a_restart_is_an_intake() -> None:
+    """A dose missed and left in the tray of a bin-less dispenser, then an agent restart (or a
+    Pi boot): the carer lifting it out was a phantom_dispenser_event (the engine kept that
+    dispense id in memory only): no dose_taken_late, no intake (SAFETY.md H3). Now stored."""
     binless_rule_holds("R12", 4, 150)  # 2026-12-23, an agent restart between miss and removal
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="a phantom DoseTaken naming the dispense id of a dose left in a bin-less tray but "
-    "another sachet index is taken as that dose's removal: dose_taken_late, an intake and the "
-    "stuck condition cleared while the dose is still in the tray",
-)
 def test_a_phantom_with_another_sachet_index_does_not_take_a_dose_left_in_the_tray() -> None:
+    """A phantom DoseTaken naming the dispense id of a dose left in a bin-less tray but another
+    sachet index was taken as that dose's removal (dose_taken_late, an intake, the stuck
+    condition cleared while the dose was still in the tray). Now a phantom (SAFETY.md H13)."""
     binless_rule_holds("R10", 24, 100)  # 2026-10-19 21:12, phantom wrong_index
 
 

@@ -51,6 +51,7 @@ from agent.engine.slot_book import SlotBook
 from agent.engine.state import (
     DiscardDecision,
     EngineState,
+    LeftDose,
     OpenSlot,
     OpenSlotRecord,
     RollInfo,
@@ -195,6 +196,10 @@ class DoseEngine:
             last_intake_utc=state.last_intake_utc,
         )
         self._outbound = Outbound(starts=state.starts + 1, next_dispense_id=state.next_dispense_id)
+        for left in state.left_in_tray:
+            self._outbound.remember_settled(
+                left.dispense_id, left.slot_id, left.sachet_index, left.alert_id, in_tray=True
+            )
         self._mirror = DispenserMirror(
             link_down_since=now.mono, locked_by_agent=state.locked_by_agent
         )
@@ -246,6 +251,7 @@ class DoseEngine:
             starts=self._outbound.starts,
             unplanned=self._desk.unplanned,
             discard_decisions=self._desk.decisions,
+            left_in_tray=tuple(LeftDose(*left) for left in self._outbound.left_in_tray()),
         )
 
     @property
@@ -740,9 +746,10 @@ class DoseEngine:
         if run is None and slot_id is None:
             self._phantom("DosePresented", msg.dispense_id, msg.sachet_index, None, now, actions)
             return
-        if run is not None and msg.sachet_index != run.sachet_index:
+        expected = run.sachet_index if run is not None else self._settled_sachet(msg.dispense_id)
+        if expected is not None and msg.sachet_index != expected:
             self._phantom(
-                "DosePresented", msg.dispense_id, msg.sachet_index, run.sachet_index, now, actions
+                "DosePresented", msg.dispense_id, msg.sachet_index, expected, now, actions
             )
             return
         self._mirror.tray_occupied = True
@@ -783,11 +790,11 @@ class DoseEngine:
         if run is None and slot_id is None:
             self._phantom("DoseTaken", msg.dispense_id, msg.sachet_index, None, now, actions)
             return
-        if run is not None and msg.sachet_index != run.sachet_index:
-            # not the sachet this slot was given: in doubt, the slot's dose is not taken
-            self._phantom(
-                "DoseTaken", msg.dispense_id, msg.sachet_index, run.sachet_index, now, actions
-            )
+        expected = run.sachet_index if run is not None else self._settled_sachet(msg.dispense_id)
+        if expected is not None and msg.sachet_index != expected:
+            # not the sachet this slot (or the dose left in the tray) was given: in doubt, that
+            # dose is not taken
+            self._phantom("DoseTaken", msg.dispense_id, msg.sachet_index, expected, now, actions)
             return
         self._mirror.tray_occupied = False
         if run is not None and run.travel:
@@ -867,6 +874,9 @@ class DoseEngine:
             "dose_retained",
             {"slot_id": slot_id, "dispense_id": msg.dispense_id, "sachet_index": msg.sachet_index},
         )
+
+    def _settled_sachet(self, dispense_id: int) -> int | None:
+        return self._outbound.recent_sachets.get(dispense_id)
 
     def _phantom(
         self,
@@ -1733,13 +1743,26 @@ class DoseEngine:
 
     def _unstick(self, dispense_id: int | None, now: Now, actions: list[Action]) -> None:
         """The stuck dose (`dispense_id`; None: whatever was in the tray) is out of the tray:
-        taken back, lifted out, or the tray found empty. After a restart the engine no longer
-        knows which dose it was, but the raised condition is durable: an empty tray clears it."""
+        taken back, lifted out, or the tray found empty. After a restart the stored state names
+        the doses that may lie in the tray (`left_in_tray`): the removal of one clears the
+        raised condition as before; else an empty tray does."""
         stuck = self._mirror.stuck
+        left = self._outbound.in_tray
+        was_left = dispense_id in left
+        if dispense_id is None:
+            left.clear()
+        else:
+            left.discard(dispense_id)
         if dispense_id is not None and (stuck is None or stuck.dispense_id != dispense_id):
+            if stuck is None and was_left:  # after a restart: the dose the stored state named
+                fields: dict[str, object] = {
+                    "slot_id": self._outbound.recent.get(dispense_id),
+                    "dispense_id": dispense_id,
+                }
+                self._condition(actions, DOSE_STUCK_IN_TRAY, False, now, fields)
             return
         self._mirror.stuck = None
-        fields: dict[str, object] = {}
+        fields = {}
         if stuck is not None:
             self._outbound.retain_refusals.pop(stuck.dispense_id, None)
             fields = {"slot_id": stuck.slot_id, "dispense_id": stuck.dispense_id}
@@ -2643,7 +2666,14 @@ class DoseEngine:
         fields = lifecycle.outcome_fields(run, outcome, reason, taken_at)
         if outcome in (Outcome.TAKEN, Outcome.SKIPPED_PAUSED, Outcome.DISPENSED_FOR_TRAVEL):
             if run.dispense_id is not None:
-                self._outbound.remember_settled(run.dispense_id, run.slot_id)
+                self._outbound.remember_settled(
+                    run.dispense_id,
+                    run.slot_id,
+                    run.sachet_index,
+                    # a dose taken (or packed for a trip) is out of the tray; one the pause
+                    # caught may still lie there
+                    in_tray=outcome is Outcome.SKIPPED_PAUSED,
+                )
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
         if outcome is Outcome.TAKEN_UNCONFIRMED:
@@ -2656,7 +2686,14 @@ class DoseEngine:
                 f"dose_{outcome.value}", fields, now.utc.isoformat(), vkp or catalogue.MISSED_VKP
             )
         if run.dispense_id is not None:
-            self._outbound.remember_settled(run.dispense_id, run.slot_id, event.alert_id)
+            self._outbound.remember_settled(
+                run.dispense_id,
+                run.slot_id,
+                run.sachet_index,
+                event.alert_id,
+                # taken unconfirmed: the tray was found empty
+                in_tray=outcome is not Outcome.TAKEN_UNCONFIRMED,
+            )
         actions.append(Emit(event))
 
 

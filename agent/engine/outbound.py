@@ -51,6 +51,13 @@ class Outbound:
     # dispense id -> the alert its slot's outcome raised (missed ...), for the events that
     # refer to it later (dose_taken_late); the same lifetime as `recent`
     recent_alerts: dict[int, str] = field(default_factory=dict)
+    # dispense id -> the sachet index it was given: a late report naming another is a phantom;
+    # the same lifetime as `recent`
+    recent_sachets: dict[int, int] = field(default_factory=dict)
+    # those of `recent` whose dose may still lie in the tray (settled neither taken nor taken
+    # back, the tray not seen empty since): stored (EngineState.left_in_tray), so that their
+    # removal after a restart is still a late intake, never a phantom
+    in_tray: set[int] = field(default_factory=set)
 
     def send(
         self,
@@ -89,11 +96,33 @@ class Outbound:
         """Kinds of the commands awaiting an outcome, in the order they were sent."""
         return tuple([p.kind for p in self.pending.values()])
 
-    def remember_settled(self, dispense_id: int, slot_id: str, alert_id: str | None = None) -> None:
+    def remember_settled(
+        self,
+        dispense_id: int,
+        slot_id: str,
+        sachet_index: int | None,
+        alert_id: str | None = None,
+        in_tray: bool = False,
+    ) -> None:
         self.recent[dispense_id] = slot_id
+        if sachet_index is not None:
+            self.recent_sachets[dispense_id] = sachet_index
         if alert_id is not None:
             self.recent_alerts[dispense_id] = alert_id
+        if in_tray:
+            self.in_tray.add(dispense_id)
         while len(self.recent) > RECENT_DISPENSES:
             oldest = next(iter(self.recent))
             del self.recent[oldest]
             self.recent_alerts.pop(oldest, None)
+            self.recent_sachets.pop(oldest, None)
+            self.in_tray.discard(oldest)
+
+    def left_in_tray(self) -> list[tuple[int, str, int, str | None]]:
+        """(dispense id, slot id, sachet index, alert id) of each settled dose that may still
+        lie in the tray, oldest first: what a restart must still know of them."""
+        return [
+            (d, slot_id, self.recent_sachets[d], self.recent_alerts.get(d))
+            for d, slot_id in self.recent.items()
+            if d in self.in_tray and d in self.recent_sachets
+        ]

@@ -27,6 +27,7 @@ from pydantic import (
 
 from agent.engine import catalogue, roll_check
 from agent.engine.alerts import LatchedAlert
+from agent.engine.outbound import RECENT_DISPENSES
 from agent.engine.schedule import Schedule, ScheduleRule, parse_time
 from agent.engine.types import PAUSE_REASONS, Binding, PauseWindow
 from protocol.messages import RollInserted
@@ -34,6 +35,7 @@ from protocol.messages import RollInserted
 __all__ = [
     "DiscardDecision",
     "EngineState",
+    "LeftDose",
     "OpenSlot",
     "OpenSlotRecord",
     "Restored",
@@ -109,6 +111,18 @@ class SettledSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class LeftDose:
+    """A settled slot's dose that may still lie in the tray (missed on a dispenser without a
+    retain bin, owed to the bin, left at a pause): its removal after a restart is still that
+    dose's (a late intake), and a report naming its id with another sachet is a phantom."""
+
+    dispense_id: int
+    slot_id: str
+    sachet_index: int
+    alert_id: str | None = None  # the alert its slot's outcome raised (dose_taken_late names it)
+
+
+@dataclass(frozen=True, slots=True)
 class UnplannedHold:
     """The sachet at the reader is packed for no dose time of the schedule (a plan mismatch,
     VKP 3.22): nothing is cut past it until someone decides; `alert_id` is its latched alert."""
@@ -172,6 +186,7 @@ class EngineState:
     starts: int = 0  # engine starts, to keep command correlations unique across restarts
     unplanned: UnplannedHold | None = None  # the sachet held for a plan decision
     discard_decisions: tuple[DiscardDecision, ...] = ()  # for the loaded roll only
+    left_in_tray: tuple[LeftDose, ...] = ()  # oldest first, at most RECENT_DISPENSES
 
     @classmethod
     def initial(cls) -> EngineState:
@@ -467,6 +482,16 @@ class DiscardDecisionModel(_Model):
         return DiscardDecision(self.roll_id, self.sachet_index, self.by, self.source)
 
 
+class LeftDoseModel(_Model):
+    dispense_id: DispenseId
+    slot_id: SlotId
+    sachet_index: Annotated[int, Field(ge=0, le=U16_MAX)]
+    alert_id: Name | None = None
+
+    def to_left(self) -> LeftDose:
+        return LeftDose(self.dispense_id, self.slot_id, self.sachet_index, self.alert_id)
+
+
 class EngineStateModel(_Model):
     """The persisted form of `EngineState`, field for field. Each check stays within one field,
     so that `restore` can keep every field that is readable on its own."""
@@ -489,6 +514,7 @@ class EngineStateModel(_Model):
     starts: Annotated[int, Field(ge=0, le=I64_MAX)] = 0
     unplanned: UnplannedModel | None = None
     discard_decisions: tuple[DiscardDecisionModel, ...] = ()
+    left_in_tray: Annotated[tuple[LeftDoseModel, ...], Field(max_length=RECENT_DISPENSES)] = ()
     # unused: kept so that states saved by earlier versions (last_link_down_reason, which
     # nothing read) still load under extra="forbid"; written as {} for them to read ours
     extra: dict[Text, Text] = Field(default_factory=dict)
@@ -513,6 +539,12 @@ class EngineStateModel(_Model):
         _unique((o.slot_id for o in slots), "open slot ids")
         _unique((o.dispense_id for o in slots), "open slot dispense ids")
         return slots
+
+    @field_validator("left_in_tray")
+    @classmethod
+    def _distinct_left(cls, left: tuple[LeftDoseModel, ...]) -> tuple[LeftDoseModel, ...]:
+        _unique((d.dispense_id for d in left), "dispense ids left in the tray")
+        return left
 
     @classmethod
     def of(cls, state: EngineState) -> EngineStateModel:
@@ -544,6 +576,9 @@ class EngineStateModel(_Model):
             discard_decisions=tuple(
                 DiscardDecisionModel.model_construct(**_fields(d)) for d in state.discard_decisions
             ),
+            left_in_tray=tuple(
+                LeftDoseModel.model_construct(**_fields(d)) for d in state.left_in_tray
+            ),
         )
 
     def to_state(self) -> EngineState:
@@ -566,6 +601,7 @@ class EngineStateModel(_Model):
             starts=self.starts,
             unplanned=None if self.unplanned is None else self.unplanned.to_hold(),
             discard_decisions=tuple(d.to_decision() for d in self.discard_decisions),
+            left_in_tray=tuple(d.to_left() for d in self.left_in_tray),
         )
 
 
@@ -576,7 +612,8 @@ def _fields(
     | SettledSlot
     | RollInfo
     | UnplannedHold
-    | DiscardDecision,
+    | DiscardDecision
+    | LeftDose,
 ) -> dict[str, Any]:
     """A record's fields by name (for model_construct)."""
     return {f.name: getattr(record, f.name) for f in fields(record)}
@@ -592,7 +629,7 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-_ADDED_SINCE_THE_HAND_WRITTEN_ENCODER = ("settled_known_from_utc",)
+_ADDED_SINCE_THE_HAND_WRITTEN_ENCODER = ("settled_known_from_utc", "left_in_tray")
 
 
 def _dump(state: EngineState) -> str:
@@ -601,7 +638,7 @@ def _dump(state: EngineState) -> str:
     data = EngineStateModel.of(state).model_dump(mode="json")
     # fields added since, at their default, are left out: an older unit's text stays the same
     for added in _ADDED_SINCE_THE_HAND_WRITTEN_ENCODER:
-        if data.get(added) is None:
+        if data.get(added) in (None, []):
             data.pop(added, None)
     for slot in data.get("open_slots", ()):
         if slot.get("escalations_done") == 0:

@@ -175,7 +175,7 @@ R14 the dispenser tells and guards at home: what the patient meets at the unit f
      (SPEC 3, "What each bit obliges"): a command the dispenser answers UNSUPPORTED (HELD,
      SetLock, Discard, Retain, KeepAlive) is a violation at once.
    The mix gives some seeds such dispensers (agent.simulation.mix.REDUCED_MODELS: without
-   HELD_PATTERN, without a lock; a bin-less one, mix.BINLESS, waits for an engine fix).
+   HELD_PATTERN, without a lock, without a retain bin: mix.BINLESS).
 
 R15 a dose is held back only for a reason that is true: a `dose_held` for `roll_period_passed`
    only when the leader of the roll at the reader says its last dose was more than

@@ -20,12 +20,13 @@ each of them:
 
 | seed % 10 | the dispenser model lacks (SPEC 3, "What each bit obliges"; REDUCED_MODELS) |
 |---|---|
+| 4 | `RETAIN_BIN` and `BIN_LEVEL` (`BINLESS`): a dose not taken stays in the tray |
 | 6 | `HELD_PATTERN`: a held dose shows FAULT |
 | 9 | `LOCK`: another patient's roll is not locked (FAULT; nothing is cut from it) |
 | others | nothing: the full model |
 
-The classic and wide worlds keep the full model. A bin-less dispenser (`BINLESS`, to come for
-seeds 4 mod 10; `config_for(..., features=...)` runs one) leaves a dose not taken in the tray: a
+The classic and wide worlds keep the full model. A bin-less dispenser (`BINLESS`;
+`config_for(..., features=...)` runs one for any seed) leaves a dose not taken in the tray: a
 carer comes 30 min to 4 h after the centre hears of it and lifts it out, a removal the agent must
 count as an intake (it cannot tell who took it).
 
@@ -77,17 +78,17 @@ from hw.dispenser import DEFAULT_FEATURES
 from protocol.messages import Feature
 
 CLOSE_DOSES = ("08:00", "08:30", "20:00")  # doses 30 min apart (hazards #1 to #3)
+# A dispenser without a retain bin (nor a bin level: it has no bin): seeds 4 (mod 10). It found
+# two engine defects, fixed (a dose left in its tray lost across a restart, and a DoseTaken with
+# another sachet index taken as its removal; tests/test_simulation.py)
+BINLESS = Feature.RETAIN_BIN | Feature.BIN_LEVEL
 # seed % 10 -> the feature bits the seed's dispenser lacks (SPEC 3, "What each bit obliges"); the
 # other seeds' dispensers have every bit
 REDUCED_MODELS: dict[int, Feature] = {
+    4: BINLESS,
     6: Feature.HELD_PATTERN,
     9: Feature.LOCK,
 }
-# A dispenser without a retain bin (nor a bin level: it has no bin). Meant for seeds 4 (mod 10);
-# not in the mix yet: the engine loses a dose left in its tray across an agent restart (its
-# removal then reads as a phantom: no intake, no record) and takes a DoseTaken naming that dose
-# with another sachet index as its removal (tests/test_simulation.py, strict xfail tests)
-BINLESS = Feature.RETAIN_BIN | Feature.BIN_LEVEL
 
 
 def features_for(seed: int) -> int | None:
