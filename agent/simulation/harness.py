@@ -639,11 +639,16 @@ class Simulation:
         self._packing = (self._elapsed, min(self._elapsed + 2 * 3600.0, planned.end_s))
 
     def _packer_takes(self) -> None:
+        self._lift_out(travel=True)
+
+    def _lift_out(self, *, travel: bool = False) -> None:
+        """Someone lifts the dose out of the tray (to take along on a trip, or a carer's)."""
         messages = self._model.take_dose()
         if self._judge is not None:
+            tell = self._judge.taken_for_travel if travel else self._judge.taken
             for message in messages:
                 if isinstance(message, DoseTaken):
-                    self._judge.taken_for_travel(message.dispense_id)
+                    tell(message.dispense_id)
         self._physical(messages)
 
     def _nurse_clears_backlog(self) -> None:
@@ -766,12 +771,7 @@ class Simulation:
         if tray is None or tray.dispense_id != dispense_id:
             return  # taken already (or back in a bin)
         self._mishap_counts["carer_empties_tray"] += 1
-        messages = self._model.take_dose()
-        if self._judge is not None:
-            for message in messages:
-                if isinstance(message, DoseTaken):
-                    self._judge.taken(message.dispense_id)
-        self._physical(messages)
+        self._lift_out()
 
     def _away(self) -> bool:
         """The patient is away: a pause is in force now (as planned)."""
