@@ -2382,6 +2382,10 @@ def test_r14_the_units_held_light_is_on_while_a_due_dose_is_held_and_only_for_a_
     lit = held_at_0600(True)
     lit.advance(utc("06:30"))
     assert r14(lit) == []
+    lost = held_at_0600(False)  # seed 74: the Pi booted with a guessed time, two hours behind
+    lost.world(replace(home(pattern="HELD", clock_trusted=False), panel_held=False))
+    lost.advance(utc("06:30"))  # it cannot tell the dose is due: no light owed
+    assert r14(lost) == []
     stray = judge(enforce=frozenset({"R14"}))
     stray.world(home())
     stray.advance(utc("05:00"))

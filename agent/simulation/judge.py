@@ -1336,7 +1336,8 @@ class Judge:
         # no outcome (a patient's early TAKE may be answered "held" before its slot is due)
         panel = world.panel_held
         panel_wrong = panel is not None and (
-            (not panel and bool(held))
+            # (an agent whose clock is untrusted cannot tell that a dose is due)
+            (not panel and bool(held) and world.clock_trusted)
             or (panel and not any(s not in self._outcomes for s in self._held))
         )
         self._local_condition(
