@@ -5,7 +5,9 @@ its broker because TLS was refused (a certificate of another CA, an expired one)
 site, not only in the journal.
 
 Written only when something a technician would read changes (connected, the error's text) and
-otherwise at most once a minute, so a broker that refuses every few seconds writes little.
+otherwise at most once a minute, so a broker that refuses every few seconds writes little. The
+watch sleeps until the link says its state moved (or a held-back count is due): an idle unit
+does not wake for it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
     from agent.host import WatchedBroker
 
 MQTT_LINK_KEY = "mqtt_link"
-WATCH_S = 1.0
 REWRITE_S = 60.0
 
 
@@ -93,6 +94,7 @@ async def watch_broker(daemon: WatchedBroker) -> None:
     written: BrokerLinkView | None = None
     written_mono = 0.0
     while True:
+        seen = daemon.mqtt.link_state_version
         view = _view(daemon)
         changed = written is None or (view.connected, view.last_error) != (
             written.connected,
@@ -102,7 +104,14 @@ async def watch_broker(daemon: WatchedBroker) -> None:
             (view.tls_failures, view.connect_failures)
             != (written.tls_failures, written.connect_failures)
         )
-        if changed or (counts_moved and time.monotonic() - written_mono >= REWRITE_S):
+        held_back_s = REWRITE_S - (time.monotonic() - written_mono)
+        if changed or (counts_moved and held_back_s <= 0):
             _record(daemon, view)
             written, written_mono = view, time.monotonic()
-        await asyncio.sleep(WATCH_S)
+            counts_moved, held_back_s = False, REWRITE_S
+        # a count held back by the minute's limit is written when the minute is up
+        try:
+            async with asyncio.timeout(held_back_s if counts_moved else None):
+                await daemon.mqtt.wait_link_state_change(seen)
+        except TimeoutError:
+            pass

@@ -55,6 +55,11 @@ class BrokerLinkState(Protocol):
     @property
     def last_connect_error(self) -> str | None: ...
 
+    @property
+    def link_state_version(self) -> int: ...
+
+    async def wait_link_state_change(self, seen: int) -> None: ...
+
 
 class WatchedBroker(Recorder, Protocol):
     @property

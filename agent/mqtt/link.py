@@ -581,6 +581,10 @@ class MqttLink:
         self._connected_event = asyncio.Event()
         self._ready_event = asyncio.Event()
         self._attempt_ended = asyncio.Condition()  # notified after every connect attempt
+        # What the broker watch reads (connected, last error, failure counts) changed: bumped
+        # and the event set, so the watch sleeps until then instead of polling
+        self._link_state_version = 0
+        self._link_state_event = asyncio.Event()
         # Bounded: a flood (QoS 0, or a broker that ignores its inflight window) is dropped and
         # counted, never queued without end. QoS 1 ones are left unacknowledged: redelivered.
         # Bounded by _enqueue (a count, and bytes for QoS 1), not by the queue itself.
@@ -647,6 +651,22 @@ class MqttLink:
                     )
                 )
             )
+
+    @property
+    def link_state_version(self) -> int:
+        """Grows whenever `connected`, `last_connect_error` or the connect counters may have
+        changed; `wait_link_state_change` waits for it to move."""
+        return self._link_state_version
+
+    async def wait_link_state_change(self, seen: int) -> None:
+        """Return once `link_state_version` is not `seen` (at once if it already moved)."""
+        while self._link_state_version == seen:
+            await self._link_state_event.wait()
+
+    def _link_state_changed(self) -> None:
+        self._link_state_version += 1
+        self._link_state_event.set()
+        self._link_state_event = asyncio.Event()  # waiters hold the set one and wake
 
     async def wait_ready(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once a connection is ready (its birth published); TimeoutError after
@@ -838,6 +858,7 @@ class MqttLink:
         try:
             return await self._connect_once()
         finally:
+            self._link_state_changed()
             async with self._attempt_ended:  # an uncontended lock: taken without suspending
                 self._attempt_ended.notify_all()
 
@@ -1097,6 +1118,7 @@ class MqttLink:
         if self._conn is conn:
             self._connected_event.clear()
             self._ready_event.clear()
+            self._link_state_changed()
 
     async def _close(self, conn: _Connection, *, clean: bool) -> None:
         """End the connection. Clean (a stop): DISCONNECT, so the broker drops the will (MQTT
@@ -1107,6 +1129,7 @@ class MqttLink:
             self._connected_event.clear()
             self._ready_event.clear()
             self._bump(disconnects=1)
+            self._link_state_changed()
         conn.mark_lost("clean disconnect" if clean else "closing")
         if clean and conn.attached:
             conn.client.disconnect()  # queued; written when the loop finds the socket writable
