@@ -540,6 +540,16 @@ class Daemon:
             raise self._fault
         state = self.engine.state
         state_json = state.to_json()
+        if (
+            not actions
+            and within is None
+            and state_json == self._last_state_json
+            and state.next_dispense_id == self._stored_dispense_id
+        ):
+            # Nothing to write or send (an idle Tick): no trip to the writer thread, which
+            # would wake both threads for an empty transaction. Done once every step before it
+            # is, which is what the last commit's future already says.
+            return self._last_commit
         write = functools.partial(
             self._write_step,
             actions,

@@ -21,7 +21,7 @@ from agent.clock import VirtualClock
 from agent.config import load_config
 from agent.daemon import Daemon
 from agent.engine.catalogue import make_event
-from agent.engine.types import Emit
+from agent.engine.types import Emit, Tick
 from agent.mqtt import link as mqtt_link
 from agent.mqtt.link import MqttLinkStats
 from agent.publisher import OutboxPublisher
@@ -288,3 +288,51 @@ def test_the_keepalive_check_sleeps_until_a_ping_is_due(monkeypatch: pytest.Monk
         misc.close()
     finally:
         loop.close()
+
+
+def test_a_step_with_nothing_to_write_does_not_wake_the_writer(tmp_path: Path) -> None:
+    """An idle Tick (no action, state unchanged) is not sent to the writer thread as an empty
+    transaction: that woke both threads every timer round on an idle unit (issue 12's idle
+    wakeups). What it returns still settles after every step before it."""
+    (tmp_path / "state").mkdir()
+    path = tmp_path / "state" / "agent.sqlite3"
+    config = load_config(
+        write_config(tmp_path, unit_id="u-1", broker_port=1, device=tmp_path / "tty")
+    )
+
+    async def scenario() -> None:
+        real = unit_edges(config)
+        with Store.open(path) as store:
+            daemon = Daemon(
+                config,
+                clock=VirtualClock(RIG_START),
+                store=store,
+                edges=lambda hooks: replace(real(hooks), publisher=OfferRecorder(path)),
+            )
+            jobs: list[object] = []
+            submit = daemon.writer.submit
+
+            def counted(job: Any) -> Any:
+                jobs.append(job)
+                return submit(job)
+
+            daemon.writer.submit = counted  # type: ignore[method-assign]
+            try:
+                written = daemon.apply([Emit(make_event("clock_jumped", {}))], daemon.clock.now())
+                assert len(jobs) == 1
+                daemon.step(Tick())  # the first Tick may settle what start-up left
+                before = len(jobs)
+                idle = daemon.step(Tick())
+                assert len(jobs) == before  # nothing to write: the writer is not asked
+                assert idle is not None  # still a future to await, as on the loop
+                await idle  # settles with the steps before it
+                assert written is not None
+                assert written.done()
+                emitted = daemon.apply([Emit(make_event("clock_jumped", {}))], daemon.clock.now())
+                assert len(jobs) == before + 1  # a step with an action still commits
+                assert emitted is not None
+                await emitted
+            finally:
+                daemon.writer.close()
+
+    asyncio.run(scenario())
