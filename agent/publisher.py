@@ -107,6 +107,7 @@ class OutboxPublisher:
         self._topic = topic
         self._envelope = envelope
         self._window = window
+        self._refill_room = max(1, window // 4)  # room in the window worth a read of the store
         self._rejected_backoff_s = rejected_backoff_s
         self._wake = asyncio.Event()
         self._live_after = 0  # seqs above this were stored during the current connection
@@ -202,7 +203,7 @@ class OutboxPublisher:
                 room = self._window - serving.in_flight
                 # While publishes are in flight, refill only a quarter window at a time: one read
                 # of the store per slice, not per acknowledgement.
-                refill = room >= max(1, self._window // 4) or serving.in_flight == 0
+                refill = room >= self._refill_room or serving.in_flight == 0
                 batch = self._next_batch(room) if refill else []
                 if not batch:
                     if serving.in_flight == 0:
@@ -274,7 +275,9 @@ class OutboxPublisher:
     def _settled(
         self, serving: _Serving, seq: int, counts: bool, error: BaseException | None
     ) -> None:
-        """A publish's outcome (on the loop, from inside paho's read): record it, wake the pass."""
+        """A publish's outcome (on the loop, from inside paho's read): record it, and wake the
+        pass only when it has something to do: a failure, a window with room for a refill, or
+        nothing left in flight (a wake per acknowledgement costs a task step each while draining)."""
         serving.in_flight -= 1
         if error is not None:
             serving.fail(error)
@@ -282,7 +285,12 @@ class OutboxPublisher:
             self._acked.append(seq)
         else:
             self.stats.replayed += 1
-        self._wake.set()
+        if (
+            serving.failure is not None
+            or serving.in_flight == 0
+            or self._window - serving.in_flight >= self._refill_room
+        ):
+            self._wake.set()
 
     def _mark_delivered(self) -> None:
         acked = self._acked
