@@ -1460,6 +1460,16 @@ class DoseEngine:
         self, run: SlotRun, pause_id: str, now: Now, actions: list[Action]
     ) -> None:
         assert run.dispense_id is not None
+        if self._seen_gone(run):
+            # nothing to take back nor for a person to lift out: a dose reported stuck that is
+            # not there would hide the next one left in the tray (one condition; year seed 94)
+            self._outbound.in_tray.discard(run.dispense_id)
+            self._emit(
+                actions,
+                "dose_not_in_tray",
+                {"slot_id": run.slot_id, "dispense_id": run.dispense_id},
+            )
+            return
         if not self._has(Feature.RETAIN_BIN):
             why: str | None = "no_retain_bin"
             self._stick(run.dispense_id, run.slot_id, "no_retain_bin", now, actions)
@@ -1477,6 +1487,17 @@ class DoseEngine:
                 "pause_id": pause_id,
                 "reason": why,
             },
+        )
+
+    def _seen_gone(self, run: SlotRun) -> bool:
+        """Cut unseen (ALREADY_DONE: the cut came before) and a Status since shows the tray
+        empty: lifted out while the agent could not hear it (a trip's packer, a carer)."""
+        return (
+            run.unseen_done
+            and run.phase is not Phase.PRESENTED
+            and self._mirror.status_known
+            and self._mirror.tray_occupied is False
+            and self._has(Feature.TRAY_SENSOR)  # without it the Status cannot tell
         )
 
     def _pause_notices(self, now: Now, actions: list[Action]) -> None:
