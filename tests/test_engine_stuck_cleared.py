@@ -8,6 +8,10 @@ the packer's DoseTaken lost) was answered ALREADY_DONE and a Status showed the t
 the sachet's collect time ran out the engine still reported it stuck, and a carer sent for it
 found nothing to lift out. Four days later the next dose was left in the tray unreported.
 
+After a restart the stored state names the doses left in the tray (`left_in_tray`), but what
+was stuck or owed to the bin lived in memory only: the next dose's hold said the bare
+`tray_occupied`, and on a dispenser with a bin a dose owed to a full bin never went back.
+
 Dates are in March 2026, Europe/Oslo is UTC+1: local 08:00 is 07:00 UTC.
 """
 
@@ -16,9 +20,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 from test_engine import ALL_FEATURES, Rig, daily, utc
+from test_engine_interval import restart
 
-from agent.engine.types import CommandOutcome, LinkDown, LinkUp, Outcome, PauseWindow, StartPause
-from protocol.messages import Dispense, Feature
+from agent.engine.types import (
+    CommandOutcome,
+    EngineEvent,
+    LinkDown,
+    LinkUp,
+    Outcome,
+    PauseWindow,
+    StartPause,
+)
+from protocol.messages import Dispense, FaultChanged, FaultCode, Feature, ResultCode, Retain
 
 NO_BIN = ALL_FEATURES & ~int(Feature.RETAIN_BIN) & ~int(Feature.BIN_LEVEL)
 DAY_1, DAY_2 = "2026-03-02T08:00", "2026-03-03T08:00"
@@ -42,6 +55,10 @@ def stuck_ids(rig: Rig) -> list[object]:
 
 def cleared_ids(rig: Rig) -> list[object]:
     return [e.fields["dispense_id"] for e in rig.events("dose_stuck_in_tray_cleared")]
+
+
+def held(rig: Rig) -> list[EngineEvent]:
+    return rig.events("dose_held")
 
 
 def missed_on(rig: Rig, day: int) -> int:
@@ -127,3 +144,44 @@ def test_a_dose_left_as_a_pause_starts_and_lifted_out_unheard_is_cleared_by_the_
     assert cleared_ids(rig) == [first]
     left = missed_on(rig, 3)
     assert stuck_ids(rig) == [first, left]
+
+
+# --- after a restart: what was stuck or owed to the bin lived in memory only -----------------
+
+
+def test_after_a_restart_a_dose_left_in_a_binless_tray_is_named_by_the_next_hold() -> None:
+    """The stored state names the dose left in the tray (`left_in_tray`); the first Status after
+    the restart finds the tray occupied: the next dose is held `dose_stuck_in_tray` naming it,
+    not the bare `tray_occupied`, and the raised condition is not published a second time."""
+    rig = binless_rig()
+    first = missed_on(rig, 2)
+    restart(rig)
+    rig.run_until(utc(2026, 3, 3, 7, 5))
+    assert [(e.fields["reason"], e.fields.get("stuck_dispense_id")) for e in held(rig)] == [
+        ("dose_stuck_in_tray", first)
+    ]
+    assert held(rig)[0].fields["stuck_reason"] == "no_retain_bin"
+    assert stuck_ids(rig) == [first]
+    rig.take()  # the carer
+    assert cleared_ids(rig) == [first]
+
+
+def test_after_a_restart_a_dose_owed_to_a_full_bin_goes_back_once_the_bin_has_room() -> None:
+    """On a dispenser with a bin: the missed dose's Retain is refused (bin full), the agent
+    restarts, a nurse empties the bin. The dose goes back into the bin and the next dose is
+    given (before the fix it stayed in the tray and every later dose was held)."""
+    rig = Rig(daily("08:00"), sachet_times=[utc(2026, 3, day, 7, 0) for day in range(2, 10)])
+    rig.dispenser.forced[Retain] = ResultCode.BIN_FULL
+    rig.install()
+    first = missed_on(rig, 2)
+    assert stuck_ids(rig) == [first]
+    restart(rig)
+    rig.dispenser.forced.pop(Retain)
+    rig.msg(FaultChanged(FaultCode.BIN_FULL, False, "bin emptied"))
+    assert rig.dispenser.tray is None
+    assert [e.fields["dispense_id"] for e in rig.events("dose_retained")] == [first]
+    assert cleared_ids(rig) == [first]
+    rig.run_until(utc(2026, 3, 3, 7, 5))
+    assert rig.dispenser.tray is not None
+    assert [b.slot_id for b in rig.begins()] == [DAY_1, DAY_2]
+    assert held(rig) == []
