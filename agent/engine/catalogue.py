@@ -102,8 +102,9 @@ _ENGINE_SPECS = (
         "dose_not_in_tray",
         _P.INFO,
         None,
-        "A dose the agent asked the dispenser to take back after its slot ended was no longer "
-        "in the tray: taken or removed while the agent could not see it; the slot's outcome "
+        "A dose the agent asked the dispenser to take back after its slot ended (or, cut "
+        "while the agent could not hear it, would report left in the tray) was no longer in "
+        "the tray: taken or removed while the agent could not see it; the slot's outcome "
         "does not change (slot and dispense id in data).",
     ),
     AlertSpec(

@@ -211,6 +211,7 @@ class DoseEngine:
         self._tolerance_memo: tuple[object, datetime, timedelta] | None = None
         self._last_now: Now | None = now
         self._was_untrusted = False
+        self._left_unclaimed = bool(state.left_in_tray)  # until the first Status: `_reclaim_left`
         self._restore_open_slots(state.open_slots, now)
         # what a new engine decides on its first step (a restored slot held for no link, an
         # untrusted clock after a boot) is due at its start, not at whatever input comes next
@@ -1126,6 +1127,31 @@ class DoseEngine:
             self._desk.roll = replace(self._desk.roll, next_index=status.next_index)
             self._supply_conditions(now, actions)
         self._reconcile(status.tray_occupied, now, actions)
+        if self._left_unclaimed:
+            self._left_unclaimed = False
+            if status.tray_occupied:
+                self._reclaim_left(now, actions)
+
+    def _reclaim_left(self, now: Now, actions: list[Action]) -> None:
+        """The first Status after a start finds the tray occupied and no open slot's dose can be
+        in it: the newest dose the stored state names as left there is. What was owed to the bin
+        or stuck lived in memory only: it is owed again (a Retain once the bin has room) or,
+        without a bin, named stuck again, so the bin takes it back after a restart too and a
+        later dose's hold names it (not the bare tray_occupied)."""
+        if self._mirror.stuck is not None or self._outbound.retain_queue:
+            return
+        if any(r.dispense_id is not None for r in self._slotbook.runs):
+            return  # an open slot's dose may be the one in the tray: the reconciliation decides
+        newest = next(
+            (d for d in reversed(self._outbound.recent) if d in self._outbound.in_tray), None
+        )
+        if newest is None:
+            return
+        slot_id = self._outbound.recent.get(newest)
+        if self._has(Feature.RETAIN_BIN):
+            self._owe_retain(newest, slot_id, now, actions)
+        else:
+            self._stick(newest, slot_id, "no_retain_bin", now, actions)
 
     def _reconcile(self, tray_occupied: bool, now: Now, actions: list[Action]) -> None:
         """What a Status says about open slots whose dose may or may not be in the tray."""
@@ -1460,6 +1486,16 @@ class DoseEngine:
         self, run: SlotRun, pause_id: str, now: Now, actions: list[Action]
     ) -> None:
         assert run.dispense_id is not None
+        if self._seen_gone(run):
+            # nothing to take back nor for a person to lift out: a dose reported stuck that is
+            # not there would hide the next one left in the tray (one condition; year seed 94)
+            self._outbound.in_tray.discard(run.dispense_id)
+            self._emit(
+                actions,
+                "dose_not_in_tray",
+                {"slot_id": run.slot_id, "dispense_id": run.dispense_id},
+            )
+            return
         if not self._has(Feature.RETAIN_BIN):
             why: str | None = "no_retain_bin"
             self._stick(run.dispense_id, run.slot_id, "no_retain_bin", now, actions)
@@ -1477,6 +1513,17 @@ class DoseEngine:
                 "pause_id": pause_id,
                 "reason": why,
             },
+        )
+
+    def _seen_gone(self, run: SlotRun) -> bool:
+        """Cut unseen (ALREADY_DONE: the cut came before) and a Status since shows the tray
+        empty: lifted out while the agent could not hear it (a trip's packer, a carer)."""
+        return (
+            run.unseen_done
+            and run.phase is not Phase.PRESENTED
+            and self._mirror.status_known
+            and self._mirror.tray_occupied is False
+            and self._has(Feature.TRAY_SENSOR)  # without it the Status cannot tell
         )
 
     def _pause_notices(self, now: Now, actions: list[Action]) -> None:

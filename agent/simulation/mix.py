@@ -20,7 +20,7 @@ each of them:
 
 | seed % 10 | the dispenser model lacks (SPEC 3, "What each bit obliges"; REDUCED_MODELS) |
 |---|---|
-| (4) | `RETAIN_BIN` and `BIN_LEVEL` (`BINLESS`): out of the mix until seed 94's defect is fixed |
+| 4 | `RETAIN_BIN` and `BIN_LEVEL` (`BINLESS`): a dose not taken stays in the tray |
 | 6 | `HELD_PATTERN`: a held dose shows FAULT |
 | 9 | `LOCK`: another patient's roll is not locked (FAULT; nothing is cut from it) |
 | others | nothing: the full model |
@@ -78,16 +78,16 @@ from hw.dispenser import DEFAULT_FEATURES
 from protocol.messages import Feature
 
 CLOSE_DOSES = ("08:00", "08:30", "20:00")  # doses 30 min apart (hazards #1 to #3)
-# A dispenser without a retain bin (nor a bin level: it has no bin), meant for seeds 4 (mod 10).
-# It found two engine defects, fixed (a dose left in its tray lost across a restart, and a
-# DoseTaken with another sachet index taken as its removal), and a third, open: a dose left in
-# the tray as a pause starts and removed while away is never said removed, so the next dose
-# stuck there is not reported (year seed 94, R12; tests/test_simulation.py, a strict xfail).
-# Out of the mix until that is fixed.
+# A dispenser without a retain bin (nor a bin level: it has no bin), for seeds 4 (mod 10).
+# It found three engine defects, fixed: a dose left in its tray lost across a restart, a
+# DoseTaken with another sachet index taken as its removal, and a trip's sachet cut unheard and
+# seen gone by a Status still reported stuck in the tray, a report never cleared that hid the
+# next dose left there (year seed 94, R12; tests/test_engine_stuck_cleared.py).
 BINLESS = Feature.RETAIN_BIN | Feature.BIN_LEVEL
 # seed % 10 -> the feature bits the seed's dispenser lacks (SPEC 3, "What each bit obliges"); the
 # other seeds' dispensers have every bit
 REDUCED_MODELS: dict[int, Feature] = {
+    4: BINLESS,
     6: Feature.HELD_PATTERN,
     9: Feature.LOCK,
 }
