@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -454,6 +455,63 @@ class Subscriber:
         with self._cond:
             if not self._cond.wait_for(lambda: predicate(self.received), timeout):
                 raise MeasurementError(f"{what}: not within {timeout:.0f} s")
+
+
+class ProcessSubscriber:
+    """The response centre as a process of its own (mosquitto_sub, QoS 1): for throughput runs,
+    where a paho thread receiving thousands of messages inside the measured process would take
+    the GIL from it (the agent's event loop waited up to the 5 ms switch interval each time),
+    which no unit has: its centre is another machine. Payloads go to a file, one per line, and
+    are read after the process exits on its `count`-th message."""
+
+    def __init__(self, port: int, topic: str, count: int, workdir: Path, client_id: str) -> None:
+        self._out = workdir / f"{client_id}.out"
+        self._count = count
+        self._argv = [
+            "stdbuf", "-oL",  # line by line: -d's SUBACK line is how we know it subscribed
+            "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1",
+            "-C", str(count), "-i", client_id, "-d",
+        ]  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ProcessSubscriber:
+        with self._out.open("wb") as out:
+            self._process = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + WAIT_S
+        while b"SUBACK" not in self._out.read_bytes():  # -d says when it is subscribed
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self._stop()
+                raise MeasurementError(f"mosquitto_sub did not subscribe: {self._tail()}")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop()
+
+    def payloads(self, start: bytes) -> list[bytes]:
+        """Every payload received (the lines beginning with `start`: -d adds lines of its own),
+        once the process has its `count` (MeasurementError if not within WAIT_S)."""
+        if self._process is None:
+            raise MeasurementError("mosquitto_sub was not started")
+        try:
+            self._process.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            raise MeasurementError(
+                f"mosquitto_sub did not receive {self._count} messages: {self._tail()}"
+            ) from None
+        return [line for line in self._out.read_bytes().splitlines() if line.startswith(start)]
+
+    def _stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def _tail(self) -> str:
+        return self._out.read_bytes()[-300:].decode(errors="replace")
 
 
 # --- /proc readings ----------------------------------------------------------------------------

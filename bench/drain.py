@@ -2,7 +2,9 @@
 
 10,000 events are appended to a fresh Store (one transaction per 1,000), then the real
 OutboxPublisher (window 50, as the daemon uses it) and MqttLink (max_inflight 20) drain them to a
-private mosquitto, while a paho subscriber counts what arrives. Rate = events / time from the
+private mosquitto, while a subscriber in a process of its own (mosquitto_sub: the centre is
+never inside the unit's process, and a paho thread there would take the GIL from the loop)
+records what arrives. Rate = events / time from the
 publisher's start until the transaction that leaves the backlog at 0 commits; then the subscriber
 must have received all 10,000 distinct sequence numbers, or the measurement failed.
 
@@ -47,9 +49,8 @@ from bench.common import (
     Figure,
     LoopLagProbe,
     MeasurementError,
-    Received,
+    ProcessSubscriber,
     Size,
-    Subscriber,
     connect_and_start,
     idle_loop_lag,
     loop_stall_figures,
@@ -97,8 +98,8 @@ def _fill(store: Store, events: int) -> None:
                 store.append_event("dose_presented", payload, "2026-11-23T07:00:00.000000Z", TRUST)
 
 
-def _distinct_seqs(received: list[Received]) -> int:
-    return len({json.loads(r.payload)["seq"] for r in received})
+def _distinct_seqs(payloads: list[bytes]) -> int:
+    return len({json.loads(payload)["seq"] for payload in payloads})
 
 
 class WatchedStore(Store):
@@ -193,18 +194,16 @@ def drain_rate(
         _fill(store, events)
         store.commit_delay_s = commit_delay_s
         sizes = [len(build_envelope(UNIT_ID, e, True, 1)) for e in store.pending_events(limit=50)]
-        with Subscriber(port, TOPIC, client_id="bench-drain-centre") as centre:
+        with ProcessSubscriber(port, TOPIC, events, workdir, "bench-drain-centre") as centre:
             with (commits or CommitTimes()).recording():
                 elapsed = asyncio.run(_drain(store, port, probe))
-            centre.wait_for(
-                lambda got: len(got) >= events and _distinct_seqs(got) >= events,
-                WAIT_S,
-                f"subscriber got all {events} drained events",
-            )
+            received = _distinct_seqs(centre.payloads(b"{"))
+        if received < events:
+            raise MeasurementError(f"subscriber got {received} of the {events} drained events")
     return events / elapsed, sum(sizes) // len(sizes)
 
 
-def paho_rate(port: int, events: int, size: int) -> float:
+def paho_rate(port: int, events: int, size: int, workdir: Path) -> float:
     """Messages/s of a bare paho QoS 1 publish loop until every PUBACK is in."""
     acked = 0
     all_acked = threading.Event()
@@ -224,14 +223,17 @@ def paho_rate(port: int, events: int, size: int) -> float:
     connect_and_start(client, port)
     payload = b"x" * size
     try:
-        with Subscriber(port, BASELINE_TOPIC, client_id="bench-drain-baseline-centre") as centre:
+        with ProcessSubscriber(
+            port, BASELINE_TOPIC, events, workdir, "bench-drain-baseline-centre"
+        ) as centre:
             started = time.perf_counter()
             for _ in range(events):
                 client.publish(BASELINE_TOPIC, payload, qos=1)
             if not all_acked.wait(WAIT_S * 4):
                 raise MeasurementError(f"bare paho: only {acked}/{events} PUBACKs")
             elapsed = time.perf_counter() - started
-            centre.wait_for(lambda got: len(got) >= events, WAIT_S, "baseline subscriber")
+            if len(centre.payloads(payload)) < events:
+                raise MeasurementError("baseline subscriber did not get every message")
     finally:
         stop_client(client)
     return events / elapsed
@@ -275,7 +277,7 @@ def run(size: Size = "full", events: int = EVENTS) -> list[Figure]:
                         commits if index == 0 else None,
                     )
                     agent_rates.append(rate)
-                    bare_rates.append(paho_rate(broker.port, events, payload))
+                    bare_rates.append(paho_rate(broker.port, events, payload, round_dir))
                 agent_rate = statistics.median(agent_rates)
                 bare_rate = statistics.median(bare_rates)
                 if extra:
