@@ -4,13 +4,13 @@ the events carry it as data.deviation, and the guide's tables show it."""
 from __future__ import annotations
 
 import pytest
+from test_engine import OTHER, morning_rig, utc
 
 from agent.contract.generate import GUIDE_SECTIONS
 from agent.engine import catalogue
 from agent.engine.catalogue import CATALOGUE, deviation_of, make_event
 from agent.engine.deviation import DEVIATIONS, Deviation
 from agent.engine.types import LinkDown
-from tests.test_engine import OTHER, morning_rig, utc
 
 # Written out by hand: the kinds that are a deviation, and their category. A kind added to the
 # catalogue is not a deviation until it is added here too (the test over the whole catalogue).
