@@ -277,7 +277,7 @@ class OutboxPublisher:
     ) -> None:
         """A publish's outcome (on the loop, from inside paho's read): record it, and wake the
         pass only when it has something to do: a failure, a window with room for a refill, or
-        nothing left in flight (a wake per acknowledgement costs a task step each while draining)."""
+        nothing left in flight (a wake per acknowledgement cost a task step each while draining)."""
         serving.in_flight -= 1
         if error is not None:
             serving.fail(error)
