@@ -228,6 +228,7 @@ class _Connection:
         self.on_lost: Callable[[], None] | None = None  # the link's hook, once this one is current
         self.up_since = 0.0
         self._fd: int | None = None  # the socket's descriptor while registered with the loop
+        self._reading = False  # inside loop_read(): what it queues is written right after it
         self._misc_task: asyncio.Task[None] | None = None
         self._keepalive_s = keepalive_s
         # when the socket was last read from / written to (time.monotonic, paho's clock)
@@ -265,8 +266,18 @@ class _Connection:
 
     def _readable(self) -> None:
         try:
-            self.client.loop_read()
+            self._reading = True
+            try:
+                self.client.loop_read()
+            finally:
+                self._reading = False
             self._last_read = time.monotonic()
+            if self.client.want_write():
+                # what the read queued (the next publishes after PUBACKs, a PUBACK of ours) is
+                # written now, as paho's own loop does, not after a trip through the selector
+                self._writable()
+                if self.client.want_write() and self._fd is not None:
+                    self.loop.add_writer(self._fd, self._writable)  # the socket is full: wait
             # An SSL socket may hold decrypted bytes the kernel no longer reports as readable.
             sock = self.client.socket()
             if isinstance(sock, ssl.SSLSocket) and self._fd is not None and sock.pending():
@@ -326,7 +337,7 @@ class _Connection:
         self._detach()
 
     def _cb_register_write(self, _client: paho.Client, _userdata: object, _sock: object) -> None:
-        if self._fd is not None:
+        if self._fd is not None and not self._reading:  # a read writes what it queued itself
             self.loop.add_writer(self._fd, self._writable)
 
     def _cb_unregister_write(self, _client: paho.Client, _userdata: object, _sock: object) -> None:
