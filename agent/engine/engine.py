@@ -797,6 +797,21 @@ class DoseEngine:
             # dose is not taken
             self._phantom("DoseTaken", msg.dispense_id, msg.sachet_index, expected, now, actions)
             return
+        if run is None and msg.dispense_id in self._outbound.taken:
+            # its DoseTaken is handled already: a repeat (a retransmission after a lost ACK, a
+            # phantom repeat), no second intake (SAFETY.md H3). Recorded, so that its ACK
+            # follows a commit like any other
+            self._emit(
+                actions,
+                "dose_event_repeated",
+                {
+                    "message": "DoseTaken",
+                    "dispense_id": msg.dispense_id,
+                    "sachet_index": msg.sachet_index,
+                    "slot_id": slot_id,
+                },
+            )
+            return
         self._mirror.tray_occupied = False
         if run is not None and run.travel:
             trip = self._trip_of(run)
@@ -818,6 +833,7 @@ class DoseEngine:
         # a missed dose left in the tray (no bin, or a full one) taken late: an intake like any
         # other, so the next dose waits the minimum interval (SAFETY.md H3)
         self._note_intake(now)
+        self._outbound.taken.add(msg.dispense_id)
         self._outbound.retain_queue = [
             d for d in self._outbound.retain_queue if d != msg.dispense_id
         ]
@@ -2720,6 +2736,7 @@ class DoseEngine:
                     # a dose taken (or packed for a trip) is out of the tray; one the pause
                     # caught may still lie there
                     in_tray=outcome is Outcome.SKIPPED_PAUSED,
+                    taken=outcome is not Outcome.SKIPPED_PAUSED,
                 )
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
