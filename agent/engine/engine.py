@@ -852,9 +852,15 @@ class DoseEngine:
         )
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
-        self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
+        expected = self._retained_sachet(msg.dispense_id)
+        if expected is not None and msg.sachet_index != expected:
+            # not the sachet that Discard named (or that was dispensed for that dose): a phantom,
+            # the Discard still awaited, the dose still in the tray
+            self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, expected, now, actions)
+            return
         discard = self._desk.settled_discard(msg.dispense_id)
         if discard is not None:
+            self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
             if self._desk.roll is not None and not self._desk.roll.unverified:
                 self._desk.roll = replace(
                     self._desk.roll,
@@ -884,6 +890,7 @@ class DoseEngine:
         if slot_id is None and self._slotbook.run_by_dispense(msg.dispense_id) is None:
             self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, None, now, actions)
             return
+        self._mirror.bin_unreported += 1
         self._mirror.tray_occupied = False
         self._unstick(msg.dispense_id, now, actions)
         self._emit(
@@ -894,6 +901,17 @@ class DoseEngine:
 
     def _settled_sachet(self, dispense_id: int) -> int | None:
         return self._outbound.recent_sachets.get(dispense_id)
+
+    def _retained_sachet(self, dispense_id: int) -> int | None:
+        """The sachet index a DoseRetained of `dispense_id` must name: its Discard's (waited for
+        or given up on), else the dose's (open or recently settled); None: not known."""
+        discard = self._desk.discarding.get(dispense_id) or self._desk.unanswered.get(dispense_id)
+        if discard is not None:
+            return discard.sachet_index
+        run = self._slotbook.run_by_dispense(dispense_id)
+        if run is not None and run.sachet_index is not None:
+            return run.sachet_index
+        return self._settled_sachet(dispense_id)
 
     def _phantom(
         self,
