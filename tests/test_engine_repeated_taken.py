@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from test_engine import ALL_FEATURES, Rig, daily, utc
+from test_engine_interval import restart
 
 from agent.engine.types import Emit, Outcome
 from protocol.messages import DoseTaken, Feature
@@ -71,3 +72,27 @@ def test_a_repeated_late_intake_is_told_once_and_does_not_move_the_interval() ->
     assert [e.fields["dispense_id"] for e in rig.events("dose_event_repeated")] == [dispense_id]
     rig.run_until(utc(2026, 3, 2, 11, 31))
     assert [b.slot_id for b in rig.begins()] == [SLOT_0800, "2026-03-02T12:00"]
+
+
+def test_a_taken_report_repeated_to_the_restarted_agent_is_a_repeat_not_a_phantom() -> None:
+    """The agent stored the intake and died before its ACK went out: the dispenser sends the
+    DoseTaken again to the restarted agent (SPEC 2.6, 2.7). Known as that dose's: recorded as a
+    repeat, no medium phantom report, no second intake."""
+    rig = Rig(daily("08:00", "09:00"), sachet_times=[D1_0800, D1_0900])
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    dispense_id, index = rig.dispenser.tray, rig.dispenser.tray_index
+    assert dispense_id is not None
+    rig.take()
+    rig.run_until(D1_0800 + timedelta(minutes=40))
+    restart(rig)
+    rig.msg(DoseTaken(dispense_id, index))
+    assert rig.events("phantom_dispenser_event") == []
+    assert rig.events("dose_taken_late") == []
+    assert [e.fields["slot_id"] for e in rig.events("dose_event_repeated")] == [SLOT_0800]
+    assert rig.engine.state.last_intake_utc == D1_0800 + timedelta(minutes=2)
+    rig.msg(DoseTaken(dispense_id, index + 1))  # another sachet for it: still a phantom
+    [phantom] = rig.events("phantom_dispenser_event")
+    assert phantom.fields["reason"] == "sachet_index_mismatch"
+    rig.run_until(D1_0900 + timedelta(minutes=1))
+    assert [b.slot_id for b in rig.begins()] == [SLOT_0800, SLOT_0900]

@@ -56,6 +56,7 @@ from agent.engine.state import (
     OpenSlotRecord,
     RollInfo,
     SettledSlot,
+    TakenDose,
     UnplannedHold,
 )
 from agent.engine.status import EngineStatus, NextSlotStatus, OpenSlotStatus
@@ -200,6 +201,10 @@ class DoseEngine:
             self._outbound.remember_settled(
                 left.dispense_id, left.slot_id, left.sachet_index, left.alert_id, in_tray=True
             )
+        for taken in state.taken_recently:  # its DoseTaken again is a repeat
+            self._outbound.remember_settled(
+                taken.dispense_id, taken.slot_id, taken.sachet_index, taken=True
+            )
         self._mirror = DispenserMirror(
             link_down_since=now.mono, locked_by_agent=state.locked_by_agent
         )
@@ -253,6 +258,7 @@ class DoseEngine:
             unplanned=self._desk.unplanned,
             discard_decisions=self._desk.decisions,
             left_in_tray=tuple(LeftDose(*left) for left in self._outbound.left_in_tray()),
+            taken_recently=tuple(TakenDose(*t) for t in self._outbound.taken_doses()),
         )
 
     @property

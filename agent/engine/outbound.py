@@ -79,6 +79,15 @@ class Outbound:
         if dispense_id not in self.retain_queue:
             self.retain_queue.append(dispense_id)
 
+    def taken_doses(self) -> list[tuple[int, str, int]]:
+        """(dispense id, slot id, sachet index) of each settled dose whose DoseTaken was handled,
+        oldest first: what a restart must still know to take its report again as a repeat."""
+        return [
+            (d, slot_id, self.recent_sachets[d])
+            for d, slot_id in self.recent.items()
+            if d in self.taken and d in self.recent_sachets
+        ]
+
     def retains_owed(self) -> bool:
         """A dose must go back from the tray into the bin (queued or on its way)."""
         return bool(self.retain_queue or self.retaining)
