@@ -893,6 +893,9 @@ class DoseEngine:
         slot_id = self._outbound.retaining.pop(msg.dispense_id, None) or self._outbound.recent.get(
             msg.dispense_id
         )
+        if msg.dispense_id in self._outbound.retain_queue:
+            # a Retain whose reply was lost went through: in the bin, owed no more
+            self._outbound.retain_queue.remove(msg.dispense_id)
         if slot_id is None and self._slotbook.run_by_dispense(msg.dispense_id) is None:
             self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, None, now, actions)
             return
