@@ -28,6 +28,7 @@ Ordering rules that keep the promises of the product:
      link up and withholds the ACK, so the dispenser still holds the event;
   3. `SetLock(locked=True)` and `SetAlert(FAULT)` go to the dispenser on the live link, or on the
      next one if it is down (waiting at most `failsafe_link_wait_s`), each request bounded;
+     `SetLock` only if that link's dispenser announced `LOCK` (SPEC 3.4);
   4. at the same time the retained availability goes "offline" naming the fault (published
      directly: the store, and so the outbox, cannot be trusted), on the live connection or on the
      first one within the same bounded wait; a connection made meanwhile says the fault, never
@@ -720,12 +721,17 @@ class Daemon:
             self.panel.show(
                 gpio_panel.Signals(self.dispenser.link == "up", True, False, AlertPattern.FAULT)
             )
-        missing, told = await asyncio.gather(self._secure_dispenser(), self._tell_centre(reason))
+        (missing, no_lock), told = await asyncio.gather(
+            self._secure_dispenser(), self._tell_centre(reason)
+        )
         centre = "response centre told" if told else "response centre NOT told"
         if not missing:
-            log.critical(
-                "fail-safe done: dispenser locked, FAULT alert on, %s; exiting (%s)", centre, reason
+            secured = (
+                "FAULT alert on (no LOCK announced: SetLock not sent)"
+                if no_lock
+                else "dispenser locked, FAULT alert on"
             )
+            log.critical("fail-safe done: %s, %s; exiting (%s)", secured, centre, reason)
         else:
             log.critical(
                 "fail-safe INCOMPLETE: dispenser %s; %s; exiting anyway (%s)",
@@ -735,9 +741,12 @@ class Daemon:
             )
         raise fault
 
-    async def _secure_dispenser(self) -> list[str]:
+    async def _secure_dispenser(self) -> tuple[list[str], bool]:
         """SetLock(True) and SetAlert(FAULT) until each is confirmed or `failsafe_link_wait_s` has
-        passed; returns what could not be done (empty: both confirmed)."""
+        passed; returns what could not be done (empty: both confirmed) and whether the lock was
+        left out. SetLock goes only to a dispenser that announced LOCK (SPEC 3.4: one without it
+        is not sent a gated command); such a dispenser still dispenses only on command, and no
+        command comes any more."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.failsafe_link_wait_s
         todo: dict[str, Command] = {
@@ -745,10 +754,16 @@ class Daemon:
             "FAULT alert not on": SetAlert(req_id=0, pattern=AlertPattern.FAULT),
         }
         problems = dict.fromkeys(todo, "no dispenser link")
+        no_lock = False
         while todo and loop.time() < deadline:
             if not self.session.connected:
                 await self._dispenser_change(deadline - loop.time())
                 continue
+            caps = self.dispenser.capabilities  # this link's: its SessionUp came with `connected`
+            if "not locked" in todo and not (caps and caps.features & Feature.LOCK):
+                del todo["not locked"], problems["not locked"]
+                no_lock = True
+                log.warning("fail-safe: the dispenser announced no LOCK: SetLock not sent")
             failed = False
             for what, command in list(todo.items()):
                 try:
@@ -769,7 +784,7 @@ class Daemon:
                 await self._dispenser_change(min(FAILSAFE_RETRY_S, deadline - loop.time()))
         for what in todo:
             problems[what] += f" (gave up after {self.failsafe_link_wait_s:g} s)"
-        return [f"{what}: {problem}" for what, problem in problems.items()]
+        return [f"{what}: {problem}" for what, problem in problems.items()], no_lock
 
     async def _dispenser_change(self, within_s: float) -> None:
         """Wait (bounded) for the dispenser link to come up or go down."""

@@ -34,10 +34,10 @@ from agent.daemon import EXIT_STATE_FAULT, Daemon, DaemonFaultError
 from agent.runtime import DROPPABLE_WHEN_FULL, unit_edges
 from agent.store.audit import Stamp
 from agent.store.db import Store
-from hw.dispenser import DispenserIdentity, DispenserModel
+from hw.dispenser import DEFAULT_FEATURES, DispenserIdentity, DispenserModel
 from hw.wire import SimulatorRunner, TraceEvent
 from protocol.framing import FrameKind
-from protocol.messages import AlertPattern, ButtonId, ButtonPressed
+from protocol.messages import AlertPattern, ButtonId, ButtonPressed, Feature, SetAlert, SetLock
 
 UNIT = "failsafe-unit"
 WAIT_S = 60.0  # generous: both CPU cores may be busy; every wait ends once its condition holds
@@ -89,6 +89,7 @@ async def rig(
     *,
     failsafe_link_wait_s: float = 30.0,
     before_start: Callable[[Path], None] | None = None,
+    identity: DispenserIdentity | None = None,
 ) -> AsyncIterator[Rig]:
     trace: list[TraceEvent] = []
     lock = threading.Lock()
@@ -97,7 +98,7 @@ async def rig(
         with lock:
             trace.append(event)
 
-    model = DispenserModel(DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
+    model = DispenserModel(identity or DispenserIdentity(), rtc_utc_s=lambda: int(time.time()))
     runner = SimulatorRunner.on_pty(model, link_path=tmp_path / "tty", trace=record)
     runner.start()
     stream = EventStream(broker.port, UNIT)
@@ -317,6 +318,40 @@ def test_store_fault_while_starting_up_still_locks_the_dispenser(
 
         said = critical(caplog)
         assert "fail-safe done: dispenser locked, FAULT alert on, response centre told" in said
+        assert DISK_SAYS_NO in said
+
+    asyncio.run(scenario())
+
+
+def test_store_fault_with_a_dispenser_without_a_lock_sends_no_set_lock(
+    tmp_path: Path, mosquitto: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SPEC 3.4: a command gated by a feature bit goes only to a dispenser that announced it. A
+    dispenser without LOCK gets the FAULT pattern alone (it dispenses only on command, and no
+    command comes any more); the log says why it is not locked."""
+    caplog.set_level(logging.INFO)
+    no_lock = DispenserIdentity(features=DEFAULT_FEATURES & ~int(Feature.LOCK))
+
+    async def scenario() -> None:
+        async with rig(tmp_path, mosquitto, identity=no_lock) as r:
+            await linked(r)
+            refuse_inserts(r.db, "outbox", "NEW.kind = 'help_requested'")
+            await asyncio.to_thread(r.runner.call, lambda m: m.press_button(ButtonId.HELP))
+
+            assert await r.exit_code() == EXIT_STATE_FAULT
+            snap = r.runner.snapshot()
+            assert snap.alert is AlertPattern.FAULT
+            assert snap.locked is False
+            with r.trace_lock:
+                sent = [t.message for t in r.trace if t.direction == "in"]
+            assert not [m for m in sent if isinstance(m, SetLock)]
+            assert [m for m in sent if isinstance(m, SetAlert)][-1].pattern is AlertPattern.FAULT
+            availability = await r.centre_told()
+            assert availability["reason"] == "state_fault"
+
+        said = critical(caplog)
+        assert "fail-safe done: FAULT alert on (no LOCK announced: SetLock not sent)" in said
+        assert "INCOMPLETE" not in said
         assert DISK_SAYS_NO in said
 
     asyncio.run(scenario())

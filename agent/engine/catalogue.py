@@ -495,6 +495,14 @@ _ENGINE_SPECS = (
         chatty=True,
     ),
     AlertSpec(
+        "dose_event_repeated",
+        _P.INFO,
+        None,
+        "The dispenser reported again a dose event the agent already has (a retransmission "
+        "after a lost acknowledgement, or a repeat): a DoseTaken of a dose already out of the "
+        "tray. Recorded; no second intake, nothing changes (message, ids and slot in data).",
+    ),
+    AlertSpec(
         "failsafe_lock_lifted",
         _P.INFO,
         None,

@@ -56,6 +56,7 @@ from agent.engine.state import (
     OpenSlotRecord,
     RollInfo,
     SettledSlot,
+    TakenDose,
     UnplannedHold,
 )
 from agent.engine.status import EngineStatus, NextSlotStatus, OpenSlotStatus
@@ -200,6 +201,10 @@ class DoseEngine:
             self._outbound.remember_settled(
                 left.dispense_id, left.slot_id, left.sachet_index, left.alert_id, in_tray=True
             )
+        for taken in state.taken_recently:  # its DoseTaken again is a repeat
+            self._outbound.remember_settled(
+                taken.dispense_id, taken.slot_id, taken.sachet_index, taken=True
+            )
         self._mirror = DispenserMirror(
             link_down_since=now.mono, locked_by_agent=state.locked_by_agent
         )
@@ -253,6 +258,7 @@ class DoseEngine:
             unplanned=self._desk.unplanned,
             discard_decisions=self._desk.decisions,
             left_in_tray=tuple(LeftDose(*left) for left in self._outbound.left_in_tray()),
+            taken_recently=tuple(TakenDose(*t) for t in self._outbound.taken_doses()),
         )
 
     @property
@@ -797,6 +803,21 @@ class DoseEngine:
             # dose is not taken
             self._phantom("DoseTaken", msg.dispense_id, msg.sachet_index, expected, now, actions)
             return
+        if run is None and msg.dispense_id in self._outbound.taken:
+            # its DoseTaken is handled already: a repeat (a retransmission after a lost ACK, a
+            # phantom repeat), no second intake (SAFETY.md H3). Recorded, so that its ACK
+            # follows a commit like any other
+            self._emit(
+                actions,
+                "dose_event_repeated",
+                {
+                    "message": "DoseTaken",
+                    "dispense_id": msg.dispense_id,
+                    "sachet_index": msg.sachet_index,
+                    "slot_id": slot_id,
+                },
+            )
+            return
         self._mirror.tray_occupied = False
         if run is not None and run.travel:
             trip = self._trip_of(run)
@@ -818,6 +839,7 @@ class DoseEngine:
         # a missed dose left in the tray (no bin, or a full one) taken late: an intake like any
         # other, so the next dose waits the minimum interval (SAFETY.md H3)
         self._note_intake(now)
+        self._outbound.taken.add(msg.dispense_id)
         self._outbound.retain_queue = [
             d for d in self._outbound.retain_queue if d != msg.dispense_id
         ]
@@ -836,9 +858,15 @@ class DoseEngine:
         )
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
-        self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
+        expected = self._retained_sachet(msg.dispense_id)
+        if expected is not None and msg.sachet_index != expected:
+            # not the sachet that Discard named (or that was dispensed for that dose): a phantom,
+            # the Discard still awaited, the dose still in the tray
+            self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, expected, now, actions)
+            return
         discard = self._desk.settled_discard(msg.dispense_id)
         if discard is not None:
+            self._mirror.bin_unreported += 1  # in the bin now; its BinLevel follows (SPEC 4.8)
             if self._desk.roll is not None and not self._desk.roll.unverified:
                 self._desk.roll = replace(
                     self._desk.roll,
@@ -865,9 +893,13 @@ class DoseEngine:
         slot_id = self._outbound.retaining.pop(msg.dispense_id, None) or self._outbound.recent.get(
             msg.dispense_id
         )
+        if msg.dispense_id in self._outbound.retain_queue:
+            # a Retain whose reply was lost went through: in the bin, owed no more
+            self._outbound.retain_queue.remove(msg.dispense_id)
         if slot_id is None and self._slotbook.run_by_dispense(msg.dispense_id) is None:
             self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, None, now, actions)
             return
+        self._mirror.bin_unreported += 1
         self._mirror.tray_occupied = False
         self._unstick(msg.dispense_id, now, actions)
         self._emit(
@@ -878,6 +910,17 @@ class DoseEngine:
 
     def _settled_sachet(self, dispense_id: int) -> int | None:
         return self._outbound.recent_sachets.get(dispense_id)
+
+    def _retained_sachet(self, dispense_id: int) -> int | None:
+        """The sachet index a DoseRetained of `dispense_id` must name: its Discard's (waited for
+        or given up on), else the dose's (open or recently settled); None: not known."""
+        discard = self._desk.discarding.get(dispense_id) or self._desk.unanswered.get(dispense_id)
+        if discard is not None:
+            return discard.sachet_index
+        run = self._slotbook.run_by_dispense(dispense_id)
+        if run is not None and run.sachet_index is not None:
+            return run.sachet_index
+        return self._settled_sachet(dispense_id)
 
     def _phantom(
         self,
@@ -2720,6 +2763,7 @@ class DoseEngine:
                     # a dose taken (or packed for a trip) is out of the tray; one the pause
                     # caught may still lie there
                     in_tray=outcome is Outcome.SKIPPED_PAUSED,
+                    taken=outcome is not Outcome.SKIPPED_PAUSED,
                 )
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return

@@ -58,6 +58,9 @@ class Outbound:
     # back, the tray not seen empty since): stored (EngineState.left_in_tray), so that their
     # removal after a restart is still a late intake, never a phantom
     in_tray: set[int] = field(default_factory=set)
+    # those of `recent` whose DoseTaken was handled (taken, packed for a trip, taken late): the
+    # same report again is a repeat, never a second intake
+    taken: set[int] = field(default_factory=set)
 
     def send(
         self,
@@ -75,6 +78,15 @@ class Outbound:
     def owe_retain(self, dispense_id: int) -> None:
         if dispense_id not in self.retain_queue:
             self.retain_queue.append(dispense_id)
+
+    def taken_doses(self) -> list[tuple[int, str, int]]:
+        """(dispense id, slot id, sachet index) of each settled dose whose DoseTaken was handled,
+        oldest first: what a restart must still know to take its report again as a repeat."""
+        return [
+            (d, slot_id, self.recent_sachets[d])
+            for d, slot_id in self.recent.items()
+            if d in self.taken and d in self.recent_sachets
+        ]
 
     def retains_owed(self) -> bool:
         """A dose must go back from the tray into the bin (queued or on its way)."""
@@ -103,8 +115,11 @@ class Outbound:
         sachet_index: int | None,
         alert_id: str | None = None,
         in_tray: bool = False,
+        taken: bool = False,
     ) -> None:
         self.recent[dispense_id] = slot_id
+        if taken:
+            self.taken.add(dispense_id)
         if sachet_index is not None:
             self.recent_sachets[dispense_id] = sachet_index
         if alert_id is not None:
@@ -117,6 +132,7 @@ class Outbound:
             self.recent_alerts.pop(oldest, None)
             self.recent_sachets.pop(oldest, None)
             self.in_tray.discard(oldest)
+            self.taken.discard(oldest)
 
     def left_in_tray(self) -> list[tuple[int, str, int, str | None]]:
         """(dispense id, slot id, sachet index, alert id) of each settled dose that may still

@@ -42,6 +42,7 @@ __all__ = [
     "RollInfo",
     "SettledSlot",
     "StateUnreadableError",
+    "TakenDose",
     "UnplannedHold",
     "iso_or_none",
     "parse_utc",
@@ -123,6 +124,17 @@ class LeftDose:
 
 
 @dataclass(frozen=True, slots=True)
+class TakenDose:
+    """A recently settled dose whose DoseTaken the engine handled: the same report again (the
+    dispenser re-sends what the agent stored and died before acknowledging, SPEC 2.6) is a
+    repeat after a restart too, never a phantom nor a second intake."""
+
+    dispense_id: int
+    slot_id: str
+    sachet_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class UnplannedHold:
     """The sachet at the reader is packed for no dose time of the schedule (a plan mismatch,
     VKP 3.22): nothing is cut past it until someone decides; `alert_id` is its latched alert."""
@@ -187,6 +199,7 @@ class EngineState:
     unplanned: UnplannedHold | None = None  # the sachet held for a plan decision
     discard_decisions: tuple[DiscardDecision, ...] = ()  # for the loaded roll only
     left_in_tray: tuple[LeftDose, ...] = ()  # oldest first, at most RECENT_DISPENSES
+    taken_recently: tuple[TakenDose, ...] = ()  # oldest first, at most RECENT_DISPENSES
 
     @classmethod
     def initial(cls) -> EngineState:
@@ -492,6 +505,15 @@ class LeftDoseModel(_Model):
         return LeftDose(self.dispense_id, self.slot_id, self.sachet_index, self.alert_id)
 
 
+class TakenDoseModel(_Model):
+    dispense_id: DispenseId
+    slot_id: SlotId
+    sachet_index: Annotated[int, Field(ge=0, le=U16_MAX)]
+
+    def to_taken(self) -> TakenDose:
+        return TakenDose(self.dispense_id, self.slot_id, self.sachet_index)
+
+
 class EngineStateModel(_Model):
     """The persisted form of `EngineState`, field for field. Each check stays within one field,
     so that `restore` can keep every field that is readable on its own."""
@@ -515,6 +537,7 @@ class EngineStateModel(_Model):
     unplanned: UnplannedModel | None = None
     discard_decisions: tuple[DiscardDecisionModel, ...] = ()
     left_in_tray: Annotated[tuple[LeftDoseModel, ...], Field(max_length=RECENT_DISPENSES)] = ()
+    taken_recently: Annotated[tuple[TakenDoseModel, ...], Field(max_length=RECENT_DISPENSES)] = ()
     # unused: kept so that states saved by earlier versions (last_link_down_reason, which
     # nothing read) still load under extra="forbid"; written as {} for them to read ours
     extra: dict[Text, Text] = Field(default_factory=dict)
@@ -545,6 +568,12 @@ class EngineStateModel(_Model):
     def _distinct_left(cls, left: tuple[LeftDoseModel, ...]) -> tuple[LeftDoseModel, ...]:
         _unique((d.dispense_id for d in left), "dispense ids left in the tray")
         return left
+
+    @field_validator("taken_recently")
+    @classmethod
+    def _distinct_taken(cls, taken: tuple[TakenDoseModel, ...]) -> tuple[TakenDoseModel, ...]:
+        _unique((d.dispense_id for d in taken), "dispense ids taken")
+        return taken
 
     @classmethod
     def of(cls, state: EngineState) -> EngineStateModel:
@@ -579,6 +608,9 @@ class EngineStateModel(_Model):
             left_in_tray=tuple(
                 LeftDoseModel.model_construct(**_fields(d)) for d in state.left_in_tray
             ),
+            taken_recently=tuple(
+                TakenDoseModel.model_construct(**_fields(d)) for d in state.taken_recently
+            ),
         )
 
     def to_state(self) -> EngineState:
@@ -602,6 +634,7 @@ class EngineStateModel(_Model):
             unplanned=None if self.unplanned is None else self.unplanned.to_hold(),
             discard_decisions=tuple(d.to_decision() for d in self.discard_decisions),
             left_in_tray=tuple(d.to_left() for d in self.left_in_tray),
+            taken_recently=tuple(d.to_taken() for d in self.taken_recently),
         )
 
 
@@ -613,7 +646,8 @@ def _fields(
     | RollInfo
     | UnplannedHold
     | DiscardDecision
-    | LeftDose,
+    | LeftDose
+    | TakenDose,
 ) -> dict[str, Any]:
     """A record's fields by name (for model_construct)."""
     return {f.name: getattr(record, f.name) for f in fields(record)}
@@ -629,7 +663,11 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-_ADDED_SINCE_THE_HAND_WRITTEN_ENCODER = ("settled_known_from_utc", "left_in_tray")
+_ADDED_SINCE_THE_HAND_WRITTEN_ENCODER = (
+    "settled_known_from_utc",
+    "left_in_tray",
+    "taken_recently",
+)
 
 
 def _dump(state: EngineState) -> str:
