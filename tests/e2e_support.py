@@ -271,7 +271,8 @@ class EventStream:
         client.on_connect = lambda c, *_: c.subscribe(f"dispenser/v1/{self.unit_id}/#", qos=1)
         client.on_subscribe = lambda *_: subscribed.set()
         client.on_message = self._on_message
-        client.reconnect_delay_set(0.05, 0.5)
+        # paho annotates int seconds but waits on any number: sub-second retries keep tests short
+        client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]
         client.connect("127.0.0.1", self.port, keepalive=10)
         client.loop_start()
         self._client = client
@@ -368,7 +369,7 @@ def publish_command(
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        properties = Properties(PacketTypes.PUBLISH)
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
         properties.ResponseTopic = response_topic or f"dispenser/v1/{unit_id}/commands/response"
         if correlation:
             properties.CorrelationData = correlation
@@ -414,7 +415,8 @@ class WireRecorder:
         client.on_connect = lambda c, *_: c.subscribe(f"dispenser/v1/{self.unit_id}/#", qos=1)
         client.on_subscribe = lambda *_: subscribed.set()
         client.on_message = self._on_message
-        client.reconnect_delay_set(0.05, 0.5)
+        # paho annotates int seconds but waits on any number: sub-second retries keep tests short
+        client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]
         client.connect("127.0.0.1", self.port, keepalive=10)
         client.loop_start()
         self._client = client

@@ -108,9 +108,11 @@ class Centre:
         context = ssl.create_default_context(cafile=str(broker.ca.cert_path))
         context.load_cert_chain(str(identity.cert), str(identity.key))
         self.client.tls_set_context(context)
-        self.client.on_message = lambda _c, _u, msg: self.loop.call_soon_threadsafe(
-            self.received.put_nowait, msg
-        )
+
+        def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+            self.loop.call_soon_threadsafe(self.received.put_nowait, msg)
+
+        self.client.on_message = on_message
         self.port = broker.port
 
     async def start(self, *topics: str) -> None:

@@ -507,6 +507,7 @@ def test_units_and_watch_over_tls_with_the_centres_certificate(tmp_path: Path) -
 def test_bad_arguments_get_one_line_and_exit_2(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    code: str | int | None
     try:
         code = cli_main(["centre", *args])
     except SystemExit as exit_:  # argparse's own refusals

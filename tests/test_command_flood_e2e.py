@@ -140,7 +140,7 @@ def publish_all(port: int, payloads: list[bytes]) -> None:
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        properties = Properties(PacketTypes.PUBLISH)
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
         properties.ResponseTopic = f"dispenser/v1/{UNIT}/commands/response"
         infos = [
             client.publish(
@@ -213,7 +213,7 @@ def test_a_flood_of_junk_and_signed_commands_is_bounded_counted_and_the_unit_sti
         def accounted(w: WireRecorder) -> int:
             ok = sum(1 for r in w.on("commands/response") if r["status"] == "ok")
             refused = sum(len(unique_events(w, kind)) for kind in REFUSAL_KINDS)
-            folded = sum(e["data"]["total"] for e in unique_events(w, BULK))
+            folded: int = sum(e["data"]["total"] for e in unique_events(w, BULK))
             return ok + refused + folded
 
         # every sent message is accounted for once the last window has been told
@@ -225,7 +225,7 @@ def test_a_flood_of_junk_and_signed_commands_is_bounded_counted_and_the_unit_sti
         ok = [r for r in wire.on("commands/response") if r["status"] == "ok"]
         refusals = [e for kind in REFUSAL_KINDS for e in unique_events(wire, kind)]
         bulk = unique_events(wire, BULK)
-        folded = {}
+        folded: dict[str, int] = {}
         for event in bulk:
             validate("events", event)
             assert (event["priority"], event["vkp_code"]) == ("medium", None)

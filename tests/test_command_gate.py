@@ -234,6 +234,7 @@ class FakeLink:
     connected = False
     ready = False
     last_connect_error: str | None = None
+    link_state_version = 0  # never connects: its state never changes
 
     def __init__(self, messages: list[InboundMessage]) -> None:
         self.queued = messages
@@ -249,6 +250,9 @@ class FakeLink:
         self.acked.append(message)
 
     async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def wait_link_state_change(self, seen: int) -> None:
         await asyncio.Event().wait()
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109

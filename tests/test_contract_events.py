@@ -11,7 +11,6 @@ from datetime import timedelta
 from contract_check import offset_times
 from test_engine import OTHER, morning_rig, utc
 from test_engine_interval import NO_BIN, hourly_rig, missed_then_taken_late
-from test_engine_interval import utc as interval_utc
 
 from agent.engine.catalogue import documented_kinds, make_event
 from agent.engine.types import AcknowledgeAlert, EndPause, PauseWindow, StartPause
@@ -69,7 +68,7 @@ def test_a_late_intake_of_a_missed_dose_names_the_missed_alert() -> None:
     assert late.fields["alert_id"] == missed.alert_id
     assert late.alert_id == missed.alert_id  # news about that alert, not a new one
     assert late.fields["taken_at"] == "2026-03-02T08:10:00Z"
-    assert interval_utc(2026, 3, 2, 8, 10).tzinfo is not None
+    assert utc(2026, 3, 2, 8, 10).tzinfo is not None
 
 
 def test_clearing_and_deciding_events_carry_no_vkp_code() -> None:

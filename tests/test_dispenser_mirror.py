@@ -8,9 +8,11 @@ and protocol/SPEC.md (4.5 patterns, 4.8 the bin, the Feature bits), written out 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from itertools import pairwise, product
+from typing import Any, cast
 
 import pytest
 from test_engine import OTHER, Rig, morning_rig
@@ -70,6 +72,22 @@ def test_in_sync_nothing_is_sent() -> None:
     assert plan.retains_left == ()
 
 
+# what in_sync reads, in its order (product() of more than six iterables loses the types)
+MirrorReading = tuple[
+    bool,
+    bool | None,
+    bool,
+    AlertPattern | None,
+    int | None,
+    bool,
+    tuple[str, ...],
+    int | None,
+    bool,
+    AlertPattern,
+    tuple[int, ...],
+]
+
+
 def test_in_sync_is_asked_first_and_never_skips_a_command_plan_sync_would_send() -> None:
     """The engine skips plan_sync when in_sync says so: over every combination of what it reads,
     whenever in_sync is True plan_sync plans nothing and leaves nothing for later; and it is
@@ -88,18 +106,21 @@ def test_in_sync_is_asked_first_and_never_skips_a_command_plan_sync_would_send()
         locked,
         pattern,
         retains,
-    ) in product(
-        (False, True),
-        (None, True, False),
-        (False, True),
-        patterns,
-        (None, 0, RETAIN_BIN, LOCK, RETAIN_BIN | LOCK),
-        (False, True),
-        ((), ("set_lock",), ("set_alert",), ("get_status",)),
-        (None, 0, 2),
-        (False, True),
-        list(AlertPattern),
-        ((), (7,)),
+    ) in cast(
+        "Iterator[MirrorReading]",
+        product(
+            (False, True),
+            (None, True, False),
+            (False, True),
+            patterns,
+            (None, 0, RETAIN_BIN, LOCK, RETAIN_BIN | LOCK),
+            (False, True),
+            ((), ("set_lock",), ("set_alert",), ("get_status",)),
+            (None, 0, 2),
+            (False, True),
+            list(AlertPattern),
+            ((), (7,)),
+        ),
     ):
         known = KnownDispenser(
             status_known,
@@ -252,7 +273,7 @@ def test_the_order_is_lock_then_pattern_then_retains() -> None:
 # --- the bin, faults, features -----------------------------------------------------------------
 
 
-def mirror(**fields: object) -> DispenserMirror:
+def mirror(**fields: Any) -> DispenserMirror:  # any of its fields; replace() checks the names
     return replace(DispenserMirror(link_down_since=None, locked_by_agent=False), **fields)
 
 

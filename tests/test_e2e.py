@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker import MosquittoBroker
@@ -223,7 +224,7 @@ def test_malformed_expired_and_duplicate_commands_are_answered_and_not_executed(
     publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-1")
     publish_command(port, UNIT, json.dumps(status).encode(), correlation=b"corr-2")
     rig.wait(lambda s: len(s.responses) >= 6)
-    by_id = {}
+    by_id: dict[str, list[dict[str, Any]]] = {}
     for response in rig.stream.responses:
         by_id.setdefault(response["command_id"], []).append(response)
     assert by_id[bad["command_id"]][0]["status"] == "rejected"

@@ -366,8 +366,9 @@ def test_a_lost_reply_that_cut_the_rolls_last_sachet_is_asked_after_all_the_same
     rig.run_for(rig.config.command_retry)
     assert rig.commands(Dispense) == [send.command, send.command]
     assert RecordPresented(SLOT) in rig.actions
+    assert isinstance(send.command, Dispense)
     assert [e.fields["dispense_id"] for e in rig.events("dose_presented")] == [
-        send.command.dispense_id  # type: ignore[attr-defined]
+        send.command.dispense_id
     ]
     rig.take()
     assert outcome(rig) == ("taken", None)

@@ -34,6 +34,7 @@ from agent.daemon import EXIT_STATE_FAULT, Daemon, DaemonFaultError
 from agent.runtime import DROPPABLE_WHEN_FULL, unit_edges
 from agent.store.audit import Stamp
 from agent.store.db import Store
+from drivers.session import DispenserSession
 from hw.dispenser import DEFAULT_FEATURES, DispenserIdentity, DispenserModel
 from hw.wire import SimulatorRunner, TraceEvent
 from protocol.framing import FrameKind
@@ -187,7 +188,9 @@ def test_store_fault_on_a_dispenser_event_locks_the_dispenser_and_leaves_the_eve
                 r.runner.wait_for_stats, lambda s: s.failures >= 1 and s.retransmits >= 1, WAIT_S
             )
             # ... and the link stayed up for the lock to go out on it.
-            stats = r.daemon.session.stats
+            session = r.daemon.session
+            assert isinstance(session, DispenserSession)  # the production edges
+            stats = session.stats
             assert stats.connects == 1
             assert stats.handler_errors == 0
             assert stats.not_stored == 1

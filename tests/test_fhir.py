@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.detectedissue import DetectedIssue
+from fhir.resources.R4B.domainresource import DomainResource
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.medicationdispense import MedicationDispense
 from scripted_day import UNIT_ID, RecordedDay, record_day
@@ -225,7 +226,10 @@ def test_the_wrong_roll_flag_closes_when_acknowledged_and_removed(day: RecordedD
 
 def test_every_bundle_and_resource_validates_with_the_library(day: RecordedDay) -> None:
     bundles, _ = convert_all(day)
-    models = {"MedicationDispense": MedicationDispense, "DetectedIssue": DetectedIssue}
+    models: dict[str, type[DomainResource]] = {
+        "MedicationDispense": MedicationDispense,
+        "DetectedIssue": DetectedIssue,
+    }
     models["Flag"] = Flag
     for bundle in bundles.values():
         Bundle.model_validate(bundle)

@@ -421,19 +421,19 @@ def test_an_edited_config_is_kept(root: Path, bundle: Path, wheelhouse: Path) ->
     assert "patient_ref" not in config.read_text()
 
 
-def _unlink(name: str) -> Callable[[Path], None]:
+def _unlink(name: str) -> Callable[[Path], object]:
     return lambda b: (b / name).unlink()
 
 
-def _conf(old: str, new: str) -> Callable[[Path], None]:
+def _conf(old: str, new: str) -> Callable[[Path], object]:
     return lambda b: (b / "unit.conf").write_text(UNIT_CONF.replace(old, new))
 
 
-def _write(name: str, text: str) -> Callable[[Path], None]:
+def _write(name: str, text: str) -> Callable[[Path], object]:
     return lambda b: (b / name).write_text(text)
 
 
-BAD_BUNDLES: dict[str, tuple[Callable[[Path], None], str]] = {
+BAD_BUNDLES: dict[str, tuple[Callable[[Path], object], str]] = {
     "no unit.conf": (_unlink("unit.conf"), "unit.conf is missing"),
     "no key": (_unlink("unit.key"), "bundle: unit.key is missing"),
     "no CA": (_unlink("broker-ca.crt"), "bundle: broker-ca.crt is missing"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -138,7 +139,10 @@ def dues(times: tuple[str, ...], day: date) -> dict[str, datetime]:
 
 def test_spring_forward_2026_03_29_follows_the_documented_table() -> None:
     got = dues(("01:30", "02:00", "02:30", "03:00"), date(2026, 3, 29))
-    t = lambda h, m: datetime(2026, 3, 29, h, m, tzinfo=UTC)  # noqa: E731
+
+    def t(h: int, m: int) -> datetime:
+        return datetime(2026, 3, 29, h, m, tzinfo=UTC)
+
     # 02:00 and 02:30 do not exist: shifted forward by the gap (01:00 / 01:30 UTC), but an
     # earlier nominal time is never due after a later one, so 02:30 joins 03:00 at 01:00 UTC
     assert got == {
@@ -800,7 +804,7 @@ def test_r8_an_empty_roll_at_a_due_time_needs_a_high_outcome_for_that_slot() -> 
 
 
 def test_r8_an_empty_roll_is_reported_by_a_high_hold_of_that_slot() -> None:
-    held = {"slot_id": "2026-06-01T08:00", "reason": "roll_empty"}
+    held: dict[str, object] = {"slot_id": "2026-06-01T08:00", "reason": "roll_empty"}
     j = judge(enforce=frozenset({"R8.roll_empty"}))
     j.world(world(remaining=0))
     j.advance(utc("06:05"))
@@ -819,7 +823,7 @@ def test_r8_an_empty_roll_is_due_when_the_agents_clock_stepped_back_shows_the_du
     """Seeds 32 and 41 of the wide world: the synchronised wall clock stepped back an hour
     before the 08:00 dose on an empty roll. A slot is due when the agent's clock shows it
     (docs/time-policy.md): the agent cannot know it an hour earlier, so the bound runs from then."""
-    held = {"slot_id": "2026-06-01T08:00", "reason": "roll_empty"}
+    held: dict[str, object] = {"slot_id": "2026-06-01T08:00", "reason": "roll_empty"}
     j = judge(enforce=frozenset({"R8.roll_empty"}))
     j.world(world(remaining=0, clock_behind=timedelta(hours=1)))
     j.advance(utc("07:05"))  # true 06:00 passed an hour ago; the agent's clock shows 06:05
@@ -925,7 +929,7 @@ def test_r8_an_unusable_sachet_at_the_reader_needs_a_high_report(sachet: SachetL
         ok = judge()
         ok.advance(utc("03:00"))
         ok.world(world(reader=sachet))
-        ok.published(report[0], "high", report[1])
+        ok.published(report[0], "high", {**report[1]})
         ok.advance(utc("05:00"))
         ok.world(world(reader=label(utc("06:00"), index=4)))  # taken off: the next one is fine
         ok.advance(utc("06:00"))
@@ -1108,6 +1112,7 @@ def test_r12_every_sachet_the_dispenser_moves_is_reported() -> None:
     )
     j.advance(utc("22:00"))
     assert j.findings == []
+    move: Callable[[Judge], object]  # gives the lambdas below their parameter's type
     for move, report in (
         (lambda k: k.presented(9, label(utc("06:00"))), "dose 9 presented"),
         (lambda k: k.discarded(9, label(utc("06:00"), index=4)), "sachet 4 discarded"),
@@ -1310,7 +1315,7 @@ def test_r8_an_empty_roll_is_reported_by_a_high_hold_naming_the_slot_ahead() -> 
     """An agent whose clock is untrusted cannot tell when a dose comes due: with the roll empty
     it names the dose HIGH ahead. That reports it while the roll stays empty; a refill voids it
     (the dose may be given after all, and if the roll runs empty again it is news)."""
-    ahead = {"slot_id": "2026-06-01T08:00", "reason": "clock_untrusted"}
+    ahead: dict[str, object] = {"slot_id": "2026-06-01T08:00", "reason": "clock_untrusted"}
     j = judge(enforce=frozenset({"R8.roll_empty"}))
     j.world(world(remaining=0))
     j.advance(utc("04:00"))
@@ -1343,7 +1348,10 @@ def test_r3_an_outcome_must_name_its_slots_due_instant() -> None:
     j = judge()
     j.advance(utc("07:00"))
     # 08:00 in Oslo on 1 June (CEST) is 06:00 UTC
-    right = {"due_utc": "2026-06-01T06:00:00Z", "due_local": "2026-06-01T08:00:00+02:00"}
+    right: dict[str, object] = {
+        "due_utc": "2026-06-01T06:00:00Z",
+        "due_local": "2026-06-01T08:00:00+02:00",
+    }
     j.published("slot_outcome", "info", {"slot_id": "2026-06-01T08:00", "outcome": "taken"} | right)
     assert j.findings == []
     for name, wrong in (
@@ -1716,8 +1724,8 @@ def test_r14_the_reminder_escalates_at_its_time_even_across_a_restart() -> None:
         j.world(home(tray_occupied=True, pattern="REMINDER"))
         j.published("dose_presented", "info", {"slot_id": "2026-06-01T08:00", "dispense_id": 5})
 
-    def escalating(**kw: object) -> Judge:
-        return judge(enforce=frozenset({"R14"}), escalate_after=timedelta(minutes=30), **kw)
+    def escalating() -> Judge:
+        return judge(enforce=frozenset({"R14"}), escalate_after=timedelta(minutes=30))
 
     ok = escalating()
     shown(ok)

@@ -283,7 +283,8 @@ def test_withdrawn_ack_is_not_sent_and_retransmits_stay_unanswered() -> None:
     assert agent.stats.duplicates == 1
 
     # once the dispenser gives up and sends something new, that is taken and acknowledged
-    now, gave_up = 0.3, []
+    now = 0.3
+    gave_up: list[Failed] = []
     while not gave_up:
         now += CONFIG.ack_timeout_s
         gave_up = [e for e in dispenser.poll(now) if isinstance(e, Failed)]

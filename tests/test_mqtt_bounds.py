@@ -210,7 +210,7 @@ def test_a_qos1_flood_past_the_inbox_is_held_back_not_dropped(
                     while not all(i.is_published() for i in infos):  # noqa: ASYNC110 (bounded)
                         await asyncio.sleep(0.02)
                 # the broker has them all; the application reads and acks one at a time
-                received = []
+                received: list[str] = []
                 async with asyncio.timeout(WAIT_S * 3):
                     while len(received) < count:
                         message = await link.get_message()

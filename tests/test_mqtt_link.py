@@ -210,6 +210,7 @@ def test_a_caller_retrying_on_not_connected_waits_for_the_next_connection(
     publisher spun for good with the broker down, and the dispenser's timers starved)."""
     retries_without_a_connection = 0
     delivered = 0
+    link: MqttLink
 
     def settled(error: BaseException | None) -> None:
         nonlocal delivered
@@ -246,7 +247,6 @@ def test_a_caller_retrying_on_not_connected_waits_for_the_next_connection(
                 with contextlib.suppress(asyncio.CancelledError):
                     await drainer
 
-    link: MqttLink
     run(scenario)
 
 
@@ -692,7 +692,7 @@ def test_many_concurrent_qos1_publishes_are_all_acknowledged(
     Speed against raw paho is a benchmark (bench/), not a timed test.
     """
     count = 5_000
-    received: list[bytes] = []
+    received: list[bytes | bytearray] = []
     all_in = threading.Event()
 
     def on_message(_client: object, _userdata: object, message: paho.MQTTMessage) -> None:

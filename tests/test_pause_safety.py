@@ -277,7 +277,9 @@ def test_a_single_leftover_is_not_discarded_into_the_last_place_of_the_bin() -> 
     rig.link_up()  # the dispenser reports its level again
     rig.physical(rig.model.remove_roll())
     rig.run_until(utc(2026, 3, 3, 8, 30))  # no roll: the 08:00 dose is not given
-    rig.physical(rig.model.insert_roll(rig.model.last_removed_roll))
+    roll = rig.model.last_removed_roll
+    assert roll is not None
+    rig.physical(rig.model.insert_roll(roll))
     rig.run_until(utc(2026, 3, 3, 12, 30), take=True)
     # the 08:00 sachet is a leftover now; one place is left and it is kept for a retain
     assert rig.model.discarded == []

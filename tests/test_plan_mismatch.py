@@ -73,9 +73,13 @@ def test_a_sachet_the_schedule_lacks_is_held_and_its_alert_latches_until_decided
     assert len(rig.events("plan_mismatch")) == 1
     [alert] = rig.events("plan_mismatch")
     assert latched(rig) == [(alert.alert_id, False)]
-    held = rig.engine.status().unplanned
-    assert held is not None
-    assert (held.roll_id, held.sachet_index, held.alert_id) == ("R1", 1, alert.alert_id)
+    unplanned = rig.engine.status().unplanned
+    assert unplanned is not None
+    assert (unplanned.roll_id, unplanned.sachet_index, unplanned.alert_id) == (
+        "R1",
+        1,
+        alert.alert_id,
+    )
 
 
 # --- decisions --------------------------------------------------------------------------------

@@ -258,7 +258,7 @@ def test_the_keepalive_check_sleeps_until_a_ping_is_due(monkeypatch: pytest.Monk
     out to a keepalive after it, since paho would have nothing to send before that."""
     clock = ScriptedClock()
     monkeypatch.setattr(mqtt_link, "time", clock)
-    monkeypatch.setattr(mqtt_link.asyncio, "sleep", _Sleep)
+    monkeypatch.setattr(asyncio, "sleep", _Sleep)  # the one asyncio module the link uses
     client = QuietPahoClient(clock)
     loop = asyncio.new_event_loop()
     try:
@@ -312,9 +312,9 @@ def test_a_step_with_nothing_to_write_does_not_wake_the_writer(tmp_path: Path) -
             jobs: list[object] = []
             submit = daemon.writer.submit
 
-            def counted(job: Any) -> Any:
+            def counted(job: Any, *, independent: bool = False) -> Any:
                 jobs.append(job)
-                return submit(job)
+                return submit(job, independent=independent)
 
             daemon.writer.submit = counted  # type: ignore[method-assign]
             try:

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from broker import MosquittoBroker
@@ -92,7 +93,7 @@ def test_ready_then_watchdog_while_healthy_and_none_after_a_state_fault(
             await asyncio.to_thread(notify.wait_for_count, "READY=1", 1)
             await asyncio.to_thread(notify.wait_for_count, "WATCHDOG=1", 3)
 
-            def broken() -> int:
+            def broken() -> NoReturn:
                 raise sqlite3.OperationalError("disk I/O error")
 
             daemon.store.backlog = broken  # type: ignore[method-assign]

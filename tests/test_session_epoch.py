@@ -85,6 +85,8 @@ def test_a_reply_to_the_previous_process_is_dropped_and_never_taken_for_ours(
                 ours = asyncio.create_task(second.request(SetAlert(0, AlertPattern.REMINDER)))
                 await changes.until(lambda: len(held) == 2)
                 dispense, set_alert = held
+                assert isinstance(dispense, Dispense)
+                assert isinstance(set_alert, SetAlert)
                 # The dispenser's reply to the dead agent reaches its successor first.
                 with caplog.at_level(logging.DEBUG, logger="drivers.session"):
                     peer.send(CommandResult(dispense.req_id, ResultCode.OK, "for the old one"))

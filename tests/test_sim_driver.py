@@ -14,7 +14,7 @@ from pathlib import Path
 
 from drivers.retry import RetryPolicy
 from drivers.serial_port import SerialTransport
-from drivers.session import DispenserSession, SessionDown, SessionUp
+from drivers.session import DispenserSession, Reply, SessionDown, SessionUp
 from hw.dispenser import DispenserIdentity, DispenserModel, make_roll
 from hw.wire import SimulatorRunner
 from protocol.messages import (
@@ -23,6 +23,7 @@ from protocol.messages import (
     ButtonId,
     ButtonPressed,
     Capabilities,
+    Command,
     CommandResult,
     Discard,
     Dispense,
@@ -132,8 +133,8 @@ def test_every_message_type_both_ways(tmp_path: Path) -> None:
             roll = make_roll("R1", "p-1", T0, 3600, count=4, expiry_utc_s=T0 + 86400)
             runner.call(lambda m: m.insert_roll(roll))
             await got.until(lambda r: bool(r.of(SachetRead)))
-            replies: dict[str, Message] = {}
-            commands: list[Message] = [
+            replies: dict[str, Reply] = {}
+            commands: list[Command] = [
                 Dispense(0, 1, 0),
                 Retain(0, 1),
                 Discard(0, 2, 1),
@@ -145,7 +146,7 @@ def test_every_message_type_both_ways(tmp_path: Path) -> None:
                 FactoryReset(0, FACTORY_RESET_CONFIRM),
             ]
             for command in commands:
-                replies[type(command).__name__] = await session.request(command)  # type: ignore[arg-type]
+                replies[type(command).__name__] = await session.request(command)
             assert isinstance(replies["GetStatus"], Status)
             assert isinstance(replies["GetTime"], TimeReport)
             for name in ("Dispense", "Retain", "Discard", "SetAlert", "SetLock", "SetTime"):

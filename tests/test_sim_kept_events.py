@@ -8,7 +8,14 @@ import time
 from hw.dispenser import DispenserIdentity, DispenserModel
 from hw.wire import SimulatorRunner
 from protocol.link import Failed
-from protocol.messages import ButtonId, ButtonPressed, CommandResult, DoseTaken, ResultCode
+from protocol.messages import (
+    ButtonId,
+    ButtonPressed,
+    CommandResult,
+    DoseTaken,
+    Message,
+    ResultCode,
+)
 
 
 def test_kept_events_are_bounded_and_dose_outcomes_go_last() -> None:
@@ -16,7 +23,8 @@ def test_kept_events_are_bounded_and_dose_outcomes_go_last() -> None:
     try:
         taken = [DoseTaken(n, n) for n in range(1, 4)]
         buttons = [ButtonPressed(ButtonId.TAKE) for _ in range(40)]
-        for message in [taken[0], *buttons[:20], taken[1], *buttons[20:], taken[2]]:
+        sent: list[Message] = [taken[0], *buttons[:20], taken[1], *buttons[20:], taken[2]]
+        for message in sent:
             runner._keep(Failed(0, message, "timeout"))
         runner._keep(Failed(0, CommandResult(5, ResultCode.OK, ""), "timeout"))  # a reply
         runner._keep(Failed(0, DoseTaken(9, 9), "UNKNOWN_TYPE"))  # NAKed: final

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from agent.engine.catalogue import documented_kinds, raises_latched_alert
 from agent.runtime import DROPPABLE_WHEN_FULL
@@ -119,7 +120,7 @@ def test_audit_records_pruned_at_the_ceiling_leave_their_checkpoint_with_the_cen
                     body: dict[str, object] = {"n": n, "k": k, "pad": PAD * 2}
                     store.audit_append("command_rejected", body, AT, "x")
         assert store.verify_audit().ok
-        told = {
+        told: dict[int, Any] = {  # each checkpoint's event data, by the checkpoint's seq
             e.payload["data"]["checkpoint_seq"]: e.payload["data"]  # type: ignore[index]
             for e in store.pending_events(limit=10_000)
             if e.kind == "audit_checkpoint"
@@ -132,6 +133,6 @@ def test_audit_records_pruned_at_the_ceiling_leave_their_checkpoint_with_the_cen
     finally:
         conn.close()
     assert rows  # the ceiling pruned the audit log
-    for seq, digest, body in rows:
-        assert told[seq]["through_hash"] == json.loads(body)["through_hash"]
+    for seq, digest, stored in rows:
+        assert told[seq]["through_hash"] == json.loads(stored)["through_hash"]
         assert told[seq]["checkpoint_hash"] == digest

@@ -36,6 +36,7 @@ from agent.store.db import Store
 from agent.store.errors import StoreUsageError
 from agent.store.outbox import OutboxEvent
 from agent.store.writer import StoreWriter, WriterPoisonedError
+from drivers.session import DispenserSession
 from protocol.framing import FrameKind
 from protocol.messages import ButtonId, ButtonPressed
 
@@ -197,8 +198,8 @@ def commit_held(when: Callable[[sqlite3.Connection], bool]) -> Iterator[HeldComm
     hold = HeldCommit()
     original = Store._keep_bounded
 
-    def holding(store: Store, conn: sqlite3.Connection) -> None:
-        original(store, conn)
+    def holding(self: Store, conn: sqlite3.Connection) -> None:  # as the method it replaces
+        original(self, conn)
         if not hold.held.is_set() and when(conn):
             hold.held.set()
             hold.release.wait(HELD_S)
@@ -271,7 +272,9 @@ def test_a_dispenser_event_is_acked_after_its_commit_and_the_loop_runs_meanwhile
                         )
 
                 await asyncio.to_thread(r.runner.wait_for_stats, acked, WAIT_S)
-                assert r.daemon.session.stats.not_stored == 0
+                session = r.daemon.session
+                assert isinstance(session, DispenserSession)  # the production edges
+                assert session.stats.not_stored == 0
 
     asyncio.run(scenario())
 

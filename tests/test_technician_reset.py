@@ -162,8 +162,8 @@ def test_reset_termination_leaves_no_trace_of_the_patient(
     unit.stream.wait_for(lambda s: bool(s.of_kind("unit_unbound")))
     assert unit.runner.snapshot().executed_ids == frozenset()
     # the export the municipality files: its manifest's hash is the file's
-    manifest = json.loads(Path(str(receipt["audit_export"]["manifest"])).read_text())  # type: ignore[index]
-    exported = Path(str(receipt["audit_export"]["file"])).read_bytes()  # type: ignore[index]
+    manifest = json.loads(Path(str(receipt["audit_export"]["manifest"])).read_text())
+    exported = Path(str(receipt["audit_export"]["file"])).read_bytes()
     assert manifest["sha256"] == hashlib.sha256(exported).hexdigest()
     assert manifest["chain_ok"] is True
     # no trace of the patient in any raw byte on the unit, nor in what was printed or logged
