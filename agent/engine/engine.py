@@ -2071,13 +2071,19 @@ class DoseEngine:
     def _hold_behind_tray(self, now: Now, actions: list[Action]) -> None:
         """A dose is in the tray: a slot held before for a reason of its own (a roll since
         replaced, the link since back) now waits for the tray. Its hold says so, else the centre
-        reads the old reason until the tray empties (a nurse sent for a roll already loaded)."""
+        reads the old reason until the tray empties (a nurse sent for a roll already loaded).
+        A slot due while the dispenser is empty is held too, held before or not: emptying the
+        tray will not give it (no sachet left), so a nurse must come now (HIGH, VKP 3.7, H4)."""
         for later in self._slotbook.runs:
-            if later.in_tray or later.travel or later.held_reason is None:
+            if later.in_tray or later.travel:
                 continue
+            if later.held_reason is None and (
+                now.utc < later.due_utc or not self._dispenser_empty()
+            ):
+                continue  # not due, or due and given once the tray empties: nothing to say
             reason = self._blocker(later, now)
-            if reason is not None and reason != later.held_reason:
-                self._hold(later.slot_id, reason, now, actions)
+            if reason is not None:
+                self._hold(later.slot_id, reason, now, actions)  # (said once per reason)
 
     def _dispenser_busy(self) -> bool:
         """A cut is under way: a Dispense or Discard awaits its result, or a discarded sachet is
