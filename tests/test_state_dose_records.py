@@ -4,7 +4,10 @@
   the alert it raised), so that their removal after a restart is recognised
   (tests/test_engine_left_in_tray.py);
 - `taken_recently`: settled dispense ids whose DoseTaken was handled (slot, sachet index), so that
-  the same report re-sent to a restarted agent is a repeat (tests/test_engine_repeated_taken.py).
+  the same report re-sent to a restarted agent is a repeat (tests/test_engine_repeated_taken.py);
+- `retained_recently`: the DoseRetained reports handled, doses taken back into the bin (with
+  their slot) and sachets discarded (no slot), with the sachet index, so that the same report
+  re-sent to a restarted agent is a repeat (tests/test_engine_repeated_retained.py).
 
 Each is validated on load like every other field (a damaged one is refused naming the field, and
 a restore keeps the rest of the state); a state stored before the field existed loads without it
@@ -19,7 +22,14 @@ from dataclasses import dataclass
 import pytest
 from test_engine_state import STORED_INITIAL, edited, put
 
-from agent.engine.state import EngineState, LeftDose, StateUnreadableError, TakenDose, restore
+from agent.engine.state import (
+    EngineState,
+    LeftDose,
+    RetainedDose,
+    StateUnreadableError,
+    TakenDose,
+    restore,
+)
 from agent.engine.types import Binding
 
 
@@ -46,6 +56,11 @@ LISTS = {
         TakenDose(40, "2026-03-04T20:00", 11),
         "alert_id",
     ),
+    "retained_recently": StoredList(
+        {"dispense_id": 40, "sachet_index": 11, "slot_id": "2026-03-04T20:00"},
+        RetainedDose(40, "2026-03-04T20:00", 11),
+        "alert_id",
+    ),
 }
 
 
@@ -56,10 +71,12 @@ def damaged(field: str) -> dict[str, object]:
         "dispense id zero": [{**entry, "dispense_id": 0}],
         "dispense id past u32": [{**entry, "dispense_id": 2**32}],
         "sachet index past u16": [{**entry, "sachet_index": 65536}],
+        "negative sachet index": [{**entry, "sachet_index": -1}],
         "sachet index as text": [{**entry, "sachet_index": "11"}],
         "slot id no schedule makes": [{**entry, "slot_id": "yesterday"}],
         "an unknown field": [{**entry, LISTS[field].unknown_key: True}],
         "no sachet index": [{k: v for k, v in entry.items() if k != "sachet_index"}],
+        "no slot id": [{k: v for k, v in entry.items() if k != "slot_id"}],
         "two with one dispense id": [
             entry,
             {**entry, "slot_id": "2026-03-05T08:00", "sachet_index": 12},
@@ -89,6 +106,27 @@ def test_a_dose_left_in_the_tray_without_an_alert_is_read_back() -> None:
     entry = {**LISTS["left_in_tray"].entry, "alert_id": None}
     state = EngineState.from_json(edited(put("left_in_tray", [entry])))
     assert state.left_in_tray == (LeftDose(40, "2026-03-04T20:00", 11, None),)
+
+
+def test_a_discard_retained_has_no_slot_and_is_read_back() -> None:
+    discard = {"dispense_id": 41, "sachet_index": 12, "slot_id": None}
+    entries = [LISTS["retained_recently"].entry, discard]
+    state = EngineState.from_json(edited(put("retained_recently", entries)))
+    assert state.retained_recently == (
+        RetainedDose(40, "2026-03-04T20:00", 11),
+        RetainedDose(41, None, 12),
+    )
+    assert json.loads(state.to_json())["retained_recently"] == entries
+
+
+@pytest.mark.parametrize("field", list(LISTS))
+def test_as_many_as_the_engine_remembers_load(field: str) -> None:
+    entries = [
+        {**LISTS[field].entry, "dispense_id": 100 + i, "slot_id": f"2026-03-{1 + i:02d}T08:00"}
+        for i in range(16)
+    ]
+    state = EngineState.from_json(edited(put(field, entries)))
+    assert [record.dispense_id for record in getattr(state, field)] == list(range(100, 116))
 
 
 @pytest.mark.parametrize("field", list(LISTS))

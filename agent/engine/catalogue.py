@@ -500,7 +500,9 @@ _ENGINE_SPECS = (
         None,
         "The dispenser reported again a dose event the agent already has (a retransmission "
         "after a lost acknowledgement, or a repeat): a DoseTaken of a dose already out of the "
-        "tray. Recorded; no second intake, nothing changes (message, ids and slot in data).",
+        "tray, or a DoseRetained of a dose already back in the bin or a sachet already "
+        "discarded (no slot). Recorded; no second intake, no second place in the bin, nothing "
+        "changes (message, ids and slot in data).",
     ),
     AlertSpec(
         "failsafe_lock_lifted",

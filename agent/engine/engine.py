@@ -54,6 +54,7 @@ from agent.engine.state import (
     LeftDose,
     OpenSlot,
     OpenSlotRecord,
+    RetainedDose,
     RollInfo,
     SettledSlot,
     TakenDose,
@@ -205,6 +206,8 @@ class DoseEngine:
             self._outbound.remember_settled(
                 taken.dispense_id, taken.slot_id, taken.sachet_index, taken=True
             )
+        for kept in state.retained_recently:  # its DoseRetained again is a repeat
+            self._outbound.remember_retained(kept.dispense_id, kept.slot_id, kept.sachet_index)
         self._mirror = DispenserMirror(
             link_down_since=now.mono, locked_by_agent=state.locked_by_agent
         )
@@ -259,6 +262,7 @@ class DoseEngine:
             discard_decisions=self._desk.decisions,
             left_in_tray=tuple(LeftDose(*left) for left in self._outbound.left_in_tray()),
             taken_recently=tuple(TakenDose(*t) for t in self._outbound.taken_doses()),
+            retained_recently=tuple(RetainedDose(*r) for r in self._outbound.retained_doses()),
         )
 
     @property
@@ -858,6 +862,9 @@ class DoseEngine:
         )
 
     def _on_retained(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
+        if msg.dispense_id in self._outbound.retained:
+            self._on_retained_again(msg, now, actions)
+            return
         expected = self._retained_sachet(msg.dispense_id)
         if expected is not None and msg.sachet_index != expected:
             # not the sachet that Discard named (or that was dispensed for that dose): a phantom,
@@ -888,6 +895,7 @@ class DoseEngine:
                     for d in self._desk.decisions
                     if d != discard.decision or d.sachet_index is None  # used up: one sachet
                 )
+            self._outbound.remember_retained(msg.dispense_id, None, msg.sachet_index)
             self._emit(actions, "sachet_discarded", fields)
             return
         slot_id = self._outbound.retaining.pop(msg.dispense_id, None) or self._outbound.recent.get(
@@ -902,10 +910,31 @@ class DoseEngine:
         self._mirror.bin_unreported += 1
         self._mirror.tray_occupied = False
         self._unstick(msg.dispense_id, now, actions)
+        self._outbound.remember_retained(msg.dispense_id, slot_id, msg.sachet_index)
         self._emit(
             actions,
             "dose_retained",
             {"slot_id": slot_id, "dispense_id": msg.dispense_id, "sachet_index": msg.sachet_index},
+        )
+
+    def _on_retained_again(self, msg: DoseRetained, now: Now, actions: list[Action]) -> None:
+        """A DoseRetained of a dose taken back, or a sachet discarded, that was handled already:
+        a repeat (a retransmission after a lost ACK, also to a restarted agent). It changes
+        nothing: the bin holds it once, the tray is as it is now. Recorded, so that its ACK
+        follows a commit like any other; naming another sachet, it is a phantom."""
+        slot_id, index = self._outbound.retained[msg.dispense_id]
+        if msg.sachet_index != index:
+            self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, index, now, actions)
+            return
+        self._emit(
+            actions,
+            "dose_event_repeated",
+            {
+                "message": "DoseRetained",
+                "dispense_id": msg.dispense_id,
+                "sachet_index": msg.sachet_index,
+                "slot_id": slot_id,
+            },
         )
 
     def _settled_sachet(self, dispense_id: int) -> int | None:
@@ -2071,13 +2100,19 @@ class DoseEngine:
     def _hold_behind_tray(self, now: Now, actions: list[Action]) -> None:
         """A dose is in the tray: a slot held before for a reason of its own (a roll since
         replaced, the link since back) now waits for the tray. Its hold says so, else the centre
-        reads the old reason until the tray empties (a nurse sent for a roll already loaded)."""
+        reads the old reason until the tray empties (a nurse sent for a roll already loaded).
+        A slot due while the dispenser is empty is held too, held before or not: emptying the
+        tray will not give it (no sachet left), so a nurse must come now (HIGH, VKP 3.7, H4)."""
         for later in self._slotbook.runs:
-            if later.in_tray or later.travel or later.held_reason is None:
+            if later.in_tray or later.travel:
                 continue
+            if later.held_reason is None and (
+                now.utc < later.due_utc or not self._dispenser_empty()
+            ):
+                continue  # not due, or due and given once the tray empties: nothing to say
             reason = self._blocker(later, now)
-            if reason is not None and reason != later.held_reason:
-                self._hold(later.slot_id, reason, now, actions)
+            if reason is not None:
+                self._hold(later.slot_id, reason, now, actions)  # (said once per reason)
 
     def _dispenser_busy(self) -> bool:
         """A cut is under way: a Dispense or Discard awaits its result, or a discarded sachet is

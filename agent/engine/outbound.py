@@ -61,6 +61,10 @@ class Outbound:
     # those of `recent` whose DoseTaken was handled (taken, packed for a trip, taken late): the
     # same report again is a repeat, never a second intake
     taken: set[int] = field(default_factory=set)
+    # dispense id -> (slot id, sachet index) of the doses taken back into the bin and the
+    # sachets discarded (slot id None) whose DoseRetained was handled, oldest first, at most
+    # RECENT_DISPENSES: the same report again is a repeat, never a second place in the bin
+    retained: dict[int, tuple[str | None, int]] = field(default_factory=dict)
 
     def send(
         self,
@@ -133,6 +137,15 @@ class Outbound:
             self.recent_sachets.pop(oldest, None)
             self.in_tray.discard(oldest)
             self.taken.discard(oldest)
+
+    def remember_retained(self, dispense_id: int, slot_id: str | None, sachet_index: int) -> None:
+        self.retained[dispense_id] = (slot_id, sachet_index)
+        while len(self.retained) > RECENT_DISPENSES:
+            del self.retained[next(iter(self.retained))]
+
+    def retained_doses(self) -> list[tuple[int, str | None, int]]:
+        """(dispense id, slot id, sachet index) of each DoseRetained handled, oldest first."""
+        return [(d, slot_id, index) for d, (slot_id, index) in self.retained.items()]
 
     def left_in_tray(self) -> list[tuple[int, str, int, str | None]]:
         """(dispense id, slot id, sachet index, alert id) of each settled dose that may still

@@ -39,6 +39,7 @@ __all__ = [
     "OpenSlot",
     "OpenSlotRecord",
     "Restored",
+    "RetainedDose",
     "RollInfo",
     "SettledSlot",
     "StateUnreadableError",
@@ -135,6 +136,17 @@ class TakenDose:
 
 
 @dataclass(frozen=True, slots=True)
+class RetainedDose:
+    """A recent DoseRetained the engine handled: a dose taken back into the bin, or a sachet
+    discarded (`slot_id` None). The same report again (re-sent after a lost ACK, also to a
+    restarted agent, SPEC 2.6) is a repeat, never a second place in the bin nor a phantom."""
+
+    dispense_id: int
+    slot_id: str | None
+    sachet_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class UnplannedHold:
     """The sachet at the reader is packed for no dose time of the schedule (a plan mismatch,
     VKP 3.22): nothing is cut past it until someone decides; `alert_id` is its latched alert."""
@@ -200,6 +212,7 @@ class EngineState:
     discard_decisions: tuple[DiscardDecision, ...] = ()  # for the loaded roll only
     left_in_tray: tuple[LeftDose, ...] = ()  # oldest first, at most RECENT_DISPENSES
     taken_recently: tuple[TakenDose, ...] = ()  # oldest first, at most RECENT_DISPENSES
+    retained_recently: tuple[RetainedDose, ...] = ()  # oldest first, at most RECENT_DISPENSES
 
     @classmethod
     def initial(cls) -> EngineState:
@@ -514,6 +527,15 @@ class TakenDoseModel(_Model):
         return TakenDose(self.dispense_id, self.slot_id, self.sachet_index)
 
 
+class RetainedDoseModel(_Model):
+    dispense_id: DispenseId
+    slot_id: SlotId | None
+    sachet_index: Annotated[int, Field(ge=0, le=U16_MAX)]
+
+    def to_retained(self) -> RetainedDose:
+        return RetainedDose(self.dispense_id, self.slot_id, self.sachet_index)
+
+
 class EngineStateModel(_Model):
     """The persisted form of `EngineState`, field for field. Each check stays within one field,
     so that `restore` can keep every field that is readable on its own."""
@@ -538,6 +560,9 @@ class EngineStateModel(_Model):
     discard_decisions: tuple[DiscardDecisionModel, ...] = ()
     left_in_tray: Annotated[tuple[LeftDoseModel, ...], Field(max_length=RECENT_DISPENSES)] = ()
     taken_recently: Annotated[tuple[TakenDoseModel, ...], Field(max_length=RECENT_DISPENSES)] = ()
+    retained_recently: Annotated[
+        tuple[RetainedDoseModel, ...], Field(max_length=RECENT_DISPENSES)
+    ] = ()
     # unused: kept so that states saved by earlier versions (last_link_down_reason, which
     # nothing read) still load under extra="forbid"; written as {} for them to read ours
     extra: dict[Text, Text] = Field(default_factory=dict)
@@ -575,6 +600,14 @@ class EngineStateModel(_Model):
         _unique((d.dispense_id for d in taken), "dispense ids taken")
         return taken
 
+    @field_validator("retained_recently")
+    @classmethod
+    def _distinct_retained(
+        cls, retained: tuple[RetainedDoseModel, ...]
+    ) -> tuple[RetainedDoseModel, ...]:
+        _unique((d.dispense_id for d in retained), "dispense ids retained")
+        return retained
+
     @classmethod
     def of(cls, state: EngineState) -> EngineStateModel:
         """The model of a state the engine made (trusted: not validated again)."""
@@ -611,6 +644,9 @@ class EngineStateModel(_Model):
             taken_recently=tuple(
                 TakenDoseModel.model_construct(**_fields(d)) for d in state.taken_recently
             ),
+            retained_recently=tuple(
+                RetainedDoseModel.model_construct(**_fields(d)) for d in state.retained_recently
+            ),
         )
 
     def to_state(self) -> EngineState:
@@ -635,6 +671,7 @@ class EngineStateModel(_Model):
             discard_decisions=tuple(d.to_decision() for d in self.discard_decisions),
             left_in_tray=tuple(d.to_left() for d in self.left_in_tray),
             taken_recently=tuple(d.to_taken() for d in self.taken_recently),
+            retained_recently=tuple(d.to_retained() for d in self.retained_recently),
         )
 
 
@@ -647,7 +684,8 @@ def _fields(
     | UnplannedHold
     | DiscardDecision
     | LeftDose
-    | TakenDose,
+    | TakenDose
+    | RetainedDose,
 ) -> dict[str, Any]:
     """A record's fields by name (for model_construct)."""
     return {f.name: getattr(record, f.name) for f in fields(record)}
@@ -667,6 +705,7 @@ _ADDED_SINCE_THE_HAND_WRITTEN_ENCODER = (
     "settled_known_from_utc",
     "left_in_tray",
     "taken_recently",
+    "retained_recently",
 )
 
 
