@@ -9,8 +9,16 @@ import pytest
 from test_engine import OTHER, PATIENT, morning_rig, secs, utc
 
 from agent.engine import roll_check
-from agent.engine.types import Outcome
-from protocol.messages import AlertPattern, Dispense, RollInserted, SachetRead, SetAlert, SetLock
+from agent.engine.types import EngineConfig, Outcome
+from protocol.messages import (
+    AlertPattern,
+    Dispense,
+    LowSupply,
+    RollInserted,
+    SachetRead,
+    SetAlert,
+    SetLock,
+)
 
 NOW = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
 TOL = timedelta(minutes=30)
@@ -229,6 +237,35 @@ def test_low_roll_raises_few_doses_left_once() -> None:
     assert low[0].vkp_code == "3.25"
     rig.run_until(utc(2026, 3, 2, 7, 1))
     assert len(rig.events("low_supply")) == 1
+
+
+def test_the_dispensers_low_supply_at_zero_does_not_raise_few_doses_left_again() -> None:
+    # SPEC 4.4: the dispenser sends LowSupply after every cut that leaves 4 or fewer, 0 included;
+    # the agent judges it with its own threshold. On an empty roll "few doses left" is cleared
+    # (catalogue), and roll_empty says what is true.
+    rig = morning_rig()
+    rig.dispenser.next_index = 6  # one sachet left: the 08:00 dose of 2026-03-08
+    rig.install()
+    rig.run_until(utc(2026, 3, 8, 7, 5))
+    rig.take()
+    assert [e.kind for e in rig.events() if "supply" in e.kind] == [
+        "low_supply",
+        "low_supply_cleared",
+    ]
+    rig.msg(LowSupply(roll_id="R1", remaining=0))
+    assert [e.kind for e in rig.events() if "supply" in e.kind][-1] == "low_supply_cleared"
+    assert len(rig.events("roll_empty")) == 1
+
+
+def test_the_dispensers_low_supply_above_the_agents_threshold_raises_nothing() -> None:
+    rig = morning_rig(config=EngineConfig(low_supply_threshold=2))
+    rig.dispenser.next_index = 3  # 4 left: low for the dispenser's fixed 4, not for the agent's 2
+    rig.install()
+    assert rig.events("low_supply") == []
+    rig.msg(LowSupply(roll_id="R1", remaining=4))
+    assert rig.events("low_supply") == []
+    rig.msg(LowSupply(roll_id="R1", remaining=2))
+    assert [e.fields["remaining"] for e in rig.events("low_supply")] == [2]
 
 
 def _fields(message: RollInserted) -> dict[str, object]:

@@ -651,9 +651,16 @@ class DoseEngine:
             case FaultChanged():
                 self._on_fault(message.fault, message.active, message.detail, now, actions)
             case LowSupply(roll_id=roll_id, remaining=remaining):
-                self._condition(
-                    actions, "low_supply", True, now, {"roll_id": roll_id, "remaining": remaining}
-                )
+                # the dispenser's fixed threshold (4, and 0 too: SPEC 4.4) is not ours: few doses
+                # left is raised by our threshold, never for an empty roll (roll_empty says so)
+                if roll_check.is_low(remaining, self._cfg.low_supply_threshold):
+                    self._condition(
+                        actions,
+                        "low_supply",
+                        True,
+                        now,
+                        {"roll_id": roll_id, "remaining": remaining},
+                    )
             case Status():
                 self._apply_status(message, now, actions)
             case BinLevel(capacity=capacity, count=count):
