@@ -2583,3 +2583,85 @@ def test_r20_a_help_pressed_while_linked_is_told_unless_one_was_told_within_the_
     j.help_pressed()  # 31 min after the last one told: owed
     with pytest.raises(InvariantViolation, match=r"R20 .*HELP pressed at .*no help_requested"):
         j.advance(utc("05:32"))
+
+
+# --- R22: few doses left, as the roll has them ---------------------------------------------------
+
+
+def supply_walk(j: Judge, lefts: tuple[int, ...], start: str = "01:00") -> None:
+    """The patient's roll down through `lefts`, 20 min a cut, the agent raising and clearing at
+    once as docs/engine.md says (written out here: low_supply with 1 to 4 sachets left, cleared
+    by a fuller roll or an empty one)."""
+    at = utc(start)
+    raised = False
+    for left in lefts:
+        j.advance(at)
+        j.world(world(remaining=left))
+        low = 0 < left <= 4
+        if low and not raised:
+            j.published("low_supply", "low", {"roll_id": "R001", "remaining": left})
+        elif raised and not low:
+            j.published("low_supply_cleared", "info", {"roll_id": "R001", "remaining": left})
+        raised = low
+        at += timedelta(minutes=20)
+    j.advance(at)
+
+
+def test_r22_low_supply_raised_and_cleared_as_the_roll_has_few_left_passes() -> None:
+    j = judge(enforce=frozenset({"R22"}))
+    supply_walk(j, (6, 5, 4, 3, 2, 1, 0, 30, 29, 4, 3, 40))
+    assert j.findings == []
+
+
+def test_r22_a_raise_owed_by_few_left_and_not_published_is_late() -> None:
+    """An engine that never raises low_supply (or raises it only at 1 left)."""
+    j = judge(enforce=frozenset({"R22"}))
+    j.world(world(remaining=5))
+    j.advance(utc("01:00"))
+    j.world(world(remaining=4))
+    j.advance(utc("01:10"))  # within the bound
+    with pytest.raises(InvariantViolation, match=r"R22.level .*4 sachets left .*no low_supply"):
+        j.advance(utc("01:11"))
+
+
+def test_r22_the_bound_runs_while_the_agent_is_linked() -> None:
+    j = judge(enforce=frozenset({"R22"}))
+    j.world(world(remaining=3, linked=False))
+    j.advance(utc("03:00"))
+    j.world(world(remaining=3))
+    j.advance(utc("03:09"))
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R22.level .*no low_supply"):
+        j.advance(utc("03:11"))
+
+
+@pytest.mark.parametrize(
+    ("left", "kind", "rule", "message"),
+    [
+        (3, "low_supply_cleared", "R22.level", r"still has 3 sachets left"),  # a LowSupply clears it
+        (5, "low_supply", "R22.level", r"low_supply \(remaining 5\) while the roll has 5"),
+        (0, "low_supply", "R22.empty", r"low_supply \(remaining 0\) while the roll has 0"),
+    ],
+)
+def test_r22_low_supply_raised_or_cleared_off_its_level_is_flagged(
+    left: int, kind: str, rule: str, message: str
+) -> None:
+    j = judge(enforce=frozenset({rule}))
+    supply_walk(j, (6, 5, 4, 3, 2, 1) if kind == "low_supply" else (6, 5, 4))
+    j.world(world(remaining=left))
+    with pytest.raises(InvariantViolation, match=rf"{re.escape(rule)} .*{message}"):
+        j.published(kind, "low", {"roll_id": "R001", "remaining": left})
+
+
+def test_r22_a_low_supply_naming_no_roll_may_be_passed_on_at_once() -> None:
+    """The dispenser's own LowSupply naming no roll (a firmware fault): its word, passed on."""
+    j = judge(enforce=frozenset({"R22"}))
+    j.world(world(remaining=30))
+    j.advance(utc("02:00"))
+    j.low_supply_phantom()
+    j.published("low_supply", "low", {"roll_id": "", "remaining": 65535})
+    j.advance(utc("02:20"))
+    j.published("low_supply_cleared", "info", {"roll_id": "R001", "remaining": 29})
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R22.level .*remaining 65535"):
+        j.published("low_supply", "low", {"roll_id": "", "remaining": 65535})  # not at once

@@ -669,6 +669,18 @@ def test_a_trip_sachet_seen_gone_is_not_reported_stuck_and_hides_no_later_dose()
     binless_rule_holds("R12", 94, 365)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="low_supply is cleared when the roll is empty (catalogue: 'or it is now empty'), then "
+    "raised again at once by the dispenser's LowSupply(remaining 0) (SPEC 4.3 sends it at 0 "
+    "too): the centre sees few doses left on an empty roll until the next roll. R22.empty, "
+    "seed 0, 2026-01-18 19:00Z",
+)
+def test_low_supply_is_not_raised_again_on_an_empty_roll() -> None:
+    judge_rule_holds("R22.empty", 0, 20)
+
+
 def test_judge_r9_no_false_missed_alarm_for_a_dose_taken_unseen() -> None:
     """Hazard #11: in seeds 22 and 23 a dose is taken while the agent's link is down and its
     DoseTaken is lost; before the reconciliation with the dispenser's Status both were reported

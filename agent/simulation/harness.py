@@ -464,6 +464,7 @@ class Simulation:
                     pause_max=ec.pause_max,
                     dose_window=ec.undispensed_deadline,
                     roll_expired_margin=ec.roll_expired_margin,
+                    low_supply_threshold=ec.low_supply_threshold,
                     escalate_after=(
                         ec.escalation[0].after
                         if ec.escalation and ec.escalation[0].pattern is AlertPattern.URGENT
@@ -1178,6 +1179,8 @@ class Simulation:
         self._mishap_counts[f"phantom_{type(message).__name__}"] += 1
         if self._judge is not None and phantom.kind is not PhantomKind.LOW_SUPPLY:
             self._judge.phantom(dispense_id)
+        elif self._judge is not None:
+            self._judge.low_supply_phantom()
         self._feed([FromDispenser(message)])
 
     def _centre_reacts(self, event: EngineEvent) -> None:

@@ -247,6 +247,15 @@ R21 the battery at its thresholds: `battery_low` is raised once the dispenser's 
    a condition not raised is a violation; one owed by the level is published within
    `high_report_bound` (running, like R8's, while the agent is linked to the dispenser).
 
+R22 few doses left: `low_supply` (LOW, VKP 3.25) tells the truth about the loaded roll of the
+   patient (docs/engine.md, supply conditions: "remaining ≤ threshold", cleared by "a fuller
+   roll", or once the roll is empty: the catalogue's meaning): while such a roll has at least
+   one and at most `low_supply_threshold` sachets left (the engine's setting, passed in) it is
+   raised within `high_report_bound` (running, like R8's, while the agent is linked); it is not
+   raised while the roll has more left or none (unless the dispenser just sent a `LowSupply`
+   that names no roll: `low_supply_phantom`, its word is passed on), and not cleared while the
+   roll still has few left.
+
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
 have that were due before it, and slots only the old ones have that are due after it, may get an
@@ -286,6 +295,7 @@ RULES: dict[str, str] = {
     "R19": "a dose not given carries the national code of why (VKP 3.3, or 3.7: empty)",
     "R20": "no alarm flood: a chatty event at most once per interval",
     "R21": "the battery conditions are raised and cleared at their documented levels",
+    "R22": "few doses left is raised and cleared as the roll has them",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -299,7 +309,9 @@ HIGH_CONDITIONS = (
     "clock_untrusted",
 )
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
-SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
+# R22 likewise: "R22.level" (raised and cleared as the roll has few left) and "R22.empty" (not
+# raised again once the roll is empty), the latter broken by the engine today
+SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS) | {"R22.level", "R22.empty"}
 ALL_RULES = frozenset(RULES)
 # The rules the engine keeps today: what a run enforces by default. Each rule left out fires on
 # known engine hazards (SAFETY.md) and has a strict xfail test in tests/test_simulation.py that
@@ -335,6 +347,7 @@ HOLDING_RULES = frozenset(
         "R19",
         "R20",
         "R21",
+        "R22.level",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -538,6 +551,7 @@ class JudgeConfig:
     dose_bound: timedelta = timedelta(minutes=2)
     dose_window: timedelta = timedelta(minutes=60)
     roll_expired_margin: timedelta = timedelta(0)  # R16: the engine's setting, passed in
+    low_supply_threshold: int = 4  # R22: the engine's setting, passed in
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -730,6 +744,9 @@ class Judge:
     # R21: battery conditions whose raise or clear the level owes, and since when
     _battery_owed: dict[str, datetime] = field(default_factory=dict)
     _battery_late: set[str] = field(default_factory=set)  # R21: owed and judged late already
+    _low_raised: bool = False  # R22: low_supply published and not cleared since
+    _low_owed: datetime | None = None  # R22: since when the roll owes a low_supply
+    _low_phantom: datetime | None = None  # R22: a LowSupply naming no roll reached the agent then
 
     def __post_init__(self) -> None:
         c = self.config
@@ -841,6 +858,8 @@ class Judge:
             self._review_discard(now)
         if self._battery_owed:
             self._judge_battery(now)
+        if self._low_owed is not None:
+            self._judge_low_supply(now)
         if self._help_owed is not None and now > self._help_owed + CHATTY_SLACK:
             pressed, self._help_owed = self._help_owed, None
             self._violation(
@@ -1235,6 +1254,7 @@ class Judge:
         if self._owed_doses:
             self._review_doses(now)
         self._review_discard(now)
+        self._review_low_supply(now)
 
     def agent_restarted(self, *, clock_trusted: bool = True) -> None:
         """The agent process started again now (its memory of what it did is what it stored),
@@ -1665,6 +1685,8 @@ class Judge:
                 self._help_owed = None
         elif kind in BATTERY_EVENTS:
             self._on_battery_event(kind)
+        elif kind in ("low_supply", "low_supply_cleared"):
+            self._on_low_supply_event(kind, fields)
         if self._owed:
             self._owed = [
                 o
@@ -2038,6 +2060,72 @@ class Judge:
         self._battery_owed.pop(name, None)
         self._battery_late.discard(name)
         self._review_battery(self._require_now())
+
+    # --- R22: few doses left ---------------------------------------------------------------------
+
+    def _roll_low(self) -> bool | None:
+        """R22: the patient's loaded roll has few sachets left (True), more or none (False); None:
+        no roll of the patient's that can be read (the condition is not judged)."""
+        w = self._world
+        if w is None or w.roll_patient_ref != self.config.patient_ref or not w.roll_label_readable:
+            return None
+        return 0 < w.remaining <= self.config.low_supply_threshold
+
+    def _review_low_supply(self, now: datetime) -> None:
+        """R22: the roll owes a raise now (few left, not raised), or no longer does."""
+        if self._roll_low() and not self._low_raised:
+            if self._low_owed is None:
+                self._low_owed = now
+        else:
+            self._low_owed = None
+
+    def _judge_low_supply(self, now: datetime) -> None:
+        """R22: an owed low_supply is late (the bound runs while the agent is linked)."""
+        since, linked = self._low_owed, self._linked_since
+        if since is None or linked is None:
+            return
+        deadline = max(since, linked) + self.config.high_report_bound
+        if now > deadline:
+            self._low_owed = None  # judged once per episode
+            w = self._world
+            left = w.remaining if w is not None else "?"
+            self._violation(
+                "R22.level",
+                f"the roll has {left} sachets left since {_iso(since)} (at most "
+                f"{self.config.low_supply_threshold}) and no low_supply within "
+                f"{self.config.high_report_bound}",
+                deadline,
+            )
+
+    def low_supply_phantom(self) -> None:
+        """R22: the dispenser is about to send a `LowSupply` that names no roll (a firmware fault):
+        the agent may pass its word on at this instant."""
+        self._low_phantom = self._require_now()
+
+    def _on_low_supply_event(self, kind: str, fields: dict[str, object]) -> None:
+        """R22: few doses left raised or cleared while the roll has them, or not."""
+        now = self._require_now()
+        low = self._roll_low()
+        w = self._world
+        left = w.remaining if w is not None else "?"
+        if kind == "low_supply":
+            self._low_raised = True
+            w_empty = w is not None and w.remaining == 0
+            if low is False and self._low_phantom != now:
+                self._violation(
+                    "R22.empty" if w_empty else "R22.level",
+                    f"low_supply (remaining {fields.get('remaining')}) while the roll has "
+                    f"{left} sachets left: few left is 1 to {self.config.low_supply_threshold}",
+                )
+        else:
+            self._low_raised = False
+            if low:
+                self._violation(
+                    "R22.level",
+                    f"low_supply_cleared while the roll still has {left} sachets left (at most "
+                    f"{self.config.low_supply_threshold}): cleared by a fuller roll or an empty one",
+                )
+        self._review_low_supply(now)
 
     def state_damaged(self, binding: str) -> None:
         """R17: the agent restarted now and found its stored state damaged (the world says
