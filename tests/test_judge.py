@@ -2638,7 +2638,12 @@ def test_r22_the_bound_runs_while_the_agent_is_linked() -> None:
 @pytest.mark.parametrize(
     ("left", "kind", "rule", "message"),
     [
-        (3, "low_supply_cleared", "R22.level", r"still has 3 sachets left"),  # a LowSupply clears it
+        (
+            3,
+            "low_supply_cleared",
+            "R22.level",
+            r"still has 3 sachets left",
+        ),  # a LowSupply clears it
         (5, "low_supply", "R22.level", r"low_supply \(remaining 5\) while the roll has 5"),
         (0, "low_supply", "R22.empty", r"low_supply \(remaining 0\) while the roll has 0"),
     ],
@@ -2665,3 +2670,103 @@ def test_r22_a_low_supply_naming_no_roll_may_be_passed_on_at_once() -> None:
     assert j.findings == []
     with pytest.raises(InvariantViolation, match=r"R22.level .*remaining 65535"):
         j.published("low_supply", "low", {"roll_id": "", "remaining": 65535})  # not at once
+
+
+# --- R20: the unit's own panel button ---------------------------------------------------------
+
+EARLY = timedelta(minutes=60)  # the engine's early window, passed in
+
+
+def panel_judge(morning_given: bool = True) -> Judge:
+    """The judge of 08:00 and 20:00 local (06:00Z, 18:00Z) on 1 June, the morning dose given."""
+    j = judge(enforce=frozenset({"R20"}), early_window=EARLY)
+    j.world(world())
+    if morning_given:
+        j.advance(utc("06:05"))
+        outcome(j, "2026-06-01T08:00")
+    return j
+
+
+def test_r20_a_panel_press_is_answered_at_once_unless_one_was_told_within_the_interval() -> None:
+    j = panel_judge()
+    j.advance(utc("10:00"))  # 12:00 local; the next dose 20:00 local (18:00Z)
+    j.panel_pressed()
+    j.published(
+        "panel_help_requested",
+        "medium",
+        {"reason": "no_dose_due", "next_due_utc": "2026-06-01T18:00:00+00:00"},
+    )
+    j.advance(utc("10:05"))
+    j.panel_pressed()  # told 5 min ago: rate limited
+    j.advance(utc("10:06"))
+    assert j.findings == []
+
+
+def test_r20_a_panel_press_silently_lost_is_flagged() -> None:
+    j = panel_judge()
+    j.advance(utc("10:00"))
+    j.panel_pressed()
+    with pytest.raises(InvariantViolation, match=r"R20 .*panel pressed at .*silently lost"):
+        j.advance(utc("10:00") + timedelta(seconds=1))
+
+
+@pytest.mark.parametrize(
+    ("at", "fields", "message"),
+    [
+        (
+            "10:00",
+            {"reason": "clock_untrusted"},
+            r"'clock_untrusted': the agent's clock is trusted",
+        ),
+        ("10:00", {"reason": "paused"}, r"'paused': the next dose .* is in no pause"),
+        ("10:00", {"reason": "no_dose_due"}, r"names no next dose"),
+        ("10:00", {"reason": "not_bound"}, r"'not_bound': the unit is bound"),
+        ("10:00", {"reason": "no_schedule"}, r"has a schedule"),
+        ("10:00", {"reason": None}, r"None: not a reason"),
+        # 17:30Z: the 18:00Z dose is within the early window
+        (
+            "17:30",
+            {"reason": "no_dose_due", "next_due_utc": "2026-06-01T18:00:00+00:00"},
+            r"within the early window",
+        ),
+        # 06:30Z: the 06:00Z dose is due without an outcome
+        (
+            "06:30",
+            {"reason": "no_dose_due", "next_due_utc": "2026-06-01T18:00:00+00:00"},
+            r"slot .* is due without an outcome",
+        ),
+    ],
+)
+def test_r20_a_panel_help_call_with_an_untrue_reason_is_flagged(
+    at: str, fields: dict[str, object], message: str
+) -> None:
+    j = panel_judge(morning_given=at != "06:30")
+    j.advance(utc(at))
+    j.panel_pressed()
+    with pytest.raises(
+        InvariantViolation, match=r"R20 .*panel_help_requested with reason .*" + message
+    ):
+        j.published("panel_help_requested", "medium", fields)
+
+
+def test_r20_a_panel_help_call_paused_inside_a_pause_passes() -> None:
+    j = panel_judge()
+    j.pause("p1", utc("09:00"), utc("20:00"))
+    j.advance(utc("10:00"))
+    j.panel_pressed()
+    j.published("panel_help_requested", "medium", {"reason": "paused"})
+    assert j.findings == []
+
+
+def test_r20_the_panel_taken_as_take_only_with_a_dose_within_reach() -> None:
+    j = panel_judge()
+    j.advance(utc("17:30"))  # within the early window of the 18:00Z dose: TAKE
+    j.panel_pressed()
+    j.published("button_pressed", "low", {"button": "panel", "reason": "min_interval"})
+    assert j.findings == []
+    j.advance(utc("17:55"))
+    settle_all(j)  # every slot has its outcome: no dose within reach at 10:00 next day
+    j.advance(utc("10:00", day=2))
+    j.panel_pressed()
+    with pytest.raises(InvariantViolation, match=r"R20 .*panel taken as TAKE with no dose within"):
+        j.published("button_pressed", "low", {"button": "panel"})

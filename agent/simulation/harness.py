@@ -49,6 +49,7 @@ from agent.engine.types import (
     FromDispenser,
     LinkDown,
     LinkUp,
+    PanelPress,
     PauseWindow,
     Priority,
     SendCommand,
@@ -188,6 +189,7 @@ BATTERY_DRAIN_LOW = (26, 25, 21, 20, 19)
 BATTERY_DRAIN_EMPTY = (6, 5, 4, 3, 2)
 BATTERY_CHARGE = (3, 4, 5, 6, 24, 25, 26)
 BATTERY_STEP_S = 20 * 60.0
+PANEL_PRESSES_PER_DAY = 0.3  # the unit's own button, on the seeds with `double_press` (R20)
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
 TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
@@ -465,6 +467,7 @@ class Simulation:
                     dose_window=ec.undispensed_deadline,
                     roll_expired_margin=ec.roll_expired_margin,
                     low_supply_threshold=ec.low_supply_threshold,
+                    early_window=ec.early_window,
                     escalate_after=(
                         ec.escalation[0].after
                         if ec.escalation and ec.escalation[0].pattern is AlertPattern.URGENT
@@ -538,6 +541,18 @@ class Simulation:
                 # nothing seemed to happen: pressed again (R20: told at most once per interval)
                 later = at + again.uniform(5.0, 50.0)
                 self._at(later, f"press {button.name} again", partial(self._press_again, button))
+        if self.config.double_press:
+            # the unit's own panel button too (its own stream: the rest stays as it was), now
+            # and then twice within a minute (R20: never silently lost, told once per interval)
+            panel, at = random.Random(f"panel press {self.config.seed}"), 0.0
+            while (
+                at := at + panel.expovariate(PANEL_PRESSES_PER_DAY / 86400.0)
+            ) < self._duration_s:
+                self._at(at, "press the panel", self._panel_press)
+                if panel.random() < self.config.double_press:
+                    self._at(
+                        at + panel.uniform(5.0, 50.0), "press the panel again", self._panel_press
+                    )
         for at, after in p.lid_open_times_s(self._duration_s):
             self._at(at, "lid open", lambda: self._physical(self._model.set_lid(True)))
             self._at(at + after, "lid closed", lambda: self._physical(self._model.set_lid(False)))
@@ -679,6 +694,16 @@ class Simulation:
         if self._judge is not None and button is ButtonId.HELP:
             self._judge.help_pressed()  # R20: a call for help is told
         self._physical(self._model.press_button(button))
+
+    def _panel_press(self) -> None:
+        """The unit's own take now / help button (the Pi's GPIO): dead while the Pi is down."""
+        if self._engine is None:
+            return
+        self._mishap_counts["panel_press"] += 1
+        self._observe_world()
+        if self._judge is not None:
+            self._judge.panel_pressed()
+        self._feed([PanelPress()])
 
     def _press_again(self, button: ButtonId) -> None:
         self._mishap_counts["press_again"] += 1

@@ -236,7 +236,22 @@ R20 no alarm flood: `lid_open`, `button_pressed`, `help_requested` and `panel_he
    at most once per `chatty_interval` each (the engine's setting, passed in), counted since the
    agent last started (it keeps when it last told one in memory only); and a HELP the patient
    presses while the agent is linked is told (`help_requested`, at once) unless one was told
-   less than the interval before (`help_pressed`: a call for help is never lost).
+   less than the interval before (`help_pressed`: a call for help is never lost). A press of
+   the unit's own panel button (`panel_pressed`, docs/engine.md: the dispenser's TAKE when a dose
+   is within reach, else a help call) is never silently lost either: while the agent is linked it
+   is answered at once (`panel_help_requested`, `button_pressed`, or the dose it reached:
+   `dose_presented`, `dose_held`, `slot_outcome`) unless a `panel_help_requested` or a
+   `button_pressed` was told less than the interval before. A `panel_help_requested` says
+   truly why no dose was within reach (docs/engine.md's reasons): `clock_untrusted` only while
+   the agent's clock is untrusted (and then never `paused` or `no_dose_due`: it cannot tell);
+   `paused` with the next dose (the judge's own next slot) inside a pause; `no_dose_due` with
+   the next dose it names (`next_due_utc`) outside any pause and further off than
+   `early_window` (the engine's setting, passed in); and none while the dose the agent
+   announced lies in the tray or a slot is due without an outcome (a TAKE reaches it);
+   `not_bound` only while the unit is unbound and `no_schedule` never (the centre's schedule is
+   there). A `button_pressed` from the panel
+   (the press taken as TAKE) only with a dose within reach: in the tray, or a slot due or within
+   `early_window` with no outcome yet.
 
 R21 the battery at its thresholds: `battery_low` is raised once the dispenser's battery is at
    or below 20 % and cleared (`battery_low_cleared`) once it is back at or above 25 %;
@@ -552,6 +567,9 @@ class JudgeConfig:
     dose_window: timedelta = timedelta(minutes=60)
     roll_expired_margin: timedelta = timedelta(0)  # R16: the engine's setting, passed in
     low_supply_threshold: int = 4  # R22: the engine's setting, passed in
+    # R20: a TAKE reaches the next dose this long before its due time (the engine's setting,
+    # passed in); None: a panel's "no_dose_due" is not judged against it
+    early_window: timedelta | None = None
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -654,6 +672,12 @@ VKP_NOT_SHOWN = "not shown"  # published() was not shown the event's code: R19 i
 # (docs/engine.md: chatty inputs); a restart forgets when it last reported one (not stored)
 CHATTY_EVENTS = frozenset({"lid_open", "help_requested", "panel_help_requested", "button_pressed"})
 CHATTY_SLACK = timedelta(seconds=1)
+# R20: why a press of the unit's panel button reached no dose (docs/engine.md, PanelPress)
+PANEL_REASONS = ("no_dose_due", "paused", "clock_untrusted", "no_schedule", "not_bound")
+# R20: what answers a press of the unit's panel button (docs/engine.md, PanelPress)
+PANEL_ANSWERS = frozenset(
+    {"panel_help_requested", "button_pressed", "dose_presented", "dose_held", "slot_outcome"}
+)
 # R21: the battery conditions (docs/engine.md, technical conditions): raised at or below the
 # first level (per cent), cleared at or above the second
 BATTERY_LEVELS: dict[str, tuple[int, int]] = {"battery_low": (20, 25), "battery_empty": (3, 5)}
@@ -739,6 +763,7 @@ class Judge:
     _discard_free_since: datetime | None = None
     _chatty_last: dict[str, datetime] = field(default_factory=dict)  # R20: kind -> last one
     _help_owed: datetime | None = None  # R20: a HELP pressed then is owed its help_requested
+    _panel_owed: datetime | None = None  # R20: the panel pressed then is owed an answer
     _battery: int = 100  # R21: the dispenser's battery level now (per cent)
     _battery_raised: set[str] = field(default_factory=set)  # R21: published, not cleared since
     # R21: battery conditions whose raise or clear the level owes, and since when
@@ -860,6 +885,14 @@ class Judge:
             self._judge_battery(now)
         if self._low_owed is not None:
             self._judge_low_supply(now)
+        if self._panel_owed is not None and now > self._panel_owed:
+            pressed, self._panel_owed = self._panel_owed, None
+            self._violation(
+                "R20",
+                f"the unit's panel pressed at {_iso(pressed)} and nothing told (no "
+                "panel_help_requested, button_pressed or dose event): a press silently lost",
+                pressed,
+            )
         if self._help_owed is not None and now > self._help_owed + CHATTY_SLACK:
             pressed, self._help_owed = self._help_owed, None
             self._violation(
@@ -1679,6 +1712,8 @@ class Judge:
             self._alert_ids.add(alert_id)
         if vkp_code != VKP_NOT_SHOWN and kind in ("slot_outcome", "dose_held"):
             self._judge_vkp(kind, priority, fields, vkp_code)
+        if kind in PANEL_ANSWERS:
+            self._panel_owed = None
         if kind in CHATTY_EVENTS:
             self._judge_chatty(kind)
             if kind == "help_requested":
@@ -1742,6 +1777,10 @@ class Judge:
             )
         elif kind == "pause_reminder":
             self._on_pause_reminder(fields)
+        elif kind == "panel_help_requested":
+            self._judge_panel_reason(fields)
+        elif kind == "button_pressed":
+            self._judge_panel_take(fields)
         elif kind == "sachet_rejected":
             self._judge_rejection(fields)
         elif kind == "state_unreadable":
@@ -2003,6 +2042,97 @@ class Judge:
         if linked and (last is None or now - last >= self.config.chatty_interval + CHATTY_SLACK):
             self._help_owed = now
 
+    def panel_pressed(self) -> None:
+        """R20: the patient presses the unit's own panel button now (call before the agent hears
+        it; the Pi is up)."""
+        now = self._require_now()
+        if self._world is None or not self._world.agent_linked:
+            return
+        told = (self._chatty_last.get(k) for k in ("panel_help_requested", "button_pressed"))
+        if all(t is None or now - t >= self.config.chatty_interval + CHATTY_SLACK for t in told):
+            self._panel_owed = now
+
+    def _judge_panel_reason(self, fields: dict[str, object]) -> None:
+        """R20: a panel press answered as a help call says truly why no dose was within reach."""
+        world, now = self._world, self._require_now()
+        if world is None:
+            return
+        reason, text = fields.get("reason"), fields.get("next_due_utc")
+        next_due = datetime.fromisoformat(text) if isinstance(text, str) else None
+        agent_now = now - world.clock_behind + world.clock_ahead
+        wrong: str | None = None
+        slot_id = self._announced_slot.get(self._in_tray) if self._in_tray is not None else None
+        due = self._open_due_slot(agent_now) if world.clock_trusted else None
+        if slot_id is not None and slot_id not in self._outcomes:
+            wrong = f"the dose of slot {slot_id} lies in the tray: a TAKE reaches it"
+        elif reason not in PANEL_REASONS:
+            wrong = f"not a reason docs/engine.md gives ({', '.join(PANEL_REASONS)})"
+        elif due is not None:
+            wrong = f"slot {due} is due without an outcome: a TAKE reaches it"
+        elif reason == "not_bound" and not self._unbound:
+            wrong = "the unit is bound"
+        elif reason == "no_schedule":
+            wrong = "the unit has a schedule (the centre's)"
+        elif reason == "clock_untrusted" and world.clock_trusted:
+            wrong = "the agent's clock is trusted"
+        elif reason in ("paused", "no_dose_due") and not world.clock_trusted:
+            wrong = "the agent's clock is untrusted: it cannot tell"
+        elif reason == "paused":
+            # the judge's own next slot (the event names none)
+            after = bisect_right(self._dues, agent_now)
+            upcoming = self._dues[after] if after < len(self._dues) else None
+            if upcoming is None or self._paused_at(upcoming) is None:
+                wrong = f"the next dose ({_iso_or_none(upcoming)}) is in no pause"
+        elif reason == "no_dose_due" and next_due is None:
+            wrong = "it names no next dose, and the schedule has one"
+        elif reason == "no_dose_due" and next_due is not None:
+            early = self.config.early_window
+            if self._paused_at(next_due) is not None:
+                wrong = f"the next dose ({text}) is in a pause: paused"
+            elif early is not None and next_due - agent_now <= early - CHATTY_SLACK:
+                wrong = f"the next dose ({text}) is within the early window ({early}) of a TAKE"
+        if wrong is not None:
+            self._violation("R20", f"panel_help_requested with reason {reason!r}: {wrong}")
+
+    def _open_due_slot(self, agent_now: datetime) -> str | None:
+        """R20: a slot the agent's clock shows due (by a minute) that must get an outcome and has
+        none yet: a dose within reach of a TAKE (in the tray, due or held)."""
+        c = self.config
+        late = bisect_right(self._dues, agent_now - timedelta(minutes=1))
+        for i in range(bisect_left(self._dues, agent_now - timedelta(days=1)), late):
+            slot = self._slots[i]
+            if (
+                slot.slot_id not in self._outcomes
+                and slot.slot_id not in self._optional
+                and c.installed_utc <= slot.due_utc < c.expect_until_utc
+                and self._paused_at(slot.due_utc) is None
+            ):
+                return slot.slot_id
+        return None
+
+    def _judge_panel_take(self, fields: dict[str, object]) -> None:
+        """R20: a panel press taken as the dispenser's TAKE (`button_pressed`, button "panel")
+        only with a dose within reach: in the tray, or a slot due (or within `early_window` of
+        it) without an outcome (the judge's own slots; one it cannot place counts as in reach)."""
+        world, early = self._world, self.config.early_window
+        if fields.get("button") != "panel" or world is None or early is None:
+            return
+        if not world.clock_trusted or self._in_tray is not None or self._unbound:
+            return
+        now = self._require_now()
+        agent_now = now - world.clock_behind + world.clock_ahead
+        reach = bisect_right(self._dues, agent_now + early + timedelta(minutes=1))
+        recent = bisect_left(self._dues, agent_now - timedelta(days=2))
+        if all(self._slots[i].slot_id in self._outcomes for i in range(recent, reach)):
+            after = bisect_right(self._dues, agent_now)
+            upcoming = self._dues[after] if after < len(self._dues) else None
+            self._violation(
+                "R20",
+                f"the panel taken as TAKE with no dose within reach (the next at "
+                f"{_iso_or_none(upcoming)}, more than {early} off; none due without an outcome): "
+                "it is a help call",
+            )
+
     def battery(self, pct: int) -> None:
         """R21: the dispenser's battery is at `pct` per cent now (before the agent hears it)."""
         self._battery = pct
@@ -2123,7 +2253,7 @@ class Judge:
                 self._violation(
                     "R22.level",
                     f"low_supply_cleared while the roll still has {left} sachets left (at most "
-                    f"{self.config.low_supply_threshold}): cleared by a fuller roll or an empty one",
+                    f"{self.config.low_supply_threshold}): cleared by a fuller or an empty roll",
                 )
         self._review_low_supply(now)
 
