@@ -501,8 +501,10 @@ def test_night_doses_a_battery_walk_and_presses_again_are_on_a_few_mix_seeds_onl
     assert [c.seed for c in mix if c.times == NIGHT_DOSES] == [1]
     assert [c.seed for c in mix if c.battery_walk] == [4, 9]
     assert [c.seed for c in mix if c.double_press] == [0, 5]
+    assert [(c.seed, c.bin_capacity) for c in mix if c.bin_capacity is not None] == [(5, 4)]
     wide = [config_for(seed, 30, "wide") for seed in range(10)]
     assert not any(c.times == NIGHT_DOSES or c.battery_walk or c.double_press for c in wide)
+    assert all(c.bin_capacity is None for c in wide)
 
 
 def test_the_classic_world_is_the_simulation_without_the_mix() -> None:

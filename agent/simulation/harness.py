@@ -241,6 +241,9 @@ class SimulationConfig:
     early_trip: bool = False
     # the dispenser model's feature bits (SPEC 3, protocol.messages.Feature); None: every one
     features: int | None = None
+    # the dispenser's bin holds this many sachets (None: the model's 30); a small one fills
+    # between the nurse's visits (judge R6, R8.bin_full, R18)
+    bin_capacity: int | None = None
     # the second roll printed exactly the sachet tolerance off each slot (early, late, in turn);
     # only for dose times at least four tolerances apart and no extra sachets (plan changes)
     edge_prints: bool = False
@@ -344,6 +347,8 @@ class Simulation:
             if config.features is None
             else DispenserIdentity(features=config.features)
         )
+        if config.bin_capacity is not None:
+            identity = replace(identity, bin_capacity=config.bin_capacity)
         self._model = DispenserModel(identity, self._rtc_utc_s)
         self._engine: EngineLike | None = None
         self._saved: EngineLike | None = None  # the engine of a Pi that is down
