@@ -2770,3 +2770,44 @@ def test_r20_the_panel_taken_as_take_only_with_a_dose_within_reach() -> None:
     j.panel_pressed()
     with pytest.raises(InvariantViolation, match=r"R20 .*panel taken as TAKE with no dose within"):
         j.published("button_pressed", "low", {"button": "panel"})
+
+
+def test_r8_a_pause_overdue_before_any_pause_has_lasted_its_maximum_is_a_false_alarm() -> None:
+    j = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    j.world(world())
+    j.advance(utc("00:30"))
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue .*no pause in force has"):
+        j.published("pause_overdue", "high", {"pause_id": "none"})  # no pause at all
+    early = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    early.world(world())
+    early.pause("open", utc("01:00"), None)
+    early.advance(utc("02:30"))  # in force for 1.5 h of 2
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue .*no pause in force has"):
+        early.published("pause_overdue", "high", {"pause_id": "open"})
+
+
+# --- R23: a refusal of the dispenser is told, and only a refusal --------------------------------
+
+
+def test_r23_a_refused_command_is_told_at_once() -> None:
+    j = judge(enforce=frozenset({"R23"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.dispenser_refused("dispense", "tray_occupied")
+    j.published(
+        "dispenser_command_failed", "low", {"command": "dispense", "result": "tray_occupied"}
+    )
+    j.advance(utc("06:01"))
+    assert j.findings == []
+    j.dispenser_refused("discard", "bin_full")
+    with pytest.raises(InvariantViolation, match=r"R23 .*refused discard \(bin_full\) .*no disp"):
+        j.advance(utc("06:02"))
+
+
+@pytest.mark.parametrize("result", ["ok", "already_done"])
+def test_r23_a_command_carried_out_is_no_refusal(result: str) -> None:
+    j = judge(enforce=frozenset({"R23"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=rf"R23 .*for dispense with result {result}"):
+        j.published("dispenser_command_failed", "low", {"command": "dispense", "result": result})

@@ -117,6 +117,7 @@ from protocol.messages import (
     LowSupply,
     Message,
     ResultCode,
+    Retain,
     SetAlert,
     SetLock,
     Status,
@@ -189,6 +190,8 @@ BATTERY_DRAIN_LOW = (26, 25, 21, 20, 19)
 BATTERY_DRAIN_EMPTY = (6, 5, 4, 3, 2)
 BATTERY_CHARGE = (3, 4, 5, 6, 24, 25, 26)
 BATTERY_STEP_S = 20 * 60.0
+# R23: results that are no refusal to tell (BUSY: the agent tries again)
+TOLD_RESULTS = frozenset({ResultCode.OK, ResultCode.ALREADY_DONE, ResultCode.BUSY})
 PANEL_PRESSES_PER_DAY = 0.3  # the unit's own button, on the seeds with `double_press` (R20)
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
@@ -1606,6 +1609,12 @@ class Simulation:
             # in a row: docs/engine.md, Simulation)
             self._asked.add(stamped.dispense_id)
             return self._reply_lost(command, replies)
+        if self._judge is not None and isinstance(stamped, Dispense | Discard | Retain):
+            for r in replies:
+                if isinstance(r, CommandResult) and r.result not in TOLD_RESULTS:
+                    self._judge.dispenser_refused(
+                        type(stamped).__name__.lower(), r.result.name.lower()
+                    )
         inputs: list[EngineInput] = []
         for message in replies:
             if isinstance(message, CommandResult | Status | Capabilities | TimeReport):

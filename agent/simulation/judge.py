@@ -85,6 +85,8 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
      start, the judge's own chain) for `pause_max` (the engine's setting, passed in) ->
      `pause_overdue`; the bound runs from when the agent's trusted clock shows the maximum
      reached, not while its clock is untrusted (it cannot tell how long the pause has lasted);
+     and a `pause_overdue` published by a trusted clock while no pause in force has lasted
+     `pause_max` (by the agent's clock) is a false alarm, a violation of it too;
    - "clock_untrusted": the agent runs with a wall clock it has no reason to trust (a boot
      without time sync and without the dispenser's RTC) -> `clock_untrusted`; its end (the
      clock synchronised) is owed a `clock_untrusted_cleared` (R12).
@@ -271,6 +273,12 @@ R22 few doses left: `low_supply` (LOW, VKP 3.25) tells the truth about the loade
    that names no roll: `low_supply_phantom`, its word is passed on), and not cleared while the
    roll still has few left.
 
+R23 a refusal is told: every Dispense, Discard or Retain the dispenser refuses (a result other
+   than OK, ALREADY_DONE and BUSY, which the agent retries; `dispenser_refused`) is told at once
+   by a `dispenser_command_failed` naming the command and the result (the catalogue: "the
+   dispenser refused a command"), and none names a result that is no refusal (ok,
+   already_done).
+
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
 have that were due before it, and slots only the old ones have that are due after it, may get an
@@ -311,6 +319,7 @@ RULES: dict[str, str] = {
     "R20": "no alarm flood: a chatty event at most once per interval",
     "R21": "the battery conditions are raised and cleared at their documented levels",
     "R22": "few doses left is raised and cleared as the roll has them",
+    "R23": "a command the dispenser refused is told, and only a refused one",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -363,6 +372,7 @@ HOLDING_RULES = frozenset(
         "R20",
         "R21",
         "R22.level",
+        "R23",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -764,6 +774,7 @@ class Judge:
     _chatty_last: dict[str, datetime] = field(default_factory=dict)  # R20: kind -> last one
     _help_owed: datetime | None = None  # R20: a HELP pressed then is owed its help_requested
     _panel_owed: datetime | None = None  # R20: the panel pressed then is owed an answer
+    _refusals: list[tuple[str, str, datetime]] = field(default_factory=list)  # R23: owed
     _battery: int = 100  # R21: the dispenser's battery level now (per cent)
     _battery_raised: set[str] = field(default_factory=set)  # R21: published, not cleared since
     # R21: battery conditions whose raise or clear the level owes, and since when
@@ -885,6 +896,14 @@ class Judge:
             self._judge_battery(now)
         if self._low_owed is not None:
             self._judge_low_supply(now)
+        if self._refusals and now > self._refusals[0][2]:
+            (command, result, at), self._refusals = self._refusals[0], []
+            self._violation(
+                "R23",
+                f"the dispenser refused {command} ({result}) at {_iso(at)} and no "
+                "dispenser_command_failed told it",
+                at,
+            )
         if self._panel_owed is not None and now > self._panel_owed:
             pressed, self._panel_owed = self._panel_owed, None
             self._violation(
@@ -1781,6 +1800,10 @@ class Judge:
             self._judge_panel_reason(fields)
         elif kind == "button_pressed":
             self._judge_panel_take(fields)
+        elif kind == "dispenser_command_failed":
+            self._on_command_failed(fields)
+        elif kind == "pause_overdue":
+            self._judge_overdue_raised()
         elif kind == "sachet_rejected":
             self._judge_rejection(fields)
         elif kind == "state_unreadable":
@@ -1978,6 +2001,23 @@ class Judge:
                     "pause_overdue", at, self._deadline(agent_due, linked), agent_due=agent_due
                 )
 
+    def _judge_overdue_raised(self) -> None:
+        """R8.pause_overdue: raised only once a pause in force has lasted `pause_max` (its chain,
+        on the agent's trusted clock)."""
+        world, now = self._world, self._require_now()
+        if world is None or not world.clock_trusted:
+            return
+        agent_now = now - world.clock_behind + world.clock_ahead
+        for start, end in self._pauses.values():
+            if self._covers((start, end), agent_now) and (
+                self._chain_start(start) + self.config.pause_max <= agent_now + CHATTY_SLACK * 60
+            ):
+                return
+        self._violation(
+            "R8.pause_overdue",
+            f"pause_overdue while no pause in force has lasted {self.config.pause_max}",
+        )
+
     def _chain_start(self, start: datetime) -> datetime:
         """The start of the chain of pauses (overlapping or end to start) reaching `start`."""
         since, moved = start, True
@@ -2132,6 +2172,22 @@ class Judge:
                 f"{_iso_or_none(upcoming)}, more than {early} off; none due without an outcome): "
                 "it is a help call",
             )
+
+    def dispenser_refused(self, command: str, result: str) -> None:
+        """R23: the dispenser answers `command` ("dispense", "discard", "retain") with `result`
+        (a ResultCode's name, lower case; not OK, ALREADY_DONE nor BUSY), and the agent hears it."""
+        self._refusals.append((command, result, self._require_now()))
+
+    def _on_command_failed(self, fields: dict[str, object]) -> None:
+        """R23: a dispenser_command_failed tells a refusal the dispenser gave."""
+        command, result = fields.get("command"), fields.get("result")
+        if result in ("ok", "already_done"):
+            self._violation(
+                "R23", f"dispenser_command_failed for {command} with result {result}: no refusal"
+            )
+        owed = [r for r in self._refusals if (r[0], r[1]) == (command, result)]
+        if owed:
+            self._refusals.remove(owed[0])
 
     def battery(self, pct: int) -> None:
         """R21: the dispenser's battery is at `pct` per cent now (before the agent hears it)."""
