@@ -2588,6 +2588,12 @@ def test_r20_a_help_pressed_while_linked_is_told_unless_one_was_told_within_the_
 # --- R22: few doses left, as the roll has them ---------------------------------------------------
 
 
+def supply_world(left: int, *, linked: bool = True, expiry: datetime | None = None) -> World:
+    """The patient's roll with `left` sachets, the next one at the reader (expiring in 2027)."""
+    at_reader = label(utc("18:00"), expiry=expiry or datetime(2027, 1, 1, tzinfo=UTC))
+    return world(remaining=left, linked=linked, reader=at_reader if left else None)
+
+
 def supply_walk(j: Judge, lefts: tuple[int, ...], start: str = "01:00") -> None:
     """The patient's roll down through `lefts`, 20 min a cut, the agent raising and clearing at
     once as docs/engine.md says (written out here: low_supply with 1 to 4 sachets left, cleared
@@ -2596,7 +2602,7 @@ def supply_walk(j: Judge, lefts: tuple[int, ...], start: str = "01:00") -> None:
     raised = False
     for left in lefts:
         j.advance(at)
-        j.world(world(remaining=left))
+        j.world(supply_world(left))
         low = 0 < left <= 4
         if low and not raised:
             j.published("low_supply", "low", {"roll_id": "R001", "remaining": left})
@@ -2616,9 +2622,9 @@ def test_r22_low_supply_raised_and_cleared_as_the_roll_has_few_left_passes() -> 
 def test_r22_a_raise_owed_by_few_left_and_not_published_is_late() -> None:
     """An engine that never raises low_supply (or raises it only at 1 left)."""
     j = judge(enforce=frozenset({"R22"}))
-    j.world(world(remaining=5))
+    j.world(supply_world(5))
     j.advance(utc("01:00"))
-    j.world(world(remaining=4))
+    j.world(supply_world(4))
     j.advance(utc("01:10"))  # within the bound
     with pytest.raises(InvariantViolation, match=r"R22.level .*4 sachets left .*no low_supply"):
         j.advance(utc("01:11"))
@@ -2626,9 +2632,9 @@ def test_r22_a_raise_owed_by_few_left_and_not_published_is_late() -> None:
 
 def test_r22_the_bound_runs_while_the_agent_is_linked() -> None:
     j = judge(enforce=frozenset({"R22"}))
-    j.world(world(remaining=3, linked=False))
+    j.world(supply_world(3, linked=False))
     j.advance(utc("03:00"))
-    j.world(world(remaining=3))
+    j.world(supply_world(3))
     j.advance(utc("03:09"))
     assert j.findings == []
     with pytest.raises(InvariantViolation, match=r"R22.level .*no low_supply"):
@@ -2653,7 +2659,7 @@ def test_r22_low_supply_raised_or_cleared_off_its_level_is_flagged(
 ) -> None:
     j = judge(enforce=frozenset({rule}))
     supply_walk(j, (6, 5, 4, 3, 2, 1) if kind == "low_supply" else (6, 5, 4))
-    j.world(world(remaining=left))
+    j.world(supply_world(left))
     with pytest.raises(InvariantViolation, match=rf"{re.escape(rule)} .*{message}"):
         j.published(kind, "low", {"roll_id": "R001", "remaining": left})
 
@@ -2661,7 +2667,7 @@ def test_r22_low_supply_raised_or_cleared_off_its_level_is_flagged(
 def test_r22_a_low_supply_naming_no_roll_may_be_passed_on_at_once() -> None:
     """The dispenser's own LowSupply naming no roll (a firmware fault): its word, passed on."""
     j = judge(enforce=frozenset({"R22"}))
-    j.world(world(remaining=30))
+    j.world(supply_world(30))
     j.advance(utc("02:00"))
     j.low_supply_phantom()
     j.published("low_supply", "low", {"roll_id": "", "remaining": 65535})
@@ -2811,3 +2817,13 @@ def test_r23_a_command_carried_out_is_no_refusal(result: str) -> None:
     j.advance(utc("06:00"))
     with pytest.raises(InvariantViolation, match=rf"R23 .*for dispense with result {result}"):
         j.published("dispenser_command_failed", "low", {"command": "dispense", "result": result})
+
+
+def test_r22_a_roll_refused_as_expired_owes_no_low_supply() -> None:
+    """Year seed 8: a nurse put in an expired roll of 4 sachets; the unit refuses it (no dose
+    from it), so it owes no low_supply."""
+    j = judge(enforce=frozenset({"R22"}))
+    j.advance(utc("01:00"))
+    j.world(supply_world(4, expiry=utc("00:00")))
+    j.advance(utc("02:00"))
+    assert j.findings == []

@@ -265,8 +265,10 @@ R21 the battery at its thresholds: `battery_low` is raised once the dispenser's 
    `high_report_bound` (running, like R8's, while the agent is linked to the dispenser).
 
 R22 few doses left: `low_supply` (LOW, VKP 3.25) tells the truth about the loaded roll of the
-   patient (docs/engine.md, supply conditions: "remaining ≤ threshold", cleared by "a fuller
-   roll", or once the roll is empty: the catalogue's meaning): while such a roll has at least
+   patient that doses may be given from (its leader readable, not expired nor past its period:
+   a roll refused is not judged; docs/engine.md, supply conditions: "remaining ≤ threshold",
+   cleared by "a fuller roll", or once the roll is empty: the catalogue's meaning): while such a
+   roll has at least
    one and at most `low_supply_threshold` sachets left (the engine's setting, passed in) it is
    raised within `high_report_bound` (running, like R8's, while the agent is linked); it is not
    raised while the roll has more left or none (unless the dispenser just sent a `LowSupply`
@@ -2252,10 +2254,20 @@ class Judge:
     def _roll_low(self) -> bool | None:
         """R22: the patient's loaded roll has few sachets left (True), more or none (False); None:
         no roll of the patient's that can be read (the condition is not judged)."""
-        w = self._world
-        if w is None or w.roll_patient_ref != self.config.patient_ref or not w.roll_label_readable:
+        w, c = self._world, self.config
+        if w is None or w.roll_patient_ref != c.patient_ref or not w.roll_label_readable:
             return None
-        return 0 < w.remaining <= self.config.low_supply_threshold
+        if w.remaining > 0:
+            # a roll no dose may be given from (expired, past its period: refused) is not judged
+            label, now = w.reader, self._require_now()
+            if label is None or label.roll_expiry_utc is None:
+                return None
+            if label.roll_expiry_utc - c.roll_expired_margin <= now + HELD_CLOCK_SLACK:
+                return None
+            last = label.roll_last_dose_utc
+            if last is not None and last + c.sachet_time_tolerance <= now + HELD_CLOCK_SLACK:
+                return None
+        return 0 < w.remaining <= c.low_supply_threshold
 
     def _review_low_supply(self, now: datetime) -> None:
         """R22: the roll owes a raise now (few left, not raised), or no longer does."""
