@@ -671,15 +671,11 @@ def test_a_trip_sachet_seen_gone_is_not_reported_stuck_and_hides_no_later_dose()
     binless_rule_holds("R12", 94, 365)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="low_supply is cleared when the roll is empty (catalogue: 'or it is now empty'), then "
-    "raised again at once by the dispenser's LowSupply(remaining 0) (SPEC 4.3 sends it at 0 "
-    "too): the centre sees few doses left on an empty roll until the next roll. R22.empty, "
-    "seed 0, 2026-01-18 19:00Z",
-)
 def test_low_supply_is_not_raised_again_on_an_empty_roll() -> None:
+    """low_supply was cleared when the roll ran empty (the catalogue: "or it is now empty"), then
+    raised again at once by the dispenser's LowSupply(remaining 0) (SPEC 4.3 sends it at 0 too):
+    the centre saw few doses left on an empty roll until the next roll (R22.empty, seed 0,
+    2026-01-18 19:00Z). The engine now raises it by its own threshold only."""
     judge_rule_holds("R22.empty", 0, 20)
 
 

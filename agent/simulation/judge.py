@@ -336,7 +336,7 @@ HIGH_CONDITIONS = (
 )
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
 # R22 likewise: "R22.level" (raised and cleared as the roll has few left) and "R22.empty" (not
-# raised again once the roll is empty), the latter broken by the engine today
+# raised again once the roll is empty)
 SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS) | {"R22.level", "R22.empty"}
 ALL_RULES = frozenset(RULES)
 # The rules the engine keeps today: what a run enforces by default. Each rule left out fires on
@@ -374,6 +374,7 @@ HOLDING_RULES = frozenset(
         "R20",
         "R21",
         "R22.level",
+        "R22.empty",
         "R23",
     }
 )
