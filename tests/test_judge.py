@@ -2583,3 +2583,247 @@ def test_r20_a_help_pressed_while_linked_is_told_unless_one_was_told_within_the_
     j.help_pressed()  # 31 min after the last one told: owed
     with pytest.raises(InvariantViolation, match=r"R20 .*HELP pressed at .*no help_requested"):
         j.advance(utc("05:32"))
+
+
+# --- R22: few doses left, as the roll has them ---------------------------------------------------
+
+
+def supply_world(left: int, *, linked: bool = True, expiry: datetime | None = None) -> World:
+    """The patient's roll with `left` sachets, the next one at the reader (expiring in 2027)."""
+    at_reader = label(utc("18:00"), expiry=expiry or datetime(2027, 1, 1, tzinfo=UTC))
+    return world(remaining=left, linked=linked, reader=at_reader if left else None)
+
+
+def supply_walk(j: Judge, lefts: tuple[int, ...], start: str = "01:00") -> None:
+    """The patient's roll down through `lefts`, 20 min a cut, the agent raising and clearing at
+    once as docs/engine.md says (written out here: low_supply with 1 to 4 sachets left, cleared
+    by a fuller roll or an empty one)."""
+    at = utc(start)
+    raised = False
+    for left in lefts:
+        j.advance(at)
+        j.world(supply_world(left))
+        low = 0 < left <= 4
+        if low and not raised:
+            j.published("low_supply", "low", {"roll_id": "R001", "remaining": left})
+        elif raised and not low:
+            j.published("low_supply_cleared", "info", {"roll_id": "R001", "remaining": left})
+        raised = low
+        at += timedelta(minutes=20)
+    j.advance(at)
+
+
+def test_r22_low_supply_raised_and_cleared_as_the_roll_has_few_left_passes() -> None:
+    j = judge(enforce=frozenset({"R22"}))
+    supply_walk(j, (6, 5, 4, 3, 2, 1, 0, 30, 29, 4, 3, 40))
+    assert j.findings == []
+
+
+def test_r22_a_raise_owed_by_few_left_and_not_published_is_late() -> None:
+    """An engine that never raises low_supply (or raises it only at 1 left)."""
+    j = judge(enforce=frozenset({"R22"}))
+    j.world(supply_world(5))
+    j.advance(utc("01:00"))
+    j.world(supply_world(4))
+    j.advance(utc("01:10"))  # within the bound
+    with pytest.raises(InvariantViolation, match=r"R22.level .*4 sachets left .*no low_supply"):
+        j.advance(utc("01:11"))
+
+
+def test_r22_the_bound_runs_while_the_agent_is_linked() -> None:
+    j = judge(enforce=frozenset({"R22"}))
+    j.world(supply_world(3, linked=False))
+    j.advance(utc("03:00"))
+    j.world(supply_world(3))
+    j.advance(utc("03:09"))
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R22.level .*no low_supply"):
+        j.advance(utc("03:11"))
+
+
+@pytest.mark.parametrize(
+    ("left", "kind", "rule", "message"),
+    [
+        (
+            3,
+            "low_supply_cleared",
+            "R22.level",
+            r"still has 3 sachets left",
+        ),  # a LowSupply clears it
+        (5, "low_supply", "R22.level", r"low_supply \(remaining 5\) while the roll has 5"),
+        (0, "low_supply", "R22.empty", r"low_supply \(remaining 0\) while the roll has 0"),
+    ],
+)
+def test_r22_low_supply_raised_or_cleared_off_its_level_is_flagged(
+    left: int, kind: str, rule: str, message: str
+) -> None:
+    j = judge(enforce=frozenset({rule}))
+    supply_walk(j, (6, 5, 4, 3, 2, 1) if kind == "low_supply" else (6, 5, 4))
+    j.world(supply_world(left))
+    with pytest.raises(InvariantViolation, match=rf"{re.escape(rule)} .*{message}"):
+        j.published(kind, "low", {"roll_id": "R001", "remaining": left})
+
+
+def test_r22_a_low_supply_naming_no_roll_may_be_passed_on_at_once() -> None:
+    """The dispenser's own LowSupply naming no roll (a firmware fault): its word, passed on."""
+    j = judge(enforce=frozenset({"R22"}))
+    j.world(supply_world(30))
+    j.advance(utc("02:00"))
+    j.low_supply_phantom()
+    j.published("low_supply", "low", {"roll_id": "", "remaining": 65535})
+    j.advance(utc("02:20"))
+    j.published("low_supply_cleared", "info", {"roll_id": "R001", "remaining": 29})
+    assert j.findings == []
+    with pytest.raises(InvariantViolation, match=r"R22.level .*remaining 65535"):
+        j.published("low_supply", "low", {"roll_id": "", "remaining": 65535})  # not at once
+
+
+# --- R20: the unit's own panel button ---------------------------------------------------------
+
+EARLY = timedelta(minutes=60)  # the engine's early window, passed in
+
+
+def panel_judge(morning_given: bool = True) -> Judge:
+    """The judge of 08:00 and 20:00 local (06:00Z, 18:00Z) on 1 June, the morning dose given."""
+    j = judge(enforce=frozenset({"R20"}), early_window=EARLY)
+    j.world(world())
+    if morning_given:
+        j.advance(utc("06:05"))
+        outcome(j, "2026-06-01T08:00")
+    return j
+
+
+def test_r20_a_panel_press_is_answered_at_once_unless_one_was_told_within_the_interval() -> None:
+    j = panel_judge()
+    j.advance(utc("10:00"))  # 12:00 local; the next dose 20:00 local (18:00Z)
+    j.panel_pressed()
+    j.published(
+        "panel_help_requested",
+        "medium",
+        {"reason": "no_dose_due", "next_due_utc": "2026-06-01T18:00:00+00:00"},
+    )
+    j.advance(utc("10:05"))
+    j.panel_pressed()  # told 5 min ago: rate limited
+    j.advance(utc("10:06"))
+    assert j.findings == []
+
+
+def test_r20_a_panel_press_silently_lost_is_flagged() -> None:
+    j = panel_judge()
+    j.advance(utc("10:00"))
+    j.panel_pressed()
+    with pytest.raises(InvariantViolation, match=r"R20 .*panel pressed at .*silently lost"):
+        j.advance(utc("10:00") + timedelta(seconds=1))
+
+
+@pytest.mark.parametrize(
+    ("at", "fields", "message"),
+    [
+        (
+            "10:00",
+            {"reason": "clock_untrusted"},
+            r"'clock_untrusted': the agent's clock is trusted",
+        ),
+        ("10:00", {"reason": "paused"}, r"'paused': the next dose .* is in no pause"),
+        ("10:00", {"reason": "no_dose_due"}, r"names no next dose"),
+        ("10:00", {"reason": "not_bound"}, r"'not_bound': the unit is bound"),
+        ("10:00", {"reason": "no_schedule"}, r"has a schedule"),
+        ("10:00", {"reason": None}, r"None: not a reason"),
+        # 17:30Z: the 18:00Z dose is within the early window
+        (
+            "17:30",
+            {"reason": "no_dose_due", "next_due_utc": "2026-06-01T18:00:00+00:00"},
+            r"within the early window",
+        ),
+        # 06:30Z: the 06:00Z dose is due without an outcome
+        (
+            "06:30",
+            {"reason": "no_dose_due", "next_due_utc": "2026-06-01T18:00:00+00:00"},
+            r"slot .* is due without an outcome",
+        ),
+    ],
+)
+def test_r20_a_panel_help_call_with_an_untrue_reason_is_flagged(
+    at: str, fields: dict[str, object], message: str
+) -> None:
+    j = panel_judge(morning_given=at != "06:30")
+    j.advance(utc(at))
+    j.panel_pressed()
+    with pytest.raises(
+        InvariantViolation, match=r"R20 .*panel_help_requested with reason .*" + message
+    ):
+        j.published("panel_help_requested", "medium", fields)
+
+
+def test_r20_a_panel_help_call_paused_inside_a_pause_passes() -> None:
+    j = panel_judge()
+    j.pause("p1", utc("09:00"), utc("20:00"))
+    j.advance(utc("10:00"))
+    j.panel_pressed()
+    j.published("panel_help_requested", "medium", {"reason": "paused"})
+    assert j.findings == []
+
+
+def test_r20_the_panel_taken_as_take_only_with_a_dose_within_reach() -> None:
+    j = panel_judge()
+    j.advance(utc("17:30"))  # within the early window of the 18:00Z dose: TAKE
+    j.panel_pressed()
+    j.published("button_pressed", "low", {"button": "panel", "reason": "min_interval"})
+    assert j.findings == []
+    j.advance(utc("17:55"))
+    settle_all(j)  # every slot has its outcome: no dose within reach at 10:00 next day
+    j.advance(utc("10:00", day=2))
+    j.panel_pressed()
+    with pytest.raises(InvariantViolation, match=r"R20 .*panel taken as TAKE with no dose within"):
+        j.published("button_pressed", "low", {"button": "panel"})
+
+
+def test_r8_a_pause_overdue_before_any_pause_has_lasted_its_maximum_is_a_false_alarm() -> None:
+    j = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    j.world(world())
+    j.advance(utc("00:30"))
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue .*no pause in force has"):
+        j.published("pause_overdue", "high", {"pause_id": "none"})  # no pause at all
+    early = judge(enforce=frozenset({"R8.pause_overdue"}), pause_max=timedelta(hours=2))
+    early.world(world())
+    early.pause("open", utc("01:00"), None)
+    early.advance(utc("02:30"))  # in force for 1.5 h of 2
+    with pytest.raises(InvariantViolation, match=r"R8\.pause_overdue .*no pause in force has"):
+        early.published("pause_overdue", "high", {"pause_id": "open"})
+
+
+# --- R23: a refusal of the dispenser is told, and only a refusal --------------------------------
+
+
+def test_r23_a_refused_command_is_told_at_once() -> None:
+    j = judge(enforce=frozenset({"R23"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    j.dispenser_refused("dispense", "tray_occupied")
+    j.published(
+        "dispenser_command_failed", "low", {"command": "dispense", "result": "tray_occupied"}
+    )
+    j.advance(utc("06:01"))
+    assert j.findings == []
+    j.dispenser_refused("discard", "bin_full")
+    with pytest.raises(InvariantViolation, match=r"R23 .*refused discard \(bin_full\) .*no disp"):
+        j.advance(utc("06:02"))
+
+
+@pytest.mark.parametrize("result", ["ok", "already_done"])
+def test_r23_a_command_carried_out_is_no_refusal(result: str) -> None:
+    j = judge(enforce=frozenset({"R23"}))
+    j.world(world())
+    j.advance(utc("06:00"))
+    with pytest.raises(InvariantViolation, match=rf"R23 .*for dispense with result {result}"):
+        j.published("dispenser_command_failed", "low", {"command": "dispense", "result": result})
+
+
+def test_r22_a_roll_refused_as_expired_owes_no_low_supply() -> None:
+    """Year seed 8: a nurse put in an expired roll of 4 sachets; the unit refuses it (no dose
+    from it), so it owes no low_supply."""
+    j = judge(enforce=frozenset({"R22"}))
+    j.advance(utc("01:00"))
+    j.world(supply_world(4, expiry=utc("00:00")))
+    j.advance(utc("02:00"))
+    assert j.findings == []

@@ -501,8 +501,10 @@ def test_night_doses_a_battery_walk_and_presses_again_are_on_a_few_mix_seeds_onl
     assert [c.seed for c in mix if c.times == NIGHT_DOSES] == [1]
     assert [c.seed for c in mix if c.battery_walk] == [4, 9]
     assert [c.seed for c in mix if c.double_press] == [0, 5]
+    assert [(c.seed, c.bin_capacity) for c in mix if c.bin_capacity is not None] == [(5, 4)]
     wide = [config_for(seed, 30, "wide") for seed in range(10)]
     assert not any(c.times == NIGHT_DOSES or c.battery_walk or c.double_press for c in wide)
+    assert all(c.bin_capacity is None for c in wide)
 
 
 def test_the_classic_world_is_the_simulation_without_the_mix() -> None:
@@ -667,6 +669,14 @@ def test_a_trip_sachet_seen_gone_is_not_reported_stuck_and_hides_no_later_dose()
     and the next dose left in the tray four days later was not reported (R12, 2026-11-18
     09:00Z). Now `dose_not_in_tray` (tests/test_engine_stuck_cleared.py)."""
     binless_rule_holds("R12", 94, 365)
+
+
+def test_low_supply_is_not_raised_again_on_an_empty_roll() -> None:
+    """low_supply was cleared when the roll ran empty (the catalogue: "or it is now empty"), then
+    raised again at once by the dispenser's LowSupply(remaining 0) (SPEC 4.3 sends it at 0 too):
+    the centre saw few doses left on an empty roll until the next roll (R22.empty, seed 0,
+    2026-01-18 19:00Z). The engine now raises it by its own threshold only."""
+    judge_rule_holds("R22.empty", 0, 20)
 
 
 def test_judge_r9_no_false_missed_alarm_for_a_dose_taken_unseen() -> None:

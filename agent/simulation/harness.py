@@ -49,6 +49,7 @@ from agent.engine.types import (
     FromDispenser,
     LinkDown,
     LinkUp,
+    PanelPress,
     PauseWindow,
     Priority,
     SendCommand,
@@ -116,6 +117,7 @@ from protocol.messages import (
     LowSupply,
     Message,
     ResultCode,
+    Retain,
     SetAlert,
     SetLock,
     Status,
@@ -188,6 +190,9 @@ BATTERY_DRAIN_LOW = (26, 25, 21, 20, 19)
 BATTERY_DRAIN_EMPTY = (6, 5, 4, 3, 2)
 BATTERY_CHARGE = (3, 4, 5, 6, 24, 25, 26)
 BATTERY_STEP_S = 20 * 60.0
+# R23: results that are no refusal to tell (BUSY: the agent tries again)
+TOLD_RESULTS = frozenset({ResultCode.OK, ResultCode.ALREADY_DONE, ResultCode.BUSY})
+PANEL_PRESSES_PER_DAY = 0.3  # the unit's own button, on the seeds with `double_press` (R20)
 MAX_INPUTS_PER_INSTANT = 2000  # more than this at one instant is a livelock, not a busy moment
 SETTLE_MARGIN = timedelta(days=1)  # the last day's slots may still be open when the run stops
 TIMER_LATENCY_S = 0.001  # a timer wakes the shell this long after the engine's deadline
@@ -239,6 +244,9 @@ class SimulationConfig:
     early_trip: bool = False
     # the dispenser model's feature bits (SPEC 3, protocol.messages.Feature); None: every one
     features: int | None = None
+    # the dispenser's bin holds this many sachets (None: the model's 30); a small one fills
+    # between the nurse's visits (judge R6, R8.bin_full, R18)
+    bin_capacity: int | None = None
     # the second roll printed exactly the sachet tolerance off each slot (early, late, in turn);
     # only for dose times at least four tolerances apart and no extra sachets (plan changes)
     edge_prints: bool = False
@@ -342,6 +350,8 @@ class Simulation:
             if config.features is None
             else DispenserIdentity(features=config.features)
         )
+        if config.bin_capacity is not None:
+            identity = replace(identity, bin_capacity=config.bin_capacity)
         self._model = DispenserModel(identity, self._rtc_utc_s)
         self._engine: EngineLike | None = None
         self._saved: EngineLike | None = None  # the engine of a Pi that is down
@@ -464,6 +474,8 @@ class Simulation:
                     pause_max=ec.pause_max,
                     dose_window=ec.undispensed_deadline,
                     roll_expired_margin=ec.roll_expired_margin,
+                    low_supply_threshold=ec.low_supply_threshold,
+                    early_window=ec.early_window,
                     escalate_after=(
                         ec.escalation[0].after
                         if ec.escalation and ec.escalation[0].pattern is AlertPattern.URGENT
@@ -537,6 +549,18 @@ class Simulation:
                 # nothing seemed to happen: pressed again (R20: told at most once per interval)
                 later = at + again.uniform(5.0, 50.0)
                 self._at(later, f"press {button.name} again", partial(self._press_again, button))
+        if self.config.double_press:
+            # the unit's own panel button too (its own stream: the rest stays as it was), now
+            # and then twice within a minute (R20: never silently lost, told once per interval)
+            panel, at = random.Random(f"panel press {self.config.seed}"), 0.0
+            while (
+                at := at + panel.expovariate(PANEL_PRESSES_PER_DAY / 86400.0)
+            ) < self._duration_s:
+                self._at(at, "press the panel", self._panel_press)
+                if panel.random() < self.config.double_press:
+                    self._at(
+                        at + panel.uniform(5.0, 50.0), "press the panel again", self._panel_press
+                    )
         for at, after in p.lid_open_times_s(self._duration_s):
             self._at(at, "lid open", lambda: self._physical(self._model.set_lid(True)))
             self._at(at + after, "lid closed", lambda: self._physical(self._model.set_lid(False)))
@@ -678,6 +702,16 @@ class Simulation:
         if self._judge is not None and button is ButtonId.HELP:
             self._judge.help_pressed()  # R20: a call for help is told
         self._physical(self._model.press_button(button))
+
+    def _panel_press(self) -> None:
+        """The unit's own take now / help button (the Pi's GPIO): dead while the Pi is down."""
+        if self._engine is None:
+            return
+        self._mishap_counts["panel_press"] += 1
+        self._observe_world()
+        if self._judge is not None:
+            self._judge.panel_pressed()
+        self._feed([PanelPress()])
 
     def _press_again(self, button: ButtonId) -> None:
         self._mishap_counts["press_again"] += 1
@@ -1178,6 +1212,8 @@ class Simulation:
         self._mishap_counts[f"phantom_{type(message).__name__}"] += 1
         if self._judge is not None and phantom.kind is not PhantomKind.LOW_SUPPLY:
             self._judge.phantom(dispense_id)
+        elif self._judge is not None:
+            self._judge.low_supply_phantom()
         self._feed([FromDispenser(message)])
 
     def _centre_reacts(self, event: EngineEvent) -> None:
@@ -1573,6 +1609,12 @@ class Simulation:
             # in a row: docs/engine.md, Simulation)
             self._asked.add(stamped.dispense_id)
             return self._reply_lost(command, replies)
+        if self._judge is not None and isinstance(stamped, Dispense | Discard | Retain):
+            for r in replies:
+                if isinstance(r, CommandResult) and r.result not in TOLD_RESULTS:
+                    self._judge.dispenser_refused(
+                        type(stamped).__name__.lower(), r.result.name.lower()
+                    )
         inputs: list[EngineInput] = []
         for message in replies:
             if isinstance(message, CommandResult | Status | Capabilities | TimeReport):

@@ -85,6 +85,8 @@ R8 HIGH conditions reported: every HIGH condition of the physical world is follo
      start, the judge's own chain) for `pause_max` (the engine's setting, passed in) ->
      `pause_overdue`; the bound runs from when the agent's trusted clock shows the maximum
      reached, not while its clock is untrusted (it cannot tell how long the pause has lasted);
+     and a `pause_overdue` published by a trusted clock while no pause in force has lasted
+     `pause_max` (by the agent's clock) is a false alarm, a violation of it too;
    - "clock_untrusted": the agent runs with a wall clock it has no reason to trust (a boot
      without time sync and without the dispenser's RTC) -> `clock_untrusted`; its end (the
      clock synchronised) is owed a `clock_untrusted_cleared` (R12).
@@ -236,7 +238,22 @@ R20 no alarm flood: `lid_open`, `button_pressed`, `help_requested` and `panel_he
    at most once per `chatty_interval` each (the engine's setting, passed in), counted since the
    agent last started (it keeps when it last told one in memory only); and a HELP the patient
    presses while the agent is linked is told (`help_requested`, at once) unless one was told
-   less than the interval before (`help_pressed`: a call for help is never lost).
+   less than the interval before (`help_pressed`: a call for help is never lost). A press of
+   the unit's own panel button (`panel_pressed`, docs/engine.md: the dispenser's TAKE when a dose
+   is within reach, else a help call) is never silently lost either: while the agent is linked it
+   is answered at once (`panel_help_requested`, `button_pressed`, or the dose it reached:
+   `dose_presented`, `dose_held`, `slot_outcome`) unless a `panel_help_requested` or a
+   `button_pressed` was told less than the interval before. A `panel_help_requested` says
+   truly why no dose was within reach (docs/engine.md's reasons): `clock_untrusted` only while
+   the agent's clock is untrusted (and then never `paused` or `no_dose_due`: it cannot tell);
+   `paused` with the next dose (the judge's own next slot) inside a pause; `no_dose_due` with
+   the next dose it names (`next_due_utc`) outside any pause and further off than
+   `early_window` (the engine's setting, passed in); and none while the dose the agent
+   announced lies in the tray or a slot is due without an outcome (a TAKE reaches it);
+   `not_bound` only while the unit is unbound and `no_schedule` never (the centre's schedule is
+   there). A `button_pressed` from the panel
+   (the press taken as TAKE) only with a dose within reach: in the tray, or a slot due or within
+   `early_window` with no outcome yet.
 
 R21 the battery at its thresholds: `battery_low` is raised once the dispenser's battery is at
    or below 20 % and cleared (`battery_low_cleared`) once it is back at or above 25 %;
@@ -246,6 +263,23 @@ R21 the battery at its thresholds: `battery_low` is raised once the dispenser's 
    battery (as the world has it now) outside its documented level, a second raise or a clear of
    a condition not raised is a violation; one owed by the level is published within
    `high_report_bound` (running, like R8's, while the agent is linked to the dispenser).
+
+R22 few doses left: `low_supply` (LOW, VKP 3.25) tells the truth about the loaded roll of the
+   patient that doses may be given from (its leader readable, not expired nor past its period:
+   a roll refused is not judged; docs/engine.md, supply conditions: "remaining ≤ threshold",
+   cleared by "a fuller roll", or once the roll is empty: the catalogue's meaning): while such a
+   roll has at least
+   one and at most `low_supply_threshold` sachets left (the engine's setting, passed in) it is
+   raised within `high_report_bound` (running, like R8's, while the agent is linked); it is not
+   raised while the roll has more left or none (unless the dispenser just sent a `LowSupply`
+   that names no roll: `low_supply_phantom`, its word is passed on), and not cleared while the
+   roll still has few left.
+
+R23 a refusal is told: every Dispense, Discard or Retain the dispenser refuses (a result other
+   than OK, ALREADY_DONE and BUSY, which the agent retries; `dispenser_refused`) is told at once
+   by a `dispenser_command_failed` naming the command and the result (the catalogue: "the
+   dispenser refused a command"), and none names a result that is no refusal (ok,
+   already_done).
 
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
@@ -286,6 +320,8 @@ RULES: dict[str, str] = {
     "R19": "a dose not given carries the national code of why (VKP 3.3, or 3.7: empty)",
     "R20": "no alarm flood: a chatty event at most once per interval",
     "R21": "the battery conditions are raised and cleared at their documented levels",
+    "R22": "few doses left is raised and cleared as the roll has them",
+    "R23": "a command the dispenser refused is told, and only a refused one",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -299,7 +335,9 @@ HIGH_CONDITIONS = (
     "clock_untrusted",
 )
 # R8 is enforced as a whole ("R8") or per condition ("R8.jam"); its findings are per condition
-SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS)
+# R22 likewise: "R22.level" (raised and cleared as the roll has few left) and "R22.empty" (not
+# raised again once the roll is empty)
+SUB_RULES = frozenset(f"R8.{name}" for name in HIGH_CONDITIONS) | {"R22.level", "R22.empty"}
 ALL_RULES = frozenset(RULES)
 # The rules the engine keeps today: what a run enforces by default. Each rule left out fires on
 # known engine hazards (SAFETY.md) and has a strict xfail test in tests/test_simulation.py that
@@ -335,6 +373,9 @@ HOLDING_RULES = frozenset(
         "R19",
         "R20",
         "R21",
+        "R22.level",
+        "R22.empty",
+        "R23",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -538,6 +579,10 @@ class JudgeConfig:
     dose_bound: timedelta = timedelta(minutes=2)
     dose_window: timedelta = timedelta(minutes=60)
     roll_expired_margin: timedelta = timedelta(0)  # R16: the engine's setting, passed in
+    low_supply_threshold: int = 4  # R22: the engine's setting, passed in
+    # R20: a TAKE reaches the next dose this long before its due time (the engine's setting,
+    # passed in); None: a panel's "no_dose_due" is not judged against it
+    early_window: timedelta | None = None
     discard_decisions: frozenset[str] = frozenset({"stale"})
     enforce: frozenset[str] = ALL_RULES  # rules that raise; the others are only recorded
     seed: int | None = None
@@ -640,6 +685,12 @@ VKP_NOT_SHOWN = "not shown"  # published() was not shown the event's code: R19 i
 # (docs/engine.md: chatty inputs); a restart forgets when it last reported one (not stored)
 CHATTY_EVENTS = frozenset({"lid_open", "help_requested", "panel_help_requested", "button_pressed"})
 CHATTY_SLACK = timedelta(seconds=1)
+# R20: why a press of the unit's panel button reached no dose (docs/engine.md, PanelPress)
+PANEL_REASONS = ("no_dose_due", "paused", "clock_untrusted", "no_schedule", "not_bound")
+# R20: what answers a press of the unit's panel button (docs/engine.md, PanelPress)
+PANEL_ANSWERS = frozenset(
+    {"panel_help_requested", "button_pressed", "dose_presented", "dose_held", "slot_outcome"}
+)
 # R21: the battery conditions (docs/engine.md, technical conditions): raised at or below the
 # first level (per cent), cleared at or above the second
 BATTERY_LEVELS: dict[str, tuple[int, int]] = {"battery_low": (20, 25), "battery_empty": (3, 5)}
@@ -725,11 +776,16 @@ class Judge:
     _discard_free_since: datetime | None = None
     _chatty_last: dict[str, datetime] = field(default_factory=dict)  # R20: kind -> last one
     _help_owed: datetime | None = None  # R20: a HELP pressed then is owed its help_requested
+    _panel_owed: datetime | None = None  # R20: the panel pressed then is owed an answer
+    _refusals: list[tuple[str, str, datetime]] = field(default_factory=list)  # R23: owed
     _battery: int = 100  # R21: the dispenser's battery level now (per cent)
     _battery_raised: set[str] = field(default_factory=set)  # R21: published, not cleared since
     # R21: battery conditions whose raise or clear the level owes, and since when
     _battery_owed: dict[str, datetime] = field(default_factory=dict)
     _battery_late: set[str] = field(default_factory=set)  # R21: owed and judged late already
+    _low_raised: bool = False  # R22: low_supply published and not cleared since
+    _low_owed: datetime | None = None  # R22: since when the roll owes a low_supply
+    _low_phantom: datetime | None = None  # R22: a LowSupply naming no roll reached the agent then
 
     def __post_init__(self) -> None:
         c = self.config
@@ -841,6 +897,24 @@ class Judge:
             self._review_discard(now)
         if self._battery_owed:
             self._judge_battery(now)
+        if self._low_owed is not None:
+            self._judge_low_supply(now)
+        if self._refusals and now > self._refusals[0][2]:
+            (command, result, at), self._refusals = self._refusals[0], []
+            self._violation(
+                "R23",
+                f"the dispenser refused {command} ({result}) at {_iso(at)} and no "
+                "dispenser_command_failed told it",
+                at,
+            )
+        if self._panel_owed is not None and now > self._panel_owed:
+            pressed, self._panel_owed = self._panel_owed, None
+            self._violation(
+                "R20",
+                f"the unit's panel pressed at {_iso(pressed)} and nothing told (no "
+                "panel_help_requested, button_pressed or dose event): a press silently lost",
+                pressed,
+            )
         if self._help_owed is not None and now > self._help_owed + CHATTY_SLACK:
             pressed, self._help_owed = self._help_owed, None
             self._violation(
@@ -1235,6 +1309,7 @@ class Judge:
         if self._owed_doses:
             self._review_doses(now)
         self._review_discard(now)
+        self._review_low_supply(now)
 
     def agent_restarted(self, *, clock_trusted: bool = True) -> None:
         """The agent process started again now (its memory of what it did is what it stored),
@@ -1659,12 +1734,16 @@ class Judge:
             self._alert_ids.add(alert_id)
         if vkp_code != VKP_NOT_SHOWN and kind in ("slot_outcome", "dose_held"):
             self._judge_vkp(kind, priority, fields, vkp_code)
+        if kind in PANEL_ANSWERS:
+            self._panel_owed = None
         if kind in CHATTY_EVENTS:
             self._judge_chatty(kind)
             if kind == "help_requested":
                 self._help_owed = None
         elif kind in BATTERY_EVENTS:
             self._on_battery_event(kind)
+        elif kind in ("low_supply", "low_supply_cleared"):
+            self._on_low_supply_event(kind, fields)
         if self._owed:
             self._owed = [
                 o
@@ -1720,6 +1799,14 @@ class Judge:
             )
         elif kind == "pause_reminder":
             self._on_pause_reminder(fields)
+        elif kind == "panel_help_requested":
+            self._judge_panel_reason(fields)
+        elif kind == "button_pressed":
+            self._judge_panel_take(fields)
+        elif kind == "dispenser_command_failed":
+            self._on_command_failed(fields)
+        elif kind == "pause_overdue":
+            self._judge_overdue_raised()
         elif kind == "sachet_rejected":
             self._judge_rejection(fields)
         elif kind == "state_unreadable":
@@ -1917,6 +2004,23 @@ class Judge:
                     "pause_overdue", at, self._deadline(agent_due, linked), agent_due=agent_due
                 )
 
+    def _judge_overdue_raised(self) -> None:
+        """R8.pause_overdue: raised only once a pause in force has lasted `pause_max` (its chain,
+        on the agent's trusted clock)."""
+        world, now = self._world, self._require_now()
+        if world is None or not world.clock_trusted:
+            return
+        agent_now = now - world.clock_behind + world.clock_ahead
+        for start, end in self._pauses.values():
+            if self._covers((start, end), agent_now) and (
+                self._chain_start(start) + self.config.pause_max <= agent_now + CHATTY_SLACK * 60
+            ):
+                return
+        self._violation(
+            "R8.pause_overdue",
+            f"pause_overdue while no pause in force has lasted {self.config.pause_max}",
+        )
+
     def _chain_start(self, start: datetime) -> datetime:
         """The start of the chain of pauses (overlapping or end to start) reaching `start`."""
         since, moved = start, True
@@ -1981,6 +2085,113 @@ class Judge:
         if linked and (last is None or now - last >= self.config.chatty_interval + CHATTY_SLACK):
             self._help_owed = now
 
+    def panel_pressed(self) -> None:
+        """R20: the patient presses the unit's own panel button now (call before the agent hears
+        it; the Pi is up)."""
+        now = self._require_now()
+        if self._world is None or not self._world.agent_linked:
+            return
+        told = (self._chatty_last.get(k) for k in ("panel_help_requested", "button_pressed"))
+        if all(t is None or now - t >= self.config.chatty_interval + CHATTY_SLACK for t in told):
+            self._panel_owed = now
+
+    def _judge_panel_reason(self, fields: dict[str, object]) -> None:
+        """R20: a panel press answered as a help call says truly why no dose was within reach."""
+        world, now = self._world, self._require_now()
+        if world is None:
+            return
+        reason, text = fields.get("reason"), fields.get("next_due_utc")
+        next_due = datetime.fromisoformat(text) if isinstance(text, str) else None
+        agent_now = now - world.clock_behind + world.clock_ahead
+        wrong: str | None = None
+        slot_id = self._announced_slot.get(self._in_tray) if self._in_tray is not None else None
+        due = self._open_due_slot(agent_now) if world.clock_trusted else None
+        if slot_id is not None and slot_id not in self._outcomes:
+            wrong = f"the dose of slot {slot_id} lies in the tray: a TAKE reaches it"
+        elif reason not in PANEL_REASONS:
+            wrong = f"not a reason docs/engine.md gives ({', '.join(PANEL_REASONS)})"
+        elif due is not None:
+            wrong = f"slot {due} is due without an outcome: a TAKE reaches it"
+        elif reason == "not_bound" and not self._unbound:
+            wrong = "the unit is bound"
+        elif reason == "no_schedule":
+            wrong = "the unit has a schedule (the centre's)"
+        elif reason == "clock_untrusted" and world.clock_trusted:
+            wrong = "the agent's clock is trusted"
+        elif reason in ("paused", "no_dose_due") and not world.clock_trusted:
+            wrong = "the agent's clock is untrusted: it cannot tell"
+        elif reason == "paused":
+            # the judge's own next slot (the event names none)
+            after = bisect_right(self._dues, agent_now)
+            upcoming = self._dues[after] if after < len(self._dues) else None
+            if upcoming is None or self._paused_at(upcoming) is None:
+                wrong = f"the next dose ({_iso_or_none(upcoming)}) is in no pause"
+        elif reason == "no_dose_due" and next_due is None:
+            wrong = "it names no next dose, and the schedule has one"
+        elif reason == "no_dose_due" and next_due is not None:
+            early = self.config.early_window
+            if self._paused_at(next_due) is not None:
+                wrong = f"the next dose ({text}) is in a pause: paused"
+            elif early is not None and next_due - agent_now <= early - CHATTY_SLACK:
+                wrong = f"the next dose ({text}) is within the early window ({early}) of a TAKE"
+        if wrong is not None:
+            self._violation("R20", f"panel_help_requested with reason {reason!r}: {wrong}")
+
+    def _open_due_slot(self, agent_now: datetime) -> str | None:
+        """R20: a slot the agent's clock shows due (by a minute) that must get an outcome and has
+        none yet: a dose within reach of a TAKE (in the tray, due or held)."""
+        c = self.config
+        late = bisect_right(self._dues, agent_now - timedelta(minutes=1))
+        for i in range(bisect_left(self._dues, agent_now - timedelta(days=1)), late):
+            slot = self._slots[i]
+            if (
+                slot.slot_id not in self._outcomes
+                and slot.slot_id not in self._optional
+                and c.installed_utc <= slot.due_utc < c.expect_until_utc
+                and self._paused_at(slot.due_utc) is None
+            ):
+                return slot.slot_id
+        return None
+
+    def _judge_panel_take(self, fields: dict[str, object]) -> None:
+        """R20: a panel press taken as the dispenser's TAKE (`button_pressed`, button "panel")
+        only with a dose within reach: in the tray, or a slot due (or within `early_window` of
+        it) without an outcome (the judge's own slots; one it cannot place counts as in reach)."""
+        world, early = self._world, self.config.early_window
+        if fields.get("button") != "panel" or world is None or early is None:
+            return
+        if not world.clock_trusted or self._in_tray is not None or self._unbound:
+            return
+        now = self._require_now()
+        agent_now = now - world.clock_behind + world.clock_ahead
+        reach = bisect_right(self._dues, agent_now + early + timedelta(minutes=1))
+        recent = bisect_left(self._dues, agent_now - timedelta(days=2))
+        if all(self._slots[i].slot_id in self._outcomes for i in range(recent, reach)):
+            after = bisect_right(self._dues, agent_now)
+            upcoming = self._dues[after] if after < len(self._dues) else None
+            self._violation(
+                "R20",
+                f"the panel taken as TAKE with no dose within reach (the next at "
+                f"{_iso_or_none(upcoming)}, more than {early} off; none due without an outcome): "
+                "it is a help call",
+            )
+
+    def dispenser_refused(self, command: str, result: str) -> None:
+        """R23: the dispenser answers `command` ("dispense", "discard", "retain") with `result`
+        (a ResultCode's name, lower case; not OK, ALREADY_DONE nor BUSY), and the agent hears it."""
+        self._refusals.append((command, result, self._require_now()))
+
+    def _on_command_failed(self, fields: dict[str, object]) -> None:
+        """R23: a dispenser_command_failed tells a refusal the dispenser gave."""
+        command, result = fields.get("command"), fields.get("result")
+        if result in ("ok", "already_done"):
+            self._violation(
+                "R23", f"dispenser_command_failed for {command} with result {result}: no refusal"
+            )
+        owed = [r for r in self._refusals if (r[0], r[1]) == (command, result)]
+        if owed:
+            self._refusals.remove(owed[0])
+
     def battery(self, pct: int) -> None:
         """R21: the dispenser's battery is at `pct` per cent now (before the agent hears it)."""
         self._battery = pct
@@ -2038,6 +2249,82 @@ class Judge:
         self._battery_owed.pop(name, None)
         self._battery_late.discard(name)
         self._review_battery(self._require_now())
+
+    # --- R22: few doses left ---------------------------------------------------------------------
+
+    def _roll_low(self) -> bool | None:
+        """R22: the patient's loaded roll has few sachets left (True), more or none (False); None:
+        no roll of the patient's that can be read (the condition is not judged)."""
+        w, c = self._world, self.config
+        if w is None or w.roll_patient_ref != c.patient_ref or not w.roll_label_readable:
+            return None
+        if w.remaining > 0:
+            # a roll no dose may be given from (expired, past its period: refused) is not judged
+            label, now = w.reader, self._require_now()
+            if label is None or label.roll_expiry_utc is None:
+                return None
+            if label.roll_expiry_utc - c.roll_expired_margin <= now + HELD_CLOCK_SLACK:
+                return None
+            last = label.roll_last_dose_utc
+            if last is not None and last + c.sachet_time_tolerance <= now + HELD_CLOCK_SLACK:
+                return None
+        return 0 < w.remaining <= c.low_supply_threshold
+
+    def _review_low_supply(self, now: datetime) -> None:
+        """R22: the roll owes a raise now (few left, not raised), or no longer does."""
+        if self._roll_low() and not self._low_raised:
+            if self._low_owed is None:
+                self._low_owed = now
+        else:
+            self._low_owed = None
+
+    def _judge_low_supply(self, now: datetime) -> None:
+        """R22: an owed low_supply is late (the bound runs while the agent is linked)."""
+        since, linked = self._low_owed, self._linked_since
+        if since is None or linked is None:
+            return
+        deadline = max(since, linked) + self.config.high_report_bound
+        if now > deadline:
+            self._low_owed = None  # judged once per episode
+            w = self._world
+            left = w.remaining if w is not None else "?"
+            self._violation(
+                "R22.level",
+                f"the roll has {left} sachets left since {_iso(since)} (at most "
+                f"{self.config.low_supply_threshold}) and no low_supply within "
+                f"{self.config.high_report_bound}",
+                deadline,
+            )
+
+    def low_supply_phantom(self) -> None:
+        """R22: the dispenser is about to send a `LowSupply` that names no roll (a firmware fault):
+        the agent may pass its word on at this instant."""
+        self._low_phantom = self._require_now()
+
+    def _on_low_supply_event(self, kind: str, fields: dict[str, object]) -> None:
+        """R22: few doses left raised or cleared while the roll has them, or not."""
+        now = self._require_now()
+        low = self._roll_low()
+        w = self._world
+        left = w.remaining if w is not None else "?"
+        if kind == "low_supply":
+            self._low_raised = True
+            w_empty = w is not None and w.remaining == 0
+            if low is False and self._low_phantom != now:
+                self._violation(
+                    "R22.empty" if w_empty else "R22.level",
+                    f"low_supply (remaining {fields.get('remaining')}) while the roll has "
+                    f"{left} sachets left: few left is 1 to {self.config.low_supply_threshold}",
+                )
+        else:
+            self._low_raised = False
+            if low:
+                self._violation(
+                    "R22.level",
+                    f"low_supply_cleared while the roll still has {left} sachets left (at most "
+                    f"{self.config.low_supply_threshold}): cleared by a fuller or an empty roll",
+                )
+        self._review_low_supply(now)
 
     def state_damaged(self, binding: str) -> None:
         """R17: the agent restarted now and found its stored state damaged (the world says

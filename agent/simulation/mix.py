@@ -38,8 +38,11 @@ sachet still belongs to its slot).
 Seeds 4 and 9 (mod 10) walk the battery through its thresholds on a power loss of more than
 4 h (20, 25 %; 3, 5 % and the levels beside them, going down and charging up: judge R21);
 seeds 0 and 5 (mod 10) have a patient who now and then presses a stray TAKE or HELP again
-within a minute (R20: the second is not told). None of these three (night doses, battery,
-presses) is in the wide world.
+within a minute (R20: the second is not told), and the unit's own panel button now and then
+(R20: never silently lost, a help call with a true reason); seeds ending in 5 have a bin of
+`SMALL_BIN` sachets (the model's: 30), full between the nurse's visits (R6: a discard never takes
+the last place; R8.bin_full; R18). None of these four (night doses, battery, presses, small bin)
+is in the wide world.
 Seeds 2 and 7 (mod 10) meet, in their first three weeks, a restart that finds a field of the
 stored state damaged (the unit locks down until the centre acknowledges: judge R17); not in the
 wide world, whose seeds stay the regressions tests/test_sim_wide.py replays.
@@ -105,6 +108,7 @@ def features_for(seed: int) -> int | None:
 # nurse would leave the 00:05 dose behind a dose in the tray with the roll empty, a case the
 # engine does not report HIGH at the due time yet; see docs/mutation-testing.md)
 NIGHT_DOSES = ("00:05", "08:00", "23:15")
+SMALL_BIN = 4  # sachets the bin of seeds ending in 5 holds (the model's: 30)
 DOUBLE_PRESS = 0.3  # the chance a stray press is pressed again within a minute (seeds 0, 5)
 WORLDS = ("mix", "classic", "wide")
 # the wide world's faults, in place of faults.py's defaults (see the module's docstring)
@@ -194,6 +198,8 @@ def config_for(
             config = replace(config, battery_walk=True)
         if world == "mix" and seed % 5 == 0:  # a stray press pressed again at once (R20)
             config = replace(config, double_press=DOUBLE_PRESS)
+        if world == "mix" and seed % 10 == 5:  # a small bin: full between the nurse's visits
+            config = replace(config, bin_capacity=SMALL_BIN)
     if world == "wide" and config.faults == FaultRates():  # not --no-faults: the wide ones
         config = replace(config, faults=WIDE_FAULTS)
     if pauses is not None:
@@ -218,6 +224,7 @@ def describe(config: SimulationConfig) -> str:
         [scenario.name] * bool(scenario.name)
         + ["battery"] * config.battery_walk
         + ["presses"] * bool(config.double_press)
+        + [f"bin={config.bin_capacity}"] * (config.bin_capacity is not None)
     )
     if config.features is not None and config.features != DEFAULT_FEATURES:
         lacks = Feature(DEFAULT_FEATURES & ~config.features)
