@@ -1184,7 +1184,10 @@ class DoseEngine:
         self._on_power(status.mains, status.battery_pct, now, actions)
         for fault in FaultCode:
             active = bool(status.active_faults & (1 << fault))
-            if active != (fault in self._mirror.faults):
+            if active != (fault in self._mirror.faults) or (
+                # told to the centre before a restart (durable), gone by now: cleared here
+                not active and self._alerts.is_raised(f"fault_{fault.name.lower()}")
+            ):
                 self._on_fault(fault, active, "status", now, actions)
         if not status.roll_id:
             if self._desk.roll is not None:
