@@ -1184,7 +1184,10 @@ class DoseEngine:
         self._on_power(status.mains, status.battery_pct, now, actions)
         for fault in FaultCode:
             active = bool(status.active_faults & (1 << fault))
-            if active != (fault in self._mirror.faults):
+            if active != (fault in self._mirror.faults) or (
+                # told to the centre before a restart (durable), gone by now: cleared here
+                not active and self._alerts.is_raised(f"fault_{fault.name.lower()}")
+            ):
                 self._on_fault(fault, active, "status", now, actions)
         if not status.roll_id:
             if self._desk.roll is not None:
@@ -1912,11 +1915,14 @@ class DoseEngine:
             # named HIGH ahead while the clock was untrusted and the dispenser empty: said once
             named = slot.slot_id in self._slotbook.named_ahead
             self._slotbook.named_ahead.discard(slot.slot_id)
+            said = slot.slot_id in self._slotbook.said_ahead
+            self._slotbook.said_ahead.discard(slot.slot_id)
             run = SlotRun(
                 slot.slot_id,
                 slot.due_utc,
                 self._local_iso(slot.due_utc),
                 held_empty=named and self._dispenser_empty(),
+                said_held=said,
             )
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:
@@ -1948,6 +1954,7 @@ class DoseEngine:
             if pause.covering(self._pauses, slot.due_utc) is not None:
                 continue  # skipped, not held
             book.named_ahead.add(slot_id)
+            book.said_ahead.add(slot_id)
             event: dict[str, object] = {
                 "slot_id": slot_id,
                 "reason": "clock_untrusted",
@@ -2114,7 +2121,10 @@ class DoseEngine:
             if later.in_tray or later.travel:
                 continue
             if later.held_reason is None and (
-                now.utc < later.due_utc or not self._dispenser_empty()
+                now.utc < later.due_utc
+                # named held ahead: the centre reads it held, so its wait for the tray is said
+                # (and the held light shows it), even with sachets left
+                or not (self._dispenser_empty() or later.said_held)
             ):
                 continue  # not due, or due and given once the tray empties: nothing to say
             reason = self._blocker(later, now)
@@ -2524,11 +2534,14 @@ class DoseEngine:
             # named HIGH ahead while the clock was untrusted and the dispenser empty: said once
             named = slot.slot_id in self._slotbook.named_ahead
             self._slotbook.named_ahead.discard(slot.slot_id)
+            said = slot.slot_id in self._slotbook.said_ahead
+            self._slotbook.said_ahead.discard(slot.slot_id)
             run = SlotRun(
                 slot.slot_id,
                 slot.due_utc,
                 self._local_iso(slot.due_utc),
                 held_empty=named and self._dispenser_empty(),
+                said_held=said,
             )
             window = pause.covering(self._pauses, slot.due_utc)
             if window is not None:

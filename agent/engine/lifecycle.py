@@ -86,6 +86,9 @@ class SlotRun:
     roll_id: str | None = None
     held_reason: str | None = None  # why it could not be dispensed (last seen)
     held_empty: bool = False  # held while the dispenser was empty: said HIGH once (VKP 3.7)
+    # named held ahead (clock untrusted, dispenser empty): the centre reads it held since, so
+    # a dose due behind the tray says it waits for it, even with a roll loaded meanwhile
+    said_held: bool = False
     confirmed_mono: float | None = None  # dispenser accepted the Dispense (OK / ALREADY_DONE)
     presented_mono: float | None = None
     presented_at: datetime | None = None

@@ -33,6 +33,8 @@ class SlotBook:
     # not durable: slots named HIGH ahead (dispenser empty while the clock was untrusted); a
     # restart names them again at most
     named_ahead: set[str] = field(default_factory=set)
+    # not durable: the same slots, kept when a roll comes (the centre was told they are held)
+    said_ahead: set[str] = field(default_factory=set)
     # caches of pure functions of the schedule
     window: SlotWindow | None = None  # the schedule's slots near now
     upcoming: tuple[tuple[object, ...], Slot | None] | None = None  # next_scheduled memo

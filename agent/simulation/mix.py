@@ -9,7 +9,7 @@ each of them:
 | seed % 10 | dose times |
 |---|---|
 | 3, 7 | `CLOSE_DOSES` (08:00, 08:30, 20:00: sachet tolerances and minimum interval matter) |
-| 1 | `NIGHT_DOSES` (00:05, 08:00, 23:15: the smallest spacing, 50 min, crosses midnight) |
+| 1 | `NIGHT_DOSES` (00:10, 08:00, 23:20: the smallest spacing, 50 min, crosses midnight) |
 | others | the seed's template (harness.SCHEDULE_TEMPLATES) |
 
 | seed % 3 | scenario |
@@ -103,11 +103,11 @@ def features_for(seed: int) -> int | None:
 
 
 # a late evening dose and one after midnight, closer (50 min) than any two of the day: the
-# minimum interval and the sachet tolerance come from the spacing across midnight
-# (both before the nurse's refill at 00:07 local: a roll that runs out at 23:15 and a late
-# nurse would leave the 00:05 dose behind a dose in the tray with the roll empty, a case the
-# engine does not report HIGH at the due time yet; see docs/mutation-testing.md)
-NIGHT_DOSES = ("00:05", "08:00", "23:15")
+# minimum interval and the sachet tolerance come from the spacing across midnight. The nurse's
+# refill (00:07 local) falls between them: a roll that runs out at the evening dose, left in the
+# tray, and a late nurse leave the night dose due behind it with the roll empty, which must be
+# said HIGH at its due time (judge R8.roll_empty; tests/test_sim_night_refill.py runs seed 11 so)
+NIGHT_DOSES = ("00:10", "08:00", "23:20")
 SMALL_BIN = 4  # sachets the bin of seeds ending in 5 holds (the model's: 30)
 DOUBLE_PRESS = 0.3  # the chance a stray press is pressed again within a minute (seeds 0, 5)
 WORLDS = ("mix", "classic", "wide")
