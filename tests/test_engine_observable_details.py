@@ -14,9 +14,18 @@ import pytest
 from test_engine import Rig, daily, morning_rig, utc
 from test_engine_state import edited, put
 
+from agent.engine import lifecycle
+from agent.engine.lifecycle import SlotRun
 from agent.engine.slot_window import SlotWindow
 from agent.engine.state import EngineState, StateUnreadableError
-from agent.engine.types import AcknowledgeAlert, EngineInputError, LinkDown, Priority, Tick
+from agent.engine.types import (
+    AcknowledgeAlert,
+    EngineConfig,
+    EngineInputError,
+    LinkDown,
+    Priority,
+    Tick,
+)
 from protocol.messages import Dispense, LidChanged, ResultCode
 
 # --- a refused input changes nothing --------------------------------------------------------
@@ -95,6 +104,21 @@ def test_a_plan_mismatch_names_the_sachets_time_in_the_units_zone() -> None:
     [alert] = rig.events("plan_mismatch")
     assert alert.fields["intended_utc"] == "2026-03-02T13:00:00Z"
     assert alert.fields["intended_local"] == "2026-03-02T14:00:00+01:00"  # Oslo in March
+
+
+# --- reminders switched off ----------------------------------------------------------------------
+
+
+def test_a_reminder_interval_of_zero_sounds_no_reminder() -> None:
+    """`reminder_repeat` zero means no reminders: a presented dose is not re-sounded at once
+    (nor later); its escalation steps and grace still run."""
+    config = EngineConfig(reminder_repeat=timedelta(0))
+    due = utc(2026, 3, 2, 7, 0)
+    run = lifecycle.begin(SlotRun("2026-03-02T08:00", due, "2026-03-02T08:00:00+01:00"), 7, 0, "R1")
+    run = lifecycle.presented(run, 100.0, due)
+    for now in (100.0, 100.0 + 60, 100.0 + 599):
+        result = lifecycle.on_time(run, config, now)
+        assert (result.remind, result.run.reminders_sent) == (False, 0)
 
 
 # --- the slot window's arguments -------------------------------------------------------------
