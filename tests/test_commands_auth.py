@@ -6,6 +6,7 @@ code, time and field is written out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -238,3 +239,32 @@ def test_a_refused_command_is_reported_and_audited_with_the_key_that_signed_it(
     assert answer is not None
     response = json.loads(answer)
     assert (response["status"], response["error"]["code"]) == ("rejected", "wrong_unit")
+
+
+# --- refusals folded into one report: told when the window closes, not at the next refusal ---
+
+
+def test_folded_refusals_are_reported_when_their_window_closes_without_another_command() -> None:
+    """Past the refusals told one by one, the rest are counted; the count is told when the
+    window ends (a timer), even if no command comes after them to notice the end."""
+    clock = [0.0]
+    daemon = FakeDaemon()
+    handler = CommandHandler(daemon, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+
+    async def fold_then_wait() -> list[object]:
+        for n in range(5):  # the default window answers 5 on their own
+            assert handler._folded("unsigned", f"id-{n}") is False
+        clock[0] = 59.99  # the window (60 s from the first) ends 10 ms after the next one
+        assert handler._folded("unsigned", "id-5") is True
+        assert daemon.applied == []  # counted, not told yet
+        for _ in range(500):  # at most 5 s; the window's timer fires after 10 ms
+            if daemon.applied:
+                break
+            await asyncio.sleep(0.01)
+        return daemon.applied
+
+    [emit] = asyncio.run(fold_then_wait())
+    assert isinstance(emit, Emit)
+    assert emit.event.kind == "commands_refused_in_bulk"
+    assert emit.event.fields["total"] == 1
+    assert [kind for kind, _ in daemon.store.audit] == ["commands_refused_in_bulk"]
