@@ -18,7 +18,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from test_engine import RIG_START
 
 from agent.clock import VirtualClock
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
 from agent.daemon import Daemon
 from agent.engine.catalogue import make_event
 from agent.engine.types import Emit, Tick
@@ -133,23 +133,33 @@ class OfferRecorder:
         raise AssertionError("not in this test")
 
 
-def test_the_daemon_offers_an_emitted_event_right_after_its_commit(tmp_path: Path) -> None:
+def unit_files(tmp_path: Path) -> tuple[Path, AgentConfig]:
+    """The store's path and a unit's config (no broker, no dispenser) for a daemon in a test."""
     (tmp_path / "state").mkdir()
-    path = tmp_path / "state" / "agent.sqlite3"
     config = load_config(
         write_config(tmp_path, unit_id="u-1", broker_port=1, device=tmp_path / "tty")
     )
+    return tmp_path / "state" / "agent.sqlite3", config
+
+
+def daemon_with(config: AgentConfig, store: Store, publisher: OfferRecorder) -> Daemon:
+    """The unit's real edges, with `publisher` standing in for the outbox publisher."""
+    real = unit_edges(config)
+    return Daemon(
+        config,
+        clock=VirtualClock(RIG_START),
+        store=store,
+        edges=lambda hooks: replace(real(hooks), publisher=publisher),
+    )
+
+
+def test_the_daemon_offers_an_emitted_event_right_after_its_commit(tmp_path: Path) -> None:
+    path, config = unit_files(tmp_path)
 
     async def scenario() -> None:
         recorder = OfferRecorder(path)
-        real = unit_edges(config)
         with Store.open(path) as store:
-            daemon = Daemon(
-                config,
-                clock=VirtualClock(RIG_START),
-                store=store,
-                edges=lambda hooks: replace(real(hooks), publisher=recorder),
-            )
+            daemon = daemon_with(config, store, recorder)
             last = store.last_event_seq()
             committed = daemon.apply([Emit(make_event("clock_jumped", {}))], daemon.clock.now())
             assert committed is not None  # on the loop: committed by the writer thread
@@ -294,21 +304,11 @@ def test_a_step_with_nothing_to_write_does_not_wake_the_writer(tmp_path: Path) -
     """An idle Tick (no action, state unchanged) is not sent to the writer thread as an empty
     transaction: that woke both threads every timer round on an idle unit (issue 12's idle
     wakeups). What it returns still settles after every step before it."""
-    (tmp_path / "state").mkdir()
-    path = tmp_path / "state" / "agent.sqlite3"
-    config = load_config(
-        write_config(tmp_path, unit_id="u-1", broker_port=1, device=tmp_path / "tty")
-    )
+    path, config = unit_files(tmp_path)
 
     async def scenario() -> None:
-        real = unit_edges(config)
         with Store.open(path) as store:
-            daemon = Daemon(
-                config,
-                clock=VirtualClock(RIG_START),
-                store=store,
-                edges=lambda hooks: replace(real(hooks), publisher=OfferRecorder(path)),
-            )
+            daemon = daemon_with(config, store, OfferRecorder(path))
             jobs: list[object] = []
             submit = daemon.writer.submit
 
