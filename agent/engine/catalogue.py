@@ -500,8 +500,9 @@ _ENGINE_SPECS = (
         None,
         "The dispenser reported again a dose event the agent already has (a retransmission "
         "after a lost acknowledgement, or a repeat): a DoseTaken of a dose already out of the "
-        "tray, or a DoseRetained of a dose already back in the bin or a sachet already "
-        "discarded (no slot). Recorded; no second intake, no second place in the bin, nothing "
+        "tray, a DoseRetained of a dose already back in the bin or a sachet already discarded "
+        "(no slot), or a DosePresented of a dose already taken or back in the bin. Recorded; "
+        "no second intake, no second place in the bin, no dose believed in the tray, nothing "
         "changes (message, ids and slot in data).",
     ),
     AlertSpec(

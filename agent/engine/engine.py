@@ -760,6 +760,11 @@ class DoseEngine:
 
     def _on_presented(self, msg: DosePresented, now: Now, actions: list[Action]) -> None:
         run = self._slotbook.run_by_dispense(msg.dispense_id)
+        slot_id, expected_kept = self._outbound.retained.get(msg.dispense_id, (None, None))
+        if run is None and slot_id is not None and expected_kept is not None:
+            # a dose taken back into the bin (a discarded sachet, no slot's, was never presented)
+            self._presented_after_it_left(msg, slot_id, expected_kept, now, actions)
+            return
         slot_id = self._outbound.recent.get(msg.dispense_id)
         if run is None and slot_id is None:
             self._phantom("DosePresented", msg.dispense_id, msg.sachet_index, None, now, actions)
@@ -769,6 +774,9 @@ class DoseEngine:
             self._phantom(
                 "DosePresented", msg.dispense_id, msg.sachet_index, expected, now, actions
             )
+            return
+        if run is None and slot_id is not None and msg.dispense_id in self._outbound.taken:
+            self._presented_after_it_left(msg, slot_id, msg.sachet_index, now, actions)
             return
         self._mirror.tray_occupied = True
         if self._desk.roll is not None and not self._desk.roll.unverified:
@@ -788,6 +796,29 @@ class DoseEngine:
         if run.phase is Phase.PRESENTED:
             return  # repeated report: the first one stands (and is stored)
         self._record_presented(run, now, actions)
+
+    def _presented_after_it_left(
+        self, msg: DosePresented, slot_id: str, expected: int, now: Now, actions: list[Action]
+    ) -> None:
+        """A DosePresented of a dose that left the tray already (lifted out, or taken back into
+        the bin): a repeat (a retransmission after a lost ACK, also to a restarted agent). The
+        tray is not occupied by it and there is nothing to take back. Recorded, so that its ACK
+        follows a commit like any other; naming another sachet, it is a phantom."""
+        if msg.sachet_index != expected:
+            self._phantom(
+                "DosePresented", msg.dispense_id, msg.sachet_index, expected, now, actions
+            )
+            return
+        self._emit(
+            actions,
+            "dose_event_repeated",
+            {
+                "message": "DosePresented",
+                "dispense_id": msg.dispense_id,
+                "sachet_index": msg.sachet_index,
+                "slot_id": slot_id,
+            },
+        )
 
     def _record_presented(self, run: SlotRun, now: Now, actions: list[Action]) -> None:
         self._slotbook.replace_run(lifecycle.presented(run, now.mono, now.utc))

@@ -1,0 +1,109 @@
+"""A DosePresented repeated after its dose left the tray (SAFETY.md H13): the dispenser sends the
+report again (a retransmission after a lost ACK, also to a restarted agent, SPEC 2.6) for a dose
+the patient has taken already or that went back into the bin. That sachet is not in the tray any
+more: the report changes nothing. The tray is not believed occupied (the next dose comes on time,
+not held behind a dose that is not there), no Retain is sent for it, nothing is said to be
+unexpected; the repeat is recorded (an event, so its ACK follows a commit).
+
+Dates are in March 2026, Europe/Oslo is UTC+1: local 08:00 is 07:00 UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from test_engine import ALL_FEATURES, Rig, daily, utc
+from test_engine_interval import restart
+
+from agent.engine.types import Emit, Outcome
+from protocol.messages import BinLevel, DosePresented, Feature, Retain
+
+D1_0800 = utc(2026, 3, 2, 7, 0)
+D1_1200 = utc(2026, 3, 2, 11, 0)
+SLOT_0800 = "2026-03-02T08:00"
+SLOT_1200 = "2026-03-02T12:00"
+WITH_LEVEL = ALL_FEATURES | int(Feature.BIN_LEVEL)
+
+
+def taken_rig() -> tuple[Rig, int, int]:
+    """08:00 and 12:00; the 08:00 dose taken at 08:02. Returns the rig and that dose's dispense
+    id and sachet index."""
+    rig = Rig(daily("08:00", "12:00"), sachet_times=[D1_0800, D1_1200])
+    rig.install()
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    dispense_id, index = rig.dispenser.tray, rig.dispenser.tray_index
+    assert dispense_id is not None
+    rig.take()
+    assert rig.outcome_of(SLOT_0800).outcome is Outcome.TAKEN
+    return rig, dispense_id, index
+
+
+def retained_rig() -> tuple[Rig, int, int]:
+    """08:00 and 12:00, a bin with two places: the 08:00 dose is missed and taken back into the
+    bin. Returns the rig and that dose's dispense id and sachet index."""
+    rig = Rig(daily("08:00", "12:00"), sachet_times=[D1_0800, D1_1200], features=WITH_LEVEL)
+    rig.install()
+    rig.msg(BinLevel(2, 0))
+    rig.run_until(D1_0800 + timedelta(minutes=2))
+    dispense_id, index = rig.dispenser.tray, rig.dispenser.tray_index
+    assert dispense_id is not None
+    rig.run_until(D1_0800 + timedelta(minutes=61))
+    assert rig.outcome_of(SLOT_0800).outcome is Outcome.MISSED
+    assert [e.fields["dispense_id"] for e in rig.events("dose_retained")] == [dispense_id]
+    return rig, dispense_id, index
+
+
+def assert_a_recorded_repeat_that_changes_nothing(
+    rig: Rig, actions: list[object], dispense_id: int, index: int, retains_before: int
+) -> None:
+    [repeat] = rig.events("dose_event_repeated")
+    assert repeat.fields == {
+        "message": "DosePresented",
+        "dispense_id": dispense_id,
+        "sachet_index": index,
+        "slot_id": SLOT_0800,
+    }
+    assert any(isinstance(a, Emit) for a in actions)  # recorded: the ACK waits for its commit
+    assert rig.events("unexpected_dispenser_event") == []
+    assert rig.events("phantom_dispenser_event") == []
+    assert len(rig.commands(Retain)) == retains_before  # nothing in the tray to take back
+    rig.run_until(D1_1200 + timedelta(minutes=1))
+    assert [b.slot_id for b in rig.begins()] == [SLOT_0800, SLOT_1200]  # on time
+    assert rig.events("dose_held") == []
+
+
+def test_a_presented_report_of_a_taken_dose_changes_nothing() -> None:
+    rig, dispense_id, index = taken_rig()
+    rig.run_until(D1_0800 + timedelta(minutes=30))
+    actions = rig.msg(DosePresented(dispense_id, index))
+    assert_a_recorded_repeat_that_changes_nothing(rig, list(actions), dispense_id, index, 0)
+
+
+def test_a_presented_report_of_a_dose_taken_back_changes_nothing() -> None:
+    rig, dispense_id, index = retained_rig()
+    actions = rig.msg(DosePresented(dispense_id, index))
+    assert_a_recorded_repeat_that_changes_nothing(rig, list(actions), dispense_id, index, 1)
+
+
+def test_after_a_restart_a_presented_report_of_a_taken_dose_changes_nothing() -> None:
+    rig, dispense_id, index = taken_rig()
+    restart(rig)
+    actions = rig.msg(DosePresented(dispense_id, index))
+    assert_a_recorded_repeat_that_changes_nothing(rig, list(actions), dispense_id, index, 0)
+
+
+def test_after_a_restart_a_presented_report_of_a_dose_taken_back_changes_nothing() -> None:
+    rig, dispense_id, index = retained_rig()
+    restart(rig)
+    actions = rig.msg(DosePresented(dispense_id, index))
+    assert_a_recorded_repeat_that_changes_nothing(rig, list(actions), dispense_id, index, 1)
+
+
+def test_a_presented_report_naming_another_sachet_is_still_a_phantom() -> None:
+    rig, dispense_id, index = taken_rig()
+    rig.msg(DosePresented(dispense_id, index + 1))
+    [phantom] = rig.events("phantom_dispenser_event")
+    assert phantom.fields["reason"] == "sachet_index_mismatch"
+    assert rig.events("dose_event_repeated") == []
+    rig.run_until(D1_1200 + timedelta(minutes=1))
+    assert [b.slot_id for b in rig.begins()] == [SLOT_0800, SLOT_1200]  # on time
