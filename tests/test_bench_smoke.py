@@ -50,7 +50,9 @@ def _rows(table: str) -> dict[str, list[str]]:
     return rows
 
 
-@pytest.mark.timeout(140)
+# Bounds, not targets: every benchmark's rig starts processes and waits on them; on a loaded
+# machine (both cores busy) a smoke run is several times slower than on an idle one.
+@pytest.mark.timeout(620)
 def test_smoke_run_prints_every_figure_with_a_number() -> None:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: run scripts/ensure-mosquitto.sh")
@@ -59,7 +61,7 @@ def test_smoke_run_prints_every_figure_with_a_number() -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=130,
+        timeout=600,
         check=False,
     )
     output = result.stdout + result.stderr
