@@ -15,6 +15,7 @@ import pytest
 from test_engine import Rig, daily, morning_rig, utc
 
 from agent.clock import TimeTrust
+from agent.engine import lifecycle
 from agent.engine.engine import EngineState, OpenSlot
 from agent.engine.types import (
     CommandOutcome,
@@ -461,15 +462,12 @@ def test_no_probe_under_a_fault_the_dispenser_would_cut_through(fault: FaultCode
     assert rig.dispenser.dispensed == [0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the probe after a lost reply lost its reply too, and the patient lifted the dose "
-    "out meanwhile: the next Status's empty tray counts as an intake, whose minimum interval "
-    "then holds the probe of the very slot it came from; the slot ends missed "
-    "dispense_unconfirmed (HIGH, a false alarm) only at its deadline, an hour later",
-)
 def test_a_dose_taken_while_the_probe_of_a_lost_reply_lost_its_reply_too_is_told_soon() -> None:
+    """The probe after a lost reply lost its reply too, and the patient lifted the dose out
+    meanwhile: the next Status's empty tray counts as an intake. Its minimum interval held the
+    probe of the very slot it came from, and the slot ended missed only at its deadline, an hour
+    later. The Status puts the reader past the slot's sachet, so the probe cannot cut one: it is
+    sent, answered ALREADY_DONE, and the slot is told at once."""
     rig = morning_rig()
     time_out_first_dispense(rig)  # cut, the dose in the tray; reply lost, link down
     rig.auto = False
@@ -490,6 +488,43 @@ def test_a_dose_taken_while_the_probe_of_a_lost_reply_lost_its_reply_too_is_told
     hello(rig)
     rig.run_for(timedelta(minutes=15))
     assert outcome(rig)[0] in ("taken_unconfirmed", "missed")
+
+
+def test_a_probe_that_could_cut_is_held_by_the_minimum_interval() -> None:
+    """As above, but the first Dispense never reached the dispenser (the reader is still at the
+    slot's sachet) and the dose in the tray was another one, unknown to the agent. Its unseen
+    removal counts as an intake; asking again now could cut the slot's sachet and make a dose
+    available within the minimum interval of that intake: held, not sent (SAFETY.md H3)."""
+    rig = morning_rig()
+    rig.install()
+    rig.auto = False
+    rig.run_until(DUE)
+    [send] = [s for s in rig.outbox if isinstance(s.command, Dispense)]
+    rig.outbox.clear()
+    rig.feed(CommandOutcome(send.correlation, None, failure="reply_timeout"))  # never arrived
+    rig.feed(LinkDown("blip"))
+    rig.dispenser.tray, rig.dispenser.tray_index = 4242, 9  # a dose the agent does not know
+    hello(rig)
+    while rig.outbox:  # the Status finds a dose in the tray; whatever is asked, unanswered
+        out = rig.outbox.pop(0)
+        if isinstance(out.command, Dispense):
+            rig.feed(CommandOutcome(out.correlation, None, failure="reply_timeout"))
+            rig.feed(LinkDown("blip"))
+            break
+        reply, follow = rig.dispenser.handle(out.command)
+        rig.feed(CommandOutcome(out.correlation, reply))
+        for message in follow:
+            rig.msg(message)
+    rig.outbox.clear()
+    rig.dispenser.tray = None  # lifted out while the link is down
+    rig.auto = True
+    hello(rig)
+    rig.run_for(timedelta(minutes=15))
+    assert rig.dispenser.next_index == 0  # the reader is where it was: nothing cut
+    assert rig.dispenser.dispensed == []
+    assert lifecycle.MIN_INTERVAL in [
+        e.fields["reason"] for e in rig.events("dose_held") if e.fields["slot_id"] == SLOT
+    ]
 
 
 def test_a_probe_refused_for_another_sachet_keeps_the_sachet_at_the_reader() -> None:

@@ -2020,6 +2020,23 @@ class DoseEngine:
             vkp = catalogue.EMPTY_VKP if empty else None
             self._settle(run, outcome, text, now, actions, vkp=vkp)
 
+    def _probe_cannot_cut(self, run: SlotRun) -> bool:
+        """Asking again after `run`'s Dispense (same id, same sachet index) cannot cut a sachet:
+        a Status since the link came up put the reader past that sachet, and the dispenser cuts
+        only the sachet a Dispense names (SPEC 4.3) and answers an executed id ALREADY_DONE
+        (4.4). Such a probe makes no dose available, so the minimum interval does not hold it:
+        held, it learnt nothing until the slot's deadline (a dose lifted out unseen after a cut
+        whose reply was lost counted as an intake and held the probe of its own slot)."""
+        roll = self._desk.roll
+        return (
+            run.maybe_executed
+            and run.sachet_index is not None
+            and self._mirror.status_known
+            and roll is not None
+            and not roll.unverified
+            and roll.next_index > run.sachet_index
+        )
+
     def _blocker(self, run: SlotRun, now: Now) -> str | None:
         """Why `run` cannot be dispensed right now (a stable reason token), or None."""
         if self.locked_down:
@@ -2028,7 +2045,7 @@ class DoseEngine:
             return roll_check.NO_BINDING
         if any(r.in_tray and r.slot_id != run.slot_id for r in self._slotbook.runs):
             return "previous_dose_in_tray"
-        if not run.travel and self._interval_blocks(now):
+        if not run.travel and self._interval_blocks(now) and not self._probe_cannot_cut(run):
             # sachets taken along on a trip come out one after another; they are not intakes
             return lifecycle.MIN_INTERVAL
         if not self._mirror.link_up:
