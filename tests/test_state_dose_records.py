@@ -108,6 +108,20 @@ def test_a_dose_left_in_the_tray_without_an_alert_is_read_back() -> None:
     assert state.left_in_tray == (LeftDose(40, "2026-03-04T20:00", 11, None),)
 
 
+def test_a_dose_left_in_the_tray_seen_presented_is_read_back_and_unseen_keeps_its_text() -> None:
+    """`presented` (its DosePresented handled: the same report again is a repeat) is stored when
+    true; false, it is left out, so a state stored before it was kept is written back as it was."""
+    seen = {**LISTS["left_in_tray"].entry, "presented": True}
+    state = EngineState.from_json(edited(put("left_in_tray", [seen])))
+    assert state.left_in_tray == (LeftDose(40, "2026-03-04T20:00", 11, "alert-000007", True),)
+    assert json.loads(state.to_json())["left_in_tray"] == [seen]
+    unseen = EngineState.from_json(edited(put("left_in_tray", [LISTS["left_in_tray"].entry])))
+    assert unseen.left_in_tray[0].presented is False
+    assert json.loads(unseen.to_json())["left_in_tray"] == [LISTS["left_in_tray"].entry]
+    with pytest.raises(StateUnreadableError, match="left_in_tray"):
+        EngineState.from_json(edited(put("left_in_tray", [{**seen, "presented": "yes"}])))
+
+
 def test_a_discard_retained_has_no_slot_and_is_read_back() -> None:
     discard = {"dispense_id": 41, "sachet_index": 12, "slot_id": None}
     entries = [LISTS["retained_recently"].entry, discard]

@@ -501,7 +501,8 @@ _ENGINE_SPECS = (
         "The dispenser reported again a dose event the agent already has (a retransmission "
         "after a lost acknowledgement, or a repeat): a DoseTaken of a dose already out of the "
         "tray, a DoseRetained of a dose already back in the bin or a sachet already discarded "
-        "(no slot), or a DosePresented of a dose already taken or back in the bin. Recorded; "
+        "(no slot), or a DosePresented of a dose it heard of already (presented, taken or back in "
+        "the bin). Recorded; "
         "no second intake, no second place in the bin, no dose believed in the tray, nothing "
         "changes (message, ids and slot in data).",
     ),

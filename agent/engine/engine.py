@@ -200,7 +200,12 @@ class DoseEngine:
         self._outbound = Outbound(starts=state.starts + 1, next_dispense_id=state.next_dispense_id)
         for left in state.left_in_tray:
             self._outbound.remember_settled(
-                left.dispense_id, left.slot_id, left.sachet_index, left.alert_id, in_tray=True
+                left.dispense_id,
+                left.slot_id,
+                left.sachet_index,
+                left.alert_id,
+                in_tray=True,
+                presented=left.presented,
             )
         for taken in state.taken_recently:  # its DoseTaken again is a repeat
             self._outbound.remember_settled(
@@ -763,7 +768,7 @@ class DoseEngine:
         slot_id, expected_kept = self._outbound.retained.get(msg.dispense_id, (None, None))
         if run is None and slot_id is not None and expected_kept is not None:
             # a dose taken back into the bin (a discarded sachet, no slot's, was never presented)
-            self._presented_after_it_left(msg, slot_id, expected_kept, now, actions)
+            self._presented_again(msg, slot_id, expected_kept, now, actions)
             return
         slot_id = self._outbound.recent.get(msg.dispense_id)
         if run is None and slot_id is None:
@@ -775,8 +780,15 @@ class DoseEngine:
                 "DosePresented", msg.dispense_id, msg.sachet_index, expected, now, actions
             )
             return
-        if run is None and slot_id is not None and msg.dispense_id in self._outbound.taken:
-            self._presented_after_it_left(msg, slot_id, msg.sachet_index, now, actions)
+        if (
+            run is None
+            and slot_id is not None
+            and (
+                msg.dispense_id in self._outbound.taken
+                or msg.dispense_id in self._outbound.presented
+            )
+        ):
+            self._presented_again(msg, slot_id, msg.sachet_index, now, actions)
             return
         self._mirror.tray_occupied = True
         if self._desk.roll is not None and not self._desk.roll.unverified:
@@ -785,6 +797,9 @@ class DoseEngine:
             )
             self._supply_conditions(now, actions)
         if run is None:
+            # presented after its slot ended (not seen presented before): told once; the same
+            # report again is a repeat
+            self._outbound.presented.add(msg.dispense_id)
             self._emit(
                 actions,
                 "unexpected_dispenser_event",
@@ -797,12 +812,13 @@ class DoseEngine:
             return  # repeated report: the first one stands (and is stored)
         self._record_presented(run, now, actions)
 
-    def _presented_after_it_left(
+    def _presented_again(
         self, msg: DosePresented, slot_id: str, expected: int, now: Now, actions: list[Action]
     ) -> None:
-        """A DosePresented of a dose that left the tray already (lifted out, or taken back into
-        the bin): a repeat (a retransmission after a lost ACK, also to a restarted agent). The
-        tray is not occupied by it and there is nothing to take back. Recorded, so that its ACK
+        """A DosePresented of a settled dose the engine has heard of already: presented (it may
+        still lie in the tray, and is handled as such), lifted out, or taken back into the bin.
+        A repeat (a retransmission after a lost ACK, also to a restarted agent, or a stale
+        report): no news of a dose in the tray, nothing to take back. Recorded, so that its ACK
         follows a commit like any other; naming another sachet, it is a phantom."""
         if msg.sachet_index != expected:
             self._phantom(
@@ -2867,6 +2883,7 @@ class DoseEngine:
                     # caught may still lie there
                     in_tray=outcome is Outcome.SKIPPED_PAUSED,
                     taken=outcome is not Outcome.SKIPPED_PAUSED,
+                    presented=run.phase is Phase.PRESENTED,
                 )
             actions.append(Emit(catalogue.make_event("slot_outcome", fields)))
             return
@@ -2887,6 +2904,7 @@ class DoseEngine:
                 event.alert_id,
                 # taken unconfirmed: the tray was found empty
                 in_tray=outcome is not Outcome.TAKEN_UNCONFIRMED,
+                presented=run.phase is Phase.PRESENTED,
             )
         actions.append(Emit(event))
 

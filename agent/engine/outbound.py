@@ -61,6 +61,9 @@ class Outbound:
     # those of `recent` whose DoseTaken was handled (taken, packed for a trip, taken late): the
     # same report again is a repeat, never a second intake
     taken: set[int] = field(default_factory=set)
+    # those of `recent` whose DosePresented was handled (before its slot settled, or late):
+    # the same report again is a repeat, no news of a dose in the tray
+    presented: set[int] = field(default_factory=set)
     # dispense id -> (slot id, sachet index) of the doses taken back into the bin and the
     # sachets discarded (slot id None) whose DoseRetained was handled, oldest first, at most
     # RECENT_DISPENSES: the same report again is a repeat, never a second place in the bin
@@ -120,10 +123,13 @@ class Outbound:
         alert_id: str | None = None,
         in_tray: bool = False,
         taken: bool = False,
+        presented: bool = False,
     ) -> None:
         self.recent[dispense_id] = slot_id
         if taken:
             self.taken.add(dispense_id)
+        if presented:
+            self.presented.add(dispense_id)
         if sachet_index is not None:
             self.recent_sachets[dispense_id] = sachet_index
         if alert_id is not None:
@@ -137,6 +143,7 @@ class Outbound:
             self.recent_sachets.pop(oldest, None)
             self.in_tray.discard(oldest)
             self.taken.discard(oldest)
+            self.presented.discard(oldest)
 
     def remember_retained(self, dispense_id: int, slot_id: str | None, sachet_index: int) -> None:
         self.retained[dispense_id] = (slot_id, sachet_index)
@@ -147,11 +154,12 @@ class Outbound:
         """(dispense id, slot id, sachet index) of each DoseRetained handled, oldest first."""
         return [(d, slot_id, index) for d, (slot_id, index) in self.retained.items()]
 
-    def left_in_tray(self) -> list[tuple[int, str, int, str | None]]:
-        """(dispense id, slot id, sachet index, alert id) of each settled dose that may still
-        lie in the tray, oldest first: what a restart must still know of them."""
+    def left_in_tray(self) -> list[tuple[int, str, int, str | None, bool]]:
+        """(dispense id, slot id, sachet index, alert id, its DosePresented handled) of each
+        settled dose that may still lie in the tray, oldest first: what a restart must still
+        know of them."""
         return [
-            (d, slot_id, self.recent_sachets[d], self.recent_alerts.get(d))
+            (d, slot_id, self.recent_sachets[d], self.recent_alerts.get(d), d in self.presented)
             for d, slot_id in self.recent.items()
             if d in self.in_tray and d in self.recent_sachets
         ]

@@ -122,6 +122,7 @@ class LeftDose:
     slot_id: str
     sachet_index: int
     alert_id: str | None = None  # the alert its slot's outcome raised (dose_taken_late names it)
+    presented: bool = False  # its DosePresented was handled: the same report again is a repeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,9 +514,12 @@ class LeftDoseModel(_Model):
     slot_id: SlotId
     sachet_index: Annotated[int, Field(ge=0, le=U16_MAX)]
     alert_id: Name | None = None
+    presented: bool = False  # absent in a state stored before it was kept: not known, False
 
     def to_left(self) -> LeftDose:
-        return LeftDose(self.dispense_id, self.slot_id, self.sachet_index, self.alert_id)
+        return LeftDose(
+            self.dispense_id, self.slot_id, self.sachet_index, self.alert_id, self.presented
+        )
 
 
 class TakenDoseModel(_Model):
@@ -720,6 +724,9 @@ def _dump(state: EngineState) -> str:
     for slot in data.get("open_slots", ()):
         if slot.get("escalations_done") == 0:
             del slot["escalations_done"]
+    for left in data.get("left_in_tray", ()):
+        if left.get("presented") is False:  # kept since: left out at its default, as above
+            del left["presented"]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
