@@ -61,7 +61,7 @@ def _presented_taken_as_news(
     ("method", "stand_in"),
     [
         ("_on_retained_again", _retained_taken_as_news),
-        ("_presented_after_it_left", _presented_taken_as_news),
+        ("_presented_again", _presented_taken_as_news),
     ],
 )
 def test_the_judge_sees_an_engine_that_takes_a_repeat_as_news(
