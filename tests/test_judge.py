@@ -2827,3 +2827,45 @@ def test_r22_a_roll_refused_as_expired_owes_no_low_supply() -> None:
     j.world(supply_world(4, expiry=utc("00:00")))
     j.advance(utc("02:00"))
     assert j.findings == []
+
+
+# --- R24: a dose event sent again changes nothing -------------------------------------------------
+
+
+def test_r24_a_repeat_answered_by_a_record_of_it_or_by_nothing_holds() -> None:
+    j = judge(enforce=frozenset({"R24"}))
+    j.advance(utc("08:05"))
+    j.repeat_answered("DoseTaken", ["dose_event_repeated"], [])
+    j.repeat_answered("DosePresented", [], [])
+    assert j.findings == []
+
+
+@pytest.mark.parametrize(
+    ("message", "kinds", "commands", "named"),
+    [
+        ("DoseTaken", ["dose_event_repeated", "slot_outcome"], [], "slot_outcome"),
+        ("DoseTaken", ["dose_taken_late"], [], "dose_taken_late"),
+        ("DoseRetained", ["dose_retained"], [], "dose_retained"),
+        ("DoseRetained", ["sachet_discarded"], [], "sachet_discarded"),
+        ("DosePresented", ["dose_presented"], [], "dose_presented"),
+        ("DosePresented", ["unexpected_dispenser_event"], ["Retain"], "Retain"),
+        ("DosePresented", [], ["Dispense"], "Dispense"),
+        ("DoseRetained", [], ["Discard"], "Discard"),
+    ],
+)
+def test_r24_a_repeat_taken_as_news_or_moving_a_sachet_breaks_it(
+    message: str, kinds: list[str], commands: list[str], named: str
+) -> None:
+    j = judge(enforce=frozenset({"R24"}))
+    j.advance(utc("08:05"))
+    with pytest.raises(InvariantViolation, match=rf"R24 .*{message} sent again.*{named}"):
+        j.repeat_answered(message, kinds, commands)
+
+
+def test_r24_other_answers_and_commands_are_not_its_business() -> None:
+    """A phantom report (a repeat the engine no longer remembers), a Status asked: not news of
+    a dose, no sachet moved."""
+    j = judge(enforce=frozenset({"R24"}))
+    j.advance(utc("08:05"))
+    j.repeat_answered("DoseRetained", ["phantom_dispenser_event"], ["GetStatus", "SetAlert"])
+    assert j.findings == []

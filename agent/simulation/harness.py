@@ -84,6 +84,7 @@ from agent.simulation.mishaps import (
     plan_state_damage,
     plan_store_faults,
     plan_time_moves,
+    repeat_delay_s,
     state_damage_parts,
 )
 from agent.simulation.patient import (
@@ -340,6 +341,8 @@ class Simulation:
         self._rng_pauses = random.Random(root.getrandbits(64))
         self._rng_plans = random.Random(root.getrandbits(64))
         self._rng_world = random.Random(root.getrandbits(64))  # agent.simulation.mishaps
+        # a stream of its own: the repeats of dose events leave the other draws as they were
+        self._rng_repeats = random.Random(f"repeats/{config.seed}")
 
         self._elapsed = 0.0  # true seconds since start
         self._true_memo: tuple[float, datetime] = (0.0, self._start)
@@ -1214,7 +1217,7 @@ class Simulation:
             self._judge.phantom(dispense_id)
         elif self._judge is not None:
             self._judge.low_supply_phantom()
-        self._feed([FromDispenser(message)])
+        self._feed([FromDispenser(message)], heard_before=True)  # no real dose's report
 
     def _centre_reacts(self, event: EngineEvent) -> None:
         """The response centre's people: acknowledge latched alerts, silence the unit on a HIGH
@@ -1702,9 +1705,17 @@ class Simulation:
         if self._centre_habits:
             self._centre_reacts(event)
 
-    def _feed(self, first: Sequence[EngineInput]) -> None:
-        """Step the engine on these inputs and on everything their actions cause, in order."""
+    def _feed(
+        self,
+        first: Sequence[EngineInput],
+        heard_before: bool = False,
+        on_first: Callable[[Sequence[Action]], None] | None = None,
+    ) -> None:
+        """Step the engine on these inputs and on everything their actions cause, in order.
+        `heard_before`: the given inputs are no dose event heard for the first time (a phantom,
+        a repeat), so none of them comes again; `on_first` sees the first step's actions."""
         queue: deque[EngineInput] = deque(first)
+        own = len(first)
         handled = 0
         while queue:
             inp = queue.popleft()
@@ -1713,6 +1724,10 @@ class Simulation:
                 continue
             now = self._clock.now()
             actions = _total_step(engine, inp, now)
+            if not (heard_before and handled < own):
+                self._maybe_repeat_later(inp)
+            if on_first is not None and handled == 0:
+                on_first(actions)
             self._step += 1
             self._recent.append((self._step, self._elapsed, "step", inp, actions))
             self._checker.on_actions(actions)
@@ -1731,6 +1746,37 @@ class Simulation:
         world = self._world
         if handled and world is not None and self._panel_held() != world.panel_held:
             self._observe_world()  # the unit's held light follows the engine at once
+
+    def _maybe_repeat_later(self, inp: EngineInput) -> None:
+        """A dose event the agent heard may come again (mishaps.MishapRates.repeats)."""
+        chance = self.config.mishaps.repeats
+        if not (
+            chance
+            and isinstance(inp, FromDispenser)
+            and isinstance(inp.message, DosePresented | DoseTaken | DoseRetained)
+            and self._rng_repeats.random() < chance
+        ):
+            return
+        message = inp.message
+        at_s = self._elapsed + repeat_delay_s(self._rng_repeats)
+        self._at(at_s, f"{type(message).__name__} again", partial(self._repeat, message))
+
+    def _repeat(self, message: DosePresented | DoseTaken | DoseRetained) -> None:
+        """The dispenser sends a dose event again that the agent heard before (judge R24)."""
+        if self._engine is None or self._link_downs:
+            return  # nobody hears it
+        self._mishap_counts[f"repeat_{type(message).__name__}"] += 1
+        judge = self._judge
+
+        def answered(actions: Sequence[Action]) -> None:
+            if judge is not None:
+                judge.repeat_answered(
+                    type(message).__name__,
+                    [a.event.kind for a in actions if isinstance(a, Emit)],
+                    [type(a.command).__name__ for a in actions if isinstance(a, SendCommand)],
+                )
+
+        self._feed([FromDispenser(message)], heard_before=True, on_first=answered)
 
     # --- the loop -----------------------------------------------------------------------------
 

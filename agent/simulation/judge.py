@@ -281,6 +281,15 @@ R23 a refusal is told: every Dispense, Discard or Retain the dispenser refuses (
    dispenser refused a command"), and none names a result that is no refusal (ok,
    already_done).
 
+R24 a dose event sent again changes nothing: when the dispenser sends again its report of a dose
+   presented, taken or taken back that the agent heard before (a retransmission after a lost
+   ACK, a stale report from the firmware; the simulation sends them and tells the judge what the
+   agent answered), the answer publishes none of `dose_presented`, `slot_outcome`,
+   `dose_taken_late`, `dose_retained`, `sachet_discarded`, `unexpected_dispenser_event` (each
+   says something new happened to a dose) and sends the dispenser no Dispense, Discard or Retain.
+   The physical consequences of a repeat taken as new are judged by the other rules (R2: a second
+   intake; R6: a second place in the bin; R16: a dose held behind a tray that is empty).
+
 The schedule may change during a run (`schedule_changed`, when the response centre's update
 reaches the unit): slots of the new rules due from then on are expected; slots only the new rules
 have that were due before it, and slots only the old ones have that are due after it, may get an
@@ -322,6 +331,7 @@ RULES: dict[str, str] = {
     "R21": "the battery conditions are raised and cleared at their documented levels",
     "R22": "few doses left is raised and cleared as the roll has them",
     "R23": "a command the dispenser refused is told, and only a refused one",
+    "R24": "a dose event the dispenser sends again changes nothing",
 }
 HIGH_CONDITIONS = (
     "wrong_roll",
@@ -376,6 +386,7 @@ HOLDING_RULES = frozenset(
         "R22.level",
         "R22.empty",
         "R23",
+        "R24",
     }
 )
 DISCARD_DECISIONS = frozenset({"stale", "no_slot"})
@@ -652,6 +663,18 @@ _CLEARED_EVENTS = {
 _SLOT_EVENTS = ("slot_outcome", "dose_held")
 PHANTOM = "phantom"  # R10's condition: a phantom dose event not yet reported
 PHANTOM_REPORT = "phantom_dispenser_event"
+# R24: events that say something new happened to a dose, and the commands that move a sachet
+NEWS_OF_A_DOSE = frozenset(
+    {
+        "dose_presented",
+        "slot_outcome",
+        "dose_taken_late",
+        "dose_retained",
+        "sachet_discarded",
+        "unexpected_dispenser_event",
+    }
+)
+SACHET_COMMANDS = frozenset({"Dispense", "Discard", "Retain"})
 INTAKES = ("taken", "taken_unconfirmed")  # outcomes of a slot whose dose was lifted out (R12)
 # outcomes of a dose given, or not given for a reason a person already knows (R3: no alarm)
 QUIET_OUTCOMES = ("taken", "skipped_paused", "dispensed_for_travel", "taken_unconfirmed")
@@ -2174,6 +2197,19 @@ class Judge:
                 f"the panel taken as TAKE with no dose within reach (the next at "
                 f"{_iso_or_none(upcoming)}, more than {early} off; none due without an outcome): "
                 "it is a help call",
+            )
+
+    def repeat_answered(self, message: str, kinds: Sequence[str], commands: Sequence[str]) -> None:
+        """R24: the dispenser sent `message` (a type name) again, a dose event the agent heard
+        before; `kinds` are the events and `commands` the dispenser commands (type names) of the
+        agent's answer to it."""
+        news = sorted({k for k in kinds if k in NEWS_OF_A_DOSE})
+        moves = sorted({c for c in commands if c in SACHET_COMMANDS})
+        if news or moves:
+            self._violation(
+                "R24",
+                f"{message} sent again, heard before, was answered by {', '.join(news + moves)}: "
+                "a report heard before changes nothing",
             )
 
     def dispenser_refused(self, command: str, result: str) -> None:

@@ -16,6 +16,9 @@
   process restarts from its durable state and the dispenser hands it the frame it could not store);
 - a stored state found damaged at a restart (a field that no longer reads: the agent starts from
   what it can read, locks the unit down and alerts until a person acknowledges; the centre does).
+- a dose event sent again: the dispenser's report of a dose presented, taken or taken back,
+  which the agent heard already, comes again (a retransmission after a lost ACK within seconds, or
+  a firmware that sends a stale report up to hours later); it must change nothing.
 
 Everything is drawn from one `random.Random` passed in, so a seed replays exactly; with the default
 rates (all zero) nothing is drawn and a run is what it was without this module.
@@ -87,6 +90,9 @@ class MishapRates:
     reply_lost: float = 0.0  # chance the link drops just after the dispenser took a Dispense
     state_damage: float = 0.0  # restarts a year that find the stored state damaged
     early_state_damage: bool = False  # and one in the run's first three weeks
+    # chance that a dose event the agent heard is sent again (drawn from a stream of its own,
+    # so the other mishaps of a seed stay as they were)
+    repeats: float = 0.0
 
     @classmethod
     def mix(cls, *, time_moves: float = 0.0) -> MishapRates:
@@ -101,6 +107,7 @@ class MishapRates:
             time_moves=time_moves,
             flapping=0.3,
             reply_lost=0.01,
+            repeats=0.02,
         )
 
     @property
@@ -118,8 +125,17 @@ class MishapRates:
                 self.reply_lost,
                 self.state_damage,
                 self.early_state_damage,
+                self.repeats,
             )
         )
+
+
+def repeat_delay_s(rng: random.Random) -> float:
+    """When a dose event comes again: half of them as a retransmission after a lost ACK (seconds),
+    half as a stale report from the firmware (a minute to three hours later)."""
+    if rng.random() < 0.5:
+        return rng.uniform(1.0, 30.0)
+    return rng.uniform(60.0, 3 * 3600.0)
 
 
 def plan_roll_defects(

@@ -2,7 +2,8 @@
 mutation command's `--suite sim`).
 
 Every seed gets the hardware, link and clock faults of faults.py and the mishaps of mishaps.py
-(misprinted rolls and sachets, phantom dispenser frames, a centre that acknowledges and silences).
+(misprinted rolls and sachets, phantom dispenser frames, dose events sent again, a centre that
+acknowledges and silences).
 On top, the seed picks its scenario deterministically, so that any run of consecutive seeds covers
 each of them:
 
