@@ -16,9 +16,10 @@ from datetime import timedelta
 import pytest
 from test_engine import ALL_FEATURES, Rig, daily, morning_rig, utc
 from test_engine_interval import restart
+from test_engine_repeated_retained import retained_rig
 
 from agent.engine.types import Emit, Outcome
-from protocol.messages import BinLevel, DosePresented, Feature, Retain
+from protocol.messages import DosePresented, Feature, Retain
 
 D1_0800 = utc(2026, 3, 2, 7, 0)
 D1_1200 = utc(2026, 3, 2, 11, 0)
@@ -37,21 +38,6 @@ def taken_rig() -> tuple[Rig, int, int]:
     assert dispense_id is not None
     rig.take()
     assert rig.outcome_of(SLOT_0800).outcome is Outcome.TAKEN
-    return rig, dispense_id, index
-
-
-def retained_rig() -> tuple[Rig, int, int]:
-    """08:00 and 12:00, a bin with two places: the 08:00 dose is missed and taken back into the
-    bin. Returns the rig and that dose's dispense id and sachet index."""
-    rig = Rig(daily("08:00", "12:00"), sachet_times=[D1_0800, D1_1200], features=WITH_LEVEL)
-    rig.install()
-    rig.msg(BinLevel(2, 0))
-    rig.run_until(D1_0800 + timedelta(minutes=2))
-    dispense_id, index = rig.dispenser.tray, rig.dispenser.tray_index
-    assert dispense_id is not None
-    rig.run_until(D1_0800 + timedelta(minutes=61))
-    assert rig.outcome_of(SLOT_0800).outcome is Outcome.MISSED
-    assert [e.fields["dispense_id"] for e in rig.events("dose_retained")] == [dispense_id]
     return rig, dispense_id, index
 
 
