@@ -150,3 +150,15 @@ def test_a_late_presentation_is_told_once_and_its_repeat_is_a_repeat() -> None:
     assert len(rig.events("unexpected_dispenser_event")) == 1
     assert [e.fields["message"] for e in rig.events("dose_event_repeated")] == ["DosePresented"]
     assert len(rig.commands(Retain)) == retains
+
+
+def test_a_presented_report_of_a_dose_taken_back_naming_another_sachet_is_a_phantom() -> None:
+    rig, dispense_id, index = retained_rig()
+    rig.msg(DosePresented(dispense_id, index + 1))
+    [phantom] = rig.events("phantom_dispenser_event")
+    assert (phantom.fields["reason"], phantom.fields["expected_sachet_index"]) == (
+        "sachet_index_mismatch",
+        index,
+    )
+    assert rig.events("dose_event_repeated") == []
+    assert rig.events("unexpected_dispenser_event") == []
