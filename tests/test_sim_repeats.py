@@ -18,7 +18,7 @@ from agent.engine.types import Action
 from agent.simulation.harness import DoseEngineFactory, Simulation
 from agent.simulation.mix import config_for
 from agent.simulation.violation import InvariantViolation
-from protocol.messages import DosePresented, DoseRetained
+from protocol.messages import DosePresented, DoseRetained, DoseTaken
 
 SEED, DAYS = 2, 45
 
@@ -42,10 +42,10 @@ def _retained_taken_as_news(
     self._emit(actions, "dose_retained", {"dispense_id": msg.dispense_id, "slot_id": None})
 
 
-def _presented_taken_as_news(
+def _repeat_taken_as_news(
     self: DoseEngine,
-    msg: DosePresented,
-    slot_id: str,
+    msg: DosePresented | DoseTaken | DoseRetained,
+    slot_id: str | None,
     expected: int,
     now: object,
     actions: list[Action],
@@ -53,7 +53,7 @@ def _presented_taken_as_news(
     self._emit(
         actions,
         "unexpected_dispenser_event",
-        {"message": "DosePresented", "dispense_id": msg.dispense_id, "slot_id": slot_id},
+        {"message": type(msg).__name__, "dispense_id": msg.dispense_id, "slot_id": slot_id},
     )
 
 
@@ -61,7 +61,7 @@ def _presented_taken_as_news(
     ("method", "stand_in"),
     [
         ("_on_retained_again", _retained_taken_as_news),
-        ("_presented_again", _presented_taken_as_news),
+        ("_repeated", _repeat_taken_as_news),
     ],
 )
 def test_the_judge_sees_an_engine_that_takes_a_repeat_as_news(

@@ -765,10 +765,11 @@ class DoseEngine:
 
     def _on_presented(self, msg: DosePresented, now: Now, actions: list[Action]) -> None:
         run = self._slotbook.run_by_dispense(msg.dispense_id)
-        slot_id, expected_kept = self._outbound.retained.get(msg.dispense_id, (None, None))
-        if run is None and slot_id is not None and expected_kept is not None:
-            # a dose taken back into the bin (a discarded sachet, no slot's, was never presented)
-            self._presented_again(msg, slot_id, expected_kept, now, actions)
+        kept = self._outbound.retained.get(msg.dispense_id)
+        if run is None and kept is not None and kept[0] is not None:
+            # a dose taken back into the bin, so presented before: a repeat; no dose in the tray,
+            # nothing to take back (a discarded sachet, no slot's, was never presented)
+            self._repeated(msg, kept[0], kept[1], now, actions)
             return
         slot_id = self._outbound.recent.get(msg.dispense_id)
         if run is None and slot_id is None:
@@ -788,7 +789,9 @@ class DoseEngine:
                 or msg.dispense_id in self._outbound.presented
             )
         ):
-            self._presented_again(msg, slot_id, msg.sachet_index, now, actions)
+            # taken, or seen presented (it may still lie in the tray, and is handled as such):
+            # a repeat, no news of a dose in the tray
+            self._repeated(msg, slot_id, msg.sachet_index, now, actions)
             return
         self._mirror.tray_occupied = True
         if self._desk.roll is not None and not self._desk.roll.unverified:
@@ -812,24 +815,27 @@ class DoseEngine:
             return  # repeated report: the first one stands (and is stored)
         self._record_presented(run, now, actions)
 
-    def _presented_again(
-        self, msg: DosePresented, slot_id: str, expected: int, now: Now, actions: list[Action]
+    def _repeated(
+        self,
+        msg: DosePresented | DoseTaken | DoseRetained,
+        slot_id: str | None,
+        expected: int,
+        now: Now,
+        actions: list[Action],
     ) -> None:
-        """A DosePresented of a settled dose the engine has heard of already: presented (it may
-        still lie in the tray, and is handled as such), lifted out, or taken back into the bin.
-        A repeat (a retransmission after a lost ACK, also to a restarted agent, or a stale
-        report): no news of a dose in the tray, nothing to take back. Recorded, so that its ACK
-        follows a commit like any other; naming another sachet, it is a phantom."""
+        """A dose event the engine has handled already, sent again (a retransmission after a
+        lost ACK, also to a restarted agent, or a stale report): it changes nothing. Recorded,
+        so that its ACK follows a commit like any other; naming another sachet than `expected`,
+        it is a phantom."""
+        message = type(msg).__name__
         if msg.sachet_index != expected:
-            self._phantom(
-                "DosePresented", msg.dispense_id, msg.sachet_index, expected, now, actions
-            )
+            self._phantom(message, msg.dispense_id, msg.sachet_index, expected, now, actions)
             return
         self._emit(
             actions,
             "dose_event_repeated",
             {
-                "message": "DosePresented",
+                "message": message,
                 "dispense_id": msg.dispense_id,
                 "sachet_index": msg.sachet_index,
                 "slot_id": slot_id,
@@ -863,18 +869,8 @@ class DoseEngine:
             return
         if run is None and msg.dispense_id in self._outbound.taken:
             # its DoseTaken is handled already: a repeat (a retransmission after a lost ACK, a
-            # phantom repeat), no second intake (SAFETY.md H3). Recorded, so that its ACK
-            # follows a commit like any other
-            self._emit(
-                actions,
-                "dose_event_repeated",
-                {
-                    "message": "DoseTaken",
-                    "dispense_id": msg.dispense_id,
-                    "sachet_index": msg.sachet_index,
-                    "slot_id": slot_id,
-                },
-            )
+            # phantom repeat), no second intake (SAFETY.md H3); its sachet was checked above
+            self._repeated(msg, slot_id, msg.sachet_index, now, actions)
             return
         self._mirror.tray_occupied = False
         if run is not None and run.travel:
@@ -977,19 +973,7 @@ class DoseEngine:
         nothing: the bin holds it once, the tray is as it is now. Recorded, so that its ACK
         follows a commit like any other; naming another sachet, it is a phantom."""
         slot_id, index = self._outbound.retained[msg.dispense_id]
-        if msg.sachet_index != index:
-            self._phantom("DoseRetained", msg.dispense_id, msg.sachet_index, index, now, actions)
-            return
-        self._emit(
-            actions,
-            "dose_event_repeated",
-            {
-                "message": "DoseRetained",
-                "dispense_id": msg.dispense_id,
-                "sachet_index": msg.sachet_index,
-                "slot_id": slot_id,
-            },
-        )
+        self._repeated(msg, slot_id, index, now, actions)
 
     def _settled_sachet(self, dispense_id: int) -> int | None:
         return self._outbound.recent_sachets.get(dispense_id)
